@@ -1,0 +1,95 @@
+//! Plain data passed between the layers: front doors translate protobuf into these, the engine
+//! produces a `Classification`, the policy turns it into a `PolicyDecision`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub id: String,
+    pub nickname: String,
+    pub tags: Vec<String>,
+    pub city: String,
+    pub vip_level: u32,
+}
+
+/// One inbound message with its context, already validated.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessageContext {
+    pub bot_id: String,
+    pub chat_id: String,
+    pub chat_name: String,
+    pub message_id: String,
+    pub text: String,
+    /// Unix ms when the message was sent (the server fills in "now" when the caller sent 0).
+    pub at_ms: i64,
+    pub user: UserInfo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Model,
+    Keyword,
+    Regex,
+    Fallback,
+    Policy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Reply,
+    Clarify,
+    Handoff,
+    Block,
+    Ignore,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentScore {
+    pub intent: String,
+    pub confidence: f32,
+}
+
+/// What the engine (model + keyword layer + fusion) concluded about a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    /// Best intent; empty when nothing was recognised (then `source` is `Fallback`).
+    pub intent: String,
+    pub confidence: f32,
+    /// Top-k, best first.
+    pub ranking: Vec<IntentScore>,
+    pub source: Source,
+    /// Keywords / synonyms / regex names that matched.
+    pub matched_terms: Vec<String>,
+    /// True when the fusion could not decide and the user should be asked to clarify;
+    /// `ranking` then holds the candidates to offer.
+    pub needs_clarification: bool,
+    /// The text was cut to the model's token limit.
+    pub truncated: bool,
+    pub model_loaded: bool,
+}
+
+/// A rendered reply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplyOut {
+    pub text: String,
+    /// "<intent>/<variant>" or "<experiment>/<variant>".
+    pub variant_id: String,
+    pub style: String,
+    /// Non-empty when the variant came from an A/B experiment.
+    pub experiment: String,
+}
+
+/// What the bot should do with a message or event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDecision {
+    pub action: Action,
+    pub reply: Option<ReplyOut>,
+    /// Wait this long (from the decision time) before sending, for group spacing.
+    pub send_after_ms: i64,
+    /// Machine-readable reason, e.g. "faq", "banned_word", "handoff:intent", "cooldown".
+    pub reason: String,
+    /// Texts to send before the reply (e.g. the automation disclosure on first contact).
+    pub notices: Vec<String>,
+}
