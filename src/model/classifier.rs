@@ -1,0 +1,193 @@
+//! The served intent model: sentence encoder + linear head, loaded from a self-contained folder
+//! that `intentd train` writes:
+//!
+//! ```text
+//! model.safetensors   encoder weights (Hugging Face names) + classifier.weight / classifier.bias
+//! config.json         BERT architecture
+//! tokenizer.json      the tokenizer the model was trained with
+//! labels.json         intent ids, in head-row order
+//! model.json          the model card (base model, wheel hash, data hash, hyper-parameters, scores)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::bert::{Bert, BertConfig, Mode};
+use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const LABELS_FILE: &str = "labels.json";
+pub const CARD_FILE: &str = "model.json";
+
+/// Everything needed to know what a trained model is and how it was made.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Short stable id: `<base>-<first 12 hex of the weights hash>`.
+    pub version: String,
+    pub base_model: String,
+    pub base_wheel: String,
+    pub base_wheel_sha256: String,
+    pub licence: String,
+    pub data_path: String,
+    pub data_sha256: String,
+    pub train_examples: usize,
+    pub dev_examples: usize,
+    pub labels: usize,
+    pub max_tokens: usize,
+    pub hyper_parameters: serde_json::Value,
+    pub trained_at: String,
+    pub train_seconds: f64,
+    pub dev_scores: Option<Scores>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub n: usize,
+}
+
+/// Intent probabilities for one text.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Softmax over `labels`, in label order.
+    pub probs: Vec<f32>,
+}
+
+/// Anything that turns token sequences into intent probabilities. The service core only sees
+/// this trait, so the backend (candle today) can change without touching batching or fusion.
+pub trait IntentBackend: Send + Sync {
+    fn labels(&self) -> &[String];
+    fn version(&self) -> &str;
+    fn tokenizer(&self) -> &TextTokenizer;
+    /// One forward pass over a batch of already tokenised texts.
+    fn predict(&self, batch: &[&Tokenized]) -> Result<Vec<Prediction>>;
+}
+
+pub struct IntentModel {
+    pub tokenizer: TextTokenizer,
+    pub encoder: SentenceEncoder,
+    pub head: Linear,
+    pub labels: Vec<String>,
+    pub card: ModelCard,
+    pub dir: PathBuf,
+}
+
+impl IntentModel {
+    /// Loads a trained model folder; every missing or inconsistent file is a clear error.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("model directory {} does not exist (train one with `intentd train`)", dir.display());
+        }
+        for f in [WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, LABELS_FILE, CARD_FILE] {
+            if !dir.join(f).is_file() {
+                bail!("{}: missing {f}; is this a folder written by `intentd train`?", dir.display());
+            }
+        }
+        let config: BertConfig = read_json(&dir.join(CONFIG_FILE))?;
+        let labels: Vec<String> = read_json(&dir.join(LABELS_FILE))?;
+        let card: ModelCard = read_json(&dir.join(CARD_FILE))?;
+        if labels.is_empty() {
+            bail!("{}: no labels", dir.join(LABELS_FILE).display());
+        }
+        let max_tokens = if card.max_tokens > 0 { card.max_tokens } else { 128 };
+        let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE), max_tokens)?;
+        let device = super::bert::device();
+        // SAFETY: the file is memory-mapped read-only; it must not be modified while served,
+        // which `train` guarantees by writing a new folder (reload swaps folders atomically).
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[dir.join(WEIGHTS_FILE)], DType::F32, &device)
+        }
+        .with_context(|| format!("{}: cannot read weights", dir.join(WEIGHTS_FILE).display()))?;
+        let bert = Bert::load(vb.clone(), &config, false)
+            .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
+        let head = candle_nn::linear(config.hidden_size, labels.len(), vb.pp("classifier"))
+            .with_context(|| {
+                format!("{}: classifier head does not match {} labels", dir.display(), labels.len())
+            })?;
+        Ok(Self {
+            tokenizer,
+            encoder: SentenceEncoder::new(bert, device),
+            head,
+            labels,
+            card,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Convenience for the CLI and tests: tokenise and predict in batches of `batch_size`.
+    pub fn predict_texts(&self, texts: &[impl AsRef<str>], batch_size: usize) -> Result<Vec<Prediction>> {
+        let toks = self.tokenizer.tokenize_all(texts)?;
+        let mut out = Vec::with_capacity(toks.len());
+        for chunk in toks.chunks(batch_size.max(1)) {
+            let refs: Vec<&Tokenized> = chunk.iter().collect();
+            out.extend(self.predict(&refs)?);
+        }
+        Ok(out)
+    }
+}
+
+impl IntentBackend for IntentModel {
+    fn labels(&self) -> &[String] {
+        &self.labels
+    }
+    fn version(&self) -> &str {
+        &self.card.version
+    }
+    fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+    fn predict(&self, batch: &[&Tokenized]) -> Result<Vec<Prediction>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let padded = self.tokenizer.pad(batch, &self.encoder.device)?;
+        let pooled = self.encoder.embed(&padded, Mode::Infer)?;
+        let logits = self.head.forward(&pooled)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        Ok(probs.into_iter().map(|probs| Prediction { probs }).collect())
+    }
+}
+
+/// Ranks a prediction: (label index, probability), best first.
+pub fn ranked(pred: &Prediction) -> Vec<(usize, f32)> {
+    let mut r: Vec<(usize, f32)> = pred.probs.iter().copied().enumerate().collect();
+    r.sort_by(|a, b| b.1.total_cmp(&a.1));
+    r
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// Loads the pretrained encoder from a `fetch-model` folder (for parity checks and frozen
+/// features).
+pub fn load_base_encoder(dir: &Path, max_tokens: usize) -> Result<(TextTokenizer, SentenceEncoder)> {
+    let base = super::base_models::find(super::base_models::DEFAULT_BASE_MODEL).expect("listed");
+    if !dir.join(base.weights).is_file() {
+        bail!(
+            "{} has no {}: run `intentd fetch-model` first",
+            dir.display(),
+            base.weights
+        );
+    }
+    let config: BertConfig = read_json(&dir.join("config.json"))?;
+    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), max_tokens)?;
+    let device = Device::Cpu;
+    let vb = VarBuilder::from_pth(dir.join(base.weights), DType::F32, &device)?;
+    let bert = Bert::load(vb, &config, false)?;
+    Ok((tokenizer, SentenceEncoder::new(bert, device)))
+}
+
+/// Sanity check used after loading: logits must be finite.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().all(|x| x.is_finite()))
+}

@@ -1,0 +1,118 @@
+//! Text in, sentence vectors out: the tokenizer, padding into batches, the BERT forward pass and
+//! mean pooling that ignores padding.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use candle_core::{Device, Tensor};
+use tokenizers::Tokenizer;
+
+use super::bert::{mean_pool, Bert, BertConfig, Mode};
+
+/// One text after tokenisation, before batching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    pub ids: Vec<u32>,
+    /// The text had more tokens than the model's limit and was cut (keeping [CLS] ... [SEP]).
+    pub truncated: bool,
+}
+
+/// Token ids padded into rectangular tensors for one forward pass.
+pub struct PaddedBatch {
+    pub input_ids: Tensor,
+    pub type_ids: Tensor,
+    pub attention_mask: Tensor,
+}
+
+/// Tokenizer wrapper that enforces the model's sequence limit itself, so the caller learns
+/// whether a text was truncated.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_tokens: usize,
+    sep_id: u32,
+    pad_id: u32,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path, max_tokens: usize) -> Result<Self> {
+        let mut inner = Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        // Padding and truncation are done here, per batch, not by the tokenizer.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let sep_id = inner
+            .token_to_id("[SEP]")
+            .with_context(|| format!("{}: tokenizer has no [SEP] token", path.display()))?;
+        let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
+        if max_tokens < 2 {
+            anyhow::bail!("max_tokens must be at least 2, got {max_tokens}");
+        }
+        Ok(Self { inner, max_tokens, sep_id, pad_id })
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Tokenized> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenizer failed: {e}"))?;
+        let mut ids = enc.get_ids().to_vec();
+        let truncated = ids.len() > self.max_tokens;
+        if truncated {
+            ids.truncate(self.max_tokens - 1);
+            ids.push(self.sep_id);
+        }
+        Ok(Tokenized { ids, truncated })
+    }
+
+    pub fn tokenize_all(&self, texts: &[impl AsRef<str>]) -> Result<Vec<Tokenized>> {
+        texts.iter().map(|t| self.tokenize(t.as_ref())).collect()
+    }
+
+    /// Pads to the longest sequence in the batch.
+    pub fn pad(&self, batch: &[&Tokenized], device: &Device) -> Result<PaddedBatch> {
+        let b = batch.len();
+        let t = batch.iter().map(|x| x.ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![self.pad_id; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (row, x) in batch.iter().enumerate() {
+            ids[row * t..row * t + x.ids.len()].copy_from_slice(&x.ids);
+            mask[row * t..row * t + x.ids.len()].fill(1);
+        }
+        Ok(PaddedBatch {
+            input_ids: Tensor::from_vec(ids, (b, t), device)?,
+            type_ids: Tensor::zeros((b, t), candle_core::DType::U32, device)?,
+            attention_mask: Tensor::from_vec(mask, (b, t), device)?,
+        })
+    }
+}
+
+/// The sentence encoder: BERT + mean pooling.
+pub struct SentenceEncoder {
+    pub bert: Bert,
+    pub device: Device,
+}
+
+impl SentenceEncoder {
+    pub fn new(bert: Bert, device: Device) -> Self {
+        Self { bert, device }
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.bert.config
+    }
+
+    /// (batch, hidden) mean-pooled sentence vectors.
+    pub fn embed(&self, batch: &PaddedBatch, mode: Mode) -> Result<Tensor> {
+        let hidden = self
+            .bert
+            .forward(&batch.input_ids, &batch.type_ids, &batch.attention_mask, mode)?;
+        Ok(mean_pool(&hidden, &batch.attention_mask)?)
+    }
+}

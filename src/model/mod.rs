@@ -1,0 +1,11 @@
+//! The intent model: pretrained encoder, fine-tuning, evaluation, and the served classifier.
+
+pub mod base_models;
+pub mod bert;
+pub mod classifier;
+pub mod encoder;
+pub mod fetch;
+pub mod scoring;
+pub mod train;
+pub mod confusion_png;
+pub mod eval;

@@ -1,0 +1,616 @@
+//! `intentd train`: fine-tune the pretrained encoder plus a linear head on labelled texts, in
+//! candle on CPU, and write a self-contained model folder.
+//!
+//! Two modes: `full` updates every weight (best accuracy); `head` freezes the encoder, embeds
+//! every text once and trains only the head (seconds instead of minutes). Both use AdamW with
+//! linear warm-up and decay, label smoothing and gradient clipping, keep the epoch with the best
+//! dev macro-F1, and stop early when it stops improving.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_nn::{AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::base_models::BaseModel;
+use super::bert::{Bert, BertConfig, Mode};
+use super::classifier::{self, ModelCard, Scores};
+use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
+use super::scoring;
+
+/// One labelled training text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabeledText {
+    pub text: String,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainMode {
+    /// Fine-tune the whole encoder and the head.
+    Full,
+    /// Freeze the encoder; train only the head on cached sentence vectors.
+    Head,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HyperParameters {
+    pub mode: TrainMode,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub head_learning_rate: f64,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub max_grad_norm: f64,
+    pub dropout: f32,
+    pub patience: usize,
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Fraction of the training data carved out as dev set when none is given.
+    pub dev_fraction: f64,
+}
+
+impl HyperParameters {
+    pub fn defaults_for(mode: TrainMode) -> Self {
+        match mode {
+            TrainMode::Full => Self {
+                mode,
+                epochs: 6,
+                batch_size: 32,
+                learning_rate: 1e-4,
+                head_learning_rate: 2e-3,
+                warmup_ratio: 0.1,
+                weight_decay: 0.01,
+                label_smoothing: 0.1,
+                max_grad_norm: 1.0,
+                dropout: 0.1,
+                patience: 2,
+                seed: 42,
+                max_tokens: 64,
+                dev_fraction: 0.1,
+            },
+            TrainMode::Head => Self {
+                mode,
+                epochs: 60,
+                batch_size: 32,
+                learning_rate: 0.0,
+                head_learning_rate: 5e-3,
+                warmup_ratio: 0.05,
+                weight_decay: 0.01,
+                label_smoothing: 0.1,
+                max_grad_norm: 5.0,
+                dropout: 0.1,
+                patience: 10,
+                seed: 42,
+                max_tokens: 64,
+                dev_fraction: 0.1,
+            },
+        }
+    }
+}
+
+pub struct TrainJob<'a> {
+    pub base: &'a BaseModel,
+    /// Folder written by `fetch-model`.
+    pub base_dir: PathBuf,
+    pub train: Vec<LabeledText>,
+    /// Explicit dev set; when `None`, `dev_fraction` of `train` is carved out (stratified).
+    pub dev: Option<Vec<LabeledText>>,
+    pub hp: HyperParameters,
+    pub out: PathBuf,
+    /// Recorded in the model card.
+    pub data_path: String,
+    pub data_sha256: String,
+    /// Show a progress bar (off in tests).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub card: ModelCard,
+    pub examples_per_s: f64,
+}
+
+struct Encoded {
+    tokens: Vec<Tokenized>,
+    labels: Vec<u32>,
+}
+
+pub fn train(job: TrainJob) -> Result<TrainReport> {
+    let started = Instant::now();
+    let hp = job.hp.clone();
+    if job.train.is_empty() {
+        bail!("no training examples (empty dataset)");
+    }
+    if hp.batch_size == 0 || hp.epochs == 0 {
+        bail!("batch_size and epochs must be at least 1");
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(hp.seed);
+    let (train_set, dev_set) = match &job.dev {
+        Some(dev) => (job.train.clone(), dev.clone()),
+        None => carve_dev(&job.train, hp.dev_fraction, &mut rng),
+    };
+    let labels = sorted_labels(&train_set);
+    if labels.len() < 2 {
+        bail!("need at least 2 intents to train a classifier, found {}", labels.len());
+    }
+    let label_index: HashMap<&str, u32> =
+        labels.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
+    // Dev examples whose label never occurs in training cannot be predicted; keep them (they
+    // count as errors) but say so.
+    let unknown_dev = dev_set.iter().filter(|e| !label_index.contains_key(e.label.as_str())).count();
+    if unknown_dev > 0 {
+        eprintln!("warning: {unknown_dev} dev examples have intents absent from training");
+    }
+
+    let tokenizer = TextTokenizer::from_file(&job.base_dir.join("tokenizer.json"), hp.max_tokens)?;
+    let config: BertConfig = classifier::read_json(&job.base_dir.join("config.json"))?;
+    let encode = |set: &[LabeledText]| -> Result<Encoded> {
+        Ok(Encoded {
+            tokens: tokenizer.tokenize_all(&set.iter().map(|e| e.text.as_str()).collect::<Vec<_>>())?,
+            labels: set
+                .iter()
+                .map(|e| label_index.get(e.label.as_str()).copied().unwrap_or(u32::MAX))
+                .collect(),
+        })
+    };
+    let train_enc = encode(&train_set)?;
+    let dev_enc = encode(&dev_set)?;
+
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let bert = Bert::load(vb.clone(), &config, true)?;
+    load_pretrained(&varmap, &job.base_dir.join(job.base.weights))?;
+    let encoder = SentenceEncoder::new(bert, device.clone());
+    let head = candle_nn::linear(config.hidden_size, labels.len(), vb.pp("classifier"))?;
+    let head_vars: Vec<Var> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        ["classifier.weight", "classifier.bias"].iter().map(|k| data[*k].clone()).collect()
+    };
+
+    let (best, examples_per_s) = match hp.mode {
+        TrainMode::Full => train_full(&encoder, &head, &varmap, &head_vars, &tokenizer, &train_enc, &dev_enc, &labels, &hp, &mut rng, job.progress)?,
+        TrainMode::Head => train_head(&encoder, &head, &head_vars, &tokenizer, &train_enc, &dev_enc, &labels, &hp, &mut rng, job.progress)?,
+    };
+
+    // Restore the best epoch's weights before saving.
+    {
+        let data = varmap.data().lock().expect("varmap lock");
+        for (name, t) in &best.weights {
+            data[name].set(t)?;
+        }
+    }
+    let card = ModelCard {
+        version: String::new(),
+        base_model: job.base.name.into(),
+        base_wheel: job.base.pip_requirement.into(),
+        base_wheel_sha256: job.base.wheel_sha256.into(),
+        licence: job.base.licence.into(),
+        data_path: job.data_path.clone(),
+        data_sha256: job.data_sha256.clone(),
+        train_examples: train_set.len(),
+        dev_examples: dev_set.len(),
+        labels: labels.len(),
+        max_tokens: job.base.max_tokens,
+        hyper_parameters: serde_json::to_value(&hp)?,
+        trained_at: chrono::Utc::now().to_rfc3339(),
+        train_seconds: started.elapsed().as_secs_f64(),
+        dev_scores: best.scores,
+    };
+    let card = save_model_dir(&job.out, &varmap, &config, &job.base_dir, &labels, card)?;
+    Ok(TrainReport { card, examples_per_s })
+}
+
+struct Best {
+    scores: Option<Scores>,
+    weights: HashMap<String, Tensor>,
+}
+
+fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    let data = varmap.data().lock().expect("varmap lock");
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
+}
+
+fn snapshot_vars(names: &[&str], vars: &[Var]) -> Result<HashMap<String, Tensor>> {
+    names
+        .iter()
+        .zip(vars)
+        .map(|(k, v)| Ok((k.to_string(), v.as_tensor().copy()?)))
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_full(
+    encoder: &SentenceEncoder,
+    head: &Linear,
+    varmap: &VarMap,
+    head_vars: &[Var],
+    tokenizer: &TextTokenizer,
+    train: &Encoded,
+    dev: &Encoded,
+    labels: &[String],
+    hp: &HyperParameters,
+    rng: &mut ChaCha8Rng,
+    progress: bool,
+) -> Result<(Best, f64)> {
+    let device = encoder.device.clone();
+    let head_ids: Vec<_> = head_vars.iter().map(|v| v.id()).collect();
+    let body_vars: Vec<Var> = varmap.all_vars().into_iter().filter(|v| !head_ids.contains(&v.id())).collect();
+    let mut opt_body = AdamW::new(body_vars, adamw(hp.learning_rate, hp.weight_decay))?;
+    let mut opt_head = AdamW::new(head_vars.to_vec(), adamw(hp.head_learning_rate, hp.weight_decay))?;
+    let steps_per_epoch = train.tokens.len().div_ceil(hp.batch_size);
+    let total_steps = steps_per_epoch * hp.epochs;
+    let bar = progress_bar(progress, total_steps as u64);
+    let mut best = Best { scores: None, weights: snapshot(varmap)? };
+    let mut since_best = 0;
+    let mut step = 0usize;
+    let mut seen = 0usize;
+    let t0 = Instant::now();
+    for epoch in 1..=hp.epochs {
+        for batch in length_bucketed_batches(&train.tokens, hp.batch_size, rng) {
+            let toks: Vec<&Tokenized> = batch.iter().map(|&i| &train.tokens[i]).collect();
+            let ys: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
+            let padded = tokenizer.pad(&toks, &device)?;
+            let pooled = encoder.embed(&padded, Mode::Train)?;
+            let pooled = candle_nn::ops::dropout(&pooled, hp.dropout)?;
+            let logits = head.forward(&pooled)?;
+            let loss = smoothed_cross_entropy(&logits, &ys, hp.label_smoothing)?;
+            let mut grads = loss.backward()?;
+            clip_grad_norm(&mut grads, &varmap.all_vars(), hp.max_grad_norm)?;
+            let scale = lr_scale(step, total_steps, hp.warmup_ratio);
+            opt_body.set_learning_rate(hp.learning_rate * scale);
+            opt_head.set_learning_rate(hp.head_learning_rate * scale);
+            opt_body.step(&grads)?;
+            opt_head.step(&grads)?;
+            step += 1;
+            seen += batch.len();
+            let loss_v = loss.to_scalar::<f32>()?;
+            bar.set_message(format!(
+                "epoch {epoch}/{} loss {loss_v:.4} {:.1} ex/s",
+                hp.epochs,
+                seen as f64 / t0.elapsed().as_secs_f64()
+            ));
+            bar.inc(1);
+        }
+        let scores = evaluate_encoded(encoder, head, tokenizer, dev, labels, hp.batch_size)?;
+        bar.println(format!(
+            "epoch {epoch}: dev accuracy={:.4} macro_f1={:.4} n={}",
+            scores.accuracy, scores.macro_f1, scores.n
+        ));
+        if best.scores.is_none_or(|b| scores.macro_f1 > b.macro_f1) || dev.tokens.is_empty() {
+            best = Best { scores: Some(scores), weights: snapshot(varmap)? };
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= hp.patience {
+                bar.println(format!("early stop: no dev improvement for {} epochs", hp.patience));
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok((best, seen as f64 / t0.elapsed().as_secs_f64()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_head(
+    encoder: &SentenceEncoder,
+    head: &Linear,
+    head_vars: &[Var],
+    tokenizer: &TextTokenizer,
+    train: &Encoded,
+    dev: &Encoded,
+    labels: &[String],
+    hp: &HyperParameters,
+    rng: &mut ChaCha8Rng,
+    progress: bool,
+) -> Result<(Best, f64)> {
+    let device = encoder.device.clone();
+    // The encoder is frozen: embed every text once.
+    let embed_all = |enc: &Encoded| -> Result<Option<Tensor>> {
+        if enc.tokens.is_empty() {
+            return Ok(None);
+        }
+        let mut parts = Vec::new();
+        for chunk in enc.tokens.chunks(64) {
+            let refs: Vec<&Tokenized> = chunk.iter().collect();
+            parts.push(encoder.embed(&tokenizer.pad(&refs, &device)?, Mode::Infer)?.detach());
+        }
+        Ok(Some(Tensor::cat(&parts, 0)?))
+    };
+    let train_x = embed_all(train)?.expect("non-empty training set");
+    let dev_x = embed_all(dev)?;
+    let mut opt = AdamW::new(head_vars.to_vec(), adamw(hp.head_learning_rate, hp.weight_decay))?;
+    let n = train.tokens.len();
+    let steps_per_epoch = n.div_ceil(hp.batch_size);
+    let total_steps = steps_per_epoch * hp.epochs;
+    let bar = progress_bar(progress, total_steps as u64);
+    let names = ["classifier.weight", "classifier.bias"];
+    let mut best = Best { scores: None, weights: snapshot_vars(&names, head_vars)? };
+    let mut since_best = 0;
+    let mut step = 0;
+    let mut seen = 0usize;
+    let t0 = Instant::now();
+    let mut order: Vec<usize> = (0..n).collect();
+    for epoch in 1..=hp.epochs {
+        order.shuffle(rng);
+        for batch in order.chunks(hp.batch_size) {
+            let idx = Tensor::from_vec(batch.iter().map(|&i| i as u32).collect::<Vec<_>>(), batch.len(), &device)?;
+            let x = candle_nn::ops::dropout(&train_x.index_select(&idx, 0)?, hp.dropout)?;
+            let ys: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
+            let loss = smoothed_cross_entropy(&head.forward(&x)?, &ys, hp.label_smoothing)?;
+            let mut grads = loss.backward()?;
+            clip_grad_norm(&mut grads, head_vars, hp.max_grad_norm)?;
+            opt.set_learning_rate(hp.head_learning_rate * lr_scale(step, total_steps, hp.warmup_ratio));
+            opt.step(&grads)?;
+            step += 1;
+            seen += batch.len();
+            bar.set_message(format!("epoch {epoch}/{} loss {:.4}", hp.epochs, loss.to_scalar::<f32>()?));
+            bar.inc(1);
+        }
+        let scores = match &dev_x {
+            Some(dx) => {
+                let probs = candle_nn::ops::softmax_last_dim(&head.forward(dx)?)?.to_vec2::<f32>()?;
+                score_probs(&probs, &dev.labels, labels)
+            }
+            None => Scores::default(),
+        };
+        if best.scores.is_none_or(|b| scores.macro_f1 > b.macro_f1) || dev_x.is_none() {
+            best = Best { scores: Some(scores), weights: snapshot_vars(&names, head_vars)? };
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= hp.patience {
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(s) = best.scores {
+        eprintln!("best dev accuracy={:.4} macro_f1={:.4} n={}", s.accuracy, s.macro_f1, s.n);
+    }
+    Ok((best, seen as f64 / t0.elapsed().as_secs_f64()))
+}
+
+fn adamw(lr: f64, weight_decay: f64) -> ParamsAdamW {
+    ParamsAdamW { lr, weight_decay, ..Default::default() }
+}
+
+fn progress_bar(show: bool, len: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(len).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}, ETA {eta}]")
+            .expect("static template"),
+    )
+}
+
+/// Linear warm-up to 1, then linear decay to 0.
+pub fn lr_scale(step: usize, total: usize, warmup_ratio: f64) -> f64 {
+    let warmup = ((total as f64) * warmup_ratio).ceil().max(1.0);
+    let s = step as f64;
+    if s < warmup {
+        (s + 1.0) / warmup
+    } else {
+        ((total as f64 - s) / (total as f64 - warmup).max(1.0)).clamp(0.0, 1.0)
+    }
+}
+
+/// Cross-entropy against (1 - eps) one-hot + eps / classes.
+pub fn smoothed_cross_entropy(logits: &Tensor, targets: &[u32], eps: f64) -> Result<Tensor> {
+    let (b, c) = logits.dims2()?;
+    let mut q = vec![(eps / c as f64) as f32; b * c];
+    for (row, &y) in targets.iter().enumerate() {
+        q[row * c + y as usize] += (1.0 - eps) as f32;
+    }
+    let q = Tensor::from_vec(q, (b, c), logits.device())?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok((q * logp)?.sum(D::Minus1)?.neg()?.mean_all()?)
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm`.
+fn clip_grad_norm(grads: &mut candle_core::backprop::GradStore, vars: &[Var], max_norm: f64) -> Result<()> {
+    let mut total = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = total.sqrt();
+    if norm.is_finite() && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Batches of similar length (less padding), in random order.
+fn length_bucketed_batches(tokens: &[Tokenized], batch: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..tokens.len()).collect();
+    order.shuffle(rng);
+    let mut batches = Vec::new();
+    for pool in order.chunks(batch * 20) {
+        let mut pool = pool.to_vec();
+        pool.sort_by_key(|&i| tokens[i].ids.len());
+        batches.extend(pool.chunks(batch).map(|c| c.to_vec()));
+    }
+    batches.shuffle(rng);
+    batches
+}
+
+/// Stratified split: about `fraction` of each intent (at least one when it has 3+) goes to dev.
+fn carve_dev(all: &[LabeledText], fraction: f64, rng: &mut ChaCha8Rng) -> (Vec<LabeledText>, Vec<LabeledText>) {
+    let mut by_label: std::collections::BTreeMap<&str, Vec<&LabeledText>> = Default::default();
+    for e in all {
+        by_label.entry(&e.label).or_default().push(e);
+    }
+    let (mut train, mut dev) = (Vec::new(), Vec::new());
+    for (_, mut group) in by_label {
+        group.shuffle(rng);
+        let k = if group.len() >= 3 { ((group.len() as f64 * fraction).round() as usize).max(1) } else { 0 };
+        for (i, e) in group.into_iter().enumerate() {
+            if i < k { dev.push(e.clone()) } else { train.push(e.clone()) }
+        }
+    }
+    (train, dev)
+}
+
+fn sorted_labels(set: &[LabeledText]) -> Vec<String> {
+    let mut l: Vec<String> = set.iter().map(|e| e.label.clone()).collect();
+    l.sort();
+    l.dedup();
+    l
+}
+
+fn evaluate_encoded(
+    encoder: &SentenceEncoder,
+    head: &Linear,
+    tokenizer: &TextTokenizer,
+    set: &Encoded,
+    labels: &[String],
+    batch: usize,
+) -> Result<Scores> {
+    let mut probs = Vec::with_capacity(set.tokens.len());
+    for chunk in set.tokens.chunks(batch.max(1)) {
+        let refs: Vec<&Tokenized> = chunk.iter().collect();
+        let pooled = encoder.embed(&tokenizer.pad(&refs, &encoder.device)?, Mode::Infer)?;
+        probs.extend(candle_nn::ops::softmax_last_dim(&head.forward(&pooled)?)?.to_vec2::<f32>()?);
+    }
+    Ok(score_probs(&probs, &set.labels, labels))
+}
+
+fn score_probs(probs: &[Vec<f32>], gold: &[u32], labels: &[String]) -> Scores {
+    let name = |i: u32| labels.get(i as usize).cloned().unwrap_or_else(|| "<unknown>".into());
+    let pairs: Vec<(String, String)> = probs
+        .iter()
+        .zip(gold)
+        .map(|(p, &g)| {
+            let pred = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|x| x.0).unwrap_or(0);
+            (name(g), name(pred as u32))
+        })
+        .collect();
+    let r = scoring::compute(&pairs);
+    Scores { accuracy: r.accuracy, macro_f1: r.macro_f1, n: r.n }
+}
+
+/// Copies the pretrained weights into the variables created by `Bert::load`.
+fn load_pretrained(varmap: &VarMap, weights: &Path) -> Result<()> {
+    let tensors = candle_core::pickle::read_all(weights)
+        .with_context(|| format!("cannot read {}", weights.display()))?;
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut set = 0;
+    for (name, t) in tensors {
+        if let Some(var) = data.get(&name) {
+            var.set(&t.to_dtype(DType::F32)?)
+                .with_context(|| format!("{name}: shape mismatch"))?;
+            set += 1;
+        }
+    }
+    let expected = data.keys().filter(|k| !k.starts_with("classifier.")).count();
+    if set != expected {
+        bail!("{}: only {set} of {expected} encoder weights found", weights.display());
+    }
+    Ok(())
+}
+
+/// Writes the model folder atomically (a temp folder renamed over the target) and returns the
+/// card with its version filled in.
+fn save_model_dir(
+    out: &Path,
+    varmap: &VarMap,
+    config: &BertConfig,
+    base_dir: &Path,
+    labels: &[String],
+    mut card: ModelCard,
+) -> Result<ModelCard> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = out.file_name().context("--out must name a folder")?.to_string_lossy().to_string();
+    let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    let tensors: HashMap<String, Tensor> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    };
+    let weights = staging.join(classifier::WEIGHTS_FILE);
+    candle_core::safetensors::save(&tensors, &weights)?;
+    let digest = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(std::fs::read(&weights)?))
+    };
+    card.version = format!("{}-{}", card.base_model, &digest[..12]);
+    std::fs::write(staging.join(classifier::CONFIG_FILE), serde_json::to_string_pretty(config)?)?;
+    std::fs::copy(base_dir.join("tokenizer.json"), staging.join(classifier::TOKENIZER_FILE))?;
+    std::fs::write(staging.join(classifier::LABELS_FILE), serde_json::to_string_pretty(labels)?)?;
+    std::fs::write(staging.join(classifier::CARD_FILE), serde_json::to_string_pretty(&card)?)?;
+    if out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &old)?;
+        std::fs::rename(&staging, out)?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&staging, out)?;
+    }
+    Ok(card)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lr_schedule_warms_up_then_decays_to_zero() {
+        let total = 100;
+        assert!(lr_scale(0, total, 0.1) < 0.2);
+        assert!((lr_scale(9, total, 0.1) - 1.0).abs() < 1e-9);
+        assert!(lr_scale(50, total, 0.1) < 1.0 && lr_scale(50, total, 0.1) > 0.4);
+        assert!(lr_scale(99, total, 0.1) < 0.02);
+    }
+
+    #[test]
+    fn smoothed_loss_matches_hand_computation() {
+        // logits [0, 0] -> p = [0.5, 0.5]; any target: loss = ln 2 whatever the smoothing.
+        let logits = Tensor::new(&[[0f32, 0.0]], &Device::Cpu).unwrap();
+        let l = smoothed_cross_entropy(&logits, &[1], 0.1).unwrap().to_scalar::<f32>().unwrap();
+        assert!((l - std::f32::consts::LN_2).abs() < 1e-6);
+        // logits [ln 3, 0] -> p = [0.75, 0.25]; target 0, eps 0.2: q = [0.9, 0.1].
+        let logits = Tensor::new(&[[3f32.ln(), 0.0]], &Device::Cpu).unwrap();
+        let l = smoothed_cross_entropy(&logits, &[0], 0.2).unwrap().to_scalar::<f32>().unwrap();
+        let expected = -(0.9 * 0.75f32.ln() + 0.1 * 0.25f32.ln());
+        assert!((l - expected).abs() < 1e-5, "{l} vs {expected}");
+    }
+
+    #[test]
+    fn carve_dev_is_stratified_and_disjoint() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let all: Vec<LabeledText> = (0..40)
+            .map(|i| LabeledText { text: format!("t{i}"), label: if i % 2 == 0 { "a".into() } else { "b".into() } })
+            .collect();
+        let (train, dev) = carve_dev(&all, 0.1, &mut rng);
+        assert_eq!(train.len() + dev.len(), 40);
+        assert_eq!(dev.iter().filter(|e| e.label == "a").count(), 2);
+        assert_eq!(dev.iter().filter(|e| e.label == "b").count(), 2);
+        assert!(dev.iter().all(|d| !train.contains(d)));
+    }
+}

@@ -1,0 +1,62 @@
+//! Shared fixtures for the integration tests: the real pretrained encoder (fetched once through
+//! `intentd fetch-model`) and the real default model (trained once through `intentd train`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn intentd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_intentd"))
+}
+
+/// Test binaries run one after another, but tests inside one binary run in parallel.
+static FIXTURE_LOCK: Mutex<()> = Mutex::new(());
+
+fn run_ok(args: &[&str]) {
+    let status = Command::new(intentd_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .status()
+        .expect("run intentd");
+    assert!(status.success(), "intentd {args:?} failed: {status}");
+}
+
+/// models/m3e-small, fetched if missing.
+pub fn base_model_dir() -> PathBuf {
+    let _g = FIXTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = repo_root().join("models/m3e-small");
+    if !dir.join(".installed").is_file() {
+        run_ok(&["fetch-model"]);
+    }
+    dir
+}
+
+/// The default model trained from training-data/ (what `intentd serve` uses), trained if missing.
+pub fn default_model_dir() -> PathBuf {
+    base_model_dir();
+    let _g = FIXTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = repo_root().join("models/intentd-default");
+    if !dir.join("model.json").is_file() {
+        run_ok(&["train", "--quiet"]);
+    }
+    dir
+}
+
+/// The public SMP2017 dataset beside the repository (never copied into it).
+pub fn smp2017_dir() -> Option<PathBuf> {
+    let p = repo_root().join("../shared/datasets/smp2017");
+    p.join("train.tsv").is_file().then_some(p)
+}
+
+pub fn shared_reference(name: &str) -> PathBuf {
+    repo_root().join("../shared/reference").join(name)
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
