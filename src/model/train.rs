@@ -253,7 +253,7 @@ fn train_full(
     let mut opt_head = AdamW::new(head_vars.to_vec(), adamw(hp.head_learning_rate, hp.weight_decay))?;
     let steps_per_epoch = train.tokens.len().div_ceil(hp.batch_size);
     let total_steps = steps_per_epoch * hp.epochs;
-    let bar = progress_bar(progress, total_steps as u64);
+    let bar = Progress::new(progress, total_steps as u64);
     let mut best = Best { scores: None, weights: snapshot(varmap)? };
     let mut since_best = 0;
     let mut step = 0usize;
@@ -278,12 +278,8 @@ fn train_full(
             step += 1;
             seen += batch.len();
             let loss_v = loss.to_scalar::<f32>()?;
-            bar.set_message(format!(
-                "epoch {epoch}/{} loss {loss_v:.4} {:.1} ex/s",
-                hp.epochs,
-                seen as f64 / t0.elapsed().as_secs_f64()
-            ));
-            bar.inc(1);
+            let elapsed = t0.elapsed().as_secs_f64();
+            bar.step(|| format!("epoch {epoch}/{} loss {loss_v:.4} {:.1} ex/s", hp.epochs, seen as f64 / elapsed));
         }
         let scores = evaluate_encoded(encoder, head, tokenizer, dev, labels, hp.batch_size)?;
         bar.println(format!(
@@ -301,7 +297,7 @@ fn train_full(
             }
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok((best, seen as f64 / t0.elapsed().as_secs_f64()))
 }
 
@@ -337,7 +333,7 @@ fn train_head(
     let n = train.tokens.len();
     let steps_per_epoch = n.div_ceil(hp.batch_size);
     let total_steps = steps_per_epoch * hp.epochs;
-    let bar = progress_bar(progress, total_steps as u64);
+    let bar = Progress::new(progress, total_steps as u64);
     let names = ["classifier.weight", "classifier.bias"];
     let mut best = Best { scores: None, weights: snapshot_vars(&names, head_vars)? };
     let mut since_best = 0;
@@ -358,8 +354,8 @@ fn train_head(
             opt.step(&grads)?;
             step += 1;
             seen += batch.len();
-            bar.set_message(format!("epoch {epoch}/{} loss {:.4}", hp.epochs, loss.to_scalar::<f32>()?));
-            bar.inc(1);
+            let loss_v = loss.to_scalar::<f32>()?;
+            bar.step(|| format!("epoch {epoch}/{} loss {loss_v:.4}", hp.epochs));
         }
         let scores = match &dev_x {
             Some(dx) => {
@@ -378,7 +374,7 @@ fn train_head(
             }
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     if let Some(s) = best.scores {
         eprintln!("best dev accuracy={:.4} macro_f1={:.4} n={}", s.accuracy, s.macro_f1, s.n);
     }
@@ -387,6 +383,45 @@ fn train_head(
 
 fn adamw(lr: f64, weight_decay: f64) -> ParamsAdamW {
     ParamsAdamW { lr, weight_decay, ..Default::default() }
+}
+
+/// Progress for people: a live bar on a terminal; in logs (CI, files) the bar is hidden and
+/// `Progress::log` prints plain lines instead.
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+    every: u64,
+}
+
+impl Progress {
+    fn new(show: bool, len: u64) -> Self {
+        use std::io::IsTerminal;
+        let tty = std::io::stderr().is_terminal();
+        Self { bar: progress_bar(show && tty, len), plain: show && !tty, every: (len / 10).max(1) }
+    }
+
+    /// One finished step; `msg` is built only when it will be shown.
+    fn step(&self, msg: impl FnOnce() -> String) {
+        self.bar.inc(1);
+        let pos = self.bar.position();
+        if self.plain && (pos % self.every == 0 || pos == self.bar.length().unwrap_or(0)) {
+            eprintln!("step {pos}/{} {}", self.bar.length().unwrap_or(0), msg());
+        } else if !self.bar.is_hidden() {
+            self.bar.set_message(msg());
+        }
+    }
+
+    fn println(&self, line: String) {
+        if self.plain {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn progress_bar(show: bool, len: u64) -> ProgressBar {

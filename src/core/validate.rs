@@ -1,0 +1,235 @@
+//! Request validation: every field checked against a stated limit, and every failure names the
+//! field and the limit, so a bot developer can fix the call from the message alone.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pb;
+use crate::types::{MessageContext, UserInfo};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Characters (Unicode scalar values) in a message text.
+    pub max_text_chars: usize,
+    /// Bytes in an id field (bot_id, chat_id, message_id, user.id).
+    pub max_id_bytes: usize,
+    pub max_nickname_chars: usize,
+    pub max_tags: usize,
+    pub max_tag_chars: usize,
+    /// Messages in one ClassifyBatch call.
+    pub max_batch_requests: usize,
+    /// How far in the future `sent_at_ms` may be (clock skew allowance).
+    pub max_future_skew_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 2000,
+            max_id_bytes: 128,
+            max_nickname_chars: 64,
+            max_tags: 32,
+            max_tag_chars: 32,
+            max_batch_requests: 64,
+            max_future_skew_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// A field that failed validation; becomes gRPC INVALID_ARGUMENT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidField {
+    pub field: String,
+    pub problem: String,
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidField {
+    InvalidField { field: field.into(), problem: problem.into() }
+}
+
+fn check_id(field: &str, value: &str, required: bool, limits: &Limits) -> Result<(), InvalidField> {
+    if value.trim().is_empty() {
+        if required {
+            return Err(invalid(field, "is required and must not be empty"));
+        }
+        return Ok(());
+    }
+    if value.len() > limits.max_id_bytes {
+        return Err(invalid(field, format!("is {} bytes, over the limit of {}", value.len(), limits.max_id_bytes)));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+pub fn check_text(field: &str, text: &str, limits: &Limits) -> Result<(), InvalidField> {
+    if text.trim().is_empty() {
+        return Err(invalid(field, "is empty or only whitespace"));
+    }
+    let chars = text.chars().count();
+    if chars > limits.max_text_chars {
+        return Err(invalid(field, format!("is {chars} characters, over the limit of {}", limits.max_text_chars)));
+    }
+    Ok(())
+}
+
+fn check_user(prefix: &str, user: Option<&pb::User>, limits: &Limits) -> Result<UserInfo, InvalidField> {
+    let Some(u) = user else {
+        return Err(invalid(prefix, "is required (at least user.id)"));
+    };
+    check_id(&format!("{prefix}.id"), &u.id, true, limits)?;
+    let nick_chars = u.nickname.chars().count();
+    if nick_chars > limits.max_nickname_chars {
+        return Err(invalid(
+            format!("{prefix}.nickname"),
+            format!("is {nick_chars} characters, over the limit of {}", limits.max_nickname_chars),
+        ));
+    }
+    if u.tags.len() > limits.max_tags {
+        return Err(invalid(format!("{prefix}.tags"), format!("has {} tags, over the limit of {}", u.tags.len(), limits.max_tags)));
+    }
+    for (i, t) in u.tags.iter().enumerate() {
+        if t.trim().is_empty() || t.chars().count() > limits.max_tag_chars {
+            return Err(invalid(format!("{prefix}.tags[{i}]"), format!("must be 1..={} characters", limits.max_tag_chars)));
+        }
+    }
+    if u.city.chars().count() > limits.max_nickname_chars {
+        return Err(invalid(format!("{prefix}.city"), format!("is over the limit of {} characters", limits.max_nickname_chars)));
+    }
+    Ok(UserInfo {
+        id: u.id.clone(),
+        nickname: u.nickname.clone(),
+        tags: u.tags.clone(),
+        city: u.city.clone(),
+        vip_level: u.vip_level,
+    })
+}
+
+fn check_time(field: &str, ms: i64, now_ms: i64, limits: &Limits) -> Result<i64, InvalidField> {
+    if ms == 0 {
+        return Ok(now_ms);
+    }
+    if ms < 0 {
+        return Err(invalid(field, "must be Unix milliseconds (>= 0; 0 means now)"));
+    }
+    if ms > now_ms + limits.max_future_skew_ms {
+        return Err(invalid(field, format!("is more than {} ms in the future", limits.max_future_skew_ms)));
+    }
+    Ok(ms)
+}
+
+/// Validates a Classify request into the engine's message context. `known_bot` says whether
+/// the bot id is configured.
+pub fn classify_request(
+    req: &pb::ClassifyRequest,
+    limits: &Limits,
+    now_ms: i64,
+    known_bot: impl Fn(&str) -> bool,
+) -> Result<MessageContext, InvalidField> {
+    check_id("bot_id", &req.bot_id, true, limits)?;
+    if !known_bot(&req.bot_id) {
+        return Err(invalid("bot_id", format!("unknown bot '{}' (not in the server configuration)", req.bot_id)));
+    }
+    check_id("chat_id", &req.chat_id, true, limits)?;
+    check_id("message_id", &req.message_id, true, limits)?;
+    check_text("text", &req.text, limits)?;
+    if req.chat_name.chars().count() > limits.max_nickname_chars {
+        return Err(invalid("chat_name", format!("is over the limit of {} characters", limits.max_nickname_chars)));
+    }
+    let user = check_user("user", req.user.as_ref(), limits)?;
+    let at_ms = check_time("sent_at_ms", req.sent_at_ms, now_ms, limits)?;
+    Ok(MessageContext {
+        bot_id: req.bot_id.clone(),
+        chat_id: req.chat_id.clone(),
+        chat_name: req.chat_name.clone(),
+        message_id: req.message_id.clone(),
+        text: req.text.clone(),
+        at_ms,
+        user,
+    })
+}
+
+/// Validates the common fields of an event; returns (at_ms, user).
+pub fn event(
+    ev: &pb::Event,
+    limits: &Limits,
+    now_ms: i64,
+    known_bot: impl Fn(&str) -> bool,
+) -> Result<(i64, Option<UserInfo>), InvalidField> {
+    check_id("bot_id", &ev.bot_id, true, limits)?;
+    if !known_bot(&ev.bot_id) {
+        return Err(invalid("bot_id", format!("unknown bot '{}' (not in the server configuration)", ev.bot_id)));
+    }
+    check_id("chat_id", &ev.chat_id, true, limits)?;
+    check_id("target_id", &ev.target_id, false, limits)?;
+    check_id("event_id", &ev.event_id, false, limits)?;
+    let ty = pb::EventType::try_from(ev.r#type).map_err(|_| invalid("type", format!("unknown event type {}", ev.r#type)))?;
+    if ty == pb::EventType::Unspecified {
+        return Err(invalid("type", "must be set (MEMBER_JOINED, MEMBER_LEFT, LINK_CLICKED, CARD_SHARED or ACTIVITY)"));
+    }
+    let needs_user = matches!(ty, pb::EventType::MemberJoined | pb::EventType::MemberLeft | pb::EventType::LinkClicked | pb::EventType::CardShared);
+    let user = if needs_user || ev.user.is_some() { Some(check_user("user", ev.user.as_ref(), limits)?) } else { None };
+    if matches!(ty, pb::EventType::LinkClicked | pb::EventType::CardShared) && ev.target_id.is_empty() {
+        return Err(invalid("target_id", "is required for LINK_CLICKED and CARD_SHARED"));
+    }
+    let at_ms = check_time("at_ms", ev.at_ms, now_ms, limits)?;
+    Ok((at_ms, user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(text: &str) -> pb::ClassifyRequest {
+        pb::ClassifyRequest {
+            bot_id: "shop".into(),
+            chat_id: "g1".into(),
+            message_id: "m1".into(),
+            text: text.into(),
+            user: Some(pb::User { id: "u1".into(), nickname: "小王".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn check(r: &pb::ClassifyRequest) -> Result<MessageContext, InvalidField> {
+        classify_request(r, &Limits::default(), 1_000, |b| b == "shop")
+    }
+
+    #[test]
+    fn a_good_request_passes_and_zero_time_means_now() {
+        let ctx = check(&req("怎么退款")).unwrap();
+        assert_eq!(ctx.at_ms, 1_000);
+        assert_eq!(ctx.user.nickname, "小王");
+    }
+
+    #[test]
+    fn each_bad_field_is_named_with_its_limit() {
+        assert_eq!(check(&req("  \n")).unwrap_err().field, "text");
+        let long = "退".repeat(2001);
+        let e = check(&req(&long)).unwrap_err();
+        assert_eq!(e.field, "text");
+        assert!(e.problem.contains("2001") && e.problem.contains("2000"), "{e}");
+        let mut r = req("hi");
+        r.bot_id = "other".into();
+        assert!(check(&r).unwrap_err().to_string().starts_with("bot_id: unknown bot"));
+        let mut r = req("hi");
+        r.user = None;
+        assert_eq!(check(&r).unwrap_err().field, "user");
+        let mut r = req("hi");
+        r.message_id = "x".repeat(129);
+        assert!(check(&r).unwrap_err().problem.contains("128"));
+        let mut r = req("hi");
+        r.sent_at_ms = -5;
+        assert_eq!(check(&r).unwrap_err().field, "sent_at_ms");
+        let mut r = req("hi");
+        r.user.as_mut().unwrap().tags = vec!["".into()];
+        assert_eq!(check(&r).unwrap_err().field, "user.tags[0]");
+    }
+
+    #[test]
+    fn exactly_at_the_limit_is_accepted() {
+        assert!(check(&req(&"退".repeat(2000))).is_ok());
+    }
+}
