@@ -1,0 +1,503 @@
+//! The service core: admission control, validation, tokenisation, batched inference, fusion
+//! with the keyword layer, the playbook's decision, and the durable log row. Front doors
+//! (gRPC today) only translate to and from this.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::batcher::{Batcher, LoadedModel};
+use super::operator::OperatorRules;
+use super::validate::{self, InvalidField};
+use crate::clock::{ManualClock, SharedClock};
+use crate::engine::fusion;
+use crate::metrics::Metrics;
+use crate::model::classifier::{IntentBackend, IntentModel};
+use crate::pb;
+use crate::policy::events::EventInput;
+use crate::policy::playbook::Playbook;
+use crate::policy::scheduler::OutboundItem;
+use crate::server::config::ServerConfig;
+use crate::store::{self, ConversationRecord, Record, Storage};
+use crate::types::{Action, Classification, IntentScore, MessageContext, PolicyDecision, Source};
+
+/// Why a call failed; the front door maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    Invalid(#[from] InvalidField),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepTimings {
+    pub tokenize_us: u64,
+    pub queue_us: u64,
+    pub inference_us: u64,
+    pub total_us: u64,
+}
+
+/// Everything the front door needs to answer a Classify call.
+#[derive(Debug, Clone)]
+pub struct ClassifyResult {
+    pub ctx: MessageContext,
+    pub classification: Classification,
+    pub decision: PolicyDecision,
+    pub timings: StepTimings,
+    pub model_version: String,
+    /// The log row is durable (false only when the store is off or its queue was full).
+    pub recorded: bool,
+}
+
+pub struct Core {
+    pub cfg: Arc<ServerConfig>,
+    pub clock: SharedClock,
+    /// Present when the server runs on a manual clock (tests, demos): SetClock moves it.
+    pub manual_clock: Option<Arc<ManualClock>>,
+    model: Arc<ArcSwapOption<LoadedModel>>,
+    batcher: Batcher,
+    rules: ArcSwap<OperatorRules>,
+    playbook: ArcSwap<Playbook>,
+    pub storage: Option<Storage>,
+    pub metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    served: AtomicU64,
+    known_bots: HashSet<String>,
+    /// Wakes Subscribe streams: the clock moved or new proactive sends were queued.
+    pub outbound_changed: Arc<Notify>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Core {
+    pub fn new(
+        cfg: Arc<ServerConfig>,
+        clock: SharedClock,
+        manual_clock: Option<Arc<ManualClock>>,
+        rules: OperatorRules,
+        playbook: Playbook,
+        storage: Option<Storage>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let model = Arc::new(ArcSwapOption::empty());
+        let batcher = Batcher::start(model.clone(), cfg.batching.clone(), cfg.max_in_flight);
+        Self {
+            known_bots: cfg.bot_ids().into_iter().collect(),
+            permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            cfg,
+            clock,
+            manual_clock,
+            model,
+            batcher,
+            rules: ArcSwap::from_pointee(rules),
+            playbook: ArcSwap::from_pointee(playbook),
+            storage,
+            metrics,
+            served: AtomicU64::new(0),
+            outbound_changed: Arc::new(Notify::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn model_loaded(&self) -> bool {
+        self.model.load().is_some()
+    }
+
+    pub fn model_version(&self) -> String {
+        self.model.load().as_ref().map(|m| m.version.to_string()).unwrap_or_default()
+    }
+
+    pub fn config_hash(&self) -> String {
+        self.rules.load().config_hash.clone()
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.cfg.max_in_flight - self.permits.available_permits()
+    }
+
+    pub fn playbook(&self) -> Arc<Playbook> {
+        self.playbook.load_full()
+    }
+
+    pub fn known_bot(&self, bot: &str) -> bool {
+        self.known_bots.is_empty() || self.known_bots.contains(bot)
+    }
+
+    /// Makes `model` the served model (atomically: requests already in a batch finish on the
+    /// old one).
+    pub fn install_model(&self, model: Arc<dyn IntentBackend>) {
+        let loaded = LoadedModel::new(model);
+        self.metrics.set_model_version(&loaded.version);
+        self.model.store(Some(Arc::new(loaded)));
+    }
+
+    fn admit(&self, n: u32) -> Result<OwnedSemaphorePermit, CoreError> {
+        self.permits.clone().try_acquire_many_owned(n).map_err(|_| {
+            CoreError::Busy(format!(
+                "too many requests in flight (limit {}); retry with backoff",
+                self.cfg.max_in_flight
+            ))
+        })
+    }
+
+    pub async fn classify(&self, req: &pb::ClassifyRequest) -> Result<ClassifyResult, CoreError> {
+        let _permit = self.admit(1)?;
+        let _gauge = self.metrics.in_flight_guard();
+        let ctx = validate::classify_request(req, &self.cfg.limits, self.now_ms(), |b| self.known_bot(b))?;
+        self.classify_valid(ctx).await
+    }
+
+    /// Answers come back in request order; the whole batch is validated before any work.
+    pub async fn classify_batch(&self, reqs: &[pb::ClassifyRequest]) -> Result<Vec<ClassifyResult>, CoreError> {
+        let limit = self.cfg.limits.max_batch_requests;
+        if reqs.is_empty() {
+            return Err(InvalidField { field: "requests".into(), problem: "is empty".into() }.into());
+        }
+        if reqs.len() > limit {
+            return Err(InvalidField {
+                field: "requests".into(),
+                problem: format!("has {} messages, over the limit of {limit}", reqs.len()),
+            }
+            .into());
+        }
+        let _permit = self.admit(reqs.len() as u32)?;
+        let _gauge = self.metrics.in_flight_guard();
+        let now = self.now_ms();
+        let mut ctxs = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            let ctx = validate::classify_request(r, &self.cfg.limits, now, |b| self.known_bot(b)).map_err(|e| {
+                InvalidField { field: format!("requests[{i}].{}", e.field), problem: e.problem }
+            })?;
+            ctxs.push(ctx);
+        }
+        // All texts go to the batcher together, so they share forward passes.
+        let results = futures_util::future::join_all(ctxs.into_iter().map(|c| self.classify_valid(c))).await;
+        results.into_iter().collect()
+    }
+
+    async fn classify_valid(&self, ctx: MessageContext) -> Result<ClassifyResult, CoreError> {
+        let started = Instant::now();
+        let playbook = self.playbook.load_full();
+        let rules = self.rules.load_full();
+        let mut timings = StepTimings::default();
+        let mut model_version = self.model_version();
+
+        // Compliance first: a banned word is blocked before any model work.
+        let (classification, decision) = if let Some(decision) = playbook.precheck(&ctx) {
+            let cls = Classification {
+                intent: String::new(),
+                confidence: 1.0,
+                ranking: Vec::new(),
+                source: Source::Policy,
+                matched_terms: Vec::new(),
+                needs_clarification: false,
+                truncated: false,
+                model_loaded: self.model_loaded(),
+            };
+            (cls, decision)
+        } else {
+            let kw = rules.keywords.match_text(&ctx.text);
+            let mut truncated = false;
+            let mut model_scores: Option<Vec<IntentScore>> = None;
+            if let Some(m) = self.batcher.model() {
+                let t0 = Instant::now();
+                let tokens = m
+                    .backend
+                    .tokenizer()
+                    .tokenize(&ctx.text)
+                    .map_err(|e| CoreError::Internal(format!("tokenizer: {e:#}")))?;
+                timings.tokenize_us = t0.elapsed().as_micros() as u64;
+                truncated = tokens.truncated;
+                match self.batcher.infer(tokens).await {
+                    Ok(inf) => {
+                        timings.queue_us = inf.queue_us;
+                        timings.inference_us = inf.inference_us;
+                        model_version = inf.model_version.to_string();
+                        let mut scores: Vec<IntentScore> = inf
+                            .labels
+                            .iter()
+                            .zip(&inf.prediction.probs)
+                            .map(|(l, &p)| IntentScore { intent: l.clone(), confidence: p })
+                            .collect();
+                        scores.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+                        model_scores = Some(scores);
+                    }
+                    // The model was unloaded between the check and the batch: serve from rules.
+                    Err(e) if e.contains("not loaded") => {}
+                    Err(e) => return Err(CoreError::Internal(e)),
+                }
+            }
+            let mut cls = fusion::fuse(model_scores.as_deref(), &kw, &rules.fusion);
+            cls.truncated = truncated;
+            let decision = playbook.decide_message(&ctx, &cls, &|i: &str| rules.display_name(i));
+            (cls, decision)
+        };
+
+        timings.total_us = started.elapsed().as_micros() as u64;
+        let recorded = self.record_decision(&ctx, &classification, &decision, timings, &model_version).await;
+        if !decision.reply.as_ref().map(|r| r.text.is_empty()).unwrap_or(true) || decision.send_after_ms > 0 {
+            self.outbound_changed.notify_waiters();
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.metrics.observe_request(
+            "Classify",
+            source_name(classification.source),
+            action_name(decision.action),
+            started.elapsed().as_secs_f64(),
+        );
+        timings.total_us = started.elapsed().as_micros() as u64;
+        Ok(ClassifyResult { ctx, classification, decision, timings, model_version, recorded })
+    }
+
+    /// Writes the conversation row (and an audit row for handoffs and blocks) and waits for
+    /// the group commit, so an answered request is a durable one.
+    async fn record_decision(
+        &self,
+        ctx: &MessageContext,
+        cls: &Classification,
+        decision: &PolicyDecision,
+        timings: StepTimings,
+        model_version: &str,
+    ) -> bool {
+        let Some(storage) = &self.storage else { return false };
+        let triggered = !cls.intent.is_empty() && self.playbook.load().has_reply(&cls.intent);
+        let rec = ConversationRecord::from_decision(
+            ctx,
+            cls,
+            decision,
+            triggered,
+            store::Timings {
+                tokenize_us: timings.tokenize_us,
+                inference_us: timings.inference_us,
+                total_us: timings.total_us,
+            },
+            model_version,
+        );
+        let mut tickets = Vec::with_capacity(2);
+        match storage.submit(Record::Conversation(rec)) {
+            Ok(t) => tickets.push(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "conversation row not stored");
+                return false;
+            }
+        }
+        let audit = match decision.action {
+            Action::Handoff => Some(store::AuditAction::Handoff),
+            Action::Block => Some(store::AuditAction::Block),
+            _ => None,
+        };
+        if let Some(action) = audit {
+            let detail = format!("bot={} chat={} message={} reason={}", ctx.bot_id, ctx.chat_id, ctx.message_id, decision.reason);
+            match storage.audit("engine", action, &detail) {
+                Ok(t) => tickets.push(t),
+                Err(e) => tracing::warn!(error = %e, "audit row not stored"),
+            }
+        }
+        let mut ok = true;
+        for t in tickets {
+            match tokio::time::timeout(Duration::from_millis(self.cfg.request_timeout_ms), t).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "store commit failed");
+                    ok = false;
+                }
+                Err(_) => {
+                    tracing::error!("store commit timed out");
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
+    pub fn handle_event(&self, ev: &pb::Event) -> Result<PolicyDecision, CoreError> {
+        let _permit = self.admit(1)?;
+        let (at_ms, user) = validate::event(ev, &self.cfg.limits, self.now_ms(), |b| self.known_bot(b))?;
+        let input = EventInput::from_pb(ev, at_ms, user);
+        let decision = self.playbook.load().handle_event(&input);
+        self.outbound_changed.notify_waiters();
+        self.metrics.observe_request("HandleEvent", "policy", action_name(decision.action), 0.0);
+        Ok(decision)
+    }
+
+    /// Proactive sends due now for `bot_id` (and `chats` when not empty); each is returned once.
+    pub fn due_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
+        self.playbook.load().due_for(self.now_ms(), bot_id, chats)
+    }
+
+    pub fn next_outbound_ms(&self) -> Option<i64> {
+        self.playbook.load().next_due_ms()
+    }
+
+    pub async fn feedback(&self, req: &pb::FeedbackRequest) -> Result<bool, CoreError> {
+        let limits = &self.cfg.limits;
+        let invalid = |f: &str, p: &str| CoreError::Invalid(InvalidField { field: f.into(), problem: p.into() });
+        if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
+            return Err(invalid("bot_id", "is empty or not a configured bot"));
+        }
+        if req.message_id.trim().is_empty() || req.message_id.len() > limits.max_id_bytes {
+            return Err(invalid("message_id", &format!("must be 1..={} bytes", limits.max_id_bytes)));
+        }
+        let kind = store::FeedbackKind::from_pb(req.kind)
+            .ok_or_else(|| invalid("kind", "must be RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN or CLICKED"))?;
+        let storage = self.storage.as_ref().ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
+        let at_ms = if req.at_ms > 0 { req.at_ms } else { self.now_ms() };
+        let rec = store::FeedbackRecord {
+            bot_id: req.bot_id.clone(),
+            message_id: req.message_id.clone(),
+            kind,
+            variant_id: req.variant_id.clone(),
+            at_ms,
+        };
+        let ticket = storage.submit(Record::Feedback(rec)).map_err(|e| CoreError::Busy(e.to_string()))?;
+        ticket.await.map_err(|e| CoreError::Internal(format!("store: {e}")))?;
+        Ok(true)
+    }
+
+    pub async fn human_reply(&self, req: &pb::HumanReplyRequest) -> Result<bool, CoreError> {
+        let invalid = |f: &str, p: &str| CoreError::Invalid(InvalidField { field: f.into(), problem: p.into() });
+        if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
+            return Err(invalid("bot_id", "is empty or not a configured bot"));
+        }
+        if req.chat_id.trim().is_empty() {
+            return Err(invalid("chat_id", "is required"));
+        }
+        let at_ms = if req.at_ms > 0 { req.at_ms } else { self.now_ms() };
+        self.playbook.load().record_human_reply(&req.bot_id, &req.chat_id, at_ms);
+        let Some(storage) = &self.storage else { return Ok(false) };
+        let rec = store::HumanReplyRecord {
+            bot_id: req.bot_id.clone(),
+            chat_id: req.chat_id.clone(),
+            message_id: req.message_id.clone(),
+            at_ms,
+        };
+        let ticket = storage.submit(Record::HumanReply(rec)).map_err(|e| CoreError::Busy(e.to_string()))?;
+        ticket.await.map_err(|e| CoreError::Internal(format!("store: {e}")))?;
+        Ok(true)
+    }
+
+    pub fn stats(&self, req: &pb::StatsRequest) -> Result<pb::StatsResponse, CoreError> {
+        if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
+            return Err(InvalidField { field: "bot_id".into(), problem: "is empty or not a configured bot".into() }.into());
+        }
+        let storage = self.storage.as_ref().ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
+        let mut req = req.clone();
+        if req.to_ms == 0 {
+            req.to_ms = self.now_ms();
+        }
+        storage.stats(&req).map_err(|e| CoreError::Internal(format!("store: {e}")))
+    }
+
+    /// Loads the model folder off the runtime threads and swaps it in; a broken folder is
+    /// rejected with the reason and the old model keeps serving.
+    pub async fn reload_model(&self, actor: &str) -> Result<String, CoreError> {
+        let _g = self.reload_lock.lock().await;
+        let dir = self.cfg.model_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || IntentModel::load(&dir))
+            .await
+            .map_err(|e| CoreError::Internal(format!("model loader crashed: {e}")))?;
+        match loaded {
+            Ok(m) => {
+                let version = m.card.version.clone();
+                self.install_model(Arc::new(m));
+                self.audit(actor, store::AuditAction::ModelReload, &format!("model {version} loaded"));
+                Ok(version)
+            }
+            Err(e) => {
+                let msg = format!("model reload rejected, still serving {}: {e:#}", self.model_version());
+                self.audit(actor, store::AuditAction::ModelReload, &msg);
+                Err(CoreError::FailedPrecondition(msg))
+            }
+        }
+    }
+
+    /// Reloads every operator file as one unit.
+    pub async fn reload_operator(&self, actor: &str) -> Result<String, CoreError> {
+        let _g = self.reload_lock.lock().await;
+        let cfg = self.cfg.clone();
+        let clock = self.clock.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<(OperatorRules, Playbook)> {
+            let rules = OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())?;
+            let playbook = Playbook::load(&cfg.operator_dir, clock, cfg.seed).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok((rules, playbook))
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!("config loader crashed: {e}")))?;
+        match loaded {
+            Ok((rules, playbook)) => {
+                let hash = rules.config_hash.clone();
+                // Carry the playbook's live state (spacing, cooldowns, schedules) across.
+                playbook.adopt_state(&self.playbook.load());
+                self.rules.store(Arc::new(rules));
+                self.playbook.store(Arc::new(playbook));
+                self.audit(actor, store::AuditAction::ConfigReload, &format!("operator files {hash} loaded"));
+                self.outbound_changed.notify_waiters();
+                Ok(hash)
+            }
+            Err(e) => {
+                let msg = format!("operator reload rejected, still serving {}: {e:#}", self.config_hash());
+                self.audit(actor, store::AuditAction::ConfigReload, &msg);
+                Err(CoreError::FailedPrecondition(msg))
+            }
+        }
+    }
+
+    pub fn set_clock(&self, now_ms: i64) -> Result<i64, CoreError> {
+        let clock = self.manual_clock.as_ref().ok_or_else(|| {
+            CoreError::FailedPrecondition("the server runs on the system clock (start it with --manual-clock)".into())
+        })?;
+        if now_ms <= 0 {
+            return Err(InvalidField { field: "now_ms".into(), problem: "must be positive Unix milliseconds".into() }.into());
+        }
+        clock.set_ms(now_ms);
+        self.outbound_changed.notify_waiters();
+        Ok(now_ms)
+    }
+
+    pub fn audit(&self, actor: &str, action: store::AuditAction, detail: &str) {
+        if let Some(s) = &self.storage {
+            if let Err(e) = s.audit(actor, action, detail) {
+                tracing::warn!(error = %e, "audit row not stored");
+            }
+        }
+    }
+}
+
+pub fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Model => "model",
+        Source::Keyword => "keyword",
+        Source::Regex => "regex",
+        Source::Fallback => "fallback",
+        Source::Policy => "policy",
+    }
+}
+
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Reply => "reply",
+        Action::Clarify => "clarify",
+        Action::Handoff => "handoff",
+        Action::Block => "block",
+        Action::Ignore => "ignore",
+    }
+}

@@ -1,0 +1,192 @@
+//! The server's one configuration file (`config/intentd.yml`). Every key has a default that
+//! works out of the box on a developer machine; unknown keys are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::core::batcher::BatchConfig;
+use crate::core::validate::Limits;
+use crate::engine::fusion::FusionConfig;
+use crate::store::StoreConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Trained model folder (written by `intentd train`).
+    pub model_dir: PathBuf,
+    /// When `model_dir` is missing: fetch the encoder and train it from `training_data` first.
+    pub auto_train: bool,
+    /// Operator files: intents.yml, rules.yml, replies.yml, playbook.yml, banned_words.txt, calendar.yml.
+    pub operator_dir: PathBuf,
+    /// Rasa-style YAML whose `synonym` / `regex` / `lookup` entries feed the keyword layer (and
+    /// the default model's training data).
+    pub training_data: PathBuf,
+    /// Seed for reply selection, jitter and A/B salts.
+    pub seed: u64,
+    /// Requests being processed at once; beyond it RESOURCE_EXHAUSTED immediately.
+    pub max_in_flight: usize,
+    /// Upper bound for one request when the client sets no deadline.
+    pub request_timeout_ms: u64,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    pub shutdown_grace_ms: u64,
+    pub limits: Limits,
+    pub batching: BatchConfig,
+    pub fusion: FusionConfig,
+    /// How many ranked intents a response carries.
+    pub ranking_top_k: usize,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+    pub store: StoreConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".parse().expect("static address"),
+            model_dir: "models/intentd-default".into(),
+            auto_train: true,
+            operator_dir: "config/operator".into(),
+            training_data: "training-data/nlu".into(),
+            seed: 42,
+            max_in_flight: 256,
+            request_timeout_ms: 5000,
+            shutdown_grace_ms: 10_000,
+            limits: Limits::default(),
+            batching: BatchConfig::default(),
+            fusion: FusionConfig::default(),
+            ranking_top_k: 5,
+            auth: AuthConfig::default(),
+            tls: None,
+            store: StoreConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Turn authentication off (local development only; logged loudly at start-up).
+    pub disabled: bool,
+    /// Admin token, for the AdminService RPCs; `admin_token_env` wins when that variable is set.
+    pub admin_token: Option<String>,
+    pub admin_token_env: Option<String>,
+    /// The bots allowed to call, each with its token.
+    pub bots: Vec<BotAuth>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotAuth {
+    pub id: String,
+    /// Literal token (for local use); `token_env` wins when that variable is set.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Prometheus `/metrics` address (a separate HTTP port).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: "127.0.0.1:9464".parse().expect("static address") }
+    }
+}
+
+impl ServerConfig {
+    /// Reads the file; relative paths inside it are taken from the current directory (the
+    /// repository root when following the README).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: ServerConfig = serde_yaml_ng::from_str(&text).map_err(|e| {
+            let at = e.location().map(|l| format!(":{}", l.line())).unwrap_or_default();
+            anyhow::anyhow!("{}{at}: {e}", path.display())
+        })?;
+        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.max_in_flight == 0 {
+            bail!("max_in_flight must be at least 1");
+        }
+        if self.limits.max_text_chars == 0 || self.limits.max_text_chars > 100_000 {
+            bail!("limits.max_text_chars must be 1..=100000, got {}", self.limits.max_text_chars);
+        }
+        if self.batching.max_batch_size == 0 || self.batching.max_batch_size > 256 {
+            bail!("batching.max_batch_size must be 1..=256, got {}", self.batching.max_batch_size);
+        }
+        if !self.auth.disabled && self.auth.bots.is_empty() {
+            bail!("auth.bots is empty: list the bots with their tokens, or set auth.disabled: true for local use");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for b in &self.auth.bots {
+            if b.id.trim().is_empty() {
+                bail!("auth.bots: a bot has an empty id");
+            }
+            if !seen.insert(&b.id) {
+                bail!("auth.bots: bot '{}' is listed twice", b.id);
+            }
+        }
+        self.store.validate().map_err(|e| anyhow::anyhow!("store: {e}"))?;
+        Ok(())
+    }
+
+    /// Bots known to the server (even with auth disabled, bot ids are checked against this
+    /// list when it is not empty).
+    pub fn bot_ids(&self) -> Vec<String> {
+        self.auth.bots.iter().map(|b| b.id.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/intentd.yml");
+        let cfg = ServerConfig::load(&path).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:50051");
+        assert!(!cfg.auth.bots.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        std::fs::write(&p, "listen: 127.0.0.1:1\nmax_inflight: 3\n").unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(e.contains("c.yml:2") && e.contains("max_inflight"), "{e}");
+    }
+
+    #[test]
+    fn empty_bot_list_needs_explicit_auth_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        std::fs::write(&p, "auth:\n  bots: []\n").unwrap();
+        assert!(format!("{:#}", ServerConfig::load(&p).unwrap_err()).contains("auth.disabled"));
+        std::fs::write(&p, "auth:\n  disabled: true\n").unwrap();
+        assert!(ServerConfig::load(&p).is_ok());
+    }
+}
