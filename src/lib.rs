@@ -9,3 +9,6 @@ pub mod pb {
 
 pub mod clock;
 pub mod types;
+pub mod metrics;
+pub mod pii;
+pub mod store;
