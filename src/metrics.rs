@@ -17,7 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -77,52 +78,92 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("intentd");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration = Family::<DurationLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_duration = Family::<DurationLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let model_info = Family::<ModelLabels, Gauge>::default();
         let in_flight = Gauge::default();
         let write_queue_depth = Gauge::default();
         let write_queue_full = Counter::default();
         let store_errors = Counter::default();
         // Counters get their `_total` suffix from the encoder.
-        registry.register("requests", "Requests answered, by RPC, decision source and action", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by RPC, decision source and action",
+            requests.clone(),
+        );
         registry.register_with_unit(
             "request_duration",
             "Request latency, by RPC and decision source",
             Unit::Seconds,
             request_duration.clone(),
         );
-        registry.register("model_info", "Model version being served (value 1)", model_info.clone());
-        registry.register("in_flight", "Requests being answered now", in_flight.clone());
-        registry.register("write_queue_depth", "Records waiting for the store writer", write_queue_depth.clone());
+        registry.register(
+            "model_info",
+            "Model version being served (value 1)",
+            model_info.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Requests being answered now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "write_queue_depth",
+            "Records waiting for the store writer",
+            write_queue_depth.clone(),
+        );
         registry.register(
             "write_queue_full",
             "Records refused because the store write queue was full",
             write_queue_full.clone(),
         );
         registry.register("store_errors", "Failed store commits", store_errors.clone());
-        Self { registry, requests, request_duration, model_info, in_flight, write_queue_depth, write_queue_full, store_errors }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            model_info,
+            in_flight,
+            write_queue_depth,
+            write_queue_full,
+            store_errors,
+        }
     }
 
     /// Counts one answered request and its latency.
     pub fn observe_request(&self, rpc: &str, source: &str, action: &str, seconds: f64) {
         self.requests
-            .get_or_create(&RequestLabels { rpc: rpc.into(), source: source.into(), action: action.into() })
+            .get_or_create(&RequestLabels {
+                rpc: rpc.into(),
+                source: source.into(),
+                action: action.into(),
+            })
             .inc();
         self.request_duration
-            .get_or_create(&DurationLabels { rpc: rpc.into(), source: source.into() })
+            .get_or_create(&DurationLabels {
+                rpc: rpc.into(),
+                source: source.into(),
+            })
             .observe(seconds);
     }
 
     /// Marks `version` as the served model (the previous version's series disappears).
     pub fn set_model_version(&self, version: &str) {
         self.model_info.clear();
-        self.model_info.get_or_create(&ModelLabels { version: version.into() }).set(1);
+        self.model_info
+            .get_or_create(&ModelLabels {
+                version: version.into(),
+            })
+            .set(1);
     }
 
     /// Counts a request in flight until the guard is dropped.
     pub fn in_flight_guard(&self) -> InFlightGuard {
         self.in_flight.inc();
-        InFlightGuard { gauge: self.in_flight.clone() }
+        InFlightGuard {
+            gauge: self.in_flight.clone(),
+        }
     }
 
     /// The OpenMetrics text exposition, ending in `# EOF`.
@@ -152,7 +193,9 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
 
 /// The `/metrics` router, for callers that build their own server.
 pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new().route("/metrics", get(metrics_handler)).with_state(metrics)
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(metrics)
 }
 
 /// Serves `GET /metrics` on `addr` until `shutdown` completes.
@@ -173,7 +216,9 @@ pub async fn serve_metrics_on(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -185,7 +230,9 @@ mod tests {
 
     fn is_metric_name(s: &str) -> bool {
         let mut chars = s.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     }
 
@@ -236,14 +283,27 @@ mod tests {
             }
             if let Some(rest) = line.strip_prefix("# ") {
                 let mut parts = rest.splitn(3, ' ');
-                let (kind, name, arg) = (parts.next().unwrap(), parts.next().unwrap_or(""), parts.next());
+                let (kind, name, arg) = (
+                    parts.next().unwrap(),
+                    parts.next().unwrap_or(""),
+                    parts.next(),
+                );
                 assert!(is_metric_name(name), "bad name in: {line}");
                 match kind {
                     "TYPE" => {
                         let t = arg.unwrap_or("");
                         assert!(
-                            ["counter", "gauge", "histogram", "info", "summary", "unknown", "stateset", "gaugehistogram"]
-                                .contains(&t),
+                            [
+                                "counter",
+                                "gauge",
+                                "histogram",
+                                "info",
+                                "summary",
+                                "unknown",
+                                "stateset",
+                                "gaugehistogram"
+                            ]
+                            .contains(&t),
                             "bad type in: {line}"
                         );
                         family = Some((name.to_string(), t.to_string()));
@@ -253,7 +313,9 @@ mod tests {
                 }
                 continue;
             }
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("no value: {line}"));
             let v: f64 = match value {
                 "+Inf" => f64::INFINITY,
                 "-Inf" => f64::NEG_INFINITY,
@@ -261,21 +323,34 @@ mod tests {
                 v => v.parse().unwrap_or_else(|_| panic!("bad value in: {line}")),
             };
             let (name, labels) = match series.split_once('{') {
-                Some((n, l)) => (n, parse_labels(l.strip_suffix('}').expect("closing brace")).expect(line)),
+                Some((n, l)) => (
+                    n,
+                    parse_labels(l.strip_suffix('}').expect("closing brace")).expect(line),
+                ),
                 None => (series, Vec::new()),
             };
             assert!(is_metric_name(name), "bad sample name: {line}");
-            let (fam, ty) = family.as_ref().unwrap_or_else(|| panic!("sample before # TYPE: {line}"));
-            let suffix = name.strip_prefix(fam.as_str()).unwrap_or_else(|| panic!("{name} outside family {fam}"));
+            let (fam, ty) = family
+                .as_ref()
+                .unwrap_or_else(|| panic!("sample before # TYPE: {line}"));
+            let suffix = name
+                .strip_prefix(fam.as_str())
+                .unwrap_or_else(|| panic!("{name} outside family {fam}"));
             let allowed: &[&str] = match ty.as_str() {
                 "counter" => &["_total", "_created"],
                 "histogram" => &["_bucket", "_count", "_sum", "_created"],
                 "info" => &["_info"],
                 _ => &[""],
             };
-            assert!(allowed.contains(&suffix), "suffix '{suffix}' not allowed for a {ty}: {line}");
+            assert!(
+                allowed.contains(&suffix),
+                "suffix '{suffix}' not allowed for a {ty}: {line}"
+            );
             if suffix == "_bucket" {
-                assert!(labels.iter().any(|(k, _)| k == "le"), "bucket without le: {line}");
+                assert!(
+                    labels.iter().any(|(k, _)| k == "le"),
+                    "bucket without le: {line}"
+                );
             }
             samples.insert(series.to_string(), v);
         }
@@ -297,8 +372,14 @@ mod tests {
         assert_eq!(m.in_flight.get(), 0);
         m.write_queue_full.inc();
         let s = parse_openmetrics(&m.encode());
-        assert_eq!(s[r#"intentd_requests_total{rpc="Classify",source="model",action="reply"}"#], 2.0);
-        assert_eq!(s[r#"intentd_request_duration_seconds_count{rpc="Classify",source="model"}"#], 2.0);
+        assert_eq!(
+            s[r#"intentd_requests_total{rpc="Classify",source="model",action="reply"}"#],
+            2.0
+        );
+        assert_eq!(
+            s[r#"intentd_request_duration_seconds_count{rpc="Classify",source="model"}"#],
+            2.0
+        );
         assert_eq!(s[r#"intentd_model_info{version="v2"}"#], 1.0);
         assert!(!s.contains_key(r#"intentd_model_info{version="v1"}"#));
         assert_eq!(s["intentd_write_queue_full_total"], 1.0);
@@ -310,13 +391,16 @@ mod tests {
     #[test]
     fn the_checker_rejects_broken_text() {
         for bad in [
-            "# TYPE x counter\nx_total 1\n",                // no EOF
-            "# TYPE x counter\nx_total one\n# EOF\n",       // bad value
-            "# TYPE x counter\ny_total 1\n# EOF\n",         // outside its family
-            "# TYPE x gauge\nx{a=\"1\" 1\n# EOF\n",         // broken labels
+            "# TYPE x counter\nx_total 1\n",                   // no EOF
+            "# TYPE x counter\nx_total one\n# EOF\n",          // bad value
+            "# TYPE x counter\ny_total 1\n# EOF\n",            // outside its family
+            "# TYPE x gauge\nx{a=\"1\" 1\n# EOF\n",            // broken labels
             "# TYPE x counter\nx_total 1\n# EOF\nx_total 2\n", // after EOF
         ] {
-            assert!(std::panic::catch_unwind(|| parse_openmetrics(bad)).is_err(), "accepted: {bad}");
+            assert!(
+                std::panic::catch_unwind(|| parse_openmetrics(bad)).is_err(),
+                "accepted: {bad}"
+            );
         }
     }
 
@@ -335,7 +419,9 @@ mod tests {
         }));
 
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut raw = Vec::new();
         conn.read_to_end(&mut raw).await.unwrap();
         let raw = String::from_utf8(raw).unwrap();
@@ -343,12 +429,22 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let ct = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type:")
+                    .map(|v| v.trim().to_string())
+            })
             .expect("content-type header");
         assert_eq!(ct, CONTENT_TYPE_OPENMETRICS);
         let s = parse_openmetrics(body);
-        assert_eq!(s[r#"intentd_requests_total{rpc="Classify",source="keyword",action="handoff"}"#], 1.0);
-        assert_eq!(s[r#"intentd_request_duration_seconds_bucket{le="0.0004",rpc="Classify",source="keyword"}"#], 1.0);
+        assert_eq!(
+            s[r#"intentd_requests_total{rpc="Classify",source="keyword",action="handoff"}"#],
+            1.0
+        );
+        assert_eq!(
+            s[r#"intentd_request_duration_seconds_bucket{le="0.0004",rpc="Classify",source="keyword"}"#],
+            1.0
+        );
         assert_eq!(s[r#"intentd_model_info{version="bert-zh-2025.1"}"#], 1.0);
         assert_eq!(s["intentd_write_queue_depth"], 3.0);
 

@@ -30,7 +30,9 @@ pub fn redact_pii(s: &str) -> String {
     let s = EMAIL.replace_all(s, EMAIL_MARK);
     // Plain digit runs first, so a phone followed by ` 2份` is judged on its own digits.
     let s = replace_checked(&s, &DIGIT_RUN, classify_run);
-    replace_checked(&s, &GROUPED, |m| classify_run(&m.replace([' ', '-', '+'], "")))
+    replace_checked(&s, &GROUPED, |m| {
+        classify_run(&m.replace([' ', '-', '+'], ""))
+    })
 }
 
 /// Replaces the matches of `re` that are not glued to further digits and that `classify`
@@ -41,8 +43,7 @@ fn replace_checked(s: &str, re: &Regex, classify: impl Fn(&str) -> Option<&'stat
     for m in re.find_iter(s) {
         let before = s[..m.start()].chars().next_back();
         let after = s[m.end()..].chars().next();
-        if before.is_some_and(|c| c.is_ascii_digit()) || after.is_some_and(|c| c.is_ascii_digit())
-        {
+        if before.is_some_and(|c| c.is_ascii_digit()) || after.is_some_and(|c| c.is_ascii_digit()) {
             continue;
         }
         if let Some(mark) = classify(m.as_str()) {
@@ -56,7 +57,10 @@ fn replace_checked(s: &str, re: &Regex, classify: impl Fn(&str) -> Option<&'stat
 }
 
 fn classify_run(run: &str) -> Option<&'static str> {
-    let digits = run.strip_prefix("86").filter(|d| d.len() == 11).unwrap_or(run);
+    let digits = run
+        .strip_prefix("86")
+        .filter(|d| d.len() == 11)
+        .unwrap_or(run);
     if is_mobile(digits) {
         return Some(PHONE_MARK);
     }
@@ -72,7 +76,10 @@ fn classify_run(run: &str) -> Option<&'static str> {
 /// Mainland mobile: 11 digits, `1` then 3–9.
 fn is_mobile(d: &str) -> bool {
     let b = d.as_bytes();
-    b.len() == 11 && b.iter().all(u8::is_ascii_digit) && b[0] == b'1' && (b'3'..=b'9').contains(&b[1])
+    b.len() == 11
+        && b.iter().all(u8::is_ascii_digit)
+        && b[0] == b'1'
+        && (b'3'..=b'9').contains(&b[1])
 }
 
 /// Resident ID: 6-digit region (first digit 1–8), birth date YYYYMMDD (1900–2099), 3-digit
@@ -82,7 +89,8 @@ fn is_id_card(d: &str) -> bool {
     if b.len() != 18 || !b[..17].iter().all(u8::is_ascii_digit) {
         return false;
     }
-    if !(b[17].is_ascii_digit() || b[17] == b'X' || b[17] == b'x') || !(b'1'..=b'8').contains(&b[0]) {
+    if !(b[17].is_ascii_digit() || b[17] == b'X' || b[17] == b'x') || !(b'1'..=b'8').contains(&b[0])
+    {
         return false;
     }
     let num = |r: std::ops::Range<usize>| d[r].parse::<u32>().unwrap_or(0);
@@ -100,13 +108,17 @@ fn luhn_ok(d: &str) -> bool {
             let v = u32::from(b - b'0');
             if i % 2 == 1 {
                 let dbl = v * 2;
-                if dbl > 9 { dbl - 9 } else { dbl }
+                if dbl > 9 {
+                    dbl - 9
+                } else {
+                    dbl
+                }
             } else {
                 v
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]
@@ -133,7 +145,10 @@ mod tests {
 
     #[test]
     fn id_cards_are_redacted_with_or_without_x() {
-        assert_eq!(redact_pii("身份证11010519491231002X。"), "身份证[ID_CARD]。");
+        assert_eq!(
+            redact_pii("身份证11010519491231002X。"),
+            "身份证[ID_CARD]。"
+        );
         assert_eq!(redact_pii("id 110105194912310021"), "id [ID_CARD]");
         // Month 13 is no birth date and the number fails Luhn: left alone.
         assert_eq!(redact_pii("110105194913310021"), "110105194913310021");
@@ -153,7 +168,10 @@ mod tests {
 
     #[test]
     fn emails_are_redacted() {
-        assert_eq!(redact_pii("发到 zhang.san+vip@mail.example.com 吧"), "发到 [EMAIL] 吧");
+        assert_eq!(
+            redact_pii("发到 zhang.san+vip@mail.example.com 吧"),
+            "发到 [EMAIL] 吧"
+        );
         assert_eq!(redact_pii("no at sign here"), "no at sign here");
     }
 

@@ -88,28 +88,45 @@ pub fn chi_square_k_by_2(rows: &[(u64, u64)]) -> Option<(f64, usize)> {
 }
 
 /// Analyses one experiment's variants.
-pub fn analyze(experiment: &str, variants: &[VariantCounts], min_sample: u64, alpha: f64) -> AbResult {
+pub fn analyze(
+    experiment: &str,
+    variants: &[VariantCounts],
+    min_sample: u64,
+    alpha: f64,
+) -> AbResult {
     let results: Vec<VariantResult> = variants
         .iter()
         .map(|v| VariantResult {
             variant_id: v.variant_id.clone(),
             exposures: v.exposures,
             conversions: v.conversions.min(v.exposures),
-            rate: if v.exposures == 0 { 0.0 } else { v.conversions.min(v.exposures) as f64 / v.exposures as f64 },
+            rate: if v.exposures == 0 {
+                0.0
+            } else {
+                v.conversions.min(v.exposures) as f64 / v.exposures as f64
+            },
         })
         .collect();
-    let table: Vec<(u64, u64)> = results.iter().map(|v| (v.conversions, v.exposures - v.conversions)).collect();
+    let table: Vec<(u64, u64)> = results
+        .iter()
+        .map(|v| (v.conversions, v.exposures - v.conversions))
+        .collect();
     let mut warnings = Vec::new();
     let (chi_square, dof, p_value) = match chi_square_k_by_2(&table) {
         Some((chi, dof)) => {
-            let p = ChiSquared::new(dof as f64).map(|d| d.sf(chi)).unwrap_or(1.0);
+            let p = ChiSquared::new(dof as f64)
+                .map(|d| d.sf(chi))
+                .unwrap_or(1.0);
             (chi, dof, p)
         }
         None => {
             if results.len() < 2 {
                 warnings.push("needs at least two variants with exposures to compare".to_string());
             } else {
-                warnings.push("test undefined: no variant has both converted and unconverted exposures".to_string());
+                warnings.push(
+                    "test undefined: no variant has both converted and unconverted exposures"
+                        .to_string(),
+                );
             }
             (0.0, results.len().saturating_sub(1), 1.0)
         }
@@ -121,16 +138,23 @@ pub fn analyze(experiment: &str, variants: &[VariantCounts], min_sample: u64, al
         .map(|v| format!("{} has {} exposures", v.variant_id, v.exposures))
         .collect();
     if !small.is_empty() {
-        warnings.push(format!("below the minimum sample of {min_sample} per variant: {}", small.join(", ")));
+        warnings.push(format!(
+            "below the minimum sample of {min_sample} per variant: {}",
+            small.join(", ")
+        ));
     }
     let mut winner = None;
     if significant && small.is_empty() {
-        let best = results.iter().map(|v| v.rate).fold(f64::NEG_INFINITY, f64::max);
+        let best = results
+            .iter()
+            .map(|v| v.rate)
+            .fold(f64::NEG_INFINITY, f64::max);
         let top: Vec<&VariantResult> = results.iter().filter(|v| v.rate == best).collect();
         if top.len() == 1 {
             winner = Some(top[0].variant_id.clone());
         } else {
-            warnings.push("significant, but the best rate is shared by several variants".to_string());
+            warnings
+                .push("significant, but the best rate is shared by several variants".to_string());
         }
     }
     AbResult {
@@ -152,7 +176,11 @@ pub fn reports(counts: &[VariantCounts], min_sample: u64, alpha: f64) -> Vec<AbR
     let mut start = 0;
     while start < counts.len() {
         let exp = &counts[start].experiment;
-        let end = start + counts[start..].iter().take_while(|v| &v.experiment == exp).count();
+        let end = start
+            + counts[start..]
+                .iter()
+                .take_while(|v| &v.experiment == exp)
+                .count();
         out.push(analyze(exp, &counts[start..end], min_sample, alpha));
         start = end;
     }
@@ -166,7 +194,12 @@ mod tests {
     use super::*;
 
     fn vc(variant: &str, exposures: u64, conversions: u64) -> VariantCounts {
-        VariantCounts { experiment: "welcome".into(), variant_id: variant.into(), exposures, conversions }
+        VariantCounts {
+            experiment: "welcome".into(),
+            variant_id: variant.into(),
+            exposures,
+            conversions,
+        }
     }
 
     /// Hand computation, two variants:
@@ -179,8 +212,17 @@ mod tests {
     ///   p < 0.05 and both variants have 5000 ≥ 5000 exposures → winner B.
     #[test]
     fn two_variants_match_the_hand_computed_example() {
-        let r = analyze("welcome", &[vc("welcome/a", 5000, 500), vc("welcome/b", 5000, 600)], 5000, 0.05);
-        assert!((r.chi_square - (100.0 / 11.0 + 100.0 / 89.0)).abs() < 1e-9, "{}", r.chi_square);
+        let r = analyze(
+            "welcome",
+            &[vc("welcome/a", 5000, 500), vc("welcome/b", 5000, 600)],
+            5000,
+            0.05,
+        );
+        assert!(
+            (r.chi_square - (100.0 / 11.0 + 100.0 / 89.0)).abs() < 1e-9,
+            "{}",
+            r.chi_square
+        );
         assert!((r.chi_square - 10.214505).abs() < 1e-6);
         assert_eq!(r.degrees_of_freedom, 1);
         assert!((r.p_value - 0.0013934).abs() < 1e-6, "{}", r.p_value);
@@ -195,13 +237,26 @@ mod tests {
     ///   p = erfc(√(1.0214505/2)) = 0.31215 → not significant, and below the minimum sample.
     #[test]
     fn small_samples_warn_and_name_no_winner() {
-        let r = analyze("welcome", &[vc("welcome/a", 500, 50), vc("welcome/b", 500, 60)], 5000, 0.05);
+        let r = analyze(
+            "welcome",
+            &[vc("welcome/a", 500, 50), vc("welcome/b", 500, 60)],
+            5000,
+            0.05,
+        );
         assert!((r.chi_square - (10.0 / 11.0 + 10.0 / 89.0)).abs() < 1e-9);
         assert!((r.p_value - 0.31215).abs() < 1e-4, "{}", r.p_value);
         assert!(!r.significant);
         assert_eq!(r.winner, None);
-        assert!(r.warning.contains("minimum sample of 5000"), "{}", r.warning);
-        assert!(r.warning.contains("welcome/a has 500 exposures"), "{}", r.warning);
+        assert!(
+            r.warning.contains("minimum sample of 5000"),
+            "{}",
+            r.warning
+        );
+        assert!(
+            r.warning.contains("welcome/a has 500 exposures"),
+            "{}",
+            r.warning
+        );
     }
 
     /// Three variants, df = 2, where the χ² survival function is exactly e^(−x/2):
@@ -239,12 +294,24 @@ mod tests {
     #[test]
     fn reports_split_by_experiment_and_convert_to_proto() {
         let mut counts = vec![vc("a", 10, 1), vc("b", 10, 2)];
-        counts.push(VariantCounts { experiment: "zeta".into(), variant_id: "z1".into(), exposures: 3, conversions: 1 });
+        counts.push(VariantCounts {
+            experiment: "zeta".into(),
+            variant_id: "z1".into(),
+            exposures: 3,
+            conversions: 1,
+        });
         let rs = reports(&counts, 5000, 0.05);
         assert_eq!(rs.len(), 2);
         assert_eq!(rs[0].variants.len(), 2);
         let pb = rs[1].to_pb();
-        assert_eq!((pb.experiment.as_str(), pb.variants[0].exposures, pb.min_sample), ("zeta", 3, 5000));
+        assert_eq!(
+            (
+                pb.experiment.as_str(),
+                pb.variants[0].exposures,
+                pb.min_sample
+            ),
+            ("zeta", 3, 5000)
+        );
         assert_eq!(pb.winner, "");
     }
 
@@ -256,14 +323,28 @@ mod tests {
         for i in 0..10 {
             let mut c = conversation("bot", "g", &format!("m{i}"), i);
             c.experiment = "welcome".into();
-            c.variant_id = if i % 2 == 0 { "welcome/a".into() } else { "welcome/b".into() };
+            c.variant_id = if i % 2 == 0 {
+                "welcome/a".into()
+            } else {
+                "welcome/b".into()
+            };
             recs.push(Record::Conversation(c));
         }
         for msg in ["m0", "m1", "m3", "m3"] {
-            recs.push(Record::Feedback(feedback("bot", msg, FeedbackKind::Clicked, 50)));
+            recs.push(Record::Feedback(feedback(
+                "bot",
+                msg,
+                FeedbackKind::Clicked,
+                50,
+            )));
         }
         store.write_batch(&recs).unwrap();
-        let f = StatsFilter { bot_id: "bot".into(), chat_id: String::new(), from_ms: 0, to_ms: 100 };
+        let f = StatsFilter {
+            bot_id: "bot".into(),
+            chat_id: String::new(),
+            from_ms: 0,
+            to_ms: 100,
+        };
         let v = store.variant_counts(&f, "").unwrap();
         assert_eq!(v, vec![vc("welcome/a", 5, 1), vc("welcome/b", 5, 2)]);
         assert!(store.variant_counts(&f, "other").unwrap().is_empty());

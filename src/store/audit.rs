@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuditRecord, ConversationRecord, Record, Store, StoreConfig, StoreError, AUDIT_RETENTION_FLOOR_DAYS};
+use super::{
+    AuditRecord, ConversationRecord, Record, Store, StoreConfig, StoreError,
+    AUDIT_RETENTION_FLOOR_DAYS,
+};
 use crate::types::Action;
 
 pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -141,7 +144,11 @@ pub fn purge_record(cutoffs: &PurgeCutoffs, report: &PurgeReport) -> AuditRecord
 }
 
 /// Applies the configured retention as of `now_ms`.
-pub fn purge(store: &dyn Store, config: &StoreConfig, now_ms: i64) -> Result<PurgeReport, StoreError> {
+pub fn purge(
+    store: &dyn Store,
+    config: &StoreConfig,
+    now_ms: i64,
+) -> Result<PurgeReport, StoreError> {
     let cutoffs = PurgeCutoffs::from_config(config, now_ms)?;
     let report = store.purge(&cutoffs)?;
     tracing::info!(?report, "retention purge done");
@@ -149,8 +156,19 @@ pub fn purge(store: &dyn Store, config: &StoreConfig, now_ms: i64) -> Result<Pur
 }
 
 /// Convenience for writing one audit row synchronously (CLI commands without a writer thread).
-pub fn write_now(store: &dyn Store, actor: &str, action: AuditAction, detail: String, at_ms: i64) -> Result<(), StoreError> {
-    store.write_batch(&[Record::Audit(AuditRecord { actor: actor.into(), action, detail, at_ms })])
+pub fn write_now(
+    store: &dyn Store,
+    actor: &str,
+    action: AuditAction,
+    detail: String,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    store.write_batch(&[Record::Audit(AuditRecord {
+        actor: actor.into(),
+        action,
+        detail,
+        at_ms,
+    })])
 }
 
 #[cfg(test)]
@@ -161,7 +179,12 @@ mod tests {
     use crate::clock::{Clock, ManualClock};
 
     fn audit_at(at_ms: i64, what: &str) -> Record {
-        Record::Audit(AuditRecord { actor: "admin".into(), action: AuditAction::Reload, detail: what.into(), at_ms })
+        Record::Audit(AuditRecord {
+            actor: "admin".into(),
+            action: AuditAction::Reload,
+            detail: what.into(),
+            at_ms,
+        })
     }
 
     #[test]
@@ -177,21 +200,50 @@ mod tests {
                 audit_at(now - 179 * DAY_MS, "young audit"),
                 Record::Conversation(conversation("b", "g", "old", now - 91 * DAY_MS)),
                 Record::Conversation(conversation("b", "g", "new", now - 89 * DAY_MS)),
-                Record::Feedback(feedback("b", "old", FeedbackKind::Clicked, now - 91 * DAY_MS)),
-                Record::Feedback(feedback("b", "new", FeedbackKind::Clicked, now - 89 * DAY_MS)),
+                Record::Feedback(feedback(
+                    "b",
+                    "old",
+                    FeedbackKind::Clicked,
+                    now - 91 * DAY_MS,
+                )),
+                Record::Feedback(feedback(
+                    "b",
+                    "new",
+                    FeedbackKind::Clicked,
+                    now - 89 * DAY_MS,
+                )),
             ])
             .unwrap();
-        let cfg = StoreConfig { audit_retention_days: 180, conversation_retention_days: 90, ..StoreConfig::default() };
+        let cfg = StoreConfig {
+            audit_retention_days: 180,
+            conversation_retention_days: 90,
+            ..StoreConfig::default()
+        };
         let report = purge(&store, &cfg, now).unwrap();
-        assert_eq!(report, PurgeReport { conversations: 1, feedback: 1, human_replies: 0, audit: 1 });
+        assert_eq!(
+            report,
+            PurgeReport {
+                conversations: 1,
+                feedback: 1,
+                human_replies: 0,
+                audit: 1
+            }
+        );
 
         let rows = store.audit_rows(0, now).unwrap();
         let details: Vec<_> = rows.iter().map(|r| r.detail.as_str()).collect();
         assert!(details.contains(&"young audit"));
         assert!(!details.contains(&"old audit"));
-        let purge_row = rows.iter().find(|r| r.action == AuditAction::Purge).expect("purge is audited");
+        let purge_row = rows
+            .iter()
+            .find(|r| r.action == AuditAction::Purge)
+            .expect("purge is audited");
         assert_eq!(purge_row.at_ms, now);
-        assert!(purge_row.detail.contains("conversations=1"), "{}", purge_row.detail);
+        assert!(
+            purge_row.detail.contains("conversations=1"),
+            "{}",
+            purge_row.detail
+        );
         assert_eq!(store.row_counts().unwrap().conversations, 1);
 
         // A purge one day later still keeps the 179-day row (now 180 days old: not older).
@@ -200,9 +252,17 @@ mod tests {
         assert_eq!(report.audit, 0);
         // And a caller bypassing the config cannot cut into the floor.
         let now = clock.now_ms();
-        let bad = PurgeCutoffs { now_ms: now, data_before_ms: now, audit_before_ms: now - 10 * DAY_MS };
+        let bad = PurgeCutoffs {
+            now_ms: now,
+            data_before_ms: now,
+            audit_before_ms: now - 10 * DAY_MS,
+        };
         assert!(matches!(store.purge(&bad), Err(StoreError::Invalid(m)) if m.contains("180")));
-        assert!(store.audit_rows(0, now).unwrap().iter().any(|r| r.detail == "young audit"));
+        assert!(store
+            .audit_rows(0, now)
+            .unwrap()
+            .iter()
+            .any(|r| r.detail == "young audit"));
     }
 
     #[test]
@@ -210,10 +270,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("a.db"), keyring(&key_b64(1))).unwrap();
         let now = 2_000 * DAY_MS;
-        store.write_batch(&[audit_at(now - 300 * DAY_MS, "300"), audit_at(now - 400 * DAY_MS, "400")]).unwrap();
-        let cfg = StoreConfig { audit_retention_days: 365, ..StoreConfig::default() };
+        store
+            .write_batch(&[
+                audit_at(now - 300 * DAY_MS, "300"),
+                audit_at(now - 400 * DAY_MS, "400"),
+            ])
+            .unwrap();
+        let cfg = StoreConfig {
+            audit_retention_days: 365,
+            ..StoreConfig::default()
+        };
         assert_eq!(purge(&store, &cfg, now).unwrap().audit, 1);
-        let left: Vec<_> = store.audit_rows(0, now).unwrap().into_iter().map(|r| r.detail).collect();
+        let left: Vec<_> = store
+            .audit_rows(0, now)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.detail)
+            .collect();
         assert!(left.contains(&"300".to_string()) && !left.contains(&"400".to_string()));
     }
 

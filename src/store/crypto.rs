@@ -35,7 +35,10 @@ impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut ids: Vec<_> = self.keys.keys().collect();
         ids.sort();
-        f.debug_struct("Keyring").field("current", &self.current).field("ids", &ids).finish()
+        f.debug_struct("Keyring")
+            .field("current", &self.current)
+            .field("ids", &ids)
+            .finish()
     }
 }
 
@@ -71,16 +74,21 @@ impl Keyring {
     pub fn parse(spec: &str, origin: &str) -> Result<Self, StoreError> {
         let mut current = None;
         let mut keys = HashMap::new();
-        let entries = spec.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty() && !e.starts_with('#'));
+        let entries = spec
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|e| !e.is_empty() && !e.starts_with('#'));
         for (i, entry) in entries.enumerate() {
             let n = i + 1;
             let (id, b64) = match entry.split_once(':') {
                 Some((id, b64)) => (Some(id.trim()), b64.trim()),
                 None => (None, entry),
             };
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| {
-                StoreError::Config(format!("{origin}: key #{n} is not valid base64 ({e})"))
-            })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| {
+                    StoreError::Config(format!("{origin}: key #{n} is not valid base64 ({e})"))
+                })?;
             if bytes.len() != KEY_LEN {
                 return Err(StoreError::Config(format!(
                     "{origin}: key #{n} decodes to {} bytes; a log key must be exactly {KEY_LEN} bytes",
@@ -91,7 +99,9 @@ impl Keyring {
                 Some(id) => {
                     let ok = !id.is_empty()
                         && id.len() <= 32
-                        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                        && id
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
                     if !ok {
                         return Err(StoreError::Config(format!(
                             "{origin}: key #{n} has id '{id}'; ids are 1-32 characters of A-Z a-z 0-9 - _ ."
@@ -102,12 +112,15 @@ impl Keyring {
                 None => format!("fp-{}", &hex::encode(Sha256::digest(&bytes))[..8]),
             };
             if keys.contains_key(&id) {
-                return Err(StoreError::Config(format!("{origin}: key id '{id}' appears twice")));
+                return Err(StoreError::Config(format!(
+                    "{origin}: key id '{id}' appears twice"
+                )));
             }
             keys.insert(id.clone(), ChaCha20Poly1305::new(Key::from_slice(&bytes)));
             current.get_or_insert(id);
         }
-        let current = current.ok_or_else(|| StoreError::Config(format!("{origin}: no key found")))?;
+        let current =
+            current.ok_or_else(|| StoreError::Config(format!("{origin}: no key found")))?;
         Ok(Self { current, keys })
     }
 
@@ -127,7 +140,11 @@ impl Keyring {
         }
         Err(StoreError::Config(format!(
             "conversation logging is on but no log encryption key was found; {}",
-            how_to_create(if env.is_empty() { "INTENTD_LOG_KEY" } else { env })
+            how_to_create(if env.is_empty() {
+                "INTENTD_LOG_KEY"
+            } else {
+                env
+            })
         )))
     }
 
@@ -164,12 +181,21 @@ impl Keyring {
         let cipher = &self.keys[&self.current];
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         let ct = cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| StoreError::Crypto("encryption failed".into()))?;
         let mut blob = Vec::with_capacity(NONCE_LEN + ct.len());
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&ct);
-        Ok(Sealed { key_id: self.current.clone(), blob })
+        Ok(Sealed {
+            key_id: self.current.clone(),
+            blob,
+        })
     }
 
     /// Decrypts a blob sealed under `key_id`.
@@ -181,24 +207,34 @@ impl Keyring {
             ))
         })?;
         if blob.len() < NONCE_LEN {
-            return Err(StoreError::Crypto("sealed blob is shorter than its nonce".into()));
+            return Err(StoreError::Crypto(
+                "sealed blob is shorter than its nonce".into(),
+            ));
         }
         let (nonce, ct) = blob.split_at(NONCE_LEN);
         cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| StoreError::Crypto(format!("row sealed with key '{key_id}' failed authentication")))
+            .map_err(|_| {
+                StoreError::Crypto(format!(
+                    "row sealed with key '{key_id}' failed authentication"
+                ))
+            })
     }
 
     /// Redacts PII from both texts, then seals them together (one nonce per row).
     pub fn seal_texts(&self, text: &str, reply: &str, aad: &[u8]) -> Result<Sealed, StoreError> {
-        let texts = Texts { text: redact_pii(text), reply: redact_pii(reply) };
+        let texts = Texts {
+            text: redact_pii(text),
+            reply: redact_pii(reply),
+        };
         let json = serde_json::to_vec(&texts).map_err(|e| StoreError::Crypto(e.to_string()))?;
         self.seal(&json, aad)
     }
 
     pub fn open_texts(&self, key_id: &str, blob: &[u8], aad: &[u8]) -> Result<Texts, StoreError> {
         let json = self.open(key_id, blob, aad)?;
-        serde_json::from_slice(&json).map_err(|e| StoreError::Crypto(format!("sealed row is not valid: {e}")))
+        serde_json::from_slice(&json)
+            .map_err(|e| StoreError::Crypto(format!("sealed row is not valid: {e}")))
     }
 }
 
@@ -226,13 +262,17 @@ mod tests {
     fn seal_then_open_round_trips_and_redacts() {
         let ring = Keyring::parse(&key_b64(1), "test").unwrap();
         let aad = row_aad("bot", "m1");
-        let sealed = ring.seal_texts("我的手机13812345678，要退款", "好的", &aad).unwrap();
+        let sealed = ring
+            .seal_texts("我的手机13812345678，要退款", "好的", &aad)
+            .unwrap();
         assert!(sealed.key_id.starts_with("fp-"));
         let t = ring.open_texts(&sealed.key_id, &sealed.blob, &aad).unwrap();
         assert_eq!(t.text, "我的手机[PHONE]，要退款");
         assert_eq!(t.reply, "好的");
         // Another row's identity does not open it.
-        assert!(ring.open_texts(&sealed.key_id, &sealed.blob, &row_aad("bot", "m2")).is_err());
+        assert!(ring
+            .open_texts(&sealed.key_id, &sealed.blob, &row_aad("bot", "m2"))
+            .is_err());
     }
 
     #[test]
@@ -248,9 +288,13 @@ mod tests {
     fn rotation_list_reads_old_rows_and_writes_with_the_first_key() {
         let old = Keyring::parse(&format!("k1:{}", key_b64(1)), "test").unwrap();
         let sealed_old = old.seal(b"old row", b"x").unwrap();
-        let rotated = Keyring::parse(&format!("k2:{}, k1:{}", key_b64(2), key_b64(1)), "test").unwrap();
+        let rotated =
+            Keyring::parse(&format!("k2:{}, k1:{}", key_b64(2), key_b64(1)), "test").unwrap();
         assert_eq!(rotated.current_id(), "k2");
-        assert_eq!(rotated.open("k1", &sealed_old.blob, b"x").unwrap(), b"old row");
+        assert_eq!(
+            rotated.open("k1", &sealed_old.blob, b"x").unwrap(),
+            b"old row"
+        );
         assert_eq!(rotated.seal(b"new", b"").unwrap().key_id, "k2");
         // The same bare key gets the same fingerprint id wherever it appears.
         let bare = Keyring::parse(&key_b64(3), "test").unwrap();
@@ -258,27 +302,41 @@ mod tests {
         assert!(listed.contains(bare.current_id()));
         // Dropping the old key makes its rows unreadable, with a message naming the key.
         let only_new = Keyring::parse(&format!("k2:{}", key_b64(2)), "test").unwrap();
-        let err = only_new.open("k1", &sealed_old.blob, b"x").unwrap_err().to_string();
+        let err = only_new
+            .open("k1", &sealed_old.blob, b"x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("'k1'"), "{err}");
     }
 
     #[test]
     fn bad_key_specs_are_named() {
         let short = base64::engine::general_purpose::STANDARD.encode([0u8; 16]);
-        let e = Keyring::parse(&short, "INTENTD_LOG_KEY").unwrap_err().to_string();
+        let e = Keyring::parse(&short, "INTENTD_LOG_KEY")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("16 bytes") && e.contains("32"), "{e}");
-        let e = Keyring::parse("k1:not base64!", "f").unwrap_err().to_string();
+        let e = Keyring::parse("k1:not base64!", "f")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not valid base64"), "{e}");
-        let e = Keyring::parse(&format!("a b:{}", key_b64(1)), "f").unwrap_err().to_string();
+        let e = Keyring::parse(&format!("a b:{}", key_b64(1)), "f")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'a b'"), "{e}");
-        let e = Keyring::parse(&format!("k:{},k:{}", key_b64(1), key_b64(2)), "f").unwrap_err().to_string();
+        let e = Keyring::parse(&format!("k:{},k:{}", key_b64(1), key_b64(2)), "f")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("twice"), "{e}");
         assert!(Keyring::parse("  ", "f").is_err());
     }
 
     #[test]
     fn missing_key_error_says_how_to_create_one() {
-        let cfg = StoreConfig { key_env: "INTENTD_TEST_KEY_THAT_IS_NEVER_SET".into(), ..StoreConfig::default() };
+        let cfg = StoreConfig {
+            key_env: "INTENTD_TEST_KEY_THAT_IS_NEVER_SET".into(),
+            ..StoreConfig::default()
+        };
         let e = Keyring::from_config(&cfg).unwrap_err().to_string();
         assert!(e.contains("intentd keygen"), "{e}");
         assert!(e.contains("INTENTD_TEST_KEY_THAT_IS_NEVER_SET"), "{e}");
@@ -289,9 +347,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.key");
         let key = generate_key();
-        assert_eq!(base64::engine::general_purpose::STANDARD.decode(&key).unwrap().len(), 32);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(&key)
+                .unwrap()
+                .len(),
+            32
+        );
         assert_ne!(key, generate_key());
-        std::fs::write(&path, format!("# intentd log keys\nk2:{key}\nk1:{}\n", key_b64(1))).unwrap();
+        std::fs::write(
+            &path,
+            format!("# intentd log keys\nk2:{key}\nk1:{}\n", key_b64(1)),
+        )
+        .unwrap();
         let cfg = StoreConfig {
             key_env: "INTENTD_TEST_KEY_THAT_IS_NEVER_SET".into(),
             key_file: Some(path),

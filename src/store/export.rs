@@ -19,19 +19,29 @@ pub fn export_jsonl(
     out: &mut dyn Write,
 ) -> Result<usize, StoreError> {
     if from_ms > to_ms {
-        return Err(StoreError::Invalid(format!("export range: from_ms ({from_ms}) is after to_ms ({to_ms})")));
+        return Err(StoreError::Invalid(format!(
+            "export range: from_ms ({from_ms}) is after to_ms ({to_ms})"
+        )));
     }
     let mut written = 0usize;
     let result = write_rows(store, from_ms, to_ms, out, &mut written);
     let detail = match &result {
         Ok(()) => format!("exported conversations from_ms={from_ms} to_ms={to_ms} rows={written}"),
-        Err(e) => format!("export from_ms={from_ms} to_ms={to_ms} failed after rows={written}: {e}"),
+        Err(e) => {
+            format!("export from_ms={from_ms} to_ms={to_ms} failed after rows={written}: {e}")
+        }
     };
     write_now(store, actor, AuditAction::Export, detail, now_ms)?;
     result.map(|()| written)
 }
 
-fn write_rows(store: &dyn Store, from_ms: i64, to_ms: i64, out: &mut dyn Write, written: &mut usize) -> Result<(), StoreError> {
+fn write_rows(
+    store: &dyn Store,
+    from_ms: i64,
+    to_ms: i64,
+    out: &mut dyn Write,
+    written: &mut usize,
+) -> Result<(), StoreError> {
     let mut after_id = 0;
     loop {
         let page = store.conversations(from_ms, to_ms, after_id, PAGE)?;
@@ -56,7 +66,11 @@ mod tests {
     #[test]
     fn exports_a_range_as_jsonl_and_audits_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("e.db"), keyring(&format!("k1:{}", key_b64(8)))).unwrap();
+        let store = SqliteStore::open(
+            &dir.path().join("e.db"),
+            keyring(&format!("k1:{}", key_b64(8))),
+        )
+        .unwrap();
         // More rows than one page, to cross the paging boundary.
         let recs: Vec<_> = (0..(PAGE as i64 + 20))
             .map(|i| {
@@ -67,10 +81,21 @@ mod tests {
             .collect();
         store.write_batch(&recs).unwrap();
         let mut out = Vec::new();
-        let n = export_jsonl(&store, "ops:alice", 1_010, 1_000 + PAGE as i64 + 9, 99_999, &mut out).unwrap();
+        let n = export_jsonl(
+            &store,
+            "ops:alice",
+            1_010,
+            1_000 + PAGE as i64 + 9,
+            99_999,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(n, PAGE);
         let text = String::from_utf8(out).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), PAGE);
         assert_eq!(lines[0]["message_id"], "m10");
         assert_eq!(lines[0]["text"], "第10条 手机[PHONE]");
@@ -84,7 +109,11 @@ mod tests {
         assert_eq!(audit[0].actor, "ops:alice");
         assert_eq!(audit[0].action, AuditAction::Export);
         assert_eq!(audit[0].at_ms, 99_999);
-        assert!(audit[0].detail.contains(&format!("rows={PAGE}")), "{}", audit[0].detail);
+        assert!(
+            audit[0].detail.contains(&format!("rows={PAGE}")),
+            "{}",
+            audit[0].detail
+        );
     }
 
     #[test]
@@ -99,7 +128,11 @@ mod tests {
         let err = export_jsonl(&store, "ops", 0, 10, 20, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("'old'"), "{err}");
         let audit = store.audit_rows(0, 100).unwrap();
-        assert!(audit[0].detail.contains("failed after rows=0"), "{}", audit[0].detail);
+        assert!(
+            audit[0].detail.contains("failed after rows=0"),
+            "{}",
+            audit[0].detail
+        );
         assert!(export_jsonl(&store, "ops", 10, 0, 20, &mut Vec::new()).is_err());
     }
 }

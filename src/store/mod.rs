@@ -111,13 +111,19 @@ impl StoreConfig {
             ));
         }
         if self.batch_max == 0 || self.batch_max > 100_000 {
-            return bad(format!("store.batch_max = {} must be between 1 and 100000", self.batch_max));
+            return bad(format!(
+                "store.batch_max = {} must be between 1 and 100000",
+                self.batch_max
+            ));
         }
         if self.ab_min_sample == 0 {
             return bad("store.ab_min_sample must be at least 1".into());
         }
         if !(self.ab_alpha > 0.0 && self.ab_alpha < 1.0) {
-            return bad(format!("store.ab_alpha = {} must be between 0 and 1 (exclusive)", self.ab_alpha));
+            return bad(format!(
+                "store.ab_alpha = {} must be between 0 and 1 (exclusive)",
+                self.ab_alpha
+            ));
         }
         if !(0.0..=1.0).contains(&self.human_share_target) {
             return bad(format!(
@@ -126,7 +132,10 @@ impl StoreConfig {
             ));
         }
         if self.key_env.trim().is_empty() && self.key_file.is_none() {
-            return bad("store.key_env is empty and store.key_file is unset: no way to get a log key".into());
+            return bad(
+                "store.key_env is empty and store.key_file is unset: no way to get a log key"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -328,6 +337,8 @@ pub struct AuditRecord {
 }
 
 /// Anything the writer thread commits.
+// Most records are conversations, so boxing the big variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Conversation(ConversationRecord),
@@ -433,10 +444,18 @@ pub trait Store: Send + Sync {
     fn write_batch(&self, records: &[Record]) -> Result<(), StoreError>;
 
     /// Counts grouped by `by` (the key is "" for [`GroupBy::Total`]), sorted by key.
-    fn counts(&self, filter: &StatsFilter, by: GroupBy) -> Result<Vec<(String, Counts)>, StoreError>;
+    fn counts(
+        &self,
+        filter: &StatsFilter,
+        by: GroupBy,
+    ) -> Result<Vec<(String, Counts)>, StoreError>;
 
     /// Exposures / conversions per (experiment, variant); `experiment` "" = all experiments.
-    fn variant_counts(&self, filter: &StatsFilter, experiment: &str) -> Result<Vec<VariantCounts>, StoreError>;
+    fn variant_counts(
+        &self,
+        filter: &StatsFilter,
+        experiment: &str,
+    ) -> Result<Vec<VariantCounts>, StoreError>;
 
     /// Conversations with `from_ms <= at_ms <= to_ms` and `id > after_id`, by id, at most
     /// `limit`, decrypted. A row whose key is not in the keyring is an error naming the key id.
@@ -469,14 +488,20 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("path", &self.config.path).finish_non_exhaustive()
+        f.debug_struct("Storage")
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
     }
 }
 
 impl Storage {
     /// Validates the config, loads the log key (env var, then key file; a clear error saying
     /// how to create one otherwise), opens/migrates the SQLite file and starts the writer.
-    pub fn open(config: &StoreConfig, clock: SharedClock, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    pub fn open(
+        config: &StoreConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         config.validate()?;
         let keyring = Keyring::from_config(config)?;
         Self::open_with_keyring(config, Arc::new(keyring), clock, metrics)
@@ -495,9 +520,24 @@ impl Storage {
     }
 
     /// Wraps any backend.
-    pub fn with_store(store: Arc<dyn Store>, config: &StoreConfig, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
-        let queue = WriteQueue::start(store.clone(), config.queue_capacity, config.batch_max, metrics);
-        Self { store, queue, config: config.clone(), clock }
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        config: &StoreConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let queue = WriteQueue::start(
+            store.clone(),
+            config.queue_capacity,
+            config.batch_max,
+            metrics,
+        );
+        Self {
+            store,
+            queue,
+            config: config.clone(),
+            clock,
+        }
     }
 
     /// Queues a record; await the ticket before acknowledging anything to a caller.
@@ -506,7 +546,12 @@ impl Storage {
     }
 
     /// Queues an audit row stamped with the clock's "now".
-    pub fn audit(&self, actor: &str, action: AuditAction, detail: &str) -> Result<CommitTicket, SubmitError> {
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: AuditAction,
+        detail: &str,
+    ) -> Result<CommitTicket, SubmitError> {
         self.submit(Record::Audit(AuditRecord {
             actor: actor.to_string(),
             action,
@@ -521,8 +566,21 @@ impl Storage {
     }
 
     /// Decrypts conversations in `[from_ms, to_ms]` to JSONL; writes an audit row naming `actor`.
-    pub fn export(&self, actor: &str, from_ms: i64, to_ms: i64, out: &mut dyn std::io::Write) -> Result<usize, StoreError> {
-        export::export_jsonl(self.store.as_ref(), actor, from_ms, to_ms, self.clock.now_ms(), out)
+    pub fn export(
+        &self,
+        actor: &str,
+        from_ms: i64,
+        to_ms: i64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<usize, StoreError> {
+        export::export_jsonl(
+            self.store.as_ref(),
+            actor,
+            from_ms,
+            to_ms,
+            self.clock.now_ms(),
+            out,
+        )
     }
 
     /// Applies the retention policy as of the clock's "now" (blocking).
@@ -569,14 +627,25 @@ pub(crate) mod test_support {
             reply_text: "reply text".into(),
             variant_id: "price/a".into(),
             experiment: String::new(),
-            timings: Timings { tokenize_us: 10, inference_us: 200, queue_us: 5, total_us: 250 },
+            timings: Timings {
+                tokenize_us: 10,
+                inference_us: 200,
+                queue_us: 5,
+                total_us: 250,
+            },
             model_version: "m1".into(),
             reason: "faq".into(),
         }
     }
 
     pub fn feedback(bot: &str, msg: &str, kind: FeedbackKind, at_ms: i64) -> FeedbackRecord {
-        FeedbackRecord { bot_id: bot.into(), message_id: msg.into(), kind, variant_id: String::new(), at_ms }
+        FeedbackRecord {
+            bot_id: bot.into(),
+            message_id: msg.into(),
+            kind,
+            variant_id: String::new(),
+            at_ms,
+        }
     }
 
     pub fn keyring(spec: &str) -> Arc<Keyring> {
@@ -608,14 +677,18 @@ mod tests {
 
     #[test]
     fn audit_retention_below_floor_is_a_load_error_naming_the_floor() {
-        let err = serde_yaml_ng::from_str::<StoreConfig>("path: x.db\naudit_retention_days: 90\n").unwrap_err();
+        let err = serde_yaml_ng::from_str::<StoreConfig>("path: x.db\naudit_retention_days: 90\n")
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("180"), "{msg}");
         assert!(msg.contains("audit_retention_days = 90"), "{msg}");
         let ok: StoreConfig = serde_yaml_ng::from_str("audit_retention_days: 365\n").unwrap();
         assert_eq!(ok.audit_retention_days, 365);
         assert_eq!(ok.conversation_retention_days, 90);
-        let built = StoreConfig { audit_retention_days: 30, ..StoreConfig::default() };
+        let built = StoreConfig {
+            audit_retention_days: 30,
+            ..StoreConfig::default()
+        };
         assert!(matches!(built.validate(), Err(StoreError::Config(m)) if m.contains("180")));
     }
 
@@ -627,7 +700,10 @@ mod tests {
 
     #[test]
     fn feedback_kind_from_proto_rejects_unspecified() {
-        assert_eq!(FeedbackKind::try_from(pb::FeedbackKind::Clicked as i32).unwrap(), FeedbackKind::Clicked);
+        assert_eq!(
+            FeedbackKind::try_from(pb::FeedbackKind::Clicked as i32).unwrap(),
+            FeedbackKind::Clicked
+        );
         assert!(FeedbackKind::try_from(0).is_err());
         assert!(FeedbackKind::try_from(99).is_err());
         for k in FeedbackKind::ALL {
@@ -638,12 +714,24 @@ mod tests {
     #[test]
     fn restart_keeps_stats() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig { path: dir.path().join("sub/dir/intentd.db"), ..StoreConfig::default() };
+        let cfg = StoreConfig {
+            path: dir.path().join("sub/dir/intentd.db"),
+            ..StoreConfig::default()
+        };
         let clock: SharedClock = Arc::new(ManualClock::new(1_000_000));
         let keys = keyring(&format!("k1:{}", key_b64(7)));
-        let req = pb::StatsRequest { bot_id: "bot".into(), ..Default::default() };
+        let req = pb::StatsRequest {
+            bot_id: "bot".into(),
+            ..Default::default()
+        };
         let before = {
-            let s = Storage::open_with_keyring(&cfg, keys.clone(), clock.clone(), Arc::new(Metrics::new())).unwrap();
+            let s = Storage::open_with_keyring(
+                &cfg,
+                keys.clone(),
+                clock.clone(),
+                Arc::new(Metrics::new()),
+            )
+            .unwrap();
             let mut tickets = Vec::new();
             for i in 0..10 {
                 let mut c = conversation("bot", "g1", &format!("m{i}"), 1_000 + i);
@@ -653,8 +741,24 @@ mod tests {
                 }
                 tickets.push(s.submit(Record::Conversation(c)).unwrap());
             }
-            tickets.push(s.submit(Record::Feedback(feedback("bot", "m0", FeedbackKind::Resolved, 2_000))).unwrap());
-            tickets.push(s.submit(Record::Feedback(feedback("bot", "m1", FeedbackKind::Unresolved, 2_000))).unwrap());
+            tickets.push(
+                s.submit(Record::Feedback(feedback(
+                    "bot",
+                    "m0",
+                    FeedbackKind::Resolved,
+                    2_000,
+                )))
+                .unwrap(),
+            );
+            tickets.push(
+                s.submit(Record::Feedback(feedback(
+                    "bot",
+                    "m1",
+                    FeedbackKind::Unresolved,
+                    2_000,
+                )))
+                .unwrap(),
+            );
             for t in tickets {
                 t.wait().unwrap();
             }
@@ -662,7 +766,7 @@ mod tests {
             s.shutdown();
             st
         };
-        let total = before.total.clone().unwrap();
+        let total = before.total.unwrap();
         assert_eq!(total.messages, 10);
         assert_eq!(total.auto_replies, 7);
         assert_eq!(total.handoffs, 3);

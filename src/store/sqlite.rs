@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, OpenFlags, Transaction};
 use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{row_aad, Keyring};
 use super::{
-    AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record, RowCounts, StatsFilter, Store,
-    StoreError, StoredConversation, Timings, VariantCounts,
+    AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record, RowCounts, StatsFilter,
+    Store, StoreError, StoredConversation, Timings, VariantCounts,
 };
 use crate::types::{Action, Source};
 
@@ -97,23 +97,33 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).field("keyring", &self.keyring).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("keyring", &self.keyring)
+            .finish()
     }
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
     // Another process (`intentd export` beside the server) may hold the write lock briefly.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Db(format!("{}: cannot switch to WAL mode (got {mode})", path.display())));
+        return Err(StoreError::Db(format!(
+            "{}: cannot switch to WAL mode (got {mode})",
+            path.display()
+        )));
     }
-    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;")?;
+    conn.execute_batch(
+        "PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;",
+    )?;
     Ok(conn)
 }
 
@@ -129,8 +139,13 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;
-        tx.execute_batch(sql)
-            .map_err(|e| StoreError::Db(format!("{}: migration {} failed: {e}", path.display(), i + 1)))?;
+        tx.execute_batch(sql).map_err(|e| {
+            StoreError::Db(format!(
+                "{}: migration {} failed: {e}",
+                path.display(),
+                i + 1
+            ))
+        })?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
         tracing::info!(path = %path.display(), version = i + 1, "applied store migration");
@@ -155,7 +170,11 @@ fn parse_action(s: &str) -> Result<Action, StoreError> {
         "handoff" => Action::Handoff,
         "block" => Action::Block,
         "ignore" => Action::Ignore,
-        _ => return Err(StoreError::Db(format!("unknown action '{s}' in conversations"))),
+        _ => {
+            return Err(StoreError::Db(format!(
+                "unknown action '{s}' in conversations"
+            )))
+        }
     })
 }
 
@@ -176,7 +195,11 @@ fn parse_source(s: &str) -> Result<Source, StoreError> {
         "regex" => Source::Regex,
         "fallback" => Source::Fallback,
         "policy" => Source::Policy,
-        _ => return Err(StoreError::Db(format!("unknown source '{s}' in conversations"))),
+        _ => {
+            return Err(StoreError::Db(format!(
+                "unknown source '{s}' in conversations"
+            )))
+        }
     })
 }
 
@@ -195,7 +218,12 @@ impl SqliteStore {
         let mut write = connect(path)?;
         migrate(&mut write, path)?;
         let read = connect(path)?;
-        Ok(Self { path: path.to_path_buf(), write: Mutex::new(write), read: Mutex::new(read), keyring })
+        Ok(Self {
+            path: path.to_path_buf(),
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+            keyring,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -205,7 +233,11 @@ impl SqliteStore {
     fn insert(&self, tx: &Transaction<'_>, rec: &Record) -> Result<(), StoreError> {
         match rec {
             Record::Conversation(c) => {
-                let sealed = self.keyring.seal_texts(&c.text, &c.reply_text, &row_aad(&c.bot_id, &c.message_id))?;
+                let sealed = self.keyring.seal_texts(
+                    &c.text,
+                    &c.reply_text,
+                    &row_aad(&c.bot_id, &c.message_id),
+                )?;
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO conversations (bot_id, chat_id, user_id, message_id, at_ms, intent,
                         confidence, source, action, triggered, auto_reply, variant_id, experiment, tokenize_us,
@@ -290,7 +322,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn counts(&self, filter: &StatsFilter, by: GroupBy) -> Result<Vec<(String, Counts)>, StoreError> {
+    fn counts(
+        &self,
+        filter: &StatsFilter,
+        by: GroupBy,
+    ) -> Result<Vec<(String, Counts)>, StoreError> {
         let (conv_key, human_key, only_variants) = match by {
             GroupBy::Total => ("''", "''", false),
             GroupBy::Chat => ("c.chat_id", "h.chat_id", false),
@@ -325,7 +361,8 @@ impl Store for SqliteStore {
             let mut rows = stmt.query(p)?;
             while let Some(r) = rows.next()? {
                 // TOTAL() is a float in SQLite; the sums are of 0/1 so the cast is exact.
-                let f = |i: usize| -> Result<u64, rusqlite::Error> { Ok(r.get::<_, f64>(i)? as u64) };
+                let f =
+                    |i: usize| -> Result<u64, rusqlite::Error> { Ok(r.get::<_, f64>(i)? as u64) };
                 let counts = Counts {
                     messages: u(r.get(1)?),
                     triggers: f(2)?,
@@ -361,7 +398,11 @@ impl Store for SqliteStore {
         Ok(out.into_iter().collect())
     }
 
-    fn variant_counts(&self, filter: &StatsFilter, experiment: &str) -> Result<Vec<VariantCounts>, StoreError> {
+    fn variant_counts(
+        &self,
+        filter: &StatsFilter,
+        experiment: &str,
+    ) -> Result<Vec<VariantCounts>, StoreError> {
         let sql = format!(
             "SELECT c.experiment, c.variant_id, COUNT(*), TOTAL({})
              FROM conversations c
@@ -372,7 +413,13 @@ impl Store for SqliteStore {
         let conn = self.read.lock();
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
-            params![filter.bot_id, filter.chat_id, filter.from_ms, filter.to_ms, experiment],
+            params![
+                filter.bot_id,
+                filter.chat_id,
+                filter.from_ms,
+                filter.to_ms,
+                experiment
+            ],
             |r| {
                 Ok(VariantCounts {
                     experiment: r.get(0)?,
@@ -482,7 +529,11 @@ impl Store for SqliteStore {
     fn row_counts(&self) -> Result<RowCounts, StoreError> {
         let conn = self.read.lock();
         let n = |t: &str| -> Result<u64, StoreError> {
-            Ok(u(conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))?))
+            Ok(u(conn.query_row(
+                &format!("SELECT COUNT(*) FROM {t}"),
+                [],
+                |r| r.get(0),
+            )?))
         };
         Ok(RowCounts {
             conversations: n("conversations")?,
@@ -496,7 +547,11 @@ impl Store for SqliteStore {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         // Fold the WAL back into the main file on a clean close; harmless if it fails.
-        if let Err(e) = self.write.get_mut().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        if let Err(e) = self
+            .write
+            .get_mut()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        {
             tracing::debug!(error = %e, "wal checkpoint on close failed");
         }
     }
@@ -525,7 +580,11 @@ mod tests {
     #[test]
     fn database_files_hold_no_clear_text_including_the_wal() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("intentd.db"), keyring(&format!("k1:{}", key_b64(9)))).unwrap();
+        let store = SqliteStore::open(
+            &dir.path().join("intentd.db"),
+            keyring(&format!("k1:{}", key_b64(9))),
+        )
+        .unwrap();
         let secret = "我想退款，订单是昨天下的，快递一直没到";
         let reply = "亲，退款申请已经帮您登记";
         let mut c = conversation("bot", "g", "m1", 10);
@@ -535,9 +594,15 @@ mod tests {
 
         // While open, the row sits in the WAL file: check every file in the directory.
         let wal = dir.path().join("intentd.db-wal");
-        assert!(wal.exists() && std::fs::metadata(&wal).unwrap().len() > 0, "WAL mode is on");
+        assert!(
+            wal.exists() && std::fs::metadata(&wal).unwrap().len() > 0,
+            "WAL mode is on"
+        );
         for needle in [secret, reply, "退款", "13812345678"] {
-            assert!(!contains(&read_all(dir.path()), needle.as_bytes()), "clear text '{needle}' found on disk");
+            assert!(
+                !contains(&read_all(dir.path()), needle.as_bytes()),
+                "clear text '{needle}' found on disk"
+            );
         }
         // It is really there, encrypted, and comes back redacted.
         let back = store.conversations(0, 100, 0, 10).unwrap();
@@ -554,14 +619,27 @@ mod tests {
         let path = dir.path().join("m.db");
         drop(SqliteStore::open(&path, keyring(&key_b64(1))).unwrap());
         let s = SqliteStore::open(&path, keyring(&key_b64(1))).unwrap();
-        let v: i64 = s.read.lock().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = s
+            .read
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
-        let mode: String = s.read.lock().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = s
+            .read
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
         drop(s);
         // A database from a newer intentd is refused with a clear message.
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-        let e = SqliteStore::open(&path, keyring(&key_b64(1))).unwrap_err().to_string();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e = SqliteStore::open(&path, keyring(&key_b64(1)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("schema version 99"), "{e}");
     }
 
@@ -572,13 +650,18 @@ mod tests {
         let (k1, k2) = (key_b64(1), key_b64(2));
         {
             let s = SqliteStore::open(&path, keyring(&format!("k1:{k1}"))).unwrap();
-            s.write_batch(&[Record::Conversation(conversation("b", "g", "old", 1))]).unwrap();
+            s.write_batch(&[Record::Conversation(conversation("b", "g", "old", 1))])
+                .unwrap();
         }
         {
             let s = SqliteStore::open(&path, keyring(&format!("k2:{k2},k1:{k1}"))).unwrap();
-            s.write_batch(&[Record::Conversation(conversation("b", "g", "new", 2))]).unwrap();
+            s.write_batch(&[Record::Conversation(conversation("b", "g", "new", 2))])
+                .unwrap();
             let rows = s.conversations(0, 10, 0, 10).unwrap();
-            let ids: Vec<_> = rows.iter().map(|r| (r.record.message_id.as_str(), r.key_id.as_str())).collect();
+            let ids: Vec<_> = rows
+                .iter()
+                .map(|r| (r.record.message_id.as_str(), r.key_id.as_str()))
+                .collect();
             assert_eq!(ids, vec![("old", "k1"), ("new", "k2")]);
             assert!(rows.iter().all(|r| r.record.text == "请问这个多少钱"));
         }
@@ -607,8 +690,11 @@ mod tests {
         let s = SqliteStore::open(&dir.path().join("d.db"), keyring(&key_b64(1))).unwrap();
         let mut second = conversation("b", "g", "m1", 2);
         second.intent = "refund".into();
-        s.write_batch(&[Record::Conversation(conversation("b", "g", "m1", 1)), Record::Conversation(second)])
-            .unwrap();
+        s.write_batch(&[
+            Record::Conversation(conversation("b", "g", "m1", 1)),
+            Record::Conversation(second),
+        ])
+        .unwrap();
         // Empty message ids never collapse into one row.
         s.write_batch(&[
             Record::Conversation(conversation("b", "g", "", 3)),
@@ -617,6 +703,13 @@ mod tests {
         .unwrap();
         let rows = s.conversations(0, 10, 0, 10).unwrap();
         assert_eq!(rows.len(), 3);
-        assert_eq!(rows.iter().find(|r| r.record.message_id == "m1").unwrap().record.intent, "refund");
+        assert_eq!(
+            rows.iter()
+                .find(|r| r.record.message_id == "m1")
+                .unwrap()
+                .record
+                .intent,
+            "refund"
+        );
     }
 }

@@ -38,7 +38,11 @@ pub fn rates(c: &Counts, human_share_target: f64) -> pb::Rates {
         response_rate: ratio(c.triggers_replied, c.triggers),
         resolution_rate: ratio(c.resolved, c.resolved + c.unresolved),
         conversion_rate: ratio(c.auto_replies_clicked, c.auto_replies),
-        satisfaction: if thumbs == 0 { 0.0 } else { (c.thumbs_up as f64 - c.thumbs_down as f64) / thumbs as f64 },
+        satisfaction: if thumbs == 0 {
+            0.0
+        } else {
+            (c.thumbs_up as f64 - c.thumbs_down as f64) / thumbs as f64
+        },
         human_share: ratio(c.handoffs + c.human_replies, c.messages),
         human_share_target,
     }
@@ -55,17 +59,33 @@ impl StatsFilter {
             )));
         }
         if req.from_ms > to_ms {
-            return Err(StoreError::Invalid(format!("from_ms ({}) is after to_ms ({to_ms})", req.from_ms)));
+            return Err(StoreError::Invalid(format!(
+                "from_ms ({}) is after to_ms ({to_ms})",
+                req.from_ms
+            )));
         }
-        Ok(Self { bot_id: req.bot_id.clone(), chat_id: req.chat_id.clone(), from_ms: req.from_ms, to_ms })
+        Ok(Self {
+            bot_id: req.bot_id.clone(),
+            chat_id: req.chat_id.clone(),
+            from_ms: req.from_ms,
+            to_ms,
+        })
     }
 }
 
-fn groups(store: &dyn Store, f: &StatsFilter, by: GroupBy, target: f64) -> Result<Vec<pb::GroupStats>, StoreError> {
+fn groups(
+    store: &dyn Store,
+    f: &StatsFilter,
+    by: GroupBy,
+    target: f64,
+) -> Result<Vec<pb::GroupStats>, StoreError> {
     Ok(store
         .counts(f, by)?
         .into_iter()
-        .map(|(key, c)| pb::GroupStats { key, rates: Some(rates(&c, target)) })
+        .map(|(key, c)| pb::GroupStats {
+            key,
+            rates: Some(rates(&c, target)),
+        })
         .collect())
 }
 
@@ -128,13 +148,28 @@ mod tests {
         assert!((r.human_share - 0.3).abs() < 1e-12);
         assert!((r.human_share_target - 0.3).abs() < 1e-12);
         let z = rates(&Counts::default(), 0.3);
-        assert_eq!((z.response_rate, z.resolution_rate, z.conversion_rate, z.satisfaction, z.human_share), (0.0, 0.0, 0.0, 0.0, 0.0));
+        assert_eq!(
+            (
+                z.response_rate,
+                z.resolution_rate,
+                z.conversion_rate,
+                z.satisfaction,
+                z.human_share
+            ),
+            (0.0, 0.0, 0.0, 0.0, 0.0)
+        );
     }
 
     #[test]
     fn window_validation_names_the_problem() {
-        let req = pb::StatsRequest { from_ms: 10, to_ms: 5, ..Default::default() };
-        let e = StatsFilter::from_request(&req, 100).unwrap_err().to_string();
+        let req = pb::StatsRequest {
+            from_ms: 10,
+            to_ms: 5,
+            ..Default::default()
+        };
+        let e = StatsFilter::from_request(&req, 100)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("from_ms (10) is after to_ms (5)"), "{e}");
         let f = StatsFilter::from_request(&pb::StatsRequest::default(), 100).unwrap();
         assert_eq!((f.from_ms, f.to_ms), (0, 100));
@@ -208,11 +243,28 @@ mod tests {
         }));
         store.write_batch(&recs).unwrap();
 
-        let req = pb::StatsRequest { bot_id: "bot".into(), to_ms: 1_000, ..Default::default() };
+        let req = pb::StatsRequest {
+            bot_id: "bot".into(),
+            to_ms: 1_000,
+            ..Default::default()
+        };
         let resp = stats_response(&store, &req, 50_000, &StoreConfig::default()).unwrap();
         let t = resp.total.unwrap();
-        assert_eq!((t.messages, t.triggers, t.auto_replies, t.handoffs, t.blocks), (6, 4, 2, 1, 1));
-        assert_eq!((t.resolved, t.unresolved, t.clicks, t.thumbs_up, t.thumbs_down, t.human_replies), (1, 1, 1, 1, 1, 2));
+        assert_eq!(
+            (t.messages, t.triggers, t.auto_replies, t.handoffs, t.blocks),
+            (6, 4, 2, 1, 1)
+        );
+        assert_eq!(
+            (
+                t.resolved,
+                t.unresolved,
+                t.clicks,
+                t.thumbs_up,
+                t.thumbs_down,
+                t.human_replies
+            ),
+            (1, 1, 1, 1, 1, 2)
+        );
         // response: m1, m2 answered of triggers m1, m2, m3, m5
         assert!((t.response_rate - 0.5).abs() < 1e-12);
         assert!((t.resolution_rate - 0.5).abs() < 1e-12);
@@ -221,13 +273,41 @@ mod tests {
         // (1 handoff + 2 human replies) / 6 messages
         assert!((t.human_share - 0.5).abs() < 1e-12);
 
-        let chat = |k: &str| resp.by_chat.iter().find(|g| g.key == k).unwrap().rates.clone().unwrap();
-        assert_eq!((chat("g1").messages, chat("g1").human_replies, chat("g1").handoffs), (3, 1, 1));
+        let chat = |k: &str| {
+            resp.by_chat
+                .iter()
+                .find(|g| g.key == k)
+                .unwrap()
+                .rates
+                .unwrap()
+        };
+        assert_eq!(
+            (
+                chat("g1").messages,
+                chat("g1").human_replies,
+                chat("g1").handoffs
+            ),
+            (3, 1, 1)
+        );
         assert!((chat("g1").human_share - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!((chat("g2").messages, chat("g2").human_replies), (3, 1));
 
-        let intent = |k: &str| resp.by_intent.iter().find(|g| g.key == k).unwrap().rates.clone().unwrap();
-        assert_eq!((intent("price").messages, intent("price").triggers, intent("price").auto_replies), (3, 3, 2));
+        let intent = |k: &str| {
+            resp.by_intent
+                .iter()
+                .find(|g| g.key == k)
+                .unwrap()
+                .rates
+                .unwrap()
+        };
+        assert_eq!(
+            (
+                intent("price").messages,
+                intent("price").triggers,
+                intent("price").auto_replies
+            ),
+            (3, 3, 2)
+        );
         assert_eq!(intent("refund").human_replies, 1); // linked through message id m3
         let keys: Vec<_> = resp.by_variant.iter().map(|g| g.key.as_str()).collect();
         assert_eq!(keys, vec!["price/a", "price/b"]);
@@ -236,14 +316,28 @@ mod tests {
         // Per-chat filter.
         let g2 = stats_response(
             &store,
-            &pb::StatsRequest { bot_id: "bot".into(), chat_id: "g2".into(), to_ms: 1_000, ..Default::default() },
+            &pb::StatsRequest {
+                bot_id: "bot".into(),
+                chat_id: "g2".into(),
+                to_ms: 1_000,
+                ..Default::default()
+            },
             50_000,
             &StoreConfig::default(),
         )
         .unwrap();
         assert_eq!(g2.total.unwrap().messages, 3);
         // to_ms = 0 means "now": the late message is included.
-        let all = stats_response(&store, &pb::StatsRequest { bot_id: "bot".into(), ..Default::default() }, 50_000, &StoreConfig::default()).unwrap();
+        let all = stats_response(
+            &store,
+            &pb::StatsRequest {
+                bot_id: "bot".into(),
+                ..Default::default()
+            },
+            50_000,
+            &StoreConfig::default(),
+        )
+        .unwrap();
         assert_eq!(all.total.unwrap().messages, 7);
     }
 }

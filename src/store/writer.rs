@@ -41,14 +41,18 @@ impl CommitTicket {
     /// Blocks the current thread until the commit. Must not be called on an async runtime
     /// thread (tokio panics there); use `.await` instead.
     pub fn wait(self) -> Result<(), StoreError> {
-        self.rx.blocking_recv().unwrap_or(Err(StoreError::WriterGone))
+        self.rx
+            .blocking_recv()
+            .unwrap_or(Err(StoreError::WriterGone))
     }
 }
 
 impl Future for CommitTicket {
     type Output = Result<(), StoreError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(StoreError::WriterGone)))
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::WriterGone)))
     }
 }
 
@@ -68,13 +72,21 @@ pub struct WriteQueue {
 
 impl std::fmt::Debug for WriteQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteQueue").field("capacity", &self.capacity).field("depth", &self.depth()).finish()
+        f.debug_struct("WriteQueue")
+            .field("capacity", &self.capacity)
+            .field("depth", &self.depth())
+            .finish()
     }
 }
 
 impl WriteQueue {
     /// Starts the writer thread. `capacity` and `batch_max` are at least 1.
-    pub fn start(store: Arc<dyn Store>, capacity: usize, batch_max: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        batch_max: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let capacity = capacity.max(1);
         let (tx, rx) = sync_channel(capacity);
         let depth = Arc::new(AtomicUsize::new(0));
@@ -86,7 +98,13 @@ impl WriteQueue {
                 .spawn(move || writer_loop(store, rx, batch_max.max(1), depth, metrics))
                 .expect("spawn store writer thread")
         };
-        Self { tx: RwLock::new(Some(tx)), thread: Mutex::new(Some(thread)), depth, capacity, metrics }
+        Self {
+            tx: RwLock::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            depth,
+            capacity,
+            metrics,
+        }
     }
 
     /// Queues a record without blocking.
@@ -104,8 +122,13 @@ impl WriteQueue {
             Err(TrySendError::Full(_)) => {
                 self.depth.fetch_sub(1, Ordering::SeqCst);
                 self.metrics.write_queue_full.inc();
-                tracing::warn!(capacity = self.capacity, "store write queue full; record refused");
-                Err(SubmitError::QueueFull { capacity: self.capacity })
+                tracing::warn!(
+                    capacity = self.capacity,
+                    "store write queue full; record refused"
+                );
+                Err(SubmitError::QueueFull {
+                    capacity: self.capacity,
+                })
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.depth.fetch_sub(1, Ordering::SeqCst);
@@ -190,8 +213,8 @@ mod tests {
     use super::super::audit::{PurgeCutoffs, PurgeReport};
     use super::super::test_support::*;
     use super::super::{
-        AuditRecord, Counts, FeedbackKind, GroupBy, RowCounts, SqliteStore, StatsFilter, StoredConversation,
-        VariantCounts,
+        AuditRecord, Counts, FeedbackKind, GroupBy, RowCounts, SqliteStore, StatsFilter,
+        StoredConversation, VariantCounts,
     };
     use super::*;
     use std::sync::mpsc;
@@ -216,19 +239,36 @@ mod tests {
                 self.release.lock().recv().unwrap();
             }
             if let Some(bad) = &self.fail_message {
-                if records.iter().any(|r| matches!(r, Record::Feedback(f) if &f.message_id == bad)) {
+                if records
+                    .iter()
+                    .any(|r| matches!(r, Record::Feedback(f) if &f.message_id == bad))
+                {
                     return Err(StoreError::Invalid(format!("refusing {bad}")));
                 }
             }
             self.inner.write_batch(records)
         }
-        fn counts(&self, f: &StatsFilter, by: GroupBy) -> Result<Vec<(String, Counts)>, StoreError> {
+        fn counts(
+            &self,
+            f: &StatsFilter,
+            by: GroupBy,
+        ) -> Result<Vec<(String, Counts)>, StoreError> {
             self.inner.counts(f, by)
         }
-        fn variant_counts(&self, f: &StatsFilter, e: &str) -> Result<Vec<VariantCounts>, StoreError> {
+        fn variant_counts(
+            &self,
+            f: &StatsFilter,
+            e: &str,
+        ) -> Result<Vec<VariantCounts>, StoreError> {
             self.inner.variant_counts(f, e)
         }
-        fn conversations(&self, a: i64, b: i64, c: i64, d: usize) -> Result<Vec<StoredConversation>, StoreError> {
+        fn conversations(
+            &self,
+            a: i64,
+            b: i64,
+            c: i64,
+            d: usize,
+        ) -> Result<Vec<StoredConversation>, StoreError> {
             self.inner.conversations(a, b, c, d)
         }
         fn audit_rows(&self, a: i64, b: i64) -> Result<Vec<AuditRecord>, StoreError> {
@@ -261,7 +301,12 @@ mod tests {
             gate_first,
             fail_message: fail_message.map(String::from),
         });
-        Harness { store, entered, release, _dir: dir }
+        Harness {
+            store,
+            entered,
+            release,
+            _dir: dir,
+        }
     }
 
     fn conv(i: usize) -> Record {
@@ -294,8 +339,14 @@ mod tests {
         let t0 = q.submit(conv(0)).unwrap();
         h.entered.recv().unwrap();
         let queued: Vec<_> = (1..=4).map(|i| q.submit(conv(i)).unwrap()).collect();
-        assert_eq!(q.submit(conv(5)).unwrap_err(), SubmitError::QueueFull { capacity: 4 });
-        assert_eq!(q.submit(conv(6)).unwrap_err(), SubmitError::QueueFull { capacity: 4 });
+        assert_eq!(
+            q.submit(conv(5)).unwrap_err(),
+            SubmitError::QueueFull { capacity: 4 }
+        );
+        assert_eq!(
+            q.submit(conv(6)).unwrap_err(),
+            SubmitError::QueueFull { capacity: 4 }
+        );
         assert_eq!(metrics.write_queue_full.get(), 2);
         assert_eq!(metrics.write_queue_depth.get(), 4);
         assert_eq!(q.depth(), 4);
@@ -342,7 +393,14 @@ mod tests {
         let q = WriteQueue::start(h.store.clone(), 100, 512, metrics.clone());
         // Whether the three land in one batch or not, only the bad one may fail.
         let good1 = q.submit(conv(1)).unwrap();
-        let bad = q.submit(Record::Feedback(feedback("b", "bad", FeedbackKind::Clicked, 1))).unwrap();
+        let bad = q
+            .submit(Record::Feedback(feedback(
+                "b",
+                "bad",
+                FeedbackKind::Clicked,
+                1,
+            )))
+            .unwrap();
         let good2 = q.submit(conv(2)).unwrap();
         good1.wait().unwrap();
         assert!(matches!(bad.wait(), Err(StoreError::Invalid(m)) if m.contains("bad")));
@@ -358,6 +416,8 @@ mod tests {
         q.submit(conv(1)).unwrap().await.unwrap();
         assert_eq!(h.store.row_counts().unwrap().conversations, 1);
         // The writer shutdown joins a thread: do it off the runtime.
-        tokio::task::spawn_blocking(move || q.shutdown()).await.unwrap();
+        tokio::task::spawn_blocking(move || q.shutdown())
+            .await
+            .unwrap();
     }
 }
