@@ -588,6 +588,37 @@ impl Storage {
         audit::purge(self.store.as_ref(), &self.config, self.clock.now_ms())
     }
 
+    /// Purges now and then every `every` until `shutdown` completes. Failures are logged and
+    /// counted in `intentd_store_errors_total`; the loop keeps going.
+    pub async fn run_purge_loop(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        metrics: Arc<Metrics>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {}
+            }
+            let storage = self.clone();
+            match tokio::task::spawn_blocking(move || storage.purge()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(error = %e, "retention purge failed");
+                }
+                Err(e) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(error = %e, "retention purge task panicked");
+                }
+            }
+        }
+    }
+
     /// Records waiting for the writer.
     pub fn queue_depth(&self) -> usize {
         self.queue.depth()
@@ -709,6 +740,51 @@ mod tests {
         for k in FeedbackKind::ALL {
             assert_eq!(FeedbackKind::parse(k.as_str()), Some(k));
         }
+    }
+
+    #[tokio::test]
+    async fn purge_loop_runs_at_once_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            path: dir.path().join("p.db"),
+            ..StoreConfig::default()
+        };
+        let now = 400 * audit::DAY_MS;
+        let clock: SharedClock = Arc::new(ManualClock::new(now));
+        let metrics = Arc::new(Metrics::new());
+        let s = Arc::new(
+            Storage::open_with_keyring(&cfg, keyring(&key_b64(2)), clock, metrics.clone()).unwrap(),
+        );
+        s.submit(Record::Conversation(conversation(
+            "b",
+            "g",
+            "old",
+            now - 100 * audit::DAY_MS,
+        )))
+        .unwrap()
+        .await
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(s.clone().run_purge_loop(
+            std::time::Duration::from_secs(3600),
+            metrics.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        for _ in 0..200 {
+            if s.store().row_counts().unwrap().conversations == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.store().row_counts().unwrap().conversations, 0);
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        assert_eq!(metrics.store_errors.get(), 0);
+        tokio::task::spawn_blocking(move || s.shutdown())
+            .await
+            .unwrap();
     }
 
     #[test]
