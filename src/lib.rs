@@ -1,4 +1,9 @@
 //! intentd: Chinese intent recognition and auto-reply decisions for chat bots.
+//!
+//! Layers, front to back: `server` (gRPC / HTTP front doors that only translate), `core`
+//! (validation, tokenisation, batching, orchestration), `engine` (keyword layer + fusion) and
+//! `policy` (the operator playbook) for decisions, `model` (the encoder behind a trait), and
+//! `store` (I/O: the durable log, audit, stats).
 
 /// Code generated from `proto/intentd/v1/intentd.proto`.
 pub mod pb {
@@ -8,6 +13,9 @@ pub mod pb {
 }
 
 pub mod clock;
-pub mod types;
-pub mod model;
 pub mod data;
+pub mod metrics;
+pub mod model;
+pub mod pii;
+pub mod store;
+pub mod types;

@@ -1,0 +1,306 @@
+//! The audit trail (who did what, when) and the retention policy that purges old rows.
+//!
+//! Audit rows are kept at least [`AUDIT_RETENTION_FLOOR_DAYS`] days: the config cannot ask for
+//! less, and the backend refuses a purge that would cut into the floor even if asked directly.
+//! Every purge writes its own audit row, in the same transaction as the deletion.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AuditRecord, ConversationRecord, Record, Store, StoreConfig, StoreError,
+    AUDIT_RETENTION_FLOOR_DAYS,
+};
+use crate::types::Action;
+
+pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// What an audit row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    ConfigChange,
+    ModelChange,
+    Reload,
+    AdminCall,
+    Handoff,
+    Block,
+    Export,
+    Purge,
+    Startup,
+    Shutdown,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 10] = [
+        AuditAction::ConfigChange,
+        AuditAction::ModelChange,
+        AuditAction::Reload,
+        AuditAction::AdminCall,
+        AuditAction::Handoff,
+        AuditAction::Block,
+        AuditAction::Export,
+        AuditAction::Purge,
+        AuditAction::Startup,
+        AuditAction::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::ConfigChange => "config_change",
+            AuditAction::ModelChange => "model_change",
+            AuditAction::Reload => "reload",
+            AuditAction::AdminCall => "admin_call",
+            AuditAction::Handoff => "handoff",
+            AuditAction::Block => "block",
+            AuditAction::Export => "export",
+            AuditAction::Purge => "purge",
+            AuditAction::Startup => "startup",
+            AuditAction::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// The audit row a conversation implies: handoffs and blocks are audited automatically, in the
+/// same transaction as the conversation row, so no code path can forget them. Ids and the
+/// reason only, never the text.
+pub fn implied_audit(c: &ConversationRecord) -> Option<AuditRecord> {
+    let action = match c.action {
+        Action::Handoff => AuditAction::Handoff,
+        Action::Block => AuditAction::Block,
+        _ => return None,
+    };
+    Some(AuditRecord {
+        actor: "policy".into(),
+        action,
+        detail: format!(
+            "bot={} chat={} user={} message={} intent={} reason={}",
+            c.bot_id, c.chat_id, c.user_id, c.message_id, c.intent, c.reason
+        ),
+        at_ms: c.at_ms,
+    })
+}
+
+/// Where a purge cuts. Rows with `at_ms` strictly before a cutoff are deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeCutoffs {
+    pub now_ms: i64,
+    pub data_before_ms: i64,
+    pub audit_before_ms: i64,
+}
+
+impl PurgeCutoffs {
+    pub fn from_config(config: &StoreConfig, now_ms: i64) -> Result<Self, StoreError> {
+        config.validate()?;
+        Ok(Self {
+            now_ms,
+            data_before_ms: now_ms - i64::from(config.conversation_retention_days) * DAY_MS,
+            audit_before_ms: now_ms - i64::from(config.audit_retention_days) * DAY_MS,
+        })
+    }
+
+    /// Backends call this before deleting: the audit floor holds whatever the caller computed.
+    pub fn check_floor(&self) -> Result<(), StoreError> {
+        let floor = self.now_ms - i64::from(AUDIT_RETENTION_FLOOR_DAYS) * DAY_MS;
+        if self.audit_before_ms > floor {
+            return Err(StoreError::Invalid(format!(
+                "purge would delete audit rows younger than the {AUDIT_RETENTION_FLOOR_DAYS}-day floor \
+                 (cutoff {} > floor {floor})",
+                self.audit_before_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Rows deleted by one purge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    pub conversations: u64,
+    pub feedback: u64,
+    pub human_replies: u64,
+    pub audit: u64,
+}
+
+/// The audit row written about a purge.
+pub fn purge_record(cutoffs: &PurgeCutoffs, report: &PurgeReport) -> AuditRecord {
+    AuditRecord {
+        actor: "retention".into(),
+        action: AuditAction::Purge,
+        detail: format!(
+            "deleted conversations={} feedback={} human_replies={} (before {}) audit={} (before {})",
+            report.conversations,
+            report.feedback,
+            report.human_replies,
+            cutoffs.data_before_ms,
+            report.audit,
+            cutoffs.audit_before_ms
+        ),
+        at_ms: cutoffs.now_ms,
+    }
+}
+
+/// Applies the configured retention as of `now_ms`.
+pub fn purge(
+    store: &dyn Store,
+    config: &StoreConfig,
+    now_ms: i64,
+) -> Result<PurgeReport, StoreError> {
+    let cutoffs = PurgeCutoffs::from_config(config, now_ms)?;
+    let report = store.purge(&cutoffs)?;
+    tracing::info!(?report, "retention purge done");
+    Ok(report)
+}
+
+/// Convenience for writing one audit row synchronously (CLI commands without a writer thread).
+pub fn write_now(
+    store: &dyn Store,
+    actor: &str,
+    action: AuditAction,
+    detail: String,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    store.write_batch(&[Record::Audit(AuditRecord {
+        actor: actor.into(),
+        action,
+        detail,
+        at_ms,
+    })])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::{FeedbackKind, SqliteStore};
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    fn audit_at(at_ms: i64, what: &str) -> Record {
+        Record::Audit(AuditRecord {
+            actor: "admin".into(),
+            action: AuditAction::Reload,
+            detail: what.into(),
+            at_ms,
+        })
+    }
+
+    #[test]
+    fn purge_keeps_the_180_day_audit_floor_and_audits_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db"), keyring(&key_b64(1))).unwrap();
+        let clock = ManualClock::new(0);
+        clock.set_ms(1_000 * DAY_MS);
+        let now = clock.now_ms();
+        store
+            .write_batch(&[
+                audit_at(now - 181 * DAY_MS, "old audit"),
+                audit_at(now - 179 * DAY_MS, "young audit"),
+                Record::Conversation(conversation("b", "g", "old", now - 91 * DAY_MS)),
+                Record::Conversation(conversation("b", "g", "new", now - 89 * DAY_MS)),
+                Record::Feedback(feedback(
+                    "b",
+                    "old",
+                    FeedbackKind::Clicked,
+                    now - 91 * DAY_MS,
+                )),
+                Record::Feedback(feedback(
+                    "b",
+                    "new",
+                    FeedbackKind::Clicked,
+                    now - 89 * DAY_MS,
+                )),
+            ])
+            .unwrap();
+        let cfg = StoreConfig {
+            audit_retention_days: 180,
+            conversation_retention_days: 90,
+            ..StoreConfig::default()
+        };
+        let report = purge(&store, &cfg, now).unwrap();
+        assert_eq!(
+            report,
+            PurgeReport {
+                conversations: 1,
+                feedback: 1,
+                human_replies: 0,
+                audit: 1
+            }
+        );
+
+        let rows = store.audit_rows(0, now).unwrap();
+        let details: Vec<_> = rows.iter().map(|r| r.detail.as_str()).collect();
+        assert!(details.contains(&"young audit"));
+        assert!(!details.contains(&"old audit"));
+        let purge_row = rows
+            .iter()
+            .find(|r| r.action == AuditAction::Purge)
+            .expect("purge is audited");
+        assert_eq!(purge_row.at_ms, now);
+        assert!(
+            purge_row.detail.contains("conversations=1"),
+            "{}",
+            purge_row.detail
+        );
+        assert_eq!(store.row_counts().unwrap().conversations, 1);
+
+        // A purge one day later still keeps the 179-day row (now 180 days old: not older).
+        clock.advance_ms(DAY_MS);
+        let report = purge(&store, &cfg, clock.now_ms()).unwrap();
+        assert_eq!(report.audit, 0);
+        // And a caller bypassing the config cannot cut into the floor.
+        let now = clock.now_ms();
+        let bad = PurgeCutoffs {
+            now_ms: now,
+            data_before_ms: now,
+            audit_before_ms: now - 10 * DAY_MS,
+        };
+        assert!(matches!(store.purge(&bad), Err(StoreError::Invalid(m)) if m.contains("180")));
+        assert!(store
+            .audit_rows(0, now)
+            .unwrap()
+            .iter()
+            .any(|r| r.detail == "young audit"));
+    }
+
+    #[test]
+    fn longer_audit_retention_is_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db"), keyring(&key_b64(1))).unwrap();
+        let now = 2_000 * DAY_MS;
+        store
+            .write_batch(&[
+                audit_at(now - 300 * DAY_MS, "300"),
+                audit_at(now - 400 * DAY_MS, "400"),
+            ])
+            .unwrap();
+        let cfg = StoreConfig {
+            audit_retention_days: 365,
+            ..StoreConfig::default()
+        };
+        assert_eq!(purge(&store, &cfg, now).unwrap().audit, 1);
+        let left: Vec<_> = store
+            .audit_rows(0, now)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.detail)
+            .collect();
+        assert!(left.contains(&"300".to_string()) && !left.contains(&"400".to_string()));
+    }
+
+    #[test]
+    fn handoffs_and_blocks_imply_audit_rows_without_text() {
+        let mut c = conversation("b", "g", "m", 5);
+        assert!(implied_audit(&c).is_none());
+        c.action = Action::Block;
+        let a = implied_audit(&c).unwrap();
+        assert_eq!(a.action, AuditAction::Block);
+        assert!(a.detail.contains("message=m"));
+        assert!(!a.detail.contains(&c.text));
+        for a in AuditAction::ALL {
+            assert_eq!(AuditAction::parse(a.as_str()), Some(a));
+        }
+    }
+}

@@ -1,0 +1,859 @@
+//! The service's memory: conversation log, feedback, human replies and the audit trail.
+//!
+//! Layering: the engine and the front doors only build [`Record`]s and hand them to
+//! [`Storage::submit`]; a single writer thread ([`writer::WriteQueue`]) commits them in batches
+//! through the [`Store`] trait. SQL lives only in the backend ([`sqlite::SqliteStore`]), so a
+//! PostgreSQL backend for many replicas can implement the same trait later. Rates, the A/B test
+//! and retention rules are computed here from backend-neutral counts.
+
+pub mod ab_report;
+pub mod audit;
+pub mod crypto;
+pub mod export;
+pub mod sqlite;
+pub mod stats;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::pb;
+use crate::types::{Action, Classification, MessageContext, PolicyDecision, Source};
+
+pub use audit::{AuditAction, PurgeReport};
+pub use crypto::Keyring;
+pub use sqlite::SqliteStore;
+pub use writer::{CommitTicket, SubmitError, WriteQueue};
+
+/// The legal floor for keeping audit rows.
+pub const AUDIT_RETENTION_FLOOR_DAYS: u32 = 180;
+
+/// `store:` section of the service config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Conversation logging and stats on/off. Off: no database, no key needed.
+    pub enabled: bool,
+    /// SQLite file; parent directories are created.
+    pub path: PathBuf,
+    /// Records waiting for the writer thread; beyond this `submit` fails with `QueueFull`.
+    pub queue_capacity: usize,
+    /// Most records committed in one transaction.
+    pub batch_max: usize,
+    /// Environment variable holding the log key(s): `BASE64` or `id:BASE64,id:BASE64,...`
+    /// (first = current key, the others stay readable).
+    pub key_env: String,
+    /// Key file with the same format, used when the environment variable is unset.
+    pub key_file: Option<PathBuf>,
+    /// Audit rows are kept at least this long; lower than 180 is rejected on load.
+    #[serde(deserialize_with = "audit_days")]
+    pub audit_retention_days: u32,
+    /// Conversation, feedback and human-reply rows older than this are purged.
+    pub conversation_retention_days: u32,
+    /// A/B: fewer exposures per variant than this → warning and no winner.
+    pub ab_min_sample: u64,
+    /// Significance level of the A/B test.
+    pub ab_alpha: f64,
+    /// Reported next to the human share, (handoffs + human replies) / messages.
+    pub human_share_target: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("data/intentd.db"),
+            queue_capacity: 10_000,
+            batch_max: 512,
+            key_env: "INTENTD_LOG_KEY".into(),
+            key_file: None,
+            audit_retention_days: AUDIT_RETENTION_FLOOR_DAYS,
+            conversation_retention_days: 90,
+            ab_min_sample: 5_000,
+            ab_alpha: 0.05,
+            human_share_target: 0.30,
+        }
+    }
+}
+
+fn audit_days<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let days = u32::deserialize(d)?;
+    check_audit_days(days).map_err(serde::de::Error::custom)?;
+    Ok(days)
+}
+
+fn check_audit_days(days: u32) -> Result<(), String> {
+    if days < AUDIT_RETENTION_FLOOR_DAYS {
+        return Err(format!(
+            "audit_retention_days = {days} is below the floor of {AUDIT_RETENTION_FLOOR_DAYS} days \
+             (audit rows must be kept at least {AUDIT_RETENTION_FLOOR_DAYS} days)"
+        ));
+    }
+    Ok(())
+}
+
+impl StoreConfig {
+    /// Checks every limit; the message names the key and the limit.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let bad = |m: String| Err(StoreError::Config(m));
+        check_audit_days(self.audit_retention_days).map_err(StoreError::Config)?;
+        if self.conversation_retention_days == 0 {
+            return bad("store.conversation_retention_days must be at least 1".into());
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > 10_000_000 {
+            return bad(format!(
+                "store.queue_capacity = {} must be between 1 and 10000000",
+                self.queue_capacity
+            ));
+        }
+        if self.batch_max == 0 || self.batch_max > 100_000 {
+            return bad(format!(
+                "store.batch_max = {} must be between 1 and 100000",
+                self.batch_max
+            ));
+        }
+        if self.ab_min_sample == 0 {
+            return bad("store.ab_min_sample must be at least 1".into());
+        }
+        if !(self.ab_alpha > 0.0 && self.ab_alpha < 1.0) {
+            return bad(format!(
+                "store.ab_alpha = {} must be between 0 and 1 (exclusive)",
+                self.ab_alpha
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.human_share_target) {
+            return bad(format!(
+                "store.human_share_target = {} must be between 0 and 1",
+                self.human_share_target
+            ));
+        }
+        if self.key_env.trim().is_empty() && self.key_file.is_none() {
+            return bad(
+                "store.key_env is empty and store.key_file is unset: no way to get a log key"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Everything the store can fail with. `Clone` so one commit error can answer a whole batch.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("store database error: {0}")]
+    Db(String),
+    #[error("store encryption error: {0}")]
+    Crypto(String),
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store config error: {0}")]
+    Config(String),
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+    #[error("the store writer stopped before committing this record")]
+    WriterGone,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// Per-stage timings of a Classify call, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    pub tokenize_us: u64,
+    pub inference_us: u64,
+    pub queue_us: u64,
+    pub total_us: u64,
+}
+
+impl From<&pb::Timings> for Timings {
+    fn from(t: &pb::Timings) -> Self {
+        Self {
+            tokenize_us: t.tokenize_us,
+            inference_us: t.inference_us,
+            queue_us: t.queue_us,
+            total_us: t.total_us,
+        }
+    }
+}
+
+/// One inbound message and what the service decided. `text` and `reply_text` are clear in
+/// memory; at rest they are PII-redacted and encrypted (read back, they are the redacted form).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    pub bot_id: String,
+    pub chat_id: String,
+    pub user_id: String,
+    pub message_id: String,
+    pub at_ms: i64,
+    pub text: String,
+    pub intent: String,
+    pub confidence: f32,
+    pub source: Source,
+    pub action: Action,
+    /// The message hit an intent that has a reply: the denominator of the response rate.
+    pub triggered: bool,
+    pub reply_text: String,
+    pub variant_id: String,
+    pub experiment: String,
+    pub timings: Timings,
+    pub model_version: String,
+    pub reason: String,
+}
+
+impl ConversationRecord {
+    /// Builds the log row for one Classify answer. `triggered` comes from the policy (only it
+    /// knows whether the intent has a reply, even when a cooldown then suppressed it).
+    pub fn from_decision(
+        ctx: &MessageContext,
+        cls: &Classification,
+        decision: &PolicyDecision,
+        triggered: bool,
+        timings: Timings,
+        model_version: &str,
+    ) -> Self {
+        let reply = decision.reply.as_ref();
+        Self {
+            bot_id: ctx.bot_id.clone(),
+            chat_id: ctx.chat_id.clone(),
+            user_id: ctx.user.id.clone(),
+            message_id: ctx.message_id.clone(),
+            at_ms: ctx.at_ms,
+            text: ctx.text.clone(),
+            intent: cls.intent.clone(),
+            confidence: cls.confidence,
+            source: cls.source,
+            action: decision.action,
+            triggered,
+            reply_text: reply.map(|r| r.text.clone()).unwrap_or_default(),
+            variant_id: reply.map(|r| r.variant_id.clone()).unwrap_or_default(),
+            experiment: reply.map(|r| r.experiment.clone()).unwrap_or_default(),
+            timings,
+            model_version: model_version.to_string(),
+            reason: decision.reason.clone(),
+        }
+    }
+
+    /// The bot answered by itself (a reply or a clarifying question was sent): an exposure.
+    pub fn is_auto_reply(&self) -> bool {
+        matches!(self.action, Action::Reply | Action::Clarify) && !self.reply_text.is_empty()
+    }
+}
+
+/// Outcome reported for a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackKind {
+    Resolved,
+    Unresolved,
+    ThumbsUp,
+    ThumbsDown,
+    Clicked,
+}
+
+impl FeedbackKind {
+    pub const ALL: [FeedbackKind; 5] = [
+        FeedbackKind::Resolved,
+        FeedbackKind::Unresolved,
+        FeedbackKind::ThumbsUp,
+        FeedbackKind::ThumbsDown,
+        FeedbackKind::Clicked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackKind::Resolved => "resolved",
+            FeedbackKind::Unresolved => "unresolved",
+            FeedbackKind::ThumbsUp => "thumbs_up",
+            FeedbackKind::ThumbsDown => "thumbs_down",
+            FeedbackKind::Clicked => "clicked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl TryFrom<i32> for FeedbackKind {
+    type Error = StoreError;
+    /// From the protobuf enum value; UNSPECIFIED and unknown values are rejected.
+    fn try_from(v: i32) -> Result<Self, StoreError> {
+        match pb::FeedbackKind::try_from(v) {
+            Ok(pb::FeedbackKind::Resolved) => Ok(FeedbackKind::Resolved),
+            Ok(pb::FeedbackKind::Unresolved) => Ok(FeedbackKind::Unresolved),
+            Ok(pb::FeedbackKind::ThumbsUp) => Ok(FeedbackKind::ThumbsUp),
+            Ok(pb::FeedbackKind::ThumbsDown) => Ok(FeedbackKind::ThumbsDown),
+            Ok(pb::FeedbackKind::Clicked) => Ok(FeedbackKind::Clicked),
+            _ => Err(StoreError::Invalid(format!(
+                "feedback kind {v} is not one of RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN, CLICKED"
+            ))),
+        }
+    }
+}
+
+/// Feedback on one message's decision. Stats count each (message, kind) once, so a retried
+/// Feedback call does not inflate the rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRecord {
+    pub bot_id: String,
+    pub message_id: String,
+    pub kind: FeedbackKind,
+    pub variant_id: String,
+    pub at_ms: i64,
+}
+
+/// A human agent answered in a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HumanReplyRecord {
+    pub bot_id: String,
+    pub chat_id: String,
+    /// The human's message, or the inbound message it answered (then it counts toward that
+    /// message's intent and variant in the stats).
+    pub message_id: String,
+    pub at_ms: i64,
+}
+
+/// Who did what, when. Never holds message text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub actor: String,
+    pub action: AuditAction,
+    pub detail: String,
+    pub at_ms: i64,
+}
+
+/// Anything the writer thread commits.
+// Most records are conversations, so boxing the big variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Conversation(ConversationRecord),
+    Feedback(FeedbackRecord),
+    HumanReply(HumanReplyRecord),
+    Audit(AuditRecord),
+}
+
+/// Which rows a stats query covers. Empty ids mean "all"; the window is inclusive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsFilter {
+    pub bot_id: String,
+    pub chat_id: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// How counts are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Total,
+    Chat,
+    Intent,
+    Variant,
+}
+
+/// Raw counts behind [`pb::Rates`]. Feedback counts are distinct messages, attributed to the
+/// message's window, chat, intent and variant (feedback for unknown message ids is kept but
+/// does not count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub messages: u64,
+    pub triggers: u64,
+    /// Triggered messages that got an auto reply (numerator of the response rate).
+    pub triggers_replied: u64,
+    /// Replies or clarifying questions sent by the bot: the exposures.
+    pub auto_replies: u64,
+    /// Auto-replied messages that were clicked (numerator of the conversion rate).
+    pub auto_replies_clicked: u64,
+    pub handoffs: u64,
+    pub human_replies: u64,
+    pub blocks: u64,
+    pub resolved: u64,
+    pub unresolved: u64,
+    pub clicks: u64,
+    pub thumbs_up: u64,
+    pub thumbs_down: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Counts) {
+        self.messages += o.messages;
+        self.triggers += o.triggers;
+        self.triggers_replied += o.triggers_replied;
+        self.auto_replies += o.auto_replies;
+        self.auto_replies_clicked += o.auto_replies_clicked;
+        self.handoffs += o.handoffs;
+        self.human_replies += o.human_replies;
+        self.blocks += o.blocks;
+        self.resolved += o.resolved;
+        self.unresolved += o.unresolved;
+        self.clicks += o.clicks;
+        self.thumbs_up += o.thumbs_up;
+        self.thumbs_down += o.thumbs_down;
+    }
+}
+
+/// Exposures and conversions of one experiment variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantCounts {
+    pub experiment: String,
+    pub variant_id: String,
+    /// Auto replies that showed this variant.
+    pub exposures: u64,
+    /// Of those, messages with a CLICKED feedback.
+    pub conversions: u64,
+}
+
+/// Rows per table, for status pages and the kill -9 test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    pub conversations: u64,
+    pub feedback: u64,
+    pub human_replies: u64,
+    pub audit: u64,
+}
+
+/// A conversation row read back (decrypted, redacted text) with its storage id.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredConversation {
+    pub id: i64,
+    pub key_id: String,
+    #[serde(flatten)]
+    pub record: ConversationRecord,
+}
+
+/// Storage backend. Synchronous on purpose: the writer thread and `spawn_blocking` callers use
+/// it; async callers go through [`Storage`] / [`WriteQueue`].
+pub trait Store: Send + Sync {
+    /// Commits all records in ONE transaction (group commit): when this returns `Ok` every
+    /// record is durable; on `Err` none is. Conversations with action HANDOFF or BLOCK also get
+    /// their audit row ([`audit::implied_audit`]) in the same transaction.
+    fn write_batch(&self, records: &[Record]) -> Result<(), StoreError>;
+
+    /// Counts grouped by `by` (the key is "" for [`GroupBy::Total`]), sorted by key.
+    fn counts(
+        &self,
+        filter: &StatsFilter,
+        by: GroupBy,
+    ) -> Result<Vec<(String, Counts)>, StoreError>;
+
+    /// Exposures / conversions per (experiment, variant); `experiment` "" = all experiments.
+    fn variant_counts(
+        &self,
+        filter: &StatsFilter,
+        experiment: &str,
+    ) -> Result<Vec<VariantCounts>, StoreError>;
+
+    /// Conversations with `from_ms <= at_ms <= to_ms` and `id > after_id`, by id, at most
+    /// `limit`, decrypted. A row whose key is not in the keyring is an error naming the key id.
+    fn conversations(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredConversation>, StoreError>;
+
+    /// Audit rows with `from_ms <= at_ms <= to_ms`, oldest first.
+    fn audit_rows(&self, from_ms: i64, to_ms: i64) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Deletes conversation/feedback/human-reply rows older than `cutoffs.data_before_ms` and
+    /// audit rows older than `cutoffs.audit_before_ms`, and writes `audit::purge_record` for it
+    /// in the same transaction. Refuses an audit cutoff inside the 180-day floor.
+    fn purge(&self, cutoffs: &audit::PurgeCutoffs) -> Result<PurgeReport, StoreError>;
+
+    fn row_counts(&self) -> Result<RowCounts, StoreError>;
+}
+
+/// The store as the server uses it: backend + writer thread + config + clock.
+pub struct Storage {
+    store: Arc<dyn Store>,
+    queue: WriteQueue,
+    config: StoreConfig,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Storage {
+    /// Validates the config, loads the log key (env var, then key file; a clear error saying
+    /// how to create one otherwise), opens/migrates the SQLite file and starts the writer.
+    pub fn open(
+        config: &StoreConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        config.validate()?;
+        let keyring = Keyring::from_config(config)?;
+        Self::open_with_keyring(config, Arc::new(keyring), clock, metrics)
+    }
+
+    /// Like [`Storage::open`] with a key ring the caller built (tests, `intentd export`).
+    pub fn open_with_keyring(
+        config: &StoreConfig,
+        keyring: Arc<Keyring>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        config.validate()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.path, keyring)?);
+        Ok(Self::with_store(store, config, clock, metrics))
+    }
+
+    /// Wraps any backend.
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        config: &StoreConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let queue = WriteQueue::start(
+            store.clone(),
+            config.queue_capacity,
+            config.batch_max,
+            metrics,
+        );
+        Self {
+            store,
+            queue,
+            config: config.clone(),
+            clock,
+        }
+    }
+
+    /// Queues a record; await the ticket before acknowledging anything to a caller.
+    pub fn submit(&self, record: Record) -> Result<CommitTicket, SubmitError> {
+        self.queue.submit(record)
+    }
+
+    /// Queues an audit row stamped with the clock's "now".
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: AuditAction,
+        detail: &str,
+    ) -> Result<CommitTicket, SubmitError> {
+        self.submit(Record::Audit(AuditRecord {
+            actor: actor.to_string(),
+            action,
+            detail: detail.to_string(),
+            at_ms: self.clock.now_ms(),
+        }))
+    }
+
+    /// GetStats (blocking: call from `spawn_blocking`). `to_ms == 0` means now.
+    pub fn stats(&self, req: &pb::StatsRequest) -> Result<pb::StatsResponse, StoreError> {
+        stats::stats_response(self.store.as_ref(), req, self.clock.now_ms(), &self.config)
+    }
+
+    /// Decrypts conversations in `[from_ms, to_ms]` to JSONL; writes an audit row naming `actor`.
+    pub fn export(
+        &self,
+        actor: &str,
+        from_ms: i64,
+        to_ms: i64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<usize, StoreError> {
+        export::export_jsonl(
+            self.store.as_ref(),
+            actor,
+            from_ms,
+            to_ms,
+            self.clock.now_ms(),
+            out,
+        )
+    }
+
+    /// Applies the retention policy as of the clock's "now" (blocking).
+    pub fn purge(&self) -> Result<PurgeReport, StoreError> {
+        audit::purge(self.store.as_ref(), &self.config, self.clock.now_ms())
+    }
+
+    /// Purges now and then every `every` until `shutdown` completes. Failures are logged and
+    /// counted in `intentd_store_errors_total`; the loop keeps going.
+    pub async fn run_purge_loop(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        metrics: Arc<Metrics>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {}
+            }
+            let storage = self.clone();
+            match tokio::task::spawn_blocking(move || storage.purge()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(error = %e, "retention purge failed");
+                }
+                Err(e) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(error = %e, "retention purge task panicked");
+                }
+            }
+        }
+    }
+
+    /// Records waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.depth()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Stops accepting records, commits everything queued, joins the writer thread.
+    pub fn shutdown(&self) {
+        self.queue.shutdown();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub fn conversation(bot: &str, chat: &str, msg: &str, at_ms: i64) -> ConversationRecord {
+        ConversationRecord {
+            bot_id: bot.into(),
+            chat_id: chat.into(),
+            user_id: "u1".into(),
+            message_id: msg.into(),
+            at_ms,
+            text: "请问这个多少钱".into(),
+            intent: "price".into(),
+            confidence: 0.9,
+            source: Source::Model,
+            action: Action::Reply,
+            triggered: true,
+            reply_text: "reply text".into(),
+            variant_id: "price/a".into(),
+            experiment: String::new(),
+            timings: Timings {
+                tokenize_us: 10,
+                inference_us: 200,
+                queue_us: 5,
+                total_us: 250,
+            },
+            model_version: "m1".into(),
+            reason: "faq".into(),
+        }
+    }
+
+    pub fn feedback(bot: &str, msg: &str, kind: FeedbackKind, at_ms: i64) -> FeedbackRecord {
+        FeedbackRecord {
+            bot_id: bot.into(),
+            message_id: msg.into(),
+            kind,
+            variant_id: String::new(),
+            at_ms,
+        }
+    }
+
+    pub fn keyring(spec: &str) -> Arc<Keyring> {
+        Arc::new(Keyring::parse(spec, "test").expect("test keyring"))
+    }
+
+    /// Base64 of 32 bytes all equal to `b`.
+    pub fn key_b64(b: u8) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([b; 32])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn default_config_is_valid_and_documented_values_hold() {
+        let c = StoreConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.path, PathBuf::from("data/intentd.db"));
+        assert_eq!(c.audit_retention_days, 180);
+        assert_eq!(c.ab_min_sample, 5_000);
+        assert!((c.human_share_target - 0.30).abs() < 1e-12);
+    }
+
+    #[test]
+    fn audit_retention_below_floor_is_a_load_error_naming_the_floor() {
+        let err = serde_yaml_ng::from_str::<StoreConfig>("path: x.db\naudit_retention_days: 90\n")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("180"), "{msg}");
+        assert!(msg.contains("audit_retention_days = 90"), "{msg}");
+        let ok: StoreConfig = serde_yaml_ng::from_str("audit_retention_days: 365\n").unwrap();
+        assert_eq!(ok.audit_retention_days, 365);
+        assert_eq!(ok.conversation_retention_days, 90);
+        let built = StoreConfig {
+            audit_retention_days: 30,
+            ..StoreConfig::default()
+        };
+        assert!(matches!(built.validate(), Err(StoreError::Config(m)) if m.contains("180")));
+    }
+
+    #[test]
+    fn unknown_config_key_is_rejected() {
+        let err = serde_yaml_ng::from_str::<StoreConfig>("queue_capacty: 5\n").unwrap_err();
+        assert!(err.to_string().contains("queue_capacty"), "{err}");
+    }
+
+    #[test]
+    fn feedback_kind_from_proto_rejects_unspecified() {
+        assert_eq!(
+            FeedbackKind::try_from(pb::FeedbackKind::Clicked as i32).unwrap(),
+            FeedbackKind::Clicked
+        );
+        assert!(FeedbackKind::try_from(0).is_err());
+        assert!(FeedbackKind::try_from(99).is_err());
+        for k in FeedbackKind::ALL {
+            assert_eq!(FeedbackKind::parse(k.as_str()), Some(k));
+        }
+    }
+
+    #[tokio::test]
+    async fn purge_loop_runs_at_once_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            path: dir.path().join("p.db"),
+            ..StoreConfig::default()
+        };
+        let now = 400 * audit::DAY_MS;
+        let clock: SharedClock = Arc::new(ManualClock::new(now));
+        let metrics = Arc::new(Metrics::new());
+        let s = Arc::new(
+            Storage::open_with_keyring(&cfg, keyring(&key_b64(2)), clock, metrics.clone()).unwrap(),
+        );
+        s.submit(Record::Conversation(conversation(
+            "b",
+            "g",
+            "old",
+            now - 100 * audit::DAY_MS,
+        )))
+        .unwrap()
+        .await
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(s.clone().run_purge_loop(
+            std::time::Duration::from_secs(3600),
+            metrics.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        for _ in 0..200 {
+            if s.store().row_counts().unwrap().conversations == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.store().row_counts().unwrap().conversations, 0);
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        assert_eq!(metrics.store_errors.get(), 0);
+        tokio::task::spawn_blocking(move || s.shutdown())
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn restart_keeps_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            path: dir.path().join("sub/dir/intentd.db"),
+            ..StoreConfig::default()
+        };
+        let clock: SharedClock = Arc::new(ManualClock::new(1_000_000));
+        let keys = keyring(&format!("k1:{}", key_b64(7)));
+        let req = pb::StatsRequest {
+            bot_id: "bot".into(),
+            ..Default::default()
+        };
+        let before = {
+            let s = Storage::open_with_keyring(
+                &cfg,
+                keys.clone(),
+                clock.clone(),
+                Arc::new(Metrics::new()),
+            )
+            .unwrap();
+            let mut tickets = Vec::new();
+            for i in 0..10 {
+                let mut c = conversation("bot", "g1", &format!("m{i}"), 1_000 + i);
+                if i >= 7 {
+                    c.action = Action::Handoff;
+                    c.reply_text.clear();
+                }
+                tickets.push(s.submit(Record::Conversation(c)).unwrap());
+            }
+            tickets.push(
+                s.submit(Record::Feedback(feedback(
+                    "bot",
+                    "m0",
+                    FeedbackKind::Resolved,
+                    2_000,
+                )))
+                .unwrap(),
+            );
+            tickets.push(
+                s.submit(Record::Feedback(feedback(
+                    "bot",
+                    "m1",
+                    FeedbackKind::Unresolved,
+                    2_000,
+                )))
+                .unwrap(),
+            );
+            for t in tickets {
+                t.wait().unwrap();
+            }
+            let st = s.stats(&req).unwrap();
+            s.shutdown();
+            st
+        };
+        let total = before.total.unwrap();
+        assert_eq!(total.messages, 10);
+        assert_eq!(total.auto_replies, 7);
+        assert_eq!(total.handoffs, 3);
+        assert_eq!(total.resolved, 1);
+        assert!((total.resolution_rate - 0.5).abs() < 1e-12);
+        assert!(dir.path().join("sub/dir/intentd.db").exists());
+
+        let s = Storage::open_with_keyring(&cfg, keys, clock, Arc::new(Metrics::new())).unwrap();
+        let after = s.stats(&req).unwrap();
+        assert_eq!(before, after);
+        // 3 handoffs → 3 implied audit rows survived too.
+        assert_eq!(s.store().row_counts().unwrap().audit, 3);
+    }
+}

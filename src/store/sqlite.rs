@@ -1,0 +1,715 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! `synchronous=NORMAL` with WAL makes every commit survive a process kill (the WAL is written
+//! before COMMIT returns; only an OS crash / power cut can lose the last commits), at a fraction
+//! of FULL's fsync cost. `secure_delete` overwrites purged rows so retention really removes them.
+//! Writes go through one connection behind a mutex (the writer thread, purge, CLI audit rows);
+//! reads use a second connection, which WAL lets run beside a write.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, Transaction};
+
+use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
+use super::crypto::{row_aad, Keyring};
+use super::{
+    AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record, RowCounts, StatsFilter,
+    Store, StoreError, StoredConversation, Timings, VariantCounts,
+};
+use crate::types::{Action, Source};
+
+/// Numbered schema migrations; `PRAGMA user_version` holds how many are applied.
+/// Never edit an applied migration: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema
+    r#"
+    CREATE TABLE conversations (
+        id            INTEGER PRIMARY KEY,
+        bot_id        TEXT NOT NULL,
+        chat_id       TEXT NOT NULL,
+        user_id       TEXT NOT NULL,
+        message_id    TEXT NOT NULL,
+        at_ms         INTEGER NOT NULL,
+        intent        TEXT NOT NULL,
+        confidence    REAL NOT NULL,
+        source        TEXT NOT NULL,
+        action        TEXT NOT NULL,
+        triggered     INTEGER NOT NULL,
+        auto_reply    INTEGER NOT NULL,
+        variant_id    TEXT NOT NULL,
+        experiment    TEXT NOT NULL,
+        tokenize_us   INTEGER NOT NULL,
+        inference_us  INTEGER NOT NULL,
+        queue_us      INTEGER NOT NULL,
+        total_us      INTEGER NOT NULL,
+        model_version TEXT NOT NULL,
+        reason        TEXT NOT NULL,
+        key_id        TEXT NOT NULL,
+        sealed        BLOB NOT NULL
+    );
+    -- A retried Classify of the same message replaces its row instead of counting twice.
+    CREATE UNIQUE INDEX conversations_message ON conversations(bot_id, message_id) WHERE message_id <> '';
+    CREATE INDEX conversations_bot_at ON conversations(bot_id, at_ms);
+    CREATE INDEX conversations_at ON conversations(at_ms);
+    CREATE INDEX conversations_experiment ON conversations(experiment, variant_id) WHERE experiment <> '';
+
+    CREATE TABLE feedback (
+        id         INTEGER PRIMARY KEY,
+        bot_id     TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        variant_id TEXT NOT NULL,
+        at_ms      INTEGER NOT NULL
+    );
+    CREATE INDEX feedback_message ON feedback(bot_id, message_id, kind);
+    CREATE INDEX feedback_at ON feedback(at_ms);
+
+    CREATE TABLE human_replies (
+        id         INTEGER PRIMARY KEY,
+        bot_id     TEXT NOT NULL,
+        chat_id    TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        at_ms      INTEGER NOT NULL
+    );
+    CREATE INDEX human_replies_bot_at ON human_replies(bot_id, at_ms);
+    CREATE INDEX human_replies_at ON human_replies(at_ms);
+
+    CREATE TABLE audit (
+        id     INTEGER PRIMARY KEY,
+        at_ms  INTEGER NOT NULL,
+        actor  TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit(at_ms);
+    "#,
+];
+
+/// SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
+    keyring: Arc<Keyring>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("keyring", &self.keyring)
+            .finish()
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+    // Another process (`intentd export` beside the server) may hold the write lock briefly.
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Db(format!(
+            "{}: cannot switch to WAL mode (got {mode})",
+            path.display()
+        )));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::Db(format!(
+            "{}: schema version {version} is newer than this intentd understands ({known}); \
+             use a newer intentd or another database path",
+            path.display()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).map_err(|e| {
+            StoreError::Db(format!(
+                "{}: migration {} failed: {e}",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+fn action_str(a: Action) -> &'static str {
+    match a {
+        Action::Reply => "reply",
+        Action::Clarify => "clarify",
+        Action::Handoff => "handoff",
+        Action::Block => "block",
+        Action::Ignore => "ignore",
+    }
+}
+
+fn parse_action(s: &str) -> Result<Action, StoreError> {
+    Ok(match s {
+        "reply" => Action::Reply,
+        "clarify" => Action::Clarify,
+        "handoff" => Action::Handoff,
+        "block" => Action::Block,
+        "ignore" => Action::Ignore,
+        _ => {
+            return Err(StoreError::Db(format!(
+                "unknown action '{s}' in conversations"
+            )))
+        }
+    })
+}
+
+fn source_str(s: Source) -> &'static str {
+    match s {
+        Source::Model => "model",
+        Source::Keyword => "keyword",
+        Source::Regex => "regex",
+        Source::Fallback => "fallback",
+        Source::Policy => "policy",
+    }
+}
+
+fn parse_source(s: &str) -> Result<Source, StoreError> {
+    Ok(match s {
+        "model" => Source::Model,
+        "keyword" => Source::Keyword,
+        "regex" => Source::Regex,
+        "fallback" => Source::Fallback,
+        "policy" => Source::Policy,
+        _ => {
+            return Err(StoreError::Db(format!(
+                "unknown source '{s}' in conversations"
+            )))
+        }
+    })
+}
+
+/// SQLite integers are i64; timings beyond that are clamped rather than wrapped.
+fn us(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating parent directories and the file) and migrates the database.
+    pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let mut write = connect(path)?;
+        migrate(&mut write, path)?;
+        let read = connect(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+            keyring,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn insert(&self, tx: &Transaction<'_>, rec: &Record) -> Result<(), StoreError> {
+        match rec {
+            Record::Conversation(c) => {
+                let sealed = self.keyring.seal_texts(
+                    &c.text,
+                    &c.reply_text,
+                    &row_aad(&c.bot_id, &c.message_id),
+                )?;
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO conversations (bot_id, chat_id, user_id, message_id, at_ms, intent,
+                        confidence, source, action, triggered, auto_reply, variant_id, experiment, tokenize_us,
+                        inference_us, queue_us, total_us, model_version, reason, key_id, sealed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                )?
+                .execute(params![
+                    c.bot_id,
+                    c.chat_id,
+                    c.user_id,
+                    c.message_id,
+                    c.at_ms,
+                    c.intent,
+                    f64::from(c.confidence),
+                    source_str(c.source),
+                    action_str(c.action),
+                    c.triggered,
+                    c.is_auto_reply(),
+                    c.variant_id,
+                    c.experiment,
+                    us(c.timings.tokenize_us),
+                    us(c.timings.inference_us),
+                    us(c.timings.queue_us),
+                    us(c.timings.total_us),
+                    c.model_version,
+                    c.reason,
+                    sealed.key_id,
+                    sealed.blob,
+                ])?;
+                if let Some(a) = implied_audit(c) {
+                    insert_audit(tx, &a)?;
+                }
+            }
+            Record::Feedback(f) => {
+                tx.prepare_cached(
+                    "INSERT INTO feedback (bot_id, message_id, kind, variant_id, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![f.bot_id, f.message_id, f.kind.as_str(), f.variant_id, f.at_ms])?;
+            }
+            Record::HumanReply(h) => {
+                tx.prepare_cached(
+                    "INSERT INTO human_replies (bot_id, chat_id, message_id, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![h.bot_id, h.chat_id, h.message_id, h.at_ms])?;
+            }
+            Record::Audit(a) => insert_audit(tx, a)?,
+        }
+        Ok(())
+    }
+}
+
+fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![a.at_ms, a.actor, a.action.as_str(), a.detail])?;
+    Ok(())
+}
+
+/// `EXISTS` a feedback row of `kind` for the conversation row `c`.
+fn has_feedback(kind: FeedbackKind) -> String {
+    format!(
+        "EXISTS(SELECT 1 FROM feedback f WHERE f.bot_id = c.bot_id AND f.message_id = c.message_id \
+         AND c.message_id <> '' AND f.kind = '{}')",
+        kind.as_str()
+    )
+}
+
+const CONV_FILTER: &str =
+    "(?1 = '' OR c.bot_id = ?1) AND (?2 = '' OR c.chat_id = ?2) AND c.at_ms >= ?3 AND c.at_ms <= ?4";
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store for SqliteStore {
+    fn write_batch(&self, records: &[Record]) -> Result<(), StoreError> {
+        let mut conn = self.write.lock();
+        let tx = conn.transaction()?;
+        for rec in records {
+            self.insert(&tx, rec)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn counts(
+        &self,
+        filter: &StatsFilter,
+        by: GroupBy,
+    ) -> Result<Vec<(String, Counts)>, StoreError> {
+        let (conv_key, human_key, only_variants) = match by {
+            GroupBy::Total => ("''", "''", false),
+            GroupBy::Chat => ("c.chat_id", "h.chat_id", false),
+            GroupBy::Intent => ("c.intent", "COALESCE(c.intent, '')", false),
+            GroupBy::Variant => ("c.variant_id", "COALESCE(c.variant_id, '')", true),
+        };
+        let clicked = has_feedback(FeedbackKind::Clicked);
+        let conv_sql = format!(
+            "SELECT {conv_key} AS k, COUNT(*), TOTAL(c.triggered), TOTAL(c.triggered * c.auto_reply),
+                TOTAL(c.auto_reply), TOTAL(c.auto_reply * {clicked}),
+                TOTAL(c.action = 'handoff'), TOTAL(c.action = 'block'),
+                TOTAL({}), TOTAL({}), TOTAL({clicked}), TOTAL({}), TOTAL({})
+             FROM conversations c WHERE {CONV_FILTER} {}
+             GROUP BY k ORDER BY k",
+            has_feedback(FeedbackKind::Resolved),
+            has_feedback(FeedbackKind::Unresolved),
+            has_feedback(FeedbackKind::ThumbsUp),
+            has_feedback(FeedbackKind::ThumbsDown),
+            if only_variants { "AND c.variant_id <> ''" } else { "" },
+        );
+        let human_sql = format!(
+            "SELECT {human_key} AS k, COUNT(*) FROM human_replies h
+             LEFT JOIN conversations c ON c.bot_id = h.bot_id AND c.message_id = h.message_id AND h.message_id <> ''
+             WHERE (?1 = '' OR h.bot_id = ?1) AND (?2 = '' OR h.chat_id = ?2) AND h.at_ms >= ?3 AND h.at_ms <= ?4
+             GROUP BY k ORDER BY k"
+        );
+        let p = params![filter.bot_id, filter.chat_id, filter.from_ms, filter.to_ms];
+        let conn = self.read.lock();
+        let mut out: std::collections::BTreeMap<String, Counts> = Default::default();
+        {
+            let mut stmt = conn.prepare_cached(&conv_sql)?;
+            let mut rows = stmt.query(p)?;
+            while let Some(r) = rows.next()? {
+                // TOTAL() is a float in SQLite; the sums are of 0/1 so the cast is exact.
+                let f =
+                    |i: usize| -> Result<u64, rusqlite::Error> { Ok(r.get::<_, f64>(i)? as u64) };
+                let counts = Counts {
+                    messages: u(r.get(1)?),
+                    triggers: f(2)?,
+                    triggers_replied: f(3)?,
+                    auto_replies: f(4)?,
+                    auto_replies_clicked: f(5)?,
+                    handoffs: f(6)?,
+                    blocks: f(7)?,
+                    resolved: f(8)?,
+                    unresolved: f(9)?,
+                    clicks: f(10)?,
+                    thumbs_up: f(11)?,
+                    thumbs_down: f(12)?,
+                    human_replies: 0,
+                };
+                out.insert(r.get(0)?, counts);
+            }
+        }
+        {
+            let mut stmt = conn.prepare_cached(&human_sql)?;
+            let mut rows = stmt.query(p)?;
+            while let Some(r) = rows.next()? {
+                let key: String = r.get(0)?;
+                if only_variants && key.is_empty() {
+                    continue;
+                }
+                out.entry(key).or_default().human_replies += u(r.get(1)?);
+            }
+        }
+        if by == GroupBy::Total && out.is_empty() {
+            out.insert(String::new(), Counts::default());
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn variant_counts(
+        &self,
+        filter: &StatsFilter,
+        experiment: &str,
+    ) -> Result<Vec<VariantCounts>, StoreError> {
+        let sql = format!(
+            "SELECT c.experiment, c.variant_id, COUNT(*), TOTAL({})
+             FROM conversations c
+             WHERE {CONV_FILTER} AND c.experiment <> '' AND (?5 = '' OR c.experiment = ?5) AND c.auto_reply = 1
+             GROUP BY c.experiment, c.variant_id ORDER BY c.experiment, c.variant_id",
+            has_feedback(FeedbackKind::Clicked)
+        );
+        let conn = self.read.lock();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![
+                filter.bot_id,
+                filter.chat_id,
+                filter.from_ms,
+                filter.to_ms,
+                experiment
+            ],
+            |r| {
+                Ok(VariantCounts {
+                    experiment: r.get(0)?,
+                    variant_id: r.get(1)?,
+                    exposures: u(r.get(2)?),
+                    conversions: r.get::<_, f64>(3)? as u64,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn conversations(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredConversation>, StoreError> {
+        let conn = self.read.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, bot_id, chat_id, user_id, message_id, at_ms, intent, confidence, source, action,
+                    triggered, variant_id, experiment, tokenize_us, inference_us, queue_us, total_us,
+                    model_version, reason, key_id, sealed
+             FROM conversations WHERE at_ms >= ?1 AND at_ms <= ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![from_ms, to_ms, after_id, limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let bot_id: String = r.get(1)?;
+            let message_id: String = r.get(4)?;
+            let key_id: String = r.get(19)?;
+            let sealed: Vec<u8> = r.get(20)?;
+            let texts = self
+                .keyring
+                .open_texts(&key_id, &sealed, &row_aad(&bot_id, &message_id))
+                .map_err(|e| StoreError::Crypto(format!("conversation row {id}: {e}")))?;
+            let record = ConversationRecord {
+                bot_id,
+                chat_id: r.get(2)?,
+                user_id: r.get(3)?,
+                message_id,
+                at_ms: r.get(5)?,
+                text: texts.text,
+                intent: r.get(6)?,
+                confidence: r.get::<_, f64>(7)? as f32,
+                source: parse_source(&r.get::<_, String>(8)?)?,
+                action: parse_action(&r.get::<_, String>(9)?)?,
+                triggered: r.get(10)?,
+                reply_text: texts.reply,
+                variant_id: r.get(11)?,
+                experiment: r.get(12)?,
+                timings: Timings {
+                    tokenize_us: u(r.get(13)?),
+                    inference_us: u(r.get(14)?),
+                    queue_us: u(r.get(15)?),
+                    total_us: u(r.get(16)?),
+                },
+                model_version: r.get(17)?,
+                reason: r.get(18)?,
+            };
+            out.push(StoredConversation { id, key_id, record });
+        }
+        Ok(out)
+    }
+
+    fn audit_rows(&self, from_ms: i64, to_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.read.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at_ms, actor, action, detail FROM audit WHERE at_ms >= ?1 AND at_ms <= ?2 ORDER BY at_ms, id",
+        )?;
+        let mut rows = stmt.query(params![from_ms, to_ms])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let action: String = r.get(2)?;
+            out.push(AuditRecord {
+                at_ms: r.get(0)?,
+                actor: r.get(1)?,
+                action: AuditAction::parse(&action)
+                    .ok_or_else(|| StoreError::Db(format!("unknown audit action '{action}'")))?,
+                detail: r.get(3)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn purge(&self, cutoffs: &PurgeCutoffs) -> Result<PurgeReport, StoreError> {
+        cutoffs.check_floor()?;
+        let mut conn = self.write.lock();
+        let tx = conn.transaction()?;
+        let del = |table: &str, before: i64| -> Result<u64, StoreError> {
+            Ok(tx.execute(&format!("DELETE FROM {table} WHERE at_ms < ?1"), [before])? as u64)
+        };
+        let report = PurgeReport {
+            conversations: del("conversations", cutoffs.data_before_ms)?,
+            feedback: del("feedback", cutoffs.data_before_ms)?,
+            human_replies: del("human_replies", cutoffs.data_before_ms)?,
+            audit: del("audit", cutoffs.audit_before_ms)?,
+        };
+        insert_audit(&tx, &purge_record(cutoffs, &report))?;
+        tx.commit()?;
+        Ok(report)
+    }
+
+    fn row_counts(&self) -> Result<RowCounts, StoreError> {
+        let conn = self.read.lock();
+        let n = |t: &str| -> Result<u64, StoreError> {
+            Ok(u(conn.query_row(
+                &format!("SELECT COUNT(*) FROM {t}"),
+                [],
+                |r| r.get(0),
+            )?))
+        };
+        Ok(RowCounts {
+            conversations: n("conversations")?,
+            feedback: n("feedback")?,
+            human_replies: n("human_replies")?,
+            audit: n("audit")?,
+        })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Fold the WAL back into the main file on a clean close; harmless if it fails.
+        if let Err(e) = self
+            .write
+            .get_mut()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        {
+            tracing::debug!(error = %e, "wal checkpoint on close failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    fn read_all(dir: &Path) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                bytes.extend(std::fs::read(p).unwrap());
+            }
+        }
+        bytes
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn database_files_hold_no_clear_text_including_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            &dir.path().join("intentd.db"),
+            keyring(&format!("k1:{}", key_b64(9))),
+        )
+        .unwrap();
+        let secret = "我想退款，订单是昨天下的，快递一直没到";
+        let reply = "亲，退款申请已经帮您登记";
+        let mut c = conversation("bot", "g", "m1", 10);
+        c.text = format!("{secret} 电话13812345678");
+        c.reply_text = reply.into();
+        store.write_batch(&[Record::Conversation(c)]).unwrap();
+
+        // While open, the row sits in the WAL file: check every file in the directory.
+        let wal = dir.path().join("intentd.db-wal");
+        assert!(
+            wal.exists() && std::fs::metadata(&wal).unwrap().len() > 0,
+            "WAL mode is on"
+        );
+        for needle in [secret, reply, "退款", "13812345678"] {
+            assert!(
+                !contains(&read_all(dir.path()), needle.as_bytes()),
+                "clear text '{needle}' found on disk"
+            );
+        }
+        // It is really there, encrypted, and comes back redacted.
+        let back = store.conversations(0, 100, 0, 10).unwrap();
+        assert_eq!(back[0].record.text, format!("{secret} 电话[PHONE]"));
+        assert_eq!(back[0].record.reply_text, reply);
+        assert_eq!(back[0].key_id, "k1");
+        drop(store);
+        assert!(!contains(&read_all(dir.path()), "退款".as_bytes()));
+    }
+
+    #[test]
+    fn migrations_are_numbered_and_reopening_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        drop(SqliteStore::open(&path, keyring(&key_b64(1))).unwrap());
+        let s = SqliteStore::open(&path, keyring(&key_b64(1))).unwrap();
+        let v: i64 = s
+            .read
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let mode: String = s
+            .read
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(s);
+        // A database from a newer intentd is refused with a clear message.
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e = SqliteStore::open(&path, keyring(&key_b64(1)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schema version 99"), "{e}");
+    }
+
+    #[test]
+    fn rotated_keys_keep_old_rows_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let (k1, k2) = (key_b64(1), key_b64(2));
+        {
+            let s = SqliteStore::open(&path, keyring(&format!("k1:{k1}"))).unwrap();
+            s.write_batch(&[Record::Conversation(conversation("b", "g", "old", 1))])
+                .unwrap();
+        }
+        {
+            let s = SqliteStore::open(&path, keyring(&format!("k2:{k2},k1:{k1}"))).unwrap();
+            s.write_batch(&[Record::Conversation(conversation("b", "g", "new", 2))])
+                .unwrap();
+            let rows = s.conversations(0, 10, 0, 10).unwrap();
+            let ids: Vec<_> = rows
+                .iter()
+                .map(|r| (r.record.message_id.as_str(), r.key_id.as_str()))
+                .collect();
+            assert_eq!(ids, vec![("old", "k1"), ("new", "k2")]);
+            assert!(rows.iter().all(|r| r.record.text == "请问这个多少钱"));
+        }
+        let s = SqliteStore::open(&path, keyring(&format!("k2:{k2}"))).unwrap();
+        let e = s.conversations(0, 10, 0, 10).unwrap_err().to_string();
+        assert!(e.contains("'k1'"), "{e}");
+        assert_eq!(s.conversations(2, 10, 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_batch_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("f.db"), keyring(&key_b64(1))).unwrap();
+        s.write.lock().execute_batch("CREATE TRIGGER no_x BEFORE INSERT ON feedback WHEN NEW.message_id = 'x' BEGIN SELECT RAISE(ABORT, 'x refused'); END;").unwrap();
+        let batch = [
+            Record::Conversation(conversation("b", "g", "m1", 1)),
+            Record::Feedback(feedback("b", "x", FeedbackKind::Clicked, 1)),
+        ];
+        assert!(s.write_batch(&batch).is_err());
+        assert_eq!(s.row_counts().unwrap(), RowCounts::default());
+    }
+
+    #[test]
+    fn retried_message_replaces_its_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("d.db"), keyring(&key_b64(1))).unwrap();
+        let mut second = conversation("b", "g", "m1", 2);
+        second.intent = "refund".into();
+        s.write_batch(&[
+            Record::Conversation(conversation("b", "g", "m1", 1)),
+            Record::Conversation(second),
+        ])
+        .unwrap();
+        // Empty message ids never collapse into one row.
+        s.write_batch(&[
+            Record::Conversation(conversation("b", "g", "", 3)),
+            Record::Conversation(conversation("b", "g", "", 4)),
+        ])
+        .unwrap();
+        let rows = s.conversations(0, 10, 0, 10).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            rows.iter()
+                .find(|r| r.record.message_id == "m1")
+                .unwrap()
+                .record
+                .intent,
+            "refund"
+        );
+    }
+}
