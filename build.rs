@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("intentd_descriptor.bin"))
+        // JSON output of stats and reports reuses the API types.
+        .type_attribute(".intentd.v1", "#[derive(serde::Serialize)]")
         .compile_protos(&["proto/intentd/v1/intentd.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

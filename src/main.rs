@@ -17,19 +17,41 @@ enum Command {
     Train(cli::train::TrainArgs),
     Eval(cli::eval::EvalArgs),
     Classify(cli::classify::ClassifyArgs),
+    Serve(cli::serve::ServeArgs),
+    Keygen(cli::keygen::KeygenArgs),
+    Export(cli::export::ExportArgs),
+    Stats(cli::stats::StatsArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::FetchModel(a) => cli::fetch_model::run(a),
         Command::Train(a) => cli::train::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Classify(a) => cli::classify::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Keygen(a) => cli::keygen::run(a),
+        Command::Export(a) => cli::export::run(a),
+        Command::Stats(a) => cli::stats::run(a),
     };
     if let Err(e) = result {
         // One line, with the chain of causes: scripts and people both read this.
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (default info), `INTENTD_LOG_FORMAT=json` for
+/// machine-readable lines. Message text is never logged at info level.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("INTENTD_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }

@@ -2,7 +2,11 @@
 
 pub mod classify;
 pub mod eval;
+pub mod export;
 pub mod fetch_model;
+pub mod keygen;
+pub mod serve;
+pub mod stats;
 pub mod train;
 
 use std::path::{Path, PathBuf};

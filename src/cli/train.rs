@@ -42,6 +42,26 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+impl TrainArgs {
+    /// The arguments `intentd train` has with no flags, for another data folder and output.
+    pub fn defaults(data: PathBuf, out: PathBuf) -> Self {
+        Self {
+            data,
+            out,
+            dev: None,
+            mode: TrainMode::Full,
+            epochs: None,
+            batch_size: None,
+            lr: None,
+            head_lr: None,
+            seed: None,
+            base: intentd::model::base_models::DEFAULT_BASE_MODEL.into(),
+            models_dir: super::MODELS_DIR.into(),
+            quiet: false,
+        }
+    }
+}
+
 pub fn load_labeled(path: &std::path::Path) -> Result<(Vec<LabeledText>, String)> {
     let ds = data::load(path)?;
     let ds = report_conflicts(ds);

@@ -258,6 +258,15 @@ impl Bert {
         Ok(Self { embeddings, layers, config: config.clone() })
     }
 
+    /// Stops gradients at the word-embedding table. Fine-tuning on a few thousand short
+    /// messages gains nothing from moving 21k x 512 embeddings (most rows are never seen) and
+    /// pays for their gradient and optimiser state on every step.
+    pub fn freeze_word_embeddings(&mut self) {
+        let w = self.embeddings.word.embeddings().detach();
+        let h = self.config.hidden_size;
+        self.embeddings.word = Embedding::new(w, h);
+    }
+
     /// input_ids, type_ids, attention_mask: (batch, seq) u32. Returns (batch, seq, hidden).
     pub fn forward(
         &self,

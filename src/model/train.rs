@@ -53,6 +53,8 @@ pub struct HyperParameters {
     pub label_smoothing: f64,
     pub max_grad_norm: f64,
     pub dropout: f32,
+    /// Keep the word-embedding table fixed (full mode): faster, and no worse on small data.
+    pub freeze_word_embeddings: bool,
     pub patience: usize,
     pub seed: u64,
     pub max_tokens: usize,
@@ -74,6 +76,7 @@ impl HyperParameters {
                 label_smoothing: 0.1,
                 max_grad_norm: 1.0,
                 dropout: 0.1,
+                freeze_word_embeddings: true,
                 patience: 2,
                 seed: 42,
                 max_tokens: 64,
@@ -90,6 +93,7 @@ impl HyperParameters {
                 label_smoothing: 0.1,
                 max_grad_norm: 5.0,
                 dropout: 0.1,
+                freeze_word_embeddings: true,
                 patience: 10,
                 seed: 42,
                 max_tokens: 64,
@@ -170,8 +174,13 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let bert = Bert::load(vb.clone(), &config, true)?;
+    let mut bert = Bert::load(vb.clone(), &config, true)?;
     load_pretrained(&varmap, &job.base_dir.join(job.base.weights))?;
+    if hp.freeze_word_embeddings {
+        // After loading: the frozen view shares the variable's storage, so it holds the
+        // pretrained values; the variable itself is left out of the optimiser below.
+        bert.freeze_word_embeddings();
+    }
     let encoder = SentenceEncoder::new(bert, device.clone());
     let head = candle_nn::linear(config.hidden_size, labels.len(), vb.pp("classifier"))?;
     let head_vars: Vec<Var> = {
@@ -248,7 +257,18 @@ fn train_full(
 ) -> Result<(Best, f64)> {
     let device = encoder.device.clone();
     let head_ids: Vec<_> = head_vars.iter().map(|v| v.id()).collect();
-    let body_vars: Vec<Var> = varmap.all_vars().into_iter().filter(|v| !head_ids.contains(&v.id())).collect();
+    let frozen: Option<candle_core::TensorId> = if hp.freeze_word_embeddings {
+        let data = varmap.data().lock().expect("varmap lock");
+        data.get("embeddings.word_embeddings.weight").map(|v| v.id())
+    } else {
+        None
+    };
+    let body_vars: Vec<Var> = varmap
+        .all_vars()
+        .into_iter()
+        .filter(|v| !head_ids.contains(&v.id()) && Some(v.id()) != frozen)
+        .collect();
+    let trainable: Vec<Var> = body_vars.iter().chain(head_vars).cloned().collect();
     let mut opt_body = AdamW::new(body_vars, adamw(hp.learning_rate, hp.weight_decay))?;
     let mut opt_head = AdamW::new(head_vars.to_vec(), adamw(hp.head_learning_rate, hp.weight_decay))?;
     let steps_per_epoch = train.tokens.len().div_ceil(hp.batch_size);
@@ -269,7 +289,7 @@ fn train_full(
             let logits = head.forward(&pooled)?;
             let loss = smoothed_cross_entropy(&logits, &ys, hp.label_smoothing)?;
             let mut grads = loss.backward()?;
-            clip_grad_norm(&mut grads, &varmap.all_vars(), hp.max_grad_norm)?;
+            clip_grad_norm(&mut grads, &trainable, hp.max_grad_norm)?;
             let scale = lr_scale(step, total_steps, hp.warmup_ratio);
             opt_body.set_learning_rate(hp.learning_rate * scale);
             opt_head.set_learning_rate(hp.head_learning_rate * scale);

@@ -136,6 +136,10 @@ impl Keyring {
             }
         }
         if let Some(path) = &config.key_file {
+            if config.create_key_file && !path.exists() {
+                create_key_file(path)?;
+                tracing::warn!(path = %path.display(), "created a new conversation-log key; back it up: without it the log cannot be read");
+            }
             return Self::from_file(path);
         }
         Err(StoreError::Config(format!(
@@ -248,6 +252,23 @@ pub fn row_aad(bot_id: &str, message_id: &str) -> Vec<u8> {
 }
 
 /// A new random 32-byte key, base64 (what `intentd keygen` prints).
+/// Writes a fresh key to `path`, readable by the owner only.
+fn create_key_file(path: &Path) -> Result<(), StoreError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+    writeln!(f, "{}", generate_key()).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+    Ok(())
+}
+
 pub fn generate_key() -> String {
     let key = ChaCha20Poly1305::generate_key(&mut OsRng);
     base64::engine::general_purpose::STANDARD.encode(key)

@@ -49,6 +49,10 @@ pub struct StoreConfig {
     pub key_env: String,
     /// Key file with the same format, used when the environment variable is unset.
     pub key_file: Option<PathBuf>,
+    /// When neither the variable nor `key_file` exists, create `key_file` (mode 0600) with a
+    /// new random key instead of refusing to start. Convenient for a first local run; in
+    /// production provision the key and set this to false.
+    pub create_key_file: bool,
     /// Audit rows are kept at least this long; lower than 180 is rejected on load.
     #[serde(deserialize_with = "audit_days")]
     pub audit_retention_days: u32,
@@ -71,6 +75,7 @@ impl Default for StoreConfig {
             batch_max: 512,
             key_env: "INTENTD_LOG_KEY".into(),
             key_file: None,
+            create_key_file: false,
             audit_retention_days: AUDIT_RETENTION_FLOOR_DAYS,
             conversation_retention_days: 90,
             ab_min_sample: 5_000,
