@@ -9,3 +9,4 @@ pub mod pb {
 
 pub mod clock;
 pub mod types;
+pub mod data;
