@@ -10,3 +10,4 @@ pub mod pb {
 pub mod clock;
 pub mod types;
 pub mod data;
+pub mod engine;
