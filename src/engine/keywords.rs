@@ -156,7 +156,9 @@ impl KeywordLayer {
         words.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
         words.dedup();
         for w in &words {
-            if !w.is_empty() && !w.contains(char::is_whitespace) && !jieba.has_word(w) {
+            // Known words can still be split when their dictionary frequency is low (有货 →
+            // 有/货); `add_word` without a frequency raises it just enough to keep them whole.
+            if !w.is_empty() && !w.contains(char::is_whitespace) && jieba.cut(w, false).len() != 1 {
                 jieba.add_word(w, None, None);
             }
         }

@@ -12,3 +12,6 @@ pub use catalog::{Catalog, Handoff, IntentInfo};
 pub use fusion::{fuse, FusionConfig};
 pub use keywords::{ConfigError, KeywordLayer, KeywordMatch};
 pub use normalize::normalize_for_matching;
+
+#[cfg(test)]
+mod shipped_config_tests;
