@@ -14,6 +14,7 @@ pub mod pb {
 
 pub mod clock;
 pub mod data;
+pub mod engine;
 pub mod metrics;
 pub mod model;
 pub mod pii;
