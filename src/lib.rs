@@ -9,3 +9,5 @@ pub mod pb {
 
 pub mod clock;
 pub mod types;
+pub mod pii;
+pub mod policy;
