@@ -869,7 +869,7 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_references_are_errors() {
         let e = load("defaults:\n  spacing:\n    min_interval: 10\n").unwrap_err().to_string();
-        assert!(e.starts_with("playbook.yml:3: unknown field `min_interval`"), "{e}");
+        assert!(e.starts_with("playbook.yml:3: defaults.spacing: unknown field `min_interval`"), "{e}");
         let e = load("defaults:\n  handoff:\n    intents: [complaint, refnd]\n").unwrap_err().to_string();
         assert_eq!(e, "playbook.yml:3: unknown intent 'refnd'");
         let e = load("defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: nope\n").unwrap_err().to_string();
