@@ -724,3 +724,7 @@ impl Playbook {
         std::mem::take(&mut self.state.lock().dropped)
     }
 }
+
+#[cfg(test)]
+#[path = "playbook_tests.rs"]
+mod tests;
