@@ -82,6 +82,12 @@ mod tests {
     }
 
     #[test]
+    fn bucket_is_pinned() {
+        // hash % 100 = 64 → in 50..80, the second bucket of 50/30/20 (hash pinned in hash.rs).
+        assert_eq!(exp().variant_for("wxid_user_0"), "b");
+    }
+
+    #[test]
     fn zero_weight_never_chosen() {
         for i in 0..500 {
             assert_ne!(bucket("x", &format!("u{i}"), &[1, 0, 1]), 1);

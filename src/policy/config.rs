@@ -624,7 +624,7 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
             if out.is_empty() {
                 return Err(cx.err(pre, &[Key("frequency"), Key("tiers")], "frequency.tiers needs at least one tier"));
             }
-            out.sort_by(|a, b| b.min_messages.cmp(&a.min_messages));
+            out.sort_by_key(|t| std::cmp::Reverse(t.min_messages));
             s.frequency.tiers = out;
         }
     }

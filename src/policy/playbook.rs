@@ -674,12 +674,15 @@ impl Playbook {
         }
     }
 
-    /// When `due()` will next have something (None: nothing planned). A Subscribe loop can sleep
-    /// until then (and should also wake when the clock is set by hand).
+    /// When `due()` will next have something (None: nothing planned). A time at or before now
+    /// means "call `due()` now". A Subscribe loop can sleep until then, but should also wake
+    /// when a message or event arrives (it may queue a welcome or push) and when the clock is
+    /// set by hand.
     pub fn next_due_ms(&self) -> Option<i64> {
         let cfg = self.config();
+        let now = self.clock.now_ms();
         let st = self.state.lock();
-        let a = st.scheduler.next_due_ms(&|b: &str, c: &str| cfg.settings(b, c).clone());
+        let a = st.scheduler.next_due_ms(now, &|b: &str, c: &str| cfg.settings(b, c).clone());
         let b = st.welcomes.next_due_ms();
         match (a, b) {
             (Some(x), Some(y)) => Some(x.min(y)),

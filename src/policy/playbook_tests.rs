@@ -661,3 +661,23 @@ fn reload_swaps_config_keeps_state_and_rejects_broken_files() {
     f.step(20);
     assert_eq!(f.ask("g", &u, "stock").reason, "cooldown");
 }
+
+#[test]
+fn next_due_is_never_in_the_past_while_closed() {
+    let pb = BASE.replace("reactivation: { enabled: false }", "reactivation: { enabled: true, silence_hours: 2, period_hours: 24 }")
+        + "  service_hours:\n    - { days: [mon, tue, wed, thu, fri], from: \"09:00\", to: \"21:00\" }\n";
+    let f = fx(&pb);
+    f.clock.set_ms(mon(18, 0));
+    f.event("g", EventKind::Activity, &user("u", "x"), "");
+    // Silence ends at 20:00 (open); nobody asked for due() until 21:30 (closed).
+    f.clock.set_ms(mon(21, 30));
+    assert!(f.pb.due(mon(21, 30)).is_empty());
+    assert_eq!(f.pb.next_due_ms(), Some(ms(2027, 3, 2, 9, 0, 0)));
+    assert_eq!(f.pb.due(ms(2027, 3, 2, 9, 0, 0)).len(), 1);
+}
+
+#[test]
+fn playbook_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Playbook>();
+}

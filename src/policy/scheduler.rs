@@ -114,8 +114,9 @@ pub fn countdown_fires(c: &Countdown, tz: Tz) -> Vec<(i64, u32)> {
         .collect()
 }
 
-/// When the next re-activation reminder may go for a chat (ignoring whether it already went).
-fn reactivation_at(t: &ChatTimers, s: &Settings, hours: &ServiceHours) -> Option<i64> {
+/// When the next re-activation reminder may go for a chat: after the silence, after the period
+/// since the last reminder, not before `floor` (now), and within service hours.
+fn reactivation_at(t: &ChatTimers, s: &Settings, hours: &ServiceHours, floor: i64) -> Option<i64> {
     if !s.reactivation.enabled {
         return None;
     }
@@ -123,7 +124,7 @@ fn reactivation_at(t: &ChatTimers, s: &Settings, hours: &ServiceHours) -> Option
     if let Some(r) = t.last_reactivation_ms {
         at = at.max(r + s.reactivation.period_ms);
     }
-    hours.next_open_ms(s.timezone, at)
+    hours.next_open_ms(s.timezone, at.max(floor))
 }
 
 /// All proactive timing state.
@@ -158,7 +159,7 @@ impl Scheduler {
         self.delayed.push(job);
     }
 
-    /// Remove delayed jobs matching a predicate (e.g. a cancelled push).
+    /// Jobs waiting in the delayed queue.
     pub fn delayed_len(&self) -> usize {
         self.delayed.len()
     }
@@ -225,8 +226,8 @@ impl Scheduler {
                 }
                 t.countdown_cursor.insert(c.id.clone(), now);
             }
-            if let Some(at) = reactivation_at(t, &s, &s.service_hours) {
-                if at <= now && s.service_hours.is_open(tz, now) {
+            if let Some(at) = reactivation_at(t, &s, &s.service_hours, now) {
+                if at <= now {
                     t.last_reactivation_ms = Some(now);
                     out.push(Job {
                         bot_id: bot.clone(),
@@ -255,8 +256,9 @@ impl Scheduler {
         out
     }
 
-    /// The earliest time `collect` will return something (None: nothing planned).
-    pub fn next_due_ms(&self, settings: &dyn Fn(&str, &str) -> Arc<Settings>) -> Option<i64> {
+    /// The earliest time `collect` will return something (None: nothing planned). Never earlier
+    /// than `now` for re-activation, so a caller sleeping until then cannot spin.
+    pub fn next_due_ms(&self, now: i64, settings: &dyn Fn(&str, &str) -> Arc<Settings>) -> Option<i64> {
         let mut best: Option<i64> = self.delayed.iter().map(|j| j.at_ms).min();
         let mut consider = |t: i64| best = Some(best.map_or(t, |b| b.min(t)));
         for ((bot, chat), t) in &self.chats {
@@ -274,7 +276,7 @@ impl Scheduler {
                     consider(at);
                 }
             }
-            if let Some(at) = reactivation_at(t, &s, &s.service_hours) {
+            if let Some(at) = reactivation_at(t, &s, &s.service_hours, now) {
                 consider(at);
             }
         }
