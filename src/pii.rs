@@ -106,8 +106,7 @@ pub fn redact_pii(text: &str) -> String {
             if digit_at(text, e) {
                 continue;
             }
-            let digits: Vec<u8> =
-                text[s..e].bytes().filter(|b| b.is_ascii_digit()).collect();
+            let digits: Vec<u8> = text[s..e].bytes().filter(|b| b.is_ascii_digit()).collect();
             if luhn(&digits) && free(&spans, s, e) {
                 spans.push((s, e, "[BANK_CARD]"));
                 break;
@@ -139,11 +138,17 @@ mod tests {
 
     #[test]
     fn mobile_numbers() {
-        assert_eq!(redact_pii("我的电话13812345678，谢谢"), "我的电话[PHONE]，谢谢");
+        assert_eq!(
+            redact_pii("我的电话13812345678，谢谢"),
+            "我的电话[PHONE]，谢谢"
+        );
         assert_eq!(redact_pii("打 +86 138-1234-5678 找我"), "打 [PHONE] 找我");
         assert_eq!(redact_pii("138 1234 5678"), "[PHONE]");
         // Part of a longer number (an order id): left alone.
-        assert_eq!(redact_pii("订单号2013812345678999"), "订单号2013812345678999");
+        assert_eq!(
+            redact_pii("订单号2013812345678999"),
+            "订单号2013812345678999"
+        );
         // 12 is not a mobile prefix.
         assert_eq!(redact_pii("12812345678"), "12812345678");
     }
@@ -151,14 +156,20 @@ mod tests {
     #[test]
     fn id_cards_including_x() {
         assert_eq!(redact_pii("身份证11010519491231002X"), "身份证[ID]");
-        assert_eq!(redact_pii("身份证 110105194912310021 请核对"), "身份证 [ID] 请核对");
+        assert_eq!(
+            redact_pii("身份证 110105194912310021 请核对"),
+            "身份证 [ID] 请核对"
+        );
     }
 
     #[test]
     fn bank_cards_need_luhn() {
         // 4111 1111 1111 1111 is the classic Luhn-valid test number.
         assert_eq!(redact_pii("卡号4111111111111111"), "卡号[BANK_CARD]");
-        assert_eq!(redact_pii("卡号 4111 1111 1111 1111 金额100"), "卡号 [BANK_CARD] 金额100");
+        assert_eq!(
+            redact_pii("卡号 4111 1111 1111 1111 金额100"),
+            "卡号 [BANK_CARD] 金额100"
+        );
         assert_eq!(redact_pii("卡号4111-1111-1111-1111"), "卡号[BANK_CARD]");
         assert_eq!(redact_pii("4111111111111111 100"), "[BANK_CARD] 100");
         // Luhn fails: not a card.
@@ -169,7 +180,10 @@ mod tests {
 
     #[test]
     fn email() {
-        assert_eq!(redact_pii("邮箱 zhang.san+shop@example.com.cn 收"), "邮箱 [EMAIL] 收");
+        assert_eq!(
+            redact_pii("邮箱 zhang.san+shop@example.com.cn 收"),
+            "邮箱 [EMAIL] 收"
+        );
     }
 
     #[test]

@@ -61,7 +61,10 @@ mod tests {
         }
         for (c, w) in counts.iter().zip([0.5, 0.3, 0.2]) {
             let share = *c as f64 / 3000.0;
-            assert!((share - w).abs() <= 0.03, "share {share} vs weight {w}: {counts:?}");
+            assert!(
+                (share - w).abs() <= 0.03,
+                "share {share} vs weight {w}: {counts:?}"
+            );
         }
     }
 

@@ -39,7 +39,8 @@ pub struct AttrRule {
 
 impl AttrRule {
     pub fn applies(&self, intent: &str, user: &UserInfo, interactions: u32) -> bool {
-        (self.intents.is_empty() || self.intents.iter().any(|i| i == intent)) && self.when.matches(user, interactions)
+        (self.intents.is_empty() || self.intents.iter().any(|i| i == intent))
+            && self.when.matches(user, interactions)
     }
 }
 
@@ -73,9 +74,18 @@ impl Default for FrequencyConfig {
         Self {
             window_ms: 168 * H,
             tiers: vec![
-                Tier { min_messages: 20, interval_ms: 24 * H },
-                Tier { min_messages: 5, interval_ms: 72 * H },
-                Tier { min_messages: 0, interval_ms: 168 * H },
+                Tier {
+                    min_messages: 20,
+                    interval_ms: 24 * H,
+                },
+                Tier {
+                    min_messages: 5,
+                    interval_ms: 72 * H,
+                },
+                Tier {
+                    min_messages: 0,
+                    interval_ms: 168 * H,
+                },
             ],
         }
     }
@@ -140,14 +150,24 @@ mod tests {
 
     #[test]
     fn conditions() {
-        let vip = Condition { vip_min: Some(3), ..Default::default() };
+        let vip = Condition {
+            vip_min: Some(3),
+            ..Default::default()
+        };
         assert!(vip.matches(&user(&[], "", 3), 0));
         assert!(!vip.matches(&user(&[], "", 2), 0));
-        let sh = Condition { cities: vec!["上海".into()], tags_any: vec!["宝妈".into(), "学生".into()], ..Default::default() };
+        let sh = Condition {
+            cities: vec!["上海".into()],
+            tags_any: vec!["宝妈".into(), "学生".into()],
+            ..Default::default()
+        };
         assert!(sh.matches(&user(&["学生"], "上海", 0), 0));
         assert!(!sh.matches(&user(&["学生"], "北京", 0), 0));
         assert!(!sh.matches(&user(&["白领"], "上海", 0), 0));
-        let active = Condition { min_messages: Some(5), ..Default::default() };
+        let active = Condition {
+            min_messages: Some(5),
+            ..Default::default()
+        };
         assert!(!active.matches(&user(&[], "", 0), 4));
         assert!(active.matches(&user(&[], "", 0), 5));
         assert!(Condition::default().matches(&user(&[], "", 0), 0));
@@ -158,7 +178,10 @@ mod tests {
         let r = AttrRule {
             id: "vip".into(),
             intents: vec!["price".into()],
-            when: Condition { vip_min: Some(3), ..Default::default() },
+            when: Condition {
+                vip_min: Some(3),
+                ..Default::default()
+            },
             reply: "vip_service".into(),
         };
         assert!(r.applies("price", &user(&[], "", 5), 0));

@@ -15,7 +15,10 @@ use super::PolicyError;
 
 /// The matching form of a text: NFKC, lower case, letters and digits only.
 pub fn normalize(s: &str) -> String {
-    s.nfkc().flat_map(char::to_lowercase).filter(|c| c.is_alphanumeric()).collect()
+    s.nfkc()
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
+        .collect()
 }
 
 /// The banned-word list, ready to match normalised text.
@@ -57,8 +60,10 @@ impl BannedWords {
 
     /// Load `banned_words.txt`: one word per line, `#` starts a comment line, blank lines skipped.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Io { file: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
         let mut words = Vec::new();
         let mut seen = std::collections::HashMap::new();
         for (i, line) in text.lines().enumerate() {
@@ -98,7 +103,8 @@ impl BannedWords {
     pub fn find(&self, text: &str) -> Option<&str> {
         let m = self.matcher.as_ref()?;
         let n = normalize(text);
-        m.find(&n).map(|hit| self.words[hit.pattern().as_usize()].as_str())
+        m.find(&n)
+            .map(|hit| self.words[hit.pattern().as_usize()].as_str())
     }
 }
 
@@ -152,7 +158,10 @@ mod tests {
         let b = list();
         assert_eq!(b.find("这个多少钱？"), None);
         assert_eq!(b.find("微软的信箱"), None);
-        assert_eq!(BannedWords::new(Vec::<String>::new()).unwrap().find("微信"), None);
+        assert_eq!(
+            BannedWords::new(Vec::<String>::new()).unwrap().find("微信"),
+            None
+        );
     }
 
     #[test]
@@ -167,7 +176,12 @@ mod tests {
         let p = dir.path().join("banned_words.txt");
         std::fs::write(&p, "# comment\n微信\n\n微 信\n").unwrap();
         let e = BannedWords::load(&p).unwrap_err().to_string();
-        assert!(e.ends_with("banned_words.txt:4: banned word '微 信' duplicates line 2 after normalisation"), "{e}");
+        assert!(
+            e.ends_with(
+                "banned_words.txt:4: banned word '微 信' duplicates line 2 after normalisation"
+            ),
+            "{e}"
+        );
         std::fs::write(&p, "# comment\n微信\n---\n").unwrap();
         let e = BannedWords::load(&p).unwrap_err();
         assert_eq!(e.line(), 3);

@@ -139,12 +139,19 @@ impl Settings {
             user_tag_styles: Vec::new(),
             service_hours: ServiceHours::default(),
             spacing: SpacingConfig::default(),
-            cooldown: CooldownConfig { default_ms: 300_000, per_intent_ms: HashMap::new() },
+            cooldown: CooldownConfig {
+                default_ms: 300_000,
+                per_intent_ms: HashMap::new(),
+            },
             handoff: HandoffConfig::default(),
             welcome_enabled: true,
             welcome_merge_window_ms: 60_000,
             disclosure_enabled: true,
-            reactivation: ReactivationConfig { enabled: true, silence_ms: 24 * HOUR_MS, period_ms: 24 * HOUR_MS },
+            reactivation: ReactivationConfig {
+                enabled: true,
+                silence_ms: 24 * HOUR_MS,
+                period_ms: 24 * HOUR_MS,
+            },
             silent_intents: HashSet::new(),
             rules: Vec::new(),
             pushes: Vec::new(),
@@ -376,7 +383,15 @@ impl Ctx<'_> {
         PolicyError::config(self.file, line_of(self.text, &p), msg)
     }
 
-    fn range(&self, prefix: &[Seg<'_>], tail: &[Seg<'_>], name: &str, v: i64, lo: i64, hi: i64) -> Result<i64, PolicyError> {
+    fn range(
+        &self,
+        prefix: &[Seg<'_>],
+        tail: &[Seg<'_>],
+        name: &str,
+        v: i64,
+        lo: i64,
+        hi: i64,
+    ) -> Result<i64, PolicyError> {
         if (lo..=hi).contains(&v) {
             Ok(v)
         } else {
@@ -384,7 +399,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn intent(&self, prefix: &[Seg<'_>], tail: &[Seg<'_>], name: &str) -> Result<String, PolicyError> {
+    fn intent(
+        &self,
+        prefix: &[Seg<'_>],
+        tail: &[Seg<'_>],
+        name: &str,
+    ) -> Result<String, PolicyError> {
         if is_intent(name) {
             Ok(name.to_string())
         } else {
@@ -392,43 +412,80 @@ impl Ctx<'_> {
         }
     }
 
-    fn style(&self, prefix: &[Seg<'_>], tail: &[Seg<'_>], name: &str) -> Result<String, PolicyError> {
+    fn style(
+        &self,
+        prefix: &[Seg<'_>],
+        tail: &[Seg<'_>],
+        name: &str,
+    ) -> Result<String, PolicyError> {
         if self.replies.styles.iter().any(|s| s == name) {
             Ok(name.to_string())
         } else {
             Err(self.err(
                 prefix,
                 tail,
-                format!("unknown style '{name}' (styles in replies.yml: {})", self.replies.styles.join(", ")),
+                format!(
+                    "unknown style '{name}' (styles in replies.yml: {})",
+                    self.replies.styles.join(", ")
+                ),
             ))
         }
     }
 
-    fn named_reply(&self, prefix: &[Seg<'_>], tail: &[Seg<'_>], key: &str) -> Result<String, PolicyError> {
+    fn named_reply(
+        &self,
+        prefix: &[Seg<'_>],
+        tail: &[Seg<'_>],
+        key: &str,
+    ) -> Result<String, PolicyError> {
         if self.replies.has(key) {
             Ok(key.to_string())
         } else {
-            Err(self.err(prefix, tail, format!("reply '{key}' is not defined under 'named' in replies.yml")))
+            Err(self.err(
+                prefix,
+                tail,
+                format!("reply '{key}' is not defined under 'named' in replies.yml"),
+            ))
         }
     }
 
     fn condition(&self, prefix: &[Seg<'_>], c: &RawCondition) -> Result<Condition, PolicyError> {
         let vip_min = match c.vip_min {
-            Some(v) => Some(self.range(prefix, &[Seg::Key("when"), Seg::Key("vip_min")], "vip_min", v, 0, 100)? as u32),
+            Some(v) => Some(self.range(
+                prefix,
+                &[Seg::Key("when"), Seg::Key("vip_min")],
+                "vip_min",
+                v,
+                0,
+                100,
+            )? as u32),
             None => None,
         };
         let min_messages = match c.min_messages {
-            Some(v) => {
-                Some(self.range(prefix, &[Seg::Key("when"), Seg::Key("min_messages")], "min_messages", v, 0, 100_000)? as u32)
-            }
+            Some(v) => Some(self.range(
+                prefix,
+                &[Seg::Key("when"), Seg::Key("min_messages")],
+                "min_messages",
+                v,
+                0,
+                100_000,
+            )? as u32),
             None => None,
         };
-        Ok(Condition { tags_any: c.tags_any.clone(), cities: c.cities.clone(), vip_min, min_messages })
+        Ok(Condition {
+            tags_any: c.tags_any.clone(),
+            cities: c.cities.clone(),
+            vip_min,
+            min_messages,
+        })
     }
 }
 
 fn simple_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Parse a cron expression; 5 fields (minute hour day month weekday) get a leading "0" seconds.
@@ -443,13 +500,25 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
 }
 
 /// Apply one raw settings block on top of `s`. `level` is "defaults", "bot" or "group".
-fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], level: &str) -> Result<(), PolicyError> {
+fn apply(
+    s: &mut Settings,
+    raw: &RawSettings,
+    cx: &Ctx<'_>,
+    pre: &[Seg<'_>],
+    level: &str,
+) -> Result<(), PolicyError> {
     use Seg::{Idx, Key};
     if let Some(tz) = &raw.timezone {
         if level == "group" {
-            return Err(cx.err(pre, &[Key("timezone")], "timezone can only be set for a bot, not a group"));
+            return Err(cx.err(
+                pre,
+                &[Key("timezone")],
+                "timezone can only be set for a bot, not a group",
+            ));
         }
-        s.timezone = tz.parse::<Tz>().map_err(|_| cx.err(pre, &[Key("timezone")], format!("unknown time zone '{tz}'")))?;
+        s.timezone = tz
+            .parse::<Tz>()
+            .map_err(|_| cx.err(pre, &[Key("timezone")], format!("unknown time zone '{tz}'")))?;
     }
     if raw.groups.is_some() && level != "bot" {
         return Err(cx.err(pre, &[Key("groups")], "groups can only be set under a bot"));
@@ -460,7 +529,10 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
     if let Some(m) = &raw.user_tag_styles {
         let mut v = Vec::new();
         for (tag, st) in m {
-            v.push((tag.clone(), cx.style(pre, &[Key("user_tag_styles"), Key(tag)], st)?));
+            v.push((
+                tag.clone(),
+                cx.style(pre, &[Key("user_tag_styles"), Key(tag)], st)?,
+            ));
         }
         s.user_tag_styles = v;
     }
@@ -473,41 +545,76 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
                 return Err(cx.err(pre, &at, "service_hours entry needs at least one day"));
             }
             for d in &h.days {
-                let wd = parse_weekday(d)
-                    .ok_or_else(|| cx.err(pre, &at, format!("unknown day '{d}' (use mon, tue, wed, thu, fri, sat, sun)")))?;
+                let wd = parse_weekday(d).ok_or_else(|| {
+                    cx.err(
+                        pre,
+                        &at,
+                        format!("unknown day '{d}' (use mon, tue, wed, thu, fri, sat, sun)"),
+                    )
+                })?;
                 days |= weekday_bit(wd);
             }
             let from = parse_hhmm(&h.from).map_err(|e| cx.err(pre, &at, e))?;
             let to = parse_hhmm(&h.to).map_err(|e| cx.err(pre, &at, e))?;
             if from >= to {
-                return Err(cx.err(pre, &at, format!("service_hours 'to' ({}) must be after 'from' ({})", h.to, h.from)));
+                return Err(cx.err(
+                    pre,
+                    &at,
+                    format!(
+                        "service_hours 'to' ({}) must be after 'from' ({})",
+                        h.to, h.from
+                    ),
+                ));
             }
-            windows.push(Window { days, from_min: from, to_min: to });
+            windows.push(Window {
+                days,
+                from_min: from,
+                to_min: to,
+            });
         }
         s.service_hours = ServiceHours { windows };
     }
     if let Some(sp) = &raw.spacing {
         let p = [Key("spacing")];
         if let Some(v) = sp.min_interval_s {
-            s.spacing.min_interval_ms = cx.range(pre, &[p[0], Key("min_interval_s")], "min_interval_s", v, 5, 60)? * 1000;
+            s.spacing.min_interval_ms = cx.range(
+                pre,
+                &[p[0], Key("min_interval_s")],
+                "min_interval_s",
+                v,
+                5,
+                60,
+            )? * 1000;
         }
         if let Some(v) = sp.jitter_ms {
-            s.spacing.jitter_ms = cx.range(pre, &[p[0], Key("jitter_ms")], "jitter_ms", v, 0, 30_000)?;
+            s.spacing.jitter_ms =
+                cx.range(pre, &[p[0], Key("jitter_ms")], "jitter_ms", v, 0, 30_000)?;
         }
         if let Some(v) = sp.queue_limit {
-            s.spacing.queue_limit = cx.range(pre, &[p[0], Key("queue_limit")], "queue_limit", v, 1, 20)? as usize;
+            s.spacing.queue_limit =
+                cx.range(pre, &[p[0], Key("queue_limit")], "queue_limit", v, 1, 20)? as usize;
         }
     }
     if let Some(c) = &raw.cooldown {
         if let Some(v) = c.default_s {
-            s.cooldown.default_ms = cx.range(pre, &[Key("cooldown"), Key("default_s")], "default_s", v, 0, 86_400)? * 1000;
+            s.cooldown.default_ms = cx.range(
+                pre,
+                &[Key("cooldown"), Key("default_s")],
+                "default_s",
+                v,
+                0,
+                86_400,
+            )? * 1000;
         }
         if let Some(m) = &c.per_intent_s {
             let mut per = HashMap::new();
             for (intent, v) in m {
                 let at = [Key("cooldown"), Key("per_intent_s"), Key(intent)];
                 cx.intent(pre, &at, intent)?;
-                per.insert(intent.clone(), cx.range(pre, &at, "cooldown seconds", *v, 0, 86_400)? * 1000);
+                per.insert(
+                    intent.clone(),
+                    cx.range(pre, &at, "cooldown seconds", *v, 0, 86_400)? * 1000,
+                );
             }
             s.cooldown.per_intent_ms = per;
         }
@@ -522,25 +629,50 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
             s.handoff.intents = set;
         }
         if let Some(v) = h.minutes_per_handoff {
-            s.handoff.minutes_per_handoff = cx.range(pre, &k("minutes_per_handoff"), "minutes_per_handoff", v, 1, 120)? as u32;
+            s.handoff.minutes_per_handoff = cx.range(
+                pre,
+                &k("minutes_per_handoff"),
+                "minutes_per_handoff",
+                v,
+                1,
+                120,
+            )? as u32;
         }
         if let Some(v) = h.fixed_wait_minutes {
-            s.handoff.fixed_wait_minutes =
-                Some(cx.range(pre, &k("fixed_wait_minutes"), "fixed_wait_minutes", v, 1, 1440)? as u32);
+            s.handoff.fixed_wait_minutes = Some(cx.range(
+                pre,
+                &k("fixed_wait_minutes"),
+                "fixed_wait_minutes",
+                v,
+                1,
+                1440,
+            )? as u32);
         }
         if let Some(v) = h.max_wait_minutes {
-            s.handoff.max_wait_minutes = cx.range(pre, &k("max_wait_minutes"), "max_wait_minutes", v, 1, 1440)? as u32;
+            s.handoff.max_wait_minutes =
+                cx.range(pre, &k("max_wait_minutes"), "max_wait_minutes", v, 1, 1440)? as u32;
         }
         if let Some(v) = h.open_ttl_minutes {
-            s.handoff.open_ttl_ms = cx.range(pre, &k("open_ttl_minutes"), "open_ttl_minutes", v, 1, 1440)? * 60_000;
+            s.handoff.open_ttl_ms =
+                cx.range(pre, &k("open_ttl_minutes"), "open_ttl_minutes", v, 1, 1440)? * 60_000;
         }
         if let Some(v) = h.not_understood_limit {
-            s.handoff.not_understood_limit =
-                cx.range(pre, &k("not_understood_limit"), "not_understood_limit", v, 1, 10)? as u32;
+            s.handoff.not_understood_limit = cx.range(
+                pre,
+                &k("not_understood_limit"),
+                "not_understood_limit",
+                v,
+                1,
+                10,
+            )? as u32;
         }
         if let Some(v) = h.human_share_target {
             if !(0.0..=1.0).contains(&v) {
-                return Err(cx.err(pre, &k("human_share_target"), format!("human_share_target must be 0.0..=1.0, got {v}")));
+                return Err(cx.err(
+                    pre,
+                    &k("human_share_target"),
+                    format!("human_share_target must be 0.0..=1.0, got {v}"),
+                ));
             }
             s.handoff.human_share_target = v;
         }
@@ -550,7 +682,14 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
             s.welcome_enabled = e;
         }
         if let Some(v) = w.merge_window_s {
-            s.welcome_merge_window_ms = cx.range(pre, &[Key("welcome"), Key("merge_window_s")], "merge_window_s", v, 0, 600)? * 1000;
+            s.welcome_merge_window_ms = cx.range(
+                pre,
+                &[Key("welcome"), Key("merge_window_s")],
+                "merge_window_s",
+                v,
+                0,
+                600,
+            )? * 1000;
         }
     }
     if let Some(d) = &raw.disclosure {
@@ -563,12 +702,24 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
             s.reactivation.enabled = e;
         }
         if let Some(v) = r.silence_hours {
-            s.reactivation.silence_ms =
-                cx.range(pre, &[Key("reactivation"), Key("silence_hours")], "silence_hours", v, 1, 720)? * HOUR_MS;
+            s.reactivation.silence_ms = cx.range(
+                pre,
+                &[Key("reactivation"), Key("silence_hours")],
+                "silence_hours",
+                v,
+                1,
+                720,
+            )? * HOUR_MS;
         }
         if let Some(v) = r.period_hours {
-            s.reactivation.period_ms =
-                cx.range(pre, &[Key("reactivation"), Key("period_hours")], "period_hours", v, 1, 720)? * HOUR_MS;
+            s.reactivation.period_ms = cx.range(
+                pre,
+                &[Key("reactivation"), Key("period_hours")],
+                "period_hours",
+                v,
+                1,
+                720,
+            )? * HOUR_MS;
         }
     }
     if let Some(list) = &raw.silent_intents {
@@ -583,7 +734,11 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
         for (i, r) in rules.iter().enumerate() {
             let p: Vec<Seg<'_>> = pre.iter().copied().chain([Key("rules"), Idx(i)]).collect();
             if !simple_id(&r.id) || out.iter().any(|o| o.id == r.id) {
-                return Err(cx.err(&p, &[Key("id")], format!("rule id '{}' must be a unique simple id", r.id)));
+                return Err(cx.err(
+                    &p,
+                    &[Key("id")],
+                    format!("rule id '{}' must be a unique simple id", r.id),
+                ));
             }
             let mut intents = Vec::new();
             for (j, name) in r.intents.iter().enumerate() {
@@ -591,7 +746,12 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
             }
             let when = cx.condition(&p, &r.when)?;
             let reply = cx.named_reply(&p, &[Key("reply")], &r.reply)?;
-            out.push(AttrRule { id: r.id.clone(), intents, when, reply });
+            out.push(AttrRule {
+                id: r.id.clone(),
+                intents,
+                when,
+                reply,
+            });
         }
         s.rules = out;
     }
@@ -600,29 +760,66 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
         for (i, r) in pushes.iter().enumerate() {
             let p: Vec<Seg<'_>> = pre.iter().copied().chain([Key("pushes"), Idx(i)]).collect();
             if !simple_id(&r.id) || out.iter().any(|o| o.id == r.id) {
-                return Err(cx.err(&p, &[Key("id")], format!("push id '{}' must be a unique simple id", r.id)));
+                return Err(cx.err(
+                    &p,
+                    &[Key("id")],
+                    format!("push id '{}' must be a unique simple id", r.id),
+                ));
             }
             let when = cx.condition(&p, &r.when)?;
             let reply = cx.named_reply(&p, &[Key("reply")], &r.reply)?;
-            let delay = cx.range(&p, &[Key("delay_s")], "delay_s", r.delay_s.unwrap_or(60), 0, 86_400)?;
-            out.push(PushRule { id: r.id.clone(), when, reply, delay_ms: delay * 1000 });
+            let delay = cx.range(
+                &p,
+                &[Key("delay_s")],
+                "delay_s",
+                r.delay_s.unwrap_or(60),
+                0,
+                86_400,
+            )?;
+            out.push(PushRule {
+                id: r.id.clone(),
+                when,
+                reply,
+                delay_ms: delay * 1000,
+            });
         }
         s.pushes = out;
     }
     if let Some(f) = &raw.frequency {
         if let Some(v) = f.window_hours {
-            s.frequency.window_ms = cx.range(pre, &[Key("frequency"), Key("window_hours")], "window_hours", v, 1, 2160)? * HOUR_MS;
+            s.frequency.window_ms = cx.range(
+                pre,
+                &[Key("frequency"), Key("window_hours")],
+                "window_hours",
+                v,
+                1,
+                2160,
+            )? * HOUR_MS;
         }
         if let Some(tiers) = &f.tiers {
             let mut out = Vec::new();
             for (i, t) in tiers.iter().enumerate() {
                 let at = [Key("frequency"), Key("tiers"), Idx(i)];
                 let m = cx.range(pre, &at, "min_messages", t.min_messages, 0, 100_000)? as u32;
-                let h = cx.range(pre, &at, "push_interval_hours", t.push_interval_hours, 1, 8760)?;
-                out.push(Tier { min_messages: m, interval_ms: h * HOUR_MS });
+                let h = cx.range(
+                    pre,
+                    &at,
+                    "push_interval_hours",
+                    t.push_interval_hours,
+                    1,
+                    8760,
+                )?;
+                out.push(Tier {
+                    min_messages: m,
+                    interval_ms: h * HOUR_MS,
+                });
             }
             if out.is_empty() {
-                return Err(cx.err(pre, &[Key("frequency"), Key("tiers")], "frequency.tiers needs at least one tier"));
+                return Err(cx.err(
+                    pre,
+                    &[Key("frequency"), Key("tiers")],
+                    "frequency.tiers needs at least one tier",
+                ));
             }
             out.sort_by_key(|t| std::cmp::Reverse(t.min_messages));
             s.frequency.tiers = out;
@@ -631,68 +828,133 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
     if let Some(list) = &raw.schedules {
         let mut out: Vec<CronJob> = Vec::new();
         for (i, r) in list.iter().enumerate() {
-            let p: Vec<Seg<'_>> = pre.iter().copied().chain([Key("schedules"), Idx(i)]).collect();
+            let p: Vec<Seg<'_>> = pre
+                .iter()
+                .copied()
+                .chain([Key("schedules"), Idx(i)])
+                .collect();
             if !simple_id(&r.id) || out.iter().any(|o| o.id == r.id) {
-                return Err(cx.err(&p, &[Key("id")], format!("schedule id '{}' must be a unique simple id", r.id)));
+                return Err(cx.err(
+                    &p,
+                    &[Key("id")],
+                    format!("schedule id '{}' must be a unique simple id", r.id),
+                ));
             }
             let schedule = parse_cron(&r.cron).map_err(|e| cx.err(&p, &[Key("cron")], e))?;
             let reply = cx.named_reply(&p, &[Key("reply")], &r.reply)?;
-            if let Some(v) = cx.replies.vars_of(&reply).into_iter().find(|v| !CHAT_VARS.contains(v)) {
+            if let Some(v) = cx
+                .replies
+                .vars_of(&reply)
+                .into_iter()
+                .find(|v| !CHAT_VARS.contains(v))
+            {
                 return Err(cx.err(
                     &p,
                     &[Key("reply")],
                     format!("reply '{reply}' uses '{{{v}}}', which a scheduled message to the whole group cannot fill"),
                 ));
             }
-            out.push(CronJob { id: r.id.clone(), schedule, reply });
+            out.push(CronJob {
+                id: r.id.clone(),
+                schedule,
+                reply,
+            });
         }
         s.schedules = out;
     }
     if let Some(list) = &raw.countdowns {
         let mut out: Vec<Countdown> = Vec::new();
         for (i, c) in list.iter().enumerate() {
-            let p: Vec<Seg<'_>> = pre.iter().copied().chain([Key("countdowns"), Idx(i)]).collect();
+            let p: Vec<Seg<'_>> = pre
+                .iter()
+                .copied()
+                .chain([Key("countdowns"), Idx(i)])
+                .collect();
             if !simple_id(&c.id) || out.iter().any(|o| o.id == c.id) {
-                return Err(cx.err(&p, &[Key("id")], format!("countdown id '{}' must be a unique simple id", c.id)));
+                return Err(cx.err(
+                    &p,
+                    &[Key("id")],
+                    format!("countdown id '{}' must be a unique simple id", c.id),
+                ));
             }
             if c.event_name.trim().is_empty() {
                 return Err(cx.err(&p, &[Key("event_name")], "event_name is empty"));
             }
             if let Some(w) = cx.banned.find(&c.event_name) {
-                return Err(cx.err(&p, &[Key("event_name")], format!("event_name contains the banned word '{w}'")));
+                return Err(cx.err(
+                    &p,
+                    &[Key("event_name")],
+                    format!("event_name contains the banned word '{w}'"),
+                ));
             }
-            let date = NaiveDate::parse_from_str(&c.date, "%Y-%m-%d")
-                .map_err(|_| cx.err(&p, &[Key("date")], format!("date must be YYYY-MM-DD, got '{}'", c.date)))?;
+            let date = NaiveDate::parse_from_str(&c.date, "%Y-%m-%d").map_err(|_| {
+                cx.err(
+                    &p,
+                    &[Key("date")],
+                    format!("date must be YYYY-MM-DD, got '{}'", c.date),
+                )
+            })?;
             let at_min = parse_hhmm(&c.at).map_err(|e| cx.err(&p, &[Key("at")], e))?;
             if at_min >= 1440 {
                 return Err(cx.err(&p, &[Key("at")], "at must be before 24:00"));
             }
             if c.days_before.is_empty() {
-                return Err(cx.err(&p, &[Key("days_before")], "days_before needs at least one day"));
+                return Err(cx.err(
+                    &p,
+                    &[Key("days_before")],
+                    "days_before needs at least one day",
+                ));
             }
             let mut days = Vec::new();
             for (j, d) in c.days_before.iter().enumerate() {
-                days.push(cx.range(&p, &[Key("days_before"), Idx(j)], "days_before", *d, 0, 365)? as u32);
+                days.push(
+                    cx.range(&p, &[Key("days_before"), Idx(j)], "days_before", *d, 0, 365)? as u32,
+                );
             }
             days.sort_unstable();
             days.dedup();
-            out.push(Countdown { id: c.id.clone(), event_name: c.event_name.clone(), date, at_min, days_before: days });
+            out.push(Countdown {
+                id: c.id.clone(),
+                event_name: c.event_name.clone(),
+                date,
+                at_min,
+                days_before: days,
+            });
         }
         s.countdowns = out;
     }
     if let Some(list) = &raw.experiments {
         let mut out: Vec<Experiment> = Vec::new();
         for (i, e) in list.iter().enumerate() {
-            let p: Vec<Seg<'_>> = pre.iter().copied().chain([Key("experiments"), Idx(i)]).collect();
+            let p: Vec<Seg<'_>> = pre
+                .iter()
+                .copied()
+                .chain([Key("experiments"), Idx(i)])
+                .collect();
             if !simple_id(&e.id) || out.iter().any(|o| o.id == e.id) {
-                return Err(cx.err(&p, &[Key("id")], format!("experiment id '{}' must be a unique simple id", e.id)));
+                return Err(cx.err(
+                    &p,
+                    &[Key("id")],
+                    format!("experiment id '{}' must be a unique simple id", e.id),
+                ));
             }
             let intent = cx.intent(&p, &[Key("intent")], &e.intent)?;
             if out.iter().any(|o| o.intent == intent) {
-                return Err(cx.err(&p, &[Key("intent")], format!("intent '{intent}' already has an experiment")));
+                return Err(cx.err(
+                    &p,
+                    &[Key("intent")],
+                    format!("intent '{intent}' already has an experiment"),
+                ));
             }
             if e.variants.len() < 2 {
-                return Err(cx.err(&p, &[Key("variants")], format!("an experiment needs at least 2 variants, got {}", e.variants.len())));
+                return Err(cx.err(
+                    &p,
+                    &[Key("variants")],
+                    format!(
+                        "an experiment needs at least 2 variants, got {}",
+                        e.variants.len()
+                    ),
+                ));
             }
             let mut variants: Vec<(String, u32)> = Vec::new();
             for (j, v) in e.variants.iter().enumerate() {
@@ -706,12 +968,23 @@ fn apply(s: &mut Settings, raw: &RawSettings, cx: &Ctx<'_>, pre: &[Seg<'_>], lev
                 let w = cx.range(&p, &at, "weight", v.weight, 1, 10_000)? as u32;
                 variants.push((v.variant.clone(), w));
             }
-            out.push(Experiment { id: e.id.clone(), intent, variants });
+            out.push(Experiment {
+                id: e.id.clone(),
+                intent,
+                variants,
+            });
         }
         s.experiments = out;
     }
     if let Some(v) = raw.schedule_grace_s {
-        s.schedule_grace_ms = cx.range(pre, &[Key("schedule_grace_s")], "schedule_grace_s", v, 0, 86_400)? * 1000;
+        s.schedule_grace_ms = cx.range(
+            pre,
+            &[Key("schedule_grace_s")],
+            "schedule_grace_s",
+            v,
+            0,
+            86_400,
+        )? * 1000;
     }
     Ok(())
 }
@@ -733,8 +1006,10 @@ impl OperatorConfig {
         let replies = ReplyLibrary::load(&dir.join(REPLIES_FILE), &banned)?;
         let calendar = load_calendar(&dir.join(CALENDAR_FILE), &banned)?;
         let path = dir.join(PLAYBOOK_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| PolicyError::Io { file: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
         Self::from_parts(&path, &text, replies, banned, calendar)
     }
 
@@ -747,10 +1022,21 @@ impl OperatorConfig {
     ) -> Result<Self, PolicyError> {
         use Seg::Key;
         let raw: RawPlaybook = yaml::parse(path, text)?;
-        let cx = Ctx { file: path, text, replies: &replies, banned: &banned };
+        let cx = Ctx {
+            file: path,
+            text,
+            replies: &replies,
+            banned: &banned,
+        };
         let base = Settings::builtin(&replies.styles[0]);
         let mut defaults = base.clone();
-        apply(&mut defaults, &raw.defaults, &cx, &[Key("defaults")], "defaults")?;
+        apply(
+            &mut defaults,
+            &raw.defaults,
+            &cx,
+            &[Key("defaults")],
+            "defaults",
+        )?;
         let mut bots = HashMap::new();
         let mut groups = HashMap::new();
         for (bot, braw) in &raw.bots {
@@ -758,12 +1044,25 @@ impl OperatorConfig {
             apply(&mut bs, braw, &cx, &[Key("bots"), Key(bot)], "bot")?;
             for (chat, graw) in braw.groups.iter().flatten() {
                 let mut gs = bs.clone();
-                apply(&mut gs, graw, &cx, &[Key("bots"), Key(bot), Key("groups"), Key(chat)], "group")?;
+                apply(
+                    &mut gs,
+                    graw,
+                    &cx,
+                    &[Key("bots"), Key(bot), Key("groups"), Key(chat)],
+                    "group",
+                )?;
                 groups.insert((bot.clone(), chat.clone()), Arc::new(gs));
             }
             bots.insert(bot.clone(), Arc::new(bs));
         }
-        Ok(Self { replies, banned, calendar, defaults: Arc::new(defaults), bots, groups })
+        Ok(Self {
+            replies,
+            banned,
+            calendar,
+            defaults: Arc::new(defaults),
+            bots,
+            groups,
+        })
     }
 
     /// Effective settings for a (bot, chat): group override, else bot, else defaults.
@@ -782,12 +1081,20 @@ impl OperatorConfig {
 
 pub fn load_calendar(path: &Path, banned: &BannedWords) -> Result<Calendar, PolicyError> {
     use Seg::{Idx, Key};
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PolicyError::Io { file: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        file: path.display().to_string(),
+        source,
+    })?;
     let raw: RawCalendar = yaml::parse(path, &text)?;
     let mut festivals = Vec::new();
     for (i, f) in raw.festivals.iter().enumerate() {
-        let at = |k| PolicyError::config(path, line_of(&text, &[Key("festivals"), Idx(i), Key(k)]), "");
+        let at = |k| {
+            PolicyError::config(
+                path,
+                line_of(&text, &[Key("festivals"), Idx(i), Key(k)]),
+                "",
+            )
+        };
         let fail = |k: &'static str, msg: String| match at(k) {
             PolicyError::Config { file, line, .. } => PolicyError::Config { file, line, msg },
             e => e,
@@ -805,9 +1112,17 @@ pub fn load_calendar(path: &Path, banned: &BannedWords) -> Result<Calendar, Poli
             return Err(fail("greeting", "greeting is empty".into()));
         }
         if let Some(w) = banned.find(&f.greeting) {
-            return Err(fail("greeting", format!("greeting contains the banned word '{w}'")));
+            return Err(fail(
+                "greeting",
+                format!("greeting contains the banned word '{w}'"),
+            ));
         }
-        festivals.push(Festival { name: f.name.clone(), date, days: days as u32, greeting: f.greeting.clone() });
+        festivals.push(Festival {
+            name: f.name.clone(),
+            date,
+            days: days as u32,
+            greeting: f.greeting.clone(),
+        });
     }
     Ok(Calendar { festivals })
 }
@@ -821,7 +1136,10 @@ mod tests {
         let b = BannedWords::new(["微信"]).unwrap();
         let y = minimal_yaml()
             + "named:\n  vip_service:\n    - { id: v1, style: professional, text: \"{nickname}您好，VIP专属客服为您服务\" }\n  daily_tip:\n    - { id: t1, style: playful, text: \"{greeting}！今日小贴士\" }\n";
-        (ReplyLibrary::parse(Path::new("replies.yml"), &y, &b).unwrap(), b)
+        (
+            ReplyLibrary::parse(Path::new("replies.yml"), &y, &b).unwrap(),
+            b,
+        )
     }
 
     fn load(text: &str) -> Result<OperatorConfig, PolicyError> {
@@ -833,7 +1151,14 @@ mod tests {
     fn empty_playbook_gives_builtin_defaults() {
         let c = load("defaults: {}\n").unwrap();
         let s = c.settings("any_bot", "any_chat");
-        assert_eq!(s.spacing, SpacingConfig { min_interval_ms: 15_000, jitter_ms: 3_000, queue_limit: 3 });
+        assert_eq!(
+            s.spacing,
+            SpacingConfig {
+                min_interval_ms: 15_000,
+                jitter_ms: 3_000,
+                queue_limit: 3
+            }
+        );
         assert_eq!(s.cooldown.default_ms, 300_000);
         assert_eq!(s.welcome_merge_window_ms, 60_000);
         assert_eq!(s.handoff.human_share_target, 0.30);
@@ -868,26 +1193,66 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_references_are_errors() {
-        let e = load("defaults:\n  spacing:\n    min_interval: 10\n").unwrap_err().to_string();
-        assert!(e.starts_with("playbook.yml:3: defaults.spacing: unknown field `min_interval`"), "{e}");
-        let e = load("defaults:\n  handoff:\n    intents: [complaint, refnd]\n").unwrap_err().to_string();
+        let e = load("defaults:\n  spacing:\n    min_interval: 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("playbook.yml:3: defaults.spacing: unknown field `min_interval`"),
+            "{e}"
+        );
+        let e = load("defaults:\n  handoff:\n    intents: [complaint, refnd]\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "playbook.yml:3: unknown intent 'refnd'");
-        let e = load("defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: nope\n").unwrap_err().to_string();
-        assert_eq!(e, "playbook.yml:5: reply 'nope' is not defined under 'named' in replies.yml");
+        let e = load(
+            "defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: nope\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "playbook.yml:5: reply 'nope' is not defined under 'named' in replies.yml"
+        );
         let e = load("defaults:\n  schedules:\n    - id: s1\n      cron: \"61 9 * * *\"\n      reply: daily_tip\n").unwrap_err().to_string();
-        assert!(e.starts_with("playbook.yml:4: cron '61 9 * * *' is not valid"), "{e}");
+        assert!(
+            e.starts_with("playbook.yml:4: cron '61 9 * * *' is not valid"),
+            "{e}"
+        );
         let e = load("defaults:\n  schedules:\n    - id: s1\n      cron: \"0 9 * * *\"\n      reply: vip_service\n").unwrap_err().to_string();
-        assert!(e.starts_with("playbook.yml:5: reply 'vip_service' uses '{nickname}'"), "{e}");
-        let e = load("bots:\n  b1:\n    groups:\n      g1:\n        timezone: Asia/Tokyo\n").unwrap_err().to_string();
-        assert_eq!(e, "playbook.yml:5: timezone can only be set for a bot, not a group");
-        let e = load("defaults:\n  timezone: Mars/Base\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("playbook.yml:5: reply 'vip_service' uses '{nickname}'"),
+            "{e}"
+        );
+        let e = load("bots:\n  b1:\n    groups:\n      g1:\n        timezone: Asia/Tokyo\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "playbook.yml:5: timezone can only be set for a bot, not a group"
+        );
+        let e = load("defaults:\n  timezone: Mars/Base\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "playbook.yml:2: unknown time zone 'Mars/Base'");
         let e = load("defaults:\n  experiments:\n    - id: e1\n      intent: price\n      variants:\n        - {variant: a, weight: 1}\n        - {variant: zz, weight: 1}\n").unwrap_err().to_string();
-        assert_eq!(e, "playbook.yml:7: variant 'zz' is not a reply variant of intent 'price' in replies.yml");
-        let e = load("defaults:\n  service_hours:\n    - {days: [mon], from: \"18:00\", to: \"09:00\"}\n").unwrap_err().to_string();
-        assert_eq!(e, "playbook.yml:3: service_hours 'to' (09:00) must be after 'from' (18:00)");
+        assert_eq!(
+            e,
+            "playbook.yml:7: variant 'zz' is not a reply variant of intent 'price' in replies.yml"
+        );
+        let e = load(
+            "defaults:\n  service_hours:\n    - {days: [mon], from: \"18:00\", to: \"09:00\"}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "playbook.yml:3: service_hours 'to' (09:00) must be after 'from' (18:00)"
+        );
         let e = load("defaults:\n  countdowns:\n    - id: c1\n      event_name: 加微信抽奖\n      date: 2027-03-20\n      at: \"10:00\"\n      days_before: [3]\n").unwrap_err().to_string();
-        assert_eq!(e, "playbook.yml:4: event_name contains the banned word '微信'");
+        assert_eq!(
+            e,
+            "playbook.yml:4: event_name contains the banned word '微信'"
+        );
     }
 
     #[test]
@@ -904,9 +1269,19 @@ mod tests {
         let b = BannedWords::new(["微信"]).unwrap();
         std::fs::write(&p, "festivals:\n  - name: 春节\n    date: 2027-02-06\n    days: 3\n    greeting: 新春快乐！\n").unwrap();
         let cal = load_calendar(&p, &b).unwrap();
-        assert_eq!(cal.greeting_on(NaiveDate::from_ymd_opt(2027, 2, 7).unwrap()), "新春快乐！");
-        std::fs::write(&p, "festivals:\n  - name: 春节\n    date: 2027-02-30\n    greeting: 新春快乐！\n").unwrap();
+        assert_eq!(
+            cal.greeting_on(NaiveDate::from_ymd_opt(2027, 2, 7).unwrap()),
+            "新春快乐！"
+        );
+        std::fs::write(
+            &p,
+            "festivals:\n  - name: 春节\n    date: 2027-02-30\n    greeting: 新春快乐！\n",
+        )
+        .unwrap();
         let e = load_calendar(&p, &b).unwrap_err().to_string();
-        assert!(e.ends_with("calendar.yml:3: date must be YYYY-MM-DD, got '2027-02-30'"), "{e}");
+        assert!(
+            e.ends_with("calendar.yml:3: date must be YYYY-MM-DD, got '2027-02-30'"),
+            "{e}"
+        );
     }
 }

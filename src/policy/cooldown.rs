@@ -12,7 +12,10 @@ pub struct CooldownConfig {
 
 impl CooldownConfig {
     pub fn for_key(&self, key: &str) -> i64 {
-        self.per_intent_ms.get(key).copied().unwrap_or(self.default_ms)
+        self.per_intent_ms
+            .get(key)
+            .copied()
+            .unwrap_or(self.default_ms)
     }
 }
 
@@ -24,15 +27,36 @@ pub struct Cooldowns {
 
 impl Cooldowns {
     /// Milliseconds left in the cooldown, or None when a reply may go.
-    pub fn remaining(&self, bot: &str, chat: &str, user: &str, key: &str, now: i64, cooldown_ms: i64) -> Option<i64> {
-        let k = (bot.to_string(), chat.to_string(), user.to_string(), key.to_string());
+    pub fn remaining(
+        &self,
+        bot: &str,
+        chat: &str,
+        user: &str,
+        key: &str,
+        now: i64,
+        cooldown_ms: i64,
+    ) -> Option<i64> {
+        let k = (
+            bot.to_string(),
+            chat.to_string(),
+            user.to_string(),
+            key.to_string(),
+        );
         let last = *self.last.get(&k)?;
         let left = last + cooldown_ms - now;
         (left > 0).then_some(left)
     }
 
     pub fn record(&mut self, bot: &str, chat: &str, user: &str, key: &str, now: i64) {
-        self.last.insert((bot.to_string(), chat.to_string(), user.to_string(), key.to_string()), now);
+        self.last.insert(
+            (
+                bot.to_string(),
+                chat.to_string(),
+                user.to_string(),
+                key.to_string(),
+            ),
+            now,
+        );
     }
 
     /// Forget entries older than `max_age_ms` (keeps memory bounded).
@@ -58,7 +82,10 @@ mod tests {
         let mut c = Cooldowns::default();
         assert_eq!(c.remaining("b", "g", "u1", "price", 0, 300_000), None);
         c.record("b", "g", "u1", "price", 0);
-        assert_eq!(c.remaining("b", "g", "u1", "price", 60_000, 300_000), Some(240_000));
+        assert_eq!(
+            c.remaining("b", "g", "u1", "price", 60_000, 300_000),
+            Some(240_000)
+        );
         assert_eq!(c.remaining("b", "g", "u1", "stock", 60_000, 300_000), None);
         assert_eq!(c.remaining("b", "g", "u2", "price", 60_000, 300_000), None);
         assert_eq!(c.remaining("b", "g", "u1", "price", 300_000, 300_000), None);
@@ -68,7 +95,10 @@ mod tests {
 
     #[test]
     fn per_intent_override() {
-        let mut cfg = CooldownConfig { default_ms: 1000, ..Default::default() };
+        let mut cfg = CooldownConfig {
+            default_ms: 1000,
+            ..Default::default()
+        };
         cfg.per_intent_ms.insert("price".into(), 5000);
         assert_eq!(cfg.for_key("price"), 5000);
         assert_eq!(cfg.for_key("stock"), 1000);

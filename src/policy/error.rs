@@ -7,7 +7,11 @@ use std::path::Path;
 pub enum PolicyError {
     /// `file:line: problem`.
     #[error("{file}:{line}: {msg}")]
-    Config { file: String, line: usize, msg: String },
+    Config {
+        file: String,
+        line: usize,
+        msg: String,
+    },
     #[error("{file}: cannot read: {source}")]
     Io {
         file: String,
@@ -18,7 +22,11 @@ pub enum PolicyError {
 
 impl PolicyError {
     pub fn config(file: &Path, line: usize, msg: impl Into<String>) -> Self {
-        PolicyError::Config { file: file.display().to_string(), line, msg: msg.into() }
+        PolicyError::Config {
+            file: file.display().to_string(),
+            line,
+            msg: msg.into(),
+        }
     }
 
     /// The line this error points at (0 for I/O errors).

@@ -62,7 +62,10 @@ pub enum JoinOutcome {
     /// A new window was opened; the welcome goes at `send_at_ms`.
     Opened { send_at_ms: i64 },
     /// Added to the open window.
-    Merged { send_at_ms: i64, user_ids: Vec<String> },
+    Merged {
+        send_at_ms: i64,
+        user_ids: Vec<String>,
+    },
 }
 
 /// Pending welcomes per (bot, chat).
@@ -73,7 +76,14 @@ pub struct WelcomeMerger {
 
 impl WelcomeMerger {
     /// Register a join. `send_at_ms` is the window end used when a new window opens.
-    pub fn join(&mut self, bot: &str, chat: &str, chat_name: &str, user: &UserInfo, send_at_ms: i64) -> JoinOutcome {
+    pub fn join(
+        &mut self,
+        bot: &str,
+        chat: &str,
+        chat_name: &str,
+        user: &UserInfo,
+        send_at_ms: i64,
+    ) -> JoinOutcome {
         let key = (bot.to_string(), chat.to_string());
         // A pending welcome (even one whose window has just closed but that `due()` has not
         // collected yet) absorbs the join, so nobody is welcomed twice or left out.
@@ -113,9 +123,15 @@ impl WelcomeMerger {
 
     /// Remove and return the welcomes whose window has closed, in (bot, chat) order.
     pub fn take_due(&mut self, now: i64) -> Vec<((String, String), PendingWelcome)> {
-        let keys: Vec<(String, String)> =
-            self.pending.iter().filter(|(_, p)| p.send_at_ms <= now).map(|(k, _)| k.clone()).collect();
-        keys.into_iter().filter_map(|k| self.pending.remove(&k).map(|p| (k, p))).collect()
+        let keys: Vec<(String, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.send_at_ms <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.pending.remove(&k).map(|p| (k, p)))
+            .collect()
     }
 
     pub fn next_due_ms(&self) -> Option<i64> {
@@ -128,16 +144,26 @@ mod tests {
     use super::*;
 
     fn u(id: &str, nick: &str) -> UserInfo {
-        UserInfo { id: id.into(), nickname: nick.into(), ..Default::default() }
+        UserInfo {
+            id: id.into(),
+            nickname: nick.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn joins_in_window_merge_and_leavers_are_removed() {
         let mut m = WelcomeMerger::default();
-        assert_eq!(m.join("b", "g", "群", &u("u1", "小王"), 60_000), JoinOutcome::Opened { send_at_ms: 60_000 });
+        assert_eq!(
+            m.join("b", "g", "群", &u("u1", "小王"), 60_000),
+            JoinOutcome::Opened { send_at_ms: 60_000 }
+        );
         assert_eq!(
             m.join("b", "g", "群", &u("u2", "小李"), 70_000),
-            JoinOutcome::Merged { send_at_ms: 60_000, user_ids: vec!["u1".into(), "u2".into()] }
+            JoinOutcome::Merged {
+                send_at_ms: 60_000,
+                user_ids: vec!["u1".into(), "u2".into()]
+            }
         );
         m.join("b", "g", "群", &u("u3", "小张"), 80_000);
         m.leave("b", "g", "u2");
@@ -145,10 +171,18 @@ mod tests {
         assert!(m.take_due(59_999).is_empty());
         let due = m.take_due(60_000);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].1.users, vec![("u1".into(), "小王".into()), ("u3".into(), "小张".into())]);
+        assert_eq!(
+            due[0].1.users,
+            vec![("u1".into(), "小王".into()), ("u3".into(), "小张".into())]
+        );
         assert!(m.take_due(60_000).is_empty());
         // After collection a new join opens a new window.
-        assert_eq!(m.join("b", "g", "群", &u("u4", "小赵"), 121_000), JoinOutcome::Opened { send_at_ms: 121_000 });
+        assert_eq!(
+            m.join("b", "g", "群", &u("u4", "小赵"), 121_000),
+            JoinOutcome::Opened {
+                send_at_ms: 121_000
+            }
+        );
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub struct HandoffConfig {
 impl Default for HandoffConfig {
     fn default() -> Self {
         Self {
-            intents: ["complaint", "ask_human"].iter().map(|s| s.to_string()).collect(),
+            intents: ["complaint", "ask_human"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             minutes_per_handoff: 5,
             fixed_wait_minutes: None,
             max_wait_minutes: 120,
@@ -73,7 +76,11 @@ impl HandoffTracker {
     /// Open handoffs of a bot across its chats.
     pub fn open_count(&mut self, bot: &str, now: i64, ttl_ms: i64) -> usize {
         self.expire(now, ttl_ms);
-        self.chats.iter().filter(|((b, _), _)| b == bot).map(|(_, c)| c.open.len()).sum()
+        self.chats
+            .iter()
+            .filter(|((b, _), _)| b == bot)
+            .map(|(_, c)| c.open.len())
+            .sum()
     }
 
     /// The wait to announce for a new handoff (computed before it is opened).
@@ -82,7 +89,9 @@ impl HandoffTracker {
             return f;
         }
         let open = self.open_count(bot, now, cfg.open_ttl_ms) as u32;
-        (open.saturating_add(1)).saturating_mul(cfg.minutes_per_handoff).clamp(1, cfg.max_wait_minutes.max(1))
+        (open.saturating_add(1))
+            .saturating_mul(cfg.minutes_per_handoff)
+            .clamp(1, cfg.max_wait_minutes.max(1))
     }
 
     pub fn open(&mut self, bot: &str, chat: &str, now: i64) {
@@ -108,14 +117,18 @@ impl HandoffTracker {
 
     /// Count one not-understood message; returns the streak including it.
     pub fn not_understood(&mut self, bot: &str, chat: &str, user: &str) -> u32 {
-        let s = self.streaks.entry((bot.to_string(), chat.to_string(), user.to_string())).or_default();
+        let s = self
+            .streaks
+            .entry((bot.to_string(), chat.to_string(), user.to_string()))
+            .or_default();
         *s += 1;
         *s
     }
 
     /// The user was understood (or handed off): the streak starts over.
     pub fn reset_streak(&mut self, bot: &str, chat: &str, user: &str) {
-        self.streaks.remove(&(bot.to_string(), chat.to_string(), user.to_string()));
+        self.streaks
+            .remove(&(bot.to_string(), chat.to_string(), user.to_string()));
     }
 }
 
@@ -136,9 +149,15 @@ mod tests {
         assert_eq!(t.expected_wait_minutes("b", 1000, &cfg), 10);
         // After the TTL the open handoffs no longer count.
         assert_eq!(t.expected_wait_minutes("b", 60 * 60_000, &cfg), 5);
-        let fixed = HandoffConfig { fixed_wait_minutes: Some(8), ..cfg.clone() };
+        let fixed = HandoffConfig {
+            fixed_wait_minutes: Some(8),
+            ..cfg.clone()
+        };
         assert_eq!(t.expected_wait_minutes("b", 0, &fixed), 8);
-        let capped = HandoffConfig { max_wait_minutes: 7, ..cfg };
+        let capped = HandoffConfig {
+            max_wait_minutes: 7,
+            ..cfg
+        };
         t.open("b", "g1", 2_000);
         t.open("b", "g1", 2_000);
         assert_eq!(t.expected_wait_minutes("b", 3_000, &capped), 7);

@@ -35,7 +35,10 @@ mod tests {
         // Pinned values (independently computed with Python's hashlib): if these change, every
         // A/B bucket and every reply choice moves.
         assert_eq!(seeded(7, &["exp", "user"]), 9_784_784_980_127_622_580);
-        assert_eq!(stable_u64(&[b"coupon_copy", b"wxid_user_0"]), 13_076_221_171_615_187_564);
+        assert_eq!(
+            stable_u64(&[b"coupon_copy", b"wxid_user_0"]),
+            13_076_221_171_615_187_564
+        );
         assert_ne!(seeded(7, &["ab", "c"]), seeded(7, &["a", "bc"]));
         assert_ne!(seeded(7, &["x"]), seeded(8, &["x"]));
     }

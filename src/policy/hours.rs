@@ -37,7 +37,10 @@ pub fn parse_weekday(s: &str) -> Option<Weekday> {
 }
 
 pub(crate) fn local(tz: Tz, ms: i64) -> NaiveDateTime {
-    tz.timestamp_millis_opt(ms).single().map(|d| d.naive_local()).unwrap_or_default()
+    tz.timestamp_millis_opt(ms)
+        .single()
+        .map(|d| d.naive_local())
+        .unwrap_or_default()
 }
 
 /// Local wall-clock time → Unix ms (the earlier instant when ambiguous; skipped times move on).
@@ -64,7 +67,9 @@ impl ServiceHours {
         let t = local(tz, ms);
         let m = t.hour() * 60 + t.minute();
         let bit = weekday_bit(t.weekday());
-        self.windows.iter().any(|w| w.days & bit != 0 && w.from_min <= m && m < w.to_min)
+        self.windows
+            .iter()
+            .any(|w| w.days & bit != 0 && w.from_min <= m && m < w.to_min)
     }
 
     /// The start of the next opening window at or after `ms` (ms itself when open now).
@@ -104,14 +109,28 @@ mod tests {
     }
 
     fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
-        to_ms(sh(), chrono::NaiveDate::from_ymd_opt(y, mo, d).unwrap().and_hms_opt(h, mi, 0).unwrap())
+        to_ms(
+            sh(),
+            chrono::NaiveDate::from_ymd_opt(y, mo, d)
+                .unwrap()
+                .and_hms_opt(h, mi, 0)
+                .unwrap(),
+        )
     }
 
     fn weekdays_9_to_21() -> ServiceHours {
         ServiceHours {
             windows: vec![
-                Window { days: 0b0011111, from_min: 9 * 60, to_min: 21 * 60 },
-                Window { days: 0b1100000, from_min: 10 * 60, to_min: 18 * 60 },
+                Window {
+                    days: 0b0011111,
+                    from_min: 9 * 60,
+                    to_min: 21 * 60,
+                },
+                Window {
+                    days: 0b1100000,
+                    from_min: 10 * 60,
+                    to_min: 18 * 60,
+                },
             ],
         }
     }
@@ -132,10 +151,19 @@ mod tests {
     #[test]
     fn next_opening() {
         let h = weekdays_9_to_21();
-        assert_eq!(h.next_open_ms(sh(), ms(2027, 3, 1, 22, 0)), Some(ms(2027, 3, 2, 9, 0)));
-        assert_eq!(h.next_open_ms(sh(), ms(2027, 3, 1, 7, 0)), Some(ms(2027, 3, 1, 9, 0)));
+        assert_eq!(
+            h.next_open_ms(sh(), ms(2027, 3, 1, 22, 0)),
+            Some(ms(2027, 3, 2, 9, 0))
+        );
+        assert_eq!(
+            h.next_open_ms(sh(), ms(2027, 3, 1, 7, 0)),
+            Some(ms(2027, 3, 1, 9, 0))
+        );
         // Friday night → Saturday 10:00.
-        assert_eq!(h.next_open_ms(sh(), ms(2027, 3, 5, 21, 30)), Some(ms(2027, 3, 6, 10, 0)));
+        assert_eq!(
+            h.next_open_ms(sh(), ms(2027, 3, 5, 21, 30)),
+            Some(ms(2027, 3, 6, 10, 0))
+        );
         let t = ms(2027, 3, 1, 12, 0);
         assert_eq!(h.next_open_ms(sh(), t), Some(t));
     }

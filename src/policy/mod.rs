@@ -59,8 +59,8 @@ pub mod spacing;
 pub mod templates;
 mod yaml;
 
+pub use compliance::ReviewItem;
 pub use error::PolicyError;
 pub use events::{EventDecision, EventInput, EventKind};
 pub use playbook::{DroppedSend, Playbook};
-pub use compliance::ReviewItem;
 pub use scheduler::{OutboundItem, OutboundKind};

@@ -88,7 +88,9 @@ struct State {
 
 impl State {
     fn user(&mut self, bot: &str, chat: &str, user: &str) -> &mut UserState {
-        self.users.entry((bot.to_string(), chat.to_string(), user.to_string())).or_default()
+        self.users
+            .entry((bot.to_string(), chat.to_string(), user.to_string()))
+            .or_default()
     }
 
     fn sweep(&mut self, now: i64) {
@@ -97,7 +99,8 @@ impl State {
         }
         self.last_sweep_ms = now;
         self.cooldowns.sweep(now, 2 * 24 * 3_600_000);
-        self.users.retain(|_, u| now - u.last_seen_ms < USER_IDLE_MS);
+        self.users
+            .retain(|_, u| now - u.last_seen_ms < USER_IDLE_MS);
         self.scheduler.sweep(now, USER_IDLE_MS);
         if self.reviewed.len() > REVIEW_CAP {
             self.reviewed.clear();
@@ -105,7 +108,11 @@ impl State {
     }
 
     fn add_review(&mut self, item: ReviewItem) {
-        let key = (item.bot_id.clone(), item.chat_id.clone(), item.message_id.clone());
+        let key = (
+            item.bot_id.clone(),
+            item.chat_id.clone(),
+            item.message_id.clone(),
+        );
         if !item.message_id.is_empty() && !self.reviewed.insert(key) {
             return; // precheck already queued this message
         }
@@ -124,7 +131,13 @@ impl State {
 }
 
 fn decision(action: Action, reply: Option<ReplyOut>, reason: impl Into<String>) -> PolicyDecision {
-    PolicyDecision { action, reply, send_after_ms: 0, reason: reason.into(), notices: Vec::new() }
+    PolicyDecision {
+        action,
+        reply,
+        send_after_ms: 0,
+        reason: reason.into(),
+        notices: Vec::new(),
+    }
 }
 
 /// Who a decision is for, for spacing, cooldown and reporting.
@@ -145,7 +158,9 @@ pub struct Playbook {
 
 impl std::fmt::Debug for Playbook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Playbook").field("seed", &self.seed).finish_non_exhaustive()
+        f.debug_struct("Playbook")
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,7 +176,10 @@ impl Playbook {
             clock,
             seed,
             config: RwLock::new(Arc::new(config)),
-            state: Mutex::new(State { last_sweep_ms: now, ..Default::default() }),
+            state: Mutex::new(State {
+                last_sweep_ms: now,
+                ..Default::default()
+            }),
         }
     }
 
@@ -194,9 +212,17 @@ impl Playbook {
         Some(self.block(&mut st, ctx, now, &word, "banned_word"))
     }
 
-    fn block(&self, st: &mut State, ctx: &MessageContext, now: i64, word: &str, reason: &str) -> PolicyDecision {
+    fn block(
+        &self,
+        st: &mut State,
+        ctx: &MessageContext,
+        now: i64,
+        word: &str,
+        reason: &str,
+    ) -> PolicyDecision {
         st.handoffs.note_message(&ctx.bot_id, &ctx.chat_id);
-        st.scheduler.touch(&ctx.bot_id, &ctx.chat_id, &ctx.chat_name, now, false);
+        st.scheduler
+            .touch(&ctx.bot_id, &ctx.chat_id, &ctx.chat_name, now, false);
         st.add_review(ReviewItem {
             at_ms: now,
             bot_id: ctx.bot_id.clone(),
@@ -223,7 +249,11 @@ impl Playbook {
         let now = self.clock.now_ms();
         let mut st = self.state.lock();
         st.sweep(now);
-        let (bot, chat, uid) = (ctx.bot_id.as_str(), ctx.chat_id.as_str(), ctx.user.id.as_str());
+        let (bot, chat, uid) = (
+            ctx.bot_id.as_str(),
+            ctx.chat_id.as_str(),
+            ctx.user.id.as_str(),
+        );
 
         if let Some(w) = cfg.banned.find(&ctx.text) {
             return self.block(&mut st, ctx, now, w, "banned_word");
@@ -249,12 +279,30 @@ impl Playbook {
         };
         let base_vars = self.vars(&cfg, &s, now, &ctx.user.nickname, &group_name);
         let style = s.style_for(&ctx.user.tags).to_string();
-        let t = Target { bot, chat, user: uid, source_id: &ctx.message_id };
+        let t = Target {
+            bot,
+            chat,
+            user: uid,
+            source_id: &ctx.message_id,
+        };
 
-        let mut d = self.decide_inner(&mut st, &cfg, &s, ctx, cls, display_names, &t, now, &base_vars, &style, interactions);
+        let mut d = self.decide_inner(
+            &mut st,
+            &cfg,
+            &s,
+            ctx,
+            cls,
+            display_names,
+            &t,
+            now,
+            &base_vars,
+            &style,
+            interactions,
+        );
 
         // First contact: the automation disclosure goes before the first thing we send.
-        let sends = d.reply.is_some() && matches!(d.action, Action::Reply | Action::Clarify | Action::Handoff);
+        let sends = d.reply.is_some()
+            && matches!(d.action, Action::Reply | Action::Clarify | Action::Handoff);
         if sends && s.disclosure_enabled {
             let first = !st.user(bot, chat, uid).disclosed;
             if first {
@@ -262,13 +310,28 @@ impl Playbook {
                 // The ask_bot reply is itself the disclosure.
                 if !(understood && cls.intent == "ask_bot") {
                     let pick = seeded(self.seed, &["disclosure", uid]);
-                    if let Some(r) = cfg.replies.choose("disclosure", &style, pick, &cfg.banned, &|tp: &Template| tp.render(&base_vars)) {
+                    if let Some(r) = cfg.replies.choose(
+                        "disclosure",
+                        &style,
+                        pick,
+                        &cfg.banned,
+                        &|tp: &Template| tp.render(&base_vars),
+                    ) {
                         d.notices.push(r.text);
                     }
                 }
             }
         }
-        self.maybe_push(&mut st, &s, bot, chat, &group_name, &ctx.user, now, interactions);
+        self.maybe_push(
+            &mut st,
+            &s,
+            bot,
+            chat,
+            &group_name,
+            &ctx.user,
+            now,
+            interactions,
+        );
         d
     }
 
@@ -306,15 +369,36 @@ impl Playbook {
             st.handoffs.open(t.bot, t.chat, now);
             let mut vars = base_vars.clone();
             vars.wait_minutes = wait.to_string();
-            vars.open_time = opens.map(|o| local(s.timezone, o).format("%H:%M").to_string()).unwrap_or_default();
+            vars.open_time = opens
+                .map(|o| local(s.timezone, o).format("%H:%M").to_string())
+                .unwrap_or_default();
             let reply = self.choose(cfg, "off_hours", style, t.user, &vars);
-            return self.finish(st, s, t, now, Action::Handoff, reply, "off_hours", None, Priority::High);
+            return self.finish(
+                st,
+                s,
+                t,
+                now,
+                Action::Handoff,
+                reply,
+                "off_hours",
+                None,
+                Priority::High,
+            );
         }
 
         if !understood {
             let streak = st.handoffs.not_understood(t.bot, t.chat, t.user);
             if streak >= s.handoff.not_understood_limit {
-                return self.handoff(st, cfg, s, t, now, base_vars, style, "handoff:not_understood");
+                return self.handoff(
+                    st,
+                    cfg,
+                    s,
+                    t,
+                    now,
+                    base_vars,
+                    style,
+                    "handoff:not_understood",
+                );
             }
             let sep = cfg.replies.list_separator.as_str();
             let names: Vec<String> = cls
@@ -336,7 +420,17 @@ impl Playbook {
             if reply.is_none() {
                 return decision(Action::Ignore, None, "banned_word:outbound");
             }
-            return self.finish(st, s, t, now, Action::Clarify, reply, "clarify", None, Priority::Normal);
+            return self.finish(
+                st,
+                s,
+                t,
+                now,
+                Action::Clarify,
+                reply,
+                "clarify",
+                None,
+                Priority::Normal,
+            );
         }
         st.handoffs.reset_streak(t.bot, t.chat, t.user);
 
@@ -345,19 +439,35 @@ impl Playbook {
         }
 
         let cd = s.cooldown.for_key(intent);
-        if cd > 0 && st.cooldowns.remaining(t.bot, t.chat, t.user, intent, now, cd).is_some() {
+        if cd > 0
+            && st
+                .cooldowns
+                .remaining(t.bot, t.chat, t.user, intent, now, cd)
+                .is_some()
+        {
             return decision(Action::Ignore, None, "cooldown");
         }
 
         let mut chosen: Option<(ReplyOut, String)> = None;
-        if let Some(rule) = s.rules.iter().find(|r| r.applies(intent, &ctx.user, interactions)) {
-            chosen = self.choose(cfg, &rule.reply, style, t.user, base_vars).map(|r| (r, format!("rule:{}", rule.id)));
+        if let Some(rule) = s
+            .rules
+            .iter()
+            .find(|r| r.applies(intent, &ctx.user, interactions))
+        {
+            chosen = self
+                .choose(cfg, &rule.reply, style, t.user, base_vars)
+                .map(|r| (r, format!("rule:{}", rule.id)));
         }
         if chosen.is_none() {
             if let Some(exp) = s.experiment_for(intent) {
                 let vid = exp.variant_for(t.user);
                 if let Some(v) = cfg.replies.variant(intent, vid) {
-                    if let Some(mut r) = cfg.replies.render_variant(intent, v, &cfg.banned, &|tp: &Template| tp.render(base_vars)) {
+                    if let Some(mut r) =
+                        cfg.replies
+                            .render_variant(intent, v, &cfg.banned, &|tp: &Template| {
+                                tp.render(base_vars)
+                            })
+                    {
                         r.variant_id = format!("{}/{}", exp.id, vid);
                         r.experiment = exp.id.clone();
                         chosen = Some((r, format!("ab:{}", exp.id)));
@@ -366,13 +476,29 @@ impl Playbook {
             }
         }
         if chosen.is_none() {
-            chosen = self.choose(cfg, intent, style, t.user, base_vars).map(|r| (r, "faq".to_string()));
+            chosen = self
+                .choose(cfg, intent, style, t.user, base_vars)
+                .map(|r| (r, "faq".to_string()));
         }
         let Some((reply, reason)) = chosen else {
-            let why = if cfg.replies.has(intent) { "banned_word:outbound" } else { "no_reply" };
+            let why = if cfg.replies.has(intent) {
+                "banned_word:outbound"
+            } else {
+                "no_reply"
+            };
             return decision(Action::Ignore, None, why);
         };
-        let d = self.finish(st, s, t, now, Action::Reply, Some(reply), &reason, Some(intent), Priority::Normal);
+        let d = self.finish(
+            st,
+            s,
+            t,
+            now,
+            Action::Reply,
+            Some(reply),
+            &reason,
+            Some(intent),
+            Priority::Normal,
+        );
         if d.action == Action::Reply || d.reason == "merged:spacing" {
             st.cooldowns.record(t.bot, t.chat, t.user, intent, now);
         }
@@ -397,7 +523,17 @@ impl Playbook {
         let mut vars = base_vars.clone();
         vars.wait_minutes = wait.to_string();
         let reply = self.choose(cfg, "handoff", style, t.user, &vars);
-        self.finish(st, s, t, now, Action::Handoff, reply, reason, None, Priority::High)
+        self.finish(
+            st,
+            s,
+            t,
+            now,
+            Action::Handoff,
+            reply,
+            reason,
+            None,
+            Priority::High,
+        )
     }
 
     /// Apply group spacing to a decision that sends `reply`.
@@ -417,8 +553,14 @@ impl Playbook {
         let Some(reply) = reply else {
             return decision(action, None, reason);
         };
-        let roll = seeded(self.seed, &["jitter", t.bot, t.chat, t.source_id, &now.to_string()]);
-        let g = st.spacing.entry((t.bot.to_string(), t.chat.to_string())).or_default();
+        let roll = seeded(
+            self.seed,
+            &["jitter", t.bot, t.chat, t.source_id, &now.to_string()],
+        );
+        let g = st
+            .spacing
+            .entry((t.bot.to_string(), t.chat.to_string()))
+            .or_default();
         match g.plan(now, &s.spacing, merge_key, priority, roll) {
             SpacingOutcome::Send { at_ms } => {
                 let mut d = decision(action, Some(reply), reason);
@@ -445,7 +587,14 @@ impl Playbook {
         }
     }
 
-    fn vars(&self, cfg: &OperatorConfig, s: &Settings, now: i64, nickname: &str, group_name: &str) -> Vars {
+    fn vars(
+        &self,
+        cfg: &OperatorConfig,
+        s: &Settings,
+        now: i64,
+        nickname: &str,
+        group_name: &str,
+    ) -> Vars {
         let lt = local(s.timezone, now);
         Vars {
             nickname: nickname.to_string(),
@@ -456,19 +605,42 @@ impl Playbook {
         }
     }
 
-    fn choose(&self, cfg: &OperatorConfig, key: &str, style: &str, user: &str, vars: &Vars) -> Option<ReplyOut> {
+    fn choose(
+        &self,
+        cfg: &OperatorConfig,
+        key: &str,
+        style: &str,
+        user: &str,
+        vars: &Vars,
+    ) -> Option<ReplyOut> {
         let pick = seeded(self.seed, &["reply", user, key]);
-        cfg.replies.choose(key, style, pick, &cfg.banned, &|tp: &Template| tp.render(vars))
+        cfg.replies
+            .choose(key, style, pick, &cfg.banned, &|tp: &Template| {
+                tp.render(vars)
+            })
     }
 
     /// Queue at most one personal push for a user who just talked, if a push rule matches and
     /// their frequency tier allows another push.
     #[allow(clippy::too_many_arguments)]
-    fn maybe_push(&self, st: &mut State, s: &Settings, bot: &str, chat: &str, chat_name: &str, user: &UserInfo, now: i64, interactions: u32) {
+    fn maybe_push(
+        &self,
+        st: &mut State,
+        s: &Settings,
+        bot: &str,
+        chat: &str,
+        chat_name: &str,
+        user: &UserInfo,
+        now: i64,
+        interactions: u32,
+    ) {
         let interval = s.frequency.push_interval_ms(interactions);
         let u = st.user(bot, chat, &user.id);
         let Some(rule) = s.pushes.iter().find(|p| {
-            p.when.matches(user, interactions) && u.last_push.get(&p.id).is_none_or(|&last| now - last >= interval)
+            p.when.matches(user, interactions)
+                && u.last_push
+                    .get(&p.id)
+                    .is_none_or(|&last| now - last >= interval)
         }) else {
             return;
         };
@@ -504,11 +676,22 @@ impl Playbook {
         let (bot, chat, uid) = (ev.bot_id.as_str(), ev.chat_id.as_str(), ev.user.id.as_str());
         let activity = ev.kind == EventKind::Activity;
         st.scheduler.touch(bot, chat, &ev.chat_name, now, activity);
-        let group_name =
-            if ev.chat_name.is_empty() { st.scheduler.chat_name(bot, chat).to_string() } else { ev.chat_name.clone() };
+        let group_name = if ev.chat_name.is_empty() {
+            st.scheduler.chat_name(bot, chat).to_string()
+        } else {
+            ev.chat_name.clone()
+        };
         let style = s.style_for(&ev.user.tags).to_string();
-        let t = Target { bot, chat, user: uid, source_id: &ev.event_id };
-        let plain = |d: PolicyDecision| EventDecision { decision: d, merged_user_ids: Vec::new() };
+        let t = Target {
+            bot,
+            chat,
+            user: uid,
+            source_id: &ev.event_id,
+        };
+        let plain = |d: PolicyDecision| EventDecision {
+            decision: d,
+            merged_user_ids: Vec::new(),
+        };
 
         match ev.kind {
             EventKind::MemberJoined => {
@@ -521,21 +704,43 @@ impl Playbook {
                     let d = if reply.is_none() {
                         decision(Action::Ignore, None, "banned_word:outbound")
                     } else {
-                        self.finish(&mut st, &s, &t, now, Action::Reply, reply, "welcome", None, Priority::High)
+                        self.finish(
+                            &mut st,
+                            &s,
+                            &t,
+                            now,
+                            Action::Reply,
+                            reply,
+                            "welcome",
+                            None,
+                            Priority::High,
+                        )
                     };
-                    return EventDecision { decision: d, merged_user_ids: vec![uid.to_string()] };
+                    return EventDecision {
+                        decision: d,
+                        merged_user_ids: vec![uid.to_string()],
+                    };
                 }
                 let send_at = now + s.welcome_merge_window_ms;
                 match st.welcomes.join(bot, chat, &group_name, &ev.user, send_at) {
                     JoinOutcome::Opened { send_at_ms } => {
                         let mut d = decision(Action::Reply, None, "welcome:queued");
                         d.send_after_ms = send_at_ms - now;
-                        EventDecision { decision: d, merged_user_ids: vec![uid.to_string()] }
+                        EventDecision {
+                            decision: d,
+                            merged_user_ids: vec![uid.to_string()],
+                        }
                     }
-                    JoinOutcome::Merged { send_at_ms, user_ids } => {
+                    JoinOutcome::Merged {
+                        send_at_ms,
+                        user_ids,
+                    } => {
                         let mut d = decision(Action::Ignore, None, "merged_welcome");
                         d.send_after_ms = (send_at_ms - now).max(0);
-                        EventDecision { decision: d, merged_user_ids: user_ids }
+                        EventDecision {
+                            decision: d,
+                            merged_user_ids: user_ids,
+                        }
                     }
                 }
             }
@@ -557,14 +762,29 @@ impl Playbook {
                     key = fallback.to_string();
                 }
                 let cd = s.cooldown.default_ms;
-                if cd > 0 && st.cooldowns.remaining(bot, chat, uid, &key, now, cd).is_some() {
+                if cd > 0
+                    && st
+                        .cooldowns
+                        .remaining(bot, chat, uid, &key, now, cd)
+                        .is_some()
+                {
                     return plain(decision(Action::Ignore, None, "cooldown"));
                 }
                 let vars = self.vars(&cfg, &s, now, &ev.user.nickname, &group_name);
                 let Some(reply) = self.choose(&cfg, &key, &style, uid, &vars) else {
                     return plain(decision(Action::Ignore, None, "banned_word:outbound"));
                 };
-                let d = self.finish(&mut st, &s, &t, now, Action::Reply, Some(reply), reason, Some(&key), Priority::Normal);
+                let d = self.finish(
+                    &mut st,
+                    &s,
+                    &t,
+                    now,
+                    Action::Reply,
+                    Some(reply),
+                    reason,
+                    Some(&key),
+                    Priority::Normal,
+                );
                 if d.action == Action::Reply {
                     st.cooldowns.record(bot, chat, uid, &key, now);
                 }
@@ -579,7 +799,16 @@ impl Playbook {
                     u.activity.count(now, window)
                 };
                 if !uid.is_empty() {
-                    self.maybe_push(&mut st, &s, bot, chat, &group_name, &ev.user, now, interactions);
+                    self.maybe_push(
+                        &mut st,
+                        &s,
+                        bot,
+                        chat,
+                        &group_name,
+                        &ev.user,
+                        now,
+                        interactions,
+                    );
                 }
                 plain(decision(Action::Ignore, None, "activity"))
             }
@@ -616,17 +845,28 @@ impl Playbook {
                 slot_reserved: false,
             });
         }
-        jobs.sort_by(|a, b| (a.at_ms, &a.bot_id, &a.chat_id, &a.rule_id).cmp(&(b.at_ms, &b.bot_id, &b.chat_id, &b.rule_id)));
+        jobs.sort_by(|a, b| {
+            (a.at_ms, &a.bot_id, &a.chat_id, &a.rule_id)
+                .cmp(&(b.at_ms, &b.bot_id, &b.chat_id, &b.rule_id))
+        });
 
         let mut out = Vec::new();
         for mut job in jobs {
             let s = settings(&job.bot_id, &job.chat_id);
             if !job.slot_reserved {
-                let g = st.spacing.entry((job.bot_id.clone(), job.chat_id.clone())).or_default();
+                let g = st
+                    .spacing
+                    .entry((job.bot_id.clone(), job.chat_id.clone()))
+                    .or_default();
                 if g.next_free_ms(now_ms, &s.spacing) > now_ms {
                     // The group had a bot send too recently: take the next slot and come back then.
-                    let roll = seeded(self.seed, &["jitter", &job.chat_id, &job.rule_id, &job.at_ms.to_string()]);
-                    if let SpacingOutcome::Send { at_ms } = g.plan(now_ms, &s.spacing, None, Priority::High, roll) {
+                    let roll = seeded(
+                        self.seed,
+                        &["jitter", &job.chat_id, &job.rule_id, &job.at_ms.to_string()],
+                    );
+                    if let SpacingOutcome::Send { at_ms } =
+                        g.plan(now_ms, &s.spacing, None, Priority::High, roll)
+                    {
                         job.at_ms = at_ms;
                     }
                     job.slot_reserved = true;
@@ -659,17 +899,46 @@ impl Playbook {
         out
     }
 
-    fn render_job(&self, cfg: &OperatorConfig, s: &Settings, job: &Job, now: i64) -> Option<ReplyOut> {
+    fn render_job(
+        &self,
+        cfg: &OperatorConfig,
+        s: &Settings,
+        job: &Job,
+        now: i64,
+    ) -> Option<ReplyOut> {
         match &job.content {
             JobContent::Ready(r) => Some(r.clone()),
-            JobContent::Render { key, user, nickname, days_left, event_name } => {
-                let nick = nickname.clone().or_else(|| user.as_ref().map(|u| u.nickname.clone())).unwrap_or_default();
+            JobContent::Render {
+                key,
+                user,
+                nickname,
+                days_left,
+                event_name,
+            } => {
+                let nick = nickname
+                    .clone()
+                    .or_else(|| user.as_ref().map(|u| u.nickname.clone()))
+                    .unwrap_or_default();
                 let mut vars = self.vars(cfg, s, now, &nick, &job.chat_name);
                 vars.days_left = days_left.map(|d| d.to_string()).unwrap_or_default();
                 vars.event_name = event_name.clone();
-                let style = user.as_ref().map(|u| s.style_for(&u.tags)).unwrap_or(&s.style);
-                let pick = seeded(self.seed, &["proactive", &job.rule_id, &job.chat_id, &job.at_ms.to_string()]);
-                cfg.replies.choose(key, style, pick, &cfg.banned, &|tp: &Template| tp.render(&vars))
+                let style = user
+                    .as_ref()
+                    .map(|u| s.style_for(&u.tags))
+                    .unwrap_or(&s.style);
+                let pick = seeded(
+                    self.seed,
+                    &[
+                        "proactive",
+                        &job.rule_id,
+                        &job.chat_id,
+                        &job.at_ms.to_string(),
+                    ],
+                );
+                cfg.replies
+                    .choose(key, style, pick, &cfg.banned, &|tp: &Template| {
+                        tp.render(&vars)
+                    })
             }
         }
     }
@@ -682,7 +951,9 @@ impl Playbook {
         let cfg = self.config();
         let now = self.clock.now_ms();
         let st = self.state.lock();
-        let a = st.scheduler.next_due_ms(now, &|b: &str, c: &str| cfg.settings(b, c).clone());
+        let a = st
+            .scheduler
+            .next_due_ms(now, &|b: &str, c: &str| cfg.settings(b, c).clone());
         let b = st.welcomes.next_due_ms();
         match (a, b) {
             (Some(x), Some(y)) => Some(x.min(y)),
@@ -704,7 +975,11 @@ impl Playbook {
 
     /// (human share, target) for a group since start: (handoffs + human replies) / messages.
     pub fn human_share(&self, bot_id: &str, chat_id: &str) -> (f64, f64) {
-        let target = self.config().settings(bot_id, chat_id).handoff.human_share_target;
+        let target = self
+            .config()
+            .settings(bot_id, chat_id)
+            .handoff
+            .human_share_target;
         (self.state.lock().handoffs.share(bot_id, chat_id), target)
     }
 

@@ -12,7 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const BOT: &str = "bot1";
 
 fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-    to_ms(chrono_tz::Asia::Shanghai, NaiveDate::from_ymd_opt(y, mo, d).unwrap().and_hms_opt(h, mi, s).unwrap())
+    to_ms(
+        chrono_tz::Asia::Shanghai,
+        NaiveDate::from_ymd_opt(y, mo, d)
+            .unwrap()
+            .and_hms_opt(h, mi, s)
+            .unwrap(),
+    )
 }
 
 /// 2027-03-01 is a Monday.
@@ -57,7 +63,11 @@ struct Fx {
 fn write_dir(playbook: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    std::fs::write(p.join("banned_words.txt"), "# test list\n微信\nwechat\n代开发票\n").unwrap();
+    std::fs::write(
+        p.join("banned_words.txt"),
+        "# test list\n微信\nwechat\n代开发票\n",
+    )
+    .unwrap();
     std::fs::write(
         p.join("calendar.yml"),
         "festivals:\n  - { name: 春节, date: 2027-02-06, days: 3, greeting: 新春快乐！ }\n",
@@ -76,7 +86,11 @@ fn fx_at(playbook: &str, start: i64) -> Fx {
     let dir = write_dir(playbook);
     let clock = Arc::new(ManualClock::new(start));
     let pb = Playbook::load(dir.path(), clock.clone(), 42).unwrap_or_else(|e| panic!("{e}"));
-    Fx { pb, clock, _dir: dir }
+    Fx {
+        pb,
+        clock,
+        _dir: dir,
+    }
 }
 
 fn fx(playbook: &str) -> Fx {
@@ -84,7 +98,11 @@ fn fx(playbook: &str) -> Fx {
 }
 
 fn user(id: &str, nick: &str) -> UserInfo {
-    UserInfo { id: id.into(), nickname: nick.into(), ..Default::default() }
+    UserInfo {
+        id: id.into(),
+        nickname: nick.into(),
+        ..Default::default()
+    }
 }
 
 static MSG: AtomicU64 = AtomicU64::new(0);
@@ -105,7 +123,10 @@ fn cls(intent: &str) -> Classification {
     Classification {
         intent: intent.into(),
         confidence: 0.9,
-        ranking: vec![IntentScore { intent: intent.into(), confidence: 0.9 }],
+        ranking: vec![IntentScore {
+            intent: intent.into(),
+            confidence: 0.9,
+        }],
         source: Source::Model,
         matched_terms: vec![],
         needs_clarification: false,
@@ -118,7 +139,13 @@ fn unclear(cands: &[&str]) -> Classification {
     Classification {
         intent: String::new(),
         confidence: 0.3,
-        ranking: cands.iter().map(|c| IntentScore { intent: c.to_string(), confidence: 0.3 }).collect(),
+        ranking: cands
+            .iter()
+            .map(|c| IntentScore {
+                intent: c.to_string(),
+                confidence: 0.3,
+            })
+            .collect(),
         source: Source::Fallback,
         matched_terms: vec![],
         needs_clarification: true,
@@ -138,7 +165,8 @@ fn names(i: &str) -> String {
 
 impl Fx {
     fn ask(&self, chat: &str, u: &UserInfo, intent: &str) -> PolicyDecision {
-        self.pb.decide_message(&msg(chat, u, "问题"), &cls(intent), &names)
+        self.pb
+            .decide_message(&msg(chat, u, "问题"), &cls(intent), &names)
     }
     fn ask_cls(&self, chat: &str, u: &UserInfo, c: &Classification) -> PolicyDecision {
         self.pb.decide_message(&msg(chat, u, "嗯？"), c, &names)
@@ -181,12 +209,21 @@ fn shipped_operator_config_loads_and_answers() {
     let s = cfg.settings("demo_bot", "vip_lounge");
     assert_eq!(s.spacing.min_interval_ms, 10_000);
     assert_eq!(s.experiments[0].variants.len(), 3);
-    let d = pb.decide_message(&msg("g1", &user("u1", "小王"), "多少钱"), &cls("price"), &names);
+    let d = pb.decide_message(
+        &msg("g1", &user("u1", "小王"), "多少钱"),
+        &cls("price"),
+        &names,
+    );
     assert_eq!(d.action, Action::Reply);
     assert!(text(&d).contains("小王"), "{}", text(&d));
     assert_eq!(d.notices.len(), 1, "first contact carries the disclosure");
-    let d = pb.precheck(&msg("g1", &user("u2", "x"), "加我 微-信 领红包")).unwrap();
-    assert_eq!((d.action, d.reason.as_str()), (Action::Block, "banned_word"));
+    let d = pb
+        .precheck(&msg("g1", &user("u2", "x"), "加我 微-信 领红包"))
+        .unwrap();
+    assert_eq!(
+        (d.action, d.reason.as_str()),
+        (Action::Block, "banned_word")
+    );
 }
 
 #[test]
@@ -210,11 +247,19 @@ fn faq_reply_spacing_with_jitter_bounds_and_reproducible_seed() {
     assert_eq!(text(&a), "小王，关于price请看说明");
     assert_eq!(a.reply.as_ref().unwrap().variant_id, "price/a");
     assert!((0..=3000).contains(&a.send_after_ms), "{}", a.send_after_ms);
-    assert!((a.send_after_ms + 15_000..=a.send_after_ms + 18_000).contains(&b.send_after_ms), "{} {}", a.send_after_ms, b.send_after_ms);
+    assert!(
+        (a.send_after_ms + 15_000..=a.send_after_ms + 18_000).contains(&b.send_after_ms),
+        "{} {}",
+        a.send_after_ms,
+        b.send_after_ms
+    );
     assert!((b.send_after_ms + 15_000..=b.send_after_ms + 18_000).contains(&c.send_after_ms));
     // Same seed, same inputs: the same jitter.
     let (a2, b2, c2) = run();
-    assert_eq!((a.send_after_ms, b.send_after_ms, c.send_after_ms), (a2.send_after_ms, b2.send_after_ms, c2.send_after_ms));
+    assert_eq!(
+        (a.send_after_ms, b.send_after_ms, c.send_after_ms),
+        (a2.send_after_ms, b2.send_after_ms, c2.send_after_ms)
+    );
 }
 
 #[test]
@@ -225,15 +270,24 @@ fn spacing_merges_same_intent_and_drops_when_queue_full() {
     let d2 = f.ask("g", &user("u2", "b"), "price");
     assert_eq!((d2.action, d2.send_after_ms), (Action::Reply, 15_000));
     let d3 = f.ask("g", &user("u3", "c"), "price");
-    assert_eq!((d3.action, d3.reason.as_str(), d3.send_after_ms), (Action::Ignore, "merged:spacing", 15_000));
+    assert_eq!(
+        (d3.action, d3.reason.as_str(), d3.send_after_ms),
+        (Action::Ignore, "merged:spacing", 15_000)
+    );
     assert!(d3.reply.is_none());
     let d4 = f.ask("g", &user("u4", "d"), "stock");
     assert_eq!((d4.action, d4.send_after_ms), (Action::Reply, 30_000));
     let d5 = f.ask("g", &user("u5", "e"), "refund");
-    assert_eq!((d5.action, d5.reason.as_str()), (Action::Ignore, "dropped:spacing_queue_full"));
+    assert_eq!(
+        (d5.action, d5.reason.as_str()),
+        (Action::Ignore, "dropped:spacing_queue_full")
+    );
     let dropped = f.pb.dropped_sends();
     assert_eq!(dropped.len(), 1);
-    assert_eq!((dropped[0].user_id.as_str(), dropped[0].key.as_str()), ("u5", "refund"));
+    assert_eq!(
+        (dropped[0].user_id.as_str(), dropped[0].key.as_str()),
+        ("u5", "refund")
+    );
     // A handoff is never dropped: it takes the slot after the queue.
     let d6 = f.ask("g", &user("u6", "f"), "complaint");
     assert_eq!((d6.action, d6.send_after_ms), (Action::Handoff, 45_000));
@@ -242,7 +296,10 @@ fn spacing_merges_same_intent_and_drops_when_queue_full() {
     // Once the queue drained, the dropped user can ask again.
     f.step(31);
     let d7 = f.ask("g", &user("u5", "e"), "refund");
-    assert_eq!((d7.action, d7.send_after_ms), (Action::Reply, 60_000 - 31_000));
+    assert_eq!(
+        (d7.action, d7.send_after_ms),
+        (Action::Reply, 60_000 - 31_000)
+    );
     assert_eq!(f.pb.drain_dropped_sends().len(), 1);
     assert!(f.pb.dropped_sends().is_empty());
 }
@@ -260,7 +317,8 @@ fn cooldown_per_user_and_intent() {
     f.step(240);
     assert_eq!(f.ask("g", &u1, "price").reason, "faq");
     // Per-intent cooldown.
-    let f = fx(&(BASE.to_string() + "  cooldown: { default_s: 300, per_intent_s: { price: 10 } }\n"));
+    let f =
+        fx(&(BASE.to_string() + "  cooldown: { default_s: 300, per_intent_s: { price: 10 } }\n"));
     f.ask("g", &u1, "price");
     f.step(11);
     assert_eq!(f.ask("g", &u1, "price").action, Action::Reply);
@@ -270,7 +328,10 @@ fn cooldown_per_user_and_intent() {
 fn handoff_intents_announce_the_wait() {
     let f = fx(BASE);
     let d = f.ask("g", &user("u1", "a"), "complaint");
-    assert_eq!((d.action, d.reason.as_str(), text(&d)), (Action::Handoff, "handoff:intent", "已转人工，预计等待5分钟"));
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (Action::Handoff, "handoff:intent", "已转人工，预计等待5分钟")
+    );
     let d = f.ask("g2", &user("u2", "b"), "ask_human");
     assert_eq!(text(&d), "已转人工，预计等待10分钟");
     f.pb.record_human_reply(BOT, "g");
@@ -278,11 +339,20 @@ fn handoff_intents_announce_the_wait() {
     assert_eq!(text(&d), "已转人工，预计等待10分钟");
     // Open handoffs expire after the TTL (60 min).
     f.step(3600);
-    assert_eq!(text(&f.ask("g4", &user("u4", "d"), "complaint")), "已转人工，预计等待5分钟");
+    assert_eq!(
+        text(&f.ask("g4", &user("u4", "d"), "complaint")),
+        "已转人工，预计等待5分钟"
+    );
     let f = fx(&(BASE.to_string() + "  handoff: { fixed_wait_minutes: 8, intents: [refund] }\n"));
     let d = f.ask("g", &user("u1", "a"), "refund");
-    assert_eq!((d.action, text(&d)), (Action::Handoff, "已转人工，预计等待8分钟"));
-    assert_eq!(f.ask("g", &user("u1", "a"), "complaint").action, Action::Reply);
+    assert_eq!(
+        (d.action, text(&d)),
+        (Action::Handoff, "已转人工，预计等待8分钟")
+    );
+    assert_eq!(
+        f.ask("g", &user("u1", "a"), "complaint").action,
+        Action::Reply
+    );
 }
 
 #[test]
@@ -290,9 +360,19 @@ fn not_understood_twice_in_a_row_goes_to_a_human() {
     let f = fx(BASE);
     let u1 = user("u1", "小王");
     let d = f.ask_cls("g", &u1, &unclear(&["price", "stock"]));
-    assert_eq!((d.action, d.reason.as_str(), text(&d)), (Action::Clarify, "clarify", "您是想问：询价、库存/有货？"));
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (Action::Clarify, "clarify", "您是想问：询价、库存/有货？")
+    );
     let d = f.ask_cls("g", &u1, &unclear(&["price"]));
-    assert_eq!((d.action, d.reason.as_str(), text(&d)), (Action::Handoff, "handoff:not_understood", "已转人工，预计等待5分钟"));
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (
+            Action::Handoff,
+            "handoff:not_understood",
+            "已转人工，预计等待5分钟"
+        )
+    );
     // The streak starts over after the handoff.
     assert_eq!(f.ask_cls("g", &u1, &unclear(&[])).action, Action::Clarify);
     // Understood in between: no handoff.
@@ -302,7 +382,10 @@ fn not_understood_twice_in_a_row_goes_to_a_human() {
     assert_eq!(f.ask("g", &u2, "price").action, Action::Reply);
     f.step(100);
     let d = f.ask_cls("g", &u2, &unclear(&[]));
-    assert_eq!((d.action, text(&d)), (Action::Clarify, "没太明白，能换个说法吗？"));
+    assert_eq!(
+        (d.action, text(&d)),
+        (Action::Clarify, "没太明白，能换个说法吗？")
+    );
 }
 
 #[test]
@@ -326,10 +409,23 @@ fn off_hours_reply_once_then_handoff_queue() {
     let f = fx_at(&pb, ms(2027, 3, 5, 22, 0, 0)); // Friday night
     let u1 = user("u1", "a");
     let d = f.ask("g", &u1, "price");
-    assert_eq!((d.action, d.reason.as_str(), text(&d)), (Action::Handoff, "off_hours", "现在是下班时间，09:00后回复您"));
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (
+            Action::Handoff,
+            "off_hours",
+            "现在是下班时间，09:00后回复您"
+        )
+    );
     let d = f.ask("g", &u1, "stock");
-    assert_eq!((d.action, d.reason.as_str(), d.reply.is_none()), (Action::Handoff, "off_hours", true));
-    assert_eq!(text(&f.ask("g", &user("u2", "b"), "price")), "现在是下班时间，09:00后回复您");
+    assert_eq!(
+        (d.action, d.reason.as_str(), d.reply.is_none()),
+        (Action::Handoff, "off_hours", true)
+    );
+    assert_eq!(
+        text(&f.ask("g", &user("u2", "b"), "price")),
+        "现在是下班时间，09:00后回复您"
+    );
     f.clock.set_ms(ms(2027, 3, 8, 9, 30, 0)); // Monday morning
     let d = f.ask("g", &u1, "price");
     assert_eq!((d.action, d.reason.as_str()), (Action::Reply, "faq"));
@@ -337,16 +433,25 @@ fn off_hours_reply_once_then_handoff_queue() {
 
 #[test]
 fn disclosure_on_first_contact_only() {
-    let f = fx(&BASE.replace("disclosure: { enabled: false }", "disclosure: { enabled: true }"));
+    let f = fx(&BASE.replace(
+        "disclosure: { enabled: false }",
+        "disclosure: { enabled: true }",
+    ));
     let u1 = user("u1", "a");
-    assert_eq!(f.ask("g", &u1, "price").notices, vec!["我是自动助手".to_string()]);
+    assert_eq!(
+        f.ask("g", &u1, "price").notices,
+        vec!["我是自动助手".to_string()]
+    );
     assert!(f.ask("g", &u1, "stock").notices.is_empty());
     // Per chat: the same user in another group is told again.
     assert_eq!(f.ask("g2", &u1, "price").notices.len(), 1);
     // Asking "are you a bot" is answered by the ask_bot reply itself.
     let u2 = user("u2", "b");
     let d = f.ask("g", &u2, "ask_bot");
-    assert_eq!((d.action, d.notices.len(), text(&d)), (Action::Reply, 0, "b，关于ask_bot请看说明"));
+    assert_eq!(
+        (d.action, d.notices.len(), text(&d)),
+        (Action::Reply, 0, "b，关于ask_bot请看说明")
+    );
     assert!(f.ask("g", &u2, "price").notices.is_empty());
 }
 
@@ -354,14 +459,28 @@ fn disclosure_on_first_contact_only() {
 fn banned_words_block_with_review_entry_and_obfuscations_are_caught() {
     let f = fx(BASE);
     let u = user("u1", "a");
-    for t in ["加我微 信聊 13812345678", "加我微-信", "联系ＷＥＣＨＡＴ", "可以代\u{200b}开发票吗", "Wechat 号多少"] {
-        let d = f.pb.precheck(&msg("g", &u, t)).unwrap_or_else(|| panic!("not caught: {t}"));
-        assert_eq!((d.action, d.reason.as_str()), (Action::Block, "banned_word"));
+    for t in [
+        "加我微 信聊 13812345678",
+        "加我微-信",
+        "联系ＷＥＣＨＡＴ",
+        "可以代\u{200b}开发票吗",
+        "Wechat 号多少",
+    ] {
+        let d =
+            f.pb.precheck(&msg("g", &u, t))
+                .unwrap_or_else(|| panic!("not caught: {t}"));
+        assert_eq!(
+            (d.action, d.reason.as_str()),
+            (Action::Block, "banned_word")
+        );
     }
     assert!(f.pb.precheck(&msg("g", &u, "这个多少钱？")).is_none());
     let q = f.pb.review_queue();
     assert_eq!(q.len(), 5);
-    assert_eq!((q[0].matched.as_str(), q[0].text.as_str()), ("微信", "加我微 信聊 [PHONE]"));
+    assert_eq!(
+        (q[0].matched.as_str(), q[0].text.as_str()),
+        ("微信", "加我微 信聊 [PHONE]")
+    );
     assert_eq!(q[2].matched, "wechat");
     // decide_message after precheck on the same message does not add a second entry.
     let m = msg("g", &u, "加微信");
@@ -377,7 +496,10 @@ fn outbound_never_contains_a_banned_word() {
     let f = fx(BASE);
     // Every variant renders the nickname, which carries the banned word.
     let d = f.ask("g", &user("u1", "加微 信"), "price");
-    assert_eq!((d.action, d.reason.as_str(), d.reply.is_none()), (Action::Ignore, "banned_word:outbound", true));
+    assert_eq!(
+        (d.action, d.reason.as_str(), d.reply.is_none()),
+        (Action::Ignore, "banned_word:outbound", true)
+    );
 }
 
 #[test]
@@ -387,7 +509,10 @@ fn spam_is_blocked_and_silent_intents_ignored() {
     assert_eq!((d.action, d.reason.as_str()), (Action::Block, "spam_ads"));
     assert_eq!(f.pb.review_queue()[0].reason, "spam_ads");
     let d = f.ask("g", &user("u1", "a"), "chitchat");
-    assert_eq!((d.action, d.reason.as_str()), (Action::Ignore, "silent_intent"));
+    assert_eq!(
+        (d.action, d.reason.as_str()),
+        (Action::Ignore, "silent_intent")
+    );
 }
 
 #[test]
@@ -404,7 +529,10 @@ fn attribute_rules_vip_city_tags_and_frequency() {
     let mut vip = user("v", "老王");
     vip.vip_level = 3;
     let d = f.ask("g", &vip, "price");
-    assert_eq!((d.reason.as_str(), text(&d)), ("rule:vip", "老王您好，VIP专属客服为您服务"));
+    assert_eq!(
+        (d.reason.as_str(), text(&d)),
+        ("rule:vip", "老王您好，VIP专属客服为您服务")
+    );
     assert_eq!(d.reply.as_ref().unwrap().variant_id, "vip_service/v1");
     f.step(20);
     vip.vip_level = 2;
@@ -412,7 +540,10 @@ fn attribute_rules_vip_city_tags_and_frequency() {
     f.step(20);
     let mut sh = user("s", "小上");
     sh.city = "上海".into();
-    assert_eq!(text(&f.ask("g", &sh, "event_signup")), "小上，上海本地活动周六见");
+    assert_eq!(
+        text(&f.ask("g", &sh, "event_signup")),
+        "小上，上海本地活动周六见"
+    );
     f.step(20);
     sh.city = "北京".into();
     assert_eq!(f.ask("g", &sh, "event_signup").reason, "faq");
@@ -446,19 +577,42 @@ fn ab_experiment_is_sticky_and_weighted_over_3000_users() {
     for i in 0..3000 {
         let d = f.ask(&format!("g{i}"), &user(&format!("wxid_{i}"), "x"), "coupon");
         let r = d.reply.unwrap();
-        assert_eq!((d.reason.as_str(), r.experiment.as_str()), ("ab:coupon_copy", "coupon_copy"));
+        assert_eq!(
+            (d.reason.as_str(), r.experiment.as_str()),
+            ("ab:coupon_copy", "coupon_copy")
+        );
         *counts.entry(r.variant_id).or_default() += 1;
     }
-    for (v, w) in [("coupon_copy/a", 0.5), ("coupon_copy/b", 0.3), ("coupon_copy/c", 0.2)] {
+    for (v, w) in [
+        ("coupon_copy/a", 0.5),
+        ("coupon_copy/b", 0.3),
+        ("coupon_copy/c", 0.2),
+    ] {
         let share = counts[v] as f64 / 3000.0;
         assert!((share - w).abs() <= 0.03, "{v}: {share} ({counts:?})");
     }
     // Sticky: the same user sees the same variant again (after the cooldown), in any group.
-    let first = f.ask("x1", &user("wxid_7", "x"), "coupon").reply.unwrap().variant_id;
+    let first = f
+        .ask("x1", &user("wxid_7", "x"), "coupon")
+        .reply
+        .unwrap()
+        .variant_id;
     f.step(400);
-    assert_eq!(f.ask("x2", &user("wxid_7", "x"), "coupon").reply.unwrap().variant_id, first);
+    assert_eq!(
+        f.ask("x2", &user("wxid_7", "x"), "coupon")
+            .reply
+            .unwrap()
+            .variant_id,
+        first
+    );
     // Other intents are not in the experiment.
-    assert_eq!(f.ask("x3", &user("wxid_7", "x"), "price").reply.unwrap().experiment, "");
+    assert_eq!(
+        f.ask("x3", &user("wxid_7", "x"), "price")
+            .reply
+            .unwrap()
+            .experiment,
+        ""
+    );
 }
 
 #[test]
@@ -469,9 +623,15 @@ fn style_per_user_tag_and_group() {
     let mut st = user("s", "小明");
     st.tags = vec!["学生".into()];
     let r = f.ask("g", &st, "price").reply.unwrap();
-    assert_eq!((r.variant_id.as_str(), r.style.as_str(), r.text.as_str()), ("price/b", "playful", "小明～price来啦"));
+    assert_eq!(
+        (r.variant_id.as_str(), r.style.as_str(), r.text.as_str()),
+        ("price/b", "playful", "小明～price来啦")
+    );
     let r = f.ask("g", &user("o", "老赵"), "price").reply.unwrap();
-    assert_eq!((r.variant_id.as_str(), r.style.as_str()), ("price/a", "professional"));
+    assert_eq!(
+        (r.variant_id.as_str(), r.style.as_str()),
+        ("price/a", "professional")
+    );
     let r = f.ask("fun", &user("o", "老赵"), "price").reply.unwrap();
     assert_eq!(r.style, "playful");
 }
@@ -484,57 +644,104 @@ fn joins_within_the_window_get_one_merged_welcome() {
     let t0 = f.now();
     let d = f.event("g", EventKind::MemberJoined, &user("u1", "小王"), "");
     assert_eq!(
-        (d.decision.action, d.decision.reason.as_str(), d.decision.send_after_ms, d.decision.reply.is_none()),
+        (
+            d.decision.action,
+            d.decision.reason.as_str(),
+            d.decision.send_after_ms,
+            d.decision.reply.is_none()
+        ),
         (Action::Reply, "welcome:queued", 60_000, true)
     );
     assert_eq!(d.merged_user_ids, vec!["u1"]);
     f.step(10);
     let d = f.event("g", EventKind::MemberJoined, &user("u2", "小李"), "");
-    assert_eq!((d.decision.action, d.decision.reason.as_str(), d.decision.send_after_ms), (Action::Ignore, "merged_welcome", 50_000));
+    assert_eq!(
+        (
+            d.decision.action,
+            d.decision.reason.as_str(),
+            d.decision.send_after_ms
+        ),
+        (Action::Ignore, "merged_welcome", 50_000)
+    );
     assert_eq!(d.merged_user_ids, vec!["u1", "u2"]);
     f.step(10);
     let d = f.event("g", EventKind::MemberJoined, &user("u3", "小张"), "");
     assert_eq!(d.merged_user_ids, vec!["u1", "u2", "u3"]);
     // u2 leaves before the welcome goes.
     let d = f.event("g", EventKind::MemberLeft, &user("u2", "小李"), "");
-    assert_eq!((d.decision.action, d.decision.reason.as_str()), (Action::Ignore, "member_left"));
+    assert_eq!(
+        (d.decision.action, d.decision.reason.as_str()),
+        (Action::Ignore, "member_left")
+    );
     assert_eq!(f.pb.next_due_ms(), Some(t0 + 60_000));
     assert!(f.pb.due(t0 + 59_999).is_empty());
     let out = f.pb.due(t0 + 60_000);
     assert_eq!(out.len(), 1);
     let w = &out[0];
-    assert_eq!((w.kind, w.rule_id.as_str(), w.send_at_ms), (OutboundKind::Welcome, "welcome", t0 + 60_000));
+    assert_eq!(
+        (w.kind, w.rule_id.as_str(), w.send_at_ms),
+        (OutboundKind::Welcome, "welcome", t0 + 60_000)
+    );
     assert_eq!(w.reply.text, "欢迎小王、小张加入粉丝群！");
     assert_eq!(w.user_ids, vec!["u1", "u3"]);
     assert!(f.pb.due(t0 + 60_000).is_empty(), "exactly once");
     assert!(f.pb.due(t0 + 120_000).is_empty());
     // Window 0: welcome at once. Disabled: nothing.
     let d = f.event("now", EventKind::MemberJoined, &user("u4", "小赵"), "");
-    assert_eq!((d.decision.action, d.decision.reason.as_str(), text(&d.decision)), (Action::Reply, "welcome", "欢迎小赵加入粉丝群！"));
+    assert_eq!(
+        (
+            d.decision.action,
+            d.decision.reason.as_str(),
+            text(&d.decision)
+        ),
+        (Action::Reply, "welcome", "欢迎小赵加入粉丝群！")
+    );
     let d = f.event("off", EventKind::MemberJoined, &user("u5", "小钱"), "");
-    assert_eq!((d.decision.action, d.decision.reason.as_str()), (Action::Ignore, "welcome:disabled"));
+    assert_eq!(
+        (d.decision.action, d.decision.reason.as_str()),
+        (Action::Ignore, "welcome:disabled")
+    );
 }
 
 #[test]
 fn link_and_card_guidance() {
     let f = fx(BASE);
     let u = user("u1", "小王");
-    let d = f.event("g", EventKind::LinkClicked, &u, "coupon_center").decision;
-    assert_eq!((d.action, d.reason.as_str(), text(&d)), (Action::Reply, "guidance:link", "小王，领券后回商品页下单"));
-    assert_eq!(d.reply.as_ref().unwrap().variant_id, "link:coupon_center/l1");
-    let d = f.event("g", EventKind::LinkClicked, &u, "coupon_center").decision;
+    let d = f
+        .event("g", EventKind::LinkClicked, &u, "coupon_center")
+        .decision;
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (Action::Reply, "guidance:link", "小王，领券后回商品页下单")
+    );
+    assert_eq!(
+        d.reply.as_ref().unwrap().variant_id,
+        "link:coupon_center/l1"
+    );
+    let d = f
+        .event("g", EventKind::LinkClicked, &u, "coupon_center")
+        .decision;
     assert_eq!(d.reason, "cooldown");
-    let d = f.event("g", EventKind::CardShared, &u, "product_card").decision;
-    assert_eq!((d.reason.as_str(), text(&d), d.send_after_ms), ("guidance:card", "小王，点卡片即可下单", 15_000));
+    let d = f
+        .event("g", EventKind::CardShared, &u, "product_card")
+        .decision;
+    assert_eq!(
+        (d.reason.as_str(), text(&d), d.send_after_ms),
+        ("guidance:card", "小王，点卡片即可下单", 15_000)
+    );
     let d = f.event("g", EventKind::LinkClicked, &u, "nope").decision;
-    assert_eq!((d.action, d.reason.as_str()), (Action::Ignore, "guidance:unknown_target"));
+    assert_eq!(
+        (d.action, d.reason.as_str()),
+        (Action::Ignore, "guidance:unknown_target")
+    );
     let d = f.event("g", EventKind::Activity, &u, "").decision;
     assert_eq!((d.action, d.reason.as_str()), (Action::Ignore, "activity"));
 }
 
 #[test]
 fn cron_schedule_fires_at_the_right_minute_in_shanghai() {
-    let pb = BASE.to_string() + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
+    let pb = BASE.to_string()
+        + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
     let f = fx_at(&pb, mon(8, 0));
     f.event("g", EventKind::Activity, &user("u", "x"), "");
     assert_eq!(f.pb.next_due_ms(), Some(mon(9, 0)));
@@ -542,8 +749,15 @@ fn cron_schedule_fires_at_the_right_minute_in_shanghai() {
     let out = f.pb.due(mon(9, 0));
     assert_eq!(out.len(), 1);
     let o = &out[0];
-    assert_eq!((o.kind, o.rule_id.as_str(), o.send_at_ms), (OutboundKind::Scheduled, "schedule:morning", mon(9, 0)));
-    assert_eq!(o.send_at_ms.rem_euclid(86_400_000), 3_600_000, "09:00 Shanghai is 01:00 UTC");
+    assert_eq!(
+        (o.kind, o.rule_id.as_str(), o.send_at_ms),
+        (OutboundKind::Scheduled, "schedule:morning", mon(9, 0))
+    );
+    assert_eq!(
+        o.send_at_ms.rem_euclid(86_400_000),
+        3_600_000,
+        "09:00 Shanghai is 01:00 UTC"
+    );
     assert_eq!((o.bot_id.as_str(), o.chat_id.as_str()), (BOT, "g"));
     assert_eq!(o.reply.text, "早上好，粉丝群今日小贴士");
     assert!(f.pb.due(mon(9, 0) + 30_000).is_empty(), "exactly once");
@@ -555,12 +769,16 @@ fn cron_schedule_fires_at_the_right_minute_in_shanghai() {
 
 #[test]
 fn festival_greeting_from_the_calendar() {
-    let pb = BASE.to_string() + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
+    let pb = BASE.to_string()
+        + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
     let f = fx_at(&pb, ms(2027, 2, 7, 8, 0, 0));
     f.event("g", EventKind::Activity, &user("u", "x"), "");
     let out = f.pb.due(ms(2027, 2, 7, 9, 0, 0));
     assert_eq!(out[0].reply.text, "早上好，粉丝群今日小贴士新春快乐！");
-    assert_eq!(f.pb.due(ms(2027, 2, 9, 9, 0, 0))[0].reply.text, "早上好，粉丝群今日小贴士");
+    assert_eq!(
+        f.pb.due(ms(2027, 2, 9, 9, 0, 0))[0].reply.text,
+        "早上好，粉丝群今日小贴士"
+    );
 }
 
 #[test]
@@ -573,7 +791,10 @@ fn countdown_text_and_once_per_reminder() {
     assert!(f.pb.due(ms(2027, 3, 2, 9, 59, 0)).is_empty());
     let out = f.pb.due(ms(2027, 3, 2, 10, 0, 0));
     assert_eq!(out.len(), 1);
-    assert_eq!((out[0].kind, out[0].rule_id.as_str()), (OutboundKind::Countdown, "countdown:launch:3"));
+    assert_eq!(
+        (out[0].kind, out[0].rule_id.as_str()),
+        (OutboundKind::Countdown, "countdown:launch:3")
+    );
     assert_eq!(out[0].reply.text, "距离新品发布会开始还有 3 天");
     assert!(f.pb.due(ms(2027, 3, 2, 10, 1, 0)).is_empty());
     let out = f.pb.due(ms(2027, 3, 4, 10, 5, 0));
@@ -592,25 +813,47 @@ fn silent_group_reminder_at_most_once_per_period_and_within_hours() {
     assert!(f.pb.due(mon(11, 59)).is_empty());
     let out = f.pb.due(mon(12, 0));
     assert_eq!(out.len(), 1);
-    assert_eq!((out[0].kind, out[0].rule_id.as_str(), out[0].reply.text.as_str()), (OutboundKind::Reactivation, "reactivation", "早上好，今天有福利哦"));
+    assert_eq!(
+        (
+            out[0].kind,
+            out[0].rule_id.as_str(),
+            out[0].reply.text.as_str()
+        ),
+        (
+            OutboundKind::Reactivation,
+            "reactivation",
+            "早上好，今天有福利哦"
+        )
+    );
     assert!(f.pb.due(mon(13, 0)).is_empty());
     assert!(f.pb.due(mon(20, 0)).is_empty());
     assert_eq!(f.pb.next_due_ms(), Some(ms(2027, 3, 2, 12, 0, 0)));
-    assert_eq!(f.pb.due(ms(2027, 3, 2, 12, 0, 0)).len(), 1, "still silent a period later");
+    assert_eq!(
+        f.pb.due(ms(2027, 3, 2, 12, 0, 0)).len(),
+        1,
+        "still silent a period later"
+    );
     // A group that goes quiet in the evening is reminded when service opens, not at night.
     f.clock.set_ms(ms(2027, 3, 2, 20, 0, 0));
     f.event("night", EventKind::Activity, &user("u", "x"), "");
     assert!(f.pb.due(ms(2027, 3, 2, 22, 30, 0)).is_empty());
     let out = f.pb.due(ms(2027, 3, 3, 9, 0, 0));
-    assert_eq!(out.iter().map(|o| o.chat_id.as_str()).collect::<Vec<_>>(), vec!["night"]);
+    assert_eq!(
+        out.iter().map(|o| o.chat_id.as_str()).collect::<Vec<_>>(),
+        vec!["night"]
+    );
 }
 
 #[test]
 fn proactive_sends_respect_group_spacing() {
-    let pb = BASE.to_string() + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
+    let pb = BASE.to_string()
+        + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
     let f = fx_at(&pb, ms(2027, 3, 1, 8, 59, 55));
     assert_eq!(f.ask("g", &user("u", "x"), "price").send_after_ms, 0);
-    assert!(f.pb.due(mon(9, 0)).is_empty(), "the group just had a bot send");
+    assert!(
+        f.pb.due(mon(9, 0)).is_empty(),
+        "the group just had a bot send"
+    );
     assert_eq!(f.pb.next_due_ms(), Some(mon(9, 0) + 10_000));
     assert!(f.pb.due(mon(9, 0) + 9_999).is_empty());
     let out = f.pb.due(mon(9, 0) + 10_000);
@@ -623,7 +866,8 @@ fn proactive_sends_respect_group_spacing() {
 
 #[test]
 fn personal_push_is_delayed_and_throttled_by_frequency() {
-    let pb = BASE.to_string() + "  pushes:\n    - { id: sh, when: { cities: [上海] }, reply: push_sh, delay_s: 60 }\n";
+    let pb = BASE.to_string()
+        + "  pushes:\n    - { id: sh, when: { cities: [上海] }, reply: push_sh, delay_s: 60 }\n";
     let f = fx(&pb);
     let mut u = user("u1", "小王");
     u.city = "上海".into();
@@ -633,7 +877,18 @@ fn personal_push_is_delayed_and_throttled_by_frequency() {
     assert!(f.pb.due(t0 + 59_000).is_empty());
     let out = f.pb.due(t0 + 60_000);
     assert_eq!(out.len(), 1);
-    assert_eq!((out[0].kind, out[0].rule_id.as_str(), out[0].reply.text.as_str()), (OutboundKind::DelayedReply, "push:sh", "小王，上海活动还有名额"));
+    assert_eq!(
+        (
+            out[0].kind,
+            out[0].rule_id.as_str(),
+            out[0].reply.text.as_str()
+        ),
+        (
+            OutboundKind::DelayedReply,
+            "push:sh",
+            "小王，上海活动还有名额"
+        )
+    );
     assert_eq!(out[0].user_ids, vec!["u1"]);
     // Few messages → the lowest tier: no second push within 168 h.
     f.clock.set_ms(t0 + 120_000);
@@ -651,11 +906,17 @@ fn reload_swaps_config_keeps_state_and_rejects_broken_files() {
     f.ask("g", &u, "price");
     let bad = write_dir("defaults:\n  spacing: { min_interval_s: 90 }\n");
     let e = f.pb.reload(bad.path()).unwrap_err().to_string();
-    assert!(e.ends_with("playbook.yml:2: min_interval_s must be 5..=60, got 90"), "{e}");
+    assert!(
+        e.ends_with("playbook.yml:2: min_interval_s must be 5..=60, got 90"),
+        "{e}"
+    );
     let good = write_dir(&(BASE.to_string() + "  handoff: { intents: [price] }\n"));
     f.pb.reload(good.path()).unwrap();
     f.step(20);
-    assert_eq!(f.ask("g", &user("u2", "b"), "price").action, Action::Handoff);
+    assert_eq!(
+        f.ask("g", &user("u2", "b"), "price").action,
+        Action::Handoff
+    );
     // Cooldown state survived the reload (stock still answered, a repeated ask is not).
     assert_eq!(f.ask("g", &u, "stock").action, Action::Reply);
     f.step(20);

@@ -36,10 +36,33 @@ use crate::types::ReplyOut;
 
 /// The 27 intent ids (fixed by the contract).
 pub const INTENTS: [&str; 27] = [
-    "greeting", "thanks", "goodbye", "price", "coupon", "promotion_rules", "stock", "shipping_time",
-    "delivery_tracking", "refund", "exchange", "repair", "complaint", "ask_human", "invoice",
-    "payment_methods", "change_address", "membership", "event_signup", "group_rules", "business_hours",
-    "product_usage", "product_quality", "praise", "spam_ads", "ask_bot", "chitchat",
+    "greeting",
+    "thanks",
+    "goodbye",
+    "price",
+    "coupon",
+    "promotion_rules",
+    "stock",
+    "shipping_time",
+    "delivery_tracking",
+    "refund",
+    "exchange",
+    "repair",
+    "complaint",
+    "ask_human",
+    "invoice",
+    "payment_methods",
+    "change_address",
+    "membership",
+    "event_signup",
+    "group_rules",
+    "business_hours",
+    "product_usage",
+    "product_quality",
+    "praise",
+    "spam_ads",
+    "ask_bot",
+    "chitchat",
 ];
 
 pub fn is_intent(s: &str) -> bool {
@@ -114,27 +137,39 @@ struct RawVariant {
 }
 
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl ReplyLibrary {
     /// Load and validate `replies.yml`.
     pub fn load(path: &Path, banned: &BannedWords) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Io { file: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
         Self::parse(path, &text, banned)
     }
 
     pub fn parse(path: &Path, text: &str, banned: &BannedWords) -> Result<Self, PolicyError> {
         let raw: RawFile = yaml::parse(path, text)?;
-        let err = |segs: &[Seg<'_>], msg: String| PolicyError::config(path, line_of(text, segs), msg);
+        let err =
+            |segs: &[Seg<'_>], msg: String| PolicyError::config(path, line_of(text, segs), msg);
 
         if raw.styles.is_empty() {
-            return Err(err(&[Seg::Key("styles")], "styles must list at least one style".into()));
+            return Err(err(
+                &[Seg::Key("styles")],
+                "styles must list at least one style".into(),
+            ));
         }
         for (i, s) in raw.styles.iter().enumerate() {
             if !valid_id(s) {
-                return Err(err(&[Seg::Key("styles"), Seg::Idx(i)], format!("style '{s}' must be a simple id")));
+                return Err(err(
+                    &[Seg::Key("styles"), Seg::Idx(i)],
+                    format!("style '{s}' must be a simple id"),
+                ));
             }
         }
         let mut greet = Vec::new();
@@ -154,18 +189,35 @@ impl ReplyLibrary {
             sets: HashMap::new(),
             styles: raw.styles.clone(),
             greetings: Greetings::new(greet),
-            list_separator: raw.list_separator.clone().unwrap_or_else(|| "\u{3001}".to_string()),
+            list_separator: raw
+                .list_separator
+                .clone()
+                .unwrap_or_else(|| "\u{3001}".to_string()),
         };
 
         for (name, variants) in &raw.intents {
             if !is_intent(name) {
-                return Err(err(&[Seg::Key("intents"), Seg::Key(name)], format!("unknown intent '{name}'")));
+                return Err(err(
+                    &[Seg::Key("intents"), Seg::Key(name)],
+                    format!("unknown intent '{name}'"),
+                ));
             }
-            lib.add_set(path, text, banned, &["intents", name], name.clone(), variants, &USER_VARS)?;
+            lib.add_set(
+                path,
+                text,
+                banned,
+                &["intents", name],
+                name.clone(),
+                variants,
+                &USER_VARS,
+            )?;
         }
         for intent in INTENTS {
             if !raw.intents.contains_key(intent) {
-                return Err(err(&[Seg::Key("intents")], format!("no replies for intent '{intent}'")));
+                return Err(err(
+                    &[Seg::Key("intents")],
+                    format!("no replies for intent '{intent}'"),
+                ));
             }
         }
         for (name, variants) in &raw.special {
@@ -173,21 +225,50 @@ impl ReplyLibrary {
                 let known: Vec<&str> = SPECIALS.iter().map(|s| s.0).collect();
                 return Err(err(
                     &[Seg::Key("special"), Seg::Key(name)],
-                    format!("unknown special reply '{name}' (known: {})", known.join(", ")),
+                    format!(
+                        "unknown special reply '{name}' (known: {})",
+                        known.join(", ")
+                    ),
                 ));
             };
-            let mut allowed: Vec<Var> = if to_user { USER_VARS.to_vec() } else { CHAT_VARS.to_vec() };
+            let mut allowed: Vec<Var> = if to_user {
+                USER_VARS.to_vec()
+            } else {
+                CHAT_VARS.to_vec()
+            };
             allowed.extend_from_slice(extra);
-            lib.add_set(path, text, banned, &["special", name], name.clone(), variants, &allowed)?;
+            lib.add_set(
+                path,
+                text,
+                banned,
+                &["special", name],
+                name.clone(),
+                variants,
+                &allowed,
+            )?;
         }
         for (name, required, _, _) in SPECIALS {
             if required && !raw.special.contains_key(name) {
-                return Err(err(&[Seg::Key("special")], format!("missing special reply '{name}'")));
+                return Err(err(
+                    &[Seg::Key("special")],
+                    format!("missing special reply '{name}'"),
+                ));
             }
         }
-        for (section, map, prefix) in [("links", &raw.links, "link:"), ("cards", &raw.cards, "card:")] {
+        for (section, map, prefix) in [
+            ("links", &raw.links, "link:"),
+            ("cards", &raw.cards, "card:"),
+        ] {
             for (id, variants) in map {
-                lib.add_set(path, text, banned, &[section, id], format!("{prefix}{id}"), variants, &USER_VARS)?;
+                lib.add_set(
+                    path,
+                    text,
+                    banned,
+                    &[section, id],
+                    format!("{prefix}{id}"),
+                    variants,
+                    &USER_VARS,
+                )?;
             }
         }
         for (id, variants) in &raw.named {
@@ -197,7 +278,15 @@ impl ReplyLibrary {
                     format!("named reply '{id}' must be a simple id that is not an intent or special name"),
                 ));
             }
-            lib.add_set(path, text, banned, &["named", id], id.clone(), variants, &USER_VARS)?;
+            lib.add_set(
+                path,
+                text,
+                banned,
+                &["named", id],
+                id.clone(),
+                variants,
+                &USER_VARS,
+            )?;
         }
         Ok(lib)
     }
@@ -215,35 +304,59 @@ impl ReplyLibrary {
     ) -> Result<(), PolicyError> {
         let base = [Seg::Key(at[0]), Seg::Key(at[1])];
         if raw.is_empty() {
-            return Err(PolicyError::config(path, line_of(text, &base), format!("'{key}' has no variants")));
+            return Err(PolicyError::config(
+                path,
+                line_of(text, &base),
+                format!("'{key}' has no variants"),
+            ));
         }
         let mut out = Vec::with_capacity(raw.len());
         for (i, v) in raw.iter().enumerate() {
             let seg = |k: &'static str| [base[0], base[1], Seg::Idx(i), Seg::Key(k)];
-            let fail = |k: &'static str, msg: String| PolicyError::config(path, line_of(text, &seg(k)), msg);
+            let fail = |k: &'static str, msg: String| {
+                PolicyError::config(path, line_of(text, &seg(k)), msg)
+            };
             if !valid_id(&v.id) {
-                return Err(fail("id", format!("variant id '{}' must be letters, digits, '_' or '-'", v.id)));
+                return Err(fail(
+                    "id",
+                    format!("variant id '{}' must be letters, digits, '_' or '-'", v.id),
+                ));
             }
             if out.iter().any(|o: &Variant| o.id == v.id) {
-                return Err(fail("id", format!("duplicate variant id '{}' in '{key}'", v.id)));
+                return Err(fail(
+                    "id",
+                    format!("duplicate variant id '{}' in '{key}'", v.id),
+                ));
             }
             if !self.styles.contains(&v.style) {
                 return Err(fail(
                     "style",
-                    format!("unknown style '{}' (declared styles: {})", v.style, self.styles.join(", ")),
+                    format!(
+                        "unknown style '{}' (declared styles: {})",
+                        v.style,
+                        self.styles.join(", ")
+                    ),
                 ));
             }
             if v.text.trim().is_empty() {
                 return Err(fail("text", "reply text is empty".into()));
             }
             let t = Template::parse(&v.text).map_err(|e| fail("text", e))?;
-            t.check_vars(allowed).map_err(|e| fail("text", format!("in '{key}': {e}")))?;
+            t.check_vars(allowed)
+                .map_err(|e| fail("text", format!("in '{key}': {e}")))?;
             for lit in t.literals() {
                 if let Some(w) = banned.find(lit) {
-                    return Err(fail("text", format!("reply '{key}/{}' contains the banned word '{w}'", v.id)));
+                    return Err(fail(
+                        "text",
+                        format!("reply '{key}/{}' contains the banned word '{w}'", v.id),
+                    ));
                 }
             }
-            out.push(Variant { id: v.id.clone(), style: v.style.clone(), template: t });
+            out.push(Variant {
+                id: v.id.clone(),
+                style: v.style.clone(),
+                template: t,
+            });
         }
         self.sets.insert(key, out);
         Ok(())
@@ -263,7 +376,11 @@ impl ReplyLibrary {
 
     /// Variables used by any variant of `key`.
     pub fn vars_of(&self, key: &str) -> Vec<Var> {
-        let mut v: Vec<Var> = self.variants(key).iter().flat_map(|x| x.template.vars()).collect();
+        let mut v: Vec<Var> = self
+            .variants(key)
+            .iter()
+            .flat_map(|x| x.template.vars())
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -280,13 +397,20 @@ impl ReplyLibrary {
         render: &dyn Fn(&Template) -> String,
     ) -> Option<ReplyOut> {
         let all = self.variants(key);
-        let (preferred, others): (Vec<&Variant>, Vec<&Variant>) = all.iter().partition(|v| v.style == style);
-        let (first, rest) = if preferred.is_empty() { (others, Vec::new()) } else { (preferred, others) };
+        let (preferred, others): (Vec<&Variant>, Vec<&Variant>) =
+            all.iter().partition(|v| v.style == style);
+        let (first, rest) = if preferred.is_empty() {
+            (others, Vec::new())
+        } else {
+            (preferred, others)
+        };
         if first.is_empty() {
             return None;
         }
         let start = (pick % first.len() as u64) as usize;
-        let order = (0..first.len()).map(|i| first[(start + i) % first.len()]).chain(rest);
+        let order = (0..first.len())
+            .map(|i| first[(start + i) % first.len()])
+            .chain(rest);
         for v in order {
             if let Some(out) = self.render_variant(key, v, banned, render) {
                 return Some(out);
@@ -307,7 +431,12 @@ impl ReplyLibrary {
         if banned.find(&text).is_some() {
             return None;
         }
-        Some(ReplyOut { text, variant_id: format!("{key}/{}", v.id), style: v.style.clone(), experiment: String::new() })
+        Some(ReplyOut {
+            text,
+            variant_id: format!("{key}/{}", v.id),
+            style: v.style.clone(),
+            experiment: String::new(),
+        })
     }
 }
 
@@ -353,14 +482,17 @@ pub(crate) mod tests {
 
     #[test]
     fn minimal_library_loads() {
-        let lib = ReplyLibrary::parse(Path::new("replies.yml"), &minimal_yaml(), &banned()).unwrap();
+        let lib =
+            ReplyLibrary::parse(Path::new("replies.yml"), &minimal_yaml(), &banned()).unwrap();
         assert_eq!(lib.variants("price").len(), 2);
         assert!(lib.has("countdown"));
         assert_eq!(lib.vars_of("handoff"), vec![Var::WaitMinutes]);
     }
 
     fn load_err(yaml: &str) -> String {
-        ReplyLibrary::parse(Path::new("replies.yml"), yaml, &banned()).unwrap_err().to_string()
+        ReplyLibrary::parse(Path::new("replies.yml"), yaml, &banned())
+            .unwrap_err()
+            .to_string()
     }
 
     fn line_of_text(yaml: &str, needle: &str) -> usize {
@@ -372,7 +504,10 @@ pub(crate) mod tests {
         let y = minimal_yaml().replace("关于refund请看说明", "关于refund请加微信");
         let e = load_err(&y);
         let line = line_of_text(&y, "请加微信");
-        assert_eq!(e, format!("replies.yml:{line}: reply 'refund/a' contains the banned word '微信'"));
+        assert_eq!(
+            e,
+            format!("replies.yml:{line}: reply 'refund/a' contains the banned word '微信'")
+        );
 
         let y = minimal_yaml().replace("没太明白", "没太明白{candidates}");
         let e = load_err(&y);
@@ -381,12 +516,21 @@ pub(crate) mod tests {
 
         let y = minimal_yaml().replace("  refund:\n", "  refnd:\n");
         let e = load_err(&y);
-        assert_eq!(e, format!("replies.yml:{}: unknown intent 'refnd'", line_of_text(&y, "refnd:")));
+        assert_eq!(
+            e,
+            format!(
+                "replies.yml:{}: unknown intent 'refnd'",
+                line_of_text(&y, "refnd:")
+            )
+        );
 
         let y = minimal_yaml().replace("关于price请看说明", "{nick}");
         assert!(load_err(&y).contains("unknown template variable '{nick}'"));
 
-        let y = minimal_yaml().replace("style: playful\n      text: \"{nickname}～stock", "style: cute\n      text: \"{nickname}～stock");
+        let y = minimal_yaml().replace(
+            "style: playful\n      text: \"{nickname}～stock",
+            "style: cute\n      text: \"{nickname}～stock",
+        );
         let e = load_err(&y);
         assert!(e.contains("unknown style 'cute'"), "{e}");
 
@@ -397,15 +541,26 @@ pub(crate) mod tests {
         let y = minimal_yaml().replace("{greeting}，今天有福利哦", "{nickname}，今天有福利哦");
         assert!(load_err(&y).contains("variable '{nickname}' is not available here"));
 
-        let y = minimal_yaml().replace("styles: [playful, professional]\n", "styles: [playful, professional]\nbogus: 1\n");
-        assert!(load_err(&y).starts_with("replies.yml:2: unknown field `bogus`"), "{}", load_err(&y));
+        let y = minimal_yaml().replace(
+            "styles: [playful, professional]\n",
+            "styles: [playful, professional]\nbogus: 1\n",
+        );
+        assert!(
+            load_err(&y).starts_with("replies.yml:2: unknown field `bogus`"),
+            "{}",
+            load_err(&y)
+        );
     }
 
     #[test]
     fn choice_is_deterministic_by_style_and_skips_banned_renderings() {
-        let lib = ReplyLibrary::parse(Path::new("replies.yml"), &minimal_yaml(), &banned()).unwrap();
+        let lib =
+            ReplyLibrary::parse(Path::new("replies.yml"), &minimal_yaml(), &banned()).unwrap();
         let b = banned();
-        let vars = Vars { nickname: "小王".into(), ..Default::default() };
+        let vars = Vars {
+            nickname: "小王".into(),
+            ..Default::default()
+        };
         let r = |t: &Template| t.render(&vars);
         let a = lib.choose("price", "playful", 12345, &b, &r).unwrap();
         assert_eq!(a.variant_id, "price/b");
@@ -414,16 +569,36 @@ pub(crate) mod tests {
         let p = lib.choose("price", "professional", 12345, &b, &r).unwrap();
         assert_eq!(p.variant_id, "price/a");
         // Unknown style: any variant, picked by the hash.
-        assert_eq!(lib.choose("price", "nope", 0, &b, &r).unwrap().variant_id, "price/a");
-        assert_eq!(lib.choose("price", "nope", 1, &b, &r).unwrap().variant_id, "price/b");
+        assert_eq!(
+            lib.choose("price", "nope", 0, &b, &r).unwrap().variant_id,
+            "price/a"
+        );
+        assert_eq!(
+            lib.choose("price", "nope", 1, &b, &r).unwrap().variant_id,
+            "price/b"
+        );
         // A nickname carrying a banned word makes every variant unusable.
-        let bad = Vars { nickname: "加微 信".into(), ..Default::default() };
-        assert_eq!(lib.choose("price", "playful", 1, &b, &|t: &Template| t.render(&bad)), None);
+        let bad = Vars {
+            nickname: "加微 信".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            lib.choose("price", "playful", 1, &b, &|t: &Template| t.render(&bad)),
+            None
+        );
         // Only one variant renders into a banned word: the other one is used.
         let y = minimal_yaml().replace("关于thanks请看说明", "关于thanks请看说明{group_name}");
         let lib = ReplyLibrary::parse(Path::new("replies.yml"), &y, &b).unwrap();
-        let vars = Vars { nickname: "小王".into(), group_name: "微信群".into(), ..Default::default() };
-        let out = lib.choose("thanks", "professional", 0, &b, &|t: &Template| t.render(&vars)).unwrap();
+        let vars = Vars {
+            nickname: "小王".into(),
+            group_name: "微信群".into(),
+            ..Default::default()
+        };
+        let out = lib
+            .choose("thanks", "professional", 0, &b, &|t: &Template| {
+                t.render(&vars)
+            })
+            .unwrap();
         assert_eq!(out.variant_id, "thanks/b");
     }
 }

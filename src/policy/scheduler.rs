@@ -94,7 +94,11 @@ struct ChatTimers {
 /// Latest occurrence of `schedule` in `(lower, now]`.
 pub fn latest_cron_in(schedule: &cron::Schedule, tz: Tz, lower: i64, now: i64) -> Option<i64> {
     let start = tz.timestamp_millis_opt(lower).single()?;
-    schedule.after(&start).map(|d| d.timestamp_millis()).take_while(|&t| t <= now).last()
+    schedule
+        .after(&start)
+        .map(|d| d.timestamp_millis())
+        .take_while(|&t| t <= now)
+        .last()
 }
 
 pub fn next_cron_after(schedule: &cron::Schedule, tz: Tz, after: i64) -> Option<i64> {
@@ -138,11 +142,14 @@ impl Scheduler {
     /// Note a chat (first sight starts its schedule cursors) and, for messages / ACTIVITY,
     /// its last activity.
     pub fn touch(&mut self, bot: &str, chat: &str, chat_name: &str, now: i64, activity: bool) {
-        let t = self.chats.entry((bot.to_string(), chat.to_string())).or_insert_with(|| ChatTimers {
-            known_since_ms: now,
-            last_activity_ms: now,
-            ..Default::default()
-        });
+        let t = self
+            .chats
+            .entry((bot.to_string(), chat.to_string()))
+            .or_insert_with(|| ChatTimers {
+                known_since_ms: now,
+                last_activity_ms: now,
+                ..Default::default()
+            });
         if !chat_name.is_empty() {
             t.name = chat_name.to_string();
         }
@@ -152,7 +159,10 @@ impl Scheduler {
     }
 
     pub fn chat_name(&self, bot: &str, chat: &str) -> &str {
-        self.chats.get(&(bot.to_string(), chat.to_string())).map(|t| t.name.as_str()).unwrap_or("")
+        self.chats
+            .get(&(bot.to_string(), chat.to_string()))
+            .map(|t| t.name.as_str())
+            .unwrap_or("")
     }
 
     pub fn push(&mut self, job: Job) {
@@ -165,14 +175,21 @@ impl Scheduler {
     }
 
     /// Jobs due at `now`, each returned once, in time order.
-    pub fn collect(&mut self, now: i64, settings: &dyn Fn(&str, &str) -> Arc<Settings>) -> Vec<Job> {
+    pub fn collect(
+        &mut self,
+        now: i64,
+        settings: &dyn Fn(&str, &str) -> Arc<Settings>,
+    ) -> Vec<Job> {
         let mut out = Vec::new();
         for ((bot, chat), t) in self.chats.iter_mut() {
             let s = settings(bot, chat);
             let tz = s.timezone;
             let floor = now - s.schedule_grace_ms - 1;
             for job in &s.schedules {
-                let cursor = *t.cron_cursor.entry(job.id.clone()).or_insert(t.known_since_ms);
+                let cursor = *t
+                    .cron_cursor
+                    .entry(job.id.clone())
+                    .or_insert(t.known_since_ms);
                 if cursor >= now {
                     continue;
                 }
@@ -198,7 +215,10 @@ impl Scheduler {
                 t.cron_cursor.insert(job.id.clone(), now);
             }
             for c in &s.countdowns {
-                let cursor = *t.countdown_cursor.entry(c.id.clone()).or_insert(t.known_since_ms);
+                let cursor = *t
+                    .countdown_cursor
+                    .entry(c.id.clone())
+                    .or_insert(t.known_since_ms);
                 if cursor >= now {
                     continue;
                 }
@@ -249,30 +269,52 @@ impl Scheduler {
                 }
             }
         }
-        let (due, later): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.delayed).into_iter().partition(|j| j.at_ms <= now);
+        let (due, later): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|j| j.at_ms <= now);
         self.delayed = later;
         out.extend(due);
-        out.sort_by(|a, b| (a.at_ms, &a.bot_id, &a.chat_id, &a.rule_id).cmp(&(b.at_ms, &b.bot_id, &b.chat_id, &b.rule_id)));
+        out.sort_by(|a, b| {
+            (a.at_ms, &a.bot_id, &a.chat_id, &a.rule_id)
+                .cmp(&(b.at_ms, &b.bot_id, &b.chat_id, &b.rule_id))
+        });
         out
     }
 
     /// The earliest time `collect` will return something (None: nothing planned). Never earlier
     /// than `now` for re-activation, so a caller sleeping until then cannot spin.
-    pub fn next_due_ms(&self, now: i64, settings: &dyn Fn(&str, &str) -> Arc<Settings>) -> Option<i64> {
+    pub fn next_due_ms(
+        &self,
+        now: i64,
+        settings: &dyn Fn(&str, &str) -> Arc<Settings>,
+    ) -> Option<i64> {
         let mut best: Option<i64> = self.delayed.iter().map(|j| j.at_ms).min();
         let mut consider = |t: i64| best = Some(best.map_or(t, |b| b.min(t)));
         for ((bot, chat), t) in &self.chats {
             let s = settings(bot, chat);
             let tz = s.timezone;
             for job in &s.schedules {
-                let cursor = t.cron_cursor.get(&job.id).copied().unwrap_or(t.known_since_ms);
+                let cursor = t
+                    .cron_cursor
+                    .get(&job.id)
+                    .copied()
+                    .unwrap_or(t.known_since_ms);
                 if let Some(at) = next_cron_after(&job.schedule, tz, cursor) {
                     consider(at);
                 }
             }
             for c in &s.countdowns {
-                let cursor = t.countdown_cursor.get(&c.id).copied().unwrap_or(t.known_since_ms);
-                if let Some(at) = countdown_fires(c, tz).into_iter().map(|f| f.0).filter(|&a| a > cursor).min() {
+                let cursor = t
+                    .countdown_cursor
+                    .get(&c.id)
+                    .copied()
+                    .unwrap_or(t.known_since_ms);
+                if let Some(at) = countdown_fires(c, tz)
+                    .into_iter()
+                    .map(|f| f.0)
+                    .filter(|&a| a > cursor)
+                    .min()
+                {
                     consider(at);
                 }
             }
@@ -287,7 +329,8 @@ impl Scheduler {
     pub fn sweep(&mut self, now: i64, max_idle_ms: i64) {
         let delayed = &self.delayed;
         self.chats.retain(|(b, c), t| {
-            now - t.last_activity_ms < max_idle_ms || delayed.iter().any(|j| &j.bot_id == b && &j.chat_id == c)
+            now - t.last_activity_ms < max_idle_ms
+                || delayed.iter().any(|j| &j.bot_id == b && &j.chat_id == c)
         });
     }
 }
@@ -302,7 +345,13 @@ mod tests {
     }
 
     fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-        to_ms(sh(), NaiveDate::from_ymd_opt(y, mo, d).unwrap().and_hms_opt(h, mi, s).unwrap())
+        to_ms(
+            sh(),
+            NaiveDate::from_ymd_opt(y, mo, d)
+                .unwrap()
+                .and_hms_opt(h, mi, s)
+                .unwrap(),
+        )
     }
 
     #[test]
@@ -312,8 +361,14 @@ mod tests {
         let fire = latest_cron_in(&s, sh(), ms(2027, 3, 1, 8, 0, 0), ms(2027, 3, 1, 9, 0, 0));
         assert_eq!(fire, Some(ms(2027, 3, 1, 9, 0, 0)));
         assert_eq!(fire.unwrap() % 86_400_000, 3_600_000);
-        assert_eq!(latest_cron_in(&s, sh(), ms(2027, 3, 1, 8, 0, 0), ms(2027, 3, 1, 8, 59, 59)), None);
-        assert_eq!(next_cron_after(&s, sh(), ms(2027, 3, 1, 9, 0, 0)), Some(ms(2027, 3, 2, 9, 0, 0)));
+        assert_eq!(
+            latest_cron_in(&s, sh(), ms(2027, 3, 1, 8, 0, 0), ms(2027, 3, 1, 8, 59, 59)),
+            None
+        );
+        assert_eq!(
+            next_cron_after(&s, sh(), ms(2027, 3, 1, 9, 0, 0)),
+            Some(ms(2027, 3, 2, 9, 0, 0))
+        );
     }
 
     #[test]
@@ -328,7 +383,11 @@ mod tests {
         let f = countdown_fires(&c, sh());
         assert_eq!(
             f,
-            vec![(ms(2027, 3, 20, 10, 0, 0), 0), (ms(2027, 3, 19, 10, 0, 0), 1), (ms(2027, 3, 17, 10, 0, 0), 3)]
+            vec![
+                (ms(2027, 3, 20, 10, 0, 0), 0),
+                (ms(2027, 3, 19, 10, 0, 0), 1),
+                (ms(2027, 3, 17, 10, 0, 0), 3)
+            ]
         );
     }
 }

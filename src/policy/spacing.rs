@@ -25,7 +25,11 @@ pub struct SpacingConfig {
 
 impl Default for SpacingConfig {
     fn default() -> Self {
-        Self { min_interval_ms: 15_000, jitter_ms: 3_000, queue_limit: 3 }
+        Self {
+            min_interval_ms: 15_000,
+            jitter_ms: 3_000,
+            queue_limit: 3,
+        }
     }
 }
 
@@ -85,18 +89,26 @@ impl GroupSpacing {
             Some(last) => now.max(last + cfg.min_interval_ms),
             None => now,
         };
-        let jitter = if cfg.jitter_ms > 0 { (roll % (cfg.jitter_ms as u64 + 1)) as i64 } else { 0 };
+        let jitter = if cfg.jitter_ms > 0 {
+            (roll % (cfg.jitter_ms as u64 + 1)) as i64
+        } else {
+            0
+        };
         let at = earliest + jitter;
         self.last_slot_ms = Some(self.last_slot_ms.map_or(at, |l| l.max(at)));
         if at > now {
-            self.queued.push(Queued { at_ms: at, key: merge_key.unwrap_or("").to_string() });
+            self.queued.push(Queued {
+                at_ms: at,
+                key: merge_key.unwrap_or("").to_string(),
+            });
         }
         SpacingOutcome::Send { at_ms: at }
     }
 
     /// The earliest time a new send could go without jitter (for proactive items).
     pub fn next_free_ms(&self, now: i64, cfg: &SpacingConfig) -> i64 {
-        self.last_slot_ms.map_or(now, |l| now.max(l + cfg.min_interval_ms))
+        self.last_slot_ms
+            .map_or(now, |l| now.max(l + cfg.min_interval_ms))
     }
 
     pub fn queued_len(&self, now: i64) -> usize {
@@ -108,18 +120,27 @@ impl GroupSpacing {
 mod tests {
     use super::*;
 
-    const CFG: SpacingConfig = SpacingConfig { min_interval_ms: 15_000, jitter_ms: 3_000, queue_limit: 2 };
+    const CFG: SpacingConfig = SpacingConfig {
+        min_interval_ms: 15_000,
+        jitter_ms: 3_000,
+        queue_limit: 2,
+    };
 
     #[test]
     fn first_send_only_jitter_then_min_interval_plus_jitter() {
         let mut g = GroupSpacing::default();
         let now = 1_000_000;
         // roll 10_000 % 3_001 = 997
-        assert_eq!(g.plan(now, &CFG, Some("price"), Priority::Normal, 10_000), SpacingOutcome::Send { at_ms: now + 997 });
+        assert_eq!(
+            g.plan(now, &CFG, Some("price"), Priority::Normal, 10_000),
+            SpacingOutcome::Send { at_ms: now + 997 }
+        );
         // Next one: previous slot + 15 s + jitter (roll 3_000 → full jitter).
         assert_eq!(
             g.plan(now, &CFG, Some("stock"), Priority::Normal, 3_000),
-            SpacingOutcome::Send { at_ms: now + 997 + 15_000 + 3_000 }
+            SpacingOutcome::Send {
+                at_ms: now + 997 + 15_000 + 3_000
+            }
         );
     }
 
@@ -127,9 +148,14 @@ mod tests {
     fn jitter_is_bounded() {
         for roll in [0u64, 1, 2_999, 3_000, 3_001, u64::MAX] {
             let mut g = GroupSpacing::default();
-            let SpacingOutcome::Send { at_ms } = g.plan(0, &CFG, None, Priority::Normal, 0) else { panic!() };
+            let SpacingOutcome::Send { at_ms } = g.plan(0, &CFG, None, Priority::Normal, 0) else {
+                panic!()
+            };
             assert_eq!(at_ms, 0);
-            let SpacingOutcome::Send { at_ms } = g.plan(0, &CFG, None, Priority::Normal, roll) else { panic!() };
+            let SpacingOutcome::Send { at_ms } = g.plan(0, &CFG, None, Priority::Normal, roll)
+            else {
+                panic!()
+            };
             assert!((15_000..=18_000).contains(&at_ms), "{at_ms}");
         }
     }
@@ -140,11 +166,23 @@ mod tests {
         let now = 0;
         let a = g.plan(now, &CFG, Some("price"), Priority::Normal, 1);
         assert_eq!(a, SpacingOutcome::Send { at_ms: 1 });
-        assert_eq!(g.plan(now, &CFG, Some("price"), Priority::Normal, 5), SpacingOutcome::Merged { at_ms: 1 });
-        assert_eq!(g.plan(now, &CFG, Some("stock"), Priority::Normal, 0), SpacingOutcome::Send { at_ms: 15_001 });
+        assert_eq!(
+            g.plan(now, &CFG, Some("price"), Priority::Normal, 5),
+            SpacingOutcome::Merged { at_ms: 1 }
+        );
+        assert_eq!(
+            g.plan(now, &CFG, Some("stock"), Priority::Normal, 0),
+            SpacingOutcome::Send { at_ms: 15_001 }
+        );
         assert_eq!(g.queued_len(now), 2);
-        assert_eq!(g.plan(now, &CFG, Some("refund"), Priority::Normal, 0), SpacingOutcome::Dropped);
-        assert_eq!(g.plan(now, &CFG, Some("complaint"), Priority::High, 0), SpacingOutcome::Send { at_ms: 30_001 });
+        assert_eq!(
+            g.plan(now, &CFG, Some("refund"), Priority::Normal, 0),
+            SpacingOutcome::Dropped
+        );
+        assert_eq!(
+            g.plan(now, &CFG, Some("complaint"), Priority::High, 0),
+            SpacingOutcome::Send { at_ms: 30_001 }
+        );
         // Once the queued sends have gone out, the queue is free again.
         assert_eq!(
             g.plan(40_000, &CFG, Some("refund"), Priority::Normal, 0),
@@ -154,10 +192,19 @@ mod tests {
 
     #[test]
     fn idle_group_sends_at_once_without_jitter() {
-        let cfg = SpacingConfig { jitter_ms: 0, ..CFG };
+        let cfg = SpacingConfig {
+            jitter_ms: 0,
+            ..CFG
+        };
         let mut g = GroupSpacing::default();
-        assert_eq!(g.plan(0, &cfg, None, Priority::Normal, 99), SpacingOutcome::Send { at_ms: 0 });
-        assert_eq!(g.plan(60_000, &cfg, None, Priority::Normal, 99), SpacingOutcome::Send { at_ms: 60_000 });
+        assert_eq!(
+            g.plan(0, &cfg, None, Priority::Normal, 99),
+            SpacingOutcome::Send { at_ms: 0 }
+        );
+        assert_eq!(
+            g.plan(60_000, &cfg, None, Priority::Normal, 99),
+            SpacingOutcome::Send { at_ms: 60_000 }
+        );
         assert_eq!(g.next_free_ms(61_000, &cfg), 75_000);
     }
 }

@@ -100,21 +100,29 @@ impl Template {
                     }
                     let var = Var::parse(name.trim()).ok_or_else(|| {
                         let known: Vec<&str> = Var::ALL.iter().map(|v| v.name()).collect();
-                        format!("unknown template variable '{{{name}}}' (known: {})", known.join(", "))
+                        format!(
+                            "unknown template variable '{{{name}}}' (known: {})",
+                            known.join(", ")
+                        )
                     })?;
                     if !lit.is_empty() {
                         parts.push(Part::Lit(std::mem::take(&mut lit)));
                     }
                     parts.push(Part::Var(var));
                 }
-                '}' => return Err("unmatched '}' in template (write '}}' for a literal brace)".into()),
+                '}' => {
+                    return Err("unmatched '}' in template (write '}}' for a literal brace)".into())
+                }
                 _ => lit.push(c),
             }
         }
         if !lit.is_empty() {
             parts.push(Part::Lit(lit));
         }
-        Ok(Template { source: source.to_string(), parts })
+        Ok(Template {
+            source: source.to_string(),
+            parts,
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -276,15 +284,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(t.render(&vars), "早上好，小王！欢迎来到粉丝群 {群}");
-        assert_eq!(t.vars().collect::<Vec<_>>(), vec![Var::Greeting, Var::Nickname, Var::GroupName]);
+        assert_eq!(
+            t.vars().collect::<Vec<_>>(),
+            vec![Var::Greeting, Var::Nickname, Var::GroupName]
+        );
     }
 
     #[test]
     fn unknown_and_unbalanced_are_errors() {
         let e = Template::parse("你好{nick}").unwrap_err();
         assert!(e.starts_with("unknown template variable '{nick}'"), "{e}");
-        assert!(Template::parse("你好{nickname").unwrap_err().starts_with("unclosed"));
-        assert!(Template::parse("你好}").unwrap_err().starts_with("unmatched"));
+        assert!(Template::parse("你好{nickname")
+            .unwrap_err()
+            .starts_with("unclosed"));
+        assert!(Template::parse("你好}")
+            .unwrap_err()
+            .starts_with("unmatched"));
     }
 
     #[test]
@@ -292,7 +307,10 @@ mod tests {
         let t = Template::parse("请稍等{wait_minutes}分钟").unwrap();
         assert!(t.check_vars(&[Var::WaitMinutes, Var::Nickname]).is_ok());
         let e = t.check_vars(&[Var::Nickname]).unwrap_err();
-        assert!(e.starts_with("variable '{wait_minutes}' is not available here"), "{e}");
+        assert!(
+            e.starts_with("variable '{wait_minutes}' is not available here"),
+            "{e}"
+        );
     }
 
     #[test]

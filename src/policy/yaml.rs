@@ -45,7 +45,12 @@ fn scan(text: &str) -> Vec<Line> {
             rest = t;
         }
         let key = key_of(rest).map(|k| (col, k));
-        out.push(Line { num: i + 1, start, dashes, key });
+        out.push(Line {
+            num: i + 1,
+            start,
+            dashes,
+            key,
+        });
     }
     out
 }
@@ -59,7 +64,9 @@ fn key_of(s: &str) -> Option<String> {
     } else if let Some(r) = s.strip_prefix('\'') {
         (r.split('\'').next()?, true)
     } else {
-        let end = s.find(": ").or_else(|| s.strip_suffix(':').map(|x| x.len()))?;
+        let end = s
+            .find(": ")
+            .or_else(|| s.strip_suffix(':').map(|x| x.len()))?;
         (&s[..end], false)
     };
     if quoted {
@@ -163,13 +170,35 @@ bots:
 
     #[test]
     fn finds_nested_keys_and_list_items() {
-        assert_eq!(line_of(DOC, &[Key("defaults"), Key("spacing"), Key("min_interval_s")]), 3);
-        assert_eq!(line_of(DOC, &[Key("defaults"), Key("schedules"), Idx(1), Key("cron")]), 8);
-        assert_eq!(line_of(DOC, &[Key("defaults"), Key("schedules"), Idx(0)]), 5);
         assert_eq!(
             line_of(
                 DOC,
-                &[Key("bots"), Key("bot_a"), Key("groups"), Key("g1"), Key("spacing"), Key("min_interval_s")]
+                &[Key("defaults"), Key("spacing"), Key("min_interval_s")]
+            ),
+            3
+        );
+        assert_eq!(
+            line_of(
+                DOC,
+                &[Key("defaults"), Key("schedules"), Idx(1), Key("cron")]
+            ),
+            8
+        );
+        assert_eq!(
+            line_of(DOC, &[Key("defaults"), Key("schedules"), Idx(0)]),
+            5
+        );
+        assert_eq!(
+            line_of(
+                DOC,
+                &[
+                    Key("bots"),
+                    Key("bot_a"),
+                    Key("groups"),
+                    Key("g1"),
+                    Key("spacing"),
+                    Key("min_interval_s")
+                ]
             ),
             14
         );
