@@ -18,5 +18,8 @@ pub mod engine;
 pub mod metrics;
 pub mod model;
 pub mod pii;
+pub mod policy;
 pub mod store;
+pub mod server;
 pub mod types;
+pub mod core;

@@ -1,0 +1,7 @@
+//! The service core: what every front door shares (validation, tokenisation, batching,
+//! orchestration of engine, policy and store).
+
+pub mod batcher;
+pub mod operator;
+pub mod service;
+pub mod validate;

@@ -1,0 +1,204 @@
+//! Attribute triggers: rules conditioned on who the user is — tags, city, VIP level and how often
+//! they talk — that pick a dedicated reply (e.g. VIP ≥ 3 gets the dedicated-service reply, users
+//! in 上海 asking about events get the local event), and the interaction-frequency tiers that set
+//! how often a user may receive a personal push.
+
+use crate::types::UserInfo;
+
+/// A condition on the user; every set field must hold (an empty condition always matches).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Condition {
+    /// At least one of these tags.
+    pub tags_any: Vec<String>,
+    /// One of these cities.
+    pub cities: Vec<String>,
+    pub vip_min: Option<u32>,
+    /// At least this many messages/activity signals in the frequency window.
+    pub min_messages: Option<u32>,
+}
+
+impl Condition {
+    pub fn matches(&self, user: &UserInfo, interactions: u32) -> bool {
+        (self.tags_any.is_empty() || self.tags_any.iter().any(|t| user.tags.contains(t)))
+            && (self.cities.is_empty() || self.cities.iter().any(|c| c == &user.city))
+            && self.vip_min.is_none_or(|v| user.vip_level >= v)
+            && self.min_messages.is_none_or(|m| interactions >= m)
+    }
+}
+
+/// A reply rule: when the condition holds and the intent is listed (empty = any intent with a
+/// reply), answer with the named reply instead of the intent's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttrRule {
+    pub id: String,
+    pub intents: Vec<String>,
+    pub when: Condition,
+    /// Key into `replies.yml` `named:`.
+    pub reply: String,
+}
+
+impl AttrRule {
+    pub fn applies(&self, intent: &str, user: &UserInfo, interactions: u32) -> bool {
+        (self.intents.is_empty() || self.intents.iter().any(|i| i == intent))
+            && self.when.matches(user, interactions)
+    }
+}
+
+/// A personal push: after a matching user talks, a delayed message (DELAYED_REPLY) mentioning
+/// them is queued, at most once per their frequency tier's interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushRule {
+    pub id: String,
+    pub when: Condition,
+    pub reply: String,
+    pub delay_ms: i64,
+}
+
+/// One tier: users with at least `min_messages` in the window may be pushed every `interval_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tier {
+    pub min_messages: u32,
+    pub interval_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrequencyConfig {
+    pub window_ms: i64,
+    /// Sorted by `min_messages`, highest first.
+    pub tiers: Vec<Tier>,
+}
+
+impl Default for FrequencyConfig {
+    fn default() -> Self {
+        const H: i64 = 3_600_000;
+        Self {
+            window_ms: 168 * H,
+            tiers: vec![
+                Tier {
+                    min_messages: 20,
+                    interval_ms: 24 * H,
+                },
+                Tier {
+                    min_messages: 5,
+                    interval_ms: 72 * H,
+                },
+                Tier {
+                    min_messages: 0,
+                    interval_ms: 168 * H,
+                },
+            ],
+        }
+    }
+}
+
+impl FrequencyConfig {
+    /// How long between pushes for a user with this many interactions in the window.
+    pub fn push_interval_ms(&self, interactions: u32) -> i64 {
+        self.tiers
+            .iter()
+            .find(|t| interactions >= t.min_messages)
+            .map(|t| t.interval_ms)
+            .unwrap_or(i64::MAX)
+    }
+}
+
+/// Interaction timestamps of one user, trimmed to the window.
+#[derive(Debug, Clone, Default)]
+pub struct Activity {
+    times: std::collections::VecDeque<i64>,
+}
+
+impl Activity {
+    pub fn record(&mut self, now: i64, window_ms: i64) {
+        self.times.push_back(now);
+        self.trim(now, window_ms);
+    }
+
+    pub fn count(&mut self, now: i64, window_ms: i64) -> u32 {
+        self.trim(now, window_ms);
+        self.times.len() as u32
+    }
+
+    fn trim(&mut self, now: i64, window_ms: i64) {
+        while self.times.front().is_some_and(|&t| now - t >= window_ms) {
+            self.times.pop_front();
+        }
+        // Bound memory for very chatty users: the tiers only need counts up to a few hundred.
+        while self.times.len() > 10_000 {
+            self.times.pop_front();
+        }
+    }
+
+    pub fn last(&self) -> Option<i64> {
+        self.times.back().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(tags: &[&str], city: &str, vip: u32) -> UserInfo {
+        UserInfo {
+            id: "u".into(),
+            nickname: "n".into(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            city: city.into(),
+            vip_level: vip,
+        }
+    }
+
+    #[test]
+    fn conditions() {
+        let vip = Condition {
+            vip_min: Some(3),
+            ..Default::default()
+        };
+        assert!(vip.matches(&user(&[], "", 3), 0));
+        assert!(!vip.matches(&user(&[], "", 2), 0));
+        let sh = Condition {
+            cities: vec!["上海".into()],
+            tags_any: vec!["宝妈".into(), "学生".into()],
+            ..Default::default()
+        };
+        assert!(sh.matches(&user(&["学生"], "上海", 0), 0));
+        assert!(!sh.matches(&user(&["学生"], "北京", 0), 0));
+        assert!(!sh.matches(&user(&["白领"], "上海", 0), 0));
+        let active = Condition {
+            min_messages: Some(5),
+            ..Default::default()
+        };
+        assert!(!active.matches(&user(&[], "", 0), 4));
+        assert!(active.matches(&user(&[], "", 0), 5));
+        assert!(Condition::default().matches(&user(&[], "", 0), 0));
+    }
+
+    #[test]
+    fn rule_intent_filter() {
+        let r = AttrRule {
+            id: "vip".into(),
+            intents: vec!["price".into()],
+            when: Condition {
+                vip_min: Some(3),
+                ..Default::default()
+            },
+            reply: "vip_service".into(),
+        };
+        assert!(r.applies("price", &user(&[], "", 5), 0));
+        assert!(!r.applies("stock", &user(&[], "", 5), 0));
+    }
+
+    #[test]
+    fn frequency_tiers_and_window() {
+        let f = FrequencyConfig::default();
+        assert_eq!(f.push_interval_ms(25), 24 * 3_600_000);
+        assert_eq!(f.push_interval_ms(5), 72 * 3_600_000);
+        assert_eq!(f.push_interval_ms(0), 168 * 3_600_000);
+        let mut a = Activity::default();
+        a.record(0, 1000);
+        a.record(500, 1000);
+        assert_eq!(a.count(900, 1000), 2);
+        assert_eq!(a.count(1000, 1000), 1);
+        assert_eq!(a.count(2000, 1000), 0);
+    }
+}

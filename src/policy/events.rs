@@ -1,0 +1,195 @@
+//! Group events (mirrors `intentd.v1.Event`): member joined / left, link clicked, card shared and
+//! the activity signal, plus the welcome-merging state.
+//!
+//! Merged welcomes. With `welcome.merge_window_s` = W > 0, the first MEMBER_JOINED in a group
+//! opens a window ending W later:
+//! - that join's decision is REPLY with no reply text, reason `welcome:queued`, and
+//!   `send_after_ms` = time until the window ends (plus spacing);
+//! - every further join before the window ends gets IGNORE, reason `merged_welcome`, the same
+//!   send time, and `merged_user_ids` listing everyone in the welcome so far;
+//! - at window end [`super::Playbook::due`] returns ONE `WELCOME` outbound whose `{nickname}` is
+//!   all nicknames joined by the list separator (and whose `user_ids` lists them);
+//! - a member who leaves before the window ends is taken out of the pending welcome.
+//!
+//! With W = 0 each join gets its welcome at once in the decision (reason `welcome`).
+//! `welcome.enabled: false` switches welcomes off for a group (reason `welcome:disabled`).
+
+use std::collections::BTreeMap;
+
+use crate::types::{PolicyDecision, UserInfo};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    MemberJoined,
+    MemberLeft,
+    LinkClicked,
+    CardShared,
+    Activity,
+}
+
+/// One group event, already validated by the front door.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventInput {
+    pub bot_id: String,
+    pub chat_id: String,
+    pub chat_name: String,
+    pub kind: EventKind,
+    pub user: UserInfo,
+    /// Link or card id for LINK_CLICKED / CARD_SHARED.
+    pub target_id: String,
+    pub at_ms: i64,
+    pub event_id: String,
+}
+
+/// The answer to an event: a decision plus, for welcomes, the users in the merged welcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDecision {
+    pub decision: PolicyDecision,
+    pub merged_user_ids: Vec<String>,
+}
+
+/// A welcome waiting for its merge window to close.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingWelcome {
+    pub send_at_ms: i64,
+    /// (user id, nickname) in join order.
+    pub users: Vec<(String, String)>,
+    pub chat_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinOutcome {
+    /// A new window was opened; the welcome goes at `send_at_ms`.
+    Opened { send_at_ms: i64 },
+    /// Added to the open window.
+    Merged {
+        send_at_ms: i64,
+        user_ids: Vec<String>,
+    },
+}
+
+/// Pending welcomes per (bot, chat).
+#[derive(Debug, Default)]
+pub struct WelcomeMerger {
+    pending: BTreeMap<(String, String), PendingWelcome>,
+}
+
+impl WelcomeMerger {
+    /// Register a join. `send_at_ms` is the window end used when a new window opens.
+    pub fn join(
+        &mut self,
+        bot: &str,
+        chat: &str,
+        chat_name: &str,
+        user: &UserInfo,
+        send_at_ms: i64,
+    ) -> JoinOutcome {
+        let key = (bot.to_string(), chat.to_string());
+        // A pending welcome (even one whose window has just closed but that `due()` has not
+        // collected yet) absorbs the join, so nobody is welcomed twice or left out.
+        if let Some(p) = self.pending.get_mut(&key) {
+            if !p.users.iter().any(|(id, _)| id == &user.id) {
+                p.users.push((user.id.clone(), user.nickname.clone()));
+            }
+            if !chat_name.is_empty() {
+                p.chat_name = chat_name.to_string();
+            }
+            return JoinOutcome::Merged {
+                send_at_ms: p.send_at_ms,
+                user_ids: p.users.iter().map(|(id, _)| id.clone()).collect(),
+            };
+        }
+        self.pending.insert(
+            key,
+            PendingWelcome {
+                send_at_ms,
+                users: vec![(user.id.clone(), user.nickname.clone())],
+                chat_name: chat_name.to_string(),
+            },
+        );
+        JoinOutcome::Opened { send_at_ms }
+    }
+
+    /// A member left: drop them from a pending welcome (and drop an emptied welcome).
+    pub fn leave(&mut self, bot: &str, chat: &str, user_id: &str) {
+        let key = (bot.to_string(), chat.to_string());
+        if let Some(p) = self.pending.get_mut(&key) {
+            p.users.retain(|(id, _)| id != user_id);
+            if p.users.is_empty() {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
+    /// Remove and return the welcomes whose window has closed, in (bot, chat) order.
+    pub fn take_due(&mut self, now: i64) -> Vec<((String, String), PendingWelcome)> {
+        let keys: Vec<(String, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.send_at_ms <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.pending.remove(&k).map(|p| (k, p)))
+            .collect()
+    }
+
+    pub fn next_due_ms(&self) -> Option<i64> {
+        self.pending.values().map(|p| p.send_at_ms).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(id: &str, nick: &str) -> UserInfo {
+        UserInfo {
+            id: id.into(),
+            nickname: nick.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn joins_in_window_merge_and_leavers_are_removed() {
+        let mut m = WelcomeMerger::default();
+        assert_eq!(
+            m.join("b", "g", "群", &u("u1", "小王"), 60_000),
+            JoinOutcome::Opened { send_at_ms: 60_000 }
+        );
+        assert_eq!(
+            m.join("b", "g", "群", &u("u2", "小李"), 70_000),
+            JoinOutcome::Merged {
+                send_at_ms: 60_000,
+                user_ids: vec!["u1".into(), "u2".into()]
+            }
+        );
+        m.join("b", "g", "群", &u("u3", "小张"), 80_000);
+        m.leave("b", "g", "u2");
+        assert_eq!(m.next_due_ms(), Some(60_000));
+        assert!(m.take_due(59_999).is_empty());
+        let due = m.take_due(60_000);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            due[0].1.users,
+            vec![("u1".into(), "小王".into()), ("u3".into(), "小张".into())]
+        );
+        assert!(m.take_due(60_000).is_empty());
+        // After collection a new join opens a new window.
+        assert_eq!(
+            m.join("b", "g", "群", &u("u4", "小赵"), 121_000),
+            JoinOutcome::Opened {
+                send_at_ms: 121_000
+            }
+        );
+    }
+
+    #[test]
+    fn everyone_leaving_cancels_the_welcome() {
+        let mut m = WelcomeMerger::default();
+        m.join("b", "g", "", &u("u1", "a"), 60_000);
+        m.leave("b", "g", "u1");
+        assert_eq!(m.next_due_ms(), None);
+    }
+}

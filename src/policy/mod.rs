@@ -1,0 +1,66 @@
+//! The operator playbook as a pure decision engine: no network, no storage I/O.
+//!
+//! The server hands every classified message and every group event to a [`Playbook`]; the
+//! playbook answers with a [`PolicyDecision`](crate::types::PolicyDecision) (reply, clarify,
+//! handoff, block or ignore, plus when to send) and keeps the in-memory state that the rules need
+//! (spacing, cooldowns, open handoffs, pending welcomes, schedules). Proactive sends (cron
+//! schedules, countdowns, silence re-activation, merged welcomes, delayed pushes) are pulled with
+//! [`Playbook::due`], which returns each item exactly once.
+//!
+//! Everything an operator may want to change lives in `config/operator/`:
+//! `playbook.yml` (rules, per bot with per-group overrides), `replies.yml` (all reply texts),
+//! `banned_words.txt` and `calendar.yml`. See [`config`] for the keys and their defaults.
+//!
+//! Time comes only from the injected clock; randomness (reply choice, jitter, A/B buckets) is
+//! derived from a stable hash of the configured seed and the inputs, so a run is reproducible.
+//!
+//! # Reasons
+//! `PolicyDecision::reason` is a stable machine string:
+//!
+//! | reason | action | meaning |
+//! |---|---|---|
+//! | `banned_word` | BLOCK | inbound text contains a banned word (after normalisation); review-queue entry |
+//! | `spam_ads` | BLOCK | classified as advertising/spam; review-queue entry |
+//! | `silent_intent` | IGNORE | the intent is configured as one the bot does not answer |
+//! | `off_hours` | HANDOFF | outside service hours; off-hours reply once per user per closed period |
+//! | `handoff:intent` | HANDOFF | the intent is handed to a human (`handoff.intents`) |
+//! | `handoff:not_understood` | HANDOFF | the user was not understood `handoff.not_understood_limit` times in a row |
+//! | `clarify` | CLARIFY | not understood; asks the user to pick from the candidates |
+//! | `cooldown` | IGNORE | same user, same intent answered within the cooldown |
+//! | `faq` | REPLY | ordinary reply from the reply library |
+//! | `rule:<id>` | REPLY | an attribute rule (tags / city / VIP / frequency) chose the reply |
+//! | `ab:<experiment>` | REPLY | the reply variant came from an A/B experiment |
+//! | `no_reply` | IGNORE | the intent has no usable reply |
+//! | `banned_word:outbound` | IGNORE | every candidate reply rendered into a banned word |
+//! | `merged:spacing` | IGNORE | a reply for the same intent is already queued in this group |
+//! | `dropped:spacing_queue_full` | IGNORE | the group's send queue is full; recorded in [`Playbook::dropped_sends`] |
+//! | `welcome` | REPLY | welcome sent now (merge window 0) |
+//! | `welcome:queued` | REPLY | first join of a merge window; the welcome arrives via `due()` at window end (`send_after_ms`) |
+//! | `merged_welcome` | IGNORE | a later join inside the window; listed in the pending welcome |
+//! | `welcome:disabled` | IGNORE | welcomes are switched off for this group |
+//! | `guidance:link` / `guidance:card` | REPLY | next-step guidance for a clicked link / shared card |
+//! | `guidance:unknown_target` | IGNORE | no guidance configured for that link / card id |
+//! | `member_left` / `activity` | IGNORE | bookkeeping events |
+
+pub mod ab;
+pub mod attributes;
+pub mod compliance;
+pub mod config;
+pub mod cooldown;
+pub mod error;
+pub mod events;
+pub mod handoff;
+mod hash;
+pub mod hours;
+pub mod playbook;
+pub mod replies;
+pub mod scheduler;
+pub mod spacing;
+pub mod templates;
+mod yaml;
+
+pub use compliance::ReviewItem;
+pub use error::PolicyError;
+pub use events::{EventDecision, EventInput, EventKind};
+pub use playbook::{DroppedSend, Playbook};
+pub use scheduler::{OutboundItem, OutboundKind};

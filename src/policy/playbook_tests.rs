@@ -1,0 +1,944 @@
+//! Behaviour tests for the playbook facade: a fixture operator directory, a manual clock and a
+//! fixed seed; every test asserts the exact decisions.
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+use crate::policy::hours::to_ms;
+use crate::policy::replies::tests::minimal_yaml;
+use crate::types::{IntentScore, Source};
+use chrono::NaiveDate;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const BOT: &str = "bot1";
+
+fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+    to_ms(
+        chrono_tz::Asia::Shanghai,
+        NaiveDate::from_ymd_opt(y, mo, d)
+            .unwrap()
+            .and_hms_opt(h, mi, s)
+            .unwrap(),
+    )
+}
+
+/// 2027-03-01 is a Monday.
+fn mon(h: u32, mi: u32) -> i64 {
+    ms(2027, 3, 1, h, mi, 0)
+}
+
+const EXTRA_REPLIES: &str = "named:
+  vip_service:
+    - { id: v1, style: professional, text: \"{nickname}您好，VIP专属客服为您服务\" }
+  local_sh:
+    - { id: e1, style: professional, text: \"{nickname}，上海本地活动周六见\" }
+  newbie:
+    - { id: n1, style: professional, text: \"{nickname}，新手请先看入门视频\" }
+  regulars:
+    - { id: r1, style: professional, text: \"{nickname}，老朋友好\" }
+  daily_tip:
+    - { id: t1, style: professional, text: \"{greeting}，{group_name}今日小贴士{festival}\" }
+  push_sh:
+    - { id: p1, style: professional, text: \"{nickname}，上海活动还有名额\" }
+links:
+  coupon_center:
+    - { id: l1, style: professional, text: \"{nickname}，领券后回商品页下单\" }
+cards:
+  product_card:
+    - { id: c1, style: professional, text: \"{nickname}，点卡片即可下单\" }
+";
+
+const BASE: &str = "defaults:
+  style: professional
+  spacing: { min_interval_s: 15, jitter_ms: 0, queue_limit: 3 }
+  reactivation: { enabled: false }
+  disclosure: { enabled: false }
+";
+
+struct Fx {
+    pb: Playbook,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn write_dir(playbook: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("banned_words.txt"),
+        "# test list\n微信\nwechat\n代开发票\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("calendar.yml"),
+        "festivals:\n  - { name: 春节, date: 2027-02-06, days: 3, greeting: 新春快乐！ }\n",
+    )
+    .unwrap();
+    let replies = minimal_yaml().replace(
+        "  coupon:\n",
+        "  coupon:\n    - id: c\n      style: professional\n      text: \"{nickname}，第三种文案\"\n",
+    ) + EXTRA_REPLIES;
+    std::fs::write(p.join("replies.yml"), replies).unwrap();
+    std::fs::write(p.join("playbook.yml"), playbook).unwrap();
+    dir
+}
+
+fn fx_at(playbook: &str, start: i64) -> Fx {
+    let dir = write_dir(playbook);
+    let clock = Arc::new(ManualClock::new(start));
+    let pb = Playbook::load(dir.path(), clock.clone(), 42).unwrap_or_else(|e| panic!("{e}"));
+    Fx {
+        pb,
+        clock,
+        _dir: dir,
+    }
+}
+
+fn fx(playbook: &str) -> Fx {
+    fx_at(playbook, mon(10, 0))
+}
+
+fn user(id: &str, nick: &str) -> UserInfo {
+    UserInfo {
+        id: id.into(),
+        nickname: nick.into(),
+        ..Default::default()
+    }
+}
+
+static MSG: AtomicU64 = AtomicU64::new(0);
+
+fn msg(chat: &str, u: &UserInfo, text: &str) -> MessageContext {
+    MessageContext {
+        bot_id: BOT.into(),
+        chat_id: chat.into(),
+        chat_name: "粉丝群".into(),
+        message_id: format!("m{}", MSG.fetch_add(1, Ordering::Relaxed)),
+        text: text.into(),
+        at_ms: 0,
+        user: u.clone(),
+    }
+}
+
+fn cls(intent: &str) -> Classification {
+    Classification {
+        intent: intent.into(),
+        confidence: 0.9,
+        ranking: vec![IntentScore {
+            intent: intent.into(),
+            confidence: 0.9,
+        }],
+        source: Source::Model,
+        matched_terms: vec![],
+        needs_clarification: false,
+        truncated: false,
+        model_loaded: true,
+    }
+}
+
+fn unclear(cands: &[&str]) -> Classification {
+    Classification {
+        intent: String::new(),
+        confidence: 0.3,
+        ranking: cands
+            .iter()
+            .map(|c| IntentScore {
+                intent: c.to_string(),
+                confidence: 0.3,
+            })
+            .collect(),
+        source: Source::Fallback,
+        matched_terms: vec![],
+        needs_clarification: true,
+        truncated: false,
+        model_loaded: true,
+    }
+}
+
+fn names(i: &str) -> String {
+    match i {
+        "price" => "询价",
+        "stock" => "库存/有货",
+        other => other,
+    }
+    .to_string()
+}
+
+impl Fx {
+    fn ask(&self, chat: &str, u: &UserInfo, intent: &str) -> PolicyDecision {
+        self.pb
+            .decide_message(&msg(chat, u, "问题"), &cls(intent), &names)
+    }
+    fn ask_cls(&self, chat: &str, u: &UserInfo, c: &Classification) -> PolicyDecision {
+        self.pb.decide_message(&msg(chat, u, "嗯？"), c, &names)
+    }
+    fn event(&self, chat: &str, kind: EventKind, u: &UserInfo, target: &str) -> EventDecision {
+        self.pb.handle_event(&EventInput {
+            bot_id: BOT.into(),
+            chat_id: chat.into(),
+            chat_name: "粉丝群".into(),
+            kind,
+            user: u.clone(),
+            target_id: target.into(),
+            at_ms: 0,
+            event_id: format!("e{}", MSG.fetch_add(1, Ordering::Relaxed)),
+        })
+    }
+    fn step(&self, secs: i64) {
+        self.clock.advance_ms(secs * 1000);
+    }
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+fn text(d: &PolicyDecision) -> &str {
+    d.reply.as_ref().map(|r| r.text.as_str()).unwrap_or("")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn shipped_operator_config_loads_and_answers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/operator");
+    let clock = Arc::new(ManualClock::new(mon(10, 0)));
+    let pb = Playbook::load(&dir, clock, 7).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = pb.config();
+    for intent in crate::policy::replies::INTENTS {
+        assert!(cfg.replies.variants(intent).len() >= 2, "{intent}");
+    }
+    let s = cfg.settings("demo_bot", "vip_lounge");
+    assert_eq!(s.spacing.min_interval_ms, 10_000);
+    assert_eq!(s.experiments[0].variants.len(), 3);
+    let d = pb.decide_message(
+        &msg("g1", &user("u1", "小王"), "多少钱"),
+        &cls("price"),
+        &names,
+    );
+    assert_eq!(d.action, Action::Reply);
+    assert!(text(&d).contains("小王"), "{}", text(&d));
+    assert_eq!(d.notices.len(), 1, "first contact carries the disclosure");
+    let d = pb
+        .precheck(&msg("g1", &user("u2", "x"), "加我 微-信 领红包"))
+        .unwrap();
+    assert_eq!(
+        (d.action, d.reason.as_str()),
+        (Action::Block, "banned_word")
+    );
+}
+
+#[test]
+fn faq_reply_spacing_with_jitter_bounds_and_reproducible_seed() {
+    let pb = BASE.replace("jitter_ms: 0", "jitter_ms: 3000");
+    // Jitter is a hash of (seed, bot, chat, message id, time): same inputs, same delays.
+    let run = || {
+        let f = fx(&pb);
+        let ask = |id: &str, u: UserInfo, intent: &str| {
+            let mut m = msg("g", &u, "问题");
+            m.message_id = id.into();
+            f.pb.decide_message(&m, &cls(intent), &names)
+        };
+        let a = ask("m-a", user("u1", "小王"), "price");
+        let b = ask("m-b", user("u2", "小李"), "stock");
+        let c = ask("m-c", user("u3", "小张"), "refund");
+        (a, b, c)
+    };
+    let (a, b, c) = run();
+    assert_eq!((a.action, a.reason.as_str()), (Action::Reply, "faq"));
+    assert_eq!(text(&a), "小王，关于price请看说明");
+    assert_eq!(a.reply.as_ref().unwrap().variant_id, "price/a");
+    assert!((0..=3000).contains(&a.send_after_ms), "{}", a.send_after_ms);
+    assert!(
+        (a.send_after_ms + 15_000..=a.send_after_ms + 18_000).contains(&b.send_after_ms),
+        "{} {}",
+        a.send_after_ms,
+        b.send_after_ms
+    );
+    assert!((b.send_after_ms + 15_000..=b.send_after_ms + 18_000).contains(&c.send_after_ms));
+    // Same seed, same inputs: the same jitter.
+    let (a2, b2, c2) = run();
+    assert_eq!(
+        (a.send_after_ms, b.send_after_ms, c.send_after_ms),
+        (a2.send_after_ms, b2.send_after_ms, c2.send_after_ms)
+    );
+}
+
+#[test]
+fn spacing_merges_same_intent_and_drops_when_queue_full() {
+    let f = fx(&BASE.replace("queue_limit: 3", "queue_limit: 2"));
+    let d1 = f.ask("g", &user("u1", "a"), "price");
+    assert_eq!((d1.action, d1.send_after_ms), (Action::Reply, 0));
+    let d2 = f.ask("g", &user("u2", "b"), "price");
+    assert_eq!((d2.action, d2.send_after_ms), (Action::Reply, 15_000));
+    let d3 = f.ask("g", &user("u3", "c"), "price");
+    assert_eq!(
+        (d3.action, d3.reason.as_str(), d3.send_after_ms),
+        (Action::Ignore, "merged:spacing", 15_000)
+    );
+    assert!(d3.reply.is_none());
+    let d4 = f.ask("g", &user("u4", "d"), "stock");
+    assert_eq!((d4.action, d4.send_after_ms), (Action::Reply, 30_000));
+    let d5 = f.ask("g", &user("u5", "e"), "refund");
+    assert_eq!(
+        (d5.action, d5.reason.as_str()),
+        (Action::Ignore, "dropped:spacing_queue_full")
+    );
+    let dropped = f.pb.dropped_sends();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(
+        (dropped[0].user_id.as_str(), dropped[0].key.as_str()),
+        ("u5", "refund")
+    );
+    // A handoff is never dropped: it takes the slot after the queue.
+    let d6 = f.ask("g", &user("u6", "f"), "complaint");
+    assert_eq!((d6.action, d6.send_after_ms), (Action::Handoff, 45_000));
+    // Another group is independent.
+    assert_eq!(f.ask("other", &user("u5", "e"), "refund").send_after_ms, 0);
+    // Once the queue drained, the dropped user can ask again.
+    f.step(31);
+    let d7 = f.ask("g", &user("u5", "e"), "refund");
+    assert_eq!(
+        (d7.action, d7.send_after_ms),
+        (Action::Reply, 60_000 - 31_000)
+    );
+    assert_eq!(f.pb.drain_dropped_sends().len(), 1);
+    assert!(f.pb.dropped_sends().is_empty());
+}
+
+#[test]
+fn cooldown_per_user_and_intent() {
+    let f = fx(BASE);
+    let u1 = user("u1", "a");
+    assert_eq!(f.ask("g", &u1, "price").action, Action::Reply);
+    f.step(60);
+    let d = f.ask("g", &u1, "price");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Ignore, "cooldown"));
+    assert_eq!(f.ask("g", &user("u2", "b"), "price").action, Action::Reply);
+    assert_eq!(f.ask("g", &u1, "stock").action, Action::Reply);
+    f.step(240);
+    assert_eq!(f.ask("g", &u1, "price").reason, "faq");
+    // Per-intent cooldown.
+    let f =
+        fx(&(BASE.to_string() + "  cooldown: { default_s: 300, per_intent_s: { price: 10 } }\n"));
+    f.ask("g", &u1, "price");
+    f.step(11);
+    assert_eq!(f.ask("g", &u1, "price").action, Action::Reply);
+}
+
+#[test]
+fn handoff_intents_announce_the_wait() {
+    let f = fx(BASE);
+    let d = f.ask("g", &user("u1", "a"), "complaint");
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (Action::Handoff, "handoff:intent", "已转人工，预计等待5分钟")
+    );
+    let d = f.ask("g2", &user("u2", "b"), "ask_human");
+    assert_eq!(text(&d), "已转人工，预计等待10分钟");
+    f.pb.record_human_reply(BOT, "g");
+    let d = f.ask("g3", &user("u3", "c"), "complaint");
+    assert_eq!(text(&d), "已转人工，预计等待10分钟");
+    // Open handoffs expire after the TTL (60 min).
+    f.step(3600);
+    assert_eq!(
+        text(&f.ask("g4", &user("u4", "d"), "complaint")),
+        "已转人工，预计等待5分钟"
+    );
+    let f = fx(&(BASE.to_string() + "  handoff: { fixed_wait_minutes: 8, intents: [refund] }\n"));
+    let d = f.ask("g", &user("u1", "a"), "refund");
+    assert_eq!(
+        (d.action, text(&d)),
+        (Action::Handoff, "已转人工，预计等待8分钟")
+    );
+    assert_eq!(
+        f.ask("g", &user("u1", "a"), "complaint").action,
+        Action::Reply
+    );
+}
+
+#[test]
+fn not_understood_twice_in_a_row_goes_to_a_human() {
+    let f = fx(BASE);
+    let u1 = user("u1", "小王");
+    let d = f.ask_cls("g", &u1, &unclear(&["price", "stock"]));
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (Action::Clarify, "clarify", "您是想问：询价、库存/有货？")
+    );
+    let d = f.ask_cls("g", &u1, &unclear(&["price"]));
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (
+            Action::Handoff,
+            "handoff:not_understood",
+            "已转人工，预计等待5分钟"
+        )
+    );
+    // The streak starts over after the handoff.
+    assert_eq!(f.ask_cls("g", &u1, &unclear(&[])).action, Action::Clarify);
+    // Understood in between: no handoff.
+    let u2 = user("u2", "小李");
+    f.step(100);
+    assert_eq!(f.ask_cls("g", &u2, &unclear(&[])).action, Action::Clarify);
+    assert_eq!(f.ask("g", &u2, "price").action, Action::Reply);
+    f.step(100);
+    let d = f.ask_cls("g", &u2, &unclear(&[]));
+    assert_eq!(
+        (d.action, text(&d)),
+        (Action::Clarify, "没太明白，能换个说法吗？")
+    );
+}
+
+#[test]
+fn human_share_against_target() {
+    let f = fx(&(BASE.to_string() + "bots:\n  bot1:\n    groups:\n      g2:\n        handoff: { human_share_target: 0.25 }\n"));
+    for i in 0..8 {
+        f.ask("g", &user(&format!("u{i}"), "x"), "price");
+    }
+    f.ask("g", &user("c1", "x"), "complaint");
+    f.ask("g", &user("c2", "x"), "ask_human");
+    f.pb.record_human_reply(BOT, "g");
+    let (share, target) = f.pb.human_share(BOT, "g");
+    assert!((share - 0.3).abs() < 1e-9, "{share}");
+    assert_eq!(target, 0.30);
+    assert_eq!(f.pb.human_share(BOT, "g2"), (0.0, 0.25));
+}
+
+#[test]
+fn off_hours_reply_once_then_handoff_queue() {
+    let pb = BASE.to_string() + "  service_hours:\n    - { days: [mon, tue, wed, thu, fri], from: \"09:00\", to: \"21:00\" }\n";
+    let f = fx_at(&pb, ms(2027, 3, 5, 22, 0, 0)); // Friday night
+    let u1 = user("u1", "a");
+    let d = f.ask("g", &u1, "price");
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (
+            Action::Handoff,
+            "off_hours",
+            "现在是下班时间，09:00后回复您"
+        )
+    );
+    let d = f.ask("g", &u1, "stock");
+    assert_eq!(
+        (d.action, d.reason.as_str(), d.reply.is_none()),
+        (Action::Handoff, "off_hours", true)
+    );
+    assert_eq!(
+        text(&f.ask("g", &user("u2", "b"), "price")),
+        "现在是下班时间，09:00后回复您"
+    );
+    f.clock.set_ms(ms(2027, 3, 8, 9, 30, 0)); // Monday morning
+    let d = f.ask("g", &u1, "price");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Reply, "faq"));
+}
+
+#[test]
+fn disclosure_on_first_contact_only() {
+    let f = fx(&BASE.replace(
+        "disclosure: { enabled: false }",
+        "disclosure: { enabled: true }",
+    ));
+    let u1 = user("u1", "a");
+    assert_eq!(
+        f.ask("g", &u1, "price").notices,
+        vec!["我是自动助手".to_string()]
+    );
+    assert!(f.ask("g", &u1, "stock").notices.is_empty());
+    // Per chat: the same user in another group is told again.
+    assert_eq!(f.ask("g2", &u1, "price").notices.len(), 1);
+    // Asking "are you a bot" is answered by the ask_bot reply itself.
+    let u2 = user("u2", "b");
+    let d = f.ask("g", &u2, "ask_bot");
+    assert_eq!(
+        (d.action, d.notices.len(), text(&d)),
+        (Action::Reply, 0, "b，关于ask_bot请看说明")
+    );
+    assert!(f.ask("g", &u2, "price").notices.is_empty());
+}
+
+#[test]
+fn banned_words_block_with_review_entry_and_obfuscations_are_caught() {
+    let f = fx(BASE);
+    let u = user("u1", "a");
+    for t in [
+        "加我微 信聊 13812345678",
+        "加我微-信",
+        "联系ＷＥＣＨＡＴ",
+        "可以代\u{200b}开发票吗",
+        "Wechat 号多少",
+    ] {
+        let d =
+            f.pb.precheck(&msg("g", &u, t))
+                .unwrap_or_else(|| panic!("not caught: {t}"));
+        assert_eq!(
+            (d.action, d.reason.as_str()),
+            (Action::Block, "banned_word")
+        );
+    }
+    assert!(f.pb.precheck(&msg("g", &u, "这个多少钱？")).is_none());
+    let q = f.pb.review_queue();
+    assert_eq!(q.len(), 5);
+    assert_eq!(
+        (q[0].matched.as_str(), q[0].text.as_str()),
+        ("微信", "加我微 信聊 [PHONE]")
+    );
+    assert_eq!(q[2].matched, "wechat");
+    // decide_message after precheck on the same message does not add a second entry.
+    let m = msg("g", &u, "加微信");
+    f.pb.precheck(&m).unwrap();
+    let d = f.pb.decide_message(&m, &cls("price"), &names);
+    assert_eq!(d.action, Action::Block);
+    assert_eq!(f.pb.drain_review_queue().len(), 6);
+    assert!(f.pb.review_queue().is_empty());
+}
+
+#[test]
+fn outbound_never_contains_a_banned_word() {
+    let f = fx(BASE);
+    // Every variant renders the nickname, which carries the banned word.
+    let d = f.ask("g", &user("u1", "加微 信"), "price");
+    assert_eq!(
+        (d.action, d.reason.as_str(), d.reply.is_none()),
+        (Action::Ignore, "banned_word:outbound", true)
+    );
+}
+
+#[test]
+fn spam_is_blocked_and_silent_intents_ignored() {
+    let f = fx(&(BASE.to_string() + "  silent_intents: [chitchat]\n"));
+    let d = f.ask("g", &user("u1", "a"), "spam_ads");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Block, "spam_ads"));
+    assert_eq!(f.pb.review_queue()[0].reason, "spam_ads");
+    let d = f.ask("g", &user("u1", "a"), "chitchat");
+    assert_eq!(
+        (d.action, d.reason.as_str()),
+        (Action::Ignore, "silent_intent")
+    );
+}
+
+#[test]
+fn attribute_rules_vip_city_tags_and_frequency() {
+    let pb = BASE.to_string()
+        + "  cooldown: { default_s: 0 }
+  rules:
+    - { id: vip, intents: [price], when: { vip_min: 3 }, reply: vip_service }
+    - { id: sh, intents: [event_signup], when: { cities: [上海] }, reply: local_sh }
+    - { id: newbie, intents: [product_usage], when: { tags_any: [新手, 小白] }, reply: newbie }
+    - { id: regulars, intents: [greeting], when: { min_messages: 3 }, reply: regulars }
+";
+    let f = fx(&pb);
+    let mut vip = user("v", "老王");
+    vip.vip_level = 3;
+    let d = f.ask("g", &vip, "price");
+    assert_eq!(
+        (d.reason.as_str(), text(&d)),
+        ("rule:vip", "老王您好，VIP专属客服为您服务")
+    );
+    assert_eq!(d.reply.as_ref().unwrap().variant_id, "vip_service/v1");
+    f.step(20);
+    vip.vip_level = 2;
+    assert_eq!(f.ask("g", &vip, "price").reason, "faq");
+    f.step(20);
+    let mut sh = user("s", "小上");
+    sh.city = "上海".into();
+    assert_eq!(
+        text(&f.ask("g", &sh, "event_signup")),
+        "小上，上海本地活动周六见"
+    );
+    f.step(20);
+    sh.city = "北京".into();
+    assert_eq!(f.ask("g", &sh, "event_signup").reason, "faq");
+    f.step(20);
+    let mut nb = user("n", "小新");
+    nb.tags = vec!["小白".into()];
+    assert_eq!(f.ask("g", &nb, "product_usage").reason, "rule:newbie");
+    // Interaction frequency: the third message of a user in the window gets the regulars reply.
+    let r = user("r", "老李");
+    f.step(20);
+    assert_eq!(f.ask("g", &r, "greeting").reason, "faq");
+    f.step(20);
+    assert_eq!(f.ask("g", &r, "greeting").reason, "faq");
+    f.step(20);
+    assert_eq!(f.ask("g", &r, "greeting").reason, "rule:regulars");
+}
+
+#[test]
+fn ab_experiment_is_sticky_and_weighted_over_3000_users() {
+    let pb = BASE.to_string()
+        + "  experiments:
+    - id: coupon_copy
+      intent: coupon
+      variants:
+        - { variant: a, weight: 50 }
+        - { variant: b, weight: 30 }
+        - { variant: c, weight: 20 }
+";
+    let f = fx(&pb);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..3000 {
+        let d = f.ask(&format!("g{i}"), &user(&format!("wxid_{i}"), "x"), "coupon");
+        let r = d.reply.unwrap();
+        assert_eq!(
+            (d.reason.as_str(), r.experiment.as_str()),
+            ("ab:coupon_copy", "coupon_copy")
+        );
+        *counts.entry(r.variant_id).or_default() += 1;
+    }
+    for (v, w) in [
+        ("coupon_copy/a", 0.5),
+        ("coupon_copy/b", 0.3),
+        ("coupon_copy/c", 0.2),
+    ] {
+        let share = counts[v] as f64 / 3000.0;
+        assert!((share - w).abs() <= 0.03, "{v}: {share} ({counts:?})");
+    }
+    // Sticky: the same user sees the same variant again (after the cooldown), in any group.
+    let first = f
+        .ask("x1", &user("wxid_7", "x"), "coupon")
+        .reply
+        .unwrap()
+        .variant_id;
+    f.step(400);
+    assert_eq!(
+        f.ask("x2", &user("wxid_7", "x"), "coupon")
+            .reply
+            .unwrap()
+            .variant_id,
+        first
+    );
+    // Other intents are not in the experiment.
+    assert_eq!(
+        f.ask("x3", &user("wxid_7", "x"), "price")
+            .reply
+            .unwrap()
+            .experiment,
+        ""
+    );
+}
+
+#[test]
+fn style_per_user_tag_and_group() {
+    let pb = BASE.to_string()
+        + "  user_tag_styles: { 学生: playful }\nbots:\n  bot1:\n    groups:\n      fun:\n        style: playful\n";
+    let f = fx(&pb);
+    let mut st = user("s", "小明");
+    st.tags = vec!["学生".into()];
+    let r = f.ask("g", &st, "price").reply.unwrap();
+    assert_eq!(
+        (r.variant_id.as_str(), r.style.as_str(), r.text.as_str()),
+        ("price/b", "playful", "小明～price来啦")
+    );
+    let r = f.ask("g", &user("o", "老赵"), "price").reply.unwrap();
+    assert_eq!(
+        (r.variant_id.as_str(), r.style.as_str()),
+        ("price/a", "professional")
+    );
+    let r = f.ask("fun", &user("o", "老赵"), "price").reply.unwrap();
+    assert_eq!(r.style, "playful");
+}
+
+#[test]
+fn joins_within_the_window_get_one_merged_welcome() {
+    let pb = BASE.to_string()
+        + "  welcome: { merge_window_s: 60 }\nbots:\n  bot1:\n    groups:\n      now:\n        welcome: { merge_window_s: 0 }\n      off:\n        welcome: { enabled: false }\n";
+    let f = fx(&pb);
+    let t0 = f.now();
+    let d = f.event("g", EventKind::MemberJoined, &user("u1", "小王"), "");
+    assert_eq!(
+        (
+            d.decision.action,
+            d.decision.reason.as_str(),
+            d.decision.send_after_ms,
+            d.decision.reply.is_none()
+        ),
+        (Action::Reply, "welcome:queued", 60_000, true)
+    );
+    assert_eq!(d.merged_user_ids, vec!["u1"]);
+    f.step(10);
+    let d = f.event("g", EventKind::MemberJoined, &user("u2", "小李"), "");
+    assert_eq!(
+        (
+            d.decision.action,
+            d.decision.reason.as_str(),
+            d.decision.send_after_ms
+        ),
+        (Action::Ignore, "merged_welcome", 50_000)
+    );
+    assert_eq!(d.merged_user_ids, vec!["u1", "u2"]);
+    f.step(10);
+    let d = f.event("g", EventKind::MemberJoined, &user("u3", "小张"), "");
+    assert_eq!(d.merged_user_ids, vec!["u1", "u2", "u3"]);
+    // u2 leaves before the welcome goes.
+    let d = f.event("g", EventKind::MemberLeft, &user("u2", "小李"), "");
+    assert_eq!(
+        (d.decision.action, d.decision.reason.as_str()),
+        (Action::Ignore, "member_left")
+    );
+    assert_eq!(f.pb.next_due_ms(), Some(t0 + 60_000));
+    assert!(f.pb.due(t0 + 59_999).is_empty());
+    let out = f.pb.due(t0 + 60_000);
+    assert_eq!(out.len(), 1);
+    let w = &out[0];
+    assert_eq!(
+        (w.kind, w.rule_id.as_str(), w.send_at_ms),
+        (OutboundKind::Welcome, "welcome", t0 + 60_000)
+    );
+    assert_eq!(w.reply.text, "欢迎小王、小张加入粉丝群！");
+    assert_eq!(w.user_ids, vec!["u1", "u3"]);
+    assert!(f.pb.due(t0 + 60_000).is_empty(), "exactly once");
+    assert!(f.pb.due(t0 + 120_000).is_empty());
+    // Window 0: welcome at once. Disabled: nothing.
+    let d = f.event("now", EventKind::MemberJoined, &user("u4", "小赵"), "");
+    assert_eq!(
+        (
+            d.decision.action,
+            d.decision.reason.as_str(),
+            text(&d.decision)
+        ),
+        (Action::Reply, "welcome", "欢迎小赵加入粉丝群！")
+    );
+    let d = f.event("off", EventKind::MemberJoined, &user("u5", "小钱"), "");
+    assert_eq!(
+        (d.decision.action, d.decision.reason.as_str()),
+        (Action::Ignore, "welcome:disabled")
+    );
+}
+
+#[test]
+fn link_and_card_guidance() {
+    let f = fx(BASE);
+    let u = user("u1", "小王");
+    let d = f
+        .event("g", EventKind::LinkClicked, &u, "coupon_center")
+        .decision;
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (Action::Reply, "guidance:link", "小王，领券后回商品页下单")
+    );
+    assert_eq!(
+        d.reply.as_ref().unwrap().variant_id,
+        "link:coupon_center/l1"
+    );
+    let d = f
+        .event("g", EventKind::LinkClicked, &u, "coupon_center")
+        .decision;
+    assert_eq!(d.reason, "cooldown");
+    let d = f
+        .event("g", EventKind::CardShared, &u, "product_card")
+        .decision;
+    assert_eq!(
+        (d.reason.as_str(), text(&d), d.send_after_ms),
+        ("guidance:card", "小王，点卡片即可下单", 15_000)
+    );
+    let d = f.event("g", EventKind::LinkClicked, &u, "nope").decision;
+    assert_eq!(
+        (d.action, d.reason.as_str()),
+        (Action::Ignore, "guidance:unknown_target")
+    );
+    let d = f.event("g", EventKind::Activity, &u, "").decision;
+    assert_eq!((d.action, d.reason.as_str()), (Action::Ignore, "activity"));
+}
+
+#[test]
+fn cron_schedule_fires_at_the_right_minute_in_shanghai() {
+    let pb = BASE.to_string()
+        + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
+    let f = fx_at(&pb, mon(8, 0));
+    f.event("g", EventKind::Activity, &user("u", "x"), "");
+    assert_eq!(f.pb.next_due_ms(), Some(mon(9, 0)));
+    assert!(f.pb.due(mon(8, 59) + 59_999).is_empty());
+    let out = f.pb.due(mon(9, 0));
+    assert_eq!(out.len(), 1);
+    let o = &out[0];
+    assert_eq!(
+        (o.kind, o.rule_id.as_str(), o.send_at_ms),
+        (OutboundKind::Scheduled, "schedule:morning", mon(9, 0))
+    );
+    assert_eq!(
+        o.send_at_ms.rem_euclid(86_400_000),
+        3_600_000,
+        "09:00 Shanghai is 01:00 UTC"
+    );
+    assert_eq!((o.bot_id.as_str(), o.chat_id.as_str()), (BOT, "g"));
+    assert_eq!(o.reply.text, "早上好，粉丝群今日小贴士");
+    assert!(f.pb.due(mon(9, 0) + 30_000).is_empty(), "exactly once");
+    assert_eq!(f.pb.next_due_ms(), Some(ms(2027, 3, 2, 9, 0, 0)));
+    // Long gap past the grace period: the missed send is skipped, not sent hours late.
+    assert!(f.pb.due(ms(2027, 3, 2, 15, 0, 0)).is_empty());
+    assert_eq!(f.pb.due(ms(2027, 3, 3, 9, 5, 0)).len(), 1);
+}
+
+#[test]
+fn festival_greeting_from_the_calendar() {
+    let pb = BASE.to_string()
+        + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
+    let f = fx_at(&pb, ms(2027, 2, 7, 8, 0, 0));
+    f.event("g", EventKind::Activity, &user("u", "x"), "");
+    let out = f.pb.due(ms(2027, 2, 7, 9, 0, 0));
+    assert_eq!(out[0].reply.text, "早上好，粉丝群今日小贴士新春快乐！");
+    assert_eq!(
+        f.pb.due(ms(2027, 2, 9, 9, 0, 0))[0].reply.text,
+        "早上好，粉丝群今日小贴士"
+    );
+}
+
+#[test]
+fn countdown_text_and_once_per_reminder() {
+    let pb = BASE.to_string()
+        + "  countdowns:\n    - { id: launch, event_name: 新品发布会, date: 2027-03-05, at: \"10:00\", days_before: [3, 1] }\n";
+    let f = fx(&pb);
+    f.event("g", EventKind::Activity, &user("u", "x"), "");
+    assert_eq!(f.pb.next_due_ms(), Some(ms(2027, 3, 2, 10, 0, 0)));
+    assert!(f.pb.due(ms(2027, 3, 2, 9, 59, 0)).is_empty());
+    let out = f.pb.due(ms(2027, 3, 2, 10, 0, 0));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].kind, out[0].rule_id.as_str()),
+        (OutboundKind::Countdown, "countdown:launch:3")
+    );
+    assert_eq!(out[0].reply.text, "距离新品发布会开始还有 3 天");
+    assert!(f.pb.due(ms(2027, 3, 2, 10, 1, 0)).is_empty());
+    let out = f.pb.due(ms(2027, 3, 4, 10, 5, 0));
+    assert_eq!(out[0].reply.text, "距离新品发布会开始还有 1 天");
+    assert!(f.pb.due(ms(2027, 3, 5, 12, 0, 0)).is_empty());
+    assert_eq!(f.pb.next_due_ms(), None);
+}
+
+#[test]
+fn silent_group_reminder_at_most_once_per_period_and_within_hours() {
+    let pb = BASE.replace("reactivation: { enabled: false }", "reactivation: { enabled: true, silence_hours: 2, period_hours: 24 }")
+        + "  service_hours:\n    - { days: [mon, tue, wed, thu, fri], from: \"09:00\", to: \"21:00\" }\n";
+    let f = fx(&pb);
+    f.event("g", EventKind::Activity, &user("u", "x"), "");
+    assert_eq!(f.pb.next_due_ms(), Some(mon(12, 0)));
+    assert!(f.pb.due(mon(11, 59)).is_empty());
+    let out = f.pb.due(mon(12, 0));
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (
+            out[0].kind,
+            out[0].rule_id.as_str(),
+            out[0].reply.text.as_str()
+        ),
+        (
+            OutboundKind::Reactivation,
+            "reactivation",
+            "早上好，今天有福利哦"
+        )
+    );
+    assert!(f.pb.due(mon(13, 0)).is_empty());
+    assert!(f.pb.due(mon(20, 0)).is_empty());
+    assert_eq!(f.pb.next_due_ms(), Some(ms(2027, 3, 2, 12, 0, 0)));
+    assert_eq!(
+        f.pb.due(ms(2027, 3, 2, 12, 0, 0)).len(),
+        1,
+        "still silent a period later"
+    );
+    // A group that goes quiet in the evening is reminded when service opens, not at night.
+    f.clock.set_ms(ms(2027, 3, 2, 20, 0, 0));
+    f.event("night", EventKind::Activity, &user("u", "x"), "");
+    assert!(f.pb.due(ms(2027, 3, 2, 22, 30, 0)).is_empty());
+    let out = f.pb.due(ms(2027, 3, 3, 9, 0, 0));
+    assert_eq!(
+        out.iter().map(|o| o.chat_id.as_str()).collect::<Vec<_>>(),
+        vec!["night"]
+    );
+}
+
+#[test]
+fn proactive_sends_respect_group_spacing() {
+    let pb = BASE.to_string()
+        + "  schedules:\n    - { id: morning, cron: \"0 9 * * *\", reply: daily_tip }\n";
+    let f = fx_at(&pb, ms(2027, 3, 1, 8, 59, 55));
+    assert_eq!(f.ask("g", &user("u", "x"), "price").send_after_ms, 0);
+    assert!(
+        f.pb.due(mon(9, 0)).is_empty(),
+        "the group just had a bot send"
+    );
+    assert_eq!(f.pb.next_due_ms(), Some(mon(9, 0) + 10_000));
+    assert!(f.pb.due(mon(9, 0) + 9_999).is_empty());
+    let out = f.pb.due(mon(9, 0) + 10_000);
+    assert_eq!((out.len(), out[0].send_at_ms), (1, mon(9, 0) + 10_000));
+    assert!(f.pb.due(mon(9, 1)).is_empty());
+    // And a reply right after a proactive send is spaced behind it.
+    f.clock.set_ms(mon(9, 0) + 12_000);
+    assert_eq!(f.ask("g", &user("u2", "y"), "stock").send_after_ms, 13_000);
+}
+
+#[test]
+fn personal_push_is_delayed_and_throttled_by_frequency() {
+    let pb = BASE.to_string()
+        + "  pushes:\n    - { id: sh, when: { cities: [上海] }, reply: push_sh, delay_s: 60 }\n";
+    let f = fx(&pb);
+    let mut u = user("u1", "小王");
+    u.city = "上海".into();
+    let t0 = f.now();
+    f.ask("g", &u, "price");
+    f.ask("g", &user("u2", "b"), "stock");
+    assert!(f.pb.due(t0 + 59_000).is_empty());
+    let out = f.pb.due(t0 + 60_000);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (
+            out[0].kind,
+            out[0].rule_id.as_str(),
+            out[0].reply.text.as_str()
+        ),
+        (
+            OutboundKind::DelayedReply,
+            "push:sh",
+            "小王，上海活动还有名额"
+        )
+    );
+    assert_eq!(out[0].user_ids, vec!["u1"]);
+    // Few messages → the lowest tier: no second push within 168 h.
+    f.clock.set_ms(t0 + 120_000);
+    f.ask("g", &u, "stock");
+    assert!(f.pb.due(t0 + 400_000).is_empty());
+    f.clock.set_ms(t0 + 168 * 3_600_000);
+    f.event("g", EventKind::Activity, &u, "");
+    assert_eq!(f.pb.due(t0 + 168 * 3_600_000 + 60_000).len(), 1);
+}
+
+#[test]
+fn reload_swaps_config_keeps_state_and_rejects_broken_files() {
+    let f = fx(BASE);
+    let u = user("u1", "a");
+    f.ask("g", &u, "price");
+    let bad = write_dir("defaults:\n  spacing: { min_interval_s: 90 }\n");
+    let e = f.pb.reload(bad.path()).unwrap_err().to_string();
+    assert!(
+        e.ends_with("playbook.yml:2: min_interval_s must be 5..=60, got 90"),
+        "{e}"
+    );
+    let good = write_dir(&(BASE.to_string() + "  handoff: { intents: [price] }\n"));
+    f.pb.reload(good.path()).unwrap();
+    f.step(20);
+    assert_eq!(
+        f.ask("g", &user("u2", "b"), "price").action,
+        Action::Handoff
+    );
+    // Cooldown state survived the reload (stock still answered, a repeated ask is not).
+    assert_eq!(f.ask("g", &u, "stock").action, Action::Reply);
+    f.step(20);
+    assert_eq!(f.ask("g", &u, "stock").reason, "cooldown");
+}
+
+#[test]
+fn next_due_is_never_in_the_past_while_closed() {
+    let pb = BASE.replace("reactivation: { enabled: false }", "reactivation: { enabled: true, silence_hours: 2, period_hours: 24 }")
+        + "  service_hours:\n    - { days: [mon, tue, wed, thu, fri], from: \"09:00\", to: \"21:00\" }\n";
+    let f = fx(&pb);
+    f.clock.set_ms(mon(18, 0));
+    f.event("g", EventKind::Activity, &user("u", "x"), "");
+    // Silence ends at 20:00 (open); nobody asked for due() until 21:30 (closed).
+    f.clock.set_ms(mon(21, 30));
+    assert!(f.pb.due(mon(21, 30)).is_empty());
+    assert_eq!(f.pb.next_due_ms(), Some(ms(2027, 3, 2, 9, 0, 0)));
+    assert_eq!(f.pb.due(ms(2027, 3, 2, 9, 0, 0)).len(), 1);
+}
+
+#[test]
+fn playbook_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Playbook>();
+}

@@ -1,0 +1,604 @@
+//! The reply library (`config/operator/replies.yml`): every text the bot can send, as templates
+//! with an id and a style, checked at load (known variables only, only variables the context can
+//! fill, no banned words).
+//!
+//! Layout:
+//! ```yaml
+//! styles: [playful, professional]      # the styles variants may use
+//! list_separator: "、"                  # joins candidates / merged welcome nicknames
+//! greetings:                           # {greeting}: slot starts, local time
+//!   - { from: "05:00", text: ... }
+//! intents:                             # all 27 intents, each a list of variants
+//!   price:
+//!     - { id: p1, style: professional, text: ... }
+//! special:                             # clarify, fallback, welcome, handoff, off_hours,
+//!   clarify: [...]                     # disclosure, reactivation, countdown (required);
+//!                                      # link_default, card_default (optional)
+//! links:   { <link id>: [...] }        # LINK_CLICKED guidance
+//! cards:   { <card id>: [...] }        # CARD_SHARED guidance
+//! named:   { <id>: [...] }             # replies used by playbook rules, pushes and schedules
+//! ```
+//!
+//! Choosing a variant is deterministic: among the variants of the wanted style (all variants when
+//! none has it), start at `hash(seed, user, key) % n`; if the rendered text contains a banned word
+//! (e.g. through a nickname), try the next one, then the other styles; if none is clean there is
+//! no reply.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use super::compliance::BannedWords;
+use super::templates::{parse_hhmm, Greetings, Template, Var};
+use super::yaml::{self, line_of, Seg};
+use super::PolicyError;
+use crate::types::ReplyOut;
+
+/// The 27 intent ids (fixed by the contract).
+pub const INTENTS: [&str; 27] = [
+    "greeting",
+    "thanks",
+    "goodbye",
+    "price",
+    "coupon",
+    "promotion_rules",
+    "stock",
+    "shipping_time",
+    "delivery_tracking",
+    "refund",
+    "exchange",
+    "repair",
+    "complaint",
+    "ask_human",
+    "invoice",
+    "payment_methods",
+    "change_address",
+    "membership",
+    "event_signup",
+    "group_rules",
+    "business_hours",
+    "product_usage",
+    "product_quality",
+    "praise",
+    "spam_ads",
+    "ask_bot",
+    "chitchat",
+];
+
+pub fn is_intent(s: &str) -> bool {
+    INTENTS.contains(&s)
+}
+
+/// Variables available to a reply addressed to a user in a group.
+pub const USER_VARS: [Var; 4] = [Var::Nickname, Var::GroupName, Var::Greeting, Var::Festival];
+/// Variables available to a message addressed to the whole group (no user).
+pub const CHAT_VARS: [Var; 3] = [Var::GroupName, Var::Greeting, Var::Festival];
+
+/// Special keys: (name, required, extra variables beyond the base set, addressed to a user).
+const SPECIALS: [(&str, bool, &[Var], bool); 10] = [
+    ("clarify", true, &[Var::Candidates], true),
+    ("fallback", true, &[], true),
+    ("welcome", true, &[], true),
+    ("handoff", true, &[Var::WaitMinutes], true),
+    ("off_hours", true, &[Var::OpenTime], true),
+    ("disclosure", true, &[], true),
+    ("reactivation", true, &[], false),
+    ("countdown", true, &[Var::DaysLeft, Var::EventName], false),
+    ("link_default", false, &[], true),
+    ("card_default", false, &[], true),
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub id: String,
+    pub style: String,
+    pub template: Template,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplyLibrary {
+    sets: HashMap<String, Vec<Variant>>,
+    pub styles: Vec<String>,
+    pub greetings: Greetings,
+    pub list_separator: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    styles: Vec<String>,
+    #[serde(default)]
+    list_separator: Option<String>,
+    #[serde(default)]
+    greetings: Vec<RawGreeting>,
+    intents: BTreeMap<String, Vec<RawVariant>>,
+    special: BTreeMap<String, Vec<RawVariant>>,
+    #[serde(default)]
+    links: BTreeMap<String, Vec<RawVariant>>,
+    #[serde(default)]
+    cards: BTreeMap<String, Vec<RawVariant>>,
+    #[serde(default)]
+    named: BTreeMap<String, Vec<RawVariant>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGreeting {
+    from: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVariant {
+    id: String,
+    style: String,
+    text: String,
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl ReplyLibrary {
+    /// Load and validate `replies.yml`.
+    pub fn load(path: &Path, banned: &BannedWords) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &text, banned)
+    }
+
+    pub fn parse(path: &Path, text: &str, banned: &BannedWords) -> Result<Self, PolicyError> {
+        let raw: RawFile = yaml::parse(path, text)?;
+        let err =
+            |segs: &[Seg<'_>], msg: String| PolicyError::config(path, line_of(text, segs), msg);
+
+        if raw.styles.is_empty() {
+            return Err(err(
+                &[Seg::Key("styles")],
+                "styles must list at least one style".into(),
+            ));
+        }
+        for (i, s) in raw.styles.iter().enumerate() {
+            if !valid_id(s) {
+                return Err(err(
+                    &[Seg::Key("styles"), Seg::Idx(i)],
+                    format!("style '{s}' must be a simple id"),
+                ));
+            }
+        }
+        let mut greet = Vec::new();
+        for (i, g) in raw.greetings.iter().enumerate() {
+            let at = &[Seg::Key("greetings"), Seg::Idx(i)];
+            let m = parse_hhmm(&g.from).map_err(|e| err(at, e))?;
+            if m >= 1440 {
+                return Err(err(at, "greeting 'from' must be before 24:00".into()));
+            }
+            if let Some(w) = banned.find(&g.text) {
+                return Err(err(at, format!("greeting contains the banned word '{w}'")));
+            }
+            greet.push((m, g.text.clone()));
+        }
+
+        let mut lib = ReplyLibrary {
+            sets: HashMap::new(),
+            styles: raw.styles.clone(),
+            greetings: Greetings::new(greet),
+            list_separator: raw
+                .list_separator
+                .clone()
+                .unwrap_or_else(|| "\u{3001}".to_string()),
+        };
+
+        for (name, variants) in &raw.intents {
+            if !is_intent(name) {
+                return Err(err(
+                    &[Seg::Key("intents"), Seg::Key(name)],
+                    format!("unknown intent '{name}'"),
+                ));
+            }
+            lib.add_set(
+                path,
+                text,
+                banned,
+                &["intents", name],
+                name.clone(),
+                variants,
+                &USER_VARS,
+            )?;
+        }
+        for intent in INTENTS {
+            if !raw.intents.contains_key(intent) {
+                return Err(err(
+                    &[Seg::Key("intents")],
+                    format!("no replies for intent '{intent}'"),
+                ));
+            }
+        }
+        for (name, variants) in &raw.special {
+            let Some(&(_, _, extra, to_user)) = SPECIALS.iter().find(|s| s.0 == name) else {
+                let known: Vec<&str> = SPECIALS.iter().map(|s| s.0).collect();
+                return Err(err(
+                    &[Seg::Key("special"), Seg::Key(name)],
+                    format!(
+                        "unknown special reply '{name}' (known: {})",
+                        known.join(", ")
+                    ),
+                ));
+            };
+            let mut allowed: Vec<Var> = if to_user {
+                USER_VARS.to_vec()
+            } else {
+                CHAT_VARS.to_vec()
+            };
+            allowed.extend_from_slice(extra);
+            lib.add_set(
+                path,
+                text,
+                banned,
+                &["special", name],
+                name.clone(),
+                variants,
+                &allowed,
+            )?;
+        }
+        for (name, required, _, _) in SPECIALS {
+            if required && !raw.special.contains_key(name) {
+                return Err(err(
+                    &[Seg::Key("special")],
+                    format!("missing special reply '{name}'"),
+                ));
+            }
+        }
+        for (section, map, prefix) in [
+            ("links", &raw.links, "link:"),
+            ("cards", &raw.cards, "card:"),
+        ] {
+            for (id, variants) in map {
+                lib.add_set(
+                    path,
+                    text,
+                    banned,
+                    &[section, id],
+                    format!("{prefix}{id}"),
+                    variants,
+                    &USER_VARS,
+                )?;
+            }
+        }
+        for (id, variants) in &raw.named {
+            if is_intent(id) || SPECIALS.iter().any(|s| s.0 == id) || !valid_id(id) {
+                return Err(err(
+                    &[Seg::Key("named"), Seg::Key(id)],
+                    format!("named reply '{id}' must be a simple id that is not an intent or special name"),
+                ));
+            }
+            lib.add_set(
+                path,
+                text,
+                banned,
+                &["named", id],
+                id.clone(),
+                variants,
+                &USER_VARS,
+            )?;
+        }
+        Ok(lib)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_set(
+        &mut self,
+        path: &Path,
+        text: &str,
+        banned: &BannedWords,
+        at: &[&str; 2],
+        key: String,
+        raw: &[RawVariant],
+        allowed: &[Var],
+    ) -> Result<(), PolicyError> {
+        let base = [Seg::Key(at[0]), Seg::Key(at[1])];
+        if raw.is_empty() {
+            return Err(PolicyError::config(
+                path,
+                line_of(text, &base),
+                format!("'{key}' has no variants"),
+            ));
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, v) in raw.iter().enumerate() {
+            let seg = |k: &'static str| [base[0], base[1], Seg::Idx(i), Seg::Key(k)];
+            let fail = |k: &'static str, msg: String| {
+                PolicyError::config(path, line_of(text, &seg(k)), msg)
+            };
+            if !valid_id(&v.id) {
+                return Err(fail(
+                    "id",
+                    format!("variant id '{}' must be letters, digits, '_' or '-'", v.id),
+                ));
+            }
+            if out.iter().any(|o: &Variant| o.id == v.id) {
+                return Err(fail(
+                    "id",
+                    format!("duplicate variant id '{}' in '{key}'", v.id),
+                ));
+            }
+            if !self.styles.contains(&v.style) {
+                return Err(fail(
+                    "style",
+                    format!(
+                        "unknown style '{}' (declared styles: {})",
+                        v.style,
+                        self.styles.join(", ")
+                    ),
+                ));
+            }
+            if v.text.trim().is_empty() {
+                return Err(fail("text", "reply text is empty".into()));
+            }
+            let t = Template::parse(&v.text).map_err(|e| fail("text", e))?;
+            t.check_vars(allowed)
+                .map_err(|e| fail("text", format!("in '{key}': {e}")))?;
+            for lit in t.literals() {
+                if let Some(w) = banned.find(lit) {
+                    return Err(fail(
+                        "text",
+                        format!("reply '{key}/{}' contains the banned word '{w}'", v.id),
+                    ));
+                }
+            }
+            out.push(Variant {
+                id: v.id.clone(),
+                style: v.style.clone(),
+                template: t,
+            });
+        }
+        self.sets.insert(key, out);
+        Ok(())
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.sets.contains_key(key)
+    }
+
+    pub fn variants(&self, key: &str) -> &[Variant] {
+        self.sets.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn variant(&self, key: &str, id: &str) -> Option<&Variant> {
+        self.variants(key).iter().find(|v| v.id == id)
+    }
+
+    /// Variables used by any variant of `key`.
+    pub fn vars_of(&self, key: &str) -> Vec<Var> {
+        let mut v: Vec<Var> = self
+            .variants(key)
+            .iter()
+            .flat_map(|x| x.template.vars())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Pick and render a variant (see module doc). `pick` is the seeded hash for this
+    /// (user, key); `render` fills the variables.
+    pub fn choose(
+        &self,
+        key: &str,
+        style: &str,
+        pick: u64,
+        banned: &BannedWords,
+        render: &dyn Fn(&Template) -> String,
+    ) -> Option<ReplyOut> {
+        let all = self.variants(key);
+        let (preferred, others): (Vec<&Variant>, Vec<&Variant>) =
+            all.iter().partition(|v| v.style == style);
+        let (first, rest) = if preferred.is_empty() {
+            (others, Vec::new())
+        } else {
+            (preferred, others)
+        };
+        if first.is_empty() {
+            return None;
+        }
+        let start = (pick % first.len() as u64) as usize;
+        let order = (0..first.len())
+            .map(|i| first[(start + i) % first.len()])
+            .chain(rest);
+        for v in order {
+            if let Some(out) = self.render_variant(key, v, banned, render) {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    /// Render one variant; None when the result contains a banned word.
+    pub fn render_variant(
+        &self,
+        key: &str,
+        v: &Variant,
+        banned: &BannedWords,
+        render: &dyn Fn(&Template) -> String,
+    ) -> Option<ReplyOut> {
+        let text = render(&v.template);
+        if banned.find(&text).is_some() {
+            return None;
+        }
+        Some(ReplyOut {
+            text,
+            variant_id: format!("{key}/{}", v.id),
+            style: v.style.clone(),
+            experiment: String::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::policy::templates::Vars;
+
+    /// A minimal valid replies.yml (every intent, every required special).
+    pub(crate) fn minimal_yaml() -> String {
+        let mut s = String::from("styles: [playful, professional]\ngreetings:\n  - { from: \"05:00\", text: 早上好 }\n  - { from: \"18:00\", text: 晚上好 }\nintents:\n");
+        for i in INTENTS {
+            s.push_str(&format!(
+                "  {i}:\n    - id: a\n      style: professional\n      text: \"{{nickname}}，关于{i}请看说明\"\n    - id: b\n      style: playful\n      text: \"{{nickname}}～{i}来啦\"\n"
+            ));
+        }
+        s.push_str(
+            "special:
+  clarify:
+    - { id: c1, style: professional, text: \"您是想问：{candidates}？\" }
+  fallback:
+    - { id: f1, style: professional, text: \"没太明白，能换个说法吗？\" }
+  welcome:
+    - { id: w1, style: professional, text: \"欢迎{nickname}加入{group_name}！\" }
+  handoff:
+    - { id: h1, style: professional, text: \"已转人工，预计等待{wait_minutes}分钟\" }
+  off_hours:
+    - { id: o1, style: professional, text: \"现在是下班时间，{open_time}后回复您\" }
+  disclosure:
+    - { id: d1, style: professional, text: \"我是自动助手\" }
+  reactivation:
+    - { id: r1, style: professional, text: \"{greeting}，今天有福利哦\" }
+  countdown:
+    - { id: k1, style: professional, text: \"距离{event_name}开始还有 {days_left} 天\" }
+",
+        );
+        s
+    }
+
+    fn banned() -> BannedWords {
+        BannedWords::new(["微信"]).unwrap()
+    }
+
+    #[test]
+    fn minimal_library_loads() {
+        let lib =
+            ReplyLibrary::parse(Path::new("replies.yml"), &minimal_yaml(), &banned()).unwrap();
+        assert_eq!(lib.variants("price").len(), 2);
+        assert!(lib.has("countdown"));
+        assert_eq!(lib.vars_of("handoff"), vec![Var::WaitMinutes]);
+    }
+
+    fn load_err(yaml: &str) -> String {
+        ReplyLibrary::parse(Path::new("replies.yml"), yaml, &banned())
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn line_of_text(yaml: &str, needle: &str) -> usize {
+        yaml.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let y = minimal_yaml().replace("关于refund请看说明", "关于refund请加微信");
+        let e = load_err(&y);
+        let line = line_of_text(&y, "请加微信");
+        assert_eq!(
+            e,
+            format!("replies.yml:{line}: reply 'refund/a' contains the banned word '微信'")
+        );
+
+        let y = minimal_yaml().replace("没太明白", "没太明白{candidates}");
+        let e = load_err(&y);
+        let line = line_of_text(&y, "没太明白{candidates}");
+        assert!(e.starts_with(&format!("replies.yml:{line}: in 'fallback': variable '{{candidates}}' is not available here")), "{e}");
+
+        let y = minimal_yaml().replace("  refund:\n", "  refnd:\n");
+        let e = load_err(&y);
+        assert_eq!(
+            e,
+            format!(
+                "replies.yml:{}: unknown intent 'refnd'",
+                line_of_text(&y, "refnd:")
+            )
+        );
+
+        let y = minimal_yaml().replace("关于price请看说明", "{nick}");
+        assert!(load_err(&y).contains("unknown template variable '{nick}'"));
+
+        let y = minimal_yaml().replace(
+            "style: playful\n      text: \"{nickname}～stock",
+            "style: cute\n      text: \"{nickname}～stock",
+        );
+        let e = load_err(&y);
+        assert!(e.contains("unknown style 'cute'"), "{e}");
+
+        let y = minimal_yaml().replace("  countdown:\n    - { id: k1, style: professional, text: \"距离{event_name}开始还有 {days_left} 天\" }\n", "");
+        assert!(load_err(&y).ends_with("missing special reply 'countdown'"));
+
+        // {nickname} cannot be used in a message to the whole group.
+        let y = minimal_yaml().replace("{greeting}，今天有福利哦", "{nickname}，今天有福利哦");
+        assert!(load_err(&y).contains("variable '{nickname}' is not available here"));
+
+        let y = minimal_yaml().replace(
+            "styles: [playful, professional]\n",
+            "styles: [playful, professional]\nbogus: 1\n",
+        );
+        assert!(
+            load_err(&y).starts_with("replies.yml:2: unknown field `bogus`"),
+            "{}",
+            load_err(&y)
+        );
+    }
+
+    #[test]
+    fn choice_is_deterministic_by_style_and_skips_banned_renderings() {
+        let lib =
+            ReplyLibrary::parse(Path::new("replies.yml"), &minimal_yaml(), &banned()).unwrap();
+        let b = banned();
+        let vars = Vars {
+            nickname: "小王".into(),
+            ..Default::default()
+        };
+        let r = |t: &Template| t.render(&vars);
+        let a = lib.choose("price", "playful", 12345, &b, &r).unwrap();
+        assert_eq!(a.variant_id, "price/b");
+        assert_eq!(a.style, "playful");
+        assert_eq!(a.text, "小王～price来啦");
+        let p = lib.choose("price", "professional", 12345, &b, &r).unwrap();
+        assert_eq!(p.variant_id, "price/a");
+        // Unknown style: any variant, picked by the hash.
+        assert_eq!(
+            lib.choose("price", "nope", 0, &b, &r).unwrap().variant_id,
+            "price/a"
+        );
+        assert_eq!(
+            lib.choose("price", "nope", 1, &b, &r).unwrap().variant_id,
+            "price/b"
+        );
+        // A nickname carrying a banned word makes every variant unusable.
+        let bad = Vars {
+            nickname: "加微 信".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            lib.choose("price", "playful", 1, &b, &|t: &Template| t.render(&bad)),
+            None
+        );
+        // Only one variant renders into a banned word: the other one is used.
+        let y = minimal_yaml().replace("关于thanks请看说明", "关于thanks请看说明{group_name}");
+        let lib = ReplyLibrary::parse(Path::new("replies.yml"), &y, &b).unwrap();
+        let vars = Vars {
+            nickname: "小王".into(),
+            group_name: "微信群".into(),
+            ..Default::default()
+        };
+        let out = lib
+            .choose("thanks", "professional", 0, &b, &|t: &Template| {
+                t.render(&vars)
+            })
+            .unwrap();
+        assert_eq!(out.variant_id, "thanks/b");
+    }
+}

@@ -1,0 +1,393 @@
+//! Proactive sends: cron schedules, countdowns to dated events, silence re-activation, and
+//! delayed items (merged welcomes, personal pushes, sends deferred by group spacing).
+//!
+//! Exactly-once: each chat keeps a cursor per schedule and per countdown; a call to
+//! `collect(now)` fires the occurrences in `(cursor, now]` and moves the cursor to `now`, so
+//! calling again returns nothing new. Occurrences older than `schedule_grace_s` (e.g. after the
+//! service was down, or a test clock jumped far ahead) are skipped rather than sent late; only
+//! the latest missed occurrence of a schedule is sent.
+//!
+//! Schedules and countdowns apply to the chats the playbook has seen (through messages or
+//! events), each with that chat's effective settings, evaluated in the bot's time zone.
+//!
+//! Re-activation: a chat whose last message / ACTIVITY is `silence_hours` old gets the
+//! `reactivation` reply, at most once per `period_hours`, and only within service hours.
+
+use chrono::{Duration, TimeZone};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::config::{Countdown, Settings};
+use super::hours::{to_ms, ServiceHours};
+use crate::types::{ReplyOut, UserInfo};
+
+/// Mirrors `intentd.v1.OutboundKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundKind {
+    Scheduled,
+    Countdown,
+    Reactivation,
+    DelayedReply,
+    Welcome,
+}
+
+/// A proactive message whose send time has come (mirrors `intentd.v1.Outbound`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundItem {
+    pub bot_id: String,
+    pub chat_id: String,
+    pub kind: OutboundKind,
+    pub reply: ReplyOut,
+    /// When it is meant to go (Unix ms); may be slightly before the `due()` call.
+    pub send_at_ms: i64,
+    /// `schedule:<id>`, `countdown:<id>:<days_left>`, `reactivation`, `welcome`, `push:<id>`.
+    pub rule_id: String,
+    /// Users addressed (the merged welcome lists everyone welcomed; a push its user).
+    pub user_ids: Vec<String>,
+}
+
+/// What a job will say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobContent {
+    /// Render this reply key at send time (greeting and festival reflect the send time).
+    Render {
+        key: String,
+        /// The addressed user, for `{nickname}` and the reply style.
+        user: Option<UserInfo>,
+        /// Overrides `{nickname}` (merged welcomes list several).
+        nickname: Option<String>,
+        days_left: Option<u32>,
+        event_name: String,
+    },
+    /// Already rendered (a send that group spacing deferred).
+    Ready(ReplyOut),
+}
+
+/// A proactive send, before rendering and spacing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub bot_id: String,
+    pub chat_id: String,
+    pub chat_name: String,
+    pub kind: OutboundKind,
+    pub rule_id: String,
+    pub at_ms: i64,
+    pub content: JobContent,
+    pub user_ids: Vec<String>,
+    /// True once group spacing reserved this job's slot (so it is not spaced twice).
+    pub slot_reserved: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ChatTimers {
+    name: String,
+    known_since_ms: i64,
+    last_activity_ms: i64,
+    last_reactivation_ms: Option<i64>,
+    cron_cursor: HashMap<String, i64>,
+    countdown_cursor: HashMap<String, i64>,
+}
+
+/// Latest occurrence of `schedule` in `(lower, now]`.
+pub fn latest_cron_in(schedule: &cron::Schedule, tz: Tz, lower: i64, now: i64) -> Option<i64> {
+    let start = tz.timestamp_millis_opt(lower).single()?;
+    schedule
+        .after(&start)
+        .map(|d| d.timestamp_millis())
+        .take_while(|&t| t <= now)
+        .last()
+}
+
+pub fn next_cron_after(schedule: &cron::Schedule, tz: Tz, after: i64) -> Option<i64> {
+    let start = tz.timestamp_millis_opt(after).single()?;
+    schedule.after(&start).next().map(|d| d.timestamp_millis())
+}
+
+/// (fire time, days left) for each reminder of a countdown.
+pub fn countdown_fires(c: &Countdown, tz: Tz) -> Vec<(i64, u32)> {
+    c.days_before
+        .iter()
+        .filter_map(|&d| {
+            let day = c.date - Duration::days(i64::from(d));
+            let t = day.and_hms_opt(0, 0, 0)? + Duration::minutes(i64::from(c.at_min));
+            Some((to_ms(tz, t), d))
+        })
+        .collect()
+}
+
+/// When the next re-activation reminder may go for a chat: after the silence, after the period
+/// since the last reminder, not before `floor` (now), and within service hours.
+fn reactivation_at(t: &ChatTimers, s: &Settings, hours: &ServiceHours, floor: i64) -> Option<i64> {
+    if !s.reactivation.enabled {
+        return None;
+    }
+    let mut at = t.last_activity_ms + s.reactivation.silence_ms;
+    if let Some(r) = t.last_reactivation_ms {
+        at = at.max(r + s.reactivation.period_ms);
+    }
+    hours.next_open_ms(s.timezone, at.max(floor))
+}
+
+/// All proactive timing state.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    chats: BTreeMap<(String, String), ChatTimers>,
+    delayed: Vec<Job>,
+}
+
+impl Scheduler {
+    /// Note a chat (first sight starts its schedule cursors) and, for messages / ACTIVITY,
+    /// its last activity.
+    pub fn touch(&mut self, bot: &str, chat: &str, chat_name: &str, now: i64, activity: bool) {
+        let t = self
+            .chats
+            .entry((bot.to_string(), chat.to_string()))
+            .or_insert_with(|| ChatTimers {
+                known_since_ms: now,
+                last_activity_ms: now,
+                ..Default::default()
+            });
+        if !chat_name.is_empty() {
+            t.name = chat_name.to_string();
+        }
+        if activity {
+            t.last_activity_ms = t.last_activity_ms.max(now);
+        }
+    }
+
+    pub fn chat_name(&self, bot: &str, chat: &str) -> &str {
+        self.chats
+            .get(&(bot.to_string(), chat.to_string()))
+            .map(|t| t.name.as_str())
+            .unwrap_or("")
+    }
+
+    pub fn push(&mut self, job: Job) {
+        self.delayed.push(job);
+    }
+
+    /// Jobs waiting in the delayed queue.
+    pub fn delayed_len(&self) -> usize {
+        self.delayed.len()
+    }
+
+    /// Jobs due at `now`, each returned once, in time order.
+    pub fn collect(
+        &mut self,
+        now: i64,
+        settings: &dyn Fn(&str, &str) -> Arc<Settings>,
+    ) -> Vec<Job> {
+        let mut out = Vec::new();
+        for ((bot, chat), t) in self.chats.iter_mut() {
+            let s = settings(bot, chat);
+            let tz = s.timezone;
+            let floor = now - s.schedule_grace_ms - 1;
+            for job in &s.schedules {
+                let cursor = *t
+                    .cron_cursor
+                    .entry(job.id.clone())
+                    .or_insert(t.known_since_ms);
+                if cursor >= now {
+                    continue;
+                }
+                if let Some(at) = latest_cron_in(&job.schedule, tz, cursor.max(floor), now) {
+                    out.push(Job {
+                        bot_id: bot.clone(),
+                        chat_id: chat.clone(),
+                        chat_name: t.name.clone(),
+                        kind: OutboundKind::Scheduled,
+                        rule_id: format!("schedule:{}", job.id),
+                        at_ms: at,
+                        content: JobContent::Render {
+                            key: job.reply.clone(),
+                            user: None,
+                            nickname: None,
+                            days_left: None,
+                            event_name: String::new(),
+                        },
+                        user_ids: Vec::new(),
+                        slot_reserved: false,
+                    });
+                }
+                t.cron_cursor.insert(job.id.clone(), now);
+            }
+            for c in &s.countdowns {
+                let cursor = *t
+                    .countdown_cursor
+                    .entry(c.id.clone())
+                    .or_insert(t.known_since_ms);
+                if cursor >= now {
+                    continue;
+                }
+                let lower = cursor.max(floor);
+                for (at, days_left) in countdown_fires(c, tz) {
+                    if at > lower && at <= now {
+                        out.push(Job {
+                            bot_id: bot.clone(),
+                            chat_id: chat.clone(),
+                            chat_name: t.name.clone(),
+                            kind: OutboundKind::Countdown,
+                            rule_id: format!("countdown:{}:{days_left}", c.id),
+                            at_ms: at,
+                            content: JobContent::Render {
+                                key: "countdown".into(),
+                                user: None,
+                                nickname: None,
+                                days_left: Some(days_left),
+                                event_name: c.event_name.clone(),
+                            },
+                            user_ids: Vec::new(),
+                            slot_reserved: false,
+                        });
+                    }
+                }
+                t.countdown_cursor.insert(c.id.clone(), now);
+            }
+            if let Some(at) = reactivation_at(t, &s, &s.service_hours, now) {
+                if at <= now {
+                    t.last_reactivation_ms = Some(now);
+                    out.push(Job {
+                        bot_id: bot.clone(),
+                        chat_id: chat.clone(),
+                        chat_name: t.name.clone(),
+                        kind: OutboundKind::Reactivation,
+                        rule_id: "reactivation".into(),
+                        at_ms: at,
+                        content: JobContent::Render {
+                            key: "reactivation".into(),
+                            user: None,
+                            nickname: None,
+                            days_left: None,
+                            event_name: String::new(),
+                        },
+                        user_ids: Vec::new(),
+                        slot_reserved: false,
+                    });
+                }
+            }
+        }
+        let (due, later): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|j| j.at_ms <= now);
+        self.delayed = later;
+        out.extend(due);
+        out.sort_by(|a, b| {
+            (a.at_ms, &a.bot_id, &a.chat_id, &a.rule_id)
+                .cmp(&(b.at_ms, &b.bot_id, &b.chat_id, &b.rule_id))
+        });
+        out
+    }
+
+    /// The earliest time `collect` will return something (None: nothing planned). Never earlier
+    /// than `now` for re-activation, so a caller sleeping until then cannot spin.
+    pub fn next_due_ms(
+        &self,
+        now: i64,
+        settings: &dyn Fn(&str, &str) -> Arc<Settings>,
+    ) -> Option<i64> {
+        let mut best: Option<i64> = self.delayed.iter().map(|j| j.at_ms).min();
+        let mut consider = |t: i64| best = Some(best.map_or(t, |b| b.min(t)));
+        for ((bot, chat), t) in &self.chats {
+            let s = settings(bot, chat);
+            let tz = s.timezone;
+            for job in &s.schedules {
+                let cursor = t
+                    .cron_cursor
+                    .get(&job.id)
+                    .copied()
+                    .unwrap_or(t.known_since_ms);
+                if let Some(at) = next_cron_after(&job.schedule, tz, cursor) {
+                    consider(at);
+                }
+            }
+            for c in &s.countdowns {
+                let cursor = t
+                    .countdown_cursor
+                    .get(&c.id)
+                    .copied()
+                    .unwrap_or(t.known_since_ms);
+                if let Some(at) = countdown_fires(c, tz)
+                    .into_iter()
+                    .map(|f| f.0)
+                    .filter(|&a| a > cursor)
+                    .min()
+                {
+                    consider(at);
+                }
+            }
+            if let Some(at) = reactivation_at(t, &s, &s.service_hours, now) {
+                consider(at);
+            }
+        }
+        best
+    }
+
+    /// Forget chats idle for longer than `max_idle_ms` with nothing scheduled for them.
+    pub fn sweep(&mut self, now: i64, max_idle_ms: i64) {
+        let delayed = &self.delayed;
+        self.chats.retain(|(b, c), t| {
+            now - t.last_activity_ms < max_idle_ms
+                || delayed.iter().any(|j| &j.bot_id == b && &j.chat_id == c)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn sh() -> Tz {
+        chrono_tz::Asia::Shanghai
+    }
+
+    fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+        to_ms(
+            sh(),
+            NaiveDate::from_ymd_opt(y, mo, d)
+                .unwrap()
+                .and_hms_opt(h, mi, s)
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn cron_occurrences_in_shanghai_time() {
+        let s = crate::policy::config::parse_cron("0 9 * * *").unwrap();
+        // 09:00 Shanghai = 01:00 UTC.
+        let fire = latest_cron_in(&s, sh(), ms(2027, 3, 1, 8, 0, 0), ms(2027, 3, 1, 9, 0, 0));
+        assert_eq!(fire, Some(ms(2027, 3, 1, 9, 0, 0)));
+        assert_eq!(fire.unwrap() % 86_400_000, 3_600_000);
+        assert_eq!(
+            latest_cron_in(&s, sh(), ms(2027, 3, 1, 8, 0, 0), ms(2027, 3, 1, 8, 59, 59)),
+            None
+        );
+        assert_eq!(
+            next_cron_after(&s, sh(), ms(2027, 3, 1, 9, 0, 0)),
+            Some(ms(2027, 3, 2, 9, 0, 0))
+        );
+    }
+
+    #[test]
+    fn countdown_fire_times() {
+        let c = Countdown {
+            id: "launch".into(),
+            event_name: "新品发布会".into(),
+            date: NaiveDate::from_ymd_opt(2027, 3, 20).unwrap(),
+            at_min: 10 * 60,
+            days_before: vec![0, 1, 3],
+        };
+        let f = countdown_fires(&c, sh());
+        assert_eq!(
+            f,
+            vec![
+                (ms(2027, 3, 20, 10, 0, 0), 0),
+                (ms(2027, 3, 19, 10, 0, 0), 1),
+                (ms(2027, 3, 17, 10, 0, 0), 3)
+            ]
+        );
+    }
+}
