@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::{Batcher, LoadedModel};
@@ -19,7 +21,7 @@ use crate::engine::fusion;
 use crate::metrics::Metrics;
 use crate::model::classifier::{IntentBackend, IntentModel};
 use crate::pb;
-use crate::policy::events::EventInput;
+use crate::policy::events::{EventDecision, EventInput, EventKind};
 use crate::policy::playbook::Playbook;
 use crate::policy::scheduler::OutboundItem;
 use crate::server::config::ServerConfig;
@@ -69,8 +71,10 @@ pub struct Core {
     model: Arc<ArcSwapOption<LoadedModel>>,
     batcher: Batcher,
     rules: ArcSwap<OperatorRules>,
-    playbook: ArcSwap<Playbook>,
-    pub storage: Option<Storage>,
+    playbook: Arc<Playbook>,
+    /// Proactive sends taken from the playbook, waiting for a Subscribe stream of their bot.
+    outbox: Mutex<HashMap<String, VecDeque<OutboundItem>>>,
+    pub storage: Option<Arc<Storage>>,
     pub metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     served: AtomicU64,
@@ -87,7 +91,7 @@ impl Core {
         manual_clock: Option<Arc<ManualClock>>,
         rules: OperatorRules,
         playbook: Playbook,
-        storage: Option<Storage>,
+        storage: Option<Arc<Storage>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let model = Arc::new(ArcSwapOption::empty());
@@ -101,7 +105,8 @@ impl Core {
             model,
             batcher,
             rules: ArcSwap::from_pointee(rules),
-            playbook: ArcSwap::from_pointee(playbook),
+            playbook: Arc::new(playbook),
+            outbox: Mutex::new(HashMap::new()),
             storage,
             metrics,
             served: AtomicU64::new(0),
@@ -135,7 +140,11 @@ impl Core {
     }
 
     pub fn playbook(&self) -> Arc<Playbook> {
-        self.playbook.load_full()
+        self.playbook.clone()
+    }
+
+    pub fn display_name(&self, intent: &str) -> String {
+        self.rules.load().display_name(intent)
     }
 
     pub fn known_bot(&self, bot: &str) -> bool {
@@ -196,7 +205,7 @@ impl Core {
 
     async fn classify_valid(&self, ctx: MessageContext) -> Result<ClassifyResult, CoreError> {
         let started = Instant::now();
-        let playbook = self.playbook.load_full();
+        let playbook = self.playbook.clone();
         let rules = self.rules.load_full();
         let mut timings = StepTimings::default();
         let mut model_version = self.model_version();
@@ -279,7 +288,7 @@ impl Core {
         model_version: &str,
     ) -> bool {
         let Some(storage) = &self.storage else { return false };
-        let triggered = !cls.intent.is_empty() && self.playbook.load().has_reply(&cls.intent);
+        let triggered = !cls.intent.is_empty() && self.playbook.config().replies.has(&cls.intent);
         let rec = ConversationRecord::from_decision(
             ctx,
             cls,
@@ -288,64 +297,131 @@ impl Core {
             store::Timings {
                 tokenize_us: timings.tokenize_us,
                 inference_us: timings.inference_us,
+                queue_us: timings.queue_us,
                 total_us: timings.total_us,
             },
             model_version,
         );
-        let mut tickets = Vec::with_capacity(2);
-        match storage.submit(Record::Conversation(rec)) {
-            Ok(t) => tickets.push(t),
+        // Handoffs and blocks get their audit row from the store, in the same transaction.
+        let ticket = match storage.submit(Record::Conversation(rec)) {
+            Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "conversation row not stored");
                 return false;
             }
-        }
-        let audit = match decision.action {
-            Action::Handoff => Some(store::AuditAction::Handoff),
-            Action::Block => Some(store::AuditAction::Block),
-            _ => None,
         };
-        if let Some(action) = audit {
-            let detail = format!("bot={} chat={} message={} reason={}", ctx.bot_id, ctx.chat_id, ctx.message_id, decision.reason);
-            match storage.audit("engine", action, &detail) {
-                Ok(t) => tickets.push(t),
-                Err(e) => tracing::warn!(error = %e, "audit row not stored"),
+        match tokio::time::timeout(Duration::from_millis(self.cfg.request_timeout_ms), ticket).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "store commit failed");
+                false
+            }
+            Err(_) => {
+                tracing::error!("store commit timed out");
+                false
             }
         }
-        let mut ok = true;
-        for t in tickets {
-            match tokio::time::timeout(Duration::from_millis(self.cfg.request_timeout_ms), t).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "store commit failed");
-                    ok = false;
-                }
-                Err(_) => {
-                    tracing::error!("store commit timed out");
-                    ok = false;
-                }
-            }
-        }
-        ok
     }
 
-    pub fn handle_event(&self, ev: &pb::Event) -> Result<PolicyDecision, CoreError> {
+    pub async fn handle_event(&self, ev: &pb::Event) -> Result<EventDecision, CoreError> {
         let _permit = self.admit(1)?;
+        let started = Instant::now();
         let (at_ms, user) = validate::event(ev, &self.cfg.limits, self.now_ms(), |b| self.known_bot(b))?;
-        let input = EventInput::from_pb(ev, at_ms, user);
-        let decision = self.playbook.load().handle_event(&input);
+        let kind = match pb::EventType::try_from(ev.r#type) {
+            Ok(pb::EventType::MemberJoined) => EventKind::MemberJoined,
+            Ok(pb::EventType::MemberLeft) => EventKind::MemberLeft,
+            Ok(pb::EventType::LinkClicked) => EventKind::LinkClicked,
+            Ok(pb::EventType::CardShared) => EventKind::CardShared,
+            Ok(pb::EventType::Activity) => EventKind::Activity,
+            _ => unreachable!("validate::event rejects other types"),
+        };
+        let input = EventInput {
+            bot_id: ev.bot_id.clone(),
+            chat_id: ev.chat_id.clone(),
+            chat_name: ev.chat_name.clone(),
+            kind,
+            user: user.unwrap_or_default(),
+            target_id: ev.target_id.clone(),
+            at_ms,
+            event_id: ev.event_id.clone(),
+        };
+        let decision = self.playbook.handle_event(&input);
+        // The event's outcome is logged like a message (empty text, message id = event id) so
+        // welcomes and link guidance count as exposures.
+        if let Some(storage) = &self.storage {
+            let ctx = MessageContext {
+                bot_id: input.bot_id.clone(),
+                chat_id: input.chat_id.clone(),
+                chat_name: input.chat_name.clone(),
+                message_id: if ev.event_id.is_empty() { format!("event-{}-{}", ev.r#type, at_ms) } else { ev.event_id.clone() },
+                text: String::new(),
+                at_ms,
+                user: input.user.clone(),
+            };
+            let cls = Classification {
+                intent: String::new(),
+                confidence: 1.0,
+                ranking: Vec::new(),
+                source: Source::Policy,
+                matched_terms: Vec::new(),
+                needs_clarification: false,
+                truncated: false,
+                model_loaded: self.model_loaded(),
+            };
+            let rec = ConversationRecord::from_decision(&ctx, &cls, &decision.decision, false, store::Timings::default(), "");
+            match storage.submit(Record::Conversation(rec)) {
+                Ok(t) => {
+                    if let Err(e) = t.await {
+                        tracing::error!(error = %e, "event row not stored");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "event row not stored"),
+            }
+        }
         self.outbound_changed.notify_waiters();
-        self.metrics.observe_request("HandleEvent", "policy", action_name(decision.action), 0.0);
+        self.metrics.observe_request("HandleEvent", "policy", action_name(decision.decision.action), started.elapsed().as_secs_f64());
         Ok(decision)
     }
 
-    /// Proactive sends due now for `bot_id` (and `chats` when not empty); each is returned once.
-    pub fn due_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
-        self.playbook.load().due_for(self.now_ms(), bot_id, chats)
+    /// Moves everything the playbook has due into the per-bot outbox (each item is handed out
+    /// by the playbook exactly once, so one place collects and the streams share it).
+    pub fn collect_due(&self) -> usize {
+        let items = self.playbook.due(self.now_ms());
+        let n = items.len();
+        if n > 0 {
+            let mut outbox = self.outbox.lock();
+            for item in items {
+                outbox.entry(item.bot_id.clone()).or_default().push_back(item);
+            }
+        }
+        n
+    }
+
+    /// Takes the waiting proactive sends for `bot_id` (only `chats` when not empty); items for
+    /// other chats stay for another stream.
+    pub fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
+        self.collect_due();
+        let mut outbox = self.outbox.lock();
+        let Some(queue) = outbox.get_mut(bot_id) else { return Vec::new() };
+        if chats.is_empty() {
+            return queue.drain(..).collect();
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) = queue.drain(..).partition(|i| chats.contains(&i.chat_id));
+        queue.extend(rest);
+        mine
+    }
+
+    /// Puts items back at the front (a stream closed before it could send them).
+    pub fn return_outbound(&self, bot_id: &str, items: Vec<OutboundItem>) {
+        let mut outbox = self.outbox.lock();
+        let queue = outbox.entry(bot_id.to_string()).or_default();
+        for item in items.into_iter().rev() {
+            queue.push_front(item);
+        }
     }
 
     pub fn next_outbound_ms(&self) -> Option<i64> {
-        self.playbook.load().next_due_ms()
+        self.playbook.next_due_ms()
     }
 
     pub async fn feedback(&self, req: &pb::FeedbackRequest) -> Result<bool, CoreError> {
@@ -357,8 +433,8 @@ impl Core {
         if req.message_id.trim().is_empty() || req.message_id.len() > limits.max_id_bytes {
             return Err(invalid("message_id", &format!("must be 1..={} bytes", limits.max_id_bytes)));
         }
-        let kind = store::FeedbackKind::from_pb(req.kind)
-            .ok_or_else(|| invalid("kind", "must be RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN or CLICKED"))?;
+        let kind = store::FeedbackKind::try_from(req.kind)
+            .map_err(|_| invalid("kind", "must be RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN or CLICKED"))?;
         let storage = self.storage.as_ref().ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
         let at_ms = if req.at_ms > 0 { req.at_ms } else { self.now_ms() };
         let rec = store::FeedbackRecord {
@@ -382,7 +458,7 @@ impl Core {
             return Err(invalid("chat_id", "is required"));
         }
         let at_ms = if req.at_ms > 0 { req.at_ms } else { self.now_ms() };
-        self.playbook.load().record_human_reply(&req.bot_id, &req.chat_id, at_ms);
+        self.playbook.record_human_reply(&req.bot_id, &req.chat_id);
         let Some(storage) = &self.storage else { return Ok(false) };
         let rec = store::HumanReplyRecord {
             bot_id: req.bot_id.clone(),
@@ -419,12 +495,12 @@ impl Core {
             Ok(m) => {
                 let version = m.card.version.clone();
                 self.install_model(Arc::new(m));
-                self.audit(actor, store::AuditAction::ModelReload, &format!("model {version} loaded"));
+                self.audit(actor, store::AuditAction::ModelChange, &format!("model {version} loaded"));
                 Ok(version)
             }
             Err(e) => {
                 let msg = format!("model reload rejected, still serving {}: {e:#}", self.model_version());
-                self.audit(actor, store::AuditAction::ModelReload, &msg);
+                self.audit(actor, store::AuditAction::ModelChange, &msg);
                 Err(CoreError::FailedPrecondition(msg))
             }
         }
@@ -434,28 +510,28 @@ impl Core {
     pub async fn reload_operator(&self, actor: &str) -> Result<String, CoreError> {
         let _g = self.reload_lock.lock().await;
         let cfg = self.cfg.clone();
-        let clock = self.clock.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<(OperatorRules, Playbook)> {
+        let playbook = self.playbook.clone();
+        // Rules are validated first, then the playbook validates and swaps its files (keeping
+        // its live state: spacing, cooldowns, open handoffs), then the rules swap: a broken
+        // file anywhere leaves everything as it was.
+        let loaded = tokio::task::spawn_blocking(move || -> Result<OperatorRules> {
             let rules = OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())?;
-            let playbook = Playbook::load(&cfg.operator_dir, clock, cfg.seed).map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok((rules, playbook))
+            playbook.reload(&cfg.operator_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(rules)
         })
         .await
         .map_err(|e| CoreError::Internal(format!("config loader crashed: {e}")))?;
         match loaded {
-            Ok((rules, playbook)) => {
+            Ok(rules) => {
                 let hash = rules.config_hash.clone();
-                // Carry the playbook's live state (spacing, cooldowns, schedules) across.
-                playbook.adopt_state(&self.playbook.load());
                 self.rules.store(Arc::new(rules));
-                self.playbook.store(Arc::new(playbook));
-                self.audit(actor, store::AuditAction::ConfigReload, &format!("operator files {hash} loaded"));
+                self.audit(actor, store::AuditAction::ConfigChange, &format!("operator files {hash} loaded"));
                 self.outbound_changed.notify_waiters();
                 Ok(hash)
             }
             Err(e) => {
                 let msg = format!("operator reload rejected, still serving {}: {e:#}", self.config_hash());
-                self.audit(actor, store::AuditAction::ConfigReload, &msg);
+                self.audit(actor, store::AuditAction::ConfigChange, &msg);
                 Err(CoreError::FailedPrecondition(msg))
             }
         }

@@ -13,7 +13,7 @@ use crate::core::service::{ClassifyResult, Core, CoreError};
 use crate::pb;
 use crate::pb::admin_service_server::AdminService;
 use crate::pb::intent_service_server::IntentService;
-use crate::policy::scheduler::OutboundItem;
+use crate::policy::scheduler::{OutboundItem, OutboundKind};
 use crate::types::{Action, ReplyOut, Source};
 
 impl From<CoreError> for Status {
@@ -68,8 +68,6 @@ pub struct IntentApi {
 impl IntentApi {
     fn response(&self, r: ClassifyResult) -> pb::ClassifyResponse {
         let top_k = self.core.cfg.ranking_top_k.max(1);
-        let playbook_names = |i: &str| i.to_string();
-        let _ = playbook_names;
         let c = &r.classification;
         pb::ClassifyResponse {
             intent: c.intent.clone(),
@@ -141,12 +139,12 @@ impl IntentService for IntentApi {
         let who = caller(&self.auth, &request)?;
         let ev = request.into_inner();
         who.check_bot(&ev.bot_id)?;
-        let d = self.core.handle_event(&ev)?;
+        let d = self.core.handle_event(&ev).await?;
         Ok(Response::new(pb::Decision {
-            action: action_pb(d.action) as i32,
-            reply: d.reply.as_ref().map(reply_pb),
-            send_after_ms: d.send_after_ms,
-            reason: d.reason.clone(),
+            action: action_pb(d.decision.action) as i32,
+            reply: d.decision.reply.as_ref().map(reply_pb),
+            send_after_ms: d.decision.send_after_ms,
+            reason: d.decision.reason.clone(),
             merged_user_ids: d.merged_user_ids.clone(),
         }))
     }
@@ -169,9 +167,14 @@ impl IntentService for IntentApi {
                 let notified = core.outbound_changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                for item in core.due_outbound(&req.bot_id, &req.chat_ids) {
-                    if tx.send(Ok(outbound_pb(&item))).await.is_err() {
-                        // The subscriber left; put nothing back: the item was due and is logged.
+                let mut items = core.take_outbound(&req.bot_id, &req.chat_ids).into_iter();
+                while let Some(item) = items.next() {
+                    let msg = outbound_pb(&item);
+                    if tx.send(Ok(msg)).await.is_err() {
+                        // The subscriber left: keep what it did not receive for the next one.
+                        let mut rest = vec![item];
+                        rest.extend(items);
+                        core.return_outbound(&req.bot_id, rest);
                         tracing::info!(bot = %req.bot_id, "subscriber disconnected");
                         return;
                     }
@@ -223,7 +226,13 @@ pub fn outbound_pb(item: &OutboundItem) -> pb::Outbound {
     pb::Outbound {
         bot_id: item.bot_id.clone(),
         chat_id: item.chat_id.clone(),
-        kind: item.kind.to_pb() as i32,
+        kind: match item.kind {
+            OutboundKind::Scheduled => pb::OutboundKind::Scheduled,
+            OutboundKind::Countdown => pb::OutboundKind::Countdown,
+            OutboundKind::Reactivation => pb::OutboundKind::Reactivation,
+            OutboundKind::DelayedReply => pb::OutboundKind::DelayedReply,
+            OutboundKind::Welcome => pb::OutboundKind::Welcome,
+        } as i32,
         reply: Some(reply_pb(&item.reply)),
         send_at_ms: item.send_at_ms,
         rule_id: item.rule_id.clone(),

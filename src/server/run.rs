@@ -73,7 +73,7 @@ pub async fn serve(
         .context("operator files")?;
     let playbook = Playbook::load(&cfg.operator_dir, clock.clone(), cfg.seed).map_err(|e| anyhow::anyhow!("{e}"))?;
     let storage = if cfg.store.enabled {
-        Some(Storage::open(&cfg.store, clock.clone(), metrics.clone()).map_err(|e| anyhow::anyhow!("store: {e}"))?)
+        Some(Arc::new(Storage::open(&cfg.store, clock.clone(), metrics.clone()).map_err(|e| anyhow::anyhow!("store: {e}"))?))
     } else {
         tracing::warn!("store disabled: no conversation log, feedback or stats");
         None
