@@ -417,7 +417,12 @@ impl Progress {
     fn new(show: bool, len: u64) -> Self {
         use std::io::IsTerminal;
         let tty = std::io::stderr().is_terminal();
-        Self { bar: progress_bar(show && tty, len), plain: show && !tty, every: (len / 10).max(1) }
+        let bar = if show && tty {
+            progress_bar(true, len)
+        } else {
+            ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::hidden())
+        };
+        Self { bar, plain: show && !tty, every: (len / 10).max(1) }
     }
 
     /// One finished step; `msg` is built only when it will be shown.

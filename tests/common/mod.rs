@@ -60,3 +60,4 @@ pub fn shared_reference(name: &str) -> PathBuf {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+pub mod server;
