@@ -11,3 +11,4 @@ pub mod clock;
 pub mod types;
 pub mod model;
 pub mod data;
+pub mod loadgen;
