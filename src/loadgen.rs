@@ -86,7 +86,14 @@ pub struct LoadgenArgs {
     /// a late answer counts as DEADLINE_EXCEEDED.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// First wait up to this many seconds for the server's gRPC health check to report SERVING
+    /// (the model is loaded); the wait is reported as `serving_wait_ms`. 0: do not wait.
+    #[arg(long, default_value_t = 0.0)]
+    pub wait_serving: f64,
 }
+
+/// The health-check service name whose status means "Classify answers from the model".
+pub const HEALTH_SERVICE: &str = "intentd.v1.IntentService";
 
 /// How the load was applied.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,6 +149,10 @@ pub struct LoadReport {
     /// Successful answers by `source` (MODEL, KEYWORD, ...), as counts and as shares of `ok`.
     pub source_counts: BTreeMap<String, u64>,
     pub source_share: BTreeMap<String, f64>,
+    /// With `--wait-serving`: how long this run waited for SERVING, and the wall-clock time
+    /// (Unix ms) it was first seen, so a script can time a cold start from the server's launch.
+    pub serving_wait_ms: Option<f64>,
+    pub serving_at_unix_ms: Option<i64>,
 }
 
 /// Runs the load described by `args`, prints the report (text or JSON) to stdout and returns it.
@@ -177,6 +188,12 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
         (n, _) => n,
     };
     let uri = endpoint_uri(&args.addr);
+    let serving = if args.wait_serving > 0.0 {
+        let waited = wait_serving(&uri, HEALTH_SERVICE, Duration::from_secs_f64(args.wait_serving)).await?;
+        Some((waited, SystemClock.now_ms()))
+    } else {
+        None
+    };
     let channels = connect(&uri, connections).await?;
     let ctx = Arc::new(RequestFactory {
         texts,
@@ -194,7 +211,12 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
         run_phase(load, &channels, &ctx, Duration::from_secs_f64(args.warmup)).await;
     }
     let phase = run_phase(load, &channels, &ctx, Duration::from_secs_f64(args.duration)).await;
-    Ok(phase.into_report(load, &uri, ctx.texts.len(), args.duration))
+    let mut report = phase.into_report(load, &uri, ctx.texts.len(), args.duration);
+    if let Some((waited, at)) = serving {
+        report.serving_wait_ms = Some(waited.as_secs_f64() * 1000.0);
+        report.serving_at_unix_ms = Some(at);
+    }
+    Ok(report)
 }
 
 fn check_args(args: &LoadgenArgs) -> Result<Load> {
@@ -203,6 +225,9 @@ fn check_args(args: &LoadgenArgs) -> Result<Load> {
     }
     if !(args.warmup >= 0.0 && args.warmup <= MAX_DURATION_S) {
         bail!("--warmup must be between 0 and {MAX_DURATION_S} seconds, got {}", args.warmup);
+    }
+    if !(args.wait_serving >= 0.0 && args.wait_serving <= MAX_DURATION_S) {
+        bail!("--wait-serving must be between 0 and {MAX_DURATION_S} seconds, got {}", args.wait_serving);
     }
     if args.timeout_ms == 0 {
         bail!("--timeout-ms must be at least 1");
@@ -281,6 +306,50 @@ async fn connect(uri: &str, n: usize) -> Result<Vec<IntentServiceClient<Channel>
         clients.push(IntentServiceClient::new(channel));
     }
     Ok(clients)
+}
+
+/// Polls the standard gRPC health service every 10 ms until `service` is SERVING; returns how
+/// long that took. A server that is not listening yet, or is still loading its model
+/// (NOT_SERVING), is waited for; one without a health service is an error at once.
+pub async fn wait_serving(uri: &str, service: &str, timeout: Duration) -> Result<Duration> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    let start = Instant::now();
+    let endpoint = Endpoint::from_shared(uri.to_string())
+        .with_context(|| format!("invalid --addr '{uri}'"))?
+        .connect_timeout(Duration::from_millis(500));
+    let mut last = String::from("no answer yet");
+    let mut client: Option<HealthClient<Channel>> = None;
+    loop {
+        if client.is_none() {
+            match endpoint.connect().await {
+                Ok(ch) => client = Some(HealthClient::new(ch)),
+                Err(e) => last = format!("cannot connect: {e}"),
+            }
+        }
+        if let Some(c) = client.as_mut() {
+            match c.check(HealthCheckRequest { service: service.to_string() }).await {
+                Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(start.elapsed()),
+                Ok(r) => {
+                    last = ServingStatus::try_from(r.get_ref().status)
+                        .map(|s| s.as_str_name().to_string())
+                        .unwrap_or_else(|_| format!("status {}", r.get_ref().status));
+                }
+                Err(s) if s.code() == Code::Unimplemented => {
+                    bail!("{uri} has no gRPC health service; run without --wait-serving")
+                }
+                Err(s) => {
+                    last = format!("{}: {}", code_name(s.code()), s.message());
+                    client = None;
+                }
+            }
+        }
+        if start.elapsed() >= timeout {
+            bail!("{uri}: {service} not SERVING after {:.1} s (last: {last})", timeout.as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Builds valid, distinct ClassifyRequests.
@@ -443,6 +512,8 @@ impl Tally {
             max_send_lag_ms: self.max_send_lag.as_secs_f64() * 1000.0,
             source_counts: self.sources,
             source_share,
+            serving_wait_ms: None,
+            serving_at_unix_ms: None,
         }
     }
 }
@@ -622,6 +693,9 @@ impl LoadReport {
                 f(self.server_p50_ms),
                 f(self.server_p99_ms)
             );
+        }
+        if let Some(w) = self.serving_wait_ms {
+            let _ = writeln!(s, "serving:    waited {w:.0} ms for the health check to report SERVING");
         }
         if self.target_rate.is_some() {
             let _ = writeln!(s, "send lag:   max {:.2} ms behind schedule", self.max_send_lag_ms);
@@ -909,6 +983,47 @@ mod tests {
         // The CLI entry point fails when nothing succeeded.
         let err = run(a).await.unwrap_err().to_string();
         assert!(err.contains("no request succeeded"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waits_for_the_health_check_to_report_serving() {
+        use tonic_health::ServingStatus;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_service_status(HEALTH_SERVICE, ServingStatus::NotServing).await;
+        let mock = Mock::new(1, 0, None);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(IntentServiceServer::new(MockService(mock)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let uri = format!("http://{addr}");
+
+        // Still loading: the wait gives up with the status it last saw.
+        let err = wait_serving(&uri, HEALTH_SERVICE, Duration::from_millis(200)).await.unwrap_err().to_string();
+        assert!(err.contains("not SERVING") && err.contains("NOT_SERVING"), "{err}");
+
+        let flip = reporter.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            flip.set_service_status(HEALTH_SERVICE, ServingStatus::Serving).await;
+        });
+        let f = texts_file();
+        let a = args(addr, f.path(), &["--duration", "0.2", "--wait-serving", "5"]);
+        let r = measure(&a).await.unwrap();
+        let waited = r.serving_wait_ms.unwrap();
+        assert!((250.0..2000.0).contains(&waited), "waited {waited} ms");
+        assert!(r.serving_at_unix_ms.unwrap() > 1_704_067_200_000);
+        assert!(r.ok > 0);
+
+        // A server without a health service is reported at once, not after the timeout.
+        let plain = start(Mock::new(1, 0, None)).await;
+        let t0 = Instant::now();
+        let err = wait_serving(&format!("http://{plain}"), HEALTH_SERVICE, Duration::from_secs(10)).await.unwrap_err();
+        assert!(err.to_string().contains("no gRPC health service"), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
