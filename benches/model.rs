@@ -31,7 +31,10 @@ fn texts_path() -> PathBuf {
         .map(|d| d.join(DATASET))
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
-            panic!("{DATASET} not found above {}; set INTENTD_BENCH_TEXTS", crate_dir.display())
+            panic!(
+                "{DATASET} not found above {}; set INTENTD_BENCH_TEXTS",
+                crate_dir.display()
+            )
         })
 }
 
@@ -48,11 +51,13 @@ fn spread<T: Clone>(all: &[T], n: usize) -> Vec<T> {
 
 fn benches(c: &mut Criterion) {
     let texts = intentd::loadgen::read_texts(&texts_path()).expect("read the benchmark texts");
-    let (tokenizer, encoder) =
-        load_base_encoder(&model_dir(), MAX_TOKENS).expect("load models/m3e-small (run `intentd fetch-model`)");
+    let (tokenizer, encoder) = load_base_encoder(&model_dir(), MAX_TOKENS)
+        .expect("load models/m3e-small (run `intentd fetch-model`)");
 
     let mut g = c.benchmark_group("tokenize");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Elements(texts.len() as u64));
     g.bench_function(format!("smp2017_test_{}_texts", texts.len()), |b| {
         b.iter(|| tokenizer.tokenize_all(black_box(&texts)).unwrap())
@@ -61,7 +66,9 @@ fn benches(c: &mut Criterion) {
 
     let tokens = tokenizer.tokenize_all(&texts).unwrap();
     let mut g = c.benchmark_group("encoder_forward");
-    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     for batch in [1usize, 8, 32] {
         let chosen: Vec<Tokenized> = if batch == 1 {
             // A text of the median length stands for "a typical single message".
@@ -74,12 +81,16 @@ fn benches(c: &mut Criterion) {
         let refs: Vec<&Tokenized> = chosen.iter().collect();
         let longest = refs.iter().map(|t| t.ids.len()).max().unwrap_or(0);
         g.throughput(Throughput::Elements(batch as u64));
-        g.bench_with_input(BenchmarkId::new("m3e_small", format!("b{batch}_t{longest}")), &refs, |b, refs| {
-            b.iter(|| {
-                let padded = tokenizer.pad(black_box(refs), &encoder.device).unwrap();
-                encoder.embed(&padded, Mode::Infer).unwrap()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("m3e_small", format!("b{batch}_t{longest}")),
+            &refs,
+            |b, refs| {
+                b.iter(|| {
+                    let padded = tokenizer.pad(black_box(refs), &encoder.device).unwrap();
+                    encoder.embed(&padded, Mode::Infer).unwrap()
+                })
+            },
+        );
     }
     g.finish();
 }

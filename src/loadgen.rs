@@ -166,7 +166,10 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadReport> {
         print!("{}", report.to_text());
     }
     if report.ok == 0 {
-        bail!("no request succeeded ({} errors); see the report above", report.errors);
+        bail!(
+            "no request succeeded ({} errors); see the report above",
+            report.errors
+        );
     }
     Ok(report)
 }
@@ -189,7 +192,12 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
     };
     let uri = endpoint_uri(&args.addr);
     let serving = if args.wait_serving > 0.0 {
-        let waited = wait_serving(&uri, HEALTH_SERVICE, Duration::from_secs_f64(args.wait_serving)).await?;
+        let waited = wait_serving(
+            &uri,
+            HEALTH_SERVICE,
+            Duration::from_secs_f64(args.wait_serving),
+        )
+        .await?;
         Some((waited, SystemClock.now_ms()))
     } else {
         None
@@ -210,7 +218,13 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
     if args.warmup > 0.0 {
         run_phase(load, &channels, &ctx, Duration::from_secs_f64(args.warmup)).await;
     }
-    let phase = run_phase(load, &channels, &ctx, Duration::from_secs_f64(args.duration)).await;
+    let phase = run_phase(
+        load,
+        &channels,
+        &ctx,
+        Duration::from_secs_f64(args.duration),
+    )
+    .await;
     let mut report = phase.into_report(load, &uri, ctx.texts.len(), args.duration);
     if let Some((waited, at)) = serving {
         report.serving_wait_ms = Some(waited.as_secs_f64() * 1000.0);
@@ -221,19 +235,31 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
 
 fn check_args(args: &LoadgenArgs) -> Result<Load> {
     if !(args.duration > 0.0 && args.duration <= MAX_DURATION_S) {
-        bail!("--duration must be more than 0 and at most {MAX_DURATION_S} seconds, got {}", args.duration);
+        bail!(
+            "--duration must be more than 0 and at most {MAX_DURATION_S} seconds, got {}",
+            args.duration
+        );
     }
     if !(args.warmup >= 0.0 && args.warmup <= MAX_DURATION_S) {
-        bail!("--warmup must be between 0 and {MAX_DURATION_S} seconds, got {}", args.warmup);
+        bail!(
+            "--warmup must be between 0 and {MAX_DURATION_S} seconds, got {}",
+            args.warmup
+        );
     }
     if !(args.wait_serving >= 0.0 && args.wait_serving <= MAX_DURATION_S) {
-        bail!("--wait-serving must be between 0 and {MAX_DURATION_S} seconds, got {}", args.wait_serving);
+        bail!(
+            "--wait-serving must be between 0 and {MAX_DURATION_S} seconds, got {}",
+            args.wait_serving
+        );
     }
     if args.timeout_ms == 0 {
         bail!("--timeout-ms must be at least 1");
     }
     if args.connections > MAX_CONNECTIONS {
-        bail!("--connections must be at most {MAX_CONNECTIONS}, got {}", args.connections);
+        bail!(
+            "--connections must be at most {MAX_CONNECTIONS}, got {}",
+            args.connections
+        );
     }
     if args.bot_id.trim().is_empty() {
         bail!("--bot-id must not be empty");
@@ -245,9 +271,15 @@ fn check_args(args: &LoadgenArgs) -> Result<Load> {
                 bail!("--rate must be more than 0 and at most {MAX_RATE} requests/s, got {rate}");
             }
             if args.max_outstanding == 0 || args.max_outstanding > MAX_CONCURRENCY {
-                bail!("--max-outstanding must be between 1 and {MAX_CONCURRENCY}, got {}", args.max_outstanding);
+                bail!(
+                    "--max-outstanding must be between 1 and {MAX_CONCURRENCY}, got {}",
+                    args.max_outstanding
+                );
             }
-            Ok(Load::Open { rate, max_outstanding: args.max_outstanding })
+            Ok(Load::Open {
+                rate,
+                max_outstanding: args.max_outstanding,
+            })
         }
         (clients, None) => {
             let clients = clients.unwrap_or(1);
@@ -265,7 +297,10 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     let content = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read texts file {}", path.display()))?;
     let mut lines = content.lines().peekable();
-    if lines.peek().is_some_and(|l| l.split('\t').next().map(str::trim) == Some("text")) {
+    if lines
+        .peek()
+        .is_some_and(|l| l.split('\t').next().map(str::trim) == Some("text"))
+    {
         lines.next();
     }
     let texts: Vec<String> = lines
@@ -299,10 +334,9 @@ async fn connect(uri: &str, n: usize) -> Result<Vec<IntentServiceClient<Channel>
         .tcp_nodelay(true);
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {uri} (is `intentd serve` running there?)"))?;
+        let channel = endpoint.connect().await.with_context(|| {
+            format!("cannot connect to {uri} (is `intentd serve` running there?)")
+        })?;
         clients.push(IntentServiceClient::new(channel));
     }
     Ok(clients)
@@ -329,8 +363,15 @@ pub async fn wait_serving(uri: &str, service: &str, timeout: Duration) -> Result
             }
         }
         if let Some(c) = client.as_mut() {
-            match c.check(HealthCheckRequest { service: service.to_string() }).await {
-                Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(start.elapsed()),
+            match c
+                .check(HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await
+            {
+                Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => {
+                    return Ok(start.elapsed())
+                }
                 Ok(r) => {
                     last = ServingStatus::try_from(r.get_ref().status)
                         .map(|s| s.as_str_name().to_string())
@@ -346,7 +387,10 @@ pub async fn wait_serving(uri: &str, service: &str, timeout: Duration) -> Result
             }
         }
         if start.elapsed() >= timeout {
-            bail!("{uri}: {service} not SERVING after {:.1} s (last: {last})", timeout.as_secs_f64());
+            bail!(
+                "{uri}: {service} not SERVING after {:.1} s (last: {last})",
+                timeout.as_secs_f64()
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -374,7 +418,10 @@ impl RequestFactory {
             message_id: format!("bench-{}-{n}", self.run_id),
             text: self.texts[i % self.texts.len()].clone(),
             sent_at_ms: 0,
-            user: Some(pb::User { id: format!("bench-user-{}", i % self.users), ..Default::default() }),
+            user: Some(pb::User {
+                id: format!("bench-user-{}", i % self.users),
+                ..Default::default()
+            }),
             chat_name: "bench".into(),
         };
         let mut req = tonic::Request::new(msg);
@@ -386,7 +433,10 @@ impl RequestFactory {
     }
 
     /// Sends one request; the client enforces the deadline too, in case the server ignores it.
-    async fn call(&self, mut client: IntentServiceClient<Channel>) -> Result<pb::ClassifyResponse, Status> {
+    async fn call(
+        &self,
+        mut client: IntentServiceClient<Channel>,
+    ) -> Result<pb::ClassifyResponse, Status> {
         let req = self.next();
         match tokio::time::timeout(self.timeout, client.classify(req)).await {
             Ok(r) => r.map(tonic::Response::into_inner),
@@ -415,8 +465,10 @@ struct Tally {
 impl Tally {
     fn new() -> Self {
         Self {
-            latency_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds"),
-            server_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds"),
+            latency_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
+                .expect("valid histogram bounds"),
+            server_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
+                .expect("valid histogram bounds"),
             sent: 0,
             ok: 0,
             errors: BTreeMap::new(),
@@ -432,7 +484,8 @@ impl Tally {
         match outcome {
             Ok(resp) => {
                 self.ok += 1;
-                self.latency_us.saturating_record((latency.as_micros() as u64).max(1));
+                self.latency_us
+                    .saturating_record((latency.as_micros() as u64).max(1));
                 if let Some(t) = resp.timings.filter(|t| t.total_us > 0) {
                     self.server_us.saturating_record(t.total_us);
                 }
@@ -444,14 +497,20 @@ impl Tally {
             Err(status) => {
                 let code = code_name(status.code()).to_string();
                 *self.errors.entry(code.clone()).or_default() += 1;
-                self.error_samples.entry(code).or_insert_with(|| status.message().to_string());
+                self.error_samples
+                    .entry(code)
+                    .or_insert_with(|| status.message().to_string());
             }
         }
     }
 
     fn merge(&mut self, other: Tally) {
-        self.latency_us.add(&other.latency_us).expect("same histogram bounds");
-        self.server_us.add(&other.server_us).expect("same histogram bounds");
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("same histogram bounds");
+        self.server_us
+            .add(&other.server_us)
+            .expect("same histogram bounds");
         self.sent += other.sent;
         self.ok += other.ok;
         for (k, v) in other.errors {
@@ -471,7 +530,9 @@ impl Tally {
         let errors: u64 = self.errors.values().sum();
         let completed = self.ok + errors;
         let secs = self.elapsed.as_secs_f64().max(1e-9);
-        let ms = |h: &Histogram<u64>, q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0);
+        let ms = |h: &Histogram<u64>, q: f64| {
+            (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
+        };
         let l = &self.latency_us;
         let (mode, concurrency, target_rate, latency_from) = match load {
             Load::Closed { clients } => ("closed", Some(clients), None, "send"),
@@ -526,7 +587,10 @@ async fn run_phase(
 ) -> Tally {
     match load {
         Load::Closed { clients: n } => closed_loop(n, clients, ctx, duration).await,
-        Load::Open { rate, max_outstanding } => open_loop(rate, max_outstanding, clients, ctx, duration).await,
+        Load::Open {
+            rate,
+            max_outstanding,
+        } => open_loop(rate, max_outstanding, clients, ctx, duration).await,
     }
 }
 
@@ -562,7 +626,10 @@ async fn closed_loop(
             // A worker only panics on a bug here; count it rather than lose the whole run.
             Err(e) => {
                 *total.errors.entry("CLIENT_PANIC".into()).or_default() += 1;
-                total.error_samples.entry("CLIENT_PANIC".into()).or_insert_with(|| e.to_string());
+                total
+                    .error_samples
+                    .entry("CLIENT_PANIC".into())
+                    .or_insert_with(|| e.to_string());
             }
         }
     }
@@ -695,10 +762,17 @@ impl LoadReport {
             );
         }
         if let Some(w) = self.serving_wait_ms {
-            let _ = writeln!(s, "serving:    waited {w:.0} ms for the health check to report SERVING");
+            let _ = writeln!(
+                s,
+                "serving:    waited {w:.0} ms for the health check to report SERVING"
+            );
         }
         if self.target_rate.is_some() {
-            let _ = writeln!(s, "send lag:   max {:.2} ms behind schedule", self.max_send_lag_ms);
+            let _ = writeln!(
+                s,
+                "send lag:   max {:.2} ms behind schedule",
+                self.max_send_lag_ms
+            );
         }
         if self.not_sent > 0 {
             let _ = writeln!(
@@ -711,7 +785,11 @@ impl LoadReport {
             let _ = writeln!(s, "errors:     none");
         } else {
             for (code, n) in &self.errors_by_code {
-                let sample = self.error_samples.get(code).map(String::as_str).unwrap_or("");
+                let sample = self
+                    .error_samples
+                    .get(code)
+                    .map(String::as_str)
+                    .unwrap_or("");
                 let _ = writeln!(s, "errors:     {code} {n} (e.g. \"{sample}\")");
             }
         }
@@ -777,7 +855,10 @@ mod tests {
             let m = &self.0;
             let n = m.count.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some(t) = &m.token {
-                let got = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+                let got = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok());
                 if got != Some(format!("Bearer {t}").as_str()) {
                     return Err(Status::unauthenticated("missing or wrong bearer token"));
                 }
@@ -785,24 +866,39 @@ mod tests {
             let r = request.into_inner();
             let user_ok = r.user.as_ref().is_some_and(|u| !u.id.is_empty());
             let fresh = m.seen_ids.lock().insert(r.message_id.clone());
-            if r.bot_id.is_empty() || r.chat_id.is_empty() || r.text.is_empty() || !user_ok || !fresh {
+            if r.bot_id.is_empty()
+                || r.chat_id.is_empty()
+                || r.text.is_empty()
+                || !user_ok
+                || !fresh
+            {
                 m.invalid.fetch_add(1, Ordering::SeqCst);
                 return Err(Status::invalid_argument("bad request"));
             }
-            if m.reject_every > 0 && n % m.reject_every == 0 {
+            if m.reject_every > 0 && n.is_multiple_of(m.reject_every) {
                 m.rejected.fetch_add(1, Ordering::SeqCst);
                 return Err(Status::resource_exhausted("too many requests in flight"));
             }
             tokio::time::sleep(m.delay).await;
-            let source = if n % 2 == 0 { pb::Source::Model } else { pb::Source::Keyword };
-            *m.by_source.lock().entry(source.as_str_name().to_string()).or_default() += 1;
+            let source = if n.is_multiple_of(2) {
+                pb::Source::Model
+            } else {
+                pb::Source::Keyword
+            };
+            *m.by_source
+                .lock()
+                .entry(source.as_str_name().to_string())
+                .or_default() += 1;
             Ok(Response::new(pb::ClassifyResponse {
                 intent: "price".into(),
                 confidence: 0.9,
                 source: source as i32,
                 action: pb::Action::Reply as i32,
                 message_id: r.message_id,
-                timings: Some(pb::Timings { total_us: 1500, ..Default::default() }),
+                timings: Some(pb::Timings {
+                    total_us: 1500,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }))
         }
@@ -812,7 +908,10 @@ mod tests {
         ) -> Result<Response<pb::ClassifyBatchResponse>, Status> {
             Err(Status::unimplemented("mock"))
         }
-        async fn handle_event(&self, _: Request<pb::Event>) -> Result<Response<pb::Decision>, Status> {
+        async fn handle_event(
+            &self,
+            _: Request<pb::Event>,
+        ) -> Result<Response<pb::Decision>, Status> {
             Err(Status::unimplemented("mock"))
         }
         type SubscribeStream = tokio_stream::Empty<Result<pb::Outbound, Status>>;
@@ -834,7 +933,10 @@ mod tests {
         ) -> Result<Response<pb::HumanReplyResponse>, Status> {
             Err(Status::unimplemented("mock"))
         }
-        async fn get_stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        async fn get_stats(
+            &self,
+            _: Request<pb::StatsRequest>,
+        ) -> Result<Response<pb::StatsResponse>, Status> {
             Err(Status::unimplemented("mock"))
         }
     }
@@ -856,8 +958,12 @@ mod tests {
 
     fn texts_file() -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, "text\tlabel\n多少钱\tprice\n\n什么时候发货\tshipping_time\n你好\tgreeting\n".as_bytes())
-            .unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            "text\tlabel\n多少钱\tprice\n\n什么时候发货\tshipping_time\n你好\tgreeting\n"
+                .as_bytes(),
+        )
+        .unwrap();
         f
     }
 
@@ -882,7 +988,19 @@ mod tests {
         let mock = Mock::new(5, 4, Some("s3cret"));
         let addr = start(mock.clone()).await;
         let f = texts_file();
-        let a = args(addr, f.path(), &["--concurrency", "4", "--duration", "1", "--token", "s3cret", "--json"]);
+        let a = args(
+            addr,
+            f.path(),
+            &[
+                "--concurrency",
+                "4",
+                "--duration",
+                "1",
+                "--token",
+                "s3cret",
+                "--json",
+            ],
+        );
         let r = measure(&a).await.unwrap();
 
         // Everything the server saw is in the report, and nothing else.
@@ -890,15 +1008,26 @@ mod tests {
         assert_eq!(r.sent, served);
         assert_eq!(r.completed, served);
         assert_eq!(r.ok + r.errors, r.completed);
-        assert_eq!(mock.invalid.load(Ordering::SeqCst), 0, "every request must be valid and unique");
+        assert_eq!(
+            mock.invalid.load(Ordering::SeqCst),
+            0,
+            "every request must be valid and unique"
+        );
         let rejected = mock.rejected.load(Ordering::SeqCst);
         assert!(rejected > 0);
         assert_eq!(r.errors_by_code.get("RESOURCE_EXHAUSTED"), Some(&rejected));
         assert_eq!(r.errors, rejected);
-        assert_eq!(r.error_samples["RESOURCE_EXHAUSTED"], "too many requests in flight");
+        assert_eq!(
+            r.error_samples["RESOURCE_EXHAUSTED"],
+            "too many requests in flight"
+        );
         // 4 clients, >= 5 ms per ok answer, for ~1 s: at most ~4 * 200 ok answers.
         assert!(r.ok >= 40 && r.ok <= 4 * 210, "ok = {}", r.ok);
-        assert!(r.elapsed_s >= 1.0 && r.elapsed_s < 1.5, "elapsed {}", r.elapsed_s);
+        assert!(
+            r.elapsed_s >= 1.0 && r.elapsed_s < 1.5,
+            "elapsed {}",
+            r.elapsed_s
+        );
         assert!(r.p50_ms.unwrap() >= 5.0, "p50 {:?}", r.p50_ms);
         assert!(r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms);
         assert_eq!(r.server_p50_ms, Some(1.5));
@@ -919,13 +1048,19 @@ mod tests {
         let a = args(addr, f.path(), &["--rate", "200", "--duration", "1"]);
         let r = measure(&a).await.unwrap();
 
-        assert_eq!(r.sent, 200, "every scheduled request is sent when the server keeps up");
+        assert_eq!(
+            r.sent, 200,
+            "every scheduled request is sent when the server keeps up"
+        );
         assert_eq!(r.not_sent, 0);
         assert_eq!(r.completed, mock.count.load(Ordering::SeqCst));
         assert_eq!(r.completed, 200);
         assert_eq!(r.errors_by_code.get("RESOURCE_EXHAUSTED"), Some(&20));
         let achieved = r.completed_per_s;
-        assert!((achieved - 200.0).abs() / 200.0 < 0.15, "achieved {achieved} requests/s for a target of 200");
+        assert!(
+            (achieved - 200.0).abs() / 200.0 < 0.15,
+            "achieved {achieved} requests/s for a target of 200"
+        );
         assert!(r.p50_ms.unwrap() >= 3.0);
         assert_eq!(r.latency_from, "schedule");
         assert_eq!(r.target_rate, Some(200.0));
@@ -937,11 +1072,19 @@ mod tests {
         let mock = Mock::new(20, 0, None);
         let addr = start(mock.clone()).await;
         let f = texts_file();
-        let a = args(addr, f.path(), &["--rate", "100", "--duration", "1", "--max-outstanding", "1"]);
+        let a = args(
+            addr,
+            f.path(),
+            &["--rate", "100", "--duration", "1", "--max-outstanding", "1"],
+        );
         let r = measure(&a).await.unwrap();
 
         assert_eq!(r.errors, 0);
-        assert!(r.not_sent > 20, "about half the schedule cannot be sent, got {} not sent", r.not_sent);
+        assert!(
+            r.not_sent > 20,
+            "about half the schedule cannot be sent, got {} not sent",
+            r.not_sent
+        );
         assert_eq!(r.sent + r.not_sent, 100);
         // The last requests sent waited ~0.5 s behind their schedule; a latency measured from the
         // send (coordinated omission) would show ~20 ms.
@@ -954,9 +1097,14 @@ mod tests {
         let mock = Mock::new(1, 0, None);
         let addr = start(mock).await;
         let f = texts_file();
-        let a = args(addr, f.path(), &["--concurrency", "2", "--duration", "0.3", "--json"]);
+        let a = args(
+            addr,
+            f.path(),
+            &["--concurrency", "2", "--duration", "0.3", "--json"],
+        );
         let r = measure(&a).await.unwrap();
-        let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         for k in ["requests_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms"] {
             assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} = {}", v[k]);
         }
@@ -973,7 +1121,18 @@ mod tests {
         let mock = Mock::new(1, 0, Some("right"));
         let addr = start(mock).await;
         let f = texts_file();
-        let a = args(addr, f.path(), &["--concurrency", "1", "--duration", "0.2", "--token", "wrong"]);
+        let a = args(
+            addr,
+            f.path(),
+            &[
+                "--concurrency",
+                "1",
+                "--duration",
+                "0.2",
+                "--token",
+                "wrong",
+            ],
+        );
         let r = measure(&a).await.unwrap();
         assert_eq!(r.ok, 0);
         assert!(r.errors > 0);
@@ -991,7 +1150,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_service_status(HEALTH_SERVICE, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
+            .await;
         let mock = Mock::new(1, 0, None);
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -1002,16 +1163,27 @@ mod tests {
         let uri = format!("http://{addr}");
 
         // Still loading: the wait gives up with the status it last saw.
-        let err = wait_serving(&uri, HEALTH_SERVICE, Duration::from_millis(200)).await.unwrap_err().to_string();
-        assert!(err.contains("not SERVING") && err.contains("NOT_SERVING"), "{err}");
+        let err = wait_serving(&uri, HEALTH_SERVICE, Duration::from_millis(200))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not SERVING") && err.contains("NOT_SERVING"),
+            "{err}"
+        );
 
         let flip = reporter.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            flip.set_service_status(HEALTH_SERVICE, ServingStatus::Serving).await;
+            flip.set_service_status(HEALTH_SERVICE, ServingStatus::Serving)
+                .await;
         });
         let f = texts_file();
-        let a = args(addr, f.path(), &["--duration", "0.2", "--wait-serving", "5"]);
+        let a = args(
+            addr,
+            f.path(),
+            &["--duration", "0.2", "--wait-serving", "5"],
+        );
         let r = measure(&a).await.unwrap();
         let waited = r.serving_wait_ms.unwrap();
         assert!((250.0..2000.0).contains(&waited), "waited {waited} ms");
@@ -1021,7 +1193,13 @@ mod tests {
         // A server without a health service is reported at once, not after the timeout.
         let plain = start(Mock::new(1, 0, None)).await;
         let t0 = Instant::now();
-        let err = wait_serving(&format!("http://{plain}"), HEALTH_SERVICE, Duration::from_secs(10)).await.unwrap_err();
+        let err = wait_serving(
+            &format!("http://{plain}"),
+            HEALTH_SERVICE,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("no gRPC health service"), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(2));
     }
@@ -1029,7 +1207,10 @@ mod tests {
     #[test]
     fn texts_from_tsv_or_plain_lines_and_clear_errors() {
         let f = texts_file();
-        assert_eq!(read_texts(f.path()).unwrap(), vec!["多少钱", "什么时候发货", "你好"]);
+        assert_eq!(
+            read_texts(f.path()).unwrap(),
+            vec!["多少钱", "什么时候发货", "你好"]
+        );
 
         let mut plain = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut plain, "  退款\r\n\n换货\n".as_bytes()).unwrap();
@@ -1040,7 +1221,10 @@ mod tests {
         let err = read_texts(only_header.path()).unwrap_err().to_string();
         assert!(err.contains("no texts"), "{err}");
 
-        let err = format!("{:#}", read_texts(Path::new("/nonexistent/texts.tsv")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            read_texts(Path::new("/nonexistent/texts.tsv")).unwrap_err()
+        );
         assert!(err.contains("/nonexistent/texts.tsv"), "{err}");
     }
 
@@ -1049,22 +1233,49 @@ mod tests {
         let f = texts_file();
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let both = Cli::try_parse_from([
-            "bench", "--addr", "127.0.0.1:9", "--texts", "x", "--concurrency", "2", "--rate", "5", "--duration", "1",
+            "bench",
+            "--addr",
+            "127.0.0.1:9",
+            "--texts",
+            "x",
+            "--concurrency",
+            "2",
+            "--rate",
+            "5",
+            "--duration",
+            "1",
         ]);
-        assert!(both.is_err(), "--concurrency and --rate together must be refused");
+        assert!(
+            both.is_err(),
+            "--concurrency and --rate together must be refused"
+        );
 
         for (extra, needle) in [
             (&["--rate", "0", "--duration", "1"][..], "--rate"),
-            (&["--concurrency", "0", "--duration", "1"][..], "--concurrency"),
+            (
+                &["--concurrency", "0", "--duration", "1"][..],
+                "--concurrency",
+            ),
             (&["--duration", "0"][..], "--duration"),
             (&["--duration", "100000"][..], "--duration"),
         ] {
-            let err = measure(&args(addr, f.path(), extra)).await.unwrap_err().to_string();
+            let err = measure(&args(addr, f.path(), extra))
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{extra:?}: {err}");
         }
 
         // Nothing listens on the discard port of loopback: a connect error, not a hang.
-        let err = format!("{:#}", measure(&args(addr, f.path(), &["--duration", "1"])).await.unwrap_err());
-        assert!(err.contains("cannot connect to http://127.0.0.1:9"), "{err}");
+        let err = format!(
+            "{:#}",
+            measure(&args(addr, f.path(), &["--duration", "1"]))
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("cannot connect to http://127.0.0.1:9"),
+            "{err}"
+        );
     }
 }
