@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use intentd::model::bert::Mode;
 use intentd::model::classifier::load_base_encoder;
 use intentd::model::encoder::Tokenized;
@@ -66,7 +68,10 @@ fn benches(c: &mut Criterion) {
 
     let tokens = tokenizer.tokenize_all(&texts).unwrap();
     let mut g = c.benchmark_group("encoder_forward");
+    // Flat sampling: the same few iterations per sample, so a slow batch-32 pass does not make
+    // criterion's linear ramp run it dozens of times.
     g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
     for batch in [1usize, 8, 32] {
