@@ -4,8 +4,11 @@
 //! text of each batch. No criterion: it prints one JSON object with the peer's keys as its last
 //! line, for `benches/compare_with_peer.sh`.
 //!
-//!   cargo bench --bench inprocess -- --texts ../shared/datasets/smp2017/test.tsv
+//!   cargo bench --bench inprocess -- [--texts ../shared/datasets/smp2017/test.tsv]
 //!       [--batch 32] [--max-len 64] [--model-dir models/m3e-small]
+//!
+//! Without --texts, `shared/datasets/smp2017/test.tsv` is looked for above the crate. Run by
+//! `cargo test --all-targets` (no `--bench` flag) it is a smoke run over the first 24 texts.
 //!
 //! Threads: candle uses RAYON_NUM_THREADS when set, otherwise every core; the value used is
 //! reported as `threads`.
@@ -18,8 +21,13 @@ use intentd::model::bert::Mode;
 use intentd::model::classifier::load_base_encoder;
 use intentd::model::encoder::Tokenized;
 
+const DATASET: &str = "shared/datasets/smp2017/test.tsv";
+const SMOKE_TEXTS: usize = 24;
+
 struct Opts {
     texts: PathBuf,
+    /// Started by `cargo bench` (which passes --bench), not by `cargo test`.
+    bench: bool,
     batch: usize,
     max_len: usize,
     model_dir: PathBuf,
@@ -28,6 +36,7 @@ struct Opts {
 fn parse_args() -> Result<Opts> {
     let mut o = Opts {
         texts: PathBuf::new(),
+        bench: false,
         batch: 32,
         max_len: 64,
         model_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("models/m3e-small"),
@@ -41,12 +50,22 @@ fn parse_args() -> Result<Opts> {
             "--max-len" => o.max_len = value()?.parse().context("--max-len")?,
             "--model-dir" => o.model_dir = value()?.into(),
             // `cargo bench` passes --bench to every bench target.
-            "--bench" => {}
+            "--bench" => o.bench = true,
             other => bail!("unknown argument {other} (see the header of benches/inprocess.rs)"),
         }
     }
     if o.texts.as_os_str().is_empty() {
-        bail!("--texts FILE is required");
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        o.texts = crate_dir
+            .ancestors()
+            .map(|d| d.join(DATASET))
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "{DATASET} not found above {}; pass --texts FILE",
+                    crate_dir.display()
+                )
+            })?;
     }
     if o.batch == 0 {
         bail!("--batch must be at least 1");
@@ -62,7 +81,13 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> Result<()> {
     let o = parse_args()?;
-    let texts = intentd::loadgen::read_texts(&o.texts)?;
+    let mut texts = intentd::loadgen::read_texts(&o.texts)?;
+    if !o.bench {
+        eprintln!(
+            "inprocess: not run by `cargo bench`: smoke run over the first {SMOKE_TEXTS} texts"
+        );
+        texts.truncate(SMOKE_TEXTS);
+    }
     let (tokenizer, encoder) = load_base_encoder(&o.model_dir, o.max_len)?;
 
     let encode = |batch: &[String]| -> Result<()> {
