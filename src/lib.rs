@@ -13,13 +13,14 @@ pub mod pb {
 }
 
 pub mod clock;
+pub mod core;
 pub mod data;
 pub mod engine;
+pub mod loadgen;
 pub mod metrics;
 pub mod model;
 pub mod pii;
 pub mod policy;
-pub mod store;
 pub mod server;
+pub mod store;
 pub mod types;
-pub mod core;
