@@ -21,6 +21,8 @@ enum Command {
     Keygen(cli::keygen::KeygenArgs),
     Export(cli::export::ExportArgs),
     Stats(cli::stats::StatsArgs),
+    /// Load generator: N concurrent clients or a fixed rate against a running server.
+    Bench(intentd::loadgen::LoadgenArgs),
 }
 
 fn main() {
@@ -35,6 +37,9 @@ fn main() {
         Command::Keygen(a) => cli::keygen::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Stats(a) => cli::stats::run(a),
+        Command::Bench(a) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(intentd::loadgen::run(a)).map(|_| ())),
     };
     if let Err(e) = result {
         // One line, with the chain of causes: scripts and people both read this.

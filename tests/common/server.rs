@@ -73,20 +73,18 @@ fn write_config(dir: &Path, opts: &ServerOptions, data_dir: &Path) -> PathBuf {
     let model = opts.model.clone().unwrap_or_else(|| dir.join("no-model"));
     let operator = opts.operator_dir.clone().unwrap_or_else(|| root.join("config/operator"));
     let mut text = std::fs::read_to_string(root.join("config/intentd.yml")).unwrap();
-    text.push_str(&format!(
-        "\n# test overrides\nlisten: 127.0.0.1:0\nmodel_dir: {}\nauto_train: false\noperator_dir: {}\ntraining_data: {}\n",
+    let overrides = format!(
+        "listen: 127.0.0.1:0\nmodel_dir: {}\nauto_train: false\noperator_dir: {}\ntraining_data: {}\n{}",
         model.display(),
         operator.display(),
-        root.join("training-data/nlu").display()
-    ));
+        root.join("training-data/nlu").display(),
+        opts.extra_config
+    );
     text = text.replace("  path: data/intentd.db", &format!("  path: {}/intentd.db", data_dir.display()));
     text = text.replace("  key_file: data/intentd.key", &format!("  key_file: {}/intentd.key", data_dir.display()));
     text = text.replace("  listen: 127.0.0.1:9464", "  listen: 127.0.0.1:0");
-    // Later duplicate keys are not allowed in YAML: overrides replace whole top-level sections.
-    let mut merged = text;
-    if !opts.extra_config.is_empty() {
-        merged = merge_top_level(&merged, &opts.extra_config);
-    }
+    // Duplicate keys are not allowed in YAML: overrides replace whole top-level sections.
+    let merged = merge_top_level(&text, &overrides);
     let path = dir.join("intentd.yml");
     std::fs::write(&path, merged).unwrap();
     path
