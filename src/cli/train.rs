@@ -72,8 +72,21 @@ pub fn load_labeled(path: &std::path::Path) -> Result<(Vec<LabeledText>, String)
     Ok((ds.examples.into_iter().map(|e| LabeledText { text: e.text, label: e.label }).collect(), hash))
 }
 
+/// Texts given two different intents cannot both be right: list them (file:line of each
+/// label) and leave them out of training rather than teach the model noise.
 fn report_conflicts(ds: data::Dataset) -> data::Dataset {
-    ds
+    if ds.conflicts.is_empty() {
+        return ds;
+    }
+    eprintln!("warning: {} texts have conflicting intents and are left out:", ds.conflicts.len());
+    for c in ds.conflicts.iter().take(20) {
+        let labels: Vec<String> = c.labels.iter().map(|(l, o)| format!("{l} ({o})")).collect();
+        eprintln!("  {:?}: {}", c.text, labels.join(" vs "));
+    }
+    if ds.conflicts.len() > 20 {
+        eprintln!("  ... and {} more", ds.conflicts.len() - 20);
+    }
+    ds.without_conflicts()
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
