@@ -1,5 +1,6 @@
 //! Command-line front door: each subcommand parses its flags and calls into the library.
 
+pub mod calibrate;
 pub mod classify;
 pub mod eval;
 pub mod export;

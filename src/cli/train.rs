@@ -33,6 +33,12 @@ pub struct TrainArgs {
     pub head_lr: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Epochs without dev improvement before stopping.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Fine-tune the word-embedding table too (slower; can help with many rare entity names).
+    #[arg(long)]
+    pub train_embeddings: bool,
     #[arg(long, default_value = intentd::model::base_models::DEFAULT_BASE_MODEL)]
     pub base: String,
     #[arg(long, default_value = super::MODELS_DIR)]
@@ -55,6 +61,8 @@ impl TrainArgs {
             lr: None,
             head_lr: None,
             seed: None,
+            patience: None,
+            train_embeddings: false,
             base: intentd::model::base_models::DEFAULT_BASE_MODEL.into(),
             models_dir: super::MODELS_DIR.into(),
             quiet: false,
@@ -102,6 +110,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(v) = args.lr { hp.learning_rate = v; }
     if let Some(v) = args.head_lr { hp.head_learning_rate = v; }
     if let Some(v) = args.seed { hp.seed = v; }
+    if let Some(v) = args.patience { hp.patience = v; }
+    if args.train_embeddings { hp.freeze_word_embeddings = false; }
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
     eprintln!(
         "training {:?} on {} examples from {} ({} intents), base {}",
