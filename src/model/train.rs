@@ -430,7 +430,8 @@ impl Progress {
         self.bar.inc(1);
         let pos = self.bar.position();
         if self.plain && (pos % self.every == 0 || pos == self.bar.length().unwrap_or(0)) {
-            eprintln!("step {pos}/{} {}", self.bar.length().unwrap_or(0), msg());
+            let len = self.bar.length().unwrap_or(0);
+            eprintln!("step {pos}/{len} {} [{:.0}s, ETA {:.0}s]", msg(), self.bar.elapsed().as_secs_f64(), self.bar.eta().as_secs_f64());
         } else if !self.bar.is_hidden() {
             self.bar.set_message(msg());
         }
