@@ -83,11 +83,15 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     mark_not_serving(&health).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("reflection service")?;
+    // Reflection in both protocol versions: v1 for current tools, v1alpha for the many clients
+    // that only speak it (grpcurl before 1.9, older Postman / evans / grpcui).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().context("reflection service")?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha().context("reflection service (v1alpha)")?;
 
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
@@ -207,6 +211,7 @@ pub async fn serve(
     let server = builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(pb::intent_service_server::IntentServiceServer::new(intent))
         .add_service(pb::admin_service_server::AdminServiceServer::new(admin))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
