@@ -223,11 +223,12 @@ mod tests {
             pending.push(j);
             keep.push(rx);
         }
-        // Budget 40 tokens: 10, 11, 12 padded to 12 x 3 = 36 fits; adding 9 -> 12 x 4 = 48 does not.
+        // Anchor 10; closest first: 11 and 9 (distance 1), then 12. Budget 40 padded tokens:
+        // 10, 11, 9 pad to 11 x 3 = 33; adding 12 -> 12 x 4 = 48 does not fit; 49 and 50 never.
         let batch = take_batch(&mut pending, 8, 40);
         let mut lens: Vec<usize> = batch.iter().map(|j| j.tokens.ids.len()).collect();
         lens.sort();
-        assert_eq!(lens, vec![10, 11, 12]);
+        assert_eq!(lens, vec![9, 10, 11]);
         assert_eq!(pending.len(), 3);
     }
 
