@@ -429,7 +429,7 @@ impl Progress {
     fn step(&self, msg: impl FnOnce() -> String) {
         self.bar.inc(1);
         let pos = self.bar.position();
-        if self.plain && (pos % self.every == 0 || pos == self.bar.length().unwrap_or(0)) {
+        if self.plain && (pos.is_multiple_of(self.every) || pos == self.bar.length().unwrap_or(0)) {
             eprintln!("step {pos}/{} {}", self.bar.length().unwrap_or(0), msg());
         } else if !self.bar.is_hidden() {
             self.bar.set_message(msg());
