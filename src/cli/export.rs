@@ -45,6 +45,9 @@ pub fn open_storage(config: &std::path::Path, db: Option<PathBuf>) -> Result<Sto
     if let Some(db) = db {
         cfg.store.path = db;
     }
+    // Readers never mint a key: a new one could not open a single existing row, and the
+    // operator must hear that the real key is missing.
+    cfg.store.create_key_file = false;
     if !cfg.store.path.is_file() {
         anyhow::bail!("no database at {}", cfg.store.path.display());
     }

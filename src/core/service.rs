@@ -430,8 +430,10 @@ impl Core {
         if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
             return Err(invalid("bot_id", "is empty or not a configured bot"));
         }
-        if req.message_id.trim().is_empty() || req.message_id.len() > limits.max_id_bytes {
-            return Err(invalid("message_id", &format!("must be 1..={} bytes", limits.max_id_bytes)));
+        validate::check_id("message_id", &req.message_id, true, limits)?;
+        validate::check_id("variant_id", &req.variant_id, false, limits)?;
+        if req.at_ms < 0 {
+            return Err(invalid("at_ms", "must be Unix milliseconds >= 0 (0 = now)"));
         }
         let kind = store::FeedbackKind::try_from(req.kind)
             .map_err(|_| invalid("kind", "must be RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN or CLICKED"))?;
@@ -444,7 +446,7 @@ impl Core {
             variant_id: req.variant_id.clone(),
             at_ms,
         };
-        let ticket = storage.submit(Record::Feedback(rec)).map_err(|e| CoreError::Busy(e.to_string()))?;
+        let ticket = storage.submit(Record::Feedback(rec)).map_err(submit_error)?;
         ticket.await.map_err(|e| CoreError::Internal(format!("store: {e}")))?;
         Ok(true)
     }
@@ -454,8 +456,10 @@ impl Core {
         if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
             return Err(invalid("bot_id", "is empty or not a configured bot"));
         }
-        if req.chat_id.trim().is_empty() {
-            return Err(invalid("chat_id", "is required"));
+        validate::check_id("chat_id", &req.chat_id, true, &self.cfg.limits)?;
+        validate::check_id("message_id", &req.message_id, false, &self.cfg.limits)?;
+        if req.at_ms < 0 {
+            return Err(invalid("at_ms", "must be Unix milliseconds >= 0 (0 = now)"));
         }
         let at_ms = if req.at_ms > 0 { req.at_ms } else { self.now_ms() };
         self.playbook.record_human_reply(&req.bot_id, &req.chat_id);
@@ -466,21 +470,32 @@ impl Core {
             message_id: req.message_id.clone(),
             at_ms,
         };
-        let ticket = storage.submit(Record::HumanReply(rec)).map_err(|e| CoreError::Busy(e.to_string()))?;
+        let ticket = storage.submit(Record::HumanReply(rec)).map_err(submit_error)?;
         ticket.await.map_err(|e| CoreError::Internal(format!("store: {e}")))?;
         Ok(true)
     }
 
-    pub fn stats(&self, req: &pb::StatsRequest) -> Result<pb::StatsResponse, CoreError> {
+    /// GetStats. The queries run on the blocking pool: a long window must not stall the
+    /// runtime threads that answer Classify.
+    pub async fn stats(&self, req: &pb::StatsRequest) -> Result<pb::StatsResponse, CoreError> {
         if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
             return Err(InvalidField { field: "bot_id".into(), problem: "is empty or not a configured bot".into() }.into());
         }
-        let storage = self.storage.as_ref().ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
+        validate::check_id("chat_id", &req.chat_id, false, &self.cfg.limits)?;
+        validate::check_id("experiment", &req.experiment, false, &self.cfg.limits)?;
+        let storage = self.storage.clone().ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
         let mut req = req.clone();
         if req.to_ms == 0 {
             req.to_ms = self.now_ms();
         }
-        storage.stats(&req).map_err(|e| CoreError::Internal(format!("store: {e}")))
+        let answer = tokio::task::spawn_blocking(move || storage.stats(&req))
+            .await
+            .map_err(|e| CoreError::Internal(format!("stats query crashed: {e}")))?;
+        answer.map_err(|e| match e {
+            // A bad window (from after to, negative) is the caller's mistake, not ours.
+            store::StoreError::Invalid(m) => InvalidField { field: "from_ms/to_ms".into(), problem: m }.into(),
+            e => CoreError::Internal(format!("store: {e}")),
+        })
     }
 
     /// Loads the model folder off the runtime threads and swaps it in; a broken folder is
@@ -537,14 +552,29 @@ impl Core {
         }
     }
 
-    pub fn set_clock(&self, now_ms: i64) -> Result<i64, CoreError> {
+    /// Moves the manual clock. Retention is applied at once for the new "now" (what the
+    /// hourly purge would do once it ran), so a test or demo jumping months ahead sees the
+    /// same database a real server would have. Audited as an admin call.
+    pub async fn set_clock(&self, now_ms: i64, actor: &str) -> Result<i64, CoreError> {
         let clock = self.manual_clock.as_ref().ok_or_else(|| {
             CoreError::FailedPrecondition("the server runs on the system clock (start it with --manual-clock)".into())
         })?;
         if now_ms <= 0 {
             return Err(InvalidField { field: "now_ms".into(), problem: "must be positive Unix milliseconds".into() }.into());
         }
+        let before = self.now_ms();
         clock.set_ms(now_ms);
+        self.audit(actor, store::AuditAction::AdminCall, &format!("SetClock {before} -> {now_ms}"));
+        if let Some(storage) = self.storage.clone() {
+            match tokio::task::spawn_blocking(move || storage.purge()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    self.metrics.store_errors.inc();
+                    tracing::error!(error = %e, "retention purge after SetClock failed");
+                }
+                Err(e) => tracing::error!(error = %e, "retention purge task crashed"),
+            }
+        }
         self.outbound_changed.notify_waiters();
         Ok(now_ms)
     }
@@ -555,6 +585,14 @@ impl Core {
                 tracing::warn!(error = %e, "audit row not stored");
             }
         }
+    }
+}
+
+/// A full store queue is back-pressure (retry later); a closing store is going away.
+fn submit_error(e: store::SubmitError) -> CoreError {
+    match e {
+        store::SubmitError::QueueFull { .. } => CoreError::Busy(e.to_string()),
+        store::SubmitError::Closed => CoreError::Unavailable(e.to_string()),
     }
 }
 

@@ -48,7 +48,8 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidField
     InvalidField { field: field.into(), problem: problem.into() }
 }
 
-fn check_id(field: &str, value: &str, required: bool, limits: &Limits) -> Result<(), InvalidField> {
+/// An id field: required or not, at most `limits.max_id_bytes`, no control characters.
+pub fn check_id(field: &str, value: &str, required: bool, limits: &Limits) -> Result<(), InvalidField> {
     if value.trim().is_empty() {
         if required {
             return Err(invalid(field, "is required and must not be empty"));

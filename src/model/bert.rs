@@ -248,7 +248,7 @@ impl Bert {
         if config.hidden_act != "gelu" {
             candle_core::bail!("unsupported hidden_act '{}' (only gelu)", config.hidden_act);
         }
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             candle_core::bail!("hidden_size must be a multiple of num_attention_heads");
         }
         let embeddings = Embeddings::load(config, vb.pp("embeddings"))?;

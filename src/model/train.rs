@@ -429,7 +429,7 @@ impl Progress {
     fn step(&self, msg: impl FnOnce() -> String) {
         self.bar.inc(1);
         let pos = self.bar.position();
-        if self.plain && (pos % self.every == 0 || pos == self.bar.length().unwrap_or(0)) {
+        if self.plain && (pos.is_multiple_of(self.every) || pos == self.bar.length().unwrap_or(0)) {
             let len = self.bar.length().unwrap_or(0);
             eprintln!("step {pos}/{len} {} [{:.0}s, ETA {:.0}s]", msg(), self.bar.elapsed().as_secs_f64(), self.bar.eta().as_secs_f64());
         } else if !self.bar.is_hidden() {

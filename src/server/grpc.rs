@@ -218,7 +218,7 @@ impl IntentService for IntentApi {
         let who = caller(&self.auth, &request)?;
         let req = request.into_inner();
         who.check_bot(&req.bot_id)?;
-        Ok(Response::new(self.core.stats(&req)?))
+        Ok(Response::new(self.core.stats(&req).await?))
     }
 }
 
@@ -281,7 +281,7 @@ impl AdminService for AdminApi {
 
     async fn set_clock(&self, request: Request<pb::SetClockRequest>) -> Result<Response<pb::SetClockResponse>, Status> {
         self.auth.admin(&request)?;
-        let now_ms = self.core.set_clock(request.into_inner().now_ms)?;
+        let now_ms = self.core.set_clock(request.into_inner().now_ms, "admin-rpc").await?;
         Ok(Response::new(pb::SetClockResponse { now_ms }))
     }
 }

@@ -149,7 +149,9 @@ pub async fn serve(
             match loaded {
                 Ok(Ok(model)) => {
                     tracing::info!(version = %model.card.version, "model loaded");
+                    let version = model.card.version.clone();
                     core.install_model(Arc::new(model));
+                    core.audit("system", AuditAction::ModelChange, &format!("model {version} loaded at start-up"));
                     mark_serving(&health).await;
                 }
                 Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "model not loaded; serving from rules only (health NOT_SERVING)"),
@@ -179,6 +181,8 @@ pub async fn serve(
             }
         });
     }
+    // Fired once SIGTERM / SIGINT arrived: starts the grace period.
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown_signal = {
         let health = health.clone();
         let core = core.clone();
@@ -190,6 +194,7 @@ pub async fn serve(
             }
             tracing::info!(in_flight = core.in_flight(), "shutting down: no new requests, finishing in-flight ones");
             mark_not_serving(&health).await;
+            let _ = signalled_tx.send(());
         }
     };
 
@@ -215,12 +220,20 @@ pub async fn serve(
         .add_service(pb::intent_service_server::IntentServiceServer::new(intent))
         .add_service(pb::admin_service_server::AdminServiceServer::new(admin))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
-    server.await.context("gRPC server")?;
-    // tonic has stopped accepting and waited for in-flight calls; long streams (Subscribe) may
-    // still hold permits, bounded by the grace period.
-    let deadline = tokio::time::Instant::now() + grace;
-    while core.in_flight() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Graceful shutdown waits for every connection to finish; an open Subscribe stream or a
+    // client that never answers GOAWAY would make that forever, so it gets the grace period.
+    let grace_over = async {
+        if signalled_rx.await.is_err() {
+            // The server ended without a signal (an error): nothing to time.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => r.context("gRPC server")?,
+        _ = grace_over => {
+            tracing::warn!(grace_ms = cfg.shutdown_grace_ms, in_flight = core.in_flight(), "grace period over; closing the remaining connections");
+        }
     }
     let _ = shutdown_tx.send(true);
     if let Some(t) = metrics_task {

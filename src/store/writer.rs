@@ -113,14 +113,15 @@ impl WriteQueue {
         let tx = guard.as_ref().ok_or(SubmitError::Closed)?;
         let (done, rx) = oneshot::channel();
         // Count before sending so the writer's decrement can never run first and underflow.
-        let depth = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
+        // The gauge moves by increments too: a `set` from here could land after the writer's
+        // and leave a stale depth on an idle queue.
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        self.metrics.write_queue_depth.inc();
         match tx.try_send(Job { record, done }) {
-            Ok(()) => {
-                self.metrics.write_queue_depth.set(depth as i64);
-                Ok(CommitTicket { rx })
-            }
+            Ok(()) => Ok(CommitTicket { rx }),
             Err(TrySendError::Full(_)) => {
                 self.depth.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.write_queue_depth.dec();
                 self.metrics.write_queue_full.inc();
                 tracing::warn!(
                     capacity = self.capacity,
@@ -132,6 +133,7 @@ impl WriteQueue {
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.depth.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.write_queue_depth.dec();
                 Err(SubmitError::Closed)
             }
         }
@@ -181,8 +183,8 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let left = depth.fetch_sub(jobs.len(), Ordering::SeqCst) - jobs.len();
-        metrics.write_queue_depth.set(left as i64);
+        depth.fetch_sub(jobs.len(), Ordering::SeqCst);
+        metrics.write_queue_depth.dec_by(jobs.len() as i64);
 
         let records: Vec<Record> = jobs.iter().map(|j| j.record.clone()).collect();
         match store.write_batch(&records) {
