@@ -199,3 +199,23 @@ fn conflicting_labels_are_reported() {
     assert!(err.contains("conflicting intents") && err.contains("c.tsv:2") && err.contains("c.tsv:4"), "{err}");
     assert!(err.contains("at least 2 intents"), "{err}");
 }
+
+#[test]
+fn the_same_seed_gives_the_same_model() {
+    common::base_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = subset(dir.path(), &["greeting", "refund", "invoice"], 15);
+    let version = |out: &str, seed: &str| -> String {
+        let model = dir.path().join(out);
+        let o = intentd(&[
+            "train", "--data", train.to_str().unwrap(), "--out", model.to_str().unwrap(),
+            "--mode", "head", "--epochs", "5", "--seed", seed, "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+        card["version"].as_str().unwrap().to_string()
+    };
+    // The version is a hash of the weights.
+    assert_eq!(version("a", "7"), version("b", "7"));
+    assert_ne!(version("c", "7"), version("d", "8"));
+}

@@ -84,7 +84,7 @@ impl LayerNorm {
 
 fn dropout(x: &Tensor, p: f32, mode: Mode) -> Result<Tensor> {
     if mode == Mode::Train && p > 0.0 {
-        candle_nn::ops::dropout(x, p)
+        super::seeded::dropout(x, p)
     } else {
         Ok(x.clone())
     }

@@ -6,6 +6,7 @@ pub mod classifier;
 pub mod encoder;
 pub mod fetch;
 pub mod scoring;
+pub mod seeded;
 pub mod train;
 pub mod confusion_png;
 pub mod eval;

@@ -140,6 +140,7 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         bail!("batch_size and epochs must be at least 1");
     }
     let mut rng = ChaCha8Rng::seed_from_u64(hp.seed);
+    super::seeded::seed(hp.seed);
     let (train_set, dev_set) = match &job.dev {
         Some(dev) => (job.train.clone(), dev.clone()),
         None => carve_dev(&job.train, hp.dev_fraction, &mut rng),
@@ -187,6 +188,10 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         let data = varmap.data().lock().expect("varmap lock");
         ["classifier.weight", "classifier.bias"].iter().map(|k| data[*k].clone()).collect()
     };
+    // Seeded initial head (BERT's initializer_range 0.02, zero bias) instead of candle's
+    // unseeded default.
+    head_vars[0].set(&super::seeded::normal(&[labels.len(), config.hidden_size], 0.02, &device)?)?;
+    head_vars[1].set(&Tensor::zeros(labels.len(), DType::F32, &device)?)?;
 
     let (best, examples_per_s) = match hp.mode {
         TrainMode::Full => train_full(&encoder, &head, &varmap, &head_vars, &tokenizer, &train_enc, &dev_enc, &labels, &hp, &mut rng, job.progress)?,
@@ -285,7 +290,7 @@ fn train_full(
             let ys: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
             let padded = tokenizer.pad(&toks, &device)?;
             let pooled = encoder.embed(&padded, Mode::Train)?;
-            let pooled = candle_nn::ops::dropout(&pooled, hp.dropout)?;
+            let pooled = super::seeded::dropout(&pooled, hp.dropout)?;
             let logits = head.forward(&pooled)?;
             let loss = smoothed_cross_entropy(&logits, &ys, hp.label_smoothing)?;
             let mut grads = loss.backward()?;
@@ -365,7 +370,7 @@ fn train_head(
         order.shuffle(rng);
         for batch in order.chunks(hp.batch_size) {
             let idx = Tensor::from_vec(batch.iter().map(|&i| i as u32).collect::<Vec<_>>(), batch.len(), &device)?;
-            let x = candle_nn::ops::dropout(&train_x.index_select(&idx, 0)?, hp.dropout)?;
+            let x = super::seeded::dropout(&train_x.index_select(&idx, 0)?, hp.dropout)?;
             let ys: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
             let loss = smoothed_cross_entropy(&head.forward(&x)?, &ys, hp.label_smoothing)?;
             let mut grads = loss.backward()?;
