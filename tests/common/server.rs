@@ -19,6 +19,7 @@ pub const ADMIN_TOKEN: &str = "dev-admin-token";
 /// 2026-11-25 10:00:00 Asia/Shanghai (02:00 UTC), a Wednesday.
 pub const T0: i64 = 1_795_572_000_000;
 
+#[derive(Default)]
 pub struct ServerOptions {
     /// Model folder; `None` = a folder that does not exist (rules only, auto_train off).
     pub model: Option<PathBuf>,
@@ -31,11 +32,6 @@ pub struct ServerOptions {
     pub data_dir: Option<PathBuf>,
 }
 
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self { model: None, manual_clock: None, extra_config: String::new(), operator_dir: None, data_dir: None }
-    }
-}
 
 pub struct TestServer {
     pub child: Child,
