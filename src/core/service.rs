@@ -17,6 +17,7 @@ use super::batcher::{Batcher, LoadedModel};
 use super::operator::OperatorRules;
 use super::validate::{self, InvalidField};
 use crate::clock::{ManualClock, SharedClock};
+use crate::engine::catalog::Handoff;
 use crate::engine::fusion;
 use crate::metrics::Metrics;
 use crate::model::classifier::{IntentBackend, IntentModel};
@@ -257,7 +258,9 @@ impl Core {
             }
             let mut cls = fusion::fuse(model_scores.as_deref(), &kw, &rules.fusion);
             cls.truncated = truncated;
-            let decision = playbook.decide_message(&ctx, &cls, &|i: &str| rules.display_name(i));
+            // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
+            let always = |i: &str| rules.catalog.handoff(i) == Some(Handoff::Always);
+            let decision = playbook.decide_message_with_catalog(&ctx, &cls, &|i: &str| rules.display_name(i), &always);
             (cls, decision)
         };
 

@@ -23,7 +23,7 @@
 //! | `spam_ads` | BLOCK | classified as advertising/spam; review-queue entry |
 //! | `silent_intent` | IGNORE | the intent is configured as one the bot does not answer |
 //! | `off_hours` | HANDOFF | outside service hours; off-hours reply once per user per closed period |
-//! | `handoff:intent` | HANDOFF | the intent is handed to a human (`handoff.intents`) |
+//! | `handoff:intent` | HANDOFF | the intent is handed to a human (`handoff.intents`, or `handoff: always` in intents.yml) |
 //! | `handoff:not_understood` | HANDOFF | the user was not understood `handoff.not_understood_limit` times in a row |
 //! | `clarify` | CLARIFY | not understood; asks the user to pick from the candidates |
 //! | `cooldown` | IGNORE | same user, same intent answered within the cooldown |

@@ -10,7 +10,8 @@
 //! 3. outside service hours → HANDOFF `off_hours` (off-hours reply once per user per closed period);
 //! 4. not understood (`needs_clarification` or no intent) → CLARIFY, or HANDOFF
 //!    `handoff:not_understood` when it is the `not_understood_limit`-th time in a row;
-//! 5. handoff intent → HANDOFF `handoff:intent` with the expected wait;
+//! 5. handoff intent (playbook `handoff.intents`, or `handoff: always` in intents.yml when the
+//!    caller passes the catalog) → HANDOFF `handoff:intent` with the expected wait;
 //! 6. same user + intent inside the cooldown → IGNORE `cooldown`;
 //! 7. reply: attribute rule (`rule:<id>`), else A/B experiment (`ab:<id>`), else `faq`;
 //! 8. group spacing: `send_after_ms`, or merged / dropped (see [`super::spacing`]).
@@ -20,7 +21,7 @@
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -80,9 +81,9 @@ struct State {
     welcomes: WelcomeMerger,
     scheduler: Scheduler,
     users: HashMap<UserKey, UserState>,
-    review: Vec<ReviewItem>,
+    review: VecDeque<ReviewItem>,
     reviewed: HashSet<UserKey>,
-    dropped: Vec<DroppedSend>,
+    dropped: VecDeque<DroppedSend>,
     last_sweep_ms: i64,
 }
 
@@ -117,16 +118,16 @@ impl State {
             return; // precheck already queued this message
         }
         if self.review.len() >= REVIEW_CAP {
-            self.review.remove(0);
+            self.review.pop_front();
         }
-        self.review.push(item);
+        self.review.push_back(item);
     }
 
     fn add_dropped(&mut self, d: DroppedSend) {
         if self.dropped.len() >= DROPPED_CAP {
-            self.dropped.remove(0);
+            self.dropped.pop_front();
         }
-        self.dropped.push(d);
+        self.dropped.push_back(d);
     }
 }
 
@@ -244,6 +245,20 @@ impl Playbook {
         cls: &Classification,
         display_names: &dyn Fn(&str) -> String,
     ) -> PolicyDecision {
+        self.decide_message_with_catalog(ctx, cls, display_names, &|_: &str| false)
+    }
+
+    /// [`Self::decide_message`] for a server that also has the intent catalog: an intent that
+    /// `always_handoff` says is flagged `handoff: always` in intents.yml goes to a human in every
+    /// bot and group, on top of the playbook's own `handoff.intents`.
+    pub fn decide_message_with_catalog(
+        &self,
+        ctx: &MessageContext,
+        cls: &Classification,
+        display_names: &dyn Fn(&str) -> String,
+        always_handoff: &dyn Fn(&str) -> bool,
+    ) -> PolicyDecision {
+        let catalog_handoff = !cls.intent.is_empty() && always_handoff(&cls.intent);
         let cfg = self.config();
         let s = cfg.settings(&ctx.bot_id, &ctx.chat_id).clone();
         let now = self.clock.now_ms();
@@ -298,6 +313,7 @@ impl Playbook {
             &base_vars,
             &style,
             interactions,
+            catalog_handoff,
         );
 
         // First contact: the automation disclosure goes before the first thing we send.
@@ -349,6 +365,7 @@ impl Playbook {
         base_vars: &Vars,
         style: &str,
         interactions: u32,
+        catalog_handoff: bool,
     ) -> PolicyDecision {
         let understood = !cls.needs_clarification && !cls.intent.is_empty();
         let intent = cls.intent.as_str();
@@ -434,7 +451,7 @@ impl Playbook {
         }
         st.handoffs.reset_streak(t.bot, t.chat, t.user);
 
-        if s.handoff.intents.contains(intent) {
+        if catalog_handoff || s.handoff.intents.contains(intent) {
             return self.handoff(st, cfg, s, t, now, base_vars, style, "handoff:intent");
         }
 
@@ -596,9 +613,11 @@ impl Playbook {
         group_name: &str,
     ) -> Vars {
         let lt = local(s.timezone, now);
+        // Nicknames and group names are user-chosen and often carry a phone number or e-mail
+        // ("王姐13812345678"): a reply posted to the whole group must not repeat them.
         Vars {
-            nickname: nickname.to_string(),
-            group_name: group_name.to_string(),
+            nickname: crate::pii::redact_pii(nickname),
+            group_name: crate::pii::redact_pii(group_name),
             greeting: cfg.replies.greetings.at(lt.time()).to_string(),
             festival: cfg.calendar.greeting_on(lt.date()).to_string(),
             ..Default::default()
@@ -985,21 +1004,21 @@ impl Playbook {
 
     /// Blocked messages waiting for review (PII already redacted), oldest first.
     pub fn review_queue(&self) -> Vec<ReviewItem> {
-        self.state.lock().review.clone()
+        self.state.lock().review.iter().cloned().collect()
     }
 
     /// Take the review entries (for the server to persist).
     pub fn drain_review_queue(&self) -> Vec<ReviewItem> {
-        std::mem::take(&mut self.state.lock().review)
+        std::mem::take(&mut self.state.lock().review).into()
     }
 
     /// Sends the playbook decided not to make (spacing queue full, banned word at render).
     pub fn dropped_sends(&self) -> Vec<DroppedSend> {
-        self.state.lock().dropped.clone()
+        self.state.lock().dropped.iter().cloned().collect()
     }
 
     pub fn drain_dropped_sends(&self) -> Vec<DroppedSend> {
-        std::mem::take(&mut self.state.lock().dropped)
+        std::mem::take(&mut self.state.lock().dropped).into()
     }
 }
 

@@ -206,7 +206,7 @@ fn shipped_operator_config_loads_and_answers() {
     for intent in crate::policy::replies::INTENTS {
         assert!(cfg.replies.variants(intent).len() >= 2, "{intent}");
     }
-    let s = cfg.settings("demo_bot", "vip_lounge");
+    let s = cfg.settings("demo", "vip_lounge");
     assert_eq!(s.spacing.min_interval_ms, 10_000);
     assert_eq!(s.experiments[0].variants.len(), 3);
     let d = pb.decide_message(
@@ -353,6 +353,40 @@ fn handoff_intents_announce_the_wait() {
         f.ask("g", &user("u1", "a"), "complaint").action,
         Action::Reply
     );
+}
+
+#[test]
+fn intents_flagged_always_in_the_catalog_are_handed_off_too() {
+    let f = fx(BASE);
+    let invoice_always = |i: &str| i == "invoice";
+    let d = f.pb.decide_message_with_catalog(
+        &msg("g", &user("u1", "a"), "开发票"),
+        &cls("invoice"),
+        &names,
+        &invoice_always,
+    );
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (Action::Handoff, "handoff:intent", "已转人工，预计等待5分钟")
+    );
+    // Without the catalog flag the playbook's own list decides.
+    let d = f.ask("g2", &user("u2", "b"), "invoice");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Reply, "faq"));
+}
+
+#[test]
+fn pii_in_nicknames_is_not_repeated_in_replies() {
+    let f = fx(BASE);
+    let m = msg("g", &user("u1", "王姐13812345678"), "多少钱");
+    let d = f.pb.decide_message(&m, &cls("price"), &names);
+    assert_eq!(text(&d), "王姐[PHONE]，关于price请看说明");
+    let d = f.event(
+        "g",
+        EventKind::LinkClicked,
+        &user("u2", "李13912345678"),
+        "coupon_center",
+    );
+    assert_eq!(text(&d.decision), "李[PHONE]，领券后回商品页下单");
 }
 
 #[test]

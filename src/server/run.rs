@@ -72,6 +72,13 @@ pub async fn serve(
     let rules = OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
         .context("operator files")?;
     let playbook = Playbook::load(&cfg.operator_dir, clock.clone(), cfg.seed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A bot id typo in playbook.yml would silently fall back to the defaults: say so.
+    let bots = cfg.bot_ids();
+    for b in playbook.config().configured_bots() {
+        if !bots.is_empty() && !bots.iter().any(|k| k == b) {
+            tracing::warn!(bot = %b, "playbook.yml has settings for a bot that is not in auth.bots; they are never used");
+        }
+    }
     let storage = if cfg.store.enabled {
         Some(Arc::new(Storage::open(&cfg.store, clock.clone(), metrics.clone()).map_err(|e| anyhow::anyhow!("store: {e}"))?))
     } else {
