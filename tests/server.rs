@@ -227,14 +227,18 @@ async fn reload_under_concurrent_load_has_zero_failures() {
         assert!(r.ok, "{r:?}");
     }
     // SIGHUP reloads too.
+    // SIGHUP reloads too; the load keeps running until the reload has finished.
     s.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !s.stderr().contains("model reloaded") {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP reload never finished: {}", s.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         w.await.unwrap();
     }
     assert!(done.load(Ordering::SeqCst) > 8, "load actually ran");
-    assert!(s.stderr().contains("model reloaded"), "SIGHUP reload logged");
 }
 
 #[tokio::test]
