@@ -37,8 +37,6 @@ pub struct ServerConfig {
     pub limits: Limits,
     pub batching: BatchConfig,
     pub fusion: FusionConfig,
-    /// How many ranked intents a response carries.
-    pub ranking_top_k: usize,
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
     pub store: StoreConfig,
@@ -60,7 +58,6 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             batching: BatchConfig::default(),
             fusion: FusionConfig::default(),
-            ranking_top_k: 5,
             auth: AuthConfig::default(),
             tls: None,
             store: StoreConfig::default(),

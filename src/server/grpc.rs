@@ -67,7 +67,7 @@ pub struct IntentApi {
 
 impl IntentApi {
     fn response(&self, r: ClassifyResult) -> pb::ClassifyResponse {
-        let top_k = self.core.cfg.ranking_top_k.max(1);
+        let top_k = self.core.cfg.fusion.top_k.max(1);
         let c = &r.classification;
         pb::ClassifyResponse {
             intent: c.intent.clone(),
