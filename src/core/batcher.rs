@@ -179,7 +179,10 @@ fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
     }
     let started = Instant::now();
     let refs: Vec<&Tokenized> = batch.iter().map(|j| &j.tokens).collect();
-    let result = m.backend.predict(&refs);
+    // A panic in a kernel must fail this batch, not kill the compute thread (which would turn
+    // every later request into an error).
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.backend.predict(&refs)))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked during the forward pass")));
     let inference_us = started.elapsed().as_micros() as u64;
     let n = batch.len();
     match result {
