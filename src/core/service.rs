@@ -171,8 +171,10 @@ impl Core {
     pub async fn classify(&self, req: &pb::ClassifyRequest) -> Result<ClassifyResult, CoreError> {
         let _permit = self.admit(1)?;
         let _gauge = self.metrics.in_flight_guard();
+        // Tell a batch being gathered that this text is coming.
+        let announced = self.batcher.announce();
         let ctx = validate::classify_request(req, &self.cfg.limits, self.now_ms(), |b| self.known_bot(b))?;
-        self.classify_valid(ctx).await
+        self.classify_valid(ctx, Some(announced)).await
     }
 
     /// Answers come back in request order; the whole batch is validated before any work.
@@ -198,12 +200,21 @@ impl Core {
             })?;
             ctxs.push(ctx);
         }
-        // All texts go to the batcher together, so they share forward passes.
-        let results = futures_util::future::join_all(ctxs.into_iter().map(|c| self.classify_valid(c))).await;
+        // All texts go to the batcher together, so they share forward passes: all are announced
+        // before the first is queued, so the batch waits for the rest.
+        let announced: Vec<_> = ctxs.iter().map(|_| self.batcher.announce()).collect();
+        let results = futures_util::future::join_all(
+            ctxs.into_iter().zip(announced).map(|(c, a)| self.classify_valid(c, Some(a))),
+        )
+        .await;
         results.into_iter().collect()
     }
 
-    async fn classify_valid(&self, ctx: MessageContext) -> Result<ClassifyResult, CoreError> {
+    async fn classify_valid(
+        &self,
+        ctx: MessageContext,
+        announced: Option<super::batcher::Announced>,
+    ) -> Result<ClassifyResult, CoreError> {
         let started = Instant::now();
         let playbook = self.playbook.clone();
         let rules = self.rules.load_full();
@@ -212,6 +223,7 @@ impl Core {
 
         // Compliance first: a banned word is blocked before any model work.
         let (classification, decision) = if let Some(decision) = playbook.precheck(&ctx) {
+            drop(announced); // no forward pass for this one
             let cls = Classification {
                 intent: String::new(),
                 confidence: 1.0,
@@ -224,19 +236,30 @@ impl Core {
             };
             (cls, decision)
         } else {
-            let kw = rules.keywords.match_text(&ctx.text);
             let mut truncated = false;
             let mut model_scores: Option<Vec<IntentScore>> = None;
-            if let Some(m) = self.batcher.model() {
-                let t0 = Instant::now();
-                let tokens = m
-                    .backend
-                    .tokenizer()
-                    .tokenize(&ctx.text)
-                    .map_err(|e| CoreError::Internal(format!("tokenizer: {e:#}")))?;
-                timings.tokenize_us = t0.elapsed().as_micros() as u64;
-                truncated = tokens.truncated;
-                match self.batcher.infer(tokens).await {
+            // Queue the forward pass first, then run the keyword layer on this thread while the
+            // compute thread works.
+            let ticket = match self.batcher.model() {
+                Some(m) => {
+                    let t0 = Instant::now();
+                    let tokens = m
+                        .backend
+                        .tokenizer()
+                        .tokenize(&ctx.text)
+                        .map_err(|e| CoreError::Internal(format!("tokenizer: {e:#}")))?;
+                    timings.tokenize_us = t0.elapsed().as_micros() as u64;
+                    truncated = tokens.truncated;
+                    Some(self.batcher.submit(tokens, announced).await.map_err(CoreError::Internal)?)
+                }
+                None => {
+                    drop(announced);
+                    None
+                }
+            };
+            let kw = rules.keywords.match_text(&ctx.text);
+            if let Some(ticket) = ticket {
+                match ticket.wait().await {
                     Ok(inf) => {
                         timings.queue_us = inf.queue_us;
                         timings.inference_us = inf.inference_us;

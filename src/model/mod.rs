@@ -8,4 +8,5 @@ pub mod fetch;
 pub mod scoring;
 pub mod train;
 pub mod confusion_png;
+pub mod dense;
 pub mod eval;
