@@ -26,6 +26,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any thread exists: big tensors from a heap that is kept, not fresh mmaps.
+    intentd::model::allocator::tune_for_tensors();
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {

@@ -1,5 +1,7 @@
 //! The intent model: pretrained encoder, fine-tuning, evaluation, and the served classifier.
 
+pub mod adamw;
+pub mod allocator;
 pub mod base_models;
 pub mod bert;
 pub mod classifier;

@@ -12,13 +12,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, Var, D};
-use candle_nn::{AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::adamw::FusedAdamW;
 use super::base_models::BaseModel;
 use super::bert::{Bert, BertConfig, Mode};
 use super::classifier::{self, ModelCard, Scores};
@@ -269,8 +270,8 @@ fn train_full(
         .filter(|v| !head_ids.contains(&v.id()) && Some(v.id()) != frozen)
         .collect();
     let trainable: Vec<Var> = body_vars.iter().chain(head_vars).cloned().collect();
-    let mut opt_body = AdamW::new(body_vars, adamw(hp.learning_rate, hp.weight_decay))?;
-    let mut opt_head = AdamW::new(head_vars.to_vec(), adamw(hp.head_learning_rate, hp.weight_decay))?;
+    let mut opt_body = FusedAdamW::new(body_vars, adamw(hp.learning_rate, hp.weight_decay))?;
+    let mut opt_head = FusedAdamW::new(head_vars.to_vec(), adamw(hp.head_learning_rate, hp.weight_decay))?;
     let steps_per_epoch = train.tokens.len().div_ceil(hp.batch_size);
     let total_steps = steps_per_epoch * hp.epochs;
     let bar = Progress::new(progress, total_steps as u64);
@@ -352,7 +353,7 @@ fn train_head(
     };
     let train_x = embed_all(train)?.expect("non-empty training set");
     let dev_x = embed_all(dev)?;
-    let mut opt = AdamW::new(head_vars.to_vec(), adamw(hp.head_learning_rate, hp.weight_decay))?;
+    let mut opt = FusedAdamW::new(head_vars.to_vec(), adamw(hp.head_learning_rate, hp.weight_decay))?;
     let n = train.tokens.len();
     let steps_per_epoch = n.div_ceil(hp.batch_size);
     let total_steps = steps_per_epoch * hp.epochs;
