@@ -293,12 +293,16 @@ mod tests {
             pending.push(j);
             keep.push(rx);
         }
-        // Budget 40 tokens: 10, 11, 12 padded to 12 x 3 = 36 fits; adding 9 -> 12 x 4 = 48 does not.
+        // Budget 40 tokens, anchored on the oldest (10): 11 and 9 are equally close (the
+        // earlier arrival first), padded to 11 x 3 = 33 they fit; adding 12 -> 12 x 4 = 48
+        // does not, and 50 / 49 are far away.
         let batch = take_batch(&mut pending, 8, 40);
         let mut lens: Vec<usize> = batch.iter().map(|j| j.tokens.ids.len()).collect();
         lens.sort();
-        assert_eq!(lens, vec![10, 11, 12]);
-        assert_eq!(pending.len(), 3);
+        assert_eq!(lens, vec![9, 10, 11]);
+        let mut left: Vec<usize> = pending.iter().map(|j| j.tokens.ids.len()).collect();
+        left.sort();
+        assert_eq!(left, vec![12, 49, 50]);
     }
 
     #[test]

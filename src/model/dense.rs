@@ -57,8 +57,7 @@ impl ServingDense {
             && bias.dtype() == candle_core::DType::F32
             && matches!(weight.device(), Device::Cpu);
         let weight = if kernel {
-            let w = weight.flatten_all()?.to_vec1::<f32>()?;
-            Tensor::from_vec(pack(&w, out_dim, in_dim), out_dim * in_dim, &Device::Cpu)?
+            pack(&weight.contiguous()?)?
         } else {
             weight.contiguous()?
         };
@@ -174,19 +173,23 @@ const PANEL: usize = 64;
 /// Lays out an `(out, in)` weight as the kernel reads it: for each block of 64 output columns
 /// (then each remaining block of 16), the `in x width` panel of Wᵀ, row after row. The kernel
 /// then reads one contiguous run per panel; plain Wᵀ would make it jump `out` floats (6-8 KB,
-/// a new page each time, past what the hardware prefetchers follow) per input row.
-fn pack(w: &[f32], out_dim: usize, in_dim: usize) -> Vec<f32> {
-    let mut packed = Vec::with_capacity(out_dim * in_dim);
+/// a new page each time, past what the hardware prefetchers follow) per input row. Done with
+/// candle's strided copy (a reshape, a transpose, one copy per kind of block), which is fast
+/// even in unoptimised test builds.
+fn pack(weight: &Tensor) -> Result<Tensor> {
+    let (out_dim, in_dim) = weight.dims2()?;
     let wide = out_dim / PANEL;
-    let blocks = (0..wide)
-        .map(|b| (b * PANEL, PANEL))
-        .chain((0..(out_dim % PANEL) / LANES).map(|t| (wide * PANEL + t * LANES, LANES)));
-    for (col0, width) in blocks {
-        for kk in 0..in_dim {
-            packed.extend((col0..col0 + width).map(|o| w[o * in_dim + kk]));
-        }
+    let narrow = (out_dim % PANEL) / LANES;
+    let mut parts = Vec::with_capacity(2);
+    if wide > 0 {
+        let w = weight.narrow(0, 0, wide * PANEL)?.reshape((wide, PANEL, in_dim))?;
+        parts.push(w.transpose(1, 2)?.contiguous()?.flatten_all()?);
     }
-    packed
+    if narrow > 0 {
+        let w = weight.narrow(0, wide * PANEL, narrow * LANES)?.reshape((narrow, LANES, in_dim))?;
+        parts.push(w.transpose(1, 2)?.contiguous()?.flatten_all()?);
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// True when this CPU runs the AVX-512 kernel.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -209,7 +209,10 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(pb::intent_service_server::IntentServiceServer::new(intent))
         .add_service(pb::admin_service_server::AdminServiceServer::new(admin))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
+        // TCP_NODELAY: a small response must not wait for the client's delayed ACK (Nagle);
+        // without it every unary call at low load took ~40 ms longer (measured with
+        // `intentd bench --concurrency 1`).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown_signal);
     server.await.context("gRPC server")?;
     // tonic has stopped accepting and waited for in-flight calls; long streams (Subscribe) may
     // still hold permits, bounded by the grace period.
