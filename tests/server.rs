@@ -226,9 +226,13 @@ async fn reload_under_concurrent_load_has_zero_failures() {
         let r = admin.reload(pb::ReloadRequest { model: true, operator: true }).await.unwrap().into_inner();
         assert!(r.ok, "{r:?}");
     }
-    // SIGHUP reloads too.
+    // SIGHUP reloads too, while the load goes on. The reload (operator files, then the model)
+    // takes a few hundred ms in a test build on a busy machine: wait for it, bounded.
     s.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.stderr().contains("model reloaded") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         w.await.unwrap();
