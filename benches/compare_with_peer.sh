@@ -296,7 +296,7 @@ out.append(f"\n## {env['date_utc']}: comparison with the peer (`benches/compare_
 out.append(f"Machine: {env['host_cpus']} CPUs ({env['cpu_model']}), load average {env['load_before']} before, "
            f"{env.get('load_after', '?')} after (the machine is shared; figures move with the load). "
            f"intentd {env['git_rev']}, {env['rustc']}, cargo profile `{env['profile']}`; peer onnxruntime {env.get('onnxruntime', '?')}"
-           f"{', ' + env['torch'] if 'torch' in env else ''}. Threads: {env.get('threads', '?')}. "
+           f"{', PyTorch ' + env['torch'] if 'torch' in env else ''}. Threads: {env.get('threads', '?')}. "
            f"Texts: `{env['texts']}`.\n")
 out.append("| figure | intentd | peer (ONNX Runtime) | intentd / peer | target | met |")
 out.append("| --- | --- | --- | --- | --- | --- |")
