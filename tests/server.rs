@@ -13,19 +13,34 @@ use tonic::Code;
 
 async fn model_server() -> TestServer {
     let model = common::default_model_dir();
-    TestServer::start(ServerOptions { model: Some(model), ..Default::default() }).await
+    TestServer::start(ServerOptions {
+        model: Some(model),
+        ..Default::default()
+    })
+    .await
 }
 
 #[tokio::test]
 async fn refund_question_gets_the_refund_intent_and_a_reply() {
     let s = model_server().await;
     let mut c = s.client().await;
-    let r = c.classify(classify_req("m1", "我买的衣服不合适，想退货退款，钱多久能退回来？", "u1")).await.unwrap().into_inner();
+    let r = c
+        .classify(classify_req(
+            "m1",
+            "我买的衣服不合适，想退货退款，钱多久能退回来？",
+            "u1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.intent, "refund", "{r:?}");
     assert_eq!(r.action, pb::Action::Reply as i32, "{r:?}");
     let reply = r.reply.expect("a reply");
     assert!(!reply.text.is_empty());
-    assert!(reply.variant_id.starts_with("refund/") || !reply.experiment.is_empty(), "{reply:?}");
+    assert!(
+        reply.variant_id.starts_with("refund/") || !reply.experiment.is_empty(),
+        "{reply:?}"
+    );
     assert!(!r.model_version.is_empty());
     assert!(r.model_loaded);
     assert!(r.recorded, "the decision is durably logged");
@@ -40,24 +55,46 @@ async fn a_priority_always_rule_overrides_the_model() {
     let s = model_server().await;
     let mut c = s.client().await;
     // "转人工" is an always-rule for ask_human in config/operator/rules.yml.
-    let r = c.classify(classify_req("m2", "这个券怎么用啊 转人工", "u2")).await.unwrap().into_inner();
+    let r = c
+        .classify(classify_req("m2", "这个券怎么用啊 转人工", "u2"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.intent, "ask_human", "{r:?}");
-    assert!(r.source == pb::Source::Keyword as i32 || r.source == pb::Source::Regex as i32, "{r:?}");
+    assert!(
+        r.source == pb::Source::Keyword as i32 || r.source == pb::Source::Regex as i32,
+        "{r:?}"
+    );
     assert!(!r.matched_terms.is_empty());
-    assert_eq!(r.action, pb::Action::Handoff as i32, "ask_human hands off: {r:?}");
+    assert_eq!(
+        r.action,
+        pb::Action::Handoff as i32,
+        "ask_human hands off: {r:?}"
+    );
 }
 
 #[tokio::test]
 async fn nonsense_gets_a_clarifying_question_with_candidates() {
     let s = model_server().await;
     let mut c = s.client().await;
-    let r = c.classify(classify_req("m3", "嗯嗯那个就是那个吧", "u3")).await.unwrap().into_inner();
+    let r = c
+        .classify(classify_req("m3", "嗯嗯那个就是那个吧", "u3"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.action, pb::Action::Clarify as i32, "{r:?}");
     assert_eq!(r.source, pb::Source::Fallback as i32);
     assert!(r.ranking.len() >= 2, "candidates offered: {r:?}");
     let text = r.reply.expect("clarifying question").text;
     // The question lists the candidates by display name.
-    assert!(r.ranking.iter().take(2).all(|c| text.contains(&c.display_name)), "{text} vs {:?}", r.ranking);
+    assert!(
+        r.ranking
+            .iter()
+            .take(2)
+            .all(|c| text.contains(&c.display_name)),
+        "{text} vs {:?}",
+        r.ranking
+    );
 }
 
 #[tokio::test]
@@ -68,11 +105,46 @@ async fn every_bad_input_gets_invalid_argument_naming_the_field() {
         (classify_req("b1", "", "u"), "text"),
         (classify_req("b2", "  \n\t ", "u"), "text"),
         (classify_req("b3", &"退".repeat(2001), "u"), "2000"),
-        ({ let mut r = classify_req("b4", "你好", "u"); r.bot_id = "ghost".into(); r }, "bot_id"),
-        ({ let mut r = classify_req("b5", "你好", "u"); r.user = None; r }, "user"),
-        ({ let mut r = classify_req("b6", "你好", "u"); r.message_id = String::new(); r }, "message_id"),
-        ({ let mut r = classify_req("b7", "你好", "u"); r.chat_id = "x".repeat(500); r }, "chat_id"),
-        ({ let mut r = classify_req("b8", "你好", "u"); r.sent_at_ms = -1; r }, "sent_at_ms"),
+        (
+            {
+                let mut r = classify_req("b4", "你好", "u");
+                r.bot_id = "ghost".into();
+                r
+            },
+            "bot_id",
+        ),
+        (
+            {
+                let mut r = classify_req("b5", "你好", "u");
+                r.user = None;
+                r
+            },
+            "user",
+        ),
+        (
+            {
+                let mut r = classify_req("b6", "你好", "u");
+                r.message_id = String::new();
+                r
+            },
+            "message_id",
+        ),
+        (
+            {
+                let mut r = classify_req("b7", "你好", "u");
+                r.chat_id = "x".repeat(500);
+                r
+            },
+            "chat_id",
+        ),
+        (
+            {
+                let mut r = classify_req("b8", "你好", "u");
+                r.sent_at_ms = -1;
+                r
+            },
+            "sent_at_ms",
+        ),
     ];
     for (req, needle) in cases {
         let err = c.classify(req.clone()).await.expect_err("must be rejected");
@@ -82,7 +154,11 @@ async fn every_bad_input_gets_invalid_argument_naming_the_field() {
             continue;
         }
         assert_eq!(err.code(), Code::InvalidArgument, "{needle}: {err:?}");
-        assert!(err.message().contains(needle), "{needle}: {}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{needle}: {}",
+            err.message()
+        );
     }
     // The server is still fine afterwards.
     c.classify(classify_req("ok", "你好", "u")).await.unwrap();
@@ -92,9 +168,17 @@ async fn every_bad_input_gets_invalid_argument_naming_the_field() {
 async fn long_texts_are_truncated_and_say_so() {
     let s = model_server().await;
     let mut c = s.client().await;
-    let r = c.classify(classify_req("long", &"我想退货".repeat(400), "u")).await.unwrap().into_inner();
+    let r = c
+        .classify(classify_req("long", &"我想退货".repeat(400), "u"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.truncated);
-    let r = c.classify(classify_req("short", "我想退货", "u")).await.unwrap().into_inner();
+    let r = c
+        .classify(classify_req("short", "我想退货", "u"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!r.truncated);
 }
 
@@ -102,15 +186,28 @@ async fn long_texts_are_truncated_and_say_so() {
 async fn tokens_are_required_and_scoped_to_their_bot() {
     let s = model_server().await;
     let mut anon = s.client_with_token(None).await;
-    let err = anon.classify(classify_req("a1", "你好", "u")).await.unwrap_err();
+    let err = anon
+        .classify(classify_req("a1", "你好", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let mut wrong = s.client_with_token(Some("not-a-real-token")).await;
-    assert_eq!(wrong.classify(classify_req("a2", "你好", "u")).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        wrong
+            .classify(classify_req("a2", "你好", "u"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
     // A valid token for bot "demo" cannot act for another bot.
     let mut c = s.client().await;
     let mut other = classify_req("a3", "你好", "u");
     other.bot_id = "other-bot".into();
-    assert_eq!(c.classify(other).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        c.classify(other).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 }
 
 #[tokio::test]
@@ -122,7 +219,11 @@ async fn batch_answers_in_order() {
         classify_req("x2", "谢谢你啊", "u2"),
         classify_req("x3", "转人工", "u3"),
     ];
-    let r = c.classify_batch(pb::ClassifyBatchRequest { requests: reqs }).await.unwrap().into_inner();
+    let r = c
+        .classify_batch(pb::ClassifyBatchRequest { requests: reqs })
+        .await
+        .unwrap()
+        .into_inner();
     let ids: Vec<&str> = r.responses.iter().map(|x| x.message_id.as_str()).collect();
     assert_eq!(ids, ["x1", "x2", "x3"]);
     assert_eq!(r.responses[0].intent, "refund");
@@ -130,18 +231,32 @@ async fn batch_answers_in_order() {
     assert_eq!(r.responses[2].intent, "ask_human");
     // One bad message rejects the batch, naming its index.
     let bad = vec![classify_req("y1", "你好", "u"), classify_req("y2", "", "u")];
-    let err = c.classify_batch(pb::ClassifyBatchRequest { requests: bad }).await.unwrap_err();
+    let err = c
+        .classify_batch(pb::ClassifyBatchRequest { requests: bad })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("requests[1].text"), "{}", err.message());
+    assert!(
+        err.message().contains("requests[1].text"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
 async fn without_a_model_health_is_not_serving_and_rules_answer() {
     let s = TestServer::start(ServerOptions::default()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(s.health_status("").await, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    assert_eq!(
+        s.health_status("").await,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
     let mut c = s.client().await;
-    let r = c.classify(classify_req("r1", "我要转人工", "u")).await.unwrap().into_inner();
+    let r = c
+        .classify(classify_req("r1", "我要转人工", "u"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!r.model_loaded);
     assert_eq!(r.intent, "ask_human");
     assert_ne!(r.source, pb::Source::Model as i32);
@@ -158,12 +273,25 @@ async fn reflection_lists_the_services() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = r.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let mut stream = r
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["intentd.v1.IntentService", "intentd.v1.AdminService", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    for want in [
+        "intentd.v1.IntentService",
+        "intentd.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
 }
 
@@ -183,7 +311,14 @@ async fn beyond_max_in_flight_requests_are_refused_at_once() {
         let mut c = s.client().await;
         let (ok, busy) = (ok.clone(), busy.clone());
         tasks.push(tokio::spawn(async move {
-            match c.classify(classify_req(&format!("f{i}"), &"我想退货退款".repeat(30), "u")).await {
+            match c
+                .classify(classify_req(
+                    &format!("f{i}"),
+                    &"我想退货退款".repeat(30),
+                    "u",
+                ))
+                .await
+            {
                 Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
                 Err(e) => {
                     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
@@ -197,7 +332,10 @@ async fn beyond_max_in_flight_requests_are_refused_at_once() {
         t.await.unwrap();
     }
     assert!(ok.load(Ordering::SeqCst) >= 2);
-    assert!(busy.load(Ordering::SeqCst) >= 1, "40 concurrent requests against a limit of 2");
+    assert!(
+        busy.load(Ordering::SeqCst) >= 1,
+        "40 concurrent requests against a limit of 2"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +350,13 @@ async fn reload_under_concurrent_load_has_zero_failures() {
         workers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) {
-                let r = c.classify(classify_req(&format!("w{w}-{i}"), "发票怎么开", &format!("user{w}"))).await;
+                let r = c
+                    .classify(classify_req(
+                        &format!("w{w}-{i}"),
+                        "发票怎么开",
+                        &format!("user{w}"),
+                    ))
+                    .await;
                 let r = r.unwrap_or_else(|e| panic!("request failed during reload: {e:?}"));
                 assert_eq!(r.into_inner().intent, "invoice");
                 done.fetch_add(1, Ordering::SeqCst);
@@ -223,15 +367,25 @@ async fn reload_under_concurrent_load_has_zero_failures() {
     let mut admin = s.admin().await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let r = admin.reload(pb::ReloadRequest { model: true, operator: true }).await.unwrap().into_inner();
+        let r = admin
+            .reload(pb::ReloadRequest {
+                model: true,
+                operator: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.ok, "{r:?}");
     }
-    // SIGHUP reloads too.
     // SIGHUP reloads too; the load keeps running until the reload has finished.
     s.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !s.stderr().contains("model reloaded") {
-        assert!(std::time::Instant::now() < deadline, "SIGHUP reload never finished: {}", s.stderr());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP reload never finished: {}",
+            s.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::SeqCst);
@@ -246,15 +400,34 @@ async fn a_broken_model_is_rejected_and_the_old_one_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let model_copy = tmp.path().join("model");
     copy_dir(&common::default_model_dir(), &model_copy);
-    let s = TestServer::start(ServerOptions { model: Some(model_copy.clone()), ..Default::default() }).await;
+    let s = TestServer::start(ServerOptions {
+        model: Some(model_copy.clone()),
+        ..Default::default()
+    })
+    .await;
     let mut admin = s.admin().await;
-    let before = admin.status(pb::StatusRequest {}).await.unwrap().into_inner().model_version;
+    let before = admin
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .model_version;
     std::fs::write(model_copy.join("model.safetensors"), b"not weights").unwrap();
-    let err = admin.reload(pb::ReloadRequest { model: true, operator: false }).await.unwrap_err();
+    let err = admin
+        .reload(pb::ReloadRequest {
+            model: true,
+            operator: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("still serving"), "{}", err.message());
     let mut c = s.client().await;
-    let r = c.classify(classify_req("after", "怎么退款", "u")).await.unwrap().into_inner();
+    let r = c
+        .classify(classify_req("after", "怎么退款", "u"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.model_version, before);
     assert_eq!(r.intent, "refund");
 }
@@ -268,10 +441,21 @@ async fn admin_rpcs_need_the_admin_token() {
     );
     let err = as_bot.status(pb::StatusRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let st = s.admin().await.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    let st = s
+        .admin()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(st.model_loaded);
     // SetClock only works on a manual clock.
-    let err = s.admin().await.set_clock(pb::SetClockRequest { now_ms: 1 }).await.unwrap_err();
+    let err = s
+        .admin()
+        .await
+        .set_clock(pb::SetClockRequest { now_ms: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
@@ -284,7 +468,12 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         for i in 0..16 {
             let mut c = s.client().await;
             tasks.push(tokio::spawn(async move {
-                c.classify(classify_req(&format!("d{i}"), &"请问这个怎么退货呢".repeat(20), "u")).await
+                c.classify(classify_req(
+                    &format!("d{i}"),
+                    &"请问这个怎么退货呢".repeat(20),
+                    "u",
+                ))
+                .await
             }));
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -299,11 +488,19 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // than a refused connection for ones that arrived after the listener closed.
     for r in &results {
         if let Err(e) = r {
-            assert!(matches!(e.code(), Code::Unavailable), "in-flight request failed: {e:?}");
+            assert!(
+                matches!(e.code(), Code::Unavailable),
+                "in-flight request failed: {e:?}"
+            );
         }
     }
     assert!(results.iter().filter(|r| r.is_ok()).count() >= 1);
-    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0), "{}", s.stderr());
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        s.stderr()
+    );
     assert!(s.stderr().contains("graceful") || s.stderr().contains("stopped"));
 }
 
@@ -327,9 +524,18 @@ async fn reflection_v1alpha_is_served_for_older_tools() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = r.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let mut stream = r
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.iter().any(|n| n == "intentd.v1.IntentService"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "intentd.v1.IntentService"),
+        "{names:?}"
+    );
 }

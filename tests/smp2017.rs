@@ -8,7 +8,8 @@ use std::time::Instant;
 
 #[test]
 fn smp2017_train_then_eval_reaches_the_target_accuracy() {
-    let data = common::smp2017_dir().expect("../shared/datasets/smp2017 must exist beside the repository");
+    let data =
+        common::smp2017_dir().expect("../shared/datasets/smp2017 must exist beside the repository");
     common::base_model_dir();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m");
@@ -21,7 +22,11 @@ fn smp2017_train_then_eval_reaches_the_target_accuracy() {
         .arg(&model)
         .output()
         .unwrap();
-    assert!(train.status.success(), "{}", String::from_utf8_lossy(&train.stderr));
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
     let train_secs = started.elapsed().as_secs_f64();
     let eval = Command::new(common::intentd_bin())
         .current_dir(common::repo_root())
@@ -31,14 +36,28 @@ fn smp2017_train_then_eval_reaches_the_target_accuracy() {
         .arg(data.join("test.tsv"))
         .output()
         .unwrap();
-    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
     let out = String::from_utf8_lossy(&eval.stdout);
     let last = out.lines().last().unwrap().to_string();
     println!("SMP2017 test: {last} (training took {train_secs:.0} s)");
-    let acc: f64 = last.split(' ').next().unwrap().strip_prefix("accuracy=").unwrap().parse().unwrap();
+    let acc: f64 = last
+        .split(' ')
+        .next()
+        .unwrap()
+        .strip_prefix("accuracy=")
+        .unwrap()
+        .parse()
+        .unwrap();
     let n: usize = last.rsplit("n=").next().unwrap().parse().unwrap();
     assert_eq!(n, 667);
-    assert!(acc >= SMP2017_TARGET, "accuracy {acc} below {SMP2017_TARGET}: {last}");
+    assert!(
+        acc >= SMP2017_TARGET,
+        "accuracy {acc} below {SMP2017_TARGET}: {last}"
+    );
 }
 
 /// A regression floor, below the target of 0.93: default settings measured 0.9250

@@ -63,12 +63,19 @@ async fn stop(s: &mut TestServer) {
         if let Some(st) = s.child.try_wait().unwrap() {
             break st;
         }
-        assert!(Instant::now() < deadline, "no exit 30 s after SIGTERM: {}", s.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no exit 30 s after SIGTERM: {}",
+            s.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(status.code(), Some(0), "no clean exit: {}", s.stderr());
     let log = s.stderr();
-    assert!(log.contains("stopped") && !log.contains("grace period over"), "{log}");
+    assert!(
+        log.contains("stopped") && !log.contains("grace period over"),
+        "{log}"
+    );
 }
 
 /// Opens the server's database beside it (or after it) through the store API.
@@ -84,22 +91,39 @@ fn req_in(chat: &str, id: &str, text: &str, user: &str) -> pb::ClassifyRequest {
 }
 
 fn feedback_req(message_id: &str, kind: pb::FeedbackKind) -> pb::FeedbackRequest {
-    pb::FeedbackRequest { bot_id: BOT.into(), message_id: message_id.into(), kind: kind as i32, ..Default::default() }
+    pb::FeedbackRequest {
+        bot_id: BOT.into(),
+        message_id: message_id.into(),
+        kind: kind as i32,
+        ..Default::default()
+    }
 }
 
 async fn feedback(c: &mut Client, message_id: &str, kind: pb::FeedbackKind) {
-    let r = c.feedback(feedback_req(message_id, kind)).await.unwrap().into_inner();
+    let r = c
+        .feedback(feedback_req(message_id, kind))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.recorded);
 }
 
 fn stats_req(to_ms: i64, experiment: &str) -> pb::StatsRequest {
-    pb::StatsRequest { bot_id: BOT.into(), to_ms, experiment: experiment.into(), ..Default::default() }
+    pb::StatsRequest {
+        bot_id: BOT.into(),
+        to_ms,
+        experiment: experiment.into(),
+        ..Default::default()
+    }
 }
 
 /// Runs the real CLI from the repository root, with no key in the environment.
 fn intentd(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(common::intentd_bin());
-    cmd.args(args).current_dir(common::repo_root()).env_remove("INTENTD_LOG_KEY").env("RUST_LOG", "warn");
+    cmd.args(args)
+        .current_dir(common::repo_root())
+        .env_remove("INTENTD_LOG_KEY")
+        .env("RUST_LOG", "warn");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -148,13 +172,19 @@ async fn restart_keeps_stats_and_the_cli_agrees() {
     let mut handoffs = 0;
     let mut auto_replies = 0;
     for (chat, id, text, user) in msgs {
-        let r = c.classify(req_in(chat, id, text, user)).await.unwrap().into_inner();
+        let r = c
+            .classify(req_in(chat, id, text, user))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.recorded, "{id}: {r:?}");
         if r.action == pb::Action::Handoff as i32 {
             handoffs += 1;
         }
         let replied = r.reply.as_ref().is_some_and(|x| !x.text.is_empty());
-        if replied && (r.action == pb::Action::Reply as i32 || r.action == pb::Action::Clarify as i32) {
+        if replied
+            && (r.action == pb::Action::Reply as i32 || r.action == pb::Action::Clarify as i32)
+        {
             auto_replies += 1;
         }
     }
@@ -175,7 +205,12 @@ async fn restart_keeps_stats_and_the_cli_agrees() {
         feedback(&mut c, m, k).await;
     }
     let hr = c
-        .report_human_reply(pb::HumanReplyRequest { bot_id: BOT.into(), chat_id: "g1".into(), message_id: "m5".into(), at_ms: 0 })
+        .report_human_reply(pb::HumanReplyRequest {
+            bot_id: BOT.into(),
+            chat_id: "g1".into(),
+            message_id: "m5".into(),
+            at_ms: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -195,9 +230,17 @@ async fn restart_keeps_stats_and_the_cli_agrees() {
     assert!(close(t.satisfaction, (2.0 - 1.0) / 3.0), "{t:?}");
     assert!(close(t.human_share, (handoffs + 1) as f64 / 8.0), "{t:?}");
     assert!(close(t.human_share_target, 0.30));
-    let chats: Vec<_> = before.by_chat.iter().map(|g| (g.key.as_str(), g.rates.as_ref().unwrap().messages)).collect();
+    let chats: Vec<_> = before
+        .by_chat
+        .iter()
+        .map(|g| (g.key.as_str(), g.rates.as_ref().unwrap().messages))
+        .collect();
     assert_eq!(chats, vec![("g1", 4), ("g2", 4)]);
-    assert!(before.by_intent.iter().any(|g| g.key == "ask_human"), "{:?}", before.by_intent);
+    assert!(
+        before.by_intent.iter().any(|g| g.key == "ask_human"),
+        "{:?}",
+        before.by_intent
+    );
     stop(&mut s).await;
 
     let mut s2 = start(data.path(), Some(T0), "").await;
@@ -206,7 +249,18 @@ async fn restart_keeps_stats_and_the_cli_agrees() {
 
     // The CLI reads the same file (beside the running server) and prints the same numbers.
     let out = intentd(
-        &["stats", "--config", s2.config_path.to_str().unwrap(), "--json", "--bot", BOT, "--from", "0", "--to", &T0.to_string()],
+        &[
+            "stats",
+            "--config",
+            s2.config_path.to_str().unwrap(),
+            "--json",
+            "--bot",
+            BOT,
+            "--from",
+            "0",
+            "--to",
+            &T0.to_string(),
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", text_of(&out.stderr));
@@ -237,10 +291,19 @@ async fn kill_9_during_a_stream_loses_no_acknowledged_record() {
         let mut c = s.client().await;
         let (killed, acked_conv, acked_fb) = (killed.clone(), acked_conv.clone(), acked_fb.clone());
         tasks.push(tokio::spawn(async move {
-            let texts = ["这个多少钱", "什么时候发货", "优惠券怎么领", "你好", "退货退款怎么弄"];
+            let texts = [
+                "这个多少钱",
+                "什么时候发货",
+                "优惠券怎么领",
+                "你好",
+                "退货退款怎么弄",
+            ];
             for i in 0.. {
                 let id = format!("k{k}-{i}");
-                match c.classify(classify_req(&id, texts[i % texts.len()], &format!("u{k}"))).await {
+                match c
+                    .classify(classify_req(&id, texts[i % texts.len()], &format!("u{k}")))
+                    .await
+                {
                     Ok(r) => {
                         if r.into_inner().recorded {
                             acked_conv.fetch_add(1, Ordering::SeqCst);
@@ -249,7 +312,11 @@ async fn kill_9_during_a_stream_loses_no_acknowledged_record() {
                     Err(e) if killed.load(Ordering::SeqCst) => return e,
                     Err(e) => panic!("call failed before the kill: {e}"),
                 }
-                let kind = if i % 2 == 0 { pb::FeedbackKind::Clicked } else { pb::FeedbackKind::Resolved };
+                let kind = if i % 2 == 0 {
+                    pb::FeedbackKind::Clicked
+                } else {
+                    pb::FeedbackKind::Resolved
+                };
                 match c.feedback(feedback_req(&id, kind)).await {
                     Ok(r) => {
                         assert!(r.into_inner().recorded);
@@ -271,18 +338,43 @@ async fn kill_9_during_a_stream_loses_no_acknowledged_record() {
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t).await.expect("client hung after the kill").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("client hung after the kill")
+            .unwrap();
     }
-    let (conv, fb) = (acked_conv.load(Ordering::SeqCst), acked_fb.load(Ordering::SeqCst));
-    assert!(conv >= 300 && fb > 0, "too little traffic before the kill: {conv} / {fb}");
+    let (conv, fb) = (
+        acked_conv.load(Ordering::SeqCst),
+        acked_fb.load(Ordering::SeqCst),
+    );
+    assert!(
+        conv >= 300 && fb > 0,
+        "too little traffic before the kill: {conv} / {fb}"
+    );
 
     let rows = open_db(data.path()).row_counts().unwrap();
-    assert!(rows.conversations >= conv, "lost conversations: {} rows < {conv} acknowledged", rows.conversations);
-    assert!(rows.feedback >= fb, "lost feedback: {} rows < {fb} acknowledged", rows.feedback);
+    assert!(
+        rows.conversations >= conv,
+        "lost conversations: {} rows < {conv} acknowledged",
+        rows.conversations
+    );
+    assert!(
+        rows.feedback >= fb,
+        "lost feedback: {} rows < {fb} acknowledged",
+        rows.feedback
+    );
 
     // And the server comes back on the same file and counts them.
     let s2 = start(data.path(), None, "").await;
-    let t = s2.client().await.get_stats(stats_req(0, "")).await.unwrap().into_inner().total.unwrap();
+    let t = s2
+        .client()
+        .await
+        .get_stats(stats_req(0, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .total
+        .unwrap();
     assert!(t.messages >= conv, "{} < {conv}", t.messages);
 }
 
@@ -306,14 +398,24 @@ async fn the_database_file_holds_no_message_text_in_clear() {
     let mut s = start(data.path(), Some(T0), "").await;
     let mut c = s.client().await;
     let texts = [
-        ("secret-m1", "我的手机号是13912345678，麒麟瓜子礼盒什么时候发货"),
+        (
+            "secret-m1",
+            "我的手机号是13912345678，麒麟瓜子礼盒什么时候发货",
+        ),
         ("secret-m2", "转人工！我要投诉，电话18612345678，琉璃盏碎了"),
         ("secret-m3", "加我微信领翡翠手镯优惠"),
-        ("secret-m4", "优惠券怎么领？邮箱 zhangsan.secret@example.com"),
+        (
+            "secret-m4",
+            "优惠券怎么领？邮箱 zhangsan.secret@example.com",
+        ),
     ];
     let mut replies = Vec::new();
     for (i, (id, text)) in texts.iter().enumerate() {
-        let r = c.classify(req_in("g-secret", id, text, &format!("su{i}"))).await.unwrap().into_inner();
+        let r = c
+            .classify(req_in("g-secret", id, text, &format!("su{i}")))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(r.recorded);
         if let Some(reply) = r.reply.filter(|r| r.text.chars().count() >= 8) {
             replies.push(reply.text);
@@ -323,17 +425,35 @@ async fn the_database_file_holds_no_message_text_in_clear() {
     let needles: Vec<String> = texts
         .iter()
         .map(|t| t.1.to_string())
-        .chain(["13912345678", "18612345678", "麒麟瓜子礼盒", "琉璃盏", "翡翠手镯", "我的手机号", "zhangsan.secret", "什么时候发货"].map(String::from))
+        .chain(
+            [
+                "13912345678",
+                "18612345678",
+                "麒麟瓜子礼盒",
+                "琉璃盏",
+                "翡翠手镯",
+                "我的手机号",
+                "zhangsan.secret",
+                "什么时候发货",
+            ]
+            .map(String::from),
+        )
         .chain(replies.iter().cloned())
         .collect();
     let check = |when: &str| {
         let files = raw_db_bytes(data.path());
         assert!(files.iter().any(|(f, _)| f == "intentd.db"));
         // Positive control: ids are stored in clear, so the scan does see the rows.
-        assert!(files.iter().any(|(_, b)| find(b, b"secret-m1")), "{when}: the rows are not in the files at all");
+        assert!(
+            files.iter().any(|(_, b)| find(b, b"secret-m1")),
+            "{when}: the rows are not in the files at all"
+        );
         for (f, bytes) in &files {
             for n in &needles {
-                assert!(!find(bytes, n.as_bytes()), "{when}: {f} contains '{n}' in clear");
+                assert!(
+                    !find(bytes, n.as_bytes()),
+                    "{when}: {f} contains '{n}' in clear"
+                );
             }
         }
     };
@@ -342,10 +462,21 @@ async fn the_database_file_holds_no_message_text_in_clear() {
     check("after shutdown");
 
     // The rows are there, sealed: the key opens them, with the PII redacted even inside.
-    let rows = open_db(data.path()).conversations(0, i64::MAX, 0, 100).unwrap();
-    let m1 = rows.iter().find(|r| r.record.message_id == "secret-m1").expect("row m1");
-    assert_eq!(m1.record.text, "我的手机号是[PHONE]，麒麟瓜子礼盒什么时候发货");
-    let m4 = rows.iter().find(|r| r.record.message_id == "secret-m4").expect("row m4");
+    let rows = open_db(data.path())
+        .conversations(0, i64::MAX, 0, 100)
+        .unwrap();
+    let m1 = rows
+        .iter()
+        .find(|r| r.record.message_id == "secret-m1")
+        .expect("row m1");
+    assert_eq!(
+        m1.record.text,
+        "我的手机号是[PHONE]，麒麟瓜子礼盒什么时候发货"
+    );
+    let m4 = rows
+        .iter()
+        .find(|r| r.record.message_id == "secret-m4")
+        .expect("row m4");
     assert!(m4.record.text.contains("[EMAIL]"), "{}", m4.record.text);
     assert!(rows.iter().any(|r| !r.record.reply_text.is_empty()));
 }
@@ -373,7 +504,11 @@ fn export(config: &Path, from: i64, to: i64, out: &Path, env: &[(&str, &str)]) -
 }
 
 fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 #[tokio::test]
@@ -383,13 +518,28 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
     let key_path = data.path().join("intentd.key");
     let mut s1 = start(data.path(), Some(T0), "").await;
     let mut c = s1.client().await;
-    for (i, text) in ["我的手机13812345678，什么时候发货", "这个多少钱", "你好"].iter().enumerate() {
-        assert!(c.classify(classify_req(&format!("old-{i}"), text, "u1")).await.unwrap().into_inner().recorded);
+    for (i, text) in ["我的手机13812345678，什么时候发货", "这个多少钱", "你好"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            c.classify(classify_req(&format!("old-{i}"), text, "u1"))
+                .await
+                .unwrap()
+                .into_inner()
+                .recorded
+        );
     }
     stop(&mut s1).await;
     // The server created a bare key (id = its fingerprint) on first start.
-    let old_key = std::fs::read_to_string(&key_path).unwrap().trim().to_string();
-    let old_id = Keyring::parse(&old_key, "old").unwrap().current_id().to_string();
+    let old_key = std::fs::read_to_string(&key_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    let old_id = Keyring::parse(&old_key, "old")
+        .unwrap()
+        .current_id()
+        .to_string();
     assert!(old_id.starts_with("fp-"));
 
     // `intentd keygen` prints a usable key; rotate: new key first, the old one second.
@@ -397,14 +547,23 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
     assert!(out.status.success());
     let new_key = text_of(&out.stdout).trim().to_string();
     assert!(new_key.starts_with("k2:"), "{new_key}");
-    assert_eq!(Keyring::parse(&new_key, "keygen").unwrap().current_id(), "k2");
+    assert_eq!(
+        Keyring::parse(&new_key, "keygen").unwrap().current_id(),
+        "k2"
+    );
     write_key_file(&key_path, &format!("{new_key}\n{old_key}\n"));
 
     let t1 = T0 + 60_000;
     let mut s2 = start(data.path(), Some(t1), "").await;
     let mut c = s2.client().await;
     for i in 0..2 {
-        assert!(c.classify(classify_req(&format!("new-{i}"), "什么时候发货", "u2")).await.unwrap().into_inner().recorded);
+        assert!(
+            c.classify(classify_req(&format!("new-{i}"), "什么时候发货", "u2"))
+                .await
+                .unwrap()
+                .into_inner()
+                .recorded
+        );
     }
     stop(&mut s2).await;
     let config = s2.config_path.clone();
@@ -413,17 +572,37 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
     let all = out_dir.path().join("all.jsonl");
     let o = export(&config, T0, t1, &all, &[]);
     assert!(o.status.success(), "{}", text_of(&o.stderr));
-    assert!(text_of(&o.stderr).contains("exported 5 conversations"), "{}", text_of(&o.stderr));
+    assert!(
+        text_of(&o.stderr).contains("exported 5 conversations"),
+        "{}",
+        text_of(&o.stderr)
+    );
     let rows = jsonl(&all);
     assert_eq!(rows.len(), 5);
-    let ids: Vec<(&str, &str)> = rows.iter().map(|r| (r["message_id"].as_str().unwrap(), r["key_id"].as_str().unwrap())).collect();
+    let ids: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["message_id"].as_str().unwrap(),
+                r["key_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
         ids,
-        vec![("old-0", old_id.as_str()), ("old-1", old_id.as_str()), ("old-2", old_id.as_str()), ("new-0", "k2"), ("new-1", "k2")]
+        vec![
+            ("old-0", old_id.as_str()),
+            ("old-1", old_id.as_str()),
+            ("old-2", old_id.as_str()),
+            ("new-0", "k2"),
+            ("new-1", "k2")
+        ]
     );
     assert_eq!(rows[0]["text"], "我的手机[PHONE]，什么时候发货");
     assert_eq!(rows[3]["bot_id"], BOT);
-    assert!(rows.iter().all(|r| r["at_ms"].as_i64().unwrap() >= T0 && r["intent"].is_string()));
+    assert!(rows
+        .iter()
+        .all(|r| r["at_ms"].as_i64().unwrap() >= T0 && r["intent"].is_string()));
 
     // A narrower range; the same keys from the environment variable instead of the file.
     let first = out_dir.path().join("first.jsonl");
@@ -437,7 +616,10 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
     let o = export(&config, T0, t1, &out_dir.path().join("none.jsonl"), &[]);
     assert!(!o.status.success());
     let err = text_of(&o.stderr);
-    assert!(err.contains("intentd.key") && err.contains("intentd keygen"), "{err}");
+    assert!(
+        err.contains("intentd.key") && err.contains("intentd keygen"),
+        "{err}"
+    );
     assert!(!key_path.exists(), "export must not create a key file");
 
     // Only the new key: the old rows cannot be read, and the error names the missing key.
@@ -445,16 +627,36 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
     let o = export(&config, T0, t1, &out_dir.path().join("half.jsonl"), &[]);
     assert!(!o.status.success());
     let err = text_of(&o.stderr);
-    assert!(err.contains(&format!("'{old_id}'")) && err.contains("not in the key ring"), "{err}");
+    assert!(
+        err.contains(&format!("'{old_id}'")) && err.contains("not in the key ring"),
+        "{err}"
+    );
 
     // Each export attempt left an audit row naming the operator and the range.
     let audit = audit_of(data.path());
-    let exports: Vec<_> = audit.iter().filter(|r| r.action == AuditAction::Export).collect();
+    let exports: Vec<_> = audit
+        .iter()
+        .filter(|r| r.action == AuditAction::Export)
+        .collect();
     assert_eq!(exports.len(), 3, "{exports:?}");
     assert!(exports.iter().all(|r| r.actor == "ops-test"));
-    assert!(exports[0].detail.contains(&format!("from_ms={T0} to_ms={t1} rows=5")), "{}", exports[0].detail);
-    assert!(exports[1].detail.contains("rows=3"), "{}", exports[1].detail);
-    assert!(exports[2].detail.contains("failed"), "{}", exports[2].detail);
+    assert!(
+        exports[0]
+            .detail
+            .contains(&format!("from_ms={T0} to_ms={t1} rows=5")),
+        "{}",
+        exports[0].detail
+    );
+    assert!(
+        exports[1].detail.contains("rows=3"),
+        "{}",
+        exports[1].detail
+    );
+    assert!(
+        exports[2].detail.contains("failed"),
+        "{}",
+        exports[2].detail
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,7 +674,15 @@ async fn audit_retention_below_the_floor_is_refused_at_start_up() {
     let bad = data.path().join("bad.yml");
     std::fs::write(&bad, text).unwrap();
     let mut child = Command::new(common::intentd_bin())
-        .args(["serve", "--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--config",
+            bad.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(common::repo_root())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -492,7 +702,10 @@ async fn audit_retention_below_the_floor_is_refused_at_start_up() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success());
-    assert!(err.contains("audit_retention_days = 90") && err.contains("180"), "{err}");
+    assert!(
+        err.contains("audit_retention_days = 90") && err.contains("180"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -503,18 +716,41 @@ async fn retention_purges_old_conversations_and_keeps_the_audit_floor() {
     let mut admin = s.admin().await;
     let set_clock = |t: i64| pb::SetClockRequest { now_ms: t };
     // Day 0: two messages (one handoff: audited at T0), feedback and a human reply.
-    assert!(c.classify(classify_req("d0-a", "这个多少钱", "u1")).await.unwrap().into_inner().recorded);
-    let r = c.classify(classify_req("d0-b", "转人工", "u2")).await.unwrap().into_inner();
+    assert!(
+        c.classify(classify_req("d0-a", "这个多少钱", "u1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .recorded
+    );
+    let r = c
+        .classify(classify_req("d0-b", "转人工", "u2"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.action, pb::Action::Handoff as i32);
     feedback(&mut c, "d0-a", pb::FeedbackKind::Clicked).await;
-    c.report_human_reply(pb::HumanReplyRequest { bot_id: BOT.into(), chat_id: "g1".into(), message_id: "d0-b".into(), at_ms: 0 })
-        .await
-        .unwrap();
+    c.report_human_reply(pb::HumanReplyRequest {
+        bot_id: BOT.into(),
+        chat_id: "g1".into(),
+        message_id: "d0-b".into(),
+        at_ms: 0,
+    })
+    .await
+    .unwrap();
     let counts = || open_db(data.path()).row_counts().unwrap();
-    let audit_at_t0 = || audit_of(data.path()).iter().filter(|r| r.at_ms == T0).count();
+    let audit_at_t0 = || {
+        audit_of(data.path())
+            .iter()
+            .filter(|r| r.at_ms == T0)
+            .count()
+    };
     // The start-up purge (audited at T0 too) runs beside the first requests: let it finish.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !audit_of(data.path()).iter().any(|r| r.action == AuditAction::Purge && r.at_ms == T0) {
+    while !audit_of(data.path())
+        .iter()
+        .any(|r| r.action == AuditAction::Purge && r.at_ms == T0)
+    {
         assert!(Instant::now() < deadline, "no start-up purge");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -523,7 +759,13 @@ async fn retention_purges_old_conversations_and_keeps_the_audit_floor() {
 
     // Day 20: nothing is old enough yet.
     admin.set_clock(set_clock(T0 + 20 * DAY_MS)).await.unwrap();
-    assert!(c.classify(classify_req("d20", "什么时候发货", "u3")).await.unwrap().into_inner().recorded);
+    assert!(
+        c.classify(classify_req("d20", "什么时候发货", "u3"))
+            .await
+            .unwrap()
+            .into_inner()
+            .recorded
+    );
     let rc = counts();
     assert_eq!((rc.conversations, rc.feedback, rc.human_replies), (3, 1, 1));
 
@@ -531,24 +773,48 @@ async fn retention_purges_old_conversations_and_keeps_the_audit_floor() {
     admin.set_clock(set_clock(T0 + 31 * DAY_MS)).await.unwrap();
     let rc = counts();
     assert_eq!((rc.conversations, rc.feedback, rc.human_replies), (1, 0, 0));
-    let t = c.get_stats(stats_req(0, "")).await.unwrap().into_inner().total.unwrap();
+    let t = c
+        .get_stats(stats_req(0, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .total
+        .unwrap();
     assert_eq!((t.messages, t.clicks, t.human_replies), (1, 0, 0));
     let audit = audit_of(data.path());
-    let purge = audit.iter().find(|r| r.action == AuditAction::Purge && r.detail.contains("conversations=2")).expect("the purge is audited");
+    let purge = audit
+        .iter()
+        .find(|r| r.action == AuditAction::Purge && r.detail.contains("conversations=2"))
+        .expect("the purge is audited");
     assert_eq!(purge.at_ms, T0 + 31 * DAY_MS);
-    assert!(purge.detail.contains("feedback=1") && purge.detail.contains("human_replies=1"), "{}", purge.detail);
-    assert!(audit.iter().any(|r| r.action == AuditAction::AdminCall && r.detail.contains("SetClock")));
+    assert!(
+        purge.detail.contains("feedback=1") && purge.detail.contains("human_replies=1"),
+        "{}",
+        purge.detail
+    );
+    assert!(audit
+        .iter()
+        .any(|r| r.action == AuditAction::AdminCall && r.detail.contains("SetClock")));
     // Audit rows are not conversation data: all of day 0's are still there.
     assert_eq!(audit_at_t0(), at_t0);
 
     // Day 179.9: still inside the 180-day floor.
-    admin.set_clock(set_clock(T0 + 180 * DAY_MS - 60_000)).await.unwrap();
+    admin
+        .set_clock(set_clock(T0 + 180 * DAY_MS - 60_000))
+        .await
+        .unwrap();
     assert_eq!(audit_at_t0(), at_t0);
     // Day 180 + 1 min: day 0's audit rows go; day 20's stay; the purge says how many.
-    admin.set_clock(set_clock(T0 + 180 * DAY_MS + 60_000)).await.unwrap();
+    admin
+        .set_clock(set_clock(T0 + 180 * DAY_MS + 60_000))
+        .await
+        .unwrap();
     assert_eq!(audit_at_t0(), 0);
     let audit = audit_of(data.path());
-    assert!(audit.iter().any(|r| r.at_ms == T0 + 20 * DAY_MS), "younger audit rows are kept");
+    assert!(
+        audit.iter().any(|r| r.at_ms == T0 + 20 * DAY_MS),
+        "younger audit rows are kept"
+    );
     assert!(audit.iter().any(|r| r.action == AuditAction::Purge && r.detail.contains(&format!("audit={at_t0}"))), "{audit:?}");
     assert_eq!(counts().conversations, 0, "day 20 is 160 days old now");
     stop(&mut s).await;
@@ -557,10 +823,23 @@ async fn retention_purges_old_conversations_and_keeps_the_audit_floor() {
     // starting 31 days later.
     let t200 = T0 + 200 * DAY_MS;
     let mut s = start(data.path(), Some(t200), "conversation_retention_days: 30").await;
-    assert!(s.client().await.classify(classify_req("d200", "你好", "u4")).await.unwrap().into_inner().recorded);
+    assert!(
+        s.client()
+            .await
+            .classify(classify_req("d200", "你好", "u4"))
+            .await
+            .unwrap()
+            .into_inner()
+            .recorded
+    );
     stop(&mut s).await;
     assert_eq!(counts().conversations, 1);
-    let _s = start(data.path(), Some(t200 + 31 * DAY_MS), "conversation_retention_days: 30").await;
+    let _s = start(
+        data.path(),
+        Some(t200 + 31 * DAY_MS),
+        "conversation_retention_days: 30",
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while counts().conversations != 0 {
         assert!(Instant::now() < deadline, "start-up purge did not run");
@@ -594,7 +873,14 @@ fn exposure(experiment: &str, variant: &str, n: usize, at_ms: i64) -> Record {
 }
 
 /// `exposures` rows for the variant, the first `clicks` of them clicked.
-fn seed_variant(out: &mut Vec<Record>, experiment: &str, variant: &str, exposures: usize, clicks: usize, at_ms: i64) {
+fn seed_variant(
+    out: &mut Vec<Record>,
+    experiment: &str,
+    variant: &str,
+    exposures: usize,
+    clicks: usize,
+    at_ms: i64,
+) {
     for n in 0..exposures {
         out.push(exposure(experiment, variant, n, at_ms));
         if n < clicks {
@@ -613,12 +899,43 @@ fn seed_variant(out: &mut Vec<Record>, experiment: &str, variant: &str, exposure
 async fn the_ab_report_matches_a_hand_computed_example() {
     // Seed the log through the store API before the server starts (same file, same key).
     let data = tempfile::tempdir().unwrap();
-    write_key_file(&data.path().join("intentd.key"), &format!("{}\n", intentd::store::crypto::generate_key()));
+    write_key_file(
+        &data.path().join("intentd.key"),
+        &format!("{}\n", intentd::store::crypto::generate_key()),
+    );
     let mut recs = Vec::new();
-    seed_variant(&mut recs, "welcome_copy", "welcome_copy/a", 200, 40, T0 - 3_600_000);
-    seed_variant(&mut recs, "welcome_copy", "welcome_copy/b", 200, 20, T0 - 3_600_000);
-    seed_variant(&mut recs, "tiny_copy", "tiny_copy/a", 100, 20, T0 - 3_600_000);
-    seed_variant(&mut recs, "tiny_copy", "tiny_copy/b", 100, 10, T0 - 3_600_000);
+    seed_variant(
+        &mut recs,
+        "welcome_copy",
+        "welcome_copy/a",
+        200,
+        40,
+        T0 - 3_600_000,
+    );
+    seed_variant(
+        &mut recs,
+        "welcome_copy",
+        "welcome_copy/b",
+        200,
+        20,
+        T0 - 3_600_000,
+    );
+    seed_variant(
+        &mut recs,
+        "tiny_copy",
+        "tiny_copy/a",
+        100,
+        20,
+        T0 - 3_600_000,
+    );
+    seed_variant(
+        &mut recs,
+        "tiny_copy",
+        "tiny_copy/b",
+        100,
+        10,
+        T0 - 3_600_000,
+    );
     open_db(data.path()).write_batch(&recs).unwrap();
 
     let s = start(data.path(), Some(T0), "ab_min_sample: 150").await;
@@ -631,21 +948,44 @@ async fn the_ab_report_matches_a_hand_computed_example() {
     //      = 2·(100/30) + 2·(100/170) = 6.666667 + 1.176471 = 7.843137, 1 degree of freedom.
     //   p = P(χ²₁ > 7.843137) = erfc(√(7.843137 / 2)) = 0.0051014 < α = 0.05: significant,
     //   both variants have ≥ 150 exposures, so a (0.20 > 0.10) wins.
-    let r = c.get_stats(stats_req(0, "welcome_copy")).await.unwrap().into_inner();
+    let r = c
+        .get_stats(stats_req(0, "welcome_copy"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.experiments.len(), 1, "{:?}", r.experiments);
     let e = &r.experiments[0];
     assert_eq!(e.experiment, "welcome_copy");
-    let v: Vec<_> = e.variants.iter().map(|v| (v.variant_id.as_str(), v.exposures, v.conversions)).collect();
-    assert_eq!(v, vec![("welcome_copy/a", 200, 40), ("welcome_copy/b", 200, 20)]);
+    let v: Vec<_> = e
+        .variants
+        .iter()
+        .map(|v| (v.variant_id.as_str(), v.exposures, v.conversions))
+        .collect();
+    assert_eq!(
+        v,
+        vec![("welcome_copy/a", 200, 40), ("welcome_copy/b", 200, 20)]
+    );
     assert!(close(e.variants[0].rate, 0.20) && close(e.variants[1].rate, 0.10));
-    assert!((e.chi_square - 7.843_137_254_901_961).abs() < 1e-9, "{}", e.chi_square);
-    assert!((e.p_value - 0.005_101_399_646).abs() < 1e-9, "{}", e.p_value);
+    assert!(
+        (e.chi_square - 7.843_137_254_901_961).abs() < 1e-9,
+        "{}",
+        e.chi_square
+    );
+    assert!(
+        (e.p_value - 0.005_101_399_646).abs() < 1e-9,
+        "{}",
+        e.p_value
+    );
     assert!(e.significant);
     assert_eq!(e.winner, "welcome_copy/a");
     assert_eq!(e.warning, "");
     assert_eq!(e.min_sample, 150);
     // Per-variant rates agree: conversion = clicked exposures / exposures.
-    let by_variant: HashMap<_, _> = r.by_variant.iter().map(|g| (g.key.as_str(), g.rates.unwrap())).collect();
+    let by_variant: HashMap<_, _> = r
+        .by_variant
+        .iter()
+        .map(|g| (g.key.as_str(), g.rates.unwrap()))
+        .collect();
     assert!(close(by_variant["welcome_copy/a"].conversion_rate, 0.20));
     assert_eq!(by_variant["welcome_copy/b"].auto_replies, 200);
 
@@ -653,30 +993,72 @@ async fn the_ab_report_matches_a_hand_computed_example() {
     //   χ² = 2·(25/15) + 2·(25/85) = 3.333333 + 0.588235 = 3.921569,
     //   p = erfc(√(3.921569 / 2)) = 0.0476704 < 0.05: significant, but 100 < 150 exposures per
     //   variant, so no winner and a warning naming the minimum.
-    let r = c.get_stats(stats_req(0, "tiny_copy")).await.unwrap().into_inner();
+    let r = c
+        .get_stats(stats_req(0, "tiny_copy"))
+        .await
+        .unwrap()
+        .into_inner();
     let e = &r.experiments[0];
-    assert!((e.chi_square - 3.921_568_627_450_981).abs() < 1e-9, "{}", e.chi_square);
-    assert!((e.p_value - 0.047_670_380_656).abs() < 1e-9, "{}", e.p_value);
+    assert!(
+        (e.chi_square - 3.921_568_627_450_981).abs() < 1e-9,
+        "{}",
+        e.chi_square
+    );
+    assert!(
+        (e.p_value - 0.047_670_380_656).abs() < 1e-9,
+        "{}",
+        e.p_value
+    );
     assert!(e.significant);
     assert_eq!(e.winner, "");
-    assert!(e.warning.contains("150") && e.warning.contains("tiny_copy/a has 100 exposures"), "{}", e.warning);
+    assert!(
+        e.warning.contains("150") && e.warning.contains("tiny_copy/a has 100 exposures"),
+        "{}",
+        e.warning
+    );
 
     // A live exposure: the shipped coupon experiment answers a coupon question with one of its
     // variants; a CLICKED feedback converts it.
-    let live = c.classify(req_in("ab-live", "live-1", "优惠券怎么领？", "live-user")).await.unwrap().into_inner();
+    let live = c
+        .classify(req_in("ab-live", "live-1", "优惠券怎么领？", "live-user"))
+        .await
+        .unwrap()
+        .into_inner();
     let reply = live.reply.clone().expect("a coupon reply");
     assert_eq!(reply.experiment, "coupon_copy_2027q1", "{live:?}");
-    c.feedback(pb::FeedbackRequest { variant_id: reply.variant_id.clone(), ..feedback_req(&live.message_id, pb::FeedbackKind::Clicked) })
+    c.feedback(pb::FeedbackRequest {
+        variant_id: reply.variant_id.clone(),
+        ..feedback_req(&live.message_id, pb::FeedbackKind::Clicked)
+    })
+    .await
+    .unwrap();
+    let r = c
+        .get_stats(stats_req(0, "coupon_copy_2027q1"))
         .await
-        .unwrap();
-    let r = c.get_stats(stats_req(0, "coupon_copy_2027q1")).await.unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     let e = &r.experiments[0];
-    let v: Vec<_> = e.variants.iter().map(|v| (v.variant_id.as_str(), v.exposures, v.conversions)).collect();
+    let v: Vec<_> = e
+        .variants
+        .iter()
+        .map(|v| (v.variant_id.as_str(), v.exposures, v.conversions))
+        .collect();
     assert_eq!(v, vec![(reply.variant_id.as_str(), 1, 1)]);
     assert!(e.warning.contains("at least two variants"), "{}", e.warning);
     // All experiments at once when none is named.
-    let names: Vec<_> = c.get_stats(stats_req(0, "")).await.unwrap().into_inner().experiments.into_iter().map(|e| e.experiment).collect();
-    assert_eq!(names, vec!["coupon_copy_2027q1", "tiny_copy", "welcome_copy"]);
+    let names: Vec<_> = c
+        .get_stats(stats_req(0, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .experiments
+        .into_iter()
+        .map(|e| e.experiment)
+        .collect();
+    assert_eq!(
+        names,
+        vec!["coupon_copy_2027q1", "tiny_copy", "welcome_copy"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -684,7 +1066,9 @@ async fn the_ab_report_matches_a_hand_computed_example() {
 
 /// GET /metrics over a plain TCP socket: (content type, body).
 async fn scrape(addr: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics port");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port");
     let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
@@ -719,7 +1103,9 @@ async fn scrape(addr: &str) -> (String, String) {
 
 fn is_metric_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
@@ -785,32 +1171,57 @@ fn parse_openmetrics(text: &str) -> Vec<Sample> {
         assert!(!line.is_empty(), "blank line {i}");
         if let Some(rest) = line.strip_prefix("# ") {
             let mut parts = rest.splitn(3, ' ');
-            let (kind, name, arg) = (parts.next().unwrap(), parts.next().unwrap_or(""), parts.next());
+            let (kind, name, arg) = (
+                parts.next().unwrap(),
+                parts.next().unwrap_or(""),
+                parts.next(),
+            );
             assert!(is_metric_name(name), "bad name: {line}");
             if family.as_deref() != Some(name) {
-                assert!(families_seen.insert(name.to_string()), "family {name} appears twice: {line}");
+                assert!(
+                    families_seen.insert(name.to_string()),
+                    "family {name} appears twice: {line}"
+                );
                 family = Some(name.to_string());
             }
             match kind {
                 "TYPE" => {
                     let t = arg.unwrap_or("");
                     assert!(
-                        ["counter", "gauge", "histogram", "info", "summary", "unknown", "stateset", "gaugehistogram"].contains(&t),
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "info",
+                            "summary",
+                            "unknown",
+                            "stateset",
+                            "gaugehistogram"
+                        ]
+                        .contains(&t),
                         "bad type: {line}"
                     );
-                    assert!(types.insert(name.to_string(), t.to_string()).is_none(), "TYPE given twice: {line}");
+                    assert!(
+                        types.insert(name.to_string(), t.to_string()).is_none(),
+                        "TYPE given twice: {line}"
+                    );
                 }
                 "HELP" => assert!(arg.is_some_and(|a| !a.is_empty()), "empty HELP: {line}"),
                 "UNIT" => {
                     let unit = arg.unwrap_or("");
-                    assert!(!unit.is_empty() && name.ends_with(&format!("_{unit}")), "unit must suffix the name: {line}");
+                    assert!(
+                        !unit.is_empty() && name.ends_with(&format!("_{unit}")),
+                        "unit must suffix the name: {line}"
+                    );
                 }
                 _ => panic!("unknown descriptor: {line}"),
             }
             continue;
         }
         assert!(!line.starts_with('#'), "bad comment: {line}");
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
@@ -818,28 +1229,49 @@ fn parse_openmetrics(text: &str) -> Vec<Sample> {
             v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
         };
         let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, parse_labels(l.strip_suffix('}').unwrap_or_else(|| panic!("no closing brace: {line}"))).unwrap_or_else(|| panic!("bad labels: {line}"))),
+            Some((n, l)) => (
+                n,
+                parse_labels(
+                    l.strip_suffix('}')
+                        .unwrap_or_else(|| panic!("no closing brace: {line}")),
+                )
+                .unwrap_or_else(|| panic!("bad labels: {line}")),
+            ),
             None => (series, BTreeMap::new()),
         };
         assert!(is_metric_name(name), "bad sample name: {line}");
-        let fam = family.as_ref().unwrap_or_else(|| panic!("sample before any descriptor: {line}"));
+        let fam = family
+            .as_ref()
+            .unwrap_or_else(|| panic!("sample before any descriptor: {line}"));
         let ty = types.get(fam).map(String::as_str).unwrap_or("unknown");
-        let suffix = name.strip_prefix(fam.as_str()).unwrap_or_else(|| panic!("{name} outside family {fam}"));
+        let suffix = name
+            .strip_prefix(fam.as_str())
+            .unwrap_or_else(|| panic!("{name} outside family {fam}"));
         let allowed: &[&str] = match ty {
             "counter" => &["_total", "_created"],
             "histogram" => &["_bucket", "_count", "_sum", "_created"],
             "info" => &["_info"],
             _ => &[""],
         };
-        assert!(allowed.contains(&suffix), "suffix '{suffix}' not allowed for a {ty}: {line}");
+        assert!(
+            allowed.contains(&suffix),
+            "suffix '{suffix}' not allowed for a {ty}: {line}"
+        );
         if suffix == "_bucket" {
             assert!(labels.contains_key("le"), "bucket without le: {line}");
         }
         if ty == "counter" || suffix == "_count" || suffix == "_bucket" {
-            assert!(value >= 0.0 && value.fract() == 0.0, "count must be a non-negative integer: {line}");
+            assert!(
+                value >= 0.0 && value.fract() == 0.0,
+                "count must be a non-negative integer: {line}"
+            );
         }
         assert!(seen.insert(series.to_string()), "duplicate series: {line}");
-        samples.push(Sample { name: name.to_string(), labels, value });
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
     }
     // Histograms: per series (labels without le), buckets cumulative, +Inf bucket = _count.
     let mut buckets: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -863,7 +1295,10 @@ fn parse_openmetrics(text: &str) -> Vec<Sample> {
         }
     }
     for (k, b) in &buckets {
-        assert!(b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "buckets of {k} not cumulative: {b:?}");
+        assert!(
+            b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "buckets of {k} not cumulative: {b:?}"
+        );
         let last = b.last().unwrap();
         assert!(last.0.is_infinite(), "{k} has no +Inf bucket");
         assert_eq!(Some(&last.1), counts.get(k), "{k}: +Inf bucket != _count");
@@ -874,7 +1309,12 @@ fn parse_openmetrics(text: &str) -> Vec<Sample> {
 fn sum(samples: &[Sample], name: &str, filter: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .filter(|s| s.name == name && filter.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            s.name == name
+                && filter
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
         .sum()
 }
@@ -889,44 +1329,97 @@ async fn a_metrics_scrape_parses_strictly_and_shows_the_traffic() {
         ..Default::default()
     })
     .await;
-    let version = s.admin().await.status(pb::StatusRequest {}).await.unwrap().into_inner().model_version;
+    let version = s
+        .admin()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .model_version;
     assert!(!version.is_empty());
     let mut c = s.client().await;
-    let texts = ["我买的衣服不合适，想退货退款", "转人工", "嗯嗯那个就是那个吧", "这个多少钱", "你们几点上班", "加我微信聊"];
+    let texts = [
+        "我买的衣服不合适，想退货退款",
+        "转人工",
+        "嗯嗯那个就是那个吧",
+        "这个多少钱",
+        "你们几点上班",
+        "加我微信聊",
+    ];
     let mut by_pair: HashMap<(i32, i32), u64> = HashMap::new();
     for (i, t) in texts.iter().enumerate() {
-        let r = c.classify(req_in(&format!("mg{i}"), &format!("mm{i}"), t, &format!("mu{i}"))).await.unwrap().into_inner();
+        let r = c
+            .classify(req_in(
+                &format!("mg{i}"),
+                &format!("mm{i}"),
+                t,
+                &format!("mu{i}"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
         *by_pair.entry((r.source, r.action)).or_default() += 1;
     }
     feedback(&mut c, "mm0", pb::FeedbackKind::Resolved).await;
-    assert!(by_pair.len() >= 3, "several source/action pairs: {by_pair:?}");
+    assert!(
+        by_pair.len() >= 3,
+        "several source/action pairs: {by_pair:?}"
+    );
 
     let (content_type, body) = scrape(&s.metrics_addr).await;
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     let m = parse_openmetrics(&body);
     let classify = [("rpc", "Classify")];
-    assert_eq!(sum(&m, "intentd_requests_total", &classify), texts.len() as f64, "{body}");
+    assert_eq!(
+        sum(&m, "intentd_requests_total", &classify),
+        texts.len() as f64,
+        "{body}"
+    );
     // Each (source, action) pair the clients saw is a series with that count.
     let source_name = |v: i32| format!("{:?}", pb::Source::try_from(v).unwrap()).to_lowercase();
     let action_name = |v: i32| format!("{:?}", pb::Action::try_from(v).unwrap()).to_lowercase();
     for ((src, act), n) in &by_pair {
         let (src, act) = (source_name(*src), action_name(*act));
-        let got = sum(&m, "intentd_requests_total", &[("rpc", "Classify"), ("source", &src), ("action", &act)]);
-        assert_eq!(got, *n as f64, "requests_total{{source={src},action={act}}} in\n{body}");
+        let got = sum(
+            &m,
+            "intentd_requests_total",
+            &[("rpc", "Classify"), ("source", &src), ("action", &act)],
+        );
+        assert_eq!(
+            got, *n as f64,
+            "requests_total{{source={src},action={act}}} in\n{body}"
+        );
     }
-    assert!(sum(&m, "intentd_requests_total", &[("source", "model")]) >= 1.0, "the model answered something");
+    assert!(
+        sum(&m, "intentd_requests_total", &[("source", "model")]) >= 1.0,
+        "the model answered something"
+    );
     // Latency histogram: one observation per request, buckets checked by the parser.
-    assert_eq!(sum(&m, "intentd_request_duration_seconds_count", &classify), texts.len() as f64);
+    assert_eq!(
+        sum(&m, "intentd_request_duration_seconds_count", &classify),
+        texts.len() as f64
+    );
     assert!(sum(&m, "intentd_request_duration_seconds_sum", &classify) > 0.0);
-    assert!(m.iter().any(|x| x.name == "intentd_request_duration_seconds_bucket" && x.labels["le"] == "+Inf"));
+    assert!(m
+        .iter()
+        .any(|x| x.name == "intentd_request_duration_seconds_bucket" && x.labels["le"] == "+Inf"));
     // Model info carries the served version.
-    let info: Vec<_> = m.iter().filter(|x| x.name == "intentd_model_info").collect();
+    let info: Vec<_> = m
+        .iter()
+        .filter(|x| x.name == "intentd_model_info")
+        .collect();
     assert_eq!(info.len(), 1, "{info:?}");
     assert_eq!(info[0].labels["version"], version);
     assert_eq!(info[0].value, 1.0);
     // The model that was loaded at start-up is in the audit trail too.
     assert!(
-        audit_of(data.path()).iter().any(|r| r.action == AuditAction::ModelChange && r.detail.contains(&version)),
+        audit_of(data.path())
+            .iter()
+            .any(|r| r.action == AuditAction::ModelChange && r.detail.contains(&version)),
         "no model_change audit row for {version}"
     );
     // Gauges: nothing in flight once the answers are back; the write queue drains.
@@ -940,7 +1433,10 @@ async fn a_metrics_scrape_parses_strictly_and_shows_the_traffic() {
             assert_eq!(sum(&m, "intentd_store_errors_total", &[]), 0.0);
             break;
         }
-        assert!(Instant::now() < deadline, "write queue depth never went back to 0");
+        assert!(
+            Instant::now() < deadline,
+            "write queue depth never went back to 0"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -955,13 +1451,55 @@ async fn bad_feedback_is_invalid_argument_naming_the_field() {
     let mut c = s.client().await;
     let ok = feedback_req("m1", pb::FeedbackKind::Resolved);
     let cases: Vec<(pb::FeedbackRequest, &str)> = vec![
-        (pb::FeedbackRequest { kind: 0, ..ok.clone() }, "kind"),
-        (pb::FeedbackRequest { kind: 99, ..ok.clone() }, "kind"),
-        (pb::FeedbackRequest { message_id: String::new(), ..ok.clone() }, "message_id"),
-        (pb::FeedbackRequest { message_id: "  ".into(), ..ok.clone() }, "message_id"),
-        (pb::FeedbackRequest { message_id: "x".repeat(500), ..ok.clone() }, "message_id"),
-        (pb::FeedbackRequest { variant_id: "v".repeat(500), ..ok.clone() }, "variant_id"),
-        (pb::FeedbackRequest { at_ms: -5, ..ok.clone() }, "at_ms"),
+        (
+            pb::FeedbackRequest {
+                kind: 0,
+                ..ok.clone()
+            },
+            "kind",
+        ),
+        (
+            pb::FeedbackRequest {
+                kind: 99,
+                ..ok.clone()
+            },
+            "kind",
+        ),
+        (
+            pb::FeedbackRequest {
+                message_id: String::new(),
+                ..ok.clone()
+            },
+            "message_id",
+        ),
+        (
+            pb::FeedbackRequest {
+                message_id: "  ".into(),
+                ..ok.clone()
+            },
+            "message_id",
+        ),
+        (
+            pb::FeedbackRequest {
+                message_id: "x".repeat(500),
+                ..ok.clone()
+            },
+            "message_id",
+        ),
+        (
+            pb::FeedbackRequest {
+                variant_id: "v".repeat(500),
+                ..ok.clone()
+            },
+            "variant_id",
+        ),
+        (
+            pb::FeedbackRequest {
+                at_ms: -5,
+                ..ok.clone()
+            },
+            "at_ms",
+        ),
     ];
     for (req, field) in cases {
         let e = c.feedback(req.clone()).await.expect_err("must be refused");
@@ -969,10 +1507,24 @@ async fn bad_feedback_is_invalid_argument_naming_the_field() {
         assert!(e.message().starts_with(field), "{field}: {}", e.message());
     }
     assert!(c.feedback(ok).await.unwrap().into_inner().recorded);
-    assert_eq!(open_db(data.path()).row_counts().unwrap().feedback, 1, "refused feedback is not stored");
-    let e = c.get_stats(pb::StatsRequest { from_ms: 10, to_ms: 5, ..stats_req(0, "") }).await.unwrap_err();
+    assert_eq!(
+        open_db(data.path()).row_counts().unwrap().feedback,
+        1,
+        "refused feedback is not stored"
+    );
+    let e = c
+        .get_stats(pb::StatsRequest {
+            from_ms: 10,
+            to_ms: 5,
+            ..stats_req(0, "")
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
-    assert!(e.message().contains("from_ms (10) is after to_ms (5)"), "{e}");
+    assert!(
+        e.message().contains("from_ms (10) is after to_ms (5)"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -990,20 +1542,31 @@ async fn a_full_store_queue_is_back_pressure_not_a_hang() {
         let mut tasks = Vec::new();
         for k in 0..48 {
             let mut c = s.client().await;
-            let counters = (not_recorded.clone(), exhausted.clone(), acked_conv.clone(), acked_fb.clone());
+            let counters = (
+                not_recorded.clone(),
+                exhausted.clone(),
+                acked_conv.clone(),
+                acked_fb.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let (not_recorded, exhausted, acked_conv, acked_fb) = counters;
                 for i in 0..20 {
                     let id = format!("q{round}-{k}-{i}");
                     let call = c.classify(classify_req(&id, "这个多少钱", &format!("u{k}")));
-                    let r = tokio::time::timeout(Duration::from_secs(15), call).await.expect("Classify hung").expect("Classify still answers");
+                    let r = tokio::time::timeout(Duration::from_secs(15), call)
+                        .await
+                        .expect("Classify hung")
+                        .expect("Classify still answers");
                     if r.into_inner().recorded {
                         acked_conv.fetch_add(1, Ordering::SeqCst);
                     } else {
                         not_recorded.fetch_add(1, Ordering::SeqCst);
                     }
                     let call = c.feedback(feedback_req(&id, pb::FeedbackKind::Clicked));
-                    match tokio::time::timeout(Duration::from_secs(15), call).await.expect("Feedback hung") {
+                    match tokio::time::timeout(Duration::from_secs(15), call)
+                        .await
+                        .expect("Feedback hung")
+                    {
                         Ok(r) => {
                             assert!(r.into_inner().recorded);
                             acked_fb.fetch_add(1, Ordering::SeqCst);
@@ -1026,12 +1589,18 @@ async fn a_full_store_queue_is_back_pressure_not_a_hang() {
     // Every refusal the clients saw was counted (start-up audit rows may add to it).
     let m = parse_openmetrics(&scrape(&s.metrics_addr).await.1);
     let full = sum(&m, "intentd_write_queue_full_total", &[]);
-    assert!(full >= overflows as f64, "metrics counted {full} overflows, clients saw {overflows}");
+    assert!(
+        full >= overflows as f64,
+        "metrics counted {full} overflows, clients saw {overflows}"
+    );
     // What was acknowledged is stored.
     let rows = open_db(data.path()).row_counts().unwrap();
     assert!(rows.conversations >= acked_conv.load(Ordering::SeqCst));
     assert!(rows.feedback >= acked_fb.load(Ordering::SeqCst));
-    assert!(s.stderr().contains("store write queue full"), "the overflow is logged");
+    assert!(
+        s.stderr().contains("store write queue full"),
+        "the overflow is logged"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1048,15 +1617,32 @@ async fn sigterm_with_an_open_stream_still_drains_the_store_within_the_grace_per
     .await;
     let mut c = s.client().await;
     // A bot's Subscribe stream never ends by itself: graceful shutdown alone would wait forever.
-    let stream = c.subscribe(pb::SubscribeRequest { bot_id: BOT.into(), ..Default::default() }).await.unwrap().into_inner();
-    assert!(c.classify(classify_req("s1", "这个多少钱", "u1")).await.unwrap().into_inner().recorded);
+    let stream = c
+        .subscribe(pb::SubscribeRequest {
+            bot_id: BOT.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        c.classify(classify_req("s1", "这个多少钱", "u1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .recorded
+    );
     let t = Instant::now();
     s.signal("TERM");
     let status = loop {
         if let Some(st) = s.child.try_wait().unwrap() {
             break st;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "SIGTERM hung on an open stream: {}", s.stderr());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "SIGTERM hung on an open stream: {}",
+            s.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(status.code(), Some(0), "{}", s.stderr());
@@ -1064,5 +1650,7 @@ async fn sigterm_with_an_open_stream_still_drains_the_store_within_the_grace_per
     drop(stream);
     // The store was still drained and closed properly: the shutdown is audited.
     assert_eq!(open_db(data.path()).row_counts().unwrap().conversations, 1);
-    assert!(audit_of(data.path()).iter().any(|r| r.action == AuditAction::Shutdown));
+    assert!(audit_of(data.path())
+        .iter()
+        .any(|r| r.action == AuditAction::Shutdown));
 }

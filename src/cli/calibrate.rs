@@ -38,10 +38,18 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     if ds.examples.is_empty() {
         bail!("{}: no examples found (empty dataset)", args.data.display());
     }
-    let rules = OperatorRules::load(&args.operator_dir, &args.training_data, FusionConfig::default())?;
+    let rules = OperatorRules::load(
+        &args.operator_dir,
+        &args.training_data,
+        FusionConfig::default(),
+    )?;
     let texts: Vec<&str> = ds.examples.iter().map(|e| e.text.as_str()).collect();
     let preds = model.predict_texts(&texts, 32)?;
-    let cases: Vec<(Vec<IntentScore>, intentd::engine::keywords::KeywordMatch, &str)> = ds
+    let cases: Vec<(
+        Vec<IntentScore>,
+        intentd::engine::keywords::KeywordMatch,
+        &str,
+    )> = ds
         .examples
         .iter()
         .zip(&preds)
@@ -50,7 +58,10 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
                 .labels
                 .iter()
                 .zip(&p.probs)
-                .map(|(l, &c)| IntentScore { intent: l.clone(), confidence: c })
+                .map(|(l, &c)| IntentScore {
+                    intent: l.clone(),
+                    confidence: c,
+                })
                 .collect();
             scores.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
             (scores, rules.keywords.match_text(&e.text), e.label.as_str())
@@ -60,7 +71,11 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let mut points = Vec::new();
     for t in (20..=95).step_by(5) {
         for m in [0.0f32, 0.05, 0.1, 0.15, 0.2, 0.3] {
-            let cfg = FusionConfig { threshold: t as f32 / 100.0, ambiguity_margin: m, ..FusionConfig::default() };
+            let cfg = FusionConfig {
+                threshold: t as f32 / 100.0,
+                ambiguity_margin: m,
+                ..FusionConfig::default()
+            };
             let (mut answered, mut right) = (0usize, 0usize);
             for (scores, kw, gold) in &cases {
                 let c = fusion::fuse(Some(scores), kw, &cfg);
@@ -75,12 +90,19 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
                 threshold: cfg.threshold,
                 margin: m,
                 answered: answered as f64 / n,
-                answered_accuracy: if answered > 0 { right as f64 / answered as f64 } else { 0.0 },
+                answered_accuracy: if answered > 0 {
+                    right as f64 / answered as f64
+                } else {
+                    0.0
+                },
                 overall_accuracy: right as f64 / n,
             });
         }
     }
-    println!("{:>9} {:>7} {:>9} {:>18} {:>17}", "threshold", "margin", "answered", "answered_accuracy", "overall_accuracy");
+    println!(
+        "{:>9} {:>7} {:>9} {:>18} {:>17}",
+        "threshold", "margin", "answered", "answered_accuracy", "overall_accuracy"
+    );
     for p in &points {
         println!(
             "{:>9.2} {:>7.2} {:>8.1}% {:>17.1}% {:>16.1}%",
@@ -94,7 +116,11 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let best = points
         .iter()
         .filter(|p| p.answered_accuracy >= args.target)
-        .max_by(|a, b| a.answered.total_cmp(&b.answered).then(b.threshold.total_cmp(&a.threshold)));
+        .max_by(|a, b| {
+            a.answered
+                .total_cmp(&b.answered)
+                .then(b.threshold.total_cmp(&a.threshold))
+        });
     match best {
         Some(p) => println!(
             "recommended: fusion.threshold={:.2} fusion.ambiguity_margin={:.2} (answers {:.1}% of {} messages, {:.1}% of them right; the rest get a clarifying question)",

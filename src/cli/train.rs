@@ -77,7 +77,16 @@ pub fn load_labeled(path: &std::path::Path) -> Result<(Vec<LabeledText>, String)
         bail!("{}: no examples found (empty dataset)", path.display());
     }
     let hash = ds.content_hash();
-    Ok((ds.examples.into_iter().map(|e| LabeledText { text: e.text, label: e.label }).collect(), hash))
+    Ok((
+        ds.examples
+            .into_iter()
+            .map(|e| LabeledText {
+                text: e.text,
+                label: e.label,
+            })
+            .collect(),
+        hash,
+    ))
 }
 
 /// Texts given two different intents cannot both be right: list them (file:line of each
@@ -86,7 +95,10 @@ fn report_conflicts(ds: data::Dataset) -> data::Dataset {
     if ds.conflicts.is_empty() {
         return ds;
     }
-    eprintln!("warning: {} texts have conflicting intents and are left out:", ds.conflicts.len());
+    eprintln!(
+        "warning: {} texts have conflicting intents and are left out:",
+        ds.conflicts.len()
+    );
     for c in ds.conflicts.iter().take(20) {
         let labels: Vec<String> = c.labels.iter().map(|(l, o)| format!("{l} ({o})")).collect();
         eprintln!("  {:?}: {}", c.text, labels.join(" vs "));
@@ -105,20 +117,38 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => None,
     };
     let mut hp = HyperParameters::defaults_for(args.mode);
-    if let Some(v) = args.epochs { hp.epochs = v; }
-    if let Some(v) = args.batch_size { hp.batch_size = v; }
-    if let Some(v) = args.lr { hp.learning_rate = v; }
-    if let Some(v) = args.head_lr { hp.head_learning_rate = v; }
-    if let Some(v) = args.seed { hp.seed = v; }
-    if let Some(v) = args.patience { hp.patience = v; }
-    if args.train_embeddings { hp.freeze_word_embeddings = false; }
+    if let Some(v) = args.epochs {
+        hp.epochs = v;
+    }
+    if let Some(v) = args.batch_size {
+        hp.batch_size = v;
+    }
+    if let Some(v) = args.lr {
+        hp.learning_rate = v;
+    }
+    if let Some(v) = args.head_lr {
+        hp.head_learning_rate = v;
+    }
+    if let Some(v) = args.seed {
+        hp.seed = v;
+    }
+    if let Some(v) = args.patience {
+        hp.patience = v;
+    }
+    if args.train_embeddings {
+        hp.freeze_word_embeddings = false;
+    }
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
     eprintln!(
         "training {:?} on {} examples from {} ({} intents), base {}",
         args.mode,
         examples.len(),
         args.data.display(),
-        examples.iter().map(|e| &e.label).collect::<std::collections::BTreeSet<_>>().len(),
+        examples
+            .iter()
+            .map(|e| &e.label)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
         base.name
     );
     let report = train::train(TrainJob {
@@ -134,7 +164,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })?;
     let c = &report.card;
     if let Some(s) = c.dev_scores {
-        eprintln!("dev: accuracy={:.4} macro_f1={:.4} n={}", s.accuracy, s.macro_f1, s.n);
+        eprintln!(
+            "dev: accuracy={:.4} macro_f1={:.4} n={}",
+            s.accuracy, s.macro_f1, s.n
+        );
     }
     eprintln!(
         "trained in {:.0}s ({:.1} examples/s); model {} written to {}",

@@ -3,10 +3,19 @@
 //! a few forward passes instead of one each.
 //!
 //! A batch closes when it reaches `max_batch_size` texts or `max_batch_tokens` padded tokens,
-//! or when `max_wait` has passed since its first request. Within what is waiting, requests of
-//! similar length are batched together (less padding). The queue is bounded: the front door
-//! admits at most `max_in_flight` requests and turns the rest away at once.
+//! or when `max_wait` has passed since its first request, or as soon as no other request is on
+//! its way (announced by the front door but not yet queued): at low load a lone request runs at
+//! once instead of waiting `max_wait` for company that is not coming, and under load batches
+//! form by themselves from what queued during the previous forward pass. Within what is
+//! waiting, requests of similar length are batched together (less padding). The queue is
+//! bounded: the front door admits at most `max_in_flight` requests and turns the rest away.
+//!
+//! Threads: the forward pass runs on the compute thread and, inside candle, on rayon's pool
+//! (gemm) and candle's spinning barrier pool (large element-wise ops); both size themselves
+//! from `RAYON_NUM_THREADS`. `compute_threads` sets it for the process ([`apply_thread_settings`],
+//! called before any thread starts); see `benches/RESULTS.md` for the measured choice.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,14 +35,39 @@ pub struct BatchConfig {
     pub max_batch_tokens: usize,
     /// How long the first request of a batch may wait for company.
     pub max_wait_us: u64,
-    /// Threads candle may use for one forward pass (0 = all cores).
+    /// Threads one forward pass may use (gemm's rayon pool and candle's barrier pool);
+    /// 0 = candle's default (every core). `RAYON_NUM_THREADS` in the environment wins.
     pub compute_threads: usize,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_batch_size: 32, max_batch_tokens: 4096, max_wait_us: 2000, compute_threads: 0 }
+        Self {
+            max_batch_size: 32,
+            max_batch_tokens: 4096,
+            max_wait_us: 2000,
+            compute_threads: 0,
+        }
     }
+}
+
+/// Makes `compute_threads` the thread count of candle's pools by setting `RAYON_NUM_THREADS`,
+/// which rayon's global pool, gemm's parallelism and candle's barrier pool all read (candle
+/// offers no other knob). Call it before any other thread starts (setting the environment
+/// while another thread reads it is a data race in libc). Returns the count in force, or None
+/// for the default.
+pub fn apply_thread_settings(cfg: &BatchConfig) -> Option<usize> {
+    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return Some(n);
+    }
+    if cfg.compute_threads == 0 {
+        return None;
+    }
+    std::env::set_var("RAYON_NUM_THREADS", cfg.compute_threads.to_string());
+    Some(cfg.compute_threads)
 }
 
 /// What a caller gets back for one text.
@@ -66,7 +100,11 @@ impl LoadedModel {
     pub fn new(backend: Arc<dyn IntentBackend>) -> Self {
         let labels = Arc::new(backend.labels().to_vec());
         let version: Arc<str> = backend.version().into();
-        Self { backend, labels, version }
+        Self {
+            backend,
+            labels,
+            version,
+        }
     }
 }
 
@@ -75,37 +113,107 @@ impl LoadedModel {
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
     model: Arc<ArcSwapOption<LoadedModel>>,
+    /// Requests announced (being validated / tokenised) but not yet queued: worth waiting for.
+    on_the_way: Arc<AtomicUsize>,
+}
+
+/// A request that will reach the queue shortly; dropping it (queued, or given up) withdraws
+/// the announcement.
+pub struct Announced {
+    on_the_way: Arc<AtomicUsize>,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.on_the_way.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Batcher {
     /// `queue_capacity` bounds the jobs waiting for the compute thread.
-    pub fn start(model: Arc<ArcSwapOption<LoadedModel>>, cfg: BatchConfig, queue_capacity: usize) -> Self {
+    pub fn start(
+        model: Arc<ArcSwapOption<LoadedModel>>,
+        cfg: BatchConfig,
+        queue_capacity: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let worker_model = model.clone();
+        let on_the_way = Arc::new(AtomicUsize::new(0));
+        let worker_on_the_way = on_the_way.clone();
         std::thread::Builder::new()
             .name("intentd-compute".into())
-            .spawn(move || compute_loop(rx, worker_model, cfg))
+            .spawn(move || compute_loop(rx, worker_model, worker_on_the_way, cfg))
             .expect("spawn compute thread");
-        Self { tx, model }
+        Self {
+            tx,
+            model,
+            on_the_way,
+        }
     }
 
     pub fn model(&self) -> Option<Arc<LoadedModel>> {
         self.model.load_full()
     }
 
+    /// Announces a request that is about to be tokenised and queued, so a batch being gathered
+    /// waits for it (up to `max_wait`). Pass the guard to [`Batcher::infer`].
+    pub fn announce(&self) -> Announced {
+        self.on_the_way.fetch_add(1, Ordering::AcqRel);
+        Announced {
+            on_the_way: self.on_the_way.clone(),
+        }
+    }
+
     /// Queues one tokenised text and waits for its prediction. Errors when no model is loaded
     /// or the queue is closed.
-    pub async fn infer(&self, tokens: Tokenized) -> Result<Inference, String> {
+    pub async fn infer(
+        &self,
+        tokens: Tokenized,
+        announced: Option<Announced>,
+    ) -> Result<Inference, String> {
+        self.submit(tokens, announced).await?.wait().await
+    }
+
+    /// Queues one tokenised text; the caller can do other work (the keyword layer) while the
+    /// forward pass runs, then [`Ticket::wait`]s.
+    pub async fn submit(
+        &self,
+        tokens: Tokenized,
+        announced: Option<Announced>,
+    ) -> Result<Ticket, String> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job { tokens, enqueued: Instant::now(), reply })
-            .await
-            .map_err(|_| "inference queue closed".to_string())?;
-        rx.await.map_err(|_| "inference worker stopped".to_string())?
+        let sent = self
+            .tx
+            .send(Job {
+                tokens,
+                enqueued: Instant::now(),
+                reply,
+            })
+            .await;
+        // Queued (or failed): either way no longer on its way.
+        drop(announced);
+        sent.map_err(|_| "inference queue closed".to_string())?;
+        Ok(Ticket(rx))
     }
 }
 
-fn compute_loop(mut rx: mpsc::Receiver<Job>, model: Arc<ArcSwapOption<LoadedModel>>, cfg: BatchConfig) {
+/// A queued inference; dropping it tells the compute thread the caller has gone.
+pub struct Ticket(oneshot::Receiver<Result<Inference, String>>);
+
+impl Ticket {
+    pub async fn wait(self) -> Result<Inference, String> {
+        self.0
+            .await
+            .map_err(|_| "inference worker stopped".to_string())?
+    }
+}
+
+fn compute_loop(
+    mut rx: mpsc::Receiver<Job>,
+    model: Arc<ArcSwapOption<LoadedModel>>,
+    on_the_way: Arc<AtomicUsize>,
+    cfg: BatchConfig,
+) {
     let max_wait = Duration::from_micros(cfg.max_wait_us);
     let mut pending: Vec<Job> = Vec::new();
     loop {
@@ -115,14 +223,15 @@ fn compute_loop(mut rx: mpsc::Receiver<Job>, model: Arc<ArcSwapOption<LoadedMode
                 None => return,
             }
         }
-        // Gather company for the oldest job until the batch is full or its wait is over.
+        // Gather company for the oldest job until the batch is full, its wait is over, or
+        // nothing more is on its way.
         let deadline = pending[0].enqueued + max_wait;
         while pending.len() < cfg.max_batch_size {
             match rx.try_recv() {
                 Ok(job) => pending.push(job),
                 Err(mpsc::error::TryRecvError::Empty) => {
                     let now = Instant::now();
-                    if now >= deadline {
+                    if now >= deadline || on_the_way.load(Ordering::Acquire) == 0 {
                         break;
                     }
                     // Short sleeps: a condvar-free wait that costs little at these scales.
@@ -181,8 +290,13 @@ fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
     let refs: Vec<&Tokenized> = batch.iter().map(|j| &j.tokens).collect();
     // A panic in a kernel must fail this batch, not kill the compute thread (which would turn
     // every later request into an error).
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.backend.predict(&refs)))
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked during the forward pass")));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.backend.predict(&refs)))
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the model panicked during the forward pass"
+                ))
+            });
     let inference_us = started.elapsed().as_micros() as u64;
     let n = batch.len();
     match result {
@@ -214,7 +328,17 @@ mod tests {
 
     fn job(len: usize) -> (Job, oneshot::Receiver<Result<Inference, String>>) {
         let (tx, rx) = oneshot::channel();
-        (Job { tokens: Tokenized { ids: vec![1; len], truncated: false }, enqueued: Instant::now(), reply: tx }, rx)
+        (
+            Job {
+                tokens: Tokenized {
+                    ids: vec![1; len],
+                    truncated: false,
+                },
+                enqueued: Instant::now(),
+                reply: tx,
+            },
+            rx,
+        )
     }
 
     #[test]
@@ -226,13 +350,16 @@ mod tests {
             pending.push(j);
             keep.push(rx);
         }
-        // Anchor 10; closest first: 11 and 9 (distance 1), then 12. Budget 40 padded tokens:
-        // 10, 11, 9 pad to 11 x 3 = 33; adding 12 -> 12 x 4 = 48 does not fit; 49 and 50 never.
+        // Budget 40 tokens, anchored on the oldest (10): 11 and 9 are equally close (the
+        // earlier arrival first), padded to 11 x 3 = 33 they fit; adding 12 -> 12 x 4 = 48
+        // does not, and 50 / 49 are far away.
         let batch = take_batch(&mut pending, 8, 40);
         let mut lens: Vec<usize> = batch.iter().map(|j| j.tokens.ids.len()).collect();
         lens.sort();
         assert_eq!(lens, vec![9, 10, 11]);
-        assert_eq!(pending.len(), 3);
+        let mut left: Vec<usize> = pending.iter().map(|j| j.tokens.ids.len()).collect();
+        left.sort();
+        assert_eq!(left, vec![12, 49, 50]);
     }
 
     #[test]
@@ -248,7 +375,16 @@ mod tests {
     async fn no_model_is_an_error_not_a_hang() {
         let model = Arc::new(ArcSwapOption::empty());
         let b = Batcher::start(model, BatchConfig::default(), 4);
-        let err = b.infer(Tokenized { ids: vec![101, 102], truncated: false }).await.unwrap_err();
+        let err = b
+            .infer(
+                Tokenized {
+                    ids: vec![101, 102],
+                    truncated: false,
+                },
+                None,
+            )
+            .await
+            .unwrap_err();
         assert!(err.contains("not loaded"));
     }
 }

@@ -21,16 +21,25 @@ pub struct OperatorRules {
 
 impl OperatorRules {
     pub fn load(operator_dir: &Path, training_data: &Path, fusion: FusionConfig) -> Result<Self> {
-        let catalog = Catalog::load(&operator_dir.join("intents.yml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let catalog =
+            Catalog::load(&operator_dir.join("intents.yml")).map_err(|e| anyhow::anyhow!("{e}"))?;
         let nlu = training_data.is_dir().then_some(training_data);
         let keywords = KeywordLayer::load(&operator_dir.join("rules.yml"), nlu, &catalog)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let config_hash = hash_files(operator_dir, training_data)?;
-        Ok(Self { catalog, keywords, fusion, config_hash })
+        Ok(Self {
+            catalog,
+            keywords,
+            fusion,
+            config_hash,
+        })
     }
 
     pub fn display_name(&self, intent: &str) -> String {
-        self.catalog.display_name(intent).unwrap_or(intent).to_string()
+        self.catalog
+            .display_name(intent)
+            .unwrap_or(intent)
+            .to_string()
     }
 }
 

@@ -125,7 +125,11 @@ impl Core {
     }
 
     pub fn model_version(&self) -> String {
-        self.model.load().as_ref().map(|m| m.version.to_string()).unwrap_or_default()
+        self.model
+            .load()
+            .as_ref()
+            .map(|m| m.version.to_string())
+            .unwrap_or_default()
     }
 
     pub fn config_hash(&self) -> String {
@@ -172,15 +176,26 @@ impl Core {
     pub async fn classify(&self, req: &pb::ClassifyRequest) -> Result<ClassifyResult, CoreError> {
         let _permit = self.admit(1)?;
         let _gauge = self.metrics.in_flight_guard();
-        let ctx = validate::classify_request(req, &self.cfg.limits, self.now_ms(), |b| self.known_bot(b))?;
-        self.classify_valid(ctx).await
+        // Tell a batch being gathered that this text is coming.
+        let announced = self.batcher.announce();
+        let ctx = validate::classify_request(req, &self.cfg.limits, self.now_ms(), |b| {
+            self.known_bot(b)
+        })?;
+        self.classify_valid(ctx, Some(announced)).await
     }
 
     /// Answers come back in request order; the whole batch is validated before any work.
-    pub async fn classify_batch(&self, reqs: &[pb::ClassifyRequest]) -> Result<Vec<ClassifyResult>, CoreError> {
+    pub async fn classify_batch(
+        &self,
+        reqs: &[pb::ClassifyRequest],
+    ) -> Result<Vec<ClassifyResult>, CoreError> {
         let limit = self.cfg.limits.max_batch_requests;
         if reqs.is_empty() {
-            return Err(InvalidField { field: "requests".into(), problem: "is empty".into() }.into());
+            return Err(InvalidField {
+                field: "requests".into(),
+                problem: "is empty".into(),
+            }
+            .into());
         }
         if reqs.len() > limit {
             return Err(InvalidField {
@@ -194,17 +209,30 @@ impl Core {
         let now = self.now_ms();
         let mut ctxs = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
-            let ctx = validate::classify_request(r, &self.cfg.limits, now, |b| self.known_bot(b)).map_err(|e| {
-                InvalidField { field: format!("requests[{i}].{}", e.field), problem: e.problem }
+            let ctx = validate::classify_request(r, &self.cfg.limits, now, |b| self.known_bot(b))
+                .map_err(|e| InvalidField {
+                field: format!("requests[{i}].{}", e.field),
+                problem: e.problem,
             })?;
             ctxs.push(ctx);
         }
-        // All texts go to the batcher together, so they share forward passes.
-        let results = futures_util::future::join_all(ctxs.into_iter().map(|c| self.classify_valid(c))).await;
+        // All texts go to the batcher together, so they share forward passes: all are announced
+        // before the first is queued, so the batch waits for the rest.
+        let announced: Vec<_> = ctxs.iter().map(|_| self.batcher.announce()).collect();
+        let results = futures_util::future::join_all(
+            ctxs.into_iter()
+                .zip(announced)
+                .map(|(c, a)| self.classify_valid(c, Some(a))),
+        )
+        .await;
         results.into_iter().collect()
     }
 
-    async fn classify_valid(&self, ctx: MessageContext) -> Result<ClassifyResult, CoreError> {
+    async fn classify_valid(
+        &self,
+        ctx: MessageContext,
+        announced: Option<super::batcher::Announced>,
+    ) -> Result<ClassifyResult, CoreError> {
         let started = Instant::now();
         let playbook = self.playbook.clone();
         let rules = self.rules.load_full();
@@ -213,6 +241,7 @@ impl Core {
 
         // Compliance first: a banned word is blocked before any model work.
         let (classification, decision) = if let Some(decision) = playbook.precheck(&ctx) {
+            drop(announced); // no forward pass for this one
             let cls = Classification {
                 intent: String::new(),
                 confidence: 1.0,
@@ -225,19 +254,35 @@ impl Core {
             };
             (cls, decision)
         } else {
-            let kw = rules.keywords.match_text(&ctx.text);
             let mut truncated = false;
             let mut model_scores: Option<Vec<IntentScore>> = None;
-            if let Some(m) = self.batcher.model() {
-                let t0 = Instant::now();
-                let tokens = m
-                    .backend
-                    .tokenizer()
-                    .tokenize(&ctx.text)
-                    .map_err(|e| CoreError::Internal(format!("tokenizer: {e:#}")))?;
-                timings.tokenize_us = t0.elapsed().as_micros() as u64;
-                truncated = tokens.truncated;
-                match self.batcher.infer(tokens).await {
+            // Queue the forward pass first, then run the keyword layer on this thread while the
+            // compute thread works.
+            let ticket = match self.batcher.model() {
+                Some(m) => {
+                    let t0 = Instant::now();
+                    let tokens = m
+                        .backend
+                        .tokenizer()
+                        .tokenize(&ctx.text)
+                        .map_err(|e| CoreError::Internal(format!("tokenizer: {e:#}")))?;
+                    timings.tokenize_us = t0.elapsed().as_micros() as u64;
+                    truncated = tokens.truncated;
+                    Some(
+                        self.batcher
+                            .submit(tokens, announced)
+                            .await
+                            .map_err(CoreError::Internal)?,
+                    )
+                }
+                None => {
+                    drop(announced);
+                    None
+                }
+            };
+            let kw = rules.keywords.match_text(&ctx.text);
+            if let Some(ticket) = ticket {
+                match ticket.wait().await {
                     Ok(inf) => {
                         timings.queue_us = inf.queue_us;
                         timings.inference_us = inf.inference_us;
@@ -246,7 +291,10 @@ impl Core {
                             .labels
                             .iter()
                             .zip(&inf.prediction.probs)
-                            .map(|(l, &p)| IntentScore { intent: l.clone(), confidence: p })
+                            .map(|(l, &p)| IntentScore {
+                                intent: l.clone(),
+                                confidence: p,
+                            })
                             .collect();
                         scores.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
                         model_scores = Some(scores);
@@ -260,13 +308,26 @@ impl Core {
             cls.truncated = truncated;
             // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
             let always = |i: &str| rules.catalog.handoff(i) == Some(Handoff::Always);
-            let decision = playbook.decide_message_with_catalog(&ctx, &cls, &|i: &str| rules.display_name(i), &always);
+            let decision = playbook.decide_message_with_catalog(
+                &ctx,
+                &cls,
+                &|i: &str| rules.display_name(i),
+                &always,
+            );
             (cls, decision)
         };
 
         timings.total_us = started.elapsed().as_micros() as u64;
-        let recorded = self.record_decision(&ctx, &classification, &decision, timings, &model_version).await;
-        if !decision.reply.as_ref().map(|r| r.text.is_empty()).unwrap_or(true) || decision.send_after_ms > 0 {
+        let recorded = self
+            .record_decision(&ctx, &classification, &decision, timings, &model_version)
+            .await;
+        if !decision
+            .reply
+            .as_ref()
+            .map(|r| r.text.is_empty())
+            .unwrap_or(true)
+            || decision.send_after_ms > 0
+        {
             self.outbound_changed.notify_waiters();
         }
         self.served.fetch_add(1, Ordering::Relaxed);
@@ -277,7 +338,14 @@ impl Core {
             started.elapsed().as_secs_f64(),
         );
         timings.total_us = started.elapsed().as_micros() as u64;
-        Ok(ClassifyResult { ctx, classification, decision, timings, model_version, recorded })
+        Ok(ClassifyResult {
+            ctx,
+            classification,
+            decision,
+            timings,
+            model_version,
+            recorded,
+        })
     }
 
     /// Writes the conversation row (and an audit row for handoffs and blocks) and waits for
@@ -290,7 +358,9 @@ impl Core {
         timings: StepTimings,
         model_version: &str,
     ) -> bool {
-        let Some(storage) = &self.storage else { return false };
+        let Some(storage) = &self.storage else {
+            return false;
+        };
         let triggered = !cls.intent.is_empty() && self.playbook.config().replies.has(&cls.intent);
         let rec = ConversationRecord::from_decision(
             ctx,
@@ -313,7 +383,8 @@ impl Core {
                 return false;
             }
         };
-        match tokio::time::timeout(Duration::from_millis(self.cfg.request_timeout_ms), ticket).await {
+        match tokio::time::timeout(Duration::from_millis(self.cfg.request_timeout_ms), ticket).await
+        {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "store commit failed");
@@ -329,7 +400,8 @@ impl Core {
     pub async fn handle_event(&self, ev: &pb::Event) -> Result<EventDecision, CoreError> {
         let _permit = self.admit(1)?;
         let started = Instant::now();
-        let (at_ms, user) = validate::event(ev, &self.cfg.limits, self.now_ms(), |b| self.known_bot(b))?;
+        let (at_ms, user) =
+            validate::event(ev, &self.cfg.limits, self.now_ms(), |b| self.known_bot(b))?;
         let kind = match pb::EventType::try_from(ev.r#type) {
             Ok(pb::EventType::MemberJoined) => EventKind::MemberJoined,
             Ok(pb::EventType::MemberLeft) => EventKind::MemberLeft,
@@ -356,7 +428,11 @@ impl Core {
                 bot_id: input.bot_id.clone(),
                 chat_id: input.chat_id.clone(),
                 chat_name: input.chat_name.clone(),
-                message_id: if ev.event_id.is_empty() { format!("event-{}-{}", ev.r#type, at_ms) } else { ev.event_id.clone() },
+                message_id: if ev.event_id.is_empty() {
+                    format!("event-{}-{}", ev.r#type, at_ms)
+                } else {
+                    ev.event_id.clone()
+                },
                 text: String::new(),
                 at_ms,
                 user: input.user.clone(),
@@ -371,7 +447,14 @@ impl Core {
                 truncated: false,
                 model_loaded: self.model_loaded(),
             };
-            let rec = ConversationRecord::from_decision(&ctx, &cls, &decision.decision, false, store::Timings::default(), "");
+            let rec = ConversationRecord::from_decision(
+                &ctx,
+                &cls,
+                &decision.decision,
+                false,
+                store::Timings::default(),
+                "",
+            );
             match storage.submit(Record::Conversation(rec)) {
                 Ok(t) => {
                     if let Err(e) = t.await {
@@ -382,7 +465,12 @@ impl Core {
             }
         }
         self.outbound_changed.notify_waiters();
-        self.metrics.observe_request("HandleEvent", "policy", action_name(decision.decision.action), started.elapsed().as_secs_f64());
+        self.metrics.observe_request(
+            "HandleEvent",
+            "policy",
+            action_name(decision.decision.action),
+            started.elapsed().as_secs_f64(),
+        );
         Ok(decision)
     }
 
@@ -394,7 +482,10 @@ impl Core {
         if n > 0 {
             let mut outbox = self.outbox.lock();
             for item in items {
-                outbox.entry(item.bot_id.clone()).or_default().push_back(item);
+                outbox
+                    .entry(item.bot_id.clone())
+                    .or_default()
+                    .push_back(item);
             }
         }
         n
@@ -405,11 +496,14 @@ impl Core {
     pub fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
         self.collect_due();
         let mut outbox = self.outbox.lock();
-        let Some(queue) = outbox.get_mut(bot_id) else { return Vec::new() };
+        let Some(queue) = outbox.get_mut(bot_id) else {
+            return Vec::new();
+        };
         if chats.is_empty() {
             return queue.drain(..).collect();
         }
-        let (mine, rest): (Vec<_>, Vec<_>) = queue.drain(..).partition(|i| chats.contains(&i.chat_id));
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            queue.drain(..).partition(|i| chats.contains(&i.chat_id));
         queue.extend(rest);
         mine
     }
@@ -429,7 +523,12 @@ impl Core {
 
     pub async fn feedback(&self, req: &pb::FeedbackRequest) -> Result<bool, CoreError> {
         let limits = &self.cfg.limits;
-        let invalid = |f: &str, p: &str| CoreError::Invalid(InvalidField { field: f.into(), problem: p.into() });
+        let invalid = |f: &str, p: &str| {
+            CoreError::Invalid(InvalidField {
+                field: f.into(),
+                problem: p.into(),
+            })
+        };
         if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
             return Err(invalid("bot_id", "is empty or not a configured bot"));
         }
@@ -438,10 +537,21 @@ impl Core {
         if req.at_ms < 0 {
             return Err(invalid("at_ms", "must be Unix milliseconds >= 0 (0 = now)"));
         }
-        let kind = store::FeedbackKind::try_from(req.kind)
-            .map_err(|_| invalid("kind", "must be RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN or CLICKED"))?;
-        let storage = self.storage.as_ref().ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
-        let at_ms = if req.at_ms > 0 { req.at_ms } else { self.now_ms() };
+        let kind = store::FeedbackKind::try_from(req.kind).map_err(|_| {
+            invalid(
+                "kind",
+                "must be RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN or CLICKED",
+            )
+        })?;
+        let storage = self
+            .storage
+            .as_ref()
+            .ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
+        let at_ms = if req.at_ms > 0 {
+            req.at_ms
+        } else {
+            self.now_ms()
+        };
         let rec = store::FeedbackRecord {
             bot_id: req.bot_id.clone(),
             message_id: req.message_id.clone(),
@@ -449,13 +559,22 @@ impl Core {
             variant_id: req.variant_id.clone(),
             at_ms,
         };
-        let ticket = storage.submit(Record::Feedback(rec)).map_err(submit_error)?;
-        ticket.await.map_err(|e| CoreError::Internal(format!("store: {e}")))?;
+        let ticket = storage
+            .submit(Record::Feedback(rec))
+            .map_err(submit_error)?;
+        ticket
+            .await
+            .map_err(|e| CoreError::Internal(format!("store: {e}")))?;
         Ok(true)
     }
 
     pub async fn human_reply(&self, req: &pb::HumanReplyRequest) -> Result<bool, CoreError> {
-        let invalid = |f: &str, p: &str| CoreError::Invalid(InvalidField { field: f.into(), problem: p.into() });
+        let invalid = |f: &str, p: &str| {
+            CoreError::Invalid(InvalidField {
+                field: f.into(),
+                problem: p.into(),
+            })
+        };
         if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
             return Err(invalid("bot_id", "is empty or not a configured bot"));
         }
@@ -464,17 +583,27 @@ impl Core {
         if req.at_ms < 0 {
             return Err(invalid("at_ms", "must be Unix milliseconds >= 0 (0 = now)"));
         }
-        let at_ms = if req.at_ms > 0 { req.at_ms } else { self.now_ms() };
+        let at_ms = if req.at_ms > 0 {
+            req.at_ms
+        } else {
+            self.now_ms()
+        };
         self.playbook.record_human_reply(&req.bot_id, &req.chat_id);
-        let Some(storage) = &self.storage else { return Ok(false) };
+        let Some(storage) = &self.storage else {
+            return Ok(false);
+        };
         let rec = store::HumanReplyRecord {
             bot_id: req.bot_id.clone(),
             chat_id: req.chat_id.clone(),
             message_id: req.message_id.clone(),
             at_ms,
         };
-        let ticket = storage.submit(Record::HumanReply(rec)).map_err(submit_error)?;
-        ticket.await.map_err(|e| CoreError::Internal(format!("store: {e}")))?;
+        let ticket = storage
+            .submit(Record::HumanReply(rec))
+            .map_err(submit_error)?;
+        ticket
+            .await
+            .map_err(|e| CoreError::Internal(format!("store: {e}")))?;
         Ok(true)
     }
 
@@ -482,11 +611,18 @@ impl Core {
     /// runtime threads that answer Classify.
     pub async fn stats(&self, req: &pb::StatsRequest) -> Result<pb::StatsResponse, CoreError> {
         if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
-            return Err(InvalidField { field: "bot_id".into(), problem: "is empty or not a configured bot".into() }.into());
+            return Err(InvalidField {
+                field: "bot_id".into(),
+                problem: "is empty or not a configured bot".into(),
+            }
+            .into());
         }
         validate::check_id("chat_id", &req.chat_id, false, &self.cfg.limits)?;
         validate::check_id("experiment", &req.experiment, false, &self.cfg.limits)?;
-        let storage = self.storage.clone().ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
+        let storage = self
+            .storage
+            .clone()
+            .ok_or_else(|| CoreError::FailedPrecondition("the store is disabled".into()))?;
         let mut req = req.clone();
         if req.to_ms == 0 {
             req.to_ms = self.now_ms();
@@ -496,7 +632,11 @@ impl Core {
             .map_err(|e| CoreError::Internal(format!("stats query crashed: {e}")))?;
         answer.map_err(|e| match e {
             // A bad window (from after to, negative) is the caller's mistake, not ours.
-            store::StoreError::Invalid(m) => InvalidField { field: "from_ms/to_ms".into(), problem: m }.into(),
+            store::StoreError::Invalid(m) => InvalidField {
+                field: "from_ms/to_ms".into(),
+                problem: m,
+            }
+            .into(),
             e => CoreError::Internal(format!("store: {e}")),
         })
     }
@@ -513,11 +653,18 @@ impl Core {
             Ok(m) => {
                 let version = m.card.version.clone();
                 self.install_model(Arc::new(m));
-                self.audit(actor, store::AuditAction::ModelChange, &format!("model {version} loaded"));
+                self.audit(
+                    actor,
+                    store::AuditAction::ModelChange,
+                    &format!("model {version} loaded"),
+                );
                 Ok(version)
             }
             Err(e) => {
-                let msg = format!("model reload rejected, still serving {}: {e:#}", self.model_version());
+                let msg = format!(
+                    "model reload rejected, still serving {}: {e:#}",
+                    self.model_version()
+                );
                 self.audit(actor, store::AuditAction::ModelChange, &msg);
                 Err(CoreError::FailedPrecondition(msg))
             }
@@ -533,8 +680,11 @@ impl Core {
         // its live state: spacing, cooldowns, open handoffs), then the rules swap: a broken
         // file anywhere leaves everything as it was.
         let loaded = tokio::task::spawn_blocking(move || -> Result<OperatorRules> {
-            let rules = OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())?;
-            playbook.reload(&cfg.operator_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rules =
+                OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())?;
+            playbook
+                .reload(&cfg.operator_dir)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(rules)
         })
         .await
@@ -543,12 +693,19 @@ impl Core {
             Ok(rules) => {
                 let hash = rules.config_hash.clone();
                 self.rules.store(Arc::new(rules));
-                self.audit(actor, store::AuditAction::ConfigChange, &format!("operator files {hash} loaded"));
+                self.audit(
+                    actor,
+                    store::AuditAction::ConfigChange,
+                    &format!("operator files {hash} loaded"),
+                );
                 self.outbound_changed.notify_waiters();
                 Ok(hash)
             }
             Err(e) => {
-                let msg = format!("operator reload rejected, still serving {}: {e:#}", self.config_hash());
+                let msg = format!(
+                    "operator reload rejected, still serving {}: {e:#}",
+                    self.config_hash()
+                );
                 self.audit(actor, store::AuditAction::ConfigChange, &msg);
                 Err(CoreError::FailedPrecondition(msg))
             }
@@ -560,14 +717,24 @@ impl Core {
     /// same database a real server would have. Audited as an admin call.
     pub async fn set_clock(&self, now_ms: i64, actor: &str) -> Result<i64, CoreError> {
         let clock = self.manual_clock.as_ref().ok_or_else(|| {
-            CoreError::FailedPrecondition("the server runs on the system clock (start it with --manual-clock)".into())
+            CoreError::FailedPrecondition(
+                "the server runs on the system clock (start it with --manual-clock)".into(),
+            )
         })?;
         if now_ms <= 0 {
-            return Err(InvalidField { field: "now_ms".into(), problem: "must be positive Unix milliseconds".into() }.into());
+            return Err(InvalidField {
+                field: "now_ms".into(),
+                problem: "must be positive Unix milliseconds".into(),
+            }
+            .into());
         }
         let before = self.now_ms();
         clock.set_ms(now_ms);
-        self.audit(actor, store::AuditAction::AdminCall, &format!("SetClock {before} -> {now_ms}"));
+        self.audit(
+            actor,
+            store::AuditAction::AdminCall,
+            &format!("SetClock {before} -> {now_ms}"),
+        );
         if let Some(storage) = self.storage.clone() {
             match tokio::task::spawn_blocking(move || storage.purge()).await {
                 Ok(Ok(_)) => {}

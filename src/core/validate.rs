@@ -45,11 +45,19 @@ pub struct InvalidField {
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidField {
-    InvalidField { field: field.into(), problem: problem.into() }
+    InvalidField {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 /// An id field: required or not, at most `limits.max_id_bytes`, no control characters.
-pub fn check_id(field: &str, value: &str, required: bool, limits: &Limits) -> Result<(), InvalidField> {
+pub fn check_id(
+    field: &str,
+    value: &str,
+    required: bool,
+    limits: &Limits,
+) -> Result<(), InvalidField> {
     if value.trim().is_empty() {
         if required {
             return Err(invalid(field, "is required and must not be empty"));
@@ -57,7 +65,14 @@ pub fn check_id(field: &str, value: &str, required: bool, limits: &Limits) -> Re
         return Ok(());
     }
     if value.len() > limits.max_id_bytes {
-        return Err(invalid(field, format!("is {} bytes, over the limit of {}", value.len(), limits.max_id_bytes)));
+        return Err(invalid(
+            field,
+            format!(
+                "is {} bytes, over the limit of {}",
+                value.len(),
+                limits.max_id_bytes
+            ),
+        ));
     }
     if value.chars().any(|c| c.is_control()) {
         return Err(invalid(field, "must not contain control characters"));
@@ -71,12 +86,22 @@ pub fn check_text(field: &str, text: &str, limits: &Limits) -> Result<(), Invali
     }
     let chars = text.chars().count();
     if chars > limits.max_text_chars {
-        return Err(invalid(field, format!("is {chars} characters, over the limit of {}", limits.max_text_chars)));
+        return Err(invalid(
+            field,
+            format!(
+                "is {chars} characters, over the limit of {}",
+                limits.max_text_chars
+            ),
+        ));
     }
     Ok(())
 }
 
-fn check_user(prefix: &str, user: Option<&pb::User>, limits: &Limits) -> Result<UserInfo, InvalidField> {
+fn check_user(
+    prefix: &str,
+    user: Option<&pb::User>,
+    limits: &Limits,
+) -> Result<UserInfo, InvalidField> {
     let Some(u) = user else {
         return Err(invalid(prefix, "is required (at least user.id)"));
     };
@@ -85,19 +110,38 @@ fn check_user(prefix: &str, user: Option<&pb::User>, limits: &Limits) -> Result<
     if nick_chars > limits.max_nickname_chars {
         return Err(invalid(
             format!("{prefix}.nickname"),
-            format!("is {nick_chars} characters, over the limit of {}", limits.max_nickname_chars),
+            format!(
+                "is {nick_chars} characters, over the limit of {}",
+                limits.max_nickname_chars
+            ),
         ));
     }
     if u.tags.len() > limits.max_tags {
-        return Err(invalid(format!("{prefix}.tags"), format!("has {} tags, over the limit of {}", u.tags.len(), limits.max_tags)));
+        return Err(invalid(
+            format!("{prefix}.tags"),
+            format!(
+                "has {} tags, over the limit of {}",
+                u.tags.len(),
+                limits.max_tags
+            ),
+        ));
     }
     for (i, t) in u.tags.iter().enumerate() {
         if t.trim().is_empty() || t.chars().count() > limits.max_tag_chars {
-            return Err(invalid(format!("{prefix}.tags[{i}]"), format!("must be 1..={} characters", limits.max_tag_chars)));
+            return Err(invalid(
+                format!("{prefix}.tags[{i}]"),
+                format!("must be 1..={} characters", limits.max_tag_chars),
+            ));
         }
     }
     if u.city.chars().count() > limits.max_nickname_chars {
-        return Err(invalid(format!("{prefix}.city"), format!("is over the limit of {} characters", limits.max_nickname_chars)));
+        return Err(invalid(
+            format!("{prefix}.city"),
+            format!(
+                "is over the limit of {} characters",
+                limits.max_nickname_chars
+            ),
+        ));
     }
     Ok(UserInfo {
         id: u.id.clone(),
@@ -113,10 +157,19 @@ fn check_time(field: &str, ms: i64, now_ms: i64, limits: &Limits) -> Result<i64,
         return Ok(now_ms);
     }
     if ms < 0 {
-        return Err(invalid(field, "must be Unix milliseconds (>= 0; 0 means now)"));
+        return Err(invalid(
+            field,
+            "must be Unix milliseconds (>= 0; 0 means now)",
+        ));
     }
     if ms > now_ms + limits.max_future_skew_ms {
-        return Err(invalid(field, format!("is more than {} ms in the future", limits.max_future_skew_ms)));
+        return Err(invalid(
+            field,
+            format!(
+                "is more than {} ms in the future",
+                limits.max_future_skew_ms
+            ),
+        ));
     }
     Ok(ms)
 }
@@ -131,13 +184,25 @@ pub fn classify_request(
 ) -> Result<MessageContext, InvalidField> {
     check_id("bot_id", &req.bot_id, true, limits)?;
     if !known_bot(&req.bot_id) {
-        return Err(invalid("bot_id", format!("unknown bot '{}' (not in the server configuration)", req.bot_id)));
+        return Err(invalid(
+            "bot_id",
+            format!(
+                "unknown bot '{}' (not in the server configuration)",
+                req.bot_id
+            ),
+        ));
     }
     check_id("chat_id", &req.chat_id, true, limits)?;
     check_id("message_id", &req.message_id, true, limits)?;
     check_text("text", &req.text, limits)?;
     if req.chat_name.chars().count() > limits.max_nickname_chars {
-        return Err(invalid("chat_name", format!("is over the limit of {} characters", limits.max_nickname_chars)));
+        return Err(invalid(
+            "chat_name",
+            format!(
+                "is over the limit of {} characters",
+                limits.max_nickname_chars
+            ),
+        ));
     }
     let user = check_user("user", req.user.as_ref(), limits)?;
     let at_ms = check_time("sent_at_ms", req.sent_at_ms, now_ms, limits)?;
@@ -161,19 +226,44 @@ pub fn event(
 ) -> Result<(i64, Option<UserInfo>), InvalidField> {
     check_id("bot_id", &ev.bot_id, true, limits)?;
     if !known_bot(&ev.bot_id) {
-        return Err(invalid("bot_id", format!("unknown bot '{}' (not in the server configuration)", ev.bot_id)));
+        return Err(invalid(
+            "bot_id",
+            format!(
+                "unknown bot '{}' (not in the server configuration)",
+                ev.bot_id
+            ),
+        ));
     }
     check_id("chat_id", &ev.chat_id, true, limits)?;
     check_id("target_id", &ev.target_id, false, limits)?;
     check_id("event_id", &ev.event_id, false, limits)?;
-    let ty = pb::EventType::try_from(ev.r#type).map_err(|_| invalid("type", format!("unknown event type {}", ev.r#type)))?;
+    let ty = pb::EventType::try_from(ev.r#type)
+        .map_err(|_| invalid("type", format!("unknown event type {}", ev.r#type)))?;
     if ty == pb::EventType::Unspecified {
-        return Err(invalid("type", "must be set (MEMBER_JOINED, MEMBER_LEFT, LINK_CLICKED, CARD_SHARED or ACTIVITY)"));
+        return Err(invalid(
+            "type",
+            "must be set (MEMBER_JOINED, MEMBER_LEFT, LINK_CLICKED, CARD_SHARED or ACTIVITY)",
+        ));
     }
-    let needs_user = matches!(ty, pb::EventType::MemberJoined | pb::EventType::MemberLeft | pb::EventType::LinkClicked | pb::EventType::CardShared);
-    let user = if needs_user || ev.user.is_some() { Some(check_user("user", ev.user.as_ref(), limits)?) } else { None };
-    if matches!(ty, pb::EventType::LinkClicked | pb::EventType::CardShared) && ev.target_id.is_empty() {
-        return Err(invalid("target_id", "is required for LINK_CLICKED and CARD_SHARED"));
+    let needs_user = matches!(
+        ty,
+        pb::EventType::MemberJoined
+            | pb::EventType::MemberLeft
+            | pb::EventType::LinkClicked
+            | pb::EventType::CardShared
+    );
+    let user = if needs_user || ev.user.is_some() {
+        Some(check_user("user", ev.user.as_ref(), limits)?)
+    } else {
+        None
+    };
+    if matches!(ty, pb::EventType::LinkClicked | pb::EventType::CardShared)
+        && ev.target_id.is_empty()
+    {
+        return Err(invalid(
+            "target_id",
+            "is required for LINK_CLICKED and CARD_SHARED",
+        ));
     }
     let at_ms = check_time("at_ms", ev.at_ms, now_ms, limits)?;
     Ok((at_ms, user))
@@ -189,7 +279,11 @@ mod tests {
             chat_id: "g1".into(),
             message_id: "m1".into(),
             text: text.into(),
-            user: Some(pb::User { id: "u1".into(), nickname: "小王".into(), ..Default::default() }),
+            user: Some(pb::User {
+                id: "u1".into(),
+                nickname: "小王".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -211,10 +305,16 @@ mod tests {
         let long = "退".repeat(2001);
         let e = check(&req(&long)).unwrap_err();
         assert_eq!(e.field, "text");
-        assert!(e.problem.contains("2001") && e.problem.contains("2000"), "{e}");
+        assert!(
+            e.problem.contains("2001") && e.problem.contains("2000"),
+            "{e}"
+        );
         let mut r = req("hi");
         r.bot_id = "other".into();
-        assert!(check(&r).unwrap_err().to_string().starts_with("bot_id: unknown bot"));
+        assert!(check(&r)
+            .unwrap_err()
+            .to_string()
+            .starts_with("bot_id: unknown bot"));
         let mut r = req("hi");
         r.user = None;
         assert_eq!(check(&r).unwrap_err().field, "user");

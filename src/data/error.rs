@@ -41,7 +41,13 @@ impl DataError {
     }
 
     pub fn new(file: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
-        DataError { at: Location { file: file.to_path_buf(), line }, message: one_line(&message.into()) }
+        DataError {
+            at: Location {
+                file: file.to_path_buf(),
+                line,
+            },
+            message: one_line(&message.into()),
+        }
     }
 
     /// An I/O error reading `file`, worded like the shell does (`no such file or directory`).
@@ -68,7 +74,12 @@ fn one_line(message: &str) -> String {
     if !message.contains(['\n', '\r']) {
         return message.to_string();
     }
-    message.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
+    message
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A compile error of `regex` in one line (the crate's own message spans several lines with a
@@ -80,7 +91,9 @@ pub fn regex_error_message(pattern: &str, err: &regex::Error) -> String {
             .rev()
             .find_map(|l| l.trim().strip_prefix("error: ").map(str::to_string))
             .unwrap_or_else(|| one_line(s)),
-        regex::Error::CompiledTooBig(limit) => format!("compiled pattern exceeds the size limit of {limit} bytes"),
+        regex::Error::CompiledTooBig(limit) => {
+            format!("compiled pattern exceeds the size limit of {limit} bytes")
+        }
         other => one_line(&other.to_string()),
     };
     format!("invalid regex '{pattern}': {detail}")
@@ -99,7 +112,11 @@ pub fn read_utf8(path: &Path) -> Result<String, DataError> {
         Err(e) => {
             let good = e.utf8_error().valid_up_to();
             let line = e.as_bytes()[..good].iter().filter(|&&b| b == b'\n').count() + 1;
-            Err(DataError::at_line(path, line, "invalid UTF-8 (files must be UTF-8 encoded)"))
+            Err(DataError::at_line(
+                path,
+                line,
+                "invalid UTF-8 (files must be UTF-8 encoded)",
+            ))
         }
     }
 }

@@ -18,11 +18,17 @@ pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(
         let value: Value = serde_json::from_str(line).map_err(|e| {
             let msg = e.to_string();
             // serde_json says "... at line 1 column 9"; the line is always 1 here.
-            let msg = msg.split(" at line 1 column ").next().unwrap_or(&msg).to_string();
+            let msg = msg
+                .split(" at line 1 column ")
+                .next()
+                .unwrap_or(&msg)
+                .to_string();
             err(format!("invalid JSON: {msg} (column {})", e.column()))
         })?;
         let Value::Object(obj) = value else {
-            return Err(err("expected a JSON object with \"text\" and \"intent\"".into()));
+            return Err(err(
+                "expected a JSON object with \"text\" and \"intent\"".into()
+            ));
         };
         let field = |name: &str| -> Result<Option<&str>, DataError> {
             match obj.get(name) {
@@ -34,7 +40,9 @@ pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(
         let text = field("text")?.ok_or_else(|| err("missing field \"text\"".into()))?;
         let label = match (field("intent")?, field("label")?) {
             (Some(a), Some(b)) if a.trim() != b.trim() => {
-                return Err(err(format!("both \"intent\" ('{a}') and \"label\" ('{b}') given; use one")));
+                return Err(err(format!(
+                    "both \"intent\" ('{a}') and \"label\" ('{b}') given; use one"
+                )));
             }
             (Some(a), _) | (None, Some(a)) => a,
             (None, None) => return Err(err("missing field \"intent\"".into())),
@@ -59,13 +67,18 @@ mod tests {
             "{\"text\": \"多少钱\", \"intent\": \"price\", \"id\": 7}\n\n{\"label\": \"greeting\", \"text\": \"你好\"}\n",
         )
         .unwrap();
-        let got: Vec<(&str, &str, usize)> = rows.iter().map(|e| (e.text.as_str(), e.label.as_str(), e.origin.line)).collect();
+        let got: Vec<(&str, &str, usize)> = rows
+            .iter()
+            .map(|e| (e.text.as_str(), e.label.as_str(), e.origin.line))
+            .collect();
         assert_eq!(got, vec![("多少钱", "price", 1), ("你好", "greeting", 3)]);
     }
 
     #[test]
     fn missing_fields() {
-        let e = parse_str("{\"text\":\"a\",\"intent\":\"x\"}\n{\"text\":\"a\"}\n{\"text\":\"b\"}\n").unwrap_err();
+        let e =
+            parse_str("{\"text\":\"a\",\"intent\":\"x\"}\n{\"text\":\"a\"}\n{\"text\":\"b\"}\n")
+                .unwrap_err();
         assert_eq!(e.to_string(), "a.jsonl:2: missing field \"intent\"");
         let e = parse_str("{\"intent\":\"x\"}\n").unwrap_err();
         assert_eq!(e.to_string(), "a.jsonl:1: missing field \"text\"");
@@ -74,7 +87,9 @@ mod tests {
     #[test]
     fn wrong_types_and_bad_json() {
         assert_eq!(
-            parse_str("{\"text\": 5, \"intent\": \"x\"}\n").unwrap_err().to_string(),
+            parse_str("{\"text\": 5, \"intent\": \"x\"}\n")
+                .unwrap_err()
+                .to_string(),
             "a.jsonl:1: field \"text\" must be a string"
         );
         assert_eq!(
@@ -93,7 +108,17 @@ mod tests {
         assert_eq!(e.line(), Some(1));
         assert!(e.message.contains("both \"intent\""));
         assert!(parse_str("{\"text\":\"a\",\"intent\":\"x\",\"label\":\"x\"}\n").is_ok());
-        assert_eq!(parse_str("{\"text\":\"  \",\"intent\":\"x\"}\n").unwrap_err().to_string(), "a.jsonl:1: empty text");
-        assert_eq!(parse_str("{\"text\":\"a\",\"intent\":\"\"}\n").unwrap_err().to_string(), "a.jsonl:1: empty label");
+        assert_eq!(
+            parse_str("{\"text\":\"  \",\"intent\":\"x\"}\n")
+                .unwrap_err()
+                .to_string(),
+            "a.jsonl:1: empty text"
+        );
+        assert_eq!(
+            parse_str("{\"text\":\"a\",\"intent\":\"\"}\n")
+                .unwrap_err()
+                .to_string(),
+            "a.jsonl:1: empty label"
+        );
     }
 }

@@ -42,7 +42,10 @@ pub struct Origin {
 
 impl Origin {
     pub fn new(file: &Path, line: usize) -> Self {
-        Origin { file: file.to_path_buf(), line }
+        Origin {
+            file: file.to_path_buf(),
+            line,
+        }
     }
 }
 
@@ -108,7 +111,10 @@ pub struct Dataset {
 pub fn load(path: &Path) -> Result<Dataset, DataError> {
     let dataset = load_allow_empty(path)?;
     if dataset.examples.is_empty() {
-        return Err(DataError::in_file(path, "no examples found (empty dataset)"));
+        return Err(DataError::in_file(
+            path,
+            "no examples found (empty dataset)",
+        ));
     }
     Ok(dataset)
 }
@@ -154,16 +160,27 @@ fn format_of(path: &Path) -> Option<Format> {
 }
 
 fn unsupported(path: &Path) -> DataError {
-    DataError::in_file(path, "unsupported file type (expected .tsv, .jsonl, .yml or .yaml)")
+    DataError::in_file(
+        path,
+        "unsupported file type (expected .tsv, .jsonl, .yml or .yaml)",
+    )
 }
 
 /// Files a folder may hold besides data: documentation and hidden files.
 fn is_skipped(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
-    name.starts_with('.') || name.to_ascii_lowercase().starts_with("readme") || name.to_ascii_lowercase().ends_with(".md")
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name.starts_with('.')
+        || name.to_ascii_lowercase().starts_with("readme")
+        || name.to_ascii_lowercase().ends_with(".md")
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<PathBuf>) -> Result<(), DataError> {
+fn collect_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    visited: &mut HashSet<PathBuf>,
+) -> Result<(), DataError> {
     // Symlinked folders could loop; remember where we have been.
     let real = std::fs::canonicalize(dir).map_err(|e| DataError::io(dir, &e))?;
     if !visited.insert(real) {
@@ -212,7 +229,12 @@ pub fn normalize_example_text(text: &str) -> String {
 }
 
 /// Checks and normalises one example; `line` is where it was read.
-pub(crate) fn make_example(file: &Path, line: usize, text: &str, label: &str) -> Result<Example, DataError> {
+pub(crate) fn make_example(
+    file: &Path,
+    line: usize,
+    text: &str,
+    label: &str,
+) -> Result<Example, DataError> {
     let text = normalize_example_text(text);
     let label = label.trim();
     if text.is_empty() {
@@ -230,13 +252,21 @@ pub(crate) fn make_example(file: &Path, line: usize, text: &str, label: &str) ->
             format!("text is {chars} characters long, over the limit of {MAX_TEXT_CHARS}"),
         ));
     }
-    Ok(Example { text, label: label.to_string(), origin: Origin::new(file, line) })
+    Ok(Example {
+        text,
+        label: label.to_string(),
+        origin: Origin::new(file, line),
+    })
 }
 
 /// Labels are intent ids: one word, no spaces, bounded length.
 pub(crate) fn check_label(file: &Path, line: usize, label: &str) -> Result<(), DataError> {
     if label.chars().any(char::is_whitespace) {
-        return Err(DataError::at_line(file, line, format!("label '{label}' contains whitespace")));
+        return Err(DataError::at_line(
+            file,
+            line,
+            format!("label '{label}' contains whitespace"),
+        ));
     }
     let chars = label.chars().count();
     if chars > MAX_LABEL_CHARS {
@@ -268,14 +298,19 @@ fn finish(raw: Dataset) -> Result<Dataset, DataError> {
         if same.len() > 1 && reported.insert(ex.text.clone()) {
             conflicts.push(Conflict {
                 text: ex.text.clone(),
-                labels: same.iter().map(|&i| (examples[i].label.clone(), examples[i].origin.clone())).collect(),
+                labels: same
+                    .iter()
+                    .map(|&i| (examples[i].label.clone(), examples[i].origin.clone()))
+                    .collect(),
             });
         }
     }
 
     let mut canonical_at: HashMap<&str, &Origin> = HashMap::new();
     for s in &raw.synonyms {
-        canonical_at.entry(s.canonical.as_str()).or_insert(&s.origin);
+        canonical_at
+            .entry(s.canonical.as_str())
+            .or_insert(&s.origin);
     }
     let mut variant_of: HashMap<&str, (&str, &Origin)> = HashMap::new();
     for s in &raw.synonyms {
@@ -286,14 +321,20 @@ fn finish(raw: Dataset) -> Result<Dataset, DataError> {
             if let Some(at) = canonical_at.get(v.as_str()) {
                 return Err(origin_error(
                     &s.origin,
-                    format!("'{v}' is listed as a variant of '{}' but is itself a synonym (at {at})", s.canonical),
+                    format!(
+                        "'{v}' is listed as a variant of '{}' but is itself a synonym (at {at})",
+                        s.canonical
+                    ),
                 ));
             }
             match variant_of.get(v.as_str()) {
                 Some((other, at)) if *other != s.canonical => {
                     return Err(origin_error(
                         &s.origin,
-                        format!("variant '{v}' of '{}' already belongs to synonym '{other}' (at {at})", s.canonical),
+                        format!(
+                            "variant '{v}' of '{}' already belongs to synonym '{other}' (at {at})",
+                            s.canonical
+                        ),
                     ));
                 }
                 _ => {
@@ -306,17 +347,29 @@ fn finish(raw: Dataset) -> Result<Dataset, DataError> {
     let mut regex_at: HashMap<&str, &Origin> = HashMap::new();
     for r in &raw.regexes {
         if let Some(first) = regex_at.insert(&r.name, &r.origin) {
-            return Err(origin_error(&r.origin, format!("duplicate regex '{}' (first defined at {first})", r.name)));
+            return Err(origin_error(
+                &r.origin,
+                format!("duplicate regex '{}' (first defined at {first})", r.name),
+            ));
         }
     }
     let mut lookup_at: HashMap<&str, &Origin> = HashMap::new();
     for l in &raw.lookups {
         if let Some(first) = lookup_at.insert(&l.name, &l.origin) {
-            return Err(origin_error(&l.origin, format!("duplicate lookup '{}' (first defined at {first})", l.name)));
+            return Err(origin_error(
+                &l.origin,
+                format!("duplicate lookup '{}' (first defined at {first})", l.name),
+            ));
         }
     }
 
-    Ok(Dataset { examples, synonyms: raw.synonyms, regexes: raw.regexes, lookups: raw.lookups, conflicts })
+    Ok(Dataset {
+        examples,
+        synonyms: raw.synonyms,
+        regexes: raw.regexes,
+        lookups: raw.lookups,
+        conflicts,
+    })
 }
 
 fn origin_error(origin: &Origin, message: String) -> DataError {
@@ -336,7 +389,12 @@ impl Dataset {
     pub fn without_conflicts(&self) -> Dataset {
         let bad: HashSet<&str> = self.conflicts.iter().map(|c| c.text.as_str()).collect();
         Dataset {
-            examples: self.examples.iter().filter(|e| !bad.contains(e.text.as_str())).cloned().collect(),
+            examples: self
+                .examples
+                .iter()
+                .filter(|e| !bad.contains(e.text.as_str()))
+                .cloned()
+                .collect(),
             synonyms: self.synonyms.clone(),
             regexes: self.regexes.clone(),
             lookups: self.lookups.clone(),
@@ -347,7 +405,11 @@ impl Dataset {
     /// SHA-256 (hex) of the examples as (label, text) pairs in sorted order: the same data gives
     /// the same hash whichever files or order it came in; origins do not count.
     pub fn content_hash(&self) -> String {
-        let mut pairs: Vec<(&str, &str)> = self.examples.iter().map(|e| (e.label.as_str(), e.text.as_str())).collect();
+        let mut pairs: Vec<(&str, &str)> = self
+            .examples
+            .iter()
+            .map(|e| (e.label.as_str(), e.text.as_str()))
+            .collect();
         pairs.sort_unstable();
         pairs.dedup();
         let mut h = Sha256::new();
@@ -366,7 +428,10 @@ impl Dataset {
         for e in &self.examples {
             *counts.entry(&e.label).or_default() += 1;
         }
-        let mut out: Vec<(String, usize)> = counts.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut out: Vec<(String, usize)> = counts
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         out.sort();
         out
     }
@@ -387,7 +452,10 @@ mod tests {
 
     #[test]
     fn origin_displays_file_colon_line() {
-        assert_eq!(Origin::new(Path::new("a/b.tsv"), 3).to_string(), "a/b.tsv:3");
+        assert_eq!(
+            Origin::new(Path::new("a/b.tsv"), 3).to_string(),
+            "a/b.tsv:3"
+        );
     }
 
     #[test]
@@ -401,22 +469,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "x.csv", "a,b\n");
         let e = load(&p).unwrap_err();
-        assert_eq!(e.to_string(), format!("{}: unsupported file type (expected .tsv, .jsonl, .yml or .yaml)", p.display()));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: unsupported file type (expected .tsv, .jsonl, .yml or .yaml)",
+                p.display()
+            )
+        );
     }
 
     #[test]
     fn folder_loads_all_formats_recursively_in_path_order() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "b.tsv", "text\tlabel\n多少钱\tprice\n");
-        write(dir.path(), "a.jsonl", "{\"text\": \"你好\", \"intent\": \"greeting\"}\n");
-        write(dir.path(), "sub/c.yml", "version: \"3.1\"\nnlu:\n- intent: thanks\n  examples: |\n    - 谢谢\n");
+        write(
+            dir.path(),
+            "a.jsonl",
+            "{\"text\": \"你好\", \"intent\": \"greeting\"}\n",
+        );
+        write(
+            dir.path(),
+            "sub/c.yml",
+            "version: \"3.1\"\nnlu:\n- intent: thanks\n  examples: |\n    - 谢谢\n",
+        );
         write(dir.path(), "README.md", "docs\n");
         write(dir.path(), "sub/notes.md", "docs\n");
         write(dir.path(), ".gitkeep", "");
         let ds = load(dir.path()).unwrap();
-        let got: Vec<(&str, &str, usize)> =
-            ds.examples.iter().map(|e| (e.text.as_str(), e.label.as_str(), e.origin.line)).collect();
-        assert_eq!(got, vec![("你好", "greeting", 1), ("多少钱", "price", 2), ("谢谢", "thanks", 5)]);
+        let got: Vec<(&str, &str, usize)> = ds
+            .examples
+            .iter()
+            .map(|e| (e.text.as_str(), e.label.as_str(), e.origin.line))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("你好", "greeting", 1),
+                ("多少钱", "price", 2),
+                ("谢谢", "thanks", 5)
+            ]
+        );
         assert_eq!(ds.examples[2].origin.file, dir.path().join("sub/c.yml"));
         assert_eq!(ds.labels(), vec!["greeting", "price", "thanks"]);
     }
@@ -436,7 +528,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "README.md", "nothing here\n");
         let e = load(dir.path()).unwrap_err();
-        assert_eq!(e.to_string(), format!("{}: no examples found (empty dataset)", dir.path().display()));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: no examples found (empty dataset)",
+                dir.path().display()
+            )
+        );
         // ...but fine for resources-only loading
         assert!(load_allow_empty(dir.path()).unwrap().examples.is_empty());
     }
@@ -444,8 +542,15 @@ mod tests {
     #[test]
     fn resources_only_file_needs_allow_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "synonyms.yml", "nlu:\n- synonym: 退款\n  examples: |\n    - 退钱\n");
-        assert!(load(&p).unwrap_err().to_string().ends_with(": no examples found (empty dataset)"));
+        let p = write(
+            dir.path(),
+            "synonyms.yml",
+            "nlu:\n- synonym: 退款\n  examples: |\n    - 退钱\n",
+        );
+        assert!(load(&p)
+            .unwrap_err()
+            .to_string()
+            .ends_with(": no examples found (empty dataset)"));
         let ds = load_allow_empty(&p).unwrap();
         assert_eq!(ds.synonyms[0].variants, vec!["退钱"]);
     }
@@ -453,8 +558,16 @@ mod tests {
     #[test]
     fn identical_duplicates_are_merged_and_conflicts_collected() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a.tsv", "多少钱\tprice\n多少钱\tprice\n  能退吗 \trefund\n");
-        write(dir.path(), "b.tsv", "能退吗\texchange\n多少钱\tprice\n能退吗\trefund\n");
+        write(
+            dir.path(),
+            "a.tsv",
+            "多少钱\tprice\n多少钱\tprice\n  能退吗 \trefund\n",
+        );
+        write(
+            dir.path(),
+            "b.tsv",
+            "能退吗\texchange\n多少钱\tprice\n能退吗\trefund\n",
+        );
         let ds = load(dir.path()).unwrap();
         assert_eq!(ds.examples.len(), 3);
         assert_eq!(ds.conflicts.len(), 1);
@@ -496,11 +609,18 @@ mod tests {
     fn overlong_text_names_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let long = "长".repeat(MAX_TEXT_CHARS + 1);
-        let p = write(dir.path(), "a.tsv", &format!("好\tgreeting\n{long}\tprice\n"));
+        let p = write(
+            dir.path(),
+            "a.tsv",
+            &format!("好\tgreeting\n{long}\tprice\n"),
+        );
         let e = load(&p).unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("{}:2: text is 1001 characters long, over the limit of 1000", p.display())
+            format!(
+                "{}:2: text is 1001 characters long, over the limit of 1000",
+                p.display()
+            )
         );
     }
 
@@ -508,18 +628,29 @@ mod tests {
     fn label_with_space_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "a.tsv", "好\tgreet ing\n");
-        assert_eq!(load(&p).unwrap_err().to_string(), format!("{}:1: label 'greet ing' contains whitespace", p.display()));
+        assert_eq!(
+            load(&p).unwrap_err().to_string(),
+            format!("{}:1: label 'greet ing' contains whitespace", p.display())
+        );
     }
 
     #[test]
     fn conflicting_synonym_variants_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a.yml", "nlu:\n- synonym: 退款\n  examples: |\n    - 退钱\n");
+        write(
+            dir.path(),
+            "a.yml",
+            "nlu:\n- synonym: 退款\n  examples: |\n    - 退钱\n",
+        );
         let b = write(dir.path(), "b.yml", "nlu:\n- intent: refund\n  examples: |\n    - 退\n- synonym: 退货\n  examples: |\n    - 退钱\n");
         let e = load(dir.path()).unwrap_err();
         assert_eq!(e.file(), b.as_path());
         assert_eq!(e.line(), Some(5));
-        assert!(e.message.contains("variant '退钱' of '退货' already belongs to synonym '退款'"), "{e}");
+        assert!(
+            e.message
+                .contains("variant '退钱' of '退货' already belongs to synonym '退款'"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -532,7 +663,11 @@ mod tests {
         );
         let e = load_allow_empty(&p).unwrap_err();
         assert_eq!(e.line(), Some(5), "{e}");
-        assert!(e.message.contains("'退款' is listed as a variant of '售后' but is itself a synonym"), "{e}");
+        assert!(
+            e.message
+                .contains("'退款' is listed as a variant of '售后' but is itself a synonym"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -544,7 +679,14 @@ mod tests {
             "nlu:\n- regex: phone\n  examples: |\n    - \\d{11}\n- regex: phone\n  examples: |\n    - 1\\d+\n",
         );
         let e = load_allow_empty(&p).unwrap_err();
-        assert_eq!(e.to_string(), format!("{}:5: duplicate regex 'phone' (first defined at {}:2)", p.display(), p.display()));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:5: duplicate regex 'phone' (first defined at {}:2)",
+                p.display(),
+                p.display()
+            )
+        );
         let p = write(
             dir.path(),
             "l.yml",
@@ -558,7 +700,14 @@ mod tests {
     #[test]
     fn label_counts_are_sorted() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "a.tsv", "多少钱\tprice\n你好\tgreeting\n贵吗\tprice\n");
-        assert_eq!(load(&p).unwrap().label_counts(), vec![("greeting".to_string(), 1), ("price".to_string(), 2)]);
+        let p = write(
+            dir.path(),
+            "a.tsv",
+            "多少钱\tprice\n你好\tgreeting\n贵吗\tprice\n",
+        );
+        assert_eq!(
+            load(&p).unwrap().label_counts(),
+            vec![("greeting".to_string(), 1), ("price".to_string(), 2)]
+        );
     }
 }

@@ -29,7 +29,10 @@ use std::path::Path;
 use serde_yaml_ng::Value;
 
 use super::yaml::{scalar_text, type_name, Seg, YamlFile};
-use super::{check_label, make_example, regex_error_message, DataError, Dataset, Lookup, Origin, RegexDef, Synonym};
+use super::{
+    check_label, make_example, regex_error_message, DataError, Dataset, Lookup, Origin, RegexDef,
+    Synonym,
+};
 
 const KINDS: [&str; 4] = ["intent", "synonym", "regex", "lookup"];
 
@@ -39,7 +42,13 @@ pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), D
         Value::Null => return Ok(()),
         Value::Mapping(m) => m,
         other => {
-            return Err(file.error(&[], format!("expected a mapping with \"version\" and \"nlu\", found {}", type_name(other))));
+            return Err(file.error(
+                &[],
+                format!(
+                    "expected a mapping with \"version\" and \"nlu\", found {}",
+                    type_name(other)
+                ),
+            ));
         }
     };
     let mut nlu = None;
@@ -49,7 +58,10 @@ pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), D
             Some("nlu") => nlu = Some(v),
             _ => {
                 let key = scalar_text(k).unwrap_or_default();
-                return Err(file.error(&[Seg::Key(&key)], format!("unknown key '{key}' (expected version, nlu)")));
+                return Err(file.error(
+                    &[Seg::Key(&key)],
+                    format!("unknown key '{key}' (expected version, nlu)"),
+                ));
             }
         }
     }
@@ -58,7 +70,13 @@ pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), D
         Some(Value::Null) => return Ok(()),
         Some(Value::Sequence(s)) => s,
         Some(other) => {
-            return Err(file.error(&[Seg::Key("nlu")], format!("\"nlu\" must be a list of entries, found {}", type_name(other))));
+            return Err(file.error(
+                &[Seg::Key("nlu")],
+                format!(
+                    "\"nlu\" must be a list of entries, found {}",
+                    type_name(other)
+                ),
+            ));
         }
     };
     for (i, entry) in entries.iter().enumerate() {
@@ -67,7 +85,12 @@ pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), D
     Ok(())
 }
 
-fn parse_entry(file: &YamlFile, i: usize, entry: &Value, into: &mut Dataset) -> Result<(), DataError> {
+fn parse_entry(
+    file: &YamlFile,
+    i: usize,
+    entry: &Value,
+    into: &mut Dataset,
+) -> Result<(), DataError> {
     let at = [Seg::Key("nlu"), Seg::Index(i)];
     let Value::Mapping(map) = entry else {
         return Err(file.error(&at, format!("nlu entry must be a mapping (intent, synonym, regex or lookup, with examples), found {}", type_name(entry))));
@@ -81,7 +104,10 @@ fn parse_entry(file: &YamlFile, i: usize, entry: &Value, into: &mut Dataset) -> 
             examples = Some(v);
         } else if let Some(&kname) = KINDS.iter().find(|&&n| n == key) {
             if let Some((other, _)) = kind {
-                return Err(file.error(&key_at, format!("entry has both '{other}' and '{kname}'; use one per entry")));
+                return Err(file.error(
+                    &key_at,
+                    format!("entry has both '{other}' and '{kname}'; use one per entry"),
+                ));
             }
             kind = Some((kname, v));
         } else {
@@ -95,7 +121,9 @@ fn parse_entry(file: &YamlFile, i: usize, entry: &Value, into: &mut Dataset) -> 
         return Err(file.error(&at, "nlu entry needs one of intent, synonym, regex, lookup"));
     };
     let name_at = [at[0], at[1], Seg::Key(kind)];
-    let name = scalar_text(name_value).map(|s| s.trim().to_string()).unwrap_or_default();
+    let name = scalar_text(name_value)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
     if name.is_empty() {
         return Err(file.error(&name_at, format!("{kind} name must be a non-empty text")));
     }
@@ -108,14 +136,18 @@ fn parse_entry(file: &YamlFile, i: usize, entry: &Value, into: &mut Dataset) -> 
     };
     let items = block_items(file, i, examples)?;
     if items.is_empty() {
-        return Err(file.error(&[at[0], at[1], Seg::Key("examples")], format!("{kind} '{name}' has no examples")));
+        return Err(file.error(
+            &[at[0], at[1], Seg::Key("examples")],
+            format!("{kind} '{name}' has no examples"),
+        ));
     }
     let origin = Origin::new(&file.path, entry_line);
     match kind {
         "intent" => {
             for (line, raw) in items {
                 let text = strip_entity_annotations(&unquote(&file.path, line, raw)?);
-                into.examples.push(make_example(&file.path, line, &text, &name)?);
+                into.examples
+                    .push(make_example(&file.path, line, &text, &name)?);
             }
         }
         "synonym" => {
@@ -123,34 +155,56 @@ fn parse_entry(file: &YamlFile, i: usize, entry: &Value, into: &mut Dataset) -> 
             for (line, raw) in items {
                 variants.push(unquote(&file.path, line, raw)?);
             }
-            into.synonyms.push(Synonym { canonical: name, variants, origin });
+            into.synonyms.push(Synonym {
+                canonical: name,
+                variants,
+                origin,
+            });
         }
         "regex" => {
             let mut patterns = Vec::with_capacity(items.len());
             for (line, raw) in items {
                 if let Err(e) = regex::Regex::new(raw) {
-                    return Err(DataError::at_line(&file.path, line, format!("in regex '{name}': {}", regex_error_message(raw, &e))));
+                    return Err(DataError::at_line(
+                        &file.path,
+                        line,
+                        format!("in regex '{name}': {}", regex_error_message(raw, &e)),
+                    ));
                 }
                 patterns.push(raw.to_string());
             }
-            into.regexes.push(RegexDef { name, patterns, origin });
+            into.regexes.push(RegexDef {
+                name,
+                patterns,
+                origin,
+            });
         }
         _ => {
             let mut elements = Vec::with_capacity(items.len());
             for (line, raw) in items {
                 elements.push(unquote(&file.path, line, raw)?);
             }
-            into.lookups.push(Lookup { name, elements, origin });
+            into.lookups.push(Lookup {
+                name,
+                elements,
+                origin,
+            });
         }
     }
     Ok(())
 }
 
 /// The `- text` items of an `examples: |` block with the real line of each.
-fn block_items<'a>(file: &YamlFile, i: usize, examples: &'a Value) -> Result<Vec<(usize, &'a str)>, DataError> {
+fn block_items<'a>(
+    file: &YamlFile,
+    i: usize,
+    examples: &'a Value,
+) -> Result<Vec<(usize, &'a str)>, DataError> {
     let at = [Seg::Key("nlu"), Seg::Index(i), Seg::Key("examples")];
     let not_a_block = || file.error(&at, "examples must be a block of \"- text\" lines");
-    let Value::String(block) = examples else { return Err(not_a_block()) };
+    let Value::String(block) = examples else {
+        return Err(not_a_block());
+    };
     let node = file.outline.node(&at).ok_or_else(not_a_block)?;
     if !is_literal_block_header(&node.inline) {
         return Err(not_a_block());
@@ -174,10 +228,17 @@ fn block_items<'a>(file: &YamlFile, i: usize, examples: &'a Value) -> Result<Vec
         }
         let text = if content == "-" {
             ""
-        } else if let Some(rest) = content.strip_prefix("- ").or_else(|| content.strip_prefix("-\t")) {
+        } else if let Some(rest) = content
+            .strip_prefix("- ")
+            .or_else(|| content.strip_prefix("-\t"))
+        {
             rest.trim()
         } else {
-            return Err(DataError::at_line(&file.path, line, "examples must be a block of \"- text\" lines"));
+            return Err(DataError::at_line(
+                &file.path,
+                line,
+                "examples must be a block of \"- text\" lines",
+            ));
         };
         if text.is_empty() {
             return Err(DataError::at_line(&file.path, line, "empty text"));
@@ -189,8 +250,11 @@ fn block_items<'a>(file: &YamlFile, i: usize, examples: &'a Value) -> Result<Vec
 
 /// `|`, `|-`, `|+`, `|2`, `|-2`... optionally followed by a comment.
 fn is_literal_block_header(inline: &str) -> bool {
-    let Some(rest) = inline.strip_prefix('|') else { return false };
-    let indicators = rest.trim_start_matches(['+', '-', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
+    let Some(rest) = inline.strip_prefix('|') else {
+        return false;
+    };
+    let indicators =
+        rest.trim_start_matches(['+', '-', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
     let tail = indicators.trim_start();
     tail.is_empty() || (tail.starts_with('#') && indicators.len() != tail.len())
 }
@@ -199,7 +263,8 @@ fn is_literal_block_header(inline: &str) -> bool {
 /// looks quoted (`"好"的"`) stays as written.
 fn unquote(path: &Path, line: usize, item: &str) -> Result<String, DataError> {
     let quoted = item.len() >= 2
-        && ((item.starts_with('"') && item.ends_with('"')) || (item.starts_with('\'') && item.ends_with('\'')));
+        && ((item.starts_with('"') && item.ends_with('"'))
+            || (item.starts_with('\'') && item.ends_with('\'')));
     let text = if quoted {
         serde_yaml_ng::from_str::<String>(item).unwrap_or_else(|_| item.to_string())
     } else {
@@ -218,7 +283,9 @@ fn strip_entity_annotations(text: &str) -> String {
     let mut rest = text;
     while let Some(open) = rest.find('[') {
         let after_open = &rest[open + 1..];
-        let Some(close) = after_open.find(']') else { break };
+        let Some(close) = after_open.find(']') else {
+            break;
+        };
         let inner = &after_open[..close];
         let tail = &after_open[close + 1..];
         let closing = match tail.chars().next() {
@@ -282,7 +349,11 @@ nlu:
     #[test]
     fn reads_all_entry_kinds_with_real_lines() {
         let ds = parse_str(GOOD).unwrap();
-        let got: Vec<(&str, usize)> = ds.examples.iter().map(|e| (e.text.as_str(), e.origin.line)).collect();
+        let got: Vec<(&str, usize)> = ds
+            .examples
+            .iter()
+            .map(|e| (e.text.as_str(), e.origin.line))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -317,22 +388,36 @@ nlu:
     #[test]
     fn examples_as_yaml_list_is_an_error() {
         let e = parse_str("nlu:\n- intent: price\n  examples:\n  - 多少钱\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:3: examples must be a block of \"- text\" lines");
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:3: examples must be a block of \"- text\" lines"
+        );
         let e = parse_str("nlu:\n- intent: price\n  examples: \"- 多少钱\"\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:3: examples must be a block of \"- text\" lines");
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:3: examples must be a block of \"- text\" lines"
+        );
         let e = parse_str("nlu:\n- intent: price\n  examples: >\n    - 多少钱\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:3: examples must be a block of \"- text\" lines");
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:3: examples must be a block of \"- text\" lines"
+        );
     }
 
     #[test]
     fn line_without_dash_is_an_error_at_that_line() {
-        let e = parse_str("nlu:\n- intent: price\n  examples: |\n    - 多少钱\n    贵吗\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:5: examples must be a block of \"- text\" lines");
+        let e = parse_str("nlu:\n- intent: price\n  examples: |\n    - 多少钱\n    贵吗\n")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:5: examples must be a block of \"- text\" lines"
+        );
     }
 
     #[test]
     fn empty_items_are_errors() {
-        let e = parse_str("nlu:\n- intent: price\n  examples: |\n    - 多少钱\n    -\n").unwrap_err();
+        let e =
+            parse_str("nlu:\n- intent: price\n  examples: |\n    - 多少钱\n    -\n").unwrap_err();
         assert_eq!(e.to_string(), "nlu.yml:5: empty text");
         let e = parse_str("nlu:\n- intent: price\n  examples: |\n    - \"\"\n").unwrap_err();
         assert_eq!(e.to_string(), "nlu.yml:4: empty text");
@@ -342,40 +427,71 @@ nlu:
 
     #[test]
     fn structural_errors_point_at_the_key() {
-        let e = parse_str("version: \"3.1\"\nnlu:\n- intent: price\n  exampels: |\n    - a\n").unwrap_err();
+        let e = parse_str("version: \"3.1\"\nnlu:\n- intent: price\n  exampels: |\n    - a\n")
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "nlu.yml:4: unknown key 'exampels' in nlu entry (expected intent, synonym, regex or lookup, and examples)"
         );
-        let e = parse_str("nlu:\n- intent: price\n- intent: refund\n  examples: |\n    - a\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:2: intent 'price' has no \"examples\"");
+        let e = parse_str("nlu:\n- intent: price\n- intent: refund\n  examples: |\n    - a\n")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:2: intent 'price' has no \"examples\""
+        );
         let e = parse_str("version: \"3.1\"\nstories:\n- story: x\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:2: unknown key 'stories' (expected version, nlu)");
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:2: unknown key 'stories' (expected version, nlu)"
+        );
         let e = parse_str("version: \"3.1\"\n").unwrap_err();
         assert_eq!(e.to_string(), "nlu.yml:1: missing key \"nlu\"");
         let e = parse_str("nlu:\n- examples: |\n    - a\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:2: nlu entry needs one of intent, synonym, regex, lookup");
-        let e = parse_str("nlu:\n- intent: price\n  synonym: x\n  examples: |\n    - a\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:3: entry has both 'intent' and 'synonym'; use one per entry");
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:2: nlu entry needs one of intent, synonym, regex, lookup"
+        );
+        let e =
+            parse_str("nlu:\n- intent: price\n  synonym: x\n  examples: |\n    - a\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:3: entry has both 'intent' and 'synonym'; use one per entry"
+        );
         let e = parse_str("nlu:\n- intent:\n  examples: |\n    - a\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:2: intent name must be a non-empty text");
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:2: intent name must be a non-empty text"
+        );
         let e = parse_str("nlu: 5\n").unwrap_err();
-        assert_eq!(e.to_string(), "nlu.yml:1: \"nlu\" must be a list of entries, found a number");
+        assert_eq!(
+            e.to_string(),
+            "nlu.yml:1: \"nlu\" must be a list of entries, found a number"
+        );
         let e = parse_str("nlu:\n- just text\n").unwrap_err();
-        assert!(e.to_string().starts_with("nlu.yml:2: nlu entry must be a mapping"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("nlu.yml:2: nlu entry must be a mapping"),
+            "{e}"
+        );
     }
 
     #[test]
     fn yaml_syntax_error_has_line() {
-        let e = parse_str("nlu:\n- intent: price\n  examples: |\n    - a\n  bad: [1\n").unwrap_err();
+        let e =
+            parse_str("nlu:\n- intent: price\n  examples: |\n    - a\n  bad: [1\n").unwrap_err();
         assert!(e.to_string().starts_with("nlu.yml:"), "{e}");
         assert!(e.message.starts_with("invalid YAML"), "{e}");
     }
 
     #[test]
     fn bad_regex_names_line_and_problem() {
-        let e = parse_str("nlu:\n- regex: order\n  examples: |\n    - \\d+\n    - (abc\n").unwrap_err();
-        assert!(e.to_string().starts_with("nlu.yml:5: in regex 'order': invalid regex '(abc': "), "{e}");
+        let e =
+            parse_str("nlu:\n- regex: order\n  examples: |\n    - \\d+\n    - (abc\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("nlu.yml:5: in regex 'order': invalid regex '(abc': "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -387,8 +503,14 @@ nlu:
 
     #[test]
     fn entity_annotations() {
-        assert_eq!(strip_entity_annotations("[保温杯](product)多少钱"), "保温杯多少钱");
-        assert_eq!(strip_entity_annotations("买[两个]{\"entity\": \"n\"}[杯子](p)"), "买两个杯子");
+        assert_eq!(
+            strip_entity_annotations("[保温杯](product)多少钱"),
+            "保温杯多少钱"
+        );
+        assert_eq!(
+            strip_entity_annotations("买[两个]{\"entity\": \"n\"}[杯子](p)"),
+            "买两个杯子"
+        );
         assert_eq!(strip_entity_annotations("[微笑][呲牙]好"), "[微笑][呲牙]好");
         assert_eq!(strip_entity_annotations("[a](b"), "[a](b");
         assert_eq!(strip_entity_annotations("[]()x"), "[]()x");

@@ -22,7 +22,10 @@ pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(
             return Err(DataError::at_line(
                 path,
                 lineno,
-                format!("expected 2 tab-separated columns (text, label), found {}", cols.len()),
+                format!(
+                    "expected 2 tab-separated columns (text, label), found {}",
+                    cols.len()
+                ),
             ));
         }
         out.push(make_example(path, lineno, cols[0], cols[1])?);
@@ -47,7 +50,10 @@ mod tests {
     #[test]
     fn reads_rows_with_and_without_header() {
         let rows = parse_str("text\tlabel\n多少钱\tprice\r\n\n 你好 \tgreeting\n").unwrap();
-        let got: Vec<(&str, &str, usize)> = rows.iter().map(|e| (e.text.as_str(), e.label.as_str(), e.origin.line)).collect();
+        let got: Vec<(&str, &str, usize)> = rows
+            .iter()
+            .map(|e| (e.text.as_str(), e.label.as_str(), e.origin.line))
+            .collect();
         assert_eq!(got, vec![("多少钱", "price", 2), ("你好", "greeting", 4)]);
         let rows = parse_str("多少钱\tprice\n").unwrap();
         assert_eq!(rows.len(), 1);
@@ -64,14 +70,28 @@ mod tests {
     #[test]
     fn wrong_column_count_names_line_and_count() {
         let e = parse_str("多少钱\tprice\n多少钱 price\n").unwrap_err();
-        assert_eq!(e.to_string(), "train.tsv:2: expected 2 tab-separated columns (text, label), found 1");
+        assert_eq!(
+            e.to_string(),
+            "train.tsv:2: expected 2 tab-separated columns (text, label), found 1"
+        );
         let e = parse_str("a\tb\tc\n").unwrap_err();
-        assert_eq!(e.to_string(), "train.tsv:1: expected 2 tab-separated columns (text, label), found 3");
+        assert_eq!(
+            e.to_string(),
+            "train.tsv:1: expected 2 tab-separated columns (text, label), found 3"
+        );
     }
 
     #[test]
     fn empty_text_or_label() {
-        assert_eq!(parse_str("好\tgreeting\n \tprice\n").unwrap_err().to_string(), "train.tsv:2: empty text");
-        assert_eq!(parse_str("多少钱\t \n").unwrap_err().to_string(), "train.tsv:1: empty label");
+        assert_eq!(
+            parse_str("好\tgreeting\n \tprice\n")
+                .unwrap_err()
+                .to_string(),
+            "train.tsv:2: empty text"
+        );
+        assert_eq!(
+            parse_str("多少钱\t \n").unwrap_err().to_string(),
+            "train.tsv:1: empty label"
+        );
     }
 }

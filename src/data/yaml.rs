@@ -41,7 +41,9 @@ enum Children {
 impl Node {
     fn child(&self, seg: Seg<'_>) -> Option<&Node> {
         match (&self.children, seg) {
-            (Children::Map(entries), Seg::Key(k)) => entries.iter().find(|(key, _)| key == k).map(|(_, n)| n),
+            (Children::Map(entries), Seg::Key(k)) => {
+                entries.iter().find(|(key, _)| key == k).map(|(_, n)| n)
+            }
             (Children::Seq(items), Seg::Index(i)) => items.get(i),
             _ => None,
         }
@@ -72,7 +74,10 @@ impl Outline {
     pub fn parse(text: &str) -> Outline {
         let entries = scan(text);
         let mut pos = 0;
-        let mut root = Node { line: entries.first().map_or(1, |e| e.line), ..Node::default() };
+        let mut root = Node {
+            line: entries.first().map_or(1, |e| e.line),
+            ..Node::default()
+        };
         if let Some(first) = entries.first() {
             root.children = parse_block(&entries, &mut pos, first.indent);
         }
@@ -81,7 +86,8 @@ impl Outline {
 
     /// The node at `path`, if the scanner found it.
     pub fn node(&self, path: &[Seg<'_>]) -> Option<&Node> {
-        path.iter().try_fold(&self.root, |node, seg| node.child(*seg))
+        path.iter()
+            .try_fold(&self.root, |node, seg| node.child(*seg))
     }
 
     /// The line of the node at `path`, or of its nearest ancestor that was found (line 1 at worst),
@@ -110,12 +116,17 @@ fn scan(text: &str) -> Vec<Entry<'_>> {
         if s.is_empty() || s.starts_with('#') {
             continue;
         }
-        if indent == 0 && (s == "---" || s.starts_with("--- ") || s == "..." || s.starts_with('%')) {
+        if indent == 0 && (s == "---" || s.starts_with("--- ") || s == "..." || s.starts_with('%'))
+        {
             continue;
         }
         loop {
             if s == "-" || s.starts_with("- ") || s.starts_with("-\t") {
-                entries.push(Entry { line, indent, kind: Kind::Dash });
+                entries.push(Entry {
+                    line,
+                    indent,
+                    kind: Kind::Dash,
+                });
                 let after = &s[1..];
                 let rest = after.trim_start_matches([' ', '\t']);
                 indent += 1 + (after.len() - rest.len());
@@ -146,7 +157,10 @@ fn split_key(s: &str) -> Option<(String, &str)> {
             escaped = c == '\\' && !escaped;
             close
         })?;
-        (body[..end.0].replace("\\\"", "\"").replace("\\\\", "\\"), &body[end.0 + 1..])
+        (
+            body[..end.0].replace("\\\"", "\"").replace("\\\\", "\\"),
+            &body[end.0 + 1..],
+        )
     } else if let Some(body) = s.strip_prefix('\'') {
         let bytes = body.as_bytes();
         let mut i = 0;
@@ -174,7 +188,8 @@ fn split_key(s: &str) -> Option<(String, &str)> {
             if b == b'#' && i > 0 && (bytes[i - 1] == b' ' || bytes[i - 1] == b'\t') {
                 return None;
             }
-            if b == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' ' || bytes[i + 1] == b'\t') {
+            if b == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' ' || bytes[i + 1] == b'\t')
+            {
                 colon = Some(i);
                 break;
             }
@@ -221,7 +236,11 @@ fn parse_map(entries: &[Entry<'_>], pos: &mut usize, indent: usize) -> Vec<(Stri
             break;
         }
         *pos += 1;
-        let mut node = Node { line: e.line, inline: rest.to_string(), children: Children::None };
+        let mut node = Node {
+            line: e.line,
+            inline: rest.to_string(),
+            children: Children::None,
+        };
         let has_inline_value = !(rest.is_empty() || rest.starts_with('#'));
         if !has_inline_value {
             if let Some(next) = entries.get(*pos) {
@@ -246,7 +265,10 @@ fn parse_seq(entries: &[Entry<'_>], pos: &mut usize, indent: usize) -> Vec<Node>
             break;
         }
         *pos += 1;
-        let mut node = Node { line: e.line, ..Node::default() };
+        let mut node = Node {
+            line: e.line,
+            ..Node::default()
+        };
         if let Some(next) = entries.get(*pos) {
             if next.indent > indent {
                 if let Kind::Scalar(s) = next.kind {
@@ -383,14 +405,22 @@ rules:
         assert_eq!(o.line(&[Key("nlu"), Index(0)]), 4);
         assert_eq!(o.line(&[Key("nlu"), Index(0), Key("intent")]), 4);
         assert_eq!(o.line(&[Key("nlu"), Index(0), Key("examples")]), 5);
-        assert_eq!(o.node(&[Key("nlu"), Index(0), Key("examples")]).unwrap().inline, "|");
+        assert_eq!(
+            o.node(&[Key("nlu"), Index(0), Key("examples")])
+                .unwrap()
+                .inline,
+            "|"
+        );
         assert_eq!(o.line(&[Key("nlu"), Index(1)]), 8);
         assert_eq!(o.line(&[Key("nlu"), Index(1), Key("examples")]), 10);
         assert!(o.node(&[Key("nlu"), Index(2)]).is_none());
         assert_eq!(o.line(&[Key("quoted key")]), 12);
         assert_eq!(o.line(&[Key("single 'q'")]), 13);
         assert_eq!(o.line(&[Key("rules"), Index(0), Key("phrases")]), 16);
-        assert_eq!(o.line(&[Key("rules"), Index(0), Key("nested"), Index(0), Index(0)]), 18);
+        assert_eq!(
+            o.line(&[Key("rules"), Index(0), Key("nested"), Index(0), Index(0)]),
+            18
+        );
         assert_eq!(o.line(&[Key("rules"), Index(1), Key("id")]), 19);
         assert_eq!(o.line(&[Key("rules"), Index(1), Key("weight")]), 20);
     }
@@ -399,14 +429,19 @@ rules:
     fn block_scalar_contents_are_not_keys() {
         let o = Outline::parse(DOC);
         assert!(o.node(&[Key("nlu"), Index(0), Key("key")]).is_none());
-        assert!(o.node(&[Key("nlu"), Index(0), Key("examples"), Index(0)]).is_none());
+        assert!(o
+            .node(&[Key("nlu"), Index(0), Key("examples"), Index(0)])
+            .is_none());
     }
 
     #[test]
     fn missing_nodes_fall_back_to_the_nearest_ancestor() {
         let o = Outline::parse(DOC);
         // flow list items are not followed: the key line is the best answer
-        assert_eq!(o.line(&[Key("rules"), Index(0), Key("phrases"), Index(1)]), 16);
+        assert_eq!(
+            o.line(&[Key("rules"), Index(0), Key("phrases"), Index(1)]),
+            16
+        );
         assert_eq!(o.line(&[Key("rules"), Index(7), Key("id")]), 14);
         assert_eq!(o.line(&[Key("nope")]), 2);
     }

@@ -62,7 +62,13 @@ impl Catalog {
 
     fn from_file(file: &YamlFile) -> Result<Catalog, DataError> {
         let Value::Mapping(top) = &file.value else {
-            return Err(file.error(&[], format!("expected a mapping with \"intents\", found {}", type_name(&file.value))));
+            return Err(file.error(
+                &[],
+                format!(
+                    "expected a mapping with \"intents\", found {}",
+                    type_name(&file.value)
+                ),
+            ));
         };
         let mut list = None;
         for (k, v) in top {
@@ -70,19 +76,35 @@ impl Catalog {
             match key.as_str() {
                 "intents" => list = Some(v),
                 "version" => {}
-                _ => return Err(file.error(&[Seg::Key(&key)], format!("unknown key '{key}' (expected intents)"))),
+                _ => {
+                    return Err(file.error(
+                        &[Seg::Key(&key)],
+                        format!("unknown key '{key}' (expected intents)"),
+                    ))
+                }
             }
         }
-        let Some(list) = list else { return Err(file.error(&[], "missing key \"intents\"")) };
+        let Some(list) = list else {
+            return Err(file.error(&[], "missing key \"intents\""));
+        };
         let Value::Sequence(items) = list else {
-            return Err(file.error(&[Seg::Key("intents")], format!("\"intents\" must be a list, found {}", type_name(list))));
+            return Err(file.error(
+                &[Seg::Key("intents")],
+                format!("\"intents\" must be a list, found {}", type_name(list)),
+            ));
         };
         let mut intents: Vec<IntentInfo> = Vec::with_capacity(items.len());
         let mut index = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let at = [Seg::Key("intents"), Seg::Index(i)];
             let Value::Mapping(m) = item else {
-                return Err(file.error(&at, format!("intent entry must be a mapping ({ENTRY_KEYS}), found {}", type_name(item))));
+                return Err(file.error(
+                    &at,
+                    format!(
+                        "intent entry must be a mapping ({ENTRY_KEYS}), found {}",
+                        type_name(item)
+                    ),
+                ));
             };
             let mut id = None;
             let mut display_name = None;
@@ -91,17 +113,32 @@ impl Catalog {
             for (k, v) in m {
                 let key = scalar_text(k).unwrap_or_default();
                 let key_at = [at[0], at[1], Seg::Key(&key)];
-                let text = || scalar_text(v).map(|s| s.trim().to_string()).unwrap_or_default();
+                let text = || {
+                    scalar_text(v)
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_default()
+                };
                 match key.as_str() {
                     "id" => id = Some(text()),
                     "display_name" => display_name = Some(text()),
                     "description" => description = text(),
                     "handoff" => {
                         handoff = Handoff::parse(&text()).ok_or_else(|| {
-                            file.error(&key_at, format!("handoff must be always, never or auto, found '{}'", text()))
+                            file.error(
+                                &key_at,
+                                format!(
+                                    "handoff must be always, never or auto, found '{}'",
+                                    text()
+                                ),
+                            )
                         })?;
                     }
-                    _ => return Err(file.error(&key_at, format!("unknown key '{key}' (expected {ENTRY_KEYS})"))),
+                    _ => {
+                        return Err(file.error(
+                            &key_at,
+                            format!("unknown key '{key}' (expected {ENTRY_KEYS})"),
+                        ))
+                    }
                 }
             }
             let id = id.unwrap_or_default();
@@ -110,23 +147,39 @@ impl Catalog {
             }
             let id_at = [at[0], at[1], Seg::Key("id")];
             if !is_intent_id(&id) {
-                return Err(file.error(&id_at, format!("intent id '{id}' must be lower-case letters, digits and _")));
+                return Err(file.error(
+                    &id_at,
+                    format!("intent id '{id}' must be lower-case letters, digits and _"),
+                ));
             }
             if let Some(&first) = index.get(&id) {
-                let first_line = file.line(&[Seg::Key("intents"), Seg::Index(first), Seg::Key("id")]);
-                return Err(file.error(&id_at, format!("duplicate intent '{id}' (first defined at line {first_line})")));
+                let first_line =
+                    file.line(&[Seg::Key("intents"), Seg::Index(first), Seg::Key("id")]);
+                return Err(file.error(
+                    &id_at,
+                    format!("duplicate intent '{id}' (first defined at line {first_line})"),
+                ));
             }
             let display_name = display_name.unwrap_or_default();
             if display_name.is_empty() {
                 return Err(file.error(&at, format!("intent '{id}' is missing display_name")));
             }
             index.insert(id.clone(), intents.len());
-            intents.push(IntentInfo { id, display_name, handoff, description });
+            intents.push(IntentInfo {
+                id,
+                display_name,
+                handoff,
+                description,
+            });
         }
         if intents.is_empty() {
             return Err(file.error(&[Seg::Key("intents")], "no intents defined"));
         }
-        Ok(Catalog { path: file.path.clone(), intents, index })
+        Ok(Catalog {
+            path: file.path.clone(),
+            intents,
+            index,
+        })
     }
 
     /// The file this catalog was read from.
@@ -175,7 +228,9 @@ impl Catalog {
 
 fn is_intent_id(id: &str) -> bool {
     id.starts_with(|c: char| c.is_ascii_lowercase())
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 #[cfg(test)]
@@ -198,7 +253,10 @@ mod tests {
         assert_eq!(c.handoff("greeting"), Some(Handoff::Never));
         assert_eq!(c.handoff("nope"), None);
         assert_eq!(c.index_of("greeting"), Some(2));
-        assert_eq!(c.ids().collect::<Vec<_>>(), vec!["refund", "complaint", "greeting"]);
+        assert_eq!(
+            c.ids().collect::<Vec<_>>(),
+            vec!["refund", "complaint", "greeting"]
+        );
         assert_eq!(c.get("refund").unwrap().description, "要退钱");
     }
 
@@ -257,11 +315,19 @@ mod tests {
         assert_eq!(c.len(), want.len());
         for (id, name) in want {
             assert_eq!(c.display_name(id), Some(name), "{id}");
-            assert!(!c.get(id).unwrap().description.is_empty(), "{id} has no description");
+            assert!(
+                !c.get(id).unwrap().description.is_empty(),
+                "{id} has no description"
+            );
         }
         assert_eq!(c.handoff("complaint"), Some(Handoff::Always));
         assert_eq!(c.handoff("ask_human"), Some(Handoff::Always));
-        let always: Vec<&str> = c.intents().iter().filter(|i| i.handoff == Handoff::Always).map(|i| i.id.as_str()).collect();
+        let always: Vec<&str> = c
+            .intents()
+            .iter()
+            .filter(|i| i.handoff == Handoff::Always)
+            .map(|i| i.id.as_str())
+            .collect();
         assert_eq!(always, vec!["complaint", "ask_human"]);
     }
 }

@@ -66,10 +66,16 @@ impl FusionConfig {
             }
         }
         if !(1..=27).contains(&self.clarify_candidates) {
-            return Err(format!("fusion.clarify_candidates must be between 1 and 27, found {}", self.clarify_candidates));
+            return Err(format!(
+                "fusion.clarify_candidates must be between 1 and 27, found {}",
+                self.clarify_candidates
+            ));
         }
         if !(1..=100).contains(&self.top_k) {
-            return Err(format!("fusion.top_k must be between 1 and 100, found {}", self.top_k));
+            return Err(format!(
+                "fusion.top_k must be between 1 and 100, found {}",
+                self.top_k
+            ));
         }
         Ok(())
     }
@@ -77,20 +83,29 @@ impl FusionConfig {
 
 /// Decides the intent of one message. `model` holds softmax probabilities (`None` when no model
 /// is loaded); `truncated` is left false for the caller to set.
-pub fn fuse(model: Option<&[IntentScore]>, kw: &KeywordMatch, cfg: &FusionConfig) -> Classification {
+pub fn fuse(
+    model: Option<&[IntentScore]>,
+    kw: &KeywordMatch,
+    cfg: &FusionConfig,
+) -> Classification {
     let model_loaded = model.is_some();
     let model = sanitized(model.unwrap_or(&[]));
-    let kw_source = if kw.source == Source::Fallback { Source::Keyword } else { kw.source };
-    let decided = |intent: &str, confidence: f32, ranking: Vec<IntentScore>, source: Source| Classification {
-        intent: intent.to_string(),
-        confidence,
-        ranking,
-        source,
-        matched_terms: kw.matched_terms.clone(),
-        needs_clarification: false,
-        truncated: false,
-        model_loaded,
+    let kw_source = if kw.source == Source::Fallback {
+        Source::Keyword
+    } else {
+        kw.source
     };
+    let decided =
+        |intent: &str, confidence: f32, ranking: Vec<IntentScore>, source: Source| Classification {
+            intent: intent.to_string(),
+            confidence,
+            ranking,
+            source,
+            matched_terms: kw.matched_terms.clone(),
+            needs_clarification: false,
+            truncated: false,
+            model_loaded,
+        };
 
     if let Some((intent, _rule)) = &kw.always {
         let ranking = ranking_with_first(intent, 1.0, merged(&model, &kw.scores), cfg.top_k);
@@ -106,14 +121,23 @@ pub fn fuse(model: Option<&[IntentScore]>, kw: &KeywordMatch, cfg: &FusionConfig
     }
 
     let merged = merged(&model, &kw.scores);
-    let strong: Vec<&IntentScore> = kw.scores.iter().filter(|s| s.confidence >= cfg.keyword_min_score).collect();
+    let strong: Vec<&IntentScore> = kw
+        .scores
+        .iter()
+        .filter(|s| s.confidence >= cfg.keyword_min_score)
+        .collect();
     if let Some(&first) = strong.first() {
         let model_top = &model[..model.len().min(cfg.clarify_candidates)];
         let agrees = |s: &&&IntentScore| {
-            model_top.iter().any(|m| m.intent == s.intent && m.confidence >= cfg.candidate_min_score)
+            model_top
+                .iter()
+                .any(|m| m.intent == s.intent && m.confidence >= cfg.candidate_min_score)
         };
         let chosen = strong.iter().find(agrees).copied().unwrap_or(first);
-        let confidence = merged.iter().find(|m| m.intent == chosen.intent).map_or(chosen.confidence, |m| m.confidence);
+        let confidence = merged
+            .iter()
+            .find(|m| m.intent == chosen.intent)
+            .map_or(chosen.confidence, |m| m.confidence);
         let ranking = ranking_with_first(&chosen.intent, confidence, merged, cfg.top_k);
         return decided(&chosen.intent, confidence, ranking, kw_source);
     }
@@ -142,7 +166,11 @@ fn sanitized(scores: &[IntentScore]) -> Vec<IntentScore> {
         .iter()
         .map(|s| IntentScore {
             intent: s.intent.clone(),
-            confidence: if s.confidence.is_nan() { 0.0 } else { s.confidence.clamp(0.0, 1.0) },
+            confidence: if s.confidence.is_nan() {
+                0.0
+            } else {
+                s.confidence.clamp(0.0, 1.0)
+            },
         })
         .collect();
     out.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
@@ -153,14 +181,25 @@ fn sanitized(scores: &[IntentScore]) -> Vec<IntentScore> {
 /// Best first; ties keep the model's order.
 fn merged(model: &[IntentScore], kw: &[IntentScore]) -> Vec<IntentScore> {
     let mut out: Vec<IntentScore> = model.to_vec();
-    let mut pos: HashMap<&str, usize> = model.iter().enumerate().map(|(i, s)| (s.intent.as_str(), i)).collect();
+    let mut pos: HashMap<&str, usize> = model
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.intent.as_str(), i))
+        .collect();
     for k in kw {
-        let s = if k.confidence.is_nan() { 0.0 } else { k.confidence.clamp(0.0, 1.0) };
+        let s = if k.confidence.is_nan() {
+            0.0
+        } else {
+            k.confidence.clamp(0.0, 1.0)
+        };
         match pos.get(k.intent.as_str()) {
             Some(&i) => out[i].confidence = 1.0 - (1.0 - out[i].confidence) * (1.0 - s),
             None => {
                 pos.insert(&k.intent, out.len());
-                out.push(IntentScore { intent: k.intent.clone(), confidence: s });
+                out.push(IntentScore {
+                    intent: k.intent.clone(),
+                    confidence: s,
+                });
             }
         }
     }
@@ -168,10 +207,23 @@ fn merged(model: &[IntentScore], kw: &[IntentScore]) -> Vec<IntentScore> {
     out
 }
 
-fn ranking_with_first(intent: &str, confidence: f32, others: Vec<IntentScore>, top_k: usize) -> Vec<IntentScore> {
+fn ranking_with_first(
+    intent: &str,
+    confidence: f32,
+    others: Vec<IntentScore>,
+    top_k: usize,
+) -> Vec<IntentScore> {
     let mut ranking = Vec::with_capacity(top_k);
-    ranking.push(IntentScore { intent: intent.to_string(), confidence });
-    ranking.extend(others.into_iter().filter(|s| s.intent != intent).take(top_k.saturating_sub(1)));
+    ranking.push(IntentScore {
+        intent: intent.to_string(),
+        confidence,
+    });
+    ranking.extend(
+        others
+            .into_iter()
+            .filter(|s| s.intent != intent)
+            .take(top_k.saturating_sub(1)),
+    );
     ranking
 }
 
@@ -180,7 +232,12 @@ mod tests {
     use super::*;
 
     fn scores(v: &[(&str, f32)]) -> Vec<IntentScore> {
-        v.iter().map(|&(i, c)| IntentScore { intent: i.to_string(), confidence: c }).collect()
+        v.iter()
+            .map(|&(i, c)| IntentScore {
+                intent: i.to_string(),
+                confidence: c,
+            })
+            .collect()
     }
 
     fn kw(v: &[(&str, f32)], terms: &[&str], source: Source) -> KeywordMatch {
@@ -216,7 +273,11 @@ mod tests {
     #[test]
     fn always_rule_overrides_a_confident_model() {
         let m = scores(&[("refund", 0.95), ("complaint", 0.03)]);
-        let mut k = kw(&[("refund", 0.4), ("ask_human", 0.4)], &["转人工", "退款"], Source::Keyword);
+        let mut k = kw(
+            &[("refund", 0.4), ("ask_human", 0.4)],
+            &["转人工", "退款"],
+            Source::Keyword,
+        );
         k.always = Some(("ask_human".into(), "human_explicit".into()));
         let c = fuse(Some(&m), &k, &cfg());
         assert_eq!(c.intent, "ask_human");
@@ -229,30 +290,55 @@ mod tests {
         k.source = Source::Regex;
         k.always = Some(("spam_ads".into(), "spam_contact".into()));
         let c = fuse(None, &k, &cfg());
-        assert_eq!((c.intent.as_str(), c.source, c.model_loaded), ("spam_ads", Source::Regex, false));
+        assert_eq!(
+            (c.intent.as_str(), c.source, c.model_loaded),
+            ("spam_ads", Source::Regex, false)
+        );
     }
 
     #[test]
     fn ambiguity_without_keywords_asks_to_clarify() {
         // above threshold but within the margin
-        let m = scores(&[("refund", 0.52), ("exchange", 0.45), ("repair", 0.02), ("price", 0.01)]);
+        let m = scores(&[
+            ("refund", 0.52),
+            ("exchange", 0.45),
+            ("repair", 0.02),
+            ("price", 0.01),
+        ]);
         let c = fuse(Some(&m), &KeywordMatch::none(), &cfg());
         assert!(c.needs_clarification);
         assert_eq!(c.source, Source::Fallback);
         assert_eq!(c.intent, "");
-        assert_eq!(names(&c.ranking), vec!["refund", "exchange"], "tiny candidates are not offered");
+        assert_eq!(
+            names(&c.ranking),
+            vec!["refund", "exchange"],
+            "tiny candidates are not offered"
+        );
         assert_eq!(c.confidence, 0.52);
         // clearly ahead but below the threshold
-        let m = scores(&[("refund", 0.40), ("exchange", 0.10), ("repair", 0.08), ("price", 0.07)]);
+        let m = scores(&[
+            ("refund", 0.40),
+            ("exchange", 0.10),
+            ("repair", 0.08),
+            ("price", 0.07),
+        ]);
         let c = fuse(Some(&m), &KeywordMatch::none(), &cfg());
         assert!(c.needs_clarification);
-        assert_eq!(names(&c.ranking), vec!["refund", "exchange", "repair"], "at most clarify_candidates");
+        assert_eq!(
+            names(&c.ranking),
+            vec!["refund", "exchange", "repair"],
+            "at most clarify_candidates"
+        );
     }
 
     #[test]
     fn keyword_agreeing_with_a_model_candidate_is_preferred() {
         let m = scores(&[("refund", 0.48), ("exchange", 0.42), ("repair", 0.05)]);
-        let k = kw(&[("price", 0.7), ("exchange", 0.6)], &["价格", "换货"], Source::Keyword);
+        let k = kw(
+            &[("price", 0.7), ("exchange", 0.6)],
+            &["价格", "换货"],
+            Source::Keyword,
+        );
         let c = fuse(Some(&m), &k, &cfg());
         assert_eq!(c.intent, "exchange");
         assert_eq!(c.source, Source::Keyword);
@@ -264,13 +350,31 @@ mod tests {
 
     #[test]
     fn strong_keyword_decides_when_model_is_unsure_and_disagrees() {
-        let m = scores(&[("chitchat", 0.3), ("greeting", 0.25), ("thanks", 0.2), ("price", 0.01)]);
-        let k = kw(&[("delivery_tracking", 0.67)], &["tracking_no"], Source::Regex);
+        let m = scores(&[
+            ("chitchat", 0.3),
+            ("greeting", 0.25),
+            ("thanks", 0.2),
+            ("price", 0.01),
+        ]);
+        let k = kw(
+            &[("delivery_tracking", 0.67)],
+            &["tracking_no"],
+            Source::Regex,
+        );
         let c = fuse(Some(&m), &k, &cfg());
         assert_eq!(c.intent, "delivery_tracking");
         assert_eq!(c.source, Source::Regex);
         assert!((c.confidence - 0.67).abs() < 1e-6);
-        assert_eq!(names(&c.ranking), vec!["delivery_tracking", "chitchat", "greeting", "thanks", "price"]);
+        assert_eq!(
+            names(&c.ranking),
+            vec![
+                "delivery_tracking",
+                "chitchat",
+                "greeting",
+                "thanks",
+                "price"
+            ]
+        );
     }
 
     #[test]
@@ -279,7 +383,10 @@ mod tests {
         let k = kw(&[("payment_methods", 0.5)], &["支付宝"], Source::Keyword);
         let c = fuse(Some(&m), &k, &cfg());
         assert!(c.needs_clarification);
-        assert_eq!(names(&c.ranking), vec!["payment_methods", "price", "coupon"]);
+        assert_eq!(
+            names(&c.ranking),
+            vec!["payment_methods", "price", "coupon"]
+        );
         assert_eq!(c.matched_terms, vec!["支付宝"]);
     }
 
@@ -287,7 +394,15 @@ mod tests {
     fn without_a_model_rules_decide_alone() {
         let k = kw(&[("refund", 0.67)], &["退款"], Source::Keyword);
         let c = fuse(None, &k, &cfg());
-        assert_eq!((c.intent.as_str(), c.source, c.model_loaded, c.needs_clarification), ("refund", Source::Keyword, false, false));
+        assert_eq!(
+            (
+                c.intent.as_str(),
+                c.source,
+                c.model_loaded,
+                c.needs_clarification
+            ),
+            ("refund", Source::Keyword, false, false)
+        );
         assert_eq!(c.ranking, scores(&[("refund", 0.67)]));
 
         let c = fuse(None, &KeywordMatch::none(), &cfg());
@@ -297,7 +412,11 @@ mod tests {
         assert!(c.ranking.is_empty());
         assert_eq!(c.confidence, 0.0);
 
-        let k = kw(&[("refund", 0.4), ("price", 0.4)], &["退款", "价格"], Source::Keyword);
+        let k = kw(
+            &[("refund", 0.4), ("price", 0.4)],
+            &["退款", "价格"],
+            Source::Keyword,
+        );
         let c = fuse(None, &k, &cfg());
         assert!(c.needs_clarification);
         assert_eq!(names(&c.ranking), vec!["refund", "price"]);
@@ -326,23 +445,46 @@ mod tests {
         let m = scores(&[("price", 0.45), ("coupon", 0.2)]);
         let strict = fuse(Some(&m), &KeywordMatch::none(), &cfg());
         assert!(strict.needs_clarification);
-        let lenient = FusionConfig { threshold: 0.4, ..cfg() };
+        let lenient = FusionConfig {
+            threshold: 0.4,
+            ..cfg()
+        };
         let c = fuse(Some(&m), &KeywordMatch::none(), &lenient);
         assert_eq!((c.intent.as_str(), c.source), ("price", Source::Model));
-        let wide = FusionConfig { threshold: 0.4, ambiguity_margin: 0.3, ..cfg() };
+        let wide = FusionConfig {
+            threshold: 0.4,
+            ambiguity_margin: 0.3,
+            ..cfg()
+        };
         assert!(fuse(Some(&m), &KeywordMatch::none(), &wide).needs_clarification);
     }
 
     #[test]
     fn config_defaults_and_validation() {
         let c: FusionConfig = serde_yaml_ng::from_str("threshold: 0.6\n").unwrap();
-        assert_eq!(c, FusionConfig { threshold: 0.6, ..FusionConfig::default() });
+        assert_eq!(
+            c,
+            FusionConfig {
+                threshold: 0.6,
+                ..FusionConfig::default()
+            }
+        );
         assert!(serde_yaml_ng::from_str::<FusionConfig>("treshold: 0.6\n").is_err());
         assert!(FusionConfig::default().validate().is_ok());
         assert_eq!(
-            FusionConfig { threshold: 1.5, ..cfg() }.validate().unwrap_err(),
+            FusionConfig {
+                threshold: 1.5,
+                ..cfg()
+            }
+            .validate()
+            .unwrap_err(),
             "fusion.threshold must be between 0 and 1, found 1.5"
         );
-        assert!(FusionConfig { clarify_candidates: 0, ..cfg() }.validate().is_err());
+        assert!(FusionConfig {
+            clarify_candidates: 0,
+            ..cfg()
+        }
+        .validate()
+        .is_err());
     }
 }

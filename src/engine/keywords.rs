@@ -49,7 +49,12 @@ pub struct KeywordMatch {
 impl KeywordMatch {
     /// Nothing matched.
     pub fn none() -> Self {
-        KeywordMatch { scores: Vec::new(), matched_terms: Vec::new(), always: None, source: Source::Fallback }
+        KeywordMatch {
+            scores: Vec::new(),
+            matched_terms: Vec::new(),
+            always: None,
+            source: Source::Fallback,
+        }
     }
 
     pub fn best(&self) -> Option<&IntentScore> {
@@ -116,7 +121,11 @@ pub type ConfigError = DataError;
 impl KeywordLayer {
     /// Loads rules from `rules_file`, with synonyms / regexes / lookups from the training-data
     /// folder (`training-data/nlu`) when given; rules are validated against `catalog`.
-    pub fn load(rules_file: &Path, nlu_dir: Option<&Path>, catalog: &Catalog) -> Result<KeywordLayer, ConfigError> {
+    pub fn load(
+        rules_file: &Path,
+        nlu_dir: Option<&Path>,
+        catalog: &Catalog,
+    ) -> Result<KeywordLayer, ConfigError> {
         let resources = match nlu_dir {
             Some(dir) => data::load_allow_empty(dir)?,
             None => Dataset::default(),
@@ -126,11 +135,20 @@ impl KeywordLayer {
     }
 
     /// Builds from rules text (`path` names the file in errors) and already-loaded resources.
-    pub fn from_str(path: &Path, rules_text: &str, resources: &Dataset, catalog: &Catalog) -> Result<KeywordLayer, ConfigError> {
+    pub fn from_str(
+        path: &Path,
+        rules_text: &str,
+        resources: &Dataset,
+        catalog: &Catalog,
+    ) -> Result<KeywordLayer, ConfigError> {
         Self::build(&YamlFile::parse(path, rules_text)?, resources, catalog)
     }
 
-    fn build(file: &YamlFile, resources: &Dataset, catalog: &Catalog) -> Result<KeywordLayer, ConfigError> {
+    fn build(
+        file: &YamlFile,
+        resources: &Dataset,
+        catalog: &Catalog,
+    ) -> Result<KeywordLayer, ConfigError> {
         let parsed = parse_rules(file, resources, catalog)?;
 
         let mut synonyms = SynonymTable::default();
@@ -145,7 +163,12 @@ impl KeywordLayer {
         let mut words: Vec<&str> = Vec::new();
         words.extend(synonyms.canonicals());
         words.extend(synonyms.variants().map(|(v, _)| v));
-        let lookup_elements: Vec<String> = resources.lookups.iter().flat_map(|l| l.elements.iter()).map(|e| normalize_for_matching(e)).collect();
+        let lookup_elements: Vec<String> = resources
+            .lookups
+            .iter()
+            .flat_map(|l| l.elements.iter())
+            .map(|e| normalize_for_matching(e))
+            .collect();
         words.extend(lookup_elements.iter().map(String::as_str));
         for rule in &parsed.rules {
             if let Matcher::Keywords(ks) = &rule.matcher {
@@ -200,7 +223,14 @@ impl KeywordLayer {
         let mut regex_patterns: Vec<String> = Vec::new();
         for spec in &parsed.rules {
             let rule_id = layer.rules.len() as RuleId;
-            layer.add_matcher(spec, rule_id, &synonyms, &mut phrase_index, &mut regex_index, &mut regex_patterns)?;
+            layer.add_matcher(
+                spec,
+                rule_id,
+                &synonyms,
+                &mut phrase_index,
+                &mut regex_index,
+                &mut regex_patterns,
+            )?;
             layer.rules.push(Rule {
                 id: spec.id.clone(),
                 intent: spec.intent,
@@ -220,11 +250,13 @@ impl KeywordLayer {
             layer.text_synonyms = Some(ac);
         }
         if !layer.phrase_texts.is_empty() {
-            let ac = AhoCorasick::new(&layer.phrase_texts).map_err(|e| at_file(format!("cannot build the phrase matcher: {e}")))?;
+            let ac = AhoCorasick::new(&layer.phrase_texts)
+                .map_err(|e| at_file(format!("cannot build the phrase matcher: {e}")))?;
             layer.phrases = Some(ac);
         }
         if !regex_patterns.is_empty() {
-            let set = RegexSet::new(&regex_patterns).map_err(|e| at_file(data::regex_error_message("(all rule patterns)", &e)))?;
+            let set = RegexSet::new(&regex_patterns)
+                .map_err(|e| at_file(data::regex_error_message("(all rule patterns)", &e)))?;
             layer.regexes = Some(set);
         }
         Ok(layer)
@@ -269,7 +301,10 @@ impl KeywordLayer {
                     // A keyword the segmenter splits could never be a token; say so instead of
                     // silently never matching. Terms found in the text (synonym variants with
                     // spaces) are fine.
-                    let in_text = self.text_synonym_terms.iter().any(|&t| self.terms[t as usize] == canonical);
+                    let in_text = self
+                        .text_synonym_terms
+                        .iter()
+                        .any(|&t| self.terms[t as usize] == canonical);
                     if !self.is_single_token(keyword) && !in_text {
                         return Err(DataError::at_line(
                             &spec.origin.file,
@@ -290,7 +325,10 @@ impl KeywordLayer {
                     }
                 }
             }
-            Matcher::Phrases(items) | Matcher::Lookup { elements: items, .. } => {
+            Matcher::Phrases(items)
+            | Matcher::Lookup {
+                elements: items, ..
+            } => {
                 for p in items {
                     let idx = *phrase_index.entry(p.clone()).or_insert_with(|| {
                         self.phrase_texts.push(p.clone());
@@ -325,7 +363,11 @@ impl KeywordLayer {
     /// rules and for tests.
     pub fn tokens(&self, text: &str) -> Vec<String> {
         let norm = normalize_for_matching(text);
-        self.jieba.cut(&norm, false).into_iter().map(str::to_string).collect()
+        self.jieba
+            .cut(&norm, false)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
     }
 
     /// Matches one message against every rule.
@@ -369,14 +411,21 @@ impl KeywordLayer {
     fn score(&self, hits: &[(RuleId, &str)]) -> KeywordMatch {
         let n = self.intents.len();
         let rule = |r: RuleId| &self.rules[r as usize];
-        let primary_intents: Vec<usize> = hits.iter().map(|&(r, _)| rule(r)).filter(|r| !r.secondary).map(|r| r.intent).collect();
+        let primary_intents: Vec<usize> = hits
+            .iter()
+            .map(|&(r, _)| rule(r))
+            .filter(|r| !r.secondary)
+            .map(|r| r.intent)
+            .collect();
         let mut weight = vec![0f32; n];
         let mut counted = vec![false; self.rules.len()];
         // Per intent: the heaviest rule's kind, for `source`.
         let mut best_rule: Vec<Option<(f32, bool)>> = vec![None; n];
         for &(r, _) in hits {
             let rl = rule(r);
-            if counted[r as usize] || (rl.secondary && primary_intents.iter().any(|&i| i != rl.intent)) {
+            if counted[r as usize]
+                || (rl.secondary && primary_intents.iter().any(|&i| i != rl.intent))
+            {
                 continue;
             }
             counted[r as usize] = true;
@@ -390,13 +439,23 @@ impl KeywordLayer {
         ranked.sort_by(|&a, &b| weight[b].total_cmp(&weight[a]).then(a.cmp(&b)));
         let scores: Vec<IntentScore> = ranked
             .iter()
-            .map(|&i| IntentScore { intent: self.intents[i].clone(), confidence: weight[i] / (total + NONE_MASS) })
+            .map(|&i| IntentScore {
+                intent: self.intents[i].clone(),
+                confidence: weight[i] / (total + NONE_MASS),
+            })
             .collect();
 
-        let always = hits.iter().map(|&(r, _)| r).filter(|&r| rule(r).always).min();
+        let always = hits
+            .iter()
+            .map(|&(r, _)| r)
+            .filter(|&r| rule(r).always)
+            .min();
         let source_regex = match always {
             Some(r) => rule(r).regex,
-            None => ranked.first().and_then(|&i| best_rule[i]).is_some_and(|(_, regex)| regex),
+            None => ranked
+                .first()
+                .and_then(|&i| best_rule[i])
+                .is_some_and(|(_, regex)| regex),
         };
         let source = if always.is_none() && ranked.is_empty() {
             Source::Fallback
@@ -407,8 +466,16 @@ impl KeywordLayer {
         };
 
         // Terms of better-ranked intents first, otherwise in discovery order.
-        let rank_of = |intent: usize| ranked.iter().position(|&i| i == intent).unwrap_or(usize::MAX);
-        let mut ordered: Vec<(usize, &str)> = hits.iter().map(|&(r, t)| (rank_of(rule(r).intent), t)).collect();
+        let rank_of = |intent: usize| {
+            ranked
+                .iter()
+                .position(|&i| i == intent)
+                .unwrap_or(usize::MAX)
+        };
+        let mut ordered: Vec<(usize, &str)> = hits
+            .iter()
+            .map(|&(r, t)| (rank_of(rule(r).intent), t))
+            .collect();
         ordered.sort_by_key(|&(rank, _)| rank);
         let mut matched_terms: Vec<String> = Vec::with_capacity(ordered.len());
         for (_, t) in ordered {
@@ -431,7 +498,16 @@ mod tests {
     use crate::data::{Lookup, Origin, RegexDef, Synonym};
 
     fn catalog() -> Catalog {
-        let ids = ["greeting", "refund", "ask_human", "spam_ads", "delivery_tracking", "payment_methods", "price", "ask_bot"];
+        let ids = [
+            "greeting",
+            "refund",
+            "ask_human",
+            "spam_ads",
+            "delivery_tracking",
+            "payment_methods",
+            "price",
+            "ask_bot",
+        ];
         let mut text = String::from("intents:\n");
         for id in ids {
             text.push_str(&format!("  - id: {id}\n    display_name: {id}\n"));
@@ -444,7 +520,11 @@ mod tests {
     }
 
     fn resources() -> Dataset {
-        let syn = |c: &str, vs: &[&str], line| Synonym { canonical: c.into(), variants: vs.iter().map(|v| v.to_string()).collect(), origin: origin(line) };
+        let syn = |c: &str, vs: &[&str], line| Synonym {
+            canonical: c.into(),
+            variants: vs.iter().map(|v| v.to_string()).collect(),
+            origin: origin(line),
+        };
         Dataset {
             synonyms: vec![
                 syn("退款", &["退钱", "退货款", "把钱退了", "money back"], 1),
@@ -456,7 +536,11 @@ mod tests {
                 patterns: vec![r"(?i)(?:加|\+)\s*(?:v|vx|微信)\s*[:：]?\s*[a-z0-9_]{5,}".into()],
                 origin: origin(30),
             }],
-            lookups: vec![Lookup { name: "payment_channel".into(), elements: vec!["支付宝".into(), "Apple Pay".into()], origin: origin(40) }],
+            lookups: vec![Lookup {
+                name: "payment_channel".into(),
+                elements: vec!["支付宝".into(), "Apple Pay".into()],
+                origin: origin(40),
+            }],
             ..Dataset::default()
         }
     }
@@ -512,7 +596,13 @@ rules:
     #[test]
     fn synonym_variants_normalise_to_the_canonical_keyword() {
         let l = layer();
-        for text in ["我要退款", "能退钱吗", "快点把钱退了", "退货款什么时候到", "I want my MONEY  BACK"] {
+        for text in [
+            "我要退款",
+            "能退钱吗",
+            "快点把钱退了",
+            "退货款什么时候到",
+            "I want my MONEY  BACK",
+        ] {
             let m = l.match_text(text);
             assert_eq!(best(&m).0, "refund", "{text}: {m:?}");
             assert_eq!(m.matched_terms, vec!["退款"], "{text}");
@@ -538,7 +628,10 @@ rules:
     fn always_rule_is_reported_with_its_id() {
         let l = layer();
         let m = l.match_text("帮我转人工，我要退款");
-        assert_eq!(m.always, Some(("ask_human".to_string(), "human_explicit".to_string())));
+        assert_eq!(
+            m.always,
+            Some(("ask_human".to_string(), "human_explicit".to_string()))
+        );
         assert_eq!(m.source, Source::Keyword);
         assert!(m.matched_terms.contains(&"转人工".to_string()), "{m:?}");
         assert!(m.matched_terms.contains(&"退款".to_string()), "{m:?}");
@@ -552,7 +645,10 @@ rules:
     fn regex_rules_see_the_raw_text_and_set_source() {
         let l = layer();
         let m = l.match_text("兼职刷单 日赚500 加V: abc12345");
-        assert_eq!(m.always, Some(("spam_ads".to_string(), "spam_contact".to_string())));
+        assert_eq!(
+            m.always,
+            Some(("spam_ads".to_string(), "spam_contact".to_string()))
+        );
         assert_eq!(m.source, Source::Regex);
         assert_eq!(best(&m).0, "spam_ads");
         assert!(m.matched_terms.contains(&"wechat_contact_ad".to_string()));
@@ -607,13 +703,23 @@ rules:
     #[test]
     fn tokens_include_user_dictionary_words() {
         let l = layer();
-        assert!(l.tokens("快点把钱退了").contains(&"把钱退了".to_string()), "{:?}", l.tokens("快点把钱退了"));
+        assert!(
+            l.tokens("快点把钱退了").contains(&"把钱退了".to_string()),
+            "{:?}",
+            l.tokens("快点把钱退了")
+        );
     }
 
     #[test]
     fn rules_synonyms_section_and_keyword_variants() {
         let rules = "synonyms:\n  发票: [开票, 发漂]\nrules:\n  - id: inv\n    intent: refund\n    keywords: [发漂]\n";
-        let l = KeywordLayer::from_str(Path::new("rules.yml"), rules, &Dataset::default(), &catalog()).unwrap();
+        let l = KeywordLayer::from_str(
+            Path::new("rules.yml"),
+            rules,
+            &Dataset::default(),
+            &catalog(),
+        )
+        .unwrap();
         // the keyword is a variant: it is mapped to its canonical, so every variant matches
         for text in ["能开票吗", "发票怎么开", "发漂呢"] {
             let m = l.match_text(text);
@@ -624,21 +730,34 @@ rules:
     #[test]
     fn multi_word_keyword_is_an_error_pointing_at_it() {
         let rules = "rules:\n  - id: a\n    intent: refund\n    keywords:\n      - 退款\n      - money back\n";
-        let e = KeywordLayer::from_str(Path::new("rules.yml"), rules, &Dataset::default(), &catalog()).unwrap_err();
+        let e = KeywordLayer::from_str(
+            Path::new("rules.yml"),
+            rules,
+            &Dataset::default(),
+            &catalog(),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "rules.yml:6: keyword 'money back' is not a single word for the segmenter; list it under phrases instead"
         );
         // ...but fine when it is a known multi-word synonym (found in the text)
         let rules = "synonyms:\n  退款: [money back]\nrules:\n  - id: a\n    intent: refund\n    keywords: [money back]\n";
-        let l = KeywordLayer::from_str(Path::new("rules.yml"), rules, &Dataset::default(), &catalog()).unwrap();
+        let l = KeywordLayer::from_str(
+            Path::new("rules.yml"),
+            rules,
+            &Dataset::default(),
+            &catalog(),
+        )
+        .unwrap();
         assert_eq!(best(&l.match_text("money back please")).0, "refund");
     }
 
     #[test]
     fn synonym_conflict_between_rules_and_training_data_is_an_error() {
         let rules = "synonyms:\n  退货: [退钱]\nrules: []\n";
-        let e = KeywordLayer::from_str(Path::new("rules.yml"), rules, &resources(), &catalog()).unwrap_err();
+        let e = KeywordLayer::from_str(Path::new("rules.yml"), rules, &resources(), &catalog())
+            .unwrap_err();
         assert_eq!(e.to_string(), "rules.yml:2: variant '退钱' of '退货' already belongs to synonym '退款' (at nlu/x.yml:1)");
     }
 
@@ -647,18 +766,40 @@ rules:
         let dir = tempfile::tempdir().unwrap();
         let nlu = dir.path().join("nlu");
         std::fs::create_dir_all(&nlu).unwrap();
-        std::fs::write(nlu.join("synonyms.yml"), "version: \"3.1\"\nnlu:\n- synonym: 退款\n  examples: |\n    - 退钱\n").unwrap();
-        std::fs::write(nlu.join("regex.yml"), "nlu:\n- regex: order_number\n  examples: |\n    - '[0-9]{16}'\n").unwrap();
-        std::fs::write(nlu.join("refund.yml"), "nlu:\n- intent: refund\n  examples: |\n    - 我要退款\n").unwrap();
+        std::fs::write(
+            nlu.join("synonyms.yml"),
+            "version: \"3.1\"\nnlu:\n- synonym: 退款\n  examples: |\n    - 退钱\n",
+        )
+        .unwrap();
+        std::fs::write(
+            nlu.join("regex.yml"),
+            "nlu:\n- regex: order_number\n  examples: |\n    - '[0-9]{16}'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            nlu.join("refund.yml"),
+            "nlu:\n- intent: refund\n  examples: |\n    - 我要退款\n",
+        )
+        .unwrap();
         let rules = dir.path().join("rules.yml");
         std::fs::write(&rules, "rules:\n  - id: r\n    intent: refund\n    keywords: [退款]\n  - id: o\n    intent: delivery_tracking\n    regex_ref: order_number\n    weight: 0.5\n").unwrap();
         let l = KeywordLayer::load(&rules, Some(&nlu), &catalog()).unwrap();
         assert_eq!(l.rule_count(), 2);
         assert_eq!(best(&l.match_text("退钱")).0, "refund");
         let e = KeywordLayer::load(&rules, None, &catalog()).unwrap_err();
-        assert_eq!(e.to_string(), format!("{}:7: unknown regex 'order_number' (training-data regexes: none loaded)", rules.display()));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:7: unknown regex 'order_number' (training-data regexes: none loaded)",
+                rules.display()
+            )
+        );
         let e = KeywordLayer::load(&dir.path().join("missing.yml"), None, &catalog()).unwrap_err();
-        assert!(e.to_string().ends_with("missing.yml: no such file or directory"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("missing.yml: no such file or directory"),
+            "{e}"
+        );
     }
 
     #[test]

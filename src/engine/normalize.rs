@@ -27,7 +27,10 @@ mod tests {
 
     #[test]
     fn folds_width_case_and_spaces() {
-        assert_eq!(normalize_for_matching("  加ＶＸ：Abc\u{3000}\t 好 "), "加vx:abc 好");
+        assert_eq!(
+            normalize_for_matching("  加ＶＸ：Abc\u{3000}\t 好 "),
+            "加vx:abc 好"
+        );
         assert_eq!(normalize_for_matching("ＶＩＰ会员"), "vip会员");
         assert_eq!(normalize_for_matching(""), "");
         assert_eq!(normalize_for_matching("退款"), "退款");

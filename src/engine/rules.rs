@@ -59,12 +59,23 @@ pub struct RulesFile {
     pub synonyms: Vec<RuleSynonym>,
 }
 
-const RULE_KEYS: &str = "id, intent, keywords, phrases, regex, regex_ref, lookup, weight, priority, secondary, note";
+const RULE_KEYS: &str =
+    "id, intent, keywords, phrases, regex, regex_ref, lookup, weight, priority, secondary, note";
 const MATCHERS: [&str; 5] = ["keywords", "phrases", "regex", "regex_ref", "lookup"];
 
-pub fn parse_rules(file: &YamlFile, resources: &Dataset, catalog: &Catalog) -> Result<RulesFile, DataError> {
+pub fn parse_rules(
+    file: &YamlFile,
+    resources: &Dataset,
+    catalog: &Catalog,
+) -> Result<RulesFile, DataError> {
     let Value::Mapping(top) = &file.value else {
-        return Err(file.error(&[], format!("expected a mapping with \"rules\", found {}", type_name(&file.value))));
+        return Err(file.error(
+            &[],
+            format!(
+                "expected a mapping with \"rules\", found {}",
+                type_name(&file.value)
+            ),
+        ));
     };
     let mut out = RulesFile::default();
     let mut rules_value = None;
@@ -74,23 +85,49 @@ pub fn parse_rules(file: &YamlFile, resources: &Dataset, catalog: &Catalog) -> R
             "version" => {}
             "rules" => rules_value = Some(v),
             "synonyms" => out.synonyms = parse_synonyms(file, v)?,
-            _ => return Err(file.error(&[Seg::Key(&key)], format!("unknown key '{key}' (expected rules, synonyms)"))),
+            _ => {
+                return Err(file.error(
+                    &[Seg::Key(&key)],
+                    format!("unknown key '{key}' (expected rules, synonyms)"),
+                ))
+            }
         }
     }
-    let Some(rules_value) = rules_value else { return Err(file.error(&[], "missing key \"rules\"")) };
+    let Some(rules_value) = rules_value else {
+        return Err(file.error(&[], "missing key \"rules\""));
+    };
     let items = match rules_value {
         Value::Sequence(items) => items.as_slice(),
         Value::Null => &[],
-        other => return Err(file.error(&[Seg::Key("rules")], format!("\"rules\" must be a list, found {}", type_name(other)))),
+        other => {
+            return Err(file.error(
+                &[Seg::Key("rules")],
+                format!("\"rules\" must be a list, found {}", type_name(other)),
+            ))
+        }
     };
-    let regexes: HashMap<&str, &[String]> = resources.regexes.iter().map(|r| (r.name.as_str(), r.patterns.as_slice())).collect();
-    let lookups: HashMap<&str, &[String]> = resources.lookups.iter().map(|l| (l.name.as_str(), l.elements.as_slice())).collect();
+    let regexes: HashMap<&str, &[String]> = resources
+        .regexes
+        .iter()
+        .map(|r| (r.name.as_str(), r.patterns.as_slice()))
+        .collect();
+    let lookups: HashMap<&str, &[String]> = resources
+        .lookups
+        .iter()
+        .map(|l| (l.name.as_str(), l.elements.as_slice()))
+        .collect();
     let mut ids: HashMap<String, usize> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         let rule = parse_rule(file, i, item, catalog, &regexes, &lookups)?;
         if let Some(first) = ids.insert(rule.id.clone(), rule.origin.line) {
             let at = [Seg::Key("rules"), Seg::Index(i), Seg::Key("id")];
-            return Err(file.error(&at, format!("duplicate rule id '{}' (first defined at line {first})", rule.id)));
+            return Err(file.error(
+                &at,
+                format!(
+                    "duplicate rule id '{}' (first defined at line {first})",
+                    rule.id
+                ),
+            ));
         }
         out.rules.push(rule);
     }
@@ -103,7 +140,13 @@ fn parse_synonyms(file: &YamlFile, v: &Value) -> Result<Vec<RuleSynonym>, DataEr
         Value::Null => return Ok(Vec::new()),
         Value::Mapping(m) => m,
         other => {
-            return Err(file.error(&at, format!("\"synonyms\" must map a canonical term to a list of variants, found {}", type_name(other))));
+            return Err(file.error(
+                &at,
+                format!(
+                    "\"synonyms\" must map a canonical term to a list of variants, found {}",
+                    type_name(other)
+                ),
+            ));
         }
     };
     let mut out = Vec::new();
@@ -112,13 +155,22 @@ fn parse_synonyms(file: &YamlFile, v: &Value) -> Result<Vec<RuleSynonym>, DataEr
         let here = [Seg::Key("synonyms"), Seg::Key(&canonical)];
         let origin = Origin::new(&file.path, file.line(&here));
         let variants = string_list(file, &here, vs, "variants")?;
-        out.push((canonical, variants.into_iter().map(|(s, _)| s).collect(), origin));
+        out.push((
+            canonical,
+            variants.into_iter().map(|(s, _)| s).collect(),
+            origin,
+        ));
     }
     Ok(out)
 }
 
 /// A non-empty list of non-empty texts, each with its line (the list's line for flow lists).
-fn string_list(file: &YamlFile, at: &[Seg<'_>], v: &Value, what: &str) -> Result<Vec<(String, usize)>, DataError> {
+fn string_list(
+    file: &YamlFile,
+    at: &[Seg<'_>],
+    v: &Value,
+    what: &str,
+) -> Result<Vec<(String, usize)>, DataError> {
     let Value::Sequence(items) = v else {
         return Err(file.error(at, format!("{what} must be a list, found {}", type_name(v))));
     };
@@ -129,9 +181,14 @@ fn string_list(file: &YamlFile, at: &[Seg<'_>], v: &Value, what: &str) -> Result
     for (j, item) in items.iter().enumerate() {
         let mut path = at.to_vec();
         path.push(Seg::Index(j));
-        let text = scalar_text(item).map(|s| s.trim().to_string()).unwrap_or_default();
+        let text = scalar_text(item)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
         if text.is_empty() {
-            return Err(file.error(&path, format!("{what} must be non-empty texts, found {}", type_name(item))));
+            return Err(file.error(
+                &path,
+                format!("{what} must be non-empty texts, found {}", type_name(item)),
+            ));
         }
         out.push((text, file.line(&path)));
     }
@@ -148,12 +205,21 @@ fn parse_rule(
 ) -> Result<RuleSpec, DataError> {
     let at = [Seg::Key("rules"), Seg::Index(i)];
     let Value::Mapping(m) = item else {
-        return Err(file.error(&at, format!("rule must be a mapping ({RULE_KEYS}), found {}", type_name(item))));
+        return Err(file.error(
+            &at,
+            format!(
+                "rule must be a mapping ({RULE_KEYS}), found {}",
+                type_name(item)
+            ),
+        ));
     };
     for (k, _) in m {
         let key = scalar_text(k).unwrap_or_default();
         if !RULE_KEYS.split(", ").any(|known| known == key) {
-            return Err(file.error(&[at[0], at[1], Seg::Key(&key)], format!("unknown key '{key}' (expected {RULE_KEYS})")));
+            return Err(file.error(
+                &[at[0], at[1], Seg::Key(&key)],
+                format!("unknown key '{key}' (expected {RULE_KEYS})"),
+            ));
         }
     }
     let get = |key: &str| m.get(key);
@@ -164,23 +230,47 @@ fn parse_rule(
     if id.is_empty() {
         return Err(file.error(&at, "rule is missing id"));
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-        return Err(file.error(&key_at("id"), format!("rule id '{id}' must be ASCII letters, digits, _ - or .")));
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(file.error(
+            &key_at("id"),
+            format!("rule id '{id}' must be ASCII letters, digits, _ - or ."),
+        ));
     }
     let intent_name = text_of("intent").unwrap_or_default();
     if intent_name.is_empty() {
         return Err(file.error(&at, format!("rule '{id}' is missing intent")));
     }
     let Some(intent) = catalog.index_of(&intent_name) else {
-        return Err(file.error(&key_at("intent"), format!("unknown intent '{intent_name}' (not in {})", catalog.path().display())));
+        return Err(file.error(
+            &key_at("intent"),
+            format!(
+                "unknown intent '{intent_name}' (not in {})",
+                catalog.path().display()
+            ),
+        ));
     };
 
-    let present: Vec<&str> = MATCHERS.iter().copied().filter(|k| get(k).is_some()).collect();
+    let present: Vec<&str> = MATCHERS
+        .iter()
+        .copied()
+        .filter(|k| get(k).is_some())
+        .collect();
     let kind = match present.as_slice() {
         [one] => *one,
-        [] => return Err(file.error(&at, format!("rule '{id}' needs one of keywords, phrases, regex, regex_ref, lookup"))),
+        [] => {
+            return Err(file.error(
+                &at,
+                format!("rule '{id}' needs one of keywords, phrases, regex, regex_ref, lookup"),
+            ))
+        }
         [a, b, ..] => {
-            return Err(file.error(&at, format!("rule '{id}' has both {a} and {b}; use one matcher per rule")));
+            return Err(file.error(
+                &at,
+                format!("rule '{id}' has both {a} and {b}; use one matcher per rule"),
+            ));
         }
     };
     let kind_at = match kind {
@@ -207,28 +297,53 @@ fn parse_rule(
         "regex" => {
             let pattern = match value {
                 Value::String(s) if !s.trim().is_empty() => s.clone(),
-                other => return Err(file.error(&kind_at, format!("regex must be a pattern text, found {}", type_name(other)))),
+                other => {
+                    return Err(file.error(
+                        &kind_at,
+                        format!("regex must be a pattern text, found {}", type_name(other)),
+                    ))
+                }
             };
             if let Err(e) = regex::Regex::new(&pattern) {
                 return Err(file.error(&kind_at, regex_error_message(&pattern, &e)));
             }
-            Matcher::Regex { name: id.clone(), patterns: vec![pattern] }
+            Matcher::Regex {
+                name: id.clone(),
+                patterns: vec![pattern],
+            }
         }
         "regex_ref" => {
-            let name = scalar_text(value).map(|s| s.trim().to_string()).unwrap_or_default();
+            let name = scalar_text(value)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
             let Some(patterns) = regexes.get(name.as_str()) else {
                 let known = sorted_names(regexes);
-                return Err(file.error(&kind_at, format!("unknown regex '{name}' (training-data regexes: {known})")));
+                return Err(file.error(
+                    &kind_at,
+                    format!("unknown regex '{name}' (training-data regexes: {known})"),
+                ));
             };
-            Matcher::Regex { name, patterns: patterns.to_vec() }
+            Matcher::Regex {
+                name,
+                patterns: patterns.to_vec(),
+            }
         }
         _ => {
-            let name = scalar_text(value).map(|s| s.trim().to_string()).unwrap_or_default();
+            let name = scalar_text(value)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
             let Some(elements) = lookups.get(name.as_str()) else {
                 let known = sorted_names(lookups);
-                return Err(file.error(&kind_at, format!("unknown lookup '{name}' (training-data lookups: {known})")));
+                return Err(file.error(
+                    &kind_at,
+                    format!("unknown lookup '{name}' (training-data lookups: {known})"),
+                ));
             };
-            let elements = elements.iter().map(|e| normalize_for_matching(e)).filter(|e| !e.is_empty()).collect();
+            let elements = elements
+                .iter()
+                .map(|e| normalize_for_matching(e))
+                .filter(|e| !e.is_empty())
+                .collect();
             Matcher::Lookup { name, elements }
         }
     };
@@ -236,25 +351,57 @@ fn parse_rule(
     let weight = match get("weight") {
         None => 1.0,
         Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN) as f32,
-        Some(other) => return Err(file.error(&key_at("weight"), format!("weight must be a number, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(file.error(
+                &key_at("weight"),
+                format!("weight must be a number, found {}", type_name(other)),
+            ))
+        }
     };
     if !(weight > 0.0 && weight <= MAX_WEIGHT) {
-        return Err(file.error(&key_at("weight"), format!("weight must be above 0 and at most {MAX_WEIGHT}, found {weight}")));
+        return Err(file.error(
+            &key_at("weight"),
+            format!("weight must be above 0 and at most {MAX_WEIGHT}, found {weight}"),
+        ));
     }
     let always = match text_of("priority").as_deref() {
         None | Some("normal") => false,
         Some("always") => true,
-        Some(other) => return Err(file.error(&key_at("priority"), format!("priority must be always or normal, found '{other}'"))),
+        Some(other) => {
+            return Err(file.error(
+                &key_at("priority"),
+                format!("priority must be always or normal, found '{other}'"),
+            ))
+        }
     };
     let secondary = match get("secondary") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(file.error(&key_at("secondary"), format!("secondary must be true or false, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(file.error(
+                &key_at("secondary"),
+                format!(
+                    "secondary must be true or false, found {}",
+                    type_name(other)
+                ),
+            ))
+        }
     };
     if always && secondary {
-        return Err(file.error(&key_at("secondary"), format!("rule '{id}' cannot be both priority: always and secondary")));
+        return Err(file.error(
+            &key_at("secondary"),
+            format!("rule '{id}' cannot be both priority: always and secondary"),
+        ));
     }
-    Ok(RuleSpec { id, intent, matcher, weight, always, secondary, origin: Origin::new(&file.path, file.line(&at)) })
+    Ok(RuleSpec {
+        id,
+        intent,
+        matcher,
+        weight,
+        always,
+        secondary,
+        origin: Origin::new(&file.path, file.line(&at)),
+    })
 }
 
 fn sorted_names(map: &HashMap<&str, &[String]>) -> String {
@@ -267,7 +414,12 @@ fn sorted_names(map: &HashMap<&str, &[String]>) -> String {
 }
 
 /// Parses rules text; `path` only names the file in errors.
-pub fn parse_rules_str(path: &Path, text: &str, resources: &Dataset, catalog: &Catalog) -> Result<RulesFile, DataError> {
+pub fn parse_rules_str(
+    path: &Path,
+    text: &str,
+    resources: &Dataset,
+    catalog: &Catalog,
+) -> Result<RulesFile, DataError> {
     parse_rules(&YamlFile::parse(path, text)?, resources, catalog)
 }
 
@@ -340,16 +492,37 @@ rules:
         assert_eq!(f.synonyms[0].2.line, 3);
         let r = &f.rules;
         assert_eq!(r.len(), 5);
-        assert_eq!(r[0].matcher, Matcher::Keywords(vec![("退款".into(), 7), ("refund".into(), 7)]));
+        assert_eq!(
+            r[0].matcher,
+            Matcher::Keywords(vec![("退款".into(), 7), ("refund".into(), 7)])
+        );
         assert_eq!(r[0].weight, 1.5);
         assert_eq!(r[0].intent, 0);
         assert_eq!(r[0].origin.line, 5);
         assert!(r[1].always);
         assert_eq!(r[1].matcher, Matcher::Phrases(vec!["转人工".into()]));
-        assert_eq!(r[2].matcher, Matcher::Regex { name: "spam_re".into(), patterns: vec![r"日赚\d+".into()] });
-        assert_eq!(r[3].matcher, Matcher::Regex { name: "wechat".into(), patterns: vec![r"加\s*v".into()] });
+        assert_eq!(
+            r[2].matcher,
+            Matcher::Regex {
+                name: "spam_re".into(),
+                patterns: vec![r"日赚\d+".into()]
+            }
+        );
+        assert_eq!(
+            r[3].matcher,
+            Matcher::Regex {
+                name: "wechat".into(),
+                patterns: vec![r"加\s*v".into()]
+            }
+        );
         assert!(r[3].secondary);
-        assert_eq!(r[4].matcher, Matcher::Lookup { name: "pay".into(), elements: vec!["支付宝".into(), "visa".into()] });
+        assert_eq!(
+            r[4].matcher,
+            Matcher::Lookup {
+                name: "pay".into(),
+                elements: vec!["支付宝".into(), "visa".into()]
+            }
+        );
     }
 
     #[test]
@@ -392,6 +565,9 @@ rules:
             &catalog(),
         )
         .unwrap_err();
-        assert_eq!(e.to_string(), "rules.yml:4: unknown regex 'wechat' (training-data regexes: none loaded)");
+        assert_eq!(
+            e.to_string(),
+            "rules.yml:4: unknown regex 'wechat' (training-data regexes: none loaded)"
+        );
     }
 }

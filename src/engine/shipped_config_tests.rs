@@ -7,7 +7,9 @@ use super::{fuse, Catalog, FusionConfig, KeywordLayer, KeywordMatch};
 use crate::types::Source;
 
 fn operator(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/operator").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/operator")
+        .join(name)
 }
 
 /// A small stand-in for training-data/nlu: the regex and lookup names the shipped rules refer
@@ -86,7 +88,10 @@ fn every_intent_has_a_rule() {
     let catalog = Catalog::load(&operator("intents.yml")).unwrap();
     let text = std::fs::read_to_string(operator("rules.yml")).unwrap();
     for id in catalog.ids() {
-        assert!(text.contains(&format!("intent: {id}\n")), "no rule for intent {id}");
+        assert!(
+            text.contains(&format!("intent: {id}\n")),
+            "no rule for intent {id}"
+        );
     }
 }
 
@@ -132,7 +137,11 @@ fn shipped_rules_classify_typical_messages_without_a_model() {
     for (text, want) in cases {
         let (got, _, kw) = decide(&layer, text);
         if got != want {
-            wrong.push(format!("{text}: got '{got}', want '{want}' ({:?}, tokens {:?})", kw.scores, layer.tokens(text)));
+            wrong.push(format!(
+                "{text}: got '{got}', want '{want}' ({:?}, tokens {:?})",
+                kw.scores,
+                layer.tokens(text)
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));

@@ -20,7 +20,12 @@ pub struct SynonymTable {
 impl SynonymTable {
     /// Adds one synonym entry; a variant claimed by two canonicals, or a canonical used as
     /// another's variant, is an error at `origin`.
-    pub fn add(&mut self, canonical: &str, variants: &[String], origin: &Origin) -> Result<(), DataError> {
+    pub fn add(
+        &mut self,
+        canonical: &str,
+        variants: &[String],
+        origin: &Origin,
+    ) -> Result<(), DataError> {
         let err = |msg: String| DataError::at_line(&origin.file, origin.line, msg);
         let canon = normalize_for_matching(canonical);
         if canon.is_empty() {
@@ -28,9 +33,13 @@ impl SynonymTable {
         }
         if let Some(other) = self.to_canonical.get(&canon) {
             let at = &self.variant_origin[&canon];
-            return Err(err(format!("'{canonical}' is a synonym but is already a variant of '{other}' (at {at})")));
+            return Err(err(format!(
+                "'{canonical}' is a synonym but is already a variant of '{other}' (at {at})"
+            )));
         }
-        self.canonicals.entry(canon.clone()).or_insert_with(|| origin.clone());
+        self.canonicals
+            .entry(canon.clone())
+            .or_insert_with(|| origin.clone());
         for variant in variants {
             let v = normalize_for_matching(variant);
             if v.is_empty() {
@@ -64,7 +73,9 @@ impl SynonymTable {
 
     /// (variant, canonical) pairs, normalised.
     pub fn variants(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.to_canonical.iter().map(|(v, c)| (v.as_str(), c.as_str()))
+        self.to_canonical
+            .iter()
+            .map(|(v, c)| (v.as_str(), c.as_str()))
     }
 
     /// Normalised canonical terms.
@@ -97,7 +108,8 @@ mod tests {
     #[test]
     fn maps_variants_to_canonicals_after_normalising() {
         let mut t = SynonymTable::default();
-        t.add("退款", &strings(&["退钱", "退货款", "Refund"]), &at(1)).unwrap();
+        t.add("退款", &strings(&["退钱", "退货款", "Refund"]), &at(1))
+            .unwrap();
         t.add("会员", &strings(&["ＶＩＰ", "vip"]), &at(5)).unwrap();
         assert_eq!(t.canonical("退钱"), "退款");
         assert_eq!(t.canonical("refund"), "退款");
@@ -112,11 +124,17 @@ mod tests {
         let mut t = SynonymTable::default();
         t.add("退款", &strings(&["退钱"]), &at(1)).unwrap();
         let e = t.add("退货", &strings(&["退钱"]), &at(9)).unwrap_err();
-        assert_eq!(e.to_string(), "s.yml:9: variant '退钱' of '退货' already belongs to synonym '退款' (at s.yml:1)");
+        assert_eq!(
+            e.to_string(),
+            "s.yml:9: variant '退钱' of '退货' already belongs to synonym '退款' (at s.yml:1)"
+        );
         let e = t.add("售后", &strings(&["退款"]), &at(12)).unwrap_err();
         assert_eq!(e.to_string(), "s.yml:12: '退款' is listed as a variant of '售后' but is itself a synonym (at s.yml:1)");
         let e = t.add("退钱", &strings(&["返钱"]), &at(15)).unwrap_err();
-        assert_eq!(e.to_string(), "s.yml:15: '退钱' is a synonym but is already a variant of '退款' (at s.yml:1)");
+        assert_eq!(
+            e.to_string(),
+            "s.yml:15: '退钱' is a synonym but is already a variant of '退款' (at s.yml:1)"
+        );
         // the same pair twice is fine
         t.add("退款", &strings(&["退钱", "退款"]), &at(20)).unwrap();
     }

@@ -6,9 +6,11 @@
 //! compositions of the same maths plus dropout. Weight names match Hugging Face's `BertModel`, so
 //! `pytorch_model.bin` loads without renaming.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_core::{Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
+
+use super::dense::{Activation, ServingDense};
 
 /// The subset of Hugging Face's `config.json` that the architecture needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +80,9 @@ impl LayerNorm {
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -90,41 +94,143 @@ fn dropout(x: &Tensor, p: f32, mode: Mode) -> Result<Tensor> {
     }
 }
 
+/// y = act(x Wᵀ + b [+ residual]) over the last dimension of `x`.
+enum Dense {
+    /// Serving: weights laid out once at load for the fused kernel (see `dense.rs`).
+    Serving(ServingDense),
+    /// Training: the `(out, in)` variables the optimiser updates in place, through
+    /// differentiable candle ops.
+    Train { weight: Tensor, bias: Tensor },
+}
+
+impl Dense {
+    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder, trainable: bool) -> Result<Self> {
+        Self::new(
+            vb.get((out_dim, in_dim), "weight")?,
+            vb.get(out_dim, "bias")?,
+            trainable,
+        )
+    }
+
+    /// `weight` is `(out, in)`, as Hugging Face stores it.
+    fn new(weight: Tensor, bias: Tensor, trainable: bool) -> Result<Self> {
+        if trainable {
+            Ok(Dense::Train { weight, bias })
+        } else {
+            Ok(Dense::Serving(ServingDense::new(&weight, &bias)?))
+        }
+    }
+
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+        match self {
+            Dense::Serving(d) => d.forward(x, residual, act),
+            Dense::Train { weight, bias } => {
+                let dims = x.dims();
+                let in_dim = dims[dims.len() - 1];
+                let rows = x.elem_count() / in_dim.max(1);
+                // One 2-D matmul over all rows: the batched path would broadcast the weight and
+                // run gemm once per leading index.
+                let y = x
+                    .reshape((rows, in_dim))?
+                    .matmul(&weight.t()?)?
+                    .broadcast_add(bias)?;
+                let mut out_dims = dims.to_vec();
+                *out_dims.last_mut().expect("non-scalar input") = weight.dim(0)?;
+                let mut y = y.reshape(out_dims)?;
+                if let Some(r) = residual {
+                    y = (y + r)?;
+                }
+                match act {
+                    Activation::None => Ok(y),
+                    Activation::Gelu => y.gelu_erf(),
+                }
+            }
+        }
+    }
+
+    /// `dropout(x Wᵀ + b) + residual`; without dropout the residual rides along in the fused
+    /// kernel.
+    fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        p: f32,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        if mode == Mode::Train && p > 0.0 {
+            dropout(&self.forward(x, None, Activation::None)?, p, mode)? + residual
+        } else {
+            self.forward(x, Some(residual), Activation::None)
+        }
+    }
+}
+
 struct Embeddings {
     word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
+    /// (max_positions, hidden)
+    position: Tensor,
+    /// (type_vocab, hidden)
+    token_type: Tensor,
+    /// Serving: position + token type 0, summed once at load. A single text is all segment 0,
+    /// so this saves two lookups and an add per forward pass.
+    position_type0: Option<Tensor>,
     norm: LayerNorm,
     dropout: f32,
 }
 
 impl Embeddings {
-    fn load(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &BertConfig, vb: VarBuilder, trainable: bool) -> Result<Self> {
         let h = cfg.hidden_size;
+        let position = vb
+            .pp("position_embeddings")
+            .get((cfg.max_position_embeddings, h), "weight")?;
+        let token_type = vb
+            .pp("token_type_embeddings")
+            .get((cfg.type_vocab_size, h), "weight")?;
+        let position_type0 = if trainable {
+            None
+        } else {
+            Some(position.broadcast_add(&token_type.narrow(0, 0, 1)?)?)
+        };
         Ok(Self {
             word: candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
-            position: candle_nn::embedding(cfg.max_position_embeddings, h, vb.pp("position_embeddings"))?,
-            token_type: candle_nn::embedding(cfg.type_vocab_size, h, vb.pp("token_type_embeddings"))?,
+            position,
+            token_type,
+            position_type0,
             norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
             dropout: cfg.hidden_dropout_prob,
         })
     }
 
-    fn forward(&self, input_ids: &Tensor, type_ids: &Tensor, mode: Mode) -> Result<Tensor> {
+    /// `type_ids`: None means every token is segment 0.
+    fn forward(&self, input_ids: &Tensor, type_ids: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let (_b, t) = input_ids.dims2()?;
-        let positions = Tensor::arange(0u32, t as u32, input_ids.device())?;
-        let x = self
-            .word
-            .forward(input_ids)?
-            .add(&self.token_type.forward(type_ids)?)?
-            .broadcast_add(&self.position.forward(&positions)?)?;
+        let max = self.position.dim(0)?;
+        if t > max {
+            candle_core::bail!("sequence of {t} tokens is longer than the model's {max} positions");
+        }
+        let x = self.word.forward(input_ids)?;
+        let x = match (type_ids, &self.position_type0) {
+            (None, Some(pt)) => x.broadcast_add(&pt.narrow(0, 0, t)?)?,
+            (None, None) => x.broadcast_add(
+                &self
+                    .position
+                    .narrow(0, 0, t)?
+                    .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?,
+            )?,
+            (Some(tt), _) => {
+                let types = Embedding::new(self.token_type.clone(), self.token_type.dim(1)?);
+                x.add(&types.forward(tt)?)?
+                    .broadcast_add(&self.position.narrow(0, 0, t)?)?
+            }
+        };
         dropout(&self.norm.forward(&x, mode)?, self.dropout, mode)
     }
 }
 
 struct SelfAttention {
     qkv: Qkv,
-    out: Linear,
+    out: Dense,
     norm: LayerNorm,
     heads: usize,
     head_dim: usize,
@@ -134,41 +240,61 @@ struct SelfAttention {
 /// Query, key and value projections applied as one matmul: one pass over the activations
 /// instead of three.
 enum Qkv {
-    /// Serving: the weights are concatenated once at load time.
-    Fused(Linear),
+    /// Serving: the weights are concatenated once at load time, and the query rows are
+    /// pre-multiplied by 1/sqrt(head_dim), so the attention scores need no scaling pass.
+    Fused(Dense),
     /// Training: the three projections stay separate variables (the optimiser updates them in
     /// place), so they are concatenated on every forward pass and gradients flow back to each.
-    Separate { weights: [Tensor; 3], biases: [Tensor; 3] },
+    Separate {
+        weights: [Tensor; 3],
+        biases: [Tensor; 3],
+    },
 }
 
 impl Qkv {
     fn load(cfg: &BertConfig, vb: &VarBuilder, trainable: bool) -> Result<Self> {
         let h = cfg.hidden_size;
         let get = |name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((vb.pp(name).get((h, h), "weight")?, vb.pp(name).get(h, "bias")?))
+            Ok((
+                vb.pp(name).get((h, h), "weight")?,
+                vb.pp(name).get(h, "bias")?,
+            ))
         };
         let (qw, qb) = get("query")?;
         let (kw, kb) = get("key")?;
         let (vw, vbias) = get("value")?;
         if trainable {
-            Ok(Qkv::Separate { weights: [qw, kw, vw], biases: [qb, kb, vbias] })
+            Ok(Qkv::Separate {
+                weights: [qw, kw, vw],
+                biases: [qb, kb, vbias],
+            })
         } else {
+            let scale = attention_scale(h / cfg.num_attention_heads);
+            let (qw, qb) = ((qw * scale)?, (qb * scale)?);
             let w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
             let b = Tensor::cat(&[&qb, &kb, &vbias], 0)?;
-            Ok(Qkv::Fused(Linear::new(w, Some(b))))
+            Ok(Qkv::Fused(Dense::new(w, b, false)?))
         }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Qkv::Fused(linear) => linear.forward(x),
+            Qkv::Fused(dense) => dense.forward(x, None, Activation::None),
             Qkv::Separate { weights, biases } => {
                 let w = Tensor::cat(weights, 0)?;
                 let b = Tensor::cat(biases, 0)?;
-                Linear::new(w, Some(b)).forward(x)
+                Dense::new(w, b, true)?.forward(x, None, Activation::None)
             }
         }
     }
+
+    fn prescaled(&self) -> bool {
+        matches!(self, Qkv::Fused(_))
+    }
+}
+
+fn attention_scale(head_dim: usize) -> f64 {
+    1.0 / (head_dim as f64).sqrt()
 }
 
 impl SelfAttention {
@@ -176,7 +302,7 @@ impl SelfAttention {
         let h = cfg.hidden_size;
         Ok(Self {
             qkv: Qkv::load(cfg, &vb.pp("self"), trainable)?,
-            out: candle_nn::linear(h, h, vb.pp("output").pp("dense"))?,
+            out: Dense::load(h, h, vb.pp("output").pp("dense"), trainable)?,
             norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
@@ -184,31 +310,39 @@ impl SelfAttention {
         })
     }
 
-    /// `mask_bias`: (batch, 1, 1, seq), 0 for real tokens and a large negative for padding.
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<Tensor> {
+    /// `mask_bias`: (batch, 1, 1, seq), 0 for real tokens and a large negative for padding;
+    /// None when nothing is padded.
+    fn forward(&self, x: &Tensor, mask_bias: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let qkv = self.qkv.forward(x)?; // (b, t, 3h)
-        let qkv = qkv.reshape((b, t, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
+                                        // One copy into (3, b, heads, t, head_dim); q, k and v are then contiguous views.
+        let qkv = qkv
+            .reshape((b, t, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let mut scores = q.matmul(&k.t()?)?;
+        if !self.qkv.prescaled() {
+            scores = (scores * attention_scale(self.head_dim))?;
+        }
+        if let Some(m) = mask_bias {
+            scores = scores.broadcast_add(m)?;
+        }
         let probs = match mode {
             Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
             Mode::Train | Mode::TrainNoDropout => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let probs = dropout(&probs, self.dropout, mode)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
-        let out = dropout(&self.out.forward(&ctx)?, self.dropout, mode)?;
-        self.norm.forward(&(out + x)?, mode)
+        let out = self.out.forward_residual(&ctx, x, self.dropout, mode)?;
+        self.norm.forward(&out, mode)
     }
 }
 
 struct Layer {
     attention: SelfAttention,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     norm: LayerNorm,
     dropout: f32,
 }
@@ -218,18 +352,18 @@ impl Layer {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             attention: SelfAttention::load(cfg, vb.pp("attention"), trainable)?,
-            intermediate: candle_nn::linear(h, i, vb.pp("intermediate").pp("dense"))?,
-            output: candle_nn::linear(i, h, vb.pp("output").pp("dense"))?,
+            intermediate: Dense::load(h, i, vb.pp("intermediate").pp("dense"), trainable)?,
+            output: Dense::load(i, h, vb.pp("output").pp("dense"), trainable)?,
             norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             dropout: cfg.hidden_dropout_prob,
         })
     }
 
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mask_bias: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let a = self.attention.forward(x, mask_bias, mode)?;
-        let i = self.intermediate.forward(&a)?.gelu_erf()?;
-        let o = dropout(&self.output.forward(&i)?, self.dropout, mode)?;
-        self.norm.forward(&(o + a)?, mode)
+        let i = self.intermediate.forward(&a, None, Activation::Gelu)?;
+        let o = self.output.forward_residual(&i, &a, self.dropout, mode)?;
+        self.norm.forward(&o, mode)
     }
 }
 
@@ -242,20 +376,28 @@ pub struct Bert {
 
 impl Bert {
     /// `vb` is rooted where Hugging Face's `BertModel` keys start (`embeddings.`, `encoder.`).
-    /// `trainable`: build for fine-tuning (weights stay the builder's variables) rather than
-    /// for serving (weights pre-fused for speed).
+    /// `trainable`: build for fine-tuning (weights stay the builder's variables, in their
+    /// Hugging Face layout) rather than for serving (weights pre-transposed, pre-fused and
+    /// pre-scaled once for speed). Either build runs in either `Mode`.
     pub fn load(vb: VarBuilder, config: &BertConfig, trainable: bool) -> Result<Self> {
         if config.hidden_act != "gelu" {
             candle_core::bail!("unsupported hidden_act '{}' (only gelu)", config.hidden_act);
         }
-        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+        if !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+        {
             candle_core::bail!("hidden_size must be a multiple of num_attention_heads");
         }
-        let embeddings = Embeddings::load(config, vb.pp("embeddings"))?;
+        let embeddings = Embeddings::load(config, vb.pp("embeddings"), trainable)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::load(config, vb.pp("encoder").pp("layer").pp(i), trainable))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { embeddings, layers, config: config.clone() })
+        Ok(Self {
+            embeddings,
+            layers,
+            config: config.clone(),
+        })
     }
 
     /// Stops gradients at the word-embedding table. Fine-tuning on a few thousand short
@@ -267,39 +409,60 @@ impl Bert {
         self.embeddings.word = Embedding::new(w, h);
     }
 
-    /// input_ids, type_ids, attention_mask: (batch, seq) u32. Returns (batch, seq, hidden).
+    /// input_ids: (batch, seq) u32; type_ids: (batch, seq) u32, None for all segment 0;
+    /// mask_bias: (batch, 1, 1, seq) f32 from [`mask_bias`], None when no row is padded.
+    /// Returns (batch, seq, hidden).
     pub fn forward(
         &self,
         input_ids: &Tensor,
-        type_ids: &Tensor,
-        attention_mask: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask_bias: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let mask_bias = mask_bias(attention_mask)?;
         let mut x = self.embeddings.forward(input_ids, type_ids, mode)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask_bias, mode)?;
+            x = layer.forward(&x, mask_bias, mode)?;
         }
         Ok(x)
     }
 }
 
-/// (batch, seq) of 1/0 into an additive (batch, 1, 1, seq) bias.
-fn mask_bias(mask: &Tensor) -> Result<Tensor> {
-    let (b, t) = mask.dims2()?;
-    let m = mask.to_dtype(DType::F32)?;
-    // (1 - m) * -10000, as in the original BERT: large enough to zero the softmax, finite so
-    // a fully padded row cannot produce NaN.
-    let bias = ((m.ones_like()? - m)? * -10_000.0)?;
-    bias.reshape((b, 1, 1, t))
+/// The additive attention bias for texts of these lengths padded to `t` tokens:
+/// (batch, 1, 1, t), 0 for real tokens and -10000 for padding (as in the original BERT: large
+/// enough to zero the softmax, finite so a fully padded row cannot produce NaN). None when no
+/// text is padded, so the forward pass skips the add.
+pub fn mask_bias(lengths: &[usize], t: usize, device: &Device) -> Result<Option<Tensor>> {
+    if lengths.iter().all(|&l| l >= t) {
+        return Ok(None);
+    }
+    let mut bias = vec![0f32; lengths.len() * t];
+    for (row, &l) in lengths.iter().enumerate() {
+        bias[row * t + l.min(t)..(row + 1) * t].fill(-10_000.0);
+    }
+    Ok(Some(Tensor::from_vec(
+        bias,
+        (lengths.len(), 1, 1, t),
+        device,
+    )?))
 }
 
-/// Mean over the real (unmasked) tokens: hidden (b, t, h), mask (b, t) -> (b, h).
-pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-    let m = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(2)?; // (b, t, 1)
-    let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (b, h)
-    let counts = m.sum(1)?.clamp(1.0, f64::MAX)?; // (b, 1)
-    summed.broadcast_div(&counts)
+/// Weights that make mean pooling one batched matmul: (batch, t), 1/len over each text's
+/// real tokens and 0 on padding.
+pub fn pool_weights(lengths: &[usize], t: usize, device: &Device) -> Result<Tensor> {
+    let mut w = vec![0f32; lengths.len() * t];
+    for (row, &l) in lengths.iter().enumerate() {
+        let l = l.min(t);
+        if l > 0 {
+            w[row * t..row * t + l].fill(1.0 / l as f32);
+        }
+    }
+    Tensor::from_vec(w, (lengths.len(), t), device)
+}
+
+/// Mean over the real (unmasked) tokens: hidden (b, t, h), weights (b, t) from
+/// [`pool_weights`] -> (b, h).
+pub fn mean_pool(hidden: &Tensor, pool_weights: &Tensor) -> Result<Tensor> {
+    pool_weights.unsqueeze(1)?.matmul(hidden)?.squeeze(1)
 }
 
 /// The device everything runs on. CPU only: the service targets small CPU machines.

@@ -83,11 +83,23 @@ impl IntentModel {
     /// Loads a trained model folder; every missing or inconsistent file is a clear error.
     pub fn load(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            bail!("model directory {} does not exist (train one with `intentd train`)", dir.display());
+            bail!(
+                "model directory {} does not exist (train one with `intentd train`)",
+                dir.display()
+            );
         }
-        for f in [WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, LABELS_FILE, CARD_FILE] {
+        for f in [
+            WEIGHTS_FILE,
+            CONFIG_FILE,
+            TOKENIZER_FILE,
+            LABELS_FILE,
+            CARD_FILE,
+        ] {
             if !dir.join(f).is_file() {
-                bail!("{}: missing {f}; is this a folder written by `intentd train`?", dir.display());
+                bail!(
+                    "{}: missing {f}; is this a folder written by `intentd train`?",
+                    dir.display()
+                );
             }
         }
         let config: BertConfig = read_json(&dir.join(CONFIG_FILE))?;
@@ -96,7 +108,11 @@ impl IntentModel {
         if labels.is_empty() {
             bail!("{}: no labels", dir.join(LABELS_FILE).display());
         }
-        let max_tokens = if card.max_tokens > 0 { card.max_tokens } else { 128 };
+        let max_tokens = if card.max_tokens > 0 {
+            card.max_tokens
+        } else {
+            128
+        };
         let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE), max_tokens)?;
         let device = super::bert::device();
         // SAFETY: the file is memory-mapped read-only; it must not be modified while served,
@@ -109,7 +125,11 @@ impl IntentModel {
             .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
         let head = candle_nn::linear(config.hidden_size, labels.len(), vb.pp("classifier"))
             .with_context(|| {
-                format!("{}: classifier head does not match {} labels", dir.display(), labels.len())
+                format!(
+                    "{}: classifier head does not match {} labels",
+                    dir.display(),
+                    labels.len()
+                )
             })?;
         Ok(Self {
             tokenizer,
@@ -122,7 +142,11 @@ impl IntentModel {
     }
 
     /// Convenience for the CLI and tests: tokenise and predict in batches of `batch_size`.
-    pub fn predict_texts(&self, texts: &[impl AsRef<str>], batch_size: usize) -> Result<Vec<Prediction>> {
+    pub fn predict_texts(
+        &self,
+        texts: &[impl AsRef<str>],
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>> {
         let toks = self.tokenizer.tokenize_all(texts)?;
         let mut out = Vec::with_capacity(toks.len());
         for chunk in toks.chunks(batch_size.max(1)) {
@@ -151,7 +175,10 @@ impl IntentBackend for IntentModel {
         let pooled = self.encoder.embed(&padded, Mode::Infer)?;
         let logits = self.head.forward(&pooled)?;
         let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-        Ok(probs.into_iter().map(|probs| Prediction { probs }).collect())
+        Ok(probs
+            .into_iter()
+            .map(|probs| Prediction { probs })
+            .collect())
     }
 }
 
@@ -163,13 +190,17 @@ pub fn ranked(pred: &Prediction) -> Vec<(usize, f32)> {
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
 /// Loads the pretrained encoder from a `fetch-model` folder (for parity checks and frozen
 /// features).
-pub fn load_base_encoder(dir: &Path, max_tokens: usize) -> Result<(TextTokenizer, SentenceEncoder)> {
+pub fn load_base_encoder(
+    dir: &Path,
+    max_tokens: usize,
+) -> Result<(TextTokenizer, SentenceEncoder)> {
     let base = super::base_models::find(super::base_models::DEFAULT_BASE_MODEL).expect("listed");
     if !dir.join(base.weights).is_file() {
         bail!(

@@ -25,7 +25,9 @@ fn ensure_font() -> Result<()> {
                 if let Ok(bytes) = std::fs::read(p) {
                     // plotters keeps a &'static reference; the font lives for the process.
                     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                    if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                        .is_ok()
+                    {
                         return Ok(());
                     }
                 }
@@ -51,7 +53,8 @@ pub fn draw(path: &Path, labels: &[String], matrix: &[Vec<usize>]) -> Result<()>
     let margin_top = 150;
     let size = (margin_left + n * cell + 20, margin_top + n * cell + 40);
     let root = BitMapBackend::new(path, (size.0 as u32, size.1 as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("drawing failed: {e}"))?;
+    root.fill(&WHITE)
+        .map_err(|e| anyhow!("drawing failed: {e}"))?;
     let label_font = ("sans-serif", 12).into_font().color(&BLACK);
     let count_font = ("sans-serif", 10).into_font();
     let err = |e: DrawingAreaErrorKind<_>| anyhow!("drawing failed: {e:?}");
@@ -74,7 +77,10 @@ pub fn draw(path: &Path, labels: &[String], matrix: &[Vec<usize>]) -> Result<()>
         root.draw(&Text::new(
             label.as_str(),
             (x, margin_top - 6),
-            label_font.clone().transform(FontTransform::Rotate270).pos(Pos::new(HPos::Left, VPos::Center)),
+            label_font
+                .clone()
+                .transform(FontTransform::Rotate270)
+                .pos(Pos::new(HPos::Left, VPos::Center)),
         ))
         .map_err(err)?;
     }
@@ -85,25 +91,39 @@ pub fn draw(path: &Path, labels: &[String], matrix: &[Vec<usize>]) -> Result<()>
             let x0 = margin_left + p as i32 * cell;
             let y0 = margin_top + g as i32 * cell;
             // Correct cells in blue, errors in red; intensity is the share of the gold row.
-            let (r, gch, b) = if g == p { (0.0, 0.35, 0.8) } else { (0.85, 0.1, 0.1) };
+            let (r, gch, b) = if g == p {
+                (0.0, 0.35, 0.8)
+            } else {
+                (0.85, 0.1, 0.1)
+            };
             let mix = |c: f64| (255.0 - (255.0 - c * 255.0) * share) as u8;
             let colour = RGBColor(mix(r), mix(gch), mix(b));
-            root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], colour.filled()))
-                .map_err(err)?;
-            root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], RGBColor(220, 220, 220)))
-                .map_err(err)?;
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + cell, y0 + cell)],
+                colour.filled(),
+            ))
+            .map_err(err)?;
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + cell, y0 + cell)],
+                RGBColor(220, 220, 220),
+            ))
+            .map_err(err)?;
             if count > 0 {
                 let text_colour = if share > 0.5 { WHITE } else { BLACK };
                 root.draw(&Text::new(
                     count.to_string(),
                     (x0 + cell / 2, y0 + cell / 2),
-                    count_font.clone().color(&text_colour).pos(Pos::new(HPos::Center, VPos::Center)),
+                    count_font
+                        .clone()
+                        .color(&text_colour)
+                        .pos(Pos::new(HPos::Center, VPos::Center)),
                 ))
                 .map_err(err)?;
             }
         }
     }
-    root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    root.present()
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(())
 }
 
@@ -115,7 +135,11 @@ mod tests {
     fn writes_a_png_of_the_expected_size() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cm.png");
-        let labels = vec!["refund".to_string(), "price".to_string(), "greeting".to_string()];
+        let labels = vec![
+            "refund".to_string(),
+            "price".to_string(),
+            "greeting".to_string(),
+        ];
         draw(&p, &labels, &[vec![5, 1, 0], vec![0, 4, 2], vec![0, 0, 7]]).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
-use super::bert::{mean_pool, Bert, BertConfig, Mode};
+use super::bert::{mask_bias, mean_pool, pool_weights, Bert, BertConfig, Mode};
 
 /// One text after tokenisation, before batching.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,11 +17,19 @@ pub struct Tokenized {
     pub truncated: bool,
 }
 
-/// Token ids padded into rectangular tensors for one forward pass.
+/// Token ids padded into rectangular tensors for one forward pass. Everything derived from the
+/// lengths (attention bias, pooling weights) is built here on the host, in one allocation each,
+/// instead of as a chain of small tensor ops per forward pass.
 pub struct PaddedBatch {
+    /// (batch, seq) u32.
     pub input_ids: Tensor,
-    pub type_ids: Tensor,
-    pub attention_mask: Tensor,
+    /// (batch, 1, 1, seq) additive attention bias; None when no text is padded (always so for
+    /// a single text).
+    pub mask_bias: Option<Tensor>,
+    /// (batch, seq) f32 mean-pooling weights: 1/len on real tokens, 0 on padding.
+    pub pool_weights: Tensor,
+    /// Real tokens per text.
+    pub lengths: Vec<usize>,
 }
 
 /// Tokenizer wrapper that enforces the model's sequence limit itself, so the caller learns
@@ -50,7 +58,12 @@ impl TextTokenizer {
         if max_tokens < 2 {
             anyhow::bail!("max_tokens must be at least 2, got {max_tokens}");
         }
-        Ok(Self { inner, max_tokens, sep_id, pad_id })
+        Ok(Self {
+            inner,
+            max_tokens,
+            sep_id,
+            pad_id,
+        })
     }
 
     pub fn max_tokens(&self) -> usize {
@@ -80,15 +93,15 @@ impl TextTokenizer {
         let b = batch.len();
         let t = batch.iter().map(|x| x.ids.len()).max().unwrap_or(0).max(1);
         let mut ids = vec![self.pad_id; b * t];
-        let mut mask = vec![0u32; b * t];
         for (row, x) in batch.iter().enumerate() {
             ids[row * t..row * t + x.ids.len()].copy_from_slice(&x.ids);
-            mask[row * t..row * t + x.ids.len()].fill(1);
         }
+        let lengths: Vec<usize> = batch.iter().map(|x| x.ids.len()).collect();
         Ok(PaddedBatch {
             input_ids: Tensor::from_vec(ids, (b, t), device)?,
-            type_ids: Tensor::zeros((b, t), candle_core::DType::U32, device)?,
-            attention_mask: Tensor::from_vec(mask, (b, t), device)?,
+            mask_bias: mask_bias(&lengths, t, device)?,
+            pool_weights: pool_weights(&lengths, t, device)?,
+            lengths,
         })
     }
 }
@@ -112,7 +125,7 @@ impl SentenceEncoder {
     pub fn embed(&self, batch: &PaddedBatch, mode: Mode) -> Result<Tensor> {
         let hidden = self
             .bert
-            .forward(&batch.input_ids, &batch.type_ids, &batch.attention_mask, mode)?;
-        Ok(mean_pool(&hidden, &batch.attention_mask)?)
+            .forward(&batch.input_ids, None, batch.mask_bias.as_ref(), mode)?;
+        Ok(mean_pool(&hidden, &batch.pool_weights)?)
     }
 }

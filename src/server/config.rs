@@ -106,7 +106,10 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: "127.0.0.1:9464".parse().expect("static address") }
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9464".parse().expect("static address"),
+        }
     }
 }
 
@@ -114,12 +117,17 @@ impl ServerConfig {
     /// Reads the file; relative paths inside it are taken from the current directory (the
     /// repository root when following the README).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let cfg: ServerConfig = serde_yaml_ng::from_str(&text).map_err(|e| {
-            let at = e.location().map(|l| format!(":{}", l.line())).unwrap_or_default();
+            let at = e
+                .location()
+                .map(|l| format!(":{}", l.line()))
+                .unwrap_or_default();
             anyhow::anyhow!("{}{at}: {e}", path.display())
         })?;
-        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}", path.display()))?;
         Ok(cfg)
     }
 
@@ -128,10 +136,16 @@ impl ServerConfig {
             bail!("max_in_flight must be at least 1");
         }
         if self.limits.max_text_chars == 0 || self.limits.max_text_chars > 100_000 {
-            bail!("limits.max_text_chars must be 1..=100000, got {}", self.limits.max_text_chars);
+            bail!(
+                "limits.max_text_chars must be 1..=100000, got {}",
+                self.limits.max_text_chars
+            );
         }
         if self.batching.max_batch_size == 0 || self.batching.max_batch_size > 256 {
-            bail!("batching.max_batch_size must be 1..=256, got {}", self.batching.max_batch_size);
+            bail!(
+                "batching.max_batch_size must be 1..=256, got {}",
+                self.batching.max_batch_size
+            );
         }
         if !self.auth.disabled && self.auth.bots.is_empty() {
             bail!("auth.bots is empty: list the bots with their tokens, or set auth.disabled: true for local use");
@@ -145,7 +159,9 @@ impl ServerConfig {
                 bail!("auth.bots: bot '{}' is listed twice", b.id);
             }
         }
-        self.store.validate().map_err(|e| anyhow::anyhow!("store: {e}"))?;
+        self.store
+            .validate()
+            .map_err(|e| anyhow::anyhow!("store: {e}"))?;
         Ok(())
     }
 

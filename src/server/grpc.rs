@@ -112,7 +112,10 @@ type OutboundStream = Pin<Box<dyn Stream<Item = Result<pb::Outbound, Status>> + 
 
 #[tonic::async_trait]
 impl IntentService for IntentApi {
-    async fn classify(&self, request: Request<pb::ClassifyRequest>) -> Result<Response<pb::ClassifyResponse>, Status> {
+    async fn classify(
+        &self,
+        request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let who = caller(&self.auth, &request)?;
         let req = request.into_inner();
         who.check_bot(&req.bot_id)?;
@@ -135,7 +138,10 @@ impl IntentService for IntentApi {
         }))
     }
 
-    async fn handle_event(&self, request: Request<pb::Event>) -> Result<Response<pb::Decision>, Status> {
+    async fn handle_event(
+        &self,
+        request: Request<pb::Event>,
+    ) -> Result<Response<pb::Decision>, Status> {
         let who = caller(&self.auth, &request)?;
         let ev = request.into_inner();
         who.check_bot(&ev.bot_id)?;
@@ -151,12 +157,18 @@ impl IntentService for IntentApi {
 
     type SubscribeStream = OutboundStream;
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = caller(&self.auth, &request)?;
         let req = request.into_inner();
         who.check_bot(&req.bot_id)?;
         if !self.core.known_bot(&req.bot_id) {
-            return Err(Status::invalid_argument(format!("bot_id: unknown bot '{}'", req.bot_id)));
+            return Err(Status::invalid_argument(format!(
+                "bot_id: unknown bot '{}'",
+                req.bot_id
+            )));
         }
         let core = self.core.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Outbound, Status>>(64);
@@ -192,10 +204,15 @@ impl IntentService for IntentApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn feedback(&self, request: Request<pb::FeedbackRequest>) -> Result<Response<pb::FeedbackResponse>, Status> {
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
         let who = caller(&self.auth, &request)?;
         let req = request.into_inner();
         who.check_bot(&req.bot_id)?;
@@ -214,7 +231,10 @@ impl IntentService for IntentApi {
         Ok(Response::new(pb::HumanReplyResponse { recorded }))
     }
 
-    async fn get_stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+    async fn get_stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
         let who = caller(&self.auth, &request)?;
         let req = request.into_inner();
         who.check_bot(&req.bot_id)?;
@@ -247,10 +267,17 @@ pub struct AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn reload(&self, request: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
         self.auth.admin(&request)?;
         let req = request.into_inner();
-        let (model, operator) = if !req.model && !req.operator { (true, true) } else { (req.model, req.operator) };
+        let (model, operator) = if !req.model && !req.operator {
+            (true, true)
+        } else {
+            (req.model, req.operator)
+        };
         let mut messages = Vec::new();
         if operator {
             let hash = self.core.reload_operator("admin-rpc").await?;
@@ -268,7 +295,10 @@ impl AdminService for AdminApi {
         }))
     }
 
-    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         self.auth.admin(&request)?;
         Ok(Response::new(pb::StatusResponse {
             model_version: self.core.model_version(),
@@ -279,9 +309,15 @@ impl AdminService for AdminApi {
         }))
     }
 
-    async fn set_clock(&self, request: Request<pb::SetClockRequest>) -> Result<Response<pb::SetClockResponse>, Status> {
+    async fn set_clock(
+        &self,
+        request: Request<pb::SetClockRequest>,
+    ) -> Result<Response<pb::SetClockResponse>, Status> {
         self.auth.admin(&request)?;
-        let now_ms = self.core.set_clock(request.into_inner().now_ms, "admin-rpc").await?;
+        let now_ms = self
+            .core
+            .set_clock(request.into_inner().now_ms, "admin-rpc")
+            .await?;
         Ok(Response::new(pb::SetClockResponse { now_ms }))
     }
 }

@@ -32,13 +32,17 @@ pub const SERVICE_NAMES: &[&str] = &["", "intentd.v1.IntentService", "intentd.v1
 
 pub async fn mark_serving(health: &HealthReporter) {
     for name in SERVICE_NAMES {
-        health.set_service_status(*name, ServingStatus::Serving).await;
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
 }
 
 async fn mark_not_serving(health: &HealthReporter) {
     for name in SERVICE_NAMES {
-        health.set_service_status(*name, ServingStatus::NotServing).await;
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
     }
 }
 
@@ -71,7 +75,8 @@ pub async fn serve(
     }
     let rules = OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
         .context("operator files")?;
-    let playbook = Playbook::load(&cfg.operator_dir, clock.clone(), cfg.seed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let playbook = Playbook::load(&cfg.operator_dir, clock.clone(), cfg.seed)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // A bot id typo in playbook.yml would silently fall back to the defaults: say so.
     let bots = cfg.bot_ids();
     for b in playbook.config().configured_bots() {
@@ -80,13 +85,28 @@ pub async fn serve(
         }
     }
     let storage = if cfg.store.enabled {
-        Some(Arc::new(Storage::open(&cfg.store, clock.clone(), metrics.clone()).map_err(|e| anyhow::anyhow!("store: {e}"))?))
+        Some(Arc::new(
+            Storage::open(&cfg.store, clock.clone(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("store: {e}"))?,
+        ))
     } else {
         tracing::warn!("store disabled: no conversation log, feedback or stats");
         None
     };
-    let core = Arc::new(Core::new(cfg.clone(), clock.clone(), manual, rules, playbook, storage, metrics.clone()));
-    core.audit("system", AuditAction::Startup, &format!("config {}", core.config_hash()));
+    let core = Arc::new(Core::new(
+        cfg.clone(),
+        clock.clone(),
+        manual,
+        rules,
+        playbook,
+        storage,
+        metrics.clone(),
+    ));
+    core.audit(
+        "system",
+        AuditAction::Startup,
+        &format!("config {}", core.config_hash()),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     mark_not_serving(&health).await;
@@ -97,10 +117,16 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection = reflection_builder().build_v1().context("reflection service")?;
-    let reflection_v1alpha = reflection_builder().build_v1alpha().context("reflection service (v1alpha)")?;
+    let reflection = reflection_builder()
+        .build_v1()
+        .context("reflection service")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("reflection service (v1alpha)")?;
 
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -158,10 +184,16 @@ pub async fn serve(
                     tracing::info!(version = %model.card.version, "model loaded");
                     let version = model.card.version.clone();
                     core.install_model(Arc::new(model));
-                    core.audit("system", AuditAction::ModelChange, &format!("model {version} loaded at start-up"));
+                    core.audit(
+                        "system",
+                        AuditAction::ModelChange,
+                        &format!("model {version} loaded at start-up"),
+                    );
                     mark_serving(&health).await;
                 }
-                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "model not loaded; serving from rules only (health NOT_SERVING)"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "model not loaded; serving from rules only (health NOT_SERVING)")
+                }
                 Err(e) => tracing::error!(error = %e, "model loader crashed"),
             }
         });
@@ -172,7 +204,11 @@ pub async fn serve(
         let core = core.clone();
         let health = health.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading operator files and model");
                 if let Err(e) = core.reload_operator("sighup").await {
@@ -194,12 +230,17 @@ pub async fn serve(
         let health = health.clone();
         let core = core.clone();
         async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            tracing::info!(in_flight = core.in_flight(), "shutting down: no new requests, finishing in-flight ones");
+            tracing::info!(
+                in_flight = core.in_flight(),
+                "shutting down: no new requests, finishing in-flight ones"
+            );
             mark_not_serving(&health).await;
             let _ = signalled_tx.send(());
         }
@@ -209,12 +250,22 @@ pub async fn serve(
         .timeout(Duration::from_millis(cfg.request_timeout_ms))
         .http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let Some(tls) = &cfg.tls {
-        let cert = std::fs::read(&tls.cert).with_context(|| format!("tls.cert {}", tls.cert.display()))?;
-        let key = std::fs::read(&tls.key).with_context(|| format!("tls.key {}", tls.key.display()))?;
-        builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+        let cert =
+            std::fs::read(&tls.cert).with_context(|| format!("tls.cert {}", tls.cert.display()))?;
+        let key =
+            std::fs::read(&tls.key).with_context(|| format!("tls.key {}", tls.key.display()))?;
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
     }
-    let intent = IntentApi { core: core.clone(), auth: auth.clone() };
-    let admin = AdminApi { core: core.clone(), auth: auth.clone(), health: health.clone() };
+    let intent = IntentApi {
+        core: core.clone(),
+        auth: auth.clone(),
+    };
+    let admin = AdminApi {
+        core: core.clone(),
+        auth: auth.clone(),
+        health: health.clone(),
+    };
     if opts.announce {
         println!("intentd listening on {addr}");
     }
@@ -229,7 +280,10 @@ pub async fn serve(
         // TCP_NODELAY: a small response must not wait for the client's delayed ACK (Nagle);
         // without it a unary call at low load took ~40 ms longer (measured with
         // `intentd bench --concurrency 1`).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown_signal);
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown_signal,
+        );
     // Graceful shutdown waits for every connection to finish; an open Subscribe stream or a
     // client that never answers GOAWAY would make that forever, so it gets the grace period.
     let grace_over = async {

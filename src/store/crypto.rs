@@ -257,7 +257,8 @@ fn create_key_file(path: &Path) -> Result<(), StoreError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -265,7 +266,8 @@ fn create_key_file(path: &Path) -> Result<(), StoreError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
-    writeln!(f, "{}", generate_key()).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+    writeln!(f, "{}", generate_key())
+        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
     Ok(())
 }
 

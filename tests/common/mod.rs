@@ -53,8 +53,15 @@ pub fn smp2017_dir() -> Option<PathBuf> {
     p.join("train.tsv").is_file().then_some(p)
 }
 
+/// `shared/reference/<name>` beside the repository, or beside any folder above it (worktrees
+/// live deeper than the main checkout).
 pub fn shared_reference(name: &str) -> PathBuf {
-    repo_root().join("../shared/reference").join(name)
+    let root = repo_root();
+    root.ancestors()
+        .skip(1)
+        .map(|d| d.join("shared/reference").join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| root.join("../shared/reference").join(name))
 }
 
 pub fn exists(p: &Path) -> bool {

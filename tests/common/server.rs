@@ -66,7 +66,10 @@ impl tonic::service::Interceptor for TokenInterceptor {
 fn write_config(dir: &Path, opts: &ServerOptions, data_dir: &Path) -> PathBuf {
     let root = super::repo_root();
     let model = opts.model.clone().unwrap_or_else(|| dir.join("no-model"));
-    let operator = opts.operator_dir.clone().unwrap_or_else(|| root.join("config/operator"));
+    let operator = opts
+        .operator_dir
+        .clone()
+        .unwrap_or_else(|| root.join("config/operator"));
     let mut text = std::fs::read_to_string(root.join("config/intentd.yml")).unwrap();
     let overrides = format!(
         "listen: 127.0.0.1:0\nmodel_dir: {}\nauto_train: false\noperator_dir: {}\ntraining_data: {}\n{}",
@@ -75,8 +78,14 @@ fn write_config(dir: &Path, opts: &ServerOptions, data_dir: &Path) -> PathBuf {
         root.join("training-data/nlu").display(),
         opts.extra_config
     );
-    text = text.replace("  path: data/intentd.db", &format!("  path: {}/intentd.db", data_dir.display()));
-    text = text.replace("  key_file: data/intentd.key", &format!("  key_file: {}/intentd.key", data_dir.display()));
+    text = text.replace(
+        "  path: data/intentd.db",
+        &format!("  path: {}/intentd.db", data_dir.display()),
+    );
+    text = text.replace(
+        "  key_file: data/intentd.key",
+        &format!("  key_file: {}/intentd.key", data_dir.display()),
+    );
     text = text.replace("  listen: 127.0.0.1:9464", "  listen: 127.0.0.1:0");
     // Duplicate keys are not allowed in YAML: overrides replace whole top-level sections.
     let merged = merge_top_level(&text, &overrides);
@@ -113,12 +122,19 @@ fn merge_top_level(base: &str, extra: &str) -> String {
 impl TestServer {
     pub async fn start(opts: ServerOptions) -> TestServer {
         let tmp = tempfile::tempdir().unwrap();
-        let data_dir = opts.data_dir.clone().unwrap_or_else(|| tmp.path().join("data"));
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("data"));
         std::fs::create_dir_all(&data_dir).unwrap();
         let config_path = write_config(tmp.path(), &opts, &data_dir);
         let stderr_log = tmp.path().join("stderr.log");
         let mut cmd = Command::new(super::intentd_bin());
-        cmd.arg("serve").arg("--config").arg(&config_path).arg("--metrics-listen").arg("127.0.0.1:0");
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0");
         if let Some(t) = opts.manual_clock {
             cmd.arg("--manual-clock").arg(t.to_string());
         }
@@ -141,7 +157,10 @@ impl TestServer {
         while addr.is_none() || metrics_addr.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("server did not start: {}", std::fs::read_to_string(&stderr_log).unwrap_or_default())
+                panic!(
+                    "server did not start: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                )
             });
             if let Some(a) = line.strip_prefix("intentd listening on ") {
                 addr = Some(a.trim().to_string());
@@ -165,7 +184,11 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect")
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
     }
 
     fn interceptor(token: Option<&str>) -> TokenInterceptor {
@@ -177,12 +200,21 @@ impl TestServer {
         self.client_with_token(Some(BOT_TOKEN)).await
     }
 
-    pub async fn client_with_token(&self, token: Option<&str>) -> pb::intent_service_client::IntentServiceClient<AuthedChannel> {
-        pb::intent_service_client::IntentServiceClient::with_interceptor(self.channel().await, Self::interceptor(token))
+    pub async fn client_with_token(
+        &self,
+        token: Option<&str>,
+    ) -> pb::intent_service_client::IntentServiceClient<AuthedChannel> {
+        pb::intent_service_client::IntentServiceClient::with_interceptor(
+            self.channel().await,
+            Self::interceptor(token),
+        )
     }
 
     pub async fn admin(&self) -> pb::admin_service_client::AdminServiceClient<AuthedChannel> {
-        pb::admin_service_client::AdminServiceClient::with_interceptor(self.channel().await, Self::interceptor(Some(ADMIN_TOKEN)))
+        pb::admin_service_client::AdminServiceClient::with_interceptor(
+            self.channel().await,
+            Self::interceptor(Some(ADMIN_TOKEN)),
+        )
     }
 
     pub async fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
@@ -191,16 +223,24 @@ impl TestServer {
 
     pub async fn health_status(&self, service: &str) -> i32 {
         let mut h = self.health().await;
-        h.check(tonic_health::pb::HealthCheckRequest { service: service.into() })
-            .await
-            .map(|r| r.into_inner().status)
-            .unwrap_or(-1)
+        h.check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
     }
 
     pub async fn wait_serving(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while self.health_status("").await != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-            assert!(Instant::now() < deadline, "server never became SERVING: {}", self.stderr());
+        while self.health_status("").await
+            != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
+            assert!(
+                Instant::now() < deadline,
+                "server never became SERVING: {}",
+                self.stderr()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -210,7 +250,11 @@ impl TestServer {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -244,7 +288,11 @@ pub fn classify_req(message_id: &str, text: &str, user: &str) -> pb::ClassifyReq
         message_id: message_id.into(),
         text: text.into(),
         sent_at_ms: 0,
-        user: Some(pb::User { id: user.into(), nickname: format!("昵称{user}"), ..Default::default() }),
+        user: Some(pb::User {
+            id: user.into(),
+            nickname: format!("昵称{user}"),
+            ..Default::default()
+        }),
         chat_name: "测试群".into(),
     }
 }

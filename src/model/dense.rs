@@ -1,0 +1,597 @@
+//! The serving path's dense layer: `y = act(x Wᵀ + b [+ residual])` in one pass, with the
+//! weights laid out once at load time for the kernel that reads them.
+//!
+//! Why not candle's matmul: a BERT forward pass at serving batch sizes (1-32 short texts, so
+//! 10-400 rows) is a stream of skinny matrix products over 50 MB of weights. gemm (candle's CPU
+//! matmul) repacks a transposed weight on every call, or, without repacking, walks it twice
+//! with strided reads; profiled, that was ~65 % of a batch-1 pass. It also leaves the bias add,
+//! the GELU (scalar `erff`, 12 % of a batch-32 pass) and the residual add to separate passes
+//! over memory, each with its own allocation. Here the weight is stored once, transposed and cut
+//! in column panels (all of `in` for 64 outputs, contiguous; see `pack`), and an AVX-512 kernel
+//! streams each panel sequentially, keeping a 6-row x 64-column tile of the output in registers; the bias (and residual) seed the accumulators and the GELU is
+//! applied before the single store. Column blocks are shared among rayon's threads (the pool
+//! gemm uses, sized by `RAYON_NUM_THREADS`).
+//!
+//! Where AVX-512 is missing (checked at run time) the same maths runs through candle: the
+//! weight stays `(out, in)` and `y = (W xᵀ)ᵀ`, which lets gemm stream the weight once without
+//! repacking. Serving only: no backward pass (training uses candle ops on its variables).
+
+use candle_core::{Device, Layout, Result, Storage, Tensor};
+
+/// What follows the affine map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// Exact (erf) GELU, as BERT uses.
+    Gelu,
+}
+
+/// A dense layer prepared for serving.
+pub struct ServingDense {
+    /// Column panels for the kernel (`pack`), `(out, in)` contiguous for the candle path.
+    weight: Tensor,
+    bias: Tensor,
+    kernel: bool,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl ServingDense {
+    /// `weight` is `(out, in)`, as Hugging Face stores it.
+    pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        Self::with_kernel(weight, bias, kernel_available())
+    }
+
+    /// As `new`, choosing the implementation (tests compare the two); `kernel` is ignored where
+    /// the CPU cannot run it.
+    pub fn with_kernel(weight: &Tensor, bias: &Tensor, kernel: bool) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        if bias.dims1()? != out_dim {
+            candle_core::bail!("bias has {} entries for {out_dim} outputs", bias.dims1()?);
+        }
+        let kernel = kernel
+            && kernel_available()
+            && out_dim % LANES == 0
+            && in_dim > 0
+            && weight.dtype() == candle_core::DType::F32
+            && bias.dtype() == candle_core::DType::F32
+            && matches!(weight.device(), Device::Cpu);
+        let weight = if kernel {
+            pack(&weight.contiguous()?)?
+        } else {
+            weight.contiguous()?
+        };
+        Ok(Self {
+            weight,
+            bias: bias.contiguous()?,
+            kernel,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// Whether the AVX-512 kernel serves this layer.
+    pub fn uses_kernel(&self) -> bool {
+        self.kernel
+    }
+
+    /// `x`: (..., in) -> (..., out). `residual`, when given, has the output's shape and is added
+    /// before the activation (BERT adds it before its layer norm, with no activation).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims.last().copied().unwrap_or(0);
+        if in_dim != self.in_dim {
+            candle_core::bail!(
+                "dense layer expects {} inputs, got shape {:?}",
+                self.in_dim,
+                dims
+            );
+        }
+        let rows = x.elem_count() / in_dim;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked above") = self.out_dim;
+        if let Some(r) = residual {
+            if r.dims() != out_dims.as_slice() {
+                candle_core::bail!(
+                    "residual shape {:?} differs from the output's {:?}",
+                    r.dims(),
+                    out_dims
+                );
+            }
+        }
+        let y = if self.kernel {
+            if x.dtype() != candle_core::DType::F32 || !matches!(x.device(), Device::Cpu) {
+                candle_core::bail!(
+                    "the fused dense kernel takes f32 on the CPU, got {:?}",
+                    x.dtype()
+                );
+            }
+            self.forward_kernel(x, rows, residual, act)?
+        } else {
+            self.forward_candle(x, rows, residual, act)?
+        };
+        y.reshape(out_dims)
+    }
+
+    fn forward_candle(
+        &self,
+        x: &Tensor,
+        rows: usize,
+        residual: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let x2 = x.reshape((rows, self.in_dim))?;
+        // (out, rows), then a transposed view; the bias add writes it back contiguous.
+        let mut y = self
+            .weight
+            .matmul(&x2.t()?)?
+            .t()?
+            .broadcast_add(&self.bias)?;
+        if let Some(r) = residual {
+            y = (y + r.reshape((rows, self.out_dim))?)?;
+        }
+        match act {
+            Activation::None => Ok(y),
+            Activation::Gelu => y.gelu_erf(),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn forward_kernel(
+        &self,
+        x: &Tensor,
+        rows: usize,
+        residual: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let residual = residual.map(|r| r.contiguous()).transpose()?;
+        let n = self.out_dim;
+        let mut y: Vec<f32> = Vec::with_capacity(rows * n);
+        {
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = self.weight.storage_and_layout();
+            let (bs, bl) = self.bias.storage_and_layout();
+            let res_guard = residual.as_ref().map(|r| r.storage_and_layout());
+            let res = match &res_guard {
+                Some((s, l)) => Some(f32_slice(s, l, rows * n)?.as_ptr()),
+                None => None,
+            };
+            let job = avx512::Job {
+                x: f32_slice(&xs, xl, rows * self.in_dim)?.as_ptr(),
+                w: f32_slice(&ws, wl, self.in_dim * n)?.as_ptr(),
+                bias: f32_slice(&bs, bl, n)?.as_ptr(),
+                residual: res,
+                y: y.as_mut_ptr(),
+                rows,
+                k: self.in_dim,
+                n,
+                gelu: act == Activation::Gelu,
+            };
+            // SAFETY: the kernel is only chosen when the CPU has AVX-512F; every pointer covers
+            // the extent checked by `f32_slice`; the guards keep the inputs alive and unchanged;
+            // `y` has room for rows x n and every element is written exactly once.
+            unsafe { avx512::run(&job) };
+        }
+        // SAFETY: all rows x n elements were written by the kernel above.
+        unsafe { y.set_len(rows * n) };
+        Tensor::from_vec(y, (rows, n), &Device::Cpu)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn forward_kernel(
+        &self,
+        x: &Tensor,
+        rows: usize,
+        residual: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        self.forward_candle(x, rows, residual, act)
+    }
+}
+
+/// The contiguous f32 data behind a tensor, checked to hold exactly `len` elements.
+#[cfg(target_arch = "x86_64")]
+fn f32_slice<'a>(s: &'a Storage, l: &Layout, len: usize) -> Result<&'a [f32]> {
+    let Storage::Cpu(cpu) = s else {
+        candle_core::bail!("the fused dense kernel runs on the CPU only")
+    };
+    let all = cpu.as_slice::<f32>()?;
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused dense: operand not contiguous".into()))?;
+    if end - start != len || end > all.len() {
+        candle_core::bail!(
+            "fused dense: operand has {} elements, expected {len}",
+            end - start
+        );
+    }
+    Ok(&all[start..end])
+}
+
+/// f32 lanes in one AVX-512 register.
+const LANES: usize = 16;
+/// Output columns per wide panel (4 registers).
+const PANEL: usize = 64;
+
+/// Lays out an `(out, in)` weight as the kernel reads it: for each block of 64 output columns
+/// (then each remaining block of 16), the `in x width` panel of Wᵀ, row after row. The kernel
+/// then reads one contiguous run per panel; plain Wᵀ would make it jump `out` floats (6-8 KB,
+/// a new page each time, past what the hardware prefetchers follow) per input row. Done with
+/// candle's strided copy (a reshape, a transpose, one copy per kind of block), which is fast
+/// even in unoptimised test builds.
+fn pack(weight: &Tensor) -> Result<Tensor> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    let wide = out_dim / PANEL;
+    let narrow = (out_dim % PANEL) / LANES;
+    let mut parts = Vec::with_capacity(2);
+    if wide > 0 {
+        let w = weight
+            .narrow(0, 0, wide * PANEL)?
+            .reshape((wide, PANEL, in_dim))?;
+        parts.push(w.transpose(1, 2)?.contiguous()?.flatten_all()?);
+    }
+    if narrow > 0 {
+        let w = weight
+            .narrow(0, wide * PANEL, narrow * LANES)?
+            .reshape((narrow, LANES, in_dim))?;
+        parts.push(w.transpose(1, 2)?.contiguous()?.flatten_all()?);
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// Set to `portable` to serve through candle even where AVX-512 is present: to rule the kernel
+/// out when chasing a numeric difference, and so tests can check both paths end to end.
+pub const KERNEL_ENV: &str = "INTENTD_DENSE_KERNEL";
+
+/// True when this CPU runs the AVX-512 kernel (and `INTENTD_DENSE_KERNEL` does not say
+/// `portable`).
+pub fn kernel_available() -> bool {
+    if std::env::var(KERNEL_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("portable")) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+
+    const _: () = assert!(TILE_REGS * LANES == super::PANEL);
+
+    /// Output rows per register tile.
+    const TILE_ROWS: usize = 6;
+    /// Registers per tile row (64 columns); 6 x 4 accumulators + 4 weights + 1 broadcast fit
+    /// in the 32 registers.
+    const TILE_REGS: usize = 4;
+    /// Rows of x per work item: about 512 KiB of activations, which stay in L2 (2 MiB here)
+    /// next to one weight panel (at most 512 KiB) while the item's tiles reuse both.
+    const PANEL_FLOATS: usize = 128 * 1024;
+
+    /// Weight rows fetched ahead of use. The panel is one sequential stream, but at small
+    /// batches the kernel waits on it (memory-bound); an explicit prefetch 16 rows ahead took
+    /// 15-25 % off batch-1 and batch-32 passes (measured, benches/RESULTS.md).
+    const PF_AHEAD: usize = 16;
+
+    pub struct Job {
+        /// rows x k
+        pub x: *const f32,
+        /// k x n, packed in column panels (`super::pack`)
+        pub w: *const f32,
+        /// n
+        pub bias: *const f32,
+        /// rows x n, added to the bias
+        pub residual: Option<*const f32>,
+        /// rows x n, written
+        pub y: *mut f32,
+        pub rows: usize,
+        pub k: usize,
+        pub n: usize,
+        pub gelu: bool,
+    }
+
+    // SAFETY: threads read the shared inputs and write disjoint (row, column) blocks of `y`.
+    unsafe impl Sync for Job {}
+
+    /// Splits the output into (row panel x column block) items and runs them on candle's CPU
+    /// threads.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and the pointers must cover the sizes in `job`.
+    pub unsafe fn run(job: &Job) {
+        let wide = job.n / (TILE_REGS * LANES);
+        let narrow = (job.n % (TILE_REGS * LANES)) / LANES;
+        let blocks = wide + narrow;
+        let panel_rows = ((PANEL_FLOATS / job.k) / TILE_ROWS * TILE_ROWS).max(TILE_ROWS);
+        let panels = job.rows.div_ceil(panel_rows);
+        let item = |i: usize| {
+            let (panel, block) = (i / blocks, i % blocks);
+            let row0 = panel * panel_rows;
+            let rows = panel_rows.min(job.rows - row0);
+            // The block's panel in the packed weight (see `pack`).
+            if block < wide {
+                let col0 = block * TILE_REGS * LANES;
+                // SAFETY: forwarded from `run`'s contract.
+                unsafe { rows_block::<TILE_REGS>(job, row0, rows, col0, job.w.add(col0 * job.k)) }
+            } else {
+                let col0 = wide * TILE_REGS * LANES + (block - wide) * LANES;
+                // SAFETY: as above.
+                unsafe { rows_block::<1>(job, row0, rows, col0, job.w.add(col0 * job.k)) }
+            }
+        };
+        // Rayon rather than candle's barrier pool: on a shared machine a pool worker that is
+        // not scheduled holds the caller at the barrier (measured: batch-1 passes 4x slower
+        // with two threads than with one), while rayon's caller runs any item no idle worker
+        // has taken.
+        use rayon::prelude::*;
+        (0..panels * blocks)
+            .into_par_iter()
+            .with_min_len(2)
+            .for_each(item);
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_block<const C: usize>(
+        job: &Job,
+        row0: usize,
+        rows: usize,
+        col0: usize,
+        panel: *const f32,
+    ) {
+        let mut r = row0;
+        let end = row0 + rows;
+        while end - r >= TILE_ROWS {
+            tile6::<C>(job, r, col0, panel);
+            r += TILE_ROWS;
+        }
+        match end - r {
+            0 => {}
+            1 => tile1::<C>(job, r, col0, panel),
+            2 => tile2::<C>(job, r, col0, panel),
+            3 => tile3::<C>(job, r, col0, panel),
+            4 => tile4::<C>(job, r, col0, panel),
+            _ => tile5::<C>(job, r, col0, panel),
+        }
+    }
+
+    /// One tile of the output (the listed rows x 16 C columns), accumulated over all of k in
+    /// registers. A macro rather than a `[[__m512; C]; R]` array: LLVM kept such an array on
+    /// the stack, storing every accumulator back after each FMA; one named `[__m512; C]` per
+    /// row stays in registers.
+    macro_rules! tile {
+        ($name:ident, $($acc:ident $r:literal),+) => {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn $name<const C: usize>(job: &Job, row0: usize, col0: usize, panel: *const f32) {
+                let (k, n) = (job.k, job.n);
+                $( let mut $acc = [_mm512_setzero_ps(); C]; )+
+                for c in 0..C {
+                    let b = _mm512_loadu_ps(job.bias.add(col0 + c * LANES));
+                    $(
+                        $acc[c] = match job.residual {
+                            Some(res) => _mm512_add_ps(b, _mm512_loadu_ps(res.add((row0 + $r) * n + col0 + c * LANES))),
+                            None => b,
+                        };
+                    )+
+                }
+                let x = job.x.add(row0 * k);
+                let mut w = panel;
+                for kk in 0..k {
+                    // Past the panel's end this touches the next panel or other memory:
+                    // prefetches never fault.
+                    for c in 0..C {
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(C * LANES * PF_AHEAD + c * LANES) as *const i8);
+                    }
+                    let mut wv = [_mm512_setzero_ps(); C];
+                    for (c, wv_c) in wv.iter_mut().enumerate() {
+                        *wv_c = _mm512_loadu_ps(w.add(c * LANES));
+                    }
+                    $(
+                        let xb = _mm512_set1_ps(*x.add($r * k + kk));
+                        for c in 0..C {
+                            $acc[c] = _mm512_fmadd_ps(xb, wv[c], $acc[c]);
+                        }
+                    )+
+                    w = w.add(C * LANES);
+                }
+                $(
+                    for (c, &v) in $acc.iter().enumerate() {
+                        let v = if job.gelu { gelu(v) } else { v };
+                        _mm512_storeu_ps(job.y.add((row0 + $r) * n + col0 + c * LANES), v);
+                    }
+                )+
+            }
+        };
+    }
+    tile!(tile1, a0 0);
+    tile!(tile2, a0 0, a1 1);
+    tile!(tile3, a0 0, a1 1, a2 2);
+    tile!(tile4, a0 0, a1 1, a2 2, a3 3);
+    tile!(tile5, a0 0, a1 1, a2 2, a3 3, a4 4);
+    tile!(tile6, a0 0, a1 1, a2 2, a3 3, a4 4, a5 5);
+
+    /// x * (1 + erf(x / sqrt 2)) / 2, with erf as the rational approximation Eigen and XLA use
+    /// for f32 (x * P(x²) / Q(x²) on [-4, 4], where f32 erf saturates): absolute error below
+    /// 5e-7 against the exact erf, so within the encoder's 1e-4 parity with PyTorch.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gelu(v: __m512) -> __m512 {
+        const A: [f32; 7] = [
+            -1.609_603_3e-2,
+            -2.954_599_8e-3,
+            -7.349_906_3e-4,
+            -5.692_506_4e-5,
+            -2.101_024e-6,
+            2.770_681_4e-8,
+            -2.726_142_3e-10,
+        ];
+        const B: [f32; 5] = [
+            -1.426_473_9e-2,
+            -7.373_329e-3,
+            -1.682_827e-3,
+            -2.133_740_6e-4,
+            -1.456_607_2e-5,
+        ];
+        let x = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+        let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.0)), _mm512_set1_ps(-4.0));
+        let x2 = _mm512_mul_ps(x, x);
+        let mut p = _mm512_set1_ps(A[6]);
+        for &a in A[..6].iter().rev() {
+            p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(a));
+        }
+        p = _mm512_mul_ps(x, p);
+        let mut q = _mm512_set1_ps(B[4]);
+        for &b in B[..4].iter().rev() {
+            q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(b));
+        }
+        let erf = _mm512_div_ps(p, q);
+        let half = _mm512_set1_ps(0.5);
+        _mm512_mul_ps(v, _mm512_fmadd_ps(erf, half, half))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The textbook definition, in f64.
+    fn reference(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: Option<&Tensor>,
+        act: Activation,
+    ) -> Vec<f64> {
+        let x = x.to_vec2::<f32>().unwrap();
+        let w = w.to_vec2::<f32>().unwrap();
+        let b = b.to_vec1::<f32>().unwrap();
+        let res = res.map(|r| r.to_vec2::<f32>().unwrap());
+        let mut out = Vec::new();
+        for (i, row) in x.iter().enumerate() {
+            for (o, wrow) in w.iter().enumerate() {
+                let mut s = b[o] as f64
+                    + row
+                        .iter()
+                        .zip(wrow)
+                        .map(|(a, c)| *a as f64 * *c as f64)
+                        .sum::<f64>();
+                if let Some(r) = &res {
+                    s += r[i][o] as f64;
+                }
+                if act == Activation::Gelu {
+                    s = 0.5 * s * (1.0 + statrs::function::erf::erf(s / std::f64::consts::SQRT_2));
+                }
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    fn max_diff(a: &Tensor, b: &[f64]) -> f64 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn both_paths_match_the_definition_for_every_tile_shape() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // Rows cover full 6-row tiles, each remainder, and several panels (k = 700 makes a
+        // panel 42 rows); columns cover 64-wide blocks, 16-wide tails, and a width the kernel
+        // refuses (40).
+        for &(rows, k, n) in &[
+            (1, 8, 16),
+            (5, 33, 64),
+            (7, 64, 80),
+            (13, 16, 208),
+            (100, 700, 48),
+            (3, 12, 40),
+        ] {
+            let x = random(&mut rng, &[rows, k]);
+            let w = random(&mut rng, &[n, k]);
+            let b = random(&mut rng, &[n]);
+            let res = random(&mut rng, &[rows, n]);
+            for kernel in [true, false] {
+                let d = ServingDense::with_kernel(&w, &b, kernel).unwrap();
+                if kernel && kernel_available() && n % 16 == 0 {
+                    assert!(d.uses_kernel());
+                }
+                for (r, act) in [
+                    (None, Activation::None),
+                    (Some(&res), Activation::None),
+                    (None, Activation::Gelu),
+                ] {
+                    let y = d.forward(&x, r, act).unwrap();
+                    assert_eq!(y.dims(), &[rows, n]);
+                    let diff = max_diff(&y, &reference(&x, &w, &b, r, act));
+                    // f32 sums of k products of numbers up to 4 in size.
+                    assert!(
+                        diff < 2e-5 * k as f64,
+                        "rows {rows} k {k} n {n} kernel {kernel} {act:?}: {diff}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leading_dimensions_are_kept_and_bad_shapes_are_errors() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let w = random(&mut rng, &[32, 8]);
+        let b = random(&mut rng, &[32]);
+        let d = ServingDense::new(&w, &b).unwrap();
+        let x = random(&mut rng, &[2, 3, 8]);
+        assert_eq!(
+            d.forward(&x, None, Activation::None).unwrap().dims(),
+            &[2, 3, 32]
+        );
+        let err = d
+            .forward(&random(&mut rng, &[2, 7]), None, Activation::None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expects 8 inputs"), "{err}");
+        let err = d
+            .forward(&x, Some(&random(&mut rng, &[6, 32])), Activation::None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("residual shape"), "{err}");
+        assert!(ServingDense::new(&w, &random(&mut rng, &[31])).is_err());
+    }
+
+    #[test]
+    fn a_non_contiguous_input_gives_the_same_answer() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let w = random(&mut rng, &[64, 16]);
+        let b = random(&mut rng, &[64]);
+        let d = ServingDense::new(&w, &b).unwrap();
+        let xt = random(&mut rng, &[16, 5]);
+        let x = xt.t().unwrap();
+        assert!(!x.is_contiguous());
+        let y = d.forward(&x, None, Activation::Gelu).unwrap();
+        let expected = reference(&x.contiguous().unwrap(), &w, &b, None, Activation::Gelu);
+        assert!(max_diff(&y, &expected) < 1e-4);
+    }
+}
