@@ -90,6 +90,28 @@ pub struct LoadgenArgs {
     /// (the model is loaded); the wait is reported as `serving_wait_ms`. 0: do not wait.
     #[arg(long, default_value_t = 0.0)]
     pub wait_serving: f64,
+    /// Threads of the load generator itself. One is the default: on a small machine shared
+    /// with the server, every extra client thread takes CPU from the server and adds
+    /// cross-thread wake-ups to each measured request.
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+}
+
+impl LoadgenArgs {
+    /// The runtime the load generator runs on (`--client-threads`).
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime> {
+        let rt = if self.client_threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.client_threads)
+                .enable_all()
+                .build()?
+        };
+        Ok(rt)
+    }
 }
 
 /// The health-check service name whose status means "Classify answers from the model".

@@ -45,8 +45,8 @@ fn main() {
         Command::Keygen(a) => cli::keygen::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Stats(a) => cli::stats::run(a),
-        Command::Bench(a) => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
+        Command::Bench(a) => a
+            .runtime()
             .and_then(|rt| rt.block_on(intentd::loadgen::run(a)).map(|_| ())),
     };
     if let Err(e) = result {

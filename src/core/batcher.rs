@@ -287,6 +287,7 @@ fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
         return;
     }
     let started = Instant::now();
+    crate::model::spin_pool::SpinPool::global().wake();
     let refs: Vec<&Tokenized> = batch.iter().map(|j| &j.tokens).collect();
     // A panic in a kernel must fail this batch, not kill the compute thread (which would turn
     // every later request into an error).

@@ -9,8 +9,8 @@
 //! over memory, each with its own allocation. Here the weight is stored once, transposed and cut
 //! in column panels (all of `in` for 64 outputs, contiguous; see `pack`), and an AVX-512 kernel
 //! streams each panel sequentially, keeping a 6-row x 64-column tile of the output in registers; the bias (and residual) seed the accumulators and the GELU is
-//! applied before the single store. Column blocks are shared among rayon's threads (the pool
-//! gemm uses, sized by `RAYON_NUM_THREADS`).
+//! applied before the single store. Column blocks are shared among the threads of `spin_pool`
+//! (sized like gemm's pool, by `RAYON_NUM_THREADS`).
 //!
 //! Where AVX-512 is missing (checked at run time) the same maths runs through candle: the
 //! weight stays `(out, in)` and `y = (W xᵀ)ᵀ`, which lets gemm stream the weight once without
@@ -333,15 +333,11 @@ mod avx512 {
                 unsafe { rows_block::<1>(job, row0, rows, col0, job.w.add(col0 * job.k)) }
             }
         };
-        // Rayon rather than candle's barrier pool: on a shared machine a pool worker that is
-        // not scheduled holds the caller at the barrier (measured: batch-1 passes 4x slower
-        // with two threads than with one), while rayon's caller runs any item no idle worker
-        // has taken.
-        use rayon::prelude::*;
-        (0..panels * blocks)
-            .into_par_iter()
-            .with_min_len(2)
-            .for_each(item);
+        // Not candle's barrier pool: on a shared machine a pool worker that is not scheduled
+        // holds the caller at the barrier (measured: batch-1 passes 4x slower with two threads
+        // than with one). Not rayon either: its workers sleep between the ~16 calls of a pass
+        // and waking them cost ~20 % of a batch-1 pass. See `spin_pool`.
+        crate::model::spin_pool::SpinPool::global().run(panels * blocks, &item);
     }
 
     #[target_feature(enable = "avx512f")]

@@ -12,4 +12,5 @@ pub mod eval;
 pub mod fetch;
 pub mod scoring;
 pub mod seeded;
+pub mod spin_pool;
 pub mod train;
