@@ -60,8 +60,6 @@ fn smp2017_train_then_eval_reaches_the_target_accuracy() {
     );
 }
 
-/// A regression floor, below the target of 0.93: default settings measured 0.9250
-/// (macro-F1 0.9289) on 2026-11-25 (README, "SMP2017"); the remaining errors are mostly song vs
-/// poem titles after "来一首" and app vs video names, which need world knowledge the 4-layer
-/// encoder lacks. Raise this when the model reaches the target.
-const SMP2017_TARGET: f64 = 0.91;
+/// The acceptance target. Default settings measured 0.9385 (macro-F1 0.9479) with
+/// seeds 42 and 1 on 2026-11-25 (README, "SMP2017"), so the margin is about six test texts.
+const SMP2017_TARGET: f64 = 0.93;
