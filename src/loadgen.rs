@@ -166,6 +166,10 @@ pub struct LoadReport {
     /// The server's own `timings.total_us`, when it reports it.
     pub server_p50_ms: Option<f64>,
     pub server_p99_ms: Option<f64>,
+    /// Where the server's time went (its `timings`): waiting for a batch, and the forward pass
+    /// of the batch the request rode in.
+    pub server_queue_p50_ms: Option<f64>,
+    pub server_inference_p50_ms: Option<f64>,
     /// Open loop: the longest a request started after its scheduled time (the client's own lag).
     pub max_send_lag_ms: f64,
     /// Successful answers by `source` (MODEL, KEYWORD, ...), as counts and as shares of `ok`.
@@ -474,6 +478,8 @@ impl RequestFactory {
 struct Tally {
     latency_us: Histogram<u64>,
     server_us: Histogram<u64>,
+    queue_us: Histogram<u64>,
+    inference_us: Histogram<u64>,
     sent: u64,
     ok: u64,
     errors: BTreeMap<String, u64>,
@@ -490,6 +496,10 @@ impl Tally {
             latency_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
                 .expect("valid histogram bounds"),
             server_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
+                .expect("valid histogram bounds"),
+            queue_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
+                .expect("valid histogram bounds"),
+            inference_us: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
                 .expect("valid histogram bounds"),
             sent: 0,
             ok: 0,
@@ -510,6 +520,11 @@ impl Tally {
                     .saturating_record((latency.as_micros() as u64).max(1));
                 if let Some(t) = resp.timings.filter(|t| t.total_us > 0) {
                     self.server_us.saturating_record(t.total_us);
+                    // Only requests that went through the model have these.
+                    if t.inference_us > 0 {
+                        self.queue_us.saturating_record(t.queue_us.max(1));
+                        self.inference_us.saturating_record(t.inference_us);
+                    }
                 }
                 let source = pb::Source::try_from(resp.source)
                     .map(|s| s.as_str_name().to_string())
@@ -532,6 +547,12 @@ impl Tally {
             .expect("same histogram bounds");
         self.server_us
             .add(&other.server_us)
+            .expect("same histogram bounds");
+        self.queue_us
+            .add(&other.queue_us)
+            .expect("same histogram bounds");
+        self.inference_us
+            .add(&other.inference_us)
             .expect("same histogram bounds");
         self.sent += other.sent;
         self.ok += other.ok;
@@ -592,6 +613,8 @@ impl Tally {
             max_ms: (!l.is_empty()).then(|| l.max() as f64 / 1000.0),
             server_p50_ms: ms(&self.server_us, 0.50),
             server_p99_ms: ms(&self.server_us, 0.99),
+            server_queue_p50_ms: ms(&self.queue_us, 0.50),
+            server_inference_p50_ms: ms(&self.inference_us, 0.50),
             max_send_lag_ms: self.max_send_lag.as_secs_f64() * 1000.0,
             source_counts: self.sources,
             source_share,
@@ -781,6 +804,14 @@ impl LoadReport {
                 "server ms:  p50 {}  p99 {}  (timings.total_us reported by the server)",
                 f(self.server_p50_ms),
                 f(self.server_p99_ms)
+            );
+        }
+        if self.server_inference_p50_ms.is_some() {
+            let _ = writeln!(
+                s,
+                "server ms:  p50 queue {}  p50 forward pass {}  (model answers only)",
+                f(self.server_queue_p50_ms),
+                f(self.server_inference_p50_ms)
             );
         }
         if let Some(w) = self.serving_wait_ms {

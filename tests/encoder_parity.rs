@@ -70,12 +70,23 @@ fn padding_does_not_change_embeddings() {
         "need mixed lengths"
     );
     let batch = tokenizer.pad(&refs, &encoder.device).unwrap();
-    let embs = encoder
+    // Infer on a serving build packs the texts without padding; TrainNoDropout runs the padded
+    // batch with its attention mask and masked mean (the path training and dev evaluation use).
+    let packed = encoder
         .embed(&batch, Mode::Infer)
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    for (emb, s) in embs.iter().zip(&reference.sentences) {
+    let padded = encoder
+        .embed(&batch, Mode::TrainNoDropout)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (emb, s) in packed
+        .iter()
+        .chain(&padded)
+        .zip(reference.sentences.iter().cycle())
+    {
         let max_diff = emb
             .iter()
             .zip(&s.mean_pooled)

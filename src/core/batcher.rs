@@ -87,6 +87,10 @@ struct Job {
     tokens: Tokenized,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Inference, String>>,
+    /// Dropped by the compute thread when it takes the job off the queue: "on its way" then
+    /// means exactly "announced and not yet received". (Dropped by the sender after the send,
+    /// the count lagged, and the thread slept up to 200 µs for a job it already held.)
+    announced: Option<Announced>,
 }
 
 /// The model currently served, with its labels cached as shared vectors.
@@ -188,10 +192,10 @@ impl Batcher {
                 tokens,
                 enqueued: Instant::now(),
                 reply,
+                announced,
             })
             .await;
-        // Queued (or failed): either way no longer on its way.
-        drop(announced);
+        // A failed send drops the job, and its announcement with it.
         sent.map_err(|_| "inference queue closed".to_string())?;
         Ok(Ticket(rx))
     }
@@ -219,7 +223,7 @@ fn compute_loop(
     loop {
         if pending.is_empty() {
             match rx.blocking_recv() {
-                Some(job) => pending.push(job),
+                Some(job) => pending.push(received(job)),
                 None => return,
             }
         }
@@ -228,7 +232,7 @@ fn compute_loop(
         let deadline = pending[0].enqueued + max_wait;
         while pending.len() < cfg.max_batch_size {
             match rx.try_recv() {
-                Ok(job) => pending.push(job),
+                Ok(job) => pending.push(received(job)),
                 Err(mpsc::error::TryRecvError::Empty) => {
                     let now = Instant::now();
                     if now >= deadline || on_the_way.load(Ordering::Acquire) == 0 {
@@ -242,7 +246,17 @@ fn compute_loop(
         }
         let batch = take_batch(&mut pending, cfg.max_batch_size, cfg.max_batch_tokens);
         run_batch(batch, &model);
+        if pending.is_empty() && rx.is_empty() {
+            // Nothing queued: the dense workers should not spin while the answers go out.
+            crate::model::spin_pool::SpinPool::global().rest();
+        }
     }
+}
+
+/// A job taken off the queue is no longer on its way.
+fn received(mut job: Job) -> Job {
+    job.announced = None;
+    job
 }
 
 /// Picks the jobs for the next batch: the oldest job always goes, then the waiting jobs closest
@@ -287,7 +301,8 @@ fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
         return;
     }
     let started = Instant::now();
-    crate::model::spin_pool::SpinPool::global().wake();
+    let pool = crate::model::spin_pool::SpinPool::global();
+    pool.wake();
     let refs: Vec<&Tokenized> = batch.iter().map(|j| &j.tokens).collect();
     // A panic in a kernel must fail this batch, not kill the compute thread (which would turn
     // every later request into an error).
@@ -337,6 +352,7 @@ mod tests {
                 },
                 enqueued: Instant::now(),
                 reply: tx,
+                announced: None,
             },
             rx,
         )

@@ -202,6 +202,19 @@ impl Embeddings {
         })
     }
 
+    /// Serving build only: the batch's real tokens packed one after another, `positions` each
+    /// token's place in its text. (N,) -> (N, hidden).
+    fn forward_packed(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let Some(pt) = &self.position_type0 else {
+            candle_core::bail!("packed forward needs a serving build");
+        };
+        let x = self
+            .word
+            .forward(ids)?
+            .add(&pt.index_select(positions, 0)?)?;
+        self.norm.forward(&x, Mode::Infer)
+    }
+
     /// `type_ids`: None means every token is segment 0.
     fn forward(&self, input_ids: &Tensor, type_ids: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let (_b, t) = input_ids.dims2()?;
@@ -310,6 +323,18 @@ impl SelfAttention {
         })
     }
 
+    /// Serving build only: `x` (N, hidden) is the batch's real tokens packed (see
+    /// `packed_attention`).
+    fn forward_packed(&self, x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        if !self.qkv.prescaled() {
+            candle_core::bail!("packed forward needs a serving build");
+        }
+        let qkv = self.qkv.forward(x)?;
+        let ctx = super::packed_attention::attend(&qkv, lengths, self.heads)?;
+        let out = self.out.forward(&ctx, Some(x), Activation::None)?;
+        self.norm.forward(&out, Mode::Infer)
+    }
+
     /// `mask_bias`: (batch, 1, 1, seq), 0 for real tokens and a large negative for padding;
     /// None when nothing is padded.
     fn forward(&self, x: &Tensor, mask_bias: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
@@ -357,6 +382,13 @@ impl Layer {
             norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             dropout: cfg.hidden_dropout_prob,
         })
+    }
+
+    fn forward_packed(&self, x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let a = self.attention.forward_packed(x, lengths)?;
+        let i = self.intermediate.forward(&a, None, Activation::Gelu)?;
+        let o = self.output.forward(&i, Some(&a), Activation::None)?;
+        self.norm.forward(&o, Mode::Infer)
     }
 
     fn forward(&self, x: &Tensor, mask_bias: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
@@ -407,6 +439,40 @@ impl Bert {
         let w = self.embeddings.word.embeddings().detach();
         let h = self.config.hidden_size;
         self.embeddings.word = Embedding::new(w, h);
+    }
+
+    /// Whether this is a serving build (see `load`), which can run [`Bert::embed_packed`].
+    pub fn is_serving_build(&self) -> bool {
+        self.embeddings.position_type0.is_some()
+            && self.layers.iter().all(|l| l.attention.qkv.prescaled())
+    }
+
+    /// Serving: mean-pooled sentence vectors for texts given as their token ids packed one
+    /// after another (`lengths` tokens each), with no padding anywhere: every dense layer runs
+    /// on real tokens only. (texts, hidden).
+    pub fn embed_packed(&self, ids: &[u32], lengths: &[usize]) -> Result<Tensor> {
+        if lengths.iter().sum::<usize>() != ids.len() {
+            candle_core::bail!(
+                "{} token ids for lengths summing to {}",
+                ids.len(),
+                lengths.iter().sum::<usize>()
+            );
+        }
+        let max = self.embeddings.position.dim(0)?;
+        if let Some(&t) = lengths.iter().find(|&&t| t > max) {
+            candle_core::bail!("sequence of {t} tokens is longer than the model's {max} positions");
+        }
+        let device = self.embeddings.position.device();
+        let positions: Vec<u32> = lengths.iter().flat_map(|&l| 0..l as u32).collect();
+        let n = ids.len();
+        let mut x = self.embeddings.forward_packed(
+            &Tensor::from_slice(ids, n, device)?,
+            &Tensor::from_vec(positions, n, device)?,
+        )?;
+        for layer in &self.layers {
+            x = layer.forward_packed(&x, lengths)?;
+        }
+        super::packed_attention::mean_pool(&x, lengths)
     }
 
     /// input_ids: (batch, seq) u32; type_ids: (batch, seq) u32, None for all segment 0;

@@ -30,6 +30,8 @@ pub struct PaddedBatch {
     pub pool_weights: Tensor,
     /// Real tokens per text.
     pub lengths: Vec<usize>,
+    /// The same ids without padding, one text after another (the serving path's input).
+    pub packed_ids: Vec<u32>,
 }
 
 /// Tokenizer wrapper that enforces the model's sequence limit itself, so the caller learns
@@ -97,7 +99,9 @@ impl TextTokenizer {
             ids[row * t..row * t + x.ids.len()].copy_from_slice(&x.ids);
         }
         let lengths: Vec<usize> = batch.iter().map(|x| x.ids.len()).collect();
+        let packed_ids: Vec<u32> = batch.iter().flat_map(|x| x.ids.iter().copied()).collect();
         Ok(PaddedBatch {
+            packed_ids,
             input_ids: Tensor::from_vec(ids, (b, t), device)?,
             mask_bias: mask_bias(&lengths, t, device)?,
             pool_weights: pool_weights(&lengths, t, device)?,
@@ -121,8 +125,15 @@ impl SentenceEncoder {
         &self.bert.config
     }
 
-    /// (batch, hidden) mean-pooled sentence vectors.
+    /// (batch, hidden) mean-pooled sentence vectors. A serving build in `Infer` mode skips the
+    /// padding (`Bert::embed_packed`); otherwise the padded batch runs with its mask.
     pub fn embed(&self, batch: &PaddedBatch, mode: Mode) -> Result<Tensor> {
+        if mode == Mode::Infer
+            && self.bert.is_serving_build()
+            && batch.lengths.iter().all(|&l| l > 0)
+        {
+            return Ok(self.bert.embed_packed(&batch.packed_ids, &batch.lengths)?);
+        }
         let hidden = self
             .bert
             .forward(&batch.input_ids, None, batch.mask_bias.as_ref(), mode)?;
