@@ -92,6 +92,7 @@ pub struct SqliteStore {
     path: PathBuf,
     write: Mutex<Connection>,
     read: Mutex<Connection>,
+    checkpointer: Option<Checkpointer>,
     keyring: Arc<Keyring>,
 }
 
@@ -217,11 +218,16 @@ impl SqliteStore {
         }
         let mut write = connect(path)?;
         migrate(&mut write, path)?;
+        // Commits only append to the WAL; folding it into the main file (a checkpoint, with
+        // its fsyncs) happens on a thread of its own, never inside a caller's commit.
+        write.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
         let read = connect(path)?;
+        let checkpointer = Checkpointer::start(connect(path)?)?;
         Ok(Self {
             path: path.to_path_buf(),
             write: Mutex::new(write),
             read: Mutex::new(read),
+            checkpointer: Some(checkpointer),
             keyring,
         })
     }
@@ -544,8 +550,55 @@ impl Store for SqliteStore {
     }
 }
 
+/// How often the background checkpoint runs.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `PRAGMA wal_checkpoint(PASSIVE)` every [`CHECKPOINT_EVERY`] on its own connection.
+///
+/// Why: with SQLite's automatic checkpoint, the commit that crosses 1,000 WAL pages copies
+/// them into the database and fsyncs, inside the writer's transaction, while the requests
+/// of that group commit wait (measured: keyword-only answers at 1 client had a 5 ms p99.9 from
+/// it, and throughput rose 1.8x without it). A passive checkpoint never blocks the writer.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Self, StoreError> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("intentd-store-ckpt".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "background wal checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        drop(self.checkpointer.take());
         // Fold the WAL back into the main file on a clean close; harmless if it fails.
         if let Err(e) = self
             .write
@@ -611,6 +664,30 @@ mod tests {
         assert_eq!(back[0].key_id, "k1");
         drop(store);
         assert!(!contains(&read_all(dir.path()), "退款".as_bytes()));
+    }
+
+    #[test]
+    fn the_background_checkpoint_moves_committed_rows_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("intentd.db");
+        let store = SqliteStore::open(&path, keyring(&format!("k1:{}", key_b64(9)))).unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let recs: Vec<Record> = (0..400)
+            .map(|i| Record::Conversation(conversation("bot", "g", &format!("m{i}"), i)))
+            .collect();
+        store.write_batch(&recs).unwrap();
+        // Commits never checkpoint themselves (autocheckpoint is off), so only the background
+        // thread can grow the main file.
+        let deadline = std::time::Instant::now() + CHECKPOINT_EVERY * 20;
+        while std::fs::metadata(&path).unwrap().len() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within {:?}",
+                CHECKPOINT_EVERY * 20
+            );
+            std::thread::sleep(CHECKPOINT_EVERY / 4);
+        }
+        assert_eq!(store.conversations(0, 1000, 0, 10_000).unwrap().len(), 400);
     }
 
     #[test]
