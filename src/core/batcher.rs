@@ -7,13 +7,15 @@
 //! its way (announced by the front door but not yet queued): at low load a lone request runs at
 //! once instead of waiting `max_wait` for company that is not coming, and under load batches
 //! form by themselves from what queued during the previous forward pass. Within what is
-//! waiting, requests of similar length are batched together (less padding). The queue is
-//! bounded: the front door admits at most `max_in_flight` requests and turns the rest away.
+//! waiting, requests of similar length are batched together (the serving encoder packs texts
+//! without padding, but a model built for training pads). The queue is bounded: the front door
+//! admits at most `max_in_flight` requests and turns the rest away.
 //!
-//! Threads: the forward pass runs on the compute thread and, inside candle, on rayon's pool
-//! (gemm) and candle's spinning barrier pool (large element-wise ops); both size themselves
-//! from `RAYON_NUM_THREADS`. `compute_threads` sets it for the process ([`apply_thread_settings`],
-//! called before any thread starts); see `benches/RESULTS.md` for the measured choice.
+//! Threads: the forward pass runs on the compute thread, its dense layers and attention also on
+//! `model::spin_pool`, and the rest inside candle on rayon's pool (gemm) and candle's barrier
+//! pool (large element-wise ops); all size themselves from `RAYON_NUM_THREADS`.
+//! `compute_threads` sets it for the process ([`apply_thread_settings`], called before any
+//! thread starts); see `benches/RESULTS.md` for the measured choice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,7 +37,8 @@ pub struct BatchConfig {
     pub max_batch_tokens: usize,
     /// How long the first request of a batch may wait for company.
     pub max_wait_us: u64,
-    /// Threads one forward pass may use (gemm's rayon pool and candle's barrier pool);
+    /// Threads one forward pass may use (the dense-layer pool, gemm's rayon pool and candle's
+    /// barrier pool);
     /// 0 = candle's default (every core). `RAYON_NUM_THREADS` in the environment wins.
     pub compute_threads: usize,
 }
