@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::server::{ServerOptions, TestServer};
+use common::server::{ServerOptions, TestServer, T0};
 use serde_json::Value;
 
 fn example_dir() -> PathBuf {
@@ -148,6 +148,8 @@ async fn python_client_example_runs_against_the_server() {
     let site = prepared();
     let server = TestServer::start(ServerOptions {
         model: Some(common::default_model_dir()),
+        // Inside the playbook's service hours whenever the test runs.
+        manual_clock: Some(T0),
         ..Default::default()
     })
     .await;

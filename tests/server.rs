@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::server::{classify_req, ServerOptions, TestServer};
+use common::server::{classify_req, ServerOptions, TestServer, T0};
 use intentd::pb;
 use tonic::Code;
 
@@ -15,6 +15,9 @@ async fn model_server() -> TestServer {
     let model = common::default_model_dir();
     TestServer::start(ServerOptions {
         model: Some(model),
+        // Inside the playbook's service hours whenever the tests run (off hours, every message
+        // would be handed to a human).
+        manual_clock: Some(T0),
         ..Default::default()
     })
     .await
@@ -434,7 +437,12 @@ async fn a_broken_model_is_rejected_and_the_old_one_keeps_serving() {
 
 #[tokio::test]
 async fn admin_rpcs_need_the_admin_token() {
-    let s = model_server().await;
+    // The real clock: SetClock must be refused on it.
+    let s = TestServer::start(ServerOptions {
+        model: Some(common::default_model_dir()),
+        ..Default::default()
+    })
+    .await;
     let mut as_bot = pb::admin_service_client::AdminServiceClient::with_interceptor(
         s.channel().await,
         common::server::TokenInterceptor::bot(),
