@@ -70,8 +70,8 @@ impl HyperParameters {
                 mode,
                 epochs: 6,
                 batch_size: 32,
-                // Chosen on dev data: 2e-4 beat 1e-4 for this 4-layer encoder on SMP2017's dev
-                // split (0.934 vs 0.925) and on our own held-out set (see README).
+                // Chosen on dev data: for this 4-layer encoder 2e-4 gave a higher dev accuracy
+                // than 1e-4 on the default training data (0.871 vs 0.861; see README).
                 learning_rate: 2e-4,
                 head_learning_rate: 2e-3,
                 warmup_ratio: 0.1,
