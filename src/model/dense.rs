@@ -196,18 +196,17 @@ impl ServingDense {
 }
 
 /// The contiguous f32 data behind a tensor, checked to hold exactly `len` elements.
-#[cfg(target_arch = "x86_64")]
-fn f32_slice<'a>(s: &'a Storage, l: &Layout, len: usize) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a Storage, l: &Layout, len: usize) -> Result<&'a [f32]> {
     let Storage::Cpu(cpu) = s else {
-        candle_core::bail!("the fused dense kernel runs on the CPU only")
+        candle_core::bail!("this kernel runs on the CPU only")
     };
     let all = cpu.as_slice::<f32>()?;
     let (start, end) = l
         .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused dense: operand not contiguous".into()))?;
+        .ok_or_else(|| candle_core::Error::Msg("kernel operand not contiguous".into()))?;
     if end - start != len || end > all.len() {
         candle_core::bail!(
-            "fused dense: operand has {} elements, expected {len}",
+            "kernel operand has {} elements, expected {len}",
             end - start
         );
     }

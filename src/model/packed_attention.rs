@@ -8,6 +8,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use super::dense::f32_slice;
 use super::spin_pool::SpinPool;
 
 /// `qkv`: (N, 3 x hidden) rows `[q | k | v]`, heads side by side within each, queries already
@@ -26,7 +27,10 @@ pub fn attend(qkv: &Tensor, lengths: &[usize], heads: usize) -> Result<Tensor> {
         );
     }
     let d = h / heads;
-    let qkv = qkv.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    // Read in place (the dense layer's output is contiguous): no copy of the activations.
+    let qkv = qkv.contiguous()?;
+    let (storage, layout) = qkv.storage_and_layout();
+    let qkv = f32_slice(&storage, layout, n * three_h)?;
     let mut offsets = Vec::with_capacity(lengths.len());
     let mut off = 0;
     for &l in lengths {
@@ -86,7 +90,9 @@ pub fn mean_pool(x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
             lengths.iter().sum::<usize>()
         );
     }
-    let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let x = f32_slice(&storage, layout, n * h)?;
     let mut out = vec![0f32; lengths.len() * h];
     let mut start = 0;
     for (t, &l) in lengths.iter().enumerate() {

@@ -88,10 +88,6 @@ impl SpinPool {
         POOL.get_or_init(|| SpinPool::new(candle_core::utils::get_num_threads()))
     }
 
-    pub fn threads(&self) -> usize {
-        self.workers + 1
-    }
-
     /// Wakes parked workers so they are already polling when the next job arrives (a batch
     /// is about to be run: its embedding lookup and first layer norm hide the wake-up).
     pub fn wake(&self) {
@@ -166,14 +162,13 @@ impl SpinPool {
     }
 }
 
-/// Claims items of job `seq` until none is left; returns how many it ran.
-fn claim_and_run(s: &Shared, seq: u64, f: &(dyn Fn(usize) + Sync)) -> usize {
+/// Claims items of job `seq` until none is left.
+fn claim_and_run(s: &Shared, seq: u64, f: &(dyn Fn(usize) + Sync)) {
     let items = s.items.load(Ordering::Acquire) as u64;
-    let mut ran = 0;
     loop {
         let cur = s.cursor.load(Ordering::Acquire);
         if cur >> 32 != seq || (cur & 0xffff_ffff) >= items {
-            return ran;
+            return;
         }
         if s.cursor
             .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
@@ -188,7 +183,6 @@ fn claim_and_run(s: &Shared, seq: u64, f: &(dyn Fn(usize) + Sync)) -> usize {
                     .get_or_insert(p);
             }
             s.done.fetch_add(1, Ordering::Release);
-            ran += 1;
         }
     }
 }
