@@ -121,6 +121,10 @@ fn a_short_training_run_learns_and_eval_reports_it() {
     assert_eq!(card["data_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(card["hyper_parameters"]["epochs"], 1);
     assert!(card["dev_scores"]["accuracy"].as_f64().is_some());
+    // Default refit: the dev set chose 1 epoch, then the served model was trained on all of it.
+    assert_eq!(card["hyper_parameters"]["refit_epochs"], 1);
+    assert_eq!(card["train_examples"], 6 * 40);
+    assert!(card["dev_examples"].as_u64().unwrap() > 0);
     assert!(card["trained_at"].as_str().unwrap().starts_with("20"));
     assert!(card["licence"].as_str().unwrap().contains("non-commercial"));
 

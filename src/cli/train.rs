@@ -39,6 +39,10 @@ pub struct TrainArgs {
     /// Fine-tune the word-embedding table too (slower; can help with many rare entity names).
     #[arg(long)]
     pub train_embeddings: bool,
+    /// Keep the carved-out dev set out of the final model: skip the second run on all the data
+    /// (full mode), which halves the training time.
+    #[arg(long)]
+    pub no_refit: bool,
     #[arg(long, default_value = intentd::model::base_models::DEFAULT_BASE_MODEL)]
     pub base: String,
     #[arg(long, default_value = super::MODELS_DIR)]
@@ -63,6 +67,7 @@ impl TrainArgs {
             seed: None,
             patience: None,
             train_embeddings: false,
+            no_refit: false,
             base: intentd::model::base_models::DEFAULT_BASE_MODEL.into(),
             models_dir: super::MODELS_DIR.into(),
             quiet: false,
@@ -138,6 +143,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.train_embeddings {
         hp.freeze_word_embeddings = false;
     }
+    if args.no_refit {
+        hp.refit = false;
+    }
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
     eprintln!(
         "training {:?} on {} examples from {} ({} intents), base {}",
@@ -167,6 +175,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!(
             "dev: accuracy={:.4} macro_f1={:.4} n={}",
             s.accuracy, s.macro_f1, s.n
+        );
+    }
+    if let Some(e) = c.hyper_parameters.get("refit_epochs") {
+        eprintln!(
+            "refit: the served model was trained again for {e} epochs on all {} examples (dev included; the dev scores above are from the first run)",
+            c.train_examples
         );
     }
     eprintln!(

@@ -61,6 +61,11 @@ pub struct HyperParameters {
     pub max_tokens: usize,
     /// Fraction of the training data carved out as dev set when none is given.
     pub dev_fraction: f64,
+    /// Full mode with a carved-out dev set: once the dev set has chosen the number of epochs,
+    /// train again from the pretrained weights on all the data (dev included) for that many
+    /// epochs, so the served model has seen every example. Doubles the training time.
+    #[serde(default)]
+    pub refit: bool,
 }
 
 impl HyperParameters {
@@ -84,6 +89,7 @@ impl HyperParameters {
                 seed: 42,
                 max_tokens: 64,
                 dev_fraction: 0.1,
+                refit: true,
             },
             TrainMode::Head => Self {
                 mode,
@@ -101,6 +107,7 @@ impl HyperParameters {
                 seed: 42,
                 max_tokens: 64,
                 dev_fraction: 0.1,
+                refit: false,
             },
         }
     }
@@ -190,52 +197,31 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
     let train_enc = encode(&train_set)?;
     let dev_enc = encode(&dev_set)?;
 
-    let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let mut bert = Bert::load(vb.clone(), &config, true)?;
-    load_pretrained(&varmap, &job.base_dir.join(job.base.weights))?;
-    if hp.freeze_word_embeddings {
-        // After loading: the frozen view shares the variable's storage, so it holds the
-        // pretrained values; the variable itself is left out of the optimiser below.
-        bert.freeze_word_embeddings();
-    }
-    let encoder = SentenceEncoder::new(bert, device.clone());
-    let head = candle_nn::linear(config.hidden_size, labels.len(), vb.pp("classifier"))?;
-    let head_vars: Vec<Var> = {
-        let data = varmap.data().lock().expect("varmap lock");
-        ["classifier.weight", "classifier.bias"]
-            .iter()
-            .map(|k| data[*k].clone())
-            .collect()
+    let fresh = || -> Result<FreshModel> {
+        FreshModel::new(
+            &config,
+            &job.base_dir.join(job.base.weights),
+            labels.len(),
+            hp.freeze_word_embeddings,
+        )
     };
-    // Seeded initial head (BERT's initializer_range 0.02, zero bias) instead of candle's
-    // unseeded default.
-    head_vars[0].set(&super::seeded::normal(
-        &[labels.len(), config.hidden_size],
-        0.02,
-        &device,
-    )?)?;
-    head_vars[1].set(&Tensor::zeros(labels.len(), DType::F32, &device)?)?;
-
-    let (best, examples_per_s) = match hp.mode {
+    let mut model = fresh()?;
+    let (best, mut examples_per_s) = match hp.mode {
         TrainMode::Full => train_full(
-            &encoder,
-            &head,
-            &varmap,
-            &head_vars,
+            &model,
             &tokenizer,
             &train_enc,
             &dev_enc,
             &labels,
             &hp,
+            hp.epochs,
             &mut rng,
             job.progress,
         )?,
         TrainMode::Head => train_head(
-            &encoder,
-            &head,
-            &head_vars,
+            &model.encoder,
+            &model.head,
+            &model.head_vars,
             &tokenizer,
             &train_enc,
             &dev_enc,
@@ -245,14 +231,42 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
             job.progress,
         )?,
     };
-
     // Restore the best epoch's weights before saving.
-    {
-        let data = varmap.data().lock().expect("varmap lock");
-        for (name, t) in &best.weights {
-            data[name].set(t)?;
+    model.restore(&best.weights)?;
+
+    let refit = hp.mode == TrainMode::Full
+        && hp.refit
+        && job.dev.is_none()
+        && !dev_set.is_empty()
+        && best.scores.is_some();
+    let mut trained_on = train_set.len();
+    let mut refit_epochs = None;
+    if refit {
+        // The dev set has done its job (choosing the epoch count); fold it back in and train
+        // again from the pretrained weights with the same schedule, stopping at that epoch.
+        let epochs = best.epoch;
+        if job.progress {
+            eprintln!("refit: {epochs} epochs on all {} examples (dev included)", train_set.len() + dev_set.len());
         }
+        drop(model);
+        super::seeded::seed(hp.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(hp.seed);
+        let mut all = train_enc;
+        all.tokens.extend(dev_enc.tokens.iter().cloned());
+        all.labels.extend(dev_enc.labels.iter().copied());
+        let none = Encoded { tokens: Vec::new(), labels: Vec::new() };
+        model = fresh()?;
+        let (last, speed) = train_full(&model, &tokenizer, &all, &none, &labels, &hp, epochs, &mut rng, job.progress)?;
+        model.restore(&last.weights)?;
+        examples_per_s = speed;
+        trained_on = all.tokens.len();
+        refit_epochs = Some(epochs);
     }
+    let mut hyper_parameters = serde_json::to_value(&hp)?;
+    if let Some(e) = refit_epochs {
+        hyper_parameters["refit_epochs"] = e.into();
+    }
+    let varmap = &model.varmap;
     let card = ModelCard {
         version: String::new(),
         base_model: job.base.name.into(),
@@ -261,16 +275,16 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         licence: job.base.licence.into(),
         data_path: job.data_path.clone(),
         data_sha256: job.data_sha256.clone(),
-        train_examples: train_set.len(),
+        train_examples: trained_on,
         dev_examples: dev_set.len(),
         labels: labels.len(),
         max_tokens: job.base.max_tokens,
-        hyper_parameters: serde_json::to_value(&hp)?,
+        hyper_parameters,
         trained_at: chrono::Utc::now().to_rfc3339(),
         train_seconds: started.elapsed().as_secs_f64(),
         dev_scores: best.scores,
     };
-    let card = save_model_dir(&job.out, &varmap, &config, &job.base_dir, &labels, card)?;
+    let card = save_model_dir(&job.out, varmap, &config, &job.base_dir, &labels, card)?;
     Ok(TrainReport {
         card,
         examples_per_s,
@@ -279,7 +293,54 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
 
 struct Best {
     scores: Option<Scores>,
+    /// 1-based epoch the weights are from (0: before training).
+    epoch: usize,
     weights: HashMap<String, Tensor>,
+}
+
+/// The pretrained encoder plus a freshly initialised (seeded) head, ready to fine-tune.
+struct FreshModel {
+    varmap: VarMap,
+    encoder: SentenceEncoder,
+    head: Linear,
+    head_vars: Vec<Var>,
+}
+
+impl FreshModel {
+    fn new(config: &BertConfig, weights: &Path, labels: usize, freeze_words: bool) -> Result<Self> {
+        let device = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let mut bert = Bert::load(vb.clone(), config, true)?;
+        load_pretrained(&varmap, weights)?;
+        if freeze_words {
+            // After loading: the frozen view shares the variable's storage, so it holds the
+            // pretrained values; the variable itself is left out of the optimiser.
+            bert.freeze_word_embeddings();
+        }
+        let encoder = SentenceEncoder::new(bert, device.clone());
+        let head = candle_nn::linear(config.hidden_size, labels, vb.pp("classifier"))?;
+        let head_vars: Vec<Var> = {
+            let data = varmap.data().lock().expect("varmap lock");
+            ["classifier.weight", "classifier.bias"]
+                .iter()
+                .map(|k| data[*k].clone())
+                .collect()
+        };
+        // Seeded initial head (BERT's initializer_range 0.02, zero bias) instead of candle's
+        // unseeded default.
+        head_vars[0].set(&super::seeded::normal(&[labels, config.hidden_size], 0.02, &device)?)?;
+        head_vars[1].set(&Tensor::zeros(labels, DType::F32, &device)?)?;
+        Ok(Self { varmap, encoder, head, head_vars })
+    }
+
+    fn restore(&mut self, weights: &HashMap<String, Tensor>) -> Result<()> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        for (name, t) in weights {
+            data[name].set(t)?;
+        }
+        Ok(())
+    }
 }
 
 fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
@@ -298,19 +359,20 @@ fn snapshot_vars(names: &[&str], vars: &[Var]) -> Result<HashMap<String, Tensor>
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Fine-tunes for `run_epochs` epochs (at most `hp.epochs`) on the schedule of `hp.epochs`:
+/// a refit stops where the dev run's best epoch was, with the same learning rates up to there.
 fn train_full(
-    encoder: &SentenceEncoder,
-    head: &Linear,
-    varmap: &VarMap,
-    head_vars: &[Var],
+    model: &FreshModel,
     tokenizer: &TextTokenizer,
     train: &Encoded,
     dev: &Encoded,
     labels: &[String],
     hp: &HyperParameters,
+    run_epochs: usize,
     rng: &mut ChaCha8Rng,
     progress: bool,
 ) -> Result<(Best, f64)> {
+    let FreshModel { varmap, encoder, head, head_vars } = model;
     let device = encoder.device.clone();
     let head_ids: Vec<_> = head_vars.iter().map(|v| v.id()).collect();
     let frozen: Option<candle_core::TensorId> = if hp.freeze_word_embeddings {
@@ -333,9 +395,11 @@ fn train_full(
     )?;
     let steps_per_epoch = train.tokens.len().div_ceil(hp.batch_size);
     let total_steps = steps_per_epoch * hp.epochs;
-    let bar = Progress::new(progress, total_steps as u64);
+    let run_epochs = run_epochs.min(hp.epochs);
+    let bar = Progress::new(progress, (steps_per_epoch * run_epochs) as u64);
     let mut best = Best {
         scores: None,
+        epoch: 0,
         weights: snapshot(varmap)?,
     };
     let mut since_best = 0;
@@ -344,7 +408,7 @@ fn train_full(
     // Time in training steps only (forward, backward, clipping, optimiser): examples/s is the
     // speed of fine-tuning itself, comparable with other frameworks, not of dev evaluation.
     let mut train_secs = 0f64;
-    for epoch in 1..=hp.epochs {
+    for epoch in 1..=run_epochs {
         for batch in length_bucketed_batches(&train.tokens, hp.batch_size, rng) {
             let t_step = Instant::now();
             let toks: Vec<&Tokenized> = batch.iter().map(|&i| &train.tokens[i]).collect();
@@ -367,26 +431,37 @@ fn train_full(
             train_secs += t_step.elapsed().as_secs_f64();
             bar.step(|| {
                 format!(
-                    "epoch {epoch}/{} loss {loss_v:.4} {:.1} ex/s",
-                    hp.epochs,
+                    "epoch {epoch}/{run_epochs} loss {loss_v:.4} {:.1} ex/s",
                     seen as f64 / train_secs
                 )
             });
+        }
+        if dev.tokens.is_empty() {
+            // Nothing to select on: the last epoch is the model.
+            if epoch == run_epochs {
+                best = Best {
+                    scores: None,
+                    epoch,
+                    weights: snapshot(varmap)?,
+                };
+            }
+            continue;
         }
         let scores = evaluate_encoded(encoder, head, tokenizer, dev, labels, hp.batch_size)?;
         bar.println(format!(
             "epoch {epoch}: dev accuracy={:.4} macro_f1={:.4} n={}",
             scores.accuracy, scores.macro_f1, scores.n
         ));
-        if best.scores.is_none_or(|b| scores.macro_f1 > b.macro_f1) || dev.tokens.is_empty() {
+        if best.scores.is_none_or(|b| scores.macro_f1 > b.macro_f1) {
             best = Best {
                 scores: Some(scores),
+                epoch,
                 weights: snapshot(varmap)?,
             };
             since_best = 0;
         } else {
             since_best += 1;
-            if since_best >= hp.patience {
+            if since_best >= hp.patience && epoch < run_epochs {
                 bar.println(format!(
                     "early stop: no dev improvement for {} epochs",
                     hp.patience
@@ -394,6 +469,12 @@ fn train_full(
                 break;
             }
         }
+    }
+    if let Some(s) = best.scores {
+        bar.println(format!(
+            "best: epoch {} (dev macro_f1={:.4})",
+            best.epoch, s.macro_f1
+        ));
     }
     bar.finish();
     Ok((best, seen as f64 / train_secs.max(1e-9)))
@@ -442,6 +523,7 @@ fn train_head(
     let names = ["classifier.weight", "classifier.bias"];
     let mut best = Best {
         scores: None,
+        epoch: 0,
         weights: snapshot_vars(&names, head_vars)?,
     };
     let mut since_best = 0;
@@ -482,6 +564,7 @@ fn train_head(
         if best.scores.is_none_or(|b| scores.macro_f1 > b.macro_f1) || dev_x.is_none() {
             best = Best {
                 scores: Some(scores),
+                epoch,
                 weights: snapshot_vars(&names, head_vars)?,
             };
             since_best = 0;
