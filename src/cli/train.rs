@@ -115,6 +115,8 @@ fn report_conflicts(ds: data::Dataset) -> data::Dataset {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    // First, while this is the only thread.
+    train::serial_elementwise_ops();
     let base = super::base_model(&args.base)?;
     let (examples, data_sha256) = load_labeled(&args.data)?;
     let dev = match &args.dev {

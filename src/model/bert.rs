@@ -57,6 +57,23 @@ pub enum Mode {
     TrainNoDropout,
 }
 
+/// Whether training builds layer norm, GELU and softmax from candle's element-wise ops (the
+/// reference the fused kernels in `fused_ops` are tested against) instead of those kernels.
+#[cfg(not(test))]
+fn composite_ops() -> bool {
+    false
+}
+
+#[cfg(test)]
+thread_local! {
+    static COMPOSITE_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn composite_ops() -> bool {
+    COMPOSITE_OPS.with(|c| c.get())
+}
+
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -75,6 +92,9 @@ impl LayerNorm {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if mode == Mode::Infer && x.is_contiguous() {
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+        }
+        if !composite_ops() {
+            return super::fused_ops::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
@@ -142,7 +162,8 @@ impl Dense {
                 }
                 match act {
                     Activation::None => Ok(y),
-                    Activation::Gelu => y.gelu_erf(),
+                    Activation::Gelu if composite_ops() => y.gelu_erf(),
+                    Activation::Gelu => super::fused_ops::gelu_erf(&y),
                 }
             }
         }
@@ -355,7 +376,10 @@ impl SelfAttention {
         }
         let probs = match mode {
             Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
-            Mode::Train | Mode::TrainNoDropout => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Mode::Train | Mode::TrainNoDropout if composite_ops() => {
+                candle_nn::ops::softmax(&scores, D::Minus1)?
+            }
+            Mode::Train | Mode::TrainNoDropout => super::fused_ops::softmax_last_dim(&scores)?,
         };
         let probs = dropout(&probs, self.dropout, mode)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
@@ -534,4 +558,129 @@ pub fn mean_pool(hidden: &Tensor, pool_weights: &Tensor) -> Result<Tensor> {
 /// The device everything runs on. CPU only: the service targets small CPU machines.
 pub fn device() -> Device {
     Device::Cpu
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use candle_nn::VarMap;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Loss and gradients of one masked batch through a small random BERT, built from
+    /// candle's element-wise ops (`composite`) or from the fused training kernels.
+    fn loss_and_grads(composite: bool) -> (f32, Vec<(String, Vec<f32>)>) {
+        let cfg = BertConfig {
+            vocab_size: 40,
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            intermediate_size: 64,
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            hidden_act: "gelu".into(),
+            pad_token_id: 0,
+        };
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let bert = Bert::load(
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+            &cfg,
+            true,
+        )
+        .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        names.sort();
+        let vars: Vec<_> = names
+            .iter()
+            .map(|n| varmap.data().lock().unwrap()[n].clone())
+            .collect();
+        for (name, var) in names.iter().zip(&vars) {
+            let n = var.elem_count();
+            let base = if name.ends_with("LayerNorm.weight") {
+                1.0
+            } else {
+                0.0
+            };
+            let v: Vec<f32> = (0..n)
+                .map(|_| base + rng.random_range(-0.3f32..0.3))
+                .collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+                .unwrap();
+        }
+        let (b, t) = (3, 9);
+        let ids: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..40u32)).collect();
+        let ids = Tensor::from_vec(ids, (b, t), &dev).unwrap();
+        let lengths = [9, 5, 2];
+        let mask = mask_bias(&lengths, t, &dev).unwrap();
+        let w: Vec<f32> = (0..b * t * 32)
+            .map(|_| rng.random_range(-1f32..1.0))
+            .collect();
+        let w = Tensor::from_vec(w, (b, t, 32), &dev).unwrap();
+
+        COMPOSITE_OPS.with(|c| c.set(composite));
+        let out = bert.forward(&ids, None, mask.as_ref(), Mode::TrainNoDropout);
+        COMPOSITE_OPS.with(|c| c.set(false));
+        let out = out.unwrap();
+        // Pooled (what training uses) and every token (so padded positions count too).
+        let pooled = mean_pool(&out, &pool_weights(&lengths, t, &dev).unwrap()).unwrap();
+        let loss = (pooled.sqr().unwrap().sum_all().unwrap()
+            + (&out * &w).unwrap().sum_all().unwrap())
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        let grads = names
+            .iter()
+            .zip(&vars)
+            .map(|(n, v)| {
+                let g = grads
+                    .get(v.as_tensor())
+                    .expect("every weight gets a gradient");
+                (
+                    n.clone(),
+                    g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), grads)
+    }
+
+    #[test]
+    fn fused_training_ops_match_the_composite_ones_on_a_whole_model() {
+        let (loss_a, grads_a) = loss_and_grads(true);
+        let (loss_b, grads_b) = loss_and_grads(false);
+        assert!(
+            (loss_a - loss_b).abs() <= 1e-5 * loss_a.abs().max(1.0),
+            "{loss_a} vs {loss_b}"
+        );
+        let norm = |g: &[f32]| g.iter().map(|v| v * v).sum::<f32>().sqrt();
+        // The key bias's gradient is zero in exact arithmetic (softmax ignores a per-row
+        // constant), so what both paths give there is rounding: compare against a floor set
+        // by the largest gradient.
+        let floor = 1e-6 * grads_a.iter().map(|(_, g)| norm(g)).fold(0f32, f32::max);
+        for ((name, a), (_, b)) in grads_a.iter().zip(&grads_b) {
+            let (na, nb) = (norm(a), norm(b));
+            assert!(
+                (na - nb).abs() <= 1e-4 * na + floor,
+                "{name}: gradient norm {na} vs {nb}"
+            );
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            let scale = a.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            assert!(
+                diff <= 1e-4 * scale + floor,
+                "{name}: gradients differ by {diff} (largest {scale})"
+            );
+            if !name.contains("key.bias") {
+                assert!(na > 1e3 * floor, "{name}: no real gradient ({na})");
+            }
+        }
+    }
 }

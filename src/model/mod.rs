@@ -10,6 +10,7 @@ pub mod dense;
 pub mod encoder;
 pub mod eval;
 pub mod fetch;
+pub mod fused_ops;
 pub mod packed_attention;
 pub mod scoring;
 pub mod seeded;
