@@ -203,7 +203,7 @@ if [ "$TRAIN" = 1 ]; then
     # Every third row of SMP2017 train (766 texts, all 31 intents), one epoch.
     awk 'NR == 1 || NR % 3 == 2' "$SHARED_DIR/datasets/smp2017/train.tsv" > "$FT_DATA"
     echo "awk 'NR == 1 || NR % 3 == 2' $(rel "$SHARED_DIR/datasets/smp2017/train.tsv") > finetune.tsv" >> "$WORK/commands.txt"
-    run "$(rel "$BIN")" train --mode full --data "$FT_DATA" --epochs 1 --out "$WORK/ft-model" 2> "$WORK/train.err" || true
+    run "$(rel "$BIN")" train --mode full --data "$FT_DATA" --epochs 1 --no-refit --out "$WORK/ft-model" 2> "$WORK/train.err" || true
     grep -oE '\(([0-9.]+) examples/s\)' "$WORK/train.err" | grep -oE '[0-9.]+' | head -n 1 > "$WORK/train_eps.txt" || true
     if python3 -c 'import torch, tokenizers' 2>/dev/null; then
         python3 -c 'import torch; print("torch=" + torch.__version__)' >> "$WORK/env.txt"
