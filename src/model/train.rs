@@ -259,7 +259,10 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         // again from the pretrained weights with the same schedule, stopping at that epoch.
         let epochs = best.epoch;
         if job.progress {
-            eprintln!("refit: {epochs} epochs on all {} examples (dev included)", train_set.len() + dev_set.len());
+            eprintln!(
+                "refit: {epochs} epochs on all {} examples (dev included)",
+                train_set.len() + dev_set.len()
+            );
         }
         drop(model);
         super::seeded::seed(hp.seed);
@@ -267,10 +270,23 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         let mut all = train_enc;
         all.tokens.extend(dev_enc.tokens.iter().cloned());
         all.labels.extend(dev_enc.labels.iter().copied());
-        let none = Encoded { tokens: Vec::new(), labels: Vec::new() };
+        let none = Encoded {
+            tokens: Vec::new(),
+            labels: Vec::new(),
+        };
         model = fresh()?;
-        let (last, speed) = train_full(&model, &tokenizer, &all, &none, &labels, &hp, epochs, &mut rng, job.progress)?;
-        model.restore(&last.weights)?;
+        // No dev set: the weights after the last epoch are the model (nothing to restore).
+        let (_, speed) = train_full(
+            &model,
+            &tokenizer,
+            &all,
+            &none,
+            &labels,
+            &hp,
+            epochs,
+            &mut rng,
+            job.progress,
+        )?;
         examples_per_s = speed;
         trained_on = all.tokens.len();
         refit_epochs = Some(epochs);
@@ -308,6 +324,7 @@ struct Best {
     scores: Option<Scores>,
     /// 1-based epoch the weights are from (0: before training).
     epoch: usize,
+    /// Weights to restore; empty when they are the model's current weights.
     weights: HashMap<String, Tensor>,
 }
 
@@ -342,9 +359,18 @@ impl FreshModel {
         };
         // Seeded initial head (BERT's initializer_range 0.02, zero bias) instead of candle's
         // unseeded default.
-        head_vars[0].set(&super::seeded::normal(&[labels, config.hidden_size], 0.02, &device)?)?;
+        head_vars[0].set(&super::seeded::normal(
+            &[labels, config.hidden_size],
+            0.02,
+            &device,
+        )?)?;
         head_vars[1].set(&Tensor::zeros(labels, DType::F32, &device)?)?;
-        Ok(Self { varmap, encoder, head, head_vars })
+        Ok(Self {
+            varmap,
+            encoder,
+            head,
+            head_vars,
+        })
     }
 
     fn restore(&mut self, weights: &HashMap<String, Tensor>) -> Result<()> {
@@ -371,7 +397,6 @@ fn snapshot_vars(names: &[&str], vars: &[Var]) -> Result<HashMap<String, Tensor>
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Model selection on a small dev set: an epoch whose dev accuracy is within one standard error
 /// (at least one example) of the best so far is as good as the best, and the later of such epochs
 /// wins. Why: with a schedule that decays to zero the later epochs are the settled ones, and a
@@ -385,6 +410,7 @@ fn within_dev_noise(accuracy: f64, best: f64, n: usize) -> bool {
 
 /// Fine-tunes for `run_epochs` epochs (at most `hp.epochs`) on the schedule of `hp.epochs`:
 /// a refit stops where the dev run's best epoch was, with the same learning rates up to there.
+#[allow(clippy::too_many_arguments)]
 fn train_full(
     model: &FreshModel,
     tokenizer: &TextTokenizer,
@@ -396,7 +422,12 @@ fn train_full(
     rng: &mut ChaCha8Rng,
     progress: bool,
 ) -> Result<(Best, f64)> {
-    let FreshModel { varmap, encoder, head, head_vars } = model;
+    let FreshModel {
+        varmap,
+        encoder,
+        head,
+        head_vars,
+    } = model;
     let device = encoder.device.clone();
     let head_ids: Vec<_> = head_vars.iter().map(|v| v.id()).collect();
     let frozen: Option<candle_core::TensorId> = if hp.freeze_word_embeddings {
@@ -421,10 +452,12 @@ fn train_full(
     let total_steps = steps_per_epoch * hp.epochs;
     let run_epochs = run_epochs.min(hp.epochs);
     let bar = Progress::new(progress, (steps_per_epoch * run_epochs) as u64);
+    // No copy: the first epoch evaluated always becomes the best (it is within noise of itself),
+    // and without a dev set the last epoch is the model as it stands.
     let mut best = Best {
         scores: None,
         epoch: 0,
-        weights: snapshot(varmap)?,
+        weights: HashMap::new(),
     };
     let mut since_best = 0;
     let mut best_accuracy = 0f64;
@@ -463,13 +496,7 @@ fn train_full(
         }
         if dev.tokens.is_empty() {
             // Nothing to select on: the last epoch is the model.
-            if epoch == run_epochs {
-                best = Best {
-                    scores: None,
-                    epoch,
-                    weights: snapshot(varmap)?,
-                };
-            }
+            best.epoch = epoch;
             continue;
         }
         let scores = evaluate_encoded(encoder, head, tokenizer, dev, labels, hp.batch_size)?;
