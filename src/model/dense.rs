@@ -423,22 +423,7 @@ mod avx512 {
     /// 5e-7 against the exact erf, so within the encoder's 1e-4 parity with PyTorch.
     #[target_feature(enable = "avx512f")]
     unsafe fn gelu(v: __m512) -> __m512 {
-        const A: [f32; 7] = [
-            -1.609_603_3e-2,
-            -2.954_6e-3,
-            -7.349_906_3e-4,
-            -5.692_506_4e-5,
-            -2.101_024e-6,
-            2.770_681_4e-8,
-            -2.726_142_3e-10,
-        ];
-        const B: [f32; 5] = [
-            -1.426_473_9e-2,
-            -7.373_329e-3,
-            -1.682_827e-3,
-            -2.133_740_6e-4,
-            -1.456_607_2e-5,
-        ];
+        use crate::model::fused_ops::{ERF_P as A, ERF_Q as B};
         let x = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
         let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.0)), _mm512_set1_ps(-4.0));
         let x2 = _mm512_mul_ps(x, x);

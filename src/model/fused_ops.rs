@@ -221,35 +221,36 @@ impl CustomOp3 for LayerNormBwd {
 // ---------------------------------------------------------------------------------------------
 // GELU
 
-/// erf as the rational approximation Eigen and XLA use for f32 (x P(x²) / Q(x²) on [-4, 4],
-/// where f32 erf saturates); the same one the serving kernel uses (dense.rs). Absolute error
-/// below 5e-7.
+/// Coefficients of the rational erf approximation Eigen and XLA use for f32: erf(x) =
+/// x P(x²) / Q(x²) on [-4, 4], where f32 erf saturates; absolute error below 5e-7. Shared with
+/// the serving kernel (dense.rs) so training and serving compute the same GELU.
+pub(super) const ERF_P: [f32; 7] = [
+    -1.609_603_3e-2,
+    -2.954_6e-3,
+    -7.349_906_3e-4,
+    -5.692_506_4e-5,
+    -2.101_024e-6,
+    2.770_681_4e-8,
+    -2.726_142_3e-10,
+];
+pub(super) const ERF_Q: [f32; 5] = [
+    -1.426_473_9e-2,
+    -7.373_329e-3,
+    -1.682_827e-3,
+    -2.133_740_6e-4,
+    -1.456_607_2e-5,
+];
+
 #[inline(always)]
 fn erf(x: f32) -> f32 {
-    const A: [f32; 7] = [
-        -1.609_603_3e-2,
-        -2.954_6e-3,
-        -7.349_906_3e-4,
-        -5.692_506_4e-5,
-        -2.101_024e-6,
-        2.770_681_4e-8,
-        -2.726_142_3e-10,
-    ];
-    const B: [f32; 5] = [
-        -1.426_473_9e-2,
-        -7.373_329e-3,
-        -1.682_827e-3,
-        -2.133_740_6e-4,
-        -1.456_607_2e-5,
-    ];
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = A[6];
-    for &a in A[..6].iter().rev() {
+    let mut p = ERF_P[6];
+    for &a in ERF_P[..6].iter().rev() {
         p = x2.mul_add(p, a);
     }
-    let mut q = B[4];
-    for &b in B[..4].iter().rev() {
+    let mut q = ERF_Q[4];
+    for &b in ERF_Q[..4].iter().rev() {
         q = x2.mul_add(q, b);
     }
     x * p / q
@@ -296,7 +297,8 @@ dispatch!(gelu_rows(x: &[f32], y: &mut [f32]) {
 
 dispatch!(
     /// d gelu / dx = Phi(x) + x phi(x).
-    gelu_bwd_rows(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    /// (`_n` only to share the backward op's kernel signature with softmax.)
+    gelu_bwd_rows(x: &[f32], dy: &[f32], dx: &mut [f32], _n: usize) {
     for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
         let cdf = (erf(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5;
         let pdf = FRAC_1_SQRT_2PI * exp_nonpos(-0.5 * x * x);
@@ -319,15 +321,24 @@ impl CustomOp1 for Gelu {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &GeluBwd)?))
+        let op = RowsBwd {
+            name: "gelu backward",
+            rows: gelu_bwd_rows,
+        };
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &op)?))
     }
 }
 
-struct GeluBwd;
+/// dx from (saved tensor, dy), same shape, row by row over the last dimension: the backward
+/// op of GELU (saved: x) and of softmax (saved: y).
+struct RowsBwd {
+    name: &'static str,
+    rows: fn(&[f32], &[f32], &mut [f32], usize),
+}
 
-impl CustomOp2 for GeluBwd {
+impl CustomOp2 for RowsBwd {
     fn name(&self) -> &'static str {
-        "train-gelu-erf-bwd"
+        self.name
     }
 
     fn cpu_fwd(
@@ -337,13 +348,13 @@ impl CustomOp2 for GeluBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "gelu backward")?;
-        let dy = f32_slice(s2, l2, "gelu backward")?;
-        if x.len() != dy.len() {
-            candle_core::bail!("gelu backward: shapes do not match");
+        let saved = f32_slice(s1, l1, self.name)?;
+        let dy = f32_slice(s2, l2, self.name)?;
+        if saved.len() != dy.len() {
+            candle_core::bail!("{}: shapes do not match", self.name);
         }
-        let mut dx = vec![0f32; x.len()];
-        gelu_bwd_rows(x, dy, &mut dx);
+        let mut dx = vec![0f32; saved.len()];
+        (self.rows)(saved, dy, &mut dx, last_dim(l1));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -390,32 +401,11 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxBwd)?))
-    }
-}
-
-struct SoftmaxBwd;
-
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "train-softmax-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = f32_slice(s1, l1, "softmax backward")?;
-        let dy = f32_slice(s2, l2, "softmax backward")?;
-        if y.len() != dy.len() {
-            candle_core::bail!("softmax backward: shapes do not match");
-        }
-        let mut dx = vec![0f32; y.len()];
-        softmax_bwd_rows(y, dy, &mut dx, last_dim(l1));
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        let op = RowsBwd {
+            name: "softmax backward",
+            rows: softmax_bwd_rows,
+        };
+        Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &op)?))
     }
 }
 
