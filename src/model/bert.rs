@@ -150,10 +150,12 @@ impl Dense {
                 let rows = x.elem_count() / in_dim.max(1);
                 // One 2-D matmul over all rows: the batched path would broadcast the weight and
                 // run gemm once per leading index.
-                let y = x
-                    .reshape((rows, in_dim))?
-                    .matmul(&weight.t()?)?
-                    .broadcast_add(bias)?;
+                let x = x.reshape((rows, in_dim))?;
+                let y = if composite_ops() {
+                    x.matmul(&weight.t()?)?.broadcast_add(bias)?
+                } else {
+                    super::fused_ops::linear(&x, weight, bias)?
+                };
                 let mut out_dims = dims.to_vec();
                 *out_dims.last_mut().expect("non-scalar input") = weight.dim(0)?;
                 let mut y = y.reshape(out_dims)?;

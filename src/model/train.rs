@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -476,8 +477,10 @@ fn train_full(
             let pooled = super::seeded::dropout(&pooled, hp.dropout)?;
             let logits = head.forward(&pooled)?;
             let loss = smoothed_cross_entropy(&logits, &ys, hp.label_smoothing)?;
-            let mut grads = loss.backward()?;
-            clip_grad_norm(&mut grads, &trainable, hp.max_grad_norm)?;
+            let grads = loss.backward()?;
+            let clip = clip_scale(&grads, &trainable, hp.max_grad_norm)?;
+            opt_body.set_grad_scale(clip);
+            opt_head.set_grad_scale(clip);
             let scale = lr_scale(step, total_steps, hp.warmup_ratio);
             opt_body.set_learning_rate(hp.learning_rate * scale);
             opt_head.set_learning_rate(hp.head_learning_rate * scale);
@@ -595,8 +598,8 @@ fn train_head(
             let x = super::seeded::dropout(&train_x.index_select(&idx, 0)?, hp.dropout)?;
             let ys: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
             let loss = smoothed_cross_entropy(&head.forward(&x)?, &ys, hp.label_smoothing)?;
-            let mut grads = loss.backward()?;
-            clip_grad_norm(&mut grads, head_vars, hp.max_grad_norm)?;
+            let grads = loss.backward()?;
+            opt.set_grad_scale(clip_scale(&grads, head_vars, hp.max_grad_norm)?);
             opt.set_learning_rate(
                 hp.head_learning_rate * lr_scale(step, total_steps, hp.warmup_ratio),
             );
@@ -735,28 +738,49 @@ pub fn smoothed_cross_entropy(logits: &Tensor, targets: &[u32], eps: f64) -> Res
     Ok((q * logp)?.sum(D::Minus1)?.neg()?.mean_all()?)
 }
 
-/// Scales all gradients so their global L2 norm is at most `max_norm`.
-fn clip_grad_norm(
-    grads: &mut candle_core::backprop::GradStore,
-    vars: &[Var],
-    max_norm: f64,
-) -> Result<()> {
+/// The factor that brings the gradients' global L2 norm down to at most `max_norm` (1 when it
+/// already is, or when the norm is not finite). The optimisers apply it as they read each
+/// gradient (`FusedAdamW::set_grad_scale`): scaling here would write every gradient once more.
+fn clip_scale(grads: &GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
     let mut total = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            total += sum_of_squares(g)?;
         }
     }
     let norm = total.sqrt();
-    if norm.is_finite() && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for v in vars {
-            if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), (g * scale)?);
+    Ok(if norm.is_finite() && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    })
+}
+
+/// Σ x² of an f32 tensor, read in place (no squared copy), in f32 blocks summed in f64.
+fn sum_of_squares(t: &Tensor) -> Result<f64> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        bail!("gradient clipping runs on the CPU only");
+    };
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| anyhow::anyhow!("gradient not contiguous"))?;
+    let xs = &cpu.as_slice::<f32>()?[a..b];
+    Ok(xs
+        .chunks(4096)
+        .map(|c| {
+            let mut acc = [0f32; 8];
+            let mut it = c.chunks_exact(8);
+            for lane in &mut it {
+                for (a, x) in acc.iter_mut().zip(lane) {
+                    *a += x * x;
+                }
             }
-        }
-    }
-    Ok(())
+            let tail: f32 = it.remainder().iter().map(|x| x * x).sum();
+            (acc.iter().sum::<f32>() + tail) as f64
+        })
+        .sum())
 }
 
 /// Batches of similar length (less padding), in random order.
@@ -961,6 +985,35 @@ mod tests {
         assert!((lr_scale(9, total, 0.1) - 1.0).abs() < 1e-9);
         assert!(lr_scale(50, total, 0.1) < 1.0 && lr_scale(50, total, 0.1) > 0.4);
         assert!(lr_scale(99, total, 0.1) < 0.02);
+    }
+
+    #[test]
+    fn clip_scale_brings_the_global_norm_to_the_limit() {
+        let dev = Device::Cpu;
+        // Gradients of sum(a * [3, 0]) + sum(b * [4]) + sum(c * 1..=1000): norms 3, 4, and the
+        // big one exercises the blocked sum.
+        let a = Var::new(&[1f32, 2.0], &dev).unwrap();
+        let b = Var::new(&[5f32], &dev).unwrap();
+        let loss = (a.as_tensor() * Tensor::new(&[3f32, 0.0], &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .add(&(b.as_tensor() * 4.0).unwrap().sum_all().unwrap())
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = [a.clone(), b.clone()];
+        assert!((clip_scale(&grads, &vars, 1.0).unwrap() - 1.0 / (5.0 + 1e-6)).abs() < 1e-9);
+        assert_eq!(clip_scale(&grads, &vars, 5.0).unwrap(), 1.0);
+        assert_eq!(clip_scale(&grads, &vars, 10.0).unwrap(), 1.0);
+
+        let big: Vec<f32> = (1..=10_001).map(|i| i as f32 / 1000.0).collect();
+        let expected: f64 = big.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let t = Tensor::from_vec(big, 10_001, &dev).unwrap();
+        let got = sum_of_squares(&t).unwrap();
+        assert!(
+            (got - expected).abs() < 1e-5 * expected,
+            "{got} vs {expected}"
+        );
     }
 
     #[test]
