@@ -34,6 +34,12 @@ pub struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    /// `overflow` (the bot's queue was full) or `expired` (too long past its send time).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub version: String,
 }
@@ -55,6 +61,9 @@ pub struct Metrics {
     pub write_queue_full: Counter,
     /// `intentd_store_errors_total`: failed store commits.
     pub store_errors: Counter,
+    /// `intentd_outbound_dropped_total{reason}`: proactive sends dropped before any Subscribe
+    /// stream took them.
+    pub outbound_dropped: Family<DroppedLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +95,7 @@ impl Metrics {
         let write_queue_depth = Gauge::default();
         let write_queue_full = Counter::default();
         let store_errors = Counter::default();
+        let outbound_dropped = Family::<DroppedLabels, Counter>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -119,6 +129,11 @@ impl Metrics {
             write_queue_full.clone(),
         );
         registry.register("store_errors", "Failed store commits", store_errors.clone());
+        registry.register(
+            "outbound_dropped",
+            "Proactive sends dropped before a Subscribe stream took them, by reason",
+            outbound_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -128,6 +143,7 @@ impl Metrics {
             write_queue_depth,
             write_queue_full,
             store_errors,
+            outbound_dropped,
         }
     }
 

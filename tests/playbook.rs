@@ -1349,6 +1349,69 @@ async fn a_silent_group_is_reminded_once_per_period() {
     out.quiet("nothing more").await;
 }
 
+/// `intentd_outbound_dropped_total{reason=...}` from /metrics (0 before the first drop).
+async fn dropped(b: &Bot, reason: &str) -> u64 {
+    let (_, body) = common::server::scrape_metrics(&b.s.metrics_addr).await;
+    let series = format!("intentd_outbound_dropped_total{{reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits (up to 10 s, for the once-a-second collector) until `reason` has counted `n` drops.
+async fn wait_dropped(b: &Bot, reason: &str, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dropped(b, reason).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{reason}: {} drops counted, expected {n}",
+            dropped(b, reason).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dropped(b, reason).await, n, "{reason}");
+}
+
+#[tokio::test]
+async fn proactive_sends_wait_for_a_subscriber_in_a_bounded_queue() {
+    let mut b = Bot::start_rules_only("outbox:\n  max_per_bot: 1\n  max_age_ms: 600000\n").await;
+    for (chat, id) in [("g-a", "a1"), ("g-b", "b1")] {
+        let d = b
+            .event(chat, EventType::MemberJoined, Some(&user(id, "新人")), "")
+            .await;
+        assert_eq!(evd(&d), (Action::Reply, "welcome:queued"), "{d:?}");
+    }
+    // Both welcomes fall due with no stream open: the collector queues them, and a queue of one
+    // keeps the newer.
+    b.at(T0 + MIN + SEC).await;
+    wait_dropped(&b, "overflow", 1).await;
+    let mut out = b.subscribe(&["g-a", "g-b"]).await;
+    let o = out.next().await;
+    assert_eq!(
+        (kind(&o), o.chat_id.as_str()),
+        (OutboundKind::Welcome, "g-b"),
+        "{o:?}"
+    );
+    out.quiet("the g-a welcome was dropped").await;
+    drop(out);
+
+    // A welcome nobody takes for longer than max_age_ms (10 min) is dropped, not sent late.
+    b.event(
+        "g-c",
+        EventType::MemberJoined,
+        Some(&user("c1", "新人")),
+        "",
+    )
+    .await;
+    b.at(T0 + 3 * MIN).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // collected into the outbox
+    b.at(T0 + 14 * MIN).await;
+    let mut late = b.subscribe(&["g-c"]).await;
+    late.quiet("the g-c welcome waited 11 min").await;
+    wait_dropped(&b, "expired", 1).await;
+    assert_eq!(dropped(&b, "overflow").await, 1);
+}
+
 #[tokio::test]
 async fn cron_schedules_fire_on_the_stream_at_their_minute() {
     let mut b = Bot::start().await;

@@ -21,7 +21,6 @@ use intentd::store::{
     SqliteStore, Store, Timings,
 };
 use intentd::types::{Action, Source};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 type Client = IntentServiceClient<AuthedChannel>;
@@ -1064,43 +1063,6 @@ async fn the_ab_report_matches_a_hand_computed_example() {
 // ---------------------------------------------------------------------------------------------
 // /metrics
 
-/// GET /metrics over a plain TCP socket: (content type, body).
-async fn scrape(addr: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("metrics port");
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8(buf).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let header = |name: &str| {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let body = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        let mut out = String::new();
-        let mut rest = body;
-        loop {
-            let (size, after) = rest.split_once("\r\n").expect("chunk size");
-            let n = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
-            if n == 0 {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = &after[n + 2..];
-        }
-        out
-    } else {
-        body.to_string()
-    };
-    (header("content-type").unwrap_or_default(), body)
-}
-
 fn is_metric_name(s: &str) -> bool {
     let mut chars = s.chars();
     chars
@@ -1367,7 +1329,7 @@ async fn a_metrics_scrape_parses_strictly_and_shows_the_traffic() {
         "several source/action pairs: {by_pair:?}"
     );
 
-    let (content_type, body) = scrape(&s.metrics_addr).await;
+    let (content_type, body) = common::server::scrape_metrics(&s.metrics_addr).await;
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
@@ -1427,7 +1389,7 @@ async fn a_metrics_scrape_parses_strictly_and_shows_the_traffic() {
     assert!(m.iter().any(|x| x.name == "intentd_write_queue_depth"));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let m = parse_openmetrics(&scrape(&s.metrics_addr).await.1);
+        let m = parse_openmetrics(&common::server::scrape_metrics(&s.metrics_addr).await.1);
         if sum(&m, "intentd_write_queue_depth", &[]) == 0.0 {
             assert_eq!(sum(&m, "intentd_write_queue_full_total", &[]), 0.0);
             assert_eq!(sum(&m, "intentd_store_errors_total", &[]), 0.0);
@@ -1587,7 +1549,7 @@ async fn a_full_store_queue_is_back_pressure_not_a_hang() {
     }
     let overflows = not_recorded.load(Ordering::SeqCst) + exhausted.load(Ordering::SeqCst);
     // Every refusal the clients saw was counted (start-up audit rows may add to it).
-    let m = parse_openmetrics(&scrape(&s.metrics_addr).await.1);
+    let m = parse_openmetrics(&common::server::scrape_metrics(&s.metrics_addr).await.1);
     let full = sum(&m, "intentd_write_queue_full_total", &[]);
     assert!(
         full >= overflows as f64,

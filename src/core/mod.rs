@@ -3,5 +3,6 @@
 
 pub mod batcher;
 pub mod operator;
+pub mod outbox;
 pub mod service;
 pub mod validate;

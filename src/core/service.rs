@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::{Batcher, LoadedModel};
 use super::operator::OperatorRules;
+use super::outbox::{Dropped, Outbox};
 use super::validate::{self, InvalidField};
 use crate::clock::{ManualClock, SharedClock};
 use crate::engine::catalog::Handoff;
 use crate::engine::fusion;
-use crate::metrics::Metrics;
+use crate::metrics::{DroppedLabels, Metrics};
 use crate::model::classifier::{IntentBackend, IntentModel};
 use crate::pb;
 use crate::policy::events::{EventDecision, EventInput, EventKind};
@@ -74,7 +74,7 @@ pub struct Core {
     rules: ArcSwap<OperatorRules>,
     playbook: Arc<Playbook>,
     /// Proactive sends taken from the playbook, waiting for a Subscribe stream of their bot.
-    outbox: Mutex<HashMap<String, VecDeque<OutboundItem>>>,
+    outbox: Mutex<Outbox>,
     pub storage: Option<Arc<Storage>>,
     pub metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
@@ -97,6 +97,7 @@ impl Core {
     ) -> Self {
         let model = Arc::new(ArcSwapOption::empty());
         let batcher = Batcher::start(model.clone(), cfg.batching.clone(), cfg.max_in_flight);
+        let outbox = Mutex::new(Outbox::new(cfg.outbox.clone()));
         Self {
             known_bots: cfg.bot_ids().into_iter().collect(),
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
@@ -107,7 +108,7 @@ impl Core {
             batcher,
             rules: ArcSwap::from_pointee(rules),
             playbook: Arc::new(playbook),
-            outbox: Mutex::new(HashMap::new()),
+            outbox,
             storage,
             metrics,
             served: AtomicU64::new(0),
@@ -477,15 +478,15 @@ impl Core {
     /// Moves everything the playbook has due into the per-bot outbox (each item is handed out
     /// by the playbook exactly once, so one place collects and the streams share it).
     pub fn collect_due(&self) -> usize {
-        let items = self.playbook.due(self.now_ms());
+        let now = self.now_ms();
+        let items = self.playbook.due(now);
         let n = items.len();
         if n > 0 {
             let mut outbox = self.outbox.lock();
             for item in items {
-                outbox
-                    .entry(item.bot_id.clone())
-                    .or_default()
-                    .push_back(item);
+                let bot = item.bot_id.clone();
+                let dropped = outbox.push(item, now);
+                self.count_dropped(&bot, dropped);
             }
         }
         n
@@ -495,26 +496,39 @@ impl Core {
     /// other chats stay for another stream.
     pub fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
         self.collect_due();
-        let mut outbox = self.outbox.lock();
-        let Some(queue) = outbox.get_mut(bot_id) else {
-            return Vec::new();
-        };
-        if chats.is_empty() {
-            return queue.drain(..).collect();
-        }
-        let (mine, rest): (Vec<_>, Vec<_>) =
-            queue.drain(..).partition(|i| chats.contains(&i.chat_id));
-        queue.extend(rest);
-        mine
+        let (items, dropped) = self.outbox.lock().take(bot_id, chats, self.now_ms());
+        self.count_dropped(bot_id, dropped);
+        items
     }
 
     /// Puts items back at the front (a stream closed before it could send them).
     pub fn return_outbound(&self, bot_id: &str, items: Vec<OutboundItem>) {
-        let mut outbox = self.outbox.lock();
-        let queue = outbox.entry(bot_id.to_string()).or_default();
-        for item in items.into_iter().rev() {
-            queue.push_front(item);
+        let dropped = self.outbox.lock().put_back(bot_id, items, self.now_ms());
+        self.count_dropped(bot_id, dropped);
+    }
+
+    fn count_dropped(&self, bot_id: &str, dropped: Dropped) {
+        if !dropped.any() {
+            return;
         }
+        for (reason, n) in [("overflow", dropped.overflow), ("expired", dropped.expired)] {
+            if n > 0 {
+                self.metrics
+                    .outbound_dropped
+                    .get_or_create(&DroppedLabels {
+                        reason: reason.into(),
+                    })
+                    .inc_by(n as u64);
+            }
+        }
+        tracing::warn!(
+            bot_id,
+            overflow = dropped.overflow,
+            expired = dropped.expired,
+            max_per_bot = self.cfg.outbox.max_per_bot,
+            max_age_ms = self.cfg.outbox.max_age_ms,
+            "proactive sends dropped: no Subscribe stream took them in time"
+        );
     }
 
     pub fn next_outbound_ms(&self) -> Option<i64> {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::core::batcher::BatchConfig;
+use crate::core::outbox::OutboxConfig;
 use crate::core::validate::Limits;
 use crate::engine::fusion::FusionConfig;
 use crate::store::StoreConfig;
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     pub batching: BatchConfig,
     pub fusion: FusionConfig,
+    /// Proactive sends waiting for a bot's Subscribe stream.
+    pub outbox: OutboxConfig,
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
     pub store: StoreConfig,
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             batching: BatchConfig::default(),
             fusion: FusionConfig::default(),
+            outbox: OutboxConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
             store: StoreConfig::default(),
@@ -159,6 +163,7 @@ impl ServerConfig {
                 bail!("auth.bots: bot '{}' is listed twice", b.id);
             }
         }
+        self.outbox.validate().map_err(anyhow::Error::msg)?;
         self.store
             .validate()
             .map_err(|e| anyhow::anyhow!("store: {e}"))?;

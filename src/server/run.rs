@@ -163,6 +163,28 @@ pub async fn serve(
         });
     }
 
+    // Due proactive sends are collected every second whether or not a Subscribe stream is open,
+    // so the outbox's bounds also hold for a bot that never subscribes (its items would
+    // otherwise pile up in the playbook).
+    {
+        let core = core.clone();
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if core.collect_due() > 0 {
+                            core.outbound_changed.notify_waiters();
+                        }
+                    }
+                    _ = rx.wait_for(|v| *v) => return,
+                }
+            }
+        });
+    }
+
     // Load (or first prepare) the model in the background; until then answers come from rules.
     {
         let core = core.clone();
