@@ -1360,6 +1360,16 @@ async fn a_metrics_scrape_parses_strictly_and_shows_the_traffic() {
         sum(&m, "intentd_requests_total", &[("source", "model")]) >= 1.0,
         "the model answered something"
     );
+    // Feedback is counted under its own RPC, with no source or action.
+    assert_eq!(
+        sum(
+            &m,
+            "intentd_requests_total",
+            &[("rpc", "Feedback"), ("source", ""), ("action", "")]
+        ),
+        1.0,
+        "{body}"
+    );
     // Latency histogram: one observation per request, buckets checked by the parser.
     assert_eq!(
         sum(&m, "intentd_request_duration_seconds_count", &classify),

@@ -536,6 +536,13 @@ impl Core {
     }
 
     pub async fn feedback(&self, req: &pb::FeedbackRequest) -> Result<bool, CoreError> {
+        let started = Instant::now();
+        let r = self.feedback_inner(req).await;
+        self.observe_answered("Feedback", r.is_ok(), started);
+        r
+    }
+
+    async fn feedback_inner(&self, req: &pb::FeedbackRequest) -> Result<bool, CoreError> {
         let limits = &self.cfg.limits;
         let invalid = |f: &str, p: &str| {
             CoreError::Invalid(InvalidField {
@@ -583,6 +590,13 @@ impl Core {
     }
 
     pub async fn human_reply(&self, req: &pb::HumanReplyRequest) -> Result<bool, CoreError> {
+        let started = Instant::now();
+        let r = self.human_reply_inner(req).await;
+        self.observe_answered("ReportHumanReply", r.is_ok(), started);
+        r
+    }
+
+    async fn human_reply_inner(&self, req: &pb::HumanReplyRequest) -> Result<bool, CoreError> {
         let invalid = |f: &str, p: &str| {
             CoreError::Invalid(InvalidField {
                 field: f.into(),
@@ -624,6 +638,23 @@ impl Core {
     /// GetStats. The queries run on the blocking pool: a long window must not stall the
     /// runtime threads that answer Classify.
     pub async fn stats(&self, req: &pb::StatsRequest) -> Result<pb::StatsResponse, CoreError> {
+        let started = Instant::now();
+        let r = self.stats_inner(req).await;
+        self.observe_answered("GetStats", r.is_ok(), started);
+        r
+    }
+
+    /// Counts an answered Feedback / ReportHumanReply / GetStats call in the request metrics
+    /// (no decision source or action: they decide nothing). Refused calls are not counted, as
+    /// for Classify.
+    fn observe_answered(&self, rpc: &str, ok: bool, started: Instant) {
+        if ok {
+            self.metrics
+                .observe_request(rpc, "", "", started.elapsed().as_secs_f64());
+        }
+    }
+
+    async fn stats_inner(&self, req: &pb::StatsRequest) -> Result<pb::StatsResponse, CoreError> {
         if req.bot_id.is_empty() || !self.known_bot(&req.bot_id) {
             return Err(InvalidField {
                 field: "bot_id".into(),

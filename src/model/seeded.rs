@@ -54,13 +54,7 @@ struct Dropout {
 
 impl Dropout {
     fn apply(&self, s: &CpuStorage, l: &Layout) -> Result<CpuStorage> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("dropout: f32 only");
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("dropout: needs a contiguous input");
-        };
-        let x = &v[a..b];
+        let x = super::fused_ops::f32_slice(s, l, "dropout")?;
         if x.len() != self.mask.len() {
             candle_core::bail!(
                 "dropout: {} elements for a mask of {}",

@@ -760,13 +760,7 @@ fn clip_scale(grads: &GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
 fn sum_of_squares(t: &Tensor) -> Result<f64> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        bail!("gradient clipping runs on the CPU only");
-    };
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| anyhow::anyhow!("gradient not contiguous"))?;
-    let xs = &cpu.as_slice::<f32>()?[a..b];
+    let xs = super::dense::f32_slice(&storage, layout, t.elem_count())?;
     Ok(xs
         .chunks(4096)
         .map(|c| {
@@ -990,8 +984,7 @@ mod tests {
     #[test]
     fn clip_scale_brings_the_global_norm_to_the_limit() {
         let dev = Device::Cpu;
-        // Gradients of sum(a * [3, 0]) + sum(b * [4]) + sum(c * 1..=1000): norms 3, 4, and the
-        // big one exercises the blocked sum.
+        // Gradients of sum(a * [3, 0]) + sum(b * 4): [3, 0] and [4], a global norm of 5.
         let a = Var::new(&[1f32, 2.0], &dev).unwrap();
         let b = Var::new(&[5f32], &dev).unwrap();
         let loss = (a.as_tensor() * Tensor::new(&[3f32, 0.0], &dev).unwrap())
@@ -1006,6 +999,7 @@ mod tests {
         assert_eq!(clip_scale(&grads, &vars, 5.0).unwrap(), 1.0);
         assert_eq!(clip_scale(&grads, &vars, 10.0).unwrap(), 1.0);
 
+        // Past one 4096-value block and not a multiple of 8: the blocked sum and its tails.
         let big: Vec<f32> = (1..=10_001).map(|i| i as f32 / 1000.0).collect();
         let expected: f64 = big.iter().map(|&v| (v as f64) * (v as f64)).sum();
         let t = Tensor::from_vec(big, 10_001, &dev).unwrap();
