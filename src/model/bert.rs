@@ -565,14 +565,25 @@ pub fn device() -> Device {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
+    use candle_core::{DType, Var};
     use candle_nn::VarMap;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// Loss and gradients of one masked batch through a small random BERT, built from
-    /// candle's element-wise ops (`composite`) or from the fused training kernels.
-    fn loss_and_grads(composite: bool) -> (f32, Vec<(String, Vec<f32>)>) {
+    /// A small random BERT, one masked batch and a loss over both the pooled vectors and every
+    /// token (so padded positions count too).
+    struct Tiny {
+        bert: Bert,
+        /// Variable names, sorted, and the variables in that order.
+        names: Vec<String>,
+        vars: Vec<Var>,
+        ids: Tensor,
+        lengths: [usize; 3],
+        mask: Option<Tensor>,
+        w: Tensor,
+    }
+
+    fn tiny() -> Tiny {
         let cfg = BertConfig {
             vocab_size: 40,
             hidden_size: 32,
@@ -624,20 +635,44 @@ mod tests {
             .map(|_| rng.random_range(-1f32..1.0))
             .collect();
         let w = Tensor::from_vec(w, (b, t, 32), &dev).unwrap();
+        Tiny {
+            bert,
+            names,
+            vars,
+            ids,
+            lengths,
+            mask,
+            w,
+        }
+    }
 
+    impl Tiny {
+        fn loss(&self) -> Tensor {
+            let t = self.ids.dim(1).unwrap();
+            let out = self
+                .bert
+                .forward(&self.ids, None, self.mask.as_ref(), Mode::TrainNoDropout)
+                .unwrap();
+            let pooled =
+                mean_pool(&out, &pool_weights(&self.lengths, t, &Device::Cpu).unwrap()).unwrap();
+            (pooled.sqr().unwrap().sum_all().unwrap()
+                + (&out * &self.w).unwrap().sum_all().unwrap())
+            .unwrap()
+        }
+    }
+
+    /// Loss and gradients of the tiny model, built from candle's element-wise ops
+    /// (`composite`) or from the fused training kernels.
+    fn loss_and_grads(composite: bool) -> (f32, Vec<(String, Vec<f32>)>) {
+        let m = tiny();
         COMPOSITE_OPS.with(|c| c.set(composite));
-        let out = bert.forward(&ids, None, mask.as_ref(), Mode::TrainNoDropout);
+        let loss = m.loss();
         COMPOSITE_OPS.with(|c| c.set(false));
-        let out = out.unwrap();
-        // Pooled (what training uses) and every token (so padded positions count too).
-        let pooled = mean_pool(&out, &pool_weights(&lengths, t, &dev).unwrap()).unwrap();
-        let loss = (pooled.sqr().unwrap().sum_all().unwrap()
-            + (&out * &w).unwrap().sum_all().unwrap())
-        .unwrap();
         let grads = loss.backward().unwrap();
-        let grads = names
+        let grads = m
+            .names
             .iter()
-            .zip(&vars)
+            .zip(&m.vars)
             .map(|(n, v)| {
                 let g = grads
                     .get(v.as_tensor())
@@ -649,6 +684,58 @@ mod tests {
             })
             .collect();
         (loss.to_scalar::<f32>().unwrap(), grads)
+    }
+
+    /// The training path's gradients (fused kernels, linear op, candle's backward pass as
+    /// patched in vendor/) against central finite differences of the loss: a check that does
+    /// not go through any backward code at all.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let m = tiny();
+        let grads = m.loss().backward().unwrap();
+        let h = 1e-2f32;
+        let mut checked = 0;
+        for (name, var) in m.names.iter().zip(&m.vars) {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let orig = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            // The three entries with the largest gradient, and the first one.
+            let mut idx: Vec<usize> = (0..g.len()).collect();
+            idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+            idx.truncate(3);
+            idx.push(0);
+            for i in idx {
+                let at = |delta: f32| {
+                    let mut v = orig.clone();
+                    v[i] += delta;
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    m.loss().to_scalar::<f32>().unwrap() as f64
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+                var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let got = g[i] as f64;
+                // f32 losses of magnitude ~10 differenced over 2e-2: about 1e-3 absolute noise,
+                // plus the O(h²) truncation term.
+                assert!(
+                    (fd - got).abs() <= 0.02 * got.abs().max(fd.abs()) + 5e-3,
+                    "{name}[{i}]: backward {got}, finite difference {fd}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4 * 20, "{checked} entries checked");
     }
 
     #[test]
