@@ -873,6 +873,40 @@ async fn the_human_share_counts_handoffs_and_human_replies_against_the_target() 
     );
 }
 
+#[tokio::test]
+async fn get_stats_reports_each_groups_own_human_share_target() {
+    // The playbook's target, with a group override: the figure the handoff policy steers by.
+    let dir = operator_copy(&[(
+        "playbook.yml",
+        "      vip_lounge:\n        style: professional\n",
+        "      vip_lounge:\n        handoff: { human_share_target: 0.5 }\n        style: professional\n",
+    )]);
+    let mut b = Bot::start_opts(ServerOptions::default(), Some(dir)).await;
+    b.say("vip_lounge", &user("v1", "贵宾"), "这个多少钱").await;
+    b.say("g-plain", &user("p1", "群友"), "这个多少钱").await;
+    let all = b.stats("").await;
+    let target = |key: &str| {
+        all.by_chat
+            .iter()
+            .find(|g| g.key == key)
+            .unwrap_or_else(|| panic!("{key} in by_chat: {all:?}"))
+            .rates
+            .as_ref()
+            .unwrap()
+            .human_share_target
+    };
+    assert_eq!(
+        (
+            all.total.as_ref().unwrap().human_share_target,
+            target("vip_lounge"),
+            target("g-plain")
+        ),
+        (0.3, 0.5, 0.3)
+    );
+    let vip = b.stats("vip_lounge").await.total.unwrap();
+    assert_eq!((vip.messages, vip.human_share_target), (1, 0.5));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Compliance
 

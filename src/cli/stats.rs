@@ -3,6 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use intentd::pb;
+use intentd::policy::config::OperatorConfig;
+use intentd::server::config::ServerConfig;
 
 /// Response / resolution / conversion / satisfaction / human share, and A/B reports, from the
 /// store (the same figures as the GetStats RPC).
@@ -53,15 +55,27 @@ pub fn run(args: StatsArgs) -> Result<()> {
         .map(|s| super::export::parse_time(s, "--to"))
         .transpose()?
         .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    // The human-share targets come from the playbook, as in GetStats.
+    let server = ServerConfig::load(&args.config)?;
+    let operator = OperatorConfig::load(&server.operator_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", server.operator_dir.display()))?;
     let storage = super::export::open_storage(&args.config, args.db)?;
     let s = storage
-        .stats(&pb::StatsRequest {
-            bot_id: args.bot.clone(),
-            chat_id: args.chat,
-            from_ms,
-            to_ms,
-            experiment: args.experiment,
-        })
+        .stats(
+            &pb::StatsRequest {
+                bot_id: args.bot.clone(),
+                chat_id: args.chat,
+                from_ms,
+                to_ms,
+                experiment: args.experiment,
+            },
+            &|chat: &str| {
+                operator
+                    .settings(&args.bot, chat)
+                    .handoff
+                    .human_share_target
+            },
+        )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     storage.shutdown();
     if args.json {

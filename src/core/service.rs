@@ -672,9 +672,17 @@ impl Core {
         if req.to_ms == 0 {
             req.to_ms = self.now_ms();
         }
-        let answer = tokio::task::spawn_blocking(move || storage.stats(&req))
-            .await
-            .map_err(|e| CoreError::Internal(format!("stats query crashed: {e}")))?;
+        // The human-share target is the playbook's (per bot, per group), the one the handoff
+        // policy steers by.
+        let operator = self.playbook.config();
+        let answer = tokio::task::spawn_blocking(move || {
+            let bot = req.bot_id.clone();
+            storage.stats(&req, &|chat: &str| {
+                operator.settings(&bot, chat).handoff.human_share_target
+            })
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!("stats query crashed: {e}")))?;
         answer.map_err(|e| match e {
             // A bad window (from after to, negative) is the caller's mistake, not ours.
             store::StoreError::Invalid(m) => InvalidField {

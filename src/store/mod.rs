@@ -62,8 +62,11 @@ pub struct StoreConfig {
     pub ab_min_sample: u64,
     /// Significance level of the A/B test.
     pub ab_alpha: f64,
-    /// Reported next to the human share, (handoffs + human replies) / messages.
-    pub human_share_target: f64,
+    /// No longer read here: the human-share target lives in the playbook
+    /// (`handoff.human_share_target`, per bot and group). Kept so that an old config naming it
+    /// gets an error that says where it went instead of "unknown field".
+    #[serde(skip_serializing)]
+    pub human_share_target: Option<f64>,
 }
 
 impl Default for StoreConfig {
@@ -80,7 +83,7 @@ impl Default for StoreConfig {
             conversation_retention_days: 90,
             ab_min_sample: 5_000,
             ab_alpha: 0.05,
-            human_share_target: 0.30,
+            human_share_target: None,
         }
     }
 }
@@ -130,11 +133,13 @@ impl StoreConfig {
                 self.ab_alpha
             ));
         }
-        if !(0.0..=1.0).contains(&self.human_share_target) {
-            return bad(format!(
-                "store.human_share_target = {} must be between 0 and 1",
-                self.human_share_target
-            ));
+        if self.human_share_target.is_some() {
+            return bad(
+                "store.human_share_target has moved to config/operator/playbook.yml \
+                 (handoff.human_share_target, per bot and group): GetStats reports the target \
+                 the handoff policy uses"
+                    .into(),
+            );
         }
         if self.key_env.trim().is_empty() && self.key_file.is_none() {
             return bad(
@@ -566,8 +571,19 @@ impl Storage {
     }
 
     /// GetStats (blocking: call from `spawn_blocking`). `to_ms == 0` means now.
-    pub fn stats(&self, req: &pb::StatsRequest) -> Result<pb::StatsResponse, StoreError> {
-        stats::stats_response(self.store.as_ref(), req, self.clock.now_ms(), &self.config)
+    /// GetStats over the log; `human_share_target(chat_id)` as in [`stats::stats_response`].
+    pub fn stats(
+        &self,
+        req: &pb::StatsRequest,
+        human_share_target: &dyn Fn(&str) -> f64,
+    ) -> Result<pb::StatsResponse, StoreError> {
+        stats::stats_response(
+            self.store.as_ref(),
+            req,
+            self.clock.now_ms(),
+            &self.config,
+            human_share_target,
+        )
     }
 
     /// Decrypts conversations in `[from_ms, to_ms]` to JSONL; writes an audit row naming `actor`.
@@ -708,7 +724,19 @@ mod tests {
         assert_eq!(c.path, PathBuf::from("data/intentd.db"));
         assert_eq!(c.audit_retention_days, 180);
         assert_eq!(c.ab_min_sample, 5_000);
-        assert!((c.human_share_target - 0.30).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_old_human_share_key_says_where_it_moved() {
+        let c = StoreConfig {
+            human_share_target: Some(0.3),
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("playbook.yml") && e.contains("handoff.human_share_target"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -843,7 +871,7 @@ mod tests {
             for t in tickets {
                 t.wait().unwrap();
             }
-            let st = s.stats(&req).unwrap();
+            let st = s.stats(&req, &|_| 0.3).unwrap();
             s.shutdown();
             st
         };
@@ -856,7 +884,7 @@ mod tests {
         assert!(dir.path().join("sub/dir/intentd.db").exists());
 
         let s = Storage::open_with_keyring(&cfg, keys, clock, Arc::new(Metrics::new())).unwrap();
-        let after = s.stats(&req).unwrap();
+        let after = s.stats(&req, &|_| 0.3).unwrap();
         assert_eq!(before, after);
         // 3 handoffs → 3 implied audit rows survived too.
         assert_eq!(s.store().row_counts().unwrap().audit, 3);

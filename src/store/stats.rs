@@ -73,32 +73,38 @@ impl StatsFilter {
     }
 }
 
+/// One row per group; `target(key)` is the human-share target reported in the row.
 fn groups(
     store: &dyn Store,
     f: &StatsFilter,
     by: GroupBy,
-    target: f64,
+    target: &dyn Fn(&str) -> f64,
 ) -> Result<Vec<pb::GroupStats>, StoreError> {
     Ok(store
         .counts(f, by)?
         .into_iter()
         .map(|(key, c)| pb::GroupStats {
+            rates: Some(rates(&c, target(&key))),
             key,
-            rates: Some(rates(&c, target)),
         })
         .collect())
 }
 
 /// The full GetStats answer: totals, per chat / intent / variant, and the A/B reports of the
 /// requested experiment (all experiments when `req.experiment` is empty).
+/// `human_share_target(chat_id)` is the playbook's target for a group of the bot (`""`: the
+/// bot's own), reported beside each human share, so the figure the policy steers by and the
+/// one the report shows are the same.
 pub fn stats_response(
     store: &dyn Store,
     req: &pb::StatsRequest,
     now_ms: i64,
     config: &StoreConfig,
+    human_share_target: &dyn Fn(&str) -> f64,
 ) -> Result<pb::StatsResponse, StoreError> {
     let f = StatsFilter::from_request(req, now_ms)?;
-    let target = config.human_share_target;
+    // The request's group when it names one, else the bot's.
+    let target = human_share_target(&req.chat_id);
     let mut total = Counts::default();
     for (_, c) in store.counts(&f, GroupBy::Total)? {
         total.add(&c);
@@ -110,9 +116,9 @@ pub fn stats_response(
         .collect();
     Ok(pb::StatsResponse {
         total: Some(rates(&total, target)),
-        by_chat: groups(store, &f, GroupBy::Chat, target)?,
-        by_intent: groups(store, &f, GroupBy::Intent, target)?,
-        by_variant: groups(store, &f, GroupBy::Variant, target)?,
+        by_chat: groups(store, &f, GroupBy::Chat, human_share_target)?,
+        by_intent: groups(store, &f, GroupBy::Intent, &|_| target)?,
+        by_variant: groups(store, &f, GroupBy::Variant, &|_| target)?,
         experiments,
     })
 }
@@ -248,7 +254,9 @@ mod tests {
             to_ms: 1_000,
             ..Default::default()
         };
-        let resp = stats_response(&store, &req, 50_000, &StoreConfig::default()).unwrap();
+        // g2 has a group override of the human-share target; the bot's own is 0.30.
+        let target = |chat: &str| if chat == "g2" { 0.5 } else { 0.3 };
+        let resp = stats_response(&store, &req, 50_000, &StoreConfig::default(), &target).unwrap();
         let t = resp.total.unwrap();
         assert_eq!(
             (t.messages, t.triggers, t.auto_replies, t.handoffs, t.blocks),
@@ -290,6 +298,15 @@ mod tests {
             (3, 1, 1)
         );
         assert!((chat("g1").human_share - 2.0 / 3.0).abs() < 1e-12);
+        // Each group's row carries that group's target; the totals the bot's.
+        assert_eq!(
+            (
+                t.human_share_target,
+                chat("g1").human_share_target,
+                chat("g2").human_share_target
+            ),
+            (0.3, 0.3, 0.5)
+        );
         assert_eq!((chat("g2").messages, chat("g2").human_replies), (3, 1));
 
         let intent = |k: &str| {
@@ -324,9 +341,12 @@ mod tests {
             },
             50_000,
             &StoreConfig::default(),
+            &target,
         )
         .unwrap();
-        assert_eq!(g2.total.unwrap().messages, 3);
+        let g2_total = g2.total.unwrap();
+        assert_eq!(g2_total.messages, 3);
+        assert_eq!(g2_total.human_share_target, 0.5, "the group's own target");
         // to_ms = 0 means "now": the late message is included.
         let all = stats_response(
             &store,
@@ -336,6 +356,7 @@ mod tests {
             },
             50_000,
             &StoreConfig::default(),
+            &target,
         )
         .unwrap();
         assert_eq!(all.total.unwrap().messages, 7);
