@@ -86,10 +86,7 @@ impl Outbox {
             ..Dropped::default()
         };
         queue.push_back((now_ms, item));
-        while queue.len() > max_per_bot {
-            queue.pop_front();
-            dropped.overflow += 1;
-        }
+        dropped.overflow = trim_front(queue, max_per_bot);
         dropped
     }
 
@@ -130,18 +127,23 @@ impl Outbox {
         for item in items.into_iter().rev() {
             queue.push_front((now_ms, item));
         }
-        let mut dropped = Dropped::default();
-        while queue.len() > self.cfg.max_per_bot {
-            queue.pop_front();
-            dropped.overflow += 1;
+        Dropped {
+            overflow: trim_front(queue, self.cfg.max_per_bot),
+            expired: 0,
         }
-        dropped
     }
 
     /// Items waiting for `bot_id`.
     pub fn len(&self, bot_id: &str) -> usize {
         self.queues.get(bot_id).map_or(0, VecDeque::len)
     }
+}
+
+/// Drops the oldest items until at most `max` are left; returns how many went.
+fn trim_front(queue: &mut VecDeque<(i64, OutboundItem)>, max: usize) -> usize {
+    let over = queue.len().saturating_sub(max);
+    queue.drain(..over);
+    over
 }
 
 /// Removes the items queued more than `max_age_ms` ago; returns how many.

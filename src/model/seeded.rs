@@ -42,14 +42,12 @@ pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         return x.mul(&mask);
     }
-    x.contiguous()?.apply_op1(Dropout {
-        mask: std::sync::Arc::new(mask),
-    })
+    x.contiguous()?.apply_op1(Dropout { mask })
 }
 
 struct Dropout {
     /// 0 or 1/(1-p) per element.
-    mask: std::sync::Arc<Vec<f32>>,
+    mask: Vec<f32>,
 }
 
 impl Dropout {
@@ -78,10 +76,8 @@ impl CustomOp1 for Dropout {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let op = Dropout {
-            mask: self.mask.clone(),
-        };
-        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&op)?))
+        // dy * mask: the same op, not recorded for backprop.
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(self)?))
     }
 }
 
