@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use intentd::clock::{Clock, ManualClock, SharedClock};
-use intentd::core::operator::OperatorRules;
 use intentd::engine::fusion::{self, FusionConfig};
 use intentd::policy::playbook::Playbook;
+use intentd::service::operator::OperatorRules;
 use intentd::types::{IntentScore, MessageContext, UserInfo};
 
 const DATASET: &str = "shared/datasets/smp2017/test.tsv";
@@ -83,7 +83,7 @@ fn model_scores(intents: &[String], favourite: Option<&str>, i: usize) -> Vec<In
 
 fn benches(c: &mut Criterion) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let texts = intentd::loadgen::read_texts(&texts_path()).expect("read the benchmark texts");
+    let texts = intentd::data::texts::read_texts(&texts_path()).expect("read the benchmark texts");
     let rules = OperatorRules::load(
         &repo.join("config/operator"),
         &repo.join("training-data/nlu"),

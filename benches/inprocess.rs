@@ -81,7 +81,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> Result<()> {
     let o = parse_args()?;
-    let mut texts = intentd::loadgen::read_texts(&o.texts)?;
+    let mut texts = intentd::data::texts::read_texts(&o.texts)?;
     if !o.bench {
         eprintln!(
             "inprocess: not run by `cargo bench`: smoke run over the first {SMOKE_TEXTS} texts"

@@ -52,7 +52,7 @@ fn spread<T: Clone>(all: &[T], n: usize) -> Vec<T> {
 }
 
 fn benches(c: &mut Criterion) {
-    let texts = intentd::loadgen::read_texts(&texts_path()).expect("read the benchmark texts");
+    let texts = intentd::data::texts::read_texts(&texts_path()).expect("read the benchmark texts");
     let (tokenizer, encoder) = load_base_encoder(&model_dir(), MAX_TOKENS)
         .expect("load models/m3e-small (run `intentd fetch-model`)");
 

@@ -56,7 +56,7 @@ fn main() -> Result<()> {
                 )
             })?,
     };
-    let all = intentd::loadgen::read_texts(&texts)?;
+    let all = intentd::data::texts::read_texts(&texts)?;
     let (tokenizer, encoder) = load_base_encoder(&model_dir, 64)?;
     let tokens = tokenizer.tokenize_all(&all)?;
     // Batch 1: a text of median length; larger batches: texts spread over the file.

@@ -1,9 +1,11 @@
 //! intentd: Chinese intent recognition and auto-reply decisions for chat bots.
 //!
-//! Layers, front to back: `server` (gRPC / HTTP front doors that only translate), `core`
-//! (validation, tokenisation, batching, orchestration), `engine` (keyword layer + fusion) and
-//! `policy` (the operator playbook) for decisions, `model` (the encoder behind a trait), and
-//! `store` (I/O: the durable log, audit, stats).
+//! Layers, top to bottom (a module uses only the ones below it; docs/architecture.md):
+//! `app` (wiring, signals, background tasks), `server` (the gRPC front door: protobuf lives
+//! only there), `service` (plain requests in, plain outcomes out: validation, admission,
+//! batching, orchestration), `engine` (keyword layer + fusion) and `policy` (the operator
+//! playbook) for decisions, `model` (the encoder behind a trait), and `store` (I/O: the durable
+//! log, audit, stats). `config` reads `config/intentd.yml` for the wiring.
 
 /// Code generated from `proto/intentd/v1/intentd.proto`.
 pub mod pb {
@@ -13,15 +15,16 @@ pub mod pb {
         tonic::include_file_descriptor_set!("intentd_descriptor");
 }
 
+pub mod app;
 pub mod clock;
-pub mod core;
+pub mod config;
 pub mod data;
 pub mod engine;
-pub mod loadgen;
 pub mod metrics;
 pub mod model;
 pub mod pii;
 pub mod policy;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod types;

@@ -1,6 +1,7 @@
 //! intentd: command-line entry point.
 
 mod cli;
+mod tools;
 
 use clap::{Parser, Subcommand};
 
@@ -27,7 +28,7 @@ enum Command {
     Export(cli::export::ExportArgs),
     Stats(cli::stats::StatsArgs),
     /// Load generator: N concurrent clients or a fixed rate against a running server.
-    Bench(intentd::loadgen::LoadgenArgs),
+    Bench(tools::loadgen::LoadgenArgs),
 }
 
 fn main() {
@@ -47,7 +48,7 @@ fn main() {
         Command::Stats(a) => cli::stats::run(a),
         Command::Bench(a) => a
             .runtime()
-            .and_then(|rt| rt.block_on(intentd::loadgen::run(a)).map(|_| ())),
+            .and_then(|rt| rt.block_on(tools::loadgen::run(a)).map(|_| ())),
     };
     if let Err(e) = result {
         // One line, with the chain of causes: scripts and people both read this.

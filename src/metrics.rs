@@ -64,6 +64,8 @@ pub struct Metrics {
     /// `intentd_outbound_dropped_total{reason}`: proactive sends dropped before any Subscribe
     /// stream took them.
     pub outbound_dropped: Family<DroppedLabels, Counter>,
+    /// `intentd_outbound_queued`: proactive sends waiting for a Subscribe stream.
+    pub outbound_queued: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,6 +98,7 @@ impl Metrics {
         let write_queue_full = Counter::default();
         let store_errors = Counter::default();
         let outbound_dropped = Family::<DroppedLabels, Counter>::default();
+        let outbound_queued = Gauge::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -134,6 +137,11 @@ impl Metrics {
             "Proactive sends dropped before a Subscribe stream took them, by reason",
             outbound_dropped.clone(),
         );
+        registry.register(
+            "outbound_queued",
+            "Proactive sends waiting for a Subscribe stream of their bot",
+            outbound_queued.clone(),
+        );
         Self {
             registry,
             requests,
@@ -144,6 +152,7 @@ impl Metrics {
             write_queue_full,
             store_errors,
             outbound_dropped,
+            outbound_queued,
         }
     }
 

@@ -35,6 +35,31 @@ pub enum Source {
     Policy,
 }
 
+impl Source {
+    pub const ALL: [Source; 5] = [
+        Source::Model,
+        Source::Keyword,
+        Source::Regex,
+        Source::Fallback,
+        Source::Policy,
+    ];
+
+    /// The one spelling used in metrics labels, the log and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Model => "model",
+            Source::Keyword => "keyword",
+            Source::Regex => "regex",
+            Source::Fallback => "fallback",
+            Source::Policy => "policy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -43,6 +68,41 @@ pub enum Action {
     Handoff,
     Block,
     Ignore,
+}
+
+impl Action {
+    pub const ALL: [Action; 5] = [
+        Action::Reply,
+        Action::Clarify,
+        Action::Handoff,
+        Action::Block,
+        Action::Ignore,
+    ];
+
+    /// The one spelling used in metrics labels, the log and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Reply => "reply",
+            Action::Clarify => "clarify",
+            Action::Handoff => "handoff",
+            Action::Block => "block",
+            Action::Ignore => "ignore",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Per-stage timings of a Classify call, in microseconds: answered to the caller and stored
+/// with the log row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    pub tokenize_us: u64,
+    pub inference_us: u64,
+    pub queue_us: u64,
+    pub total_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +130,22 @@ pub struct Classification {
     pub model_loaded: bool,
 }
 
+impl Classification {
+    /// The playbook decided before any classification (a banned word): no intent.
+    pub fn by_policy(model_loaded: bool) -> Self {
+        Self {
+            intent: String::new(),
+            confidence: 1.0,
+            ranking: Vec::new(),
+            source: Source::Policy,
+            matched_terms: Vec::new(),
+            needs_clarification: false,
+            truncated: false,
+            model_loaded,
+        }
+    }
+}
+
 /// A rendered reply.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplyOut {
@@ -92,4 +168,20 @@ pub struct PolicyDecision {
     pub reason: String,
     /// Texts to send before the reply (e.g. the automation disclosure on first contact).
     pub notices: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
+        for s in Source::ALL {
+            assert_eq!(Source::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Action::parse("nope"), None);
+    }
 }

@@ -1392,6 +1392,26 @@ async fn dropped(b: &Bot, reason: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// Waits (up to 10 s, for the once-a-second collector) until `n` proactive sends wait in the
+/// outbox.
+async fn wait_queued(b: &Bot, n: u64) {
+    let queued = || async {
+        let (_, body) = common::server::scrape_metrics(&b.s.metrics_addr).await;
+        body.lines()
+            .find_map(|l| l.strip_prefix("intentd_outbound_queued "))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while queued().await != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sends queued, expected {n}",
+            queued().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (up to 10 s, for the once-a-second collector) until `reason` has counted `n` drops.
 async fn wait_dropped(b: &Bot, reason: &str, n: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1438,7 +1458,7 @@ async fn proactive_sends_wait_for_a_subscriber_in_a_bounded_queue() {
     )
     .await;
     b.at(T0 + 3 * MIN).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // collected into the outbox
+    wait_queued(&b, 1).await; // the collector moved it into the outbox
     b.at(T0 + 14 * MIN).await;
     let mut late = b.subscribe(&["g-c"]).await;
     late.quiet("the g-c welcome waited 11 min").await;

@@ -249,7 +249,13 @@ async fn batch_answers_in_order() {
 #[tokio::test]
 async fn without_a_model_health_is_not_serving_and_rules_answer() {
     let s = TestServer::start(ServerOptions::default()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the model load has been tried and failed, so the status below is the one the
+    // server settled on, not the one it starts with.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.stderr().contains("model not loaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         s.health_status("").await,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32

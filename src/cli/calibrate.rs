@@ -2,9 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use intentd::core::operator::OperatorRules;
 use intentd::engine::fusion::{self, FusionConfig};
 use intentd::model::classifier::IntentModel;
+use intentd::service::operator::OperatorRules;
 use intentd::types::IntentScore;
 
 /// Sweep the fusion threshold and ambiguity margin on held-out data and recommend the pair

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use intentd::clock::SystemClock;
+use intentd::config::ServerConfig;
 use intentd::metrics::Metrics;
-use intentd::server::config::ServerConfig;
 use intentd::store::Storage;
 
 /// Decrypt the conversation log of a time range to JSONL (needs the log key). Audited.

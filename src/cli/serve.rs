@@ -3,8 +3,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use intentd::server::config::ServerConfig;
-use intentd::server::run::{self, ServeOptions};
+use intentd::app::{self, ServeOptions};
+use intentd::config::ServerConfig;
 
 /// Serve the gRPC API (health, reflection, IntentService, AdminService) and Prometheus metrics.
 /// With no arguments: config/intentd.yml, the default model (trained first if missing),
@@ -59,7 +59,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None
     };
     // Before the runtime starts any thread: candle's pools read RAYON_NUM_THREADS.
-    let threads = intentd::core::batcher::apply_thread_settings(&cfg.batching);
+    let threads = intentd::service::batcher::apply_thread_settings(&cfg.batching);
     tracing::info!(
         compute_threads = threads
             .map(|n| n.to_string())
@@ -69,7 +69,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run::serve(
+    runtime.block_on(app::serve(
         ServeOptions {
             config: cfg,
             manual_clock: args.manual_clock,

@@ -2,9 +2,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use intentd::config::ServerConfig;
 use intentd::pb;
 use intentd::policy::config::OperatorConfig;
-use intentd::server::config::ServerConfig;
+use intentd::server::convert;
+use intentd::store::stats::StatsQuery;
 
 /// Response / resolution / conversion / satisfaction / human share, and A/B reports, from the
 /// store (the same figures as the GetStats RPC).
@@ -60,9 +62,9 @@ pub fn run(args: StatsArgs) -> Result<()> {
     let operator = OperatorConfig::load(&server.operator_dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", server.operator_dir.display()))?;
     let storage = super::export::open_storage(&args.config, args.db)?;
-    let s = storage
+    let report = storage
         .stats(
-            &pb::StatsRequest {
+            &StatsQuery {
                 bot_id: args.bot.clone(),
                 chat_id: args.chat,
                 from_ms,
@@ -78,6 +80,8 @@ pub fn run(args: StatsArgs) -> Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     storage.shutdown();
+    // The same shape as the GetStats answer.
+    let s = convert::stats_response(&report);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());

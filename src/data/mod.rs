@@ -16,6 +16,7 @@
 mod error;
 mod jsonl;
 mod rasa;
+pub mod texts;
 mod tsv;
 pub mod yaml;
 

@@ -46,16 +46,19 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path, max_tokens: usize) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path)
+        let inner = Tokenizer::from_file(path)
             .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        Self::from_tokenizer(inner, max_tokens).with_context(|| path.display().to_string())
+    }
+
+    /// Wraps an already built tokenizer (a test backend builds its own).
+    pub fn from_tokenizer(mut inner: Tokenizer, max_tokens: usize) -> Result<Self> {
         // Padding and truncation are done here, per batch, not by the tokenizer.
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        inner.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
         let sep_id = inner
             .token_to_id("[SEP]")
-            .with_context(|| format!("{}: tokenizer has no [SEP] token", path.display()))?;
+            .context("tokenizer has no [SEP] token")?;
         let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
         if max_tokens < 2 {
             anyhow::bail!("max_tokens must be at least 2, got {max_tokens}");

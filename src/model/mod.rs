@@ -9,6 +9,7 @@ pub mod confusion_png;
 pub mod dense;
 pub mod encoder;
 pub mod eval;
+pub mod fake;
 pub mod fetch;
 pub mod fused_ops;
 pub mod packed_attention;

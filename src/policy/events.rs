@@ -27,6 +27,18 @@ pub enum EventKind {
     Activity,
 }
 
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::MemberJoined => "member_joined",
+            EventKind::MemberLeft => "member_left",
+            EventKind::LinkClicked => "link_clicked",
+            EventKind::CardShared => "card_shared",
+            EventKind::Activity => "activity",
+        }
+    }
+}
+
 /// One group event, already validated by the front door.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventInput {

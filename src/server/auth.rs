@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use tonic::{Request, Status};
 
-use super::config::AuthConfig;
+use crate::config::AuthConfig;
 
 /// Who made the call, stored in the request extensions by the interceptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +141,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::config::BotAuth;
+    use crate::config::BotAuth;
 
     fn auth() -> Arc<Authenticator> {
         Authenticator::from_config(&AuthConfig {

@@ -8,7 +8,6 @@
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 use super::VariantCounts;
-use crate::pb;
 
 /// One variant's numbers.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,30 +31,6 @@ pub struct AbResult {
     /// Why the result is not (yet) trustworthy; empty when it is.
     pub warning: String,
     pub min_sample: u64,
-}
-
-impl AbResult {
-    pub fn to_pb(&self) -> pb::AbReport {
-        pb::AbReport {
-            experiment: self.experiment.clone(),
-            variants: self
-                .variants
-                .iter()
-                .map(|v| pb::VariantResult {
-                    variant_id: v.variant_id.clone(),
-                    exposures: v.exposures,
-                    conversions: v.conversions,
-                    rate: v.rate,
-                })
-                .collect(),
-            chi_square: self.chi_square,
-            p_value: self.p_value,
-            significant: self.significant,
-            winner: self.winner.clone().unwrap_or_default(),
-            warning: self.warning.clone(),
-            min_sample: self.min_sample,
-        }
-    }
 }
 
 /// Pearson's chi-square statistic for a k × 2 table of (conversions, non-conversions) per row,
@@ -292,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn reports_split_by_experiment_and_convert_to_proto() {
+    fn reports_split_by_experiment() {
         let mut counts = vec![vc("a", 10, 1), vc("b", 10, 2)];
         counts.push(VariantCounts {
             experiment: "zeta".into(),
@@ -303,16 +278,12 @@ mod tests {
         let rs = reports(&counts, 5000, 0.05);
         assert_eq!(rs.len(), 2);
         assert_eq!(rs[0].variants.len(), 2);
-        let pb = rs[1].to_pb();
+        let r = &rs[1];
         assert_eq!(
-            (
-                pb.experiment.as_str(),
-                pb.variants[0].exposures,
-                pb.min_sample
-            ),
+            (r.experiment.as_str(), r.variants[0].exposures, r.min_sample),
             ("zeta", 3, 5000)
         );
-        assert_eq!(pb.winner, "");
+        assert_eq!(r.winner, None);
     }
 
     #[test]

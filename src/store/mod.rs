@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
-use crate::pb;
+pub use crate::types::Timings;
 use crate::types::{Action, Classification, MessageContext, PolicyDecision, Source};
 
 pub use audit::{AuditAction, PurgeReport};
@@ -180,26 +180,6 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
-/// Per-stage timings of a Classify call, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Timings {
-    pub tokenize_us: u64,
-    pub inference_us: u64,
-    pub queue_us: u64,
-    pub total_us: u64,
-}
-
-impl From<&pb::Timings> for Timings {
-    fn from(t: &pb::Timings) -> Self {
-        Self {
-            tokenize_us: t.tokenize_us,
-            inference_us: t.inference_us,
-            queue_us: t.queue_us,
-            total_us: t.total_us,
-        }
-    }
-}
-
 /// One inbound message and what the service decided. `text` and `reply_text` are clear in
 /// memory; at rest they are PII-redacted and encrypted (read back, they are the redacted form).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +237,36 @@ impl ConversationRecord {
         }
     }
 
+    /// The log row for a group event's outcome: no text and no intent, so welcomes and link
+    /// guidance count as exposures. `message_id` is the event id (or one made from kind and
+    /// time when the caller sent none).
+    pub fn from_event(ev: &crate::policy::events::EventInput, decision: &PolicyDecision) -> Self {
+        let reply = decision.reply.as_ref();
+        Self {
+            bot_id: ev.bot_id.clone(),
+            chat_id: ev.chat_id.clone(),
+            user_id: ev.user.id.clone(),
+            message_id: if ev.event_id.is_empty() {
+                format!("event-{}-{}", ev.kind.as_str(), ev.at_ms)
+            } else {
+                ev.event_id.clone()
+            },
+            at_ms: ev.at_ms,
+            text: String::new(),
+            intent: String::new(),
+            confidence: 1.0,
+            source: Source::Policy,
+            action: decision.action,
+            triggered: false,
+            reply_text: reply.map(|r| r.text.clone()).unwrap_or_default(),
+            variant_id: reply.map(|r| r.variant_id.clone()).unwrap_or_default(),
+            experiment: reply.map(|r| r.experiment.clone()).unwrap_or_default(),
+            timings: Timings::default(),
+            model_version: String::new(),
+            reason: decision.reason.clone(),
+        }
+    }
+
     /// The bot answered by itself (a reply or a clarifying question was sent): an exposure.
     pub fn is_auto_reply(&self) -> bool {
         matches!(self.action, Action::Reply | Action::Clarify) && !self.reply_text.is_empty()
@@ -295,23 +305,6 @@ impl FeedbackKind {
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl TryFrom<i32> for FeedbackKind {
-    type Error = StoreError;
-    /// From the protobuf enum value; UNSPECIFIED and unknown values are rejected.
-    fn try_from(v: i32) -> Result<Self, StoreError> {
-        match pb::FeedbackKind::try_from(v) {
-            Ok(pb::FeedbackKind::Resolved) => Ok(FeedbackKind::Resolved),
-            Ok(pb::FeedbackKind::Unresolved) => Ok(FeedbackKind::Unresolved),
-            Ok(pb::FeedbackKind::ThumbsUp) => Ok(FeedbackKind::ThumbsUp),
-            Ok(pb::FeedbackKind::ThumbsDown) => Ok(FeedbackKind::ThumbsDown),
-            Ok(pb::FeedbackKind::Clicked) => Ok(FeedbackKind::Clicked),
-            _ => Err(StoreError::Invalid(format!(
-                "feedback kind {v} is not one of RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN, CLICKED"
-            ))),
-        }
     }
 }
 
@@ -375,7 +368,7 @@ pub enum GroupBy {
     Variant,
 }
 
-/// Raw counts behind [`pb::Rates`]. Feedback counts are distinct messages, attributed to the
+/// Raw counts behind [`stats::Rates`]. Feedback counts are distinct messages, attributed to the
 /// message's window, chat, intent and variant (feedback for unknown message ids is kept but
 /// does not count).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -574,10 +567,10 @@ impl Storage {
     /// GetStats over the log; `human_share_target(chat_id)` as in [`stats::stats_response`].
     pub fn stats(
         &self,
-        req: &pb::StatsRequest,
+        req: &stats::StatsQuery,
         human_share_target: &dyn Fn(&str) -> f64,
-    ) -> Result<pb::StatsResponse, StoreError> {
-        stats::stats_response(
+    ) -> Result<stats::StatsReport, StoreError> {
+        stats::stats_report(
             self.store.as_ref(),
             req,
             self.clock.now_ms(),
@@ -763,13 +756,7 @@ mod tests {
     }
 
     #[test]
-    fn feedback_kind_from_proto_rejects_unspecified() {
-        assert_eq!(
-            FeedbackKind::try_from(pb::FeedbackKind::Clicked as i32).unwrap(),
-            FeedbackKind::Clicked
-        );
-        assert!(FeedbackKind::try_from(0).is_err());
-        assert!(FeedbackKind::try_from(99).is_err());
+    fn feedback_kind_names_round_trip() {
         for k in FeedbackKind::ALL {
             assert_eq!(FeedbackKind::parse(k.as_str()), Some(k));
         }
@@ -829,7 +816,7 @@ mod tests {
         };
         let clock: SharedClock = Arc::new(ManualClock::new(1_000_000));
         let keys = keyring(&format!("k1:{}", key_b64(7)));
-        let req = pb::StatsRequest {
+        let req = stats::StatsQuery {
             bot_id: "bot".into(),
             ..Default::default()
         };
@@ -875,11 +862,11 @@ mod tests {
             s.shutdown();
             st
         };
-        let total = before.total.unwrap();
-        assert_eq!(total.messages, 10);
-        assert_eq!(total.auto_replies, 7);
-        assert_eq!(total.handoffs, 3);
-        assert_eq!(total.resolved, 1);
+        let total = &before.total;
+        assert_eq!(total.counts.messages, 10);
+        assert_eq!(total.counts.auto_replies, 7);
+        assert_eq!(total.counts.handoffs, 3);
+        assert_eq!(total.counts.resolved, 1);
         assert!((total.resolution_rate - 0.5).abs() < 1e-12);
         assert!(dir.path().join("sub/dir/intentd.db").exists());
 

@@ -154,54 +154,12 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn action_str(a: Action) -> &'static str {
-    match a {
-        Action::Reply => "reply",
-        Action::Clarify => "clarify",
-        Action::Handoff => "handoff",
-        Action::Block => "block",
-        Action::Ignore => "ignore",
-    }
-}
-
 fn parse_action(s: &str) -> Result<Action, StoreError> {
-    Ok(match s {
-        "reply" => Action::Reply,
-        "clarify" => Action::Clarify,
-        "handoff" => Action::Handoff,
-        "block" => Action::Block,
-        "ignore" => Action::Ignore,
-        _ => {
-            return Err(StoreError::Db(format!(
-                "unknown action '{s}' in conversations"
-            )))
-        }
-    })
-}
-
-fn source_str(s: Source) -> &'static str {
-    match s {
-        Source::Model => "model",
-        Source::Keyword => "keyword",
-        Source::Regex => "regex",
-        Source::Fallback => "fallback",
-        Source::Policy => "policy",
-    }
+    Action::parse(s).ok_or_else(|| StoreError::Db(format!("unknown action '{s}' in conversations")))
 }
 
 fn parse_source(s: &str) -> Result<Source, StoreError> {
-    Ok(match s {
-        "model" => Source::Model,
-        "keyword" => Source::Keyword,
-        "regex" => Source::Regex,
-        "fallback" => Source::Fallback,
-        "policy" => Source::Policy,
-        _ => {
-            return Err(StoreError::Db(format!(
-                "unknown source '{s}' in conversations"
-            )))
-        }
-    })
+    Source::parse(s).ok_or_else(|| StoreError::Db(format!("unknown source '{s}' in conversations")))
 }
 
 /// SQLite integers are i64; timings beyond that are clamped rather than wrapped.
@@ -258,8 +216,8 @@ impl SqliteStore {
                     c.at_ms,
                     c.intent,
                     f64::from(c.confidence),
-                    source_str(c.source),
-                    action_str(c.action),
+                    Source::as_str(c.source),
+                    Action::as_str(c.action),
                     c.triggered,
                     c.is_auto_reply(),
                     c.variant_id,

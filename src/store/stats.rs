@@ -3,9 +3,48 @@
 //! Every rate's numerator is a subset of its denominator, so a rate is always within [0, 1]
 //! (satisfaction within [-1, 1]); an empty denominator gives 0, never NaN.
 
-use super::ab_report;
+use super::ab_report::{self, AbResult};
 use super::{Counts, GroupBy, StatsFilter, Store, StoreConfig, StoreError};
-use crate::pb;
+
+/// What GetStats asks for: one bot, optionally one group and one experiment, over
+/// `[from_ms, to_ms]` (`to_ms` 0 = now).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsQuery {
+    pub bot_id: String,
+    pub chat_id: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Empty: every experiment.
+    pub experiment: String,
+}
+
+/// Counts and rates for one group (see [`rates`] for the definitions).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rates {
+    pub counts: Counts,
+    pub response_rate: f64,
+    pub resolution_rate: f64,
+    pub conversion_rate: f64,
+    pub satisfaction: f64,
+    pub human_share: f64,
+    pub human_share_target: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStats {
+    pub key: String,
+    pub rates: Rates,
+}
+
+/// The whole GetStats answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsReport {
+    pub total: Rates,
+    pub by_chat: Vec<GroupStats>,
+    pub by_intent: Vec<GroupStats>,
+    pub by_variant: Vec<GroupStats>,
+    pub experiments: Vec<AbResult>,
+}
 
 fn ratio(num: u64, den: u64) -> f64 {
     if den == 0 {
@@ -21,20 +60,10 @@ fn ratio(num: u64, den: u64) -> f64 {
 /// - conversion rate = clicked auto replies / auto replies (exposures)
 /// - satisfaction = (thumbs up − thumbs down) / (thumbs up + thumbs down)
 /// - human share = (handoffs + human replies) / messages, reported beside its target
-pub fn rates(c: &Counts, human_share_target: f64) -> pb::Rates {
+pub fn rates(c: &Counts, human_share_target: f64) -> Rates {
     let thumbs = c.thumbs_up + c.thumbs_down;
-    pb::Rates {
-        messages: c.messages,
-        triggers: c.triggers,
-        auto_replies: c.auto_replies,
-        handoffs: c.handoffs,
-        human_replies: c.human_replies,
-        blocks: c.blocks,
-        resolved: c.resolved,
-        unresolved: c.unresolved,
-        clicks: c.clicks,
-        thumbs_up: c.thumbs_up,
-        thumbs_down: c.thumbs_down,
+    Rates {
+        counts: *c,
         response_rate: ratio(c.triggers_replied, c.triggers),
         resolution_rate: ratio(c.resolved, c.resolved + c.unresolved),
         conversion_rate: ratio(c.auto_replies_clicked, c.auto_replies),
@@ -50,7 +79,7 @@ pub fn rates(c: &Counts, human_share_target: f64) -> pb::Rates {
 
 impl StatsFilter {
     /// From a GetStats request: `from_ms` 0 = beginning, `to_ms` 0 = `now_ms`; inclusive.
-    pub fn from_request(req: &pb::StatsRequest, now_ms: i64) -> Result<Self, StoreError> {
+    pub fn from_query(req: &StatsQuery, now_ms: i64) -> Result<Self, StoreError> {
         let to_ms = if req.to_ms == 0 { now_ms } else { req.to_ms };
         if req.from_ms < 0 || to_ms < 0 {
             return Err(StoreError::Invalid(format!(
@@ -79,12 +108,12 @@ fn groups(
     f: &StatsFilter,
     by: GroupBy,
     target: &dyn Fn(&str) -> f64,
-) -> Result<Vec<pb::GroupStats>, StoreError> {
+) -> Result<Vec<GroupStats>, StoreError> {
     Ok(store
         .counts(f, by)?
         .into_iter()
-        .map(|(key, c)| pb::GroupStats {
-            rates: Some(rates(&c, target(&key))),
+        .map(|(key, c)| GroupStats {
+            rates: rates(&c, target(&key)),
             key,
         })
         .collect())
@@ -95,14 +124,14 @@ fn groups(
 /// `human_share_target(chat_id)` is the playbook's target for a group of the bot (`""`: the
 /// bot's own), reported beside each human share, so the figure the policy steers by and the
 /// one the report shows are the same.
-pub fn stats_response(
+pub fn stats_report(
     store: &dyn Store,
-    req: &pb::StatsRequest,
+    req: &StatsQuery,
     now_ms: i64,
     config: &StoreConfig,
     human_share_target: &dyn Fn(&str) -> f64,
-) -> Result<pb::StatsResponse, StoreError> {
-    let f = StatsFilter::from_request(req, now_ms)?;
+) -> Result<StatsReport, StoreError> {
+    let f = StatsFilter::from_query(req, now_ms)?;
     // The request's group when it names one, else the bot's.
     let target = human_share_target(&req.chat_id);
     let mut total = Counts::default();
@@ -110,12 +139,9 @@ pub fn stats_response(
         total.add(&c);
     }
     let variants = store.variant_counts(&f, &req.experiment)?;
-    let experiments = ab_report::reports(&variants, config.ab_min_sample, config.ab_alpha)
-        .iter()
-        .map(ab_report::AbResult::to_pb)
-        .collect();
-    Ok(pb::StatsResponse {
-        total: Some(rates(&total, target)),
+    let experiments = ab_report::reports(&variants, config.ab_min_sample, config.ab_alpha);
+    Ok(StatsReport {
+        total: rates(&total, target),
         by_chat: groups(store, &f, GroupBy::Chat, human_share_target)?,
         by_intent: groups(store, &f, GroupBy::Intent, &|_| target)?,
         by_variant: groups(store, &f, GroupBy::Variant, &|_| target)?,
@@ -168,16 +194,14 @@ mod tests {
 
     #[test]
     fn window_validation_names_the_problem() {
-        let req = pb::StatsRequest {
+        let req = StatsQuery {
             from_ms: 10,
             to_ms: 5,
             ..Default::default()
         };
-        let e = StatsFilter::from_request(&req, 100)
-            .unwrap_err()
-            .to_string();
+        let e = StatsFilter::from_query(&req, 100).unwrap_err().to_string();
         assert!(e.contains("from_ms (10) is after to_ms (5)"), "{e}");
-        let f = StatsFilter::from_request(&pb::StatsRequest::default(), 100).unwrap();
+        let f = StatsFilter::from_query(&StatsQuery::default(), 100).unwrap();
         assert_eq!((f.from_ms, f.to_ms), (0, 100));
     }
 
@@ -249,27 +273,33 @@ mod tests {
         }));
         store.write_batch(&recs).unwrap();
 
-        let req = pb::StatsRequest {
+        let req = StatsQuery {
             bot_id: "bot".into(),
             to_ms: 1_000,
             ..Default::default()
         };
         // g2 has a group override of the human-share target; the bot's own is 0.30.
         let target = |chat: &str| if chat == "g2" { 0.5 } else { 0.3 };
-        let resp = stats_response(&store, &req, 50_000, &StoreConfig::default(), &target).unwrap();
-        let t = resp.total.unwrap();
+        let resp = stats_report(&store, &req, 50_000, &StoreConfig::default(), &target).unwrap();
+        let t = resp.total;
         assert_eq!(
-            (t.messages, t.triggers, t.auto_replies, t.handoffs, t.blocks),
+            (
+                t.counts.messages,
+                t.counts.triggers,
+                t.counts.auto_replies,
+                t.counts.handoffs,
+                t.counts.blocks
+            ),
             (6, 4, 2, 1, 1)
         );
         assert_eq!(
             (
-                t.resolved,
-                t.unresolved,
-                t.clicks,
-                t.thumbs_up,
-                t.thumbs_down,
-                t.human_replies
+                t.counts.resolved,
+                t.counts.unresolved,
+                t.counts.clicks,
+                t.counts.thumbs_up,
+                t.counts.thumbs_down,
+                t.counts.human_replies
             ),
             (1, 1, 1, 1, 1, 2)
         );
@@ -287,13 +317,13 @@ mod tests {
                 .find(|g| g.key == k)
                 .unwrap()
                 .rates
-                .unwrap()
+                .clone()
         };
         assert_eq!(
             (
-                chat("g1").messages,
-                chat("g1").human_replies,
-                chat("g1").handoffs
+                chat("g1").counts.messages,
+                chat("g1").counts.human_replies,
+                chat("g1").counts.handoffs
             ),
             (3, 1, 1)
         );
@@ -307,7 +337,10 @@ mod tests {
             ),
             (0.3, 0.3, 0.5)
         );
-        assert_eq!((chat("g2").messages, chat("g2").human_replies), (3, 1));
+        assert_eq!(
+            (chat("g2").counts.messages, chat("g2").counts.human_replies),
+            (3, 1)
+        );
 
         let intent = |k: &str| {
             resp.by_intent
@@ -315,25 +348,25 @@ mod tests {
                 .find(|g| g.key == k)
                 .unwrap()
                 .rates
-                .unwrap()
+                .clone()
         };
         assert_eq!(
             (
-                intent("price").messages,
-                intent("price").triggers,
-                intent("price").auto_replies
+                intent("price").counts.messages,
+                intent("price").counts.triggers,
+                intent("price").counts.auto_replies
             ),
             (3, 3, 2)
         );
-        assert_eq!(intent("refund").human_replies, 1); // linked through message id m3
+        assert_eq!(intent("refund").counts.human_replies, 1); // linked through message id m3
         let keys: Vec<_> = resp.by_variant.iter().map(|g| g.key.as_str()).collect();
         assert_eq!(keys, vec!["price/a", "price/b"]);
-        assert!((resp.by_variant[0].rates.as_ref().unwrap().conversion_rate - 1.0).abs() < 1e-12);
+        assert!((resp.by_variant[0].rates.conversion_rate - 1.0).abs() < 1e-12);
 
         // Per-chat filter.
-        let g2 = stats_response(
+        let g2 = stats_report(
             &store,
-            &pb::StatsRequest {
+            &StatsQuery {
                 bot_id: "bot".into(),
                 chat_id: "g2".into(),
                 to_ms: 1_000,
@@ -344,13 +377,13 @@ mod tests {
             &target,
         )
         .unwrap();
-        let g2_total = g2.total.unwrap();
-        assert_eq!(g2_total.messages, 3);
+        let g2_total = g2.total;
+        assert_eq!(g2_total.counts.messages, 3);
         assert_eq!(g2_total.human_share_target, 0.5, "the group's own target");
         // to_ms = 0 means "now": the late message is included.
-        let all = stats_response(
+        let all = stats_report(
             &store,
-            &pb::StatsRequest {
+            &StatsQuery {
                 bot_id: "bot".into(),
                 ..Default::default()
             },
@@ -359,6 +392,6 @@ mod tests {
             &target,
         )
         .unwrap();
-        assert_eq!(all.total.unwrap().messages, 7);
+        assert_eq!(all.total.counts.messages, 7);
     }
 }

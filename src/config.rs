@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::core::batcher::BatchConfig;
-use crate::core::outbox::OutboxConfig;
-use crate::core::validate::Limits;
 use crate::engine::fusion::FusionConfig;
+use crate::service::batcher::BatchConfig;
+use crate::service::outbox::OutboxConfig;
+use crate::service::validate::Limits;
+use crate::service::ServiceSettings;
 use crate::store::StoreConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +175,23 @@ impl ServerConfig {
     /// list when it is not empty).
     pub fn bot_ids(&self) -> Vec<String> {
         self.auth.bots.iter().map(|b| b.id.clone()).collect()
+    }
+
+    /// The part of the configuration the service layer works with.
+    pub fn service_settings(&self) -> ServiceSettings {
+        ServiceSettings {
+            limits: self.limits.clone(),
+            batching: self.batching.clone(),
+            outbox: self.outbox.clone(),
+            max_in_flight: self.max_in_flight,
+            request_timeout_ms: self.request_timeout_ms,
+            top_k: self.fusion.top_k,
+            fusion: self.fusion.clone(),
+            model_dir: self.model_dir.clone(),
+            operator_dir: self.operator_dir.clone(),
+            training_data: self.training_data.clone(),
+            bots: self.bot_ids(),
+        }
     }
 }
 

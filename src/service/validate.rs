@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pb;
+use super::requests::{ClassifyRequest, EventRequest, EventTypeIn};
+use crate::policy::events::{EventInput, EventKind};
 use crate::types::{MessageContext, UserInfo};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,7 +100,7 @@ pub fn check_text(field: &str, text: &str, limits: &Limits) -> Result<(), Invali
 
 fn check_user(
     prefix: &str,
-    user: Option<&pb::User>,
+    user: Option<&UserInfo>,
     limits: &Limits,
 ) -> Result<UserInfo, InvalidField> {
     let Some(u) = user else {
@@ -143,13 +144,23 @@ fn check_user(
             ),
         ));
     }
-    Ok(UserInfo {
-        id: u.id.clone(),
-        nickname: u.nickname.clone(),
-        tags: u.tags.clone(),
-        city: u.city.clone(),
-        vip_level: u.vip_level,
-    })
+    Ok(u.clone())
+}
+
+/// The bot id of a message or event: required, and one the server is configured for.
+fn check_bot(
+    bot_id: &str,
+    limits: &Limits,
+    known_bot: impl Fn(&str) -> bool,
+) -> Result<(), InvalidField> {
+    check_id("bot_id", bot_id, true, limits)?;
+    if !known_bot(bot_id) {
+        return Err(invalid(
+            "bot_id",
+            format!("unknown bot '{bot_id}' (not in the server configuration)"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_time(field: &str, ms: i64, now_ms: i64, limits: &Limits) -> Result<i64, InvalidField> {
@@ -177,21 +188,12 @@ fn check_time(field: &str, ms: i64, now_ms: i64, limits: &Limits) -> Result<i64,
 /// Validates a Classify request into the engine's message context. `known_bot` says whether
 /// the bot id is configured.
 pub fn classify_request(
-    req: &pb::ClassifyRequest,
+    req: &ClassifyRequest,
     limits: &Limits,
     now_ms: i64,
     known_bot: impl Fn(&str) -> bool,
 ) -> Result<MessageContext, InvalidField> {
-    check_id("bot_id", &req.bot_id, true, limits)?;
-    if !known_bot(&req.bot_id) {
-        return Err(invalid(
-            "bot_id",
-            format!(
-                "unknown bot '{}' (not in the server configuration)",
-                req.bot_id
-            ),
-        ));
-    }
+    check_bot(&req.bot_id, limits, known_bot)?;
     check_id("chat_id", &req.chat_id, true, limits)?;
     check_id("message_id", &req.message_id, true, limits)?;
     check_text("text", &req.text, limits)?;
@@ -217,69 +219,74 @@ pub fn classify_request(
     })
 }
 
-/// Validates the common fields of an event; returns (at_ms, user).
+/// Validates an event into the playbook's input.
 pub fn event(
-    ev: &pb::Event,
+    ev: &EventRequest,
     limits: &Limits,
     now_ms: i64,
     known_bot: impl Fn(&str) -> bool,
-) -> Result<(i64, Option<UserInfo>), InvalidField> {
-    check_id("bot_id", &ev.bot_id, true, limits)?;
-    if !known_bot(&ev.bot_id) {
-        return Err(invalid(
-            "bot_id",
-            format!(
-                "unknown bot '{}' (not in the server configuration)",
-                ev.bot_id
-            ),
-        ));
-    }
+) -> Result<EventInput, InvalidField> {
+    check_bot(&ev.bot_id, limits, known_bot)?;
     check_id("chat_id", &ev.chat_id, true, limits)?;
     check_id("target_id", &ev.target_id, false, limits)?;
     check_id("event_id", &ev.event_id, false, limits)?;
-    let ty = pb::EventType::try_from(ev.r#type)
-        .map_err(|_| invalid("type", format!("unknown event type {}", ev.r#type)))?;
-    if ty == pb::EventType::Unspecified {
-        return Err(invalid(
-            "type",
-            "must be set (MEMBER_JOINED, MEMBER_LEFT, LINK_CLICKED, CARD_SHARED or ACTIVITY)",
-        ));
-    }
-    let needs_user = matches!(
-        ty,
-        pb::EventType::MemberJoined
-            | pb::EventType::MemberLeft
-            | pb::EventType::LinkClicked
-            | pb::EventType::CardShared
-    );
-    let user = if needs_user || ev.user.is_some() {
-        Some(check_user("user", ev.user.as_ref(), limits)?)
-    } else {
-        None
+    let kind = match &ev.kind {
+        EventTypeIn::Known(k) => *k,
+        EventTypeIn::Unknown(v) => {
+            return Err(invalid("type", format!("unknown event type {v}")));
+        }
+        EventTypeIn::Missing => {
+            return Err(invalid(
+                "type",
+                "must be set (MEMBER_JOINED, MEMBER_LEFT, LINK_CLICKED, CARD_SHARED or ACTIVITY)",
+            ));
+        }
     };
-    if matches!(ty, pb::EventType::LinkClicked | pb::EventType::CardShared)
-        && ev.target_id.is_empty()
-    {
+    let needs_user = kind != EventKind::Activity;
+    let user = if needs_user || ev.user.is_some() {
+        check_user("user", ev.user.as_ref(), limits)?
+    } else {
+        UserInfo::default()
+    };
+    if matches!(kind, EventKind::LinkClicked | EventKind::CardShared) && ev.target_id.is_empty() {
         return Err(invalid(
             "target_id",
             "is required for LINK_CLICKED and CARD_SHARED",
         ));
     }
     let at_ms = check_time("at_ms", ev.at_ms, now_ms, limits)?;
-    Ok((at_ms, user))
+    Ok(EventInput {
+        bot_id: ev.bot_id.clone(),
+        chat_id: ev.chat_id.clone(),
+        chat_name: ev.chat_name.clone(),
+        kind,
+        user,
+        target_id: ev.target_id.clone(),
+        at_ms,
+        event_id: ev.event_id.clone(),
+    })
+}
+
+/// The `at_ms` of a report (Feedback, ReportHumanReply): 0 means now.
+pub fn report_time(at_ms: i64, now_ms: i64) -> Result<i64, InvalidField> {
+    match at_ms {
+        0 => Ok(now_ms),
+        t if t < 0 => Err(invalid("at_ms", "must be Unix milliseconds >= 0 (0 = now)")),
+        t => Ok(t),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn req(text: &str) -> pb::ClassifyRequest {
-        pb::ClassifyRequest {
+    fn req(text: &str) -> ClassifyRequest {
+        ClassifyRequest {
             bot_id: "shop".into(),
             chat_id: "g1".into(),
             message_id: "m1".into(),
             text: text.into(),
-            user: Some(pb::User {
+            user: Some(UserInfo {
                 id: "u1".into(),
                 nickname: "小王".into(),
                 ..Default::default()
@@ -288,7 +295,7 @@ mod tests {
         }
     }
 
-    fn check(r: &pb::ClassifyRequest) -> Result<MessageContext, InvalidField> {
+    fn check(r: &ClassifyRequest) -> Result<MessageContext, InvalidField> {
         classify_request(r, &Limits::default(), 1_000, |b| b == "shop")
     }
 

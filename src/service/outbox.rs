@@ -137,6 +137,11 @@ impl Outbox {
     pub fn len(&self, bot_id: &str) -> usize {
         self.queues.get(bot_id).map_or(0, VecDeque::len)
     }
+
+    /// Items waiting for any bot.
+    pub fn total(&self) -> usize {
+        self.queues.values().map(VecDeque::len).sum()
+    }
 }
 
 /// Drops the oldest items until at most `max` are left; returns how many went.

@@ -26,9 +26,10 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::clock::{Clock, SystemClock};
-use crate::pb;
-use crate::pb::intent_service_client::IntentServiceClient;
+use intentd::clock::{Clock, SystemClock};
+use intentd::data::texts::read_texts;
+use intentd::pb;
+use intentd::pb::intent_service_client::IntentServiceClient;
 
 /// Upper bounds on the arguments, so a typo cannot start an endless or machine-filling run.
 const MAX_DURATION_S: f64 = 3600.0;
@@ -315,32 +316,6 @@ fn check_args(args: &LoadgenArgs) -> Result<Load> {
             Ok(Load::Closed { clients })
         }
     }
-}
-
-/// Texts from a TSV with a `text` header (first column) or from plain lines; blank lines are
-/// skipped.
-pub fn read_texts(path: &Path) -> Result<Vec<String>> {
-    let content = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read texts file {}", path.display()))?;
-    let mut lines = content.lines().peekable();
-    if lines
-        .peek()
-        .is_some_and(|l| l.split('\t').next().map(str::trim) == Some("text"))
-    {
-        lines.next();
-    }
-    let texts: Vec<String> = lines
-        .filter_map(|l| l.split('\t').next())
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if texts.is_empty() {
-        bail!(
-            "{}: no texts (expected a TSV with a `text` header, or one text per line)",
-            path.display()
-        );
-    }
-    Ok(texts)
 }
 
 fn endpoint_uri(addr: &str) -> String {
@@ -866,7 +841,7 @@ mod tests {
     use std::net::SocketAddr;
     use tonic::{Request, Response};
 
-    use crate::pb::intent_service_server::{IntentService, IntentServiceServer};
+    use intentd::pb::intent_service_server::{IntentService, IntentServiceServer};
 
     /// A stand-in IntentService: answers Classify after a fixed delay, turns every
     /// `reject_every`-th request away with RESOURCE_EXHAUSTED, and checks each request the way

@@ -89,7 +89,7 @@ pub struct Inference {
 struct Job {
     tokens: Tokenized,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Inference, String>>,
+    reply: oneshot::Sender<Result<Inference, InferenceError>>,
     /// Dropped by the compute thread when it takes the job off the queue: "on its way" then
     /// means exactly "announced and not yet received". (Dropped by the sender after the send,
     /// the count lagged, and the thread slept up to 200 µs for a job it already held.)
@@ -177,7 +177,7 @@ impl Batcher {
         &self,
         tokens: Tokenized,
         announced: Option<Announced>,
-    ) -> Result<Inference, String> {
+    ) -> Result<Inference, InferenceError> {
         self.submit(tokens, announced).await?.wait().await
     }
 
@@ -187,7 +187,7 @@ impl Batcher {
         &self,
         tokens: Tokenized,
         announced: Option<Announced>,
-    ) -> Result<Ticket, String> {
+    ) -> Result<Ticket, InferenceError> {
         let (reply, rx) = oneshot::channel();
         let sent = self
             .tx
@@ -199,19 +199,29 @@ impl Batcher {
             })
             .await;
         // A failed send drops the job, and its announcement with it.
-        sent.map_err(|_| "inference queue closed".to_string())?;
+        sent.map_err(|_| InferenceError::Failed("inference queue closed".into()))?;
         Ok(Ticket(rx))
     }
 }
 
+/// Why a queued text got no prediction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferenceError {
+    /// The model was unloaded between the check and the batch: the caller serves from rules.
+    #[error("model not loaded")]
+    NotLoaded,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A queued inference; dropping it tells the compute thread the caller has gone.
-pub struct Ticket(oneshot::Receiver<Result<Inference, String>>);
+pub struct Ticket(oneshot::Receiver<Result<Inference, InferenceError>>);
 
 impl Ticket {
-    pub async fn wait(self) -> Result<Inference, String> {
+    pub async fn wait(self) -> Result<Inference, InferenceError> {
         self.0
             .await
-            .map_err(|_| "inference worker stopped".to_string())?
+            .map_err(|_| InferenceError::Failed("inference worker stopped".into()))?
     }
 }
 
@@ -294,7 +304,7 @@ fn take_batch(pending: &mut Vec<Job>, max_size: usize, max_tokens: usize) -> Vec
 fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
     let Some(m) = model.load_full() else {
         for job in batch {
-            let _ = job.reply.send(Err("model not loaded".into()));
+            let _ = job.reply.send(Err(InferenceError::NotLoaded));
         }
         return;
     };
@@ -335,7 +345,7 @@ fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
             let msg = format!("inference failed: {e:#}");
             tracing::error!(error = %msg, batch = n, "forward pass failed");
             for job in batch {
-                let _ = job.reply.send(Err(msg.clone()));
+                let _ = job.reply.send(Err(InferenceError::Failed(msg.clone())));
             }
         }
     }
@@ -345,7 +355,7 @@ fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
 mod tests {
     use super::*;
 
-    fn job(len: usize) -> (Job, oneshot::Receiver<Result<Inference, String>>) {
+    fn job(len: usize) -> (Job, oneshot::Receiver<Result<Inference, InferenceError>>) {
         let (tx, rx) = oneshot::channel();
         (
             Job {
@@ -405,6 +415,6 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(err.contains("not loaded"));
+        assert_eq!(err, InferenceError::NotLoaded);
     }
 }

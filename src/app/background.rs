@@ -1,0 +1,118 @@
+//! Background tasks of a running server: /metrics, the retention purge, the collector of due
+//! proactive sends, and the first model load.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::server::HealthReporter;
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::model::classifier::IntentModel;
+use crate::server::health;
+use crate::service::Service;
+use crate::store::AuditAction;
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Binds the Prometheus endpoint and serves it until shutdown.
+pub async fn spawn_metrics(
+    cfg: &ServerConfig,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    announce: bool,
+) -> Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(cfg.metrics.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for /metrics", cfg.metrics.listen))?;
+    let addr = listener.local_addr()?;
+    if announce {
+        println!("metrics listening on http://{addr}/metrics");
+    }
+    Ok(tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve_metrics_on(listener, metrics, stopped(shutdown)).await
+        {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    }))
+}
+
+/// Hourly retention purge (and once at start).
+pub fn spawn_purge(service: &Arc<Service>, shutdown: watch::Receiver<bool>) {
+    if let Some(storage) = &service.storage {
+        let s = storage.clone();
+        let m = service.metrics.clone();
+        tokio::spawn(async move {
+            s.run_purge_loop(Duration::from_secs(3600), m, stopped(shutdown))
+                .await;
+        });
+    }
+}
+
+/// Due proactive sends are collected every second whether or not a Subscribe stream is open,
+/// so the outbox's bounds also hold for a bot that never subscribes (its items would otherwise
+/// pile up in the playbook).
+pub fn spawn_due_collector(service: &Arc<Service>, mut shutdown: watch::Receiver<bool>) {
+    let service = service.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if service.collect_due() > 0 {
+                        service.notify_outbound();
+                    }
+                }
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+        }
+    });
+}
+
+/// Loads (or first prepares) the model off the runtime; until then answers come from rules
+/// and health says NOT_SERVING.
+pub fn spawn_model_load(
+    service: &Arc<Service>,
+    reporter: HealthReporter,
+    dir: PathBuf,
+    prepare_model: Option<Box<dyn FnOnce() -> Result<()> + Send>>,
+) {
+    let service = service.clone();
+    tokio::spawn(async move {
+        let loaded = tokio::task::spawn_blocking(move || -> Result<IntentModel> {
+            if !dir.join("model.json").is_file() {
+                match prepare_model {
+                    Some(prepare) => prepare()?,
+                    None => anyhow::bail!("model directory {} does not exist", dir.display()),
+                }
+            }
+            IntentModel::load(&dir)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(model)) => {
+                tracing::info!(version = %model.card.version, "model loaded");
+                let version = model.card.version.clone();
+                service.install_model(Arc::new(model));
+                service.audit(
+                    "system",
+                    AuditAction::ModelChange,
+                    &format!("model {version} loaded at start-up"),
+                );
+                health::mark_serving(&reporter).await;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "model not loaded; serving from rules only (health NOT_SERVING)")
+            }
+            Err(e) => tracing::error!(error = %e, "model loader crashed"),
+        }
+    });
+}

@@ -1,0 +1,165 @@
+//! Wiring: builds the service from the configuration, starts the front doors and the
+//! background tasks, and runs until a shutdown signal. The only module that knows every layer.
+
+mod background;
+mod signals;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::clock::{ManualClock, SharedClock, SystemClock};
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::policy::playbook::Playbook;
+use crate::server::auth::Authenticator;
+use crate::server::{self, health};
+use crate::service::operator::OperatorRules;
+use crate::service::Service;
+use crate::store::{AuditAction, Storage};
+
+pub struct ServeOptions {
+    pub config: ServerConfig,
+    /// Start the clock here and let AdminService.SetClock move it (tests, demos).
+    pub manual_clock: Option<i64>,
+    /// Print the bound addresses on stdout (tests read the port from there).
+    pub announce: bool,
+}
+
+/// Runs the server until a shutdown signal. `prepare_model` runs (off the runtime) when the
+/// model folder is missing, e.g. to train the default model.
+pub async fn serve(
+    opts: ServeOptions,
+    prepare_model: Option<Box<dyn FnOnce() -> Result<()> + Send>>,
+) -> Result<()> {
+    let cfg = Arc::new(opts.config);
+    let metrics = Arc::new(Metrics::new());
+    let (clock, manual): (SharedClock, Option<Arc<ManualClock>>) = match opts.manual_clock {
+        Some(start) => {
+            let m = Arc::new(ManualClock::new(start));
+            (m.clone(), Some(m))
+        }
+        None => (Arc::new(SystemClock), None),
+    };
+    let auth = Authenticator::from_config(&cfg.auth)?;
+    if auth.disabled() {
+        tracing::warn!("authentication is DISABLED (auth.disabled: true): local use only");
+    }
+    let service = Arc::new(build_service(&cfg, clock, manual, metrics.clone())?);
+    service.audit(
+        "system",
+        AuditAction::Startup,
+        &format!("config {}", service.config_hash()),
+    );
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::mark_not_serving(&reporter).await;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = if cfg.metrics.enabled {
+        Some(
+            background::spawn_metrics(&cfg, metrics.clone(), shutdown_rx.clone(), opts.announce)
+                .await?,
+        )
+    } else {
+        None
+    };
+    background::spawn_purge(&service, shutdown_rx.clone());
+    background::spawn_due_collector(&service, shutdown_rx.clone());
+    background::spawn_model_load(
+        &service,
+        reporter.clone(),
+        cfg.model_dir.clone(),
+        prepare_model,
+    );
+    signals::spawn_reload_on_hangup(&service, reporter.clone());
+    // Fired once SIGTERM / SIGINT arrived: starts the grace period.
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown_signal = signals::termination(service.clone(), reporter.clone(), signalled_tx);
+
+    if opts.announce {
+        println!("intentd listening on {addr}");
+    }
+    tracing::info!(%addr, tls = cfg.tls.is_some(), "gRPC server listening");
+    let grpc = server::serve_grpc(
+        &cfg,
+        listener,
+        service.clone(),
+        auth,
+        reporter,
+        health_service,
+        shutdown_signal,
+    );
+    // Graceful shutdown waits for every connection to finish; an open Subscribe stream or a
+    // client that never answers GOAWAY would make that forever, so it gets the grace period.
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    let grace_over = async {
+        if signalled_rx.await.is_err() {
+            // The server ended without a signal (an error): nothing to time.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = grpc => r?,
+        _ = grace_over => {
+            tracing::warn!(grace_ms = cfg.shutdown_grace_ms, in_flight = service.in_flight(), "grace period over; closing the remaining connections");
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    service.audit("system", AuditAction::Shutdown, "graceful shutdown");
+    if let Some(storage) = &service.storage {
+        let s = storage.clone();
+        tokio::task::spawn_blocking(move || s.shutdown()).await.ok();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the operator files and opens the store: any error here stops the start.
+fn build_service(
+    cfg: &ServerConfig,
+    clock: SharedClock,
+    manual: Option<Arc<ManualClock>>,
+    metrics: Arc<Metrics>,
+) -> Result<Service> {
+    let rules = OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
+        .context("operator files")?;
+    let playbook = Playbook::load(&cfg.operator_dir, clock.clone(), cfg.seed)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A bot id typo in playbook.yml would silently fall back to the defaults: say so.
+    let bots = cfg.bot_ids();
+    for b in playbook.config().configured_bots() {
+        if !bots.is_empty() && !bots.iter().any(|k| k == b) {
+            tracing::warn!(bot = %b, "playbook.yml has settings for a bot that is not in auth.bots; they are never used");
+        }
+    }
+    let storage = if cfg.store.enabled {
+        Some(Arc::new(
+            Storage::open(&cfg.store, clock.clone(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("store: {e}"))?,
+        ))
+    } else {
+        tracing::warn!("store disabled: no conversation log, feedback or stats");
+        None
+    };
+    Ok(Service::new(
+        cfg.service_settings(),
+        clock,
+        manual,
+        rules,
+        playbook,
+        storage,
+        metrics,
+    ))
+}

@@ -1,0 +1,52 @@
+//! Signals: SIGHUP reloads everything; SIGTERM / SIGINT start a graceful shutdown.
+
+use std::sync::Arc;
+
+use tonic_health::server::HealthReporter;
+
+use crate::server::health;
+use crate::service::Service;
+
+pub fn spawn_reload_on_hangup(service: &Arc<Service>, reporter: HealthReporter) {
+    let service = service.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading operator files and model");
+            if let Err(e) = service.reload_operator("sighup").await {
+                tracing::error!(error = %e, "operator reload rejected");
+            }
+            match service.reload_model("sighup").await {
+                Ok(v) => {
+                    tracing::info!(version = %v, "model reloaded");
+                    health::mark_serving(&reporter).await;
+                }
+                Err(e) => tracing::error!(error = %e, "model reload rejected"),
+            }
+        }
+    });
+}
+
+/// Completes on SIGTERM or SIGINT, after marking the server NOT_SERVING; `signalled` then
+/// starts the caller's grace period.
+pub async fn termination(
+    service: Arc<Service>,
+    reporter: HealthReporter,
+    signalled: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!(
+        in_flight = service.in_flight(),
+        "shutting down: no new requests, finishing in-flight ones"
+    );
+    health::mark_not_serving(&reporter).await;
+    let _ = signalled.send(());
+}

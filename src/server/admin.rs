@@ -1,0 +1,74 @@
+//! AdminService: reload, status and the manual clock, for the admin token only.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::auth::Authenticator;
+use super::health;
+use crate::pb;
+use crate::pb::admin_service_server::AdminService;
+use crate::service::Service;
+
+pub struct AdminApi {
+    pub service: Arc<Service>,
+    pub auth: Arc<Authenticator>,
+    pub health: tonic_health::server::HealthReporter,
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        self.auth.admin(&request)?;
+        let req = request.into_inner();
+        let (model, operator) = if !req.model && !req.operator {
+            (true, true)
+        } else {
+            (req.model, req.operator)
+        };
+        let mut messages = Vec::new();
+        if operator {
+            let hash = self.service.reload_operator("admin-rpc").await?;
+            messages.push(format!("operator files {hash}"));
+        }
+        if model {
+            let v = self.service.reload_model("admin-rpc").await?;
+            health::mark_serving(&self.health).await;
+            messages.push(format!("model {v}"));
+        }
+        Ok(Response::new(pb::ReloadResponse {
+            ok: true,
+            model_version: self.service.model_version(),
+            message: format!("reloaded: {}", messages.join(", ")),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.auth.admin(&request)?;
+        Ok(Response::new(pb::StatusResponse {
+            model_version: self.service.model_version(),
+            model_loaded: self.service.model_loaded(),
+            in_flight: self.service.in_flight() as u32,
+            served: self.service.served(),
+            config_hash: self.service.config_hash(),
+        }))
+    }
+
+    async fn set_clock(
+        &self,
+        request: Request<pb::SetClockRequest>,
+    ) -> Result<Response<pb::SetClockResponse>, Status> {
+        self.auth.admin(&request)?;
+        let now_ms = self
+            .service
+            .set_clock(request.into_inner().now_ms, "admin-rpc")
+            .await?;
+        Ok(Response::new(pb::SetClockResponse { now_ms }))
+    }
+}

@@ -1,0 +1,277 @@
+//! Classify and ClassifyBatch: validation, admission, the forward pass (batched) beside the
+//! keyword layer, fusion, the playbook's decision and the durable log row.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::batcher::{Announced, InferenceError};
+use super::operator::OperatorRules;
+use super::requests::ClassifyRequest;
+use super::validate::{self, InvalidField};
+use super::{Service, ServiceError};
+use crate::engine::catalog::Handoff;
+use crate::engine::fusion;
+use crate::store::{ConversationRecord, Record};
+use crate::types::{Classification, IntentScore, MessageContext, PolicyDecision, Timings};
+
+/// A ranking entry as answered: with the name shown to users, from the same operator
+/// snapshot that decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedIntent {
+    pub intent: String,
+    pub confidence: f32,
+    pub display_name: String,
+}
+
+/// Everything a front door needs to answer a Classify call.
+#[derive(Debug, Clone)]
+pub struct ClassifyOutcome {
+    pub message_id: String,
+    pub classification: Classification,
+    /// The top `top_k` of the classification's ranking.
+    pub ranking: Vec<RankedIntent>,
+    pub decision: PolicyDecision,
+    pub timings: Timings,
+    pub model_version: String,
+    /// The log row is durable (false only when the store is off or its queue was full).
+    pub recorded: bool,
+}
+
+impl Service {
+    pub async fn classify(&self, req: &ClassifyRequest) -> Result<ClassifyOutcome, ServiceError> {
+        let _permit = self.admit(1)?;
+        let _gauge = self.metrics.in_flight_guard();
+        // Tell a batch being gathered that this text is coming.
+        let announced = self.batcher.announce();
+        let ctx = validate::classify_request(req, &self.settings.limits, self.now_ms(), |b| {
+            self.known_bot(b)
+        })?;
+        self.classify_valid(ctx, Some(announced)).await
+    }
+
+    /// Answers come back in request order; the whole batch is validated before any work.
+    pub async fn classify_batch(
+        &self,
+        reqs: &[ClassifyRequest],
+    ) -> Result<Vec<ClassifyOutcome>, ServiceError> {
+        let limit = self.settings.limits.max_batch_requests;
+        if reqs.is_empty() {
+            return Err(InvalidField {
+                field: "requests".into(),
+                problem: "is empty".into(),
+            }
+            .into());
+        }
+        if reqs.len() > limit {
+            return Err(InvalidField {
+                field: "requests".into(),
+                problem: format!("has {} messages, over the limit of {limit}", reqs.len()),
+            }
+            .into());
+        }
+        let _permit = self.admit(reqs.len() as u32)?;
+        let _gauge = self.metrics.in_flight_guard();
+        let now = self.now_ms();
+        let mut ctxs = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            let ctx =
+                validate::classify_request(r, &self.settings.limits, now, |b| self.known_bot(b))
+                    .map_err(|e| InvalidField {
+                        field: format!("requests[{i}].{}", e.field),
+                        problem: e.problem,
+                    })?;
+            ctxs.push(ctx);
+        }
+        // All texts go to the batcher together, so they share forward passes: all are announced
+        // before the first is queued, so the batch waits for the rest.
+        let announced: Vec<_> = ctxs.iter().map(|_| self.batcher.announce()).collect();
+        let results = futures_util::future::join_all(
+            ctxs.into_iter()
+                .zip(announced)
+                .map(|(c, a)| self.classify_valid(c, Some(a))),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+
+    async fn classify_valid(
+        &self,
+        ctx: MessageContext,
+        announced: Option<Announced>,
+    ) -> Result<ClassifyOutcome, ServiceError> {
+        let started = Instant::now();
+        // One operator snapshot for the whole request: a reload in the middle cannot mix files.
+        let rules = self.rules.load_full();
+        let mut timings = Timings::default();
+        let mut model_version = self.model_version();
+
+        // Compliance first: a banned word is blocked before any model work.
+        let (classification, decision) = if let Some(decision) = self.playbook.precheck(&ctx) {
+            drop(announced); // no forward pass for this one
+            (Classification::by_policy(self.model_loaded()), decision)
+        } else {
+            let cls = self
+                .classify_text(
+                    &ctx.text,
+                    &rules,
+                    announced,
+                    &mut timings,
+                    &mut model_version,
+                )
+                .await?;
+            // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
+            let always = |i: &str| rules.catalog.handoff(i) == Some(Handoff::Always);
+            let decision = self.playbook.decide_message_with_catalog(
+                &ctx,
+                &cls,
+                &|i: &str| rules.display_name(i),
+                &always,
+            );
+            (cls, decision)
+        };
+
+        timings.total_us = started.elapsed().as_micros() as u64;
+        let recorded = self
+            .record_decision(&ctx, &classification, &decision, timings, &model_version)
+            .await;
+        if decision.reply.as_ref().is_some_and(|r| !r.text.is_empty()) || decision.send_after_ms > 0
+        {
+            self.outbound_changed.notify_waiters();
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.metrics.observe_request(
+            "Classify",
+            classification.source.as_str(),
+            decision.action.as_str(),
+            started.elapsed().as_secs_f64(),
+        );
+        timings.total_us = started.elapsed().as_micros() as u64;
+        let ranking = classification
+            .ranking
+            .iter()
+            .take(self.settings.top_k.max(1))
+            .map(|s| RankedIntent {
+                intent: s.intent.clone(),
+                confidence: s.confidence,
+                display_name: rules.display_name(&s.intent),
+            })
+            .collect();
+        Ok(ClassifyOutcome {
+            message_id: ctx.message_id,
+            classification,
+            ranking,
+            decision,
+            timings,
+            model_version,
+            recorded,
+        })
+    }
+
+    /// The engine: the forward pass (queued first) and the keyword layer on this thread while
+    /// the compute thread works, then fusion. Without a model, rules alone.
+    async fn classify_text(
+        &self,
+        text: &str,
+        rules: &Arc<OperatorRules>,
+        announced: Option<Announced>,
+        timings: &mut Timings,
+        model_version: &mut String,
+    ) -> Result<Classification, ServiceError> {
+        let mut truncated = false;
+        let ticket = match self.batcher.model() {
+            Some(m) => {
+                let t0 = Instant::now();
+                let tokens = m
+                    .backend
+                    .tokenizer()
+                    .tokenize(text)
+                    .map_err(|e| ServiceError::Internal(format!("tokenizer: {e:#}")))?;
+                timings.tokenize_us = t0.elapsed().as_micros() as u64;
+                truncated = tokens.truncated;
+                Some(
+                    self.batcher
+                        .submit(tokens, announced)
+                        .await
+                        .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                )
+            }
+            None => {
+                drop(announced);
+                None
+            }
+        };
+        let kw = rules.keywords.match_text(text);
+        let mut model_scores: Option<Vec<IntentScore>> = None;
+        if let Some(ticket) = ticket {
+            match ticket.wait().await {
+                Ok(inf) => {
+                    timings.queue_us = inf.queue_us;
+                    timings.inference_us = inf.inference_us;
+                    *model_version = inf.model_version.to_string();
+                    let mut scores: Vec<IntentScore> = inf
+                        .labels
+                        .iter()
+                        .zip(&inf.prediction.probs)
+                        .map(|(l, &p)| IntentScore {
+                            intent: l.clone(),
+                            confidence: p,
+                        })
+                        .collect();
+                    scores.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+                    model_scores = Some(scores);
+                }
+                // The model was unloaded between the check and the batch: serve from rules.
+                Err(InferenceError::NotLoaded) => {}
+                Err(InferenceError::Failed(e)) => return Err(ServiceError::Internal(e)),
+            }
+        }
+        let mut cls = fusion::fuse(model_scores.as_deref(), &kw, &rules.fusion);
+        cls.truncated = truncated;
+        Ok(cls)
+    }
+
+    /// Writes the conversation row (and an audit row for handoffs and blocks) and waits for
+    /// the group commit, so an answered request is a durable one.
+    async fn record_decision(
+        &self,
+        ctx: &MessageContext,
+        cls: &Classification,
+        decision: &PolicyDecision,
+        timings: Timings,
+        model_version: &str,
+    ) -> bool {
+        let Some(storage) = &self.storage else {
+            return false;
+        };
+        let triggered = !cls.intent.is_empty() && self.playbook.config().replies.has(&cls.intent);
+        let rec = ConversationRecord::from_decision(
+            ctx,
+            cls,
+            decision,
+            triggered,
+            timings,
+            model_version,
+        );
+        // Handoffs and blocks get their audit row from the store, in the same transaction.
+        let ticket = match storage.submit(Record::Conversation(rec)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "conversation row not stored");
+                return false;
+            }
+        };
+        let wait = Duration::from_millis(self.settings.request_timeout_ms);
+        match tokio::time::timeout(wait, ticket).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "store commit failed");
+                false
+            }
+            Err(_) => {
+                tracing::error!("store commit timed out");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The service layer: what every front door (gRPC, HTTP, connectors) shares. It takes plain
+//! requests (no protobuf), validates them, admits them, runs the engine and the playbook and
+//! writes the durable log, and answers with plain outcomes. One file per use case:
+//! [`classify`], [`events`], [`feedback`] (and human replies), [`stats`], [`reload`] (and the
+//! manual clock), [`outbound`] (proactive sends for Subscribe streams).
+//!
+//! It reads no configuration file: the wiring (`crate::app`) hands it [`ServiceSettings`].
+
+pub mod batcher;
+pub mod classify;
+pub mod error;
+pub mod events;
+pub mod feedback;
+pub mod operator;
+pub mod outbound;
+pub mod outbox;
+pub mod reload;
+pub mod requests;
+pub mod stats;
+pub mod validate;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::clock::{ManualClock, SharedClock};
+use crate::engine::fusion::FusionConfig;
+use crate::metrics::Metrics;
+use crate::model::classifier::IntentBackend;
+use crate::policy::playbook::Playbook;
+use crate::store::{self, Storage};
+use batcher::{BatchConfig, Batcher, LoadedModel};
+use operator::OperatorRules;
+use outbox::{Outbox, OutboxConfig};
+use validate::{InvalidField, Limits};
+
+pub use classify::{ClassifyOutcome, RankedIntent};
+pub use error::ServiceError;
+pub use requests::{
+    ClassifyRequest, EventRequest, EventTypeIn, FeedbackRequest, HumanReplyRequest,
+};
+
+/// What the service needs from the process configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSettings {
+    pub limits: Limits,
+    pub batching: BatchConfig,
+    pub outbox: OutboxConfig,
+    /// Requests processed at once; beyond it `Busy` at once.
+    pub max_in_flight: usize,
+    /// How long an answer waits for its log commit.
+    pub request_timeout_ms: u64,
+    /// Ranking entries returned with a classification (at least 1).
+    pub top_k: usize,
+    pub fusion: FusionConfig,
+    pub model_dir: PathBuf,
+    pub operator_dir: PathBuf,
+    pub training_data: PathBuf,
+    /// Configured bot ids; empty means any bot (authentication off).
+    pub bots: Vec<String>,
+}
+
+/// The shared service object; front doors hold an `Arc<Service>`.
+pub struct Service {
+    pub settings: ServiceSettings,
+    pub clock: SharedClock,
+    /// Present when the server runs on a manual clock (tests, demos): SetClock moves it.
+    manual_clock: Option<Arc<ManualClock>>,
+    model: Arc<ArcSwapOption<LoadedModel>>,
+    batcher: Batcher,
+    rules: ArcSwap<OperatorRules>,
+    playbook: Arc<Playbook>,
+    /// Proactive sends taken from the playbook, waiting for a Subscribe stream of their bot.
+    outbox: Mutex<Outbox>,
+    pub storage: Option<Arc<Storage>>,
+    pub metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    served: AtomicU64,
+    known_bots: HashSet<String>,
+    /// Wakes Subscribe streams: the clock moved or new proactive sends were queued.
+    outbound_changed: Arc<Notify>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Service {
+    pub fn new(
+        settings: ServiceSettings,
+        clock: SharedClock,
+        manual_clock: Option<Arc<ManualClock>>,
+        rules: OperatorRules,
+        playbook: Playbook,
+        storage: Option<Arc<Storage>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let model = Arc::new(ArcSwapOption::empty());
+        let batcher = Batcher::start(
+            model.clone(),
+            settings.batching.clone(),
+            settings.max_in_flight,
+        );
+        Self {
+            known_bots: settings.bots.iter().cloned().collect(),
+            permits: Arc::new(Semaphore::new(settings.max_in_flight)),
+            outbox: Mutex::new(Outbox::new(settings.outbox.clone())),
+            settings,
+            clock,
+            manual_clock,
+            model,
+            batcher,
+            rules: ArcSwap::from_pointee(rules),
+            playbook: Arc::new(playbook),
+            storage,
+            metrics,
+            served: AtomicU64::new(0),
+            outbound_changed: Arc::new(Notify::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn model_loaded(&self) -> bool {
+        self.model.load().is_some()
+    }
+
+    pub fn model_version(&self) -> String {
+        self.model
+            .load()
+            .as_ref()
+            .map(|m| m.version.to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn config_hash(&self) -> String {
+        self.rules.load().config_hash.clone()
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.settings.max_in_flight - self.permits.available_permits()
+    }
+
+    pub fn playbook(&self) -> Arc<Playbook> {
+        self.playbook.clone()
+    }
+
+    pub fn known_bot(&self, bot: &str) -> bool {
+        self.known_bots.is_empty() || self.known_bots.contains(bot)
+    }
+
+    /// Makes `model` the served model (atomically: requests already in a batch finish on the
+    /// old one).
+    pub fn install_model(&self, model: Arc<dyn IntentBackend>) {
+        let loaded = LoadedModel::new(model);
+        self.metrics.set_model_version(&loaded.version);
+        self.model.store(Some(Arc::new(loaded)));
+    }
+
+    fn admit(&self, n: u32) -> Result<OwnedSemaphorePermit, ServiceError> {
+        self.permits.clone().try_acquire_many_owned(n).map_err(|_| {
+            ServiceError::Busy(format!(
+                "too many requests in flight (limit {}); retry with backoff",
+                self.settings.max_in_flight
+            ))
+        })
+    }
+
+    /// The bot id of a report or query (Feedback, ReportHumanReply, GetStats): required and
+    /// configured.
+    fn check_bot(&self, bot_id: &str) -> Result<(), ServiceError> {
+        if bot_id.is_empty() || !self.known_bot(bot_id) {
+            return Err(InvalidField {
+                field: "bot_id".into(),
+                problem: "is empty or not a configured bot".into(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Writes an audit row (best effort: a failure is logged, the action already happened).
+    pub fn audit(&self, actor: &str, action: store::AuditAction, detail: &str) {
+        if let Some(s) = &self.storage {
+            if let Err(e) = s.audit(actor, action, detail) {
+                tracing::warn!(error = %e, "audit row not stored");
+            }
+        }
+    }
+
+    /// Runs a call that decides nothing (Feedback, ReportHumanReply, GetStats) and counts it
+    /// in the request metrics when answered; refused calls are not counted, as for Classify.
+    async fn observed<T>(
+        &self,
+        rpc: &str,
+        call: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        let started = std::time::Instant::now();
+        let r = call.await;
+        if r.is_ok() {
+            self.metrics
+                .observe_request(rpc, "", "", started.elapsed().as_secs_f64());
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests;

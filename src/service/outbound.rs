@@ -1,0 +1,147 @@
+//! Proactive sends (schedules, countdowns, re-activation, welcomes, delayed replies): the
+//! playbook hands each due item out once, the per-bot outbox keeps it until a subscriber of
+//! that bot takes it, and [`Service::subscribe`] streams them to one subscriber.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::outbox::{Dropped, Outbox};
+use super::validate::InvalidField;
+use super::{Service, ServiceError};
+use crate::metrics::DroppedLabels;
+use crate::policy::scheduler::OutboundItem;
+
+/// Items a subscription buffers between the service and a slow front door.
+const SUBSCRIPTION_BUFFER: usize = 64;
+
+impl Service {
+    /// Moves everything the playbook has due into the per-bot outbox (each item is handed out
+    /// by the playbook exactly once, so one place collects and the streams share it). Wakes
+    /// the subscribers when something arrived.
+    pub fn collect_due(&self) -> usize {
+        let now = self.now_ms();
+        let items = self.playbook.due(now);
+        let n = items.len();
+        if n > 0 {
+            self.with_outbox(|outbox| {
+                for item in items {
+                    let bot = item.bot_id.clone();
+                    let dropped = outbox.push(item, now);
+                    self.count_dropped(&bot, dropped);
+                }
+            });
+        }
+        n
+    }
+
+    /// Runs `f` on the outbox and keeps the `outbound_queued` gauge in step with it.
+    fn with_outbox<R>(&self, f: impl FnOnce(&mut Outbox) -> R) -> R {
+        let mut outbox = self.outbox.lock();
+        let r = f(&mut outbox);
+        self.metrics.outbound_queued.set(outbox.total() as i64);
+        r
+    }
+
+    /// Wakes the subscribers (the clock moved, or something was queued).
+    pub fn notify_outbound(&self) {
+        self.outbound_changed.notify_waiters();
+    }
+
+    /// Takes the waiting proactive sends for `bot_id` (only `chats` when not empty); items for
+    /// other chats stay for another stream.
+    pub fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
+        self.collect_due();
+        let now = self.now_ms();
+        let (items, dropped) = self.with_outbox(|o| o.take(bot_id, chats, now));
+        self.count_dropped(bot_id, dropped);
+        items
+    }
+
+    /// Puts items back at the front (a stream closed before it could send them).
+    pub fn return_outbound(&self, bot_id: &str, items: Vec<OutboundItem>) {
+        let now = self.now_ms();
+        let dropped = self.with_outbox(|o| o.put_back(bot_id, items, now));
+        self.count_dropped(bot_id, dropped);
+    }
+
+    fn count_dropped(&self, bot_id: &str, dropped: Dropped) {
+        if !dropped.any() {
+            return;
+        }
+        for (reason, n) in [("overflow", dropped.overflow), ("expired", dropped.expired)] {
+            if n > 0 {
+                self.metrics
+                    .outbound_dropped
+                    .get_or_create(&DroppedLabels {
+                        reason: reason.into(),
+                    })
+                    .inc_by(n as u64);
+            }
+        }
+        tracing::warn!(
+            bot_id,
+            overflow = dropped.overflow,
+            expired = dropped.expired,
+            max_per_bot = self.settings.outbox.max_per_bot,
+            max_age_ms = self.settings.outbox.max_age_ms,
+            "proactive sends dropped: no Subscribe stream took them in time"
+        );
+    }
+
+    pub fn next_outbound_ms(&self) -> Option<i64> {
+        self.playbook.next_due_ms()
+    }
+
+    /// Streams the proactive sends of `bot_id` (only `chat_ids` when not empty) until the
+    /// receiver is dropped; what the subscriber did not take goes back to the outbox.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        bot_id: &str,
+        chat_ids: Vec<String>,
+    ) -> Result<mpsc::Receiver<OutboundItem>, ServiceError> {
+        if !self.known_bot(bot_id) {
+            return Err(InvalidField {
+                field: "bot_id".into(),
+                problem: format!("unknown bot '{bot_id}'"),
+            }
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let service = self.clone();
+        let bot_id = bot_id.to_string();
+        tokio::spawn(async move {
+            loop {
+                // Register interest before checking, so a notify between the check and the wait
+                // is not missed.
+                let notified = service.outbound_changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let mut items = service.take_outbound(&bot_id, &chat_ids).into_iter();
+                while let Some(item) = items.next() {
+                    if let Err(mpsc::error::SendError(item)) = tx.send(item).await {
+                        // The subscriber left: keep what it did not receive for the next one.
+                        let mut rest = vec![item];
+                        rest.extend(items);
+                        service.return_outbound(&bot_id, rest);
+                        tracing::info!(bot = %bot_id, "subscriber disconnected");
+                        return;
+                    }
+                }
+                // Sleep until the next due item (system clock) or a change; at most 1 s so
+                // wall-clock schedules are never late by more than that.
+                let wait = service
+                    .next_outbound_ms()
+                    .map(|t| (t - service.now_ms()).clamp(1, 1000) as u64)
+                    .unwrap_or(1000);
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+}

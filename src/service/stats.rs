@@ -1,0 +1,48 @@
+//! GetStats: operator rates and A/B reports over the log.
+
+use super::validate::{self, InvalidField};
+use super::{Service, ServiceError};
+use crate::store::stats::{StatsQuery, StatsReport};
+use crate::store::StoreError;
+
+impl Service {
+    /// The queries run on the blocking pool: a long window must not stall the runtime threads
+    /// that answer Classify.
+    pub async fn stats(&self, req: &StatsQuery) -> Result<StatsReport, ServiceError> {
+        self.observed("GetStats", self.stats_inner(req)).await
+    }
+
+    async fn stats_inner(&self, req: &StatsQuery) -> Result<StatsReport, ServiceError> {
+        self.check_bot(&req.bot_id)?;
+        validate::check_id("chat_id", &req.chat_id, false, &self.settings.limits)?;
+        validate::check_id("experiment", &req.experiment, false, &self.settings.limits)?;
+        let storage = self
+            .storage
+            .clone()
+            .ok_or_else(|| ServiceError::FailedPrecondition("the store is disabled".into()))?;
+        let mut req = req.clone();
+        if req.to_ms == 0 {
+            req.to_ms = self.now_ms();
+        }
+        // The human-share target is the playbook's (per bot, per group), the one the handoff
+        // policy steers by.
+        let operator = self.playbook.config();
+        let answer = tokio::task::spawn_blocking(move || {
+            let bot = req.bot_id.clone();
+            storage.stats(&req, &|chat: &str| {
+                operator.settings(&bot, chat).handoff.human_share_target
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("stats query crashed: {e}")))?;
+        answer.map_err(|e| match e {
+            // A bad window (from after to, negative) is the caller's mistake, not ours.
+            StoreError::Invalid(m) => InvalidField {
+                field: "from_ms/to_ms".into(),
+                problem: m,
+            }
+            .into(),
+            e => ServiceError::Internal(format!("store: {e}")),
+        })
+    }
+}

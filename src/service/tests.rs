@@ -1,0 +1,486 @@
+//! The service layer in-process: the shipped operator files, a fake encoder, a real SQLite
+//! store in a temp folder, and a manual clock. Tests that wait use tokio's paused time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+use crate::model::fake::FakeBackend;
+use crate::policy::events::EventKind;
+use crate::policy::scheduler::OutboundKind;
+use crate::store::stats::StatsQuery;
+use crate::store::{FeedbackKind, StoreConfig};
+use crate::types::{Action, Source, UserInfo};
+
+/// A Monday, 10:00 in Shanghai: inside the shipped service hours.
+const T0: i64 = 1_795_572_000_000;
+const BOT: &str = "demo";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Harness {
+    service: Arc<Service>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn settings(operator_dir: &Path) -> ServiceSettings {
+    ServiceSettings {
+        max_in_flight: 64,
+        request_timeout_ms: 5_000,
+        top_k: 3,
+        model_dir: PathBuf::from("/nonexistent/model"),
+        operator_dir: operator_dir.to_path_buf(),
+        training_data: repo().join("training-data/nlu"),
+        bots: vec![BOT.into()],
+        ..ServiceSettings::default()
+    }
+}
+
+fn harness_with(operator_dir: Option<PathBuf>, store: bool, model: bool) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let operator_dir = operator_dir.unwrap_or_else(|| repo().join("config/operator"));
+    let s = settings(&operator_dir);
+    let clock = Arc::new(ManualClock::new(T0));
+    let shared: crate::clock::SharedClock = clock.clone();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let rules =
+        operator::OperatorRules::load(&s.operator_dir, &s.training_data, s.fusion.clone()).unwrap();
+    let playbook = Playbook::load(&s.operator_dir, shared.clone(), 7).unwrap();
+    let storage = store.then(|| {
+        let cfg = StoreConfig {
+            path: dir.path().join("intentd.db"),
+            ..StoreConfig::default()
+        };
+        let keys = crate::store::test_support::keyring(&crate::store::test_support::key_b64(3));
+        Arc::new(Storage::open_with_keyring(&cfg, keys, shared.clone(), metrics.clone()).unwrap())
+    });
+    let service = Arc::new(Service::new(
+        s,
+        shared,
+        Some(clock.clone()),
+        rules,
+        playbook,
+        storage,
+        metrics,
+    ));
+    if model {
+        let labels: Vec<String> = service
+            .rules
+            .load()
+            .catalog
+            .ids()
+            .map(String::from)
+            .collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let fake = FakeBackend::new(
+            &labels,
+            &[
+                ("退款", "refund"),
+                ("多少钱", "price"),
+                ("投诉", "complaint"),
+            ],
+            0.95,
+        )
+        .unwrap();
+        service.install_model(Arc::new(fake));
+    }
+    Harness {
+        service,
+        clock,
+        _dir: dir,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(None, true, true)
+}
+
+fn user(id: &str) -> Option<UserInfo> {
+    Some(UserInfo {
+        id: id.into(),
+        nickname: format!("nick-{id}"),
+        ..UserInfo::default()
+    })
+}
+
+fn message(id: &str, text: &str) -> ClassifyRequest {
+    ClassifyRequest {
+        bot_id: BOT.into(),
+        chat_id: "g1".into(),
+        chat_name: "group one".into(),
+        message_id: id.into(),
+        text: text.into(),
+        sent_at_ms: 0,
+        user: user("u1"),
+    }
+}
+
+/// GetStats over everything the demo bot logged.
+async fn totals(h: &Harness) -> crate::store::stats::StatsReport {
+    h.service
+        .stats(&StatsQuery {
+            bot_id: BOT.into(),
+            ..StatsQuery::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn invalid_field(e: ServiceError) -> String {
+    match e {
+        ServiceError::Invalid(f) => f.field,
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn classify_answers_from_the_model_and_records_the_decision() {
+    let h = harness();
+    let r = h
+        .service
+        .classify(&message("m1", "我想退款怎么弄"))
+        .await
+        .unwrap();
+    assert_eq!(r.classification.intent, "refund");
+    assert_eq!(r.classification.source, Source::Model);
+    assert!(r.classification.model_loaded);
+    assert_eq!(r.decision.action, Action::Reply);
+    let reply = r.decision.reply.as_ref().unwrap();
+    assert!(reply.text.contains("nick-u1"), "{}", reply.text);
+    assert_eq!(r.message_id, "m1");
+    assert_eq!(r.model_version, "fake-1");
+    assert!(r.recorded);
+    // The ranking is cut to top_k and carries the display names of the same snapshot.
+    assert_eq!(r.ranking.len(), 3);
+    assert_eq!(r.ranking[0].intent, "refund");
+    assert!(!r.ranking[0].display_name.is_empty());
+    assert_ne!(r.ranking[0].display_name, "refund");
+
+    let stats = totals(&h).await;
+    assert_eq!(stats.total.counts.messages, 1);
+    assert_eq!(stats.total.counts.auto_replies, 1);
+    assert_eq!(h.service.served(), 1);
+}
+
+#[tokio::test]
+async fn a_banned_word_is_blocked_before_the_model() {
+    let h = harness();
+    let banned = std::fs::read_to_string(repo().join("config/operator/banned_words.txt")).unwrap();
+    let word = banned
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap()
+        .to_string();
+    let r = h
+        .service
+        .classify(&message("m1", &format!("看看{word}吧")))
+        .await
+        .unwrap();
+    assert_eq!(r.decision.action, Action::Block);
+    assert_eq!(r.classification.source, Source::Policy);
+    assert_eq!(r.decision.reason, "banned_word");
+    assert!(r.recorded);
+}
+
+#[tokio::test]
+async fn without_a_model_rules_answer_alone() {
+    let h = harness_with(None, false, false);
+    let r = h
+        .service
+        .classify(&message("m1", "这个多少钱"))
+        .await
+        .unwrap();
+    assert!(!r.classification.model_loaded);
+    assert_ne!(r.classification.source, Source::Model);
+    assert!(!r.recorded, "the store is off");
+    assert_eq!(r.model_version, "");
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let h = harness();
+    let mut m = message("m1", "  ");
+    assert_eq!(
+        invalid_field(h.service.classify(&m).await.unwrap_err()),
+        "text"
+    );
+    m.text = "hi".into();
+    m.bot_id = "stranger".into();
+    assert_eq!(
+        invalid_field(h.service.classify(&m).await.unwrap_err()),
+        "bot_id"
+    );
+    m.bot_id = BOT.into();
+    m.user = None;
+    assert_eq!(
+        invalid_field(h.service.classify(&m).await.unwrap_err()),
+        "user"
+    );
+    assert_eq!(h.service.served(), 0);
+}
+
+#[tokio::test]
+async fn a_batch_keeps_request_order_and_is_validated_whole() {
+    let h = harness();
+    let reqs = vec![
+        message("a", "这个多少钱"),
+        message("b", "我要退款"),
+        message("c", "我要投诉你们"),
+    ];
+    let out = h.service.classify_batch(&reqs).await.unwrap();
+    let ids: Vec<_> = out.iter().map(|o| o.message_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(out[1].classification.intent, "refund");
+    assert_eq!(out[2].decision.action, Action::Handoff);
+
+    let mut bad = reqs.clone();
+    bad[2].text.clear();
+    let e = h.service.classify_batch(&bad).await.unwrap_err();
+    assert_eq!(invalid_field(e), "requests[2].text");
+    let e = h.service.classify_batch(&[]).await.unwrap_err();
+    assert_eq!(invalid_field(e), "requests");
+    let many = vec![message("x", "hi"); 65];
+    let e = h.service.classify_batch(&many).await.unwrap_err();
+    assert!(e.to_string().contains("over the limit of 64"), "{e}");
+    // Only the first batch was served.
+    assert_eq!(h.service.served(), 3);
+}
+
+fn join(user_id: &str) -> EventRequest {
+    EventRequest {
+        bot_id: BOT.into(),
+        chat_id: "g1".into(),
+        chat_name: "group one".into(),
+        kind: EventTypeIn::Known(EventKind::MemberJoined),
+        user: user(user_id),
+        event_id: format!("join-{user_id}"),
+        ..EventRequest::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_joins_give_one_merged_welcome_on_the_stream() {
+    let h = harness();
+    let mut rx = h.service.subscribe(BOT, Vec::new()).unwrap();
+    // Queued for the merge window, not sent now; the second joins the first.
+    for (u, reason) in [("u1", "welcome:queued"), ("u2", "merged_welcome")] {
+        let d = h.service.handle_event(&join(u)).await.unwrap();
+        assert_eq!(d.decision.reason, reason);
+    }
+    // Nothing is due inside the merge window.
+    assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .is_err());
+    h.service.set_clock(T0 + 61_000, "test").await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the welcome arrives once the window is over")
+        .unwrap();
+    assert_eq!(item.kind, OutboundKind::Welcome);
+    assert_eq!(item.user_ids, ["u1", "u2"]);
+    assert!(!item.reply.text.is_empty());
+    // Exactly one.
+    h.service.set_clock(T0 + 600_000, "test").await.unwrap();
+    let more = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(
+        !matches!(more, Ok(Some(ref i)) if i.kind == OutboundKind::Welcome),
+        "{more:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_subscriber_leaves_its_items_for_the_next() {
+    let h = harness();
+    let rx = h.service.subscribe(BOT, Vec::new()).unwrap();
+    drop(rx);
+    h.service.handle_event(&join("u1")).await.unwrap();
+    h.service.set_clock(T0 + 61_000, "test").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await; // virtual: lets the old task notice
+    let mut rx = h.service.subscribe(BOT, Vec::new()).unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.kind, OutboundKind::Welcome);
+}
+
+#[tokio::test]
+async fn events_are_validated() {
+    let h = harness();
+    let mut e = join("u1");
+    e.kind = EventTypeIn::Missing;
+    let err = h.service.handle_event(&e).await.unwrap_err();
+    assert!(err.to_string().starts_with("type: must be set"), "{err}");
+    e.kind = EventTypeIn::Unknown("77".into());
+    let err = h.service.handle_event(&e).await.unwrap_err();
+    assert_eq!(err.to_string(), "type: unknown event type 77");
+    e.kind = EventTypeIn::Known(EventKind::LinkClicked);
+    assert_eq!(
+        invalid_field(h.service.handle_event(&e).await.unwrap_err()),
+        "target_id"
+    );
+    e.kind = EventTypeIn::Known(EventKind::Activity);
+    e.user = None;
+    h.service.handle_event(&e).await.unwrap();
+    e.kind = EventTypeIn::Known(EventKind::MemberLeft);
+    assert_eq!(
+        invalid_field(h.service.handle_event(&e).await.unwrap_err()),
+        "user"
+    );
+    let err = h.service.subscribe("stranger", Vec::new()).unwrap_err();
+    assert_eq!(err.to_string(), "bot_id: unknown bot 'stranger'");
+}
+
+#[tokio::test]
+async fn feedback_is_validated_and_counted() {
+    let h = harness();
+    h.service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    let mut f = FeedbackRequest {
+        bot_id: BOT.into(),
+        message_id: "m1".into(),
+        kind: None,
+        ..FeedbackRequest::default()
+    };
+    let e = h.service.feedback(&f).await.unwrap_err();
+    assert!(e.to_string().starts_with("kind: must be RESOLVED"), "{e}");
+    f.kind = Some(FeedbackKind::Resolved);
+    f.at_ms = -1;
+    assert_eq!(
+        invalid_field(h.service.feedback(&f).await.unwrap_err()),
+        "at_ms"
+    );
+    f.at_ms = 0;
+    f.bot_id = String::new();
+    let e = h.service.feedback(&f).await.unwrap_err();
+    assert_eq!(e.to_string(), "bot_id: is empty or not a configured bot");
+    f.bot_id = BOT.into();
+    assert!(h.service.feedback(&f).await.unwrap());
+    let stats = totals(&h).await;
+    assert_eq!(stats.total.counts.resolved, 1);
+    assert!((stats.total.resolution_rate - 1.0).abs() < 1e-12);
+
+    // Without a store feedback cannot be kept: the caller is told, not lied to.
+    let off = harness_with(None, false, true);
+    let e = off.service.feedback(&f).await.unwrap_err();
+    assert!(matches!(e, ServiceError::FailedPrecondition(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn human_replies_are_recorded_and_counted() {
+    let h = harness();
+    let r = HumanReplyRequest {
+        bot_id: BOT.into(),
+        chat_id: "g1".into(),
+        message_id: "agent-1".into(),
+        at_ms: 0,
+    };
+    assert!(h.service.human_reply(&r).await.unwrap());
+    let stats = totals(&h).await;
+    assert_eq!(stats.total.counts.human_replies, 1);
+    let mut bad = r.clone();
+    bad.chat_id.clear();
+    assert_eq!(
+        invalid_field(h.service.human_reply(&bad).await.unwrap_err()),
+        "chat_id"
+    );
+    let e = h
+        .service
+        .stats(&StatsQuery {
+            bot_id: BOT.into(),
+            from_ms: 10,
+            to_ms: 5,
+            ..StatsQuery::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_field(e), "from_ms/to_ms");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_broken_operator_file_is_refused_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = dir.path().join("operator");
+    copy_dir(&repo().join("config/operator"), &ops);
+    let h = harness_with(Some(ops.clone()), true, true);
+    let before = h.service.config_hash();
+
+    let replies = std::fs::read_to_string(ops.join("replies.yml")).unwrap();
+    std::fs::write(
+        ops.join("replies.yml"),
+        format!("{replies}\n  refund: [oops\n"),
+    )
+    .unwrap();
+    let e = h.service.reload_operator("test").await.unwrap_err();
+    assert!(matches!(e, ServiceError::FailedPrecondition(_)), "{e:?}");
+    assert!(e.to_string().contains("replies.yml"), "{e}");
+    assert_eq!(h.service.config_hash(), before);
+    // Still answering with the old files.
+    let r = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    assert_eq!(r.decision.action, Action::Reply);
+
+    std::fs::write(ops.join("replies.yml"), replies.replace("7 天", "七天")).unwrap();
+    let after = h.service.reload_operator("test").await.unwrap();
+    assert_ne!(after, before);
+    assert_eq!(h.service.config_hash(), after);
+    let r = h
+        .service
+        .classify(&ClassifyRequest {
+            user: user("u9"),
+            chat_id: "g2".into(),
+            ..message("m2", "我想退款")
+        })
+        .await
+        .unwrap();
+    let text = r.decision.reply.map(|r| r.text).unwrap_or_default();
+    assert!(text.contains("七天"), "{text:?} ({})", r.decision.reason);
+}
+
+#[tokio::test]
+async fn model_reload_of_a_missing_folder_keeps_the_old_model() {
+    let h = harness();
+    let e = h.service.reload_model("test").await.unwrap_err();
+    assert!(matches!(e, ServiceError::FailedPrecondition(_)), "{e:?}");
+    assert!(e.to_string().contains("still serving fake-1"), "{e}");
+    assert!(h.service.model_loaded());
+}
+
+#[tokio::test]
+async fn set_clock_moves_time_and_refuses_nonsense() {
+    let h = harness();
+    assert_eq!(h.service.set_clock(T0 + 5, "test").await.unwrap(), T0 + 5);
+    assert_eq!(h.clock.now_ms(), T0 + 5);
+    assert_eq!(
+        invalid_field(h.service.set_clock(0, "test").await.unwrap_err()),
+        "now_ms"
+    );
+}
+
+#[tokio::test]
+async fn admission_refuses_beyond_max_in_flight() {
+    let h = harness();
+    let _held = h.service.admit(64).unwrap();
+    let e = h.service.classify(&message("m1", "hi")).await.unwrap_err();
+    assert!(matches!(e, ServiceError::Busy(_)), "{e:?}");
+    assert_eq!(h.service.in_flight(), 64);
+}

@@ -1,0 +1,3 @@
+//! Client-side tools built into the `intentd` binary but not into the service library.
+
+pub mod loadgen;
