@@ -3,7 +3,8 @@
 //! Layers, front to back: `server` (gRPC / HTTP front doors that only translate), `core`
 //! (validation, tokenisation, batching, orchestration), `engine` (keyword layer + fusion) and
 //! `policy` (the operator playbook) for decisions, `model` (the encoder behind a trait), and
-//! `store` (I/O: the durable log, audit, stats).
+//! `store` (I/O: the durable log, audit, stats). `connectors` holds platform formats (WeChat
+//! callback crypto and XML) for front doors to translate with.
 
 /// Code generated from `proto/intentd/v1/intentd.proto`.
 pub mod pb {
@@ -14,6 +15,7 @@ pub mod pb {
 }
 
 pub mod clock;
+pub mod connectors;
 pub mod core;
 pub mod data;
 pub mod engine;
