@@ -105,16 +105,23 @@ fn peer(py: &Path, ops: Value) -> Vec<Value> {
         .write_all(ops.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "peer.py failed: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "peer.py failed: {}",
+        text(&out.stderr)
+    );
     serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("peer.py prints JSON")
 }
 
 fn ok(v: &Value) -> &Value {
-    v.get("ok").unwrap_or_else(|| panic!("wechatpy failed: {v}"))
+    v.get("ok")
+        .unwrap_or_else(|| panic!("wechatpy failed: {v}"))
 }
 
 fn ok_str(v: &Value) -> &str {
-    ok(v).as_str().unwrap_or_else(|| panic!("not a string: {v}"))
+    ok(v)
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
 }
 
 /// Query parameters taken from an envelope wechatpy produced (as the platform sends them).
@@ -131,7 +138,13 @@ fn open(c: &MsgCrypt, envelope: &str) -> Result<xml::Inbound, WechatError> {
         timestamp: &ts,
         nonce: &nonce,
     };
-    c.open(envelope, &q, NOW_MS, signature::DEFAULT_TIMESTAMP_WINDOW_S, &XmlLimits::default())
+    c.open(
+        envelope,
+        &q,
+        NOW_MS,
+        signature::DEFAULT_TIMESTAMP_WINDOW_S,
+        &XmlLimits::default(),
+    )
 }
 
 #[test]
@@ -146,7 +159,11 @@ fn wechatpy_encrypts_and_intentd_opens_for_both_account_kinds() {
     let enc = |op: &str, id: &str| json!({ "op": op, "token": TOKEN, "key": KEY, "id": id, "xml": message, "nonce": "n-42", "timestamp": TS });
     let out = peer(
         py,
-        json!([enc("mp_encrypt", APPID), enc("work_encrypt", CORPID), enc("mp_encrypt", "wx_someone_else")]),
+        json!([
+            enc("mp_encrypt", APPID),
+            enc("work_encrypt", CORPID),
+            enc("mp_encrypt", "wx_someone_else")
+        ]),
     );
 
     for (env, id) in [(ok_str(&out[0]), APPID), (ok_str(&out[1]), CORPID)] {
@@ -243,6 +260,10 @@ fn intentd_seals_and_wechatpy_opens_for_both_account_kinds() {
     assert_eq!(parsed["source"], "gh_account");
     assert_eq!(parsed["target"], "oUser_1");
     let got = parsed["content"].as_str().unwrap();
-    assert!(got.len() <= PASSIVE_TEXT_MAX_BYTES && got.ends_with('…'), "{} bytes", got.len());
+    assert!(
+        got.len() <= PASSIVE_TEXT_MAX_BYTES && got.ends_with('…'),
+        "{} bytes",
+        got.len()
+    );
     assert!(long.starts_with(got.trim_end_matches('…')));
 }

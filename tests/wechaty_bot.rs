@@ -25,7 +25,10 @@ fn in_ci() -> bool {
 }
 
 fn tool_version(tool: &str) -> Option<String> {
-    let out = std::process::Command::new(tool).arg("--version").output().ok()?;
+    let out = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())

@@ -67,9 +67,9 @@ impl AesKey {
         let bytes = KEY_BASE64
             .decode(s)
             .map_err(|e| WechatError::BadAesKey(format!("not base64: {e}")))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| WechatError::BadAesKey(format!("decodes to {} bytes, not 32", b.len())))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            WechatError::BadAesKey(format!("decodes to {} bytes, not 32", b.len()))
+        })?;
         Ok(AesKey(key))
     }
 
@@ -96,7 +96,11 @@ pub struct MsgCrypt {
 
 impl MsgCrypt {
     /// `receiver_id`: the Official Account's AppID or the WeCom CorpID.
-    pub fn new(token: &str, encoding_aes_key: &str, receiver_id: &str) -> Result<Self, WechatError> {
+    pub fn new(
+        token: &str,
+        encoding_aes_key: &str,
+        receiver_id: &str,
+    ) -> Result<Self, WechatError> {
         if token.is_empty() {
             return Err(WechatError::Missing("token"));
         }
@@ -163,7 +167,13 @@ impl MsgCrypt {
             .decrypt_padded_mut::<NoPadding>(&mut buf)
             .map_err(|_| WechatError::BadCiphertext("AES-CBC decryption failed".into()))?;
         let pad = *plain.last().expect("non-empty") as usize;
-        if pad == 0 || pad > PAD_BLOCK || pad > plain.len() || plain[plain.len() - pad..].iter().any(|&b| b as usize != pad) {
+        if pad == 0
+            || pad > PAD_BLOCK
+            || pad > plain.len()
+            || plain[plain.len() - pad..]
+                .iter()
+                .any(|&b| b as usize != pad)
+        {
             return Err(WechatError::BadCiphertext(
                 "bad PKCS#7 padding (wrong key, or not encrypted for this account)".into(),
             ));
@@ -175,7 +185,8 @@ impl MsgCrypt {
                 content.len()
             )));
         }
-        let len = u32::from_be_bytes(content[RANDOM_LEN..RANDOM_LEN + 4].try_into().unwrap()) as usize;
+        let len =
+            u32::from_be_bytes(content[RANDOM_LEN..RANDOM_LEN + 4].try_into().unwrap()) as usize;
         let rest = &content[RANDOM_LEN + 4..];
         if len > rest.len() {
             return Err(WechatError::BadCiphertext(format!(
@@ -200,7 +211,11 @@ impl MsgCrypt {
         if echostr.is_empty() {
             return Err(WechatError::Missing("echostr"));
         }
-        signature::verify(q.msg_signature, &[&self.token, q.timestamp, q.nonce, echostr], "msg_signature")?;
+        signature::verify(
+            q.msg_signature,
+            &[&self.token, q.timestamp, q.nonce, echostr],
+            "msg_signature",
+        )?;
         String::from_utf8(self.decrypt(echostr)?)
             .map_err(|_| WechatError::BadCiphertext("the echo is not UTF-8".into()))
     }
@@ -232,15 +247,27 @@ impl MsgCrypt {
         require(q)?;
         signature::check_timestamp(q.timestamp, now_ms, window_s)?;
         let fields = xml::read_fields(body, limits)?;
-        let encrypt = xml::field(&fields, "Encrypt").ok_or(WechatError::Missing("Encrypt element"))?;
-        signature::verify(q.msg_signature, &[&self.token, q.timestamp, q.nonce, encrypt], "msg_signature")?;
+        let encrypt =
+            xml::field(&fields, "Encrypt").ok_or(WechatError::Missing("Encrypt element"))?;
+        signature::verify(
+            q.msg_signature,
+            &[&self.token, q.timestamp, q.nonce, encrypt],
+            "msg_signature",
+        )?;
         let inner = self.decrypt(encrypt)?;
         limits.check_size(inner.len())?;
-        String::from_utf8(inner).map_err(|_| WechatError::BrokenXml("the decrypted message is not UTF-8".into()))
+        String::from_utf8(inner)
+            .map_err(|_| WechatError::BrokenXml("the decrypted message is not UTF-8".into()))
     }
 
     /// The encrypted, signed envelope answering an encrypted callback with `reply_xml`.
-    pub fn seal(&self, reply_xml: &str, timestamp: &str, nonce: &str, rng: &mut impl RngCore) -> String {
+    pub fn seal(
+        &self,
+        reply_xml: &str,
+        timestamp: &str,
+        nonce: &str,
+        rng: &mut impl RngCore,
+    ) -> String {
         let encrypt = self.encrypt(reply_xml.as_bytes(), rng);
         let sig = self.signature(timestamp, nonce, &encrypt);
         xml::encrypted_envelope(&encrypt, &sig, timestamp, nonce)
@@ -286,8 +313,14 @@ mod tests {
     #[test]
     fn official_account_sample_decrypts() {
         let c = MsgCrypt::new(MP_TOKEN, MP_KEY, MP_APPID).unwrap();
-        let q = CallbackQuery { msg_signature: MP_SIG, timestamp: MP_TS, nonce: MP_NONCE };
-        let m = c.open(MP_BODY, &q, at(MP_TS), 300, &XmlLimits::default()).unwrap();
+        let q = CallbackQuery {
+            msg_signature: MP_SIG,
+            timestamp: MP_TS,
+            nonce: MP_NONCE,
+        };
+        let m = c
+            .open(MP_BODY, &q, at(MP_TS), 300, &XmlLimits::default())
+            .unwrap();
         assert_eq!(m.from_user, "oyORnuP8q7ou2gfYjqLzSIWZf0rs");
         assert_eq!(m.to_user, "gh_10f6c3c3ac5a");
         // The sample's inner message is a text message to the same account.
@@ -299,27 +332,55 @@ mod tests {
     fn wecom_url_verification_sample() {
         let c = MsgCrypt::new(WC_TOKEN, WC_KEY, WC_CORP).unwrap();
         let echostr = "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==";
-        let q = CallbackQuery { msg_signature: "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96", timestamp: "1411443780", nonce: "437374425" };
+        let q = CallbackQuery {
+            msg_signature: "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96",
+            timestamp: "1411443780",
+            nonce: "437374425",
+        };
         let echo = c.verify_url(&q, echostr).unwrap();
-        assert!(!echo.is_empty() && echo.chars().all(|ch| ch.is_ascii_digit()), "{echo:?}");
-        let bad = CallbackQuery { nonce: "437374424", ..q };
-        assert!(matches!(c.verify_url(&bad, echostr), Err(WechatError::BadSignature { .. })));
+        assert!(
+            !echo.is_empty() && echo.chars().all(|ch| ch.is_ascii_digit()),
+            "{echo:?}"
+        );
+        let bad = CallbackQuery {
+            nonce: "437374424",
+            ..q
+        };
+        assert!(matches!(
+            c.verify_url(&bad, echostr),
+            Err(WechatError::BadSignature { .. })
+        ));
     }
 
     #[test]
     fn wecom_sample_decrypts_and_our_encryption_matches_the_sample_byte_for_byte() {
         let c = MsgCrypt::new(WC_TOKEN, WC_KEY, WC_CORP).unwrap();
         let body = "<xml><ToUserName><![CDATA[wx49f0ab532d5d035a]]></ToUserName>\n<Encrypt><![CDATA[RgqEoJj5A4EMYlLvWO1F86ioRjZfaex/gePD0gOXTxpsq5Yj4GNglrBb8I2BAJVODGajiFnXBu7mCPatfjsu6IHCrsTyeDXzF6Bv283dGymzxh6ydJRvZsryDyZbLTE7rhnus50qGPMfp2wASFlzEgMW9z1ef/RD8XzaFYgm7iTdaXpXaG4+BiYyolBug/gYNx410cvkKR2/nPwBiT+P4hIiOAQqGp/TywZBtDh1yCF2KOd0gpiMZ5jSw3e29mTvmUHzkVQiMS6td7vXUaWOMZnYZlF3So2SjHnwh4jYFxdgpkHHqIrH/54SNdshoQgWYEvccTKe7FS709/5t6NMxuGhcUGAPOQipvWTT4dShyqio7mlsl5noTrb++x6En749zCpQVhDpbV6GDnTbcX2e8K9QaNWHp91eBdCRxthuL0=]]></Encrypt>\n<AgentID><![CDATA[1]]></AgentID>\n</xml>";
-        let q = CallbackQuery { msg_signature: "74d92dfeb87ba7c714f89d98870ae5eb62dff26d", timestamp: "1411525903", nonce: "461056294" };
-        let m = c.open(body, &q, at("1411525903"), 300, &XmlLimits::default()).unwrap();
+        let q = CallbackQuery {
+            msg_signature: "74d92dfeb87ba7c714f89d98870ae5eb62dff26d",
+            timestamp: "1411525903",
+            nonce: "461056294",
+        };
+        let m = c
+            .open(body, &q, at("1411525903"), 300, &XmlLimits::default())
+            .unwrap();
         assert_eq!(m.from_user, "messense");
-        assert_eq!(m.kind, xml::InboundKind::Text { content: "test".into(), msg_id: None });
+        assert_eq!(
+            m.kind,
+            xml::InboundKind::Text {
+                content: "test".into(),
+                msg_id: Some("4363689963896700987".into())
+            }
+        );
 
         // Encrypting the sample reply with the sample's random prefix gives the sample output.
         let reply = "<xml>\n<MsgType><![CDATA[text]]></MsgType>\n<Content><![CDATA[test]]></Content>\n<FromUserName><![CDATA[wx49f0ab532d5d035a]]></FromUserName>\n<ToUserName><![CDATA[messense]]></ToUserName>\n<AgentID>1</AgentID>\n<CreateTime>1411525903</CreateTime>\n</xml>";
         let enc = c.encrypt_with(reply.as_bytes(), *b"1234567890123456");
         assert_eq!(enc, "9s4gMv99m88kKTh/H8IdkOiMg6bisoy3ypwy9H4hvSPe9nsGaqyw5hhSjdYbcrKk+j3nba4HMOTzHrluLBYqxgNcBqGsL8GqxlhZgURnAtObvesEl5nZ+uBE8bviY0LWke8Zy9V/QYKxNV2FqllNXcfmstttyIkMKCCmVbCFM2JTF5wY0nFhHZSjPUL2Q1qvSUCUld+/WIXrx0oyKQmpB6o8NRrrNrsDf03oxI1p9FxUgMnwKKZeOA/uu+2IEvEBtb7muXsVbwbgX05UPPJvFurDXafG0RQyPR+mf1nDnAtQmmNOuiR5MIkdQ39xn1vWwi1O5oazPoQJz0nTYjxxEE8kv3kFxtAGVRe3ypD3WeK2XeFYFMNMpatF9XiKzHo3");
-        assert_eq!(c.signature("1411525903", "461056294", &enc), "407518b7649e86ef23978113f92d27afa9296533");
+        assert_eq!(
+            c.signature("1411525903", "461056294", &enc),
+            "407518b7649e86ef23978113f92d27afa9296533"
+        );
     }
 
     #[test]
@@ -339,7 +400,13 @@ mod tests {
         let theirs = MsgCrypt::new("tok", MP_KEY, "wx_theirs").unwrap();
         let enc = theirs.encrypt_with(b"<xml/>", [9; 16]);
         let e = ours.decrypt(&enc).unwrap_err();
-        assert_eq!(e, WechatError::WrongReceiver { expected: "wx_ours".into(), found: "wx_theirs".into() });
+        assert_eq!(
+            e,
+            WechatError::WrongReceiver {
+                expected: "wx_ours".into(),
+                found: "wx_theirs".into()
+            }
+        );
         assert!(e.to_string().contains("wx_theirs"), "{e}");
     }
 
@@ -349,14 +416,25 @@ mod tests {
         let other_key = MsgCrypt::new("tok", WC_KEY, MP_APPID).unwrap();
         let enc = other_key.encrypt_with(b"hello", [1; 16]);
         for bad in ["not base64!", "", "AAAA", &enc] {
-            assert!(matches!(c.decrypt(bad), Err(WechatError::BadCiphertext(_)) | Err(WechatError::WrongReceiver { .. })), "{bad}");
+            assert!(
+                matches!(
+                    c.decrypt(bad),
+                    Err(WechatError::BadCiphertext(_)) | Err(WechatError::WrongReceiver { .. })
+                ),
+                "{bad}"
+            );
         }
-        assert!(matches!(c.decrypt("AAAA"), Err(WechatError::BadCiphertext(m)) if m.contains("16-byte")));
+        assert!(
+            matches!(c.decrypt("AAAA"), Err(WechatError::BadCiphertext(m)) if m.contains("16-byte"))
+        );
     }
 
     #[test]
     fn bad_keys_are_refused_with_the_reason() {
-        for (key, needle) in [("short", "43 characters"), (&"a+".repeat(22)[..43], "letters and digits")] {
+        for (key, needle) in [
+            ("short", "43 characters"),
+            (&"a+".repeat(22)[..43], "letters and digits"),
+        ] {
             let e = AesKey::from_encoding_aes_key(key).unwrap_err();
             assert!(e.to_string().contains(needle), "{e}");
         }
@@ -367,18 +445,44 @@ mod tests {
     #[test]
     fn open_checks_size_time_signature_in_that_order() {
         let c = MsgCrypt::new(MP_TOKEN, MP_KEY, MP_APPID).unwrap();
-        let q = CallbackQuery { msg_signature: MP_SIG, timestamp: MP_TS, nonce: MP_NONCE };
-        let limits = XmlLimits { max_body_bytes: 100, ..XmlLimits::default() };
+        let q = CallbackQuery {
+            msg_signature: MP_SIG,
+            timestamp: MP_TS,
+            nonce: MP_NONCE,
+        };
+        let limits = XmlLimits {
+            max_body_bytes: 100,
+            ..XmlLimits::default()
+        };
         assert_eq!(
             c.open(MP_BODY, &q, at(MP_TS), 300, &limits).unwrap_err(),
-            WechatError::OversizedBody { size: MP_BODY.len(), limit: 100 }
+            WechatError::OversizedBody {
+                size: MP_BODY.len(),
+                limit: 100
+            }
         );
         let late = at(MP_TS) + 301_000;
-        assert!(matches!(c.open(MP_BODY, &q, late, 300, &XmlLimits::default()), Err(WechatError::StaleTimestamp { .. })));
-        let forged = CallbackQuery { msg_signature: "0000000000000000000000000000000000000000", ..q.clone() };
-        assert!(matches!(c.open(MP_BODY, &forged, at(MP_TS), 300, &XmlLimits::default()), Err(WechatError::BadSignature { .. })));
-        let missing = CallbackQuery { msg_signature: "", ..q };
-        assert_eq!(c.open(MP_BODY, &missing, at(MP_TS), 300, &XmlLimits::default()).unwrap_err(), WechatError::Missing("msg_signature"));
+        assert!(matches!(
+            c.open(MP_BODY, &q, late, 300, &XmlLimits::default()),
+            Err(WechatError::StaleTimestamp { .. })
+        ));
+        let forged = CallbackQuery {
+            msg_signature: "0000000000000000000000000000000000000000",
+            ..q.clone()
+        };
+        assert!(matches!(
+            c.open(MP_BODY, &forged, at(MP_TS), 300, &XmlLimits::default()),
+            Err(WechatError::BadSignature { .. })
+        ));
+        let missing = CallbackQuery {
+            msg_signature: "",
+            ..q
+        };
+        assert_eq!(
+            c.open(MP_BODY, &missing, at(MP_TS), 300, &XmlLimits::default())
+                .unwrap_err(),
+            WechatError::Missing("msg_signature")
+        );
     }
 
     #[test]
@@ -389,7 +493,15 @@ mod tests {
         let env = c.seal(&reply, "1700000000", "n0", &mut rng);
         let fields = xml::read_fields(&env, &XmlLimits::default()).unwrap();
         let sig = xml::field(&fields, "MsgSignature").unwrap();
-        let q = CallbackQuery { msg_signature: sig, timestamp: "1700000000", nonce: "n0" };
-        assert_eq!(c.decrypt_body(&env, &q, 1_700_000_000_000, 300, &XmlLimits::default()).unwrap(), reply);
+        let q = CallbackQuery {
+            msg_signature: sig,
+            timestamp: "1700000000",
+            nonce: "n0",
+        };
+        assert_eq!(
+            c.decrypt_body(&env, &q, 1_700_000_000_000, 300, &XmlLimits::default())
+                .unwrap(),
+            reply
+        );
     }
 }

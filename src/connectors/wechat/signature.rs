@@ -33,7 +33,8 @@ pub fn verify(given: &str, parts: &[&str], what: &'static str) -> Result<(), Wec
     let expected = sign(parts);
     let given = given.trim().to_ascii_lowercase();
     // Lengths are public (always 40 for a well-formed signature); contents are compared fully.
-    let ok = given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()));
+    let ok =
+        given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()));
     if ok {
         Ok(())
     } else {
@@ -78,13 +79,19 @@ mod tests {
 
     // WeCom's published URL-verification sample (also wechatpy's test): token "123456",
     // timestamp 1411443780, nonce 437374425, the echostr below, msg_signature dd6b9c95….
-    const ECHOSTR: &str = "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==";
+    const ECHOSTR: &str =
+        "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==";
 
     #[test]
     fn the_published_sample_signature_verifies() {
         let parts = ["123456", "1411443780", "437374425", ECHOSTR];
         assert_eq!(sign(&parts), "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96");
-        verify("DD6B9C95B495B3F7E2901BFBC76C664930FFDB96", &parts, "msg_signature").unwrap();
+        verify(
+            "DD6B9C95B495B3F7E2901BFBC76C664930FFDB96",
+            &parts,
+            "msg_signature",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -121,7 +128,10 @@ mod tests {
     #[test]
     fn timestamps_outside_the_window_are_refused() {
         let now_ms = 1_700_000_000_000;
-        assert_eq!(check_timestamp("1700000000", now_ms, 300), Ok(1_700_000_000));
+        assert_eq!(
+            check_timestamp("1700000000", now_ms, 300),
+            Ok(1_700_000_000)
+        );
         assert!(check_timestamp("1699999700", now_ms, 300).is_ok());
         assert!(check_timestamp("1700000300", now_ms, 300).is_ok());
         let e = check_timestamp("1699999699", now_ms, 300).unwrap_err();

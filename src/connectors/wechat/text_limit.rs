@@ -17,7 +17,10 @@ fn floor_boundary(s: &str, max: usize) -> usize {
     if max >= s.len() {
         return s.len();
     }
-    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 /// `text` if it fits in `max_bytes`, otherwise its longest prefix that fits together with
@@ -44,9 +47,10 @@ pub fn split(text: &str, max_bytes: usize) -> Vec<&str> {
         // A natural break in the second half of the piece, if there is one.
         let soft = rest[..hard]
             .char_indices()
-            .filter(|&(i, c)| i >= hard / 2 && matches!(c, '\n' | '。' | '！' | '？' | '；' | '!' | '?' | '.'))
-            .map(|(i, c)| i + c.len_utf8())
-            .last();
+            .rev()
+            .take_while(|&(i, _)| i >= hard / 2)
+            .find(|&(_, c)| matches!(c, '\n' | '。' | '！' | '？' | '；' | '!' | '?' | '.'))
+            .map(|(i, c)| i + c.len_utf8());
         let at = soft.unwrap_or(hard);
         out.push(&rest[..at]);
         rest = &rest[at..];
@@ -92,7 +96,10 @@ mod tests {
         assert!(parts.len() >= 4);
         assert!(parts.iter().all(|p| p.len() <= PASSIVE_TEXT_MAX_BYTES));
         assert_eq!(parts.concat(), text);
-        assert!(parts[..parts.len() - 1].iter().all(|p| p.ends_with('。')), "{parts:?}");
+        assert!(
+            parts[..parts.len() - 1].iter().all(|p| p.ends_with('。')),
+            "{parts:?}"
+        );
         // No break in sight: a hard cut at a char boundary.
         let emoji = "😀".repeat(1000);
         let parts = split(&emoji, 2048);

@@ -67,9 +67,11 @@ fn broken(msg: impl Into<String>) -> WechatError {
 pub fn read_fields(body: &str, limits: &XmlLimits) -> Result<Fields, WechatError> {
     limits.check_size(body.len())?;
     let mut reader = Reader::from_str(body);
-    reader.config_mut().trim_text(true);
+    // Not trimmed by the reader: an entity splits text into several events, and trimming each
+    // would eat the spaces around it. Leaf values are trimmed in `leaf_value` instead.
+    reader.config_mut().trim_text(false);
     let mut stack: Vec<String> = Vec::new();
-    let mut text = String::new();
+    let mut text = Text::default();
     let mut has_child = Vec::<bool>::new();
     let mut fields = Fields::new();
     let mut elements = 0usize;
@@ -85,7 +87,9 @@ pub fn read_fields(body: &str, limits: &XmlLimits) -> Result<Fields, WechatError
             Event::PI(_) => return Err(broken("processing instructions are not accepted")),
             Event::Start(e) | Event::Empty(e) if root_done => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                return Err(broken(format!("<{name}> after the end of the root element")));
+                return Err(broken(format!(
+                    "<{name}> after the end of the root element"
+                )));
             }
             Event::Start(e) => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
@@ -95,22 +99,30 @@ pub fn read_fields(body: &str, limits: &XmlLimits) -> Result<Fields, WechatError
             Event::Empty(e) => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                 open(&mut stack, &mut has_child, &mut elements, &name, limits)?;
-                close(&mut stack, &mut has_child, &mut fields, String::new());
+                close(&mut stack, &mut has_child, &mut fields, Text::default());
                 root_done = stack.is_empty();
             }
             Event::End(_) => {
                 // quick-xml has already checked that the end tag matches the open one.
-                close(&mut stack, &mut has_child, &mut fields, std::mem::take(&mut text));
+                close(
+                    &mut stack,
+                    &mut has_child,
+                    &mut fields,
+                    std::mem::take(&mut text),
+                );
                 root_done = stack.is_empty();
             }
             Event::Text(t) => {
-                if stack.is_empty() {
-                    return Err(broken("text outside the <xml> root element"));
-                }
                 let s = t
                     .xml_content()
                     .map_err(|e| broken(format!("text is not valid: {e}")))?;
-                text.push_str(&s);
+                if stack.is_empty() {
+                    if s.trim().is_empty() {
+                        continue;
+                    }
+                    return Err(broken("text outside the <xml> root element"));
+                }
+                text.push(false, &s);
             }
             Event::CData(c) => {
                 if stack.is_empty() {
@@ -119,7 +131,7 @@ pub fn read_fields(body: &str, limits: &XmlLimits) -> Result<Fields, WechatError
                 let s = c
                     .decode()
                     .map_err(|e| broken(format!("CDATA is not valid: {e}")))?;
-                text.push_str(&s);
+                text.push(true, &s);
             }
             Event::GeneralRef(r) => {
                 if stack.is_empty() {
@@ -132,19 +144,22 @@ pub fn read_fields(body: &str, limits: &XmlLimits) -> Result<Fields, WechatError
                         "unknown entity {raw}: only the predefined entities and character references are resolved"
                     ))
                 })?;
-                text.push_str(&s);
+                text.push(false, &s);
             }
             Event::Eof => break,
         }
-        if text.len() > limits.max_body_bytes {
+        if text.bytes > limits.max_body_bytes {
             return Err(WechatError::OversizedBody {
-                size: text.len(),
+                size: text.bytes,
                 limit: limits.max_body_bytes,
             });
         }
     }
     if !stack.is_empty() {
-        return Err(broken(format!("the document ends inside <{}>", stack.join("><"))));
+        return Err(broken(format!(
+            "the document ends inside <{}>",
+            stack.join("><")
+        )));
     }
     if elements == 0 {
         return Err(broken("no <xml> root element"));
@@ -160,7 +175,9 @@ fn open(
     limits: &XmlLimits,
 ) -> Result<(), WechatError> {
     if stack.is_empty() && name != "xml" {
-        return Err(broken(format!("the root element must be <xml>, found <{name}>")));
+        return Err(broken(format!(
+            "the root element must be <xml>, found <{name}>"
+        )));
     }
     *elements += 1;
     if *elements > limits.max_elements {
@@ -183,10 +200,44 @@ fn open(
     Ok(())
 }
 
-fn close(stack: &mut Vec<String>, has_child: &mut Vec<bool>, fields: &mut Fields, text: String) {
+/// The pieces of one element's content: (is CDATA, text).
+#[derive(Default)]
+struct Text {
+    parts: Vec<(bool, String)>,
+    bytes: usize,
+}
+
+impl Text {
+    fn push(&mut self, cdata: bool, s: &str) {
+        self.bytes += s.len();
+        self.parts.push((cdata, s.to_string()));
+    }
+
+    fn clear(&mut self) {
+        self.parts.clear();
+        self.bytes = 0;
+    }
+
+    /// CDATA is taken as written (with any non-blank text beside it); plain text is trimmed,
+    /// as the indentation the platform's samples use around values is not part of them.
+    fn leaf_value(self) -> String {
+        if self.parts.iter().any(|(c, _)| *c) {
+            self.parts
+                .into_iter()
+                .filter(|(c, s)| *c || !s.trim().is_empty())
+                .map(|(_, s)| s)
+                .collect()
+        } else {
+            let all: String = self.parts.into_iter().map(|(_, s)| s).collect();
+            all.trim().to_string()
+        }
+    }
+}
+
+fn close(stack: &mut Vec<String>, has_child: &mut Vec<bool>, fields: &mut Fields, text: Text) {
     let leaf = !has_child.pop().unwrap_or(false);
     if leaf && stack.len() > 1 {
-        fields.push((stack[1..].join("."), text));
+        fields.push((stack[1..].join("."), text.leaf_value()));
     }
     stack.pop();
 }
@@ -303,7 +354,12 @@ pub fn text_reply(to_user: &str, from_user: &str, create_time: i64, content: &st
 }
 
 /// The answer to an encrypted callback: the encrypted reply with its signature.
-pub fn encrypted_envelope(encrypt: &str, msg_signature: &str, timestamp: &str, nonce: &str) -> String {
+pub fn encrypted_envelope(
+    encrypt: &str,
+    msg_signature: &str,
+    timestamp: &str,
+    nonce: &str,
+) -> String {
     format!(
         "<xml><Encrypt>{}</Encrypt><MsgSignature>{}</MsgSignature><TimeStamp>{}</TimeStamp><Nonce>{}</Nonce></xml>",
         cdata(encrypt),
@@ -353,16 +409,25 @@ mod tests {
         assert_eq!(m.dedup_key(), "event:zhang:1700000001");
         assert_eq!(m.agent_id.as_deref(), Some("1000002"));
         assert_eq!(field(&m.fields, "ScanCodeInfo.ScanType"), Some("qrcode"));
-        assert_eq!(field(&m.fields, "ScanCodeInfo.ScanResult"), Some("a & b 中"));
+        assert_eq!(
+            field(&m.fields, "ScanCodeInfo.ScanResult"),
+            Some("a & b 中")
+        );
     }
 
     #[test]
     fn doctype_and_entities_are_refused() {
         let xxe = "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><xml><Content>&x;</Content></xml>";
-        assert_eq!(read_fields(xxe, &lim()).unwrap_err(), WechatError::DtdRefused);
+        assert_eq!(
+            read_fields(xxe, &lim()).unwrap_err(),
+            WechatError::DtdRefused
+        );
         let bomb = "<xml><Content>&lol9;</Content></xml>";
         let e = read_fields(bomb, &lim()).unwrap_err();
-        assert!(matches!(&e, WechatError::BrokenXml(m) if m.contains("&lol9;")), "{e}");
+        assert!(
+            matches!(&e, WechatError::BrokenXml(m) if m.contains("&lol9;")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -380,22 +445,40 @@ mod tests {
             assert!(e.to_string().contains(needle), "{body:?}: {e}");
         }
         let no_from = "<xml><ToUserName>a</ToUserName><CreateTime>1</CreateTime><MsgType>text</MsgType></xml>";
-        assert_eq!(parse_inbound(no_from, &lim()).unwrap_err(), WechatError::Missing("FromUserName"));
+        assert_eq!(
+            parse_inbound(no_from, &lim()).unwrap_err(),
+            WechatError::Missing("FromUserName")
+        );
         let bad_time = "<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName><CreateTime>soon</CreateTime><MsgType>text</MsgType></xml>";
-        assert!(parse_inbound(bad_time, &lim()).unwrap_err().to_string().contains("CreateTime"));
+        assert!(parse_inbound(bad_time, &lim())
+            .unwrap_err()
+            .to_string()
+            .contains("CreateTime"));
     }
 
     #[test]
     fn limits_hold() {
-        let small = XmlLimits { max_body_bytes: 64, ..lim() };
+        let small = XmlLimits {
+            max_body_bytes: 64,
+            ..lim()
+        };
         assert_eq!(
             read_fields(TEXT_MSG, &small).unwrap_err(),
-            WechatError::OversizedBody { size: TEXT_MSG.len(), limit: 64 }
+            WechatError::OversizedBody {
+                size: TEXT_MSG.len(),
+                limit: 64
+            }
         );
         let many = format!("<xml>{}</xml>", "<a>1</a>".repeat(300));
-        assert!(read_fields(&many, &lim()).unwrap_err().to_string().contains("more than 256 elements"));
+        assert!(read_fields(&many, &lim())
+            .unwrap_err()
+            .to_string()
+            .contains("more than 256 elements"));
         let deep = "<xml><a><b><c><d>1</d></c></b></a></xml>";
-        assert!(read_fields(deep, &lim()).unwrap_err().to_string().contains("deeper than 4"));
+        assert!(read_fields(deep, &lim())
+            .unwrap_err()
+            .to_string()
+            .contains("deeper than 4"));
     }
 
     #[test]
