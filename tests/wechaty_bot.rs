@@ -134,9 +134,9 @@ async fn wechaty_bot_end_to_end_with_the_mock_puppet() {
                 drop(server.take()); // kills the process and waits for it
                 stdin.write_all(b"stopped\n").await.unwrap();
             }
-            "@@ start" => {
-                // Same address and data folder, clock where the script left it.
-                let clock = T0 + 23 * 3_600_000 + 30_000;
+            l if l.starts_with("@@ start ") => {
+                // Same address and data folder, the clock where the script says it was.
+                let clock: i64 = l["@@ start ".len()..].parse().expect("clock ms");
                 server = Some(start_intentd(data.path(), Some(addr.clone()), clock).await);
                 stdin.write_all(b"started\n").await.unwrap();
             }

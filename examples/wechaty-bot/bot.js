@@ -440,6 +440,8 @@ async function main () {
   const wechaty = WechatyBuilder.build({ name: `intentd-${cfg.bot_id}` })
   wechaty.on('scan', (qrcode, status) => defaultLog('info', 'scan the QR code to log in', { status, qrcode }))
   wechaty.on('login', (user) => defaultLog('info', 'logged in', { user: user.name() }))
+  // Puppet errors arrive as 'error' events; unhandled, Node would end the process.
+  wechaty.on('error', (e) => defaultLog('error', 'wechaty error', { error: e.message }))
   const bot = attachIntentdBot(wechaty, cfg)
   const stop = async () => {
     bot.stop()
