@@ -114,6 +114,19 @@ impl MsgCrypt {
         })
     }
 
+    /// For callbacks whose documented ReceiveId is empty (WeCom's in-house 智能机器人 in API
+    /// mode): the same scheme, with nothing after the message.
+    pub fn with_empty_receiver(token: &str, encoding_aes_key: &str) -> Result<Self, WechatError> {
+        if token.is_empty() {
+            return Err(WechatError::Missing("token"));
+        }
+        Ok(MsgCrypt {
+            token: token.to_string(),
+            key: AesKey::from_encoding_aes_key(encoding_aes_key)?,
+            receiver_id: String::new(),
+        })
+    }
+
     pub fn token(&self) -> &str {
         &self.token
     }
@@ -408,6 +421,18 @@ mod tests {
             }
         );
         assert!(e.to_string().contains("wx_theirs"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_receiver_id_round_trips_and_refuses_a_named_one() {
+        let bot = MsgCrypt::with_empty_receiver("tok", WC_KEY).unwrap();
+        let enc = bot.encrypt_with(br#"{"msgtype":"text"}"#, [3; 16]);
+        assert_eq!(bot.decrypt(&enc).unwrap(), br#"{"msgtype":"text"}"#);
+        let app = MsgCrypt::new("tok", WC_KEY, WC_CORP).unwrap();
+        assert!(matches!(
+            bot.decrypt(&app.encrypt_with(b"x", [3; 16])),
+            Err(WechatError::WrongReceiver { .. })
+        ));
     }
 
     #[test]
