@@ -2,7 +2,9 @@
 //! installed with `npm ci`, its test/e2e.js driving a wechaty-puppet-mock account against the
 //! real `intentd serve` on its manual clock. This side starts intentd and, when the script asks,
 //! stops it and starts it again on the same address (the bot must stay silent while it is
-//! gone and recover by itself).
+//! gone and recover by itself). intentd runs from its rules alone (no trained model needed);
+//! the script's texts are ones the keyword layer decides, and the bot's behaviour does not
+//! depend on where a decision came from.
 //!
 //! Needs node (20+) and npm; `npm ci` needs the npm registry on first run. Without node/npm
 //! the test fails when CI=true and is skipped with a message otherwise.
