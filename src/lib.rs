@@ -5,7 +5,8 @@
 //! only there), `service` (plain requests in, plain outcomes out: validation, admission,
 //! batching, orchestration), `engine` (keyword layer + fusion) and `policy` (the operator
 //! playbook) for decisions, `model` (the encoder behind a trait), and `store` (I/O: the durable
-//! log, audit, stats). `config` reads `config/intentd.yml` for the wiring.
+//! log, audit, stats). `config` reads `config/intentd.yml` for the wiring. `connectors` holds
+//! platform formats (WeChat callback crypto and XML) for front doors to translate with.
 
 /// Code generated from `proto/intentd/v1/intentd.proto`.
 pub mod pb {
@@ -18,6 +19,7 @@ pub mod pb {
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod connectors;
 pub mod data;
 pub mod engine;
 pub mod metrics;

@@ -30,6 +30,8 @@ pub struct ServerOptions {
     pub operator_dir: Option<PathBuf>,
     /// Reuse this data folder (database + key) instead of a fresh one (restart tests).
     pub data_dir: Option<PathBuf>,
+    /// gRPC address to listen on instead of an ephemeral port (a restart on the same address).
+    pub listen: Option<String>,
 }
 
 pub struct TestServer {
@@ -72,7 +74,8 @@ fn write_config(dir: &Path, opts: &ServerOptions, data_dir: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("config/operator"));
     let mut text = std::fs::read_to_string(root.join("config/intentd.yml")).unwrap();
     let overrides = format!(
-        "listen: 127.0.0.1:0\nmodel_dir: {}\nauto_train: false\noperator_dir: {}\ntraining_data: {}\n{}",
+        "listen: {}\nmodel_dir: {}\nauto_train: false\noperator_dir: {}\ntraining_data: {}\n{}",
+        opts.listen.as_deref().unwrap_or("127.0.0.1:0"),
         model.display(),
         operator.display(),
         root.join("training-data/nlu").display(),

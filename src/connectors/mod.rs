@@ -1,0 +1,8 @@
+//! Front ends for chat platforms that translate their wire formats into plain calls; they
+//! decide nothing themselves.
+//!
+//! - [`wechat`]: WeChat Official Account (公众号) and WeCom (企业微信) app callbacks: signature
+//!   checks, the AES-256-CBC message encryption, the callback XML and passive-reply limits.
+//!   A pure library for now; the HTTP endpoint that uses it comes with the HTTP listener.
+
+pub mod wechat;
