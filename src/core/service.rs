@@ -44,6 +44,13 @@ pub enum CoreError {
     Internal(String),
 }
 
+/// The playbook's state store failed or stayed contended: the caller may retry.
+impl From<crate::policy::StateError> for CoreError {
+    fn from(e: crate::policy::StateError) -> CoreError {
+        CoreError::Unavailable(e.to_string())
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StepTimings {
     pub tokenize_us: u64,
@@ -241,7 +248,7 @@ impl Core {
         let mut model_version = self.model_version();
 
         // Compliance first: a banned word is blocked before any model work.
-        let (classification, decision) = if let Some(decision) = playbook.precheck(&ctx) {
+        let (classification, decision) = if let Some(decision) = playbook.precheck(&ctx).await? {
             drop(announced); // no forward pass for this one
             let cls = Classification {
                 intent: String::new(),
@@ -309,12 +316,9 @@ impl Core {
             cls.truncated = truncated;
             // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
             let always = |i: &str| rules.catalog.handoff(i) == Some(Handoff::Always);
-            let decision = playbook.decide_message_with_catalog(
-                &ctx,
-                &cls,
-                &|i: &str| rules.display_name(i),
-                &always,
-            );
+            let decision = playbook
+                .decide_message_with_catalog(&ctx, &cls, &|i: &str| rules.display_name(i), &always)
+                .await?;
             (cls, decision)
         };
 
@@ -421,7 +425,7 @@ impl Core {
             at_ms,
             event_id: ev.event_id.clone(),
         };
-        let decision = self.playbook.handle_event(&input);
+        let decision = self.playbook.handle_event(&input).await?;
         // The event's outcome is logged like a message (empty text, message id = event id) so
         // welcomes and link guidance count as exposures.
         if let Some(storage) = &self.storage {
@@ -477,9 +481,15 @@ impl Core {
 
     /// Moves everything the playbook has due into the per-bot outbox (each item is handed out
     /// by the playbook exactly once, so one place collects and the streams share it).
-    pub fn collect_due(&self) -> usize {
+    pub async fn collect_due(&self) -> usize {
         let now = self.now_ms();
-        let items = self.playbook.due(now);
+        let items = match self.playbook.due(now).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "proactive sends not collected; next tick retries");
+                return 0;
+            }
+        };
         let n = items.len();
         if n > 0 {
             let mut outbox = self.outbox.lock();
@@ -494,8 +504,8 @@ impl Core {
 
     /// Takes the waiting proactive sends for `bot_id` (only `chats` when not empty); items for
     /// other chats stay for another stream.
-    pub fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
-        self.collect_due();
+    pub async fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
+        self.collect_due().await;
         let (items, dropped) = self.outbox.lock().take(bot_id, chats, self.now_ms());
         self.count_dropped(bot_id, dropped);
         items
@@ -531,8 +541,11 @@ impl Core {
         );
     }
 
-    pub fn next_outbound_ms(&self) -> Option<i64> {
-        self.playbook.next_due_ms()
+    pub async fn next_outbound_ms(&self) -> Option<i64> {
+        self.playbook.next_due_ms().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "next proactive send unknown");
+            None
+        })
     }
 
     pub async fn feedback(&self, req: &pb::FeedbackRequest) -> Result<bool, CoreError> {
@@ -616,7 +629,9 @@ impl Core {
         } else {
             self.now_ms()
         };
-        self.playbook.record_human_reply(&req.bot_id, &req.chat_id);
+        self.playbook
+            .record_human_reply(&req.bot_id, &req.chat_id)
+            .await?;
         let Some(storage) = &self.storage else {
             return Ok(false);
         };

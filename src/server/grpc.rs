@@ -179,7 +179,10 @@ impl IntentService for IntentApi {
                 let notified = core.outbound_changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let mut items = core.take_outbound(&req.bot_id, &req.chat_ids).into_iter();
+                let mut items = core
+                    .take_outbound(&req.bot_id, &req.chat_ids)
+                    .await
+                    .into_iter();
                 while let Some(item) = items.next() {
                     let msg = outbound_pb(&item);
                     if tx.send(Ok(msg)).await.is_err() {
@@ -195,6 +198,7 @@ impl IntentService for IntentApi {
                 // wall-clock schedules are never late by more than that.
                 let wait = core
                     .next_outbound_ms()
+                    .await
                     .map(|t| (t - core.now_ms()).clamp(1, 1000) as u64)
                     .unwrap_or(1000);
                 tokio::select! {

@@ -173,13 +173,14 @@ pub async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                // The shutdown branch's output borrows the watch channel: collect outside the
+                // select so that borrow is not held across the (async) collection.
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if core.collect_due() > 0 {
-                            core.outbound_changed.notify_waiters();
-                        }
-                    }
+                    _ = tick.tick() => {}
                     _ = rx.wait_for(|v| *v) => return,
+                }
+                if core.collect_due().await > 0 {
+                    core.outbound_changed.notify_waiters();
                 }
             }
         });
