@@ -298,9 +298,12 @@ impl Playbook {
     /// handoff there, and counts as activity (the group is not silent).
     pub async fn record_human_reply(&self, bot_id: &str, chat_id: &str) -> Result<(), StateError> {
         let now = self.clock.now_ms();
+        let ttl = self.config().settings(bot_id, chat_id).handoff.open_ttl_ms;
         let scope = Scope::group(GroupKey::new(bot_id, chat_id));
         transact(&*self.state, &scope, |view| {
             let mut w = Work::new(&scope, view);
+            // The reply closes the oldest handoff still open, not one that already expired.
+            w.group.handoffs.expire(now, ttl);
             w.group.handoffs.record_human_reply();
             super::scheduler::touch(&mut w.group.timers, "", now, true);
             ((), w.into_changes())
