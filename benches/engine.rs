@@ -96,6 +96,11 @@ fn benches(c: &mut Criterion) {
         Playbook::load(&repo.join("config/operator"), shared, 42).expect("load the playbook");
     let intents: Vec<String> = rules.catalog.ids().map(str::to_string).collect();
     let names = |i: &str| rules.display_name(i);
+    // The playbook's calls are async (its state store may be a database); the in-memory store
+    // answers at once, so a current-thread runtime drives them as the server's tasks would.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a tokio runtime");
 
     let mut g = c.benchmark_group("keywords");
     g.sample_size(20)
@@ -155,7 +160,10 @@ fn benches(c: &mut Criterion) {
                 clock.advance_ms(50);
                 let c = ctx(n, t, clock.now_ms());
                 n += 1;
-                black_box(playbook.decide_message(&c, cls, &names));
+                black_box(
+                    rt.block_on(playbook.decide_message(&c, cls, &names))
+                        .expect("in-memory state"),
+                );
             }
         })
     });
@@ -173,12 +181,13 @@ fn benches(c: &mut Criterion) {
                 clock.advance_ms(50);
                 let c = ctx(n, t, clock.now_ms());
                 n += 1;
-                let d = match playbook.precheck(&c) {
+                let d = match rt.block_on(playbook.precheck(&c)).expect("in-memory state") {
                     Some(d) => d,
                     None => {
                         let kw = rules.keywords.match_text(&c.text);
                         let cls = fusion::fuse(None, &kw, &rules.fusion);
-                        playbook.decide_message(&c, &cls, &names)
+                        rt.block_on(playbook.decide_message(&c, &cls, &names))
+                            .expect("in-memory state")
                     }
                 };
                 black_box(d);

@@ -65,13 +65,14 @@ pub fn spawn_due_collector(service: &Arc<Service>, mut shutdown: watch::Receiver
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The shutdown branch's output borrows the watch channel: collect outside the
+            // select so that borrow is not held across the (async) collection.
             tokio::select! {
-                _ = tick.tick() => {
-                    if service.collect_due() > 0 {
-                        service.notify_outbound();
-                    }
-                }
+                _ = tick.tick() => {}
                 _ = shutdown.wait_for(|v| *v) => return,
+            }
+            if service.collect_due().await > 0 {
+                service.notify_outbound();
             }
         }
     });

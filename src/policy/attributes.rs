@@ -3,6 +3,8 @@
 //! in 上海 asking about events get the local event), and the interaction-frequency tiers that set
 //! how often a user may receive a personal push.
 
+use serde::{Deserialize, Serialize};
+
 use crate::types::UserInfo;
 
 /// A condition on the user; every set field must hold (an empty condition always matches).
@@ -103,7 +105,7 @@ impl FrequencyConfig {
 }
 
 /// Interaction timestamps of one user, trimmed to the window.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activity {
     times: std::collections::VecDeque<i64>,
 }

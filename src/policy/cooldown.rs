@@ -1,7 +1,8 @@
 //! Per-user cooldown for the same intent: the same person asking the same FAQ again within the
 //! cooldown gets no second answer (IGNORE, reason `cooldown`).
 
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 
 /// Cooldown settings: a default and per-intent overrides, in milliseconds (0 = no cooldown).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -19,44 +20,24 @@ impl CooldownConfig {
     }
 }
 
-/// When each (bot, chat, user, key) was last answered.
-#[derive(Debug, Default)]
-pub struct Cooldowns {
-    last: HashMap<(String, String, String, String), i64>,
+/// When one user (in one bot and chat) was last answered, per intent or guidance key. Part of
+/// the user's state row ([`super::state::UserRow`]), so a cooldown is checked and recorded in
+/// the same transaction as the rest of the decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCooldowns {
+    last: BTreeMap<String, i64>,
 }
 
-impl Cooldowns {
+impl UserCooldowns {
     /// Milliseconds left in the cooldown, or None when a reply may go.
-    pub fn remaining(
-        &self,
-        bot: &str,
-        chat: &str,
-        user: &str,
-        key: &str,
-        now: i64,
-        cooldown_ms: i64,
-    ) -> Option<i64> {
-        let k = (
-            bot.to_string(),
-            chat.to_string(),
-            user.to_string(),
-            key.to_string(),
-        );
-        let last = *self.last.get(&k)?;
+    pub fn remaining(&self, key: &str, now: i64, cooldown_ms: i64) -> Option<i64> {
+        let last = *self.last.get(key)?;
         let left = last + cooldown_ms - now;
         (left > 0).then_some(left)
     }
 
-    pub fn record(&mut self, bot: &str, chat: &str, user: &str, key: &str, now: i64) {
-        self.last.insert(
-            (
-                bot.to_string(),
-                chat.to_string(),
-                user.to_string(),
-                key.to_string(),
-            ),
-            now,
-        );
+    pub fn record(&mut self, key: &str, now: i64) {
+        self.last.insert(key.to_string(), now);
     }
 
     /// Forget entries older than `max_age_ms` (keeps memory bounded).
@@ -78,18 +59,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cooldown_per_user_and_intent() {
-        let mut c = Cooldowns::default();
-        assert_eq!(c.remaining("b", "g", "u1", "price", 0, 300_000), None);
-        c.record("b", "g", "u1", "price", 0);
-        assert_eq!(
-            c.remaining("b", "g", "u1", "price", 60_000, 300_000),
-            Some(240_000)
-        );
-        assert_eq!(c.remaining("b", "g", "u1", "stock", 60_000, 300_000), None);
-        assert_eq!(c.remaining("b", "g", "u2", "price", 60_000, 300_000), None);
-        assert_eq!(c.remaining("b", "g", "u1", "price", 300_000, 300_000), None);
+    fn cooldown_per_intent() {
+        let mut c = UserCooldowns::default();
+        assert_eq!(c.remaining("price", 0, 300_000), None);
+        c.record("price", 0);
+        assert_eq!(c.remaining("price", 60_000, 300_000), Some(240_000));
+        assert_eq!(c.remaining("stock", 60_000, 300_000), None);
+        assert_eq!(c.remaining("price", 300_000, 300_000), None);
+        c.record("stock", 350_000);
         c.sweep(400_000, 300_000);
+        assert_eq!(c.len(), 1);
+        c.sweep(700_000, 300_000);
         assert!(c.is_empty());
     }
 

@@ -14,7 +14,7 @@
 //! With W = 0 each join gets its welcome at once in the decision (reason `welcome`).
 //! `welcome.enabled: false` switches welcomes off for a group (reason `welcome:disabled`).
 
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
 
 use crate::types::{PolicyDecision, UserInfo};
 
@@ -60,8 +60,8 @@ pub struct EventDecision {
     pub merged_user_ids: Vec<String>,
 }
 
-/// A welcome waiting for its merge window to close.
-#[derive(Debug, Clone, PartialEq)]
+/// A welcome waiting for its merge window to close (part of the group's state row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingWelcome {
     pub send_at_ms: i64,
     /// (user id, nickname) in join order.
@@ -80,74 +80,52 @@ pub enum JoinOutcome {
     },
 }
 
-/// Pending welcomes per (bot, chat).
-#[derive(Debug, Default)]
-pub struct WelcomeMerger {
-    pending: BTreeMap<(String, String), PendingWelcome>,
+/// Register a join in a group's pending welcome. `send_at_ms` is the window end used when a new
+/// window opens.
+pub fn welcome_join(
+    pending: &mut Option<PendingWelcome>,
+    chat_name: &str,
+    user: &UserInfo,
+    send_at_ms: i64,
+) -> JoinOutcome {
+    // A pending welcome (even one whose window has just closed but that `due()` has not
+    // collected yet) absorbs the join, so nobody is welcomed twice or left out.
+    if let Some(p) = pending {
+        if !p.users.iter().any(|(id, _)| id == &user.id) {
+            p.users.push((user.id.clone(), user.nickname.clone()));
+        }
+        if !chat_name.is_empty() {
+            p.chat_name = chat_name.to_string();
+        }
+        return JoinOutcome::Merged {
+            send_at_ms: p.send_at_ms,
+            user_ids: p.users.iter().map(|(id, _)| id.clone()).collect(),
+        };
+    }
+    *pending = Some(PendingWelcome {
+        send_at_ms,
+        users: vec![(user.id.clone(), user.nickname.clone())],
+        chat_name: chat_name.to_string(),
+    });
+    JoinOutcome::Opened { send_at_ms }
 }
 
-impl WelcomeMerger {
-    /// Register a join. `send_at_ms` is the window end used when a new window opens.
-    pub fn join(
-        &mut self,
-        bot: &str,
-        chat: &str,
-        chat_name: &str,
-        user: &UserInfo,
-        send_at_ms: i64,
-    ) -> JoinOutcome {
-        let key = (bot.to_string(), chat.to_string());
-        // A pending welcome (even one whose window has just closed but that `due()` has not
-        // collected yet) absorbs the join, so nobody is welcomed twice or left out.
-        if let Some(p) = self.pending.get_mut(&key) {
-            if !p.users.iter().any(|(id, _)| id == &user.id) {
-                p.users.push((user.id.clone(), user.nickname.clone()));
-            }
-            if !chat_name.is_empty() {
-                p.chat_name = chat_name.to_string();
-            }
-            return JoinOutcome::Merged {
-                send_at_ms: p.send_at_ms,
-                user_ids: p.users.iter().map(|(id, _)| id.clone()).collect(),
-            };
-        }
-        self.pending.insert(
-            key,
-            PendingWelcome {
-                send_at_ms,
-                users: vec![(user.id.clone(), user.nickname.clone())],
-                chat_name: chat_name.to_string(),
-            },
-        );
-        JoinOutcome::Opened { send_at_ms }
-    }
-
-    /// A member left: drop them from a pending welcome (and drop an emptied welcome).
-    pub fn leave(&mut self, bot: &str, chat: &str, user_id: &str) {
-        let key = (bot.to_string(), chat.to_string());
-        if let Some(p) = self.pending.get_mut(&key) {
-            p.users.retain(|(id, _)| id != user_id);
-            if p.users.is_empty() {
-                self.pending.remove(&key);
-            }
+/// A member left: drop them from a pending welcome (and drop an emptied welcome).
+pub fn welcome_leave(pending: &mut Option<PendingWelcome>, user_id: &str) {
+    if let Some(p) = pending {
+        p.users.retain(|(id, _)| id != user_id);
+        if p.users.is_empty() {
+            *pending = None;
         }
     }
+}
 
-    /// Remove and return the welcomes whose window has closed, in (bot, chat) order.
-    pub fn take_due(&mut self, now: i64) -> Vec<((String, String), PendingWelcome)> {
-        let keys: Vec<(String, String)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.send_at_ms <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.pending.remove(&k).map(|p| (k, p)))
-            .collect()
-    }
-
-    pub fn next_due_ms(&self) -> Option<i64> {
-        self.pending.values().map(|p| p.send_at_ms).min()
+/// Take the welcome if its window has closed.
+pub fn welcome_take_due(pending: &mut Option<PendingWelcome>, now: i64) -> Option<PendingWelcome> {
+    if pending.as_ref().is_some_and(|p| p.send_at_ms <= now) {
+        pending.take()
+    } else {
+        None
     }
 }
 
@@ -165,32 +143,31 @@ mod tests {
 
     #[test]
     fn joins_in_window_merge_and_leavers_are_removed() {
-        let mut m = WelcomeMerger::default();
+        let mut m = None;
         assert_eq!(
-            m.join("b", "g", "群", &u("u1", "小王"), 60_000),
+            welcome_join(&mut m, "群", &u("u1", "小王"), 60_000),
             JoinOutcome::Opened { send_at_ms: 60_000 }
         );
         assert_eq!(
-            m.join("b", "g", "群", &u("u2", "小李"), 70_000),
+            welcome_join(&mut m, "群", &u("u2", "小李"), 70_000),
             JoinOutcome::Merged {
                 send_at_ms: 60_000,
                 user_ids: vec!["u1".into(), "u2".into()]
             }
         );
-        m.join("b", "g", "群", &u("u3", "小张"), 80_000);
-        m.leave("b", "g", "u2");
-        assert_eq!(m.next_due_ms(), Some(60_000));
-        assert!(m.take_due(59_999).is_empty());
-        let due = m.take_due(60_000);
-        assert_eq!(due.len(), 1);
+        welcome_join(&mut m, "群", &u("u3", "小张"), 80_000);
+        welcome_leave(&mut m, "u2");
+        assert_eq!(m.as_ref().map(|p| p.send_at_ms), Some(60_000));
+        assert!(welcome_take_due(&mut m, 59_999).is_none());
+        let due = welcome_take_due(&mut m, 60_000).unwrap();
         assert_eq!(
-            due[0].1.users,
+            due.users,
             vec![("u1".into(), "小王".into()), ("u3".into(), "小张".into())]
         );
-        assert!(m.take_due(60_000).is_empty());
+        assert!(welcome_take_due(&mut m, 60_000).is_none());
         // After collection a new join opens a new window.
         assert_eq!(
-            m.join("b", "g", "群", &u("u4", "小赵"), 121_000),
+            welcome_join(&mut m, "群", &u("u4", "小赵"), 121_000),
             JoinOutcome::Opened {
                 send_at_ms: 121_000
             }
@@ -199,9 +176,9 @@ mod tests {
 
     #[test]
     fn everyone_leaving_cancels_the_welcome() {
-        let mut m = WelcomeMerger::default();
-        m.join("b", "g", "", &u("u1", "a"), 60_000);
-        m.leave("b", "g", "u1");
-        assert_eq!(m.next_due_ms(), None);
+        let mut m = None;
+        welcome_join(&mut m, "", &u("u1", "a"), 60_000);
+        welcome_leave(&mut m, "u1");
+        assert_eq!(m, None);
     }
 }

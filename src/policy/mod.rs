@@ -2,8 +2,11 @@
 //!
 //! The server hands every classified message and every group event to a [`Playbook`]; the
 //! playbook answers with a [`PolicyDecision`](crate::types::PolicyDecision) (reply, clarify,
-//! handoff, block or ignore, plus when to send) and keeps the in-memory state that the rules need
-//! (spacing, cooldowns, open handoffs, pending welcomes, schedules). Proactive sends (cron
+//! handoff, block or ignore, plus when to send). The state the rules need (spacing, cooldowns,
+//! open handoffs, pending welcomes, schedules) lives behind the [`PlaybookState`] trait (in
+//! memory by default, [`MemoryState`]); the decisions themselves are pure functions of the
+//! config, the state rows, the time and the input (`decide_message`, `decide_event`,
+//! `decide_due`). Proactive sends (cron
 //! schedules, countdowns, silence re-activation, merged welcomes, delayed pushes) are pulled with
 //! [`Playbook::due`], which returns each item exactly once.
 //!
@@ -47,6 +50,10 @@ pub mod attributes;
 pub mod compliance;
 pub mod config;
 pub mod cooldown;
+pub mod decide_due;
+pub mod decide_event;
+pub mod decide_message;
+pub mod decision;
 pub mod error;
 pub mod events;
 pub mod handoff;
@@ -56,6 +63,8 @@ pub mod playbook;
 pub mod replies;
 pub mod scheduler;
 pub mod spacing;
+pub mod state;
+pub mod state_memory;
 pub mod templates;
 mod yaml;
 
@@ -64,3 +73,5 @@ pub use error::PolicyError;
 pub use events::{EventDecision, EventInput, EventKind};
 pub use playbook::{DroppedSend, Playbook};
 pub use scheduler::{OutboundItem, OutboundKind};
+pub use state::{PlaybookState, StateError};
+pub use state_memory::MemoryState;

@@ -2,11 +2,20 @@
 //! fixed seed; every test asserts the exact decisions.
 
 use super::*;
+use crate::clock::SharedClock;
 use crate::clock::{Clock, ManualClock};
+use crate::policy::config::OperatorConfig;
+use crate::policy::events::EventKind;
 use crate::policy::hours::to_ms;
 use crate::policy::replies::tests::minimal_yaml;
+use crate::policy::scheduler::OutboundKind;
+use crate::policy::PolicyError;
+use crate::types::{Action, UserInfo};
 use crate::types::{IntentScore, Source};
 use chrono::NaiveDate;
+use futures_util::FutureExt;
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const BOT: &str = "bot1";
@@ -54,8 +63,79 @@ const BASE: &str = "defaults:
   disclosure: { enabled: false }
 ";
 
+/// The in-memory store never waits and never fails, so each playbook call completes on its
+/// first poll: these tests drive the real async calls without a runtime, and a call that
+/// pended or failed would be a bug worth the panic.
+fn ready<T>(f: impl Future<Output = Result<T, StateError>>) -> T {
+    f.now_or_never()
+        .expect("the in-memory state store never waits")
+        .unwrap_or_else(|e| panic!("the in-memory state store failed: {e}"))
+}
+
+/// [`Playbook`]'s calls, run to completion (see [`ready`]).
+struct Pb(Playbook);
+
+impl Pb {
+    fn load(dir: &Path, clock: SharedClock, seed: u64) -> Result<Pb, PolicyError> {
+        Playbook::load(dir, clock, seed).map(Pb)
+    }
+    fn config(&self) -> Arc<OperatorConfig> {
+        self.0.config()
+    }
+    fn reload(&self, dir: &Path) -> Result<(), PolicyError> {
+        self.0.reload(dir)
+    }
+    fn precheck(&self, ctx: &MessageContext) -> Option<PolicyDecision> {
+        ready(self.0.precheck(ctx))
+    }
+    fn decide_message(
+        &self,
+        ctx: &MessageContext,
+        cls: &Classification,
+        names: &(dyn Fn(&str) -> String + Sync),
+    ) -> PolicyDecision {
+        ready(self.0.decide_message(ctx, cls, names))
+    }
+    fn decide_message_with_catalog(
+        &self,
+        ctx: &MessageContext,
+        cls: &Classification,
+        names: &(dyn Fn(&str) -> String + Sync),
+        always: &(dyn Fn(&str) -> bool + Sync),
+    ) -> PolicyDecision {
+        ready(self.0.decide_message_with_catalog(ctx, cls, names, always))
+    }
+    fn handle_event(&self, ev: &EventInput) -> EventDecision {
+        ready(self.0.handle_event(ev))
+    }
+    fn due(&self, now_ms: i64) -> Vec<OutboundItem> {
+        ready(self.0.due(now_ms))
+    }
+    fn next_due_ms(&self) -> Option<i64> {
+        ready(self.0.next_due_ms())
+    }
+    fn record_human_reply(&self, bot_id: &str, chat_id: &str) {
+        ready(self.0.record_human_reply(bot_id, chat_id))
+    }
+    fn human_share(&self, bot_id: &str, chat_id: &str) -> (f64, f64) {
+        ready(self.0.human_share(bot_id, chat_id))
+    }
+    fn review_queue(&self) -> Vec<ReviewItem> {
+        ready(self.0.review_queue())
+    }
+    fn drain_review_queue(&self) -> Vec<ReviewItem> {
+        ready(self.0.drain_review_queue())
+    }
+    fn dropped_sends(&self) -> Vec<DroppedSend> {
+        ready(self.0.dropped_sends())
+    }
+    fn drain_dropped_sends(&self) -> Vec<DroppedSend> {
+        ready(self.0.drain_dropped_sends())
+    }
+}
+
 struct Fx {
-    pb: Playbook,
+    pb: Pb,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
@@ -85,7 +165,7 @@ fn write_dir(playbook: &str) -> tempfile::TempDir {
 fn fx_at(playbook: &str, start: i64) -> Fx {
     let dir = write_dir(playbook);
     let clock = Arc::new(ManualClock::new(start));
-    let pb = Playbook::load(dir.path(), clock.clone(), 42).unwrap_or_else(|e| panic!("{e}"));
+    let pb = Pb::load(dir.path(), clock.clone(), 42).unwrap_or_else(|e| panic!("{e}"));
     Fx {
         pb,
         clock,
@@ -201,7 +281,7 @@ fn text(d: &PolicyDecision) -> &str {
 fn shipped_operator_config_loads_and_answers() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/operator");
     let clock = Arc::new(ManualClock::new(mon(10, 0)));
-    let pb = Playbook::load(&dir, clock, 7).unwrap_or_else(|e| panic!("{e}"));
+    let pb = Pb::load(&dir, clock, 7).unwrap_or_else(|e| panic!("{e}"));
     let cfg = pb.config();
     for intent in crate::policy::replies::INTENTS {
         assert!(cfg.replies.variants(intent).len() >= 2, "{intent}");
@@ -976,3 +1056,56 @@ fn playbook_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Playbook>();
 }
+
+/// Replicas deciding at once on one store that has no lock (the optimistic `transact`): the
+/// same user asking the same thing gets one answer, and different users get distinct slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_decisions_on_a_shared_store_reserve_each_slot_and_cooldown_once() {
+    use crate::policy::state_memory::Optimistic;
+    const N: usize = 8;
+    let dir = write_dir(&(BASE.to_string() + "  cooldown: { default_s: 300 }\n"));
+    let clock = Arc::new(ManualClock::new(mon(10, 0)));
+    let store: Arc<dyn PlaybookState> = Arc::new(Optimistic::default());
+    // Two "replicas": separate playbooks on one store.
+    let replicas: Vec<Arc<Playbook>> = (0..2)
+        .map(|_| {
+            let cfg = OperatorConfig::load(dir.path()).unwrap();
+            Arc::new(Playbook::with_state(cfg, clock.clone(), 42, store.clone()))
+        })
+        .collect();
+    let ask = |i: usize, uid: String, intent: &'static str| {
+        let pb = replicas[i % 2].clone();
+        tokio::spawn(async move {
+            let m = msg("g", &user(&uid, "x"), "问题");
+            pb.decide_message(&m, &cls(intent), &names).await.unwrap()
+        })
+    };
+    let same: Vec<_> = (0..N).map(|i| ask(i, "u1".into(), "price")).collect();
+    let mut reasons = Vec::new();
+    for t in same {
+        reasons.push(t.await.unwrap().reason);
+    }
+    reasons.sort();
+    let mut expected = vec!["cooldown".to_string(); N - 1];
+    expected.push("faq".into());
+    assert_eq!(reasons, expected);
+
+    // Handoff notices are never merged or dropped: each takes its own slot, 15 s apart.
+    clock.advance_ms(60_000);
+    let many: Vec<_> = (0..N)
+        .map(|i| ask(i, format!("v{i}"), "complaint"))
+        .collect();
+    let mut delays = Vec::new();
+    for t in many {
+        let d = t.await.unwrap();
+        assert_eq!(d.action, Action::Handoff);
+        delays.push(d.send_after_ms);
+    }
+    delays.sort();
+    let expected: Vec<i64> = (0..N as i64).map(|i| i * 15_000).collect();
+    assert_eq!(delays, expected);
+}
+
+/// The pure decision functions on hand-made state rows: no store, no lock.
+#[path = "decide_tests.rs"]
+mod decide;

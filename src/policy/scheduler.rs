@@ -16,8 +16,7 @@
 use chrono::{Duration, TimeZone};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use super::config::{Countdown, Settings};
 use super::hours::{to_ms, ServiceHours};
@@ -50,7 +49,7 @@ pub struct OutboundItem {
 }
 
 /// What a job will say.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobContent {
     /// Render this reply key at send time (greeting and festival reflect the send time).
     Render {
@@ -67,7 +66,7 @@ pub enum JobContent {
 }
 
 /// A proactive send, before rendering and spacing.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub bot_id: String,
     pub chat_id: String,
@@ -81,14 +80,16 @@ pub struct Job {
     pub slot_reserved: bool,
 }
 
-#[derive(Debug, Clone, Default)]
-struct ChatTimers {
-    name: String,
-    known_since_ms: i64,
-    last_activity_ms: i64,
-    last_reactivation_ms: Option<i64>,
-    cron_cursor: HashMap<String, i64>,
-    countdown_cursor: HashMap<String, i64>,
+/// The proactive timing state of one known chat (part of its state row): its name, when it was
+/// first seen and last active, and a cursor per schedule and countdown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatTimers {
+    pub name: String,
+    pub known_since_ms: i64,
+    pub last_activity_ms: i64,
+    pub last_reactivation_ms: Option<i64>,
+    pub cron_cursor: BTreeMap<String, i64>,
+    pub countdown_cursor: BTreeMap<String, i64>,
 }
 
 /// Latest occurrence of `schedule` in `(lower, now]`.
@@ -131,208 +132,150 @@ fn reactivation_at(t: &ChatTimers, s: &Settings, hours: &ServiceHours, floor: i6
     hours.next_open_ms(s.timezone, at.max(floor))
 }
 
-/// All proactive timing state.
-#[derive(Debug, Default)]
-pub struct Scheduler {
-    chats: BTreeMap<(String, String), ChatTimers>,
-    delayed: Vec<Job>,
+/// Note a chat (first sight starts its schedule cursors) and, for messages / ACTIVITY, its last
+/// activity.
+pub fn touch(timers: &mut Option<ChatTimers>, chat_name: &str, now: i64, activity: bool) {
+    let t = timers.get_or_insert_with(|| ChatTimers {
+        known_since_ms: now,
+        last_activity_ms: now,
+        ..Default::default()
+    });
+    if !chat_name.is_empty() {
+        t.name = chat_name.to_string();
+    }
+    if activity {
+        t.last_activity_ms = t.last_activity_ms.max(now);
+    }
 }
 
-impl Scheduler {
-    /// Note a chat (first sight starts its schedule cursors) and, for messages / ACTIVITY,
-    /// its last activity.
-    pub fn touch(&mut self, bot: &str, chat: &str, chat_name: &str, now: i64, activity: bool) {
-        let t = self
-            .chats
-            .entry((bot.to_string(), chat.to_string()))
-            .or_insert_with(|| ChatTimers {
-                known_since_ms: now,
-                last_activity_ms: now,
-                ..Default::default()
+/// The chat's jobs due at `now` (schedules, countdowns, re-activation), each returned once: the
+/// cursors move to `now`.
+pub fn collect_chat(bot: &str, chat: &str, t: &mut ChatTimers, s: &Settings, now: i64) -> Vec<Job> {
+    let mut out = Vec::new();
+    let tz = s.timezone;
+    let floor = now - s.schedule_grace_ms - 1;
+    for job in &s.schedules {
+        let cursor = *t
+            .cron_cursor
+            .entry(job.id.clone())
+            .or_insert(t.known_since_ms);
+        if cursor >= now {
+            continue;
+        }
+        if let Some(at) = latest_cron_in(&job.schedule, tz, cursor.max(floor), now) {
+            out.push(Job {
+                bot_id: bot.to_string(),
+                chat_id: chat.to_string(),
+                chat_name: t.name.clone(),
+                kind: OutboundKind::Scheduled,
+                rule_id: format!("schedule:{}", job.id),
+                at_ms: at,
+                content: JobContent::Render {
+                    key: job.reply.clone(),
+                    user: None,
+                    nickname: None,
+                    days_left: None,
+                    event_name: String::new(),
+                },
+                user_ids: Vec::new(),
+                slot_reserved: false,
             });
-        if !chat_name.is_empty() {
-            t.name = chat_name.to_string();
         }
-        if activity {
-            t.last_activity_ms = t.last_activity_ms.max(now);
+        t.cron_cursor.insert(job.id.clone(), now);
+    }
+    for c in &s.countdowns {
+        let cursor = *t
+            .countdown_cursor
+            .entry(c.id.clone())
+            .or_insert(t.known_since_ms);
+        if cursor >= now {
+            continue;
         }
-    }
-
-    pub fn chat_name(&self, bot: &str, chat: &str) -> &str {
-        self.chats
-            .get(&(bot.to_string(), chat.to_string()))
-            .map(|t| t.name.as_str())
-            .unwrap_or("")
-    }
-
-    pub fn push(&mut self, job: Job) {
-        self.delayed.push(job);
-    }
-
-    /// Jobs waiting in the delayed queue.
-    pub fn delayed_len(&self) -> usize {
-        self.delayed.len()
-    }
-
-    /// Jobs due at `now`, each returned once, in time order.
-    pub fn collect(
-        &mut self,
-        now: i64,
-        settings: &dyn Fn(&str, &str) -> Arc<Settings>,
-    ) -> Vec<Job> {
-        let mut out = Vec::new();
-        for ((bot, chat), t) in self.chats.iter_mut() {
-            let s = settings(bot, chat);
-            let tz = s.timezone;
-            let floor = now - s.schedule_grace_ms - 1;
-            for job in &s.schedules {
-                let cursor = *t
-                    .cron_cursor
-                    .entry(job.id.clone())
-                    .or_insert(t.known_since_ms);
-                if cursor >= now {
-                    continue;
-                }
-                if let Some(at) = latest_cron_in(&job.schedule, tz, cursor.max(floor), now) {
-                    out.push(Job {
-                        bot_id: bot.clone(),
-                        chat_id: chat.clone(),
-                        chat_name: t.name.clone(),
-                        kind: OutboundKind::Scheduled,
-                        rule_id: format!("schedule:{}", job.id),
-                        at_ms: at,
-                        content: JobContent::Render {
-                            key: job.reply.clone(),
-                            user: None,
-                            nickname: None,
-                            days_left: None,
-                            event_name: String::new(),
-                        },
-                        user_ids: Vec::new(),
-                        slot_reserved: false,
-                    });
-                }
-                t.cron_cursor.insert(job.id.clone(), now);
-            }
-            for c in &s.countdowns {
-                let cursor = *t
-                    .countdown_cursor
-                    .entry(c.id.clone())
-                    .or_insert(t.known_since_ms);
-                if cursor >= now {
-                    continue;
-                }
-                let lower = cursor.max(floor);
-                for (at, days_left) in countdown_fires(c, tz) {
-                    if at > lower && at <= now {
-                        out.push(Job {
-                            bot_id: bot.clone(),
-                            chat_id: chat.clone(),
-                            chat_name: t.name.clone(),
-                            kind: OutboundKind::Countdown,
-                            rule_id: format!("countdown:{}:{days_left}", c.id),
-                            at_ms: at,
-                            content: JobContent::Render {
-                                key: "countdown".into(),
-                                user: None,
-                                nickname: None,
-                                days_left: Some(days_left),
-                                event_name: c.event_name.clone(),
-                            },
-                            user_ids: Vec::new(),
-                            slot_reserved: false,
-                        });
-                    }
-                }
-                t.countdown_cursor.insert(c.id.clone(), now);
-            }
-            if let Some(at) = reactivation_at(t, &s, &s.service_hours, now) {
-                if at <= now {
-                    t.last_reactivation_ms = Some(now);
-                    out.push(Job {
-                        bot_id: bot.clone(),
-                        chat_id: chat.clone(),
-                        chat_name: t.name.clone(),
-                        kind: OutboundKind::Reactivation,
-                        rule_id: "reactivation".into(),
-                        at_ms: at,
-                        content: JobContent::Render {
-                            key: "reactivation".into(),
-                            user: None,
-                            nickname: None,
-                            days_left: None,
-                            event_name: String::new(),
-                        },
-                        user_ids: Vec::new(),
-                        slot_reserved: false,
-                    });
-                }
+        let lower = cursor.max(floor);
+        for (at, days_left) in countdown_fires(c, tz) {
+            if at > lower && at <= now {
+                out.push(Job {
+                    bot_id: bot.to_string(),
+                    chat_id: chat.to_string(),
+                    chat_name: t.name.clone(),
+                    kind: OutboundKind::Countdown,
+                    rule_id: format!("countdown:{}:{days_left}", c.id),
+                    at_ms: at,
+                    content: JobContent::Render {
+                        key: "countdown".into(),
+                        user: None,
+                        nickname: None,
+                        days_left: Some(days_left),
+                        event_name: c.event_name.clone(),
+                    },
+                    user_ids: Vec::new(),
+                    slot_reserved: false,
+                });
             }
         }
-        let (due, later): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.delayed)
+        t.countdown_cursor.insert(c.id.clone(), now);
+    }
+    if let Some(at) = reactivation_at(t, s, &s.service_hours, now) {
+        if at <= now {
+            t.last_reactivation_ms = Some(now);
+            out.push(Job {
+                bot_id: bot.to_string(),
+                chat_id: chat.to_string(),
+                chat_name: t.name.clone(),
+                kind: OutboundKind::Reactivation,
+                rule_id: "reactivation".into(),
+                at_ms: at,
+                content: JobContent::Render {
+                    key: "reactivation".into(),
+                    user: None,
+                    nickname: None,
+                    days_left: None,
+                    event_name: String::new(),
+                },
+                user_ids: Vec::new(),
+                slot_reserved: false,
+            });
+        }
+    }
+    out
+}
+
+/// The earliest time [`collect_chat`] will return something for this chat (None: nothing
+/// planned). Never earlier than `now` for re-activation, so a caller sleeping until then cannot
+/// spin.
+pub fn next_due_chat(t: &ChatTimers, s: &Settings, now: i64) -> Option<i64> {
+    let mut best: Option<i64> = None;
+    let mut consider = |at: i64| best = Some(best.map_or(at, |b| b.min(at)));
+    let tz = s.timezone;
+    for job in &s.schedules {
+        let cursor = t
+            .cron_cursor
+            .get(&job.id)
+            .copied()
+            .unwrap_or(t.known_since_ms);
+        if let Some(at) = next_cron_after(&job.schedule, tz, cursor) {
+            consider(at);
+        }
+    }
+    for c in &s.countdowns {
+        let cursor = t
+            .countdown_cursor
+            .get(&c.id)
+            .copied()
+            .unwrap_or(t.known_since_ms);
+        if let Some(at) = countdown_fires(c, tz)
             .into_iter()
-            .partition(|j| j.at_ms <= now);
-        self.delayed = later;
-        out.extend(due);
-        out.sort_by(|a, b| {
-            (a.at_ms, &a.bot_id, &a.chat_id, &a.rule_id)
-                .cmp(&(b.at_ms, &b.bot_id, &b.chat_id, &b.rule_id))
-        });
-        out
-    }
-
-    /// The earliest time `collect` will return something (None: nothing planned). Never earlier
-    /// than `now` for re-activation, so a caller sleeping until then cannot spin.
-    pub fn next_due_ms(
-        &self,
-        now: i64,
-        settings: &dyn Fn(&str, &str) -> Arc<Settings>,
-    ) -> Option<i64> {
-        let mut best: Option<i64> = self.delayed.iter().map(|j| j.at_ms).min();
-        let mut consider = |t: i64| best = Some(best.map_or(t, |b| b.min(t)));
-        for ((bot, chat), t) in &self.chats {
-            let s = settings(bot, chat);
-            let tz = s.timezone;
-            for job in &s.schedules {
-                let cursor = t
-                    .cron_cursor
-                    .get(&job.id)
-                    .copied()
-                    .unwrap_or(t.known_since_ms);
-                if let Some(at) = next_cron_after(&job.schedule, tz, cursor) {
-                    consider(at);
-                }
-            }
-            for c in &s.countdowns {
-                let cursor = t
-                    .countdown_cursor
-                    .get(&c.id)
-                    .copied()
-                    .unwrap_or(t.known_since_ms);
-                if let Some(at) = countdown_fires(c, tz)
-                    .into_iter()
-                    .map(|f| f.0)
-                    .filter(|&a| a > cursor)
-                    .min()
-                {
-                    consider(at);
-                }
-            }
-            if let Some(at) = reactivation_at(t, &s, &s.service_hours, now) {
-                consider(at);
-            }
+            .map(|f| f.0)
+            .filter(|&a| a > cursor)
+            .min()
+        {
+            consider(at);
         }
-        best
     }
-
-    /// Forget chats idle for longer than `max_idle_ms` with nothing scheduled for them.
-    pub fn sweep(&mut self, now: i64, max_idle_ms: i64) {
-        let delayed = &self.delayed;
-        self.chats.retain(|(b, c), t| {
-            now - t.last_activity_ms < max_idle_ms
-                || delayed.iter().any(|j| &j.bot_id == b && &j.chat_id == c)
-        });
+    if let Some(at) = reactivation_at(t, s, &s.service_hours, now) {
+        consider(at);
     }
+    best
 }
 
 #[cfg(test)]

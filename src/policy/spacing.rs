@@ -15,6 +15,8 @@
 //! 3. high-priority sends (handoff notices and proactive messages) are never merged or dropped;
 //!    they take the next slot after the queue.
 
+use serde::{Deserialize, Serialize};
+
 /// Spacing settings for one group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpacingConfig {
@@ -51,14 +53,14 @@ pub enum SpacingOutcome {
     Dropped,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Queued {
     at_ms: i64,
     key: String,
 }
 
-/// The send timeline of one group.
-#[derive(Debug, Clone, Default)]
+/// The send timeline of one group (a state row: see [`super::state`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSpacing {
     last_slot_ms: Option<i64>,
     queued: Vec<Queued>,

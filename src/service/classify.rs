@@ -107,7 +107,9 @@ impl Service {
         let mut model_version = self.model_version();
 
         // Compliance first: a banned word is blocked before any model work.
-        let (classification, decision) = if let Some(decision) = self.playbook.precheck(&ctx) {
+        let (classification, decision) = if let Some(decision) =
+            self.playbook.precheck(&ctx).await?
+        {
             drop(announced); // no forward pass for this one
             (Classification::by_policy(self.model_loaded()), decision)
         } else {
@@ -122,12 +124,10 @@ impl Service {
                 .await?;
             // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
             let always = |i: &str| rules.catalog.handoff(i) == Some(Handoff::Always);
-            let decision = self.playbook.decide_message_with_catalog(
-                &ctx,
-                &cls,
-                &|i: &str| rules.display_name(i),
-                &always,
-            );
+            let decision = self
+                .playbook
+                .decide_message_with_catalog(&ctx, &cls, &|i: &str| rules.display_name(i), &always)
+                .await?;
             (cls, decision)
         };
 

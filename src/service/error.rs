@@ -22,6 +22,13 @@ pub enum ServiceError {
     Internal(String),
 }
 
+/// The playbook's state store failed or stayed contended: the caller may retry.
+impl From<crate::policy::StateError> for ServiceError {
+    fn from(e: crate::policy::StateError) -> Self {
+        ServiceError::Unavailable(e.to_string())
+    }
+}
+
 /// A full store queue is back-pressure (retry later); a closing store is going away.
 impl From<store::SubmitError> for ServiceError {
     fn from(e: store::SubmitError) -> Self {

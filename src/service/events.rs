@@ -16,7 +16,7 @@ impl Service {
         let input = validate::event(ev, &self.settings.limits, self.now_ms(), |b| {
             self.known_bot(b)
         })?;
-        let decision = self.playbook.handle_event(&input);
+        let decision = self.playbook.handle_event(&input).await?;
         if let Some(storage) = &self.storage {
             let rec = ConversationRecord::from_event(&input, &decision.decision);
             match storage.submit(Record::Conversation(rec)) {

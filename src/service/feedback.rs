@@ -50,7 +50,9 @@ impl Service {
         validate::check_id("chat_id", &req.chat_id, true, limits)?;
         validate::check_id("message_id", &req.message_id, false, limits)?;
         let at_ms = validate::report_time(req.at_ms, self.now_ms())?;
-        self.playbook.record_human_reply(&req.bot_id, &req.chat_id);
+        self.playbook
+            .record_human_reply(&req.bot_id, &req.chat_id)
+            .await?;
         let Some(storage) = &self.storage else {
             return Ok(false);
         };

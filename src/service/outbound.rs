@@ -20,9 +20,15 @@ impl Service {
     /// Moves everything the playbook has due into the per-bot outbox (each item is handed out
     /// by the playbook exactly once, so one place collects and the streams share it). Wakes
     /// the subscribers when something arrived.
-    pub fn collect_due(&self) -> usize {
+    pub async fn collect_due(&self) -> usize {
         let now = self.now_ms();
-        let items = self.playbook.due(now);
+        let items = match self.playbook.due(now).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "proactive sends not collected; next tick retries");
+                return 0;
+            }
+        };
         let n = items.len();
         if n > 0 {
             self.with_outbox(|outbox| {
@@ -51,8 +57,8 @@ impl Service {
 
     /// Takes the waiting proactive sends for `bot_id` (only `chats` when not empty); items for
     /// other chats stay for another stream.
-    pub fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
-        self.collect_due();
+    pub async fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
+        self.collect_due().await;
         let now = self.now_ms();
         let (items, dropped) = self.with_outbox(|o| o.take(bot_id, chats, now));
         self.count_dropped(bot_id, dropped);
@@ -90,8 +96,11 @@ impl Service {
         );
     }
 
-    pub fn next_outbound_ms(&self) -> Option<i64> {
-        self.playbook.next_due_ms()
+    pub async fn next_outbound_ms(&self) -> Option<i64> {
+        self.playbook.next_due_ms().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "next proactive send unknown");
+            None
+        })
     }
 
     /// Streams the proactive sends of `bot_id` (only `chat_ids` when not empty) until the
@@ -118,7 +127,7 @@ impl Service {
                 let notified = service.outbound_changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let mut items = service.take_outbound(&bot_id, &chat_ids).into_iter();
+                let mut items = service.take_outbound(&bot_id, &chat_ids).await.into_iter();
                 while let Some(item) = items.next() {
                     if let Err(mpsc::error::SendError(item)) = tx.send(item).await {
                         // The subscriber left: keep what it did not receive for the next one.
@@ -133,6 +142,7 @@ impl Service {
                 // wall-clock schedules are never late by more than that.
                 let wait = service
                     .next_outbound_ms()
+                    .await
                     .map(|t| (t - service.now_ms()).clamp(1, 1000) as u64)
                     .unwrap_or(1000);
                 tokio::select! {

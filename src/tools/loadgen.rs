@@ -12,7 +12,7 @@
 //! percentiles are exact to 0.1 % and memory stays constant however long the run.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -839,6 +839,7 @@ mod tests {
     use clap::Parser;
     use std::collections::HashSet;
     use std::net::SocketAddr;
+    use std::path::Path;
     use tonic::{Request, Response};
 
     use intentd::pb::intent_service_server::{IntentService, IntentServiceServer};

@@ -1,0 +1,276 @@
+//! The pure decision for one classified message (the order of the checks is in
+//! [`super::playbook`]'s module doc): a function of the operator config, the seed, the time and
+//! the rows of the group and user in [`Work`]; the rows it changes are written back by the
+//! state store.
+
+use super::config::Settings;
+use super::decision::{decision, Decider, Target, Work};
+use super::hash::seeded;
+use super::hours::local;
+use super::scheduler;
+use super::spacing::Priority;
+use super::templates::{Template, Vars};
+use crate::types::{Action, Classification, MessageContext, PolicyDecision, ReplyOut};
+
+/// A banned word in the text → BLOCK (and a review entry); None: go on and classify.
+pub fn precheck(d: &Decider<'_>, w: &mut Work, ctx: &MessageContext) -> Option<PolicyDecision> {
+    let word = d.cfg.banned.find(&ctx.text)?.to_string();
+    Some(d.block(w, ctx, &word, "banned_word"))
+}
+
+/// Decide what to do with a classified message. `display_names` maps an intent id to the name
+/// shown to users (for the clarify candidates); `catalog_handoff` says intents.yml flags the
+/// intent `handoff: always`.
+pub fn decide_message(
+    d: &Decider<'_>,
+    w: &mut Work,
+    ctx: &MessageContext,
+    cls: &Classification,
+    display_names: &dyn Fn(&str) -> String,
+    catalog_handoff: bool,
+) -> PolicyDecision {
+    let cfg = d.cfg;
+    let s = cfg.settings(&ctx.bot_id, &ctx.chat_id).clone();
+    let now = d.now;
+    let uid = ctx.user.id.as_str();
+
+    if let Some(word) = cfg.banned.find(&ctx.text) {
+        return d.block(w, ctx, word, "banned_word");
+    }
+    let understood = !cls.needs_clarification && !cls.intent.is_empty();
+    if understood && cls.intent == "spam_ads" {
+        return d.block(w, ctx, "", "spam_ads");
+    }
+
+    w.group.handoffs.note_message();
+    scheduler::touch(&mut w.group.timers, &ctx.chat_name, now, true);
+    let interactions = w.record_activity(now, s.frequency.window_ms);
+    let group_name = if ctx.chat_name.is_empty() {
+        w.chat_name().to_string()
+    } else {
+        ctx.chat_name.clone()
+    };
+    let base_vars = d.vars(&s, &ctx.user.nickname, &group_name);
+    let style = s.style_for(&ctx.user.tags).to_string();
+    let t = Target {
+        bot: &ctx.bot_id,
+        chat: &ctx.chat_id,
+        user: uid,
+        source_id: &ctx.message_id,
+    };
+    let input = Input {
+        ctx,
+        cls,
+        display_names,
+        interactions,
+        catalog_handoff,
+        base_vars: &base_vars,
+        style: &style,
+    };
+    let mut out = decide_inner(d, w, &s, &t, &input);
+
+    // First contact: the automation disclosure goes before the first thing we send.
+    let sends = out.reply.is_some()
+        && matches!(
+            out.action,
+            Action::Reply | Action::Clarify | Action::Handoff
+        );
+    if sends && s.disclosure_enabled && !w.user.profile.disclosed {
+        w.user.profile.disclosed = true;
+        // The ask_bot reply is itself the disclosure.
+        if !(understood && cls.intent == "ask_bot") {
+            let pick = seeded(d.seed, &["disclosure", uid]);
+            if let Some(r) =
+                cfg.replies
+                    .choose("disclosure", &style, pick, &cfg.banned, &|tp: &Template| {
+                        tp.render(&base_vars)
+                    })
+            {
+                out.notices.push(r.text);
+            }
+        }
+    }
+    d.maybe_push(w, &s, &group_name, &ctx.user, interactions);
+    out
+}
+
+/// The message and what was derived from it before the checks.
+struct Input<'a> {
+    ctx: &'a MessageContext,
+    cls: &'a Classification,
+    display_names: &'a dyn Fn(&str) -> String,
+    interactions: u32,
+    catalog_handoff: bool,
+    base_vars: &'a Vars,
+    style: &'a str,
+}
+
+fn decide_inner(
+    d: &Decider<'_>,
+    w: &mut Work,
+    s: &Settings,
+    t: &Target<'_>,
+    i: &Input<'_>,
+) -> PolicyDecision {
+    let (cfg, now, cls) = (d.cfg, d.now, i.cls);
+    let understood = !cls.needs_clarification && !cls.intent.is_empty();
+    let intent = cls.intent.as_str();
+
+    if understood && s.silent_intents.contains(intent) {
+        w.user.not_understood_streak = 0;
+        return decision(Action::Ignore, None, "silent_intent");
+    }
+
+    if !s.service_hours.is_open(s.timezone, now) {
+        let opens = s.service_hours.next_open_ms(s.timezone, now);
+        let u = &mut w.user.profile;
+        if u.off_hours_notified_for.is_some() && u.off_hours_notified_for == opens {
+            return decision(Action::Handoff, None, "off_hours");
+        }
+        u.off_hours_notified_for = opens;
+        let wait = w.open_handoff(now, &s.handoff);
+        let mut vars = i.base_vars.clone();
+        vars.wait_minutes = wait.to_string();
+        vars.open_time = opens
+            .map(|o| local(s.timezone, o).format("%H:%M").to_string())
+            .unwrap_or_default();
+        let reply = d.choose("off_hours", i.style, t.user, &vars);
+        return d.finish(
+            w,
+            s,
+            t,
+            Action::Handoff,
+            reply,
+            "off_hours",
+            None,
+            Priority::High,
+        );
+    }
+
+    if !understood {
+        w.user.not_understood_streak = w.user.not_understood_streak.saturating_add(1);
+        if w.user.not_understood_streak >= s.handoff.not_understood_limit {
+            return handoff(d, w, s, t, i, "handoff:not_understood");
+        }
+        let sep = cfg.replies.list_separator.as_str();
+        let names: Vec<String> = cls
+            .ranking
+            .iter()
+            .filter(|r| !r.intent.is_empty())
+            .take(3)
+            .map(|r| (i.display_names)(&r.intent))
+            .filter(|n| !n.is_empty())
+            .collect();
+        let (key, vars) = if names.is_empty() {
+            ("fallback", i.base_vars.clone())
+        } else {
+            let mut v = i.base_vars.clone();
+            v.candidates = names.join(sep);
+            ("clarify", v)
+        };
+        let reply = d.choose(key, i.style, t.user, &vars);
+        if reply.is_none() {
+            return decision(Action::Ignore, None, "banned_word:outbound");
+        }
+        return d.finish(
+            w,
+            s,
+            t,
+            Action::Clarify,
+            reply,
+            "clarify",
+            None,
+            Priority::Normal,
+        );
+    }
+    w.user.not_understood_streak = 0;
+
+    if i.catalog_handoff || s.handoff.intents.contains(intent) {
+        return handoff(d, w, s, t, i, "handoff:intent");
+    }
+
+    let cd = s.cooldown.for_key(intent);
+    if cd > 0 && w.user.cooldowns.remaining(intent, now, cd).is_some() {
+        return decision(Action::Ignore, None, "cooldown");
+    }
+
+    let mut chosen: Option<(ReplyOut, String)> = None;
+    if let Some(rule) = s
+        .rules
+        .iter()
+        .find(|r| r.applies(intent, &i.ctx.user, i.interactions))
+    {
+        chosen = d
+            .choose(&rule.reply, i.style, t.user, i.base_vars)
+            .map(|r| (r, format!("rule:{}", rule.id)));
+    }
+    if chosen.is_none() {
+        if let Some(exp) = s.experiment_for(intent) {
+            let vid = exp.variant_for(t.user);
+            if let Some(v) = cfg.replies.variant(intent, vid) {
+                if let Some(mut r) =
+                    cfg.replies
+                        .render_variant(intent, v, &cfg.banned, &|tp: &Template| {
+                            tp.render(i.base_vars)
+                        })
+                {
+                    r.variant_id = format!("{}/{}", exp.id, vid);
+                    r.experiment = exp.id.clone();
+                    chosen = Some((r, format!("ab:{}", exp.id)));
+                }
+            }
+        }
+    }
+    if chosen.is_none() {
+        chosen = d
+            .choose(intent, i.style, t.user, i.base_vars)
+            .map(|r| (r, "faq".to_string()));
+    }
+    let Some((reply, reason)) = chosen else {
+        let why = if cfg.replies.has(intent) {
+            "banned_word:outbound"
+        } else {
+            "no_reply"
+        };
+        return decision(Action::Ignore, None, why);
+    };
+    let out = d.finish(
+        w,
+        s,
+        t,
+        Action::Reply,
+        Some(reply),
+        &reason,
+        Some(intent),
+        Priority::Normal,
+    );
+    if out.action == Action::Reply || out.reason == "merged:spacing" {
+        w.user.cooldowns.record(intent, now);
+    }
+    out
+}
+
+fn handoff(
+    d: &Decider<'_>,
+    w: &mut Work,
+    s: &Settings,
+    t: &Target<'_>,
+    i: &Input<'_>,
+    reason: &str,
+) -> PolicyDecision {
+    w.user.not_understood_streak = 0;
+    let wait = w.open_handoff(d.now, &s.handoff);
+    let mut vars = i.base_vars.clone();
+    vars.wait_minutes = wait.to_string();
+    let reply = d.choose("handoff", i.style, t.user, &vars);
+    d.finish(
+        w,
+        s,
+        t,
+        Action::Handoff,
+        reply,
+        reason,
+        None,
+        Priority::High,
+    )
+}
