@@ -2,8 +2,9 @@
 //!
 //! Layers, front to back: `server` (gRPC / HTTP front doors that only translate), `core`
 //! (validation, tokenisation, batching, orchestration), `engine` (keyword layer + fusion) and
-//! `policy` (the operator playbook) for decisions, `model` (the encoder behind a trait), and
-//! `store` (I/O: the durable log, audit, stats).
+//! `policy` (the operator playbook) for decisions, `operator` (every operator file loaded into
+//! one validated snapshot), `model` (the encoder behind a trait), and `store` (I/O: the durable
+//! log, audit, stats).
 
 /// Code generated from `proto/intentd/v1/intentd.proto`.
 pub mod pb {
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod loadgen;
 pub mod metrics;
 pub mod model;
+pub mod operator;
 pub mod pii;
 pub mod policy;
 pub mod server;

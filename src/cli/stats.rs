@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use intentd::engine::catalog::Catalog;
 use intentd::pb;
 use intentd::policy::config::OperatorConfig;
 use intentd::server::config::ServerConfig;
@@ -57,8 +58,8 @@ pub fn run(args: StatsArgs) -> Result<()> {
         .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     // The human-share targets come from the playbook, as in GetStats.
     let server = ServerConfig::load(&args.config)?;
-    let operator = OperatorConfig::load(&server.operator_dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", server.operator_dir.display()))?;
+    let catalog = Catalog::load(&server.operator_dir.join("intents.yml"))?;
+    let operator = OperatorConfig::load(&server.operator_dir, &catalog)?;
     let storage = super::export::open_storage(&args.config, args.db)?;
     let s = storage
         .stats(

@@ -2,7 +2,6 @@
 //! orchestration of engine, policy and store).
 
 pub mod batcher;
-pub mod operator;
 pub mod outbox;
 pub mod service;
 pub mod validate;

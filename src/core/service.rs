@@ -7,20 +7,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::batcher::{Batcher, LoadedModel};
-use super::operator::OperatorRules;
 use super::outbox::{Dropped, Outbox};
 use super::validate::{self, InvalidField};
 use crate::clock::{ManualClock, SharedClock};
-use crate::engine::catalog::Handoff;
 use crate::engine::fusion;
 use crate::metrics::{DroppedLabels, Metrics};
 use crate::model::classifier::{IntentBackend, IntentModel};
+use crate::operator::{LiveOperator, OperatorSnapshot};
 use crate::pb;
 use crate::policy::events::{EventDecision, EventInput, EventKind};
 use crate::policy::playbook::Playbook;
@@ -71,7 +69,8 @@ pub struct Core {
     pub manual_clock: Option<Arc<ManualClock>>,
     model: Arc<ArcSwapOption<LoadedModel>>,
     batcher: Batcher,
-    rules: ArcSwap<OperatorRules>,
+    /// The operator files in service; the playbook reads its part from here too.
+    operator: Arc<LiveOperator>,
     playbook: Arc<Playbook>,
     /// Proactive sends taken from the playbook, waiting for a Subscribe stream of their bot.
     outbox: Mutex<Outbox>,
@@ -90,7 +89,7 @@ impl Core {
         cfg: Arc<ServerConfig>,
         clock: SharedClock,
         manual_clock: Option<Arc<ManualClock>>,
-        rules: OperatorRules,
+        operator: Arc<LiveOperator>,
         playbook: Playbook,
         storage: Option<Arc<Storage>>,
         metrics: Arc<Metrics>,
@@ -106,7 +105,7 @@ impl Core {
             manual_clock,
             model,
             batcher,
-            rules: ArcSwap::from_pointee(rules),
+            operator,
             playbook: Arc::new(playbook),
             outbox,
             storage,
@@ -134,7 +133,7 @@ impl Core {
     }
 
     pub fn config_hash(&self) -> String {
-        self.rules.load().config_hash.clone()
+        self.operator.load().config_hash.clone()
     }
 
     pub fn served(&self) -> u64 {
@@ -150,7 +149,7 @@ impl Core {
     }
 
     pub fn display_name(&self, intent: &str) -> String {
-        self.rules.load().display_name(intent)
+        self.operator.load().display_name(intent)
     }
 
     pub fn known_bot(&self, bot: &str) -> bool {
@@ -236,7 +235,7 @@ impl Core {
     ) -> Result<ClassifyResult, CoreError> {
         let started = Instant::now();
         let playbook = self.playbook.clone();
-        let rules = self.rules.load_full();
+        let rules = self.operator.load_full();
         let mut timings = StepTimings::default();
         let mut model_version = self.model_version();
 
@@ -308,7 +307,7 @@ impl Core {
             let mut cls = fusion::fuse(model_scores.as_deref(), &kw, &rules.fusion);
             cls.truncated = truncated;
             // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
-            let always = |i: &str| rules.catalog.handoff(i) == Some(Handoff::Always);
+            let always = |i: &str| rules.always_handoff(i);
             let decision = playbook.decide_message_with_catalog(
                 &ctx,
                 &cls,
@@ -728,24 +727,18 @@ impl Core {
     pub async fn reload_operator(&self, actor: &str) -> Result<String, CoreError> {
         let _g = self.reload_lock.lock().await;
         let cfg = self.cfg.clone();
-        let playbook = self.playbook.clone();
-        // Rules are validated first, then the playbook validates and swaps its files (keeping
-        // its live state: spacing, cooldowns, open handoffs), then the rules swap: a broken
-        // file anywhere leaves everything as it was.
-        let loaded = tokio::task::spawn_blocking(move || -> Result<OperatorRules> {
-            let rules =
-                OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())?;
-            playbook
-                .reload(&cfg.operator_dir)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(rules)
+        // Every file is validated into a new snapshot first; one store then swaps it in for the
+        // classifier and the playbook alike (whose live state - spacing, cooldowns, open
+        // handoffs - is not part of it and stays). A broken file leaves everything as it was.
+        let loaded = tokio::task::spawn_blocking(move || {
+            OperatorSnapshot::load_dir(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
         })
         .await
         .map_err(|e| CoreError::Internal(format!("config loader crashed: {e}")))?;
         match loaded {
-            Ok(rules) => {
-                let hash = rules.config_hash.clone();
-                self.rules.store(Arc::new(rules));
+            Ok(snapshot) => {
+                let hash = snapshot.config_hash.clone();
+                self.operator.store(Arc::new(snapshot));
                 self.audit(
                     actor,
                     store::AuditAction::ConfigChange,

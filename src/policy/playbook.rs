@@ -5,7 +5,8 @@
 //! message's `at_ms`, so `send_after_ms` is relative to the moment of the decision).
 //!
 //! Message flow in [`Playbook::decide_message`], first match wins:
-//! 1. banned word in the text → BLOCK `banned_word` (+ review entry); `spam_ads` → BLOCK;
+//! 1. banned word in the text → BLOCK `banned_word` (+ review entry); an intent of
+//!    `block_intents` (the shipped playbook: `spam_ads`) → BLOCK with the intent as reason;
 //! 2. silent intent → IGNORE `silent_intent`;
 //! 3. outside service hours → HANDOFF `off_hours` (off-hours reply once per user per closed period);
 //! 4. not understood (`needs_clarification` or no intent) → CLARIFY, or HANDOFF
@@ -17,9 +18,10 @@
 //! 8. group spacing: `send_after_ms`, or merged / dropped (see [`super::spacing`]).
 //!
 //! Then: the first sending decision for a user in a chat carries the automation disclosure in
-//! `notices`, and a matching personal push may be queued for `due()`.
+//! `notices` (unless the intent is one of `disclosure.answered_by`, whose reply already says it), and a matching personal push may be queued for `due()`.
 
-use parking_lot::{Mutex, RwLock};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -36,8 +38,9 @@ use super::hours::local;
 use super::scheduler::{Job, JobContent, OutboundItem, OutboundKind, Scheduler};
 use super::spacing::{GroupSpacing, Priority, SpacingOutcome};
 use super::templates::{Template, Vars};
-use super::PolicyError;
 use crate::clock::SharedClock;
+use crate::data::FileError;
+use crate::engine::catalog::Catalog;
 use crate::types::{Action, Classification, MessageContext, PolicyDecision, ReplyOut, UserInfo};
 
 /// Review entries kept in memory before the oldest are discarded; the server drains them.
@@ -149,11 +152,23 @@ struct Target<'a> {
     source_id: &'a str,
 }
 
+/// Where the playbook reads its operator config on every call: the service's live operator
+/// snapshot (so one swap there changes what every decision sees), or a config of its own.
+pub trait ConfigSource: Send + Sync {
+    fn current(&self) -> Arc<OperatorConfig>;
+}
+
+impl ConfigSource for ArcSwap<OperatorConfig> {
+    fn current(&self) -> Arc<OperatorConfig> {
+        self.load_full()
+    }
+}
+
 /// The operator playbook (see module doc).
 pub struct Playbook {
     clock: SharedClock,
     seed: u64,
-    config: RwLock<Arc<OperatorConfig>>,
+    config: Arc<dyn ConfigSource>,
     state: Mutex<State>,
 }
 
@@ -166,17 +181,28 @@ impl std::fmt::Debug for Playbook {
 }
 
 impl Playbook {
-    /// Load `playbook.yml`, `replies.yml`, `banned_words.txt` and `calendar.yml` from `dir`.
-    pub fn load(dir: &Path, clock: SharedClock, seed: u64) -> Result<Playbook, PolicyError> {
-        Ok(Self::from_config(OperatorConfig::load(dir)?, clock, seed))
+    /// A playbook on its own config: `playbook.yml`, `replies.yml`, `banned_words.txt` and
+    /// `calendar.yml` from `dir`, checked against the `intents.yml` there.
+    pub fn load(dir: &Path, clock: SharedClock, seed: u64) -> Result<Playbook, FileError> {
+        let catalog = Catalog::load(&dir.join("intents.yml"))?;
+        Ok(Self::from_config(
+            OperatorConfig::load(dir, &catalog)?,
+            clock,
+            seed,
+        ))
     }
 
     pub fn from_config(config: OperatorConfig, clock: SharedClock, seed: u64) -> Playbook {
+        Self::new(Arc::new(ArcSwap::from_pointee(config)), clock, seed)
+    }
+
+    /// A playbook that reads its config from `config` on every call.
+    pub fn new(config: Arc<dyn ConfigSource>, clock: SharedClock, seed: u64) -> Playbook {
         let now = clock.now_ms();
         Playbook {
             clock,
             seed,
-            config: RwLock::new(Arc::new(config)),
+            config,
             state: Mutex::new(State {
                 last_sweep_ms: now,
                 ..Default::default()
@@ -184,15 +210,8 @@ impl Playbook {
         }
     }
 
-    /// Validate the files in `dir` and swap them in; on error the running config is kept.
-    pub fn reload(&self, dir: &Path) -> Result<(), PolicyError> {
-        let fresh = OperatorConfig::load(dir)?;
-        *self.config.write() = Arc::new(fresh);
-        Ok(())
-    }
-
     pub fn config(&self) -> Arc<OperatorConfig> {
-        self.config.read().clone()
+        self.config.current()
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -274,8 +293,8 @@ impl Playbook {
             return self.block(&mut st, ctx, now, w, "banned_word");
         }
         let understood = !cls.needs_clarification && !cls.intent.is_empty();
-        if understood && cls.intent == "spam_ads" {
-            return self.block(&mut st, ctx, now, "", "spam_ads");
+        if understood && s.block_intents.contains(&cls.intent) {
+            return self.block(&mut st, ctx, now, "", &cls.intent);
         }
 
         st.handoffs.note_message(bot, chat);
@@ -323,8 +342,8 @@ impl Playbook {
             let first = !st.user(bot, chat, uid).disclosed;
             if first {
                 st.user(bot, chat, uid).disclosed = true;
-                // The ask_bot reply is itself the disclosure.
-                if !(understood && cls.intent == "ask_bot") {
+                // Some replies are the disclosure themselves ("yes, I am a bot").
+                if !(understood && s.disclosure_answered_by.contains(&cls.intent)) {
                     let pick = seeded(self.seed, &["disclosure", uid]);
                     if let Some(r) = cfg.replies.choose(
                         "disclosure",

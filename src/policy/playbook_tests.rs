@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::clock::{Clock, ManualClock};
+use crate::engine::catalog::Catalog;
 use crate::policy::hours::to_ms;
 use crate::policy::replies::tests::minimal_yaml;
 use crate::types::{IntentScore, Source};
@@ -51,11 +52,14 @@ const BASE: &str = "defaults:
   style: professional
   spacing: { min_interval_s: 15, jitter_ms: 0, queue_limit: 3 }
   reactivation: { enabled: false }
-  disclosure: { enabled: false }
+  disclosure: { enabled: false, answered_by: [ask_bot] }
+  block_intents: [spam_ads]
 ";
 
 struct Fx {
     pb: Playbook,
+    /// The config the playbook reads; a reload stores a new one here.
+    live: Arc<ArcSwap<OperatorConfig>>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
@@ -79,15 +83,25 @@ fn write_dir(playbook: &str) -> tempfile::TempDir {
     ) + EXTRA_REPLIES;
     std::fs::write(p.join("replies.yml"), replies).unwrap();
     std::fs::write(p.join("playbook.yml"), playbook).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/operator/intents.yml");
+    std::fs::copy(shipped, p.join("intents.yml")).unwrap();
     dir
+}
+
+/// The policy files in `dir`, validated against its intents.yml.
+fn load_config(dir: &Path) -> Result<OperatorConfig, FileError> {
+    OperatorConfig::load(dir, &Catalog::load(&dir.join("intents.yml"))?)
 }
 
 fn fx_at(playbook: &str, start: i64) -> Fx {
     let dir = write_dir(playbook);
     let clock = Arc::new(ManualClock::new(start));
-    let pb = Playbook::load(dir.path(), clock.clone(), 42).unwrap_or_else(|e| panic!("{e}"));
+    let config = load_config(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let live = Arc::new(ArcSwap::from_pointee(config));
+    let pb = Playbook::new(live.clone(), clock.clone(), 42);
     Fx {
         pb,
+        live,
         clock,
         _dir: dir,
     }
@@ -164,6 +178,12 @@ fn names(i: &str) -> String {
 }
 
 impl Fx {
+    /// Validates the policy files in `dir` and swaps them in; on error the running ones stay.
+    fn reload(&self, dir: &Path) -> Result<(), FileError> {
+        self.live.store(Arc::new(load_config(dir)?));
+        Ok(())
+    }
+
     fn ask(&self, chat: &str, u: &UserInfo, intent: &str) -> PolicyDecision {
         self.pb
             .decide_message(&msg(chat, u, "问题"), &cls(intent), &names)
@@ -203,7 +223,7 @@ fn shipped_operator_config_loads_and_answers() {
     let clock = Arc::new(ManualClock::new(mon(10, 0)));
     let pb = Playbook::load(&dir, clock, 7).unwrap_or_else(|e| panic!("{e}"));
     let cfg = pb.config();
-    for intent in crate::policy::replies::INTENTS {
+    for intent in Catalog::load(&dir.join("intents.yml")).unwrap().ids() {
         assert!(cfg.replies.variants(intent).len() >= 2, "{intent}");
     }
     let s = cfg.settings("demo", "vip_lounge");
@@ -468,8 +488,8 @@ fn off_hours_reply_once_then_handoff_queue() {
 #[test]
 fn disclosure_on_first_contact_only() {
     let f = fx(&BASE.replace(
-        "disclosure: { enabled: false }",
-        "disclosure: { enabled: true }",
+        "disclosure: { enabled: false,",
+        "disclosure: { enabled: true,",
     ));
     let u1 = user("u1", "a");
     assert_eq!(
@@ -547,6 +567,28 @@ fn spam_is_blocked_and_silent_intents_ignored() {
         (d.action, d.reason.as_str()),
         (Action::Ignore, "silent_intent")
     );
+}
+
+#[test]
+fn blocked_and_self_disclosing_intents_are_operator_settings() {
+    // Nothing is blocked or self-disclosing unless the playbook says so.
+    let plain = "defaults:\n  style: professional\n  spacing: { min_interval_s: 15, jitter_ms: 0 }\n  reactivation: { enabled: false }\n";
+    let f = fx(plain);
+    let d = f.ask("g", &user("u1", "a"), "spam_ads");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Reply, "faq"));
+    assert_eq!(d.notices.len(), 1, "spam_ads is not self-disclosing here");
+    let d = f.ask("g", &user("u2", "b"), "ask_bot");
+    assert_eq!((d.action, d.notices.len()), (Action::Reply, 1));
+    // Another intent, per group.
+    let f = fx(&(plain.to_string()
+        + "bots:\n  bot1:\n    groups:\n      quiet:\n        block_intents: [chitchat]\n        disclosure: { answered_by: [greeting] }\n"));
+    let d = f.ask("quiet", &user("u1", "a"), "chitchat");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Block, "chitchat"));
+    assert_eq!(f.pb.review_queue()[0].reason, "chitchat");
+    let d = f.ask("quiet", &user("u2", "b"), "greeting");
+    assert_eq!((d.action, d.notices.len()), (Action::Reply, 0));
+    let d = f.ask("other", &user("u1", "a"), "chitchat");
+    assert_eq!(d.action, Action::Reply);
 }
 
 #[test]
@@ -939,13 +981,13 @@ fn reload_swaps_config_keeps_state_and_rejects_broken_files() {
     let u = user("u1", "a");
     f.ask("g", &u, "price");
     let bad = write_dir("defaults:\n  spacing: { min_interval_s: 90 }\n");
-    let e = f.pb.reload(bad.path()).unwrap_err().to_string();
+    let e = f.reload(bad.path()).unwrap_err().to_string();
     assert!(
         e.ends_with("playbook.yml:2: min_interval_s must be 5..=60, got 90"),
         "{e}"
     );
     let good = write_dir(&(BASE.to_string() + "  handoff: { intents: [price] }\n"));
-    f.pb.reload(good.path()).unwrap();
+    f.reload(good.path()).unwrap();
     f.step(20);
     assert_eq!(
         f.ask("g", &user("u2", "b"), "price").action,

@@ -20,10 +20,10 @@ use super::auth::Authenticator;
 use super::config::ServerConfig;
 use super::grpc::{AdminApi, IntentApi};
 use crate::clock::{ManualClock, SharedClock, SystemClock};
-use crate::core::operator::OperatorRules;
 use crate::core::service::Core;
 use crate::metrics::Metrics;
 use crate::model::classifier::IntentModel;
+use crate::operator::{LiveOperator, OperatorSnapshot};
 use crate::pb;
 use crate::policy::playbook::Playbook;
 use crate::store::{AuditAction, Storage};
@@ -73,10 +73,11 @@ pub async fn serve(
     if auth.disabled() {
         tracing::warn!("authentication is DISABLED (auth.disabled: true): local use only");
     }
-    let rules = OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
-        .context("operator files")?;
-    let playbook = Playbook::load(&cfg.operator_dir, clock.clone(), cfg.seed)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot =
+        OperatorSnapshot::load_dir(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
+            .context("operator files")?;
+    let operator = Arc::new(LiveOperator::from_pointee(snapshot));
+    let playbook = Playbook::new(operator.clone(), clock.clone(), cfg.seed);
     // A bot id typo in playbook.yml would silently fall back to the defaults: say so.
     let bots = cfg.bot_ids();
     for b in playbook.config().configured_bots() {
@@ -97,7 +98,7 @@ pub async fn serve(
         cfg.clone(),
         clock.clone(),
         manual,
-        rules,
+        operator,
         playbook,
         storage,
         metrics.clone(),
