@@ -58,7 +58,7 @@ pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), F
             "nlu" => nlu = Some(v),
             key => {
                 return Err(file.error(
-                    &[Seg::Key(&key)],
+                    &[Seg::Key(key)],
                     format!("unknown key '{key}' (expected version, nlu)"),
                 ));
             }

@@ -312,8 +312,12 @@ rules:
       weight: 2
 "#;
 
+    fn yaml(text: &str) -> YamlFile {
+        YamlFile::parse(Path::new("d.yml"), text).unwrap()
+    }
+
     fn doc() -> YamlFile {
-        YamlFile::parse(Path::new("d.yml"), DOC).unwrap()
+        yaml(DOC)
     }
 
     #[test]
@@ -365,11 +369,7 @@ rules:
 
     #[test]
     fn indented_list_under_key() {
-        let o = YamlFile::parse(
-            Path::new("a.yml"),
-            "a:\n  - x: 1\n    y: 2\n  - x: 3\nb: 4\n",
-        )
-        .unwrap();
+        let o = yaml("a:\n  - x: 1\n    y: 2\n  - x: 3\nb: 4\n");
         assert_eq!(o.line(&[Key("a"), Index(1), Key("x")]), 4);
         assert_eq!(o.line(&[Key("a"), Index(0), Key("y")]), 3);
         assert_eq!(o.line(&[Key("b")]), 5);
@@ -377,11 +377,7 @@ rules:
 
     #[test]
     fn colon_inside_values_and_urls() {
-        let o = YamlFile::parse(
-            Path::new("l.yml"),
-            "l:\n- http://x.y/z\n- k: v w\n- 'a: b'\n",
-        )
-        .unwrap();
+        let o = yaml("l:\n- http://x.y/z\n- k: v w\n- 'a: b'\n");
         assert_eq!(o.line(&[Key("l"), Index(2)]), 4);
         assert_eq!(
             scalar_text(o.node(&[Key("l"), Index(0)]).unwrap()).as_deref(),

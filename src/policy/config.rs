@@ -574,61 +574,68 @@ fn apply(s: &mut Settings, raw: &RawSettings, at: &At<'_>, level: Level) -> Resu
     if raw.groups.is_some() && level != Level::Bot {
         return Err(at.err(&[Key("groups")], "groups can only be set under a bot"));
     }
-    if let Some(st) = &raw.style {
-        s.style = at.style(&[Key("style")], st)?;
-    }
-    if let Some(m) = &raw.user_tag_styles {
-        s.user_tag_styles = user_tag_styles(at, m)?;
-    }
-    if let Some(hours) = &raw.service_hours {
-        s.service_hours = service_hours(at, hours)?;
-    }
-    if let Some(sp) = &raw.spacing {
-        spacing(&mut s.spacing, &at.key("spacing"), sp)?;
-    }
-    if let Some(c) = &raw.cooldown {
-        cooldown(&mut s.cooldown, &at.key("cooldown"), c)?;
-    }
-    if let Some(h) = &raw.handoff {
-        handoff(&mut s.handoff, &at.key("handoff"), h)?;
-    }
-    if let Some(w) = &raw.welcome {
-        welcome(s, &at.key("welcome"), w)?;
-    }
-    if let Some(d) = &raw.disclosure {
-        disclosure(s, &at.key("disclosure"), d)?;
-    }
-    if let Some(r) = &raw.reactivation {
-        reactivation(&mut s.reactivation, &at.key("reactivation"), r)?;
-    }
-    if let Some(list) = &raw.silent_intents {
-        s.silent_intents = at.intents("silent_intents", list)?;
-    }
-    if let Some(list) = &raw.block_intents {
-        s.block_intents = at.intents("block_intents", list)?;
-    }
-    if let Some(list) = &raw.rules {
-        s.rules = attribute_rules(at, list)?;
-    }
-    if let Some(list) = &raw.pushes {
-        s.pushes = pushes(at, list)?;
-    }
-    if let Some(f) = &raw.frequency {
-        frequency(&mut s.frequency, &at.key("frequency"), f)?;
-    }
-    if let Some(list) = &raw.schedules {
-        s.schedules = schedules(at, list)?;
-    }
-    if let Some(list) = &raw.countdowns {
-        s.countdowns = countdowns(at, list)?;
-    }
-    if let Some(list) = &raw.experiments {
-        s.experiments = experiments(at, list)?;
-    }
+    // Keys whose value replaces the one inherited from the level above.
+    replace(&mut s.style, &raw.style, |v| at.style(&[Key("style")], v))?;
+    replace(&mut s.user_tag_styles, &raw.user_tag_styles, |v| {
+        user_tag_styles(at, v)
+    })?;
+    replace(&mut s.service_hours, &raw.service_hours, |v| {
+        service_hours(at, v)
+    })?;
+    replace(&mut s.silent_intents, &raw.silent_intents, |v| {
+        at.intents("silent_intents", v)
+    })?;
+    replace(&mut s.block_intents, &raw.block_intents, |v| {
+        at.intents("block_intents", v)
+    })?;
+    replace(&mut s.rules, &raw.rules, |v| attribute_rules(at, v))?;
+    replace(&mut s.pushes, &raw.pushes, |v| pushes(at, v))?;
+    replace(&mut s.schedules, &raw.schedules, |v| schedules(at, v))?;
+    replace(&mut s.countdowns, &raw.countdowns, |v| countdowns(at, v))?;
+    replace(&mut s.experiments, &raw.experiments, |v| experiments(at, v))?;
+    // Blocks that merge key by key into the inherited ones.
+    merge(&raw.spacing, |v| {
+        spacing(&mut s.spacing, &at.key("spacing"), v)
+    })?;
+    merge(&raw.cooldown, |v| {
+        cooldown(&mut s.cooldown, &at.key("cooldown"), v)
+    })?;
+    merge(&raw.handoff, |v| {
+        handoff(&mut s.handoff, &at.key("handoff"), v)
+    })?;
+    merge(&raw.welcome, |v| welcome(s, &at.key("welcome"), v))?;
+    merge(&raw.disclosure, |v| disclosure(s, &at.key("disclosure"), v))?;
+    let reactivation_at = at.key("reactivation");
+    merge(&raw.reactivation, |v| {
+        reactivation(&mut s.reactivation, &reactivation_at, v)
+    })?;
+    merge(&raw.frequency, |v| {
+        frequency(&mut s.frequency, &at.key("frequency"), v)
+    })?;
     if let Some(v) = at.scaled("schedule_grace_s", raw.schedule_grace_s, (0, 86_400), 1000)? {
         s.schedule_grace_ms = v;
     }
     Ok(())
+}
+
+/// `current` becomes `parse(value)` when the block sets the key.
+fn replace<R, T>(
+    current: &mut T,
+    value: &Option<R>,
+    parse: impl FnOnce(&R) -> Result<T, FileError>,
+) -> Result<(), FileError> {
+    if let Some(v) = value {
+        *current = parse(v)?;
+    }
+    Ok(())
+}
+
+/// Runs `merge` when the block sets the key.
+fn merge<R>(
+    value: &Option<R>,
+    merge: impl FnOnce(&R) -> Result<(), FileError>,
+) -> Result<(), FileError> {
+    value.as_ref().map_or(Ok(()), merge)
 }
 
 fn timezone(at: &At<'_>, tz: &str, level: Level) -> Result<Tz, FileError> {
@@ -791,39 +798,54 @@ fn reactivation(
     Ok(())
 }
 
-fn attribute_rules(at: &At<'_>, list: &[RawRule]) -> Result<Vec<AttrRule>, FileError> {
-    let mut out: Vec<AttrRule> = Vec::new();
-    for (here, r) in at.items("rules", list) {
-        let id = here.unique_id("rule", &r.id, out.iter().map(|o| o.id.as_str()))?;
-        let intents = here.key("intents");
-        let intents = (r.intents.iter().enumerate())
-            .map(|(j, name)| intents.intent(&[Index(j)], name))
-            .collect::<Result<_, _>>()?;
-        out.push(AttrRule {
-            id,
-            intents,
-            when: here.condition(&r.when)?,
-            reply: here.named_reply(&r.reply)?,
-        });
+/// A list section whose entries have ids (`ids`, one per entry of `list`): every id must be a
+/// simple id, unique in the list. `parse` builds an entry from its raw form, its position and
+/// the entries built before it.
+fn with_ids<'a, R, T>(
+    at: &At<'a>,
+    (key, what): (&'a str, &str),
+    ids: &[&str],
+    list: &[R],
+    mut parse: impl FnMut(&At<'a>, &R, String, &[T]) -> Result<T, FileError>,
+) -> Result<Vec<T>, FileError> {
+    let mut out = Vec::new();
+    for (i, (here, r)) in at.items(key, list).enumerate() {
+        let id = here.unique_id(what, ids[i], ids[..i].iter().copied())?;
+        let entry = parse(&here, r, id, &out)?;
+        out.push(entry);
     }
     Ok(out)
 }
 
+fn attribute_rules(at: &At<'_>, list: &[RawRule]) -> Result<Vec<AttrRule>, FileError> {
+    let ids: Vec<&str> = list.iter().map(|r| r.id.as_str()).collect();
+    with_ids(at, ("rules", "rule"), &ids, list, |here, r, id, _| {
+        let intents = here.key("intents");
+        let intents = (r.intents.iter().enumerate())
+            .map(|(j, name)| intents.intent(&[Index(j)], name))
+            .collect::<Result<_, _>>()?;
+        Ok(AttrRule {
+            id,
+            intents,
+            when: here.condition(&r.when)?,
+            reply: here.named_reply(&r.reply)?,
+        })
+    })
+}
+
 fn pushes(at: &At<'_>, list: &[RawPush]) -> Result<Vec<PushRule>, FileError> {
-    let mut out: Vec<PushRule> = Vec::new();
-    for (here, r) in at.items("pushes", list) {
-        let id = here.unique_id("push", &r.id, out.iter().map(|o| o.id.as_str()))?;
+    let ids: Vec<&str> = list.iter().map(|r| r.id.as_str()).collect();
+    with_ids(at, ("pushes", "push"), &ids, list, |here, r, id, _| {
         let when = here.condition(&r.when)?;
         let reply = here.named_reply(&r.reply)?;
         let delay = here.range("delay_s", r.delay_s.unwrap_or(60), 0, 86_400)?;
-        out.push(PushRule {
+        Ok(PushRule {
             id,
             when,
             reply,
             delay_ms: delay * 1000,
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 fn frequency(f: &mut FrequencyConfig, at: &At<'_>, raw: &RawFrequency) -> Result<(), FileError> {
@@ -851,109 +873,115 @@ fn frequency(f: &mut FrequencyConfig, at: &At<'_>, raw: &RawFrequency) -> Result
 }
 
 fn schedules(at: &At<'_>, list: &[RawSchedule]) -> Result<Vec<CronJob>, FileError> {
-    let mut out: Vec<CronJob> = Vec::new();
-    for (here, r) in at.items("schedules", list) {
-        let id = here.unique_id("schedule", &r.id, out.iter().map(|o| o.id.as_str()))?;
-        let schedule = parse_cron(&r.cron).map_err(|e| here.err(&[Key("cron")], e))?;
-        let reply = here.named_reply(&r.reply)?;
-        let replies = here.refs.replies;
-        if let Some(v) = replies
-            .vars_of(&reply)
-            .into_iter()
-            .find(|v| !CHAT_VARS.contains(v))
-        {
-            return Err(here.err(
-                &[Key("reply")],
-                format!("reply '{reply}' uses '{{{v}}}', which a scheduled message to the whole group cannot fill"),
-            ));
-        }
-        out.push(CronJob {
-            id,
-            schedule,
-            reply,
-        });
-    }
-    Ok(out)
+    let ids: Vec<&str> = list.iter().map(|r| r.id.as_str()).collect();
+    with_ids(
+        at,
+        ("schedules", "schedule"),
+        &ids,
+        list,
+        |here, r, id, _| {
+            let schedule = parse_cron(&r.cron).map_err(|e| here.err(&[Key("cron")], e))?;
+            let reply = here.named_reply(&r.reply)?;
+            let replies = here.refs.replies;
+            if let Some(v) = replies
+                .vars_of(&reply)
+                .into_iter()
+                .find(|v| !CHAT_VARS.contains(v))
+            {
+                return Err(here.err(
+            &[Key("reply")],
+            format!("reply '{reply}' uses '{{{v}}}', which a scheduled message to the whole group cannot fill"),
+        ));
+            }
+            Ok(CronJob {
+                id,
+                schedule,
+                reply,
+            })
+        },
+    )
 }
 
 fn countdowns(at: &At<'_>, list: &[RawCountdown]) -> Result<Vec<Countdown>, FileError> {
-    let mut out: Vec<Countdown> = Vec::new();
-    for (here, c) in at.items("countdowns", list) {
-        let id = here.unique_id("countdown", &c.id, out.iter().map(|o| o.id.as_str()))?;
-        if c.event_name.trim().is_empty() {
-            return Err(here.err(&[Key("event_name")], "event_name is empty"));
-        }
-        here.no_banned_word("event_name", &c.event_name)?;
-        let date = parse_date(&c.date).map_err(|e| here.err(&[Key("date")], e))?;
-        let at_min = parse_hhmm(&c.at).map_err(|e| here.err(&[Key("at")], e))?;
-        if at_min >= 1440 {
-            return Err(here.err(&[Key("at")], "at must be before 24:00"));
-        }
-        if c.days_before.is_empty() {
-            return Err(here.err(&[Key("days_before")], "days_before needs at least one day"));
-        }
-        let mut days = Vec::new();
-        for (j, d) in c.days_before.iter().enumerate() {
-            let tail = [Key("days_before"), Index(j)];
-            days.push(here.range_at(&tail, "days_before", *d, 0, 365)? as u32);
-        }
-        days.sort_unstable();
-        days.dedup();
-        out.push(Countdown {
-            id,
-            event_name: c.event_name.clone(),
-            date,
-            at_min,
-            days_before: days,
-        });
-    }
-    Ok(out)
+    let ids: Vec<&str> = list.iter().map(|c| c.id.as_str()).collect();
+    with_ids(
+        at,
+        ("countdowns", "countdown"),
+        &ids,
+        list,
+        |here, c, id, _| {
+            if c.event_name.trim().is_empty() {
+                return Err(here.err(&[Key("event_name")], "event_name is empty"));
+            }
+            here.no_banned_word("event_name", &c.event_name)?;
+            let date = parse_date(&c.date).map_err(|e| here.err(&[Key("date")], e))?;
+            let at_min = parse_hhmm(&c.at).map_err(|e| here.err(&[Key("at")], e))?;
+            if at_min >= 1440 {
+                return Err(here.err(&[Key("at")], "at must be before 24:00"));
+            }
+            if c.days_before.is_empty() {
+                return Err(here.err(&[Key("days_before")], "days_before needs at least one day"));
+            }
+            let mut days = Vec::new();
+            for (j, d) in c.days_before.iter().enumerate() {
+                let tail = [Key("days_before"), Index(j)];
+                days.push(here.range_at(&tail, "days_before", *d, 0, 365)? as u32);
+            }
+            days.sort_unstable();
+            days.dedup();
+            Ok(Countdown {
+                id,
+                event_name: c.event_name.clone(),
+                date,
+                at_min,
+                days_before: days,
+            })
+        },
+    )
 }
 
 fn experiments(at: &At<'_>, list: &[RawExperiment]) -> Result<Vec<Experiment>, FileError> {
-    let mut out: Vec<Experiment> = Vec::new();
-    for (here, e) in at.items("experiments", list) {
-        let id = here.unique_id("experiment", &e.id, out.iter().map(|o| o.id.as_str()))?;
-        let intent = here.intent(&[Key("intent")], &e.intent)?;
-        if out.iter().any(|o| o.intent == intent) {
-            return Err(here.err(
-                &[Key("intent")],
-                format!("intent '{intent}' already has an experiment"),
-            ));
-        }
-        if e.variants.len() < 2 {
-            return Err(here.err(
-                &[Key("variants")],
-                format!(
-                    "an experiment needs at least 2 variants, got {}",
-                    e.variants.len()
-                ),
-            ));
-        }
-        let mut variants: Vec<(String, u32)> = Vec::new();
-        for (vat, v) in here.items("variants", &e.variants) {
-            if here.refs.replies.variant(&intent, &v.variant).is_none() {
-                return Err(vat.err(
-                    &[],
+    let ids: Vec<&str> = list.iter().map(|e| e.id.as_str()).collect();
+    with_ids(
+        at,
+        ("experiments", "experiment"),
+        &ids,
+        list,
+        |here, e, id, earlier| {
+            let intent = here.intent(&[Key("intent")], &e.intent)?;
+            if earlier.iter().any(|o: &Experiment| o.intent == intent) {
+                return Err(here.err(
+                    &[Key("intent")],
+                    format!("intent '{intent}' already has an experiment"),
+                ));
+            }
+            if e.variants.len() < 2 {
+                return Err(here.err(
+                    &[Key("variants")],
                     format!(
-                        "variant '{}' is not a reply variant of intent '{intent}' in replies.yml",
-                        v.variant
+                        "an experiment needs at least 2 variants, got {}",
+                        e.variants.len()
                     ),
                 ));
             }
-            if variants.iter().any(|x| x.0 == v.variant) {
-                return Err(vat.err(&[], format!("variant '{}' listed twice", v.variant)));
+            let mut variants: Vec<(String, u32)> = Vec::new();
+            for (vat, v) in here.items("variants", &e.variants) {
+                if here.refs.replies.variant(&intent, &v.variant).is_none() {
+                    return Err(vat.err(&[], format!("variant '{}' is not a reply variant of intent '{intent}' in replies.yml", v.variant)));
+                }
+                if variants.iter().any(|x| x.0 == v.variant) {
+                    return Err(vat.err(&[], format!("variant '{}' listed twice", v.variant)));
+                }
+                let w = vat.range_at(&[], "weight", v.weight, 1, 10_000)? as u32;
+                variants.push((v.variant.clone(), w));
             }
-            let w = vat.range_at(&[], "weight", v.weight, 1, 10_000)? as u32;
-            variants.push((v.variant.clone(), w));
-        }
-        out.push(Experiment {
-            id,
-            intent,
-            variants,
-        });
-    }
-    Ok(out)
+            Ok(Experiment {
+                id,
+                intent,
+                variants,
+            })
+        },
+    )
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
@@ -1212,14 +1240,11 @@ mod tests {
 
     #[test]
     fn intent_settings_are_checked_against_the_catalog() {
-        let c = load(
-            "defaults:\n  block_intents: [spam_ads]\n  disclosure:\n    answered_by: [ask_bot]\n",
-        )
-        .unwrap();
-        let s = c.settings("b", "g");
-        assert!(
-            s.block_intents.contains("spam_ads") && s.disclosure_answered_by.contains("ask_bot")
-        );
+        let text =
+            "defaults:\n  block_intents: [spam_ads]\n  disclosure:\n    answered_by: [ask_bot]\n";
+        let s = load(text).unwrap().settings("b", "g").clone();
+        assert!(s.block_intents.contains("spam_ads"));
+        assert!(s.disclosure_answered_by.contains("ask_bot"));
         assert!(Settings::builtin("p").block_intents.is_empty());
         let e = load("defaults:\n  block_intents: [spam_ads, spamm]\n")
             .unwrap_err()

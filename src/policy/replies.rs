@@ -94,6 +94,10 @@ struct RawGreeting {
     text: String,
 }
 
+/// One reply set as found in the file: (section, name, library key, the variables its context
+/// can fill, the variants).
+type SetSpec<'r> = (&'r str, &'r str, String, Vec<Var>, &'r [RawVariant]);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVariant {
@@ -160,8 +164,7 @@ impl ReplyLibrary {
                 .unwrap_or_else(|| "\u{3001}".to_string()),
         };
 
-        // Every reply set as (section, name, library key, variables its context can fill).
-        let mut sets: Vec<(&str, &str, String, Vec<Var>, &[RawVariant])> = Vec::new();
+        let mut sets: Vec<SetSpec<'_>> = Vec::new();
         for (name, variants) in &raw.intents {
             if !catalog.contains(name) {
                 return Err(err(
