@@ -798,19 +798,35 @@ fn reactivation(
     Ok(())
 }
 
-/// A list section whose entries have ids (`ids`, one per entry of `list`): every id must be a
-/// simple id, unique in the list. `parse` builds an entry from its raw form, its position and
-/// the entries built before it.
+/// A list section whose entries have ids: its key, what an entry is called, and the ids.
+struct IdList<'a> {
+    key: &'a str,
+    what: &'a str,
+    ids: Vec<&'a str>,
+}
+
+impl<'a> IdList<'a> {
+    fn new(key: &'a str, what: &'a str, ids: impl Iterator<Item = &'a str>) -> Self {
+        IdList {
+            key,
+            what,
+            ids: ids.collect(),
+        }
+    }
+}
+
+/// Every id of `list` must be a simple id, unique in the list. `parse` builds an entry from its
+/// raw form, its position and the entries built before it.
 fn with_ids<'a, R, T>(
     at: &At<'a>,
-    (key, what): (&'a str, &str),
-    ids: &[&str],
+    ids: &IdList<'a>,
     list: &[R],
     mut parse: impl FnMut(&At<'a>, &R, String, &[T]) -> Result<T, FileError>,
 ) -> Result<Vec<T>, FileError> {
     let mut out = Vec::new();
-    for (i, (here, r)) in at.items(key, list).enumerate() {
-        let id = here.unique_id(what, ids[i], ids[..i].iter().copied())?;
+    for (i, (here, r)) in at.items(ids.key, list).enumerate() {
+        let earlier = ids.ids[..i].iter().copied();
+        let id = here.unique_id(ids.what, ids.ids[i], earlier)?;
         let entry = parse(&here, r, id, &out)?;
         out.push(entry);
     }
@@ -818,8 +834,8 @@ fn with_ids<'a, R, T>(
 }
 
 fn attribute_rules(at: &At<'_>, list: &[RawRule]) -> Result<Vec<AttrRule>, FileError> {
-    let ids: Vec<&str> = list.iter().map(|r| r.id.as_str()).collect();
-    with_ids(at, ("rules", "rule"), &ids, list, |here, r, id, _| {
+    let ids = IdList::new("rules", "rule", list.iter().map(|r| &*r.id));
+    with_ids(at, &ids, list, |here, r, id, _| {
         let intents = here.key("intents");
         let intents = (r.intents.iter().enumerate())
             .map(|(j, name)| intents.intent(&[Index(j)], name))
@@ -834,8 +850,8 @@ fn attribute_rules(at: &At<'_>, list: &[RawRule]) -> Result<Vec<AttrRule>, FileE
 }
 
 fn pushes(at: &At<'_>, list: &[RawPush]) -> Result<Vec<PushRule>, FileError> {
-    let ids: Vec<&str> = list.iter().map(|r| r.id.as_str()).collect();
-    with_ids(at, ("pushes", "push"), &ids, list, |here, r, id, _| {
+    let ids = IdList::new("pushes", "push", list.iter().map(|r| &*r.id));
+    with_ids(at, &ids, list, |here, r, id, _| {
         let when = here.condition(&r.when)?;
         let reply = here.named_reply(&r.reply)?;
         let delay = here.range("delay_s", r.delay_s.unwrap_or(60), 0, 86_400)?;
@@ -873,115 +889,97 @@ fn frequency(f: &mut FrequencyConfig, at: &At<'_>, raw: &RawFrequency) -> Result
 }
 
 fn schedules(at: &At<'_>, list: &[RawSchedule]) -> Result<Vec<CronJob>, FileError> {
-    let ids: Vec<&str> = list.iter().map(|r| r.id.as_str()).collect();
-    with_ids(
-        at,
-        ("schedules", "schedule"),
-        &ids,
-        list,
-        |here, r, id, _| {
-            let schedule = parse_cron(&r.cron).map_err(|e| here.err(&[Key("cron")], e))?;
-            let reply = here.named_reply(&r.reply)?;
-            let replies = here.refs.replies;
-            if let Some(v) = replies
-                .vars_of(&reply)
-                .into_iter()
-                .find(|v| !CHAT_VARS.contains(v))
-            {
-                return Err(here.err(
-            &[Key("reply")],
-            format!("reply '{reply}' uses '{{{v}}}', which a scheduled message to the whole group cannot fill"),
-        ));
-            }
-            Ok(CronJob {
-                id,
-                schedule,
-                reply,
-            })
-        },
-    )
+    let ids = IdList::new("schedules", "schedule", list.iter().map(|r| &*r.id));
+    with_ids(at, &ids, list, |here, r, id, _| {
+        let schedule = parse_cron(&r.cron).map_err(|e| here.err(&[Key("cron")], e))?;
+        let reply = here.named_reply(&r.reply)?;
+        let vars = here.refs.replies.vars_of(&reply);
+        if let Some(v) = vars.into_iter().find(|v| !CHAT_VARS.contains(v)) {
+            let why = "which a scheduled message to the whole group cannot fill";
+            let msg = format!("reply '{reply}' uses '{{{v}}}', {why}");
+            return Err(here.err(&[Key("reply")], msg));
+        }
+        Ok(CronJob {
+            id,
+            schedule,
+            reply,
+        })
+    })
 }
 
 fn countdowns(at: &At<'_>, list: &[RawCountdown]) -> Result<Vec<Countdown>, FileError> {
-    let ids: Vec<&str> = list.iter().map(|c| c.id.as_str()).collect();
-    with_ids(
-        at,
-        ("countdowns", "countdown"),
-        &ids,
-        list,
-        |here, c, id, _| {
-            if c.event_name.trim().is_empty() {
-                return Err(here.err(&[Key("event_name")], "event_name is empty"));
-            }
-            here.no_banned_word("event_name", &c.event_name)?;
-            let date = parse_date(&c.date).map_err(|e| here.err(&[Key("date")], e))?;
-            let at_min = parse_hhmm(&c.at).map_err(|e| here.err(&[Key("at")], e))?;
-            if at_min >= 1440 {
-                return Err(here.err(&[Key("at")], "at must be before 24:00"));
-            }
-            if c.days_before.is_empty() {
-                return Err(here.err(&[Key("days_before")], "days_before needs at least one day"));
-            }
-            let mut days = Vec::new();
-            for (j, d) in c.days_before.iter().enumerate() {
-                let tail = [Key("days_before"), Index(j)];
-                days.push(here.range_at(&tail, "days_before", *d, 0, 365)? as u32);
-            }
-            days.sort_unstable();
-            days.dedup();
-            Ok(Countdown {
-                id,
-                event_name: c.event_name.clone(),
-                date,
-                at_min,
-                days_before: days,
-            })
-        },
-    )
+    let ids = IdList::new("countdowns", "countdown", list.iter().map(|c| &*c.id));
+    with_ids(at, &ids, list, |here, c, id, _| {
+        if c.event_name.trim().is_empty() {
+            return Err(here.err(&[Key("event_name")], "event_name is empty"));
+        }
+        here.no_banned_word("event_name", &c.event_name)?;
+        let date = parse_date(&c.date).map_err(|e| here.err(&[Key("date")], e))?;
+        let at_min = parse_hhmm(&c.at).map_err(|e| here.err(&[Key("at")], e))?;
+        if at_min >= 1440 {
+            return Err(here.err(&[Key("at")], "at must be before 24:00"));
+        }
+        if c.days_before.is_empty() {
+            let msg = "days_before needs at least one day";
+            return Err(here.err(&[Key("days_before")], msg));
+        }
+        let mut days = Vec::new();
+        for (j, d) in c.days_before.iter().enumerate() {
+            let tail = [Key("days_before"), Index(j)];
+            days.push(here.range_at(&tail, "days_before", *d, 0, 365)? as u32);
+        }
+        days.sort_unstable();
+        days.dedup();
+        Ok(Countdown {
+            id,
+            event_name: c.event_name.clone(),
+            date,
+            at_min,
+            days_before: days,
+        })
+    })
 }
 
 fn experiments(at: &At<'_>, list: &[RawExperiment]) -> Result<Vec<Experiment>, FileError> {
-    let ids: Vec<&str> = list.iter().map(|e| e.id.as_str()).collect();
-    with_ids(
-        at,
-        ("experiments", "experiment"),
-        &ids,
-        list,
-        |here, e, id, earlier| {
-            let intent = here.intent(&[Key("intent")], &e.intent)?;
-            if earlier.iter().any(|o: &Experiment| o.intent == intent) {
-                return Err(here.err(
-                    &[Key("intent")],
-                    format!("intent '{intent}' already has an experiment"),
-                ));
+    let ids = IdList::new("experiments", "experiment", list.iter().map(|e| &*e.id));
+    with_ids(at, &ids, list, |here, e, id, earlier| {
+        let intent = here.intent(&[Key("intent")], &e.intent)?;
+        if earlier.iter().any(|o: &Experiment| o.intent == intent) {
+            return Err(here.err(
+                &[Key("intent")],
+                format!("intent '{intent}' already has an experiment"),
+            ));
+        }
+        if e.variants.len() < 2 {
+            return Err(here.err(
+                &[Key("variants")],
+                format!(
+                    "an experiment needs at least 2 variants, got {}",
+                    e.variants.len()
+                ),
+            ));
+        }
+        let mut variants: Vec<(String, u32)> = Vec::new();
+        for (vat, v) in here.items("variants", &e.variants) {
+            if here.refs.replies.variant(&intent, &v.variant).is_none() {
+                let variant = &v.variant;
+                let msg = format!(
+                    "variant '{variant}' is not a reply variant of intent '{intent}' in replies.yml"
+                );
+                return Err(vat.err(&[], msg));
             }
-            if e.variants.len() < 2 {
-                return Err(here.err(
-                    &[Key("variants")],
-                    format!(
-                        "an experiment needs at least 2 variants, got {}",
-                        e.variants.len()
-                    ),
-                ));
+            if variants.iter().any(|x| x.0 == v.variant) {
+                return Err(vat.err(&[], format!("variant '{}' listed twice", v.variant)));
             }
-            let mut variants: Vec<(String, u32)> = Vec::new();
-            for (vat, v) in here.items("variants", &e.variants) {
-                if here.refs.replies.variant(&intent, &v.variant).is_none() {
-                    return Err(vat.err(&[], format!("variant '{}' is not a reply variant of intent '{intent}' in replies.yml", v.variant)));
-                }
-                if variants.iter().any(|x| x.0 == v.variant) {
-                    return Err(vat.err(&[], format!("variant '{}' listed twice", v.variant)));
-                }
-                let w = vat.range_at(&[], "weight", v.weight, 1, 10_000)? as u32;
-                variants.push((v.variant.clone(), w));
-            }
-            Ok(Experiment {
-                id,
-                intent,
-                variants,
-            })
-        },
-    )
+            let w = vat.range_at(&[], "weight", v.weight, 1, 10_000)? as u32;
+            variants.push((v.variant.clone(), w));
+        }
+        Ok(Experiment {
+            id,
+            intent,
+            variants,
+        })
+    })
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
@@ -1174,64 +1172,55 @@ mod tests {
         assert_eq!(e, "playbook.yml:8: min_interval_s must be 5..=60, got 90");
     }
 
+    fn err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
     #[test]
     fn unknown_keys_and_bad_references_are_errors() {
-        let e = load("defaults:\n  spacing:\n    min_interval: 10\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("defaults:\n  spacing:\n    min_interval: 10\n");
         assert!(
             e.starts_with("playbook.yml:3: defaults.spacing: unknown field `min_interval`"),
             "{e}"
         );
-        let e = load("defaults:\n  handoff:\n    intents: [complaint, refnd]\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("defaults:\n  handoff:\n    intents: [complaint, refnd]\n");
         assert_eq!(e, "playbook.yml:3: unknown intent 'refnd'");
-        let e = load(
-            "defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: nope\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            err("defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: nope\n");
         assert_eq!(
             e,
             "playbook.yml:5: reply 'nope' is not defined under 'named' in replies.yml"
         );
-        let e = load("defaults:\n  schedules:\n    - id: s1\n      cron: \"61 9 * * *\"\n      reply: daily_tip\n").unwrap_err().to_string();
+        let e = err("defaults:\n  schedules:\n    - id: s1\n      cron: \"61 9 * * *\"\n      reply: daily_tip\n");
         assert!(
             e.starts_with("playbook.yml:4: cron '61 9 * * *' is not valid"),
             "{e}"
         );
-        let e = load("defaults:\n  schedules:\n    - id: s1\n      cron: \"0 9 * * *\"\n      reply: vip_service\n").unwrap_err().to_string();
+        let e = err("defaults:\n  schedules:\n    - id: s1\n      cron: \"0 9 * * *\"\n      reply: vip_service\n");
         assert!(
             e.starts_with("playbook.yml:5: reply 'vip_service' uses '{nickname}'"),
             "{e}"
         );
-        let e = load("bots:\n  b1:\n    groups:\n      g1:\n        timezone: Asia/Tokyo\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("bots:\n  b1:\n    groups:\n      g1:\n        timezone: Asia/Tokyo\n");
         assert_eq!(
             e,
             "playbook.yml:5: timezone can only be set for a bot, not a group"
         );
-        let e = load("defaults:\n  timezone: Mars/Base\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("defaults:\n  timezone: Mars/Base\n");
         assert_eq!(e, "playbook.yml:2: unknown time zone 'Mars/Base'");
-        let e = load("defaults:\n  experiments:\n    - id: e1\n      intent: price\n      variants:\n        - {variant: a, weight: 1}\n        - {variant: zz, weight: 1}\n").unwrap_err().to_string();
+        let e = err("defaults:\n  experiments:\n    - id: e1\n      intent: price\n      variants:\n        - {variant: a, weight: 1}\n        - {variant: zz, weight: 1}\n");
         assert_eq!(
             e,
             "playbook.yml:7: variant 'zz' is not a reply variant of intent 'price' in replies.yml"
         );
-        let e = load(
+        let e = err(
             "defaults:\n  service_hours:\n    - {days: [mon], from: \"18:00\", to: \"09:00\"}\n",
-        )
-        .unwrap_err()
-        .to_string();
+        );
         assert_eq!(
             e,
             "playbook.yml:3: service_hours 'to' (09:00) must be after 'from' (18:00)"
         );
-        let e = load("defaults:\n  countdowns:\n    - id: c1\n      event_name: 加微信抽奖\n      date: 2027-03-20\n      at: \"10:00\"\n      days_before: [3]\n").unwrap_err().to_string();
+        let e = err("defaults:\n  countdowns:\n    - id: c1\n      event_name: 加微信抽奖\n      date: 2027-03-20\n      at: \"10:00\"\n      days_before: [3]\n");
         assert_eq!(
             e,
             "playbook.yml:4: event_name contains the banned word '微信'"
