@@ -21,6 +21,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use intentd::clock::{Clock, ManualClock, SharedClock};
 use intentd::engine::fusion::{self, FusionConfig};
+use intentd::operator::OperatorSnapshot;
 use intentd::policy::playbook::Playbook;
 use intentd::service::operator::OperatorRules;
 use intentd::types::{IntentScore, MessageContext, UserInfo};
@@ -84,7 +85,7 @@ fn model_scores(intents: &[String], favourite: Option<&str>, i: usize) -> Vec<In
 fn benches(c: &mut Criterion) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let texts = intentd::data::texts::read_texts(&texts_path()).expect("read the benchmark texts");
-    let rules = OperatorRules::load(
+    let rules = OperatorSnapshot::load_dir(
         &repo.join("config/operator"),
         &repo.join("training-data/nlu"),
         FusionConfig::default(),

@@ -3,8 +3,9 @@
 //! Layers, top to bottom (a module uses only the ones below it; docs/architecture.md):
 //! `app` (wiring, signals, background tasks), `server` (the gRPC front door: protobuf lives
 //! only there), `service` (plain requests in, plain outcomes out: validation, admission,
-//! batching, orchestration), `engine` (keyword layer + fusion) and `policy` (the operator
-//! playbook) for decisions, `model` (the encoder behind a trait), and `store` (I/O: the durable
+//! batching, orchestration), `operator` (every operator file loaded into one
+//! validated snapshot), `engine` (keyword layer + fusion) and `policy` (the operator playbook)
+//! for decisions, `model` (the encoder behind a trait), and `store` (I/O: the durable
 //! log, audit, stats). `config` reads `config/intentd.yml` for the wiring. `connectors` holds
 //! platform formats (WeChat callback crypto and XML) for front doors to translate with.
 
@@ -24,6 +25,7 @@ pub mod data;
 pub mod engine;
 pub mod metrics;
 pub mod model;
+pub mod operator;
 pub mod pii;
 pub mod policy;
 pub mod server;

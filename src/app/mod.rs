@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 use crate::clock::{ManualClock, SharedClock, SystemClock};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::operator::{LiveOperator, OperatorSnapshot};
 use crate::policy::playbook::Playbook;
 use crate::server::auth::Authenticator;
 use crate::server::{self, health};
-use crate::service::operator::OperatorRules;
 use crate::service::Service;
 use crate::store::{AuditAction, Storage};
 
@@ -133,10 +133,11 @@ fn build_service(
     manual: Option<Arc<ManualClock>>,
     metrics: Arc<Metrics>,
 ) -> Result<Service> {
-    let rules = OperatorRules::load(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
-        .context("operator files")?;
-    let playbook = Playbook::load(&cfg.operator_dir, clock.clone(), cfg.seed)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot =
+        OperatorSnapshot::load_dir(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
+            .context("operator files")?;
+    let operator = Arc::new(LiveOperator::from_pointee(snapshot));
+    let playbook = Playbook::new(operator.clone(), clock.clone(), cfg.seed);
     // A bot id typo in playbook.yml would silently fall back to the defaults: say so.
     let bots = cfg.bot_ids();
     for b in playbook.config().configured_bots() {
@@ -157,7 +158,7 @@ fn build_service(
         cfg.service_settings(),
         clock,
         manual,
-        rules,
+        operator,
         playbook,
         storage,
         metrics,

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use intentd::engine::fusion::{self, FusionConfig};
 use intentd::model::classifier::IntentModel;
-use intentd::service::operator::OperatorRules;
+use intentd::operator::OperatorSnapshot;
 use intentd::types::IntentScore;
 
 /// Sweep the fusion threshold and ambiguity margin on held-out data and recommend the pair
@@ -38,7 +38,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     if ds.examples.is_empty() {
         bail!("{}: no examples found (empty dataset)", args.data.display());
     }
-    let rules = OperatorRules::load(
+    let rules = OperatorSnapshot::load_dir(
         &args.operator_dir,
         &args.training_data,
         FusionConfig::default(),

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use intentd::config::ServerConfig;
+use intentd::engine::catalog::Catalog;
 use intentd::pb;
 use intentd::policy::config::OperatorConfig;
 use intentd::server::convert;
@@ -59,8 +60,8 @@ pub fn run(args: StatsArgs) -> Result<()> {
         .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     // The human-share targets come from the playbook, as in GetStats.
     let server = ServerConfig::load(&args.config)?;
-    let operator = OperatorConfig::load(&server.operator_dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", server.operator_dir.display()))?;
+    let catalog = Catalog::load(&server.operator_dir.join("intents.yml"))?;
+    let operator = OperatorConfig::load(&server.operator_dir, &catalog)?;
     let storage = super::export::open_storage(&args.config, args.db)?;
     let report = storage
         .stats(

@@ -24,12 +24,12 @@ impl fmt::Display for Location {
 /// `file:line: problem` (or `file: problem` when no line applies).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{at}: {message}")]
-pub struct DataError {
+pub struct FileError {
     pub at: Location,
     pub message: String,
 }
 
-impl DataError {
+impl FileError {
     /// A problem on a given line of `file`.
     pub fn at_line(file: &Path, line: usize, message: impl Into<String>) -> Self {
         Self::new(file, Some(line), message)
@@ -41,7 +41,7 @@ impl DataError {
     }
 
     pub fn new(file: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
-        DataError {
+        FileError {
             at: Location {
                 file: file.to_path_buf(),
                 line,
@@ -100,8 +100,8 @@ pub fn regex_error_message(pattern: &str, err: &regex::Error) -> String {
 }
 
 /// Reads a whole file as UTF-8; invalid UTF-8 is reported with the line it is on.
-pub fn read_utf8(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, &e))?;
+pub fn read_utf8(path: &Path) -> Result<String, FileError> {
+    let bytes = std::fs::read(path).map_err(|e| FileError::io(path, &e))?;
     match String::from_utf8(bytes) {
         Ok(mut text) => {
             if text.starts_with('\u{feff}') {
@@ -112,7 +112,7 @@ pub fn read_utf8(path: &Path) -> Result<String, DataError> {
         Err(e) => {
             let good = e.utf8_error().valid_up_to();
             let line = e.as_bytes()[..good].iter().filter(|&&b| b == b'\n').count() + 1;
-            Err(DataError::at_line(
+            Err(FileError::at_line(
                 path,
                 line,
                 "invalid UTF-8 (files must be UTF-8 encoded)",
@@ -127,22 +127,22 @@ mod tests {
 
     #[test]
     fn displays_file_and_line() {
-        let e = DataError::at_line(Path::new("train.tsv"), 17, "bad");
+        let e = FileError::at_line(Path::new("train.tsv"), 17, "bad");
         assert_eq!(e.to_string(), "train.tsv:17: bad");
-        let e = DataError::in_file(Path::new("x.yml"), "gone");
+        let e = FileError::in_file(Path::new("x.yml"), "gone");
         assert_eq!(e.to_string(), "x.yml: gone");
     }
 
     #[test]
     fn multi_line_messages_are_joined() {
-        let e = DataError::at_line(Path::new("a"), 1, "one\n  two\r\nthree");
+        let e = FileError::at_line(Path::new("a"), 1, "one\n  two\r\nthree");
         assert_eq!(e.to_string(), "a:1: one two three");
     }
 
     #[test]
     fn not_found_is_worded_like_the_shell() {
         let err = std::fs::read("/definitely/not/here.yml").unwrap_err();
-        let e = DataError::io(Path::new("here.yml"), &err);
+        let e = FileError::io(Path::new("here.yml"), &err);
         assert_eq!(e.to_string(), "here.yml: no such file or directory");
     }
 

@@ -5,16 +5,16 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{make_example, DataError, Example};
+use super::{make_example, Example, FileError};
 
-pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(), DataError> {
+pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(), FileError> {
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let err = |msg: String| DataError::at_line(path, lineno, msg);
+        let err = |msg: String| FileError::at_line(path, lineno, msg);
         let value: Value = serde_json::from_str(line).map_err(|e| {
             let msg = e.to_string();
             // serde_json says "... at line 1 column 9"; the line is always 1 here.
@@ -30,7 +30,7 @@ pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(
                 "expected a JSON object with \"text\" and \"intent\"".into()
             ));
         };
-        let field = |name: &str| -> Result<Option<&str>, DataError> {
+        let field = |name: &str| -> Result<Option<&str>, FileError> {
             match obj.get(name) {
                 None => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s)),
@@ -56,7 +56,7 @@ pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(
 mod tests {
     use super::*;
 
-    fn parse_str(body: &str) -> Result<Vec<Example>, DataError> {
+    fn parse_str(body: &str) -> Result<Vec<Example>, FileError> {
         let mut out = Vec::new();
         parse(Path::new("a.jsonl"), body, &mut out).map(|_| out)
     }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-pub use error::{read_utf8, regex_error_message, DataError, Location};
+pub use error::{read_utf8, regex_error_message, FileError, Location};
 
 /// Longest example text accepted, in characters. Training examples are chat messages; anything
 /// longer is almost always a broken line (e.g. an unbalanced quote swallowing the file).
@@ -109,10 +109,10 @@ pub struct Dataset {
 }
 
 /// Loads a training-data file or folder. An empty result (no examples) is an error.
-pub fn load(path: &Path) -> Result<Dataset, DataError> {
+pub fn load(path: &Path) -> Result<Dataset, FileError> {
     let dataset = load_allow_empty(path)?;
     if dataset.examples.is_empty() {
-        return Err(DataError::in_file(
+        return Err(FileError::in_file(
             path,
             "no examples found (empty dataset)",
         ));
@@ -122,8 +122,8 @@ pub fn load(path: &Path) -> Result<Dataset, DataError> {
 
 /// Like `load`, but a file or folder holding only synonyms / regexes / lookups (or nothing) is
 /// fine. The keyword layer uses this for the rule resources of `training-data/nlu`.
-pub fn load_allow_empty(path: &Path) -> Result<Dataset, DataError> {
-    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, &e))?;
+pub fn load_allow_empty(path: &Path) -> Result<Dataset, FileError> {
+    let meta = std::fs::metadata(path).map_err(|e| FileError::io(path, &e))?;
     let files = if meta.is_dir() {
         let mut files = Vec::new();
         let mut visited = HashSet::new();
@@ -160,8 +160,8 @@ fn format_of(path: &Path) -> Option<Format> {
     }
 }
 
-fn unsupported(path: &Path) -> DataError {
-    DataError::in_file(
+fn unsupported(path: &Path) -> FileError {
+    FileError::in_file(
         path,
         "unsupported file type (expected .tsv, .jsonl, .yml or .yaml)",
     )
@@ -181,20 +181,20 @@ fn collect_files(
     dir: &Path,
     out: &mut Vec<PathBuf>,
     visited: &mut HashSet<PathBuf>,
-) -> Result<(), DataError> {
+) -> Result<(), FileError> {
     // Symlinked folders could loop; remember where we have been.
-    let real = std::fs::canonicalize(dir).map_err(|e| DataError::io(dir, &e))?;
+    let real = std::fs::canonicalize(dir).map_err(|e| FileError::io(dir, &e))?;
     if !visited.insert(real) {
         return Ok(());
     }
-    let reader = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, &e))?;
+    let reader = std::fs::read_dir(dir).map_err(|e| FileError::io(dir, &e))?;
     for entry in reader {
-        let entry = entry.map_err(|e| DataError::io(dir, &e))?;
+        let entry = entry.map_err(|e| FileError::io(dir, &e))?;
         let path = entry.path();
         if is_skipped(&path) {
             continue;
         }
-        let meta = std::fs::metadata(&path).map_err(|e| DataError::io(&path, &e))?;
+        let meta = std::fs::metadata(&path).map_err(|e| FileError::io(&path, &e))?;
         if meta.is_dir() {
             collect_files(&path, out, visited)?;
         } else if format_of(&path).is_some() {
@@ -206,7 +206,7 @@ fn collect_files(
     Ok(())
 }
 
-fn load_file(path: &Path, into: &mut Dataset) -> Result<(), DataError> {
+fn load_file(path: &Path, into: &mut Dataset) -> Result<(), FileError> {
     let text = read_utf8(path)?;
     match format_of(path) {
         Some(Format::Tsv) => tsv::parse(path, &text, &mut into.examples),
@@ -235,19 +235,19 @@ pub(crate) fn make_example(
     line: usize,
     text: &str,
     label: &str,
-) -> Result<Example, DataError> {
+) -> Result<Example, FileError> {
     let text = normalize_example_text(text);
     let label = label.trim();
     if text.is_empty() {
-        return Err(DataError::at_line(file, line, "empty text"));
+        return Err(FileError::at_line(file, line, "empty text"));
     }
     if label.is_empty() {
-        return Err(DataError::at_line(file, line, "empty label"));
+        return Err(FileError::at_line(file, line, "empty label"));
     }
     check_label(file, line, label)?;
     let chars = text.chars().count();
     if chars > MAX_TEXT_CHARS {
-        return Err(DataError::at_line(
+        return Err(FileError::at_line(
             file,
             line,
             format!("text is {chars} characters long, over the limit of {MAX_TEXT_CHARS}"),
@@ -261,9 +261,9 @@ pub(crate) fn make_example(
 }
 
 /// Labels are intent ids: one word, no spaces, bounded length.
-pub(crate) fn check_label(file: &Path, line: usize, label: &str) -> Result<(), DataError> {
+pub(crate) fn check_label(file: &Path, line: usize, label: &str) -> Result<(), FileError> {
     if label.chars().any(char::is_whitespace) {
-        return Err(DataError::at_line(
+        return Err(FileError::at_line(
             file,
             line,
             format!("label '{label}' contains whitespace"),
@@ -271,7 +271,7 @@ pub(crate) fn check_label(file: &Path, line: usize, label: &str) -> Result<(), D
     }
     let chars = label.chars().count();
     if chars > MAX_LABEL_CHARS {
-        return Err(DataError::at_line(
+        return Err(FileError::at_line(
             file,
             line,
             format!("label is {chars} characters long, over the limit of {MAX_LABEL_CHARS}"),
@@ -281,7 +281,7 @@ pub(crate) fn check_label(file: &Path, line: usize, label: &str) -> Result<(), D
 }
 
 /// Deduplicates, collects conflicts and checks the cross-file consistency of the resources.
-fn finish(raw: Dataset) -> Result<Dataset, DataError> {
+fn finish(raw: Dataset) -> Result<Dataset, FileError> {
     let mut examples: Vec<Example> = Vec::with_capacity(raw.examples.len());
     let mut by_text: HashMap<String, Vec<usize>> = HashMap::new();
     for ex in raw.examples {
@@ -373,8 +373,8 @@ fn finish(raw: Dataset) -> Result<Dataset, DataError> {
     })
 }
 
-fn origin_error(origin: &Origin, message: String) -> DataError {
-    DataError::at_line(&origin.file, origin.line, message)
+fn origin_error(origin: &Origin, message: String) -> FileError {
+    FileError::at_line(&origin.file, origin.line, message)
 }
 
 impl Dataset {

@@ -18,30 +18,30 @@
 //!     - 保温杯
 //! ```
 //!
-//! Values come from serde_yaml_ng (a real YAML parser); line numbers come from the outline of
-//! the file: an `examples: |` literal block maps its n-th content line to the n-th line after
-//! the header, so every example gets the real line of its `- text` line. Inside a block, lines
+//! Values and their lines come from the YAML parser ([`super::yaml`]); an `examples: |` literal
+//! block maps its n-th content line to the n-th line after the header, so every example gets the
+//! real line of its `- text` line. Inside a block, lines
 //! starting with `#` are comments; `- "quoted"` / `- 'quoted'` items are unquoted with YAML rules;
 //! Rasa entity annotations `[text](entity)` / `[text]{...}` in intent examples keep only `text`.
 
 use std::path::Path;
 
-use serde_yaml_ng::Value;
+use marked_yaml::Node;
 
-use super::yaml::{scalar_text, type_name, Seg, YamlFile};
+use super::yaml::{is_null, parse_scalar, scalar_text, type_name, Seg, YamlFile};
 use super::{
-    check_label, make_example, regex_error_message, DataError, Dataset, Lookup, Origin, RegexDef,
+    check_label, make_example, regex_error_message, Dataset, FileError, Lookup, Origin, RegexDef,
     Synonym,
 };
 
 const KINDS: [&str; 4] = ["intent", "synonym", "regex", "lookup"];
 
-pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), DataError> {
+pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), FileError> {
     let file = YamlFile::parse(path, text)?;
-    let top = match &file.value {
-        Value::Null => return Ok(()),
-        Value::Mapping(m) => m,
-        other => {
+    let top = match &file.root {
+        None => return Ok(()),
+        Some(Node::Mapping(m)) => m,
+        Some(other) => {
             return Err(file.error(
                 &[],
                 format!(
@@ -52,14 +52,13 @@ pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), D
         }
     };
     let mut nlu = None;
-    for (k, v) in top {
+    for (k, v) in top.iter() {
         match k.as_str() {
-            Some("version") => {}
-            Some("nlu") => nlu = Some(v),
-            _ => {
-                let key = scalar_text(k).unwrap_or_default();
+            "version" => {}
+            "nlu" => nlu = Some(v),
+            key => {
                 return Err(file.error(
-                    &[Seg::Key(&key)],
+                    &[Seg::Key(key)],
                     format!("unknown key '{key}' (expected version, nlu)"),
                 ));
             }
@@ -67,8 +66,8 @@ pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), D
     }
     let entries = match nlu {
         None => return Err(file.error(&[], "missing key \"nlu\"")),
-        Some(Value::Null) => return Ok(()),
-        Some(Value::Sequence(s)) => s,
+        Some(v) if is_null(v) => return Ok(()),
+        Some(Node::Sequence(s)) => s,
         Some(other) => {
             return Err(file.error(
                 &[Seg::Key("nlu")],
@@ -88,18 +87,18 @@ pub(super) fn parse(path: &Path, text: &str, into: &mut Dataset) -> Result<(), D
 fn parse_entry(
     file: &YamlFile,
     i: usize,
-    entry: &Value,
+    entry: &Node,
     into: &mut Dataset,
-) -> Result<(), DataError> {
+) -> Result<(), FileError> {
     let at = [Seg::Key("nlu"), Seg::Index(i)];
-    let Value::Mapping(map) = entry else {
+    let Node::Mapping(map) = entry else {
         return Err(file.error(&at, format!("nlu entry must be a mapping (intent, synonym, regex or lookup, with examples), found {}", type_name(entry))));
     };
-    let mut kind: Option<(&'static str, &Value)> = None;
+    let mut kind: Option<(&'static str, &Node)> = None;
     let mut examples = None;
-    for (k, v) in map {
-        let key = scalar_text(k).unwrap_or_default();
-        let key_at = [at[0], at[1], Seg::Key(&key)];
+    for (k, v) in map.iter() {
+        let key = k.as_str();
+        let key_at = [at[0], at[1], Seg::Key(key)];
         if key == "examples" {
             examples = Some(v);
         } else if let Some(&kname) = KINDS.iter().find(|&&n| n == key) {
@@ -165,7 +164,7 @@ fn parse_entry(
             let mut patterns = Vec::with_capacity(items.len());
             for (line, raw) in items {
                 if let Err(e) = regex::Regex::new(raw) {
-                    return Err(DataError::at_line(
+                    return Err(FileError::at_line(
                         &file.path,
                         line,
                         format!("in regex '{name}': {}", regex_error_message(raw, &e)),
@@ -198,18 +197,17 @@ fn parse_entry(
 fn block_items<'a>(
     file: &YamlFile,
     i: usize,
-    examples: &'a Value,
-) -> Result<Vec<(usize, &'a str)>, DataError> {
+    examples: &'a Node,
+) -> Result<Vec<(usize, &'a str)>, FileError> {
     let at = [Seg::Key("nlu"), Seg::Index(i), Seg::Key("examples")];
     let not_a_block = || file.error(&at, "examples must be a block of \"- text\" lines");
-    let Value::String(block) = examples else {
+    let Node::Scalar(block) = examples else {
         return Err(not_a_block());
     };
-    let node = file.outline.node(&at).ok_or_else(not_a_block)?;
-    if !is_literal_block_header(&node.inline) {
+    if !file.after_key(&at).is_some_and(is_literal_block_header) {
         return Err(not_a_block());
     }
-    let header = node.line;
+    let header = file.line(&at);
     let mut items = Vec::new();
     for (k, content) in block.split('\n').enumerate() {
         let line = header + 1 + k;
@@ -220,7 +218,7 @@ fn block_items<'a>(
         // A literal block keeps one value line per source line; check we are where we think.
         let raw = file.lines.get(line - 1).map(|l| l.trim());
         if raw != Some(content) {
-            return Err(DataError::at_line(
+            return Err(FileError::at_line(
                 &file.path,
                 header,
                 "could not match the examples block to its lines (write it as an indented `|` block)",
@@ -234,14 +232,14 @@ fn block_items<'a>(
         {
             rest.trim()
         } else {
-            return Err(DataError::at_line(
+            return Err(FileError::at_line(
                 &file.path,
                 line,
                 "examples must be a block of \"- text\" lines",
             ));
         };
         if text.is_empty() {
-            return Err(DataError::at_line(&file.path, line, "empty text"));
+            return Err(FileError::at_line(&file.path, line, "empty text"));
         }
         items.push((line, text));
     }
@@ -261,17 +259,17 @@ fn is_literal_block_header(inline: &str) -> bool {
 
 /// `"quoted"` and `'quoted'` items are read as YAML scalars (escapes, `''`); an item that only
 /// looks quoted (`"好"的"`) stays as written.
-fn unquote(path: &Path, line: usize, item: &str) -> Result<String, DataError> {
+fn unquote(path: &Path, line: usize, item: &str) -> Result<String, FileError> {
     let quoted = item.len() >= 2
         && ((item.starts_with('"') && item.ends_with('"'))
             || (item.starts_with('\'') && item.ends_with('\'')));
     let text = if quoted {
-        serde_yaml_ng::from_str::<String>(item).unwrap_or_else(|_| item.to_string())
+        parse_scalar(item).unwrap_or_else(|| item.to_string())
     } else {
         item.to_string()
     };
     if text.trim().is_empty() {
-        return Err(DataError::at_line(path, line, "empty text"));
+        return Err(FileError::at_line(path, line, "empty text"));
     }
     Ok(text.trim().to_string())
 }
@@ -314,7 +312,7 @@ fn strip_entity_annotations(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn parse_str(body: &str) -> Result<Dataset, DataError> {
+    fn parse_str(body: &str) -> Result<Dataset, FileError> {
         let mut ds = Dataset::default();
         parse(Path::new("nlu.yml"), body, &mut ds).map(|_| ds)
     }

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use super::{make_example, DataError, Example};
+use super::{make_example, Example, FileError};
 
-pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(), DataError> {
+pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(), FileError> {
     let mut seen_content = false;
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
@@ -19,7 +19,7 @@ pub(super) fn parse(path: &Path, text: &str, out: &mut Vec<Example>) -> Result<(
             continue;
         }
         if cols.len() != 2 {
-            return Err(DataError::at_line(
+            return Err(FileError::at_line(
                 path,
                 lineno,
                 format!(
@@ -42,7 +42,7 @@ fn is_header(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn parse_str(body: &str) -> Result<Vec<Example>, DataError> {
+    fn parse_str(body: &str) -> Result<Vec<Example>, FileError> {
         let mut out = Vec::new();
         parse(Path::new("train.tsv"), body, &mut out).map(|_| out)
     }

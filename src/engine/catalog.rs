@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use marked_yaml::Node;
 use serde::{Deserialize, Serialize};
-use serde_yaml_ng::Value;
 
 use crate::data::yaml::{scalar_text, type_name, Seg, YamlFile};
-use crate::data::DataError;
+use crate::data::FileError;
 
 /// Whether messages with an intent are handed to a human agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,34 +51,28 @@ pub struct Catalog {
 const ENTRY_KEYS: &str = "id, display_name, handoff, description";
 
 impl Catalog {
-    pub fn load(path: &Path) -> Result<Catalog, DataError> {
+    pub fn load(path: &Path) -> Result<Catalog, FileError> {
         Self::from_file(&YamlFile::load(path)?)
     }
 
     /// Parses catalog text; `path` is only used in error messages.
-    pub fn parse(path: &Path, text: &str) -> Result<Catalog, DataError> {
+    pub fn parse(path: &Path, text: &str) -> Result<Catalog, FileError> {
         Self::from_file(&YamlFile::parse(path, text)?)
     }
 
-    fn from_file(file: &YamlFile) -> Result<Catalog, DataError> {
-        let Value::Mapping(top) = &file.value else {
-            return Err(file.error(
-                &[],
-                format!(
-                    "expected a mapping with \"intents\", found {}",
-                    type_name(&file.value)
-                ),
-            ));
+    fn from_file(file: &YamlFile) -> Result<Catalog, FileError> {
+        let Some(Node::Mapping(top)) = &file.root else {
+            return Err(file.error(&[], "expected a mapping with \"intents\", found nothing"));
         };
         let mut list = None;
-        for (k, v) in top {
-            let key = scalar_text(k).unwrap_or_default();
-            match key.as_str() {
+        for (k, v) in top.iter() {
+            let key = k.as_str();
+            match key {
                 "intents" => list = Some(v),
                 "version" => {}
                 _ => {
                     return Err(file.error(
-                        &[Seg::Key(&key)],
+                        &[Seg::Key(key)],
                         format!("unknown key '{key}' (expected intents)"),
                     ))
                 }
@@ -87,7 +81,7 @@ impl Catalog {
         let Some(list) = list else {
             return Err(file.error(&[], "missing key \"intents\""));
         };
-        let Value::Sequence(items) = list else {
+        let Node::Sequence(items) = list else {
             return Err(file.error(
                 &[Seg::Key("intents")],
                 format!("\"intents\" must be a list, found {}", type_name(list)),
@@ -97,7 +91,7 @@ impl Catalog {
         let mut index = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let at = [Seg::Key("intents"), Seg::Index(i)];
-            let Value::Mapping(m) = item else {
+            let Node::Mapping(m) = item else {
                 return Err(file.error(
                     &at,
                     format!(
@@ -110,15 +104,15 @@ impl Catalog {
             let mut display_name = None;
             let mut handoff = Handoff::Never;
             let mut description = String::new();
-            for (k, v) in m {
-                let key = scalar_text(k).unwrap_or_default();
-                let key_at = [at[0], at[1], Seg::Key(&key)];
+            for (k, v) in m.iter() {
+                let key = k.as_str();
+                let key_at = [at[0], at[1], Seg::Key(key)];
                 let text = || {
                     scalar_text(v)
                         .map(|s| s.trim().to_string())
                         .unwrap_or_default()
                 };
-                match key.as_str() {
+                match key {
                     "id" => id = Some(text()),
                     "display_name" => display_name = Some(text()),
                     "description" => description = text(),
@@ -237,7 +231,7 @@ fn is_intent_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Catalog, DataError> {
+    fn parse(text: &str) -> Result<Catalog, FileError> {
         Catalog::parse(Path::new("intents.yml"), text)
     }
 

@@ -20,7 +20,7 @@ use jieba_rs::Jieba;
 use regex::RegexSet;
 
 use crate::data::yaml::YamlFile;
-use crate::data::{self, DataError, Dataset};
+use crate::data::{self, Dataset, FileError};
 use crate::types::{IntentScore, Source};
 
 use super::catalog::Catalog;
@@ -116,7 +116,7 @@ impl std::fmt::Debug for KeywordLayer {
 }
 
 /// Short name for configuration errors (same type as data errors: `file:line: problem`).
-pub type ConfigError = DataError;
+pub type ConfigError = FileError;
 
 impl KeywordLayer {
     /// Loads rules from `rules_file`, with synonyms / regexes / lookups from the training-data
@@ -241,7 +241,7 @@ impl KeywordLayer {
             });
         }
 
-        let at_file = |msg: String| DataError::in_file(&file.path, msg);
+        let at_file = |msg: String| FileError::in_file(&file.path, msg);
         if !text_patterns.is_empty() {
             let ac = AhoCorasickBuilder::new()
                 .match_kind(MatchKind::LeftmostLongest)
@@ -293,7 +293,7 @@ impl KeywordLayer {
         phrase_index: &mut HashMap<String, usize>,
         regex_index: &mut HashMap<String, usize>,
         regex_patterns: &mut Vec<String>,
-    ) -> Result<(), DataError> {
+    ) -> Result<(), FileError> {
         match &spec.matcher {
             Matcher::Keywords(keywords) => {
                 for (keyword, line) in keywords {
@@ -306,7 +306,7 @@ impl KeywordLayer {
                         .iter()
                         .any(|&t| self.terms[t as usize] == canonical);
                     if !self.is_single_token(keyword) && !in_text {
-                        return Err(DataError::at_line(
+                        return Err(FileError::at_line(
                             &spec.origin.file,
                             *line,
                             format!("keyword '{keyword}' is not a single word for the segmenter; list it under phrases instead"),
@@ -585,7 +585,12 @@ rules:
 "#;
 
     fn layer() -> KeywordLayer {
-        KeywordLayer::from_str(Path::new("rules.yml"), RULES, &resources(), &catalog()).unwrap()
+        rules_layer(RULES, &resources()).unwrap()
+    }
+
+    /// `rules` as rules.yml over `resources`, against the test catalog.
+    fn rules_layer(rules: &str, resources: &Dataset) -> Result<KeywordLayer, ConfigError> {
+        KeywordLayer::from_str(Path::new("rules.yml"), rules, resources, &catalog())
     }
 
     fn best(m: &KeywordMatch) -> (&str, f32) {
@@ -713,13 +718,7 @@ rules:
     #[test]
     fn rules_synonyms_section_and_keyword_variants() {
         let rules = "synonyms:\n  发票: [开票, 发漂]\nrules:\n  - id: inv\n    intent: refund\n    keywords: [发漂]\n";
-        let l = KeywordLayer::from_str(
-            Path::new("rules.yml"),
-            rules,
-            &Dataset::default(),
-            &catalog(),
-        )
-        .unwrap();
+        let l = rules_layer(rules, &Dataset::default()).unwrap();
         // the keyword is a variant: it is mapped to its canonical, so every variant matches
         for text in ["能开票吗", "发票怎么开", "发漂呢"] {
             let m = l.match_text(text);
@@ -730,34 +729,21 @@ rules:
     #[test]
     fn multi_word_keyword_is_an_error_pointing_at_it() {
         let rules = "rules:\n  - id: a\n    intent: refund\n    keywords:\n      - 退款\n      - money back\n";
-        let e = KeywordLayer::from_str(
-            Path::new("rules.yml"),
-            rules,
-            &Dataset::default(),
-            &catalog(),
-        )
-        .unwrap_err();
+        let e = rules_layer(rules, &Dataset::default()).unwrap_err();
         assert_eq!(
             e.to_string(),
             "rules.yml:6: keyword 'money back' is not a single word for the segmenter; list it under phrases instead"
         );
         // ...but fine when it is a known multi-word synonym (found in the text)
         let rules = "synonyms:\n  退款: [money back]\nrules:\n  - id: a\n    intent: refund\n    keywords: [money back]\n";
-        let l = KeywordLayer::from_str(
-            Path::new("rules.yml"),
-            rules,
-            &Dataset::default(),
-            &catalog(),
-        )
-        .unwrap();
+        let l = rules_layer(rules, &Dataset::default()).unwrap();
         assert_eq!(best(&l.match_text("money back please")).0, "refund");
     }
 
     #[test]
     fn synonym_conflict_between_rules_and_training_data_is_an_error() {
         let rules = "synonyms:\n  退货: [退钱]\nrules: []\n";
-        let e = KeywordLayer::from_str(Path::new("rules.yml"), rules, &resources(), &catalog())
-            .unwrap_err();
+        let e = rules_layer(rules, &resources()).unwrap_err();
         assert_eq!(e.to_string(), "rules.yml:2: variant '退钱' of '退货' already belongs to synonym '退款' (at nlu/x.yml:1)");
     }
 

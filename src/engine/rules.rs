@@ -6,10 +6,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde_yaml_ng::Value;
+use marked_yaml::Node;
 
-use crate::data::yaml::{scalar_text, type_name, Seg, YamlFile};
-use crate::data::{regex_error_message, DataError, Dataset, Origin};
+use crate::data::yaml::{
+    as_bool, as_number, as_text, is_null, scalar_text, type_name, Seg, YamlFile,
+};
+use crate::data::{regex_error_message, Dataset, FileError, Origin};
 
 use super::catalog::Catalog;
 use super::normalize::normalize_for_matching;
@@ -67,27 +69,21 @@ pub fn parse_rules(
     file: &YamlFile,
     resources: &Dataset,
     catalog: &Catalog,
-) -> Result<RulesFile, DataError> {
-    let Value::Mapping(top) = &file.value else {
-        return Err(file.error(
-            &[],
-            format!(
-                "expected a mapping with \"rules\", found {}",
-                type_name(&file.value)
-            ),
-        ));
+) -> Result<RulesFile, FileError> {
+    let Some(Node::Mapping(top)) = &file.root else {
+        return Err(file.error(&[], "expected a mapping with \"rules\", found nothing"));
     };
     let mut out = RulesFile::default();
     let mut rules_value = None;
-    for (k, v) in top {
-        let key = scalar_text(k).unwrap_or_default();
-        match key.as_str() {
+    for (k, v) in top.iter() {
+        let key = k.as_str();
+        match key {
             "version" => {}
             "rules" => rules_value = Some(v),
             "synonyms" => out.synonyms = parse_synonyms(file, v)?,
             _ => {
                 return Err(file.error(
-                    &[Seg::Key(&key)],
+                    &[Seg::Key(key)],
                     format!("unknown key '{key}' (expected rules, synonyms)"),
                 ))
             }
@@ -97,8 +93,8 @@ pub fn parse_rules(
         return Err(file.error(&[], "missing key \"rules\""));
     };
     let items = match rules_value {
-        Value::Sequence(items) => items.as_slice(),
-        Value::Null => &[],
+        Node::Sequence(items) => items.as_slice(),
+        v if is_null(v) => &[],
         other => {
             return Err(file.error(
                 &[Seg::Key("rules")],
@@ -134,11 +130,11 @@ pub fn parse_rules(
     Ok(out)
 }
 
-fn parse_synonyms(file: &YamlFile, v: &Value) -> Result<Vec<RuleSynonym>, DataError> {
+fn parse_synonyms(file: &YamlFile, v: &Node) -> Result<Vec<RuleSynonym>, FileError> {
     let at = [Seg::Key("synonyms")];
     let map = match v {
-        Value::Null => return Ok(Vec::new()),
-        Value::Mapping(m) => m,
+        v if is_null(v) => return Ok(Vec::new()),
+        Node::Mapping(m) => m,
         other => {
             return Err(file.error(
                 &at,
@@ -150,8 +146,8 @@ fn parse_synonyms(file: &YamlFile, v: &Value) -> Result<Vec<RuleSynonym>, DataEr
         }
     };
     let mut out = Vec::new();
-    for (k, vs) in map {
-        let canonical = scalar_text(k).unwrap_or_default();
+    for (k, vs) in map.iter() {
+        let canonical = k.as_str().to_string();
         let here = [Seg::Key("synonyms"), Seg::Key(&canonical)];
         let origin = Origin::new(&file.path, file.line(&here));
         let variants = string_list(file, &here, vs, "variants")?;
@@ -168,10 +164,10 @@ fn parse_synonyms(file: &YamlFile, v: &Value) -> Result<Vec<RuleSynonym>, DataEr
 fn string_list(
     file: &YamlFile,
     at: &[Seg<'_>],
-    v: &Value,
+    v: &Node,
     what: &str,
-) -> Result<Vec<(String, usize)>, DataError> {
-    let Value::Sequence(items) = v else {
+) -> Result<Vec<(String, usize)>, FileError> {
+    let Node::Sequence(items) = v else {
         return Err(file.error(at, format!("{what} must be a list, found {}", type_name(v))));
     };
     if items.is_empty() {
@@ -198,13 +194,13 @@ fn string_list(
 fn parse_rule(
     file: &YamlFile,
     i: usize,
-    item: &Value,
+    item: &Node,
     catalog: &Catalog,
     regexes: &HashMap<&str, &[String]>,
     lookups: &HashMap<&str, &[String]>,
-) -> Result<RuleSpec, DataError> {
+) -> Result<RuleSpec, FileError> {
     let at = [Seg::Key("rules"), Seg::Index(i)];
-    let Value::Mapping(m) = item else {
+    let Node::Mapping(m) = item else {
         return Err(file.error(
             &at,
             format!(
@@ -213,16 +209,16 @@ fn parse_rule(
             ),
         ));
     };
-    for (k, _) in m {
-        let key = scalar_text(k).unwrap_or_default();
+    for (k, _) in m.iter() {
+        let key = k.as_str();
         if !RULE_KEYS.split(", ").any(|known| known == key) {
             return Err(file.error(
-                &[at[0], at[1], Seg::Key(&key)],
+                &[at[0], at[1], Seg::Key(key)],
                 format!("unknown key '{key}' (expected {RULE_KEYS})"),
             ));
         }
     }
-    let get = |key: &str| m.get(key);
+    let get = |key: &str| m.get_node(key);
     let text_of = |key: &str| get(key).and_then(scalar_text).map(|s| s.trim().to_string());
     let key_at = |key: &'static str| [at[0], at[1], Seg::Key(key)];
 
@@ -253,12 +249,11 @@ fn parse_rule(
         ));
     };
 
-    let present: Vec<&str> = MATCHERS
+    let present: Vec<(&str, &Node)> = MATCHERS
         .iter()
-        .copied()
-        .filter(|k| get(k).is_some())
+        .filter_map(|k| get(k).map(|v| (*k, v)))
         .collect();
-    let kind = match present.as_slice() {
+    let (kind, value) = match present.as_slice() {
         [one] => *one,
         [] => {
             return Err(file.error(
@@ -266,7 +261,7 @@ fn parse_rule(
                 format!("rule '{id}' needs one of keywords, phrases, regex, regex_ref, lookup"),
             ))
         }
-        [a, b, ..] => {
+        [(a, _), (b, _), ..] => {
             return Err(file.error(
                 &at,
                 format!("rule '{id}' has both {a} and {b}; use one matcher per rule"),
@@ -280,7 +275,6 @@ fn parse_rule(
         "regex_ref" => key_at("regex_ref"),
         _ => key_at("lookup"),
     };
-    let value = get(kind).unwrap_or(&Value::Null);
     let matcher = match kind {
         "keywords" | "phrases" => {
             let mut items = Vec::new();
@@ -295,12 +289,12 @@ fn parse_rule(
             }
         }
         "regex" => {
-            let pattern = match value {
-                Value::String(s) if !s.trim().is_empty() => s.clone(),
-                other => {
+            let pattern = match as_text(value) {
+                Some(s) if !s.trim().is_empty() => s.to_string(),
+                _ => {
                     return Err(file.error(
                         &kind_at,
-                        format!("regex must be a pattern text, found {}", type_name(other)),
+                        format!("regex must be a pattern text, found {}", type_name(value)),
                     ))
                 }
             };
@@ -313,32 +307,14 @@ fn parse_rule(
             }
         }
         "regex_ref" => {
-            let name = scalar_text(value)
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            let Some(patterns) = regexes.get(name.as_str()) else {
-                let known = sorted_names(regexes);
-                return Err(file.error(
-                    &kind_at,
-                    format!("unknown regex '{name}' (training-data regexes: {known})"),
-                ));
-            };
+            let (name, patterns) = resource(file, &kind_at, value, regexes, "regex", "regexes")?;
             Matcher::Regex {
                 name,
                 patterns: patterns.to_vec(),
             }
         }
         _ => {
-            let name = scalar_text(value)
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            let Some(elements) = lookups.get(name.as_str()) else {
-                let known = sorted_names(lookups);
-                return Err(file.error(
-                    &kind_at,
-                    format!("unknown lookup '{name}' (training-data lookups: {known})"),
-                ));
-            };
+            let (name, elements) = resource(file, &kind_at, value, lookups, "lookup", "lookups")?;
             let elements = elements
                 .iter()
                 .map(|e| normalize_for_matching(e))
@@ -348,10 +324,10 @@ fn parse_rule(
         }
     };
 
-    let weight = match get("weight") {
+    let weight = match get("weight").map(|v| (v, as_number(v))) {
         None => 1.0,
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN) as f32,
-        Some(other) => {
+        Some((_, Some(n))) => n as f32,
+        Some((other, None)) => {
             return Err(file.error(
                 &key_at("weight"),
                 format!("weight must be a number, found {}", type_name(other)),
@@ -374,10 +350,10 @@ fn parse_rule(
             ))
         }
     };
-    let secondary = match get("secondary") {
+    let secondary = match get("secondary").map(|v| (v, as_bool(v))) {
         None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
+        Some((_, Some(b))) => b,
+        Some((other, None)) => {
             return Err(file.error(
                 &key_at("secondary"),
                 format!(
@@ -404,13 +380,34 @@ fn parse_rule(
     })
 }
 
-fn sorted_names(map: &HashMap<&str, &[String]>) -> String {
-    if map.is_empty() {
-        return "none loaded".to_string();
+/// The training-data regex or lookup a rule names, with its entries.
+fn resource<'r>(
+    file: &YamlFile,
+    at: &[Seg<'_>],
+    value: &Node,
+    known: &HashMap<&str, &'r [String]>,
+    what: &str,
+    plural: &str,
+) -> Result<(String, &'r [String]), FileError> {
+    let name = scalar_text(value)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    match known.get(name.as_str()) {
+        Some(entries) => Ok((name, entries)),
+        None => {
+            let mut names: Vec<&str> = known.keys().copied().collect();
+            names.sort_unstable();
+            let names = if names.is_empty() {
+                "none loaded".to_string()
+            } else {
+                names.join(", ")
+            };
+            Err(file.error(
+                at,
+                format!("unknown {what} '{name}' (training-data {plural}: {names})"),
+            ))
+        }
     }
-    let mut names: Vec<&str> = map.keys().copied().collect();
-    names.sort_unstable();
-    names.join(", ")
 }
 
 /// Parses rules text; `path` only names the file in errors.
@@ -419,7 +416,7 @@ pub fn parse_rules_str(
     text: &str,
     resources: &Dataset,
     catalog: &Catalog,
-) -> Result<RulesFile, DataError> {
+) -> Result<RulesFile, FileError> {
     parse_rules(&YamlFile::parse(path, text)?, resources, catalog)
 }
 
@@ -452,7 +449,7 @@ mod tests {
         }
     }
 
-    fn parse(text: &str) -> Result<RulesFile, DataError> {
+    fn parse(text: &str) -> Result<RulesFile, FileError> {
         parse_rules_str(Path::new("rules.yml"), text, &resources(), &catalog())
     }
 

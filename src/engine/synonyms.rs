@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::data::{DataError, Origin};
+use crate::data::{FileError, Origin};
 
 use super::normalize::normalize_for_matching;
 
@@ -25,8 +25,8 @@ impl SynonymTable {
         canonical: &str,
         variants: &[String],
         origin: &Origin,
-    ) -> Result<(), DataError> {
-        let err = |msg: String| DataError::at_line(&origin.file, origin.line, msg);
+    ) -> Result<(), FileError> {
+        let err = |msg: String| FileError::at_line(&origin.file, origin.line, msg);
         let canon = normalize_for_matching(canonical);
         if canon.is_empty() {
             return Err(err("synonym canonical term is empty".into()));

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use unicode_normalization::UnicodeNormalization;
 
-use super::PolicyError;
+use crate::data::{read_utf8, FileError};
 
 /// The matching form of a text: NFKC, lower case, letters and digits only.
 pub fn normalize(s: &str) -> String {
@@ -59,11 +59,8 @@ impl BannedWords {
     }
 
     /// Load `banned_words.txt`: one word per line, `#` starts a comment line, blank lines skipped.
-    pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
-            file: path.display().to_string(),
-            source,
-        })?;
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        let text = read_utf8(path)?;
         let mut words = Vec::new();
         let mut seen = std::collections::HashMap::new();
         for (i, line) in text.lines().enumerate() {
@@ -73,14 +70,14 @@ impl BannedWords {
             }
             let n = normalize(w);
             if n.is_empty() {
-                return Err(PolicyError::config(
+                return Err(FileError::at_line(
                     path,
                     i + 1,
                     format!("banned word '{w}' has no letters or digits after normalisation"),
                 ));
             }
             if let Some(prev) = seen.insert(n.clone(), i + 1) {
-                return Err(PolicyError::config(
+                return Err(FileError::at_line(
                     path,
                     i + 1,
                     format!("banned word '{w}' duplicates line {prev} after normalisation"),
@@ -88,7 +85,7 @@ impl BannedWords {
             }
             words.push(w.to_string());
         }
-        Self::new(words).map_err(|m| PolicyError::config(path, 1, m))
+        Self::new(words).map_err(|m| FileError::at_line(path, 1, m))
     }
 
     pub fn len(&self) -> usize {
@@ -118,9 +115,9 @@ pub struct ReviewItem {
     pub user_id: String,
     pub message_id: String,
     pub text: String,
-    /// The banned word that matched (empty for `spam_ads`).
+    /// The banned word that matched (empty for a blocked intent).
     pub matched: String,
-    /// `banned_word` or `spam_ads`.
+    /// `banned_word`, or the blocked intent (`block_intents`).
     pub reason: String,
 }
 
@@ -184,7 +181,7 @@ mod tests {
         );
         std::fs::write(&p, "# comment\n微信\n---\n").unwrap();
         let e = BannedWords::load(&p).unwrap_err();
-        assert_eq!(e.line(), 3);
+        assert_eq!(e.line(), Some(3));
         std::fs::write(&p, "# c\n微信\nQQ号\n").unwrap();
         assert_eq!(BannedWords::load(&p).unwrap().len(), 2);
     }

@@ -14,7 +14,8 @@
 //!         <settings>   # overrides the bot's settings in this group (not `timezone`/`groups`)
 //! ```
 //! Settings merge key by key (a nested block such as `spacing` merges field by field; lists
-//! replace the whole list). Keys and built-in defaults (all optional):
+//! replace the whole list). Intents named anywhere must be in `intents.yml`. Keys and built-in
+//! defaults (all optional):
 //!
 //! | key | default | meaning |
 //! |---|---|---|
@@ -37,10 +38,12 @@
 //! | `welcome.enabled` | true | welcome new members |
 //! | `welcome.merge_window_s` | 60 (0..=600) | joins within this window get one welcome |
 //! | `disclosure.enabled` | true | first-contact automation notice |
+//! | `disclosure.answered_by` | `[]` | intents whose reply is itself the disclosure (no extra notice) |
 //! | `reactivation.enabled` | true | remind silent groups |
 //! | `reactivation.silence_hours` | 24 (1..=720) | silence before a reminder |
 //! | `reactivation.period_hours` | 24 (1..=720) | at most one reminder per this period |
 //! | `silent_intents` | `[]` | intents the bot never answers (IGNORE) |
+//! | `block_intents` | `[]` | intents blocked like a banned word: BLOCK, reason = the intent, review entry |
 //! | `rules` | `[]` | attribute rules `{id, intents, when, reply}` |
 //! | `pushes` | `[]` | personal pushes `{id, when, reply, delay_s}` |
 //! | `frequency.window_hours` | 168 (1..=2160) | window for counting a user's messages |
@@ -69,11 +72,12 @@ use super::compliance::BannedWords;
 use super::cooldown::CooldownConfig;
 use super::handoff::HandoffConfig;
 use super::hours::{parse_weekday, weekday_bit, ServiceHours, Window};
-use super::replies::{is_intent, ReplyLibrary, CHAT_VARS};
+use super::replies::{ReplyLibrary, CHAT_VARS};
 use super::spacing::SpacingConfig;
 use super::templates::{parse_hhmm, Calendar, Festival};
-use super::yaml::{self, line_of, Seg};
-use super::PolicyError;
+use crate::data::yaml::{Seg, YamlFile};
+use crate::data::FileError;
+use crate::engine::catalog::Catalog;
 
 pub const PLAYBOOK_FILE: &str = "playbook.yml";
 pub const REPLIES_FILE: &str = "replies.yml";
@@ -120,8 +124,12 @@ pub struct Settings {
     pub welcome_enabled: bool,
     pub welcome_merge_window_ms: i64,
     pub disclosure_enabled: bool,
+    /// Intents whose reply is itself the automation disclosure (no separate notice).
+    pub disclosure_answered_by: HashSet<String>,
     pub reactivation: ReactivationConfig,
     pub silent_intents: HashSet<String>,
+    /// Intents blocked like a banned word (BLOCK with the intent as reason, review entry).
+    pub block_intents: HashSet<String>,
     pub rules: Vec<AttrRule>,
     pub pushes: Vec<PushRule>,
     pub frequency: FrequencyConfig,
@@ -147,12 +155,14 @@ impl Settings {
             welcome_enabled: true,
             welcome_merge_window_ms: 60_000,
             disclosure_enabled: true,
+            disclosure_answered_by: HashSet::new(),
             reactivation: ReactivationConfig {
                 enabled: true,
                 silence_ms: 24 * HOUR_MS,
                 period_ms: 24 * HOUR_MS,
             },
             silent_intents: HashSet::new(),
+            block_intents: HashSet::new(),
             rules: Vec::new(),
             pushes: Vec::new(),
             frequency: FrequencyConfig::default(),
@@ -203,6 +213,7 @@ struct RawSettings {
     disclosure: Option<RawDisclosure>,
     reactivation: Option<RawReactivation>,
     silent_intents: Option<Vec<String>>,
+    block_intents: Option<Vec<String>>,
     rules: Option<Vec<RawRule>>,
     pushes: Option<Vec<RawPush>>,
     frequency: Option<RawFrequency>,
@@ -259,6 +270,7 @@ struct RawWelcome {
 #[serde(deny_unknown_fields)]
 struct RawDisclosure {
     enabled: Option<bool>,
+    answered_by: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -367,119 +379,166 @@ struct RawFestival {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Validation: each section of a settings block has its own function; `At` carries where the
+// block sits in the file, so every error names the line of the offending key.
 
-/// Validation context: where the text came from, plus what references are checked against.
-struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
+/// What references are checked against while validating `playbook.yml`.
+struct Refs<'a> {
+    file: &'a YamlFile,
+    catalog: &'a Catalog,
     replies: &'a ReplyLibrary,
     banned: &'a BannedWords,
 }
 
-impl Ctx<'_> {
-    fn err(&self, prefix: &[Seg<'_>], tail: &[Seg<'_>], msg: impl Into<String>) -> PolicyError {
-        let mut p: Vec<Seg<'_>> = prefix.to_vec();
-        p.extend_from_slice(tail);
-        PolicyError::config(self.file, line_of(self.text, &p), msg)
+/// A position in `playbook.yml` (a path of keys and list indices) plus the references.
+#[derive(Clone)]
+struct At<'a> {
+    refs: &'a Refs<'a>,
+    path: Vec<Seg<'a>>,
+}
+
+impl<'a> At<'a> {
+    /// The position `tail` below this one.
+    fn at(&self, tail: &[Seg<'a>]) -> At<'a> {
+        let mut path = self.path.clone();
+        path.extend_from_slice(tail);
+        At {
+            refs: self.refs,
+            path,
+        }
     }
 
-    fn range(
+    fn key(&self, key: &'a str) -> At<'a> {
+        self.at(&[Key(key)])
+    }
+
+    fn err(&self, tail: &[Seg<'a>], msg: impl Into<String>) -> FileError {
+        self.refs.file.error(&self.at(tail).path, msg)
+    }
+
+    /// `v` when it lies in `lo..=hi`, else an error naming the key and the range.
+    fn range(&self, key: &'a str, v: i64, lo: i64, hi: i64) -> Result<i64, FileError> {
+        self.range_at(&[Key(key)], key, v, lo, hi)
+    }
+
+    fn range_at(
         &self,
-        prefix: &[Seg<'_>],
-        tail: &[Seg<'_>],
+        tail: &[Seg<'a>],
         name: &str,
         v: i64,
         lo: i64,
         hi: i64,
-    ) -> Result<i64, PolicyError> {
+    ) -> Result<i64, FileError> {
         if (lo..=hi).contains(&v) {
             Ok(v)
         } else {
-            Err(self.err(prefix, tail, format!("{name} must be {lo}..={hi}, got {v}")))
+            Err(self.err(tail, format!("{name} must be {lo}..={hi}, got {v}")))
         }
     }
 
-    fn intent(
+    /// An optional ranged value, scaled to the unit the settings keep.
+    fn scaled(
         &self,
-        prefix: &[Seg<'_>],
-        tail: &[Seg<'_>],
-        name: &str,
-    ) -> Result<String, PolicyError> {
-        if is_intent(name) {
+        key: &'a str,
+        v: Option<i64>,
+        (lo, hi): (i64, i64),
+        unit: i64,
+    ) -> Result<Option<i64>, FileError> {
+        v.map(|v| self.range(key, v, lo, hi).map(|v| v * unit))
+            .transpose()
+    }
+
+    fn intent(&self, tail: &[Seg<'a>], name: &str) -> Result<String, FileError> {
+        if self.refs.catalog.contains(name) {
             Ok(name.to_string())
         } else {
-            Err(self.err(prefix, tail, format!("unknown intent '{name}'")))
+            Err(self.err(tail, format!("unknown intent '{name}'")))
         }
     }
 
-    fn style(
-        &self,
-        prefix: &[Seg<'_>],
-        tail: &[Seg<'_>],
-        name: &str,
-    ) -> Result<String, PolicyError> {
-        if self.replies.styles.iter().any(|s| s == name) {
+    /// A list of intents under `key`, each checked against the catalog.
+    fn intents(&self, key: &'a str, list: &[String]) -> Result<HashSet<String>, FileError> {
+        let list_at = self.key(key);
+        list.iter()
+            .enumerate()
+            .map(|(i, name)| list_at.intent(&[Index(i)], name))
+            .collect()
+    }
+
+    fn style(&self, tail: &[Seg<'a>], name: &str) -> Result<String, FileError> {
+        let styles = &self.refs.replies.styles;
+        if styles.iter().any(|s| s == name) {
             Ok(name.to_string())
         } else {
             Err(self.err(
-                prefix,
                 tail,
                 format!(
                     "unknown style '{name}' (styles in replies.yml: {})",
-                    self.replies.styles.join(", ")
+                    styles.join(", ")
                 ),
             ))
         }
     }
 
-    fn named_reply(
-        &self,
-        prefix: &[Seg<'_>],
-        tail: &[Seg<'_>],
-        key: &str,
-    ) -> Result<String, PolicyError> {
-        if self.replies.has(key) {
+    fn named_reply(&self, key: &str) -> Result<String, FileError> {
+        if self.refs.replies.has(key) {
             Ok(key.to_string())
         } else {
             Err(self.err(
-                prefix,
-                tail,
+                &[Key("reply")],
                 format!("reply '{key}' is not defined under 'named' in replies.yml"),
             ))
         }
     }
 
-    fn condition(&self, prefix: &[Seg<'_>], c: &RawCondition) -> Result<Condition, PolicyError> {
-        let vip_min = match c.vip_min {
-            Some(v) => Some(self.range(
-                prefix,
-                &[Seg::Key("when"), Seg::Key("vip_min")],
-                "vip_min",
-                v,
-                0,
-                100,
-            )? as u32),
-            None => None,
-        };
-        let min_messages = match c.min_messages {
-            Some(v) => Some(self.range(
-                prefix,
-                &[Seg::Key("when"), Seg::Key("min_messages")],
-                "min_messages",
-                v,
-                0,
-                100_000,
-            )? as u32),
-            None => None,
-        };
+    /// `id` must be a simple id not used by an earlier entry of the same list.
+    fn unique_id<'i>(
+        &self,
+        what: &str,
+        id: &str,
+        mut earlier: impl Iterator<Item = &'i str>,
+    ) -> Result<String, FileError> {
+        if simple_id(id) && !earlier.any(|e| e == id) {
+            Ok(id.to_string())
+        } else {
+            Err(self.err(
+                &[Key("id")],
+                format!("{what} id '{id}' must be a unique simple id"),
+            ))
+        }
+    }
+
+    fn no_banned_word(&self, key: &'a str, text: &str) -> Result<(), FileError> {
+        match self.refs.banned.find(text) {
+            Some(w) => Err(self.err(&[Key(key)], format!("{key} contains the banned word '{w}'"))),
+            None => Ok(()),
+        }
+    }
+
+    fn condition(&self, c: &RawCondition) -> Result<Condition, FileError> {
+        let when = self.key("when");
+        let bounded =
+            |key: &'static str, v: Option<i64>, hi: i64| -> Result<Option<u32>, FileError> {
+                Ok(when.scaled(key, v, (0, hi), 1)?.map(|v| v as u32))
+            };
         Ok(Condition {
             tags_any: c.tags_any.clone(),
             cities: c.cities.clone(),
-            vip_min,
-            min_messages,
+            vip_min: bounded("vip_min", c.vip_min, 100)?,
+            min_messages: bounded("min_messages", c.min_messages, 100_000)?,
         })
     }
+
+    /// The entries of a list section, each with its own position.
+    fn items<'r, T>(&self, key: &'a str, list: &'r [T]) -> impl Iterator<Item = (At<'a>, &'r T)> {
+        let this = self.clone();
+        list.iter()
+            .enumerate()
+            .map(move |(i, item)| (this.at(&[Key(key), Index(i)]), item))
+    }
 }
+
+use Seg::{Index, Key};
 
 fn simple_id(s: &str) -> bool {
     !s.is_empty()
@@ -499,497 +558,438 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     cron::Schedule::from_str(&full).map_err(|e| format!("cron '{expr}' is not valid: {e}"))
 }
 
-/// Apply one raw settings block on top of `s`. `level` is "defaults", "bot" or "group".
-fn apply(
-    s: &mut Settings,
-    raw: &RawSettings,
-    cx: &Ctx<'_>,
-    pre: &[Seg<'_>],
-    level: &str,
-) -> Result<(), PolicyError> {
-    use Seg::{Idx, Key};
+/// Which level a settings block sits at: some keys only make sense at one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Defaults,
+    Bot,
+    Group,
+}
+
+/// Apply one raw settings block on top of `s`, section by section.
+fn apply(s: &mut Settings, raw: &RawSettings, at: &At<'_>, level: Level) -> Result<(), FileError> {
     if let Some(tz) = &raw.timezone {
-        if level == "group" {
-            return Err(cx.err(
-                pre,
-                &[Key("timezone")],
-                "timezone can only be set for a bot, not a group",
-            ));
-        }
-        s.timezone = tz
-            .parse::<Tz>()
-            .map_err(|_| cx.err(pre, &[Key("timezone")], format!("unknown time zone '{tz}'")))?;
+        s.timezone = timezone(at, tz, level)?;
     }
-    if raw.groups.is_some() && level != "bot" {
-        return Err(cx.err(pre, &[Key("groups")], "groups can only be set under a bot"));
+    if raw.groups.is_some() && level != Level::Bot {
+        return Err(at.err(&[Key("groups")], "groups can only be set under a bot"));
     }
-    if let Some(st) = &raw.style {
-        s.style = cx.style(pre, &[Key("style")], st)?;
-    }
-    if let Some(m) = &raw.user_tag_styles {
-        let mut v = Vec::new();
-        for (tag, st) in m {
-            v.push((
-                tag.clone(),
-                cx.style(pre, &[Key("user_tag_styles"), Key(tag)], st)?,
-            ));
-        }
-        s.user_tag_styles = v;
-    }
-    if let Some(hours) = &raw.service_hours {
-        let mut windows = Vec::new();
-        for (i, h) in hours.iter().enumerate() {
-            let at = [Key("service_hours"), Idx(i)];
-            let mut days = 0u8;
-            if h.days.is_empty() {
-                return Err(cx.err(pre, &at, "service_hours entry needs at least one day"));
-            }
-            for d in &h.days {
-                let wd = parse_weekday(d).ok_or_else(|| {
-                    cx.err(
-                        pre,
-                        &at,
-                        format!("unknown day '{d}' (use mon, tue, wed, thu, fri, sat, sun)"),
-                    )
-                })?;
-                days |= weekday_bit(wd);
-            }
-            let from = parse_hhmm(&h.from).map_err(|e| cx.err(pre, &at, e))?;
-            let to = parse_hhmm(&h.to).map_err(|e| cx.err(pre, &at, e))?;
-            if from >= to {
-                return Err(cx.err(
-                    pre,
-                    &at,
-                    format!(
-                        "service_hours 'to' ({}) must be after 'from' ({})",
-                        h.to, h.from
-                    ),
-                ));
-            }
-            windows.push(Window {
-                days,
-                from_min: from,
-                to_min: to,
-            });
-        }
-        s.service_hours = ServiceHours { windows };
-    }
-    if let Some(sp) = &raw.spacing {
-        let p = [Key("spacing")];
-        if let Some(v) = sp.min_interval_s {
-            s.spacing.min_interval_ms = cx.range(
-                pre,
-                &[p[0], Key("min_interval_s")],
-                "min_interval_s",
-                v,
-                5,
-                60,
-            )? * 1000;
-        }
-        if let Some(v) = sp.jitter_ms {
-            s.spacing.jitter_ms =
-                cx.range(pre, &[p[0], Key("jitter_ms")], "jitter_ms", v, 0, 30_000)?;
-        }
-        if let Some(v) = sp.queue_limit {
-            s.spacing.queue_limit =
-                cx.range(pre, &[p[0], Key("queue_limit")], "queue_limit", v, 1, 20)? as usize;
-        }
-    }
-    if let Some(c) = &raw.cooldown {
-        if let Some(v) = c.default_s {
-            s.cooldown.default_ms = cx.range(
-                pre,
-                &[Key("cooldown"), Key("default_s")],
-                "default_s",
-                v,
-                0,
-                86_400,
-            )? * 1000;
-        }
-        if let Some(m) = &c.per_intent_s {
-            let mut per = HashMap::new();
-            for (intent, v) in m {
-                let at = [Key("cooldown"), Key("per_intent_s"), Key(intent)];
-                cx.intent(pre, &at, intent)?;
-                per.insert(
-                    intent.clone(),
-                    cx.range(pre, &at, "cooldown seconds", *v, 0, 86_400)? * 1000,
-                );
-            }
-            s.cooldown.per_intent_ms = per;
-        }
-    }
-    if let Some(h) = &raw.handoff {
-        let k = |name| [Key("handoff"), Key(name)];
-        if let Some(list) = &h.intents {
-            let mut set = HashSet::new();
-            for (i, name) in list.iter().enumerate() {
-                set.insert(cx.intent(pre, &[Key("handoff"), Key("intents"), Idx(i)], name)?);
-            }
-            s.handoff.intents = set;
-        }
-        if let Some(v) = h.minutes_per_handoff {
-            s.handoff.minutes_per_handoff = cx.range(
-                pre,
-                &k("minutes_per_handoff"),
-                "minutes_per_handoff",
-                v,
-                1,
-                120,
-            )? as u32;
-        }
-        if let Some(v) = h.fixed_wait_minutes {
-            s.handoff.fixed_wait_minutes = Some(cx.range(
-                pre,
-                &k("fixed_wait_minutes"),
-                "fixed_wait_minutes",
-                v,
-                1,
-                1440,
-            )? as u32);
-        }
-        if let Some(v) = h.max_wait_minutes {
-            s.handoff.max_wait_minutes =
-                cx.range(pre, &k("max_wait_minutes"), "max_wait_minutes", v, 1, 1440)? as u32;
-        }
-        if let Some(v) = h.open_ttl_minutes {
-            s.handoff.open_ttl_ms =
-                cx.range(pre, &k("open_ttl_minutes"), "open_ttl_minutes", v, 1, 1440)? * 60_000;
-        }
-        if let Some(v) = h.not_understood_limit {
-            s.handoff.not_understood_limit = cx.range(
-                pre,
-                &k("not_understood_limit"),
-                "not_understood_limit",
-                v,
-                1,
-                10,
-            )? as u32;
-        }
-        if let Some(v) = h.human_share_target {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(cx.err(
-                    pre,
-                    &k("human_share_target"),
-                    format!("human_share_target must be 0.0..=1.0, got {v}"),
-                ));
-            }
-            s.handoff.human_share_target = v;
-        }
-    }
-    if let Some(w) = &raw.welcome {
-        if let Some(e) = w.enabled {
-            s.welcome_enabled = e;
-        }
-        if let Some(v) = w.merge_window_s {
-            s.welcome_merge_window_ms = cx.range(
-                pre,
-                &[Key("welcome"), Key("merge_window_s")],
-                "merge_window_s",
-                v,
-                0,
-                600,
-            )? * 1000;
-        }
-    }
-    if let Some(d) = &raw.disclosure {
-        if let Some(e) = d.enabled {
-            s.disclosure_enabled = e;
-        }
-    }
-    if let Some(r) = &raw.reactivation {
-        if let Some(e) = r.enabled {
-            s.reactivation.enabled = e;
-        }
-        if let Some(v) = r.silence_hours {
-            s.reactivation.silence_ms = cx.range(
-                pre,
-                &[Key("reactivation"), Key("silence_hours")],
-                "silence_hours",
-                v,
-                1,
-                720,
-            )? * HOUR_MS;
-        }
-        if let Some(v) = r.period_hours {
-            s.reactivation.period_ms = cx.range(
-                pre,
-                &[Key("reactivation"), Key("period_hours")],
-                "period_hours",
-                v,
-                1,
-                720,
-            )? * HOUR_MS;
-        }
-    }
-    if let Some(list) = &raw.silent_intents {
-        let mut set = HashSet::new();
-        for (i, name) in list.iter().enumerate() {
-            set.insert(cx.intent(pre, &[Key("silent_intents"), Idx(i)], name)?);
-        }
-        s.silent_intents = set;
-    }
-    if let Some(rules) = &raw.rules {
-        let mut out: Vec<AttrRule> = Vec::new();
-        for (i, r) in rules.iter().enumerate() {
-            let p: Vec<Seg<'_>> = pre.iter().copied().chain([Key("rules"), Idx(i)]).collect();
-            if !simple_id(&r.id) || out.iter().any(|o| o.id == r.id) {
-                return Err(cx.err(
-                    &p,
-                    &[Key("id")],
-                    format!("rule id '{}' must be a unique simple id", r.id),
-                ));
-            }
-            let mut intents = Vec::new();
-            for (j, name) in r.intents.iter().enumerate() {
-                intents.push(cx.intent(&p, &[Key("intents"), Idx(j)], name)?);
-            }
-            let when = cx.condition(&p, &r.when)?;
-            let reply = cx.named_reply(&p, &[Key("reply")], &r.reply)?;
-            out.push(AttrRule {
-                id: r.id.clone(),
-                intents,
-                when,
-                reply,
-            });
-        }
-        s.rules = out;
-    }
-    if let Some(pushes) = &raw.pushes {
-        let mut out: Vec<PushRule> = Vec::new();
-        for (i, r) in pushes.iter().enumerate() {
-            let p: Vec<Seg<'_>> = pre.iter().copied().chain([Key("pushes"), Idx(i)]).collect();
-            if !simple_id(&r.id) || out.iter().any(|o| o.id == r.id) {
-                return Err(cx.err(
-                    &p,
-                    &[Key("id")],
-                    format!("push id '{}' must be a unique simple id", r.id),
-                ));
-            }
-            let when = cx.condition(&p, &r.when)?;
-            let reply = cx.named_reply(&p, &[Key("reply")], &r.reply)?;
-            let delay = cx.range(
-                &p,
-                &[Key("delay_s")],
-                "delay_s",
-                r.delay_s.unwrap_or(60),
-                0,
-                86_400,
-            )?;
-            out.push(PushRule {
-                id: r.id.clone(),
-                when,
-                reply,
-                delay_ms: delay * 1000,
-            });
-        }
-        s.pushes = out;
-    }
-    if let Some(f) = &raw.frequency {
-        if let Some(v) = f.window_hours {
-            s.frequency.window_ms = cx.range(
-                pre,
-                &[Key("frequency"), Key("window_hours")],
-                "window_hours",
-                v,
-                1,
-                2160,
-            )? * HOUR_MS;
-        }
-        if let Some(tiers) = &f.tiers {
-            let mut out = Vec::new();
-            for (i, t) in tiers.iter().enumerate() {
-                let at = [Key("frequency"), Key("tiers"), Idx(i)];
-                let m = cx.range(pre, &at, "min_messages", t.min_messages, 0, 100_000)? as u32;
-                let h = cx.range(
-                    pre,
-                    &at,
-                    "push_interval_hours",
-                    t.push_interval_hours,
-                    1,
-                    8760,
-                )?;
-                out.push(Tier {
-                    min_messages: m,
-                    interval_ms: h * HOUR_MS,
-                });
-            }
-            if out.is_empty() {
-                return Err(cx.err(
-                    pre,
-                    &[Key("frequency"), Key("tiers")],
-                    "frequency.tiers needs at least one tier",
-                ));
-            }
-            out.sort_by_key(|t| std::cmp::Reverse(t.min_messages));
-            s.frequency.tiers = out;
-        }
-    }
-    if let Some(list) = &raw.schedules {
-        let mut out: Vec<CronJob> = Vec::new();
-        for (i, r) in list.iter().enumerate() {
-            let p: Vec<Seg<'_>> = pre
-                .iter()
-                .copied()
-                .chain([Key("schedules"), Idx(i)])
-                .collect();
-            if !simple_id(&r.id) || out.iter().any(|o| o.id == r.id) {
-                return Err(cx.err(
-                    &p,
-                    &[Key("id")],
-                    format!("schedule id '{}' must be a unique simple id", r.id),
-                ));
-            }
-            let schedule = parse_cron(&r.cron).map_err(|e| cx.err(&p, &[Key("cron")], e))?;
-            let reply = cx.named_reply(&p, &[Key("reply")], &r.reply)?;
-            if let Some(v) = cx
-                .replies
-                .vars_of(&reply)
-                .into_iter()
-                .find(|v| !CHAT_VARS.contains(v))
-            {
-                return Err(cx.err(
-                    &p,
-                    &[Key("reply")],
-                    format!("reply '{reply}' uses '{{{v}}}', which a scheduled message to the whole group cannot fill"),
-                ));
-            }
-            out.push(CronJob {
-                id: r.id.clone(),
-                schedule,
-                reply,
-            });
-        }
-        s.schedules = out;
-    }
-    if let Some(list) = &raw.countdowns {
-        let mut out: Vec<Countdown> = Vec::new();
-        for (i, c) in list.iter().enumerate() {
-            let p: Vec<Seg<'_>> = pre
-                .iter()
-                .copied()
-                .chain([Key("countdowns"), Idx(i)])
-                .collect();
-            if !simple_id(&c.id) || out.iter().any(|o| o.id == c.id) {
-                return Err(cx.err(
-                    &p,
-                    &[Key("id")],
-                    format!("countdown id '{}' must be a unique simple id", c.id),
-                ));
-            }
-            if c.event_name.trim().is_empty() {
-                return Err(cx.err(&p, &[Key("event_name")], "event_name is empty"));
-            }
-            if let Some(w) = cx.banned.find(&c.event_name) {
-                return Err(cx.err(
-                    &p,
-                    &[Key("event_name")],
-                    format!("event_name contains the banned word '{w}'"),
-                ));
-            }
-            let date = NaiveDate::parse_from_str(&c.date, "%Y-%m-%d").map_err(|_| {
-                cx.err(
-                    &p,
-                    &[Key("date")],
-                    format!("date must be YYYY-MM-DD, got '{}'", c.date),
-                )
-            })?;
-            let at_min = parse_hhmm(&c.at).map_err(|e| cx.err(&p, &[Key("at")], e))?;
-            if at_min >= 1440 {
-                return Err(cx.err(&p, &[Key("at")], "at must be before 24:00"));
-            }
-            if c.days_before.is_empty() {
-                return Err(cx.err(
-                    &p,
-                    &[Key("days_before")],
-                    "days_before needs at least one day",
-                ));
-            }
-            let mut days = Vec::new();
-            for (j, d) in c.days_before.iter().enumerate() {
-                days.push(
-                    cx.range(&p, &[Key("days_before"), Idx(j)], "days_before", *d, 0, 365)? as u32,
-                );
-            }
-            days.sort_unstable();
-            days.dedup();
-            out.push(Countdown {
-                id: c.id.clone(),
-                event_name: c.event_name.clone(),
-                date,
-                at_min,
-                days_before: days,
-            });
-        }
-        s.countdowns = out;
-    }
-    if let Some(list) = &raw.experiments {
-        let mut out: Vec<Experiment> = Vec::new();
-        for (i, e) in list.iter().enumerate() {
-            let p: Vec<Seg<'_>> = pre
-                .iter()
-                .copied()
-                .chain([Key("experiments"), Idx(i)])
-                .collect();
-            if !simple_id(&e.id) || out.iter().any(|o| o.id == e.id) {
-                return Err(cx.err(
-                    &p,
-                    &[Key("id")],
-                    format!("experiment id '{}' must be a unique simple id", e.id),
-                ));
-            }
-            let intent = cx.intent(&p, &[Key("intent")], &e.intent)?;
-            if out.iter().any(|o| o.intent == intent) {
-                return Err(cx.err(
-                    &p,
-                    &[Key("intent")],
-                    format!("intent '{intent}' already has an experiment"),
-                ));
-            }
-            if e.variants.len() < 2 {
-                return Err(cx.err(
-                    &p,
-                    &[Key("variants")],
-                    format!(
-                        "an experiment needs at least 2 variants, got {}",
-                        e.variants.len()
-                    ),
-                ));
-            }
-            let mut variants: Vec<(String, u32)> = Vec::new();
-            for (j, v) in e.variants.iter().enumerate() {
-                let at = [Key("variants"), Idx(j)];
-                if cx.replies.variant(&intent, &v.variant).is_none() {
-                    return Err(cx.err(&p, &at, format!("variant '{}' is not a reply variant of intent '{intent}' in replies.yml", v.variant)));
-                }
-                if variants.iter().any(|x| x.0 == v.variant) {
-                    return Err(cx.err(&p, &at, format!("variant '{}' listed twice", v.variant)));
-                }
-                let w = cx.range(&p, &at, "weight", v.weight, 1, 10_000)? as u32;
-                variants.push((v.variant.clone(), w));
-            }
-            out.push(Experiment {
-                id: e.id.clone(),
-                intent,
-                variants,
-            });
-        }
-        s.experiments = out;
-    }
-    if let Some(v) = raw.schedule_grace_s {
-        s.schedule_grace_ms = cx.range(
-            pre,
-            &[Key("schedule_grace_s")],
-            "schedule_grace_s",
-            v,
-            0,
-            86_400,
-        )? * 1000;
+    // Keys whose value replaces the one inherited from the level above.
+    replace(&mut s.style, &raw.style, |v| at.style(&[Key("style")], v))?;
+    replace(&mut s.user_tag_styles, &raw.user_tag_styles, |v| {
+        user_tag_styles(at, v)
+    })?;
+    replace(&mut s.service_hours, &raw.service_hours, |v| {
+        service_hours(at, v)
+    })?;
+    replace(&mut s.silent_intents, &raw.silent_intents, |v| {
+        at.intents("silent_intents", v)
+    })?;
+    replace(&mut s.block_intents, &raw.block_intents, |v| {
+        at.intents("block_intents", v)
+    })?;
+    replace(&mut s.rules, &raw.rules, |v| attribute_rules(at, v))?;
+    replace(&mut s.pushes, &raw.pushes, |v| pushes(at, v))?;
+    replace(&mut s.schedules, &raw.schedules, |v| schedules(at, v))?;
+    replace(&mut s.countdowns, &raw.countdowns, |v| countdowns(at, v))?;
+    replace(&mut s.experiments, &raw.experiments, |v| experiments(at, v))?;
+    // Blocks that merge key by key into the inherited ones.
+    merge(&raw.spacing, |v| {
+        spacing(&mut s.spacing, &at.key("spacing"), v)
+    })?;
+    merge(&raw.cooldown, |v| {
+        cooldown(&mut s.cooldown, &at.key("cooldown"), v)
+    })?;
+    merge(&raw.handoff, |v| {
+        handoff(&mut s.handoff, &at.key("handoff"), v)
+    })?;
+    merge(&raw.welcome, |v| welcome(s, &at.key("welcome"), v))?;
+    merge(&raw.disclosure, |v| disclosure(s, &at.key("disclosure"), v))?;
+    let reactivation_at = at.key("reactivation");
+    merge(&raw.reactivation, |v| {
+        reactivation(&mut s.reactivation, &reactivation_at, v)
+    })?;
+    merge(&raw.frequency, |v| {
+        frequency(&mut s.frequency, &at.key("frequency"), v)
+    })?;
+    if let Some(v) = at.scaled("schedule_grace_s", raw.schedule_grace_s, (0, 86_400), 1000)? {
+        s.schedule_grace_ms = v;
     }
     Ok(())
 }
 
-/// Everything loaded from `config/operator/`, validated.
+/// `current` becomes `parse(value)` when the block sets the key.
+fn replace<R, T>(
+    current: &mut T,
+    value: &Option<R>,
+    parse: impl FnOnce(&R) -> Result<T, FileError>,
+) -> Result<(), FileError> {
+    if let Some(v) = value {
+        *current = parse(v)?;
+    }
+    Ok(())
+}
+
+/// Runs `merge` when the block sets the key.
+fn merge<R>(
+    value: &Option<R>,
+    merge: impl FnOnce(&R) -> Result<(), FileError>,
+) -> Result<(), FileError> {
+    value.as_ref().map_or(Ok(()), merge)
+}
+
+fn timezone(at: &At<'_>, tz: &str, level: Level) -> Result<Tz, FileError> {
+    if level == Level::Group {
+        return Err(at.err(
+            &[Key("timezone")],
+            "timezone can only be set for a bot, not a group",
+        ));
+    }
+    tz.parse::<Tz>()
+        .map_err(|_| at.err(&[Key("timezone")], format!("unknown time zone '{tz}'")))
+}
+
+fn user_tag_styles(
+    at: &At<'_>,
+    m: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, FileError> {
+    m.iter()
+        .map(|(tag, st)| {
+            let style = at.style(&[Key("user_tag_styles"), Key(tag)], st)?;
+            Ok((tag.clone(), style))
+        })
+        .collect()
+}
+
+fn service_hours(at: &At<'_>, hours: &[RawHours]) -> Result<ServiceHours, FileError> {
+    let mut windows = Vec::new();
+    for (here, h) in at.items("service_hours", hours) {
+        if h.days.is_empty() {
+            return Err(here.err(&[], "service_hours entry needs at least one day"));
+        }
+        let mut days = 0u8;
+        for d in &h.days {
+            let wd = parse_weekday(d).ok_or_else(|| {
+                here.err(
+                    &[],
+                    format!("unknown day '{d}' (use mon, tue, wed, thu, fri, sat, sun)"),
+                )
+            })?;
+            days |= weekday_bit(wd);
+        }
+        let from = parse_hhmm(&h.from).map_err(|e| here.err(&[], e))?;
+        let to = parse_hhmm(&h.to).map_err(|e| here.err(&[], e))?;
+        if from >= to {
+            return Err(here.err(
+                &[],
+                format!(
+                    "service_hours 'to' ({}) must be after 'from' ({})",
+                    h.to, h.from
+                ),
+            ));
+        }
+        windows.push(Window {
+            days,
+            from_min: from,
+            to_min: to,
+        });
+    }
+    Ok(ServiceHours { windows })
+}
+
+fn spacing(s: &mut SpacingConfig, at: &At<'_>, raw: &RawSpacing) -> Result<(), FileError> {
+    if let Some(v) = at.scaled("min_interval_s", raw.min_interval_s, (5, 60), 1000)? {
+        s.min_interval_ms = v;
+    }
+    if let Some(v) = at.scaled("jitter_ms", raw.jitter_ms, (0, 30_000), 1)? {
+        s.jitter_ms = v;
+    }
+    if let Some(v) = at.scaled("queue_limit", raw.queue_limit, (1, 20), 1)? {
+        s.queue_limit = v as usize;
+    }
+    Ok(())
+}
+
+fn cooldown(c: &mut CooldownConfig, at: &At<'_>, raw: &RawCooldown) -> Result<(), FileError> {
+    if let Some(v) = at.scaled("default_s", raw.default_s, (0, 86_400), 1000)? {
+        c.default_ms = v;
+    }
+    if let Some(m) = &raw.per_intent_s {
+        let mut per = HashMap::new();
+        for (intent, v) in m {
+            let key = [Key("per_intent_s"), Key(intent.as_str())];
+            at.intent(&key, intent)?;
+            let seconds = at.range_at(&key, "cooldown seconds", *v, 0, 86_400)?;
+            per.insert(intent.clone(), seconds * 1000);
+        }
+        c.per_intent_ms = per;
+    }
+    Ok(())
+}
+
+fn handoff(h: &mut HandoffConfig, at: &At<'_>, raw: &RawHandoff) -> Result<(), FileError> {
+    if let Some(list) = &raw.intents {
+        h.intents = at.intents("intents", list)?;
+    }
+    let minutes = |key: &'static str, v: Option<i64>, hi: i64| -> Result<Option<u32>, FileError> {
+        Ok(at.scaled(key, v, (1, hi), 1)?.map(|v| v as u32))
+    };
+    if let Some(v) = minutes("minutes_per_handoff", raw.minutes_per_handoff, 120)? {
+        h.minutes_per_handoff = v;
+    }
+    if let Some(v) = minutes("fixed_wait_minutes", raw.fixed_wait_minutes, 1440)? {
+        h.fixed_wait_minutes = Some(v);
+    }
+    if let Some(v) = minutes("max_wait_minutes", raw.max_wait_minutes, 1440)? {
+        h.max_wait_minutes = v;
+    }
+    if let Some(v) = at.scaled("open_ttl_minutes", raw.open_ttl_minutes, (1, 1440), 60_000)? {
+        h.open_ttl_ms = v;
+    }
+    if let Some(v) = minutes("not_understood_limit", raw.not_understood_limit, 10)? {
+        h.not_understood_limit = v;
+    }
+    if let Some(v) = raw.human_share_target {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(at.err(
+                &[Key("human_share_target")],
+                format!("human_share_target must be 0.0..=1.0, got {v}"),
+            ));
+        }
+        h.human_share_target = v;
+    }
+    Ok(())
+}
+
+fn welcome(s: &mut Settings, at: &At<'_>, raw: &RawWelcome) -> Result<(), FileError> {
+    if let Some(e) = raw.enabled {
+        s.welcome_enabled = e;
+    }
+    if let Some(v) = at.scaled("merge_window_s", raw.merge_window_s, (0, 600), 1000)? {
+        s.welcome_merge_window_ms = v;
+    }
+    Ok(())
+}
+
+fn disclosure(s: &mut Settings, at: &At<'_>, raw: &RawDisclosure) -> Result<(), FileError> {
+    if let Some(e) = raw.enabled {
+        s.disclosure_enabled = e;
+    }
+    if let Some(list) = &raw.answered_by {
+        s.disclosure_answered_by = at.intents("answered_by", list)?;
+    }
+    Ok(())
+}
+
+fn reactivation(
+    r: &mut ReactivationConfig,
+    at: &At<'_>,
+    raw: &RawReactivation,
+) -> Result<(), FileError> {
+    if let Some(e) = raw.enabled {
+        r.enabled = e;
+    }
+    if let Some(v) = at.scaled("silence_hours", raw.silence_hours, (1, 720), HOUR_MS)? {
+        r.silence_ms = v;
+    }
+    if let Some(v) = at.scaled("period_hours", raw.period_hours, (1, 720), HOUR_MS)? {
+        r.period_ms = v;
+    }
+    Ok(())
+}
+
+/// A list section whose entries have ids: its key, what an entry is called, and the ids.
+struct IdList<'a> {
+    key: &'a str,
+    what: &'a str,
+    ids: Vec<&'a str>,
+}
+
+impl<'a> IdList<'a> {
+    fn new(key: &'a str, what: &'a str, ids: impl Iterator<Item = &'a str>) -> Self {
+        IdList {
+            key,
+            what,
+            ids: ids.collect(),
+        }
+    }
+}
+
+/// Every id of `list` must be a simple id, unique in the list. `parse` builds an entry from its
+/// raw form, its position and the entries built before it.
+fn with_ids<'a, R, T>(
+    at: &At<'a>,
+    ids: &IdList<'a>,
+    list: &[R],
+    mut parse: impl FnMut(&At<'a>, &R, String, &[T]) -> Result<T, FileError>,
+) -> Result<Vec<T>, FileError> {
+    let mut out = Vec::new();
+    for (i, (here, r)) in at.items(ids.key, list).enumerate() {
+        let earlier = ids.ids[..i].iter().copied();
+        let id = here.unique_id(ids.what, ids.ids[i], earlier)?;
+        let entry = parse(&here, r, id, &out)?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+fn attribute_rules(at: &At<'_>, list: &[RawRule]) -> Result<Vec<AttrRule>, FileError> {
+    let ids = IdList::new("rules", "rule", list.iter().map(|r| &*r.id));
+    with_ids(at, &ids, list, |here, r, id, _| {
+        let intents = here.key("intents");
+        let intents = (r.intents.iter().enumerate())
+            .map(|(j, name)| intents.intent(&[Index(j)], name))
+            .collect::<Result<_, _>>()?;
+        Ok(AttrRule {
+            id,
+            intents,
+            when: here.condition(&r.when)?,
+            reply: here.named_reply(&r.reply)?,
+        })
+    })
+}
+
+fn pushes(at: &At<'_>, list: &[RawPush]) -> Result<Vec<PushRule>, FileError> {
+    let ids = IdList::new("pushes", "push", list.iter().map(|r| &*r.id));
+    with_ids(at, &ids, list, |here, r, id, _| {
+        let when = here.condition(&r.when)?;
+        let reply = here.named_reply(&r.reply)?;
+        let delay = here.range("delay_s", r.delay_s.unwrap_or(60), 0, 86_400)?;
+        Ok(PushRule {
+            id,
+            when,
+            reply,
+            delay_ms: delay * 1000,
+        })
+    })
+}
+
+fn frequency(f: &mut FrequencyConfig, at: &At<'_>, raw: &RawFrequency) -> Result<(), FileError> {
+    if let Some(v) = at.scaled("window_hours", raw.window_hours, (1, 2160), HOUR_MS)? {
+        f.window_ms = v;
+    }
+    let Some(tiers) = &raw.tiers else {
+        return Ok(());
+    };
+    let mut out = Vec::new();
+    for (here, t) in at.items("tiers", tiers) {
+        let m = here.range_at(&[], "min_messages", t.min_messages, 0, 100_000)? as u32;
+        let h = here.range_at(&[], "push_interval_hours", t.push_interval_hours, 1, 8760)?;
+        out.push(Tier {
+            min_messages: m,
+            interval_ms: h * HOUR_MS,
+        });
+    }
+    if out.is_empty() {
+        return Err(at.err(&[Key("tiers")], "frequency.tiers needs at least one tier"));
+    }
+    out.sort_by_key(|t| std::cmp::Reverse(t.min_messages));
+    f.tiers = out;
+    Ok(())
+}
+
+fn schedules(at: &At<'_>, list: &[RawSchedule]) -> Result<Vec<CronJob>, FileError> {
+    let ids = IdList::new("schedules", "schedule", list.iter().map(|r| &*r.id));
+    with_ids(at, &ids, list, |here, r, id, _| {
+        let schedule = parse_cron(&r.cron).map_err(|e| here.err(&[Key("cron")], e))?;
+        let reply = here.named_reply(&r.reply)?;
+        let vars = here.refs.replies.vars_of(&reply);
+        if let Some(v) = vars.into_iter().find(|v| !CHAT_VARS.contains(v)) {
+            let why = "which a scheduled message to the whole group cannot fill";
+            let msg = format!("reply '{reply}' uses '{{{v}}}', {why}");
+            return Err(here.err(&[Key("reply")], msg));
+        }
+        Ok(CronJob {
+            id,
+            schedule,
+            reply,
+        })
+    })
+}
+
+fn countdowns(at: &At<'_>, list: &[RawCountdown]) -> Result<Vec<Countdown>, FileError> {
+    let ids = IdList::new("countdowns", "countdown", list.iter().map(|c| &*c.id));
+    with_ids(at, &ids, list, |here, c, id, _| {
+        if c.event_name.trim().is_empty() {
+            return Err(here.err(&[Key("event_name")], "event_name is empty"));
+        }
+        here.no_banned_word("event_name", &c.event_name)?;
+        let date = parse_date(&c.date).map_err(|e| here.err(&[Key("date")], e))?;
+        let at_min = parse_hhmm(&c.at).map_err(|e| here.err(&[Key("at")], e))?;
+        if at_min >= 1440 {
+            return Err(here.err(&[Key("at")], "at must be before 24:00"));
+        }
+        if c.days_before.is_empty() {
+            let msg = "days_before needs at least one day";
+            return Err(here.err(&[Key("days_before")], msg));
+        }
+        let mut days = Vec::new();
+        for (j, d) in c.days_before.iter().enumerate() {
+            let tail = [Key("days_before"), Index(j)];
+            days.push(here.range_at(&tail, "days_before", *d, 0, 365)? as u32);
+        }
+        days.sort_unstable();
+        days.dedup();
+        Ok(Countdown {
+            id,
+            event_name: c.event_name.clone(),
+            date,
+            at_min,
+            days_before: days,
+        })
+    })
+}
+
+fn experiments(at: &At<'_>, list: &[RawExperiment]) -> Result<Vec<Experiment>, FileError> {
+    let ids = IdList::new("experiments", "experiment", list.iter().map(|e| &*e.id));
+    with_ids(at, &ids, list, |here, e, id, earlier| {
+        let intent = here.intent(&[Key("intent")], &e.intent)?;
+        if earlier.iter().any(|o: &Experiment| o.intent == intent) {
+            return Err(here.err(
+                &[Key("intent")],
+                format!("intent '{intent}' already has an experiment"),
+            ));
+        }
+        if e.variants.len() < 2 {
+            return Err(here.err(
+                &[Key("variants")],
+                format!(
+                    "an experiment needs at least 2 variants, got {}",
+                    e.variants.len()
+                ),
+            ));
+        }
+        let mut variants: Vec<(String, u32)> = Vec::new();
+        for (vat, v) in here.items("variants", &e.variants) {
+            if here.refs.replies.variant(&intent, &v.variant).is_none() {
+                let variant = &v.variant;
+                let msg = format!(
+                    "variant '{variant}' is not a reply variant of intent '{intent}' in replies.yml"
+                );
+                return Err(vat.err(&[], msg));
+            }
+            if variants.iter().any(|x| x.0 == v.variant) {
+                return Err(vat.err(&[], format!("variant '{}' listed twice", v.variant)));
+            }
+            let w = vat.range_at(&[], "weight", v.weight, 1, 10_000)? as u32;
+            variants.push((v.variant.clone(), w));
+        }
+        Ok(Experiment {
+            id,
+            intent,
+            variants,
+        })
+    })
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("date must be YYYY-MM-DD, got '{s}'"))
+}
+
+/// The policy's part of the operator files (`playbook.yml`, `replies.yml`, `banned_words.txt`,
+/// `calendar.yml`), validated against the intent catalog. Immutable once loaded: a reload builds
+/// a new one.
 #[derive(Debug)]
 pub struct OperatorConfig {
     pub replies: ReplyLibrary,
@@ -1001,55 +1001,53 @@ pub struct OperatorConfig {
 }
 
 impl OperatorConfig {
-    pub fn load(dir: &Path) -> Result<Self, PolicyError> {
+    /// Loads the policy files in `dir`; intents they name must be in `catalog`.
+    pub fn load(dir: &Path, catalog: &Catalog) -> Result<Self, FileError> {
         let banned = BannedWords::load(&dir.join(BANNED_FILE))?;
-        let replies = ReplyLibrary::load(&dir.join(REPLIES_FILE), &banned)?;
+        let replies = ReplyLibrary::load(&dir.join(REPLIES_FILE), catalog, &banned)?;
         let calendar = load_calendar(&dir.join(CALENDAR_FILE), &banned)?;
-        let path = dir.join(PLAYBOOK_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Io {
-            file: path.display().to_string(),
-            source,
-        })?;
-        Self::from_parts(&path, &text, replies, banned, calendar)
+        let playbook = YamlFile::load(&dir.join(PLAYBOOK_FILE))?;
+        Self::from_parts(&playbook, catalog, replies, banned, calendar)
     }
 
     pub fn from_parts(
-        path: &Path,
-        text: &str,
+        playbook: &YamlFile,
+        catalog: &Catalog,
         replies: ReplyLibrary,
         banned: BannedWords,
         calendar: Calendar,
-    ) -> Result<Self, PolicyError> {
-        use Seg::Key;
-        let raw: RawPlaybook = yaml::parse(path, text)?;
-        let cx = Ctx {
-            file: path,
-            text,
+    ) -> Result<Self, FileError> {
+        let raw: RawPlaybook = playbook.deserialize()?;
+        let refs = Refs {
+            file: playbook,
+            catalog,
             replies: &replies,
             banned: &banned,
         };
-        let base = Settings::builtin(&replies.styles[0]);
-        let mut defaults = base.clone();
+        let root = At {
+            refs: &refs,
+            path: Vec::new(),
+        };
+        let mut defaults = Settings::builtin(&replies.styles[0]);
         apply(
             &mut defaults,
             &raw.defaults,
-            &cx,
-            &[Key("defaults")],
-            "defaults",
+            &root.key("defaults"),
+            Level::Defaults,
         )?;
         let mut bots = HashMap::new();
         let mut groups = HashMap::new();
         for (bot, braw) in &raw.bots {
+            let bot_at = root.at(&[Key("bots"), Key(bot)]);
             let mut bs = defaults.clone();
-            apply(&mut bs, braw, &cx, &[Key("bots"), Key(bot)], "bot")?;
+            apply(&mut bs, braw, &bot_at, Level::Bot)?;
             for (chat, graw) in braw.groups.iter().flatten() {
                 let mut gs = bs.clone();
                 apply(
                     &mut gs,
                     graw,
-                    &cx,
-                    &[Key("bots"), Key(bot), Key("groups"), Key(chat)],
-                    "group",
+                    &bot_at.at(&[Key("groups"), Key(chat)]),
+                    Level::Group,
                 )?;
                 groups.insert((bot.clone(), chat.clone()), Arc::new(gs));
             }
@@ -1079,31 +1077,16 @@ impl OperatorConfig {
     }
 }
 
-pub fn load_calendar(path: &Path, banned: &BannedWords) -> Result<Calendar, PolicyError> {
-    use Seg::{Idx, Key};
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
-        file: path.display().to_string(),
-        source,
-    })?;
-    let raw: RawCalendar = yaml::parse(path, &text)?;
+pub fn load_calendar(path: &Path, banned: &BannedWords) -> Result<Calendar, FileError> {
+    let file = YamlFile::load(path)?;
+    let raw: RawCalendar = file.deserialize()?;
     let mut festivals = Vec::new();
     for (i, f) in raw.festivals.iter().enumerate() {
-        let at = |k| {
-            PolicyError::config(
-                path,
-                line_of(&text, &[Key("festivals"), Idx(i), Key(k)]),
-                "",
-            )
-        };
-        let fail = |k: &'static str, msg: String| match at(k) {
-            PolicyError::Config { file, line, .. } => PolicyError::Config { file, line, msg },
-            e => e,
-        };
+        let fail = |k: &str, msg: String| file.error(&[Key("festivals"), Index(i), Key(k)], msg);
         if f.name.trim().is_empty() {
             return Err(fail("name", "festival name is empty".into()));
         }
-        let date = NaiveDate::parse_from_str(&f.date, "%Y-%m-%d")
-            .map_err(|_| fail("date", format!("date must be YYYY-MM-DD, got '{}'", f.date)))?;
+        let date = parse_date(&f.date).map_err(|e| fail("date", e))?;
         let days = f.days.unwrap_or(1);
         if !(1..=30).contains(&days) {
             return Err(fail("days", format!("days must be 1..=30, got {days}")));
@@ -1130,21 +1113,19 @@ pub fn load_calendar(path: &Path, banned: &BannedWords) -> Result<Calendar, Poli
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::replies::tests::minimal_yaml;
+    use crate::policy::replies::tests::{minimal_yaml, parse, shipped_catalog};
 
     fn lib() -> (ReplyLibrary, BannedWords) {
         let b = BannedWords::new(["微信"]).unwrap();
         let y = minimal_yaml()
             + "named:\n  vip_service:\n    - { id: v1, style: professional, text: \"{nickname}您好，VIP专属客服为您服务\" }\n  daily_tip:\n    - { id: t1, style: playful, text: \"{greeting}！今日小贴士\" }\n";
-        (
-            ReplyLibrary::parse(Path::new("replies.yml"), &y, &b).unwrap(),
-            b,
-        )
+        (parse(&y, &b).unwrap(), b)
     }
 
-    fn load(text: &str) -> Result<OperatorConfig, PolicyError> {
+    fn load(text: &str) -> Result<OperatorConfig, FileError> {
         let (r, b) = lib();
-        OperatorConfig::from_parts(Path::new("playbook.yml"), text, r, b, Calendar::default())
+        let file = YamlFile::parse(Path::new("playbook.yml"), text)?;
+        OperatorConfig::from_parts(&file, &shipped_catalog(), r, b, Calendar::default())
     }
 
     #[test]
@@ -1191,68 +1172,77 @@ mod tests {
         assert_eq!(e, "playbook.yml:8: min_interval_s must be 5..=60, got 90");
     }
 
+    fn err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
     #[test]
     fn unknown_keys_and_bad_references_are_errors() {
-        let e = load("defaults:\n  spacing:\n    min_interval: 10\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("defaults:\n  spacing:\n    min_interval: 10\n");
         assert!(
             e.starts_with("playbook.yml:3: defaults.spacing: unknown field `min_interval`"),
             "{e}"
         );
-        let e = load("defaults:\n  handoff:\n    intents: [complaint, refnd]\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("defaults:\n  handoff:\n    intents: [complaint, refnd]\n");
         assert_eq!(e, "playbook.yml:3: unknown intent 'refnd'");
-        let e = load(
-            "defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: nope\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            err("defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: nope\n");
         assert_eq!(
             e,
             "playbook.yml:5: reply 'nope' is not defined under 'named' in replies.yml"
         );
-        let e = load("defaults:\n  schedules:\n    - id: s1\n      cron: \"61 9 * * *\"\n      reply: daily_tip\n").unwrap_err().to_string();
+        let e = err("defaults:\n  schedules:\n    - id: s1\n      cron: \"61 9 * * *\"\n      reply: daily_tip\n");
         assert!(
             e.starts_with("playbook.yml:4: cron '61 9 * * *' is not valid"),
             "{e}"
         );
-        let e = load("defaults:\n  schedules:\n    - id: s1\n      cron: \"0 9 * * *\"\n      reply: vip_service\n").unwrap_err().to_string();
+        let e = err("defaults:\n  schedules:\n    - id: s1\n      cron: \"0 9 * * *\"\n      reply: vip_service\n");
         assert!(
             e.starts_with("playbook.yml:5: reply 'vip_service' uses '{nickname}'"),
             "{e}"
         );
-        let e = load("bots:\n  b1:\n    groups:\n      g1:\n        timezone: Asia/Tokyo\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("bots:\n  b1:\n    groups:\n      g1:\n        timezone: Asia/Tokyo\n");
         assert_eq!(
             e,
             "playbook.yml:5: timezone can only be set for a bot, not a group"
         );
-        let e = load("defaults:\n  timezone: Mars/Base\n")
-            .unwrap_err()
-            .to_string();
+        let e = err("defaults:\n  timezone: Mars/Base\n");
         assert_eq!(e, "playbook.yml:2: unknown time zone 'Mars/Base'");
-        let e = load("defaults:\n  experiments:\n    - id: e1\n      intent: price\n      variants:\n        - {variant: a, weight: 1}\n        - {variant: zz, weight: 1}\n").unwrap_err().to_string();
+        let e = err("defaults:\n  experiments:\n    - id: e1\n      intent: price\n      variants:\n        - {variant: a, weight: 1}\n        - {variant: zz, weight: 1}\n");
         assert_eq!(
             e,
             "playbook.yml:7: variant 'zz' is not a reply variant of intent 'price' in replies.yml"
         );
-        let e = load(
+        let e = err(
             "defaults:\n  service_hours:\n    - {days: [mon], from: \"18:00\", to: \"09:00\"}\n",
-        )
-        .unwrap_err()
-        .to_string();
+        );
         assert_eq!(
             e,
             "playbook.yml:3: service_hours 'to' (09:00) must be after 'from' (18:00)"
         );
-        let e = load("defaults:\n  countdowns:\n    - id: c1\n      event_name: 加微信抽奖\n      date: 2027-03-20\n      at: \"10:00\"\n      days_before: [3]\n").unwrap_err().to_string();
+        let e = err("defaults:\n  countdowns:\n    - id: c1\n      event_name: 加微信抽奖\n      date: 2027-03-20\n      at: \"10:00\"\n      days_before: [3]\n");
         assert_eq!(
             e,
             "playbook.yml:4: event_name contains the banned word '微信'"
         );
+    }
+
+    #[test]
+    fn intent_settings_are_checked_against_the_catalog() {
+        let text =
+            "defaults:\n  block_intents: [spam_ads]\n  disclosure:\n    answered_by: [ask_bot]\n";
+        let s = load(text).unwrap().settings("b", "g").clone();
+        assert!(s.block_intents.contains("spam_ads"));
+        assert!(s.disclosure_answered_by.contains("ask_bot"));
+        assert!(Settings::builtin("p").block_intents.is_empty());
+        let e = load("defaults:\n  block_intents: [spam_ads, spamm]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "playbook.yml:2: unknown intent 'spamm'");
+        let e = load("defaults:\n  disclosure:\n    enabled: true\n    answered_by:\n      - ask_bot\n      - bot\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "playbook.yml:6: unknown intent 'bot'");
     }
 
     #[test]

@@ -38,8 +38,8 @@ pub fn decide_message(
         return d.block(w, ctx, word, "banned_word");
     }
     let understood = !cls.needs_clarification && !cls.intent.is_empty();
-    if understood && cls.intent == "spam_ads" {
-        return d.block(w, ctx, "", "spam_ads");
+    if understood && s.block_intents.contains(&cls.intent) {
+        return d.block(w, ctx, "", &cls.intent);
     }
 
     w.group.handoffs.note_message();
@@ -77,8 +77,8 @@ pub fn decide_message(
         );
     if sends && s.disclosure_enabled && !w.user.profile.disclosed {
         w.user.profile.disclosed = true;
-        // The ask_bot reply is itself the disclosure.
-        if !(understood && cls.intent == "ask_bot") {
+        // Some replies are the disclosure themselves ("yes, I am a bot").
+        if !(understood && s.disclosure_answered_by.contains(&cls.intent)) {
             let pick = seeded(d.seed, &["disclosure", uid]);
             if let Some(r) =
                 cfg.replies

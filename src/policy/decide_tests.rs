@@ -17,7 +17,7 @@ use crate::types::ReplyOut;
 
 fn config(playbook: &str) -> (OperatorConfig, tempfile::TempDir) {
     let dir = write_dir(playbook);
-    let cfg = OperatorConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = load_config(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     (cfg, dir)
 }
 

@@ -23,7 +23,7 @@
 //! | reason | action | meaning |
 //! |---|---|---|
 //! | `banned_word` | BLOCK | inbound text contains a banned word (after normalisation); review-queue entry |
-//! | `spam_ads` | BLOCK | classified as advertising/spam; review-queue entry |
+//! | `<intent>` | BLOCK | the intent is one of `block_intents` (the shipped playbook: `spam_ads`); review-queue entry |
 //! | `silent_intent` | IGNORE | the intent is configured as one the bot does not answer |
 //! | `off_hours` | HANDOFF | outside service hours; off-hours reply once per user per closed period |
 //! | `handoff:intent` | HANDOFF | the intent is handed to a human (`handoff.intents`, or `handoff: always` in intents.yml) |
@@ -54,7 +54,6 @@ pub mod decide_due;
 pub mod decide_event;
 pub mod decide_message;
 pub mod decision;
-pub mod error;
 pub mod events;
 pub mod handoff;
 mod hash;
@@ -66,10 +65,8 @@ pub mod spacing;
 pub mod state;
 pub mod state_memory;
 pub mod templates;
-mod yaml;
 
 pub use compliance::ReviewItem;
-pub use error::PolicyError;
 pub use events::{EventDecision, EventInput, EventKind};
 pub use playbook::{DroppedSend, Playbook};
 pub use scheduler::{OutboundItem, OutboundKind};

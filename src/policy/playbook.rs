@@ -8,7 +8,8 @@
 //! decision).
 //!
 //! Message flow in [`Playbook::decide_message`], first match wins:
-//! 1. banned word in the text → BLOCK `banned_word` (+ review entry); `spam_ads` → BLOCK;
+//! 1. banned word in the text → BLOCK `banned_word` (+ review entry); an intent of
+//!    `block_intents` (the shipped playbook: `spam_ads`) → BLOCK with the intent as reason;
 //! 2. silent intent → IGNORE `silent_intent`;
 //! 3. outside service hours → HANDOFF `off_hours` (off-hours reply once per user per closed period);
 //! 4. not understood (`needs_clarification` or no intent) → CLARIFY, or HANDOFF
@@ -20,9 +21,10 @@
 //! 8. group spacing: `send_after_ms`, or merged / dropped (see [`super::spacing`]).
 //!
 //! Then: the first sending decision for a user in a chat carries the automation disclosure in
-//! `notices`, and a matching personal push may be queued for `due()`.
+//! `notices` (unless the intent is one of `disclosure.answered_by`, whose reply already says
+//! it), and a matching personal push may be queued for `due()`.
 
-use parking_lot::RwLock;
+use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -39,8 +41,9 @@ use super::state::{
     GroupKey, PlaybookState, Scope, StateChange, StateError, StateView, SweepLimits,
 };
 use super::state_memory::{MemoryState, REVIEW_CAP};
-use super::PolicyError;
 use crate::clock::SharedClock;
+use crate::data::FileError;
+use crate::engine::catalog::Catalog;
 use crate::types::{Classification, MessageContext, PolicyDecision};
 
 pub use super::state::DroppedSend;
@@ -53,11 +56,23 @@ const SWEEP_LIMITS: SweepLimits = SweepLimits {
     reviewed_cap: REVIEW_CAP,
 };
 
+/// Where the playbook reads its operator config on every call: the service's live operator
+/// snapshot (so one swap there changes what every decision sees), or a config of its own.
+pub trait ConfigSource: Send + Sync {
+    fn current(&self) -> Arc<OperatorConfig>;
+}
+
+impl ConfigSource for ArcSwap<OperatorConfig> {
+    fn current(&self) -> Arc<OperatorConfig> {
+        self.load_full()
+    }
+}
+
 /// The operator playbook (see module doc).
 pub struct Playbook {
     clock: SharedClock,
     seed: u64,
-    config: RwLock<Arc<OperatorConfig>>,
+    config: Arc<dyn ConfigSource>,
     state: Arc<dyn PlaybookState>,
     last_sweep_ms: AtomicI64,
 }
@@ -92,20 +107,30 @@ async fn transact<T: Send>(
 }
 
 impl Playbook {
-    /// Load `playbook.yml`, `replies.yml`, `banned_words.txt` and `calendar.yml` from `dir`;
-    /// state is kept in memory.
-    pub fn load(dir: &Path, clock: SharedClock, seed: u64) -> Result<Playbook, PolicyError> {
-        Ok(Self::from_config(OperatorConfig::load(dir)?, clock, seed))
+    /// A playbook on its own config: `playbook.yml`, `replies.yml`, `banned_words.txt` and
+    /// `calendar.yml` from `dir`, checked against the `intents.yml` there; state in memory.
+    pub fn load(dir: &Path, clock: SharedClock, seed: u64) -> Result<Playbook, FileError> {
+        let catalog = Catalog::load(&dir.join("intents.yml"))?;
+        Ok(Self::from_config(
+            OperatorConfig::load(dir, &catalog)?,
+            clock,
+            seed,
+        ))
     }
 
-    /// A playbook with in-memory state.
+    /// A playbook with its own config and in-memory state.
     pub fn from_config(config: OperatorConfig, clock: SharedClock, seed: u64) -> Playbook {
+        Self::new(Arc::new(ArcSwap::from_pointee(config)), clock, seed)
+    }
+
+    /// A playbook that reads its config from `config` on every call; state in memory.
+    pub fn new(config: Arc<dyn ConfigSource>, clock: SharedClock, seed: u64) -> Playbook {
         Self::with_state(config, clock, seed, Arc::new(MemoryState::new()))
     }
 
     /// A playbook whose runtime state lives in `state`.
     pub fn with_state(
-        config: OperatorConfig,
+        config: Arc<dyn ConfigSource>,
         clock: SharedClock,
         seed: u64,
         state: Arc<dyn PlaybookState>,
@@ -114,21 +139,14 @@ impl Playbook {
         Playbook {
             clock,
             seed,
-            config: RwLock::new(Arc::new(config)),
+            config,
             state,
             last_sweep_ms: AtomicI64::new(now),
         }
     }
 
-    /// Validate the files in `dir` and swap them in; on error the running config is kept.
-    pub fn reload(&self, dir: &Path) -> Result<(), PolicyError> {
-        let fresh = OperatorConfig::load(dir)?;
-        *self.config.write() = Arc::new(fresh);
-        Ok(())
-    }
-
     pub fn config(&self) -> Arc<OperatorConfig> {
-        self.config.read().clone()
+        self.config.current()
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -4,12 +4,13 @@
 use super::*;
 use crate::clock::SharedClock;
 use crate::clock::{Clock, ManualClock};
+use crate::data::FileError;
+use crate::engine::catalog::Catalog;
 use crate::policy::config::OperatorConfig;
 use crate::policy::events::EventKind;
 use crate::policy::hours::to_ms;
 use crate::policy::replies::tests::minimal_yaml;
 use crate::policy::scheduler::OutboundKind;
-use crate::policy::PolicyError;
 use crate::types::{Action, UserInfo};
 use crate::types::{IntentScore, Source};
 use chrono::NaiveDate;
@@ -60,7 +61,8 @@ const BASE: &str = "defaults:
   style: professional
   spacing: { min_interval_s: 15, jitter_ms: 0, queue_limit: 3 }
   reactivation: { enabled: false }
-  disclosure: { enabled: false }
+  disclosure: { enabled: false, answered_by: [ask_bot] }
+  block_intents: [spam_ads]
 ";
 
 /// The in-memory store never waits and never fails, so each playbook call completes on its
@@ -76,14 +78,11 @@ fn ready<T>(f: impl Future<Output = Result<T, StateError>>) -> T {
 struct Pb(Playbook);
 
 impl Pb {
-    fn load(dir: &Path, clock: SharedClock, seed: u64) -> Result<Pb, PolicyError> {
+    fn load(dir: &Path, clock: SharedClock, seed: u64) -> Result<Pb, FileError> {
         Playbook::load(dir, clock, seed).map(Pb)
     }
     fn config(&self) -> Arc<OperatorConfig> {
         self.0.config()
-    }
-    fn reload(&self, dir: &Path) -> Result<(), PolicyError> {
-        self.0.reload(dir)
     }
     fn precheck(&self, ctx: &MessageContext) -> Option<PolicyDecision> {
         ready(self.0.precheck(ctx))
@@ -136,6 +135,8 @@ impl Pb {
 
 struct Fx {
     pb: Pb,
+    /// The config the playbook reads; a reload stores a new one here.
+    live: Arc<ArcSwap<OperatorConfig>>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
@@ -159,15 +160,25 @@ fn write_dir(playbook: &str) -> tempfile::TempDir {
     ) + EXTRA_REPLIES;
     std::fs::write(p.join("replies.yml"), replies).unwrap();
     std::fs::write(p.join("playbook.yml"), playbook).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/operator/intents.yml");
+    std::fs::copy(shipped, p.join("intents.yml")).unwrap();
     dir
+}
+
+/// The policy files in `dir`, validated against its intents.yml.
+fn load_config(dir: &Path) -> Result<OperatorConfig, FileError> {
+    OperatorConfig::load(dir, &Catalog::load(&dir.join("intents.yml"))?)
 }
 
 fn fx_at(playbook: &str, start: i64) -> Fx {
     let dir = write_dir(playbook);
     let clock = Arc::new(ManualClock::new(start));
-    let pb = Pb::load(dir.path(), clock.clone(), 42).unwrap_or_else(|e| panic!("{e}"));
+    let config = load_config(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let live = Arc::new(ArcSwap::from_pointee(config));
+    let pb = Pb(Playbook::new(live.clone(), clock.clone(), 42));
     Fx {
         pb,
+        live,
         clock,
         _dir: dir,
     }
@@ -244,6 +255,12 @@ fn names(i: &str) -> String {
 }
 
 impl Fx {
+    /// Validates the policy files in `dir` and swaps them in; on error the running ones stay.
+    fn reload(&self, dir: &Path) -> Result<(), FileError> {
+        self.live.store(Arc::new(load_config(dir)?));
+        Ok(())
+    }
+
     fn ask(&self, chat: &str, u: &UserInfo, intent: &str) -> PolicyDecision {
         self.pb
             .decide_message(&msg(chat, u, "问题"), &cls(intent), &names)
@@ -283,7 +300,7 @@ fn shipped_operator_config_loads_and_answers() {
     let clock = Arc::new(ManualClock::new(mon(10, 0)));
     let pb = Pb::load(&dir, clock, 7).unwrap_or_else(|e| panic!("{e}"));
     let cfg = pb.config();
-    for intent in crate::policy::replies::INTENTS {
+    for intent in Catalog::load(&dir.join("intents.yml")).unwrap().ids() {
         assert!(cfg.replies.variants(intent).len() >= 2, "{intent}");
     }
     let s = cfg.settings("demo", "vip_lounge");
@@ -548,8 +565,8 @@ fn off_hours_reply_once_then_handoff_queue() {
 #[test]
 fn disclosure_on_first_contact_only() {
     let f = fx(&BASE.replace(
-        "disclosure: { enabled: false }",
-        "disclosure: { enabled: true }",
+        "disclosure: { enabled: false,",
+        "disclosure: { enabled: true,",
     ));
     let u1 = user("u1", "a");
     assert_eq!(
@@ -627,6 +644,28 @@ fn spam_is_blocked_and_silent_intents_ignored() {
         (d.action, d.reason.as_str()),
         (Action::Ignore, "silent_intent")
     );
+}
+
+#[test]
+fn blocked_and_self_disclosing_intents_are_operator_settings() {
+    // Nothing is blocked or self-disclosing unless the playbook says so.
+    let plain = "defaults:\n  style: professional\n  spacing: { min_interval_s: 15, jitter_ms: 0 }\n  reactivation: { enabled: false }\n";
+    let f = fx(plain);
+    let d = f.ask("g", &user("u1", "a"), "spam_ads");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Reply, "faq"));
+    assert_eq!(d.notices.len(), 1, "spam_ads is not self-disclosing here");
+    let d = f.ask("g", &user("u2", "b"), "ask_bot");
+    assert_eq!((d.action, d.notices.len()), (Action::Reply, 1));
+    // Another intent, per group.
+    let f = fx(&(plain.to_string()
+        + "bots:\n  bot1:\n    groups:\n      quiet:\n        block_intents: [chitchat]\n        disclosure: { answered_by: [greeting] }\n"));
+    let d = f.ask("quiet", &user("u1", "a"), "chitchat");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Block, "chitchat"));
+    assert_eq!(f.pb.review_queue()[0].reason, "chitchat");
+    let d = f.ask("quiet", &user("u2", "b"), "greeting");
+    assert_eq!((d.action, d.notices.len()), (Action::Reply, 0));
+    let d = f.ask("other", &user("u1", "a"), "chitchat");
+    assert_eq!(d.action, Action::Reply);
 }
 
 #[test]
@@ -1019,13 +1058,13 @@ fn reload_swaps_config_keeps_state_and_rejects_broken_files() {
     let u = user("u1", "a");
     f.ask("g", &u, "price");
     let bad = write_dir("defaults:\n  spacing: { min_interval_s: 90 }\n");
-    let e = f.pb.reload(bad.path()).unwrap_err().to_string();
+    let e = f.reload(bad.path()).unwrap_err().to_string();
     assert!(
         e.ends_with("playbook.yml:2: min_interval_s must be 5..=60, got 90"),
         "{e}"
     );
     let good = write_dir(&(BASE.to_string() + "  handoff: { intents: [price] }\n"));
-    f.pb.reload(good.path()).unwrap();
+    f.reload(good.path()).unwrap();
     f.step(20);
     assert_eq!(
         f.ask("g", &user("u2", "b"), "price").action,
@@ -1069,8 +1108,9 @@ async fn concurrent_decisions_on_a_shared_store_reserve_each_slot_and_cooldown_o
     // Two "replicas": separate playbooks on one store.
     let replicas: Vec<Arc<Playbook>> = (0..2)
         .map(|_| {
-            let cfg = OperatorConfig::load(dir.path()).unwrap();
-            Arc::new(Playbook::with_state(cfg, clock.clone(), 42, store.clone()))
+            let cfg = load_config(dir.path()).unwrap();
+            let live = Arc::new(ArcSwap::from_pointee(cfg));
+            Arc::new(Playbook::with_state(live, clock.clone(), 42, store.clone()))
         })
         .collect();
     let ask = |i: usize, uid: String, intent: &'static str| {

@@ -8,7 +8,7 @@
 //! list_separator: "、"                  # joins candidates / merged welcome nicknames
 //! greetings:                           # {greeting}: slot starts, local time
 //!   - { from: "05:00", text: ... }
-//! intents:                             # all 27 intents, each a list of variants
+//! intents:                             # every intent of intents.yml, each a list of variants
 //!   price:
 //!     - { id: p1, style: professional, text: ... }
 //! special:                             # clarify, fallback, welcome, handoff, off_hours,
@@ -30,44 +30,10 @@ use std::path::Path;
 
 use super::compliance::BannedWords;
 use super::templates::{parse_hhmm, Greetings, Template, Var};
-use super::yaml::{self, line_of, Seg};
-use super::PolicyError;
+use crate::data::yaml::{Seg, YamlFile};
+use crate::data::FileError;
+use crate::engine::catalog::Catalog;
 use crate::types::ReplyOut;
-
-/// The 27 intent ids (fixed by the contract).
-pub const INTENTS: [&str; 27] = [
-    "greeting",
-    "thanks",
-    "goodbye",
-    "price",
-    "coupon",
-    "promotion_rules",
-    "stock",
-    "shipping_time",
-    "delivery_tracking",
-    "refund",
-    "exchange",
-    "repair",
-    "complaint",
-    "ask_human",
-    "invoice",
-    "payment_methods",
-    "change_address",
-    "membership",
-    "event_signup",
-    "group_rules",
-    "business_hours",
-    "product_usage",
-    "product_quality",
-    "praise",
-    "spam_ads",
-    "ask_bot",
-    "chitchat",
-];
-
-pub fn is_intent(s: &str) -> bool {
-    INTENTS.contains(&s)
-}
 
 /// Variables available to a reply addressed to a user in a group.
 pub const USER_VARS: [Var; 4] = [Var::Nickname, Var::GroupName, Var::Greeting, Var::Festival];
@@ -128,6 +94,10 @@ struct RawGreeting {
     text: String,
 }
 
+/// One reply set as found in the file: (section, name, library key, the variables its context
+/// can fill, the variants).
+type SetSpec<'r> = (&'r str, &'r str, String, Vec<Var>, &'r [RawVariant]);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVariant {
@@ -144,19 +114,18 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl ReplyLibrary {
-    /// Load and validate `replies.yml`.
-    pub fn load(path: &Path, banned: &BannedWords) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
-            file: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(path, &text, banned)
+    /// Load and validate `replies.yml`: every intent of `catalog` needs replies.
+    pub fn load(path: &Path, catalog: &Catalog, banned: &BannedWords) -> Result<Self, FileError> {
+        Self::from_file(&YamlFile::load(path)?, catalog, banned)
     }
 
-    pub fn parse(path: &Path, text: &str, banned: &BannedWords) -> Result<Self, PolicyError> {
-        let raw: RawFile = yaml::parse(path, text)?;
-        let err =
-            |segs: &[Seg<'_>], msg: String| PolicyError::config(path, line_of(text, segs), msg);
+    pub fn from_file(
+        file: &YamlFile,
+        catalog: &Catalog,
+        banned: &BannedWords,
+    ) -> Result<Self, FileError> {
+        let raw: RawFile = file.deserialize()?;
+        let err = |segs: &[Seg<'_>], msg: String| file.error(segs, msg);
 
         if raw.styles.is_empty() {
             return Err(err(
@@ -167,14 +136,14 @@ impl ReplyLibrary {
         for (i, s) in raw.styles.iter().enumerate() {
             if !valid_id(s) {
                 return Err(err(
-                    &[Seg::Key("styles"), Seg::Idx(i)],
+                    &[Seg::Key("styles"), Seg::Index(i)],
                     format!("style '{s}' must be a simple id"),
                 ));
             }
         }
         let mut greet = Vec::new();
         for (i, g) in raw.greetings.iter().enumerate() {
-            let at = &[Seg::Key("greetings"), Seg::Idx(i)];
+            let at = &[Seg::Key("greetings"), Seg::Index(i)];
             let m = parse_hhmm(&g.from).map_err(|e| err(at, e))?;
             if m >= 1440 {
                 return Err(err(at, "greeting 'from' must be before 24:00".into()));
@@ -195,30 +164,21 @@ impl ReplyLibrary {
                 .unwrap_or_else(|| "\u{3001}".to_string()),
         };
 
+        let mut sets: Vec<SetSpec<'_>> = Vec::new();
         for (name, variants) in &raw.intents {
-            if !is_intent(name) {
+            if !catalog.contains(name) {
                 return Err(err(
                     &[Seg::Key("intents"), Seg::Key(name)],
                     format!("unknown intent '{name}'"),
                 ));
             }
-            lib.add_set(
-                path,
-                text,
-                banned,
-                &["intents", name],
-                name.clone(),
-                variants,
-                &USER_VARS,
-            )?;
+            sets.push(("intents", name, name.clone(), USER_VARS.to_vec(), variants));
         }
-        for intent in INTENTS {
-            if !raw.intents.contains_key(intent) {
-                return Err(err(
-                    &[Seg::Key("intents")],
-                    format!("no replies for intent '{intent}'"),
-                ));
-            }
+        if let Some(intent) = catalog.ids().find(|i| !raw.intents.contains_key(*i)) {
+            return Err(err(
+                &[Seg::Key("intents")],
+                format!("no replies for intent '{intent}'"),
+            ));
         }
         for (name, variants) in &raw.special {
             let Some(&(_, _, extra, to_user)) = SPECIALS.iter().find(|s| s.0 == name) else {
@@ -231,90 +191,69 @@ impl ReplyLibrary {
                     ),
                 ));
             };
-            let mut allowed: Vec<Var> = if to_user {
-                USER_VARS.to_vec()
+            let base = if to_user {
+                &USER_VARS[..]
             } else {
-                CHAT_VARS.to_vec()
+                &CHAT_VARS[..]
             };
-            allowed.extend_from_slice(extra);
-            lib.add_set(
-                path,
-                text,
-                banned,
-                &["special", name],
-                name.clone(),
-                variants,
-                &allowed,
-            )?;
+            let allowed = [base, extra].concat();
+            sets.push(("special", name, name.clone(), allowed, variants));
         }
-        for (name, required, _, _) in SPECIALS {
-            if required && !raw.special.contains_key(name) {
-                return Err(err(
-                    &[Seg::Key("special")],
-                    format!("missing special reply '{name}'"),
-                ));
-            }
+        if let Some((name, ..)) = SPECIALS
+            .iter()
+            .find(|(name, required, ..)| *required && !raw.special.contains_key(*name))
+        {
+            return Err(err(
+                &[Seg::Key("special")],
+                format!("missing special reply '{name}'"),
+            ));
         }
         for (section, map, prefix) in [
             ("links", &raw.links, "link:"),
             ("cards", &raw.cards, "card:"),
         ] {
             for (id, variants) in map {
-                lib.add_set(
-                    path,
-                    text,
-                    banned,
-                    &[section, id],
+                sets.push((
+                    section,
+                    id,
                     format!("{prefix}{id}"),
+                    USER_VARS.to_vec(),
                     variants,
-                    &USER_VARS,
-                )?;
+                ));
             }
         }
         for (id, variants) in &raw.named {
-            if is_intent(id) || SPECIALS.iter().any(|s| s.0 == id) || !valid_id(id) {
+            if catalog.contains(id) || SPECIALS.iter().any(|s| s.0 == id) || !valid_id(id) {
                 return Err(err(
                     &[Seg::Key("named"), Seg::Key(id)],
                     format!("named reply '{id}' must be a simple id that is not an intent or special name"),
                 ));
             }
-            lib.add_set(
-                path,
-                text,
-                banned,
-                &["named", id],
-                id.clone(),
-                variants,
-                &USER_VARS,
-            )?;
+            sets.push(("named", id, id.clone(), USER_VARS.to_vec(), variants));
+        }
+        for (section, name, key, allowed, variants) in sets {
+            lib.add_set(file, banned, &[section, name], key, variants, &allowed)?;
         }
         Ok(lib)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn add_set(
         &mut self,
-        path: &Path,
-        text: &str,
+        file: &YamlFile,
         banned: &BannedWords,
         at: &[&str; 2],
         key: String,
         raw: &[RawVariant],
         allowed: &[Var],
-    ) -> Result<(), PolicyError> {
+    ) -> Result<(), FileError> {
         let base = [Seg::Key(at[0]), Seg::Key(at[1])];
         if raw.is_empty() {
-            return Err(PolicyError::config(
-                path,
-                line_of(text, &base),
-                format!("'{key}' has no variants"),
-            ));
+            return Err(file.error(&base, format!("'{key}' has no variants")));
         }
         let mut out = Vec::with_capacity(raw.len());
         for (i, v) in raw.iter().enumerate() {
-            let seg = |k: &'static str| [base[0], base[1], Seg::Idx(i), Seg::Key(k)];
             let fail = |k: &'static str, msg: String| {
-                PolicyError::config(path, line_of(text, &seg(k)), msg)
+                file.error(&[base[0], base[1], Seg::Index(i), Seg::Key(k)], msg)
             };
             if !valid_id(&v.id) {
                 return Err(fail(
@@ -445,10 +384,16 @@ pub(crate) mod tests {
     use super::*;
     use crate::policy::templates::Vars;
 
-    /// A minimal valid replies.yml (every intent, every required special).
+    /// The shipped intent catalog (config/operator/intents.yml).
+    pub(crate) fn shipped_catalog() -> Catalog {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/operator/intents.yml");
+        Catalog::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A minimal valid replies.yml (every intent of the shipped catalog, every required special).
     pub(crate) fn minimal_yaml() -> String {
         let mut s = String::from("styles: [playful, professional]\ngreetings:\n  - { from: \"05:00\", text: 早上好 }\n  - { from: \"18:00\", text: 晚上好 }\nintents:\n");
-        for i in INTENTS {
+        for i in shipped_catalog().ids() {
             s.push_str(&format!(
                 "  {i}:\n    - id: a\n      style: professional\n      text: \"{{nickname}}，关于{i}请看说明\"\n    - id: b\n      style: playful\n      text: \"{{nickname}}～{i}来啦\"\n"
             ));
@@ -476,23 +421,26 @@ pub(crate) mod tests {
         s
     }
 
+    /// `yaml` as replies.yml, checked against the shipped catalog.
+    pub(crate) fn parse(yaml: &str, banned: &BannedWords) -> Result<ReplyLibrary, FileError> {
+        let file = YamlFile::parse(Path::new("replies.yml"), yaml)?;
+        ReplyLibrary::from_file(&file, &shipped_catalog(), banned)
+    }
+
     fn banned() -> BannedWords {
         BannedWords::new(["微信"]).unwrap()
     }
 
     #[test]
     fn minimal_library_loads() {
-        let lib =
-            ReplyLibrary::parse(Path::new("replies.yml"), &minimal_yaml(), &banned()).unwrap();
+        let lib = parse(&minimal_yaml(), &banned()).unwrap();
         assert_eq!(lib.variants("price").len(), 2);
         assert!(lib.has("countdown"));
         assert_eq!(lib.vars_of("handoff"), vec![Var::WaitMinutes]);
     }
 
     fn load_err(yaml: &str) -> String {
-        ReplyLibrary::parse(Path::new("replies.yml"), yaml, &banned())
-            .unwrap_err()
-            .to_string()
+        parse(yaml, &banned()).unwrap_err().to_string()
     }
 
     fn line_of_text(yaml: &str, needle: &str) -> usize {
@@ -554,8 +502,7 @@ pub(crate) mod tests {
 
     #[test]
     fn choice_is_deterministic_by_style_and_skips_banned_renderings() {
-        let lib =
-            ReplyLibrary::parse(Path::new("replies.yml"), &minimal_yaml(), &banned()).unwrap();
+        let lib = parse(&minimal_yaml(), &banned()).unwrap();
         let b = banned();
         let vars = Vars {
             nickname: "小王".into(),
@@ -588,7 +535,7 @@ pub(crate) mod tests {
         );
         // Only one variant renders into a banned word: the other one is used.
         let y = minimal_yaml().replace("关于thanks请看说明", "关于thanks请看说明{group_name}");
-        let lib = ReplyLibrary::parse(Path::new("replies.yml"), &y, &b).unwrap();
+        let lib = parse(&y, &b).unwrap();
         let vars = Vars {
             nickname: "小王".into(),
             group_name: "微信群".into(),

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::batcher::{Announced, InferenceError};
-use super::operator::OperatorRules;
 use super::requests::ClassifyRequest;
 use super::validate::{self, InvalidField};
 use super::{Service, ServiceError};
-use crate::engine::catalog::Handoff;
 use crate::engine::fusion;
+use crate::operator::OperatorSnapshot;
 use crate::store::{ConversationRecord, Record};
 use crate::types::{Classification, IntentScore, MessageContext, PolicyDecision, Timings};
 
@@ -102,7 +101,7 @@ impl Service {
     ) -> Result<ClassifyOutcome, ServiceError> {
         let started = Instant::now();
         // One operator snapshot for the whole request: a reload in the middle cannot mix files.
-        let rules = self.rules.load_full();
+        let rules = self.operator.load_full();
         let mut timings = Timings::default();
         let mut model_version = self.model_version();
 
@@ -123,7 +122,7 @@ impl Service {
                 )
                 .await?;
             // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
-            let always = |i: &str| rules.catalog.handoff(i) == Some(Handoff::Always);
+            let always = |i: &str| rules.always_handoff(i);
             let decision = self
                 .playbook
                 .decide_message_with_catalog(&ctx, &cls, &|i: &str| rules.display_name(i), &always)
@@ -173,7 +172,7 @@ impl Service {
     async fn classify_text(
         &self,
         text: &str,
-        rules: &Arc<OperatorRules>,
+        rules: &Arc<OperatorSnapshot>,
         announced: Option<Announced>,
         timings: &mut Timings,
         model_version: &mut String,

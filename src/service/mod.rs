@@ -11,7 +11,6 @@ pub mod classify;
 pub mod error;
 pub mod events;
 pub mod feedback;
-pub mod operator;
 pub mod outbound;
 pub mod outbox;
 pub mod reload;
@@ -24,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -32,10 +31,10 @@ use crate::clock::{ManualClock, SharedClock};
 use crate::engine::fusion::FusionConfig;
 use crate::metrics::Metrics;
 use crate::model::classifier::IntentBackend;
+use crate::operator::{LiveOperator, OperatorSnapshot};
 use crate::policy::playbook::Playbook;
 use crate::store::{self, Storage};
 use batcher::{BatchConfig, Batcher, LoadedModel};
-use operator::OperatorRules;
 use outbox::{Outbox, OutboxConfig};
 use validate::{InvalidField, Limits};
 
@@ -73,7 +72,8 @@ pub struct Service {
     manual_clock: Option<Arc<ManualClock>>,
     model: Arc<ArcSwapOption<LoadedModel>>,
     batcher: Batcher,
-    rules: ArcSwap<OperatorRules>,
+    /// The operator files in service; the playbook reads its part from here too.
+    operator: Arc<LiveOperator>,
     playbook: Arc<Playbook>,
     /// Proactive sends taken from the playbook, waiting for a Subscribe stream of their bot.
     outbox: Mutex<Outbox>,
@@ -92,7 +92,7 @@ impl Service {
         settings: ServiceSettings,
         clock: SharedClock,
         manual_clock: Option<Arc<ManualClock>>,
-        rules: OperatorRules,
+        operator: Arc<LiveOperator>,
         playbook: Playbook,
         storage: Option<Arc<Storage>>,
         metrics: Arc<Metrics>,
@@ -112,7 +112,7 @@ impl Service {
             manual_clock,
             model,
             batcher,
-            rules: ArcSwap::from_pointee(rules),
+            operator,
             playbook: Arc::new(playbook),
             storage,
             metrics,
@@ -139,7 +139,7 @@ impl Service {
     }
 
     pub fn config_hash(&self) -> String {
-        self.rules.load().config_hash.clone()
+        self.operator.load().config_hash.clone()
     }
 
     pub fn served(&self) -> u64 {
@@ -152,6 +152,11 @@ impl Service {
 
     pub fn playbook(&self) -> Arc<Playbook> {
         self.playbook.clone()
+    }
+
+    /// The operator snapshot in service now.
+    pub fn operator(&self) -> Arc<OperatorSnapshot> {
+        self.operator.load_full()
     }
 
     pub fn known_bot(&self, bot: &str) -> bool {

@@ -3,12 +3,10 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
-
-use super::operator::OperatorRules;
 use super::validate::InvalidField;
 use super::{Service, ServiceError};
 use crate::model::classifier::IntentModel;
+use crate::operator::OperatorSnapshot;
 use crate::store::AuditAction;
 
 impl Service {
@@ -42,7 +40,9 @@ impl Service {
         }
     }
 
-    /// Reloads every operator file as one unit.
+    /// Reloads every operator file as one unit: all are validated into a new snapshot first,
+    /// then one store swaps it in for the classifier and the playbook alike (whose live state
+    /// is not part of it and stays). A broken file leaves everything as it was.
     pub async fn reload_operator(&self, actor: &str) -> Result<String, ServiceError> {
         let _g = self.reload_lock.lock().await;
         let s = &self.settings;
@@ -51,23 +51,15 @@ impl Service {
             s.training_data.clone(),
             s.fusion.clone(),
         );
-        let playbook = self.playbook.clone();
-        // Rules are validated first, then the playbook validates and swaps its files (keeping
-        // its live state: spacing, cooldowns, open handoffs), then the rules swap: a broken
-        // file anywhere leaves everything as it was.
-        let loaded = tokio::task::spawn_blocking(move || -> Result<OperatorRules> {
-            let rules = OperatorRules::load(&operator_dir, &training_data, fusion)?;
-            playbook
-                .reload(&operator_dir)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(rules)
+        let loaded = tokio::task::spawn_blocking(move || {
+            OperatorSnapshot::load_dir(&operator_dir, &training_data, fusion)
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("config loader crashed: {e}")))?;
         match loaded {
-            Ok(rules) => {
-                let hash = rules.config_hash.clone();
-                self.rules.store(Arc::new(rules));
+            Ok(snapshot) => {
+                let hash = snapshot.config_hash.clone();
+                self.operator.store(Arc::new(snapshot));
                 self.audit(
                     actor,
                     AuditAction::ConfigChange,

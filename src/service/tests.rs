@@ -48,9 +48,10 @@ fn harness_with(operator_dir: Option<PathBuf>, store: bool, model: bool) -> Harn
     let clock = Arc::new(ManualClock::new(T0));
     let shared: crate::clock::SharedClock = clock.clone();
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let rules =
-        operator::OperatorRules::load(&s.operator_dir, &s.training_data, s.fusion.clone()).unwrap();
-    let playbook = Playbook::load(&s.operator_dir, shared.clone(), 7).unwrap();
+    let snapshot =
+        OperatorSnapshot::load_dir(&s.operator_dir, &s.training_data, s.fusion.clone()).unwrap();
+    let operator = Arc::new(LiveOperator::from_pointee(snapshot));
+    let playbook = Playbook::new(operator.clone(), shared.clone(), 7);
     let storage = store.then(|| {
         let cfg = StoreConfig {
             path: dir.path().join("intentd.db"),
@@ -63,19 +64,13 @@ fn harness_with(operator_dir: Option<PathBuf>, store: bool, model: bool) -> Harn
         s,
         shared,
         Some(clock.clone()),
-        rules,
+        operator,
         playbook,
         storage,
         metrics,
     ));
     if model {
-        let labels: Vec<String> = service
-            .rules
-            .load()
-            .catalog
-            .ids()
-            .map(String::from)
-            .collect();
+        let labels: Vec<String> = service.operator().catalog.ids().map(String::from).collect();
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
         let fake = FakeBackend::new(
             &labels,
