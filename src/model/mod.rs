@@ -11,6 +11,7 @@ pub mod encoder;
 pub mod eval;
 pub mod fetch;
 pub mod fused_ops;
+pub mod int8;
 pub mod packed_attention;
 pub mod scoring;
 pub mod seeded;
