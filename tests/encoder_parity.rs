@@ -100,7 +100,11 @@ fn int8_embeddings_stay_within_cosine_0995_of_pytorch() {
         dot / (na * nb)
     };
     let mut worst = 1f64;
-    for (emb, s) in one_by_one.iter().chain(&batched).zip(reference.sentences.iter().cycle()) {
+    for (emb, s) in one_by_one
+        .iter()
+        .chain(&batched)
+        .zip(reference.sentences.iter().cycle())
+    {
         let c = cos(emb, &s.mean_pooled);
         worst = worst.min(c);
         assert!(c >= 0.995, "{:?}: cosine {c:.5} with PyTorch", s.text);
@@ -110,10 +114,17 @@ fn int8_embeddings_stay_within_cosine_0995_of_pytorch() {
                 .zip(&s.mean_pooled)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(max_diff < 1e-4, "{:?}: fp32 fallback off by {max_diff}", s.text);
+            assert!(
+                max_diff < 1e-4,
+                "{:?}: fp32 fallback off by {max_diff}",
+                s.text
+            );
         }
     }
-    eprintln!("{}: worst cosine with PyTorch {worst:.5}", kernel.describe());
+    eprintln!(
+        "{}: worst cosine with PyTorch {worst:.5}",
+        kernel.describe()
+    );
 }
 
 #[test]

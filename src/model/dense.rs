@@ -67,7 +67,9 @@ impl std::str::FromStr for Precision {
             "auto" => Ok(Precision::Auto),
             "fp32" => Ok(Precision::Fp32),
             "int8" => Ok(Precision::Int8),
-            _ => Err(format!("unknown precision '{s}': expected auto, fp32 or int8")),
+            _ => Err(format!(
+                "unknown precision '{s}': expected auto, fp32 or int8"
+            )),
         }
     }
 }
@@ -778,7 +780,11 @@ mod tests {
         let want = reference(&x, &w, &b, None, Activation::Gelu);
         let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
         // 8-bit weights and activations: about 1 % of the output's range.
-        assert!(max_diff(&y, &want) < 0.02 * scale, "{}", max_diff(&y, &want));
+        assert!(
+            max_diff(&y, &want) < 0.02 * scale,
+            "{}",
+            max_diff(&y, &want)
+        );
         // A width the kernels cannot take steps down to fp32 instead of failing.
         let w40 = random(&mut rng, &[40, k]);
         let b40 = random(&mut rng, &[40]);

@@ -95,7 +95,11 @@ pub fn quantize_weights(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
     assert_eq!(w.len(), n * k, "weight is not n x k");
     let mut q = vec![0i8; n * k];
     let mut scales = vec![1f32; n];
-    for (o, (row, qrow)) in w.chunks_exact(k.max(1)).zip(q.chunks_exact_mut(k.max(1))).enumerate() {
+    for (o, (row, qrow)) in w
+        .chunks_exact(k.max(1))
+        .zip(q.chunks_exact_mut(k.max(1)))
+        .enumerate()
+    {
         let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
         if !(max > 0.0 && max.is_finite()) {
             continue;
@@ -167,7 +171,9 @@ impl Int8Dense {
             candle_core::bail!("this CPU has no {}", isa.name());
         }
         if n == 0 || !n.is_multiple_of(LANES) || k == 0 || k > 60_000 {
-            candle_core::bail!("int8 dense needs n a multiple of {LANES} and 0 < k <= 60000, got n {n} k {k}");
+            candle_core::bail!(
+                "int8 dense needs n a multiple of {LANES} and 0 < k <= 60000, got n {n} k {k}"
+            );
         }
         if weight.len() != n * k || bias.len() != n {
             candle_core::bail!(
@@ -227,7 +233,13 @@ impl Int8Dense {
     }
 
     /// `x`: rows x k, `residual`: rows x n (added before the activation). Returns rows x n.
-    pub fn forward(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, gelu: bool) -> Vec<f32> {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        gelu: bool,
+    ) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.k, "input is not rows x k");
         if let Some(r) = residual {
             assert_eq!(r.len(), rows * self.n, "residual is not rows x n");
@@ -472,7 +484,13 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn rows_of<const C: usize>(job: &Job, row0: usize, rows: usize, col0: usize, w: *const i8) {
+    unsafe fn rows_of<const C: usize>(
+        job: &Job,
+        row0: usize,
+        rows: usize,
+        col0: usize,
+        w: *const i8,
+    ) {
         let mut r = row0;
         let end = row0 + rows;
         while end - r >= TILE_ROWS {
@@ -631,7 +649,11 @@ mod avx2 {
                     b += *res.add(row * n + o);
                 }
                 let v = (s as f32).mul_add(sx * *job.scale.add(o), b);
-                *job.y.add(row * n + o) = if job.gelu { super::super::fused_ops::gelu_scalar(v) } else { v };
+                *job.y.add(row * n + o) = if job.gelu {
+                    super::super::fused_ops::gelu_scalar(v)
+                } else {
+                    v
+                };
             }
         }
     }
@@ -658,7 +680,10 @@ mod tests {
             if isa.available() {
                 v.push(isa);
             } else {
-                eprintln!("int8: this CPU has no {}: its kernel is NOT tested here", isa.name());
+                eprintln!(
+                    "int8: this CPU has no {}: its kernel is NOT tested here",
+                    isa.name()
+                );
             }
         }
         v
@@ -684,7 +709,10 @@ mod tests {
             }
             for (kk, &v) in row.iter().enumerate() {
                 let back = q[o * k + kk] as f32 * s[o];
-                assert!((back - v).abs() <= 0.5 * s[o] * (1.0 + 1e-5), "w[{o},{kk}] {v} -> {back}");
+                assert!(
+                    (back - v).abs() <= 0.5 * s[o] * (1.0 + 1e-5),
+                    "w[{o},{kk}] {v} -> {back}"
+                );
             }
         }
     }
@@ -692,7 +720,12 @@ mod tests {
     #[test]
     fn activation_round_trip_is_within_half_a_step_and_zero_is_exact() {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        for (len, lo, hi) in [(1, -1.0, 1.0), (17, 0.0, 3.0), (100, -5.0, -0.5), (513, -0.2, 9.0)] {
+        for (len, lo, hi) in [
+            (1, -1.0, 1.0),
+            (17, 0.0, 3.0),
+            (100, -5.0, -0.5),
+            (513, -0.2, 9.0),
+        ] {
             let mut x = random(&mut rng, len, lo, hi);
             if len > 3 {
                 x[2] = 0.0;
@@ -700,11 +733,15 @@ mod tests {
             let mut q = vec![0u8; len];
             let (s, zp) = quantize_row(&x, &mut q);
             assert!((0..=255).contains(&zp));
-            let range = x.iter().fold(0f32, |m, v| m.max(*v)) - x.iter().fold(0f32, |m, v| m.min(*v));
+            let range =
+                x.iter().fold(0f32, |m, v| m.max(*v)) - x.iter().fold(0f32, |m, v| m.min(*v));
             assert!((s - range / 255.0).abs() <= 1e-6 * range.max(1.0));
             for (&v, &b) in x.iter().zip(&q) {
                 let back = s * (b as i32 - zp) as f32;
-                assert!((back - v).abs() <= 0.5 * s + 1e-6 * range, "{v} -> {back} (len {len})");
+                assert!(
+                    (back - v).abs() <= 0.5 * s + 1e-6 * range,
+                    "{v} -> {back} (len {len})"
+                );
                 if v == 0.0 {
                     assert_eq!(back, 0.0);
                 }
@@ -768,7 +805,9 @@ mod tests {
         let mut out = Vec::with_capacity(rows * n);
         for r in 0..rows {
             for o in 0..n {
-                let s: f64 = (0..k).map(|kk| x[r * k + kk] as f64 * w[o * k + kk] as f64).sum();
+                let s: f64 = (0..k)
+                    .map(|kk| x[r * k + kk] as f64 * w[o * k + kk] as f64)
+                    .sum();
                 out.push(s + b[o] as f64);
             }
         }
@@ -796,7 +835,12 @@ mod tests {
                 let b = random(&mut rng, n, -1.0, 1.0);
                 let res = random(&mut rng, rows * n, -1.0, 1.0);
                 let d = Int8Dense::new(&w, &b, n, k, isa).unwrap();
-                for (r, gelu) in [(None, false), (Some(res.as_slice()), false), (None, true), (Some(res.as_slice()), true)] {
+                for (r, gelu) in [
+                    (None, false),
+                    (Some(res.as_slice()), false),
+                    (None, true),
+                    (Some(res.as_slice()), true),
+                ] {
                     let got = d.forward(&x, rows, r, gelu);
                     let want = scalar_reference(&w, &b, &x, rows, n, k, r, gelu);
                     let diff = got
@@ -805,7 +849,10 @@ mod tests {
                         .map(|(a, b)| (*a as f64 - b).abs())
                         .fold(0.0, f64::max);
                     // Only f32 rounding of the epilogue differs (the sums are exact).
-                    assert!(diff < 1e-4, "{isa:?} rows {rows} k {k} n {n} gelu {gelu}: {diff}");
+                    assert!(
+                        diff < 1e-4,
+                        "{isa:?} rows {rows} k {k} n {n} gelu {gelu}: {diff}"
+                    );
                 }
                 // And the quantization error against the real product is bounded: each of k
                 // terms is off by at most ~(|x| sw + |w| sx) / 2.
@@ -817,7 +864,10 @@ mod tests {
                     .zip(&want)
                     .map(|(a, b)| (*a as f64 - b).abs())
                     .fold(0.0, f64::max);
-                assert!(diff <= bound, "{isa:?} rows {rows} k {k} n {n}: {diff} > {bound}");
+                assert!(
+                    diff <= bound,
+                    "{isa:?} rows {rows} k {k} n {n}: {diff} > {bound}"
+                );
             }
         }
     }
