@@ -132,8 +132,10 @@ done
 if [ "$PROFILE" = release ]; then run cargo build --release; else run cargo build --profile "$PROFILE"; fi
 if [ "$PROFILE" = release ]; then BENCH_PROFILE=(); else BENCH_PROFILE=(--profile "$PROFILE"); fi
 for P in $PRECISIONS; do
-    echo "INTENTD_DENSE_KERNEL=$P" >> "$WORK/commands.txt"
-    INTENTD_DENSE_KERNEL=$P run cargo bench "${BENCH_PROFILE[@]}" --bench inprocess -- --texts "$(rel "$TEXTS")" \
+    echo "+ INTENTD_DENSE_KERNEL=$P cargo bench ${BENCH_PROFILE[*]} --bench inprocess -- --texts $(rel "$TEXTS")" >&2
+    echo "INTENTD_DENSE_KERNEL=$P cargo bench ${BENCH_PROFILE[*]} --bench inprocess -- --texts $(rel "$TEXTS")" \
+        | sed 's/  */ /g' >> "$WORK/commands.txt"
+    INTENTD_DENSE_KERNEL=$P cargo bench "${BENCH_PROFILE[@]}" --bench inprocess -- --texts "$(rel "$TEXTS")" \
         | tee "$WORK/inprocess-$P.out"
     last_json "$WORK/inprocess-$P.out" > "$WORK/inprocess-$P.json"
 done
