@@ -805,6 +805,6 @@ mod tests {
         assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
         let e = "int4".parse::<Precision>().unwrap_err();
         assert!(e.contains("int4") && e.contains("fp32"), "{e}");
-        assert_eq!(kernel_for(Precision::Fp32).is_int8(), false);
+        assert!(!kernel_for(Precision::Fp32).is_int8());
     }
 }
