@@ -38,6 +38,7 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     pub limits: Limits,
     pub batching: BatchConfig,
+    pub serving: ServingConfig,
     pub fusion: FusionConfig,
     /// Proactive sends waiting for a bot's Subscribe stream.
     pub outbox: OutboxConfig,
@@ -61,6 +62,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             limits: Limits::default(),
             batching: BatchConfig::default(),
+            serving: ServingConfig::default(),
             fusion: FusionConfig::default(),
             outbox: OutboxConfig::default(),
             auth: AuthConfig::default(),
@@ -69,6 +71,15 @@ impl Default for ServerConfig {
             metrics: MetricsConfig::default(),
         }
     }
+}
+
+/// How the encoder computes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Dense layers: auto (int8 where the CPU has VNNI, else fp32), fp32 or int8.
+    /// `INTENTD_DENSE_KERNEL` overrides it.
+    pub precision: crate::model::dense::Precision,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -52,6 +52,81 @@ fn token_ids_and_embeddings_match_pytorch() {
     }
 }
 
+/// The int8 serving path (issue 18): mean-pooled embeddings within cosine 0.995 of PyTorch's,
+/// one text at a time and as one packed batch. Where the CPU has no VNNI, says so and checks
+/// that int8 falls back to fp32 (so the 1e-4 parity above holds).
+#[test]
+fn int8_embeddings_stay_within_cosine_0995_of_pytorch() {
+    use intentd::model::classifier::load_base_encoder_with;
+    use intentd::model::dense::Precision;
+    let dir = common::base_model_dir();
+    let (tokenizer, encoder) =
+        load_base_encoder_with(&dir, 512, Precision::Int8).expect("load encoder");
+    let kernel = encoder.bert.dense_kernel().unwrap();
+    let int8 = kernel.is_int8();
+    if !int8 {
+        eprintln!(
+            "int8 path NOT available on this CPU: the encoder serves {} instead; checking that",
+            kernel.describe()
+        );
+    } else {
+        eprintln!("int8 path: {}", kernel.describe());
+    }
+    let reference = reference();
+    let toks: Vec<Tokenized> = reference
+        .sentences
+        .iter()
+        .map(|s| tokenizer.tokenize(&s.text).unwrap())
+        .collect();
+    let one_by_one: Vec<Vec<f32>> = toks
+        .iter()
+        .map(|t| {
+            let batch = tokenizer.pad(&[t], &encoder.device).unwrap();
+            let e = encoder.embed(&batch, Mode::Infer).unwrap();
+            e.squeeze(0).unwrap().to_vec1::<f32>().unwrap()
+        })
+        .collect();
+    let refs: Vec<&Tokenized> = toks.iter().collect();
+    let batch = tokenizer.pad(&refs, &encoder.device).unwrap();
+    let batched = encoder
+        .embed(&batch, Mode::Infer)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (na * nb)
+    };
+    let mut worst = 1f64;
+    for (emb, s) in one_by_one
+        .iter()
+        .chain(&batched)
+        .zip(reference.sentences.iter().cycle())
+    {
+        let c = cos(emb, &s.mean_pooled);
+        worst = worst.min(c);
+        assert!(c >= 0.995, "{:?}: cosine {c:.5} with PyTorch", s.text);
+        if !int8 {
+            let max_diff = emb
+                .iter()
+                .zip(&s.mean_pooled)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                max_diff < 1e-4,
+                "{:?}: fp32 fallback off by {max_diff}",
+                s.text
+            );
+        }
+    }
+    eprintln!(
+        "{}: worst cosine with PyTorch {worst:.5}",
+        kernel.describe()
+    );
+}
+
 #[test]
 fn padding_does_not_change_embeddings() {
     // All five sentences in one padded batch must give the same vectors as one at a time: the

@@ -58,6 +58,40 @@ fn smp2017_train_then_eval_reaches_the_target_accuracy() {
         acc >= SMP2017_TARGET,
         "accuracy {acc} below {SMP2017_TARGET}: {last}"
     );
+
+    // The int8 serving path on the same model (issue 18): within 0.5 points of fp32.
+    let Some(isa) = intentd::model::int8::detect() else {
+        println!("SMP2017 int8: NOT measured: this CPU has no AVX-512 VNNI or AVX-VNNI");
+        return;
+    };
+    let eval8 = Command::new(common::intentd_bin())
+        .current_dir(common::repo_root())
+        .args(["eval", "--precision", "int8", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(data.join("test.tsv"))
+        .output()
+        .unwrap();
+    assert!(
+        eval8.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval8.stderr)
+    );
+    let out8 = String::from_utf8_lossy(&eval8.stdout);
+    let last8 = out8.lines().last().unwrap().to_string();
+    println!("SMP2017 test, int8 ({}): {last8}", isa.name());
+    let acc8: f64 = last8
+        .split(' ')
+        .next()
+        .unwrap()
+        .strip_prefix("accuracy=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (acc - acc8).abs() <= 0.005,
+        "int8 accuracy {acc8} is more than 0.5 points from fp32's {acc}"
+    );
 }
 
 /// The issue's target. Default settings (seed 42) scored 0.9445 on 2026-11-25; seeds 1 and 2

@@ -4,7 +4,8 @@ use anyhow::Result;
 use clap::Args;
 use intentd::data;
 use intentd::model::classifier::IntentModel;
-use intentd::model::eval;
+use intentd::model::dense::{self, Precision};
+use intentd::model::{eval, int8};
 
 /// Score a trained model on labelled data: accuracy, macro-F1, per-intent scores, confusions.
 #[derive(Args, Debug)]
@@ -18,10 +19,31 @@ pub struct EvalArgs {
     pub report: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Arithmetic of the encoder's dense layers: auto (int8 where the CPU has VNNI), fp32 or
+    /// int8 (an error where the CPU has no VNNI). Default: INTENTD_DENSE_KERNEL, else fp32.
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let model = IntentModel::load(&args.model)?;
+    let precision = match args.precision {
+        Some(p) => p,
+        None => dense::default_precision()?,
+    };
+    if precision == Precision::Int8 && int8::detect().is_none() {
+        anyhow::bail!(
+            "--precision int8: this CPU has neither AVX-512 VNNI nor AVX-VNNI, so the int8 \
+             kernels cannot run here (use fp32 or auto)"
+        );
+    }
+    let model = IntentModel::load_with(&args.model, precision)?;
+    let kernel = model
+        .encoder
+        .bert
+        .dense_kernel()
+        .map(|k| k.describe())
+        .unwrap_or_else(|| "unknown".into());
+    println!("precision: {kernel}");
     let ds = data::load(&args.data)?;
     if ds.examples.is_empty() {
         anyhow::bail!("{}: no examples found (empty dataset)", args.data.display());

@@ -66,6 +66,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .unwrap_or_else(|| "all cores".into()),
         "forward-pass threads"
     );
+    // Every model this process loads (at start and on reload) uses it.
+    intentd::model::dense::set_default_precision(cfg.serving.precision);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

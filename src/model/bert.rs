@@ -10,7 +10,21 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::dense::{Activation, ServingDense};
+use super::dense::{Activation, DenseKernel, Precision, ServingDense};
+
+/// What a model is built for: fine-tuning (weights stay the builder's variables) or serving at
+/// a precision (weights laid out once for the serving kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Train,
+    Serve(Precision),
+}
+
+impl Build {
+    fn trainable(self) -> bool {
+        self == Build::Train
+    }
+}
 
 /// The subset of Hugging Face's `config.json` that the architecture needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,20 +138,28 @@ enum Dense {
 }
 
 impl Dense {
-    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder, trainable: bool) -> Result<Self> {
+    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder, build: Build) -> Result<Self> {
         Self::new(
             vb.get((out_dim, in_dim), "weight")?,
             vb.get(out_dim, "bias")?,
-            trainable,
+            build,
         )
     }
 
     /// `weight` is `(out, in)`, as Hugging Face stores it.
-    fn new(weight: Tensor, bias: Tensor, trainable: bool) -> Result<Self> {
-        if trainable {
-            Ok(Dense::Train { weight, bias })
-        } else {
-            Ok(Dense::Serving(ServingDense::new(&weight, &bias)?))
+    fn new(weight: Tensor, bias: Tensor, build: Build) -> Result<Self> {
+        match build {
+            Build::Train => Ok(Dense::Train { weight, bias }),
+            Build::Serve(p) => Ok(Dense::Serving(ServingDense::with_precision(
+                &weight, &bias, p,
+            )?)),
+        }
+    }
+
+    fn kernel(&self) -> Option<DenseKernel> {
+        match self {
+            Dense::Serving(d) => Some(d.kernel()),
+            Dense::Train { .. } => None,
         }
     }
 
@@ -202,7 +224,7 @@ struct Embeddings {
 }
 
 impl Embeddings {
-    fn load(cfg: &BertConfig, vb: VarBuilder, trainable: bool) -> Result<Self> {
+    fn load(cfg: &BertConfig, vb: VarBuilder, build: Build) -> Result<Self> {
         let h = cfg.hidden_size;
         let position = vb
             .pp("position_embeddings")
@@ -210,7 +232,7 @@ impl Embeddings {
         let token_type = vb
             .pp("token_type_embeddings")
             .get((cfg.type_vocab_size, h), "weight")?;
-        let position_type0 = if trainable {
+        let position_type0 = if build.trainable() {
             None
         } else {
             Some(position.broadcast_add(&token_type.narrow(0, 0, 1)?)?)
@@ -288,7 +310,7 @@ enum Qkv {
 }
 
 impl Qkv {
-    fn load(cfg: &BertConfig, vb: &VarBuilder, trainable: bool) -> Result<Self> {
+    fn load(cfg: &BertConfig, vb: &VarBuilder, build: Build) -> Result<Self> {
         let h = cfg.hidden_size;
         let get = |name: &str| -> Result<(Tensor, Tensor)> {
             Ok((
@@ -299,7 +321,7 @@ impl Qkv {
         let (qw, qb) = get("query")?;
         let (kw, kb) = get("key")?;
         let (vw, vbias) = get("value")?;
-        if trainable {
+        if build.trainable() {
             Ok(Qkv::Separate {
                 weights: [qw, kw, vw],
                 biases: [qb, kb, vbias],
@@ -309,7 +331,7 @@ impl Qkv {
             let (qw, qb) = ((qw * scale)?, (qb * scale)?);
             let w = Tensor::cat(&[&qw, &kw, &vw], 0)?;
             let b = Tensor::cat(&[&qb, &kb, &vbias], 0)?;
-            Ok(Qkv::Fused(Dense::new(w, b, false)?))
+            Ok(Qkv::Fused(Dense::new(w, b, build)?))
         }
     }
 
@@ -319,7 +341,7 @@ impl Qkv {
             Qkv::Separate { weights, biases } => {
                 let w = Tensor::cat(weights, 0)?;
                 let b = Tensor::cat(biases, 0)?;
-                Dense::new(w, b, true)?.forward(x, None, Activation::None)
+                Dense::new(w, b, Build::Train)?.forward(x, None, Activation::None)
             }
         }
     }
@@ -334,11 +356,11 @@ fn attention_scale(head_dim: usize) -> f64 {
 }
 
 impl SelfAttention {
-    fn load(cfg: &BertConfig, vb: VarBuilder, trainable: bool) -> Result<Self> {
+    fn load(cfg: &BertConfig, vb: VarBuilder, build: Build) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            qkv: Qkv::load(cfg, &vb.pp("self"), trainable)?,
-            out: Dense::load(h, h, vb.pp("output").pp("dense"), trainable)?,
+            qkv: Qkv::load(cfg, &vb.pp("self"), build)?,
+            out: Dense::load(h, h, vb.pp("output").pp("dense"), build)?,
             norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
@@ -399,12 +421,12 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(cfg: &BertConfig, vb: VarBuilder, trainable: bool) -> Result<Self> {
+    fn load(cfg: &BertConfig, vb: VarBuilder, build: Build) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            attention: SelfAttention::load(cfg, vb.pp("attention"), trainable)?,
-            intermediate: Dense::load(h, i, vb.pp("intermediate").pp("dense"), trainable)?,
-            output: Dense::load(i, h, vb.pp("output").pp("dense"), trainable)?,
+            attention: SelfAttention::load(cfg, vb.pp("attention"), build)?,
+            intermediate: Dense::load(h, i, vb.pp("intermediate").pp("dense"), build)?,
+            output: Dense::load(i, h, vb.pp("output").pp("dense"), build)?,
             norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             dropout: cfg.hidden_dropout_prob,
         })
@@ -436,8 +458,19 @@ impl Bert {
     /// `vb` is rooted where Hugging Face's `BertModel` keys start (`embeddings.`, `encoder.`).
     /// `trainable`: build for fine-tuning (weights stay the builder's variables, in their
     /// Hugging Face layout) rather than for serving (weights pre-transposed, pre-fused and
-    /// pre-scaled once for speed). Either build runs in either `Mode`.
+    /// pre-scaled once for speed, at [`super::dense::default_precision`]). Either build runs
+    /// in either `Mode`.
     pub fn load(vb: VarBuilder, config: &BertConfig, trainable: bool) -> Result<Self> {
+        let build = if trainable {
+            Build::Train
+        } else {
+            Build::Serve(super::dense::default_precision()?)
+        };
+        Self::load_for(vb, config, build)
+    }
+
+    /// As `load`, saying exactly what to build (a serving precision from a CLI flag).
+    pub fn load_for(vb: VarBuilder, config: &BertConfig, build: Build) -> Result<Self> {
         if config.hidden_act != "gelu" {
             candle_core::bail!("unsupported hidden_act '{}' (only gelu)", config.hidden_act);
         }
@@ -447,9 +480,9 @@ impl Bert {
         {
             candle_core::bail!("hidden_size must be a multiple of num_attention_heads");
         }
-        let embeddings = Embeddings::load(config, vb.pp("embeddings"), trainable)?;
+        let embeddings = Embeddings::load(config, vb.pp("embeddings"), build)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::load(config, vb.pp("encoder").pp("layer").pp(i), trainable))
+            .map(|i| Layer::load(config, vb.pp("encoder").pp("layer").pp(i), build))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings,
@@ -465,6 +498,18 @@ impl Bert {
         let w = self.embeddings.word.embeddings().detach();
         let h = self.config.hidden_size;
         self.embeddings.word = Embedding::new(w, h);
+    }
+
+    /// What serves the dense layers of a serving build: the kernel of the first layer's
+    /// projections, or None for a training build. (All layers share one precision; a layer
+    /// whose shape the faster kernel cannot take would step down alone, which BERT's shapes,
+    /// all multiples of 16, never do.)
+    pub fn dense_kernel(&self) -> Option<DenseKernel> {
+        let l = self.layers.first()?;
+        match &l.attention.qkv {
+            Qkv::Fused(d) => d.kernel(),
+            Qkv::Separate { .. } => None,
+        }
     }
 
     /// Whether this is a serving build (see `load`), which can run [`Bert::embed_packed`].

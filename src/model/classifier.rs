@@ -16,7 +16,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::bert::{Bert, BertConfig, Mode};
+use super::bert::{Bert, BertConfig, Build, Mode};
+use super::dense::{self, Precision};
 use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -80,8 +81,14 @@ pub struct IntentModel {
 }
 
 impl IntentModel {
-    /// Loads a trained model folder; every missing or inconsistent file is a clear error.
+    /// Loads a trained model folder; every missing or inconsistent file is a clear error. The
+    /// encoder's dense layers run at [`dense::default_precision`].
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, dense::default_precision()?)
+    }
+
+    /// As `load`, at an explicit precision (`intentd eval --precision`).
+    pub fn load_with(dir: &Path, precision: Precision) -> Result<Self> {
         if !dir.is_dir() {
             bail!(
                 "model directory {} does not exist (train one with `intentd train`)",
@@ -121,8 +128,9 @@ impl IntentModel {
             VarBuilder::from_mmaped_safetensors(&[dir.join(WEIGHTS_FILE)], DType::F32, &device)
         }
         .with_context(|| format!("{}: cannot read weights", dir.join(WEIGHTS_FILE).display()))?;
-        let bert = Bert::load(vb.clone(), &config, false)
+        let bert = Bert::load_for(vb.clone(), &config, Build::Serve(precision))
             .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
+        log_kernel(&bert, precision);
         let head = candle_nn::linear(config.hidden_size, labels.len(), vb.pp("classifier"))
             .with_context(|| {
                 format!(
@@ -195,11 +203,34 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
+/// Says which kernel serves the encoder, and warns when int8 was asked for but this CPU cannot
+/// run it (fp32 serves instead).
+fn log_kernel(bert: &Bert, asked: Precision) {
+    let Some(k) = bert.dense_kernel() else { return };
+    if asked == Precision::Int8 && !k.is_int8() {
+        tracing::warn!(
+            kernel = %k.describe(),
+            "int8 serving asked for, but this CPU has no VNNI (AVX-512 or AVX): serving fp32"
+        );
+    } else {
+        tracing::info!(kernel = %k.describe(), ?asked, "encoder dense layers");
+    }
+}
+
 /// Loads the pretrained encoder from a `fetch-model` folder (for parity checks and frozen
-/// features).
+/// features), at [`dense::default_precision`].
 pub fn load_base_encoder(
     dir: &Path,
     max_tokens: usize,
+) -> Result<(TextTokenizer, SentenceEncoder)> {
+    load_base_encoder_with(dir, max_tokens, dense::default_precision()?)
+}
+
+/// As `load_base_encoder`, at an explicit precision.
+pub fn load_base_encoder_with(
+    dir: &Path,
+    max_tokens: usize,
+    precision: Precision,
 ) -> Result<(TextTokenizer, SentenceEncoder)> {
     let base = super::base_models::find(super::base_models::DEFAULT_BASE_MODEL).expect("listed");
     if !dir.join(base.weights).is_file() {
@@ -213,7 +244,8 @@ pub fn load_base_encoder(
     let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), max_tokens)?;
     let device = Device::Cpu;
     let vb = VarBuilder::from_pth(dir.join(base.weights), DType::F32, &device)?;
-    let bert = Bert::load(vb, &config, false)?;
+    let bert = Bert::load_for(vb, &config, Build::Serve(precision))?;
+    log_kernel(&bert, precision);
     Ok((tokenizer, SentenceEncoder::new(bert, device)))
 }
 

@@ -16,7 +16,12 @@
 //! weight stays `(out, in)` and `y = (W xᵀ)ᵀ`, which lets gemm stream the weight once without
 //! repacking. Serving only: no backward pass (training uses candle ops on its variables).
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use candle_core::{Device, Layout, Result, Storage, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::int8::{self, Int8Dense, Isa};
 
 /// What follows the affine map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,51 +33,206 @@ pub enum Activation {
 
 /// A dense layer prepared for serving.
 pub struct ServingDense {
-    /// Column panels for the kernel (`pack`), `(out, in)` contiguous for the candle path.
-    weight: Tensor,
-    bias: Tensor,
-    kernel: bool,
+    imp: Impl,
     in_dim: usize,
     out_dim: usize,
 }
 
-impl ServingDense {
-    /// `weight` is `(out, in)`, as Hugging Face stores it.
-    pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
-        Self::with_kernel(weight, bias, kernel_available())
+enum Impl {
+    /// candle's matmul; the weight `(out, in)` contiguous.
+    Candle { weight: Tensor, bias: Tensor },
+    /// The AVX-512 fp32 kernel; the weight in column panels (`pack`).
+    Fp32 { weight: Tensor, bias: Tensor },
+    /// Weights quantized to int8 per output channel (`int8.rs`).
+    Int8(Int8Dense),
+}
+
+/// Which arithmetic serves the encoder's dense layers: the `serving.precision` setting, the
+/// `--precision` flag of `intentd eval`, or `INTENTD_DENSE_KERNEL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// int8 where the CPU has VNNI (AVX-512 or AVX), fp32 otherwise.
+    #[default]
+    Auto,
+    Fp32,
+    /// int8 where the CPU has VNNI; fp32 (with a warning) where it does not.
+    Int8,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Precision::Auto),
+            "fp32" => Ok(Precision::Fp32),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(format!(
+                "unknown precision '{s}': expected auto, fp32 or int8"
+            )),
+        }
+    }
+}
+
+/// What actually serves a layer, after the CPU and the environment have had their say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseKernel {
+    /// candle's matmul (no AVX-512, or `INTENTD_DENSE_KERNEL=portable`).
+    Portable,
+    /// The fused AVX-512 fp32 kernel.
+    Fp32,
+    Int8(Isa),
+}
+
+impl DenseKernel {
+    pub fn describe(self) -> String {
+        match self {
+            DenseKernel::Portable => "fp32 (portable, candle matmul)".into(),
+            DenseKernel::Fp32 => "fp32 (AVX-512)".into(),
+            DenseKernel::Int8(isa) => format!("int8 ({})", isa.name()),
+        }
     }
 
-    /// As `new`, choosing the implementation (tests compare the two); `kernel` is ignored where
-    /// the CPU cannot run it.
+    pub fn is_int8(self) -> bool {
+        matches!(self, DenseKernel::Int8(_))
+    }
+}
+
+/// The precision asked for by whoever configures the process (`intentd serve` from
+/// `serving.precision`); fp32 until set, so library users and tests get fp32 unless they ask.
+static PROCESS_PRECISION: AtomicU8 = AtomicU8::new(1);
+
+/// Sets the precision [`ServingDense::new`] (and so every model load without an explicit
+/// precision) uses from now on. `INTENTD_DENSE_KERNEL` still wins.
+pub fn set_default_precision(p: Precision) {
+    PROCESS_PRECISION.store(p as u8, Ordering::Relaxed);
+}
+
+/// The precision in force when none is given explicitly: `INTENTD_DENSE_KERNEL` (`auto`,
+/// `fp32`, `int8`; `portable` means fp32 through candle), else [`set_default_precision`]'s,
+/// else fp32. An unknown value in the variable is an error naming it.
+pub fn default_precision() -> Result<Precision> {
+    if let Some(p) = env_override()? {
+        return Ok(p);
+    }
+    Ok(match PROCESS_PRECISION.load(Ordering::Relaxed) {
+        0 => Precision::Auto,
+        2 => Precision::Int8,
+        _ => Precision::Fp32,
+    })
+}
+
+/// The precision `INTENTD_DENSE_KERNEL` asks for, if it is set.
+fn env_override() -> Result<Option<Precision>> {
+    match std::env::var(KERNEL_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) if v.eq_ignore_ascii_case("portable") => Ok(Some(Precision::Fp32)),
+        Ok(v) => v.parse().map(Some).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "{KERNEL_ENV}={v}: {e} (or portable for fp32 through candle)"
+            ))
+        }),
+    }
+}
+
+/// The kernel a layer asking for `p` gets on this CPU: int8 needs VNNI, the fp32 kernel
+/// AVX-512F, and `INTENTD_DENSE_KERNEL=portable` rules both out.
+pub fn kernel_for(p: Precision) -> DenseKernel {
+    if portable_forced() {
+        return DenseKernel::Portable;
+    }
+    let fp32 = if kernel_available() {
+        DenseKernel::Fp32
+    } else {
+        DenseKernel::Portable
+    };
+    match p {
+        Precision::Fp32 => fp32,
+        Precision::Auto | Precision::Int8 => int8::detect().map(DenseKernel::Int8).unwrap_or(fp32),
+    }
+}
+
+fn portable_forced() -> bool {
+    std::env::var(KERNEL_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("portable"))
+}
+
+impl ServingDense {
+    /// `weight` is `(out, in)`, as Hugging Face stores it; served at [`default_precision`].
+    pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        Self::with_precision(weight, bias, default_precision()?)
+    }
+
+    /// As `new`, at precision `p` (see [`kernel_for`]).
+    pub fn with_precision(weight: &Tensor, bias: &Tensor, p: Precision) -> Result<Self> {
+        Self::with_kernel_choice(weight, bias, kernel_for(p))
+    }
+
+    /// As `new`, choosing between the fp32 kernel and candle (tests compare the two);
+    /// `kernel` is ignored where the CPU cannot run it.
     pub fn with_kernel(weight: &Tensor, bias: &Tensor, kernel: bool) -> Result<Self> {
+        let k = if kernel && kernel_available() {
+            DenseKernel::Fp32
+        } else {
+            DenseKernel::Portable
+        };
+        Self::with_kernel_choice(weight, bias, k)
+    }
+
+    /// Builds the layer for `choice`, stepping down (int8 -> fp32 kernel -> candle) where the
+    /// shape, dtype or device does not suit the faster one.
+    pub fn with_kernel_choice(weight: &Tensor, bias: &Tensor, choice: DenseKernel) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
         if bias.dims1()? != out_dim {
             candle_core::bail!("bias has {} entries for {out_dim} outputs", bias.dims1()?);
         }
-        let kernel = kernel
-            && kernel_available()
-            && out_dim % LANES == 0
+        let suits_kernels = out_dim % LANES == 0
             && in_dim > 0
             && weight.dtype() == candle_core::DType::F32
             && bias.dtype() == candle_core::DType::F32
             && matches!(weight.device(), Device::Cpu);
-        let weight = if kernel {
-            pack(&weight.contiguous()?)?
+        if let (DenseKernel::Int8(isa), true) = (choice, suits_kernels) {
+            let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let b = bias.to_vec1::<f32>()?;
+            if let Ok(q) = Int8Dense::new(&w, &b, out_dim, in_dim, isa) {
+                return Ok(Self {
+                    imp: Impl::Int8(q),
+                    in_dim,
+                    out_dim,
+                });
+            }
+        }
+        let kernel = choice != DenseKernel::Portable && kernel_available() && suits_kernels;
+        let bias = bias.contiguous()?;
+        let imp = if kernel {
+            Impl::Fp32 {
+                weight: pack(&weight.contiguous()?)?,
+                bias,
+            }
         } else {
-            weight.contiguous()?
+            Impl::Candle {
+                weight: weight.contiguous()?,
+                bias,
+            }
         };
         Ok(Self {
-            weight,
-            bias: bias.contiguous()?,
-            kernel,
+            imp,
             in_dim,
             out_dim,
         })
     }
 
-    /// Whether the AVX-512 kernel serves this layer.
+    /// Whether the AVX-512 fp32 kernel serves this layer.
     pub fn uses_kernel(&self) -> bool {
-        self.kernel
+        matches!(self.imp, Impl::Fp32 { .. })
+    }
+
+    /// What serves this layer.
+    pub fn kernel(&self) -> DenseKernel {
+        match &self.imp {
+            Impl::Candle { .. } => DenseKernel::Portable,
+            Impl::Fp32 { .. } => DenseKernel::Fp32,
+            Impl::Int8(q) => DenseKernel::Int8(q.isa()),
+        }
     }
 
     /// `x`: (..., in) -> (..., out). `residual`, when given, has the output's shape and is added
@@ -104,22 +264,44 @@ impl ServingDense {
                 );
             }
         }
-        let y = if self.kernel {
-            if x.dtype() != candle_core::DType::F32 || !matches!(x.device(), Device::Cpu) {
-                candle_core::bail!(
-                    "the fused dense kernel takes f32 on the CPU, got {:?}",
-                    x.dtype()
-                );
+        if !matches!(self.imp, Impl::Candle { .. })
+            && (x.dtype() != candle_core::DType::F32 || !matches!(x.device(), Device::Cpu))
+        {
+            candle_core::bail!(
+                "the fused dense kernels take f32 on the CPU, got {:?}",
+                x.dtype()
+            );
+        }
+        let y = match &self.imp {
+            Impl::Candle { weight, bias } => {
+                self.forward_candle(weight, bias, x, rows, residual, act)?
             }
-            self.forward_kernel(x, rows, residual, act)?
-        } else {
-            self.forward_candle(x, rows, residual, act)?
+            Impl::Fp32 { weight, bias } => {
+                self.forward_kernel(weight, bias, x, rows, residual, act)?
+            }
+            Impl::Int8(q) => {
+                let x = x.contiguous()?;
+                let residual = residual.map(|r| r.contiguous()).transpose()?;
+                let y = {
+                    let (xs, xl) = x.storage_and_layout();
+                    let xs = f32_slice(&xs, xl, rows * self.in_dim)?;
+                    let res_guard = residual.as_ref().map(|r| r.storage_and_layout());
+                    let res = match &res_guard {
+                        Some((s, l)) => Some(f32_slice(s, l, rows * self.out_dim)?),
+                        None => None,
+                    };
+                    q.forward(xs, rows, res, act == Activation::Gelu)
+                };
+                Tensor::from_vec(y, (rows, self.out_dim), &Device::Cpu)?
+            }
         };
         y.reshape(out_dims)
     }
 
     fn forward_candle(
         &self,
+        weight: &Tensor,
+        bias: &Tensor,
         x: &Tensor,
         rows: usize,
         residual: Option<&Tensor>,
@@ -127,11 +309,7 @@ impl ServingDense {
     ) -> Result<Tensor> {
         let x2 = x.reshape((rows, self.in_dim))?;
         // (out, rows), then a transposed view; the bias add writes it back contiguous.
-        let mut y = self
-            .weight
-            .matmul(&x2.t()?)?
-            .t()?
-            .broadcast_add(&self.bias)?;
+        let mut y = weight.matmul(&x2.t()?)?.t()?.broadcast_add(bias)?;
         if let Some(r) = residual {
             y = (y + r.reshape((rows, self.out_dim))?)?;
         }
@@ -144,6 +322,8 @@ impl ServingDense {
     #[cfg(target_arch = "x86_64")]
     fn forward_kernel(
         &self,
+        weight: &Tensor,
+        bias: &Tensor,
         x: &Tensor,
         rows: usize,
         residual: Option<&Tensor>,
@@ -155,8 +335,8 @@ impl ServingDense {
         let mut y: Vec<f32> = Vec::with_capacity(rows * n);
         {
             let (xs, xl) = x.storage_and_layout();
-            let (ws, wl) = self.weight.storage_and_layout();
-            let (bs, bl) = self.bias.storage_and_layout();
+            let (ws, wl) = weight.storage_and_layout();
+            let (bs, bl) = bias.storage_and_layout();
             let res_guard = residual.as_ref().map(|r| r.storage_and_layout());
             let res = match &res_guard {
                 Some((s, l)) => Some(f32_slice(s, l, rows * n)?.as_ptr()),
@@ -186,12 +366,14 @@ impl ServingDense {
     #[cfg(not(target_arch = "x86_64"))]
     fn forward_kernel(
         &self,
+        weight: &Tensor,
+        bias: &Tensor,
         x: &Tensor,
         rows: usize,
         residual: Option<&Tensor>,
         act: Activation,
     ) -> Result<Tensor> {
-        self.forward_candle(x, rows, residual, act)
+        self.forward_candle(weight, bias, x, rows, residual, act)
     }
 }
 
@@ -244,8 +426,9 @@ fn pack(weight: &Tensor) -> Result<Tensor> {
     Tensor::cat(&parts, 0)
 }
 
-/// Set to `portable` to serve through candle even where AVX-512 is present: to rule the kernel
-/// out when chasing a numeric difference, and so tests can check both paths end to end.
+/// Overrides the serving precision for the process (tests, and chasing a numeric difference):
+/// `int8`, `fp32` or `auto` as in `serving.precision`; `portable` serves fp32 through candle
+/// even where AVX-512 is present, ruling both kernels out.
 pub const KERNEL_ENV: &str = "INTENTD_DENSE_KERNEL";
 
 /// True when this CPU runs the AVX-512 kernel (and `INTENTD_DENSE_KERNEL` does not say
@@ -265,7 +448,7 @@ pub fn kernel_available() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::LANES;
@@ -422,7 +605,7 @@ mod avx512 {
     /// for f32 (x * P(x²) / Q(x²) on [-4, 4], where f32 erf saturates): absolute error below
     /// 5e-7 against the exact erf, so within the encoder's 1e-4 parity with PyTorch.
     #[target_feature(enable = "avx512f")]
-    unsafe fn gelu(v: __m512) -> __m512 {
+    pub(in crate::model) unsafe fn gelu(v: __m512) -> __m512 {
         use crate::model::fused_ops::{ERF_P as A, ERF_Q as B};
         let x = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
         let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.0)), _mm512_set1_ps(-4.0));
@@ -573,5 +756,55 @@ mod tests {
         let y = d.forward(&x, None, Activation::Gelu).unwrap();
         let expected = reference(&x.contiguous().unwrap(), &w, &b, None, Activation::Gelu);
         assert!(max_diff(&y, &expected) < 1e-4);
+    }
+
+    #[test]
+    fn int8_precision_serves_through_the_int8_kernel_where_the_cpu_has_it() {
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let (rows, k, n) = (9, 100, 80);
+        let x = random(&mut rng, &[rows, k]);
+        let w = random(&mut rng, &[n, k]);
+        let b = random(&mut rng, &[n]);
+        let d = ServingDense::with_precision(&w, &b, Precision::Int8).unwrap();
+        match int8::detect() {
+            Some(isa) if !portable_forced() => assert_eq!(d.kernel(), DenseKernel::Int8(isa)),
+            _ => {
+                eprintln!(
+                    "int8 NOT available here (no VNNI, or {KERNEL_ENV}=portable): {} serves",
+                    d.kernel().describe()
+                );
+                assert!(!d.kernel().is_int8());
+            }
+        }
+        let y = d.forward(&x, None, Activation::Gelu).unwrap();
+        let want = reference(&x, &w, &b, None, Activation::Gelu);
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        // 8-bit weights and activations: about 1 % of the output's range.
+        assert!(
+            max_diff(&y, &want) < 0.02 * scale,
+            "{}",
+            max_diff(&y, &want)
+        );
+        // A width the kernels cannot take steps down to fp32 instead of failing.
+        let w40 = random(&mut rng, &[40, k]);
+        let b40 = random(&mut rng, &[40]);
+        let d = ServingDense::with_precision(&w40, &b40, Precision::Int8).unwrap();
+        assert_eq!(d.kernel(), DenseKernel::Portable);
+        assert!(
+            max_diff(
+                &d.forward(&x, None, Activation::None).unwrap(),
+                &reference(&x, &w40, &b40, None, Activation::None)
+            ) < 1e-3
+        );
+    }
+
+    #[test]
+    fn precisions_parse_and_bad_ones_are_named() {
+        assert_eq!("INT8".parse::<Precision>().unwrap(), Precision::Int8);
+        assert_eq!("fp32".parse::<Precision>().unwrap(), Precision::Fp32);
+        assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
+        let e = "int4".parse::<Precision>().unwrap_err();
+        assert!(e.contains("int4") && e.contains("fp32"), "{e}");
+        assert!(!kernel_for(Precision::Fp32).is_int8());
     }
 }

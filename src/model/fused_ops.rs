@@ -269,6 +269,13 @@ fn erf(x: f32) -> f32 {
     x * p / q
 }
 
+/// x * (1 + erf(x / sqrt 2)) / 2 for one value, as the training kernel computes it (the int8
+/// AVX-VNNI kernel's epilogue uses it).
+#[inline(always)]
+pub(super) fn gelu_scalar(x: f32) -> f32 {
+    (erf(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * x
+}
+
 /// e^x for x <= 0 (Cephes' expf: range reduction by ln 2, degree-6 polynomial, relative error
 /// ~1e-7); 0 below -87 (where f32 underflows anyway), so masked scores give exactly 0.
 #[inline(always)]

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod fake;
 pub mod fetch;
 pub mod fused_ops;
+pub mod int8;
 pub mod packed_attention;
 pub mod scoring;
 pub mod seeded;
