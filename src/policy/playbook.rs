@@ -185,12 +185,21 @@ impl Playbook {
         &self,
         ctx: &MessageContext,
     ) -> Result<Option<PolicyDecision>, StateError> {
-        let cfg = self.config();
+        self.precheck_on(&self.config(), ctx).await
+    }
+
+    /// [`Self::precheck`] on the given config: a caller that already holds an operator
+    /// snapshot decides the whole request on it.
+    pub async fn precheck_on(
+        &self,
+        cfg: &OperatorConfig,
+        ctx: &MessageContext,
+    ) -> Result<Option<PolicyDecision>, StateError> {
         if cfg.banned.find(&ctx.text).is_none() {
             return Ok(None);
         }
         let d = Decider {
-            cfg: &cfg,
+            cfg,
             seed: self.seed,
             now: self.clock.now_ms(),
         };
@@ -225,12 +234,24 @@ impl Playbook {
         display_names: &(dyn Fn(&str) -> String + Sync),
         always_handoff: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<PolicyDecision, StateError> {
+        self.decide_message_on(&self.config(), ctx, cls, display_names, always_handoff)
+            .await
+    }
+
+    /// [`Self::decide_message_with_catalog`] on the given config (see [`Self::precheck_on`]).
+    pub async fn decide_message_on(
+        &self,
+        cfg: &OperatorConfig,
+        ctx: &MessageContext,
+        cls: &Classification,
+        display_names: &(dyn Fn(&str) -> String + Sync),
+        always_handoff: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<PolicyDecision, StateError> {
         let catalog_handoff = !cls.intent.is_empty() && always_handoff(&cls.intent);
-        let cfg = self.config();
         let now = self.clock.now_ms();
         self.maybe_sweep(now).await?;
         let d = Decider {
-            cfg: &cfg,
+            cfg,
             seed: self.seed,
             now,
         };

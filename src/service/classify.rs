@@ -106,33 +106,45 @@ impl Service {
         let mut model_version = self.model_version();
 
         // Compliance first: a banned word is blocked before any model work.
-        let (classification, decision) = if let Some(decision) =
-            self.playbook.precheck(&ctx).await?
-        {
-            drop(announced); // no forward pass for this one
-            (Classification::by_policy(self.model_loaded()), decision)
-        } else {
-            let cls = self
-                .classify_text(
-                    &ctx.text,
-                    &rules,
-                    announced,
-                    &mut timings,
-                    &mut model_version,
-                )
-                .await?;
-            // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
-            let always = |i: &str| rules.always_handoff(i);
-            let decision = self
-                .playbook
-                .decide_message_with_catalog(&ctx, &cls, &|i: &str| rules.display_name(i), &always)
-                .await?;
-            (cls, decision)
-        };
+        let (classification, decision) =
+            if let Some(decision) = self.playbook.precheck_on(&rules.policy, &ctx).await? {
+                drop(announced); // no forward pass for this one
+                (Classification::by_policy(self.model_loaded()), decision)
+            } else {
+                let cls = self
+                    .classify_text(
+                        &ctx.text,
+                        &rules,
+                        announced,
+                        &mut timings,
+                        &mut model_version,
+                    )
+                    .await?;
+                // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
+                let always = |i: &str| rules.always_handoff(i);
+                let decision = self
+                    .playbook
+                    .decide_message_on(
+                        &rules.policy,
+                        &ctx,
+                        &cls,
+                        &|i: &str| rules.display_name(i),
+                        &always,
+                    )
+                    .await?;
+                (cls, decision)
+            };
 
         timings.total_us = started.elapsed().as_micros() as u64;
         let recorded = self
-            .record_decision(&ctx, &classification, &decision, timings, &model_version)
+            .record_decision(
+                &rules,
+                &ctx,
+                &classification,
+                &decision,
+                timings,
+                &model_version,
+            )
             .await;
         if decision.reply.as_ref().is_some_and(|r| !r.text.is_empty()) || decision.send_after_ms > 0
         {
@@ -234,6 +246,7 @@ impl Service {
     /// the group commit, so an answered request is a durable one.
     async fn record_decision(
         &self,
+        rules: &OperatorSnapshot,
         ctx: &MessageContext,
         cls: &Classification,
         decision: &PolicyDecision,
@@ -243,7 +256,7 @@ impl Service {
         let Some(storage) = &self.storage else {
             return false;
         };
-        let triggered = !cls.intent.is_empty() && self.playbook.config().replies.has(&cls.intent);
+        let triggered = !cls.intent.is_empty() && rules.policy.replies.has(&cls.intent);
         let rec = ConversationRecord::from_decision(
             ctx,
             cls,
