@@ -587,7 +587,7 @@ pub(super) mod avx512 {
                 }
                 $(
                     for (c, &v) in $acc.iter().enumerate() {
-                        let v = if job.gelu { gelu(v) } else { v };
+                        let v = if job.gelu { crate::model::fused_ops::gelu_avx512(v) } else { v };
                         _mm512_storeu_ps(job.y.add((row0 + $r) * n + col0 + c * LANES), v);
                     }
                 )+
@@ -600,29 +600,6 @@ pub(super) mod avx512 {
     tile!(tile4, a0 0, a1 1, a2 2, a3 3);
     tile!(tile5, a0 0, a1 1, a2 2, a3 3, a4 4);
     tile!(tile6, a0 0, a1 1, a2 2, a3 3, a4 4, a5 5);
-
-    /// x * (1 + erf(x / sqrt 2)) / 2, with erf as the rational approximation Eigen and XLA use
-    /// for f32 (x * P(x²) / Q(x²) on [-4, 4], where f32 erf saturates): absolute error below
-    /// 5e-7 against the exact erf, so within the encoder's 1e-4 parity with PyTorch.
-    #[target_feature(enable = "avx512f")]
-    pub(in crate::model) unsafe fn gelu(v: __m512) -> __m512 {
-        use crate::model::fused_ops::{ERF_P as A, ERF_Q as B};
-        let x = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-        let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.0)), _mm512_set1_ps(-4.0));
-        let x2 = _mm512_mul_ps(x, x);
-        let mut p = _mm512_set1_ps(A[6]);
-        for &a in A[..6].iter().rev() {
-            p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(a));
-        }
-        p = _mm512_mul_ps(x, p);
-        let mut q = _mm512_set1_ps(B[4]);
-        for &b in B[..4].iter().rev() {
-            q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(b));
-        }
-        let erf = _mm512_div_ps(p, q);
-        let half = _mm512_set1_ps(0.5);
-        _mm512_mul_ps(v, _mm512_fmadd_ps(erf, half, half))
-    }
 }
 
 #[cfg(test)]

@@ -551,7 +551,7 @@ mod avx512 {
                         }
                         let s = _mm512_mul_ps(sx, _mm512_loadu_ps(job.scale.add(col)));
                         let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), s, b);
-                        let v = if job.gelu { crate::model::dense::avx512::gelu(v) } else { v };
+                        let v = if job.gelu { crate::model::fused_ops::gelu_avx512(v) } else { v };
                         _mm512_storeu_ps(job.y.add((row0 + $r) * n + col), v);
                     }
                 )+
