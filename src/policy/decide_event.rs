@@ -17,11 +17,7 @@ pub fn decide_event(d: &Decider<'_>, w: &mut Work, ev: &EventInput) -> EventDeci
     let uid = ev.user.id.as_str();
     let activity = ev.kind == EventKind::Activity;
     scheduler::touch(&mut w.group.timers, &ev.chat_name, now, activity);
-    let group_name = if ev.chat_name.is_empty() {
-        w.chat_name().to_string()
-    } else {
-        ev.chat_name.clone()
-    };
+    let group_name = w.group_name(&ev.chat_name);
     let style = s.style_for(&ev.user.tags).to_string();
     let t = Target {
         bot: &ev.bot_id,

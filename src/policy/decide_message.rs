@@ -45,11 +45,7 @@ pub fn decide_message(
     w.group.handoffs.note_message();
     scheduler::touch(&mut w.group.timers, &ctx.chat_name, now, true);
     let interactions = w.record_activity(now, s.frequency.window_ms);
-    let group_name = if ctx.chat_name.is_empty() {
-        w.chat_name().to_string()
-    } else {
-        ctx.chat_name.clone()
-    };
+    let group_name = w.group_name(&ctx.chat_name);
     let base_vars = d.vars(&s, &ctx.user.nickname, &group_name);
     let style = s.style_for(&ctx.user.tags).to_string();
     let t = Target {

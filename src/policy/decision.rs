@@ -122,6 +122,15 @@ impl Work {
         self.group.timers.as_ref().map_or("", |t| t.name.as_str())
     }
 
+    /// The group's display name: the one the caller sent, else the last one seen.
+    pub fn group_name(&self, given: &str) -> String {
+        if given.is_empty() {
+            self.chat_name().to_string()
+        } else {
+            given.to_string()
+        }
+    }
+
     /// Count one interaction of the scope's user; returns their interactions in the window.
     pub fn record_activity(&mut self, now: i64, window_ms: i64) -> u32 {
         let u = &mut self.user.profile;

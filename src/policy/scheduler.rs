@@ -154,90 +154,92 @@ pub fn collect_chat(bot: &str, chat: &str, t: &mut ChatTimers, s: &Settings, now
     let mut out = Vec::new();
     let tz = s.timezone;
     let floor = now - s.schedule_grace_ms - 1;
-    for job in &s.schedules {
-        let cursor = *t
-            .cron_cursor
-            .entry(job.id.clone())
-            .or_insert(t.known_since_ms);
-        if cursor >= now {
+    let name = t.name.clone();
+    // Every proactive job here goes to the whole chat, rendered from a reply key when sent.
+    let job = |kind, rule_id: String, at_ms, key: &str, days_left, event_name: &str| Job {
+        bot_id: bot.to_string(),
+        chat_id: chat.to_string(),
+        chat_name: name.clone(),
+        kind,
+        rule_id,
+        at_ms,
+        content: JobContent::Render {
+            key: key.to_string(),
+            user: None,
+            nickname: None,
+            days_left,
+            event_name: event_name.to_string(),
+        },
+        user_ids: Vec::new(),
+        slot_reserved: false,
+    };
+    for sched in &s.schedules {
+        let Some(cursor) = advance(&mut t.cron_cursor, &sched.id, t.known_since_ms, now) else {
             continue;
+        };
+        if let Some(at) = latest_cron_in(&sched.schedule, tz, cursor.max(floor), now) {
+            let rule = format!("schedule:{}", sched.id);
+            out.push(job(
+                OutboundKind::Scheduled,
+                rule,
+                at,
+                &sched.reply,
+                None,
+                "",
+            ));
         }
-        if let Some(at) = latest_cron_in(&job.schedule, tz, cursor.max(floor), now) {
-            out.push(Job {
-                bot_id: bot.to_string(),
-                chat_id: chat.to_string(),
-                chat_name: t.name.clone(),
-                kind: OutboundKind::Scheduled,
-                rule_id: format!("schedule:{}", job.id),
-                at_ms: at,
-                content: JobContent::Render {
-                    key: job.reply.clone(),
-                    user: None,
-                    nickname: None,
-                    days_left: None,
-                    event_name: String::new(),
-                },
-                user_ids: Vec::new(),
-                slot_reserved: false,
-            });
-        }
-        t.cron_cursor.insert(job.id.clone(), now);
     }
     for c in &s.countdowns {
-        let cursor = *t
-            .countdown_cursor
-            .entry(c.id.clone())
-            .or_insert(t.known_since_ms);
-        if cursor >= now {
+        let Some(cursor) = advance(&mut t.countdown_cursor, &c.id, t.known_since_ms, now) else {
             continue;
-        }
+        };
         let lower = cursor.max(floor);
         for (at, days_left) in countdown_fires(c, tz) {
             if at > lower && at <= now {
-                out.push(Job {
-                    bot_id: bot.to_string(),
-                    chat_id: chat.to_string(),
-                    chat_name: t.name.clone(),
-                    kind: OutboundKind::Countdown,
-                    rule_id: format!("countdown:{}:{days_left}", c.id),
-                    at_ms: at,
-                    content: JobContent::Render {
-                        key: "countdown".into(),
-                        user: None,
-                        nickname: None,
-                        days_left: Some(days_left),
-                        event_name: c.event_name.clone(),
-                    },
-                    user_ids: Vec::new(),
-                    slot_reserved: false,
-                });
+                let rule = format!("countdown:{}:{days_left}", c.id);
+                let kind = OutboundKind::Countdown;
+                out.push(job(
+                    kind,
+                    rule,
+                    at,
+                    "countdown",
+                    Some(days_left),
+                    &c.event_name,
+                ));
             }
         }
-        t.countdown_cursor.insert(c.id.clone(), now);
     }
     if let Some(at) = reactivation_at(t, s, &s.service_hours, now) {
         if at <= now {
             t.last_reactivation_ms = Some(now);
-            out.push(Job {
-                bot_id: bot.to_string(),
-                chat_id: chat.to_string(),
-                chat_name: t.name.clone(),
-                kind: OutboundKind::Reactivation,
-                rule_id: "reactivation".into(),
-                at_ms: at,
-                content: JobContent::Render {
-                    key: "reactivation".into(),
-                    user: None,
-                    nickname: None,
-                    days_left: None,
-                    event_name: String::new(),
-                },
-                user_ids: Vec::new(),
-                slot_reserved: false,
-            });
+            let kind = OutboundKind::Reactivation;
+            out.push(job(
+                kind,
+                "reactivation".into(),
+                at,
+                "reactivation",
+                None,
+                "",
+            ));
         }
     }
     out
+}
+
+/// The cursor of rule `id` (a rule first seen starts where the chat became known) when it is
+/// before `now`, moving it to `now`; None when the rule already ran up to `now`.
+fn advance(
+    cursors: &mut BTreeMap<String, i64>,
+    id: &str,
+    known_since_ms: i64,
+    now: i64,
+) -> Option<i64> {
+    let cursor = *cursors.entry(id.to_string()).or_insert(known_since_ms);
+    if cursor >= now {
+        return None;
+    }
+    cursors.insert(id.to_string(), now);
+    Some(cursor)
 }
 
 /// The earliest time [`collect_chat`] will return something for this chat (None: nothing
