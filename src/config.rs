@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::fusion::FusionConfig;
 use crate::service::batcher::BatchConfig;
+use crate::service::idempotency::IdempotencyConfig;
 use crate::service::outbox::OutboxConfig;
 use crate::service::validate::Limits;
 use crate::service::ServiceSettings;
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     pub store: StoreConfig,
     pub metrics: MetricsConfig,
+    /// Retries of the same (bot_id, message_id) / (bot_id, event_id) get the first answer.
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             tls: None,
             store: StoreConfig::default(),
             metrics: MetricsConfig::default(),
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -148,6 +152,15 @@ impl ServerConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.idempotency.window_s == 0 || self.idempotency.window_s > 30 * 86_400 {
+            bail!(
+                "idempotency.window_s = {} is outside 1..=2592000 (30 days)",
+                self.idempotency.window_s
+            );
+        }
+        if self.idempotency.cache_entries == 0 {
+            bail!("idempotency.cache_entries must be at least 1");
+        }
         if self.max_in_flight == 0 {
             bail!("max_in_flight must be at least 1");
         }
@@ -202,6 +215,15 @@ impl ServerConfig {
             operator_dir: self.operator_dir.clone(),
             training_data: self.training_data.clone(),
             bots: self.bot_ids(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
+
+    /// The store's settings, with what it needs from other sections.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            answer_window_s: self.idempotency.window_s,
+            ..self.store.clone()
         }
     }
 }

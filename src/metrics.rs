@@ -66,6 +66,8 @@ pub struct Metrics {
     pub outbound_dropped: Family<DroppedLabels, Counter>,
     /// `intentd_outbound_queued`: proactive sends waiting for a Subscribe stream.
     pub outbound_queued: Gauge,
+    /// `intentd_replayed_total`: retries answered with their stored first answer.
+    pub replayed: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +101,7 @@ impl Metrics {
         let store_errors = Counter::default();
         let outbound_dropped = Family::<DroppedLabels, Counter>::default();
         let outbound_queued = Gauge::default();
+        let replayed = Counter::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -133,6 +136,11 @@ impl Metrics {
         );
         registry.register("store_errors", "Failed store commits", store_errors.clone());
         registry.register(
+            "replayed",
+            "Retried Classify / HandleEvent requests answered with their stored first answer",
+            replayed.clone(),
+        );
+        registry.register(
             "outbound_dropped",
             "Proactive sends dropped before a Subscribe stream took them, by reason",
             outbound_dropped.clone(),
@@ -153,6 +161,7 @@ impl Metrics {
             store_errors,
             outbound_dropped,
             outbound_queued,
+            replayed,
         }
     }
 

@@ -868,6 +868,7 @@ fn exposure(experiment: &str, variant: &str, n: usize, at_ms: i64) -> Record {
         timings: Timings::default(),
         model_version: "seeded".into(),
         reason: "faq".into(),
+        answer: None,
     })
 }
 

@@ -147,7 +147,7 @@ fn build_service(
     }
     let storage = if cfg.store.enabled {
         Some(Arc::new(
-            Storage::open(&cfg.store, clock.clone(), metrics.clone())
+            Storage::open(&cfg.store_config(), clock.clone(), metrics.clone())
                 .map_err(|e| anyhow::anyhow!("store: {e}"))?,
         ))
     } else {

@@ -54,7 +54,7 @@ pub struct EventInput {
 }
 
 /// The answer to an event: a decision plus, for welcomes, the users in the merged welcome.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventDecision {
     pub decision: PolicyDecision,
     pub merged_user_ids: Vec<String>,

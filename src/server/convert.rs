@@ -4,7 +4,8 @@
 use tonic::Status;
 
 use crate::pb;
-use crate::policy::events::{EventDecision, EventKind};
+use crate::policy::events::EventKind;
+use crate::service::events::EventOutcome;
 use crate::policy::scheduler::{OutboundItem, OutboundKind};
 use crate::service::{
     ClassifyOutcome, ClassifyRequest, EventRequest, EventTypeIn, FeedbackRequest,
@@ -189,16 +190,20 @@ pub fn classify_response(r: ClassifyOutcome) -> pb::ClassifyResponse {
         message_id: r.message_id,
         notices: r.decision.notices,
         recorded: r.recorded,
+        replayed: r.replayed,
     }
 }
 
-pub fn event_decision(d: EventDecision) -> pb::Decision {
+pub fn event_decision(o: EventOutcome) -> pb::Decision {
+    let d = o.event;
     pb::Decision {
         action: action(d.decision.action) as i32,
         reply: d.decision.reply.as_ref().map(reply),
         send_after_ms: d.decision.send_after_ms,
         reason: d.decision.reason,
         merged_user_ids: d.merged_user_ids,
+        replayed: o.replayed,
+        idempotency_notice: o.idempotency_notice.unwrap_or_default(),
     }
 }
 

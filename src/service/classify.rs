@@ -5,26 +5,30 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::batcher::{Announced, InferenceError};
+use super::idempotency::{self, AnswerKey, FirstAnswer, Seen};
 use super::requests::ClassifyRequest;
 use super::validate::{self, InvalidField};
 use super::{Service, ServiceError};
 use crate::engine::fusion;
 use crate::operator::OperatorSnapshot;
-use crate::store::{ConversationRecord, Record};
+use crate::store::{AnswerKind, AnswerRow, ConversationRecord, Record};
 use crate::types::{Classification, IntentScore, MessageContext, PolicyDecision, Timings};
 
 /// A ranking entry as answered: with the name shown to users, from the same operator
 /// snapshot that decided.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankedIntent {
     pub intent: String,
     pub confidence: f32,
     pub display_name: String,
 }
 
-/// Everything a front door needs to answer a Classify call.
-#[derive(Debug, Clone)]
+/// Everything a front door needs to answer a Classify call. Serialisable: the first answer is
+/// stored and returned again for a retry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifyOutcome {
     pub message_id: String,
     pub classification: Classification,
@@ -35,6 +39,8 @@ pub struct ClassifyOutcome {
     pub model_version: String,
     /// The log row is durable (false only when the store is off or its queue was full).
     pub recorded: bool,
+    /// The stored first answer to this (bot_id, message_id), returned again for a retry.
+    pub replayed: bool,
 }
 
 impl Service {
@@ -94,10 +100,58 @@ impl Service {
         results.into_iter().collect()
     }
 
+    /// One turn per (bot_id, message_id): a retry gets the stored first answer (and changes
+    /// nothing), a new message is decided.
     async fn classify_valid(
         &self,
         ctx: MessageContext,
         announced: Option<Announced>,
+    ) -> Result<ClassifyOutcome, ServiceError> {
+        let key = AnswerKey::new(&ctx.bot_id, AnswerKind::Message, &ctx.message_id);
+        let digest = idempotency::digest(&[&ctx.text]);
+        let _turn = self.idempotency.turn(&key).await;
+        match self
+            .idempotency
+            .lookup(&key, &digest, self.now_ms(), self.storage.as_ref())
+            .await
+            .map_err(|e| {
+                ServiceError::Unavailable(format!(
+                    "cannot check whether this message was answered before ({e}); retry"
+                ))
+            })? {
+            Seen::Same(body) => {
+                drop(announced);
+                return self.replay(&body);
+            }
+            Seen::Different => {
+                return Err(InvalidField {
+                    field: "message_id".into(),
+                    problem: "message_id reused with other text: it was answered before for \
+                              another text (within idempotency.window_s); send a new message_id"
+                        .into(),
+                }
+                .into())
+            }
+            Seen::New => {}
+        }
+        self.decide_message(ctx, announced, key, digest).await
+    }
+
+    fn replay(&self, body: &str) -> Result<ClassifyOutcome, ServiceError> {
+        let mut first: ClassifyOutcome = serde_json::from_str(body).map_err(|e| {
+            ServiceError::Internal(format!("stored first answer cannot be read: {e}"))
+        })?;
+        first.replayed = true;
+        self.metrics.replayed.inc();
+        Ok(first)
+    }
+
+    async fn decide_message(
+        &self,
+        ctx: MessageContext,
+        announced: Option<Announced>,
+        key: AnswerKey,
+        digest: String,
     ) -> Result<ClassifyOutcome, ServiceError> {
         let started = Instant::now();
         // One operator snapshot for the whole request: a reload in the middle cannot mix files.
@@ -135,28 +189,8 @@ impl Service {
                 (cls, decision)
             };
 
-        timings.total_us = started.elapsed().as_micros() as u64;
-        let recorded = self
-            .record_decision(
-                &rules,
-                &ctx,
-                &classification,
-                &decision,
-                timings,
-                &model_version,
-            )
-            .await;
-        if decision.reply.as_ref().is_some_and(|r| !r.text.is_empty()) || decision.send_after_ms > 0
-        {
-            self.outbound_changed.notify_waiters();
-        }
-        self.served.fetch_add(1, Ordering::Relaxed);
-        self.metrics.observe_request(
-            "Classify",
-            classification.source.as_str(),
-            decision.action.as_str(),
-            started.elapsed().as_secs_f64(),
-        );
+        // The answer's total is taken here, before the log commit: it is stored with the answer
+        // and a retry must get the same bytes.
         timings.total_us = started.elapsed().as_micros() as u64;
         let ranking = classification
             .ranking
@@ -168,15 +202,48 @@ impl Service {
                 display_name: rules.display_name(&s.intent),
             })
             .collect();
-        Ok(ClassifyOutcome {
-            message_id: ctx.message_id,
+        let mut outcome = ClassifyOutcome {
+            message_id: ctx.message_id.clone(),
             classification,
             ranking,
             decision,
             timings,
             model_version,
-            recorded,
-        })
+            // As stored: the row and the answer commit together, or neither does.
+            recorded: self.storage.is_some(),
+            replayed: false,
+        };
+        let first = |o: &ClassifyOutcome| FirstAnswer {
+            at_ms: self.now_ms(),
+            digest: digest.clone(),
+            // Plain data: serialising cannot fail.
+            body: serde_json::to_string(o).expect("ClassifyOutcome serialises"),
+        };
+        let stored = first(&outcome);
+        let stored_recorded = outcome.recorded;
+        outcome.recorded = self
+            .record_decision(&rules, &ctx, &outcome, stored.to_row(&key))
+            .await;
+        // A commit that failed answers recorded=false, and a retry must get that answer.
+        let remembered = if outcome.recorded == stored_recorded {
+            stored
+        } else {
+            first(&outcome)
+        };
+        self.idempotency.remember(key, remembered);
+        let (cls, decision) = (&outcome.classification, &outcome.decision);
+        if decision.reply.as_ref().is_some_and(|r| !r.text.is_empty()) || decision.send_after_ms > 0
+        {
+            self.outbound_changed.notify_waiters();
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.metrics.observe_request(
+            "Classify",
+            cls.source.as_str(),
+            decision.action.as_str(),
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(outcome)
     }
 
     /// The engine: the forward pass (queued first) and the keyword layer on this thread while
@@ -248,23 +315,23 @@ impl Service {
         &self,
         rules: &OperatorSnapshot,
         ctx: &MessageContext,
-        cls: &Classification,
-        decision: &PolicyDecision,
-        timings: Timings,
-        model_version: &str,
+        outcome: &ClassifyOutcome,
+        answer: AnswerRow,
     ) -> bool {
         let Some(storage) = &self.storage else {
             return false;
         };
+        let cls = &outcome.classification;
         let triggered = !cls.intent.is_empty() && rules.policy.replies.has(&cls.intent);
-        let rec = ConversationRecord::from_decision(
+        let mut rec = ConversationRecord::from_decision(
             ctx,
             cls,
-            decision,
+            &outcome.decision,
             triggered,
-            timings,
-            model_version,
+            outcome.timings,
+            &outcome.model_version,
         );
+        rec.answer = Some(answer);
         // Handoffs and blocks get their audit row from the store, in the same transaction.
         let ticket = match storage.submit(Record::Conversation(rec)) {
             Ok(t) => t,

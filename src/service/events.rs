@@ -1,24 +1,108 @@
 //! HandleEvent: a group event (join, leave, link click, card share, activity) goes to the
-//! playbook; its outcome is logged like a message.
+//! playbook; its outcome is logged like a message. An event with an `event_id` is idempotent
+//! like a message (see [`super::idempotency`]).
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
+use super::idempotency::{self, AnswerKey, FirstAnswer, Seen};
 use super::requests::EventRequest;
-use super::validate;
+use super::validate::{self, InvalidField};
 use super::{Service, ServiceError};
-use crate::policy::events::EventDecision;
-use crate::store::{ConversationRecord, Record};
+use crate::policy::events::{EventDecision, EventInput};
+use crate::store::{AnswerKind, ConversationRecord, Record};
+
+/// Everything a front door needs to answer a HandleEvent call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventOutcome {
+    pub event: EventDecision,
+    /// The stored first answer to this (bot_id, event_id), returned again for a retry.
+    pub replayed: bool,
+    /// Why this event was not deduplicated (it has no event_id), for the caller to see.
+    pub idempotency_notice: Option<String>,
+}
+
+/// Said in the answer to an event without an `event_id`.
+pub const NOT_DEDUPLICATED: &str =
+    "not deduplicated: the event has no event_id, so a retry is decided again";
 
 impl Service {
-    pub async fn handle_event(&self, ev: &EventRequest) -> Result<EventDecision, ServiceError> {
+    pub async fn handle_event(&self, ev: &EventRequest) -> Result<EventOutcome, ServiceError> {
         let _permit = self.admit(1)?;
-        let started = Instant::now();
         let input = validate::event(ev, &self.settings.limits, self.now_ms(), |b| {
             self.known_bot(b)
         })?;
-        let decision = self.playbook.handle_event(&input).await?;
+        if input.event_id.is_empty() {
+            let mut outcome = self.decide_event(&input, None).await?;
+            outcome.idempotency_notice = Some(NOT_DEDUPLICATED.into());
+            return Ok(outcome);
+        }
+        let key = AnswerKey::new(&input.bot_id, AnswerKind::Event, &input.event_id);
+        let digest = idempotency::digest(&[
+            input.kind.as_str(),
+            &input.chat_id,
+            &input.user.id,
+            &input.target_id,
+        ]);
+        let _turn = self.idempotency.turn(&key).await;
+        match self
+            .idempotency
+            .lookup(&key, &digest, self.now_ms(), self.storage.as_ref())
+            .await
+            .map_err(|e| {
+                ServiceError::Unavailable(format!(
+                    "cannot check whether this event was answered before ({e}); retry"
+                ))
+            })? {
+            Seen::Same(body) => {
+                let mut first: EventOutcome = serde_json::from_str(&body).map_err(|e| {
+                    ServiceError::Internal(format!("stored first answer cannot be read: {e}"))
+                })?;
+                first.replayed = true;
+                self.metrics.replayed.inc();
+                return Ok(first);
+            }
+            Seen::Different => {
+                return Err(InvalidField {
+                    field: "event_id".into(),
+                    problem: "event_id reused with another event: it was answered before for \
+                              another type, chat, user or target (within idempotency.window_s); \
+                              send a new event_id"
+                        .into(),
+                }
+                .into())
+            }
+            Seen::New => {}
+        }
+        self.decide_event(&input, Some((key, digest))).await
+    }
+
+    /// Decides, logs (with the first answer when the event is keyed) and remembers.
+    async fn decide_event(
+        &self,
+        input: &EventInput,
+        keyed: Option<(AnswerKey, String)>,
+    ) -> Result<EventOutcome, ServiceError> {
+        let started = Instant::now();
+        let decision = self.playbook.handle_event(input).await?;
+        let outcome = EventOutcome {
+            event: decision,
+            replayed: false,
+            idempotency_notice: None,
+        };
+        let first = keyed.map(|(key, digest)| {
+            let answer = FirstAnswer {
+                at_ms: self.now_ms(),
+                digest,
+                // Plain data: serialising cannot fail.
+                body: serde_json::to_string(&outcome).expect("EventOutcome serialises"),
+            };
+            (key, answer)
+        });
         if let Some(storage) = &self.storage {
-            let rec = ConversationRecord::from_event(&input, &decision.decision);
+            let mut rec = ConversationRecord::from_event(input, &outcome.event.decision);
+            rec.answer = first.as_ref().map(|(k, a)| a.to_row(k));
             match storage.submit(Record::Conversation(rec)) {
                 Ok(t) => {
                     if let Err(e) = t.await {
@@ -28,13 +112,16 @@ impl Service {
                 Err(e) => tracing::warn!(error = %e, "event row not stored"),
             }
         }
+        if let Some((key, answer)) = first {
+            self.idempotency.remember(key, answer);
+        }
         self.outbound_changed.notify_waiters();
         self.metrics.observe_request(
             "HandleEvent",
             "policy",
-            decision.decision.action.as_str(),
+            outcome.event.decision.action.as_str(),
             started.elapsed().as_secs_f64(),
         );
-        Ok(decision)
+        Ok(outcome)
     }
 }

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod error;
 pub mod events;
 pub mod feedback;
+pub mod idempotency;
 pub mod outbound;
 pub mod outbox;
 pub mod reload;
@@ -35,10 +36,12 @@ use crate::operator::{LiveOperator, OperatorSnapshot};
 use crate::policy::playbook::Playbook;
 use crate::store::{self, Storage};
 use batcher::{BatchConfig, Batcher, LoadedModel};
+use idempotency::{Idempotency, IdempotencyConfig};
 use outbox::{Outbox, OutboxConfig};
 use validate::{InvalidField, Limits};
 
 pub use classify::{ClassifyOutcome, RankedIntent};
+pub use events::EventOutcome;
 pub use error::ServiceError;
 pub use requests::{
     ClassifyRequest, EventRequest, EventTypeIn, FeedbackRequest, HumanReplyRequest,
@@ -62,6 +65,7 @@ pub struct ServiceSettings {
     pub training_data: PathBuf,
     /// Configured bot ids; empty means any bot (authentication off).
     pub bots: Vec<String>,
+    pub idempotency: IdempotencyConfig,
 }
 
 /// The shared service object; front doors hold an `Arc<Service>`.
@@ -85,6 +89,8 @@ pub struct Service {
     /// Wakes Subscribe streams: the clock moved or new proactive sends were queued.
     outbound_changed: Arc<Notify>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// First answers, so retries get them again and change nothing.
+    idempotency: Idempotency,
 }
 
 impl Service {
@@ -98,6 +104,7 @@ impl Service {
         metrics: Arc<Metrics>,
     ) -> Self {
         let model = Arc::new(ArcSwapOption::empty());
+        let settings_idempotency = settings.idempotency.clone();
         let batcher = Batcher::start(
             model.clone(),
             settings.batching.clone(),
@@ -119,6 +126,7 @@ impl Service {
             served: AtomicU64::new(0),
             outbound_changed: Arc::new(Notify::new()),
             reload_lock: tokio::sync::Mutex::new(()),
+            idempotency: Idempotency::new(settings_idempotency),
         }
     }
 

@@ -266,7 +266,7 @@ async fn two_joins_give_one_merged_welcome_on_the_stream() {
     // Queued for the merge window, not sent now; the second joins the first.
     for (u, reason) in [("u1", "welcome:queued"), ("u2", "merged_welcome")] {
         let d = h.service.handle_event(&join(u)).await.unwrap();
-        assert_eq!(d.decision.reason, reason);
+        assert_eq!(d.event.decision.reason, reason);
     }
     // Nothing is due inside the merge window.
     assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv())

@@ -90,6 +90,8 @@ pub struct PurgeCutoffs {
     pub now_ms: i64,
     pub data_before_ms: i64,
     pub audit_before_ms: i64,
+    /// First answers kept for idempotent retries, older than their window.
+    pub answers_before_ms: i64,
 }
 
 impl PurgeCutoffs {
@@ -99,6 +101,8 @@ impl PurgeCutoffs {
             now_ms,
             data_before_ms: now_ms - i64::from(config.conversation_retention_days) * DAY_MS,
             audit_before_ms: now_ms - i64::from(config.audit_retention_days) * DAY_MS,
+            answers_before_ms: now_ms
+                .saturating_sub(i64::try_from(config.answer_window_s.saturating_mul(1000)).unwrap_or(i64::MAX)),
         })
     }
 
@@ -256,6 +260,7 @@ mod tests {
             now_ms: now,
             data_before_ms: now,
             audit_before_ms: now - 10 * DAY_MS,
+            answers_before_ms: now,
         };
         assert!(matches!(store.purge(&bad), Err(StoreError::Invalid(m)) if m.contains("180")));
         assert!(store

@@ -67,6 +67,10 @@ pub struct StoreConfig {
     /// gets an error that says where it went instead of "unknown field".
     #[serde(skip_serializing)]
     pub human_share_target: Option<f64>,
+    /// How long first answers are kept for idempotent retries: set from `idempotency.window_s`
+    /// by the wiring (not a `store:` key).
+    #[serde(skip)]
+    pub answer_window_s: u64,
 }
 
 impl Default for StoreConfig {
@@ -84,6 +88,7 @@ impl Default for StoreConfig {
             ab_min_sample: 5_000,
             ab_alpha: 0.05,
             human_share_target: None,
+            answer_window_s: 86_400,
         }
     }
 }
@@ -202,6 +207,37 @@ pub struct ConversationRecord {
     pub timings: Timings,
     pub model_version: String,
     pub reason: String,
+    /// The answer as returned, kept for idempotent retries: written in the same transaction
+    /// as this row, so an answered request can always be replayed.
+    #[serde(skip)]
+    pub answer: Option<AnswerRow>,
+}
+
+/// What an idempotency key names: a message (Classify) or an event (HandleEvent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AnswerKind {
+    Message,
+    Event,
+}
+
+impl AnswerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerKind::Message => "message",
+            AnswerKind::Event => "event",
+        }
+    }
+}
+
+/// A first answer as the store keeps it: `body` is clear here and encrypted at rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerRow {
+    pub bot_id: String,
+    pub kind: AnswerKind,
+    pub key: String,
+    /// Server time of the answer (Unix ms); rows older than the idempotency window are purged.
+    pub at_ms: i64,
+    pub body: Vec<u8>,
 }
 
 impl ConversationRecord {
@@ -234,6 +270,7 @@ impl ConversationRecord {
             timings,
             model_version: model_version.to_string(),
             reason: decision.reason.clone(),
+            answer: None,
         }
     }
 
@@ -264,6 +301,7 @@ impl ConversationRecord {
             timings: Timings::default(),
             model_version: String::new(),
             reason: decision.reason.clone(),
+            answer: None,
         }
     }
 
@@ -479,6 +517,14 @@ pub trait Store: Send + Sync {
     fn purge(&self, cutoffs: &audit::PurgeCutoffs) -> Result<PurgeReport, StoreError>;
 
     fn row_counts(&self) -> Result<RowCounts, StoreError>;
+
+    /// The first answer stored for `(bot_id, kind, key)`, decrypted; None when there is none.
+    fn answer(
+        &self,
+        bot_id: &str,
+        kind: AnswerKind,
+        key: &str,
+    ) -> Result<Option<AnswerRow>, StoreError>;
 }
 
 /// The store as the server uses it: backend + writer thread + config + clock.
@@ -680,6 +726,7 @@ pub(crate) mod test_support {
             },
             model_version: "m1".into(),
             reason: "faq".into(),
+            answer: None,
         }
     }
 

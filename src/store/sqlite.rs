@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{row_aad, Keyring};
 use super::{
-    AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record, RowCounts, StatsFilter,
+    AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record, RowCounts, StatsFilter,
     Store, StoreError, StoredConversation, Timings, VariantCounts,
 };
 use crate::types::{Action, Source};
@@ -85,6 +85,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_at ON audit(at_ms);
     "#,
+    // 2: first answers for idempotent retries (issue 13), sealed like the conversation texts
+    r#"
+    CREATE TABLE answers (
+        bot_id TEXT NOT NULL,
+        kind   TEXT NOT NULL,
+        key    TEXT NOT NULL,
+        at_ms  INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (bot_id, kind, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX answers_at ON answers(at_ms);
+    "#,
 ];
 
 /// SQLite implementation of [`Store`].
@@ -92,6 +105,8 @@ pub struct SqliteStore {
     path: PathBuf,
     write: Mutex<Connection>,
     read: Mutex<Connection>,
+    /// Idempotency lookups on every request: never behind a long stats query on `read`.
+    lookup: Mutex<Connection>,
     checkpointer: Option<Checkpointer>,
     keyring: Arc<Keyring>,
 }
@@ -180,11 +195,13 @@ impl SqliteStore {
         // its fsyncs) happens on a thread of its own, never inside a caller's commit.
         write.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
         let read = connect(path)?;
+        let lookup = connect(path)?;
         let checkpointer = Checkpointer::start(connect(path)?)?;
         Ok(Self {
             path: path.to_path_buf(),
             write: Mutex::new(write),
             read: Mutex::new(read),
+            lookup: Mutex::new(lookup),
             checkpointer: Some(checkpointer),
             keyring,
         })
@@ -234,6 +251,15 @@ impl SqliteStore {
                 if let Some(a) = implied_audit(c) {
                     insert_audit(tx, &a)?;
                 }
+                if let Some(a) = &c.answer {
+                    let sealed = self.keyring.seal(&a.body, &answer_aad(a.kind, &a.bot_id, &a.key))?;
+                    // A key answered before the window can be answered anew.
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO answers (bot_id, kind, key, at_ms, key_id, sealed)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![a.bot_id, a.kind.as_str(), a.key, a.at_ms, sealed.key_id, sealed.blob])?;
+                }
             }
             Record::Feedback(f) => {
                 tx.prepare_cached(
@@ -251,6 +277,14 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// Binds a sealed answer to its key, so a row copied under another key does not open.
+fn answer_aad(kind: AnswerKind, bot_id: &str, key: &str) -> Vec<u8> {
+    let mut aad = row_aad(bot_id, key);
+    aad.extend_from_slice(b"|answer|");
+    aad.extend_from_slice(kind.as_str().as_bytes());
+    aad
 }
 
 fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), StoreError> {
@@ -446,6 +480,7 @@ impl Store for SqliteStore {
                 },
                 model_version: r.get(17)?,
                 reason: r.get(18)?,
+                answer: None,
             };
             out.push(StoredConversation { id, key_id, record });
         }
@@ -485,6 +520,7 @@ impl Store for SqliteStore {
             human_replies: del("human_replies", cutoffs.data_before_ms)?,
             audit: del("audit", cutoffs.audit_before_ms)?,
         };
+        del("answers", cutoffs.answers_before_ms)?;
         insert_audit(&tx, &purge_record(cutoffs, &report))?;
         tx.commit()?;
         Ok(report)
@@ -505,6 +541,37 @@ impl Store for SqliteStore {
             human_replies: n("human_replies")?,
             audit: n("audit")?,
         })
+    }
+
+    fn answer(
+        &self,
+        bot_id: &str,
+        kind: AnswerKind,
+        key: &str,
+    ) -> Result<Option<AnswerRow>, StoreError> {
+        let conn = self.lookup.lock();
+        let row: Option<(i64, String, Vec<u8>)> = conn
+            .prepare_cached(
+                "SELECT at_ms, key_id, sealed FROM answers WHERE bot_id = ?1 AND kind = ?2 AND key = ?3",
+            )?
+            .query_row(params![bot_id, kind.as_str(), key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let Some((at_ms, key_id, sealed)) = row else {
+            return Ok(None);
+        };
+        let body = self
+            .keyring
+            .open(&key_id, &sealed, &answer_aad(kind, bot_id, key))
+            .map_err(|e| StoreError::Crypto(format!("answer of {bot_id}/{key}: {e}")))?;
+        Ok(Some(AnswerRow {
+            bot_id: bot_id.to_string(),
+            kind,
+            key: key.to_string(),
+            at_ms,
+            body,
+        }))
     }
 }
 

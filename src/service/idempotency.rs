@@ -1,0 +1,303 @@
+//! Idempotent retries. Chat platforms and front ends retry what they think went unanswered; a
+//! retried request must get the first answer unchanged and change nothing (no second decision,
+//! log row, A/B exposure, cooldown, handoff or audit row).
+//!
+//! A request is identified by `(bot_id, message_id)` for Classify and `(bot_id, event_id)` for
+//! events. The first answer is written to the store in the same transaction as its log row,
+//! before it is returned, so it survives restarts and kill -9. Recent answers are also kept in
+//! memory, since most retries come within seconds. Requests with the same key are taken one at
+//! a time ([`Idempotency::turn`]), so two racing duplicates get one decision between them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::store::{AnswerKind, AnswerRow, Storage};
+
+/// `idempotency:` section of the service config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// A repeat within this many seconds of the first answer gets that answer again.
+    pub window_s: u64,
+    /// Answers kept in memory (older ones are read back from the store).
+    pub cache_entries: usize,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            window_s: 86_400,
+            cache_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AnswerKey {
+    pub bot_id: String,
+    pub kind: AnswerKind,
+    pub id: String,
+}
+
+impl AnswerKey {
+    pub fn new(bot_id: &str, kind: AnswerKind, id: &str) -> Self {
+        Self {
+            bot_id: bot_id.to_string(),
+            kind,
+            id: id.to_string(),
+        }
+    }
+}
+
+/// What is kept of a first answer: the digest of what was asked (a repeat must ask the same)
+/// and the answer itself, serialised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FirstAnswer {
+    /// Server time of the first answer (Unix ms).
+    pub at_ms: i64,
+    /// SHA-256 (hex) of the request's content (a message's text, an event's kind/chat/user).
+    pub digest: String,
+    /// The answer as JSON.
+    pub body: String,
+}
+
+impl FirstAnswer {
+    pub fn to_row(&self, key: &AnswerKey) -> AnswerRow {
+        AnswerRow {
+            bot_id: key.bot_id.clone(),
+            kind: key.kind,
+            key: key.id.clone(),
+            at_ms: self.at_ms,
+            // Serialising a struct of strings and an integer cannot fail.
+            body: serde_json::to_vec(self).expect("FirstAnswer serialises"),
+        }
+    }
+
+    pub fn from_row(row: &AnswerRow) -> Option<Self> {
+        serde_json::from_slice(&row.body).ok()
+    }
+}
+
+/// SHA-256 (hex) of the parts, each length-prefixed so ("ab","c") differs from ("a","bc").
+pub fn digest(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// What a lookup found for a key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    /// Never answered (or answered before the window): decide it.
+    New,
+    /// Answered before with the same content: return this answer again.
+    Same(String),
+    /// Answered before with other content.
+    Different,
+}
+
+pub struct Idempotency {
+    config: IdempotencyConfig,
+    recent: Mutex<Recent>,
+    /// Keys being decided now; a duplicate waits for the first to finish.
+    inflight: Mutex<HashMap<AnswerKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Recent first answers, oldest evicted first once `cache_entries` is reached.
+#[derive(Default)]
+struct Recent {
+    map: HashMap<AnswerKey, FirstAnswer>,
+    order: VecDeque<AnswerKey>,
+}
+
+/// Holding a turn means no other request with the same key is being decided.
+pub struct Turn<'a> {
+    owner: &'a Idempotency,
+    key: AnswerKey,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut inflight = self.owner.inflight.lock();
+        // Only the map and this turn hold the lock: nobody waits, so forget the key.
+        if Arc::strong_count(&self.lock) == 2 {
+            inflight.remove(&self.key);
+        }
+    }
+}
+
+impl Idempotency {
+    pub fn new(config: IdempotencyConfig) -> Self {
+        Self {
+            config,
+            recent: Mutex::new(Recent::default()),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn window_ms(&self) -> i64 {
+        i64::try_from(self.config.window_s.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+
+    /// Waits until no other request with `key` is being decided.
+    pub async fn turn(&self, key: &AnswerKey) -> Turn<'_> {
+        let lock = self
+            .inflight
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let guard = lock.clone().lock_owned().await;
+        Turn {
+            owner: self,
+            key: key.clone(),
+            lock,
+            guard: Some(guard),
+        }
+    }
+
+    /// The first answer to `key` within the window, from memory or else from the store.
+    /// A store that cannot be read is an error: deciding again could answer twice.
+    pub async fn lookup(
+        &self,
+        key: &AnswerKey,
+        digest: &str,
+        now_ms: i64,
+        storage: Option<&Arc<Storage>>,
+    ) -> Result<Seen, crate::store::StoreError> {
+        let cached = self.recent.lock().map.get(key).cloned();
+        let found = match cached {
+            Some(a) => Some(a),
+            None => match storage {
+                Some(s) => {
+                    let (s, k) = (s.clone(), key.clone());
+                    tokio::task::spawn_blocking(move || s.store().answer(&k.bot_id, k.kind, &k.id))
+                        .await
+                        .map_err(|e| crate::store::StoreError::Db(format!("lookup task: {e}")))??
+                        .as_ref()
+                        .and_then(FirstAnswer::from_row)
+                }
+                None => None,
+            },
+        };
+        Ok(match found {
+            Some(a) if now_ms.saturating_sub(a.at_ms) <= self.window_ms() => {
+                if a.digest == digest {
+                    Seen::Same(a.body)
+                } else {
+                    Seen::Different
+                }
+            }
+            _ => Seen::New,
+        })
+    }
+
+    /// Remembers a first answer in memory (the store has it already, or is off).
+    pub fn remember(&self, key: AnswerKey, answer: FirstAnswer) {
+        let mut r = self.recent.lock();
+        if r.map.insert(key.clone(), answer).is_none() {
+            r.order.push_back(key);
+        }
+        while r.map.len() > self.config.cache_entries.max(1) {
+            match r.order.pop_front() {
+                Some(old) => {
+                    r.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> AnswerKey {
+        AnswerKey::new("b", AnswerKind::Message, id)
+    }
+
+    fn answer(at_ms: i64, digest: &str) -> FirstAnswer {
+        FirstAnswer {
+            at_ms,
+            digest: digest.into(),
+            body: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn same_content_replays_other_content_differs_and_the_window_ends() {
+        let idem = Idempotency::new(IdempotencyConfig {
+            window_s: 10,
+            cache_entries: 8,
+        });
+        idem.remember(key("m"), answer(1_000, "d1"));
+        assert_eq!(
+            idem.lookup(&key("m"), "d1", 5_000, None).await.unwrap(),
+            Seen::Same("{}".into())
+        );
+        assert_eq!(
+            idem.lookup(&key("m"), "d2", 5_000, None).await.unwrap(),
+            Seen::Different
+        );
+        assert_eq!(
+            idem.lookup(&key("m"), "d1", 11_001, None).await.unwrap(),
+            Seen::New
+        );
+        assert_eq!(
+            idem.lookup(&key("other"), "d1", 5_000, None).await.unwrap(),
+            Seen::New
+        );
+    }
+
+    #[tokio::test]
+    async fn the_memory_is_bounded_oldest_first() {
+        let idem = Idempotency::new(IdempotencyConfig {
+            window_s: 100,
+            cache_entries: 2,
+        });
+        for id in ["a", "b", "c"] {
+            idem.remember(key(id), answer(0, "d"));
+        }
+        assert_eq!(idem.lookup(&key("a"), "d", 0, None).await.unwrap(), Seen::New);
+        assert!(matches!(
+            idem.lookup(&key("c"), "d", 0, None).await.unwrap(),
+            Seen::Same(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_duplicate_waits_for_the_first_turn_and_keys_are_forgotten() {
+        let idem = Arc::new(Idempotency::new(IdempotencyConfig::default()));
+        let first = idem.turn(&key("m")).await;
+        let waiter = {
+            let idem = idem.clone();
+            tokio::spawn(async move {
+                let _t = idem.turn(&key("m")).await;
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished(), "the duplicate must wait");
+        // Another key is not held up.
+        drop(idem.turn(&key("n")).await);
+        drop(first);
+        waiter.await.unwrap();
+        assert!(idem.inflight.lock().is_empty());
+    }
+
+    #[test]
+    fn digest_separates_parts() {
+        assert_ne!(digest(&["ab", "c"]), digest(&["a", "bc"]));
+        assert_eq!(digest(&["x"]), digest(&["x"]));
+    }
+}
