@@ -108,12 +108,23 @@ async fn retries_get_the_first_answer_and_one_record_even_after_kill_9() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("message_id reused with other text"), "{e:?}");
+    assert!(
+        e.message().contains("message_id reused with other text"),
+        "{e:?}"
+    );
 
     // An event retried: one decision; without an event id the answer says it is not deduplicated.
-    let ev = c.handle_event(join("e-1", "u9")).await.unwrap().into_inner();
+    let ev = c
+        .handle_event(join("e-1", "u9"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!ev.replayed && ev.idempotency_notice.is_empty());
-    let ev2 = c.handle_event(join("e-1", "u9")).await.unwrap().into_inner();
+    let ev2 = c
+        .handle_event(join("e-1", "u9"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(ev2.replayed);
     assert_eq!(ev2.reason, ev.reason);
     assert_eq!(ev2.merged_user_ids, ev.merged_user_ids);
@@ -134,7 +145,11 @@ async fn retries_get_the_first_answer_and_one_record_even_after_kill_9() {
     let after = c2.classify(req.clone()).await.unwrap().into_inner();
     assert!(after.replayed);
     assert_eq!(after.encode_to_vec(), replays[0]);
-    let ev3 = c2.handle_event(join("e-1", "u9")).await.unwrap().into_inner();
+    let ev3 = c2
+        .handle_event(join("e-1", "u9"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(ev3.replayed);
     assert_eq!(ev3.encode_to_vec(), ev2.encode_to_vec());
     assert_eq!(conversations(data.path()), rows, "nothing new was logged");

@@ -5,8 +5,8 @@ use tonic::Status;
 
 use crate::pb;
 use crate::policy::events::EventKind;
-use crate::service::events::EventOutcome;
 use crate::policy::scheduler::{OutboundItem, OutboundKind};
+use crate::service::events::EventOutcome;
 use crate::service::{
     ClassifyOutcome, ClassifyRequest, EventRequest, EventTypeIn, FeedbackRequest,
     HumanReplyRequest, ServiceError,

@@ -494,21 +494,33 @@ fn first_form(o: &ClassifyOutcome) -> ClassifyOutcome {
 #[tokio::test]
 async fn a_retried_message_gets_the_first_answer_and_changes_nothing() {
     let h = harness();
-    let first = h.service.classify(&message("m1", "我想退款")).await.unwrap();
+    let first = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
     assert!(!first.replayed);
     assert!(first.recorded);
     // Later retries of the same message: the same answer, even though the intent's cooldown
     // would now suppress a second reply.
     h.clock.advance_ms(1_000);
     for _ in 0..2 {
-        let again = h.service.classify(&message("m1", "我想退款")).await.unwrap();
+        let again = h
+            .service
+            .classify(&message("m1", "我想退款"))
+            .await
+            .unwrap();
         assert!(again.replayed);
         assert_eq!(first_form(&again), first);
     }
     let t = totals(&h).await;
     assert_eq!(t.total.counts.messages, 1, "one record for three calls");
     // A new message with the same text is a new decision.
-    let other = h.service.classify(&message("m2", "我想退款")).await.unwrap();
+    let other = h
+        .service
+        .classify(&message("m2", "我想退款"))
+        .await
+        .unwrap();
     assert!(!other.replayed);
     assert_eq!(totals(&h).await.total.counts.messages, 2);
 }
@@ -537,7 +549,10 @@ async fn racing_duplicates_get_one_decision() {
 #[tokio::test]
 async fn a_message_id_reused_with_other_text_is_refused() {
     let h = harness();
-    h.service.classify(&message("m1", "我想退款")).await.unwrap();
+    h.service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
     let e = h
         .service
         .classify(&message("m1", "这个多少钱"))
@@ -554,7 +569,11 @@ async fn a_message_id_reused_with_other_text_is_refused() {
 #[tokio::test]
 async fn the_first_answer_outlives_the_memory_and_ends_with_the_window() {
     let h = harness();
-    let first = h.service.classify(&message("m1", "我想退款")).await.unwrap();
+    let first = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
     // Another service on the same database (a restart): nothing in memory, the store answers.
     let storage = h.service.storage.clone();
     let fresh = Service::new(
@@ -579,9 +598,17 @@ async fn the_first_answer_outlives_the_memory_and_ends_with_the_window() {
 #[tokio::test]
 async fn without_a_store_retries_are_still_answered_once() {
     let h = harness_with(None, false, true);
-    let first = h.service.classify(&message("m1", "我想退款")).await.unwrap();
+    let first = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
     assert!(!first.recorded);
-    let again = h.service.classify(&message("m1", "我想退款")).await.unwrap();
+    let again = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
     assert!(again.replayed);
     assert_eq!(first_form(&again), first);
 }
@@ -608,7 +635,10 @@ async fn a_retried_join_gives_one_welcome() {
     let mut other = join("u2");
     other.event_id = "join-u1".into();
     let e = h.service.handle_event(&other).await.unwrap_err();
-    assert!(e.to_string().starts_with("event_id: event_id reused"), "{e}");
+    assert!(
+        e.to_string().starts_with("event_id: event_id reused"),
+        "{e}"
+    );
     let mut anon = join("u3");
     anon.event_id.clear();
     let o = h.service.handle_event(&anon).await.unwrap();
