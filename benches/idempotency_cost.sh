@@ -72,16 +72,25 @@ metrics:
 EOF
     "$BIN" serve --config "$WORK/c.yml" > "$WORK/serve.log" 2>&1 &
     SERVER_PID=$!
-    "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$TEXTS" --concurrency 1 --duration 0.5 \
-        --wait-serving 60 --json > /dev/null
+    if [ "$MODEL" = 1 ]; then
+        "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$TEXTS" --concurrency 1 --duration 0.5 \
+            --wait-serving 60 --json > /dev/null
+    else # health stays NOT_SERVING without a model: wait for the port instead
+        for _ in $(seq 1 300); do
+            "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$TEXTS" --concurrency 1 --duration 0.2 \
+                --json > /dev/null 2>&1 && break
+            sleep 0.1
+        done
+    fi
     "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$TEXTS" --concurrency "$CONCURRENCY" \
         --duration "$DURATION" --warmup 2 --json > "$WORK/$1-$2.json"
     kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=
 }
 
+# ABBA order (on, off, off, on, ...) so a drift in the machine's load favours neither side.
 for i in $(seq 1 "$PAIRS"); do
-    run_one true "$i"
-    run_one false "$i"
+    if [ $((i % 2)) = 1 ]; then run_one true "$i"; run_one false "$i"
+    else run_one false "$i"; run_one true "$i"; fi
 done
 
 python3 - "$WORK" "$PAIRS" <<'EOF' > "$WORK/table.md"
@@ -107,7 +116,7 @@ EOF
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M') UTC: what idempotent retries cost (\`benches/idempotency_cost.sh\`)"
     echo
-    echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg) after. intentd $(git rev-parse --short HEAD), profile \`$PROFILE\`, $([ "$MODEL" = 1 ] && echo "model $MODEL_DIR" || echo "no model (keyword-only decisions)"). Every request a new message_id; store on (SQLite); $CONCURRENCY clients, ${DURATION} s after a 2 s warm-up; pairs interleaved (on, off, on, off, ...)."
+    echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg) after. intentd $(git rev-parse --short HEAD), profile \`$PROFILE\`, $([ "$MODEL" = 1 ] && echo "model $MODEL_DIR" || echo "no model (keyword-only decisions)"). Every request a new message_id; store on (SQLite); $CONCURRENCY clients, ${DURATION} s after a 2 s warm-up; pairs interleaved in ABBA order (on, off, off, on, ...)."
     echo
     cat "$WORK/table.md"
     echo

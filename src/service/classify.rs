@@ -31,6 +31,7 @@ pub struct RankedIntent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifyOutcome {
     pub message_id: String,
+    /// Its `ranking` is empty: the answer's ranking is `ranking` below (top k).
     pub classification: Classification,
     /// The top `top_k` of the classification's ranking.
     pub ranking: Vec<RankedIntent>,
@@ -205,6 +206,10 @@ impl Service {
                 display_name: rules.display_name(&s.intent),
             })
             .collect();
+        // The full ranking has done its work (decision, log row); answers carry the top k
+        // above, and a stored first answer stays small.
+        let mut classification = classification;
+        classification.ranking = Vec::new();
         let mut outcome = ClassifyOutcome {
             message_id: ctx.message_id.clone(),
             classification,

@@ -8,7 +8,8 @@
 //! memory, since most retries come within seconds. Requests with the same key are taken one at
 //! a time ([`Idempotency::turn`]), so two racing duplicates get one decision between them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -28,6 +29,9 @@ pub struct IdempotencyConfig {
     pub window_s: u64,
     /// Answers kept in memory (older ones are read back from the store).
     pub cache_entries: usize,
+    /// Keys (8-byte hashes) of the answers in the window remembered in memory, so a new
+    /// message needs no store lookup. Beyond it, misses are looked up in the store.
+    pub known_keys: usize,
 }
 
 impl Default for IdempotencyConfig {
@@ -36,6 +40,7 @@ impl Default for IdempotencyConfig {
             enabled: true,
             window_s: 86_400,
             cache_entries: 100_000,
+            known_keys: 1_000_000,
         }
     }
 }
@@ -70,19 +75,29 @@ pub struct FirstAnswer {
 }
 
 impl FirstAnswer {
+    /// Stored as `digest \n body` (the time is a column of its own).
     pub fn to_row(&self, key: &AnswerKey) -> AnswerRow {
+        let mut body = Vec::with_capacity(self.digest.len() + 1 + self.body.len());
+        body.extend_from_slice(self.digest.as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(self.body.as_bytes());
         AnswerRow {
             bot_id: key.bot_id.clone(),
             kind: key.kind,
             key: key.id.clone(),
             at_ms: self.at_ms,
-            // Serialising a struct of strings and an integer cannot fail.
-            body: serde_json::to_vec(self).expect("FirstAnswer serialises"),
+            body,
         }
     }
 
     pub fn from_row(row: &AnswerRow) -> Option<Self> {
-        serde_json::from_slice(&row.body).ok()
+        let text = std::str::from_utf8(&row.body).ok()?;
+        let (digest, body) = text.split_once('\n')?;
+        Some(Self {
+            at_ms: row.at_ms,
+            digest: digest.to_string(),
+            body: body.to_string(),
+        })
     }
 }
 
@@ -110,8 +125,26 @@ pub enum Seen {
 pub struct Idempotency {
     config: IdempotencyConfig,
     recent: Mutex<Recent>,
+    known: Mutex<Known>,
     /// Keys being decided now; a duplicate waits for the first to finish.
     inflight: Mutex<HashMap<AnswerKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Hashes of every key answered in the window, so that a miss in `recent` needs the store only
+/// when the key may really be there.
+struct Known {
+    set: HashSet<u64>,
+    /// (answered at, hash), oldest first: what leaves the window leaves the set.
+    order: VecDeque<(i64, u64)>,
+    /// Until then a key missing from `set` may still be in the store (answered before this
+    /// process started and not loaded, or dropped for room): look it up there.
+    store_until_ms: i64,
+}
+
+fn key_hash(key: &AnswerKey) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// Recent first answers, oldest evicted first once `cache_entries` is reached.
@@ -141,9 +174,38 @@ impl Drop for Turn<'_> {
 }
 
 impl Idempotency {
-    pub fn new(config: IdempotencyConfig) -> Self {
+    /// Without `storage` nothing outlives the process: every answer is in memory. With it, the
+    /// keys of the answers still in the window are loaded (if that fails, or there are more
+    /// than `known_keys`, misses go to the store for one window).
+    pub fn new(config: IdempotencyConfig, storage: Option<&Arc<Storage>>, now_ms: i64) -> Self {
+        let mut known = Known {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            store_until_ms: i64::MIN,
+        };
+        let window_ms = i64::try_from(config.window_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let Some(s) = storage.filter(|_| config.enabled) {
+            let since = now_ms.saturating_sub(window_ms);
+            match s.store().answer_keys(since, config.known_keys) {
+                Ok((keys, complete)) => {
+                    for (bot_id, kind, id, at_ms) in keys {
+                        let h = key_hash(&AnswerKey { bot_id, kind, id });
+                        known.set.insert(h);
+                        known.order.push_back((at_ms, h));
+                    }
+                    if !complete {
+                        known.store_until_ms = now_ms.saturating_add(window_ms);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the keys of stored answers; retries are looked up in the store for one window");
+                    known.store_until_ms = now_ms.saturating_add(window_ms);
+                }
+            }
+        }
         Self {
             config,
+            known: Mutex::new(known),
             recent: Mutex::new(Recent::default()),
             inflight: Mutex::new(HashMap::new()),
         }
@@ -186,15 +248,14 @@ impl Idempotency {
         let cached = self.recent.lock().map.get(key).cloned();
         let found = match cached {
             Some(a) => Some(a),
-            None => match storage {
-                Some(s) => {
-                    let (s, k) = (s.clone(), key.clone());
-                    tokio::task::spawn_blocking(move || s.store().answer(&k.bot_id, k.kind, &k.id))
-                        .await
-                        .map_err(|e| crate::store::StoreError::Db(format!("lookup task: {e}")))??
-                        .as_ref()
-                        .and_then(FirstAnswer::from_row)
-                }
+            // A point query on its own connection (tens of µs): cheaper inline than a hop to a
+            // blocking thread, measured with benches/idempotency_cost.sh.
+            None => match storage.filter(|_| self.maybe_stored(key, now_ms)) {
+                Some(s) => s
+                    .store()
+                    .answer(&key.bot_id, key.kind, &key.id)?
+                    .as_ref()
+                    .and_then(FirstAnswer::from_row),
                 None => None,
             },
         };
@@ -210,8 +271,35 @@ impl Idempotency {
         })
     }
 
+    /// A key not in memory may be in the store: its hash is known, or the set is incomplete.
+    fn maybe_stored(&self, key: &AnswerKey, now_ms: i64) -> bool {
+        let known = self.known.lock();
+        now_ms < known.store_until_ms || known.set.contains(&key_hash(key))
+    }
+
     /// Remembers a first answer in memory (the store has it already, or is off).
     pub fn remember(&self, key: AnswerKey, answer: FirstAnswer) {
+        {
+            let mut known = self.known.lock();
+            let h = key_hash(&key);
+            if known.set.insert(h) {
+                known.order.push_back((answer.at_ms, h));
+            }
+            let window_start = answer.at_ms.saturating_sub(self.window_ms());
+            while let Some(&(at, old)) = known.order.front() {
+                let full = known.order.len() > self.config.known_keys.max(1);
+                if at >= window_start && !full {
+                    break;
+                }
+                known.order.pop_front();
+                known.set.remove(&old);
+                if full && at >= window_start {
+                    // Dropped for room while still in the window: misses may be in the store.
+                    known.store_until_ms =
+                        known.store_until_ms.max(at.saturating_add(self.window_ms()));
+                }
+            }
+        }
         let mut r = self.recent.lock();
         if r.map.insert(key.clone(), answer).is_none() {
             r.order.push_back(key);
@@ -245,11 +333,15 @@ mod tests {
 
     #[tokio::test]
     async fn same_content_replays_other_content_differs_and_the_window_ends() {
-        let idem = Idempotency::new(IdempotencyConfig {
-            window_s: 10,
-            cache_entries: 8,
-            ..IdempotencyConfig::default()
-        });
+        let idem = Idempotency::new(
+            IdempotencyConfig {
+                window_s: 10,
+                cache_entries: 8,
+                ..IdempotencyConfig::default()
+            },
+            None,
+            0,
+        );
         idem.remember(key("m"), answer(1_000, "d1"));
         assert_eq!(
             idem.lookup(&key("m"), "d1", 5_000, None).await.unwrap(),
@@ -271,11 +363,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_memory_is_bounded_oldest_first() {
-        let idem = Idempotency::new(IdempotencyConfig {
-            window_s: 100,
-            cache_entries: 2,
-            ..IdempotencyConfig::default()
-        });
+        let idem = Idempotency::new(
+            IdempotencyConfig {
+                window_s: 100,
+                cache_entries: 2,
+                ..IdempotencyConfig::default()
+            },
+            None,
+            0,
+        );
         for id in ["a", "b", "c"] {
             idem.remember(key(id), answer(0, "d"));
         }
@@ -291,7 +387,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_duplicate_waits_for_the_first_turn_and_keys_are_forgotten() {
-        let idem = Arc::new(Idempotency::new(IdempotencyConfig::default()));
+        let idem = Arc::new(Idempotency::new(IdempotencyConfig::default(), None, 0));
         let first = idem.turn(&key("m")).await;
         let waiter = {
             let idem = idem.clone();
@@ -306,6 +402,16 @@ mod tests {
         drop(first);
         waiter.await.unwrap();
         assert!(idem.inflight.lock().is_empty());
+    }
+
+    #[test]
+    fn a_row_reads_back_as_the_answer() {
+        let a = FirstAnswer {
+            at_ms: 7,
+            digest: digest(&["x"]),
+            body: "{\"a\":\"line\\nbreak\"}".into(),
+        };
+        assert_eq!(FirstAnswer::from_row(&a.to_row(&key("m"))), Some(a));
     }
 
     #[test]

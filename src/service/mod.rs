@@ -104,7 +104,11 @@ impl Service {
         metrics: Arc<Metrics>,
     ) -> Self {
         let model = Arc::new(ArcSwapOption::empty());
-        let settings_idempotency = settings.idempotency.clone();
+        let idempotency = Idempotency::new(
+            settings.idempotency.clone(),
+            storage.as_ref(),
+            clock.now_ms(),
+        );
         let batcher = Batcher::start(
             model.clone(),
             settings.batching.clone(),
@@ -126,7 +130,7 @@ impl Service {
             served: AtomicU64::new(0),
             outbound_changed: Arc::new(Notify::new()),
             reload_lock: tokio::sync::Mutex::new(()),
-            idempotency: Idempotency::new(settings_idempotency),
+            idempotency,
         }
     }
 

@@ -647,3 +647,28 @@ async fn a_retried_join_gives_one_welcome() {
         Some(events::NOT_DEDUPLICATED)
     );
 }
+
+#[tokio::test]
+async fn answers_dropped_from_memory_are_found_in_the_store() {
+    let h = harness();
+    let mut settings = h.service.settings.clone();
+    settings.idempotency.cache_entries = 1;
+    settings.idempotency.known_keys = 1;
+    let small = Service::new(
+        settings,
+        h.service.clock.clone(),
+        None,
+        h.service.operator.clone(),
+        Playbook::new(h.service.operator.clone(), h.service.clock.clone(), 7),
+        h.service.storage.clone(),
+        h.service.metrics.clone(),
+    );
+    let first = small.classify(&message("m1", "我想退款")).await.unwrap();
+    for (id, text) in [("m2", "这个多少钱"), ("m3", "我要投诉")] {
+        small.classify(&message(id, text)).await.unwrap();
+    }
+    let again = small.classify(&message("m1", "我想退款")).await.unwrap();
+    assert!(again.replayed, "m1 left memory but not the store");
+    assert_eq!(first_form(&again), first);
+    assert_eq!(totals(&h).await.total.counts.messages, 3);
+}

@@ -227,6 +227,14 @@ impl AnswerKind {
             AnswerKind::Event => "event",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "message" => Some(AnswerKind::Message),
+            "event" => Some(AnswerKind::Event),
+            _ => None,
+        }
+    }
 }
 
 /// A first answer as the store keeps it: `body` is clear here and encrypted at rest.
@@ -517,6 +525,15 @@ pub trait Store: Send + Sync {
     fn purge(&self, cutoffs: &audit::PurgeCutoffs) -> Result<PurgeReport, StoreError>;
 
     fn row_counts(&self) -> Result<RowCounts, StoreError>;
+
+    /// The keys of stored answers with `at_ms >= since_ms`, oldest first: (bot_id, kind, key,
+    /// at_ms), the newest `limit` of them; `true` when that is all of them.
+    #[allow(clippy::type_complexity)]
+    fn answer_keys(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<(String, AnswerKind, String, i64)>, bool), StoreError>;
 
     /// The first answer stored for `(bot_id, kind, key)`, decrypted; None when there is none.
     fn answer(

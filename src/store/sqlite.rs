@@ -88,14 +88,17 @@ const MIGRATIONS: &[&str] = &[
     // 2: first answers for idempotent retries (issue 13), sealed like the conversation texts
     r#"
     CREATE TABLE answers (
+        id     INTEGER PRIMARY KEY,
         bot_id TEXT NOT NULL,
         kind   TEXT NOT NULL,
         key    TEXT NOT NULL,
         at_ms  INTEGER NOT NULL,
         key_id TEXT NOT NULL,
-        sealed BLOB NOT NULL,
-        PRIMARY KEY (bot_id, kind, key)
-    ) WITHOUT ROWID;
+        sealed BLOB NOT NULL
+    );
+    -- A rowid table: rows hold a sealed answer of several hundred bytes, too big for a
+    -- WITHOUT ROWID b-tree.
+    CREATE UNIQUE INDEX answers_key ON answers(bot_id, kind, key);
     CREATE INDEX answers_at ON answers(at_ms);
     "#,
 ];
@@ -550,6 +553,30 @@ impl Store for SqliteStore {
             human_replies: n("human_replies")?,
             audit: n("audit")?,
         })
+    }
+
+    fn answer_keys(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<(String, AnswerKind, String, i64)>, bool), StoreError> {
+        let conn = self.read.lock();
+        let mut stmt = conn.prepare(
+            "SELECT bot_id, kind, key, at_ms FROM answers WHERE at_ms >= ?1 ORDER BY at_ms DESC LIMIT ?2",
+        )?;
+        let take = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![since_ms, take])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let kind: String = r.get(1)?;
+            let kind = AnswerKind::parse(&kind)
+                .ok_or_else(|| StoreError::Db(format!("unknown answer kind '{kind}'")))?;
+            out.push((r.get(0)?, kind, r.get(2)?, r.get(3)?));
+        }
+        let complete = out.len() <= limit;
+        out.truncate(limit);
+        out.reverse();
+        Ok((out, complete))
     }
 
     fn answer(

@@ -282,6 +282,15 @@ mod tests {
         fn row_counts(&self) -> Result<RowCounts, StoreError> {
             self.inner.row_counts()
         }
+        #[allow(clippy::type_complexity)]
+        fn answer_keys(
+            &self,
+            since_ms: i64,
+            limit: usize,
+        ) -> Result<(Vec<(String, crate::store::AnswerKind, String, i64)>, bool), StoreError>
+        {
+            self.inner.answer_keys(since_ms, limit)
+        }
         fn answer(
             &self,
             bot_id: &str,
