@@ -269,7 +269,10 @@ mod tests {
         for id in ["a", "b", "c"] {
             idem.remember(key(id), answer(0, "d"));
         }
-        assert_eq!(idem.lookup(&key("a"), "d", 0, None).await.unwrap(), Seen::New);
+        assert_eq!(
+            idem.lookup(&key("a"), "d", 0, None).await.unwrap(),
+            Seen::New
+        );
         assert!(matches!(
             idem.lookup(&key("c"), "d", 0, None).await.unwrap(),
             Seen::Same(_)

@@ -41,8 +41,8 @@ use outbox::{Outbox, OutboxConfig};
 use validate::{InvalidField, Limits};
 
 pub use classify::{ClassifyOutcome, RankedIntent};
-pub use events::EventOutcome;
 pub use error::ServiceError;
+pub use events::EventOutcome;
 pub use requests::{
     ClassifyRequest, EventRequest, EventTypeIn, FeedbackRequest, HumanReplyRequest,
 };

@@ -101,8 +101,9 @@ impl PurgeCutoffs {
             now_ms,
             data_before_ms: now_ms - i64::from(config.conversation_retention_days) * DAY_MS,
             audit_before_ms: now_ms - i64::from(config.audit_retention_days) * DAY_MS,
-            answers_before_ms: now_ms
-                .saturating_sub(i64::try_from(config.answer_window_s.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            answers_before_ms: now_ms.saturating_sub(
+                i64::try_from(config.answer_window_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+            ),
         })
     }
 

@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{row_aad, Keyring};
 use super::{
-    AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record, RowCounts, StatsFilter,
-    Store, StoreError, StoredConversation, Timings, VariantCounts,
+    AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record,
+    RowCounts, StatsFilter, Store, StoreError, StoredConversation, Timings, VariantCounts,
 };
 use crate::types::{Action, Source};
 
@@ -252,13 +252,22 @@ impl SqliteStore {
                     insert_audit(tx, &a)?;
                 }
                 if let Some(a) = &c.answer {
-                    let sealed = self.keyring.seal(&a.body, &answer_aad(a.kind, &a.bot_id, &a.key))?;
+                    let sealed = self
+                        .keyring
+                        .seal(&a.body, &answer_aad(a.kind, &a.bot_id, &a.key))?;
                     // A key answered before the window can be answered anew.
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO answers (bot_id, kind, key, at_ms, key_id, sealed)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
-                    .execute(params![a.bot_id, a.kind.as_str(), a.key, a.at_ms, sealed.key_id, sealed.blob])?;
+                    .execute(params![
+                        a.bot_id,
+                        a.kind.as_str(),
+                        a.key,
+                        a.at_ms,
+                        sealed.key_id,
+                        sealed.blob
+                    ])?;
                 }
             }
             Record::Feedback(f) => {
