@@ -107,6 +107,9 @@ impl Service {
         ctx: MessageContext,
         announced: Option<Announced>,
     ) -> Result<ClassifyOutcome, ServiceError> {
+        if !self.idempotency.enabled() {
+            return self.decide_message(ctx, announced, None).await;
+        }
         let key = AnswerKey::new(&ctx.bot_id, AnswerKind::Message, &ctx.message_id);
         let digest = idempotency::digest(&[&ctx.text]);
         let _turn = self.idempotency.turn(&key).await;
@@ -134,7 +137,8 @@ impl Service {
             }
             Seen::New => {}
         }
-        self.decide_message(ctx, announced, key, digest).await
+        self.decide_message(ctx, announced, Some((key, digest)))
+            .await
     }
 
     fn replay(&self, body: &str) -> Result<ClassifyOutcome, ServiceError> {
@@ -150,8 +154,7 @@ impl Service {
         &self,
         ctx: MessageContext,
         announced: Option<Announced>,
-        key: AnswerKey,
-        digest: String,
+        keyed: Option<(AnswerKey, String)>,
     ) -> Result<ClassifyOutcome, ServiceError> {
         let started = Instant::now();
         // One operator snapshot for the whole request: a reload in the middle cannot mix files.
@@ -213,24 +216,32 @@ impl Service {
             recorded: self.storage.is_some(),
             replayed: false,
         };
-        let first = |o: &ClassifyOutcome| FirstAnswer {
+        let first = |o: &ClassifyOutcome, digest: &str| FirstAnswer {
             at_ms: self.now_ms(),
-            digest: digest.clone(),
+            digest: digest.to_string(),
             // Plain data: serialising cannot fail.
             body: serde_json::to_string(o).expect("ClassifyOutcome serialises"),
         };
-        let stored = first(&outcome);
+        let stored = keyed.as_ref().map(|(k, d)| {
+            let a = first(&outcome, d);
+            let row = a.to_row(k);
+            (a, row)
+        });
         let stored_recorded = outcome.recorded;
-        outcome.recorded = self
-            .record_decision(&rules, &ctx, &outcome, stored.to_row(&key))
-            .await;
-        // A commit that failed answers recorded=false, and a retry must get that answer.
-        let remembered = if outcome.recorded == stored_recorded {
-            stored
-        } else {
-            first(&outcome)
+        let (answer, row) = match stored {
+            Some((a, row)) => (Some(a), Some(row)),
+            None => (None, None),
         };
-        self.idempotency.remember(key, remembered);
+        outcome.recorded = self.record_decision(&rules, &ctx, &outcome, row).await;
+        if let (Some((key, digest)), Some(answer)) = (keyed, answer) {
+            // A commit that failed answers recorded=false, and a retry must get that answer.
+            let remembered = if outcome.recorded == stored_recorded {
+                answer
+            } else {
+                first(&outcome, &digest)
+            };
+            self.idempotency.remember(key, remembered);
+        }
         let (cls, decision) = (&outcome.classification, &outcome.decision);
         if decision.reply.as_ref().is_some_and(|r| !r.text.is_empty()) || decision.send_after_ms > 0
         {
@@ -316,7 +327,7 @@ impl Service {
         rules: &OperatorSnapshot,
         ctx: &MessageContext,
         outcome: &ClassifyOutcome,
-        answer: AnswerRow,
+        answer: Option<AnswerRow>,
     ) -> bool {
         let Some(storage) = &self.storage else {
             return false;
@@ -331,7 +342,7 @@ impl Service {
             outcome.timings,
             &outcome.model_version,
         );
-        rec.answer = Some(answer);
+        rec.answer = answer;
         // Handoffs and blocks get their audit row from the store, in the same transaction.
         let ticket = match storage.submit(Record::Conversation(rec)) {
             Ok(t) => t,

@@ -33,6 +33,9 @@ impl Service {
         let input = validate::event(ev, &self.settings.limits, self.now_ms(), |b| {
             self.known_bot(b)
         })?;
+        if !self.idempotency.enabled() {
+            return self.decide_event(&input, None).await;
+        }
         if input.event_id.is_empty() {
             let mut outcome = self.decide_event(&input, None).await?;
             outcome.idempotency_notice = Some(NOT_DEDUPLICATED.into());

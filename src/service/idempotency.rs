@@ -21,6 +21,9 @@ use crate::store::{AnswerKind, AnswerRow, Storage};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdempotencyConfig {
+    /// Off: every request is decided, retries included (for measuring what deduplication
+    /// costs; keep it on in service).
+    pub enabled: bool,
     /// A repeat within this many seconds of the first answer gets that answer again.
     pub window_s: u64,
     /// Answers kept in memory (older ones are read back from the store).
@@ -30,6 +33,7 @@ pub struct IdempotencyConfig {
 impl Default for IdempotencyConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             window_s: 86_400,
             cache_entries: 100_000,
         }
@@ -145,6 +149,10 @@ impl Idempotency {
         }
     }
 
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
     pub fn window_ms(&self) -> i64 {
         i64::try_from(self.config.window_s.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
@@ -240,6 +248,7 @@ mod tests {
         let idem = Idempotency::new(IdempotencyConfig {
             window_s: 10,
             cache_entries: 8,
+            ..IdempotencyConfig::default()
         });
         idem.remember(key("m"), answer(1_000, "d1"));
         assert_eq!(
@@ -265,6 +274,7 @@ mod tests {
         let idem = Idempotency::new(IdempotencyConfig {
             window_s: 100,
             cache_entries: 2,
+            ..IdempotencyConfig::default()
         });
         for id in ["a", "b", "c"] {
             idem.remember(key(id), answer(0, "d"));

@@ -479,3 +479,171 @@ async fn admission_refuses_beyond_max_in_flight() {
     assert!(matches!(e, ServiceError::Busy(_)), "{e:?}");
     assert_eq!(h.service.in_flight(), 64);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Idempotent retries (issue 13)
+
+/// The answer as a front door would send it, without the `replayed` flag.
+fn first_form(o: &ClassifyOutcome) -> ClassifyOutcome {
+    ClassifyOutcome {
+        replayed: false,
+        ..o.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_retried_message_gets_the_first_answer_and_changes_nothing() {
+    let h = harness();
+    let first = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    assert!(first.recorded);
+    // Later retries of the same message: the same answer, even though the intent's cooldown
+    // would now suppress a second reply.
+    h.clock.advance_ms(1_000);
+    for _ in 0..2 {
+        let again = h
+            .service
+            .classify(&message("m1", "我想退款"))
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(first_form(&again), first);
+    }
+    let t = totals(&h).await;
+    assert_eq!(t.total.counts.messages, 1, "one record for three calls");
+    // A new message with the same text is a new decision.
+    let other = h
+        .service
+        .classify(&message("m2", "我想退款"))
+        .await
+        .unwrap();
+    assert!(!other.replayed);
+    assert_eq!(totals(&h).await.total.counts.messages, 2);
+}
+
+#[tokio::test]
+async fn racing_duplicates_get_one_decision() {
+    let h = harness();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let s = h.service.clone();
+            tokio::spawn(async move { s.classify(&message("m1", "这个多少钱")).await.unwrap() })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
+    let first = answers.iter().find(|a| !a.replayed).unwrap().clone();
+    for a in &answers {
+        assert_eq!(first_form(a), first);
+    }
+    assert_eq!(totals(&h).await.total.counts.messages, 1);
+}
+
+#[tokio::test]
+async fn a_message_id_reused_with_other_text_is_refused() {
+    let h = harness();
+    h.service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    let e = h
+        .service
+        .classify(&message("m1", "这个多少钱"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("message_id: message_id reused with other text"),
+        "{e}"
+    );
+    assert!(matches!(e, ServiceError::Invalid(_)));
+}
+
+#[tokio::test]
+async fn the_first_answer_outlives_the_memory_and_ends_with_the_window() {
+    let h = harness();
+    let first = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    // Another service on the same database (a restart): nothing in memory, the store answers.
+    let storage = h.service.storage.clone();
+    let fresh = Service::new(
+        h.service.settings.clone(),
+        h.service.clock.clone(),
+        None,
+        h.service.operator.clone(),
+        Playbook::new(h.service.operator.clone(), h.service.clock.clone(), 7),
+        storage,
+        h.service.metrics.clone(),
+    );
+    let again = fresh.classify(&message("m1", "我想退款")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(first_form(&again), first);
+    // After the window the id may be answered anew.
+    h.clock
+        .advance_ms(h.service.settings.idempotency.window_s as i64 * 1000 + 1);
+    let later = fresh.classify(&message("m1", "我想退款")).await.unwrap();
+    assert!(!later.replayed);
+}
+
+#[tokio::test]
+async fn without_a_store_retries_are_still_answered_once() {
+    let h = harness_with(None, false, true);
+    let first = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    assert!(!first.recorded);
+    let again = h
+        .service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(first_form(&again), first);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_join_gives_one_welcome() {
+    let h = harness();
+    let mut rx = h.service.subscribe(BOT, Vec::new()).unwrap();
+    let first = h.service.handle_event(&join("u1")).await.unwrap();
+    assert!(!first.replayed && first.idempotency_notice.is_none());
+    for _ in 0..3 {
+        let again = h.service.handle_event(&join("u1")).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.event, first.event);
+    }
+    h.service.set_clock(T0 + 61_000, "test").await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.kind, OutboundKind::Welcome);
+    assert_eq!(item.user_ids, ["u1"], "the retries did not join again");
+    // The same event id for another user is refused; no id at all is decided and says so.
+    let mut other = join("u2");
+    other.event_id = "join-u1".into();
+    let e = h.service.handle_event(&other).await.unwrap_err();
+    assert!(
+        e.to_string().starts_with("event_id: event_id reused"),
+        "{e}"
+    );
+    let mut anon = join("u3");
+    anon.event_id.clear();
+    let o = h.service.handle_event(&anon).await.unwrap();
+    assert_eq!(
+        o.idempotency_notice.as_deref(),
+        Some(events::NOT_DEDUPLICATED)
+    );
+}

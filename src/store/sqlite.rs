@@ -755,6 +755,59 @@ mod tests {
     }
 
     #[test]
+    fn a_first_answer_is_stored_sealed_with_its_row_and_purged_after_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        // A database of the previous schema (1) gains the answers table and keeps its rows.
+        {
+            let mut conn = connect(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let s = SqliteStore::open(&path, keyring(&key_b64(1))).unwrap();
+        let mut c = conversation("b", "g", "m1", 1_000);
+        c.answer = Some(AnswerRow {
+            bot_id: "b".into(),
+            kind: AnswerKind::Message,
+            key: "m1".into(),
+            at_ms: 1_000,
+            body: b"the first answer, secret".to_vec(),
+        });
+        s.write_batch(&[Record::Conversation(c)]).unwrap();
+        let a = s.answer("b", AnswerKind::Message, "m1").unwrap().unwrap();
+        assert_eq!(a.body, b"the first answer, secret");
+        assert!(s.answer("b", AnswerKind::Event, "m1").unwrap().is_none());
+        assert!(s
+            .answer("other", AnswerKind::Message, "m1")
+            .unwrap()
+            .is_none());
+        assert!(!contains(&read_all(dir.path()), b"the first answer"));
+        // A sealed answer moved under another key does not open.
+        s.write
+            .lock()
+            .execute("UPDATE answers SET key = 'm2'", [])
+            .unwrap();
+        assert!(s.answer("b", AnswerKind::Message, "m2").is_err());
+        s.write
+            .lock()
+            .execute("UPDATE answers SET key = 'm1'", [])
+            .unwrap();
+        // Purged with its window, not with the conversation retention.
+        let now = 400 * super::super::audit::DAY_MS;
+        s.purge(&PurgeCutoffs {
+            now_ms: now,
+            data_before_ms: 0,
+            audit_before_ms: 0,
+            answers_before_ms: 2_000,
+        })
+        .unwrap();
+        assert!(s.answer("b", AnswerKind::Message, "m1").unwrap().is_none());
+        assert_eq!(s.row_counts().unwrap().conversations, 1);
+    }
+
+    #[test]
     fn rotated_keys_keep_old_rows_readable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");

@@ -282,6 +282,14 @@ mod tests {
         fn row_counts(&self) -> Result<RowCounts, StoreError> {
             self.inner.row_counts()
         }
+        fn answer(
+            &self,
+            bot_id: &str,
+            kind: crate::store::AnswerKind,
+            key: &str,
+        ) -> Result<Option<crate::store::AnswerRow>, StoreError> {
+            self.inner.answer(bot_id, kind, key)
+        }
     }
 
     struct Harness {

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# What idempotent retries cost (issue 13: at most 5 % of gRPC Classify throughput): the same
+# server and load with `idempotency.enabled` true and false, interleaved pairs in one sitting,
+# medians; appends a dated section with the commands to benches/RESULTS.md.
+#
+#   bash benches/idempotency_cost.sh [--pairs N] [--duration S] [--profile release|dev] [--no-model]
+#
+# Every request has a new message_id (the load generator numbers them), so each one pays for
+# the lookup (memory, then the store) and for writing its first answer with its log row: the
+# cost of the common case. --no-model measures keyword-only decisions, where the model's time
+# does not hide the cost.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+PAIRS=3
+DURATION=10
+PROFILE=release
+MODEL=1
+CONCURRENCY=${CONCURRENCY:-32}
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --pairs) PAIRS=${2:?}; shift ;;
+        --duration) DURATION=${2:?}; shift ;;
+        --profile) PROFILE=${2:?}; shift ;;
+        --no-model) MODEL=0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+RESULTS=${RESULTS:-benches/RESULTS.md}
+TEXTS=${TEXTS:-../shared/datasets/smp2017/test.tsv}
+MODEL_DIR=${MODEL_DIR:-models/intentd-default}
+cargo build --quiet --profile "$PROFILE" --bin intentd
+DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+BIN=target/$DIR/intentd
+if [ "$MODEL" = 1 ] && [ ! -f "$MODEL_DIR/model.json" ]; then
+    echo "no trained model at $MODEL_DIR: run \`$BIN train\` first" >&2
+    exit 1
+fi
+WORK=$(mktemp -d)
+SERVER_PID=
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+export INTENTD_TOKEN
+INTENTD_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+model_dir=$([ "$MODEL" = 1 ] && realpath "$MODEL_DIR" || echo "$WORK/no-model")
+
+run_one() { # $1 = true|false, $2 = pair number
+    rm -f "$WORK"/intentd.db*
+    cat > "$WORK/c.yml" <<EOF
+listen: 127.0.0.1:$PORT
+model_dir: $model_dir
+auto_train: false
+operator_dir: $REPO/config/operator
+training_data: $REPO/training-data/nlu
+idempotency:
+  enabled: $1
+auth:
+  bots:
+    - id: demo
+      token: $INTENTD_TOKEN
+store:
+  enabled: true
+  path: $WORK/intentd.db
+  key_file: $WORK/intentd.key
+  create_key_file: true
+metrics:
+  enabled: false
+EOF
+    "$BIN" serve --config "$WORK/c.yml" > "$WORK/serve.log" 2>&1 &
+    SERVER_PID=$!
+    "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$TEXTS" --concurrency 1 --duration 0.5 \
+        --wait-serving 60 --json > /dev/null
+    "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$TEXTS" --concurrency "$CONCURRENCY" \
+        --duration "$DURATION" --warmup 2 --json > "$WORK/$1-$2.json"
+    kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=
+}
+
+for i in $(seq 1 "$PAIRS"); do
+    run_one true "$i"
+    run_one false "$i"
+done
+
+python3 - "$WORK" "$PAIRS" <<'EOF' > "$WORK/table.md"
+import json, statistics, sys
+work, pairs = sys.argv[1], int(sys.argv[2])
+def load(flag):
+    return [json.load(open(f"{work}/{flag}-{i}.json")) for i in range(1, pairs + 1)]
+on, off = load("true"), load("false")
+med = lambda rs, k: statistics.median(r[k] for r in rs)
+print("| figure | idempotency on | off | on / off |")
+print("| --- | --- | --- | --- |")
+for k, name in [("requests_per_s", "Classify requests/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")]:
+    a, b = med(on, k), med(off, k)
+    print(f"| {name} (median of {pairs}) | {a:.1f} | {b:.1f} | {a / b:.3f} |")
+print()
+print("each run (requests/s, on / off): " + ", ".join(
+    f"{a['requests_per_s']:.0f} / {b['requests_per_s']:.0f}" for a, b in zip(on, off)))
+cost = 1 - med(on, "requests_per_s") / med(off, "requests_per_s")
+print()
+print(f"Throughput cost of idempotency: {cost * 100:.1f} % (target: at most 5 %).")
+EOF
+{
+    echo
+    echo "## $(date -u '+%Y-%m-%d %H:%M') UTC: what idempotent retries cost (\`benches/idempotency_cost.sh\`)"
+    echo
+    echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg) after. intentd $(git rev-parse --short HEAD), profile \`$PROFILE\`, $([ "$MODEL" = 1 ] && echo "model $MODEL_DIR" || echo "no model (keyword-only decisions)"). Every request a new message_id; store on (SQLite); $CONCURRENCY clients, ${DURATION} s after a 2 s warm-up; pairs interleaved (on, off, on, off, ...)."
+    echo
+    cat "$WORK/table.md"
+    echo
+    echo "Command: \`bash benches/idempotency_cost.sh --pairs $PAIRS --duration $DURATION --profile $PROFILE$([ "$MODEL" = 1 ] || echo ' --no-model')\`; per run: \`intentd serve\` with \`idempotency.enabled: true|false\`, then \`intentd bench --addr 127.0.0.1:PORT --texts $TEXTS --concurrency $CONCURRENCY --duration $DURATION --warmup 2 --json\`."
+} | tee -a "$RESULTS"
