@@ -785,3 +785,58 @@ fn run_schemathesis(bin: &Path, base: &str) -> std::process::Output {
         .output()
         .expect("run schemathesis")
 }
+
+#[tokio::test]
+async fn bench_loads_the_http_door() {
+    let s = model_server("").await;
+    let texts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(texts.path(), "text\n我要退款\n你们几点开门\n发货了吗\n").unwrap();
+    let addr = s.http_addr.clone();
+    let path = texts.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(common::intentd_bin())
+            .args(["bench", "--http", "--addr", &addr, "--texts"])
+            .arg(&path)
+            .args([
+                "--concurrency",
+                "4",
+                "--duration",
+                "0.5",
+                "--json",
+                "--wait-serving",
+                "10",
+            ])
+            .env("INTENTD_TOKEN", BOT_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["ok"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["source_counts"]["MODEL"].as_u64().unwrap_or(0) > 0, "{r}");
+    // A wrong token is counted by its gRPC code name, as over gRPC.
+    let addr = s.http_addr.clone();
+    let path = texts.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(common::intentd_bin())
+            .args(["bench", "--http", "--addr", &addr, "--texts"])
+            .arg(&path)
+            .args(["--duration", "0.2", "--json", "--token", "wrong-token"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["errors_by_code"]["UNAUTHENTICATED"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+}
