@@ -782,6 +782,8 @@ fn run_schemathesis(bin: &Path, base: &str) -> std::process::Output {
         // The SSE stream never ends: it is tested above.
         .args(["--exclude-path", "/v1/outbound"])
         .env("NO_COLOR", "1")
+        .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
+        .env("PYTHONPATH", common::repo_root().join("tests/http"))
         .output()
         .expect("run schemathesis")
 }
