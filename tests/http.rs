@@ -781,6 +781,8 @@ fn run_schemathesis(bin: &Path, base: &str) -> std::process::Output {
         ])
         // The SSE stream never ends: it is tested above.
         .args(["--exclude-path", "/v1/outbound"])
+        // schemathesis keeps a cache in its working folder: not in the repository.
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
         .env("PYTHONPATH", common::repo_root().join("tests/http"))
