@@ -177,6 +177,8 @@ store:
 metrics:
   enabled: true
   listen: 127.0.0.1:0
+http:
+  enabled: false
 EOF
     }
     B=$(rel "$BIN")

@@ -23,7 +23,6 @@ use intentd::clock::{Clock, ManualClock, SharedClock};
 use intentd::engine::fusion::{self, FusionConfig};
 use intentd::operator::OperatorSnapshot;
 use intentd::policy::playbook::Playbook;
-use intentd::service::operator::OperatorRules;
 use intentd::types::{IntentScore, MessageContext, UserInfo};
 
 const DATASET: &str = "shared/datasets/smp2017/test.tsv";

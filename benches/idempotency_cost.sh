@@ -69,6 +69,8 @@ store:
   create_key_file: true
 metrics:
   enabled: false
+http:
+  enabled: false
 EOF
     "$BIN" serve --config "$WORK/c.yml" > "$WORK/serve.log" 2>&1 &
     SERVER_PID=$!

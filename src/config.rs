@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     pub store: StoreConfig,
     pub metrics: MetricsConfig,
+    /// The HTTP/JSON front door (`/v1/...`, Rasa's `/model/parse`, `/openapi.json`).
+    pub http: HttpConfig,
     /// Retries of the same (bot_id, message_id) / (bot_id, event_id) get the first answer.
     pub idempotency: IdempotencyConfig,
 }
@@ -72,6 +74,7 @@ impl Default for ServerConfig {
             tls: None,
             store: StoreConfig::default(),
             metrics: MetricsConfig::default(),
+            http: HttpConfig::default(),
             idempotency: IdempotencyConfig::default(),
         }
     }
@@ -133,6 +136,30 @@ impl Default for MetricsConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// HTTP/JSON address (plain HTTP/1.1; put a TLS proxy in front for other hosts).
+    pub listen: SocketAddr,
+    /// Largest request body accepted; beyond it 413.
+    pub max_body_bytes: usize,
+}
+
+/// Bounds of `http.max_body_bytes`: a batch of `limits.max_batch_requests` long texts must fit,
+/// and no body may pin a large buffer.
+pub const HTTP_BODY_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
 impl ServerConfig {
     /// Reads the file; relative paths inside it are taken from the current directory (the
     /// repository root when following the README).
@@ -160,6 +187,30 @@ impl ServerConfig {
         }
         if self.idempotency.cache_entries == 0 {
             bail!("idempotency.cache_entries must be at least 1");
+        }
+        if !HTTP_BODY_BYTES_RANGE.contains(&self.http.max_body_bytes) {
+            bail!(
+                "http.max_body_bytes = {} is outside {}..={}",
+                self.http.max_body_bytes,
+                HTTP_BODY_BYTES_RANGE.start(),
+                HTTP_BODY_BYTES_RANGE.end()
+            );
+        }
+        if self.http.enabled
+            && self.metrics.enabled
+            && self.http.listen == self.metrics.listen
+            && self.http.listen.port() != 0
+        {
+            bail!(
+                "http.listen and metrics.listen are both {}: give them different ports",
+                self.http.listen
+            );
+        }
+        if self.http.enabled && self.http.listen == self.listen && self.listen.port() != 0 {
+            bail!(
+                "http.listen and listen (gRPC) are both {}: give them different ports",
+                self.listen
+            );
         }
         if self.max_in_flight == 0 {
             bail!("max_in_flight must be at least 1");
@@ -247,6 +298,24 @@ mod tests {
         std::fs::write(&p, "listen: 127.0.0.1:1\nmax_inflight: 3\n").unwrap();
         let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
         assert!(e.contains("c.yml:2") && e.contains("max_inflight"), "{e}");
+    }
+
+    #[test]
+    fn http_body_limit_and_ports_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        let base = "auth:\n  disabled: true\n";
+        std::fs::write(&p, format!("{base}http:\n  max_body_bytes: 10\n")).unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(
+            e.contains("http.max_body_bytes = 10 is outside 1024"),
+            "{e}"
+        );
+        std::fs::write(&p, format!("{base}http:\n  listen: 127.0.0.1:50051\n")).unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(e.contains("http.listen and listen (gRPC)"), "{e}");
+        std::fs::write(&p, format!("{base}http:\n  enabled: false\n")).unwrap();
+        assert!(!ServerConfig::load(&p).unwrap().http.enabled);
     }
 
     #[test]

@@ -20,8 +20,27 @@ use prometheus_client::registry::{Registry, Unit};
 pub const CONTENT_TYPE_OPENMETRICS: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+tokio::task_local! {
+    /// The front door serving the current request; the service reads it when it counts the
+    /// request, so the service itself needs no transport parameter.
+    static TRANSPORT: &'static str;
+}
+
+/// Runs `fut` (a front door's service call) with its request metrics labelled `transport`.
+pub async fn with_transport<F: Future>(transport: &'static str, fut: F) -> F::Output {
+    TRANSPORT.scope(transport, fut).await
+}
+
+/// The current request's transport; "grpc" outside [`with_transport`] (the gRPC door and the
+/// in-process callers).
+fn transport() -> &'static str {
+    TRANSPORT.try_with(|t| *t).unwrap_or("grpc")
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// Which front door took the request: "grpc" or "http" (see [`with_transport`]).
+    pub transport: String,
     pub rpc: String,
     pub source: String,
     pub action: String,
@@ -29,6 +48,7 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
+    pub transport: String,
     pub rpc: String,
     pub source: String,
 }
@@ -47,9 +67,9 @@ pub struct ModelLabels {
 /// All service metrics. Cheap to update from any thread; share it as `Arc<Metrics>`.
 pub struct Metrics {
     registry: Registry,
-    /// `intentd_requests_total{rpc,source,action}`
+    /// `intentd_requests_total{transport,rpc,source,action}`
     pub requests: Family<RequestLabels, Counter>,
-    /// `intentd_request_duration_seconds{rpc,source}`
+    /// `intentd_request_duration_seconds{transport,rpc,source}`
     pub request_duration: Family<DurationLabels, Histogram>,
     /// `intentd_model_info{version}`: 1 for the model being served.
     pub model_info: Family<ModelLabels, Gauge>,
@@ -169,6 +189,7 @@ impl Metrics {
     pub fn observe_request(&self, rpc: &str, source: &str, action: &str, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
+                transport: transport().into(),
                 rpc: rpc.into(),
                 source: source.into(),
                 action: action.into(),
@@ -176,6 +197,7 @@ impl Metrics {
             .inc();
         self.request_duration
             .get_or_create(&DurationLabels {
+                transport: transport().into(),
                 rpc: rpc.into(),
                 source: source.into(),
             })
@@ -407,11 +429,11 @@ mod tests {
         m.write_queue_full.inc();
         let s = parse_openmetrics(&m.encode());
         assert_eq!(
-            s[r#"intentd_requests_total{rpc="Classify",source="model",action="reply"}"#],
+            s[r#"intentd_requests_total{transport="grpc",rpc="Classify",source="model",action="reply"}"#],
             2.0
         );
         assert_eq!(
-            s[r#"intentd_request_duration_seconds_count{rpc="Classify",source="model"}"#],
+            s[r#"intentd_request_duration_seconds_count{transport="grpc",rpc="Classify",source="model"}"#],
             2.0
         );
         assert_eq!(s[r#"intentd_model_info{version="v2"}"#], 1.0);
@@ -472,11 +494,11 @@ mod tests {
         assert_eq!(ct, CONTENT_TYPE_OPENMETRICS);
         let s = parse_openmetrics(body);
         assert_eq!(
-            s[r#"intentd_requests_total{rpc="Classify",source="keyword",action="handoff"}"#],
+            s[r#"intentd_requests_total{transport="grpc",rpc="Classify",source="keyword",action="handoff"}"#],
             1.0
         );
         assert_eq!(
-            s[r#"intentd_request_duration_seconds_bucket{le="0.0004",rpc="Classify",source="keyword"}"#],
+            s[r#"intentd_request_duration_seconds_bucket{le="0.0004",transport="grpc",rpc="Classify",source="keyword"}"#],
             1.0
         );
         assert_eq!(s[r#"intentd_model_info{version="bert-zh-2025.1"}"#], 1.0);

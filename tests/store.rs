@@ -681,6 +681,8 @@ async fn audit_retention_below_the_floor_is_refused_at_start_up() {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .current_dir(common::repo_root())
         .stdout(Stdio::null())

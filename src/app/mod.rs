@@ -61,6 +61,17 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let http_listener = if cfg.http.enabled {
+        let l = TcpListener::bind(cfg.http.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} for HTTP (http.listen)",
+                cfg.http.listen
+            )
+        })?;
+        Some(l)
+    } else {
+        None
+    };
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let metrics_task = if cfg.metrics.enabled {
@@ -82,8 +93,39 @@ pub async fn serve(
     signals::spawn_reload_on_hangup(&service, reporter.clone());
     // Fired once SIGTERM / SIGINT arrived: starts the grace period.
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown_signal = signals::termination(service.clone(), reporter.clone(), signalled_tx);
+    // Both front doors stop on the same signal.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let termination = signals::termination(service.clone(), reporter.clone(), signalled_tx);
+    let shutdown_signal = async move {
+        termination.await;
+        let _ = stop_tx.send(true);
+    };
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
 
+    let http = match http_listener {
+        Some(l) => {
+            let http_addr = l.local_addr()?;
+            if opts.announce {
+                println!("http listening on http://{http_addr}");
+            }
+            tracing::info!(addr = %http_addr, "HTTP/JSON server listening");
+            let fut = server::http::serve_http(
+                &cfg.http,
+                cfg.request_timeout_ms,
+                l,
+                service.clone(),
+                auth.clone(),
+                stopped(),
+            );
+            futures_util::future::Either::Left(fut)
+        }
+        None => futures_util::future::Either::Right(std::future::ready(Ok(()))),
+    };
     if opts.announce {
         println!("intentd listening on {addr}");
     }
@@ -97,6 +139,7 @@ pub async fn serve(
         health_service,
         shutdown_signal,
     );
+    let both = async { tokio::try_join!(grpc, http).map(|_| ()) };
     // Graceful shutdown waits for every connection to finish; an open Subscribe stream or a
     // client that never answers GOAWAY would make that forever, so it gets the grace period.
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
@@ -108,7 +151,7 @@ pub async fn serve(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        r = grpc => r?,
+        r = both => r?,
         _ = grace_over => {
             tracing::warn!(grace_ms = cfg.shutdown_grace_ms, in_flight = service.in_flight(), "grace period over; closing the remaining connections");
         }

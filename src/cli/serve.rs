@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// Override `metrics.listen`.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Override `http.listen` (the HTTP/JSON front door).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
     /// Override `model_dir`.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -37,6 +40,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     if let Some(l) = args.metrics_listen {
         cfg.metrics.listen = l;
+    }
+    if let Some(l) = args.http_listen {
+        cfg.http.listen = l;
     }
     if let Some(m) = args.model {
         cfg.model_dir = m;

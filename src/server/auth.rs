@@ -67,28 +67,33 @@ impl Authenticator {
         self.disabled
     }
 
-    fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
-        let value = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+    /// The token in an `authorization` value (gRPC metadata or HTTP header): `Bearer <token>`.
+    fn bearer(value: Option<&[u8]>) -> Result<&str, Status> {
+        let value = value.ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <token>` (metadata or header)")
         })?;
-        let value = value
-            .to_str()
-            .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
+        let value = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| v.is_ascii())
+            .ok_or_else(|| Status::unauthenticated("authorization value is not ASCII"))?;
         value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization metadata must be `Bearer <token>`")
-            })
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))
     }
 
-    /// Who may call the IntentService.
+    /// Who may call the IntentService (gRPC).
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        self.caller_from(req.metadata().get("authorization").map(|v| v.as_bytes()))
+    }
+
+    /// Who is calling, from the raw `authorization` value; shared by the gRPC and HTTP doors.
+    pub fn caller_from(&self, authorization: Option<&[u8]>) -> Result<Caller, Status> {
         if self.disabled {
             return Ok(Caller::Anyone);
         }
-        let token = Self::bearer(req)?;
+        let token = Self::bearer(authorization)?;
         if let Some(admin) = &self.admin {
             if constant_time_eq(token.as_bytes(), admin.as_bytes()) {
                 return Ok(Caller::Admin);
@@ -187,6 +192,25 @@ mod tests {
             tonic::Code::PermissionDenied
         );
         assert!(a.admin(&req(Some("admin-secret"))).is_ok());
+    }
+
+    #[test]
+    fn raw_header_values_work_like_metadata() {
+        let a = auth();
+        assert_eq!(
+            a.caller_from(Some(b"Bearer shop-token-1")).unwrap(),
+            Caller::Bot("shop".into())
+        );
+        for bad in [&b"shop-token-1"[..], b"Basic abc", b"Bearer \xff\xfe"] {
+            assert_eq!(
+                a.caller_from(Some(bad)).unwrap_err().code(),
+                tonic::Code::Unauthenticated
+            );
+        }
+        assert_eq!(
+            a.caller_from(None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]

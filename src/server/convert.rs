@@ -16,18 +16,25 @@ use crate::store::stats::{GroupStats, Rates, StatsQuery, StatsReport};
 use crate::store::FeedbackKind;
 use crate::types::{Action, ReplyOut, Source, Timings, UserInfo};
 
+/// The gRPC code of a service error: the one mapping both front doors use (HTTP maps the code
+/// to its status in `http::error`).
+pub fn code(e: &ServiceError) -> tonic::Code {
+    match e {
+        ServiceError::Invalid(_) => tonic::Code::InvalidArgument,
+        ServiceError::Busy(_) => tonic::Code::ResourceExhausted,
+        ServiceError::Unavailable(_) => tonic::Code::Unavailable,
+        ServiceError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+        ServiceError::Internal(_) => tonic::Code::Internal,
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::Invalid(f) => Status::invalid_argument(f.to_string()),
-            ServiceError::Busy(m) => Status::resource_exhausted(m),
-            ServiceError::Unavailable(m) => Status::unavailable(m),
-            ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
-            ServiceError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                Status::internal(m)
-            }
+        let code = code(&e);
+        if code == tonic::Code::Internal {
+            tracing::error!(error = %e, "internal error");
         }
+        Status::new(code, e.to_string())
     }
 }
 

@@ -1,11 +1,12 @@
-//! Front doors: the gRPC server (and the Prometheus HTTP endpoint from `metrics`). They only
-//! translate: protobuf lives here and nowhere below (`convert` holds every mapping).
+//! Front doors: the gRPC server, the HTTP/JSON server ([`http`]) (and the Prometheus endpoint
+//! from `metrics`). They only translate: protobuf lives here and nowhere below (`convert` holds every mapping).
 
 pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod grpc;
 pub mod health;
+pub mod http;
 
 use std::future::Future;
 use std::sync::Arc;

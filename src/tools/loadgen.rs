@@ -1,5 +1,6 @@
-//! `intentd bench`: a gRPC load generator for Classify, so anyone can measure a running server
-//! the same way the project's own figures were measured.
+//! `intentd bench`: a load generator for Classify over gRPC (or HTTP/JSON `POST /v1/classify`
+//! with `--http`), so anyone can measure a running server the same way the project's own
+//! figures were measured.
 //!
 //! Two ways to load a server:
 //! - closed loop (`--concurrency N`): N clients, each sending its next request as soon as the
@@ -96,6 +97,11 @@ pub struct LoadgenArgs {
     /// cross-thread wake-ups to each measured request.
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// Send the same requests as HTTP/JSON `POST /v1/classify` to --addr (the server's
+    /// `http.listen`), over HTTP/1.1 keep-alive connections (one per outstanding request).
+    /// --wait-serving then polls `GET /readyz`.
+    #[arg(long)]
+    pub http: bool,
 }
 
 impl LoadgenArgs {
@@ -219,17 +225,25 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
     };
     let uri = endpoint_uri(&args.addr);
     let serving = if args.wait_serving > 0.0 {
-        let waited = wait_serving(
-            &uri,
-            HEALTH_SERVICE,
-            Duration::from_secs_f64(args.wait_serving),
-        )
-        .await?;
+        let within = Duration::from_secs_f64(args.wait_serving);
+        let waited = if args.http {
+            wait_ready_http(&uri, within).await?
+        } else {
+            wait_serving(&uri, HEALTH_SERVICE, within).await?
+        };
         Some((waited, SystemClock.now_ms()))
     } else {
         None
     };
-    let channels = connect(&uri, connections).await?;
+    let channels = if args.http {
+        vec![Target::Http(connect_http(&uri).await?)]
+    } else {
+        connect(&uri, connections)
+            .await?
+            .into_iter()
+            .map(Target::Grpc)
+            .collect()
+    };
     let ctx = Arc::new(RequestFactory {
         texts,
         bot_id: args.bot_id.clone(),
@@ -324,6 +338,85 @@ fn endpoint_uri(addr: &str) -> String {
     } else {
         format!("http://{addr}")
     }
+}
+
+/// Where the requests go: a gRPC channel, or the HTTP door (one keep-alive pool).
+#[derive(Clone)]
+enum Target {
+    Grpc(IntentServiceClient<Channel>),
+    Http(HttpTarget),
+}
+
+#[derive(Clone)]
+struct HttpTarget {
+    client: reqwest::Client,
+    classify_url: String,
+}
+
+/// Checks the HTTP door answers before the clock starts (`GET /healthz`).
+async fn connect_http(uri: &str) -> Result<HttpTarget> {
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(MAX_CONCURRENCY)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("HTTP client")?;
+    let health = format!("{uri}/healthz");
+    client
+        .get(&health)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("cannot reach {health} (is the HTTP door of `intentd serve` there? see http.listen)"))?;
+    Ok(HttpTarget {
+        client,
+        classify_url: format!("{uri}/v1/classify"),
+    })
+}
+
+/// Polls `GET /readyz` every 10 ms until it answers 200 (the model is loaded).
+async fn wait_ready_http(uri: &str, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let client = reqwest::Client::new();
+    let url = format!("{uri}/readyz");
+    loop {
+        let last = match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => return Ok(start.elapsed()),
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => format!("cannot connect: {e}"),
+        };
+        if start.elapsed() >= timeout {
+            bail!(
+                "{url} not ready after {:.1} s (last: {last})",
+                timeout.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The parts of the HTTP answer the tally reads (the rest of the JSON is ignored).
+#[derive(serde::Deserialize)]
+struct HttpAnswer {
+    source: String,
+    timings: HttpTimings,
+}
+
+#[derive(serde::Deserialize)]
+struct HttpTimings {
+    total_us: u64,
+    inference_us: u64,
+    queue_us: u64,
+    tokenize_us: u64,
+}
+
+/// The gRPC code named by the HTTP error body's `error.code`.
+fn code_from_name(name: &str) -> Code {
+    (0..=16)
+        .map(Code::from_i32)
+        .find(|c| code_name(*c) == name)
+        .unwrap_or(Code::Unknown)
 }
 
 /// Opens the connections before the clock starts, so connection set-up is not measured and an
@@ -434,18 +527,74 @@ impl RequestFactory {
     }
 
     /// Sends one request; the client enforces the deadline too, in case the server ignores it.
-    async fn call(
-        &self,
-        mut client: IntentServiceClient<Channel>,
-    ) -> Result<pb::ClassifyResponse, Status> {
+    async fn call(&self, target: Target) -> Result<pb::ClassifyResponse, Status> {
         let req = self.next();
-        match tokio::time::timeout(self.timeout, client.classify(req)).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
+        let answer = async {
+            match target {
+                Target::Grpc(mut client) => {
+                    client.classify(req).await.map(tonic::Response::into_inner)
+                }
+                Target::Http(h) => self.call_http(&h, req).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(r) => r,
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer within {} ms (client-side deadline)",
                 self.timeout.as_millis()
             ))),
         }
+    }
+}
+
+impl RequestFactory {
+    /// The same request as JSON `POST /v1/classify` (deadline in `X-Timeout-Ms`).
+    async fn call_http(
+        &self,
+        h: &HttpTarget,
+        req: tonic::Request<pb::ClassifyRequest>,
+    ) -> Result<pb::ClassifyResponse, Status> {
+        let m = req.into_inner();
+        let user = m.user.unwrap_or_default();
+        let body = serde_json::json!({
+            "bot_id": m.bot_id, "chat_id": m.chat_id, "chat_name": m.chat_name,
+            "message_id": m.message_id, "text": m.text, "user": {"id": user.id},
+        });
+        let mut r = h
+            .client
+            .post(&h.classify_url)
+            .header("x-timeout-ms", self.timeout.as_millis().to_string())
+            .json(&body);
+        if let Some(v) = &self.auth {
+            r = r.header("authorization", v.as_bytes());
+        }
+        let resp = r
+            .send()
+            .await
+            .map_err(|e| Status::unavailable(format!("HTTP: {e}")))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Status::unavailable(format!("HTTP body: {e}")))?;
+        if !status.is_success() {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let code = code_from_name(v["error"]["code"].as_str().unwrap_or(""));
+            let message = v["error"]["message"].as_str().unwrap_or("").to_string();
+            return Err(Status::new(code, format!("HTTP {status}: {message}")));
+        }
+        let a: HttpAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| Status::internal(format!("unexpected HTTP answer: {e}")))?;
+        Ok(pb::ClassifyResponse {
+            source: pb::Source::from_str_name(&a.source).map_or(0, |s| s as i32),
+            timings: Some(pb::Timings {
+                tokenize_us: a.timings.tokenize_us,
+                inference_us: a.timings.inference_us,
+                total_us: a.timings.total_us,
+                queue_us: a.timings.queue_us,
+            }),
+            ..Default::default()
+        })
     }
 }
 
@@ -601,7 +750,7 @@ impl Tally {
 
 async fn run_phase(
     load: Load,
-    clients: &[IntentServiceClient<Channel>],
+    clients: &[Target],
     ctx: &Arc<RequestFactory>,
     duration: Duration,
 ) -> Tally {
@@ -618,7 +767,7 @@ async fn run_phase(
 /// duration is over. Each keeps its own tally (no shared lock on the hot path).
 async fn closed_loop(
     n: usize,
-    clients: &[IntentServiceClient<Channel>],
+    clients: &[Target],
     ctx: &Arc<RequestFactory>,
     duration: Duration,
 ) -> Tally {
@@ -663,7 +812,7 @@ async fn closed_loop(
 async fn open_loop(
     rate: f64,
     max_outstanding: usize,
-    clients: &[IntentServiceClient<Channel>],
+    clients: &[Target],
     ctx: &Arc<RequestFactory>,
     duration: Duration,
 ) -> Tally {

@@ -38,6 +38,8 @@ pub struct TestServer {
     pub child: Child,
     pub addr: String,
     pub metrics_addr: String,
+    /// The HTTP/JSON door (`host:port`); empty when `http.enabled: false`.
+    pub http_addr: String,
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -90,6 +92,8 @@ fn write_config(dir: &Path, opts: &ServerOptions, data_dir: &Path) -> PathBuf {
         &format!("  key_file: {}/intentd.key", data_dir.display()),
     );
     text = text.replace("  listen: 127.0.0.1:9464", "  listen: 127.0.0.1:0");
+    // The HTTP door on an ephemeral port too, so parallel tests never collide on 8080.
+    text = text.replace("  listen: 127.0.0.1:8080", "  listen: 127.0.0.1:0");
     // Duplicate keys are not allowed in YAML: overrides replace whole top-level sections.
     let merged = merge_top_level(&text, &overrides);
     let path = dir.join("intentd.yml");
@@ -137,6 +141,8 @@ impl TestServer {
             .arg("--config")
             .arg(&config_path)
             .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
+            .arg("--http-listen")
             .arg("127.0.0.1:0");
         if let Some(t) = opts.manual_clock {
             cmd.arg("--manual-clock").arg(t.to_string());
@@ -156,6 +162,8 @@ impl TestServer {
         });
         let mut addr = None;
         let mut metrics_addr = None;
+        // Announced before the gRPC line, so it is known once `addr` is.
+        let mut http_addr = String::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while addr.is_none() || metrics_addr.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -167,6 +175,8 @@ impl TestServer {
             });
             if let Some(a) = line.strip_prefix("intentd listening on ") {
                 addr = Some(a.trim().to_string());
+            } else if let Some(a) = line.strip_prefix("http listening on http://") {
+                http_addr = a.trim().to_string();
             } else if let Some(a) = line.strip_prefix("metrics listening on http://") {
                 metrics_addr = Some(a.trim().trim_end_matches("/metrics").to_string());
             }
@@ -175,6 +185,7 @@ impl TestServer {
             child,
             addr: addr.unwrap(),
             metrics_addr: metrics_addr.unwrap(),
+            http_addr,
             data_dir,
             config_path,
             _tmp: Some(tmp),
