@@ -844,3 +844,40 @@ async fn bench_loads_the_http_door() {
         "{r}"
     );
 }
+
+/// The README's Python example (examples/http/client.py, `requests`) against the real server.
+#[tokio::test]
+async fn the_python_requests_example_runs() {
+    let Some(st) = schemathesis() else { return };
+    // The venv that holds schemathesis also holds requests (tests/http/requirements.txt).
+    let py = st.parent().unwrap().join("python");
+    let s = model_server("").await;
+    let script = common::repo_root().join("examples/http/client.py");
+    let base = format!("http://{}", s.http_addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(script)
+            .arg(base)
+            .arg(BOT_TOKEN)
+            .arg("1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "classify: refund",
+        "retry: replayed=True",
+        "event: ",
+        "feedback: recorded=True",
+        "done",
+    ] {
+        assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
+    }
+}

@@ -97,7 +97,7 @@ fn import_graph(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<S
             }
             for c in group.captures_iter(line) {
                 for item in c[3].split(',') {
-                    let item = item.trim().split_whitespace().next().unwrap_or("");
+                    let item = item.split_whitespace().next().unwrap_or("");
                     let item = if item == "self" { "" } else { item };
                     add(&c[1], &format!("{}::{item}", &c[2]));
                 }

@@ -295,8 +295,9 @@ impl Idempotency {
                 known.set.remove(&old);
                 if full && at >= window_start {
                     // Dropped for room while still in the window: misses may be in the store.
-                    known.store_until_ms =
-                        known.store_until_ms.max(at.saturating_add(self.window_ms()));
+                    known.store_until_ms = known
+                        .store_until_ms
+                        .max(at.saturating_add(self.window_ms()));
                 }
             }
         }
