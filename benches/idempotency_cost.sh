@@ -86,7 +86,13 @@ EOF
     fi
     "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$TEXTS" --concurrency "$CONCURRENCY" \
         --duration "$DURATION" --warmup 2 --json > "$WORK/$1-$2.json"
-    kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=
+    if ! kill -TERM "$SERVER_PID" 2>/dev/null; then
+        cp "$WORK/serve.log" /tmp/idempotency_cost-serve.log
+        echo "error: the server died during the run; its log: /tmp/idempotency_cost-serve.log" >&2
+        tail -n 20 "$WORK/serve.log" >&2
+        exit 1
+    fi
+    wait "$SERVER_PID" || true; SERVER_PID=
 }
 
 # ABBA order (on, off, off, on, ...) so a drift in the machine's load favours neither side.

@@ -19,10 +19,18 @@ use std::time::{Duration, Instant};
 /// How long an idle worker polls for the next job before parking.
 const SPIN: Duration = Duration::from_micros(300);
 
-/// The job being run: the caller's closure with its lifetime erased; valid until the job
-/// completes (`SpinPool::run` waits for that before returning).
+/// The job being run: its sequence number, its item count and the caller's closure with its
+/// lifetime erased; valid until the job completes (`SpinPool::run` waits for that before
+/// returning). The three travel together: a worker that read the cursor of one job and the
+/// item count of the next could claim an index of the next job under the old sequence number,
+/// run an item twice and let the caller return while an item still ran (a use after free,
+/// seen as a SIGSEGV in the int8 kernel under 32 concurrent clients).
 #[derive(Clone, Copy)]
-struct JobRef(*const (dyn Fn(usize) + Sync + 'static));
+struct JobRef {
+    seq: u64,
+    items: usize,
+    f: *const (dyn Fn(usize) + Sync + 'static),
+}
 
 // SAFETY: a JobRef is only dereferenced while its job runs, and the closure is `Sync`.
 unsafe impl Send for JobRef {}
@@ -30,7 +38,6 @@ unsafe impl Send for JobRef {}
 struct Shared {
     /// High 32 bits: job sequence number; low 32 bits: next item to claim.
     cursor: AtomicU64,
-    items: AtomicUsize,
     done: AtomicUsize,
     job: Mutex<Option<JobRef>>,
     /// The first panic of the current job's items, re-raised on the caller.
@@ -57,7 +64,6 @@ impl SpinPool {
     pub fn new(threads: usize) -> Self {
         let shared = Arc::new(Shared {
             cursor: AtomicU64::new(0),
-            items: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             job: Mutex::new(None),
             panic: Mutex::new(None),
@@ -127,22 +133,25 @@ impl SpinPool {
         let f_ptr: *const (dyn Fn(usize) + Sync + '_) = f;
         // SAFETY: erasing the lifetime; the pointer is used only until `done == items`, which
         // this function waits for before returning.
-        let job = JobRef(unsafe {
-            std::mem::transmute::<
-                *const (dyn Fn(usize) + Sync + '_),
-                *const (dyn Fn(usize) + Sync + 'static),
-            >(f_ptr)
-        });
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
-        s.items.store(items, Ordering::SeqCst);
+        let job = JobRef {
+            seq,
+            items,
+            f: unsafe {
+                std::mem::transmute::<
+                    *const (dyn Fn(usize) + Sync + '_),
+                    *const (dyn Fn(usize) + Sync + 'static),
+                >(f_ptr)
+            },
+        };
         s.done.store(0, Ordering::SeqCst);
+        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         // Publishing the cursor starts the job.
         s.cursor.store(seq << 32, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = s.park.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        claim_and_run(s, seq, f);
+        claim_and_run(s, seq, items, f);
         // Items claimed by workers must finish before `f` goes out of scope.
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < items {
@@ -163,8 +172,8 @@ impl SpinPool {
 }
 
 /// Claims items of job `seq` until none is left.
-fn claim_and_run(s: &Shared, seq: u64, f: &(dyn Fn(usize) + Sync)) {
-    let items = s.items.load(Ordering::Acquire) as u64;
+fn claim_and_run(s: &Shared, seq: u64, items: usize, f: &(dyn Fn(usize) + Sync)) {
+    let items = items as u64;
     loop {
         let cur = s.cursor.load(Ordering::Acquire);
         if cur >> 32 != seq || (cur & 0xffff_ffff) >= items {
@@ -226,10 +235,13 @@ fn worker(s: &Shared) {
         // using it after a successful claim is sound. A job already over leaves `None` or a
         // newer job whose sequence number differs (no claim succeeds).
         let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(job) = job else { continue };
+        // Only the job this sequence number names: its closure and its item count.
+        let Some(job) = job.filter(|j| j.seq == seq) else {
+            continue;
+        };
         // SAFETY: see above; the pointer came from a live `&(dyn Fn(usize) + Sync)`.
-        let f: &(dyn Fn(usize) + Sync) = unsafe { &*job.0 };
-        claim_and_run(s, seq, f);
+        let f: &(dyn Fn(usize) + Sync) = unsafe { &*job.f };
+        claim_and_run(s, seq, job.items, f);
     }
 }
 
