@@ -55,6 +55,7 @@ fn ctx(i: usize, text: &str, at_ms: i64) -> MessageContext {
         message_id: format!("m{i}"),
         text: text.into(),
         at_ms,
+        sent_at_ms: 0,
         user: UserInfo {
             id: format!("u{}", i % 997),
             nickname: "bench".into(),

@@ -88,6 +88,14 @@ pub struct Metrics {
     pub outbound_queued: Gauge,
     /// `intentd_replayed_total`: retries answered with their stored first answer.
     pub replayed: Counter,
+    /// `intentd_inference_queue_seconds`: how long a text waited for its forward pass (one
+    /// observation per text that went through the model).
+    pub inference_queue: Histogram,
+    /// `intentd_forward_pass_seconds`: the forward pass a text rode in (per text, so a batch of
+    /// n counts n times: the latency each caller saw).
+    pub forward_pass: Histogram,
+    /// `intentd_batch_texts`: the size of the batch each text rode in.
+    pub batch_texts: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,6 +130,9 @@ impl Metrics {
         let outbound_dropped = Family::<DroppedLabels, Counter>::default();
         let outbound_queued = Gauge::default();
         let replayed = Counter::default();
+        let inference_queue = latency_histogram();
+        let forward_pass = latency_histogram();
+        let batch_texts = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -170,6 +181,23 @@ impl Metrics {
             "Proactive sends waiting for a Subscribe stream of their bot",
             outbound_queued.clone(),
         );
+        registry.register_with_unit(
+            "inference_queue",
+            "Time a text waited for its forward pass (texts that went through the model)",
+            Unit::Seconds,
+            inference_queue.clone(),
+        );
+        registry.register_with_unit(
+            "forward_pass",
+            "Duration of the forward pass each text rode in",
+            Unit::Seconds,
+            forward_pass.clone(),
+        );
+        registry.register(
+            "batch_texts",
+            "Size of the batch each text rode in",
+            batch_texts.clone(),
+        );
         Self {
             registry,
             requests,
@@ -182,7 +210,17 @@ impl Metrics {
             outbound_dropped,
             outbound_queued,
             replayed,
+            inference_queue,
+            forward_pass,
+            batch_texts,
         }
+    }
+
+    /// Where a model answer's time went: the wait for a batch, the forward pass, the batch.
+    pub fn observe_inference(&self, queue_us: u64, inference_us: u64, batch_size: usize) {
+        self.inference_queue.observe(queue_us as f64 / 1e6);
+        self.forward_pass.observe(inference_us as f64 / 1e6);
+        self.batch_texts.observe(batch_size as f64);
     }
 
     /// Counts one answered request and its latency.

@@ -20,8 +20,13 @@ pub struct MessageContext {
     pub chat_name: String,
     pub message_id: String,
     pub text: String,
-    /// Unix ms when the message was sent (the server fills in "now" when the caller sent 0).
+    /// Unix ms when the server received the message: what the log, the audit trail and
+    /// retention go by (a client's clock cannot date a record into the purge).
     pub at_ms: i64,
+    /// Unix ms when the caller says the message was sent (0 when it did not say); kept as
+    /// information, within `limits.max_past_skew_ms` / `max_future_skew_ms` of the server.
+    #[serde(default)]
+    pub sent_at_ms: i64,
     pub user: UserInfo,
 }
 

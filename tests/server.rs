@@ -149,6 +149,21 @@ async fn every_bad_input_gets_invalid_argument_naming_the_field() {
             "sent_at_ms",
         ),
     ];
+    // Issue #12 regressions (each passed on main): text of invisible characters only, a
+    // client time that would date the record into the purge.
+    let mut more: Vec<(pb::ClassifyRequest, &str)> = vec![
+        (classify_req("b9", "\u{200B}\u{FEFF}\0", "u"), "invisible"),
+        (
+            {
+                let mut r = classify_req("b10", "你好", "u");
+                r.sent_at_ms = 1;
+                r
+            },
+            "accepted window",
+        ),
+    ];
+    let mut cases = cases;
+    cases.append(&mut more);
     for (req, needle) in cases {
         let err = c.classify(req.clone()).await.expect_err("must be rejected");
         // An unknown bot with a valid token for another bot is refused before validation.
@@ -163,7 +178,116 @@ async fn every_bad_input_gets_invalid_argument_naming_the_field() {
             err.message()
         );
     }
+    // A missing bot_id is the request's fault, not a permission problem (issue #12.5), and
+    // a huge one is not echoed whole.
+    let mut r = classify_req("b11", "你好", "u");
+    r.bot_id = String::new();
+    let err = c.classify(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("bot_id:"), "{}", err.message());
+    let mut r = classify_req("b12", "你好", "u");
+    r.bot_id = "g".repeat(10_000);
+    let err = c.classify(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().len() < 300, "{}", err.message());
     // The server is still fine afterwards.
+    c.classify(classify_req("ok", "你好", "u")).await.unwrap();
+}
+
+/// Sends raw bytes as a gRPC message: what a buggy or hostile client can put on the wire.
+mod raw {
+    use prost::bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    #[derive(Default, Clone)]
+    pub struct RawCodec;
+    pub struct Raw;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+        }
+    }
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_client_errors_naming_the_problem() {
+    // Issue #12.5 (failed on main): invalid UTF-8 and malformed protobuf answered INTERNAL,
+    // a message over 4 MB OUT_OF_RANGE.
+    use prost::Message;
+    let s = TestServer::start(ServerOptions::default()).await;
+    let call = |body: Vec<u8>| {
+        let channel = s.channel();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel.await);
+            grpc.ready().await.unwrap();
+            let mut req = tonic::Request::new(body);
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", common::server::BOT_TOKEN)
+                    .parse()
+                    .unwrap(),
+            );
+            grpc.unary::<Vec<u8>, Vec<u8>, _>(
+                req,
+                "/intentd.v1.IntentService/Classify".parse().unwrap(),
+                raw::RawCodec,
+            )
+            .await
+            .expect_err("must be refused")
+        }
+    };
+    let mut bad_utf8 = classify_req("u1", "AAAA", "u").encode_to_vec();
+    let at = bad_utf8.windows(4).position(|w| w == b"AAAA").unwrap();
+    bad_utf8[at..at + 4].copy_from_slice(&[0xff, 0xfe, 0xff, 0xfe]);
+    let e = call(bad_utf8).await;
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("UTF-8"), "{}", e.message());
+
+    let e = call(vec![0xff, 0xff, 0xff, 0xff]).await;
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("not a valid protobuf message"),
+        "{}",
+        e.message()
+    );
+
+    let huge = classify_req("u2", &"退".repeat(2_000_000), "u").encode_to_vec();
+    let e = call(huge.clone()).await;
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains(&format!(
+            "is {} bytes, over the limit of 4194304 bytes",
+            huge.len()
+        )),
+        "{}",
+        e.message()
+    );
+    // Still serving.
+    let mut c = s.client().await;
     c.classify(classify_req("ok", "你好", "u")).await.unwrap();
 }
 

@@ -858,6 +858,7 @@ fn exposure(experiment: &str, variant: &str, n: usize, at_ms: i64) -> Record {
         user_id: format!("{variant}-user{n}"),
         message_id: format!("{variant}-{n}"),
         at_ms,
+        sent_at_ms: 0,
         text: "优惠券怎么领".into(),
         intent: "coupon".into(),
         confidence: 0.9,
@@ -1382,6 +1383,22 @@ async fn a_metrics_scrape_parses_strictly_and_shows_the_traffic() {
     assert!(m
         .iter()
         .any(|x| x.name == "intentd_request_duration_seconds_bucket" && x.labels["le"] == "+Inf"));
+    // Where model answers' time went: one queue / forward-pass / batch-size observation per
+    // text the model answered (those the playbook blocked first never reached it).
+    let model_answers = sum(&m, "intentd_requests_total", &[("source", "model")]);
+    for h in [
+        "intentd_inference_queue_seconds_count",
+        "intentd_forward_pass_seconds_count",
+        "intentd_batch_texts_count",
+    ] {
+        let n = sum(&m, h, &[]);
+        assert!(
+            n >= model_answers && n <= texts.len() as f64,
+            "{h} = {n}: one per text through the model (>= {model_answers})\n{body}"
+        );
+    }
+    assert!(sum(&m, "intentd_forward_pass_seconds_sum", &[]) > 0.0);
+    assert!(sum(&m, "intentd_batch_texts_sum", &[]) >= sum(&m, "intentd_batch_texts_count", &[]));
     // Model info carries the served version.
     let info: Vec<_> = m
         .iter()
@@ -1424,6 +1441,9 @@ async fn bad_feedback_is_invalid_argument_naming_the_field() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path(), None, "").await;
     let mut c = s.client().await;
+    c.classify(classify_req("m1", "这个多少钱", "u1"))
+        .await
+        .unwrap();
     let ok = feedback_req("m1", pb::FeedbackKind::Resolved);
     let cases: Vec<(pb::FeedbackRequest, &str)> = vec![
         (
@@ -1481,6 +1501,17 @@ async fn bad_feedback_is_invalid_argument_naming_the_field() {
         assert_eq!(e.code(), Code::InvalidArgument, "{req:?}: {e}");
         assert!(e.message().starts_with(field), "{field}: {}", e.message());
     }
+    // Issue #12.5 (failed on main: recorded=true): feedback must name a logged decision.
+    let e = c
+        .feedback(feedback_req("never-classified", pb::FeedbackKind::Resolved))
+        .await
+        .expect_err("unknown message");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    assert!(
+        e.message()
+            .starts_with("message_id: no decision for message 'never-classified'"),
+        "{e}"
+    );
     assert!(c.feedback(ok).await.unwrap().into_inner().recorded);
     assert_eq!(
         open_db(data.path()).row_counts().unwrap().feedback,
@@ -1535,7 +1566,9 @@ async fn a_full_store_queue_is_back_pressure_not_a_hang() {
                     if r.into_inner().recorded {
                         acked_conv.fetch_add(1, Ordering::SeqCst);
                     } else {
+                        // Not in the log: feedback for it would be NOT_FOUND.
                         not_recorded.fetch_add(1, Ordering::SeqCst);
+                        continue;
                     }
                     let call = c.feedback(feedback_req(&id, pb::FeedbackKind::Clicked));
                     match tokio::time::timeout(Duration::from_secs(15), call)

@@ -51,7 +51,13 @@ pub fn plan_due(d: &Decider<'_>, view: DueView) -> (Vec<OutboundItem>, Vec<State
         let Some(w) = welcome_take_due(&mut row.welcome, now) else {
             continue;
         };
-        let names: Vec<&str> = w.users.iter().map(|(_, n)| n.as_str()).collect();
+        // Each name cleaned on its own (the cap is per name); render_job keeps the list as is.
+        let names: Vec<String> = w
+            .users
+            .iter()
+            .map(|(_, n)| cfg.replies.variables.nickname(n))
+            .filter(|n| !n.is_empty())
+            .collect();
         jobs.push(Job {
             bot_id: k.bot_id.clone(),
             chat_id: k.chat_id.clone(),
@@ -157,11 +163,12 @@ fn render_job(d: &Decider<'_>, s: &Settings, job: &Job) -> Option<ReplyOut> {
             days_left,
             event_name,
         } => {
-            let nick = nickname
-                .clone()
-                .or_else(|| user.as_ref().map(|u| u.nickname.clone()))
-                .unwrap_or_default();
-            let mut vars = d.vars(s, &nick, &job.chat_name);
+            let user_nick = user.as_ref().map(|u| u.nickname.as_str()).unwrap_or("");
+            let mut vars = d.vars(s, user_nick, &job.chat_name);
+            // A merged welcome's list of names, each already cleaned.
+            if let Some(list) = nickname {
+                vars.nickname = list.clone();
+            }
             vars.days_left = days_left.map(|n| n.to_string()).unwrap_or_default();
             vars.event_name = event_name.clone();
             let style = user

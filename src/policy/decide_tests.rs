@@ -229,6 +229,7 @@ fn a_join_merges_into_the_pending_welcome_of_the_row() {
         user: user("u2", "小李"),
         target_id: String::new(),
         at_ms: 0,
+        sent_at_ms: 0,
         event_id: "e1".into(),
     };
     let out = decide_event(&d, &mut w, &ev);

@@ -152,11 +152,14 @@ pub struct Decider<'a> {
 impl Decider<'_> {
     pub(crate) fn vars(&self, s: &Settings, nickname: &str, group_name: &str) -> Vars {
         let lt = local(s.timezone, self.now);
-        // Nicknames and group names are user-chosen and often carry a phone number or e-mail
-        // ("王姐13812345678"): a reply posted to the whole group must not repeat them.
+        // Nicknames and group names are user-chosen: cleaned (control / bidi characters,
+        // mentions, PII such as "王姐13812345678", length) before a reply posted to the whole
+        // group repeats them; empty ones render as the operator's fallback.
+        let v = &self.cfg.replies.variables;
         Vars {
-            nickname: crate::pii::redact_pii(nickname),
-            group_name: crate::pii::redact_pii(group_name),
+            fallbacks: v.fallbacks.clone(),
+            nickname: v.nickname(nickname),
+            group_name: v.group_name(group_name),
             greeting: self.cfg.replies.greetings.at(lt.time()).to_string(),
             festival: self.cfg.calendar.greeting_on(lt.date()).to_string(),
             ..Default::default()

@@ -49,7 +49,10 @@ pub struct EventInput {
     pub user: UserInfo,
     /// Link or card id for LINK_CLICKED / CARD_SHARED.
     pub target_id: String,
+    /// Unix ms when the server received the event (what records and retention go by).
     pub at_ms: i64,
+    /// Unix ms of the event as the caller sent it (0 when it did not say).
+    pub sent_at_ms: i64,
     pub event_id: String,
 }
 

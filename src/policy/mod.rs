@@ -65,6 +65,7 @@ pub mod spacing;
 pub mod state;
 pub mod state_memory;
 pub mod templates;
+pub mod variables;
 
 pub use compliance::ReviewItem;
 pub use events::{EventDecision, EventInput, EventKind};

@@ -55,6 +55,9 @@ links:
 cards:
   product_card:
     - { id: c1, style: professional, text: \"{nickname}，点卡片即可下单\" }
+variables:
+  nickname: { fallback: 朋友, max_chars: 12 }
+  group_name: { fallback: 本群 }
 ";
 
 const BASE: &str = "defaults:
@@ -206,6 +209,7 @@ fn msg(chat: &str, u: &UserInfo, text: &str) -> MessageContext {
         message_id: format!("m{}", MSG.fetch_add(1, Ordering::Relaxed)),
         text: text.into(),
         at_ms: 0,
+        sent_at_ms: 0,
         user: u.clone(),
     }
 }
@@ -269,14 +273,25 @@ impl Fx {
         self.pb.decide_message(&msg(chat, u, "嗯？"), c, &names)
     }
     fn event(&self, chat: &str, kind: EventKind, u: &UserInfo, target: &str) -> EventDecision {
+        self.event_in(chat, "粉丝群", kind, u, target)
+    }
+    fn event_in(
+        &self,
+        chat: &str,
+        chat_name: &str,
+        kind: EventKind,
+        u: &UserInfo,
+        target: &str,
+    ) -> EventDecision {
         self.pb.handle_event(&EventInput {
             bot_id: BOT.into(),
             chat_id: chat.into(),
-            chat_name: "粉丝群".into(),
+            chat_name: chat_name.into(),
             kind,
             user: u.clone(),
             target_id: target.into(),
             at_ms: 0,
+            sent_at_ms: 0,
             event_id: format!("e{}", MSG.fetch_add(1, Ordering::Relaxed)),
         })
     }
@@ -484,6 +499,57 @@ fn pii_in_nicknames_is_not_repeated_in_replies() {
         "coupon_center",
     );
     assert_eq!(text(&d.decision), "李[PHONE]，领券后回商品页下单");
+}
+
+#[test]
+fn user_chosen_names_are_cleaned_and_empty_ones_fall_back() {
+    // Issue #12.4 (these went into replies verbatim before policy/variables.rs): control and
+    // bidi characters, line breaks and @-mentions in a nickname; an empty name left a hole.
+    let f = fx(BASE);
+    let m = msg("g", &user("u1", "\u{202E}小王\n@所有人\0\u{1b}"), "多少钱");
+    let d = f.pb.decide_message(&m, &cls("price"), &names);
+    assert_eq!(text(&d), "小王 所有人，关于price请看说明");
+    // Other groups: spacing would merge a second price reply in the same one.
+    let m = msg("g2", &user("u2", "\u{200B}\u{2066}"), "多少钱");
+    let d = f.pb.decide_message(&m, &cls("price"), &names);
+    assert_eq!(text(&d), "朋友，关于price请看说明");
+    let d = f.pb.decide_message(
+        &msg("g3", &user("u3", &"长".repeat(5000)), "多少钱"),
+        &cls("price"),
+        &names,
+    );
+    assert_eq!(
+        text(&d),
+        format!("{}\u{2026}，关于price请看说明", "长".repeat(11))
+    );
+    // Group names too: a chat without a name gets the fallback.
+    let f = fx(&(BASE.to_string() + "  welcome: { merge_window_s: 0 }\n"));
+    let u = user("u4", "\u{202E}@小王");
+    let ev = f.event_in("g4", "", EventKind::MemberJoined, &u, "");
+    assert_eq!(text(&ev.decision), "欢迎小王加入本群！");
+    let ev = f.event_in("g5", "\u{202E}@所有人\n群", EventKind::MemberJoined, &u, "");
+    assert_eq!(text(&ev.decision), "欢迎小王加入所有人 群！");
+}
+
+#[test]
+fn merged_welcomes_clean_each_name() {
+    let pb = BASE.to_string() + "  welcome: { merge_window_s: 60 }\n";
+    let f = fx(&pb);
+    let t0 = f.now();
+    f.event("g", EventKind::MemberJoined, &user("u1", "@所有人\n"), "");
+    f.event("g", EventKind::MemberJoined, &user("u2", "\u{202E}"), "");
+    f.event(
+        "g",
+        EventKind::MemberJoined,
+        &user("u3", &"长".repeat(30)),
+        "",
+    );
+    let out = f.pb.due(t0 + 60_000);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].reply.text,
+        format!("欢迎所有人、{}\u{2026}加入粉丝群！", "长".repeat(11))
+    );
 }
 
 #[test]

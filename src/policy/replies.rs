@@ -30,6 +30,7 @@ use std::path::Path;
 
 use super::compliance::BannedWords;
 use super::templates::{parse_hhmm, Greetings, Template, Var};
+use super::variables::{clean_user_text, Fallbacks, VariableRules, MAX_CHARS_LIMIT};
 use crate::data::yaml::{Seg, YamlFile};
 use crate::data::FileError;
 use crate::engine::catalog::Catalog;
@@ -67,6 +68,8 @@ pub struct ReplyLibrary {
     pub styles: Vec<String>,
     pub greetings: Greetings,
     pub list_separator: String,
+    /// Cleaning caps and fallbacks of template variables (`variables`).
+    pub variables: VariableRules,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +88,17 @@ struct RawFile {
     cards: BTreeMap<String, Vec<RawVariant>>,
     #[serde(default)]
     named: BTreeMap<String, Vec<RawVariant>>,
+    #[serde(default)]
+    variables: BTreeMap<String, RawVariable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVariable {
+    #[serde(default)]
+    fallback: Option<String>,
+    #[serde(default)]
+    max_chars: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +118,74 @@ struct RawVariant {
     id: String,
     style: String,
     text: String,
+}
+
+/// The `variables` section: a fallback per variable (cleaned like a nickname, free of banned
+/// words) and caps for the user-chosen ones.
+fn variable_rules(
+    raw: &BTreeMap<String, RawVariable>,
+    banned: &BannedWords,
+    err: &dyn Fn(&[Seg<'_>], String) -> FileError,
+) -> Result<VariableRules, FileError> {
+    let mut rules = VariableRules::default();
+    let mut fallbacks = Fallbacks::default();
+    for (name, v) in raw {
+        let at = |key: &'static str| [Seg::Key("variables"), Seg::Key(name), Seg::Key(key)];
+        let Some(var) = Var::parse(name) else {
+            let known: Vec<&str> = Var::ALL.iter().map(|v| v.name()).collect();
+            return Err(err(
+                &[Seg::Key("variables"), Seg::Key(name)],
+                format!(
+                    "unknown template variable '{name}' (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        };
+        if let Some(max) = v.max_chars {
+            let slot = match var {
+                Var::Nickname => &mut rules.nickname_max_chars,
+                Var::GroupName => &mut rules.group_name_max_chars,
+                _ => {
+                    return Err(err(
+                        &at("max_chars"),
+                        format!(
+                            "max_chars applies to nickname and group_name (the values users \
+                             choose), not to '{name}'"
+                        ),
+                    ))
+                }
+            };
+            if max == 0 || max > MAX_CHARS_LIMIT {
+                return Err(err(
+                    &at("max_chars"),
+                    format!("max_chars must be between 1 and {MAX_CHARS_LIMIT}, got {max}"),
+                ));
+            }
+            *slot = max;
+        }
+        if let Some(text) = &v.fallback {
+            let clean = clean_user_text(text, MAX_CHARS_LIMIT);
+            if clean != *text || text.is_empty() {
+                return Err(err(
+                    &at("fallback"),
+                    format!(
+                        "fallback for '{name}' must be plain visible text of at most \
+                         {MAX_CHARS_LIMIT} characters (no control or bidi characters, line \
+                         breaks, '@', phone numbers or e-mails)"
+                    ),
+                ));
+            }
+            if let Some(w) = banned.find(text) {
+                return Err(err(
+                    &at("fallback"),
+                    format!("fallback for '{name}' contains the banned word '{w}'"),
+                ));
+            }
+            fallbacks.set(var, text.clone());
+        }
+    }
+    rules.fallbacks = std::sync::Arc::new(fallbacks);
+    Ok(rules)
 }
 
 fn valid_id(s: &str) -> bool {
@@ -154,7 +236,9 @@ impl ReplyLibrary {
             greet.push((m, g.text.clone()));
         }
 
+        let variables = variable_rules(&raw.variables, banned, &err)?;
         let mut lib = ReplyLibrary {
+            variables,
             sets: HashMap::new(),
             styles: raw.styles.clone(),
             greetings: Greetings::new(greet),
@@ -547,5 +631,77 @@ pub(crate) mod tests {
             })
             .unwrap();
         assert_eq!(out.variant_id, "thanks/b");
+    }
+
+    #[test]
+    fn variables_section_sets_fallbacks_and_caps() {
+        let y = format!(
+            "{}variables:\n  nickname: {{ fallback: 朋友, max_chars: 8 }}\n  group_name: {{ fallback: 本群 }}\n",
+            minimal_yaml()
+        );
+        let lib = parse(&y, &banned()).unwrap();
+        assert_eq!(lib.variables.nickname_max_chars, 8);
+        assert_eq!(lib.variables.group_name_max_chars, 30);
+        // Issue #12.4: an empty chat name rendered "我是的智能助手"; now it is the fallback.
+        let t = Template::parse("我是{group_name}的智能助手，{nickname}{festival}").unwrap();
+        let vars = Vars {
+            fallbacks: lib.variables.fallbacks.clone(),
+            ..Default::default()
+        };
+        assert_eq!(t.render(&vars), "我是本群的智能助手，朋友");
+        assert_eq!(
+            lib.variables.nickname("\u{202E}@所有人 很长很长很长的名字"),
+            "所有人 很长很\u{2026}"
+        );
+        // Without the section: the defaults, and empty variables stay empty.
+        let lib = parse(&minimal_yaml(), &banned()).unwrap();
+        assert_eq!(lib.variables.nickname_max_chars, 20);
+        assert_eq!(
+            t.render(&Vars {
+                fallbacks: lib.variables.fallbacks.clone(),
+                ..Default::default()
+            }),
+            "我是的智能助手，"
+        );
+    }
+
+    #[test]
+    fn bad_variables_entries_name_file_and_line() {
+        let with = |entry: &str| format!("{}variables:\n  {entry}\n", minimal_yaml());
+        let y = with("nick: { fallback: a }");
+        let e = load_err(&y);
+        assert!(
+            e.starts_with(&format!(
+                "replies.yml:{}: unknown template variable 'nick'",
+                line_of_text(&y, "nick:")
+            )),
+            "{e}"
+        );
+        let e = load_err(&with("nickname: { max_chars: 0 }"));
+        assert!(
+            e.contains("max_chars must be between 1 and 200, got 0"),
+            "{e}"
+        );
+        let e = load_err(&with("nickname: { max_chars: 201 }"));
+        assert!(e.contains("got 201"), "{e}");
+        let e = load_err(&with("greeting: { max_chars: 5 }"));
+        assert!(
+            e.contains("max_chars applies to nickname and group_name"),
+            "{e}"
+        );
+        let e = load_err(&with("nickname: { fallback: \"@所有人\" }"));
+        assert!(
+            e.contains("fallback for 'nickname' must be plain visible text"),
+            "{e}"
+        );
+        let e = load_err(&with("nickname: { fallback: \"\" }"));
+        assert!(e.contains("must be plain visible text"), "{e}");
+        let e = load_err(&with("nickname: { fallback: 加微信 }"));
+        assert!(
+            e.contains("fallback for 'nickname' contains the banned word '微信'"),
+            "{e}"
+        );
+        let e = load_err(&with("nickname: { fallbak: x }"));
+        assert!(e.contains("fallbak"), "{e}");
     }
 }

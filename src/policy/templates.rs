@@ -170,9 +170,11 @@ impl Template {
     }
 }
 
-/// Values for one rendering. Missing values render as empty text.
+/// Values for one rendering. An empty value renders as its fallback from `replies.yml`
+/// (`variables`), or as empty text when there is none.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Vars {
+    pub fallbacks: std::sync::Arc<super::variables::Fallbacks>,
     pub nickname: String,
     pub group_name: String,
     pub greeting: String,
@@ -186,6 +188,15 @@ pub struct Vars {
 
 impl Vars {
     pub fn get(&self, v: Var) -> &str {
+        let value = self.value(v);
+        if value.is_empty() {
+            self.fallbacks.get(v)
+        } else {
+            value
+        }
+    }
+
+    fn value(&self, v: Var) -> &str {
         match v {
             Var::Nickname => &self.nickname,
             Var::GroupName => &self.group_name,

@@ -124,13 +124,21 @@ impl Authenticator {
 }
 
 impl Caller {
-    /// The caller may act for `bot_id`.
+    /// The caller may act for `bot_id`. A missing id is the request's fault (INVALID_ARGUMENT),
+    /// and an id is never echoed at full length: a 10 KB id in the message made standard
+    /// clients fail on the size of the status metadata.
     pub fn check_bot(&self, bot_id: &str) -> Result<(), Status> {
+        if bot_id.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "bot_id: is required and must not be empty",
+            ));
+        }
         match self {
             Caller::Anyone | Caller::Admin => Ok(()),
             Caller::Bot(b) if b == bot_id => Ok(()),
             Caller::Bot(b) => Err(Status::permission_denied(format!(
-                "token of bot '{b}' cannot act for bot_id '{bot_id}'"
+                "token of bot '{b}' cannot act for bot_id '{}'",
+                crate::service::validate::shown(bot_id)
             ))),
         }
     }
@@ -221,6 +229,20 @@ mod tests {
             c.check_bot("other").unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
+    }
+
+    #[test]
+    fn a_missing_or_huge_bot_id_is_named_not_echoed() {
+        // Issue #12.5 (failed on main): an empty bot_id was PERMISSION_DENIED, and a 10 KB one
+        // came back whole in the status message.
+        let c = Caller::Bot("shop".into());
+        let e = c.check_bot("").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), "bot_id: is required and must not be empty");
+        let e = c.check_bot(&"x".repeat(10_000)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().len() < 200, "{}", e.message());
+        assert!(e.message().contains("10000 bytes"), "{}", e.message());
     }
 
     #[test]

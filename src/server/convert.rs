@@ -24,6 +24,7 @@ pub fn code(e: &ServiceError) -> tonic::Code {
         ServiceError::Busy(_) => tonic::Code::ResourceExhausted,
         ServiceError::Unavailable(_) => tonic::Code::Unavailable,
         ServiceError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+        ServiceError::NotFound(_) => tonic::Code::NotFound,
         ServiceError::Internal(_) => tonic::Code::Internal,
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod decode_errors;
 pub mod grpc;
 pub mod health;
 pub mod http;
@@ -72,6 +73,10 @@ pub async fn serve_grpc(
         health: reporter,
     };
     builder
+        // Undecodable requests are the client's fault, not INTERNAL / OUT_OF_RANGE.
+        .layer(tower::util::MapResponseLayer::new(
+            decode_errors::remap::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

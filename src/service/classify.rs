@@ -302,6 +302,8 @@ impl Service {
                 Ok(inf) => {
                     timings.queue_us = inf.queue_us;
                     timings.inference_us = inf.inference_us;
+                    self.metrics
+                        .observe_inference(inf.queue_us, inf.inference_us, inf.batch_size);
                     *model_version = inf.model_version.to_string();
                     let mut scores: Vec<IntentScore> = inf
                         .labels

@@ -18,6 +18,9 @@ pub enum ServiceError {
     /// The request is fine but the server's state refuses it (store off, broken reload).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request names something that does not exist (feedback for an unknown message).
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -17,7 +17,7 @@ impl Service {
         self.check_bot(&req.bot_id)?;
         validate::check_id("message_id", &req.message_id, true, limits)?;
         validate::check_id("variant_id", &req.variant_id, false, limits)?;
-        let at_ms = validate::report_time(req.at_ms, self.now_ms())?;
+        let at_ms = validate::report_time(req.at_ms, self.now_ms(), limits)?;
         let kind = req.kind.ok_or_else(|| InvalidField {
             field: "kind".into(),
             problem: "must be RESOLVED, UNRESOLVED, THUMBS_UP, THUMBS_DOWN or CLICKED".into(),
@@ -26,6 +26,21 @@ impl Service {
             .storage
             .as_ref()
             .ok_or_else(|| ServiceError::FailedPrecondition("the store is disabled".into()))?;
+        // Feedback counts toward resolution and A/B results: it must name a logged decision.
+        let known = storage
+            .store()
+            .has_message(&req.bot_id, &req.message_id)
+            .map_err(|e| {
+                ServiceError::Unavailable(format!("cannot look the message up ({e}); retry"))
+            })?;
+        if !known {
+            return Err(ServiceError::NotFound(format!(
+                "message_id: no decision for message '{}' of bot '{}' is in the log (never \
+                 classified here, or purged by retention)",
+                validate::shown(&req.message_id),
+                req.bot_id
+            )));
+        }
         let rec = store::FeedbackRecord {
             bot_id: req.bot_id.clone(),
             message_id: req.message_id.clone(),
@@ -49,7 +64,7 @@ impl Service {
         self.check_bot(&req.bot_id)?;
         validate::check_id("chat_id", &req.chat_id, true, limits)?;
         validate::check_id("message_id", &req.message_id, false, limits)?;
-        let at_ms = validate::report_time(req.at_ms, self.now_ms())?;
+        let at_ms = validate::report_time(req.at_ms, self.now_ms(), limits)?;
         self.playbook
             .record_human_reply(&req.bot_id, &req.chat_id)
             .await?;

@@ -113,7 +113,7 @@ impl Service {
         if !self.known_bot(bot_id) {
             return Err(InvalidField {
                 field: "bot_id".into(),
-                problem: format!("unknown bot '{bot_id}'"),
+                problem: format!("unknown bot '{}'", super::validate::shown(bot_id)),
             }
             .into());
         }

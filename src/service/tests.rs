@@ -672,3 +672,56 @@ async fn answers_dropped_from_memory_are_found_in_the_store() {
     assert_eq!(first_form(&again), first);
     assert_eq!(totals(&h).await.total.counts.messages, 3);
 }
+
+#[tokio::test]
+async fn records_are_dated_by_the_server_so_a_client_clock_cannot_purge_them() {
+    // Issue #12.1 (failed on main): sent_at_ms = 1 was accepted and dated the conversation and
+    // its BLOCK audit row 1970, and the next purge deleted both.
+    let h = harness();
+    let banned = std::fs::read_to_string(repo().join("config/operator/banned_words.txt")).unwrap();
+    let word = banned
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap()
+        .to_string();
+    let mut ancient = message("m-old", &format!("看看{word}吧"));
+    ancient.sent_at_ms = 1;
+    let e = h.service.classify(&ancient).await.unwrap_err();
+    assert_eq!(invalid_field(e), "sent_at_ms");
+
+    // Within the window the caller's time is kept beside the server's, which dates the row.
+    let sent = T0 - 3 * 24 * 3600 * 1000;
+    let mut late = message("m-late", &format!("看看{word}吧"));
+    late.sent_at_ms = sent;
+    let r = h.service.classify(&late).await.unwrap();
+    assert_eq!((r.decision.action, r.recorded), (Action::Block, true));
+    let storage = h.service.storage.clone().unwrap();
+    let rows = storage.store().conversations(0, i64::MAX, 0, 10).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].record.at_ms, rows[0].record.sent_at_ms),
+        (T0, sent)
+    );
+    let audit_at: Vec<i64> = storage
+        .store()
+        .audit_rows(0, i64::MAX)
+        .unwrap()
+        .iter()
+        .filter(|a| a.action == crate::store::audit::AuditAction::Block)
+        .map(|a| a.at_ms)
+        .collect();
+    assert_eq!(audit_at, vec![T0]);
+    // A purge a day later keeps both: they are a day old, not three (nor 56 years).
+    h.clock.advance_ms(24 * 3600 * 1000);
+    let report = storage.purge().unwrap();
+    assert_eq!((report.conversations, report.audit), (0, 0));
+    assert_eq!(
+        storage
+            .store()
+            .conversations(0, i64::MAX, 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -19,8 +19,11 @@ pub struct Limits {
     pub max_tag_chars: usize,
     /// Messages in one ClassifyBatch call.
     pub max_batch_requests: usize,
-    /// How far in the future `sent_at_ms` may be (clock skew allowance).
+    /// How far in the future `sent_at_ms` / an event's `at_ms` may be (clock skew allowance).
     pub max_future_skew_ms: i64,
+    /// How far in the past `sent_at_ms` / an event's `at_ms` may be (a bot catching up on a
+    /// backlog). Records are dated by the server's receive time either way.
+    pub max_past_skew_ms: i64,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             max_tag_chars: 32,
             max_batch_requests: 64,
             max_future_skew_ms: 24 * 3600 * 1000,
+            max_past_skew_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -53,6 +57,24 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidField
 }
 
 /// An id field: required or not, at most `limits.max_id_bytes`, no control characters.
+/// How an id the caller sent is shown in an error: at most 64 characters, control characters
+/// escaped, with the full length when cut (never the whole of a 10 KB id).
+pub fn shown(id: &str) -> String {
+    const MAX: usize = 64;
+    let mut out = String::new();
+    for c in id.chars().take(MAX) {
+        if c.is_control() || crate::policy::variables::invisible(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    if id.chars().count() > MAX {
+        out.push_str(&format!("\u{2026} ({} bytes)", id.len()));
+    }
+    out
+}
+
 pub fn check_id(
     field: &str,
     value: &str,
@@ -82,8 +104,15 @@ pub fn check_id(
 }
 
 pub fn check_text(field: &str, text: &str, limits: &Limits) -> Result<(), InvalidField> {
-    if text.trim().is_empty() {
-        return Err(invalid(field, "is empty or only whitespace"));
+    // Zero-width spaces, NUL, bidi marks: nothing a person could have written or read.
+    if text
+        .chars()
+        .all(|c| c.is_whitespace() || c.is_control() || crate::policy::variables::invisible(c))
+    {
+        return Err(invalid(
+            field,
+            "is empty or only whitespace / invisible characters",
+        ));
     }
     let chars = text.chars().count();
     if chars > limits.max_text_chars {
@@ -157,29 +186,44 @@ fn check_bot(
     if !known_bot(bot_id) {
         return Err(invalid(
             "bot_id",
-            format!("unknown bot '{bot_id}' (not in the server configuration)"),
+            format!(
+                "unknown bot '{}' (not in the server configuration)",
+                shown(bot_id)
+            ),
         ));
     }
     Ok(())
 }
 
+/// The caller's own time for a message or event: 0 (not given) or Unix ms within the window
+/// around the server's time. It is kept as information only; records are dated by the server.
 fn check_time(field: &str, ms: i64, now_ms: i64, limits: &Limits) -> Result<i64, InvalidField> {
     if ms == 0 {
-        return Ok(now_ms);
+        return Ok(0);
     }
+    let window = || {
+        format!(
+            "the accepted window is {} ms before to {} ms after the server's time ({now_ms}); \
+             send 0 to use the server's time",
+            limits.max_past_skew_ms, limits.max_future_skew_ms
+        )
+    };
     if ms < 0 {
         return Err(invalid(
             field,
             "must be Unix milliseconds (>= 0; 0 means now)",
         ));
     }
-    if ms > now_ms + limits.max_future_skew_ms {
+    if ms > now_ms.saturating_add(limits.max_future_skew_ms) {
         return Err(invalid(
             field,
-            format!(
-                "is more than {} ms in the future",
-                limits.max_future_skew_ms
-            ),
+            format!("{ms} is too far in the future: {}", window()),
+        ));
+    }
+    if ms < now_ms.saturating_sub(limits.max_past_skew_ms) {
+        return Err(invalid(
+            field,
+            format!("{ms} is too far in the past: {}", window()),
         ));
     }
     Ok(ms)
@@ -207,14 +251,15 @@ pub fn classify_request(
         ));
     }
     let user = check_user("user", req.user.as_ref(), limits)?;
-    let at_ms = check_time("sent_at_ms", req.sent_at_ms, now_ms, limits)?;
+    let sent_at_ms = check_time("sent_at_ms", req.sent_at_ms, now_ms, limits)?;
     Ok(MessageContext {
         bot_id: req.bot_id.clone(),
         chat_id: req.chat_id.clone(),
         chat_name: req.chat_name.clone(),
         message_id: req.message_id.clone(),
         text: req.text.clone(),
-        at_ms,
+        at_ms: now_ms,
+        sent_at_ms,
         user,
     })
 }
@@ -254,7 +299,7 @@ pub fn event(
             "is required for LINK_CLICKED and CARD_SHARED",
         ));
     }
-    let at_ms = check_time("at_ms", ev.at_ms, now_ms, limits)?;
+    let sent_at_ms = check_time("at_ms", ev.at_ms, now_ms, limits)?;
     Ok(EventInput {
         bot_id: ev.bot_id.clone(),
         chat_id: ev.chat_id.clone(),
@@ -262,18 +307,17 @@ pub fn event(
         kind,
         user,
         target_id: ev.target_id.clone(),
-        at_ms,
+        at_ms: now_ms,
+        sent_at_ms,
         event_id: ev.event_id.clone(),
     })
 }
 
-/// The `at_ms` of a report (Feedback, ReportHumanReply): 0 means now.
-pub fn report_time(at_ms: i64, now_ms: i64) -> Result<i64, InvalidField> {
-    match at_ms {
-        0 => Ok(now_ms),
-        t if t < 0 => Err(invalid("at_ms", "must be Unix milliseconds >= 0 (0 = now)")),
-        t => Ok(t),
-    }
+/// The `at_ms` of a report (Feedback, ReportHumanReply): 0 or within the window around the
+/// server's time; the record is dated by the server's time either way.
+pub fn report_time(at_ms: i64, now_ms: i64, limits: &Limits) -> Result<i64, InvalidField> {
+    check_time("at_ms", at_ms, now_ms, limits)?;
+    Ok(now_ms)
 }
 
 #[cfg(test)]
@@ -334,6 +378,61 @@ mod tests {
         let mut r = req("hi");
         r.user.as_mut().unwrap().tags = vec!["".into()];
         assert_eq!(check(&r).unwrap_err().field, "user.tags[0]");
+    }
+
+    #[test]
+    fn records_go_by_the_server_clock_and_the_client_time_stays_in_its_window() {
+        // Issue #12.1 (failed on main): sent_at_ms = 1 was accepted and dated the record 1970,
+        // so the next purge erased it and its audit row.
+        let now = 1_800_000_000_000;
+        let limits = Limits::default();
+        let check_at = |sent: i64| {
+            let mut r = req("hi");
+            r.sent_at_ms = sent;
+            classify_request(&r, &limits, now, |b| b == "shop")
+        };
+        let e = check_at(1).unwrap_err();
+        assert_eq!(e.field, "sent_at_ms");
+        assert!(
+            e.problem.starts_with("1 is too far in the past: the accepted window is 604800000 ms before to 86400000 ms after the server's time (1800000000000)"),
+            "{e}"
+        );
+        let e = check_at(now + limits.max_future_skew_ms + 1).unwrap_err();
+        assert!(e.problem.contains("too far in the future"), "{e}");
+        let sent = now - 3_600_000;
+        let ctx = check_at(sent).unwrap();
+        assert_eq!((ctx.at_ms, ctx.sent_at_ms), (now, sent));
+        let ctx = check_at(0).unwrap();
+        assert_eq!((ctx.at_ms, ctx.sent_at_ms), (now, 0));
+        assert_eq!(report_time(now - 1, now, &limits), Ok(now));
+        assert_eq!(report_time(1, now, &limits).unwrap_err().field, "at_ms");
+    }
+
+    #[test]
+    fn invisible_only_text_is_refused_like_blank_text() {
+        // Issue #12.5 (failed on main): U+200B or NUL alone passed as a message.
+        for t in [
+            "\u{200B}",
+            "\0",
+            "\u{200B}\u{FEFF} \u{202E}\u{2060}",
+            "\u{200D}\n",
+        ] {
+            let e = check(&req(t)).unwrap_err();
+            assert_eq!(e.field, "text", "{t:?}");
+            assert!(e.problem.contains("invisible"), "{e}");
+        }
+        assert!(check(&req("\u{200B}退款")).is_ok());
+    }
+
+    #[test]
+    fn ids_in_errors_are_cut_and_escaped() {
+        assert_eq!(shown("店铺\u{202E}a"), "店铺\\u{202e}a");
+        let s = shown(&"b".repeat(10_000));
+        assert!(
+            s.starts_with(&"b".repeat(64)) && s.ends_with("(10000 bytes)"),
+            "{s}"
+        );
+        assert!(s.len() < 100);
     }
 
     #[test]

@@ -193,7 +193,11 @@ pub struct ConversationRecord {
     pub chat_id: String,
     pub user_id: String,
     pub message_id: String,
+    /// Server receive time: what stats windows and retention go by.
     pub at_ms: i64,
+    /// The caller's own time for the message or event (0 when it sent none); information only.
+    #[serde(default)]
+    pub sent_at_ms: i64,
     pub text: String,
     pub intent: String,
     pub confidence: f32,
@@ -266,6 +270,7 @@ impl ConversationRecord {
             user_id: ctx.user.id.clone(),
             message_id: ctx.message_id.clone(),
             at_ms: ctx.at_ms,
+            sent_at_ms: ctx.sent_at_ms,
             text: ctx.text.clone(),
             intent: cls.intent.clone(),
             confidence: cls.confidence,
@@ -297,6 +302,7 @@ impl ConversationRecord {
                 ev.event_id.clone()
             },
             at_ms: ev.at_ms,
+            sent_at_ms: ev.sent_at_ms,
             text: String::new(),
             intent: String::new(),
             confidence: 1.0,
@@ -542,6 +548,9 @@ pub trait Store: Send + Sync {
         kind: AnswerKind,
         key: &str,
     ) -> Result<Option<AnswerRow>, StoreError>;
+
+    /// A decision for `(bot_id, message_id)` is in the log (Feedback must name one).
+    fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError>;
 }
 
 /// The store as the server uses it: backend + writer thread + config + clock.
@@ -726,6 +735,7 @@ pub(crate) mod test_support {
             user_id: "u1".into(),
             message_id: msg.into(),
             at_ms,
+            sent_at_ms: 0,
             text: "请问这个多少钱".into(),
             intent: "price".into(),
             confidence: 0.9,

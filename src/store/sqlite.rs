@@ -101,6 +101,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX answers_key ON answers(bot_id, kind, key);
     CREATE INDEX answers_at ON answers(at_ms);
     "#,
+    // 3: conversations are dated by the server's receive time (issue 12); the caller's own
+    // time is kept beside it
+    r#"
+    ALTER TABLE conversations ADD COLUMN sent_at_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// SQLite implementation of [`Store`].
@@ -225,8 +230,8 @@ impl SqliteStore {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO conversations (bot_id, chat_id, user_id, message_id, at_ms, intent,
                         confidence, source, action, triggered, auto_reply, variant_id, experiment, tokenize_us,
-                        inference_us, queue_us, total_us, model_version, reason, key_id, sealed)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                        inference_us, queue_us, total_us, model_version, reason, key_id, sealed, sent_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
                 )?
                 .execute(params![
                     c.bot_id,
@@ -250,6 +255,7 @@ impl SqliteStore {
                     c.reason,
                     sealed.key_id,
                     sealed.blob,
+                    c.sent_at_ms,
                 ])?;
                 if let Some(a) = implied_audit(c) {
                     insert_audit(tx, &a)?;
@@ -453,7 +459,7 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare_cached(
             "SELECT id, bot_id, chat_id, user_id, message_id, at_ms, intent, confidence, source, action,
                     triggered, variant_id, experiment, tokenize_us, inference_us, queue_us, total_us,
-                    model_version, reason, key_id, sealed
+                    model_version, reason, key_id, sealed, sent_at_ms
              FROM conversations WHERE at_ms >= ?1 AND at_ms <= ?2 AND id > ?3 ORDER BY id LIMIT ?4",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -475,6 +481,7 @@ impl Store for SqliteStore {
                 user_id: r.get(3)?,
                 message_id,
                 at_ms: r.get(5)?,
+                sent_at_ms: r.get(21)?,
                 text: texts.text,
                 intent: r.get(6)?,
                 confidence: r.get::<_, f64>(7)? as f32,
@@ -608,6 +615,15 @@ impl Store for SqliteStore {
             at_ms,
             body,
         }))
+    }
+
+    fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError> {
+        let conn = self.lookup.lock();
+        let found = conn
+            .prepare_cached("SELECT 1 FROM conversations WHERE bot_id = ?1 AND message_id = ?2")?
+            .query_row(params![bot_id, message_id], |_| Ok(()))
+            .optional()?;
+        Ok(found.is_some())
     }
 }
 

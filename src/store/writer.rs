@@ -299,6 +299,9 @@ mod tests {
         ) -> Result<Option<crate::store::AnswerRow>, StoreError> {
             self.inner.answer(bot_id, kind, key)
         }
+        fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError> {
+            self.inner.has_message(bot_id, message_id)
+        }
     }
 
     struct Harness {

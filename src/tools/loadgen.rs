@@ -176,7 +176,9 @@ pub struct LoadReport {
     /// Where the server's time went (its `timings`): waiting for a batch, and the forward pass
     /// of the batch the request rode in.
     pub server_queue_p50_ms: Option<f64>,
+    pub server_queue_p99_ms: Option<f64>,
     pub server_inference_p50_ms: Option<f64>,
+    pub server_inference_p99_ms: Option<f64>,
     /// Open loop: the longest a request started after its scheduled time (the client's own lag).
     pub max_send_lag_ms: f64,
     /// Successful answers by `source` (MODEL, KEYWORD, ...), as counts and as shares of `ok`.
@@ -738,7 +740,9 @@ impl Tally {
             server_p50_ms: ms(&self.server_us, 0.50),
             server_p99_ms: ms(&self.server_us, 0.99),
             server_queue_p50_ms: ms(&self.queue_us, 0.50),
+            server_queue_p99_ms: ms(&self.queue_us, 0.99),
             server_inference_p50_ms: ms(&self.inference_us, 0.50),
+            server_inference_p99_ms: ms(&self.inference_us, 0.99),
             max_send_lag_ms: self.max_send_lag.as_secs_f64() * 1000.0,
             source_counts: self.sources,
             source_share,
@@ -933,9 +937,11 @@ impl LoadReport {
         if self.server_inference_p50_ms.is_some() {
             let _ = writeln!(
                 s,
-                "server ms:  p50 queue {}  p50 forward pass {}  (model answers only)",
+                "server ms:  queue p50 {} p99 {}  forward pass p50 {} p99 {}  (model answers only)",
                 f(self.server_queue_p50_ms),
-                f(self.server_inference_p50_ms)
+                f(self.server_queue_p99_ms),
+                f(self.server_inference_p50_ms),
+                f(self.server_inference_p99_ms)
             );
         }
         if let Some(w) = self.serving_wait_ms {
