@@ -10,6 +10,7 @@ pub mod ab_report;
 pub mod audit;
 pub mod crypto;
 pub mod export;
+mod private_files;
 pub mod sqlite;
 pub mod stats;
 pub mod writer;
@@ -38,8 +39,13 @@ pub const AUDIT_RETENTION_FLOOR_DAYS: u32 = 180;
 pub struct StoreConfig {
     /// Conversation logging and stats on/off. Off: no database, no key needed.
     pub enabled: bool,
-    /// SQLite file; parent directories are created.
+    /// SQLite file; parent directories are created (mode 0700), the file and its WAL / SHM
+    /// are kept at mode 0600.
     pub path: PathBuf,
+    /// When a commit counts as done: `full` (default) = on disk, surviving an OS crash or
+    /// power loss (the WAL is fsynced at each group commit); `normal` = surviving a process
+    /// crash only (cheaper; see benches/RESULTS.md). `recorded: true` promises this.
+    pub durability: Durability,
     /// Records waiting for the writer thread; beyond this `submit` fails with `QueueFull`.
     pub queue_capacity: usize,
     /// Most records committed in one transaction.
@@ -73,11 +79,30 @@ pub struct StoreConfig {
     pub answer_window_s: u64,
 }
 
+/// `store.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Full,
+    Normal,
+}
+
+impl Durability {
+    /// The SQLite `synchronous` setting for the writing connection.
+    pub fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             path: PathBuf::from("data/intentd.db"),
+            durability: Durability::Full,
             queue_capacity: 10_000,
             batch_max: 512,
             key_env: "INTENTD_LOG_KEY".into(),
@@ -590,7 +615,11 @@ impl Storage {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         config.validate()?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.path, keyring)?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(
+            &config.path,
+            keyring,
+            config.durability,
+        )?);
         Ok(Self::with_store(store, config, clock, metrics))
     }
 

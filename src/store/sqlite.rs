@@ -14,9 +14,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{row_aad, Keyring};
+use super::private_files;
 use super::{
-    AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record,
-    RowCounts, StatsFilter, Store, StoreError, StoredConversation, Timings, VariantCounts,
+    AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, Durability, FeedbackKind,
+    GroupBy, Record, RowCounts, StatsFilter, Store, StoreError, StoredConversation, Timings,
+    VariantCounts,
 };
 use crate::types::{Action, Source};
 
@@ -193,11 +195,19 @@ fn us(v: u64) -> i64 {
 impl SqliteStore {
     /// Opens (creating parent directories and the file) and migrates the database.
     pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", parent.display())))?;
-        }
+        Self::open_with(path, keyring, Durability::Full)
+    }
+
+    /// Opens (creating when missing) the database; `durability` sets when a commit returns.
+    pub fn open_with(
+        path: &Path,
+        keyring: Arc<Keyring>,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
+        private_files::prepare(path)?;
         let mut write = connect(path)?;
+        // Readers never commit; only the writer's commits must reach the disk.
+        write.execute_batch(&format!("PRAGMA synchronous={};", durability.synchronous()))?;
         migrate(&mut write, path)?;
         // Commits only append to the WAL; folding it into the main file (a checkpoint, with
         // its fsyncs) happens on a thread of its own, never inside a caller's commit.
@@ -205,6 +215,7 @@ impl SqliteStore {
         let read = connect(path)?;
         let lookup = connect(path)?;
         let checkpointer = Checkpointer::start(connect(path)?)?;
+        private_files::tighten(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             write: Mutex::new(write),
@@ -765,6 +776,32 @@ mod tests {
             std::thread::sleep(CHECKPOINT_EVERY / 4);
         }
         assert_eq!(store.conversations(0, 1000, 0, 10_000).unwrap().len(), 400);
+    }
+
+    #[test]
+    fn commits_reach_the_disk_unless_configured_otherwise() {
+        // Issue #12.2 (failed on main: NORMAL, which a power loss can undo).
+        let dir = tempfile::tempdir().unwrap();
+        let sync = |s: &SqliteStore| -> i64 {
+            s.write
+                .lock()
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        let full = SqliteStore::open(&dir.path().join("f.db"), keyring(&key_b64(1))).unwrap();
+        assert_eq!(sync(&full), 2, "FULL");
+        let normal = SqliteStore::open_with(
+            &dir.path().join("n.db"),
+            keyring(&key_b64(1)),
+            Durability::Normal,
+        )
+        .unwrap();
+        assert_eq!(sync(&normal), 1, "NORMAL");
+        let cfg: crate::store::StoreConfig = serde_yaml_ng::from_str("enabled: true").unwrap();
+        assert_eq!(cfg.durability, Durability::Full, "the default");
+        let e = serde_yaml_ng::from_str::<crate::store::StoreConfig>("durability: sometimes")
+            .unwrap_err();
+        assert!(e.to_string().contains("full"), "{e}");
     }
 
     #[test]
