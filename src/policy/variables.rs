@@ -112,9 +112,10 @@ pub fn clean_user_text(raw: &str, max_chars: usize) -> String {
         }
         out.push(c);
     }
-    // Redact before capping, so a phone number is never cut into a visible half.
+    // Redact before capping, so a phone number is never cut into a visible half; and after,
+    // because cutting a longer digit run can leave a phone-shaped one (found by proptest).
     let redacted = crate::pii::redact_pii(&out);
-    cap_chars(&redacted, max_chars)
+    crate::pii::redact_pii(&cap_chars(&redacted, max_chars))
 }
 
 /// At most `max` characters; a longer text keeps `max - 1` and ends with an ellipsis.
