@@ -155,7 +155,7 @@ if [ "$SERVER" = 1 ]; then
     PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     export INTENTD_TOKEN
     INTENTD_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-    write_config() { # $1 = model folder, $2 = serving precision
+    write_config() { # $1 = model folder, $2 = serving precision, $3 = model.required (true)
     cat <<EOF
 # Throw-away config written by benches/compare_with_peer.sh.
 listen: 127.0.0.1:$PORT
@@ -163,6 +163,8 @@ model_dir: $1
 auto_train: false
 serving:
   precision: ${2:-auto}
+model:
+  required: ${3:-true}
 operator_dir: $REPO/config/operator
 training_data: $REPO/training-data/nlu
 auth:
@@ -218,8 +220,8 @@ EOF
 
     # Keyword-only decisions: the same server with no model folder answers from the rules
     # (health stays NOT_SERVING, so no --wait-serving; the port opens at once, then a warm-up).
-    write_config "$WORK/no-model" fp32 > "$WORK/intentd-rules.yml"
-    echo "$BIN serve --config <the same config, model_dir pointing at a missing folder>" \
+    write_config "$WORK/no-model" fp32 false > "$WORK/intentd-rules.yml"
+    echo "$BIN serve --config <the same config, model_dir pointing at a missing folder, model.required false>" \
         | sed "s|$REPO/||" >> "$WORK/commands.txt"
     "$BIN" serve --config "$WORK/intentd-rules.yml" > "$WORK/serve-rules.log" 2>&1 &
     SERVER_PID=$!

@@ -51,6 +51,24 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     /// Retries of the same (bot_id, message_id) / (bot_id, event_id) get the first answer.
     pub idempotency: IdempotencyConfig,
+    pub model: ModelConfig,
+}
+
+/// `model:`: what the server does when the model cannot be loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// true: a missing or damaged model (no model.json, a truncated model.safetensors, no
+    /// tokenizer.json) stops the server with one line saying why and a non-zero exit, after
+    /// finishing what it answered meanwhile from rules. false: keep serving from rules alone
+    /// (health NOT_SERVING), e.g. a keyword-only deployment.
+    pub required: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { required: true }
+    }
 }
 
 impl Default for ServerConfig {
@@ -76,6 +94,7 @@ impl Default for ServerConfig {
             metrics: MetricsConfig::default(),
             http: HttpConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            model: ModelConfig::default(),
         }
     }
 }

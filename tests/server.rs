@@ -677,3 +677,64 @@ async fn reflection_v1alpha_is_served_for_older_tools() {
         "{names:?}"
     );
 }
+
+/// A copy of the default model folder with `damage` applied to it.
+fn damaged_model(damage: impl FnOnce(&std::path::Path)) -> tempfile::TempDir {
+    let src = common::default_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    damage(dir.path());
+    dir
+}
+
+#[tokio::test]
+async fn a_damaged_model_stops_the_server_unless_rules_only_is_allowed() {
+    // Issue #12.3 (failed on main: it served from rules indefinitely after one log line).
+    let truncated = damaged_model(|d| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("model.safetensors"))
+            .unwrap();
+        f.set_len(1_000_000).unwrap();
+    });
+    let no_tokenizer = damaged_model(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    for (dir, what) in [(&truncated, "safetensors"), (&no_tokenizer, "tokenizer")] {
+        let mut s = TestServer::start(ServerOptions {
+            model: Some(dir.path().to_path_buf()),
+            no_wait_serving: true,
+            ..Default::default()
+        })
+        .await;
+        let code = s.wait_exit(Duration::from_secs(60));
+        assert_eq!(code, Some(1), "{what}: exit code; stderr:\n{}", s.stderr());
+        let err = s.stderr();
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+        assert!(
+            last.starts_with("error: model: ") && last.contains("model.required: false"),
+            "{what}: the last line says why: {last}"
+        );
+    }
+    // Allowed: it keeps serving from rules, NOT_SERVING.
+    let s = TestServer::start(ServerOptions {
+        model: Some(truncated.path().to_path_buf()),
+        extra_config: "model:\n  required: false\n".into(),
+        no_wait_serving: true,
+        ..Default::default()
+    })
+    .await;
+    let mut c = s.client().await;
+    let r = c
+        .classify(classify_req("r1", "你好", "u"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(r.source, pb::Source::Model as i32);
+    assert_eq!(
+        s.health_status("intentd.v1.IntentService").await,
+        2,
+        "NOT_SERVING"
+    );
+}

@@ -79,12 +79,14 @@ pub fn spawn_due_collector(service: &Arc<Service>, mut shutdown: watch::Receiver
 }
 
 /// Loads (or first prepares) the model off the runtime; until then answers come from rules
-/// and health says NOT_SERVING.
+/// and health says NOT_SERVING. When it cannot be loaded: with `fatal` (the model is
+/// required) the reason goes there and the server stops; without, it keeps serving from rules.
 pub fn spawn_model_load(
     service: &Arc<Service>,
     reporter: HealthReporter,
     dir: PathBuf,
     prepare_model: Option<Box<dyn FnOnce() -> Result<()> + Send>>,
+    fatal: Option<tokio::sync::oneshot::Sender<String>>,
 ) {
     let service = service.clone();
     tokio::spawn(async move {
@@ -110,10 +112,22 @@ pub fn spawn_model_load(
                 );
                 health::mark_serving(&reporter).await;
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "model not loaded; serving from rules only (health NOT_SERVING)")
-            }
-            Err(e) => tracing::error!(error = %e, "model loader crashed"),
+            Ok(Err(e)) => match fatal {
+                Some(stop) => {
+                    let _ = stop.send(format!(
+                        "model: {e:#} (set model.required: false to serve from rules alone)"
+                    ));
+                }
+                None => {
+                    tracing::error!(error = %format!("{e:#}"), "model not loaded; serving from rules only (model.required: false; health NOT_SERVING)")
+                }
+            },
+            Err(e) => match fatal {
+                Some(stop) => {
+                    let _ = stop.send(format!("model loader crashed: {e}"));
+                }
+                None => tracing::error!(error = %e, "model loader crashed"),
+            },
         }
     });
 }

@@ -84,20 +84,27 @@ pub async fn serve(
     };
     background::spawn_purge(&service, shutdown_rx.clone());
     background::spawn_due_collector(&service, shutdown_rx.clone());
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
     background::spawn_model_load(
         &service,
         reporter.clone(),
         cfg.model_dir.clone(),
         prepare_model,
+        cfg.model.required.then_some(fatal_tx),
     );
     signals::spawn_reload_on_hangup(&service, reporter.clone());
     // Fired once SIGTERM / SIGINT arrived: starts the grace period.
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     // Both front doors stop on the same signal.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let termination = signals::termination(service.clone(), reporter.clone(), signalled_tx);
+    let termination =
+        signals::termination(service.clone(), reporter.clone(), signalled_tx, fatal_rx);
+    let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
+    let fatal_slot = fatal.clone();
     let shutdown_signal = async move {
-        termination.await;
+        if let Some(reason) = termination.await {
+            *fatal_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        }
         let _ = stop_tx.send(true);
     };
     let stopped = move || {
@@ -166,6 +173,10 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || s.shutdown()).await.ok();
     }
     tracing::info!("stopped");
+    // Everything answered so far is stored; now say why this start failed.
+    if let Some(reason) = fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        anyhow::bail!(reason);
+    }
     Ok(())
 }
 

@@ -32,21 +32,29 @@ pub fn spawn_reload_on_hangup(service: &Arc<Service>, reporter: HealthReporter) 
 
 /// Completes on SIGTERM or SIGINT, after marking the server NOT_SERVING; `signalled` then
 /// starts the caller's grace period.
+/// Returns the reason when the stop came from `fatal` (the server then exits non-zero).
 pub async fn termination(
     service: Arc<Service>,
     reporter: HealthReporter,
     signalled: tokio::sync::oneshot::Sender<()>,
-) {
+    fatal: tokio::sync::oneshot::Receiver<String>,
+) -> Option<String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let reason = tokio::select! {
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+        // A dropped sender (nothing fatal happened) disables this branch.
+        Ok(reason) = fatal => Some(reason),
+    };
+    match &reason {
+        Some(r) => tracing::error!(reason = %r, "stopping: cannot serve as configured"),
+        None => tracing::info!(
+            in_flight = service.in_flight(),
+            "shutting down: no new requests, finishing in-flight ones"
+        ),
     }
-    tracing::info!(
-        in_flight = service.in_flight(),
-        "shutting down: no new requests, finishing in-flight ones"
-    );
     health::mark_not_serving(&reporter).await;
     let _ = signalled.send(());
+    reason
 }

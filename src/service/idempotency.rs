@@ -249,7 +249,7 @@ impl Idempotency {
         let found = match cached {
             Some(a) => Some(a),
             // A point query on its own connection (tens of µs): cheaper inline than a hop to a
-            // blocking thread, measured with benches/idempotency_cost.sh.
+            // blocking thread, measured with benches/setting_cost.sh.
             None => match storage.filter(|_| self.maybe_stored(key, now_ms)) {
                 Some(s) => s
                     .store()

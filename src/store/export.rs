@@ -124,7 +124,12 @@ mod tests {
             .unwrap()
             .write_batch(&[Record::Conversation(conversation("b", "g", "m", 5))])
             .unwrap();
-        let store = SqliteStore::open(&path, keyring(&format!("new:{}", key_b64(2)))).unwrap();
+        // A row whose sealed text was tampered with (a wrong key stops the start instead).
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE conversations SET sealed = zeroblob(64)", [])
+            .unwrap();
+        let store = SqliteStore::open(&path, keyring(&format!("old:{}", key_b64(1)))).unwrap();
         let err = export_jsonl(&store, "ops", 0, 10, 20, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("'old'"), "{err}");
         let audit = store.audit_rows(0, 100).unwrap();

@@ -10,6 +10,7 @@ pub mod ab_report;
 pub mod audit;
 pub mod crypto;
 pub mod export;
+mod key_check;
 mod private_files;
 pub mod sqlite;
 pub mod stats;

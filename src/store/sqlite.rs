@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{row_aad, Keyring};
-use super::private_files;
+use super::{key_check, private_files};
 use super::{
     AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, Durability, FeedbackKind,
     GroupBy, Record, RowCounts, StatsFilter, Store, StoreError, StoredConversation, Timings,
@@ -104,9 +104,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX answers_at ON answers(at_ms);
     "#,
     // 3: conversations are dated by the server's receive time (issue 12); the caller's own
-    // time is kept beside it
+    // time is kept beside it; a key-check value per key id that wrote the log
     r#"
     ALTER TABLE conversations ADD COLUMN sent_at_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE key_checks (
+        key_id TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL
+    );
     "#,
 ];
 
@@ -208,7 +212,9 @@ impl SqliteStore {
         let mut write = connect(path)?;
         // Readers never commit; only the writer's commits must reach the disk.
         write.execute_batch(&format!("PRAGMA synchronous={};", durability.synchronous()))?;
+        key_check::quick_check(&write, path)?;
         migrate(&mut write, path)?;
+        key_check::verify_and_record(&write, &keyring, path)?;
         // Commits only append to the WAL; folding it into the main file (a checkpoint, with
         // its fsyncs) happens on a thread of its own, never inside a caller's commit.
         write.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
@@ -909,10 +915,76 @@ mod tests {
             assert_eq!(ids, vec![("old", "k1"), ("new", "k2")]);
             assert!(rows.iter().all(|r| r.record.text == "请问这个多少钱"));
         }
+        // Dropping k1 while rows need it stops the start (issue #12.3: it used to start and
+        // fail at the first old row).
+        let e = SqliteStore::open(&path, keyring(&format!("k2:{k2}")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("key 'k1', which is not in the key ring"), "{e}");
+        // Once retention removed every k1 row, k1 may go.
+        {
+            let s = SqliteStore::open(&path, keyring(&format!("k2:{k2},k1:{k1}"))).unwrap();
+            s.write
+                .lock()
+                .execute("DELETE FROM conversations WHERE key_id = 'k1'", [])
+                .unwrap();
+        }
         let s = SqliteStore::open(&path, keyring(&format!("k2:{k2}"))).unwrap();
-        let e = s.conversations(0, 10, 0, 10).unwrap_err().to_string();
-        assert!(e.contains("'k1'"), "{e}");
-        assert_eq!(s.conversations(2, 10, 0, 10).unwrap().len(), 1);
+        assert_eq!(s.conversations(0, 10, 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_different_key_under_the_same_id_stops_the_start() {
+        // Issue #12.3 (failed on main: it started, and export stopped at the first old row).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        drop(SqliteStore::open(&path, keyring(&format!("k1:{}", key_b64(1)))).unwrap());
+        let e = SqliteStore::open(&path, keyring(&format!("k1:{}", key_b64(2))))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("key 'k1' in the key ring is not the key that wrote this log"),
+            "{e}"
+        );
+        // A plain key has an id made from the key itself: another plain key is another id.
+        drop(SqliteStore::open(&dir.path().join("p.db"), keyring(&key_b64(1))).unwrap());
+        let s = SqliteStore::open(&dir.path().join("p.db"), keyring(&key_b64(1))).unwrap();
+        s.write_batch(&[Record::Conversation(conversation("b", "g", "m", 1))])
+            .unwrap();
+        drop(s);
+        let e = SqliteStore::open(&dir.path().join("p.db"), keyring(&key_b64(3)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not in the key ring"), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_database_stops_the_start() {
+        // Issue #12.3 (failed on main: it started SERVING and every write failed).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let s = SqliteStore::open(&path, keyring(&key_b64(1))).unwrap();
+            let recs: Vec<Record> = (0..300)
+                .map(|i| Record::Conversation(conversation("b", "g", &format!("m{i}"), i)))
+                .collect();
+            s.write_batch(&recs).unwrap();
+        }
+        // Closing folded the WAL into the file; overwrite pages past the header.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 6 * 4096, "{} bytes", bytes.len());
+        for b in &mut bytes[2 * 4096..5 * 4096] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let e = SqliteStore::open(&path, keyring(&key_b64(1)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("the database is damaged (quick_check:"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct ServerOptions {
     pub data_dir: Option<PathBuf>,
     /// gRPC address to listen on instead of an ephemeral port (a restart on the same address).
     pub listen: Option<String>,
+    /// With a model: return once the port is open instead of waiting for SERVING (a model
+    /// that is expected not to load).
+    pub no_wait_serving: bool,
 }
 
 pub struct TestServer {
@@ -75,8 +78,14 @@ fn write_config(dir: &Path, opts: &ServerOptions, data_dir: &Path) -> PathBuf {
         .clone()
         .unwrap_or_else(|| root.join("config/operator"));
     let mut text = std::fs::read_to_string(root.join("config/intentd.yml")).unwrap();
+    // Without a model the server serves from rules (it would stop if the model were required).
+    let optional = if opts.model.is_none() && !opts.extra_config.contains("\nmodel:") {
+        "model:\n  required: false\n"
+    } else {
+        ""
+    };
     let overrides = format!(
-        "listen: {}\nmodel_dir: {}\nauto_train: false\noperator_dir: {}\ntraining_data: {}\n{}",
+        "listen: {}\nmodel_dir: {}\nauto_train: false\noperator_dir: {}\ntraining_data: {}\n{optional}{}",
         opts.listen.as_deref().unwrap_or("127.0.0.1:0"),
         model.display(),
         operator.display(),
@@ -191,7 +200,7 @@ impl TestServer {
             _tmp: Some(tmp),
             stderr_log,
         };
-        if opts.model.is_some() {
+        if opts.model.is_some() && !opts.no_wait_serving {
             s.wait_serving().await;
         }
         s
