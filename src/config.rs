@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::connectors::wechat::settings::ResolvedAccount;
+use crate::connectors::wechat::WechatConfig;
 use crate::engine::fusion::FusionConfig;
 use crate::service::batcher::BatchConfig;
 use crate::service::idempotency::IdempotencyConfig;
@@ -51,6 +53,8 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     /// Retries of the same (bot_id, message_id) / (bot_id, event_id) get the first answer.
     pub idempotency: IdempotencyConfig,
+    /// Official Account / WeCom app callbacks on the HTTP listener (`/wechat/{id}`).
+    pub wechat: WechatConfig,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             metrics: MetricsConfig::default(),
             http: HttpConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            wechat: WechatConfig::default(),
         }
     }
 }
@@ -240,10 +245,22 @@ impl ServerConfig {
             }
         }
         self.outbox.validate().map_err(anyhow::Error::msg)?;
+        self.wechat_accounts()?;
         self.store
             .validate()
             .map_err(|e| anyhow::anyhow!("store: {e}"))?;
         Ok(())
+    }
+
+    /// The WeChat accounts with their secrets read and checked.
+    pub fn wechat_accounts(&self) -> Result<Vec<ResolvedAccount>> {
+        if !self.wechat.accounts.is_empty() && !self.http.enabled {
+            bail!("wechat.accounts are served on the HTTP listener: set http.enabled: true");
+        }
+        let bots = self.bot_ids();
+        self.wechat
+            .validate(|b| bots.is_empty() || bots.iter().any(|x| x == b))
+            .map_err(anyhow::Error::msg)
     }
 
     /// Bots known to the server (even with auth disabled, bot ids are checked against this

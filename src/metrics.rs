@@ -60,6 +60,15 @@ pub struct DroppedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WechatLabels {
+    /// The configured account id (`wechat.accounts[].id`).
+    pub account: String,
+    /// reply, success, deferred, sent_late, send_failed, rate_limited, unsupported,
+    /// url_verified, refused, error.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub version: String,
 }
@@ -88,6 +97,8 @@ pub struct Metrics {
     pub outbound_queued: Gauge,
     /// `intentd_replayed_total`: retries answered with their stored first answer.
     pub replayed: Counter,
+    /// `intentd_wechat_callbacks_total{account,outcome}`: WeChat callbacks by how they ended.
+    pub wechat_callbacks: Family<WechatLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,6 +133,7 @@ impl Metrics {
         let outbound_dropped = Family::<DroppedLabels, Counter>::default();
         let outbound_queued = Gauge::default();
         let replayed = Counter::default();
+        let wechat_callbacks = Family::<WechatLabels, Counter>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -170,6 +182,11 @@ impl Metrics {
             "Proactive sends waiting for a Subscribe stream of their bot",
             outbound_queued.clone(),
         );
+        registry.register(
+            "wechat_callbacks",
+            "WeChat Official Account / WeCom callbacks, by account and how they ended",
+            wechat_callbacks.clone(),
+        );
         Self {
             registry,
             requests,
@@ -182,7 +199,18 @@ impl Metrics {
             outbound_dropped,
             outbound_queued,
             replayed,
+            wechat_callbacks,
         }
+    }
+
+    /// Counts one WeChat callback outcome.
+    pub fn count_wechat(&self, account: &str, outcome: &str) {
+        self.wechat_callbacks
+            .get_or_create(&WechatLabels {
+                account: account.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// Counts one answered request and its latency.
