@@ -336,6 +336,31 @@ mod tests {
     }
 
     #[test]
+    fn wechat_accounts_are_checked_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        let account = |key: &str| {
+            format!(
+                "auth:\n  disabled: true\nwechat:\n  accounts:\n    - id: shop\n      kind: official_account\n      bot_id: demo\n      token: t\n      app_id: wx1\n      secret: s\n      encrypted: true\n      encoding_aes_key: {key}\n"
+            )
+        };
+        std::fs::write(&p, account("tooshort")).unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(
+            e.contains("wechat.accounts[0] (shop)") && e.contains("must be 43 characters, got 8"),
+            "{e}"
+        );
+        std::fs::write(&p, account("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")).unwrap();
+        let cfg = ServerConfig::load(&p).unwrap();
+        assert_eq!(cfg.wechat.reply_budget_ms, 4500);
+        assert_eq!(cfg.wechat.timestamp_window_s, 300);
+        assert_eq!(cfg.wechat_accounts().unwrap()[0].receiver_id, "wx1");
+        std::fs::write(&p, "auth:\n  disabled: true\nwechat:\n  reply_budget: 3\n").unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(e.contains("c.yml:4") && e.contains("reply_budget"), "{e}");
+    }
+
+    #[test]
     fn empty_bot_list_needs_explicit_auth_off() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.yml");

@@ -218,7 +218,14 @@ impl Callbacks {
                 AccountKind::Wecom => &cfg.wecom_api_base,
             };
             let send = SendApi::new(a.clone(), base, http.clone(), service.clock.clone());
-            map.insert(a.id.clone(), Arc::new(Account { cfg: a, crypt, send }));
+            map.insert(
+                a.id.clone(),
+                Arc::new(Account {
+                    cfg: a,
+                    crypt,
+                    send,
+                }),
+            );
         }
         Ok(Callbacks {
             rate: Arc::new(UserRateLimit::new(&cfg.rate_limit, service.clock.clone())),
@@ -243,6 +250,16 @@ impl Callbacks {
 
     pub fn max_body_bytes(&self) -> usize {
         self.limits.max_body_bytes
+    }
+
+    /// The refusal of a body over `max_body_bytes` (the HTTP layer stops reading at the limit),
+    /// counted like every refusal.
+    pub fn oversized(&self, account_id: &str) -> CallbackError {
+        let e = CallbackError::oversized(self.limits.max_body_bytes);
+        if self.accounts.contains_key(account_id) {
+            return self.refused(account_id, e);
+        }
+        CallbackError::unknown_account(account_id)
     }
 
     fn account(&self, id: &str) -> Result<Arc<Account>, CallbackError> {
@@ -391,10 +408,12 @@ impl Callbacks {
         let decided = match tokio::time::timeout(left, entry.decided.clone()).await {
             Ok(d) => d,
             Err(_) => {
-                match entry
-                    .state
-                    .compare_exchange(PENDING, DEFERRED, Ordering::SeqCst, Ordering::SeqCst)
-                {
+                match entry.state.compare_exchange(
+                    PENDING,
+                    DEFERRED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
                     Ok(_) => {
                         self.count(id, "deferred");
                         return Ok(None);
@@ -518,9 +537,8 @@ impl Callbacks {
                     event_id: key.to_string(),
                 };
                 tracing::debug!(account = %cfg.id, event, "wechat event");
-                let out =
-                    crate::metrics::with_transport("wechat", self.service.handle_event(&ev))
-                        .await?;
+                let out = crate::metrics::with_transport("wechat", self.service.handle_event(&ev))
+                    .await?;
                 Ok(reply_text(&out.event.decision))
             }
             InboundKind::Other { .. } => Ok((None, "unsupported")),
@@ -635,10 +653,19 @@ mod tests {
             reply_text(&decision(Action::Handoff, Some("h"), &[])).0,
             Some("h".into())
         );
-        assert_eq!(reply_text(&decision(Action::Handoff, None, &[])), (None, "success"));
+        assert_eq!(
+            reply_text(&decision(Action::Handoff, None, &[])),
+            (None, "success")
+        );
         assert_eq!(reply_text(&decision(Action::Block, Some("x"), &[])).0, None);
-        assert_eq!(reply_text(&decision(Action::Ignore, Some("x"), &[])).0, None);
-        assert_eq!(reply_text(&decision(Action::Reply, Some("  "), &[])).0, None);
+        assert_eq!(
+            reply_text(&decision(Action::Ignore, Some("x"), &[])).0,
+            None
+        );
+        assert_eq!(
+            reply_text(&decision(Action::Reply, Some("  "), &[])).0,
+            None
+        );
     }
 
     #[test]
@@ -646,7 +673,11 @@ mod tests {
         let long = "退".repeat(1000); // 3,000 bytes
         let (t, _) = reply_text(&decision(Action::Reply, Some(&long), &[]));
         let t = t.unwrap();
-        assert!(t.len() <= PASSIVE_TEXT_MAX_BYTES && t.ends_with(ELLIPSIS), "{}", t.len());
+        assert!(
+            t.len() <= PASSIVE_TEXT_MAX_BYTES && t.ends_with(ELLIPSIS),
+            "{}",
+            t.len()
+        );
         assert!(long.starts_with(t.trim_end_matches(ELLIPSIS)));
     }
 
@@ -656,8 +687,14 @@ mod tests {
             event: e.into(),
             event_key: None,
         };
-        assert_eq!(mapped_event(&ev("subscribe")), Some(EventKind::MemberJoined));
-        assert_eq!(mapped_event(&ev("unsubscribe")), Some(EventKind::MemberLeft));
+        assert_eq!(
+            mapped_event(&ev("subscribe")),
+            Some(EventKind::MemberJoined)
+        );
+        assert_eq!(
+            mapped_event(&ev("unsubscribe")),
+            Some(EventKind::MemberLeft)
+        );
         assert_eq!(mapped_event(&ev("VIEW")), Some(EventKind::LinkClicked));
         assert_eq!(mapped_event(&ev("CLICK")), None);
         assert_eq!(mapped_event(&ev("enter_agent")), None);
@@ -671,7 +708,11 @@ mod tests {
             window_s: 300,
         });
         assert_eq!(e.status, 403);
-        assert!(e.message.contains("±300 s") && e.message.contains("timestamp_window_s"), "{}", e.message);
+        assert!(
+            e.message.contains("±300 s") && e.message.contains("timestamp_window_s"),
+            "{}",
+            e.message
+        );
         let e = CallbackError::oversized(1024);
         assert_eq!(e.status, 413);
         assert!(e.message.contains("1024 bytes"), "{}", e.message);

@@ -33,8 +33,8 @@ pub mod signature;
 pub mod text_limit;
 pub mod xml;
 
+pub use callback::Callbacks;
 pub use crypto::{AesKey, MsgCrypt};
 pub use error::WechatError;
-pub use callback::Callbacks;
 pub use settings::WechatConfig;
 pub use xml::{Inbound, InboundKind};

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::Clock;
-use governor::nanos::Nanos;
 use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
@@ -42,7 +42,11 @@ impl UserRateLimit {
         let limiter = NonZeroU32::new(cfg.per_user_per_minute).map(|rate| {
             let burst = NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN);
             let quota = Quota::per_minute(rate).allow_burst(burst);
-            RateLimiter::new(quota, DefaultKeyedStateStore::default(), ServiceClock(clock))
+            RateLimiter::new(
+                quota,
+                DefaultKeyedStateStore::default(),
+                ServiceClock(clock),
+            )
         });
         UserRateLimit {
             limiter,

@@ -157,7 +157,9 @@ impl AccountConfig {
             ));
         }
         if self.bot_id.trim().is_empty() {
-            return Err("bot_id is empty: name the intentd bot that decides for this account".into());
+            return Err(
+                "bot_id is empty: name the intentd bot that decides for this account".into(),
+            );
         }
         let token = secret(&self.token, &self.token_env).ok_or_else(|| {
             format!(
@@ -246,7 +248,10 @@ pub const MAX_BODY_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1024 * 
 
 impl WechatConfig {
     /// Checks every key; `known_bot` says whether a bot id is configured.
-    pub fn validate(&self, known_bot: impl Fn(&str) -> bool) -> Result<Vec<ResolvedAccount>, String> {
+    pub fn validate(
+        &self,
+        known_bot: impl Fn(&str) -> bool,
+    ) -> Result<Vec<ResolvedAccount>, String> {
         if !REPLY_BUDGET_MS_RANGE.contains(&self.reply_budget_ms) {
             return Err(format!(
                 "wechat.reply_budget_ms = {} is outside 1..=4900 (the platform gives up after 5000 ms)",
@@ -276,7 +281,9 @@ impl WechatConfig {
             }
         }
         if self.rate_limit.per_user_per_minute > 0 && self.rate_limit.burst == 0 {
-            return Err("wechat.rate_limit.burst must be at least 1 when per_user_per_minute is set".into());
+            return Err(
+                "wechat.rate_limit.burst must be at least 1 when per_user_per_minute is set".into(),
+            );
         }
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -285,7 +292,10 @@ impl WechatConfig {
                 .resolve()
                 .map_err(|e| format!("wechat.accounts[{i}] ({}): {e}", a.id))?;
             if !seen.insert(r.id.clone()) {
-                return Err(format!("wechat.accounts[{i}]: id {:?} is listed twice", r.id));
+                return Err(format!(
+                    "wechat.accounts[{i}]: id {:?} is listed twice",
+                    r.id
+                ));
             }
             if !known_bot(&r.bot_id) {
                 return Err(format!(
@@ -396,7 +406,10 @@ mod tests {
         ];
         for (a, needle) in cases {
             let e = check(a).unwrap_err();
-            assert!(e.contains(needle) && e.contains("wechat.accounts[0]"), "{e}");
+            assert!(
+                e.contains(needle) && e.contains("wechat.accounts[0]"),
+                "{e}"
+            );
         }
         let e = WechatConfig {
             reply_budget_ms: 6000,

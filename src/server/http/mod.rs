@@ -200,7 +200,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(v1::readyz))
         .route("/model/parse", post(rasa::parse))
         .route("/openapi.json", get(openapi::serve))
-        .route("/wechat/{account}", get(wechat::verify).post(wechat::message))
+        .route(
+            "/wechat/{account}",
+            get(wechat::verify).post(wechat::message),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -9,8 +9,8 @@ use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::connectors::wechat::callback::{CallbackError, Query as CallbackQuery};
 use super::HttpState;
+use crate::connectors::wechat::callback::{CallbackError, Query as CallbackQuery};
 use crate::connectors::wechat::Callbacks;
 
 fn plain(status: StatusCode, body: String) -> Response {
@@ -83,7 +83,7 @@ pub async fn message(
     // Stops reading at the limit: an oversized body is never buffered whole.
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(_) => return refusal(CallbackError::oversized(limit)),
+        Err(_) => return refusal(cb.oversized(&account)),
     };
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return refusal(CallbackError {
