@@ -143,7 +143,7 @@ fn check_send(
         p.errors
             .push(format!("{path}: msgtype / touser wrong: {v}"));
     }
-    if !v["text"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+    if v["text"]["content"].as_str().is_none_or(str::is_empty) {
         p.errors.push(format!("{path}: text.content missing: {v}"));
     }
     if wecom && v["agentid"] != json!(AGENT) {
@@ -872,23 +872,24 @@ async fn past_the_budget_success_then_the_send_api_with_a_cached_refreshed_token
     assert_eq!(sends[3].0, "/cgi-bin/message/send");
     assert_eq!(sends[3].2["touser"], "lisi");
 
-    let p = platform.lock();
+    let (errors, fetches) = {
+        let p = platform.lock();
+        let fetches: Vec<String> = p
+            .calls
+            .iter()
+            .filter(|(path, _, _)| !path.contains("/message/"))
+            .map(|(path, _, _)| path.clone())
+            .collect();
+        (p.errors.clone(), fetches)
+    };
     assert!(
-        p.errors.is_empty(),
-        "requests off the documented format: {:?}",
-        p.errors
+        errors.is_empty(),
+        "requests off the documented format: {errors:?}"
     );
-    let fetches: Vec<&str> = p
-        .calls
-        .iter()
-        .filter(|(path, _, _)| !path.contains("/message/"))
-        .map(|(path, _, _)| path.as_str())
-        .collect();
     assert_eq!(
         fetches,
         ["/cgi-bin/token", "/cgi-bin/token", "/cgi-bin/gettoken"]
     );
-    drop(p);
     assert_eq!(classify_calls(&s).await, 3.0, "one decision per message");
     assert_eq!(
         metric(
