@@ -901,3 +901,64 @@ async fn past_the_budget_success_then_the_send_api_with_a_cached_refreshed_token
         3.0
     );
 }
+
+/// config/operator with the demo bot's welcome sent at once (no merge window), as the README
+/// advises for one-to-one accounts.
+fn operator_with_immediate_welcome(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = common::repo_root().join("config/operator");
+    let dst = dir.join("operator");
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let pb = dst.join("playbook.yml");
+    let text = std::fs::read_to_string(&pb).unwrap();
+    let anchor = "  demo:\n    spacing: { jitter_ms: 2000 }";
+    assert!(
+        text.contains(anchor),
+        "playbook.yml changed: update this test"
+    );
+    std::fs::write(
+        &pb,
+        text.replace(
+            anchor,
+            "  demo:\n    welcome: { merge_window_s: 0 }\n    spacing: { jitter_ms: 2000 }",
+        ),
+    )
+    .unwrap();
+    dst
+}
+
+#[tokio::test]
+async fn a_subscribe_gets_the_welcome_as_the_passive_reply() {
+    let (api, _) = stand_in().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start(ServerOptions {
+        manual_clock: Some(T0),
+        extra_config: wechat_section(&api, 4500, 20),
+        operator_dir: Some(operator_with_immediate_welcome(tmp.path())),
+        ..Default::default()
+    })
+    .await;
+    let sub = format!("<xml><ToUserName><![CDATA[gh_acc]]></ToUserName><FromUserName><![CDATA[oFan]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event><EventKey><![CDATA[]]></EventKey></xml>", ts());
+    let r = post_plain(&s, "oa-plain", OA_TOKEN, &ts(), sub.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let welcome = answer_text(&r.body).expect("the welcome as the passive reply");
+    assert!(!welcome.is_empty());
+    // The platform's retry of the event (same FromUserName + CreateTime): the same welcome,
+    // one HandleEvent.
+    let again = post_plain(&s, "oa-plain", OA_TOKEN, &ts(), sub).await;
+    assert_eq!(again.body, r.body);
+    assert_eq!(
+        metric(
+            &s,
+            "intentd_requests_total",
+            &["transport=\"wechat\"", "rpc=\"HandleEvent\""]
+        )
+        .await,
+        1.0
+    );
+}
