@@ -962,3 +962,39 @@ async fn a_subscribe_gets_the_welcome_as_the_passive_reply() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_message_the_service_refuses_is_named_and_not_remembered() {
+    let (api, _) = stand_in().await;
+    let s = TestServer::start(ServerOptions {
+        manual_clock: Some(T0),
+        extra_config: format!(
+            "{}limits:\n  max_text_chars: 10\n",
+            wechat_section(&api, 4500, 20)
+        ),
+        ..Default::default()
+    })
+    .await;
+    let long = "这个多少钱".repeat(4); // 20 characters
+    for _ in 0..2 {
+        // Each retry is tried again (a refused call is not kept as the message's answer).
+        let r = post_plain(
+            &s,
+            "oa-plain",
+            OA_TOKEN,
+            &ts(),
+            text_msg("gh_acc", "oLong", 7001, &long),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.body.contains("not answered") && r.body.contains("10"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        metric(&s, "intentd_wechat_callbacks_total", &["outcome=\"error\""]).await,
+        2.0
+    );
+}
