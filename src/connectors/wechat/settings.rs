@@ -117,8 +117,8 @@ pub struct AccountConfig {
     pub encrypted: bool,
 }
 
-/// One account with its secrets read and checked.
-#[derive(Debug, Clone)]
+/// One account with its secrets read and checked (its `Debug` hides them).
+#[derive(Clone)]
 pub struct ResolvedAccount {
     pub id: String,
     pub kind: AccountKind,
@@ -130,6 +130,19 @@ pub struct ResolvedAccount {
     pub agent_id: Option<i64>,
     pub secret: String,
     pub encrypted: bool,
+}
+
+impl std::fmt::Debug for ResolvedAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedAccount")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("bot_id", &self.bot_id)
+            .field("receiver_id", &self.receiver_id)
+            .field("agent_id", &self.agent_id)
+            .field("encrypted", &self.encrypted)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The value of `literal` / `env` (the variable wins when set and not empty).
@@ -346,6 +359,11 @@ mod tests {
         let r = check(oa()).unwrap();
         assert_eq!(r[0].receiver_id, "wx1");
         assert!(r[0].encrypted);
+        let shown = format!("{:?}", r[0]);
+        assert!(
+            !shown.contains(KEY) && !shown.contains("\"tok\""),
+            "{shown}"
+        );
     }
 
     #[test]
