@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::connectors::wechat::settings::ResolvedAccount;
+use crate::connectors::wechat::WechatConfig;
 use crate::engine::fusion::FusionConfig;
 use crate::service::batcher::BatchConfig;
 use crate::service::idempotency::IdempotencyConfig;
@@ -52,6 +54,8 @@ pub struct ServerConfig {
     /// Retries of the same (bot_id, message_id) / (bot_id, event_id) get the first answer.
     pub idempotency: IdempotencyConfig,
     pub model: ModelConfig,
+    /// Official Account / WeCom app callbacks on the HTTP listener (`/wechat/{id}`).
+    pub wechat: WechatConfig,
 }
 
 /// `model:`: what the server does when the model cannot be loaded.
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             http: HttpConfig::default(),
             idempotency: IdempotencyConfig::default(),
             model: ModelConfig::default(),
+            wechat: WechatConfig::default(),
         }
     }
 }
@@ -259,10 +264,22 @@ impl ServerConfig {
             }
         }
         self.outbox.validate().map_err(anyhow::Error::msg)?;
+        self.wechat_accounts()?;
         self.store
             .validate()
             .map_err(|e| anyhow::anyhow!("store: {e}"))?;
         Ok(())
+    }
+
+    /// The WeChat accounts with their secrets read and checked.
+    pub fn wechat_accounts(&self) -> Result<Vec<ResolvedAccount>> {
+        if !self.wechat.accounts.is_empty() && !self.http.enabled {
+            bail!("wechat.accounts are served on the HTTP listener: set http.enabled: true");
+        }
+        let bots = self.bot_ids();
+        self.wechat
+            .validate(|b| bots.is_empty() || bots.iter().any(|x| x == b))
+            .map_err(anyhow::Error::msg)
     }
 
     /// Bots known to the server (even with auth disabled, bot ids are checked against this
@@ -335,6 +352,31 @@ mod tests {
         assert!(e.contains("http.listen and listen (gRPC)"), "{e}");
         std::fs::write(&p, format!("{base}http:\n  enabled: false\n")).unwrap();
         assert!(!ServerConfig::load(&p).unwrap().http.enabled);
+    }
+
+    #[test]
+    fn wechat_accounts_are_checked_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        let account = |key: &str| {
+            format!(
+                "auth:\n  disabled: true\nwechat:\n  accounts:\n    - id: shop\n      kind: official_account\n      bot_id: demo\n      token: t\n      app_id: wx1\n      secret: s\n      encrypted: true\n      encoding_aes_key: {key}\n"
+            )
+        };
+        std::fs::write(&p, account("tooshort")).unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(
+            e.contains("wechat.accounts[0] (shop)") && e.contains("must be 43 characters, got 8"),
+            "{e}"
+        );
+        std::fs::write(&p, account("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")).unwrap();
+        let cfg = ServerConfig::load(&p).unwrap();
+        assert_eq!(cfg.wechat.reply_budget_ms, 4500);
+        assert_eq!(cfg.wechat.timestamp_window_s, 300);
+        assert_eq!(cfg.wechat_accounts().unwrap()[0].receiver_id, "wx1");
+        std::fs::write(&p, "auth:\n  disabled: true\nwechat:\n  reply_budget: 3\n").unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(e.contains("c.yml:4") && e.contains("reply_budget"), "{e}");
     }
 
     #[test]

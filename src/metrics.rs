@@ -60,6 +60,15 @@ pub struct DroppedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WechatLabels {
+    /// The configured account id (`wechat.accounts[].id`).
+    pub account: String,
+    /// reply, success, deferred, sent_late, send_failed, rate_limited, unsupported,
+    /// url_verified, refused, error.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub version: String,
 }
@@ -96,6 +105,8 @@ pub struct Metrics {
     pub forward_pass: Histogram,
     /// `intentd_batch_texts`: the size of the batch each text rode in.
     pub batch_texts: Histogram,
+    /// `intentd_wechat_callbacks_total{account,outcome}`: WeChat callbacks by how they ended.
+    pub wechat_callbacks: Family<WechatLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +144,7 @@ impl Metrics {
         let inference_queue = latency_histogram();
         let forward_pass = latency_histogram();
         let batch_texts = Histogram::new(exponential_buckets(1.0, 2.0, 8));
+        let wechat_callbacks = Family::<WechatLabels, Counter>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -198,6 +210,11 @@ impl Metrics {
             "Size of the batch each text rode in",
             batch_texts.clone(),
         );
+        registry.register(
+            "wechat_callbacks",
+            "WeChat Official Account / WeCom callbacks, by account and how they ended",
+            wechat_callbacks.clone(),
+        );
         Self {
             registry,
             requests,
@@ -213,6 +230,7 @@ impl Metrics {
             inference_queue,
             forward_pass,
             batch_texts,
+            wechat_callbacks,
         }
     }
 
@@ -221,6 +239,16 @@ impl Metrics {
         self.inference_queue.observe(queue_us as f64 / 1e6);
         self.forward_pass.observe(inference_us as f64 / 1e6);
         self.batch_texts.observe(batch_size as f64);
+    }
+
+    /// Counts one WeChat callback outcome.
+    pub fn count_wechat(&self, account: &str, outcome: &str) {
+        self.wechat_callbacks
+            .get_or_create(&WechatLabels {
+                account: account.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// Counts one answered request and its latency.

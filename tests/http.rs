@@ -774,8 +774,11 @@ fn run_schemathesis(bin: &Path, base: &str) -> std::process::Output {
         .args([
             "--max-examples",
             "25",
+            // The hook's check (tests/http/schemathesis_hooks.py): the built-in
+            // not_a_server_error also fails the mapped 504 a generated `timeout_ms: 1` gets
+            // whenever the forward pass takes longer than 1 ms (a loaded machine).
             "--checks",
-            "not_a_server_error",
+            "no_unmapped_server_error",
             "--seed",
             "1",
         ])

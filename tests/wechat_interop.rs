@@ -267,3 +267,109 @@ fn intentd_seals_and_wechatpy_opens_for_both_account_kinds() {
     );
     assert!(long.starts_with(got.trim_end_matches('…')));
 }
+
+/// The real `intentd serve` with the walk-through's account (examples/wechat/wechat.yml).
+async fn walkthrough_server() -> common::server::TestServer {
+    let section =
+        std::fs::read_to_string(common::repo_root().join("examples/wechat/wechat.yml")).unwrap();
+    common::server::TestServer::start(common::server::ServerOptions {
+        manual_clock: Some(NOW_MS),
+        extra_config: section,
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wechatpy_posts_to_the_real_server_and_opens_its_encrypted_reply() {
+    let Some(py) = peer_python() else { return };
+    let s = walkthrough_server().await;
+    let (token, appid) = ("walkthrough-token", APPID);
+    let built = peer(
+        py,
+        json!([{ "op": "text_reply", "source": "oUser_wx", "target": "gh_account", "content": "这个多少钱", "time": 1_795_572_000 }]),
+    );
+    let message = ok_str(&built[0]).replace("</xml>", "<MsgId>98765</MsgId></xml>");
+    let env = peer(
+        py,
+        json!([{ "op": "mp_encrypt", "token": token, "key": KEY, "id": appid, "xml": message, "nonce": "n-77", "timestamp": TS }]),
+    );
+    let envelope = ok_str(&env[0]).to_string();
+    let (sig, ts, nonce) = query_of(&envelope);
+    let url = format!(
+        "http://{}/wechat/demo-oa?timestamp={ts}&nonce={nonce}&encrypt_type=aes&msg_signature={sig}",
+        s.http_addr
+    );
+    let post = |body: String| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(&url)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, reply) = post(envelope.clone()).await;
+    assert_eq!(status, 200, "{reply}");
+    let (rsig, rts, rnonce) = query_of(&reply);
+    let out = peer(
+        py,
+        json!([
+            { "op": "mp_decrypt", "token": token, "key": KEY, "id": appid, "xml": reply, "signature": rsig, "timestamp": rts, "nonce": rnonce },
+            { "op": "mp_decrypt", "token": token, "key": KEY, "id": "wx_someone_else", "xml": reply, "signature": rsig, "timestamp": rts, "nonce": rnonce },
+        ]),
+    );
+    let inner = ok_str(&out[0]).to_string();
+    assert_eq!(out[1]["error"], "InvalidAppIdException");
+    let parsed = peer(py, json!([{ "op": "parse", "xml": inner }]));
+    let p = ok(&parsed[0]);
+    assert_eq!(p["type"], "text");
+    assert_eq!(p["target"], "oUser_wx");
+    assert_eq!(p["source"], "gh_account");
+    let content = p["content"].as_str().unwrap().to_string();
+    assert!(!content.is_empty());
+    // The platform's retry (same MsgId): wechatpy opens the same answer again.
+    let (_, again) = post(envelope.clone()).await;
+    let (asig, ats, anonce) = query_of(&again);
+    let out = peer(
+        py,
+        json!([{ "op": "mp_decrypt", "token": token, "key": KEY, "id": appid, "xml": again, "signature": asig, "timestamp": ats, "nonce": anonce }]),
+    );
+    assert_eq!(ok_str(&out[0]), inner);
+    // A tampered envelope is refused by the server with its reason.
+    let (status, body) =
+        post(envelope.replacen("<Encrypt><![CDATA[", "<Encrypt><![CDATA[A", 1)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("bad signature"), "{body}");
+}
+
+/// The README walk-through's script (examples/wechat/post_message.py) against the real server.
+#[tokio::test]
+async fn the_walkthrough_script_gets_a_reply() {
+    let Some(py) = peer_python() else { return };
+    let s = walkthrough_server().await;
+    let out = Command::new(py)
+        .arg(common::repo_root().join("examples/wechat/post_message.py"))
+        .args(["--url", &format!("http://{}/wechat/demo-oa", s.http_addr)])
+        .args(["--timestamp", TS, "--msg-id", "4242", "这个多少钱"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).trim().is_empty());
+    // Refused input is reported, not hidden: a timestamp an hour off.
+    let out = Command::new(py)
+        .arg(common::repo_root().join("examples/wechat/post_message.py"))
+        .args(["--url", &format!("http://{}/wechat/demo-oa", s.http_addr)])
+        .args(["--timestamp", "1795568400", "这个多少钱"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("stale timestamp"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -55,6 +55,23 @@ pub async fn serve(
         &format!("config {}", service.config_hash()),
     );
 
+    let wechat_accounts = cfg.wechat_accounts()?;
+    let wechat = if wechat_accounts.is_empty() {
+        None
+    } else {
+        let ids: Vec<String> = wechat_accounts.iter().map(|a| a.id.clone()).collect();
+        let cb = crate::connectors::wechat::Callbacks::new(
+            &cfg.wechat,
+            wechat_accounts,
+            service.clone(),
+            metrics.clone(),
+            cfg.seed,
+        )
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(accounts = ?ids, "WeChat callbacks at /wechat/{{account}}");
+        Some(Arc::new(cb))
+    };
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::mark_not_serving(&reporter).await;
     let listener = TcpListener::bind(cfg.listen)
@@ -127,6 +144,7 @@ pub async fn serve(
                 l,
                 service.clone(),
                 auth.clone(),
+                wechat.clone(),
                 stopped(),
             );
             futures_util::future::Either::Left(fut)

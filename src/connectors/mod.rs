@@ -2,7 +2,7 @@
 //! decide nothing themselves.
 //!
 //! - [`wechat`]: WeChat Official Account (公众号) and WeCom (企业微信) app callbacks: signature
-//!   checks, the AES-256-CBC message encryption, the callback XML and passive-reply limits.
-//!   A pure library for now; the HTTP endpoint that uses it comes with the HTTP listener.
+//!   checks, the AES-256-CBC message encryption, the callback XML and passive-reply limits,
+//!   and the adapter the HTTP listener's `/wechat/{account}` routes hand requests to.
 
 pub mod wechat;

@@ -396,6 +396,52 @@ mod tests {
         );
     }
 
+    // WeCom's documentation sample (WXBizMsgCrypt Sample.cs / Sample.cpp of the 企业微信 SDK):
+    // token "QDG6eK", CorpID "wx5823bf96d3bd56c7", the request of its DecryptMsg example.
+    #[test]
+    fn wecom_documentation_sample_decrypts() {
+        let c = MsgCrypt::new(
+            "QDG6eK",
+            "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+            "wx5823bf96d3bd56c7",
+        )
+        .unwrap();
+        let body = "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName><Encrypt><![CDATA[RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zEPeusUiX5L5X/0lWfrf0QADHHhGd3QczcdCUpj911L3vg3W/sYYvuJTs3TUUkSUXxaccAS0qhxchrRYt66wiSpGLYL42aM6A8dTT+6k4aSknmPj48kzJs8qLjvd4Xgpue06DOdnLxAUHzM6+kDZ+HMZfJYuR+LtwGc2hgf5gsijff0ekUNXZiqATP7PF5mZxZ3Izoun1s4zG4LUMnvw2r+KqCKIw+3IQH03v+BCA9nMELNqbSf6tiWSrXJB3LAVGUcallcrw8V2t9EL4EhzJWrQUax5wLVMNS0+rUPA3k22Ncx4XXZS9o0MBH27Bo6BpNelZpS+/uh9KsNlY6bHCmJU9p8g7m3fVKn28H3KDYA5Pl/T8Z1ptDAVe0lXdQ2YoyyH2uyPIGHBZZIs2pDBS8R07+qN+E7Q==]]></Encrypt></xml>";
+        let q = CallbackQuery {
+            msg_signature: "477715d11cdb4164915debcba66cb864d751f3e6",
+            timestamp: "1409659813",
+            nonce: "1372623149",
+        };
+        let m = c
+            .open(body, &q, at("1409659813"), 300, &XmlLimits::default())
+            .unwrap();
+        assert_eq!(m.to_user, "wx5823bf96d3bd56c7");
+        assert_eq!(m.from_user, "mycreate");
+        assert_eq!(m.create_time, 1409659813);
+        assert_eq!(
+            m.kind,
+            xml::InboundKind::Text {
+                content: "hello".into(),
+                msg_id: Some("4561255354251345929".into())
+            }
+        );
+        assert_eq!(m.agent_id.as_deref(), Some("218"));
+        // The sample's reply round-trips through seal / open with the sample's parameters.
+        let reply = "<xml><ToUserName><![CDATA[mycreate]]></ToUserName><FromUserName><![CDATA[wx582测试一下中文的情况，消息长度是按字节来算的396d3bd56c7]]></FromUserName><CreateTime>1348831860</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[this is a test]]></Content><MsgId>1234567890123456</MsgId></xml>";
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let env = c.seal(reply, "1409659813", "1372623149", &mut rng);
+        let fields = xml::read_fields(&env, &XmlLimits::default()).unwrap();
+        let q = CallbackQuery {
+            msg_signature: xml::field(&fields, "MsgSignature").unwrap(),
+            ..q
+        };
+        assert_eq!(
+            c.decrypt_body(&env, &q, at("1409659813"), 300, &XmlLimits::default())
+                .unwrap(),
+            reply
+        );
+    }
+
     #[test]
     fn round_trip_for_every_padding_length() {
         let c = MsgCrypt::new("tok", MP_KEY, MP_APPID).unwrap();

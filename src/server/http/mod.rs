@@ -3,7 +3,8 @@
 //! through `convert` to the service (so both doors map alike), bounds the call by its deadline
 //! and maps errors to one JSON body ([`error`]). One file per concept: [`json`] bodies,
 //! [`v1`] the `/v1` routes, [`sse`] the outbound stream, [`rasa`] Rasa's `/model/parse`,
-//! [`openapi`] the generated document.
+//! [`openapi`] the generated document, [`wechat`] the WeChat callback URL (handed to
+//! `crate::connectors::wechat`).
 
 pub mod error;
 pub mod json;
@@ -11,6 +12,7 @@ pub mod openapi;
 pub mod rasa;
 pub mod sse;
 pub mod v1;
+pub mod wechat;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub struct HttpState {
     /// The server's bound for one call (`request_timeout_ms`).
     pub request_timeout_ms: u64,
     pub max_body_bytes: usize,
+    /// The WeChat callback adapter (`/wechat/{account}`), when accounts are configured.
+    pub wechat: Option<Arc<crate::connectors::wechat::Callbacks>>,
 }
 
 /// The deadline header (milliseconds), like gRPC's `grpc-timeout`.
@@ -196,6 +200,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(v1::readyz))
         .route("/model/parse", post(rasa::parse))
         .route("/openapi.json", get(openapi::serve))
+        .route(
+            "/wechat/{account}",
+            get(wechat::verify).post(wechat::message),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -211,6 +219,7 @@ pub async fn serve_http(
     listener: TcpListener,
     service: Arc<Service>,
     auth: Arc<Authenticator>,
+    wechat: Option<Arc<crate::connectors::wechat::Callbacks>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let state = HttpState {
@@ -218,6 +227,7 @@ pub async fn serve_http(
         auth,
         request_timeout_ms,
         max_body_bytes: cfg.max_body_bytes,
+        wechat,
     };
     // TCP_NODELAY for the same reason as gRPC: a small answer must not wait for a delayed ACK.
     let listener = listener.tap_io(|tcp| {
