@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::compliance::BannedWords;
-use super::templates::{parse_hhmm, Greetings, Template, Var};
-use super::variables::{clean_user_text, Fallbacks, VariableRules, MAX_CHARS_LIMIT};
+use super::templates::{parse_hhmm, Fallbacks, Greetings, Template, Var};
+use super::variables::{clean_user_text, VariableRules, MAX_CHARS_LIMIT};
 use crate::data::yaml::{Seg, YamlFile};
 use crate::data::FileError;
 use crate::engine::catalog::Catalog;

@@ -170,11 +170,34 @@ impl Template {
     }
 }
 
+/// What replaces an empty variable, by variable.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fallbacks {
+    by_var: [String; Var::ALL.len()],
+}
+
+impl Fallbacks {
+    pub fn set(&mut self, v: Var, text: String) {
+        self.by_var[index(v)] = text;
+    }
+
+    pub fn get(&self, v: Var) -> &str {
+        &self.by_var[index(v)]
+    }
+}
+
+fn index(v: Var) -> usize {
+    Var::ALL
+        .iter()
+        .position(|&x| x == v)
+        .expect("Var::ALL lists every variable")
+}
+
 /// Values for one rendering. An empty value renders as its fallback from `replies.yml`
 /// (`variables`), or as empty text when there is none.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Vars {
-    pub fallbacks: std::sync::Arc<super::variables::Fallbacks>,
+    pub fallbacks: std::sync::Arc<Fallbacks>,
     pub nickname: String,
     pub group_name: String,
     pub greeting: String,

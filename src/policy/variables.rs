@@ -20,36 +20,13 @@
 
 use std::sync::Arc;
 
-use super::templates::Var;
+use super::templates::Fallbacks;
 
 /// Default caps when `replies.yml` sets none (WeChat allows longer names than a reply needs).
 pub const DEFAULT_NICKNAME_MAX_CHARS: usize = 20;
 pub const DEFAULT_GROUP_NAME_MAX_CHARS: usize = 30;
 /// The highest cap an operator may set.
 pub const MAX_CHARS_LIMIT: usize = 200;
-
-/// What replaces an empty variable, by variable.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fallbacks {
-    by_var: [String; Var::ALL.len()],
-}
-
-impl Fallbacks {
-    pub fn set(&mut self, v: Var, text: String) {
-        self.by_var[index(v)] = text;
-    }
-
-    pub fn get(&self, v: Var) -> &str {
-        &self.by_var[index(v)]
-    }
-}
-
-fn index(v: Var) -> usize {
-    Var::ALL
-        .iter()
-        .position(|&x| x == v)
-        .expect("Var::ALL lists every variable")
-}
 
 /// The `variables` section of `replies.yml`, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +109,7 @@ fn cap_chars(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::templates::Var;
 
     // Each of these went into replies verbatim before the cleaning existed (issue #12.4).
     #[test]

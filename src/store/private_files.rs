@@ -61,39 +61,3 @@ pub fn tighten(db: &Path) -> Result<(), StoreError> {
     }
     Ok(())
 }
-
-#[cfg(all(test, unix))]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn mode(p: &Path) -> u32 {
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-    }
-
-    #[test]
-    fn a_new_store_is_private_to_its_user() {
-        // Issue #12.8 (failed on main): the database, WAL and SHM were created 0644.
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("data/sub/intentd.db");
-        let keys = crate::store::test_support::keyring(&crate::store::test_support::key_b64(1));
-        let store = crate::store::sqlite::SqliteStore::open(&db, keys).unwrap();
-        assert_eq!(mode(&dir.path().join("data/sub")), 0o700);
-        for f in files(&db) {
-            assert!(f.exists(), "{} exists while the store is open", f.display());
-            assert_eq!(mode(&f), 0o600, "{}", f.display());
-        }
-        drop(store);
-    }
-
-    #[test]
-    fn an_older_world_readable_database_is_tightened() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("old.db");
-        std::fs::write(&db, b"").unwrap();
-        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let keys = crate::store::test_support::keyring(&crate::store::test_support::key_b64(1));
-        let _store = crate::store::sqlite::SqliteStore::open(&db, keys).unwrap();
-        assert_eq!(mode(&db), 0o600);
-    }
-}

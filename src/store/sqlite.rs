@@ -784,6 +784,40 @@ mod tests {
         assert_eq!(store.conversations(0, 1000, 0, 10_000).unwrap().len(), 400);
     }
 
+    #[cfg(unix)]
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_new_store_is_private_to_its_user() {
+        // Issue #12.8 (failed on main): the database, WAL and SHM were created 0644.
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data/sub/intentd.db");
+        let keys = keyring(&key_b64(1));
+        let store = SqliteStore::open(&db, keys).unwrap();
+        assert_eq!(mode(&dir.path().join("data/sub")), 0o700);
+        for f in private_files::files(&db) {
+            assert!(f.exists(), "{} exists while the store is open", f.display());
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        drop(store);
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn an_older_world_readable_database_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("old.db");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let keys = keyring(&key_b64(1));
+        let _store = SqliteStore::open(&db, keys).unwrap();
+        assert_eq!(mode(&db), 0o600);
+    }
+
     #[test]
     fn commits_reach_the_disk_unless_configured_otherwise() {
         // Issue #12.2 (failed on main: NORMAL, which a power loss can undo).
