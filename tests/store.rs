@@ -622,6 +622,8 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
     assert!(!key_path.exists(), "export must not create a key file");
 
     // Only the new key: the old rows cannot be read, and the error names the missing key.
+    // Since issue #12.3 the store refuses to open at all (key check), so the refusal is at
+    // the start and writes no audit row.
     write_key_file(&key_path, &format!("{new_key}\n"));
     let o = export(&config, T0, t1, &out_dir.path().join("half.jsonl"), &[]);
     assert!(!o.status.success());
@@ -631,13 +633,14 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
         "{err}"
     );
 
-    // Each export attempt left an audit row naming the operator and the range.
+    // Each export that opened the log left an audit row naming the operator and the range.
+    write_key_file(&key_path, &format!("{new_key}\n{old_key}\n"));
     let audit = audit_of(data.path());
     let exports: Vec<_> = audit
         .iter()
         .filter(|r| r.action == AuditAction::Export)
         .collect();
-    assert_eq!(exports.len(), 3, "{exports:?}");
+    assert_eq!(exports.len(), 2, "{exports:?}");
     assert!(exports.iter().all(|r| r.actor == "ops-test"));
     assert!(
         exports[0]
@@ -650,11 +653,6 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
         exports[1].detail.contains("rows=3"),
         "{}",
         exports[1].detail
-    );
-    assert!(
-        exports[2].detail.contains("failed"),
-        "{}",
-        exports[2].detail
     );
 }
 
