@@ -251,6 +251,13 @@ impl ServerConfig {
                 self.batching.max_batch_size
             );
         }
+        if self.batching.queue_budget_ms > crate::service::batcher::MAX_QUEUE_BUDGET_MS {
+            bail!(
+                "batching.queue_budget_ms must be 0 (no limit) to {}, got {}",
+                crate::service::batcher::MAX_QUEUE_BUDGET_MS,
+                self.batching.queue_budget_ms
+            );
+        }
         if !self.auth.disabled && self.auth.bots.is_empty() {
             bail!("auth.bots is empty: list the bots with their tokens, or set auth.disabled: true for local use");
         }

@@ -54,6 +54,15 @@ pub struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub transport: String,
+    /// The gRPC method, or the HTTP route (`POST /v1/classify`); `unknown` for other paths.
+    pub rpc: String,
+    /// The gRPC status code name ("OK", "RESOURCE_EXHAUSTED", ...); HTTP answers carry theirs.
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DroppedLabels {
     /// `overflow` (the bot's queue was full) or `expired` (too long past its send time).
     pub reason: String,
@@ -107,6 +116,12 @@ pub struct Metrics {
     pub batch_texts: Histogram,
     /// `intentd_wechat_callbacks_total{account,outcome}`: WeChat callbacks by how they ended.
     pub wechat_callbacks: Family<WechatLabels, Counter>,
+    /// `intentd_responses_total{transport,rpc,code}`: every answer by status code, refusals
+    /// included (`intentd_requests_total` counts decided requests only).
+    pub responses: Family<ResponseLabels, Counter>,
+    /// `intentd_store_healthy`: 1 while log commits succeed, 0 once they keep failing (the
+    /// server then reports NOT_SERVING until a commit succeeds again).
+    pub store_healthy: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,6 +160,9 @@ impl Metrics {
         let forward_pass = latency_histogram();
         let batch_texts = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         let wechat_callbacks = Family::<WechatLabels, Counter>::default();
+        let responses = Family::<ResponseLabels, Counter>::default();
+        let store_healthy = Gauge::default();
+        store_healthy.set(1);
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -215,6 +233,16 @@ impl Metrics {
             "WeChat Official Account / WeCom callbacks, by account and how they ended",
             wechat_callbacks.clone(),
         );
+        registry.register(
+            "responses",
+            "Answers by transport, RPC (or HTTP route) and status code, refusals included",
+            responses.clone(),
+        );
+        registry.register(
+            "store_healthy",
+            "1 while log commits succeed; 0 while they keep failing (readiness NOT_SERVING)",
+            store_healthy.clone(),
+        );
         Self {
             registry,
             requests,
@@ -231,7 +259,20 @@ impl Metrics {
             forward_pass,
             batch_texts,
             wechat_callbacks,
+            responses,
+            store_healthy,
         }
+    }
+
+    /// Counts one answer by its status code name.
+    pub fn count_response(&self, transport: &str, rpc: &str, code: &str) {
+        self.responses
+            .get_or_create(&ResponseLabels {
+                transport: transport.into(),
+                rpc: rpc.into(),
+                code: code.into(),
+            })
+            .inc();
     }
 
     /// Where a model answer's time went: the wait for a batch, the forward pass, the batch.

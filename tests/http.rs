@@ -426,6 +426,28 @@ async fn errors_have_one_shape_and_the_mapped_status() {
     // The server still answers after all that.
     let (st, _) = post(&s, "/v1/classify", Some(BOT_TOKEN), msg("ok1", "你好")).await;
     assert_eq!(st, StatusCode::OK);
+
+    // Issue 12.6 (failed on main: no such series): every answer is counted by its code, the
+    // refusals too, labelled by route; a path matching no route is `unknown`, whatever it is.
+    let (st, _) = get(&s, &format!("/v1/{}", "x".repeat(300)), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, metrics) = common::server::scrape_metrics(&s.metrics_addr).await;
+    for (rpc, code) in [
+        ("POST /v1/classify", "OK"),
+        ("POST /v1/classify", "INVALID_ARGUMENT"),
+        ("POST /v1/classify", "RESOURCE_EXHAUSTED"),
+        ("POST /v1/classify:batch", "DEADLINE_EXCEEDED"),
+        ("GET /v1/stats", "INVALID_ARGUMENT"),
+        ("unknown", "NOT_FOUND"),
+    ] {
+        let series =
+            format!(r#"intentd_responses_total{{transport="http",rpc="{rpc}",code="{code}"}}"#);
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("xxxxxxxx"),
+        "a client path became a label"
+    );
 }
 
 #[tokio::test]

@@ -433,7 +433,8 @@ async fn beyond_max_in_flight_requests_are_refused_at_once() {
     let model = common::default_model_dir();
     let s = TestServer::start(ServerOptions {
         model: Some(model),
-        extra_config: "max_in_flight: 2\nbatching:\n  max_batch_size: 1\n  max_wait_us: 0\n".into(),
+        // No queue budget: this test is about the in-flight limit alone.
+        extra_config: "max_in_flight: 2\nbatching:\n  max_batch_size: 1\n  max_wait_us: 0\n  queue_budget_ms: 0\n".into(),
         ..Default::default()
     })
     .await;
@@ -469,6 +470,82 @@ async fn beyond_max_in_flight_requests_are_refused_at_once() {
         busy.load(Ordering::SeqCst) >= 1,
         "40 concurrent requests against a limit of 2"
     );
+}
+
+// Issue 12.6 (failed on main: admitted requests queued for seconds under overload). With a
+// queue budget of 1 ms, texts that would wait longer for the model are refused at once with
+// RESOURCE_EXHAUSTED naming the budget, and never get a late answer; every answer is counted
+// by its code in /metrics.
+#[tokio::test]
+async fn texts_over_the_queue_budget_are_refused_and_every_answer_is_counted() {
+    let model = common::default_model_dir();
+    let s = TestServer::start(ServerOptions {
+        model: Some(model),
+        extra_config: "max_in_flight: 64\nbatching:\n  max_batch_size: 1\n  max_wait_us: 0\n  queue_budget_ms: 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let ok = Arc::new(AtomicUsize::new(0));
+    let busy = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut c = s.client().await;
+        let (ok, busy) = (ok.clone(), busy.clone());
+        tasks.push(tokio::spawn(async move {
+            match c
+                .classify(classify_req(
+                    &format!("q{i}"),
+                    &"我想退货退款".repeat(30),
+                    "u",
+                ))
+                .await
+            {
+                Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                Err(e) => {
+                    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                    assert!(
+                        e.message()
+                            .contains("queue budget of 1 ms (batching.queue_budget_ms)"),
+                        "{}",
+                        e.message()
+                    );
+                    busy.fetch_add(1, Ordering::SeqCst)
+                }
+            };
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (ok, busy) = (ok.load(Ordering::SeqCst), busy.load(Ordering::SeqCst));
+    assert!(ok >= 1, "the first text always fits");
+    assert!(
+        busy >= 1,
+        "40 long texts at once cannot all wait under 1 ms"
+    );
+    // Refusals are not errors of the service: a bad request and a missing token too.
+    let mut c = s.client().await;
+    let e = c.classify(classify_req("", "你好", "u")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut anon = s.client_with_token(None).await;
+    let e = anon
+        .classify(classify_req("a", "你好", "u"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    let (_, metrics) = common::server::scrape_metrics(&s.metrics_addr).await;
+    for (code, n) in [
+        ("OK", ok),
+        ("RESOURCE_EXHAUSTED", busy),
+        ("INVALID_ARGUMENT", 1),
+        ("UNAUTHENTICATED", 1),
+    ] {
+        let series = format!(
+            r#"intentd_responses_total{{transport="grpc",rpc="Classify",code="{code}"}} {n}"#
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

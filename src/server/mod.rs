@@ -8,6 +8,7 @@ pub mod decode_errors;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod response_count;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,12 +68,15 @@ pub async fn serve_grpc(
         service: service.clone(),
         auth: auth.clone(),
     };
+    let count_responses = response_count::CountResponsesLayer::new(service.metrics.clone());
     let admin = AdminApi {
         service,
         auth,
         health: reporter,
     };
     builder
+        // Outermost: counts the code the client finally gets (after the remapping below).
+        .layer(count_responses)
         // Undecodable requests are the client's fault, not INTERNAL / OUT_OF_RANGE.
         .layer(tower::util::MapResponseLayer::new(
             decode_errors::remap::<tonic::body::Body>,

@@ -11,13 +11,20 @@
 //! without padding, but a model built for training pads). The queue is bounded: the front door
 //! admits at most `max_in_flight` requests and turns the rest away.
 //!
+//! Under overload a queue of `max_in_flight` texts is seconds of work, and every admitted
+//! request would wait that long. So the queue is also bounded in time, by `queue_budget_ms`:
+//! a text is refused at the door when the work already queued (texts x the measured time per
+//! text) would make it wait longer ([`Batcher::check_room`]), and a text that still waited
+//! longer (the estimate lags a sudden slowdown) is answered `Overloaded` instead of computed.
+//! Both are RESOURCE_EXHAUSTED for the client, who retries with backoff.
+//!
 //! Threads: the forward pass runs on the compute thread, its dense layers and attention also on
 //! `model::spin_pool`, and the rest inside candle on rayon's pool (gemm) and candle's barrier
 //! pool (large element-wise ops); all size themselves from `RAYON_NUM_THREADS`.
 //! `compute_threads` sets it for the process ([`apply_thread_settings`], called before any
 //! thread starts); see `benches/RESULTS.md` for the measured choice.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +48,13 @@ pub struct BatchConfig {
     /// barrier pool);
     /// 0 = candle's default (every core). `RAYON_NUM_THREADS` in the environment wins.
     pub compute_threads: usize,
+    /// The longest a text may wait for its forward pass; beyond it the request is refused
+    /// (RESOURCE_EXHAUSTED) rather than kept waiting. 0 = no limit (only `max_in_flight`).
+    pub queue_budget_ms: u64,
 }
+
+/// The largest `queue_budget_ms` accepted: beyond a minute it bounds nothing useful.
+pub const MAX_QUEUE_BUDGET_MS: u64 = 60_000;
 
 impl Default for BatchConfig {
     fn default() -> Self {
@@ -50,6 +63,7 @@ impl Default for BatchConfig {
             max_batch_tokens: 4096,
             max_wait_us: 2000,
             compute_threads: 0,
+            queue_budget_ms: 100,
         }
     }
 }
@@ -122,6 +136,40 @@ pub struct Batcher {
     model: Arc<ArcSwapOption<LoadedModel>>,
     /// Requests announced (being validated / tokenised) but not yet queued: worth waiting for.
     on_the_way: Arc<AtomicUsize>,
+    load: Arc<QueueLoad>,
+}
+
+/// What is waiting for the compute thread, and how fast it works: the inputs of the queue
+/// budget. Shared by the callers (who add texts) and the compute thread (which takes them and
+/// measures).
+#[derive(Debug, Default)]
+struct QueueLoad {
+    /// Texts submitted and not yet taken into a batch.
+    queued: AtomicUsize,
+    /// Forward-pass time per text of recent batches, nanoseconds (moving average; 0 = not
+    /// measured yet).
+    per_text_ns: AtomicU64,
+    budget_ms: u64,
+}
+
+impl QueueLoad {
+    /// Folds one batch into the per-text average (weight 1/4: a few batches follow a change).
+    fn observe(&self, batch_ns: u64, texts: usize) {
+        let per_text = batch_ns / texts.max(1) as u64;
+        let old = self.per_text_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            per_text
+        } else {
+            (old * 3 + per_text) / 4
+        };
+        self.per_text_ns.store(new, Ordering::Relaxed);
+    }
+}
+
+/// The wait, in milliseconds, for a text queued behind `queued` ones at `per_text_ns` each (its
+/// own forward pass is not waiting: a lone text is always admitted).
+fn expected_wait_ms(queued: usize, per_text_ns: u64) -> u64 {
+    queued as u64 * per_text_ns / 1_000_000
 }
 
 /// A request that will reach the queue shortly; dropping it (queued, or given up) withdraws
@@ -147,15 +195,39 @@ impl Batcher {
         let worker_model = model.clone();
         let on_the_way = Arc::new(AtomicUsize::new(0));
         let worker_on_the_way = on_the_way.clone();
+        let load = Arc::new(QueueLoad {
+            budget_ms: cfg.queue_budget_ms,
+            ..QueueLoad::default()
+        });
+        let worker_load = load.clone();
         std::thread::Builder::new()
             .name("intentd-compute".into())
-            .spawn(move || compute_loop(rx, worker_model, worker_on_the_way, cfg))
+            .spawn(move || compute_loop(rx, worker_model, worker_on_the_way, worker_load, cfg))
             .expect("spawn compute thread");
         Self {
             tx,
             model,
             on_the_way,
+            load,
         }
+    }
+
+    /// Refuses a text when the work queued ahead of it would keep it waiting longer than the
+    /// queue budget. Cheap: call it before tokenising.
+    pub fn check_room(&self) -> Result<(), InferenceError> {
+        let budget = self.load.budget_ms;
+        if budget == 0 {
+            return Ok(());
+        }
+        let queued = self.load.queued.load(Ordering::Relaxed);
+        let wait = expected_wait_ms(queued, self.load.per_text_ns.load(Ordering::Relaxed));
+        if wait > budget {
+            return Err(InferenceError::Overloaded(format!(
+                "the model is busy: {queued} texts are queued, about {wait} ms of work, over \
+                 the queue budget of {budget} ms (batching.queue_budget_ms); retry with backoff"
+            )));
+        }
+        Ok(())
     }
 
     pub fn model(&self) -> Option<Arc<LoadedModel>> {
@@ -189,6 +261,7 @@ impl Batcher {
         announced: Option<Announced>,
     ) -> Result<Ticket, InferenceError> {
         let (reply, rx) = oneshot::channel();
+        self.load.queued.fetch_add(1, Ordering::Relaxed);
         let sent = self
             .tx
             .send(Job {
@@ -199,7 +272,10 @@ impl Batcher {
             })
             .await;
         // A failed send drops the job, and its announcement with it.
-        sent.map_err(|_| InferenceError::Failed("inference queue closed".into()))?;
+        sent.map_err(|_| {
+            self.load.queued.fetch_sub(1, Ordering::Relaxed);
+            InferenceError::Failed("inference queue closed".into())
+        })?;
         Ok(Ticket(rx))
     }
 }
@@ -210,6 +286,9 @@ pub enum InferenceError {
     /// The model was unloaded between the check and the batch: the caller serves from rules.
     #[error("model not loaded")]
     NotLoaded,
+    /// Over the queue budget: refused, or waited too long to be worth computing.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -229,6 +308,7 @@ fn compute_loop(
     mut rx: mpsc::Receiver<Job>,
     model: Arc<ArcSwapOption<LoadedModel>>,
     on_the_way: Arc<AtomicUsize>,
+    load: Arc<QueueLoad>,
     cfg: BatchConfig,
 ) {
     let max_wait = Duration::from_micros(cfg.max_wait_us);
@@ -258,7 +338,11 @@ fn compute_loop(
             }
         }
         let batch = take_batch(&mut pending, cfg.max_batch_size, cfg.max_batch_tokens);
-        run_batch(batch, &model);
+        load.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let batch = shed_late(batch, load.budget_ms, Instant::now());
+        if let Some((ns, n)) = run_batch(batch, &model) {
+            load.observe(ns, n);
+        }
         if pending.is_empty() && rx.is_empty() {
             // Nothing queued: the dense workers should not spin while the answers go out.
             crate::model::spin_pool::SpinPool::global().rest();
@@ -301,17 +385,39 @@ fn take_batch(pending: &mut Vec<Job>, max_size: usize, max_tokens: usize) -> Vec
     batch
 }
 
-fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
+/// Answers the jobs that waited longer than the budget (0 = none) with `Overloaded` and
+/// returns the rest: a forward pass for them would only make everyone behind them late too.
+fn shed_late(batch: Vec<Job>, budget_ms: u64, now: Instant) -> Vec<Job> {
+    if budget_ms == 0 {
+        return batch;
+    }
+    let budget = Duration::from_millis(budget_ms);
+    let (late, keep): (Vec<Job>, Vec<Job>) = batch
+        .into_iter()
+        .partition(|j| now.saturating_duration_since(j.enqueued) > budget);
+    for job in late {
+        let waited = now.saturating_duration_since(job.enqueued).as_millis();
+        let _ = job.reply.send(Err(InferenceError::Overloaded(format!(
+            "the model is busy: this text waited {waited} ms for its forward pass, over the \
+             queue budget of {budget_ms} ms (batching.queue_budget_ms); retry with backoff"
+        ))));
+    }
+    keep
+}
+
+/// Runs one forward pass and answers its jobs; returns its duration (ns) and text count when
+/// it ran.
+fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) -> Option<(u64, usize)> {
     let Some(m) = model.load_full() else {
         for job in batch {
             let _ = job.reply.send(Err(InferenceError::NotLoaded));
         }
-        return;
+        return None;
     };
     // Callers that gave up (deadline, disconnect) need no forward pass.
     let batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
     if batch.is_empty() {
-        return;
+        return None;
     }
     let started = Instant::now();
     let pool = crate::model::spin_pool::SpinPool::global();
@@ -326,8 +432,10 @@ fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
                     "the model panicked during the forward pass"
                 ))
             });
-    let inference_us = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let inference_us = elapsed.as_micros() as u64;
     let n = batch.len();
+    let ran = result.is_ok().then_some((elapsed.as_nanos() as u64, n));
     match result {
         Ok(preds) => {
             for (job, prediction) in batch.into_iter().zip(preds) {
@@ -349,6 +457,7 @@ fn run_batch(batch: Vec<Job>, model: &ArcSwapOption<LoadedModel>) {
             }
         }
     }
+    ran
 }
 
 #[cfg(test)]
@@ -399,6 +508,70 @@ mod tests {
         let batch = take_batch(&mut pending, 8, 100);
         assert_eq!(batch.len(), 1);
         assert!(pending.is_empty());
+    }
+
+    // Issue 12 (overload): before the queue budget, a text that had waited seconds behind an
+    // overloaded queue still got its forward pass and a very late answer.
+    #[test]
+    fn texts_that_waited_past_the_budget_are_refused_not_computed() {
+        let now = Instant::now();
+        let (mut late, late_rx) = job(5);
+        late.enqueued = now - Duration::from_millis(150);
+        let (mut fresh, mut fresh_rx) = job(5);
+        fresh.enqueued = now - Duration::from_millis(20);
+        let kept = shed_late(vec![late, fresh], 100, now);
+        assert_eq!(kept.len(), 1);
+        let mut late_rx = late_rx;
+        match late_rx.try_recv() {
+            Ok(Err(InferenceError::Overloaded(m))) => {
+                assert!(m.contains("waited 150 ms"), "{m}");
+                assert!(m.contains("queue budget of 100 ms"), "{m}");
+            }
+            other => panic!("expected Overloaded, got {other:?}"),
+        }
+        // The fresh one is still waiting for its forward pass.
+        assert!(fresh_rx.try_recv().is_err());
+        // Budget 0: nobody is shed, however long they waited.
+        let (mut old, _rx) = job(5);
+        old.enqueued = now - Duration::from_secs(10);
+        assert_eq!(shed_late(vec![old], 0, now).len(), 1);
+    }
+
+    #[test]
+    fn the_door_refuses_what_the_queue_cannot_serve_within_budget() {
+        let model = Arc::new(ArcSwapOption::empty());
+        let cfg = BatchConfig {
+            queue_budget_ms: 100,
+            ..BatchConfig::default()
+        };
+        let b = Batcher::start(model, cfg, 4);
+        // Nothing measured yet: everything is admitted.
+        b.load.queued.store(500, Ordering::Relaxed);
+        assert!(b.check_room().is_ok());
+        // 2 ms per text: 50 queued = 100 ms fits, 51 = 102 ms does not.
+        b.load.per_text_ns.store(2_000_000, Ordering::Relaxed);
+        b.load.queued.store(50, Ordering::Relaxed);
+        assert!(b.check_room().is_ok());
+        b.load.queued.store(51, Ordering::Relaxed);
+        let e = b.check_room().unwrap_err();
+        assert!(
+            matches!(&e, InferenceError::Overloaded(m) if m.contains("51 texts are queued") && m.contains("102 ms") && m.contains("batching.queue_budget_ms")),
+            "{e:?}"
+        );
+        // An empty queue admits a text however slow the model is.
+        b.load.per_text_ns.store(10_000_000_000, Ordering::Relaxed);
+        b.load.queued.store(0, Ordering::Relaxed);
+        assert!(b.check_room().is_ok());
+    }
+
+    #[test]
+    fn per_text_time_follows_recent_batches() {
+        let load = QueueLoad::default();
+        load.observe(32_000_000, 32); // 1 ms per text
+        assert_eq!(load.per_text_ns.load(Ordering::Relaxed), 1_000_000);
+        load.observe(5_000_000, 1); // a lone text: 5 ms
+        assert_eq!(load.per_text_ns.load(Ordering::Relaxed), 2_000_000);
+        assert_eq!(expected_wait_ms(100, 2_000_000), 200);
     }
 
     #[tokio::test]

@@ -53,6 +53,7 @@ impl Service {
         let ctx = validate::classify_request(req, &self.settings.limits, self.now_ms(), |b| {
             self.known_bot(b)
         })?;
+        self.room_for_texts()?;
         self.classify_valid(ctx, Some(announced)).await
     }
 
@@ -89,6 +90,7 @@ impl Service {
                     })?;
             ctxs.push(ctx);
         }
+        self.room_for_texts()?;
         // All texts go to the batcher together, so they share forward passes: all are announced
         // before the first is queued, so the batch waits for the rest.
         let announced: Vec<_> = ctxs.iter().map(|_| self.batcher.announce()).collect();
@@ -99,6 +101,14 @@ impl Service {
         )
         .await;
         results.into_iter().collect()
+    }
+
+    /// The queue budget, checked at the door (before any tokenising) when a model serves.
+    fn room_for_texts(&self) -> Result<(), ServiceError> {
+        if !self.model_loaded() {
+            return Ok(());
+        }
+        self.batcher.check_room().map_err(inference_error)
     }
 
     /// One turn per (bot_id, message_id): a retry gets the stored first answer (and changes
@@ -287,7 +297,7 @@ impl Service {
                     self.batcher
                         .submit(tokens, announced)
                         .await
-                        .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                        .map_err(inference_error)?,
                 )
             }
             None => {
@@ -319,7 +329,7 @@ impl Service {
                 }
                 // The model was unloaded between the check and the batch: serve from rules.
                 Err(InferenceError::NotLoaded) => {}
-                Err(InferenceError::Failed(e)) => return Err(ServiceError::Internal(e)),
+                Err(e) => return Err(inference_error(e)),
             }
         }
         let mut cls = fusion::fuse(model_scores.as_deref(), &kw, &rules.fusion);
@@ -370,5 +380,13 @@ impl Service {
                 false
             }
         }
+    }
+}
+
+/// Over the queue budget is back-pressure (retry later); anything else went wrong here.
+fn inference_error(e: InferenceError) -> ServiceError {
+    match e {
+        InferenceError::Overloaded(m) => ServiceError::Busy(m),
+        e => ServiceError::Internal(e.to_string()),
     }
 }

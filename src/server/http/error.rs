@@ -239,7 +239,29 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
         }
+        // For `intentd_responses_total`: the code, not guessed back from the HTTP status.
+        resp.extensions_mut().insert(self.code);
         resp
+    }
+}
+
+/// The gRPC code of an HTTP answer that is not an [`ApiError`] (axum's own refusals, the
+/// WeChat callback's plain answers): the usual HTTP-to-gRPC mapping.
+pub fn code_of_status(status: StatusCode) -> Code {
+    match status.as_u16() {
+        200..=399 => Code::Ok,
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        405 | 501 => Code::Unimplemented,
+        409 => Code::Aborted,
+        413 | 429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        400..=499 => Code::InvalidArgument,
+        _ => Code::Internal,
     }
 }
 

@@ -185,9 +185,34 @@ async fn log_request(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Counts every answer in `intentd_responses_total{transport="http",rpc,code}`: `rpc` is the
+/// matched route (`POST /v1/classify`), `unknown` for paths that match none (a client cannot
+/// grow the label set), `code` the gRPC code name the error body carries.
+async fn count_response(req: Request, next: Next) -> Response {
+    let state = req
+        .extensions()
+        .get::<Arc<crate::metrics::Metrics>>()
+        .cloned();
+    let rpc = match req.extensions().get::<MatchedPath>() {
+        Some(p) => format!("{} {}", req.method(), p.as_str()),
+        None => "unknown".to_string(),
+    };
+    let resp = next.run(req).await;
+    if let Some(metrics) = state {
+        let code = resp
+            .extensions()
+            .get::<Code>()
+            .copied()
+            .unwrap_or_else(|| error::code_of_status(resp.status()));
+        metrics.count_response("http", &rpc, error::code_name(code));
+    }
+    resp
+}
+
 /// Every route of the HTTP front door.
 pub fn router(state: HttpState) -> Router {
     let limit = state.max_body_bytes;
+    let metrics = state.service.metrics.clone();
     Router::new()
         .route("/v1/classify", post(v1::classify))
         .route("/v1/classify:batch", post(v1::classify_batch))
@@ -208,6 +233,8 @@ pub fn router(state: HttpState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn(count_response))
+        .layer(axum::Extension(metrics))
         .with_state(state)
 }
 
