@@ -250,7 +250,6 @@ impl IntoResponse for ApiError {
 pub fn code_of_status(status: StatusCode) -> Code {
     match status.as_u16() {
         200..=399 => Code::Ok,
-        400 => Code::InvalidArgument,
         401 => Code::Unauthenticated,
         403 => Code::PermissionDenied,
         404 => Code::NotFound,
@@ -260,6 +259,7 @@ pub fn code_of_status(status: StatusCode) -> Code {
         499 => Code::Cancelled,
         503 => Code::Unavailable,
         504 => Code::DeadlineExceeded,
+        // 400, 415 and the other client errors.
         400..=499 => Code::InvalidArgument,
         _ => Code::Internal,
     }
