@@ -1660,3 +1660,66 @@ async fn sigterm_with_an_open_stream_still_drains_the_store_within_the_grace_per
         .iter()
         .any(|r| r.action == AuditAction::Shutdown));
 }
+
+// Issue 12.3 (failed on main: with every commit failing the server stayed SERVING, answering
+// recorded=false forever, with one log line per failure). The server's files may not grow past
+// 1 MiB, like a disk that fills up while it runs: after a few failed commits in a row the gRPC
+// health check and /readyz say NOT_SERVING with the reason, /metrics shows it, answers go on
+// (recorded=false), and the log says why once.
+#[tokio::test]
+async fn a_store_failing_every_commit_turns_readiness_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let s = TestServer::start(ServerOptions {
+        model: Some(common::default_model_dir()),
+        manual_clock: Some(T0),
+        file_size_limit: Some(1 << 20),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(s.health_status("").await, ServingStatus::Serving as i32);
+    let mut c = s.client().await;
+    let text = "我想退货退款请问怎么操作".repeat(150);
+    let mut unrecorded = 0;
+    let mut sent = 0;
+    while s.health_status("").await == ServingStatus::Serving as i32 {
+        assert!(
+            sent < 3000,
+            "3000 large records and the store still counts as healthy"
+        );
+        let r = c
+            .classify(classify_req(&format!("fill{sent}"), &text, "u"))
+            .await
+            .expect("answers go on while the store fails")
+            .into_inner();
+        sent += 1;
+        if !r.recorded {
+            unrecorded += 1;
+        }
+    }
+    assert!(
+        unrecorded >= 3,
+        "NOT_SERVING after {unrecorded} unrecorded answers"
+    );
+    // (No more writes from here: a small record may still fit, and one success rightly turns
+    // the store healthy again.)
+    assert_eq!(
+        s.health_status("intentd.v1.IntentService").await,
+        ServingStatus::NotServing as i32
+    );
+    let (_, metrics) = common::server::scrape_metrics(&s.metrics_addr).await;
+    assert!(metrics.contains("intentd_store_healthy 0"), "{metrics}");
+    let ready = reqwest::get(format!("http://{}/readyz", s.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the store fails every commit"),
+        "{body}"
+    );
+    let log = std::fs::read_to_string(&s.stderr_log).unwrap();
+    assert!(log.contains("every commit fails"), "{log}");
+}

@@ -56,6 +56,32 @@ pub fn spawn_purge(service: &Arc<Service>, shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Readiness follows the store's health: NOT_SERVING while every commit fails, SERVING again
+/// after one succeeds (probed every `probe_every` meanwhile, see `Storage::run_health_probe`).
+pub fn spawn_store_health(
+    service: &Arc<Service>,
+    reporter: HealthReporter,
+    probe_every: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(storage) = service.storage.clone() else {
+        return;
+    };
+    let mut changes = storage.health().subscribe();
+    tokio::spawn(storage.run_health_probe(probe_every, stopped(shutdown.clone())));
+    let service = service.clone();
+    let mut shutdown = shutdown;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+            health::sync(&reporter, &service).await;
+        }
+    });
+}
+
 /// Due proactive sends are collected every second whether or not a Subscribe stream is open,
 /// so the outbox's bounds also hold for a bot that never subscribes (its items would otherwise
 /// pile up in the playbook).
@@ -110,7 +136,7 @@ pub fn spawn_model_load(
                     AuditAction::ModelChange,
                     &format!("model {version} loaded at start-up"),
                 );
-                health::mark_serving(&reporter).await;
+                health::sync(&reporter, &service).await;
             }
             Ok(Err(e)) => match fatal {
                 Some(stop) => {

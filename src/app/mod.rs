@@ -21,6 +21,9 @@ use crate::server::{self, health};
 use crate::service::Service;
 use crate::store::{AuditAction, Storage};
 
+/// While the store fails every commit, how often one test commit is tried.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(5);
+
 pub struct ServeOptions {
     pub config: ServerConfig,
     /// Start the clock here and let AdminService.SetClock move it (tests, demos).
@@ -100,6 +103,12 @@ pub async fn serve(
         None
     };
     background::spawn_purge(&service, shutdown_rx.clone());
+    background::spawn_store_health(
+        &service,
+        reporter.clone(),
+        STORE_PROBE_EVERY,
+        shutdown_rx.clone(),
+    );
     background::spawn_due_collector(&service, shutdown_rx.clone());
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
     background::spawn_model_load(

@@ -22,7 +22,7 @@ pub fn spawn_reload_on_hangup(service: &Arc<Service>, reporter: HealthReporter) 
             match service.reload_model("sighup").await {
                 Ok(v) => {
                     tracing::info!(version = %v, "model reloaded");
-                    health::mark_serving(&reporter).await;
+                    health::sync(&reporter, &service).await;
                 }
                 Err(e) => tracing::error!(error = %e, "model reload rejected"),
             }
@@ -54,7 +54,8 @@ pub async fn termination(
             "shutting down: no new requests, finishing in-flight ones"
         ),
     }
-    health::mark_not_serving(&reporter).await;
+    service.begin_shutdown();
+    health::sync(&reporter, &service).await;
     let _ = signalled.send(());
     reason
 }

@@ -36,7 +36,7 @@ impl AdminService for AdminApi {
         }
         if model {
             let v = self.service.reload_model("admin-rpc").await?;
-            health::mark_serving(&self.health).await;
+            health::sync(&self.health, &self.service).await;
             messages.push(format!("model {v}"));
         }
         Ok(Response::new(pb::ReloadResponse {

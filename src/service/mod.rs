@@ -21,7 +21,7 @@ pub mod validate;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -91,6 +91,8 @@ pub struct Service {
     reload_lock: tokio::sync::Mutex<()>,
     /// First answers, so retries get them again and change nothing.
     idempotency: Idempotency,
+    /// Set once shutdown starts: never ready again, whatever reloads after.
+    shutting_down: AtomicBool,
 }
 
 impl Service {
@@ -131,6 +133,7 @@ impl Service {
             outbound_changed: Arc::new(Notify::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             idempotency,
+            shutting_down: AtomicBool::new(false),
         }
     }
 
@@ -148,6 +151,33 @@ impl Service {
             .as_ref()
             .map(|m| m.version.to_string())
             .unwrap_or_default()
+    }
+
+    /// Why this server should get no traffic now, or None when it is ready: shutting down, no
+    /// model loaded (rules alone answer), or the store failing every commit.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Some("shutting down".into());
+        }
+        if !self.model_loaded() {
+            return Some("no model loaded: only the rules answer".into());
+        }
+        if let Some(storage) = &self.storage {
+            let health = storage.health();
+            if !health.is_healthy() {
+                return Some(format!(
+                    "the store fails every commit ({} in a row; last: {})",
+                    health.failed_in_a_row(),
+                    health.last_error()
+                ));
+            }
+        }
+        None
+    }
+
+    /// Shutdown has started: readiness stays NOT_SERVING from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
     }
 
     pub fn config_hash(&self) -> String {

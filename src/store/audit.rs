@@ -28,10 +28,12 @@ pub enum AuditAction {
     Purge,
     Startup,
     Shutdown,
+    /// The first successful commit after the store had become unhealthy.
+    StoreRecovered,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 11] = [
         AuditAction::ConfigChange,
         AuditAction::ModelChange,
         AuditAction::Reload,
@@ -42,6 +44,7 @@ impl AuditAction {
         AuditAction::Purge,
         AuditAction::Startup,
         AuditAction::Shutdown,
+        AuditAction::StoreRecovered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl AuditAction {
             AuditAction::Purge => "purge",
             AuditAction::Startup => "startup",
             AuditAction::Shutdown => "shutdown",
+            AuditAction::StoreRecovered => "store_recovered",
         }
     }
 

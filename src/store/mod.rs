@@ -10,6 +10,7 @@ pub mod ab_report;
 pub mod audit;
 pub mod crypto;
 pub mod export;
+pub mod health;
 mod key_check;
 mod private_files;
 pub mod sqlite;
@@ -51,6 +52,9 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Most records committed in one transaction.
     pub batch_max: usize,
+    /// After this many failed commits in a row the store counts as broken: readiness turns
+    /// NOT_SERVING until a commit (the server probes every few seconds) succeeds again.
+    pub unhealthy_after_failures: u32,
     /// Environment variable holding the log key(s): `BASE64` or `id:BASE64,id:BASE64,...`
     /// (first = current key, the others stay readable).
     pub key_env: String,
@@ -106,6 +110,7 @@ impl Default for StoreConfig {
             durability: Durability::Full,
             queue_capacity: 10_000,
             batch_max: 512,
+            unhealthy_after_failures: 3,
             key_env: "INTENTD_LOG_KEY".into(),
             key_file: None,
             create_key_file: false,
@@ -153,6 +158,12 @@ impl StoreConfig {
             return bad(format!(
                 "store.batch_max = {} must be between 1 and 100000",
                 self.batch_max
+            ));
+        }
+        if self.unhealthy_after_failures == 0 || self.unhealthy_after_failures > 1000 {
+            return bad(format!(
+                "store.unhealthy_after_failures = {} must be between 1 and 1000",
+                self.unhealthy_after_failures
             ));
         }
         if self.ab_min_sample == 0 {
@@ -583,6 +594,7 @@ pub trait Store: Send + Sync {
 pub struct Storage {
     store: Arc<dyn Store>,
     queue: WriteQueue,
+    health: Arc<health::StoreHealth>,
     config: StoreConfig,
     clock: SharedClock,
 }
@@ -631,15 +643,21 @@ impl Storage {
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let health = Arc::new(health::StoreHealth::new(
+            config.unhealthy_after_failures,
+            metrics.clone(),
+        ));
         let queue = WriteQueue::start(
             store.clone(),
             config.queue_capacity,
             config.batch_max,
             metrics,
+            health.clone(),
         );
         Self {
             store,
             queue,
+            health,
             config: config.clone(),
             clock,
         }
@@ -731,6 +749,48 @@ impl Storage {
                     metrics.store_errors.inc();
                     tracing::error!(error = %e, "retention purge task panicked");
                 }
+            }
+        }
+    }
+
+    /// Whether commits succeed (see [`health`]).
+    pub fn health(&self) -> &Arc<health::StoreHealth> {
+        &self.health
+    }
+
+    /// While the store is unhealthy, commits one audit row every `every` (nothing else may be
+    /// writing: the replica is out of rotation); the first that succeeds turns it healthy again
+    /// and stays as the record of the recovery. Runs until `shutdown` completes.
+    pub async fn run_health_probe(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut changes = self.health.subscribe();
+        tokio::pin!(shutdown);
+        loop {
+            // Wait until unhealthy.
+            while *changes.borrow_and_update() {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if self.health.is_healthy() {
+                continue;
+            }
+            let detail = format!(
+                "store commits work again after {} failed in a row (last error: {})",
+                self.health.failed_in_a_row(),
+                self.health.last_error()
+            );
+            // The writer reports the outcome to the health; a full queue is tried again later.
+            if let Ok(ticket) = self.audit("system", AuditAction::StoreRecovered, &detail) {
+                let _ = ticket.await;
             }
         }
     }

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
+use super::health::StoreHealth;
 use super::{Record, Store, StoreError};
 use crate::metrics::Metrics;
 
@@ -86,6 +87,7 @@ impl WriteQueue {
         capacity: usize,
         batch_max: usize,
         metrics: Arc<Metrics>,
+        health: Arc<StoreHealth>,
     ) -> Self {
         let capacity = capacity.max(1);
         let (tx, rx) = sync_channel(capacity);
@@ -95,7 +97,7 @@ impl WriteQueue {
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("intentd-store-writer".into())
-                .spawn(move || writer_loop(store, rx, batch_max.max(1), depth, metrics))
+                .spawn(move || writer_loop(store, rx, batch_max.max(1), depth, metrics, health))
                 .expect("spawn store writer thread")
         };
         Self {
@@ -172,6 +174,7 @@ fn writer_loop(
     batch_max: usize,
     depth: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    health: Arc<StoreHealth>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(batch_max);
     // `recv` fails only when every sender is gone AND the channel is empty: a full drain.
@@ -189,6 +192,7 @@ fn writer_loop(
         let records: Vec<Record> = jobs.iter().map(|j| j.record.clone()).collect();
         match store.write_batch(&records) {
             Ok(()) => {
+                health.commit_succeeded();
                 for job in jobs.drain(..) {
                     let _ = job.done.send(Ok(()));
                 }
@@ -197,12 +201,32 @@ fn writer_loop(
                 // One bad record must not sink its neighbours: retry one by one.
                 metrics.store_errors.inc();
                 tracing::error!(error = %e, batch = jobs.len(), "store batch commit failed; retrying records singly");
+                let mut any_ok = false;
+                // The last failure that was the store's, not a record's (`Invalid`).
+                let mut store_fault = None;
+                let mut results = Vec::with_capacity(jobs.len());
                 for job in jobs.drain(..) {
                     let result = store.write_batch(std::slice::from_ref(&job.record));
-                    if let Err(e) = &result {
-                        metrics.store_errors.inc();
-                        tracing::error!(error = %e, "store record commit failed");
+                    match &result {
+                        Ok(()) => any_ok = true,
+                        Err(e) => {
+                            metrics.store_errors.inc();
+                            tracing::error!(error = %e, "store record commit failed");
+                            if !matches!(e, StoreError::Invalid(_)) {
+                                store_fault = Some(e.to_string());
+                            }
+                        }
                     }
+                    results.push((job, result));
+                }
+                // A bad record among good ones is that record's problem, not the store's.
+                // (Health first: a caller woken by its ticket sees the health of its commit.)
+                match (any_ok, store_fault) {
+                    (true, _) => health.commit_succeeded(),
+                    (false, Some(fault)) => health.commit_failed(&fault),
+                    (false, None) => {}
+                }
+                for (job, result) in results {
                     let _ = job.done.send(result);
                 }
             }
@@ -230,6 +254,8 @@ mod tests {
         release: Mutex<mpsc::Receiver<()>>,
         gate_first: bool,
         fail_message: Option<String>,
+        /// Every commit fails while set (a broken disk).
+        fail_all: std::sync::atomic::AtomicBool,
     }
 
     impl Store for Gated {
@@ -239,6 +265,9 @@ mod tests {
             if first && self.gate_first {
                 self.entered.lock().send(()).unwrap();
                 self.release.lock().recv().unwrap();
+            }
+            if self.fail_all.load(Ordering::SeqCst) {
+                return Err(StoreError::Db("disk I/O error".into()));
             }
             if let Some(bad) = &self.fail_message {
                 if records
@@ -322,6 +351,7 @@ mod tests {
             release: Mutex::new(release_rx),
             gate_first,
             fail_message: fail_message.map(String::from),
+            fail_all: std::sync::atomic::AtomicBool::new(false),
         });
         Harness {
             store,
@@ -331,6 +361,46 @@ mod tests {
         }
     }
 
+    fn start_queue(
+        store: Arc<Gated>,
+        capacity: usize,
+        batch_max: usize,
+        metrics: Arc<Metrics>,
+    ) -> WriteQueue {
+        let health = Arc::new(StoreHealth::new(3, metrics.clone()));
+        WriteQueue::start(store, capacity, batch_max, metrics, health)
+    }
+
+    // Issue 12.3 (failed on main: nothing noticed sustained failures; the server stayed
+    // SERVING answering recorded=false forever).
+    #[test]
+    fn failing_commits_in_a_row_make_the_store_unhealthy_until_one_succeeds() {
+        let h = harness(false, Some("bad"));
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(StoreHealth::new(3, metrics.clone()));
+        let q = WriteQueue::start(h.store.clone(), 100, 512, metrics.clone(), health.clone());
+        // One bad record fails alone and says nothing about the store.
+        for _ in 0..5 {
+            let bad = Record::Feedback(feedback("b", "bad", FeedbackKind::Clicked, 1));
+            assert!(q.submit(bad).unwrap().wait().is_err());
+        }
+        assert!(health.is_healthy());
+        h.store.fail_all.store(true, Ordering::SeqCst);
+        for i in 0..2 {
+            assert!(q.submit(conv(i)).unwrap().wait().is_err());
+        }
+        assert!(health.is_healthy(), "two failures are not yet sustained");
+        assert!(q.submit(conv(2)).unwrap().wait().is_err());
+        assert!(!health.is_healthy());
+        assert_eq!(metrics.store_healthy.get(), 0);
+        assert!(health.last_error().contains("disk I/O error"));
+        h.store.fail_all.store(false, Ordering::SeqCst);
+        q.submit(conv(3)).unwrap().wait().unwrap();
+        assert!(health.is_healthy());
+        assert_eq!(metrics.store_healthy.get(), 1);
+        q.shutdown();
+    }
+
     fn conv(i: usize) -> Record {
         Record::Conversation(conversation("b", "g", &format!("m{i}"), i as i64))
     }
@@ -338,7 +408,7 @@ mod tests {
     #[test]
     fn records_arriving_during_a_commit_share_the_next_transaction() {
         let h = harness(true, None);
-        let q = WriteQueue::start(h.store.clone(), 1_000, 30, Arc::new(Metrics::new()));
+        let q = start_queue(h.store.clone(), 1_000, 30, Arc::new(Metrics::new()));
         let t0 = q.submit(conv(0)).unwrap();
         h.entered.recv().unwrap(); // the writer is inside the first commit
         let tickets: Vec<_> = (1..=100).map(|i| q.submit(conv(i)).unwrap()).collect();
@@ -357,7 +427,7 @@ mod tests {
     fn full_queue_refuses_at_once_counts_it_and_loses_nothing_acknowledged() {
         let h = harness(true, None);
         let metrics = Arc::new(Metrics::new());
-        let q = WriteQueue::start(h.store.clone(), 4, 512, metrics.clone());
+        let q = start_queue(h.store.clone(), 4, 512, metrics.clone());
         let t0 = q.submit(conv(0)).unwrap();
         h.entered.recv().unwrap();
         let queued: Vec<_> = (1..=4).map(|i| q.submit(conv(i)).unwrap()).collect();
@@ -386,7 +456,7 @@ mod tests {
     #[test]
     fn shutdown_drains_everything_then_refuses() {
         let h = harness(true, None);
-        let q = WriteQueue::start(h.store.clone(), 1_000, 512, Arc::new(Metrics::new()));
+        let q = start_queue(h.store.clone(), 1_000, 512, Arc::new(Metrics::new()));
         let t0 = q.submit(conv(0)).unwrap();
         h.entered.recv().unwrap();
         let tickets: Vec<_> = (1..50).map(|i| q.submit(conv(i)).unwrap()).collect();
@@ -412,7 +482,7 @@ mod tests {
     fn one_bad_record_fails_alone() {
         let h = harness(false, Some("bad"));
         let metrics = Arc::new(Metrics::new());
-        let q = WriteQueue::start(h.store.clone(), 100, 512, metrics.clone());
+        let q = start_queue(h.store.clone(), 100, 512, metrics.clone());
         // Whether the three land in one batch or not, only the bad one may fail.
         let good1 = q.submit(conv(1)).unwrap();
         let bad = q
@@ -434,7 +504,7 @@ mod tests {
     #[tokio::test]
     async fn tickets_are_awaitable() {
         let h = harness(false, None);
-        let q = WriteQueue::start(h.store.clone(), 10, 10, Arc::new(Metrics::new()));
+        let q = start_queue(h.store.clone(), 10, 10, Arc::new(Metrics::new()));
         q.submit(conv(1)).unwrap().await.unwrap();
         assert_eq!(h.store.row_counts().unwrap().conversations, 1);
         // The writer shutdown joins a thread: do it off the runtime.

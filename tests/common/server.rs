@@ -35,6 +35,9 @@ pub struct ServerOptions {
     /// With a model: return once the port is open instead of waiting for SERVING (a model
     /// that is expected not to load).
     pub no_wait_serving: bool,
+    /// Largest file the server may write, in bytes (RLIMIT_FSIZE, with SIGXFSZ ignored so a
+    /// write past it fails with EFBIG like on a full disk).
+    pub file_size_limit: Option<u64>,
 }
 
 pub struct TestServer {
@@ -155,6 +158,23 @@ impl TestServer {
             .arg("127.0.0.1:0");
         if let Some(t) = opts.manual_clock {
             cmd.arg("--manual-clock").arg(t.to_string());
+        }
+        if let Some(limit) = opts.file_size_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe calls (signal, setrlimit).
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let r = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         cmd.current_dir(super::repo_root())
             .env_remove("INTENTD_LOG_KEY")

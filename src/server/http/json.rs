@@ -605,8 +605,11 @@ impl From<pb::StatsResponse> for StatsResponse {
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Health {
-    /// "ok" (live / ready) or "not_ready" (no model loaded yet: rules only).
+    /// "ok" (live / ready) or "not_ready" (see `reason`).
     pub status: String,
     pub model_loaded: bool,
     pub model_version: String,
+    /// Why not ready (no model loaded yet: rules only; the store fails every commit; shutting
+    /// down); empty when ready.
+    pub reason: String,
 }

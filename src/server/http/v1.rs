@@ -175,11 +175,17 @@ pub async fn stats(
     Ok(Json(convert::stats_response(&report).into()))
 }
 
-fn health(st: &HttpState, ready: bool) -> json::Health {
+fn health(st: &HttpState, not_ready: Option<String>) -> json::Health {
     json::Health {
-        status: if ready { "ok" } else { "not_ready" }.into(),
+        status: if not_ready.is_none() {
+            "ok"
+        } else {
+            "not_ready"
+        }
+        .into(),
         model_loaded: st.service.model_loaded(),
         model_version: st.service.model_version(),
+        reason: not_ready.unwrap_or_default(),
     }
 }
 
@@ -189,23 +195,24 @@ fn health(st: &HttpState, ready: bool) -> json::Health {
     responses((status = 200, description = "the process is live", body = json::Health))
 )]
 pub async fn healthz(State(st): State<HttpState>) -> Json<json::Health> {
-    Json(health(&st, true))
+    Json(health(&st, None))
 }
 
-/// Readiness: the model is loaded (before that, only the rules answer).
+/// Readiness, the same as the gRPC health check: the model is loaded (before that, only the
+/// rules answer), the store's commits succeed and the server is not shutting down.
 #[utoipa::path(
     get, path = "/readyz", tag = "probes",
     responses(
-        (status = 200, description = "the model is loaded", body = json::Health),
-        (status = 503, description = "no model loaded yet", body = json::Health),
+        (status = 200, description = "ready to serve", body = json::Health),
+        (status = 503, description = "not ready: `reason` says why (no model loaded yet, the store fails every commit, shutting down)", body = json::Health),
     )
 )]
 pub async fn readyz(State(st): State<HttpState>) -> (StatusCode, Json<json::Health>) {
-    let ready = st.service.model_loaded();
-    let status = if ready {
+    let not_ready = st.service.not_ready_reason();
+    let status = if not_ready.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(health(&st, ready)))
+    (status, Json(health(&st, not_ready)))
 }
