@@ -411,7 +411,12 @@ async fn the_database_file_holds_no_message_text_in_clear() {
     let mut replies = Vec::new();
     for (i, (id, text)) in texts.iter().enumerate() {
         let r = c
-            .classify(req_in("g-secret", id, text, &format!("su{i}")))
+            .classify(req_in(
+                "g-secret",
+                id,
+                text,
+                &format!("wxid_secret_user_{i}"),
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -434,6 +439,9 @@ async fn the_database_file_holds_no_message_text_in_clear() {
                 "我的手机号",
                 "zhangsan.secret",
                 "什么时候发货",
+                // Issue 12.8 (failed on main): user ids were stored in clear, also in the
+                // audit row of a handoff.
+                "wxid_secret_user",
             ]
             .map(String::from),
         )
@@ -478,6 +486,14 @@ async fn the_database_file_holds_no_message_text_in_clear() {
         .expect("row m4");
     assert!(m4.record.text.contains("[EMAIL]"), "{}", m4.record.text);
     assert!(rows.iter().any(|r| !r.record.reply_text.is_empty()));
+    // Users are keyed pseudonyms, one per user.
+    let users: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r.record.user_id.as_str()).collect();
+    assert_eq!(users.len(), 4, "{users:?}");
+    assert!(
+        users.iter().all(|u| u.starts_with("u~") && u.len() == 34),
+        "{users:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

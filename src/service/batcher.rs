@@ -15,7 +15,8 @@
 //! request would wait that long. So the queue is also bounded in time, by `queue_budget_ms`:
 //! a text is refused at the door when the work already queued (texts x the measured time per
 //! text) would make it wait longer ([`Batcher::check_room`]), and a text that still waited
-//! longer (the estimate lags a sudden slowdown) is answered `Overloaded` instead of computed.
+//! longer (the estimate lags a sudden slowdown) while others queue behind it is answered
+//! `Overloaded` instead of computed.
 //! Both are RESOURCE_EXHAUSTED for the client, who retries with backoff.
 //!
 //! Threads: the forward pass runs on the compute thread, its dense layers and attention also on
@@ -339,7 +340,13 @@ fn compute_loop(
         }
         let batch = take_batch(&mut pending, cfg.max_batch_size, cfg.max_batch_tokens);
         load.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        let batch = shed_late(batch, load.budget_ms, Instant::now());
+        // Late texts are shed only when others wait behind them: computing a late text delays
+        // nobody when nothing is queued (a lone request on a starved CPU still gets answered).
+        let batch = if pending.is_empty() && rx.is_empty() {
+            batch
+        } else {
+            shed_late(batch, load.budget_ms, Instant::now())
+        };
         if let Some((ns, n)) = run_batch(batch, &model) {
             load.observe(ns, n);
         }

@@ -70,8 +70,8 @@ impl AuditAction {
 
 /// The audit row a conversation implies: handoffs and blocks are audited automatically, in the
 /// same transaction as the conversation row, so no code path can forget them. Ids and the
-/// reason only, never the text.
-pub fn implied_audit(c: &ConversationRecord) -> Option<AuditRecord> {
+/// reason only, never the text; the user as stored (`user`: its pseudonym).
+pub fn implied_audit(c: &ConversationRecord, user: &str) -> Option<AuditRecord> {
     let action = match c.action {
         Action::Handoff => AuditAction::Handoff,
         Action::Block => AuditAction::Block,
@@ -82,7 +82,7 @@ pub fn implied_audit(c: &ConversationRecord) -> Option<AuditRecord> {
         action,
         detail: format!(
             "bot={} chat={} user={} message={} intent={} reason={}",
-            c.bot_id, c.chat_id, c.user_id, c.message_id, c.intent, c.reason
+            c.bot_id, c.chat_id, user, c.message_id, c.intent, c.reason
         ),
         at_ms: c.at_ms,
     })
@@ -303,9 +303,9 @@ mod tests {
     #[test]
     fn handoffs_and_blocks_imply_audit_rows_without_text() {
         let mut c = conversation("b", "g", "m", 5);
-        assert!(implied_audit(&c).is_none());
+        assert!(implied_audit(&c, "u~1").is_none());
         c.action = Action::Block;
-        let a = implied_audit(&c).unwrap();
+        let a = implied_audit(&c, "u~1").unwrap();
         assert_eq!(a.action, AuditAction::Block);
         assert!(a.detail.contains("message=m"));
         assert!(!a.detail.contains(&c.text));

@@ -13,6 +13,7 @@ pub mod export;
 pub mod health;
 mod key_check;
 mod private_files;
+pub mod pseudonyms;
 pub mod sqlite;
 pub mod stats;
 pub mod writer;

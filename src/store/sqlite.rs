@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{row_aad, Keyring};
+use super::pseudonyms::Pseudonyms;
 use super::{key_check, private_files};
 use super::{
     AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, Durability, FeedbackKind,
@@ -112,6 +113,15 @@ const MIGRATIONS: &[&str] = &[
         sealed BLOB NOT NULL
     );
     "#,
+    // 4: secrets of this database, sealed with the log key: the key of the user-id pseudonyms
+    // (issue 12; the rows' user ids are converted in Rust when the secret is made)
+    r#"
+    CREATE TABLE secrets (
+        name   TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        sealed BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// SQLite implementation of [`Store`].
@@ -123,6 +133,7 @@ pub struct SqliteStore {
     lookup: Mutex<Connection>,
     checkpointer: Option<Checkpointer>,
     keyring: Arc<Keyring>,
+    pseudonyms: Pseudonyms,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -215,6 +226,7 @@ impl SqliteStore {
         key_check::quick_check(&write, path)?;
         migrate(&mut write, path)?;
         key_check::verify_and_record(&write, &keyring, path)?;
+        let pseudonyms = Pseudonyms::load_or_create(&mut write, &keyring, path)?;
         // Commits only append to the WAL; folding it into the main file (a checkpoint, with
         // its fsyncs) happens on a thread of its own, never inside a caller's commit.
         write.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
@@ -229,6 +241,7 @@ impl SqliteStore {
             lookup: Mutex::new(lookup),
             checkpointer: Some(checkpointer),
             keyring,
+            pseudonyms,
         })
     }
 
@@ -239,6 +252,7 @@ impl SqliteStore {
     fn insert(&self, tx: &Transaction<'_>, rec: &Record) -> Result<(), StoreError> {
         match rec {
             Record::Conversation(c) => {
+                let user = self.pseudonyms.user(&c.bot_id, &c.user_id);
                 let sealed = self.keyring.seal_texts(
                     &c.text,
                     &c.reply_text,
@@ -253,7 +267,7 @@ impl SqliteStore {
                 .execute(params![
                     c.bot_id,
                     c.chat_id,
-                    c.user_id,
+                    user,
                     c.message_id,
                     c.at_ms,
                     c.intent,
@@ -274,7 +288,7 @@ impl SqliteStore {
                     sealed.blob,
                     c.sent_at_ms,
                 ])?;
-                if let Some(a) = implied_audit(c) {
+                if let Some(a) = implied_audit(c, &user) {
                     insert_audit(tx, &a)?;
                 }
                 if let Some(a) = &c.answer {
@@ -708,6 +722,55 @@ impl Drop for SqliteStore {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+
+    // Issue 12.8: a database written before pseudonyms (schema 3, user ids in clear) keeps its
+    // rows and has its user ids replaced by pseudonyms when it is opened, once.
+    #[test]
+    fn user_ids_are_pseudonyms_and_an_older_database_is_converted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let ring = || keyring(&key_b64(9));
+        let store = SqliteStore::open(&path, ring()).unwrap();
+        let mut c = conversation("b", "g", "m1", 10);
+        c.user_id = "wxid_clear_1".into();
+        store
+            .write_batch(&[Record::Conversation(c.clone())])
+            .unwrap();
+        let stored = |s: &SqliteStore| {
+            s.conversations(0, i64::MAX, 0, 10).unwrap()[0]
+                .record
+                .user_id
+                .clone()
+        };
+        let pseudonym = stored(&store);
+        assert!(pseudonym.starts_with("u~"), "{pseudonym}");
+        drop(store);
+        // Reopened: the same secret, the same pseudonym for the same user.
+        let store = SqliteStore::open(&path, ring()).unwrap();
+        c.message_id = "m2".into();
+        store
+            .write_batch(&[Record::Conversation(c.clone())])
+            .unwrap();
+        let all = store.conversations(0, i64::MAX, 0, 10).unwrap();
+        assert!(all.iter().all(|r| r.record.user_id == pseudonym));
+        drop(store);
+
+        // Back to what schema 3 wrote: clear ids, no secret.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "UPDATE conversations SET user_id = 'wxid_clear_1';
+                 DROP TABLE secrets; PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, ring()).unwrap();
+        let all = store.conversations(0, i64::MAX, 0, 10).unwrap();
+        assert_eq!(all.len(), 2, "no row lost");
+        let converted = &all[0].record.user_id;
+        assert!(converted.starts_with("u~") && converted != &pseudonym);
+        assert!(all.iter().all(|r| &r.record.user_id == converted));
+    }
 
     fn read_all(dir: &Path) -> Vec<u8> {
         let mut bytes = Vec::new();

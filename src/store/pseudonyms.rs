@@ -1,0 +1,158 @@
+//! User ids are stored as keyed pseudonyms: HMAC-SHA256 under a secret of this database, so the
+//! log links a user's messages (the same user gets the same pseudonym) without naming the user
+//! to whoever reads the file. No statistic reads a user id back, so nothing is lost.
+//!
+//! The secret is random, made with the database and stored sealed with the log key (re-sealed
+//! with the current key at each start, so a key rotation never strands it). A database written
+//! before pseudonyms existed has its user ids converted when the secret is first made, in the
+//! same transaction.
+//!
+//! Chat ids stay in clear: stats are reported per group and each group has its own targets in
+//! the playbook. Message ids stay in clear too: they are the keys that feedback, human replies
+//! and idempotent retries are matched by (README "What the log holds").
+
+use chacha20poly1305::aead::{KeyInit, OsRng};
+use chacha20poly1305::ChaCha20Poly1305;
+use hmac::{Hmac, Mac};
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::Sha256;
+use std::path::Path;
+
+use super::crypto::Keyring;
+use super::StoreError;
+
+const SECRET_NAME: &str = "pseudonyms";
+const AAD: &[u8] = b"intentd:secret:pseudonyms";
+/// Stored pseudonyms start with this (a clear id in an old row does not).
+pub const PREFIX: &str = "u~";
+
+/// See the module doc.
+#[derive(Clone)]
+pub struct Pseudonyms {
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for Pseudonyms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pseudonyms(..)")
+    }
+}
+
+impl Pseudonyms {
+    /// Reads the database's secret (re-sealing it with the current key when an older key
+    /// sealed it), or makes one and converts the user ids already stored.
+    pub fn load_or_create(
+        conn: &mut Connection,
+        keyring: &Keyring,
+        path: &Path,
+    ) -> Result<Self, StoreError> {
+        let tx = conn.transaction()?;
+        let stored: Option<(String, Vec<u8>)> = tx
+            .query_row(
+                "SELECT key_id, sealed FROM secrets WHERE name = ?1",
+                params![SECRET_NAME],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let this = match stored {
+            Some((key_id, sealed)) => {
+                let plain = keyring.open(&key_id, &sealed, AAD).map_err(|e| {
+                    StoreError::Crypto(format!(
+                        "{}: the pseudonym secret (sealed with key '{key_id}') does not open: {e}; \
+                         provide that key after the current one",
+                        path.display()
+                    ))
+                })?;
+                let secret: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
+                    StoreError::Crypto(format!(
+                        "{}: the pseudonym secret has {} bytes, not 32",
+                        path.display(),
+                        plain.len()
+                    ))
+                })?;
+                let this = Pseudonyms { secret };
+                if key_id != keyring.current_id() {
+                    this.store_secret(&tx, keyring)?;
+                }
+                this
+            }
+            None => {
+                // The OS generator, like the log key (a secret, so not the seeded one).
+                let secret: [u8; 32] = ChaCha20Poly1305::generate_key(&mut OsRng).into();
+                let this = Pseudonyms { secret };
+                this.store_secret(&tx, keyring)?;
+                let converted = this.convert_clear_users(&tx)?;
+                if converted > 0 {
+                    tracing::info!(
+                        rows = converted,
+                        "stored user ids replaced by keyed pseudonyms"
+                    );
+                }
+                this
+            }
+        };
+        tx.commit()?;
+        Ok(this)
+    }
+
+    fn store_secret(&self, tx: &Connection, keyring: &Keyring) -> Result<(), StoreError> {
+        let sealed = keyring.seal(&self.secret, AAD)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO secrets (name, key_id, sealed) VALUES (?1, ?2, ?3)",
+            params![SECRET_NAME, sealed.key_id, sealed.blob],
+        )?;
+        Ok(())
+    }
+
+    /// The stored form of a user id of `bot_id`: `u~` and 32 hex digits; an empty id (a
+    /// message without a user) stays empty.
+    pub fn user(&self, bot_id: &str, user_id: &str) -> String {
+        if user_id.is_empty() {
+            return String::new();
+        }
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        mac.update(&(bot_id.len() as u64).to_le_bytes());
+        mac.update(bot_id.as_bytes());
+        mac.update(user_id.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        format!("{PREFIX}{}", hex::encode(&tag[..16]))
+    }
+
+    /// Rows written before pseudonyms: every user id is clear.
+    fn convert_clear_users(&self, tx: &Connection) -> Result<usize, StoreError> {
+        let pairs: Vec<(String, String)> = tx
+            .prepare("SELECT DISTINCT bot_id, user_id FROM conversations WHERE user_id <> ''")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut rows = 0;
+        let mut update =
+            tx.prepare("UPDATE conversations SET user_id = ?1 WHERE bot_id = ?2 AND user_id = ?3")?;
+        for (bot, user) in pairs {
+            rows += update.execute(params![self.user(&bot, &user), bot, user])?;
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_user_same_pseudonym_per_bot_and_nothing_of_the_id_shows() {
+        let p = Pseudonyms { secret: [7; 32] };
+        let a = p.user("demo", "wxid_zhang_13800138000");
+        assert_eq!(a, p.user("demo", "wxid_zhang_13800138000"));
+        assert!(a.starts_with(PREFIX) && a.len() == PREFIX.len() + 32, "{a}");
+        assert!(!a.contains("zhang") && !a.contains("138"));
+        assert_ne!(a, p.user("other", "wxid_zhang_13800138000"));
+        assert_ne!(p.user("ab", "c"), p.user("a", "bc"));
+        assert_ne!(
+            a,
+            Pseudonyms { secret: [8; 32] }.user("demo", "wxid_zhang_13800138000")
+        );
+        assert_eq!(p.user("demo", ""), "");
+    }
+}
