@@ -816,14 +816,16 @@ async fn wait_sends(p: &Shared, n: usize) -> Vec<(String, HashMap<String, String
 #[tokio::test]
 async fn past_the_budget_success_then_the_send_api_with_a_cached_refreshed_token() {
     let (api, platform) = stand_in().await;
-    // 1 ms: no real forward pass of the model answers that fast, so every answer is late.
+    // 1 ms: no real forward pass of the model answers that fast, so every answer is late (a
+    // long text: a short one was seen answered within 1 ms on a fast CPU).
+    let slow_text = "这个多少钱".repeat(60);
     let s = server(&api, 1, 20, true).await;
     let oa = MsgCrypt::new(OA_TOKEN, KEY, APPID).unwrap();
     let r = post_encrypted(
         &s,
         "oa-aes",
         &oa,
-        &text_msg("gh_acc", "oLate1", 5001, "这个多少钱"),
+        &text_msg("gh_acc", "oLate1", 5001, &slow_text),
         6,
     )
     .await;
@@ -841,7 +843,7 @@ async fn past_the_budget_success_then_the_send_api_with_a_cached_refreshed_token
         &s,
         "oa-aes",
         &oa,
-        &text_msg("gh_acc", "oLate1", 5001, "这个多少钱"),
+        &text_msg("gh_acc", "oLate1", 5001, &slow_text),
         7,
     )
     .await;
@@ -852,7 +854,7 @@ async fn past_the_budget_success_then_the_send_api_with_a_cached_refreshed_token
         &s,
         "oa-aes",
         &oa,
-        &text_msg("gh_acc", "oLate2", 5002, "这个多少钱"),
+        &text_msg("gh_acc", "oLate2", 5002, &slow_text),
         9,
     )
     .await;
@@ -864,7 +866,7 @@ async fn past_the_budget_success_then_the_send_api_with_a_cached_refreshed_token
 
     // WeCom: gettoken and message/send with the agentid.
     let wc = MsgCrypt::new(WC_TOKEN, KEY, CORPID).unwrap();
-    let inner = text_msg(CORPID, "lisi", 5003, "这个多少钱")
+    let inner = text_msg(CORPID, "lisi", 5003, &slow_text)
         .replace("</xml>", "<AgentID>1000002</AgentID></xml>");
     let r = post_encrypted(&s, "wecom", &wc, &inner, 8).await;
     assert_eq!((r.status, r.body.as_str()), (200, "success"));
