@@ -428,6 +428,35 @@ async fn reflection_lists_the_services() {
     }
 }
 
+/// Sends `n` long texts at once; returns how many were answered and the refusals, after
+/// checking each refusal is RESOURCE_EXHAUSTED saying `why`.
+async fn burst_of_long_texts(s: &TestServer, n: usize, why: &str) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut c = s.client().await;
+        tasks.push(tokio::spawn(async move {
+            c.classify(classify_req(
+                &format!("burst{i}"),
+                &"我想退货退款".repeat(30),
+                "u",
+            ))
+            .await
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains(why), "{}", e.message());
+                busy += 1;
+            }
+        }
+    }
+    (ok, busy)
+}
+
 #[tokio::test]
 async fn beyond_max_in_flight_requests_are_refused_at_once() {
     let model = common::default_model_dir();
@@ -438,38 +467,9 @@ async fn beyond_max_in_flight_requests_are_refused_at_once() {
         ..Default::default()
     })
     .await;
-    let ok = Arc::new(AtomicUsize::new(0));
-    let busy = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let mut c = s.client().await;
-        let (ok, busy) = (ok.clone(), busy.clone());
-        tasks.push(tokio::spawn(async move {
-            match c
-                .classify(classify_req(
-                    &format!("f{i}"),
-                    &"我想退货退款".repeat(30),
-                    "u",
-                ))
-                .await
-            {
-                Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
-                Err(e) => {
-                    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-                    assert!(e.message().contains("limit 2"), "{}", e.message());
-                    busy.fetch_add(1, Ordering::SeqCst)
-                }
-            };
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert!(ok.load(Ordering::SeqCst) >= 2);
-    assert!(
-        busy.load(Ordering::SeqCst) >= 1,
-        "40 concurrent requests against a limit of 2"
-    );
+    let (ok, busy) = burst_of_long_texts(&s, 40, "limit 2").await;
+    assert!(ok >= 2);
+    assert!(busy >= 1, "40 concurrent requests against a limit of 2");
 }
 
 // Issue 12.6 (failed on main: admitted requests queued for seconds under overload). With a
@@ -485,39 +485,8 @@ async fn texts_over_the_queue_budget_are_refused_and_every_answer_is_counted() {
         ..Default::default()
     })
     .await;
-    let ok = Arc::new(AtomicUsize::new(0));
-    let busy = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let mut c = s.client().await;
-        let (ok, busy) = (ok.clone(), busy.clone());
-        tasks.push(tokio::spawn(async move {
-            match c
-                .classify(classify_req(
-                    &format!("q{i}"),
-                    &"我想退货退款".repeat(30),
-                    "u",
-                ))
-                .await
-            {
-                Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
-                Err(e) => {
-                    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-                    assert!(
-                        e.message()
-                            .contains("queue budget of 1 ms (batching.queue_budget_ms)"),
-                        "{}",
-                        e.message()
-                    );
-                    busy.fetch_add(1, Ordering::SeqCst)
-                }
-            };
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (ok, busy) = (ok.load(Ordering::SeqCst), busy.load(Ordering::SeqCst));
+    let (ok, busy) =
+        burst_of_long_texts(&s, 40, "queue budget of 1 ms (batching.queue_budget_ms)").await;
     assert!(ok >= 1, "the first text always fits");
     assert!(
         busy >= 1,
