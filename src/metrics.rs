@@ -60,6 +60,14 @@ pub struct DroppedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateDiscardLabels {
+    /// `review_queue` or `dropped_sends` (`playbook_state:` in the configuration).
+    pub queue: String,
+    /// The limit that discarded them: `max_entries`, `max_bytes` or `max_age`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WechatLabels {
     /// The configured account id (`wechat.accounts[].id`).
     pub account: String,
@@ -107,6 +115,9 @@ pub struct Metrics {
     pub batch_texts: Histogram,
     /// `intentd_wechat_callbacks_total{account,outcome}`: WeChat callbacks by how they ended.
     pub wechat_callbacks: Family<WechatLabels, Counter>,
+    /// `intentd_state_discarded_total{queue,reason}`: records the playbook's in-memory queues
+    /// discarded to stay within their limits.
+    pub state_discarded: Family<StateDiscardLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,6 +156,7 @@ impl Metrics {
         let forward_pass = latency_histogram();
         let batch_texts = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         let wechat_callbacks = Family::<WechatLabels, Counter>::default();
+        let state_discarded = Family::<StateDiscardLabels, Counter>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -215,6 +227,11 @@ impl Metrics {
             "WeChat Official Account / WeCom callbacks, by account and how they ended",
             wechat_callbacks.clone(),
         );
+        registry.register(
+            "state_discarded",
+            "Records the playbook's in-memory queues discarded to stay within playbook_state limits, by queue and limit",
+            state_discarded.clone(),
+        );
         Self {
             registry,
             requests,
@@ -231,6 +248,7 @@ impl Metrics {
             forward_pass,
             batch_texts,
             wechat_callbacks,
+            state_discarded,
         }
     }
 

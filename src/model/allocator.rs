@@ -28,3 +28,22 @@ pub fn tune_for_tensors() {
         }
     }
 }
+
+/// Returns the heap memory malloc holds free (in every arena, not only at the top) to the
+/// operating system; call it after freeing something large, such as a replaced model. Returns
+/// whether any memory was released (always false where the C library is not glibc).
+pub fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only walks malloc's own free lists under its locks and advises
+        // the kernel about whole free pages; it is safe to call from any thread at any time.
+        unsafe { malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

@@ -11,7 +11,8 @@ use crate::store::AuditAction;
 
 impl Service {
     /// Loads the model folder off the runtime threads and swaps it in; a broken folder is
-    /// rejected with the reason and the old model keeps serving.
+    /// rejected with the reason and the old model keeps serving. Returns once the old model is
+    /// freed (when its last request finished), so the next reload never holds three.
     pub async fn reload_model(&self, actor: &str) -> Result<String, ServiceError> {
         let _g = self.reload_lock.lock().await;
         let dir = self.settings.model_dir.clone();
@@ -21,7 +22,7 @@ impl Service {
         match loaded {
             Ok(m) => {
                 let version = m.card.version.clone();
-                self.install_model(Arc::new(m));
+                self.replace_model(Arc::new(m)).await;
                 self.audit(
                     actor,
                     AuditAction::ModelChange,
