@@ -189,9 +189,14 @@ impl Service {
     /// holds two models only while it runs, and back-to-back reloads never stack up copies.
     pub async fn replace_model(&self, model: Arc<dyn IntentBackend>) -> Option<retire::Retired> {
         let old = self.install_model(model)?;
-        // Every request ends within its deadline (at most `request_timeout_ms` without one).
-        let patience = std::time::Duration::from_millis(self.settings.request_timeout_ms.max(1_000) * 2);
-        Some(retire::retire(old, patience).await)
+        let what = format!("model {}", old.version);
+        Some(retire::retire(old, what, self.retire_patience()).await)
+    }
+
+    /// How long a reload waits for the last request on what it replaced: every request ends
+    /// within its deadline (at most `request_timeout_ms` without one).
+    fn retire_patience(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.settings.request_timeout_ms.max(1_000) * 2)
     }
 
     fn admit(&self, n: u32) -> Result<OwnedSemaphorePermit, ServiceError> {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::retire;
 use super::validate::InvalidField;
 use super::{Service, ServiceError};
 use crate::model::classifier::IntentModel;
@@ -43,7 +44,8 @@ impl Service {
 
     /// Reloads every operator file as one unit: all are validated into a new snapshot first,
     /// then one store swaps it in for the classifier and the playbook alike (whose live state
-    /// is not part of it and stays). A broken file leaves everything as it was.
+    /// is not part of it and stays). A broken file leaves everything as it was. Returns once
+    /// the old snapshot is freed (like [`Self::reload_model`]).
     pub async fn reload_operator(&self, actor: &str) -> Result<String, ServiceError> {
         let _g = self.reload_lock.lock().await;
         let s = &self.settings;
@@ -60,13 +62,17 @@ impl Service {
         match loaded {
             Ok(snapshot) => {
                 let hash = snapshot.config_hash.clone();
-                self.operator.store(Arc::new(snapshot));
+                let old = self.operator.swap(Arc::new(snapshot));
                 self.audit(
                     actor,
                     AuditAction::ConfigChange,
                     &format!("operator files {hash} loaded"),
                 );
                 self.outbound_changed.notify_waiters();
+                // Free the old snapshot before anything else loads (SIGHUP loads the model
+                // next): its keyword layer is as large as a model.
+                let what = format!("operator files {}", old.config_hash);
+                retire::retire(old, what, self.retire_patience()).await;
                 Ok(hash)
             }
             Err(e) => {

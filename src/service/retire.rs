@@ -1,18 +1,18 @@
-//! Freeing a replaced model. A reload swaps the new model in at once; requests already holding
-//! the old one (a batch on the compute thread, a request between tokenising and queueing) finish
-//! on it. The reload then waits, without blocking the runtime, until it holds the last
-//! reference, drops the model on a blocking thread (freeing ~100 MB of weights takes a few
-//! milliseconds) and hands the freed memory back to the operating system.
+//! Freeing what a reload replaced: the model, or the operator snapshot (whose keyword layer, with
+//! jieba's dictionary, is as large as the model: ~60 MB each). A reload swaps the new one in at
+//! once; requests already holding the old one (a batch on the compute thread, a request between
+//! tokenising and queueing, a decision reading the rules) finish on it. The reload then waits,
+//! without blocking the runtime, until it holds the last reference, drops the old one on a
+//! blocking thread (freeing it takes milliseconds) and hands the freed memory back to the
+//! operating system.
 //!
-//! Why the last step: the weights are many allocations under glibc's mmap threshold (raised to
-//! 32 MiB by [`crate::model::allocator::tune_for_tensors`]), so they live in malloc's heaps, and
-//! freed heap memory below the top is kept by the process. Measured before this existed, every
-//! reload left RSS higher (12 reloads: 419 -> 543 MB); `benches/reload_memory.sh` measures it now.
+//! Why the last step: both are many allocations under glibc's mmap threshold (raised to 32 MiB
+//! by [`crate::model::allocator::tune_for_tensors`]), so they live in malloc's heaps, and freed
+//! heap memory below the top is kept by the process. Measured before this existed, every reload
+//! left RSS higher (12 reloads: 170 -> 320 MB, peak 451 MB); `benches/reload_memory.sh`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use super::batcher::LoadedModel;
 
 /// How often the reload looks whether the old model's last user is gone.
 const POLL: Duration = Duration::from_millis(5);
@@ -30,42 +30,45 @@ pub enum Retired {
 }
 
 /// Waits (up to `patience`) until `old` is no longer used by any request, then frees it (see
-/// the module doc).
-pub async fn retire(old: Arc<LoadedModel>, patience: Duration) -> Retired {
+/// the module doc). `what` names it in the log.
+pub async fn retire<T: Send + Sync + 'static>(
+    old: Arc<T>,
+    what: String,
+    patience: Duration,
+) -> Retired {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + patience;
     while Arc::strong_count(&old) > 1 {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
-                version = %old.version,
+                %what,
                 patience_ms = patience.as_millis() as u64,
-                "the replaced model is still in use; it is freed when its last request finishes"
+                "still in use after a reload; freed when its last request finishes"
             );
             tokio::spawn(async move {
                 while Arc::strong_count(&old) > 1 {
                     tokio::time::sleep(SLOW_POLL).await;
                 }
-                free(old).await;
+                free(old, what).await;
             });
             return Retired::Later;
         }
         tokio::time::sleep(POLL).await;
     }
     let waited = started.elapsed();
-    free(old).await;
+    free(old, what).await;
     Retired::Freed { waited }
 }
 
 /// Drops the last reference off the runtime threads and returns the freed memory.
-async fn free(old: Arc<LoadedModel>) {
-    let version = old.version.clone();
+async fn free<T: Send + Sync + 'static>(old: Arc<T>, what: String) {
     let done = tokio::task::spawn_blocking(move || {
         drop(old);
         crate::model::allocator::release_free_memory()
     })
     .await;
     match done {
-        Ok(released) => tracing::info!(%version, released, "replaced model freed"),
-        Err(e) => tracing::error!(%version, error = %e, "freeing the replaced model failed"),
+        Ok(released) => tracing::info!(%what, released, "replaced by a reload and freed"),
+        Err(e) => tracing::error!(%what, error = %e, "freeing what a reload replaced failed"),
     }
 }
