@@ -47,6 +47,7 @@ WORK=$(mktemp -d)
 SERVER_PID=
 LOAD_PID=
 cleanup() {
+    [ -f "$WORK/serve.log" ] && cp "$WORK/serve.log" /tmp/reload_memory-serve.log
     [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
     rm -rf "$WORK"

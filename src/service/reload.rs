@@ -17,7 +17,12 @@ impl Service {
     pub async fn reload_model(&self, actor: &str) -> Result<String, ServiceError> {
         let _g = self.reload_lock.lock().await;
         let dir = self.settings.model_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || IntentModel::load(&dir))
+        let loaded = tokio::task::spawn_blocking(move || {
+            // Memory that serving freed and malloc kept goes back first: the new model is
+            // built on top of what is live, not of that (see `retire`).
+            crate::model::allocator::release_free_memory();
+            IntentModel::load(&dir)
+        })
             .await
             .map_err(|e| ServiceError::Internal(format!("model loader crashed: {e}")))?;
         match loaded {
@@ -55,6 +60,7 @@ impl Service {
             s.fusion.clone(),
         );
         let loaded = tokio::task::spawn_blocking(move || {
+            crate::model::allocator::release_free_memory();
             OperatorSnapshot::load_dir(&operator_dir, &training_data, fusion)
         })
         .await
