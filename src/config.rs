@@ -268,9 +268,7 @@ impl ServerConfig {
             }
         }
         self.outbox.validate().map_err(anyhow::Error::msg)?;
-        self.playbook_state
-            .validate()
-            .map_err(anyhow::Error::msg)?;
+        self.playbook_state.validate().map_err(anyhow::Error::msg)?;
         self.wechat_accounts()?;
         self.store
             .validate()
@@ -401,7 +399,10 @@ mod tests {
         );
         std::fs::write(&p, with("dropped_sends")).unwrap();
         let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
-        assert!(e.contains("playbook_state.dropped_sends.max_entries"), "{e}");
+        assert!(
+            e.contains("playbook_state.dropped_sends.max_entries"),
+            "{e}"
+        );
         std::fs::write(
             &p,
             "auth:\n  disabled: true\nplaybook_state:\n  review_queue:\n    max_age_s: 60\n",

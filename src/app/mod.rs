@@ -220,12 +220,7 @@ fn build_service(
             .inc_by(n);
     });
     let state = MemoryState::with_limits(cfg.playbook_state, Some(on_discard));
-    let playbook = Playbook::with_state(
-        operator.clone(),
-        clock.clone(),
-        cfg.seed,
-        Arc::new(state),
-    );
+    let playbook = Playbook::with_state(operator.clone(), clock.clone(), cfg.seed, Arc::new(state));
     // A bot id typo in playbook.yml would silently fall back to the defaults: say so.
     let bots = cfg.bot_ids();
     for b in playbook.config().configured_bots() {

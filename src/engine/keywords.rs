@@ -89,11 +89,20 @@ static SEGMENTERS: parking_lot::Mutex<Vec<(Vec<String>, Weak<Jieba>)>> =
 /// edited replies or the playbook) shares the segmenter of the layer still in service instead
 /// of building a second one next to it.
 fn segmenter_with(words: &[&str]) -> Arc<Jieba> {
-    let same = |built_from: &Vec<String>| built_from.iter().map(String::as_str).eq(words.iter().copied());
+    let same = |built_from: &Vec<String>| {
+        built_from
+            .iter()
+            .map(String::as_str)
+            .eq(words.iter().copied())
+    };
     {
         let mut live = SEGMENTERS.lock();
         live.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(shared) = live.iter().find(|(b, _)| same(b)).and_then(|(_, w)| w.upgrade()) {
+        if let Some(shared) = live
+            .iter()
+            .find(|(b, _)| same(b))
+            .and_then(|(_, w)| w.upgrade())
+        {
             return shared;
         }
     }
@@ -106,9 +115,10 @@ fn segmenter_with(words: &[&str]) -> Arc<Jieba> {
         }
     }
     let jieba = Arc::new(jieba);
-    SEGMENTERS
-        .lock()
-        .push((words.iter().map(|w| w.to_string()).collect(), Arc::downgrade(&jieba)));
+    SEGMENTERS.lock().push((
+        words.iter().map(|w| w.to_string()).collect(),
+        Arc::downgrade(&jieba),
+    ));
     jieba
 }
 

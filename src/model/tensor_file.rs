@@ -180,7 +180,10 @@ mod tests {
             .unwrap();
         let b = Tensor::new(&[1.5f32, -2.0, 3.25], &Device::Cpu).unwrap();
         candle_core::safetensors::save(
-            &HashMap::from([("layer.weight".to_string(), a), ("layer.bias".to_string(), b)]),
+            &HashMap::from([
+                ("layer.weight".to_string(), a),
+                ("layer.bias".to_string(), b),
+            ]),
             &p,
         )
         .unwrap();
@@ -194,7 +197,15 @@ mod tests {
         let f = TensorFile::open(&p).unwrap();
         let vb = VarBuilder::from_backend(Box::new(f), DType::F32, Device::Cpu);
         let w = vb.pp("layer").get((250, 400), "weight").unwrap();
-        assert_eq!(w.get(1).unwrap().get(2).unwrap().to_scalar::<f32>().unwrap(), 402.0);
+        assert_eq!(
+            w.get(1)
+                .unwrap()
+                .get(2)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            402.0
+        );
         let all = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(all.iter().enumerate().all(|(i, &v)| v == i as f32));
         let b = vb.pp("layer").get(3, "bias").unwrap();

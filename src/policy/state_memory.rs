@@ -38,10 +38,8 @@ pub struct StateLimits {
 
 impl StateLimits {
     pub fn validate(&self) -> Result<(), String> {
-        self.review_queue
-            .validate("playbook_state.review_queue")?;
-        self.dropped_sends
-            .validate("playbook_state.dropped_sends")
+        self.review_queue.validate("playbook_state.review_queue")?;
+        self.dropped_sends.validate("playbook_state.dropped_sends")
     }
 }
 
@@ -765,9 +763,13 @@ mod tests {
         };
         let st = MemoryState::with_limits(limits, Some(hook));
         for i in 0..5 {
-            st.commit(vec![StateChange::AddReview(review_item(i, &format!("m{i}"), 1))])
-                .await
-                .unwrap();
+            st.commit(vec![StateChange::AddReview(review_item(
+                i,
+                &format!("m{i}"),
+                1,
+            ))])
+            .await
+            .unwrap();
         }
         assert_eq!(st.reviewed_ids(), 3);
         // m0 left the window: a repeat is queued again; m4 is still deduplicated.

@@ -23,8 +23,8 @@ impl Service {
             crate::model::allocator::release_free_memory();
             IntentModel::load(&dir)
         })
-            .await
-            .map_err(|e| ServiceError::Internal(format!("model loader crashed: {e}")))?;
+        .await
+        .map_err(|e| ServiceError::Internal(format!("model loader crashed: {e}")))?;
         match loaded {
             Ok(m) => {
                 let version = m.card.version.clone();

@@ -774,7 +774,13 @@ impl Drop for Tracked {
 async fn a_reload_frees_the_old_model_when_its_last_request_finishes() {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let h = harness_with(None, false, false);
-    let labels: Vec<String> = h.service.operator().catalog.ids().map(String::from).collect();
+    let labels: Vec<String> = h
+        .service
+        .operator()
+        .catalog
+        .ids()
+        .map(String::from)
+        .collect();
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     let fake = |v: &str| {
         FakeBackend::new(&labels, &[("多少钱", "price")], 0.95)
@@ -806,13 +812,23 @@ async fn a_reload_frees_the_old_model_when_its_last_request_finishes() {
     let new_model = fake("new");
     let reload = tokio::spawn(async move { s.replace_model(Arc::new(new_model)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(h.service.model_version(), "new", "new requests get the new model at once");
-    assert!(!old_dropped.load(SeqCst), "a request still uses the old model");
+    assert_eq!(
+        h.service.model_version(),
+        "new",
+        "new requests get the new model at once"
+    );
+    assert!(
+        !old_dropped.load(SeqCst),
+        "a request still uses the old model"
+    );
     assert!(!reload.is_finished(), "the reload is still running");
 
     hold.store(false, SeqCst);
     let answer = request.await.unwrap().unwrap();
-    assert_eq!(answer.model_version, "old", "the request finished on the model it started on");
+    assert_eq!(
+        answer.model_version, "old",
+        "the request finished on the model it started on"
+    );
     let retired = tokio::time::timeout(Duration::from_secs(5), reload)
         .await
         .expect("the reload ends soon after the last request")
