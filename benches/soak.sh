@@ -118,13 +118,13 @@ TOTAL_S=$(python3 -c "print(int(float('$MINUTES') * 60))")
 "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$WORK/texts.txt" --rate "$RATE" \
     --duration "$TOTAL_S" --json > "$WORK/load.json" 2> "$WORK/load.err" &
 LOAD_PID=$!
-echo "seconds,rss_kb" > "$CSV"
+echo "seconds,rss_kb,anon_kb,file_kb,shmem_kb" > "$CSV"
 START=$(date +%s)
 while :; do
     NOW=$(( $(date +%s) - START ))
     [ "$NOW" -ge "$TOTAL_S" ] && break
     kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died; log:" >&2; tail -n 20 "$WORK/serve.log" >&2; exit 1; }
-    echo "$NOW,$(awk '/^VmRSS:/ {print $2}' "/proc/$SERVER_PID/status")" >> "$CSV"
+    echo "$NOW,$(awk '/^(VmRSS|RssAnon|RssFile|RssShmem):/ {v[$1] = $2} END {print v["VmRSS:"] "," v["RssAnon:"] "," v["RssFile:"] "," v["RssShmem:"]}' "/proc/$SERVER_PID/status")" >> "$CSV"
     sleep "$INTERVAL"
 done
 wait "$LOAD_PID" || true; LOAD_PID=
@@ -133,7 +133,8 @@ if ! kill -TERM "$SERVER_PID" 2>/dev/null; then echo "the server died" >&2; exit
 wait "$SERVER_PID" || true; SERVER_PID=
 SUMMARY=$(python3 - "$CSV" "$WARMUP" "$WORK/load.json" "$WORK/metrics.txt" <<'PY'
 import csv, json, statistics, sys
-rows = [(int(r["seconds"]), int(r["rss_kb"])) for r in csv.DictReader(open(sys.argv[1]))]
+rows_all = list(csv.DictReader(open(sys.argv[1])))
+rows = [(int(r["seconds"]), int(r["rss_kb"])) for r in rows_all]
 w = float(sys.argv[2]) * 60
 end = rows[-1][0]
 warm = statistics.median(k for s, k in rows if w <= s < w + 60)
@@ -151,6 +152,13 @@ print("|---:|---:|---:|---:|---:|")
 print(f"| {warm / 1024:.1f} | {last / 1024:.1f} | {change:+.1f} % | {max(after) / 1024:.1f} | {rows[0][1] / 1024:.1f} |")
 print()
 print("RSS per minute (median MB): " + ", ".join(f"{k / 1024:.0f}" for k in per_min) + ".")
+kinds = [c for c in ("anon_kb", "file_kb", "shmem_kb") if c in rows_all[0]]
+if kinds:
+    def med(col, lo, hi):
+        return statistics.median(int(r[col]) for r in rows_all if lo <= int(r["seconds"]) < hi) / 1024
+    print()
+    print("Of which (warm-up minute -> last minute, MB): " + ", ".join(
+        f"{c[:-3]} {med(c, w, w + 60):.1f} -> {med(c, end - 60, end + 1):.1f}" for c in kinds) + ".")
 print()
 print(f"Load: {sent}.")
 disc = [l.strip() for l in open(sys.argv[4]) if l.startswith("intentd_state_discarded_total")]
