@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::connectors::wechat::settings::ResolvedAccount;
 use crate::connectors::wechat::WechatConfig;
 use crate::engine::fusion::FusionConfig;
+use crate::policy::StateLimits;
 use crate::service::batcher::BatchConfig;
 use crate::service::idempotency::IdempotencyConfig;
 use crate::service::outbox::OutboxConfig;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub model: ModelConfig,
     /// Official Account / WeCom app callbacks on the HTTP listener (`/wechat/{id}`).
     pub wechat: WechatConfig,
+    /// How much the playbook's in-memory queues (review, dropped sends) keep.
+    pub playbook_state: StateLimits,
 }
 
 /// `model:`: what the server does when the model cannot be loaded.
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             idempotency: IdempotencyConfig::default(),
             model: ModelConfig::default(),
             wechat: WechatConfig::default(),
+            playbook_state: StateLimits::default(),
         }
     }
 }
@@ -271,6 +275,7 @@ impl ServerConfig {
             }
         }
         self.outbox.validate().map_err(anyhow::Error::msg)?;
+        self.playbook_state.validate().map_err(anyhow::Error::msg)?;
         self.wechat_accounts()?;
         self.store
             .validate()
@@ -384,6 +389,35 @@ mod tests {
         std::fs::write(&p, "auth:\n  disabled: true\nwechat:\n  reply_budget: 3\n").unwrap();
         let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
         assert!(e.contains("c.yml:4") && e.contains("reply_budget"), "{e}");
+    }
+
+    #[test]
+    fn playbook_state_limits_are_checked_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        let with = |queue: &str| {
+            format!("auth:\n  disabled: true\nplaybook_state:\n  {queue}:\n    max_entries: 0\n")
+        };
+        std::fs::write(&p, with("review_queue")).unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(
+            e.contains("playbook_state.review_queue.max_entries = 0 is outside 1..=10000000"),
+            "{e}"
+        );
+        std::fs::write(&p, with("dropped_sends")).unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(
+            e.contains("playbook_state.dropped_sends.max_entries"),
+            "{e}"
+        );
+        std::fs::write(
+            &p,
+            "auth:\n  disabled: true\nplaybook_state:\n  review_queue:\n    max_age_s: 60\n",
+        )
+        .unwrap();
+        let cfg = ServerConfig::load(&p).unwrap();
+        assert_eq!(cfg.playbook_state.review_queue.max_age_s, 60);
+        assert_eq!(cfg.playbook_state.review_queue.max_entries, 10_000);
     }
 
     #[test]

@@ -69,6 +69,14 @@ pub struct DroppedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateDiscardLabels {
+    /// `review_queue` or `dropped_sends` (`playbook_state:` in the configuration).
+    pub queue: String,
+    /// The limit that discarded them: `max_entries`, `max_bytes` or `max_age`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WechatLabels {
     /// The configured account id (`wechat.accounts[].id`).
     pub account: String,
@@ -122,6 +130,9 @@ pub struct Metrics {
     /// `intentd_store_healthy`: 1 while log commits succeed, 0 once they keep failing (the
     /// server then reports NOT_SERVING until a commit succeeds again).
     pub store_healthy: Gauge,
+    /// `intentd_state_discarded_total{queue,reason}`: records the playbook's in-memory queues
+    /// discarded to stay within their limits.
+    pub state_discarded: Family<StateDiscardLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,6 +174,7 @@ impl Metrics {
         let responses = Family::<ResponseLabels, Counter>::default();
         let store_healthy = Gauge::default();
         store_healthy.set(1);
+        let state_discarded = Family::<StateDiscardLabels, Counter>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "requests",
@@ -243,6 +255,11 @@ impl Metrics {
             "1 while log commits succeed; 0 while they keep failing (readiness NOT_SERVING)",
             store_healthy.clone(),
         );
+        registry.register(
+            "state_discarded",
+            "Records the playbook's in-memory queues discarded to stay within playbook_state limits, by queue and limit",
+            state_discarded.clone(),
+        );
         Self {
             registry,
             requests,
@@ -261,6 +278,7 @@ impl Metrics {
             wechat_callbacks,
             responses,
             store_healthy,
+            state_discarded,
         }
     }
 

@@ -13,9 +13,10 @@ use tokio::net::TcpListener;
 
 use crate::clock::{ManualClock, SharedClock, SystemClock};
 use crate::config::ServerConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StateDiscardLabels};
 use crate::operator::{LiveOperator, OperatorSnapshot};
 use crate::policy::playbook::Playbook;
+use crate::policy::state_memory::{MemoryState, OnDiscard};
 use crate::server::auth::Authenticator;
 use crate::server::{self, health};
 use crate::service::Service;
@@ -218,7 +219,17 @@ fn build_service(
         OperatorSnapshot::load_dir(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
             .context("operator files")?;
     let operator = Arc::new(LiveOperator::from_pointee(snapshot));
-    let playbook = Playbook::new(operator.clone(), clock.clone(), cfg.seed);
+    let discarded = metrics.state_discarded.clone();
+    let on_discard: OnDiscard = Arc::new(move |queue, reason, n| {
+        discarded
+            .get_or_create(&StateDiscardLabels {
+                queue: queue.as_str().into(),
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    });
+    let state = MemoryState::with_limits(cfg.playbook_state, Some(on_discard));
+    let playbook = Playbook::with_state(operator.clone(), clock.clone(), cfg.seed, Arc::new(state));
     // A bot id typo in playbook.yml would silently fall back to the defaults: say so.
     let bots = cfg.bot_ids();
     for b in playbook.config().configured_bots() {

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Weak};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use jieba_rs::Jieba;
@@ -79,9 +80,52 @@ struct Rule {
 type RuleId = u32;
 type TermId = u32;
 
+/// The segmenters in use, with the words each was built from (dead ones are pruned).
+static SEGMENTERS: parking_lot::Mutex<Vec<(Vec<String>, Weak<Jieba>)>> =
+    parking_lot::Mutex::new(Vec::new());
+
+/// jieba's default dictionary with `words` (sorted longest first, deduplicated) kept whole.
+/// Building one takes ~60 MB at its peak, so a reload whose words did not change (the operator
+/// edited replies or the playbook) shares the segmenter of the layer still in service instead
+/// of building a second one next to it.
+fn segmenter_with(words: &[&str]) -> Arc<Jieba> {
+    let same = |built_from: &Vec<String>| {
+        built_from
+            .iter()
+            .map(String::as_str)
+            .eq(words.iter().copied())
+    };
+    {
+        let mut live = SEGMENTERS.lock();
+        live.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(shared) = live
+            .iter()
+            .find(|(b, _)| same(b))
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return shared;
+        }
+    }
+    let mut jieba = Jieba::new();
+    for w in words {
+        // Known words can still be split when their dictionary frequency is low (有货 →
+        // 有/货); `add_word` without a frequency raises it just enough to keep them whole.
+        if !w.is_empty() && !w.contains(char::is_whitespace) && jieba.cut(w, false).len() != 1 {
+            jieba.add_word(w, None, None);
+        }
+    }
+    let jieba = Arc::new(jieba);
+    SEGMENTERS.lock().push((
+        words.iter().map(|w| w.to_string()).collect(),
+        Arc::downgrade(&jieba),
+    ));
+    jieba
+}
+
 /// Compiled keyword rules. Cheap to share (`Arc`); `match_text` takes `&self`.
 pub struct KeywordLayer {
-    jieba: Jieba,
+    /// Shared with the previous layer when its words are the same (see [`segmenter_with`]).
+    jieba: Arc<Jieba>,
     intents: Vec<String>,
     rules: Vec<Rule>,
     /// Canonical terms, and their ids (used while building).
@@ -159,7 +203,6 @@ impl KeywordLayer {
             synonyms.add(canonical, variants, origin)?;
         }
 
-        let mut jieba = Jieba::new();
         let mut words: Vec<&str> = Vec::new();
         words.extend(synonyms.canonicals());
         words.extend(synonyms.variants().map(|(v, _)| v));
@@ -178,13 +221,7 @@ impl KeywordLayer {
         // Longer words first, so a short word's suggested frequency does not split a longer one.
         words.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
         words.dedup();
-        for w in &words {
-            // Known words can still be split when their dictionary frequency is low (有货 →
-            // 有/货); `add_word` without a frequency raises it just enough to keep them whole.
-            if !w.is_empty() && !w.contains(char::is_whitespace) && jieba.cut(w, false).len() != 1 {
-                jieba.add_word(w, None, None);
-            }
-        }
+        let jieba = segmenter_with(&words);
 
         let mut layer = KeywordLayer {
             jieba,
@@ -517,6 +554,23 @@ mod tests {
 
     fn origin(line: usize) -> Origin {
         Origin::new(Path::new("nlu/x.yml"), line)
+    }
+
+    /// Regression (issue 12 item 7): every operator reload built a second segmenter next to the
+    /// one in service (~60 MB at the peak of the build); with the same words it is now shared,
+    /// with other words built anew, and once no layer uses it, it is gone.
+    #[test]
+    fn layers_with_the_same_words_share_one_segmenter() {
+        let words = ["共享分词甲", "共享分词乙"];
+        let a = segmenter_with(&words);
+        let b = segmenter_with(&words);
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = segmenter_with(&["共享分词甲"]);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(a.cut("共享分词乙", false), ["共享分词乙"]);
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(weak.upgrade().is_none(), "not kept alive by the cache");
     }
 
     fn resources() -> Dataset {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::bert::{Bert, BertConfig, Build, Mode};
 use super::dense::{self, Precision};
 use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
+use super::tensor_file::TensorFile;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -122,12 +123,12 @@ impl IntentModel {
         };
         let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE), max_tokens)?;
         let device = super::bert::device();
-        // SAFETY: the file is memory-mapped read-only; it must not be modified while served,
-        // which `train` guarantees by writing a new folder (reload swaps folders atomically).
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[dir.join(WEIGHTS_FILE)], DType::F32, &device)
-        }
-        .with_context(|| format!("{}: cannot read weights", dir.join(WEIGHTS_FILE).display()))?;
+        // Tensor by tensor, not memory-mapped: a mapping keeps every page it was read from
+        // resident until the load ends, which doubled a reload's peak (see `tensor_file`).
+        let weights = TensorFile::open(&dir.join(WEIGHTS_FILE)).with_context(|| {
+            format!("{}: cannot read weights", dir.join(WEIGHTS_FILE).display())
+        })?;
+        let vb = VarBuilder::from_backend(Box::new(weights), DType::F32, device.clone());
         let bert = Bert::load_for(vb.clone(), &config, Build::Serve(precision))
             .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
         log_kernel(&bert, precision);

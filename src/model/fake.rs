@@ -95,6 +95,12 @@ impl FakeBackend {
         })
     }
 
+    /// The same model under another version (a reload that changed it).
+    pub fn with_version(mut self, version: &str) -> Self {
+        self.version = version.to_string();
+        self
+    }
+
     fn text_of(&self, t: &Tokenized) -> String {
         t.ids
             .iter()

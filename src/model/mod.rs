@@ -17,4 +17,5 @@ pub mod packed_attention;
 pub mod scoring;
 pub mod seeded;
 pub mod spin_pool;
+pub mod tensor_file;
 pub mod train;

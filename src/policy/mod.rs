@@ -47,6 +47,7 @@
 
 pub mod ab;
 pub mod attributes;
+pub mod bounded_queue;
 pub mod compliance;
 pub mod config;
 pub mod cooldown;
@@ -72,4 +73,4 @@ pub use events::{EventDecision, EventInput, EventKind};
 pub use playbook::{DroppedSend, Playbook};
 pub use scheduler::{OutboundItem, OutboundKind};
 pub use state::{PlaybookState, StateError};
-pub use state_memory::MemoryState;
+pub use state_memory::{MemoryState, StateLimits};

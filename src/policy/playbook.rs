@@ -40,7 +40,7 @@ use super::scheduler::OutboundItem;
 use super::state::{
     GroupKey, PlaybookState, Scope, StateChange, StateError, StateView, SweepLimits,
 };
-use super::state_memory::{MemoryState, REVIEW_CAP};
+use super::state_memory::MemoryState;
 use crate::clock::SharedClock;
 use crate::data::FileError;
 use crate::engine::catalog::Catalog;
@@ -53,7 +53,6 @@ const SWEEP_LIMITS: SweepLimits = SweepLimits {
     user_idle_ms: 30 * 24 * 3_600_000,
     cooldown_max_age_ms: 2 * 24 * 3_600_000,
     chat_idle_ms: 30 * 24 * 3_600_000,
-    reviewed_cap: REVIEW_CAP,
 };
 
 /// Where the playbook reads its operator config on every call: the service's live operator

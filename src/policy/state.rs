@@ -213,8 +213,6 @@ pub struct SweepLimits {
     pub cooldown_max_age_ms: i64,
     /// A chat's timers are forgotten after this long without activity (unless a job is queued).
     pub chat_idle_ms: i64,
-    /// The set of reviewed message ids is reset beyond this size.
-    pub reviewed_cap: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -286,6 +284,6 @@ pub trait PlaybookState: Send + Sync + std::fmt::Debug {
     /// Take the dropped-send records.
     async fn drain_dropped_sends(&self) -> Result<Vec<DroppedSend>, StateError>;
 
-    /// Forget idle state (see [`SweepLimits`]).
+    /// Forget idle state (see [`SweepLimits`]), and queued records past their age limit.
     async fn sweep(&self, now_ms: i64, limits: &SweepLimits) -> Result<(), StateError>;
 }

@@ -4,11 +4,19 @@
 //!
 //! Nothing survives a restart and nothing is shared between processes: the durable and shared
 //! implementations of the trait live with the store.
+//!
+//! Memory: user and group rows are forgotten by [`PlaybookState::sweep`] once idle; the review
+//! and dropped-send queues (and the message ids that deduplicate review entries) are kept within
+//! [`StateLimits`] as they grow, and what a limit discards is counted and reported through the
+//! [`OnDiscard`] hook (the server counts it in `intentd_state_discarded_total`).
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
+use super::bounded_queue::{BoundedQueue, Discarded, QueueLimits, Record};
 use super::compliance::ReviewItem;
 use super::scheduler::Job;
 use super::state::{
@@ -16,33 +24,198 @@ use super::state::{
     StateChange, StateError, StateView, SweepLimits, UserKey, UserProfile, UserRow, Versioned,
 };
 
-/// Review entries kept before the oldest are discarded; the server drains them.
-pub const REVIEW_CAP: usize = 100_000;
-/// Dropped-send records kept before the oldest are discarded.
-pub const DROPPED_CAP: usize = 100_000;
+/// `playbook_state:` in the server configuration: how much the in-memory queues keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateLimits {
+    /// Blocked messages kept for review (every block is also in the store's audit log). The
+    /// message ids that keep a message from being queued twice are kept within the same
+    /// entries and age.
+    pub review_queue: QueueLimits,
+    /// Sends the playbook decided not to make (spacing queue full, banned word at render).
+    pub dropped_sends: QueueLimits,
+}
 
-#[derive(Debug, Default)]
+impl StateLimits {
+    pub fn validate(&self) -> Result<(), String> {
+        self.review_queue.validate("playbook_state.review_queue")?;
+        self.dropped_sends.validate("playbook_state.dropped_sends")
+    }
+}
+
+/// Which in-memory queue discarded entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateQueue {
+    Review,
+    Dropped,
+}
+
+impl StateQueue {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateQueue::Review => "review_queue",
+            StateQueue::Dropped => "dropped_sends",
+        }
+    }
+}
+
+/// Called with (queue, reason, count) whenever a limit discards entries; the reason is
+/// `max_entries`, `max_bytes` or `max_age`. Runs under the state's lock: keep it cheap.
+pub type OnDiscard = Arc<dyn Fn(StateQueue, &'static str, u64) + Send + Sync>;
+
+impl Record for ReviewItem {
+    fn at_ms(&self) -> i64 {
+        self.at_ms
+    }
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.bot_id.len()
+            + self.chat_id.len()
+            + self.user_id.len()
+            + self.message_id.len()
+            + self.text.len()
+            + self.matched.len()
+            + self.reason.len()
+    }
+}
+
+impl Record for DroppedSend {
+    fn at_ms(&self) -> i64 {
+        self.at_ms
+    }
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.bot_id.len()
+            + self.chat_id.len()
+            + self.user_id.len()
+            + self.source_id.len()
+            + self.key.len()
+            + self.reason.len()
+    }
+}
+
+/// (bot, chat, message id) of a review entry.
+type ReviewKey = (String, String, String);
+
+/// The message ids already queued for review, oldest first, within the review queue's entries
+/// and age (a repeat after that is queued again, which a reviewer can tell from its id).
+#[derive(Debug)]
+struct ReviewedIds {
+    set: HashSet<ReviewKey>,
+    order: VecDeque<(i64, ReviewKey)>,
+    limits: QueueLimits,
+}
+
+impl ReviewedIds {
+    /// False when `key` was already queued.
+    fn insert(&mut self, at_ms: i64, key: ReviewKey) -> bool {
+        if !self.set.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back((at_ms, key));
+        self.expire(at_ms);
+        true
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        let oldest_kept =
+            now_ms.saturating_sub(i64::try_from(self.limits.max_age_s * 1000).unwrap_or(i64::MAX));
+        while let Some((at, _)) = self.order.front() {
+            if self.order.len() <= self.limits.max_entries && *at >= oldest_kept {
+                break;
+            }
+            if let Some((_, k)) = self.order.pop_front() {
+                self.set.remove(&k);
+            }
+        }
+    }
+}
+
 struct Rows {
     groups: BTreeMap<GroupKey, Versioned<GroupRow>>,
     users: HashMap<UserKey, Versioned<UserRow>>,
     /// Delayed jobs by id (ids grow, so this is queue order).
     jobs: BTreeMap<u64, Job>,
     next_job_id: u64,
-    review: VecDeque<ReviewItem>,
-    /// (bot, chat, message id) already queued for review.
-    reviewed: HashSet<(String, String, String)>,
-    dropped: VecDeque<DroppedSend>,
+    review: BoundedQueue<ReviewItem>,
+    reviewed: ReviewedIds,
+    dropped: BoundedQueue<DroppedSend>,
+    /// What the limits discarded since start: (review, dropped).
+    discarded: (Discarded, Discarded),
+    on_discard: Option<OnDiscard>,
 }
 
 /// See the module doc.
-#[derive(Debug, Default)]
 pub struct MemoryState {
     rows: Mutex<Rows>,
 }
 
+impl std::fmt::Debug for MemoryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows = self.rows.lock();
+        f.debug_struct("MemoryState")
+            .field("groups", &rows.groups.len())
+            .field("users", &rows.users.len())
+            .field("jobs", &rows.jobs.len())
+            .field("review", &rows.review.len())
+            .field("dropped", &rows.dropped.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MemoryState {
+    /// Default [`StateLimits`], discards counted but not reported.
     pub fn new() -> MemoryState {
-        MemoryState::default()
+        Self::with_limits(StateLimits::default(), None)
+    }
+
+    pub fn with_limits(limits: StateLimits, on_discard: Option<OnDiscard>) -> MemoryState {
+        MemoryState {
+            rows: Mutex::new(Rows {
+                groups: BTreeMap::new(),
+                users: HashMap::new(),
+                jobs: BTreeMap::new(),
+                next_job_id: 0,
+                review: BoundedQueue::new(limits.review_queue),
+                reviewed: ReviewedIds {
+                    set: HashSet::new(),
+                    order: VecDeque::new(),
+                    limits: limits.review_queue,
+                },
+                dropped: BoundedQueue::new(limits.dropped_sends),
+                discarded: Default::default(),
+                on_discard,
+            }),
+        }
+    }
+
+    /// What the limits discarded since start, per queue.
+    pub fn discarded(&self, queue: StateQueue) -> Discarded {
+        let rows = self.rows.lock();
+        match queue {
+            StateQueue::Review => rows.discarded.0,
+            StateQueue::Dropped => rows.discarded.1,
+        }
+    }
+
+    /// (entries, estimated bytes) held by a queue now.
+    pub fn queue_size(&self, queue: StateQueue) -> (usize, usize) {
+        let rows = self.rows.lock();
+        match queue {
+            StateQueue::Review => (rows.review.len(), rows.review.bytes()),
+            StateQueue::Dropped => (rows.dropped.len(), rows.dropped.bytes()),
+        }
+    }
+
+    /// Message ids remembered for deduplicating review entries.
+    pub fn reviewed_ids(&self) -> usize {
+        self.rows.lock().reviewed.set.len()
     }
 }
 
@@ -163,10 +336,8 @@ impl Rows {
                 }
                 StateChange::AddReview(item) => self.add_review(item),
                 StateChange::AddDropped(d) => {
-                    if self.dropped.len() >= DROPPED_CAP {
-                        self.dropped.pop_front();
-                    }
-                    self.dropped.push_back(d);
+                    let gone = self.dropped.push(d);
+                    self.count(StateQueue::Dropped, gone);
                 }
                 StateChange::Schedule(job) => {
                     self.next_job_id += 1;
@@ -186,13 +357,26 @@ impl Rows {
             item.chat_id.clone(),
             item.message_id.clone(),
         );
-        if !item.message_id.is_empty() && !self.reviewed.insert(key) {
+        if !item.message_id.is_empty() && !self.reviewed.insert(item.at_ms, key) {
             return; // precheck already queued this message
         }
-        if self.review.len() >= REVIEW_CAP {
-            self.review.pop_front();
+        let gone = self.review.push(item);
+        self.count(StateQueue::Review, gone);
+    }
+
+    fn count(&mut self, queue: StateQueue, gone: Discarded) {
+        if gone.total() == 0 {
+            return;
         }
-        self.review.push_back(item);
+        match queue {
+            StateQueue::Review => self.discarded.0.add(gone),
+            StateQueue::Dropped => self.discarded.1.add(gone),
+        }
+        if let Some(report) = &self.on_discard {
+            for (reason, n) in gone.by_reason() {
+                report(queue, reason, n);
+            }
+        }
     }
 
     fn sweep(&mut self, now: i64, limits: &SweepLimits) {
@@ -223,9 +407,11 @@ impl Rows {
                 g.version += 1;
             }
         }
-        if self.reviewed.len() > limits.reviewed_cap {
-            self.reviewed.clear();
-        }
+        let gone = self.review.expire(now);
+        self.count(StateQueue::Review, gone);
+        let gone = self.dropped.expire(now);
+        self.count(StateQueue::Dropped, gone);
+        self.reviewed.expire(now);
     }
 }
 
@@ -264,7 +450,7 @@ impl PlaybookState for MemoryState {
     }
 
     async fn drain_review_queue(&self) -> Result<Vec<ReviewItem>, StateError> {
-        Ok(std::mem::take(&mut self.rows.lock().review).into())
+        Ok(self.rows.lock().review.drain())
     }
 
     async fn dropped_sends(&self) -> Result<Vec<DroppedSend>, StateError> {
@@ -272,7 +458,7 @@ impl PlaybookState for MemoryState {
     }
 
     async fn drain_dropped_sends(&self) -> Result<Vec<DroppedSend>, StateError> {
-        Ok(std::mem::take(&mut self.rows.lock().dropped).into())
+        Ok(self.rows.lock().dropped.drain())
     }
 
     async fn sweep(&self, now_ms: i64, limits: &SweepLimits) -> Result<(), StateError> {
@@ -473,6 +659,156 @@ mod tests {
         assert!(st.review_queue().await.unwrap().is_empty());
     }
 
+    fn review_item(at_ms: i64, msg: &str, text_bytes: usize) -> ReviewItem {
+        ReviewItem {
+            at_ms,
+            bot_id: "b".into(),
+            chat_id: "g".into(),
+            user_id: "u".into(),
+            message_id: msg.into(),
+            text: "x".repeat(text_bytes),
+            matched: "w".into(),
+            reason: "banned_word".into(),
+        }
+    }
+
+    fn dropped(at_ms: i64, n: usize) -> DroppedSend {
+        DroppedSend {
+            at_ms,
+            bot_id: "b".into(),
+            chat_id: "g".into(),
+            user_id: format!("u{n}"),
+            source_id: format!("m{n}"),
+            key: "price".into(),
+            reason: "dropped:spacing_queue_full".into(),
+        }
+    }
+
+    /// Regression (issue 12 item 7): on the old code both queues kept 100,000 entries of any
+    /// size and any age (nothing drains them while serving), so RSS grew with traffic; this
+    /// test failed there (20,000 entries kept, a two-day-old entry kept).
+    #[tokio::test]
+    async fn review_and_dropped_queues_stay_within_entries_bytes_and_age_by_default() {
+        let st = MemoryState::new();
+        let limits = StateLimits::default();
+        for i in 0..20_000 {
+            st.commit(vec![
+                StateChange::AddReview(review_item(i, &format!("m{i}"), 10)),
+                StateChange::AddDropped(dropped(i, i as usize)),
+            ])
+            .await
+            .unwrap();
+        }
+        let review = st.review_queue().await.unwrap();
+        assert_eq!(review.len(), limits.review_queue.max_entries);
+        assert_eq!(review[0].at_ms, 10_000, "the oldest went first");
+        assert_eq!(
+            st.dropped_sends().await.unwrap().len(),
+            limits.dropped_sends.max_entries
+        );
+
+        // Long texts: the byte limit binds long before the entry limit.
+        for i in 0..2_000 {
+            st.commit(vec![StateChange::AddReview(review_item(
+                30_000 + i,
+                &format!("long{i}"),
+                6_000,
+            ))])
+            .await
+            .unwrap();
+        }
+        let (n, bytes) = st.queue_size(StateQueue::Review);
+        assert!(bytes <= limits.review_queue.max_bytes, "{bytes}");
+        assert!(n < 2_000, "{n} long entries kept");
+
+        // An entry older than the age limit goes once a newer one arrives, or on the sweep.
+        let day_ms = 86_400_000;
+        let later = 2 * day_ms;
+        st.commit(vec![StateChange::AddReview(review_item(later, "new", 10))])
+            .await
+            .unwrap();
+        let review = st.review_queue().await.unwrap();
+        assert_eq!(review.len(), 1, "everything a day older is gone");
+        assert!(!st.dropped_sends().await.unwrap().is_empty());
+        let sweep = SweepLimits {
+            user_idle_ms: day_ms,
+            cooldown_max_age_ms: day_ms,
+            chat_idle_ms: day_ms,
+        };
+        st.sweep(later, &sweep).await.unwrap();
+        assert!(st.dropped_sends().await.unwrap().is_empty());
+    }
+
+    /// What the limits discard is counted per queue and reason and reported through the hook,
+    /// and the message ids kept for deduplication stay within the review queue's limits (the
+    /// old code kept up to 100,000 of them, then forgot them all at once).
+    #[tokio::test]
+    async fn discards_are_reported_and_the_reviewed_ids_are_bounded() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hook: OnDiscard = {
+            let seen = seen.clone();
+            Arc::new(move |q, reason, n| seen.lock().push((q, reason, n)))
+        };
+        let limits = StateLimits {
+            review_queue: QueueLimits {
+                max_entries: 3,
+                max_bytes: 1 << 20,
+                max_age_s: 10,
+            },
+            dropped_sends: QueueLimits {
+                max_entries: 100,
+                max_bytes: 1024,
+                max_age_s: 10,
+            },
+        };
+        let st = MemoryState::with_limits(limits, Some(hook));
+        for i in 0..5 {
+            st.commit(vec![StateChange::AddReview(review_item(
+                i,
+                &format!("m{i}"),
+                1,
+            ))])
+            .await
+            .unwrap();
+        }
+        assert_eq!(st.reviewed_ids(), 3);
+        // m0 left the window: a repeat is queued again; m4 is still deduplicated.
+        for m in ["m0", "m4"] {
+            st.commit(vec![StateChange::AddReview(review_item(5, m, 1))])
+                .await
+                .unwrap();
+        }
+        let ids: Vec<String> = st
+            .review_queue()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message_id)
+            .collect();
+        assert_eq!(ids, ["m3", "m4", "m0"]);
+        for i in 0..10 {
+            st.commit(vec![StateChange::AddDropped(dropped(100, i))])
+                .await
+                .unwrap();
+        }
+        st.commit(vec![StateChange::AddDropped(dropped(20_000, 99))])
+            .await
+            .unwrap();
+        let review = st.discarded(StateQueue::Review);
+        assert_eq!(review.entries, 3);
+        let dropped_gone = st.discarded(StateQueue::Dropped);
+        assert!(dropped_gone.bytes > 0, "{dropped_gone:?}");
+        assert!(dropped_gone.age > 0, "{dropped_gone:?}");
+        assert_eq!(st.dropped_sends().await.unwrap().len(), 1);
+        let reported: u64 = seen.lock().iter().map(|&(_, _, n)| n).sum();
+        assert_eq!(reported, review.total() + dropped_gone.total());
+        assert!(seen
+            .lock()
+            .iter()
+            .any(|&(q, r, _)| q == StateQueue::Dropped && r == "max_age"));
+        assert!(st.reviewed_ids() <= 3);
+    }
+
     #[tokio::test]
     async fn open_handoffs_are_counted_over_the_bots_other_chats_within_the_ttl() {
         let st = MemoryState::new();
@@ -518,7 +854,6 @@ mod tests {
             user_idle_ms: 1_000,
             cooldown_max_age_ms: 500,
             chat_idle_ms: 1_000,
-            reviewed_cap: 10,
         };
         let mut active = UserRow::default();
         active.profile.last_seen_ms = 900;

@@ -301,16 +301,20 @@ impl Idempotency {
                 }
             }
         }
+        let window_start = answer.at_ms.saturating_sub(self.window_ms());
         let mut r = self.recent.lock();
         if r.map.insert(key.clone(), answer).is_none() {
             r.order.push_back(key);
         }
-        while r.map.len() > self.config.cache_entries.max(1) {
-            match r.order.pop_front() {
-                Some(old) => {
-                    r.map.remove(&old);
-                }
-                None => break,
+        // Oldest first: beyond `cache_entries`, and answers that left the window (a lookup
+        // would not use them; at low traffic they would otherwise stay until pushed out).
+        while let Some(old) = r.order.front() {
+            let expired = r.map.get(old).is_none_or(|a| a.at_ms < window_start);
+            if !expired && r.map.len() <= self.config.cache_entries.max(1) {
+                break;
+            }
+            if let Some(old) = r.order.pop_front() {
+                r.map.remove(&old);
             }
         }
     }
@@ -384,6 +388,28 @@ mod tests {
             idem.lookup(&key("c"), "d", 0, None).await.unwrap(),
             Seen::Same(_)
         ));
+    }
+
+    /// Regression (issue 12 item 7): answers past the window stayed in memory until
+    /// `cache_entries` newer ones pushed them out (at low traffic, for days); they now leave
+    /// with the window. Failed on the old code (3 answers kept).
+    #[test]
+    fn answers_past_the_window_leave_the_memory() {
+        let idem = Idempotency::new(
+            IdempotencyConfig {
+                window_s: 100,
+                cache_entries: 1_000,
+                ..IdempotencyConfig::default()
+            },
+            None,
+            0,
+        );
+        for (id, at) in [("a", 0), ("b", 50_000), ("c", 99_000)] {
+            idem.remember(key(id), answer(at, "d"));
+        }
+        idem.remember(key("d"), answer(150_001, "d"));
+        assert_eq!(idem.recent.lock().map.len(), 2, "a and b left the window");
+        assert_eq!(idem.recent.lock().order.len(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,7 @@ pub mod outbound;
 pub mod outbox;
 pub mod reload;
 pub mod requests;
+pub mod retire;
 pub mod stats;
 pub mod validate;
 
@@ -206,11 +207,26 @@ impl Service {
     }
 
     /// Makes `model` the served model (atomically: requests already in a batch finish on the
-    /// old one).
-    pub fn install_model(&self, model: Arc<dyn IntentBackend>) {
+    /// old one) and returns the model it replaced. See [`Self::replace_model`] to free that.
+    pub fn install_model(&self, model: Arc<dyn IntentBackend>) -> Option<Arc<LoadedModel>> {
         let loaded = LoadedModel::new(model);
         self.metrics.set_model_version(&loaded.version);
-        self.model.store(Some(Arc::new(loaded)));
+        self.model.swap(Some(Arc::new(loaded)))
+    }
+
+    /// Installs `model`, then waits until the requests still using the replaced one have
+    /// finished and frees it, returning its memory to the system ([`retire`]). So a reload
+    /// holds two models only while it runs, and back-to-back reloads never stack up copies.
+    pub async fn replace_model(&self, model: Arc<dyn IntentBackend>) -> Option<retire::Retired> {
+        let old = self.install_model(model)?;
+        let what = format!("model {}", old.version);
+        Some(retire::retire(old, what, self.retire_patience()).await)
+    }
+
+    /// How long a reload waits for the last request on what it replaced: every request ends
+    /// within its deadline (at most `request_timeout_ms` without one).
+    fn retire_patience(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.settings.request_timeout_ms.max(1_000) * 2)
     }
 
     fn admit(&self, n: u32) -> Result<OwnedSemaphorePermit, ServiceError> {

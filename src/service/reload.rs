@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::retire;
 use super::validate::InvalidField;
 use super::{Service, ServiceError};
 use crate::model::classifier::IntentModel;
@@ -11,17 +12,23 @@ use crate::store::AuditAction;
 
 impl Service {
     /// Loads the model folder off the runtime threads and swaps it in; a broken folder is
-    /// rejected with the reason and the old model keeps serving.
+    /// rejected with the reason and the old model keeps serving. Returns once the old model is
+    /// freed (when its last request finished), so the next reload never holds three.
     pub async fn reload_model(&self, actor: &str) -> Result<String, ServiceError> {
         let _g = self.reload_lock.lock().await;
         let dir = self.settings.model_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || IntentModel::load(&dir))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("model loader crashed: {e}")))?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            // Memory that serving freed and malloc kept goes back first: the new model is
+            // built on top of what is live, not of that (see `retire`).
+            crate::model::allocator::release_free_memory();
+            IntentModel::load(&dir)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("model loader crashed: {e}")))?;
         match loaded {
             Ok(m) => {
                 let version = m.card.version.clone();
-                self.install_model(Arc::new(m));
+                self.replace_model(Arc::new(m)).await;
                 self.audit(
                     actor,
                     AuditAction::ModelChange,
@@ -42,7 +49,8 @@ impl Service {
 
     /// Reloads every operator file as one unit: all are validated into a new snapshot first,
     /// then one store swaps it in for the classifier and the playbook alike (whose live state
-    /// is not part of it and stays). A broken file leaves everything as it was.
+    /// is not part of it and stays). A broken file leaves everything as it was. Returns once
+    /// the old snapshot is freed (like [`Self::reload_model`]).
     pub async fn reload_operator(&self, actor: &str) -> Result<String, ServiceError> {
         let _g = self.reload_lock.lock().await;
         let s = &self.settings;
@@ -52,6 +60,7 @@ impl Service {
             s.fusion.clone(),
         );
         let loaded = tokio::task::spawn_blocking(move || {
+            crate::model::allocator::release_free_memory();
             OperatorSnapshot::load_dir(&operator_dir, &training_data, fusion)
         })
         .await
@@ -59,13 +68,17 @@ impl Service {
         match loaded {
             Ok(snapshot) => {
                 let hash = snapshot.config_hash.clone();
-                self.operator.store(Arc::new(snapshot));
+                let old = self.operator.swap(Arc::new(snapshot));
                 self.audit(
                     actor,
                     AuditAction::ConfigChange,
                     &format!("operator files {hash} loaded"),
                 );
                 self.outbound_changed.notify_waiters();
+                // Free the old snapshot before anything else loads (SIGHUP loads the model
+                // next): its keyword layer is as large as a model.
+                let what = format!("operator files {}", old.config_hash);
+                retire::retire(old, what, self.retire_patience()).await;
                 Ok(hash)
             }
             Err(e) => {

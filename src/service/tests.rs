@@ -725,3 +725,119 @@ async fn records_are_dated_by_the_server_so_a_client_clock_cannot_purge_them() {
         1
     );
 }
+
+/// A fake model that says when it is dropped, and holds its forward passes while `hold` is set.
+struct Tracked {
+    inner: FakeBackend,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    entered: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl crate::model::classifier::IntentBackend for Tracked {
+    fn labels(&self) -> &[String] {
+        self.inner.labels()
+    }
+    fn version(&self) -> &str {
+        self.inner.version()
+    }
+    fn tokenizer(&self) -> &crate::model::encoder::TextTokenizer {
+        self.inner.tokenizer()
+    }
+    fn predict(
+        &self,
+        batch: &[&crate::model::encoder::Tokenized],
+    ) -> anyhow::Result<Vec<crate::model::classifier::Prediction>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.entered.store(true, SeqCst);
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while self.hold.load(SeqCst) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.inner.predict(batch)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Regression (issue 12 item 7): a reload must free the old model once the last request on it
+/// has finished, and return only then, so back-to-back reloads never hold more than two models.
+/// On the old code the reload swapped the model and returned at once, with the old model still
+/// in use (and its memory, once freed, kept by malloc): the "reload still running" check failed.
+/// Real time: the forward pass is held on the compute thread, which paused time cannot see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_frees_the_old_model_when_its_last_request_finishes() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let h = harness_with(None, false, false);
+    let labels: Vec<String> = h
+        .service
+        .operator()
+        .catalog
+        .ids()
+        .map(String::from)
+        .collect();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let fake = |v: &str| {
+        FakeBackend::new(&labels, &[("多少钱", "price")], 0.95)
+            .unwrap()
+            .with_version(v)
+    };
+    let (old_dropped, hold, entered) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    h.service.install_model(Arc::new(Tracked {
+        inner: fake("old"),
+        dropped: old_dropped.clone(),
+        hold: hold.clone(),
+        entered: entered.clone(),
+    }));
+    let s = h.service.clone();
+    let request = tokio::spawn(async move { s.classify(&message("m1", "这个多少钱")).await });
+    for _ in 0..2_000 {
+        if entered.load(SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(entered.load(SeqCst), "the request reached the old model");
+
+    let s = h.service.clone();
+    let new_model = fake("new");
+    let reload = tokio::spawn(async move { s.replace_model(Arc::new(new_model)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.service.model_version(),
+        "new",
+        "new requests get the new model at once"
+    );
+    assert!(
+        !old_dropped.load(SeqCst),
+        "a request still uses the old model"
+    );
+    assert!(!reload.is_finished(), "the reload is still running");
+
+    hold.store(false, SeqCst);
+    let answer = request.await.unwrap().unwrap();
+    assert_eq!(
+        answer.model_version, "old",
+        "the request finished on the model it started on"
+    );
+    let retired = tokio::time::timeout(Duration::from_secs(5), reload)
+        .await
+        .expect("the reload ends soon after the last request")
+        .unwrap();
+    assert!(
+        matches!(retired, Some(retire::Retired::Freed { .. })),
+        "{retired:?}"
+    );
+    assert!(old_dropped.load(SeqCst), "the old model was dropped");
+    let next = h.service.classify(&message("m2", "多少钱")).await.unwrap();
+    assert_eq!(next.model_version, "new");
+}
