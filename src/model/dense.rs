@@ -397,8 +397,6 @@ pub(super) fn f32_slice<'a>(s: &'a Storage, l: &Layout, len: usize) -> Result<&'
 
 /// f32 lanes in one AVX-512 register.
 const LANES: usize = 16;
-/// Output columns per wide panel (4 registers).
-const PANEL: usize = 64;
 
 /// Lays out an `(out, in)` weight as the kernel reads it: for each block of 64 output columns
 /// (then each remaining block of 16), the `in x width` panel of Wᵀ, row after row. The kernel
@@ -407,20 +405,21 @@ const PANEL: usize = 64;
 /// candle's strided copy (a reshape, a transpose, one copy per kind of block), which is fast
 /// even in unoptimised test builds.
 fn pack(weight: &Tensor) -> Result<Tensor> {
+    use super::tiling::{NARROW, WIDE};
     let (out_dim, in_dim) = weight.dims2()?;
-    let wide = out_dim / PANEL;
-    let narrow = (out_dim % PANEL) / LANES;
+    let wide = out_dim / WIDE;
+    let narrow = (out_dim % WIDE) / NARROW;
     let mut parts = Vec::with_capacity(2);
     if wide > 0 {
         let w = weight
-            .narrow(0, 0, wide * PANEL)?
-            .reshape((wide, PANEL, in_dim))?;
+            .narrow(0, 0, wide * WIDE)?
+            .reshape((wide, WIDE, in_dim))?;
         parts.push(w.transpose(1, 2)?.contiguous()?.flatten_all()?);
     }
     if narrow > 0 {
         let w = weight
-            .narrow(0, wide * PANEL, narrow * LANES)?
-            .reshape((narrow, LANES, in_dim))?;
+            .narrow(0, wide * WIDE, narrow * NARROW)?
+            .reshape((narrow, NARROW, in_dim))?;
         parts.push(w.transpose(1, 2)?.contiguous()?.flatten_all()?);
     }
     Tensor::cat(&parts, 0)
@@ -452,8 +451,9 @@ pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::LANES;
+    use crate::model::tiling::{self, Item, TileFn};
 
-    const _: () = assert!(TILE_REGS * LANES == super::PANEL);
+    const _: () = assert!(TILE_REGS * LANES == tiling::WIDE);
 
     /// Output rows per register tile.
     const TILE_ROWS: usize = 6;
@@ -489,62 +489,32 @@ pub(super) mod avx512 {
     // SAFETY: threads read the shared inputs and write disjoint (row, column) blocks of `y`.
     unsafe impl Sync for Job {}
 
-    /// Splits the output into (row panel x column block) items and runs them on candle's CPU
-    /// threads.
+    /// Splits the output into (row panel x column block) items and runs them on the spin pool
+    /// (`tiling`).
     ///
     /// # Safety
     /// The CPU must support AVX-512F and the pointers must cover the sizes in `job`.
     pub unsafe fn run(job: &Job) {
-        let wide = job.n / (TILE_REGS * LANES);
-        let narrow = (job.n % (TILE_REGS * LANES)) / LANES;
-        let blocks = wide + narrow;
-        let panel_rows = ((PANEL_FLOATS / job.k) / TILE_ROWS * TILE_ROWS).max(TILE_ROWS);
-        let panels = job.rows.div_ceil(panel_rows);
-        let item = |i: usize| {
-            let (panel, block) = (i / blocks, i % blocks);
-            let row0 = panel * panel_rows;
-            let rows = panel_rows.min(job.rows - row0);
+        let panel_rows = tiling::panel_rows(PANEL_FLOATS, job.k, TILE_ROWS);
+        tiling::run_items(job.rows, job.n, panel_rows, &|it: Item| {
             // The block's panel in the packed weight (see `pack`).
-            if block < wide {
-                let col0 = block * TILE_REGS * LANES;
-                // SAFETY: forwarded from `run`'s contract.
-                unsafe { rows_block::<TILE_REGS>(job, row0, rows, col0, job.w.add(col0 * job.k)) }
-            } else {
-                let col0 = wide * TILE_REGS * LANES + (block - wide) * LANES;
-                // SAFETY: as above.
-                unsafe { rows_block::<1>(job, row0, rows, col0, job.w.add(col0 * job.k)) }
-            }
-        };
-        // Not candle's barrier pool: on a shared machine a pool worker that is not scheduled
-        // holds the caller at the barrier (measured: batch-1 passes 4x slower with two threads
-        // than with one). Not rayon either: its workers sleep between the ~16 calls of a pass
-        // and waking them cost ~20 % of a batch-1 pass. See `spin_pool`.
-        crate::model::spin_pool::SpinPool::global().run(panels * blocks, &item);
+            let w = job.w.wrapping_add(it.col0 * job.k);
+            // SAFETY: forwarded from `run`'s contract.
+            unsafe { tiling::tile_item(job, it, w, &WIDE_TILES, &NARROW_TILES) }
+        });
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rows_block<const C: usize>(
-        job: &Job,
-        row0: usize,
-        rows: usize,
-        col0: usize,
-        panel: *const f32,
-    ) {
-        let mut r = row0;
-        let end = row0 + rows;
-        while end - r >= TILE_ROWS {
-            tile6::<C>(job, r, col0, panel);
-            r += TILE_ROWS;
-        }
-        match end - r {
-            0 => {}
-            1 => tile1::<C>(job, r, col0, panel),
-            2 => tile2::<C>(job, r, col0, panel),
-            3 => tile3::<C>(job, r, col0, panel),
-            4 => tile4::<C>(job, r, col0, panel),
-            _ => tile5::<C>(job, r, col0, panel),
-        }
-    }
+    const WIDE_TILES: [TileFn<Job, f32>; TILE_ROWS] = [
+        tile1::<TILE_REGS>,
+        tile2::<TILE_REGS>,
+        tile3::<TILE_REGS>,
+        tile4::<TILE_REGS>,
+        tile5::<TILE_REGS>,
+        tile6::<TILE_REGS>,
+    ];
+    const NARROW_TILES: [TileFn<Job, f32>; TILE_ROWS] = [
+        tile1::<1>, tile2::<1>, tile3::<1>, tile4::<1>, tile5::<1>, tile6::<1>,
+    ];
 
     /// One tile of the output (the listed rows x 16 C columns), accumulated over all of k in
     /// registers. A macro rather than a `[[__m512; C]; R]` array: LLVM kept such an array on

@@ -30,6 +30,7 @@
 use candle_core::Result;
 
 use super::spin_pool::SpinPool;
+use super::tiling::{self, Item};
 
 /// The integer dot-product instructions a CPU offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,6 @@ pub fn detect() -> Option<Isa> {
 /// weight cannot overflow).
 const QMAX: f32 = 127.0;
 /// Output columns per wide block: 4 zmm registers of 16 i32 lanes.
-const BLOCK: usize = 64;
 /// Output columns per narrow block (and the granularity the layer must have).
 const LANES: usize = 16;
 /// k is padded to a multiple of this: `vpdpbusd` takes 4 bytes per lane.
@@ -190,7 +190,7 @@ impl Int8Dense {
             .collect();
         let mut packed = vec![0i8; n * kp];
         let mut at = 0;
-        for (col0, width) in blocks(n) {
+        for (col0, width) in tiling::column_blocks(n) {
             for g in 0..kp / GROUP {
                 for c in 0..width {
                     let row = &q[(col0 + c) * k..(col0 + c + 1) * k];
@@ -325,15 +325,6 @@ fn quantize_row_fast(x: &[f32], out: &mut [u8], isa: Isa) -> (f32, i32) {
     quantize_row(x, out)
 }
 
-/// (first column, width) of each column block, in packing order.
-fn blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
-    let wide = n / BLOCK;
-    let narrow = (n % BLOCK) / LANES;
-    (0..wide)
-        .map(|b| (b * BLOCK, BLOCK))
-        .chain((0..narrow).map(move |b| (wide * BLOCK + b * LANES, LANES)))
-}
-
 /// A raw pointer shared by pool items that write disjoint parts.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
@@ -374,40 +365,39 @@ unsafe impl Sync for Job {}
 /// block (at most 64 x kp bytes, 128 KiB at k = 2048) while the item's tiles reuse both.
 const PANEL_BYTES: usize = 256 * 1024;
 
-/// Splits the output into (row panel x column block) items and runs them on the spin pool.
+/// Splits the output into (row panel x column block) items and runs them on the spin pool
+/// (`tiling`).
 ///
 /// # Safety
 /// The CPU must have `isa`; the pointers must cover the sizes in `job`.
 unsafe fn run(job: &Job, isa: Isa) {
-    let blocks: Vec<(usize, usize)> = blocks(job.n).collect();
-    let panel_rows = ((PANEL_BYTES / job.kp) / 12 * 12).max(12);
-    let panels = job.rows.div_ceil(panel_rows);
-    let item = |i: usize| {
-        let (panel, block) = (i / blocks.len(), i % blocks.len());
-        let row0 = panel * panel_rows;
-        let rows = panel_rows.min(job.rows - row0);
-        let (col0, width) = blocks[block];
-        // SAFETY: forwarded from `run`'s contract; the block's weights start at col0 x kp.
+    // Whole tiles of both kernels (6 and 4 rows).
+    let panel_rows = tiling::panel_rows(PANEL_BYTES, job.kp, 12);
+    tiling::run_items(job.rows, job.n, panel_rows, &|it: Item| {
+        // The block's weights start at col0 x kp.
+        let w = job.w.wrapping_add(it.col0 * job.kp);
+        // SAFETY: forwarded from `run`'s contract.
         unsafe {
-            let w = job.w.add(col0 * job.kp);
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni => avx512::rows_block(job, row0, rows, col0, width, w),
+                Isa::Avx512Vnni => {
+                    tiling::tile_item(job, it, w, &avx512::WIDE_TILES, &avx512::NARROW_TILES)
+                }
                 #[cfg(target_arch = "x86_64")]
-                Isa::AvxVnni => avx2::rows_block(job, row0, rows, col0, width, w),
+                Isa::AvxVnni => avx2::rows_block(job, it, w),
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => unreachable!("no int8 kernels off x86_64"),
             }
         }
-    };
-    SpinPool::global().run(panels * blocks.len(), &item);
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Job, BLOCK, GROUP, LANES};
+    use super::{Job, GROUP, LANES};
+    use crate::model::tiling::TileFn;
 
     /// Output rows per register tile: 6 x 4 accumulators + 4 weights + 1 broadcast of the 32
     /// zmm registers (the fp32 kernel's shape).
@@ -465,47 +455,13 @@ mod avx512 {
         _mm512_max_epi32(q, _mm512_setzero_si512())
     }
 
-    /// # Safety
-    /// As `super::run`; `w` is the block's packed weights.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn rows_block(
-        job: &Job,
-        row0: usize,
-        rows: usize,
-        col0: usize,
-        width: usize,
-        w: *const i8,
-    ) {
-        if width == BLOCK {
-            rows_of::<4>(job, row0, rows, col0, w)
-        } else {
-            rows_of::<1>(job, row0, rows, col0, w)
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn rows_of<const C: usize>(
-        job: &Job,
-        row0: usize,
-        rows: usize,
-        col0: usize,
-        w: *const i8,
-    ) {
-        let mut r = row0;
-        let end = row0 + rows;
-        while end - r >= TILE_ROWS {
-            tile6::<C>(job, r, col0, w);
-            r += TILE_ROWS;
-        }
-        match end - r {
-            0 => {}
-            1 => tile1::<C>(job, r, col0, w),
-            2 => tile2::<C>(job, r, col0, w),
-            3 => tile3::<C>(job, r, col0, w),
-            4 => tile4::<C>(job, r, col0, w),
-            _ => tile5::<C>(job, r, col0, w),
-        }
-    }
+    /// Tile functions by height: 64-column blocks, then 16-column ones (`tiling::tile_item`).
+    pub const WIDE_TILES: [TileFn<Job, i8>; TILE_ROWS] = [
+        tile1::<4>, tile2::<4>, tile3::<4>, tile4::<4>, tile5::<4>, tile6::<4>,
+    ];
+    pub const NARROW_TILES: [TileFn<Job, i8>; TILE_ROWS] = [
+        tile1::<1>, tile2::<1>, tile3::<1>, tile4::<1>, tile5::<1>, tile6::<1>,
+    ];
 
     /// One tile (the listed rows x 16 C columns) over all of k in registers; a macro with one
     /// named accumulator array per row, for the reason given in dense.rs (arrays of arrays
@@ -575,29 +531,21 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Job, GROUP, LANES};
+    use crate::model::tiling::{self, Item};
 
     const TILE_ROWS: usize = 4;
 
     /// # Safety
     /// As `super::run`; `w` is the block's packed weights.
     #[target_feature(enable = "avx2,fma,avxvnni")]
-    pub unsafe fn rows_block(
-        job: &Job,
-        row0: usize,
-        rows: usize,
-        col0: usize,
-        width: usize,
-        w: *const i8,
-    ) {
+    pub unsafe fn rows_block(job: &Job, it: Item, w: *const i8) {
         // Within a block, strip s's 16 columns sit at byte 64 s of every k-group.
-        for s in 0..width / LANES {
-            let mut r = row0;
-            let end = row0 + rows;
-            while r < end {
-                let t = TILE_ROWS.min(end - r);
-                strip(job, r, t, col0 + s * LANES, w.add(s * 64), width * GROUP);
-                r += t;
-            }
+        for s in 0..it.width / LANES {
+            let col = it.col0 + s * LANES;
+            // SAFETY: forwarded from `run`'s contract; every tile stays inside the item.
+            tiling::row_tiles(it.row0, it.rows, TILE_ROWS, |r, t| unsafe {
+                strip(job, r, t, col, w.add(s * 64), it.width * GROUP)
+            });
         }
     }
 

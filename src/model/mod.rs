@@ -18,4 +18,5 @@ pub mod scoring;
 pub mod seeded;
 pub mod spin_pool;
 pub mod tensor_file;
+pub mod tiling;
 pub mod train;
