@@ -7,7 +7,11 @@
 #   - open loop: 10x the measured capacity in requests per second.
 # Appends a dated section with the commands to benches/RESULTS.md.
 #
-#   bash benches/overload.sh [--duration S] [--budget-ms N] [--profile release|dev]
+# --pin runs the server on CPU 0 and the load generator on CPU 1 (taskset), so the client's own
+# work (thousands of refusals a second) does not share the server's cores and its latencies are
+# the end-to-end ones; capacity and 10x are then those of a one-core server.
+#
+#   bash benches/overload.sh [--duration S] [--budget-ms N] [--profile release|dev] [--pin]
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,16 +20,26 @@ DURATION=10
 BUDGET=100
 PROFILE=release
 CLIENTS=2000
+SERVER_CPU=()
+CLIENT_CPU=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=${2:?}; shift ;;
         --budget-ms) BUDGET=${2:?}; shift ;;
         --profile) PROFILE=${2:?}; shift ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --pin) SERVER_CPU=(taskset -c 0); CLIENT_CPU=(taskset -c 1) ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+if [ ${#SERVER_CPU[@]} -gt 0 ]; then
+    PLACEMENT="Pinned: the server on CPU 0 only, the load generator on CPU 1 only (\`taskset\`), so capacity is a one-core server's and the client's work does not delay it."
+    PIN_FLAG=" --pin"
+else
+    PLACEMENT="The load generator shares the same CPUs."
+    PIN_FLAG=""
+fi
 RESULTS=${RESULTS:-benches/RESULTS.md}
 TEXTS=${TEXTS:-../shared/datasets/smp2017/test.tsv}
 MODEL_DIR=${MODEL_DIR:-models/intentd-default}
@@ -69,7 +83,7 @@ metrics:
 http:
   enabled: false
 EOF
-    "$BIN" serve --config "$WORK/c.yml" > "$WORK/serve.log" 2>&1 &
+    "${SERVER_CPU[@]}" "$BIN" serve --config "$WORK/c.yml" > "$WORK/serve.log" 2>&1 &
     SERVER_PID=$!
     "$BIN" bench --addr "$ADDR" --texts "$TEXTS" --concurrency 1 --duration 0.5 \
         --wait-serving 60 --json > /dev/null
@@ -86,7 +100,7 @@ stop_server() {
 
 bench() { # $1 = output name, rest = load arguments
     local out=$1; shift
-    "$BIN" bench --addr "$ADDR" --texts "$TEXTS" "$@" --duration "$DURATION" --warmup 2 \
+    "${CLIENT_CPU[@]}" "$BIN" bench --addr "$ADDR" --texts "$TEXTS" "$@" --duration "$DURATION" --warmup 2 \
         --json > "$WORK/$out.json"
 }
 
@@ -133,9 +147,9 @@ EOF
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M') UTC: overload, admitted latency with and without the queue budget (\`benches/overload.sh\`)"
     echo
-    echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg) after. intentd $(git rev-parse --short HEAD), profile \`$PROFILE\`, model $MODEL_DIR, store on (SQLite), max_in_flight 256 (default). The load generator runs on the same machine. Latencies are of admitted (OK) requests, from send; refusals are RESOURCE_EXHAUSTED answered at once. \"server p99\" is the server's own time for the answer (timings.total_us: validation to decision, before the log commit)."
+    echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d' ' -f1-3 /proc/loadavg) after. intentd $(git rev-parse --short HEAD), profile \`$PROFILE\`, model $MODEL_DIR, store on (SQLite), max_in_flight 256 (default). $PLACEMENT Latencies are of admitted (OK) requests, from send; refusals are RESOURCE_EXHAUSTED answered at once. \"server p99\" is the server's own time for the answer (timings.total_us: validation to decision, before the log commit)."
     echo
     cat "$WORK/table.md"
     echo
-    echo "Command: \`bash benches/overload.sh --duration $DURATION --budget-ms $BUDGET --profile $PROFILE\`; per run: \`intentd serve\` with \`batching.queue_budget_ms: 0|$BUDGET\`, then \`intentd bench --addr ADDR --texts $TEXTS --concurrency $CLIENTS --duration $DURATION --warmup 2 --json\` and \`intentd bench ... --rate $RATE --max-outstanding 10000 --connections 16 ...\`."
+    echo "Command: \`bash benches/overload.sh --duration $DURATION --budget-ms $BUDGET --profile $PROFILE$PIN_FLAG\`; per run: \`intentd serve\` with \`batching.queue_budget_ms: 0|$BUDGET\`, then \`intentd bench --addr ADDR --texts $TEXTS --concurrency $CLIENTS --duration $DURATION --warmup 2 --json\` and \`intentd bench ... --rate $RATE --max-outstanding 10000 --connections 16 ...\`."
 } | tee -a "$RESULTS"

@@ -61,7 +61,8 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// "INVALID_ARGUMENT" for `Code::InvalidArgument` (the proto names clients know from gRPC).
+/// The canonical upper-case gRPC code name, "INVALID_ARGUMENT" for `Code::InvalidArgument`, as in
+/// the gRPC spec and the proto comments (the names clients know; also the load generator's).
 pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
