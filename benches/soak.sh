@@ -118,13 +118,16 @@ TOTAL_S=$(python3 -c "print(int(float('$MINUTES') * 60))")
 "$BIN" bench --addr "127.0.0.1:$PORT" --texts "$WORK/texts.txt" --rate "$RATE" \
     --duration "$TOTAL_S" --json > "$WORK/load.json" 2> "$WORK/load.err" &
 LOAD_PID=$!
-echo "seconds,rss_kb,anon_kb,file_kb,shmem_kb" > "$CSV"
+echo "seconds,rss_kb,anon_kb,file_kb,shmem_kb,store_kb" > "$CSV"
 START=$(date +%s)
 while :; do
     NOW=$(( $(date +%s) - START ))
     [ "$NOW" -ge "$TOTAL_S" ] && break
     kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died; log:" >&2; tail -n 20 "$WORK/serve.log" >&2; exit 1; }
-    echo "$NOW,$(awk '/^(VmRSS|RssAnon|RssFile|RssShmem):/ {v[$1] = $2} END {print v["VmRSS:"] "," v["RssAnon:"] "," v["RssFile:"] "," v["RssShmem:"]}' "/proc/$SERVER_PID/status")" >> "$CSV"
+    # What SQLite itself holds (page caches, statements), from /metrics: how much of the RSS
+    # is the store's caches filling up.
+    STORE_KB=$(curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk '$1 == "intentd_store_memory_bytes" {printf "%d", $2 / 1024}')
+    echo "$NOW,$(awk '/^(VmRSS|RssAnon|RssFile|RssShmem):/ {v[$1] = $2} END {print v["VmRSS:"] "," v["RssAnon:"] "," v["RssFile:"] "," v["RssShmem:"]}' "/proc/$SERVER_PID/status"),${STORE_KB:-0}" >> "$CSV"
     sleep "$INTERVAL"
 done
 wait "$LOAD_PID" || true; LOAD_PID=
@@ -152,13 +155,18 @@ print("|---:|---:|---:|---:|---:|")
 print(f"| {warm / 1024:.1f} | {last / 1024:.1f} | {change:+.1f} % | {max(after) / 1024:.1f} | {rows[0][1] / 1024:.1f} |")
 print()
 print("RSS per minute (median MB): " + ", ".join(f"{k / 1024:.0f}" for k in per_min) + ".")
-kinds = [c for c in ("anon_kb", "file_kb", "shmem_kb") if c in rows_all[0]]
+kinds = [c for c in ("anon_kb", "file_kb", "shmem_kb", "store_kb") if c in rows_all[0]]
 if kinds:
     def med(col, lo, hi):
         return statistics.median(int(r[col]) for r in rows_all if lo <= int(r["seconds"]) < hi) / 1024
     print()
     print("Of which (warm-up minute -> last minute, MB): " + ", ".join(
-        f"{c[:-3]} {med(c, w, w + 60):.1f} -> {med(c, end - 60, end + 1):.1f}" for c in kinds) + ".")
+        f"{'SQLite (in anon)' if c == 'store_kb' else c[:-3]} {med(c, w, w + 60):.1f} -> {med(c, end - 60, end + 1):.1f}" for c in kinds) + ".")
+    if "store_kb" in kinds:
+        print()
+        print("SQLite's memory per minute (median MB, `intentd_store_memory_bytes`): " + ", ".join(
+            f"{med('store_kb', m * 60, (m + 1) * 60):.1f}" for m in range(int(end // 60) + 1)
+            if any(m * 60 <= int(r["seconds"]) < (m + 1) * 60 for r in rows_all)) + ".")
 print()
 print(f"Load: {sent}.")
 disc = [l.strip() for l in open(sys.argv[4]) if l.startswith("intentd_state_discarded_total")]

@@ -130,6 +130,9 @@ pub struct Metrics {
     /// `intentd_store_healthy`: 1 while log commits succeed, 0 once they keep failing (the
     /// server then reports NOT_SERVING until a commit succeeds again).
     pub store_healthy: Gauge,
+    /// `intentd_store_memory_bytes`: what the store's database library holds in memory (SQLite:
+    /// page caches and statements of every connection), read after each commit.
+    pub store_memory: Gauge,
     /// `intentd_state_discarded_total{queue,reason}`: records the playbook's in-memory queues
     /// discarded to stay within their limits.
     pub state_discarded: Family<StateDiscardLabels, Counter>,
@@ -174,6 +177,7 @@ impl Metrics {
         let responses = Family::<ResponseLabels, Counter>::default();
         let store_healthy = Gauge::default();
         store_healthy.set(1);
+        let store_memory = Gauge::default();
         let state_discarded = Family::<StateDiscardLabels, Counter>::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -256,6 +260,11 @@ impl Metrics {
             store_healthy.clone(),
         );
         registry.register(
+            "store_memory_bytes",
+            "Bytes the store's database library holds in memory (SQLite page caches and statements)",
+            store_memory.clone(),
+        );
+        registry.register(
             "state_discarded",
             "Records the playbook's in-memory queues discarded to stay within playbook_state limits, by queue and limit",
             state_discarded.clone(),
@@ -278,6 +287,7 @@ impl Metrics {
             wechat_callbacks,
             responses,
             store_healthy,
+            store_memory,
             state_discarded,
         }
     }

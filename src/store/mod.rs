@@ -589,6 +589,12 @@ pub trait Store: Send + Sync {
 
     /// A decision for `(bot_id, message_id)` is in the log (Feedback must name one).
     fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError>;
+
+    /// Bytes the backend's library holds in this process (for /metrics); None when it cannot
+    /// tell.
+    fn memory_bytes(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// The store as the server uses it: backend + writer thread + config + clock.

@@ -193,6 +193,9 @@ fn writer_loop(
         match store.write_batch(&records) {
             Ok(()) => {
                 health.commit_succeeded();
+                if let Some(bytes) = store.memory_bytes() {
+                    metrics.store_memory.set(bytes);
+                }
                 for job in jobs.drain(..) {
                     let _ = job.done.send(Ok(()));
                 }
