@@ -495,7 +495,10 @@ mod tests {
         let (stored, _) = storage.store().answer_keys(0, 10).unwrap();
         assert_ne!(stored[0].2, "msg-secret-123", "kept as a pseudonym");
         let idem = Idempotency::new(IdempotencyConfig::default(), Some(&storage), 2_000);
-        assert!(idem.known.lock().store_until_ms < 0, "the whole window was loaded");
+        assert!(
+            idem.known.lock().store_until_ms < 0,
+            "the whole window was loaded"
+        );
         assert!(idem.maybe_stored(&key("msg-secret-123"), 2_000));
         assert!(!idem.maybe_stored(&key("msg-other"), 2_000));
         assert_eq!(

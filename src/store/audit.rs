@@ -347,7 +347,10 @@ mod tests {
         c.action = Action::Handoff;
         let old = implied_audit(&c, "wxid 9", "msg 7").unwrap().detail;
         let new = pseudonymise_implied_detail(&old, |bot, id| format!("<{bot}|{id}>")).unwrap();
-        assert_eq!(new, implied_audit(&c, "wxid 9", "<b 1|msg 7>").unwrap().detail);
+        assert_eq!(
+            new,
+            implied_audit(&c, "wxid 9", "<b 1|msg 7>").unwrap().detail
+        );
         // No message, or not an implied row: left alone.
         assert_eq!(
             pseudonymise_implied_detail(

@@ -99,7 +99,10 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), PAGE);
         // Message ids come out as stored: their pseudonyms.
-        assert_eq!(lines[0]["message_id"], store.stored_message_id("bot", "m10"));
+        assert_eq!(
+            lines[0]["message_id"],
+            store.stored_message_id("bot", "m10")
+        );
         assert!(lines[0]["message_id"].as_str().unwrap().starts_with("m~"));
         assert_eq!(lines[0]["text"], "第10条 手机[PHONE]");
         assert_eq!(lines[0]["intent"], "price");

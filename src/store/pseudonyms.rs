@@ -186,7 +186,10 @@ mod tests {
         mac.update(b"demo");
         mac.update(b"wxid_1");
         let tag = mac.finalize().into_bytes();
-        assert_eq!(p.user("demo", "wxid_1"), format!("u~{}", hex::encode(&tag[..16])));
+        assert_eq!(
+            p.user("demo", "wxid_1"),
+            format!("u~{}", hex::encode(&tag[..16]))
+        );
     }
 
     #[test]
@@ -194,7 +197,10 @@ mod tests {
         let p = Pseudonyms { secret: [7; 32] };
         let m = p.message("demo", "msg-secret-123");
         assert_eq!(m, p.message("demo", "msg-secret-123"));
-        assert!(m.starts_with(MESSAGE_PREFIX) && m.len() == MESSAGE_PREFIX.len() + 32, "{m}");
+        assert!(
+            m.starts_with(MESSAGE_PREFIX) && m.len() == MESSAGE_PREFIX.len() + 32,
+            "{m}"
+        );
         assert!(!m.contains("secret") && !m.contains("123"));
         assert_ne!(m, p.message("other", "msg-secret-123"));
         assert_ne!(p.message("ab", "c"), p.message("a", "bc"));

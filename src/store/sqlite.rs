@@ -253,7 +253,8 @@ fn convert_message_ids(
             let texts = keyring
                 .open_texts(&key_id, &sealed, &row_aad(&bot, &clear))
                 .map_err(|e| StoreError::Crypto(format!("conversation row {id}: {e}")))?;
-            let resealed = keyring.seal_texts(&texts.text, &texts.reply, &row_aad(&bot, &stored))?;
+            let resealed =
+                keyring.seal_texts(&texts.text, &texts.reply, &row_aad(&bot, &stored))?;
             update.execute(params![stored, resealed.key_id, resealed.blob, id])?;
             rows += 1;
         }
@@ -279,8 +280,9 @@ fn convert_message_ids(
             .collect::<Result<_, _>>()?;
         let Some(last) = page.last() else { break };
         after = last.0;
-        let mut update =
-            tx.prepare_cached("UPDATE answers SET key = ?1, key_id = ?2, sealed = ?3 WHERE id = ?4")?;
+        let mut update = tx.prepare_cached(
+            "UPDATE answers SET key = ?1, key_id = ?2, sealed = ?3 WHERE id = ?4",
+        )?;
         for (id, bot, kind, clear, key_id, sealed) in page {
             let kind = AnswerKind::parse(&kind)
                 .ok_or_else(|| StoreError::Db(format!("unknown answer kind '{kind}'")))?;
@@ -376,12 +378,15 @@ impl SqliteStore {
         migrate(&mut write, path, SQL_ONLY_MIGRATIONS, &|_, _| Ok(()))?;
         key_check::verify_and_record(&write, &keyring, path)?;
         let pseudonyms = Pseudonyms::load_or_create(&mut write, &keyring, path)?;
-        migrate(&mut write, path, MIGRATIONS.len(), &|number, tx| {
-            match number {
+        migrate(
+            &mut write,
+            path,
+            MIGRATIONS.len(),
+            &|number, tx| match number {
                 MESSAGE_ID_MIGRATION => convert_message_ids(tx, &keyring, &pseudonyms),
                 _ => Ok(()),
-            }
-        })?;
+            },
+        )?;
         // Commits only append to the WAL; folding it into the main file (a checkpoint, with
         // its fsyncs) happens on a thread of its own, never inside a caller's commit.
         write.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
@@ -410,9 +415,11 @@ impl SqliteStore {
                 let user = self.pseudonyms.user(&c.bot_id, &c.user_id);
                 let message = self.pseudonyms.message(&c.bot_id, &c.message_id);
                 // The texts are bound to the id as stored, which is what a reader has.
-                let sealed =
-                    self.keyring
-                        .seal_texts(&c.text, &c.reply_text, &row_aad(&c.bot_id, &message))?;
+                let sealed = self.keyring.seal_texts(
+                    &c.text,
+                    &c.reply_text,
+                    &row_aad(&c.bot_id, &message),
+                )?;
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO conversations (bot_id, chat_id, user_id, message_id, at_ms, intent,
                         confidence, source, action, triggered, auto_reply, variant_id, experiment, tokenize_us,
@@ -993,7 +1000,10 @@ mod tests {
         let on_disk = |dir: &Path| {
             let bytes = read_all(dir);
             for clear in [secret, handed] {
-                assert!(!contains(&bytes, clear.as_bytes()), "'{clear}' found on disk");
+                assert!(
+                    !contains(&bytes, clear.as_bytes()),
+                    "'{clear}' found on disk"
+                );
             }
         };
         assert!(dir.path().join("m.db-wal").exists());
@@ -1009,7 +1019,10 @@ mod tests {
         assert_eq!(a.unwrap().body, b"the first answer");
         let (keys, complete) = store.answer_keys(0, 10).unwrap();
         assert!(complete);
-        assert_eq!(keys, vec![("b".into(), AnswerKind::Message, stored.clone(), 10)]);
+        assert_eq!(
+            keys,
+            vec![("b".into(), AnswerKind::Message, stored.clone(), 10)]
+        );
 
         let rows = store.conversations(0, 100, 0, 10).unwrap();
         let ids: Vec<_> = rows.iter().map(|r| r.record.message_id.clone()).collect();
@@ -1027,18 +1040,27 @@ mod tests {
         };
         let total = store.counts(&all, GroupBy::Total).unwrap()[0].1;
         assert_eq!((total.messages, total.handoffs), (3, 1));
-        assert_eq!((total.resolved, total.clicks, total.auto_replies_clicked), (1, 1, 1));
+        assert_eq!(
+            (total.resolved, total.clicks, total.auto_replies_clicked),
+            (1, 1, 1)
+        );
         assert_eq!(total.human_replies, 1);
         // The human reply is joined to its message: it counts under that message's intent.
         let by_intent = store.counts(&all, GroupBy::Intent).unwrap();
         assert_eq!(by_intent.len(), 1, "{by_intent:?}");
-        assert_eq!((by_intent[0].0.as_str(), by_intent[0].1.human_replies), ("price", 1));
+        assert_eq!(
+            (by_intent[0].0.as_str(), by_intent[0].1.human_replies),
+            ("price", 1)
+        );
         let v = store.variant_counts(&all, "exp").unwrap();
         assert_eq!((v[0].exposures, v[0].conversions), (1, 1));
         let audit = store.audit_rows(0, 100).unwrap();
         let detail = &audit[0].detail;
         assert!(
-            detail.contains(&format!("message={} ", store.stored_message_id("b", handed))),
+            detail.contains(&format!(
+                "message={} ",
+                store.stored_message_id("b", handed)
+            )),
             "{detail}"
         );
         drop(store);
@@ -1084,7 +1106,10 @@ mod tests {
                      'bot=b chat=g user=u~1 message=msg-old-2 intent=refund reason=faq');",
             )
             .unwrap();
-            for (kind, key) in [(AnswerKind::Message, "msg-old-1"), (AnswerKind::Event, "evt-old-3")] {
+            for (kind, key) in [
+                (AnswerKind::Message, "msg-old-1"),
+                (AnswerKind::Event, "evt-old-3"),
+            ] {
                 let sealed = old
                     .seal(key.as_bytes(), &answer_aad(kind, "b", key))
                     .unwrap();
@@ -1096,7 +1121,10 @@ mod tests {
                 .unwrap();
             }
         }
-        assert!(contains(&read_all(dir.path()), b"msg-old-1"), "the test wrote clear ids");
+        assert!(
+            contains(&read_all(dir.path()), b"msg-old-1"),
+            "the test wrote clear ids"
+        );
 
         // Opened with a rotated ring: the rows are also sealed again with the current key.
         let store = SqliteStore::open(&path, keyring(&format!("{k2},{k1}"))).unwrap();
@@ -1117,7 +1145,9 @@ mod tests {
             .collect();
         assert_eq!(lines[0]["message_id"], stored("msg-old-1"));
         assert_eq!(lines[1]["message_id"], stored("msg-old-2"));
-        assert!(lines.iter().all(|l| l["text"] == "我想退款" && l["key_id"] == "k2"));
+        assert!(lines
+            .iter()
+            .all(|l| l["text"] == "我想退款" && l["key_id"] == "k2"));
         assert!(store.has_message("b", "msg-old-1").unwrap());
         assert!(!store.has_message("b", "msg-new").unwrap());
         let body = |kind, key| store.answer("b", kind, key).unwrap().unwrap().body;
@@ -1151,7 +1181,10 @@ mod tests {
         drop(store);
         let bytes = read_all(dir.path());
         for clear in ["msg-old-1", "msg-old-2", "evt-old-3"] {
-            assert!(!contains(&bytes, clear.as_bytes()), "'{clear}' left on disk");
+            assert!(
+                !contains(&bytes, clear.as_bytes()),
+                "'{clear}' left on disk"
+            );
         }
 
         // Once: reopening changes nothing, and nothing needs k1 any more.
@@ -1363,7 +1396,10 @@ mod tests {
             .is_none());
         assert!(!contains(&read_all(dir.path()), b"the first answer"));
         // A sealed answer moved under another key does not open.
-        let (m1, m2) = (s.stored_message_id("b", "m1"), s.stored_message_id("b", "m2"));
+        let (m1, m2) = (
+            s.stored_message_id("b", "m1"),
+            s.stored_message_id("b", "m2"),
+        );
         s.write
             .lock()
             .execute("UPDATE answers SET key = ?1", [&m2])
