@@ -410,6 +410,9 @@ mod tests {
             e.contains("playbook_state.dropped_sends.max_entries"),
             "{e}"
         );
+        std::fs::write(&p, with("delayed_jobs")).unwrap();
+        let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+        assert!(e.contains("playbook_state.delayed_jobs.max_entries"), "{e}");
         std::fs::write(
             &p,
             "auth:\n  disabled: true\nplaybook_state:\n  review_queue:\n    max_age_s: 60\n",

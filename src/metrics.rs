@@ -70,7 +70,7 @@ pub struct DroppedLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateDiscardLabels {
-    /// `review_queue` or `dropped_sends` (`playbook_state:` in the configuration).
+    /// `review_queue`, `dropped_sends` or `delayed_jobs` (`playbook_state:` in the configuration).
     pub queue: String,
     /// The limit that discarded them: `max_entries`, `max_bytes` or `max_age`.
     pub reason: String,

@@ -426,6 +426,21 @@ async fn the_database_file_holds_no_message_text_in_clear() {
         }
         feedback(&mut c, id, pb::FeedbackKind::Resolved).await;
     }
+    // Issue 12.8 (failed on main: message ids were stored in clear, in conversations, feedback,
+    // the idempotent answers and the audit row of a handoff). Feedback by the id still finds
+    // the message; an id never classified is still NOT_FOUND.
+    let r = c
+        .classify(req_in("g-secret", "msg-secret-123", "这个多少钱", "u-x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.recorded);
+    feedback(&mut c, "msg-secret-123", pb::FeedbackKind::Clicked).await;
+    let e = c
+        .feedback(feedback_req("msg-secret-999", pb::FeedbackKind::Clicked))
+        .await
+        .expect_err("unknown message");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
     let needles: Vec<String> = texts
         .iter()
         .map(|t| t.1.to_string())
@@ -440,8 +455,10 @@ async fn the_database_file_holds_no_message_text_in_clear() {
                 "zhangsan.secret",
                 "什么时候发货",
                 // Issue 12.8 (failed on main): user ids were stored in clear, also in the
-                // audit row of a handoff.
+                // audit row of a handoff; so were message ids.
                 "wxid_secret_user",
+                "secret-m",
+                "msg-secret-123",
             ]
             .map(String::from),
         )
@@ -450,9 +467,9 @@ async fn the_database_file_holds_no_message_text_in_clear() {
     let check = |when: &str| {
         let files = raw_db_bytes(data.path());
         assert!(files.iter().any(|(f, _)| f == "intentd.db"));
-        // Positive control: ids are stored in clear, so the scan does see the rows.
+        // Positive control: chat ids are stored in clear, so the scan does see the rows.
         assert!(
-            files.iter().any(|(_, b)| find(b, b"secret-m1")),
+            files.iter().any(|(_, b)| find(b, b"g-secret")),
             "{when}: the rows are not in the files at all"
         );
         for (f, bytes) in &files {
@@ -469,12 +486,13 @@ async fn the_database_file_holds_no_message_text_in_clear() {
     check("after shutdown");
 
     // The rows are there, sealed: the key opens them, with the PII redacted even inside.
-    let rows = open_db(data.path())
-        .conversations(0, i64::MAX, 0, 100)
-        .unwrap();
+    let db = open_db(data.path());
+    let rows = db.conversations(0, i64::MAX, 0, 100).unwrap();
+    let stored = |id: &str| db.stored_message_id(BOT, id);
+    assert!(stored("secret-m1").starts_with("m~"));
     let m1 = rows
         .iter()
-        .find(|r| r.record.message_id == "secret-m1")
+        .find(|r| r.record.message_id == stored("secret-m1"))
         .expect("row m1");
     assert_eq!(
         m1.record.text,
@@ -482,14 +500,18 @@ async fn the_database_file_holds_no_message_text_in_clear() {
     );
     let m4 = rows
         .iter()
-        .find(|r| r.record.message_id == "secret-m4")
+        .find(|r| r.record.message_id == stored("secret-m4"))
         .expect("row m4");
     assert!(m4.record.text.contains("[EMAIL]"), "{}", m4.record.text);
     assert!(rows.iter().any(|r| !r.record.reply_text.is_empty()));
     // Users are keyed pseudonyms, one per user.
-    let users: std::collections::HashSet<&str> =
-        rows.iter().map(|r| r.record.user_id.as_str()).collect();
+    let users: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.record.message_id != stored("msg-secret-123"))
+        .map(|r| r.record.user_id.as_str())
+        .collect();
     assert_eq!(users.len(), 4, "{users:?}");
+    assert!(db.has_message(BOT, "msg-secret-123").unwrap());
     assert!(
         users.iter().all(|u| u.starts_with("u~") && u.len() == 34),
         "{users:?}"
@@ -603,14 +625,21 @@ async fn export_decrypts_a_range_audits_it_and_survives_key_rotation() {
             )
         })
         .collect();
+    // Message ids are exported as stored: their pseudonyms.
+    let stored: Vec<String> = {
+        let db = open_db(data.path());
+        ["old-0", "old-1", "old-2", "new-0", "new-1"]
+            .map(|m| db.stored_message_id(BOT, m))
+            .into()
+    };
     assert_eq!(
         ids,
         vec![
-            ("old-0", old_id.as_str()),
-            ("old-1", old_id.as_str()),
-            ("old-2", old_id.as_str()),
-            ("new-0", "k2"),
-            ("new-1", "k2")
+            (stored[0].as_str(), old_id.as_str()),
+            (stored[1].as_str(), old_id.as_str()),
+            (stored[2].as_str(), old_id.as_str()),
+            (stored[3].as_str(), "k2"),
+            (stored[4].as_str(), "k2")
         ]
     );
     assert_eq!(rows[0]["text"], "我的手机[PHONE]，什么时候发货");

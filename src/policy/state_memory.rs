@@ -6,9 +6,10 @@
 //! implementations of the trait live with the store.
 //!
 //! Memory: user and group rows are forgotten by [`PlaybookState::sweep`] once idle; the review
-//! and dropped-send queues (and the message ids that deduplicate review entries) are kept within
-//! [`StateLimits`] as they grow, and what a limit discards is counted and reported through the
-//! [`OnDiscard`] hook (the server counts it in `intentd_state_discarded_total`).
+//! and dropped-send queues (and the message ids that deduplicate review entries) and the delayed
+//! proactive jobs are kept within [`StateLimits`] as they grow, and what a limit discards is
+//! counted and reported through the [`OnDiscard`] hook (the server counts it in
+//! `intentd_state_discarded_total`).
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use super::bounded_queue::{BoundedQueue, Discarded, QueueLimits, Record};
 use super::compliance::ReviewItem;
-use super::scheduler::Job;
+use super::scheduler::{Job, JobContent};
 use super::state::{
     Decide, DecideDue, DroppedSend, DueView, GroupKey, GroupRow, PlaybookState, QueuedJob, Scope,
     StateChange, StateError, StateView, SweepLimits, UserKey, UserProfile, UserRow, Versioned,
@@ -34,12 +35,18 @@ pub struct StateLimits {
     pub review_queue: QueueLimits,
     /// Sends the playbook decided not to make (spacing queue full, banned word at render).
     pub dropped_sends: QueueLimits,
+    /// Delayed proactive jobs (welcomes, pushes, deferred sends) waiting for their time. Beyond
+    /// `max_entries` or `max_bytes` the earliest scheduled go; a job past its due time by more
+    /// than `max_age_s` (never taken: too late to send) goes at the sweep.
+    pub delayed_jobs: QueueLimits,
 }
 
 impl StateLimits {
     pub fn validate(&self) -> Result<(), String> {
         self.review_queue.validate("playbook_state.review_queue")?;
-        self.dropped_sends.validate("playbook_state.dropped_sends")
+        self.dropped_sends
+            .validate("playbook_state.dropped_sends")?;
+        self.delayed_jobs.validate("playbook_state.delayed_jobs")
     }
 }
 
@@ -48,6 +55,7 @@ impl StateLimits {
 pub enum StateQueue {
     Review,
     Dropped,
+    DelayedJobs,
 }
 
 impl StateQueue {
@@ -55,6 +63,15 @@ impl StateQueue {
         match self {
             StateQueue::Review => "review_queue",
             StateQueue::Dropped => "dropped_sends",
+            StateQueue::DelayedJobs => "delayed_jobs",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            StateQueue::Review => 0,
+            StateQueue::Dropped => 1,
+            StateQueue::DelayedJobs => 2,
         }
     }
 }
@@ -91,6 +108,130 @@ impl Record for DroppedSend {
             + self.source_id.len()
             + self.key.len()
             + self.reason.len()
+    }
+}
+
+impl Record for Job {
+    /// Its due time: a job's age is how late it is.
+    fn at_ms(&self) -> i64 {
+        self.at_ms
+    }
+    fn bytes(&self) -> usize {
+        let string = std::mem::size_of::<String>();
+        let content = match &self.content {
+            JobContent::Render {
+                key,
+                user,
+                nickname,
+                event_name,
+                ..
+            } => {
+                key.len()
+                    + event_name.len()
+                    + nickname.as_ref().map_or(0, String::len)
+                    + user.as_ref().map_or(0, |u| {
+                        std::mem::size_of::<crate::types::UserInfo>()
+                            + u.id.len()
+                            + u.nickname.len()
+                            + u.city.len()
+                            + u.tags.iter().map(|t| string + t.len()).sum::<usize>()
+                    })
+            }
+            JobContent::Ready(r) => {
+                r.text.len() + r.variant_id.len() + r.style.len() + r.experiment.len()
+            }
+        };
+        std::mem::size_of::<Self>()
+            + self.bot_id.len()
+            + self.chat_id.len()
+            + self.chat_name.len()
+            + self.rule_id.len()
+            + self
+                .user_ids
+                .iter()
+                .map(|u| string + u.len())
+                .sum::<usize>()
+            + content
+    }
+}
+
+/// Delayed jobs by id (ids grow, so this is queue order), within their [`QueueLimits`]. Not a
+/// [`BoundedQueue`]: jobs are taken out by id, in any order, and are due in the future, so
+/// their age is checked against the clock (at the sweep), never against the newest job.
+#[derive(Debug)]
+struct Jobs {
+    /// id → (estimated bytes, job).
+    map: BTreeMap<u64, (usize, Job)>,
+    bytes: usize,
+    limits: QueueLimits,
+}
+
+impl Jobs {
+    /// Queues `job`, then discards the earliest scheduled while over `max_entries` or
+    /// `max_bytes` (the job itself when it alone is over `max_bytes`).
+    fn insert(&mut self, id: u64, job: Job) -> Discarded {
+        let size = job.bytes();
+        self.map.insert(id, (size, job));
+        self.bytes += size;
+        let mut d = Discarded::default();
+        while self.map.len() > self.limits.max_entries {
+            self.pop_first();
+            d.entries += 1;
+        }
+        while self.bytes > self.limits.max_bytes {
+            self.pop_first();
+            d.bytes += 1;
+        }
+        d
+    }
+
+    fn pop_first(&mut self) {
+        if let Some((_, (size, _))) = self.map.pop_first() {
+            self.bytes -= size;
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some((size, _)) = self.map.remove(&id) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Discards the jobs due more than `max_age_s` before `now_ms`.
+    fn expire(&mut self, now_ms: i64) -> Discarded {
+        let max_age_ms =
+            i64::try_from(self.limits.max_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let oldest_kept = now_ms.saturating_sub(max_age_ms);
+        let before = self.map.len();
+        let mut freed = 0;
+        self.map.retain(|_, (size, job)| {
+            let keep = job.at_ms >= oldest_kept;
+            if !keep {
+                freed += *size;
+            }
+            keep
+        });
+        self.bytes -= freed;
+        Discarded {
+            age: (before - self.map.len()) as u64,
+            ..Discarded::default()
+        }
+    }
+
+    fn contains_key(&self, id: &u64) -> bool {
+        self.map.contains_key(id)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u64, &Job)> {
+        self.map.iter().map(|(id, (_, job))| (id, job))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Job> {
+        self.map.values().map(|(_, job)| job)
     }
 }
 
@@ -134,14 +275,13 @@ impl ReviewedIds {
 struct Rows {
     groups: BTreeMap<GroupKey, Versioned<GroupRow>>,
     users: HashMap<UserKey, Versioned<UserRow>>,
-    /// Delayed jobs by id (ids grow, so this is queue order).
-    jobs: BTreeMap<u64, Job>,
+    jobs: Jobs,
     next_job_id: u64,
     review: BoundedQueue<ReviewItem>,
     reviewed: ReviewedIds,
     dropped: BoundedQueue<DroppedSend>,
-    /// What the limits discarded since start: (review, dropped).
-    discarded: (Discarded, Discarded),
+    /// What the limits discarded since start, by [`StateQueue::index`].
+    discarded: [Discarded; 3],
     on_discard: Option<OnDiscard>,
 }
 
@@ -180,7 +320,11 @@ impl MemoryState {
             rows: Mutex::new(Rows {
                 groups: BTreeMap::new(),
                 users: HashMap::new(),
-                jobs: BTreeMap::new(),
+                jobs: Jobs {
+                    map: BTreeMap::new(),
+                    bytes: 0,
+                    limits: limits.delayed_jobs,
+                },
                 next_job_id: 0,
                 review: BoundedQueue::new(limits.review_queue),
                 reviewed: ReviewedIds {
@@ -197,11 +341,7 @@ impl MemoryState {
 
     /// What the limits discarded since start, per queue.
     pub fn discarded(&self, queue: StateQueue) -> Discarded {
-        let rows = self.rows.lock();
-        match queue {
-            StateQueue::Review => rows.discarded.0,
-            StateQueue::Dropped => rows.discarded.1,
-        }
+        self.rows.lock().discarded[queue.index()]
     }
 
     /// (entries, estimated bytes) held by a queue now.
@@ -210,6 +350,7 @@ impl MemoryState {
         match queue {
             StateQueue::Review => (rows.review.len(), rows.review.bytes()),
             StateQueue::Dropped => (rows.dropped.len(), rows.dropped.bytes()),
+            StateQueue::DelayedJobs => (rows.jobs.len(), rows.jobs.bytes),
         }
     }
 
@@ -341,10 +482,11 @@ impl Rows {
                 }
                 StateChange::Schedule(job) => {
                     self.next_job_id += 1;
-                    self.jobs.insert(self.next_job_id, job);
+                    let gone = self.jobs.insert(self.next_job_id, job);
+                    self.count(StateQueue::DelayedJobs, gone);
                 }
                 StateChange::Unschedule { id } => {
-                    self.jobs.remove(&id);
+                    self.jobs.remove(id);
                 }
             }
         }
@@ -368,10 +510,7 @@ impl Rows {
         if gone.total() == 0 {
             return;
         }
-        match queue {
-            StateQueue::Review => self.discarded.0.add(gone),
-            StateQueue::Dropped => self.discarded.1.add(gone),
-        }
+        self.discarded[queue.index()].add(gone);
         if let Some(report) = &self.on_discard {
             for (reason, n) in gone.by_reason() {
                 report(queue, reason, n);
@@ -391,6 +530,9 @@ impl Rows {
             }
             u.row != UserRow::default()
         });
+        // Jobs too late to send go first, so their chats' timers may go with them.
+        let gone = self.jobs.expire(now);
+        self.count(StateQueue::DelayedJobs, gone);
         let jobs = &self.jobs;
         for (k, g) in self.groups.iter_mut() {
             let idle = g
@@ -636,6 +778,96 @@ mod tests {
         assert_eq!(st.load_due(None).await.unwrap().next_job_ms, None);
     }
 
+    fn job(at_ms: i64, users: usize) -> Job {
+        Job {
+            bot_id: "b".into(),
+            chat_id: "g".into(),
+            chat_name: String::new(),
+            kind: crate::policy::OutboundKind::DelayedReply,
+            rule_id: format!("push:{at_ms}"),
+            at_ms,
+            content: crate::policy::scheduler::JobContent::Ready(Default::default()),
+            user_ids: (0..users).map(|u| format!("wxid_user_{u}")).collect(),
+            slot_reserved: false,
+        }
+    }
+
+    /// Regression (issue 12 item 7): the delayed-job queue had no limit at all (the old code
+    /// kept all 20,000 jobs, and a job never taken stayed forever). Now it keeps to its entries
+    /// and bytes (the earliest scheduled go) and drops jobs too late to send at the sweep; each
+    /// discard is counted and reported like the other queues'.
+    #[tokio::test]
+    async fn delayed_jobs_stay_within_entries_bytes_and_age() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hook: OnDiscard = {
+            let seen = seen.clone();
+            Arc::new(move |q, reason, n| seen.lock().push((q, reason, n)))
+        };
+        let st = MemoryState::with_limits(StateLimits::default(), Some(hook));
+        let limits = StateLimits::default().delayed_jobs;
+        for i in 0..20_000 {
+            st.commit(vec![StateChange::Schedule(job(1_000_000 + i, 1))])
+                .await
+                .unwrap();
+        }
+        let (n, bytes) = st.queue_size(StateQueue::DelayedJobs);
+        assert_eq!(n, limits.max_entries);
+        let due = st.load_due(Some(i64::MAX)).await.unwrap().jobs;
+        assert_eq!(due.len(), limits.max_entries);
+        assert_eq!(
+            due[0].job.at_ms, 1_010_000,
+            "the earliest scheduled went first"
+        );
+        assert_eq!(st.discarded(StateQueue::DelayedJobs).entries, 10_000);
+        // Taking a job frees its bytes.
+        st.commit(vec![StateChange::Unschedule { id: due[0].id }])
+            .await
+            .unwrap();
+        let (n2, bytes2) = st.queue_size(StateQueue::DelayedJobs);
+        assert_eq!(n2, n - 1);
+        assert!(bytes2 < bytes, "{bytes2} < {bytes}");
+
+        // Jobs addressed to many users: the byte limit binds first.
+        for i in 0..2_000 {
+            st.commit(vec![StateChange::Schedule(job(2_000_000 + i, 200))])
+                .await
+                .unwrap();
+        }
+        let (n, bytes) = st.queue_size(StateQueue::DelayedJobs);
+        assert!(bytes <= limits.max_bytes, "{bytes}");
+        assert!(n < 2_000, "{n} big jobs kept");
+        assert!(st.discarded(StateQueue::DelayedJobs).bytes > 0);
+
+        // A job a day past its time was never taken: the sweep drops it; a later one stays.
+        let day_ms = 86_400_000;
+        st.commit(vec![StateChange::Schedule(job(10 * day_ms, 1))])
+            .await
+            .unwrap();
+        let sweep = SweepLimits {
+            user_idle_ms: day_ms,
+            cooldown_max_age_ms: day_ms,
+            chat_idle_ms: day_ms,
+        };
+        st.sweep(2_000_000 + day_ms + 5_000, &sweep).await.unwrap();
+        let left = st.load_due(Some(i64::MAX)).await.unwrap().jobs;
+        assert_eq!(left.len(), 1, "only the job not yet due is kept");
+        assert_eq!(left[0].job.at_ms, 10 * day_ms);
+        assert_eq!(
+            st.queue_size(StateQueue::DelayedJobs).1,
+            left[0].job.bytes()
+        );
+        let gone = st.discarded(StateQueue::DelayedJobs);
+        assert!(gone.age > 0, "{gone:?}");
+        let reported: u64 = seen
+            .lock()
+            .iter()
+            .filter(|&&(q, _, _)| q == StateQueue::DelayedJobs)
+            .map(|&(_, _, n)| n)
+            .sum();
+        assert_eq!(reported, gone.total());
+        assert_eq!(StateQueue::DelayedJobs.as_str(), "delayed_jobs");
+    }
+
     #[tokio::test]
     async fn review_entries_are_deduplicated_by_message() {
         let st = MemoryState::new();
@@ -760,6 +992,7 @@ mod tests {
                 max_bytes: 1024,
                 max_age_s: 10,
             },
+            ..StateLimits::default()
         };
         let st = MemoryState::with_limits(limits, Some(hook));
         for i in 0..5 {

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{AnswerKind, AnswerRow, Storage};
+use crate::store::{AnswerKind, AnswerRow, Storage, Store};
 
 /// `idempotency:` section of the service config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,10 +128,13 @@ pub struct Idempotency {
     known: Mutex<Known>,
     /// Keys being decided now; a duplicate waits for the first to finish.
     inflight: Mutex<HashMap<AnswerKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The store whose answers `known` was loaded from: it says how an id is stored.
+    store: Option<Arc<dyn Store>>,
 }
 
 /// Hashes of every key answered in the window, so that a miss in `recent` needs the store only
-/// when the key may really be there.
+/// when the key may really be there. The store keeps ids as pseudonyms and hands those back at
+/// start, so every hash here is of the id as stored ([`Idempotency::known_hash`]).
 struct Known {
     set: HashSet<u64>,
     /// (answered at, hash), oldest first: what leaves the window leaves the set.
@@ -141,9 +144,10 @@ struct Known {
     store_until_ms: i64,
 }
 
-fn key_hash(key: &AnswerKey) -> u64 {
+/// `stored_id`: the id as the store keeps it.
+fn key_hash(bot_id: &str, kind: AnswerKind, stored_id: &str) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
+    (bot_id, kind, stored_id).hash(&mut h);
     h.finish()
 }
 
@@ -188,8 +192,8 @@ impl Idempotency {
             let since = now_ms.saturating_sub(window_ms);
             match s.store().answer_keys(since, config.known_keys) {
                 Ok((keys, complete)) => {
-                    for (bot_id, kind, id, at_ms) in keys {
-                        let h = key_hash(&AnswerKey { bot_id, kind, id });
+                    for (bot_id, kind, stored_id, at_ms) in keys {
+                        let h = key_hash(&bot_id, kind, &stored_id);
                         known.set.insert(h);
                         known.order.push_back((at_ms, h));
                     }
@@ -203,11 +207,28 @@ impl Idempotency {
                 }
             }
         }
+        let store = storage
+            .filter(|_| config.enabled)
+            .map(|s| s.store().clone());
         Self {
             config,
             known: Mutex::new(known),
             recent: Mutex::new(Recent::default()),
             inflight: Mutex::new(HashMap::new()),
+            store,
+        }
+    }
+
+    /// The hash `known` holds for `key`: of its id as stored, so that a key loaded from the
+    /// store at start and the same key asked again after the restart meet.
+    fn known_hash(&self, key: &AnswerKey) -> u64 {
+        match &self.store {
+            Some(s) => key_hash(
+                &key.bot_id,
+                key.kind,
+                &s.stored_message_id(&key.bot_id, &key.id),
+            ),
+            None => key_hash(&key.bot_id, key.kind, &key.id),
         }
     }
 
@@ -273,15 +294,16 @@ impl Idempotency {
 
     /// A key not in memory may be in the store: its hash is known, or the set is incomplete.
     fn maybe_stored(&self, key: &AnswerKey, now_ms: i64) -> bool {
+        let h = self.known_hash(key);
         let known = self.known.lock();
-        now_ms < known.store_until_ms || known.set.contains(&key_hash(key))
+        now_ms < known.store_until_ms || known.set.contains(&h)
     }
 
     /// Remembers a first answer in memory (the store has it already, or is off).
     pub fn remember(&self, key: AnswerKey, answer: FirstAnswer) {
         {
+            let h = self.known_hash(&key);
             let mut known = self.known.lock();
-            let h = key_hash(&key);
             if known.set.insert(h) {
                 known.order.push_back((answer.at_ms, h));
             }
@@ -429,6 +451,74 @@ mod tests {
         drop(first);
         waiter.await.unwrap();
         assert!(idem.inflight.lock().is_empty());
+    }
+
+    // Issue 12.8: the store keeps message ids as pseudonyms and hands those back at start; a
+    // retry after a restart hashes its clear id the same way, so the loaded filter knows it
+    // (with the whole window loaded, a key the filter does not know is never looked up).
+    #[tokio::test]
+    async fn a_retry_after_a_restart_is_known_by_the_keys_loaded_from_the_store() {
+        use crate::store::test_support::{conversation, key_b64, keyring};
+        use crate::store::{Record, StoreConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            path: dir.path().join("i.db"),
+            ..StoreConfig::default()
+        };
+        let open = || {
+            Arc::new(
+                Storage::open_with_keyring(
+                    &cfg,
+                    keyring(&key_b64(3)),
+                    Arc::new(crate::clock::ManualClock::new(0)),
+                    Arc::new(crate::metrics::Metrics::new()),
+                )
+                .unwrap(),
+            )
+        };
+        let first = answer(1_000, "d");
+        {
+            let storage = open();
+            let mut c = conversation("b", "g", "msg-secret-123", 1_000);
+            c.answer = Some(first.to_row(&key("msg-secret-123")));
+            storage
+                .submit(Record::Conversation(c))
+                .unwrap()
+                .await
+                .unwrap();
+            let s = storage.clone();
+            tokio::task::spawn_blocking(move || s.shutdown())
+                .await
+                .unwrap();
+        }
+        let storage = open();
+        let (stored, _) = storage.store().answer_keys(0, 10).unwrap();
+        assert_ne!(stored[0].2, "msg-secret-123", "kept as a pseudonym");
+        let idem = Idempotency::new(IdempotencyConfig::default(), Some(&storage), 2_000);
+        assert!(
+            idem.known.lock().store_until_ms < 0,
+            "the whole window was loaded"
+        );
+        assert!(idem.maybe_stored(&key("msg-secret-123"), 2_000));
+        assert!(!idem.maybe_stored(&key("msg-other"), 2_000));
+        assert_eq!(
+            idem.lookup(&key("msg-secret-123"), "d", 2_000, Some(&storage))
+                .await
+                .unwrap(),
+            Seen::Same(first.body.clone())
+        );
+        assert_eq!(
+            idem.lookup(&key("msg-other"), "d", 2_000, Some(&storage))
+                .await
+                .unwrap(),
+            Seen::New
+        );
+        // Remembered after the restart, a key hashes to the same entry as the loaded one.
+        idem.remember(key("msg-secret-123"), answer(1_000, "d"));
+        assert_eq!(idem.known.lock().set.len(), 1);
+        tokio::task::spawn_blocking(move || storage.shutdown())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -70,8 +70,9 @@ impl AuditAction {
 
 /// The audit row a conversation implies: handoffs and blocks are audited automatically, in the
 /// same transaction as the conversation row, so no code path can forget them. Ids and the
-/// reason only, never the text; the user as stored (`user`: its pseudonym).
-pub fn implied_audit(c: &ConversationRecord, user: &str) -> Option<AuditRecord> {
+/// reason only, never the text; the user and the message as stored (`user`, `message`: their
+/// pseudonyms).
+pub fn implied_audit(c: &ConversationRecord, user: &str, message: &str) -> Option<AuditRecord> {
     let action = match c.action {
         Action::Handoff => AuditAction::Handoff,
         Action::Block => AuditAction::Block,
@@ -82,10 +83,36 @@ pub fn implied_audit(c: &ConversationRecord, user: &str) -> Option<AuditRecord> 
         action,
         detail: format!(
             "bot={} chat={} user={} message={} intent={} reason={}",
-            c.bot_id, c.chat_id, user, c.message_id, c.intent, c.reason
+            c.bot_id, c.chat_id, user, message, c.intent, c.reason
         ),
         at_ms: c.at_ms,
     })
+}
+
+/// For schema migration 5: the detail of an implied audit row written with a clear message
+/// id, with that id replaced by `stored(bot_id, message_id)`; None when the detail is not of
+/// that form or names no message. The fields are found left to right (`bot=` up to ` chat=`,
+/// then the first ` message=` after ` user=`, up to the next ` intent=`), so only a chat or
+/// user id that itself contains ` message=` could mislead it.
+pub fn pseudonymise_implied_detail(
+    detail: &str,
+    stored: impl Fn(&str, &str) -> String,
+) -> Option<String> {
+    const MESSAGE: &str = " message=";
+    let (bot, _) = detail.strip_prefix("bot=")?.split_once(" chat=")?;
+    let user = detail.find(" user=")?;
+    let start = user + detail[user..].find(MESSAGE)? + MESSAGE.len();
+    let end = start + detail[start..].find(" intent=")?;
+    let clear = &detail[start..end];
+    if clear.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}{}{}",
+        &detail[..start],
+        stored(bot, clear),
+        &detail[end..]
+    ))
 }
 
 /// Where a purge cuts. Rows with `at_ms` strictly before a cutoff are deleted.
@@ -303,14 +330,38 @@ mod tests {
     #[test]
     fn handoffs_and_blocks_imply_audit_rows_without_text() {
         let mut c = conversation("b", "g", "m", 5);
-        assert!(implied_audit(&c, "u~1").is_none());
+        assert!(implied_audit(&c, "u~1", "m~1").is_none());
         c.action = Action::Block;
-        let a = implied_audit(&c, "u~1").unwrap();
+        let a = implied_audit(&c, "u~1", "m~1").unwrap();
         assert_eq!(a.action, AuditAction::Block);
-        assert!(a.detail.contains("message=m"));
+        assert!(a.detail.contains("message=m~1 "), "{}", a.detail);
         assert!(!a.detail.contains(&c.text));
         for a in AuditAction::ALL {
             assert_eq!(AuditAction::parse(a.as_str()), Some(a));
         }
+    }
+
+    #[test]
+    fn an_old_implied_detail_gets_the_stored_message_id() {
+        let mut c = conversation("b 1", "group message x", "msg 7", 5);
+        c.action = Action::Handoff;
+        let old = implied_audit(&c, "wxid 9", "msg 7").unwrap().detail;
+        let new = pseudonymise_implied_detail(&old, |bot, id| format!("<{bot}|{id}>")).unwrap();
+        assert_eq!(
+            new,
+            implied_audit(&c, "wxid 9", "<b 1|msg 7>").unwrap().detail
+        );
+        // No message, or not an implied row: left alone.
+        assert_eq!(
+            pseudonymise_implied_detail(
+                &implied_audit(&c, "u", "").unwrap().detail,
+                |_, _| unreachable!()
+            ),
+            None
+        );
+        assert_eq!(
+            pseudonymise_implied_detail("graceful shutdown", |_, _| unreachable!()),
+            None
+        );
     }
 }

@@ -9,7 +9,8 @@ use super::{Store, StoreError};
 const PAGE: usize = 500;
 
 /// Writes one JSON object per conversation with `from_ms <= at_ms <= to_ms` (text and reply are
-/// the PII-redacted clear text) and returns the number of rows written.
+/// the PII-redacted clear text; user and message ids are their stored pseudonyms) and returns
+/// the number of rows written.
 pub fn export_jsonl(
     store: &dyn Store,
     actor: &str,
@@ -97,7 +98,12 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), PAGE);
-        assert_eq!(lines[0]["message_id"], "m10");
+        // Message ids come out as stored: their pseudonyms.
+        assert_eq!(
+            lines[0]["message_id"],
+            store.stored_message_id("bot", "m10")
+        );
+        assert!(lines[0]["message_id"].as_str().unwrap().starts_with("m~"));
         assert_eq!(lines[0]["text"], "第10条 手机[PHONE]");
         assert_eq!(lines[0]["intent"], "price");
         assert_eq!(lines[0]["action"], "reply");

@@ -519,7 +519,8 @@ pub struct RowCounts {
     pub audit: u64,
 }
 
-/// A conversation row read back (decrypted, redacted text) with its storage id.
+/// A conversation row read back (decrypted, redacted text) with its storage id. Its user and
+/// message ids are the stored pseudonyms.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredConversation {
     pub id: i64,
@@ -571,7 +572,8 @@ pub trait Store: Send + Sync {
     fn row_counts(&self) -> Result<RowCounts, StoreError>;
 
     /// The keys of stored answers with `at_ms >= since_ms`, oldest first: (bot_id, kind, key,
-    /// at_ms), the newest `limit` of them; `true` when that is all of them.
+    /// at_ms), the newest `limit` of them; `true` when that is all of them. Keys are as stored:
+    /// compare them with [`Store::stored_message_id`] of an incoming id.
     #[allow(clippy::type_complexity)]
     fn answer_keys(
         &self,
@@ -589,6 +591,11 @@ pub trait Store: Send + Sync {
 
     /// A decision for `(bot_id, message_id)` is in the log (Feedback must name one).
     fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError>;
+
+    /// How a message or event id of `bot_id` is stored (a keyed pseudonym in SQLite; "" stays
+    /// ""). Rows read back ([`Store::conversations`], [`Store::answer_keys`]) carry this form;
+    /// methods taking a message id take the id as the caller knows it.
+    fn stored_message_id(&self, bot_id: &str, message_id: &str) -> String;
 
     /// Bytes the backend's library holds in this process (for /metrics); None when it cannot
     /// tell.

@@ -1,15 +1,19 @@
-//! User ids are stored as keyed pseudonyms: HMAC-SHA256 under a secret of this database, so the
-//! log links a user's messages (the same user gets the same pseudonym) without naming the user
-//! to whoever reads the file. No statistic reads a user id back, so nothing is lost.
+//! User and message ids are stored as keyed pseudonyms: HMAC-SHA256 under a secret of this
+//! database, so the log links a user's messages (the same user gets the same pseudonym) and
+//! matches feedback, human replies and retries to their message, without naming either to
+//! whoever reads the file. No statistic reads an id back, and every lookup by message id hashes
+//! the id it is given the same way, so nothing is lost.
+//!
+//! The two kinds are domain-separated: a user and a message with the same id text get different
+//! pseudonyms (and different prefixes, `u~` and `m~`).
 //!
 //! The secret is random, made with the database and stored sealed with the log key (re-sealed
 //! with the current key at each start, so a key rotation never strands it). A database written
 //! before pseudonyms existed has its user ids converted when the secret is first made, in the
-//! same transaction.
+//! same transaction; its message ids by schema migration 5 (`sqlite.rs`).
 //!
 //! Chat ids stay in clear: stats are reported per group and each group has its own targets in
-//! the playbook. Message ids stay in clear too: they are the keys that feedback, human replies
-//! and idempotent retries are matched by (README "What the log holds").
+//! the playbook (README "What the log holds").
 
 use chacha20poly1305::aead::{KeyInit, OsRng};
 use chacha20poly1305::ChaCha20Poly1305;
@@ -23,8 +27,14 @@ use super::StoreError;
 
 const SECRET_NAME: &str = "pseudonyms";
 const AAD: &[u8] = b"intentd:secret:pseudonyms";
-/// Stored pseudonyms start with this (a clear id in an old row does not).
+/// Stored user pseudonyms start with this (a clear id in an old row does not).
 pub const PREFIX: &str = "u~";
+/// Stored message-id pseudonyms start with this.
+pub const MESSAGE_PREFIX: &str = "m~";
+/// Put before a message id in the HMAC input. User ids have no domain tag (their pseudonyms
+/// predate this one); their input starts with the 8-byte length of the bot id, which can never
+/// be these bytes (read as a length, over 10^16).
+const MESSAGE_DOMAIN: &[u8] = b"message\0";
 
 /// See the module doc.
 #[derive(Clone)]
@@ -107,17 +117,28 @@ impl Pseudonyms {
     /// The stored form of a user id of `bot_id`: `u~` and 32 hex digits; an empty id (a
     /// message without a user) stays empty.
     pub fn user(&self, bot_id: &str, user_id: &str) -> String {
-        if user_id.is_empty() {
+        self.pseudonym(PREFIX, b"", bot_id, user_id)
+    }
+
+    /// The stored form of a message id (or event id) of `bot_id`: `m~` and 32 hex digits; an
+    /// empty id stays empty. Every table and every lookup uses this form.
+    pub fn message(&self, bot_id: &str, message_id: &str) -> String {
+        self.pseudonym(MESSAGE_PREFIX, MESSAGE_DOMAIN, bot_id, message_id)
+    }
+
+    fn pseudonym(&self, prefix: &str, domain: &[u8], bot_id: &str, id: &str) -> String {
+        if id.is_empty() {
             return String::new();
         }
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(domain);
         // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
         mac.update(&(bot_id.len() as u64).to_le_bytes());
         mac.update(bot_id.as_bytes());
-        mac.update(user_id.as_bytes());
+        mac.update(id.as_bytes());
         let tag = mac.finalize().into_bytes();
-        format!("{PREFIX}{}", hex::encode(&tag[..16]))
+        format!("{prefix}{}", hex::encode(&tag[..16]))
     }
 
     /// Rows written before pseudonyms: every user id is clear.
@@ -154,5 +175,38 @@ mod tests {
             Pseudonyms { secret: [8; 32] }.user("demo", "wxid_zhang_13800138000")
         );
         assert_eq!(p.user("demo", ""), "");
+    }
+
+    #[test]
+    fn user_pseudonyms_are_unchanged_by_the_message_domain() {
+        // The value stored by databases written before message pseudonyms existed.
+        let p = Pseudonyms { secret: [7; 32] };
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&[7; 32]).unwrap();
+        mac.update(&4u64.to_le_bytes());
+        mac.update(b"demo");
+        mac.update(b"wxid_1");
+        let tag = mac.finalize().into_bytes();
+        assert_eq!(
+            p.user("demo", "wxid_1"),
+            format!("u~{}", hex::encode(&tag[..16]))
+        );
+    }
+
+    #[test]
+    fn message_ids_are_pseudonyms_apart_from_user_ids() {
+        let p = Pseudonyms { secret: [7; 32] };
+        let m = p.message("demo", "msg-secret-123");
+        assert_eq!(m, p.message("demo", "msg-secret-123"));
+        assert!(
+            m.starts_with(MESSAGE_PREFIX) && m.len() == MESSAGE_PREFIX.len() + 32,
+            "{m}"
+        );
+        assert!(!m.contains("secret") && !m.contains("123"));
+        assert_ne!(m, p.message("other", "msg-secret-123"));
+        assert_ne!(p.message("ab", "c"), p.message("a", "bc"));
+        // The same text as a user id and as a message id: different HMACs, not only prefixes.
+        let u = p.user("demo", "msg-secret-123");
+        assert_ne!(m[MESSAGE_PREFIX.len()..], u[PREFIX.len()..]);
+        assert_eq!(p.message("demo", ""), "");
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
-use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
+use super::audit::{self, implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{row_aad, Keyring};
 use super::pseudonyms::Pseudonyms;
 use super::{key_check, private_files};
@@ -122,7 +122,20 @@ const MIGRATIONS: &[&str] = &[
         sealed BLOB NOT NULL
     );
     "#,
+    // 5: message ids (and the answers' message / event ids) become keyed pseudonyms (issue 12):
+    // converted, and the rows bound to them re-sealed, by `convert_message_ids` in the same
+    // transaction
+    r#"
+    -- human replies are looked up by message id while converting and in the stats join
+    CREATE INDEX IF NOT EXISTS human_replies_message ON human_replies(bot_id, message_id);
+    "#,
 ];
+
+/// The last migration that is SQL alone: the ones after it need the pseudonym secret, which is
+/// read (or made) once these have run and the key ring is checked.
+const SQL_ONLY_MIGRATIONS: usize = 4;
+/// The migration that turns stored message ids into pseudonyms.
+const MESSAGE_ID_MIGRATION: usize = 5;
 
 /// SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -173,7 +186,14 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// Applies the migrations not applied yet, up to number `through`, each in its own transaction:
+/// its SQL, then `step(number, tx)` (the conversions done in Rust), then the new version.
+fn migrate(
+    conn: &mut Connection,
+    path: &Path,
+    through: usize,
+    step: &dyn Fn(usize, &Transaction<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
@@ -183,18 +203,149 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             path.display()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    let failed = |i: usize, e: &dyn std::fmt::Display| {
+        StoreError::Db(format!("{}: migration {i} failed: {e}", path.display()))
+    };
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(through)
+        .skip(version as usize)
+    {
+        let number = i + 1;
         let tx = conn.transaction()?;
-        tx.execute_batch(sql).map_err(|e| {
-            StoreError::Db(format!(
-                "{}: migration {} failed: {e}",
-                path.display(),
-                i + 1
-            ))
-        })?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.execute_batch(sql).map_err(|e| failed(number, &e))?;
+        step(number, &tx).map_err(|e| failed(number, &e))?;
+        tx.pragma_update(None, "user_version", number as i64)?;
         tx.commit()?;
-        tracing::info!(path = %path.display(), version = i + 1, "applied store migration");
+        tracing::info!(path = %path.display(), version = number, "applied store migration");
+    }
+    Ok(())
+}
+
+/// Rows converted per query while migrating, so a big log is never all in memory.
+const CONVERT_PAGE: i64 = 1_000;
+
+/// Migration 5: every stored message id (conversations, feedback, human replies, the implied
+/// audit rows, the answers' keys) becomes its pseudonym, and the sealed texts and answers,
+/// whose associated data names the id, are opened with the clear id and sealed again (with the
+/// current key) under the pseudonym.
+fn convert_message_ids(
+    tx: &Transaction<'_>,
+    keyring: &Keyring,
+    pseudonyms: &Pseudonyms,
+) -> Result<(), StoreError> {
+    let mut rows = 0usize;
+    // Conversations: the id and the row's sealed texts together.
+    let mut after = 0i64;
+    loop {
+        let page: Vec<(i64, String, String, String, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT id, bot_id, message_id, key_id, sealed FROM conversations
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, CONVERT_PAGE], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = page.last() else { break };
+        after = last.0;
+        let mut update = tx.prepare_cached(
+            "UPDATE conversations SET message_id = ?1, key_id = ?2, sealed = ?3 WHERE id = ?4",
+        )?;
+        for (id, bot, clear, key_id, sealed) in page {
+            let stored = pseudonyms.message(&bot, &clear);
+            let texts = keyring
+                .open_texts(&key_id, &sealed, &row_aad(&bot, &clear))
+                .map_err(|e| StoreError::Crypto(format!("conversation row {id}: {e}")))?;
+            let resealed =
+                keyring.seal_texts(&texts.text, &texts.reply, &row_aad(&bot, &stored))?;
+            update.execute(params![stored, resealed.key_id, resealed.blob, id])?;
+            rows += 1;
+        }
+    }
+    // Answers: the key and the sealed answer together.
+    let mut after = 0i64;
+    loop {
+        let page: Vec<(i64, String, String, String, String, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT id, bot_id, kind, key, key_id, sealed FROM answers
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, CONVERT_PAGE], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = page.last() else { break };
+        after = last.0;
+        let mut update = tx.prepare_cached(
+            "UPDATE answers SET key = ?1, key_id = ?2, sealed = ?3 WHERE id = ?4",
+        )?;
+        for (id, bot, kind, clear, key_id, sealed) in page {
+            let kind = AnswerKind::parse(&kind)
+                .ok_or_else(|| StoreError::Db(format!("unknown answer kind '{kind}'")))?;
+            let stored = pseudonyms.message(&bot, &clear);
+            let body = keyring
+                .open(&key_id, &sealed, &answer_aad(kind, &bot, &clear))
+                .map_err(|e| StoreError::Crypto(format!("answer of row {id}: {e}")))?;
+            let resealed = keyring.seal(&body, &answer_aad(kind, &bot, &stored))?;
+            update.execute(params![stored, resealed.key_id, resealed.blob, id])?;
+            rows += 1;
+        }
+    }
+    // Feedback and human replies: the id alone.
+    for table in ["feedback", "human_replies"] {
+        let mut after = 0i64;
+        loop {
+            let page: Vec<(i64, String, String)> = tx
+                .prepare_cached(&format!(
+                    "SELECT id, bot_id, message_id FROM {table} WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(params![after, CONVERT_PAGE], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let Some(last) = page.last() else { break };
+            after = last.0;
+            let mut update =
+                tx.prepare_cached(&format!("UPDATE {table} SET message_id = ?1 WHERE id = ?2"))?;
+            for (id, bot, clear) in page {
+                update.execute(params![pseudonyms.message(&bot, &clear), id])?;
+                rows += 1;
+            }
+        }
+    }
+    // The audit rows a handoff or block implied name the message (`audit::implied_audit`).
+    let mut after = 0i64;
+    loop {
+        let page: Vec<(i64, String)> = tx
+            .prepare_cached(
+                "SELECT id, detail FROM audit WHERE id > ?1 AND actor = 'policy'
+                 AND action IN ('handoff', 'block') ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, CONVERT_PAGE], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = page.last() else { break };
+        after = last.0;
+        let mut update = tx.prepare_cached("UPDATE audit SET detail = ?1 WHERE id = ?2")?;
+        for (id, detail) in page {
+            if let Some(detail) = audit::pseudonymise_implied_detail(&detail, |bot, clear| {
+                pseudonyms.message(bot, clear)
+            }) {
+                update.execute(params![detail, id])?;
+                rows += 1;
+            }
+        }
+    }
+    if rows > 0 {
+        tracing::info!(rows, "stored message ids replaced by keyed pseudonyms");
     }
     Ok(())
 }
@@ -229,9 +380,18 @@ impl SqliteStore {
         // Readers never commit; only the writer's commits must reach the disk.
         write.execute_batch(&format!("PRAGMA synchronous={};", durability.synchronous()))?;
         key_check::quick_check(&write, path)?;
-        migrate(&mut write, path)?;
+        migrate(&mut write, path, SQL_ONLY_MIGRATIONS, &|_, _| Ok(()))?;
         key_check::verify_and_record(&write, &keyring, path)?;
         let pseudonyms = Pseudonyms::load_or_create(&mut write, &keyring, path)?;
+        migrate(
+            &mut write,
+            path,
+            MIGRATIONS.len(),
+            &|number, tx| match number {
+                MESSAGE_ID_MIGRATION => convert_message_ids(tx, &keyring, &pseudonyms),
+                _ => Ok(()),
+            },
+        )?;
         // Commits only append to the WAL; folding it into the main file (a checkpoint, with
         // its fsyncs) happens on a thread of its own, never inside a caller's commit.
         write.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
@@ -258,10 +418,12 @@ impl SqliteStore {
         match rec {
             Record::Conversation(c) => {
                 let user = self.pseudonyms.user(&c.bot_id, &c.user_id);
+                let message = self.pseudonyms.message(&c.bot_id, &c.message_id);
+                // The texts are bound to the id as stored, which is what a reader has.
                 let sealed = self.keyring.seal_texts(
                     &c.text,
                     &c.reply_text,
-                    &row_aad(&c.bot_id, &c.message_id),
+                    &row_aad(&c.bot_id, &message),
                 )?;
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO conversations (bot_id, chat_id, user_id, message_id, at_ms, intent,
@@ -273,7 +435,7 @@ impl SqliteStore {
                     c.bot_id,
                     c.chat_id,
                     user,
-                    c.message_id,
+                    message,
                     c.at_ms,
                     c.intent,
                     f64::from(c.confidence),
@@ -293,13 +455,14 @@ impl SqliteStore {
                     sealed.blob,
                     c.sent_at_ms,
                 ])?;
-                if let Some(a) = implied_audit(c, &user) {
+                if let Some(a) = implied_audit(c, &user, &message) {
                     insert_audit(tx, &a)?;
                 }
                 if let Some(a) = &c.answer {
+                    let key = self.pseudonyms.message(&a.bot_id, &a.key);
                     let sealed = self
                         .keyring
-                        .seal(&a.body, &answer_aad(a.kind, &a.bot_id, &a.key))?;
+                        .seal(&a.body, &answer_aad(a.kind, &a.bot_id, &key))?;
                     // A key answered before the window can be answered anew.
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO answers (bot_id, kind, key, at_ms, key_id, sealed)
@@ -308,7 +471,7 @@ impl SqliteStore {
                     .execute(params![
                         a.bot_id,
                         a.kind.as_str(),
-                        a.key,
+                        key,
                         a.at_ms,
                         sealed.key_id,
                         sealed.blob
@@ -319,13 +482,24 @@ impl SqliteStore {
                 tx.prepare_cached(
                     "INSERT INTO feedback (bot_id, message_id, kind, variant_id, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![f.bot_id, f.message_id, f.kind.as_str(), f.variant_id, f.at_ms])?;
+                .execute(params![
+                    f.bot_id,
+                    self.pseudonyms.message(&f.bot_id, &f.message_id),
+                    f.kind.as_str(),
+                    f.variant_id,
+                    f.at_ms
+                ])?;
             }
             Record::HumanReply(h) => {
                 tx.prepare_cached(
                     "INSERT INTO human_replies (bot_id, chat_id, message_id, at_ms) VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![h.bot_id, h.chat_id, h.message_id, h.at_ms])?;
+                .execute(params![
+                    h.bot_id,
+                    h.chat_id,
+                    self.pseudonyms.message(&h.bot_id, &h.message_id),
+                    h.at_ms
+                ])?;
             }
             Record::Audit(a) => insert_audit(tx, a)?,
         }
@@ -628,12 +802,13 @@ impl Store for SqliteStore {
         kind: AnswerKind,
         key: &str,
     ) -> Result<Option<AnswerRow>, StoreError> {
+        let stored = self.pseudonyms.message(bot_id, key);
         let conn = self.lookup.lock();
         let row: Option<(i64, String, Vec<u8>)> = conn
             .prepare_cached(
                 "SELECT at_ms, key_id, sealed FROM answers WHERE bot_id = ?1 AND kind = ?2 AND key = ?3",
             )?
-            .query_row(params![bot_id, kind.as_str(), key], |r| {
+            .query_row(params![bot_id, kind.as_str(), stored], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
@@ -642,7 +817,7 @@ impl Store for SqliteStore {
         };
         let body = self
             .keyring
-            .open(&key_id, &sealed, &answer_aad(kind, bot_id, key))
+            .open(&key_id, &sealed, &answer_aad(kind, bot_id, &stored))
             .map_err(|e| StoreError::Crypto(format!("answer of {bot_id}/{key}: {e}")))?;
         Ok(Some(AnswerRow {
             bot_id: bot_id.to_string(),
@@ -657,9 +832,16 @@ impl Store for SqliteStore {
         let conn = self.lookup.lock();
         let found = conn
             .prepare_cached("SELECT 1 FROM conversations WHERE bot_id = ?1 AND message_id = ?2")?
-            .query_row(params![bot_id, message_id], |_| Ok(()))
+            .query_row(
+                params![bot_id, self.pseudonyms.message(bot_id, message_id)],
+                |_| Ok(()),
+            )
             .optional()?;
         Ok(found.is_some())
+    }
+
+    fn stored_message_id(&self, bot_id: &str, message_id: &str) -> String {
+        self.pseudonyms.message(bot_id, message_id)
     }
 
     /// SQLite's own count of the memory it has allocated, for every connection of the process
@@ -767,7 +949,10 @@ mod tests {
         assert!(all.iter().all(|r| r.record.user_id == pseudonym));
         drop(store);
 
-        // Back to what schema 3 wrote: clear ids, no secret.
+        // Back to what schema 3 wrote: clear user ids, no secret. (The message ids, pseudonyms
+        // already, are taken for clear ones by migration 5 and hashed again under the new
+        // secret: the rows stay readable, which is all this test needs of them; the message id
+        // conversion has its own test below.)
         {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(
@@ -782,6 +967,249 @@ mod tests {
         let converted = &all[0].record.user_id;
         assert!(converted.starts_with("u~") && converted != &pseudonym);
         assert!(all.iter().all(|r| &r.record.user_id == converted));
+    }
+
+    // Issue 12.8 (failed on main: message ids were stored in clear, so "msg-secret-123" was in
+    // the database file and its WAL). Everything matched by message id still matches: feedback
+    // (and an unknown id is still unknown), human replies joined to their message in the stats,
+    // the A/B conversions, idempotent answers, the unique index, the implied audit row.
+    #[test]
+    fn message_ids_are_stored_as_pseudonyms_and_every_lookup_still_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("m.db"), keyring(&key_b64(9))).unwrap();
+        let (secret, handed) = ("msg-secret-123", "msg-handoff-456");
+        let mut c = conversation("b", "g", secret, 10);
+        c.experiment = "exp".into();
+        c.answer = Some(AnswerRow {
+            bot_id: "b".into(),
+            kind: AnswerKind::Message,
+            key: secret.into(),
+            at_ms: 10,
+            body: b"the first answer".to_vec(),
+        });
+        let mut h = conversation("b", "g", handed, 11);
+        h.action = Action::Handoff;
+        h.reply_text.clear();
+        let anonymous = conversation("b", "g", "", 12);
+        store
+            .write_batch(&[
+                Record::Conversation(c.clone()),
+                Record::Conversation(h),
+                Record::Conversation(anonymous),
+                Record::Feedback(feedback("b", secret, FeedbackKind::Clicked, 13)),
+                Record::Feedback(feedback("b", secret, FeedbackKind::Resolved, 13)),
+                Record::HumanReply(super::super::HumanReplyRecord {
+                    bot_id: "b".into(),
+                    chat_id: "g".into(),
+                    message_id: handed.into(),
+                    at_ms: 14,
+                }),
+            ])
+            .unwrap();
+        // A retry of the same message replaces its row (the unique index sees the pseudonym).
+        store.write_batch(&[Record::Conversation(c)]).unwrap();
+
+        let on_disk = |dir: &Path| {
+            let bytes = read_all(dir);
+            for clear in [secret, handed] {
+                assert!(
+                    !contains(&bytes, clear.as_bytes()),
+                    "'{clear}' found on disk"
+                );
+            }
+        };
+        assert!(dir.path().join("m.db-wal").exists());
+        on_disk(dir.path());
+
+        let stored = store.stored_message_id("b", secret);
+        assert!(stored.starts_with("m~") && stored.len() == 34, "{stored}");
+        assert_ne!(stored, store.stored_message_id("other", secret));
+        assert!(store.has_message("b", secret).unwrap());
+        assert!(!store.has_message("b", "msg-unknown").unwrap());
+        assert!(!store.has_message("other", secret).unwrap());
+        let a = store.answer("b", AnswerKind::Message, secret).unwrap();
+        assert_eq!(a.unwrap().body, b"the first answer");
+        let (keys, complete) = store.answer_keys(0, 10).unwrap();
+        assert!(complete);
+        assert_eq!(
+            keys,
+            vec![("b".into(), AnswerKind::Message, stored.clone(), 10)]
+        );
+
+        let rows = store.conversations(0, 100, 0, 10).unwrap();
+        let ids: Vec<_> = rows.iter().map(|r| r.record.message_id.clone()).collect();
+        assert_eq!(
+            ids,
+            vec![store.stored_message_id("b", handed), String::new(), stored]
+        );
+        assert!(rows.iter().all(|r| r.record.text == "请问这个多少钱"));
+
+        let all = StatsFilter {
+            bot_id: "b".into(),
+            chat_id: String::new(),
+            from_ms: 0,
+            to_ms: 100,
+        };
+        let total = store.counts(&all, GroupBy::Total).unwrap()[0].1;
+        assert_eq!((total.messages, total.handoffs), (3, 1));
+        assert_eq!(
+            (total.resolved, total.clicks, total.auto_replies_clicked),
+            (1, 1, 1)
+        );
+        assert_eq!(total.human_replies, 1);
+        // The human reply is joined to its message: it counts under that message's intent.
+        let by_intent = store.counts(&all, GroupBy::Intent).unwrap();
+        assert_eq!(by_intent.len(), 1, "{by_intent:?}");
+        assert_eq!(
+            (by_intent[0].0.as_str(), by_intent[0].1.human_replies),
+            ("price", 1)
+        );
+        let v = store.variant_counts(&all, "exp").unwrap();
+        assert_eq!((v[0].exposures, v[0].conversions), (1, 1));
+        let audit = store.audit_rows(0, 100).unwrap();
+        let detail = &audit[0].detail;
+        assert!(
+            detail.contains(&format!(
+                "message={} ",
+                store.stored_message_id("b", handed)
+            )),
+            "{detail}"
+        );
+        drop(store);
+        on_disk(dir.path());
+    }
+
+    // Issue 12.8: a database written before message pseudonyms (schema 4: clear message ids,
+    // texts and answers sealed with the clear id in their associated data) is converted when
+    // first opened, in one transaction, and what is matched by message id still matches.
+    #[test]
+    fn an_older_database_has_its_message_ids_converted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let (k1, k2) = (format!("k1:{}", key_b64(1)), format!("k2:{}", key_b64(2)));
+        // Schema 4 with its pseudonym secret, as the previous intentd left it.
+        drop(SqliteStore::open(&path, keyring(&k1)).unwrap());
+        {
+            let old = keyring(&k1);
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("DROP INDEX human_replies_message; PRAGMA user_version = 4;")
+                .unwrap();
+            for (at, msg, action) in [(10, "msg-old-1", "reply"), (11, "msg-old-2", "handoff")] {
+                let sealed = old
+                    .seal_texts("我想退款", "亲，已登记", &row_aad("b", msg))
+                    .unwrap();
+                conn.execute(
+                    "INSERT INTO conversations (bot_id, chat_id, user_id, message_id, at_ms, intent,
+                        confidence, source, action, triggered, auto_reply, variant_id, experiment,
+                        tokenize_us, inference_us, queue_us, total_us, model_version, reason,
+                        key_id, sealed, sent_at_ms)
+                     VALUES ('b', 'g', 'u~1', ?1, ?2, 'refund', 0.9, 'model', ?3, 1, 1, 'v', '',
+                        1, 2, 3, 4, 'm1', 'faq', ?4, ?5, 0)",
+                    params![msg, at, action, sealed.key_id, sealed.blob],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO feedback (bot_id, message_id, kind, variant_id, at_ms)
+                     VALUES ('b', 'msg-old-1', 'resolved', '', 12);
+                 INSERT INTO human_replies (bot_id, chat_id, message_id, at_ms)
+                     VALUES ('b', 'g', 'msg-old-2', 13);
+                 INSERT INTO audit (at_ms, actor, action, detail) VALUES (11, 'policy', 'handoff',
+                     'bot=b chat=g user=u~1 message=msg-old-2 intent=refund reason=faq');",
+            )
+            .unwrap();
+            for (kind, key) in [
+                (AnswerKind::Message, "msg-old-1"),
+                (AnswerKind::Event, "evt-old-3"),
+            ] {
+                let sealed = old
+                    .seal(key.as_bytes(), &answer_aad(kind, "b", key))
+                    .unwrap();
+                conn.execute(
+                    "INSERT INTO answers (bot_id, kind, key, at_ms, key_id, sealed)
+                     VALUES ('b', ?1, ?2, 10, ?3, ?4)",
+                    params![kind.as_str(), key, sealed.key_id, sealed.blob],
+                )
+                .unwrap();
+            }
+        }
+        assert!(
+            contains(&read_all(dir.path()), b"msg-old-1"),
+            "the test wrote clear ids"
+        );
+
+        // Opened with a rotated ring: the rows are also sealed again with the current key.
+        let store = SqliteStore::open(&path, keyring(&format!("{k2},{k1}"))).unwrap();
+        let version: i64 = store
+            .read
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 5);
+        let stored = |m: &str| store.stored_message_id("b", m);
+        let mut out = Vec::new();
+        let n = super::super::export::export_jsonl(&store, "ops", 0, 100, 1_000, &mut out).unwrap();
+        assert_eq!(n, 2);
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["message_id"], stored("msg-old-1"));
+        assert_eq!(lines[1]["message_id"], stored("msg-old-2"));
+        assert!(lines
+            .iter()
+            .all(|l| l["text"] == "我想退款" && l["key_id"] == "k2"));
+        assert!(store.has_message("b", "msg-old-1").unwrap());
+        assert!(!store.has_message("b", "msg-new").unwrap());
+        let body = |kind, key| store.answer("b", kind, key).unwrap().unwrap().body;
+        assert_eq!(body(AnswerKind::Message, "msg-old-1"), b"msg-old-1");
+        assert_eq!(body(AnswerKind::Event, "evt-old-3"), b"evt-old-3");
+        let (keys, _) = store.answer_keys(0, 10).unwrap();
+        let mut keys: Vec<_> = keys.into_iter().map(|k| k.2).collect();
+        keys.sort();
+        let mut want = vec![stored("msg-old-1"), stored("evt-old-3")];
+        want.sort();
+        assert_eq!(keys, want);
+        let all = StatsFilter {
+            bot_id: "b".into(),
+            chat_id: String::new(),
+            from_ms: 0,
+            to_ms: 100,
+        };
+        let by_intent = store.counts(&all, GroupBy::Intent).unwrap();
+        assert_eq!(by_intent.len(), 1, "{by_intent:?}");
+        let refund = by_intent[0].1;
+        assert_eq!((refund.resolved, refund.human_replies), (1, 1));
+        let audit = store.audit_rows(11, 11).unwrap();
+        assert_eq!(
+            audit[0].detail,
+            format!(
+                "bot=b chat=g user=u~1 message={} intent=refund reason=faq",
+                stored("msg-old-2")
+            )
+        );
+        let before = lines;
+        drop(store);
+        let bytes = read_all(dir.path());
+        for clear in ["msg-old-1", "msg-old-2", "evt-old-3"] {
+            assert!(
+                !contains(&bytes, clear.as_bytes()),
+                "'{clear}' left on disk"
+            );
+        }
+
+        // Once: reopening changes nothing, and nothing needs k1 any more.
+        let store = SqliteStore::open(&path, keyring(&k2)).unwrap();
+        let mut out = Vec::new();
+        super::super::export::export_jsonl(&store, "ops", 0, 100, 1_000, &mut out).unwrap();
+        let again: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(again, before);
+        assert!(store.has_message("b", "msg-old-2").unwrap());
     }
 
     fn read_all(dir: &Path) -> Vec<u8> {
@@ -980,14 +1408,18 @@ mod tests {
             .is_none());
         assert!(!contains(&read_all(dir.path()), b"the first answer"));
         // A sealed answer moved under another key does not open.
+        let (m1, m2) = (
+            s.stored_message_id("b", "m1"),
+            s.stored_message_id("b", "m2"),
+        );
         s.write
             .lock()
-            .execute("UPDATE answers SET key = 'm2'", [])
+            .execute("UPDATE answers SET key = ?1", [&m2])
             .unwrap();
         assert!(s.answer("b", AnswerKind::Message, "m2").is_err());
         s.write
             .lock()
-            .execute("UPDATE answers SET key = 'm1'", [])
+            .execute("UPDATE answers SET key = ?1", [&m1])
             .unwrap();
         // Purged with its window, not with the conversation retention.
         let now = 400 * super::super::audit::DAY_MS;
@@ -1019,9 +1451,10 @@ mod tests {
             let rows = s.conversations(0, 10, 0, 10).unwrap();
             let ids: Vec<_> = rows
                 .iter()
-                .map(|r| (r.record.message_id.as_str(), r.key_id.as_str()))
+                .map(|r| (r.record.message_id.clone(), r.key_id.as_str()))
                 .collect();
-            assert_eq!(ids, vec![("old", "k1"), ("new", "k2")]);
+            let stored = |m: &str| s.stored_message_id("b", m);
+            assert_eq!(ids, vec![(stored("old"), "k1"), (stored("new"), "k2")]);
             assert!(rows.iter().all(|r| r.record.text == "请问这个多少钱"));
         }
         // Dropping k1 while rows need it stops the start (issue #12.3: it used to start and
@@ -1100,7 +1533,8 @@ mod tests {
     fn a_failed_batch_commits_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("f.db"), keyring(&key_b64(1))).unwrap();
-        s.write.lock().execute_batch("CREATE TRIGGER no_x BEFORE INSERT ON feedback WHEN NEW.message_id = 'x' BEGIN SELECT RAISE(ABORT, 'x refused'); END;").unwrap();
+        let x = s.stored_message_id("b", "x");
+        s.write.lock().execute_batch(&format!("CREATE TRIGGER no_x BEFORE INSERT ON feedback WHEN NEW.message_id = '{x}' BEGIN SELECT RAISE(ABORT, 'x refused'); END;")).unwrap();
         let batch = [
             Record::Conversation(conversation("b", "g", "m1", 1)),
             Record::Feedback(feedback("b", "x", FeedbackKind::Clicked, 1)),
@@ -1130,7 +1564,7 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(
             rows.iter()
-                .find(|r| r.record.message_id == "m1")
+                .find(|r| r.record.message_id == s.stored_message_id("b", "m1"))
                 .unwrap()
                 .record
                 .intent,

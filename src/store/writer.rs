@@ -334,6 +334,9 @@ mod tests {
         fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError> {
             self.inner.has_message(bot_id, message_id)
         }
+        fn stored_message_id(&self, bot_id: &str, message_id: &str) -> String {
+            self.inner.stored_message_id(bot_id, message_id)
+        }
     }
 
     struct Harness {

@@ -28,10 +28,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use intentd::clock::{Clock, SystemClock};
-use intentd::server::http::error::code_name;
 use intentd::data::texts::read_texts;
 use intentd::pb;
 use intentd::pb::intent_service_client::IntentServiceClient;
+use intentd::server::http::error::code_name;
 
 /// Upper bounds on the arguments, so a typo cannot start an endless or machine-filling run.
 const MAX_DURATION_S: f64 = 3600.0;
