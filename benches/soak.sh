@@ -146,7 +146,8 @@ after = [k for s, k in rows if s >= w]
 change = (last - warm) / warm * 100
 try:
     load = json.load(open(sys.argv[3]))
-    sent = f"{load.get('requests_per_s', 0):.0f} req/s answered, {load.get('errors', load.get('error_count', 0))} errors"
+    codes = ", ".join(f"{k} {v}" for k, v in (load.get("errors_by_code") or {}).items())
+    sent = f"{load.get('requests_per_s', 0):.0f} req/s answered, {load.get('errors', load.get('error_count', 0))} errors" + (f" ({codes})" if codes else "")
 except Exception as e:
     sent = f"load report unreadable: {e}"
 per_min = [statistics.median(k for s, k in rows if m * 60 <= s < (m + 1) * 60) for m in range(int(end // 60) + 1) if any(m * 60 <= s < (m + 1) * 60 for s, _ in rows)]

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::batcher::{Announced, InferenceError};
-use super::idempotency::{self, AnswerKey, FirstAnswer, Seen};
+use super::idempotency::{self, AnswerKey, FirstAnswer};
+use super::replay::{KeyedBy, Replayable};
 use super::requests::ClassifyRequest;
 use super::validate::{self, InvalidField};
 use super::{Service, ServiceError};
@@ -43,6 +44,19 @@ pub struct ClassifyOutcome {
     /// The stored first answer to this (bot_id, message_id), returned again for a retry.
     pub replayed: bool,
 }
+
+impl Replayable for ClassifyOutcome {
+    fn mark_replayed(&mut self) {
+        self.replayed = true;
+    }
+}
+
+const BY_MESSAGE: KeyedBy = KeyedBy {
+    what: "message",
+    field: "message_id",
+    reused: "message_id reused with other text: it was answered before for another text \
+             (within idempotency.window_s); send a new message_id",
+};
 
 impl Service {
     pub async fn classify(&self, req: &ClassifyRequest) -> Result<ClassifyOutcome, ServiceError> {
@@ -124,41 +138,12 @@ impl Service {
         let key = AnswerKey::new(&ctx.bot_id, AnswerKind::Message, &ctx.message_id);
         let digest = idempotency::digest(&[&ctx.text]);
         let _turn = self.idempotency.turn(&key).await;
-        match self
-            .idempotency
-            .lookup(&key, &digest, self.now_ms(), self.storage.as_ref())
-            .await
-            .map_err(|e| {
-                ServiceError::Unavailable(format!(
-                    "cannot check whether this message was answered before ({e}); retry"
-                ))
-            })? {
-            Seen::Same(body) => {
-                drop(announced);
-                return self.replay(&body);
-            }
-            Seen::Different => {
-                return Err(InvalidField {
-                    field: "message_id".into(),
-                    problem: "message_id reused with other text: it was answered before for \
-                              another text (within idempotency.window_s); send a new message_id"
-                        .into(),
-                }
-                .into())
-            }
-            Seen::New => {}
+        if let Some(first) = self.first_answer(&key, &digest, &BY_MESSAGE).await? {
+            drop(announced);
+            return Ok(first);
         }
         self.decide_message(ctx, announced, Some((key, digest)))
             .await
-    }
-
-    fn replay(&self, body: &str) -> Result<ClassifyOutcome, ServiceError> {
-        let mut first: ClassifyOutcome = serde_json::from_str(body).map_err(|e| {
-            ServiceError::Internal(format!("stored first answer cannot be read: {e}"))
-        })?;
-        first.replayed = true;
-        self.metrics.replayed.inc();
-        Ok(first)
     }
 
     async fn decide_message(

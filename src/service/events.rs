@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::idempotency::{self, AnswerKey, FirstAnswer, Seen};
+use super::idempotency::{self, AnswerKey, FirstAnswer};
+use super::replay::{KeyedBy, Replayable};
 use super::requests::EventRequest;
-use super::validate::{self, InvalidField};
+use super::validate;
 use super::{Service, ServiceError};
 use crate::policy::events::{EventDecision, EventInput};
 use crate::store::{AnswerKind, ConversationRecord, Record};
@@ -26,6 +27,19 @@ pub struct EventOutcome {
 /// Said in the answer to an event without an `event_id`.
 pub const NOT_DEDUPLICATED: &str =
     "not deduplicated: the event has no event_id, so a retry is decided again";
+
+impl Replayable for EventOutcome {
+    fn mark_replayed(&mut self) {
+        self.replayed = true;
+    }
+}
+
+const BY_EVENT: KeyedBy = KeyedBy {
+    what: "event",
+    field: "event_id",
+    reused: "event_id reused with another event: it was answered before for another type, \
+             chat, user or target (within idempotency.window_s); send a new event_id",
+};
 
 impl Service {
     pub async fn handle_event(&self, ev: &EventRequest) -> Result<EventOutcome, ServiceError> {
@@ -49,34 +63,8 @@ impl Service {
             &input.target_id,
         ]);
         let _turn = self.idempotency.turn(&key).await;
-        match self
-            .idempotency
-            .lookup(&key, &digest, self.now_ms(), self.storage.as_ref())
-            .await
-            .map_err(|e| {
-                ServiceError::Unavailable(format!(
-                    "cannot check whether this event was answered before ({e}); retry"
-                ))
-            })? {
-            Seen::Same(body) => {
-                let mut first: EventOutcome = serde_json::from_str(&body).map_err(|e| {
-                    ServiceError::Internal(format!("stored first answer cannot be read: {e}"))
-                })?;
-                first.replayed = true;
-                self.metrics.replayed.inc();
-                return Ok(first);
-            }
-            Seen::Different => {
-                return Err(InvalidField {
-                    field: "event_id".into(),
-                    problem: "event_id reused with another event: it was answered before for \
-                              another type, chat, user or target (within idempotency.window_s); \
-                              send a new event_id"
-                        .into(),
-                }
-                .into())
-            }
-            Seen::New => {}
+        if let Some(first) = self.first_answer(&key, &digest, &BY_EVENT).await? {
+            return Ok(first);
         }
         self.decide_event(&input, Some((key, digest))).await
     }

@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod outbound;
 pub mod outbox;
 pub mod reload;
+pub mod replay;
 pub mod requests;
 pub mod retire;
 pub mod stats;
