@@ -140,6 +140,15 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The highest interaction count any condition compares with (frequency tiers, reply rules,
+    /// pushes): counting further changes no decision.
+    pub fn interactions_counted(&self) -> u32 {
+        let tiers = self.frequency.tiers.iter().map(|t| t.min_messages);
+        let rules = self.rules.iter().filter_map(|r| r.when.min_messages);
+        let pushes = self.pushes.iter().filter_map(|p| p.when.min_messages);
+        tiers.chain(rules).chain(pushes).max().unwrap_or(0)
+    }
+
     fn builtin(default_style: &str) -> Self {
         Settings {
             timezone: chrono_tz::Asia::Shanghai,
@@ -1126,6 +1135,26 @@ mod tests {
         let (r, b) = lib();
         let file = YamlFile::parse(Path::new("playbook.yml"), text)?;
         OperatorConfig::from_parts(&file, &shipped_catalog(), r, b, Calendar::default())
+    }
+
+    #[test]
+    fn interactions_are_counted_up_to_the_highest_threshold() {
+        let mut s = Settings::builtin("plain");
+        // The built-in tiers: 20, 5, 0.
+        assert_eq!(s.interactions_counted(), 20);
+        s.rules.push(crate::policy::attributes::AttrRule {
+            id: "regulars".into(),
+            intents: vec![],
+            when: crate::policy::attributes::Condition {
+                min_messages: Some(50),
+                ..Default::default()
+            },
+            reply: "r".into(),
+        });
+        assert_eq!(s.interactions_counted(), 50);
+        s.rules.clear();
+        s.frequency.tiers.clear();
+        assert_eq!(s.interactions_counted(), 0);
     }
 
     #[test]

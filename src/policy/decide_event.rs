@@ -121,7 +121,8 @@ pub fn decide_event(d: &Decider<'_>, w: &mut Work, ev: &EventInput) -> EventDeci
             plain(out)
         }
         EventKind::Activity => {
-            let interactions = w.record_activity(now, s.frequency.window_ms);
+            let interactions =
+                w.record_activity(now, s.frequency.window_ms, s.interactions_counted());
             if !uid.is_empty() {
                 d.maybe_push(w, &s, &group_name, &ev.user, interactions);
             }

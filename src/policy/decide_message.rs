@@ -44,7 +44,7 @@ pub fn decide_message(
 
     w.group.handoffs.note_message();
     scheduler::touch(&mut w.group.timers, &ctx.chat_name, now, true);
-    let interactions = w.record_activity(now, s.frequency.window_ms);
+    let interactions = w.record_activity(now, s.frequency.window_ms, s.interactions_counted());
     let group_name = w.group_name(&ctx.chat_name);
     let base_vars = d.vars(&s, &ctx.user.nickname, &group_name);
     let style = s.style_for(&ctx.user.tags).to_string();

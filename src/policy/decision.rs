@@ -131,11 +131,12 @@ impl Work {
         }
     }
 
-    /// Count one interaction of the scope's user; returns their interactions in the window.
-    pub fn record_activity(&mut self, now: i64, window_ms: i64) -> u32 {
+    /// Count one interaction of the scope's user; returns their interactions in the window,
+    /// counted up to `keep` (the highest threshold a condition compares with).
+    pub fn record_activity(&mut self, now: i64, window_ms: i64, keep: u32) -> u32 {
         let u = &mut self.user.profile;
         u.last_seen_ms = now;
-        u.activity.record(now, window_ms);
+        u.activity.record(now, window_ms, keep);
         u.activity.count(now, window_ms)
     }
 }

@@ -13,9 +13,14 @@
 //!    report. Queued sends are already in the front end's hands and cannot be recalled, so the
 //!    newcomer is always the lowest-priority message;
 //! 3. high-priority sends (handoff notices and proactive messages) are never merged or dropped;
-//!    they take the next slot after the queue.
+//!    they take the next slot after the queue, but never more than [`HIGH_MAX_SLOTS`] slots
+//!    ahead: when they come faster than the spacing allows, they go closer together rather than
+//!    ever later (a timeline drifting hours ahead, and a queue that never empties).
 
 use serde::{Deserialize, Serialize};
+
+/// How many minimum intervals ahead of now a high-priority send may be placed at most.
+pub const HIGH_MAX_SLOTS: i64 = 8;
 
 /// Spacing settings for one group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +101,10 @@ impl GroupSpacing {
         } else {
             0
         };
-        let at = earliest + jitter;
+        let at = match priority {
+            Priority::High => (earliest + jitter).min(now + HIGH_MAX_SLOTS * cfg.min_interval_ms),
+            Priority::Normal => earliest + jitter,
+        };
         self.last_slot_ms = Some(self.last_slot_ms.map_or(at, |l| l.max(at)));
         if at > now {
             self.queued.push(Queued {
@@ -190,6 +198,23 @@ mod tests {
             g.plan(40_000, &CFG, Some("refund"), Priority::Normal, 0),
             SpacingOutcome::Send { at_ms: 45_001 }
         );
+    }
+
+    /// Before, each high-priority send took the slot after the last one whatever the rate, so
+    /// a steady stream of handoff notices pushed the group's timeline (and its queue) without end.
+    #[test]
+    fn high_priority_sends_stay_within_a_bounded_horizon() {
+        let mut g = GroupSpacing::default();
+        let mut now = 0;
+        for i in 0..1_000 {
+            let SpacingOutcome::Send { at_ms } = g.plan(now, &CFG, None, Priority::High, i) else {
+                panic!("a high-priority send is never dropped")
+            };
+            assert!(at_ms >= now && at_ms <= now + HIGH_MAX_SLOTS * CFG.min_interval_ms);
+            now += 1_000; // one a second, 15x faster than the spacing
+        }
+        assert!(g.queued_len(now) <= (HIGH_MAX_SLOTS * CFG.min_interval_ms / 1_000) as usize + 1);
+        assert!(g.next_free_ms(now, &CFG) <= now + (HIGH_MAX_SLOTS + 1) * CFG.min_interval_ms);
     }
 
     #[test]

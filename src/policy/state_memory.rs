@@ -1206,7 +1206,8 @@ mod tests {
     /// every decision gets its own slot, 15 s apart, none is lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_transactions_get_distinct_slots() {
-        const N: i64 = 12;
+        // As many as fit the high-priority horizon, so every slot is a full interval apart.
+        const N: i64 = crate::policy::spacing::HIGH_MAX_SLOTS + 1;
         let stores: [Arc<dyn PlaybookState>; 2] = [
             Arc::new(MemoryState::new()),
             Arc::new(Optimistic::default()),
