@@ -194,8 +194,9 @@ fn planted_label_flips_and_a_conflicting_duplicate_are_found() {
         flagged.len(),
         found.len()
     );
-    assert!(recall >= 0.6, "recall {recall:.2}\n{stdout}");
-    assert!(precision >= 0.5, "precision {precision:.2}\n{stdout}");
+    // Measured: recall 0.85, precision 0.85 (17 of 20 found, 20 flagged).
+    assert!(recall >= 0.75, "recall {recall:.2}\n{stdout}");
+    assert!(precision >= 0.7, "precision {precision:.2}\n{stdout}");
     assert!(
         restored * 10 >= found.len() * 8,
         "the true intent should be suggested for most found flips: {restored} of {}",
@@ -213,7 +214,14 @@ fn planted_label_flips_and_a_conflicting_duplicate_are_found() {
     let dup: Vec<(usize, &str, &str, &str)> = rows
         .iter()
         .filter(|r| r[0] == "exact_duplicate")
-        .map(|r| (r[2].parse().unwrap(), r[4].as_str(), r[5].as_str(), r[8].as_str()))
+        .map(|r| {
+            (
+                r[2].parse().unwrap(),
+                r[4].as_str(),
+                r[5].as_str(),
+                r[8].as_str(),
+            )
+        })
         .collect();
     let orig_at = format!("{file}:{orig}");
     let copy_at = format!("{file}:{copy}");
@@ -226,23 +234,44 @@ fn planted_label_flips_and_a_conflicting_duplicate_are_found() {
         "{dup:?}"
     );
     assert!(stdout.contains("1 exact"), "{stdout}");
+    // The planted copy brought a one-example intent: reported, and never suggested.
+    assert!(
+        stdout.contains("small intent: exchange has 1 example\n"),
+        "{stdout}"
+    );
+    assert!(flagged.values().all(|r| r[5] != "exchange"), "{stdout}");
 }
 
 #[test]
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.tsv");
-    let e = error_line(&intentd(&["data", "check", "--data", missing.to_str().unwrap()]));
+    let e = error_line(&intentd(&[
+        "data",
+        "check",
+        "--data",
+        missing.to_str().unwrap(),
+    ]));
     assert!(e.contains("missing.tsv: no such file or directory"), "{e}");
 
     let csv = dir.path().join("data.csv");
     std::fs::write(&csv, "你好,greeting\n").unwrap();
-    let e = error_line(&intentd(&["data", "check", "--data", csv.to_str().unwrap()]));
+    let e = error_line(&intentd(&[
+        "data",
+        "check",
+        "--data",
+        csv.to_str().unwrap(),
+    ]));
     assert!(e.contains("unsupported file type"), "{e}");
 
     let one = dir.path().join("one.tsv");
     std::fs::write(&one, "你好\tgreeting\n您好\tgreeting\n").unwrap();
-    let e = error_line(&intentd(&["data", "check", "--data", one.to_str().unwrap()]));
+    let e = error_line(&intentd(&[
+        "data",
+        "check",
+        "--data",
+        one.to_str().unwrap(),
+    ]));
     assert!(
         e.contains("need at least 2 intents to check labels, found 1"),
         "{e}"

@@ -7,6 +7,10 @@
 //!   it (its "self-confidence"). An example is a suspect when, among the intents whose
 //!   probability reaches their own threshold, the most probable one is not its label. A per-intent
 //!   threshold rather than a fixed one because the model is less sure of some intents than others.
+//!   Small intents (below) are never suggested: their self-confidence comes from a handful of
+//!   examples scored by heads that barely saw the intent, so it is near zero and any trace of
+//!   probability would reach it (one planted example of a new intent made a third of a test set
+//!   "suspect").
 //! - **conflicting duplicates**: the same text (after NFKC, which folds full-width forms, plus
 //!   whitespace collapsing and lower-casing) with different labels, and near duplicates whose
 //!   sentence vectors have a cosine of at least `near_duplicate_cosine` (0.97: rewordings that
@@ -78,7 +82,13 @@ pub fn self_confidence_thresholds(probs: &[Vec<f32>], given: &[u32], n_labels: u
     }
     sum.iter()
         .zip(&count)
-        .map(|(&s, &c)| if c == 0 { 1.0 + 1e-6 } else { (s / c as f64) as f32 })
+        .map(|(&s, &c)| {
+            if c == 0 {
+                1.0 + 1e-6
+            } else {
+                (s / c as f64) as f32
+            }
+        })
         .collect()
 }
 
@@ -93,7 +103,11 @@ pub struct LabelIssue {
 
 /// The confident-learning rule (see the module comment), most confident first (largest
 /// `p_suggested - p_given`).
-pub fn likely_mislabelled(probs: &[Vec<f32>], given: &[u32], thresholds: &[f32]) -> Vec<LabelIssue> {
+pub fn likely_mislabelled(
+    probs: &[Vec<f32>],
+    given: &[u32],
+    thresholds: &[f32],
+) -> Vec<LabelIssue> {
     let mut issues: Vec<LabelIssue> = probs
         .iter()
         .zip(given)
@@ -272,7 +286,11 @@ pub fn confusable_pairs(
             }
         }
     }
-    pairs.sort_by(|x, y| y.share.total_cmp(&x.share).then((x.a, x.b).cmp(&(y.a, y.b))));
+    pairs.sort_by(|x, y| {
+        y.share
+            .total_cmp(&x.share)
+            .then((x.a, x.b).cmp(&(y.a, y.b)))
+    });
     pairs
 }
 
@@ -302,12 +320,16 @@ pub fn check(
     limits: CheckLimits,
 ) -> CheckReport {
     let n = labels.len();
-    let thresholds = self_confidence_thresholds(&probs, &given, n);
+    let small = small_intents(&given, n, limits.min_examples);
+    let mut thresholds = self_confidence_thresholds(&probs, &given, n);
+    for &(y, _) in &small {
+        thresholds[y as usize] = f32::INFINITY;
+    }
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     CheckReport {
         mislabelled: likely_mislabelled(&probs, &given, &thresholds),
         duplicates: conflicting_duplicates(&texts, &given, vectors, limits.near_duplicate_cosine),
-        small: small_intents(&given, n, limits.min_examples),
+        small,
         confusable: confusable_pairs(&probs, &given, n, limits.confusable_share),
         labels,
         given,
@@ -441,7 +463,8 @@ impl CheckReport {
             }
         }
         for &(y, c) in self.small.iter().take(top.div_ceil(2)) {
-            let _ = writeln!(s, "small intent: {} has {c} examples", name(y));
+            let noun = if c == 1 { "example" } else { "examples" };
+            let _ = writeln!(s, "small intent: {} has {c} {noun}", name(y));
         }
         for p in self.confusable.iter().take(top.div_ceil(2)) {
             let _ = writeln!(
@@ -496,7 +519,10 @@ mod tests {
         ];
         let given = vec![0, 0, 0, 1, 1];
         let t = self_confidence_thresholds(&probs, &given, 2);
-        assert!((t[0] - 0.6).abs() < 1e-6 && (t[1] - 0.6).abs() < 1e-6, "{t:?}");
+        assert!(
+            (t[0] - 0.6).abs() < 1e-6 && (t[1] - 0.6).abs() < 1e-6,
+            "{t:?}"
+        );
         let issues = likely_mislabelled(&probs, &given, &t);
         assert_eq!(
             issues,
@@ -534,10 +560,10 @@ mod tests {
         let probs = vec![
             vec![0.9, 0.1],
             vec![0.9, 0.1],
-            vec![0.3, 0.7],  // margin 0.4
+            vec![0.3, 0.7],   // margin 0.4
             vec![0.05, 0.95], // margin 0.9
-            vec![0.1, 0.9],
-            vec![0.1, 0.9],
+            vec![0.4, 0.6],
+            vec![0.4, 0.6],
         ];
         let given = vec![0, 0, 0, 0, 1, 1];
         let t = self_confidence_thresholds(&probs, &given, 2);
@@ -546,6 +572,49 @@ mod tests {
             .map(|i| i.index)
             .collect();
         assert_eq!(order, vec![3, 2]);
+    }
+
+    #[test]
+    fn a_small_intent_is_never_suggested() {
+        // Intent 2 has one example, scored by a head that never saw it: its self-confidence is
+        // 0.01, which the 0.02 of examples unsure of their own label would reach.
+        let mut probs = vec![vec![0.9, 0.08, 0.02]; 5];
+        probs.extend(vec![vec![0.6, 0.38, 0.02]; 3]);
+        probs.extend(vec![vec![0.08, 0.9, 0.02]; 5]);
+        probs.push(vec![0.5, 0.49, 0.01]);
+        probs.push(vec![0.05, 0.94, 0.01]); // labelled 0, confidently 1: still found
+        let mut given = vec![0; 8];
+        given.extend([1; 5]);
+        given.extend([2, 0]);
+        let ex = |i: usize| Example {
+            text: format!("t{i}"),
+            label: String::new(),
+            origin: super::super::Origin::new(std::path::Path::new("a.tsv"), i + 1),
+        };
+        let examples: Vec<Example> = (0..given.len()).map(ex).collect();
+        let vectors: Vec<Vec<f32>> = (0..given.len()).map(|i| vec![i as f32, 1.0]).collect();
+        let labels = vec!["a".to_string(), "b".into(), "c".into()];
+        let raw = self_confidence_thresholds(&probs, &given, 3);
+        assert_eq!(likely_mislabelled(&probs, &given, &raw).len(), 4);
+        let report = check(
+            &examples,
+            labels,
+            given,
+            probs,
+            &vectors,
+            2,
+            CheckLimits::default(),
+        );
+        assert_eq!(report.small, vec![(2, 1)]);
+        let flagged: Vec<(usize, u32)> = report
+            .mislabelled
+            .iter()
+            .map(|m| (m.index, m.suggested))
+            .collect();
+        assert_eq!(flagged, vec![(14, 1)]);
+        assert!(report
+            .summary(&examples, 10)
+            .contains("small intent: c has 1 example\n"));
     }
 
     #[test]
@@ -571,7 +640,14 @@ mod tests {
 
     #[test]
     fn duplicates_need_different_labels() {
-        let texts = ["能退吗？", "能退吗?", " 能退吗？ ", "多少钱", "多少钱呀", "你好"];
+        let texts = [
+            "能退吗？",
+            "能退吗?",
+            " 能退吗？ ",
+            "多少钱",
+            "多少钱呀",
+            "你好",
+        ];
         let given = vec![0, 1, 0, 2, 3, 3];
         let vectors = vec![
             vec![1.0, 0.0, 0.0],
@@ -579,7 +655,7 @@ mod tests {
             vec![1.0, 0.0, 0.0],
             vec![0.0, 1.0, 0.0],
             vec![0.0, 0.99, 0.1], // cosine 0.995 with "多少钱": near duplicate, other label
-            vec![0.0, 1.0, 0.0], // near "多少钱呀" with the same label: only 3/5 is reported
+            vec![0.0, 1.0, 0.0],  // near "多少钱呀" with the same label: only 3/5 is reported
         ];
         let pairs = conflicting_duplicates(&texts, &given, &vectors, 0.97);
         let got: Vec<(DuplicateKind, usize, usize)> =
@@ -629,7 +705,10 @@ mod tests {
             label: label.into(),
             origin: super::super::Origin::new(Path::new("a,b.tsv"), line),
         };
-        let examples = vec![ex("退, \"款\"", "refund", 1), ex("退, \"款\"", "exchange", 2)];
+        let examples = vec![
+            ex("退, \"款\"", "refund", 1),
+            ex("退, \"款\"", "exchange", 2),
+        ];
         let report = check(
             &examples,
             vec!["exchange".into(), "refund".into()],
@@ -651,6 +730,9 @@ mod tests {
         );
         let summary = report.summary(&examples, 10);
         assert!(summary.contains("1 exact, 0 near"), "{summary}");
-        assert!(summary.contains("small intents:              2"), "{summary}");
+        assert!(
+            summary.contains("small intents:              2"),
+            "{summary}"
+        );
     }
 }

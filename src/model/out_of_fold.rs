@@ -20,7 +20,11 @@ pub fn out_of_fold_probs(
 ) -> Result<Vec<Vec<f32>>> {
     let n = given.len();
     if folds.len() != n || vectors.dims2()?.0 != n {
-        bail!("{n} labels, {} folds and {:?} vectors do not match", folds.len(), vectors.dims());
+        bail!(
+            "{n} labels, {} folds and {:?} vectors do not match",
+            folds.len(),
+            vectors.dims()
+        );
     }
     let mut probs: Vec<Vec<f32>> = vec![Vec::new(); n];
     for f in 0..k {
@@ -76,7 +80,9 @@ mod tests {
         hp.dropout = 0.0;
         let probs = out_of_fold_probs(&x, &given, 2, &folds, 4, &hp).unwrap();
         assert!(probs[0][0] > 0.5, "{:?}", probs[0]);
-        let right = (1..40).filter(|&i| probs[i][given[i] as usize] > 0.5).count();
+        let right = (1..40)
+            .filter(|&i| probs[i][given[i] as usize] > 0.5)
+            .count();
         assert!(right >= 37, "{right} of 39 right");
         let err = out_of_fold_probs(&x, &given, 2, &folds[..10], 4, &hp).unwrap_err();
         assert!(err.to_string().contains("do not match"), "{err}");
