@@ -158,6 +158,12 @@ fn planted_label_flips_and_a_conflicting_duplicate_are_found() {
         stdout
     );
 
+    // Every example (360 drawn, the planted copy) has its out-of-fold prediction listed.
+    let predictions = std::fs::read_to_string(report.join("predictions.csv")).unwrap();
+    assert_eq!(
+        predictions.lines().count(),
+        1 + INTENTS.len() * PER_INTENT + 1
+    );
     let csv = std::fs::read_to_string(report.join("suspects.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(
@@ -194,8 +200,10 @@ fn planted_label_flips_and_a_conflicting_duplicate_are_found() {
         flagged.len(),
         found.len()
     );
-    // Measured: recall 0.85, precision 0.85 (17 of 20 found, 20 flagged).
-    assert!(recall >= 0.75, "recall {recall:.2}\n{stdout}");
+    // Measured here: recall 0.85, precision 0.85 (17 of 20 found, 20 flagged). Other seeds of
+    // the same kind of set gave recall 0.65 to 0.95 at precision 0.86 to 1.0, so the bound leaves
+    // room for a borderline example or two to tip on another CPU's float rounding.
+    assert!(recall >= 0.7, "recall {recall:.2}\n{stdout}");
     assert!(precision >= 0.7, "precision {precision:.2}\n{stdout}");
     assert!(
         restored * 10 >= found.len() * 8,

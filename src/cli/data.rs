@@ -27,7 +27,8 @@ pub struct CheckArgs {
     /// Labelled data: a TSV, JSONL or Rasa YAML file, or a folder of them.
     #[arg(long, default_value = super::DEFAULT_TRAINING_DATA)]
     pub data: PathBuf,
-    /// Also write suspects.csv and summary.txt into this folder (created if missing).
+    /// Also write suspects.csv, predictions.csv and summary.txt into this folder (created if
+    /// missing).
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Number of folds (2 to the number of examples).
@@ -116,10 +117,18 @@ fn check(args: CheckArgs) -> Result<()> {
         let csv = dir.join("suspects.csv");
         std::fs::write(&csv, report.to_csv(&ds.examples))
             .with_context(|| format!("{}: cannot write", csv.display()))?;
+        let all = dir.join("predictions.csv");
+        std::fs::write(&all, report.predictions_csv(&ds.examples))
+            .with_context(|| format!("{}: cannot write", all.display()))?;
         let txt = dir.join("summary.txt");
         std::fs::write(&txt, &summary)
             .with_context(|| format!("{}: cannot write", txt.display()))?;
-        eprintln!("wrote {} and {}", csv.display(), txt.display());
+        eprintln!(
+            "wrote {}, {} and {}",
+            csv.display(),
+            all.display(),
+            txt.display()
+        );
     }
     eprintln!("checked in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())

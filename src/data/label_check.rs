@@ -389,6 +389,27 @@ impl CheckReport {
         out
     }
 
+    /// `predictions.csv`: every example's out-of-fold prediction (file, line, label, predicted,
+    /// p_label, p_predicted), for looking past the suspects.
+    pub fn predictions_csv(&self, examples: &[Example]) -> String {
+        let mut out = String::from("file,line,label,predicted,p_label,p_predicted\n");
+        for (i, e) in examples.iter().enumerate() {
+            let p = &self.probs[i];
+            let pred = argmax(p);
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{:.4},{:.4}",
+                csv_field(&e.origin.file.display().to_string()),
+                e.origin.line,
+                csv_field(&e.label),
+                csv_field(&self.labels[pred as usize]),
+                p[self.given[i] as usize],
+                p[pred as usize],
+            );
+        }
+        out
+    }
+
     /// The one-screen summary: counts per kind, then the top suspects of each kind.
     pub fn summary(&self, examples: &[Example], top: usize) -> String {
         let mut s = String::new();
@@ -727,6 +748,12 @@ mod tests {
                 "exact_duplicate,\"a,b.tsv\",1,\"退, \"\"款\"\"\",refund,exchange,0.6000,0.4000,\"a,b.tsv:2\"",
                 "exact_duplicate,\"a,b.tsv\",2,\"退, \"\"款\"\"\",exchange,refund,0.7000,0.3000,\"a,b.tsv:1\"",
             ]
+        );
+        assert_eq!(
+            report.predictions_csv(&examples),
+            "file,line,label,predicted,p_label,p_predicted\n\
+             \"a,b.tsv\",1,refund,refund,0.6000,0.6000\n\
+             \"a,b.tsv\",2,exchange,exchange,0.7000,0.7000\n"
         );
         let summary = report.summary(&examples, 10);
         assert!(summary.contains("1 exact, 0 near"), "{summary}");
