@@ -27,6 +27,8 @@ enum Command {
     Keygen(cli::keygen::KeygenArgs),
     Export(cli::export::ExportArgs),
     Stats(cli::stats::StatsArgs),
+    /// Checks on labelled training data (`data check`: suspect labels).
+    Data(cli::data::DataArgs),
     /// Load generator: N concurrent clients or a fixed rate against a running server.
     Bench(tools::loadgen::LoadgenArgs),
 }
@@ -46,6 +48,7 @@ fn main() {
         Command::Keygen(a) => cli::keygen::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Stats(a) => cli::stats::run(a),
+        Command::Data(a) => cli::data::run(a),
         Command::Bench(a) => a
             .runtime()
             .and_then(|rt| rt.block_on(tools::loadgen::run(a)).map(|_| ())),

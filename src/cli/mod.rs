@@ -2,6 +2,7 @@
 
 pub mod calibrate;
 pub mod classify;
+pub mod data;
 pub mod eval;
 pub mod export;
 pub mod fetch_model;

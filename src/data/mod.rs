@@ -15,6 +15,7 @@
 
 mod error;
 mod jsonl;
+pub mod label_check;
 mod rasa;
 pub mod texts;
 mod tsv;

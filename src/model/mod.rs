@@ -13,6 +13,7 @@ pub mod fake;
 pub mod fetch;
 pub mod fused_ops;
 pub mod int8;
+pub mod out_of_fold;
 pub mod packed_attention;
 pub mod scoring;
 pub mod seeded;

@@ -321,6 +321,60 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
     })
 }
 
+/// Head mode for callers that fit many heads on the same texts (`intentd data check` fits one
+/// per fold): the pretrained encoder, frozen, embeds every text once; rows follow `texts`.
+pub fn embed_frozen(
+    base: &BaseModel,
+    base_dir: &Path,
+    texts: &[&str],
+    max_tokens: usize,
+) -> Result<Tensor> {
+    let tokenizer = TextTokenizer::from_file(&base_dir.join("tokenizer.json"), max_tokens)?;
+    let config: BertConfig = classifier::read_json(&base_dir.join("config.json"))?;
+    let model = FreshModel::new(&config, &base_dir.join(base.weights), 2, true)?;
+    let tokens = tokenizer.tokenize_all(texts)?;
+    embed_tokens(&model.encoder, &tokenizer, &tokens)?.context("no texts to embed")
+}
+
+/// Head mode on vectors already embedded: trains a fresh head seeded by `hp.seed` for all
+/// `hp.epochs` epochs (no dev set, so no early stopping) on the rows of `train_x` labelled
+/// `train_y` (indexes below `n_labels`), and returns the softmax probabilities of each row of
+/// `predict_x`.
+pub fn fit_head_and_predict(
+    train_x: &Tensor,
+    train_y: &[u32],
+    n_labels: usize,
+    predict_x: &Tensor,
+    hp: &HyperParameters,
+) -> Result<Vec<Vec<f32>>> {
+    if n_labels < 2 {
+        bail!("need at least 2 intents to train a classifier, found {n_labels}");
+    }
+    if hp.batch_size == 0 || hp.epochs == 0 {
+        bail!("batch_size and epochs must be at least 1");
+    }
+    let (rows, hidden) = train_x.dims2()?;
+    if rows != train_y.len() || rows == 0 {
+        bail!(
+            "{rows} training vectors for {} labels (need as many, at least one)",
+            train_y.len()
+        );
+    }
+    if let Some(bad) = train_y.iter().find(|&&y| y as usize >= n_labels) {
+        bail!("label index {bad} is out of range for {n_labels} intents");
+    }
+    super::seeded::seed(hp.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(hp.seed);
+    let varmap = VarMap::new();
+    let (head, head_vars) = new_head(&varmap, hidden, n_labels, train_x.device())?;
+    let names: Vec<String> = (0..n_labels).map(|i| i.to_string()).collect();
+    // Without a dev set every epoch is "best": the head's current weights are the last epoch's.
+    fit_head(
+        &head, &head_vars, train_x, train_y, None, &names, hp, &mut rng, false,
+    )?;
+    Ok(candle_nn::ops::softmax_last_dim(&head.forward(predict_x)?)?.to_vec2::<f32>()?)
+}
+
 struct Best {
     scores: Option<Scores>,
     /// 1-based epoch the weights are from (0: before training).
@@ -350,22 +404,7 @@ impl FreshModel {
             bert.freeze_word_embeddings();
         }
         let encoder = SentenceEncoder::new(bert, device.clone());
-        let head = candle_nn::linear(config.hidden_size, labels, vb.pp("classifier"))?;
-        let head_vars: Vec<Var> = {
-            let data = varmap.data().lock().expect("varmap lock");
-            ["classifier.weight", "classifier.bias"]
-                .iter()
-                .map(|k| data[*k].clone())
-                .collect()
-        };
-        // Seeded initial head (BERT's initializer_range 0.02, zero bias) instead of candle's
-        // unseeded default.
-        head_vars[0].set(&super::seeded::normal(
-            &[labels, config.hidden_size],
-            0.02,
-            &device,
-        )?)?;
-        head_vars[1].set(&Tensor::zeros(labels, DType::F32, &device)?)?;
+        let (head, head_vars) = new_head(&varmap, config.hidden_size, labels, &device)?;
         Ok(Self {
             varmap,
             encoder,
@@ -381,6 +420,28 @@ impl FreshModel {
         }
         Ok(())
     }
+}
+
+/// A fresh linear head `classifier.*` in `varmap`: seeded normal weights (BERT's
+/// initializer_range 0.02) and zero bias instead of candle's unseeded default.
+fn new_head(
+    varmap: &VarMap,
+    hidden: usize,
+    labels: usize,
+    device: &Device,
+) -> Result<(Linear, Vec<Var>)> {
+    let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
+    let head = candle_nn::linear(hidden, labels, vb.pp("classifier"))?;
+    let head_vars: Vec<Var> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        ["classifier.weight", "classifier.bias"]
+            .iter()
+            .map(|k| data[*k].clone())
+            .collect()
+    };
+    head_vars[0].set(&super::seeded::normal(&[labels, hidden], 0.02, device)?)?;
+    head_vars[1].set(&Tensor::zeros(labels, DType::F32, device)?)?;
+    Ok((head, head_vars))
 }
 
 fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
@@ -549,30 +610,65 @@ fn train_head(
     rng: &mut ChaCha8Rng,
     progress: bool,
 ) -> Result<(Best, f64)> {
-    let device = encoder.device.clone();
     // The encoder is frozen: embed every text once.
-    let embed_all = |enc: &Encoded| -> Result<Option<Tensor>> {
-        if enc.tokens.is_empty() {
-            return Ok(None);
-        }
-        let mut parts = Vec::new();
-        for chunk in enc.tokens.chunks(64) {
-            let refs: Vec<&Tokenized> = chunk.iter().collect();
-            parts.push(
-                encoder
-                    .embed(&tokenizer.pad(&refs, &device)?, Mode::Infer)?
-                    .detach(),
-            );
-        }
-        Ok(Some(Tensor::cat(&parts, 0)?))
-    };
-    let train_x = embed_all(train)?.expect("non-empty training set");
-    let dev_x = embed_all(dev)?;
+    let train_x = embed_tokens(encoder, tokenizer, &train.tokens)?.expect("non-empty training set");
+    let dev_x = embed_tokens(encoder, tokenizer, &dev.tokens)?;
+    fit_head(
+        head,
+        head_vars,
+        &train_x,
+        &train.labels,
+        dev_x.as_ref().map(|x| (x, dev.labels.as_slice())),
+        labels,
+        hp,
+        rng,
+        progress,
+    )
+}
+
+/// Sentence vectors (n, hidden) of tokenised texts from the frozen encoder; None for no texts.
+fn embed_tokens(
+    encoder: &SentenceEncoder,
+    tokenizer: &TextTokenizer,
+    tokens: &[Tokenized],
+) -> Result<Option<Tensor>> {
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let mut parts = Vec::new();
+    for chunk in tokens.chunks(64) {
+        let refs: Vec<&Tokenized> = chunk.iter().collect();
+        parts.push(
+            encoder
+                .embed(&tokenizer.pad(&refs, &encoder.device)?, Mode::Infer)?
+                .detach(),
+        );
+    }
+    Ok(Some(Tensor::cat(&parts, 0)?))
+}
+
+/// Head-mode training on vectors already embedded: `train_y[i]` is row i's label index. With a
+/// dev set, the epoch with the best dev macro-F1 wins and patience stops early; without one, the
+/// last epoch is the model.
+#[allow(clippy::too_many_arguments)]
+fn fit_head(
+    head: &Linear,
+    head_vars: &[Var],
+    train_x: &Tensor,
+    train_y: &[u32],
+    dev: Option<(&Tensor, &[u32])>,
+    labels: &[String],
+    hp: &HyperParameters,
+    rng: &mut ChaCha8Rng,
+    progress: bool,
+) -> Result<(Best, f64)> {
+    let device = train_x.device().clone();
+    let dev_x = dev.map(|d| d.0);
     let mut opt = FusedAdamW::new(
         head_vars.to_vec(),
         adamw(hp.head_learning_rate, hp.weight_decay),
     )?;
-    let n = train.tokens.len();
+    let n = train_y.len();
     let steps_per_epoch = n.div_ceil(hp.batch_size);
     let total_steps = steps_per_epoch * hp.epochs;
     let bar = Progress::new(progress, total_steps as u64);
@@ -596,7 +692,7 @@ fn train_head(
                 &device,
             )?;
             let x = super::seeded::dropout(&train_x.index_select(&idx, 0)?, hp.dropout)?;
-            let ys: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
+            let ys: Vec<u32> = batch.iter().map(|&i| train_y[i]).collect();
             let loss = smoothed_cross_entropy(&head.forward(&x)?, &ys, hp.label_smoothing)?;
             let grads = loss.backward()?;
             opt.set_grad_scale(clip_scale(&grads, head_vars, hp.max_grad_norm)?);
@@ -609,11 +705,11 @@ fn train_head(
             let loss_v = loss.to_scalar::<f32>()?;
             bar.step(|| format!("epoch {epoch}/{} loss {loss_v:.4}", hp.epochs));
         }
-        let scores = match &dev_x {
-            Some(dx) => {
+        let scores = match dev {
+            Some((dx, dy)) => {
                 let probs =
                     candle_nn::ops::softmax_last_dim(&head.forward(dx)?)?.to_vec2::<f32>()?;
-                score_probs(&probs, &dev.labels, labels)
+                score_probs(&probs, dy, labels)
             }
             None => Scores::default(),
         };
@@ -632,7 +728,7 @@ fn train_head(
         }
     }
     bar.finish();
-    if let Some(s) = best.scores {
+    if let (Some(s), Some(_)) = (best.scores, dev) {
         eprintln!(
             "best dev accuracy={:.4} macro_f1={:.4} n={}",
             s.accuracy, s.macro_f1, s.n

@@ -1,0 +1,135 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use intentd::data::{self, label_check};
+use intentd::model::out_of_fold::out_of_fold_probs;
+use intentd::model::train::{self, HyperParameters, TrainMode};
+
+/// Checks on labelled training data.
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    pub command: DataCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    Check(CheckArgs),
+}
+
+/// Find suspect labels: likely mislabelled examples (k-fold, head mode, confident learning),
+/// duplicates with conflicting labels, intents too small or too confusable. Finding suspects is
+/// not an error (exit 0).
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Labelled data: a TSV, JSONL or Rasa YAML file, or a folder of them.
+    #[arg(long, default_value = super::DEFAULT_TRAINING_DATA)]
+    pub data: PathBuf,
+    /// Also write suspects.csv, predictions.csv and summary.txt into this folder (created if
+    /// missing).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Number of folds (2 to the number of examples).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Seeds the folds and each fold's head.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Suspects of each kind listed in the summary.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    #[arg(long, default_value = intentd::model::base_models::DEFAULT_BASE_MODEL)]
+    pub base: String,
+    #[arg(long, default_value = super::MODELS_DIR)]
+    pub models_dir: PathBuf,
+}
+
+pub fn run(args: DataArgs) -> Result<()> {
+    match args.command {
+        DataCommand::Check(a) => check(a),
+    }
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    // First, while this is the only thread.
+    train::serial_elementwise_ops();
+    let started = Instant::now();
+    let ds = data::load(&args.data)?;
+    let labels = ds.labels();
+    let n = ds.examples.len();
+    if labels.len() < 2 {
+        bail!(
+            "{}: need at least 2 intents to check labels, found {}",
+            args.data.display(),
+            labels.len()
+        );
+    }
+    if args.folds < 2 {
+        bail!("--folds must be at least 2, got {}", args.folds);
+    }
+    if args.folds > n {
+        bail!(
+            "--folds {} is more than the {n} examples in {} (at most {n})",
+            args.folds,
+            args.data.display()
+        );
+    }
+    let base = super::base_model(&args.base)?;
+    let base_dir = super::ensure_base_model(base, &args.models_dir)?;
+    let given: Vec<u32> = ds
+        .examples
+        .iter()
+        .map(|e| labels.binary_search(&e.label).expect("label listed") as u32)
+        .collect();
+    let mut hp = HyperParameters::defaults_for(TrainMode::Head);
+    hp.seed = args.seed;
+    eprintln!(
+        "embedding {n} examples ({} intents) from {} with {}",
+        labels.len(),
+        args.data.display(),
+        base.name
+    );
+    let texts: Vec<&str> = ds.examples.iter().map(|e| e.text.as_str()).collect();
+    let vectors = train::embed_frozen(base, &base_dir, &texts, hp.max_tokens)?;
+    eprintln!(
+        "training {} heads (head mode, {} epochs each)",
+        args.folds, hp.epochs
+    );
+    let folds = label_check::stratified_folds(&given, args.folds, args.seed);
+    let probs = out_of_fold_probs(&vectors, &given, labels.len(), &folds, args.folds, &hp)?;
+    let vectors: Vec<Vec<f32>> = vectors.to_vec2()?;
+    let report = label_check::check(
+        &ds.examples,
+        labels,
+        given,
+        probs,
+        &vectors,
+        args.folds,
+        label_check::CheckLimits::default(),
+    );
+    let summary = report.summary(&ds.examples, args.top);
+    print!("{summary}");
+    if let Some(dir) = &args.report {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the report folder", dir.display()))?;
+        let csv = dir.join("suspects.csv");
+        std::fs::write(&csv, report.to_csv(&ds.examples))
+            .with_context(|| format!("{}: cannot write", csv.display()))?;
+        let all = dir.join("predictions.csv");
+        std::fs::write(&all, report.predictions_csv(&ds.examples))
+            .with_context(|| format!("{}: cannot write", all.display()))?;
+        let txt = dir.join("summary.txt");
+        std::fs::write(&txt, &summary)
+            .with_context(|| format!("{}: cannot write", txt.display()))?;
+        eprintln!(
+            "wrote {}, {} and {}",
+            csv.display(),
+            all.display(),
+            txt.display()
+        );
+    }
+    eprintln!("checked in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
