@@ -90,27 +90,45 @@ pub fn implied_audit(c: &ConversationRecord, user: &str, message: &str) -> Optio
 }
 
 /// For schema migration 5: the detail of an implied audit row written with a clear message
-/// id, with that id replaced by `stored(bot_id, message_id)`; None when the detail is not of
-/// that form or names no message. The fields are found left to right (`bot=` up to ` chat=`,
-/// then the first ` message=` after ` user=`, up to the next ` intent=`), so only a chat or
-/// user id that itself contains ` message=` could mislead it.
+/// id, with that id replaced by `message(bot_id, id)`, and a clear user id (one not already
+/// `u~…`: rows from before migration 4, which converted only the conversations) replaced by
+/// `user(bot_id, id)`; None when the detail is not of that form or nothing changed. The fields
+/// are found left to right (`bot=` up to ` chat=`, then ` user=` up to the first ` message=`, up
+/// to the next ` intent=`), so only a chat or user id that itself contains ` message=` could
+/// mislead it.
 pub fn pseudonymise_implied_detail(
     detail: &str,
-    stored: impl Fn(&str, &str) -> String,
+    message: impl Fn(&str, &str) -> String,
+    user: impl Fn(&str, &str) -> String,
 ) -> Option<String> {
+    const USER: &str = " user=";
     const MESSAGE: &str = " message=";
     let (bot, _) = detail.strip_prefix("bot=")?.split_once(" chat=")?;
-    let user = detail.find(" user=")?;
-    let start = user + detail[user..].find(MESSAGE)? + MESSAGE.len();
+    let user_start = detail.find(USER)? + USER.len();
+    let user_end = user_start + detail[user_start..].find(MESSAGE)?;
+    let start = user_end + MESSAGE.len();
     let end = start + detail[start..].find(" intent=")?;
+    let clear_user = &detail[user_start..user_end];
     let clear = &detail[start..end];
-    if clear.is_empty() {
+    let new_user = if clear_user.is_empty() || clear_user.starts_with(super::pseudonyms::PREFIX) {
+        clear_user.to_string()
+    } else {
+        user(bot, clear_user)
+    };
+    let new_message = if clear.is_empty() {
+        String::new()
+    } else {
+        message(bot, clear)
+    };
+    if new_user == clear_user && new_message == clear {
         return None;
     }
     Some(format!(
-        "{}{}{}",
-        &detail[..start],
-        stored(bot, clear),
+        "{}{}{}{}{}",
+        &detail[..user_start],
+        new_user,
+        &detail[user_end..start],
+        new_message,
         &detail[end..]
     ))
 }
@@ -345,22 +363,39 @@ mod tests {
     fn an_old_implied_detail_gets_the_stored_message_id() {
         let mut c = conversation("b 1", "group message x", "msg 7", 5);
         c.action = Action::Handoff;
-        let old = implied_audit(&c, "wxid 9", "msg 7").unwrap().detail;
-        let new = pseudonymise_implied_detail(&old, |bot, id| format!("<{bot}|{id}>")).unwrap();
+        let msg = |bot: &str, id: &str| format!("<{bot}|{id}>");
+        let user = |bot: &str, id: &str| format!("u~<{bot}|{id}>");
+        let old = implied_audit(&c, "u~9", "msg 7").unwrap().detail;
+        let new = pseudonymise_implied_detail(&old, msg, user).unwrap();
+        assert_eq!(new, implied_audit(&c, "u~9", "<b 1|msg 7>").unwrap().detail);
+        // A row from before migration 4 named the user in clear too.
+        let older = implied_audit(&c, "wxid 9", "msg 7").unwrap().detail;
         assert_eq!(
-            new,
-            implied_audit(&c, "wxid 9", "<b 1|msg 7>").unwrap().detail
+            pseudonymise_implied_detail(&older, msg, user).unwrap(),
+            implied_audit(&c, "u~<b 1|wxid 9>", "<b 1|msg 7>")
+                .unwrap()
+                .detail
         );
-        // No message, or not an implied row: left alone.
+        let no_message = implied_audit(&c, "wxid 9", "").unwrap().detail;
+        assert_eq!(
+            pseudonymise_implied_detail(&no_message, msg, user).unwrap(),
+            implied_audit(&c, "u~<b 1|wxid 9>", "").unwrap().detail
+        );
+        // Nothing in clear, or not an implied row: left alone.
         assert_eq!(
             pseudonymise_implied_detail(
-                &implied_audit(&c, "u", "").unwrap().detail,
+                &implied_audit(&c, "u~1", "").unwrap().detail,
+                |_, _| unreachable!(),
                 |_, _| unreachable!()
             ),
             None
         );
         assert_eq!(
-            pseudonymise_implied_detail("graceful shutdown", |_, _| unreachable!()),
+            pseudonymise_implied_detail(
+                "graceful shutdown",
+                |_, _| unreachable!(),
+                |_, _| unreachable!()
+            ),
             None
         );
     }

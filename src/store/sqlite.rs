@@ -337,9 +337,11 @@ fn convert_message_ids(
         after = last.0;
         let mut update = tx.prepare_cached("UPDATE audit SET detail = ?1 WHERE id = ?2")?;
         for (id, detail) in page {
-            if let Some(detail) = audit::pseudonymise_implied_detail(&detail, |bot, clear| {
-                pseudonyms.message(bot, clear)
-            }) {
+            if let Some(detail) = audit::pseudonymise_implied_detail(
+                &detail,
+                |bot, clear| pseudonyms.message(bot, clear),
+                |bot, clear| pseudonyms.user(bot, clear),
+            ) {
                 update.execute(params![detail, id])?;
                 rows += 1;
             }
@@ -1116,7 +1118,9 @@ mod tests {
                  INSERT INTO human_replies (bot_id, chat_id, message_id, at_ms)
                      VALUES ('b', 'g', 'msg-old-2', 13);
                  INSERT INTO audit (at_ms, actor, action, detail) VALUES (11, 'policy', 'handoff',
-                     'bot=b chat=g user=u~1 message=msg-old-2 intent=refund reason=faq');",
+                     'bot=b chat=g user=u~1 message=msg-old-2 intent=refund reason=faq');
+                 INSERT INTO audit (at_ms, actor, action, detail) VALUES (14, 'policy', 'block',
+                     'bot=b chat=g user=wxid-old-9 message=msg-old-1 intent=refund reason=faq');",
             )
             .unwrap();
             for (kind, key) in [
@@ -1190,10 +1194,19 @@ mod tests {
                 stored("msg-old-2")
             )
         );
+        // A row from before migration 4 also named the user in clear.
+        assert_eq!(
+            store.audit_rows(14, 14).unwrap()[0].detail,
+            format!(
+                "bot=b chat=g user={} message={} intent=refund reason=faq",
+                store.pseudonyms.user("b", "wxid-old-9"),
+                stored("msg-old-1")
+            )
+        );
         let before = lines;
         drop(store);
         let bytes = read_all(dir.path());
-        for clear in ["msg-old-1", "msg-old-2", "evt-old-3"] {
+        for clear in ["msg-old-1", "msg-old-2", "evt-old-3", "wxid-old-9"] {
             assert!(
                 !contains(&bytes, clear.as_bytes()),
                 "'{clear}' left on disk"
