@@ -3,16 +3,10 @@
 
 mod common;
 
+use common::{error_line, intentd};
+
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn intentd(args: &[&str]) -> Output {
-    Command::new(common::intentd_bin())
-        .args(args)
-        .current_dir(common::repo_root())
-        .output()
-        .expect("run intentd")
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
@@ -20,19 +14,6 @@ fn stderr(o: &Output) -> String {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-/// The error line: exactly one line starting with `error:`.
-fn error_line(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "expected failure, got success: {}",
-        stdout(o)
-    );
-    let err = stderr(o);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {err}");
-    lines[0].to_string()
 }
 
 /// A small labelled set drawn from the shipped training data: `per_intent` examples of each of

@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::{error_line, intentd};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Instant;
 
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -30,24 +31,6 @@ const INTENTS: &[&str] = &[
 ];
 const PER_INTENT: usize = 30;
 const FLIPS: usize = 20;
-
-fn intentd(args: &[&str]) -> Output {
-    Command::new(common::intentd_bin())
-        .args(args)
-        .current_dir(common::repo_root())
-        .output()
-        .expect("run intentd")
-}
-
-/// The error line: exactly one line starting with `error:`, and a failed exit.
-fn error_line(o: &Output) -> String {
-    assert!(!o.status.success(), "expected failure");
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    lines[0].to_string()
-}
 
 /// Fields of one CSV record (RFC 4180 quoting; records here hold no newlines).
 fn csv_fields(line: &str) -> Vec<String> {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Mutex;
 
 pub fn repo_root() -> PathBuf {
@@ -12,6 +12,30 @@ pub fn repo_root() -> PathBuf {
 
 pub fn intentd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_intentd"))
+}
+
+/// Runs the `intentd` binary in the repository root and waits for it.
+pub fn intentd(args: &[&str]) -> Output {
+    Command::new(intentd_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run intentd")
+}
+
+/// The error line of a command that must fail: exactly one line starting with `error:`, a
+/// failed exit, and no panic.
+pub fn error_line(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    lines[0].to_string()
 }
 
 /// Test binaries run one after another, but tests inside one binary run in parallel.
