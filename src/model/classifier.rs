@@ -36,6 +36,9 @@ pub struct ModelCard {
     pub base_wheel: String,
     pub base_wheel_sha256: String,
     pub licence: String,
+    /// Put before every text (the E5 models' `query: `); absent in older cards.
+    #[serde(default)]
+    pub input_prefix: String,
     pub data_path: String,
     pub data_sha256: String,
     pub train_examples: usize,
@@ -121,7 +124,8 @@ impl IntentModel {
         } else {
             128
         };
-        let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE), max_tokens)?;
+        let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE), max_tokens)?
+            .with_prefix(&card.input_prefix);
         let device = super::bert::device();
         // Tensor by tensor, not memory-mapped: a mapping keeps every page it was read from
         // resident until the load ends, which doubled a reload's peak (see `tensor_file`).
@@ -234,17 +238,37 @@ pub fn load_base_encoder_with(
     precision: Precision,
 ) -> Result<(TextTokenizer, SentenceEncoder)> {
     let base = super::base_models::find(super::base_models::DEFAULT_BASE_MODEL).expect("listed");
-    if !dir.join(base.weights).is_file() {
+    load_base_encoder_for(base, dir, max_tokens, precision)
+}
+
+/// The pretrained encoder `base` from its `fetch-model` folder, serving at `precision`, with
+/// its tokenizer (input prefix included).
+pub fn load_base_encoder_for(
+    base: &super::base_models::BaseModel,
+    dir: &Path,
+    max_tokens: usize,
+    precision: Precision,
+) -> Result<(TextTokenizer, SentenceEncoder)> {
+    let weights = dir.join(base.weights);
+    if !weights.is_file() {
         bail!(
-            "{} has no {}: run `intentd fetch-model` first",
+            "{} has no {}: run `intentd fetch-model --base {}` first",
             dir.display(),
-            base.weights
+            base.weights,
+            base.name
         );
     }
     let config: BertConfig = read_json(&dir.join("config.json"))?;
-    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), max_tokens)?;
+    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), max_tokens)?
+        .with_prefix(base.input_prefix);
     let device = Device::Cpu;
-    let vb = VarBuilder::from_pth(dir.join(base.weights), DType::F32, &device)?;
+    let vb = if weights.extension().is_some_and(|e| e == "safetensors") {
+        let file = TensorFile::open(&weights)
+            .with_context(|| format!("{}: cannot read weights", weights.display()))?;
+        VarBuilder::from_backend(Box::new(file), DType::F32, device.clone())
+    } else {
+        VarBuilder::from_pth(&weights, DType::F32, &device)?
+    };
     let bert = Bert::load_for(vb, &config, Build::Serve(precision))?;
     log_kernel(&bert, precision);
     Ok((tokenizer, SentenceEncoder::new(bert, device)))

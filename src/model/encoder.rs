@@ -42,6 +42,8 @@ pub struct TextTokenizer {
     max_tokens: usize,
     sep_id: u32,
     pad_id: u32,
+    /// Put before every text (see `BaseModel::input_prefix`).
+    prefix: String,
 }
 
 impl TextTokenizer {
@@ -56,10 +58,15 @@ impl TextTokenizer {
         // Padding and truncation are done here, per batch, not by the tokenizer.
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
+        // BERT vocabularies end a text with [SEP]; XLM-R's (multilingual-e5) with </s>.
         let sep_id = inner
             .token_to_id("[SEP]")
-            .context("tokenizer has no [SEP] token")?;
-        let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
+            .or_else(|| inner.token_to_id("</s>"))
+            .context("tokenizer has no end-of-text token ([SEP] or </s>)")?;
+        let pad_id = inner
+            .token_to_id("[PAD]")
+            .or_else(|| inner.token_to_id("<pad>"))
+            .unwrap_or(0);
         if max_tokens < 2 {
             anyhow::bail!("max_tokens must be at least 2, got {max_tokens}");
         }
@@ -68,7 +75,14 @@ impl TextTokenizer {
             max_tokens,
             sep_id,
             pad_id,
+            prefix: String::new(),
         })
+    }
+
+    /// Puts `prefix` before every text from now on.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
     }
 
     pub fn max_tokens(&self) -> usize {
@@ -76,6 +90,13 @@ impl TextTokenizer {
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Tokenized> {
+        let prefixed;
+        let text = if self.prefix.is_empty() {
+            text
+        } else {
+            prefixed = format!("{}{text}", self.prefix);
+            prefixed.as_str()
+        };
         let enc = self
             .inner
             .encode(text, true)

@@ -24,12 +24,14 @@ const CHUNK_BYTES: usize = 1 << 16;
 
 struct Entry {
     shape: Vec<usize>,
+    /// F32, or U8 (a 4-bit word table's blocks, see `word_table`).
+    dtype: DType,
     /// Absolute offset of the first byte in the file.
     start: u64,
 }
 
-/// A safetensors file opened for reading tensor by tensor (F32 tensors only: what
-/// `intentd train` writes). The header is checked on open: every tensor lies inside the file
+/// A safetensors file opened for reading tensor by tensor (F32 tensors, and U8 for 4-bit word
+/// tables: what `intentd train` writes). The header is checked on open: every tensor lies inside the file
 /// and has the size its shape says, so a truncated file is an error here, not a crash later.
 pub struct TensorFile {
     file: File,
@@ -71,15 +73,16 @@ impl TensorFile {
             }
             let info: Info = serde_json::from_value(v)
                 .with_context(|| format!("{}: tensor {name}: bad header entry", path.display()))?;
-            if info.dtype != "F32" {
-                bail!(
-                    "{}: tensor {name} is {}; only F32 weights are read (as `intentd train` writes them)",
+            let (dtype, width) = match info.dtype.as_str() {
+                "F32" => (DType::F32, 4),
+                "U8" => (DType::U8, 1),
+                other => bail!(
+                    "{}: tensor {name} is {other}; only F32 (and U8 4-bit blocks) are read (as `intentd train` writes them)",
                     path.display(),
-                    info.dtype
-                );
-            }
+                ),
+            };
             let (begin, end) = info.data_offsets;
-            let want = info.shape.iter().product::<usize>() as u64 * 4;
+            let want = info.shape.iter().product::<usize>() as u64 * width;
             if end < begin || end - begin != want {
                 bail!(
                     "{}: tensor {name}: offsets {begin}..{end} do not hold shape {:?}",
@@ -97,6 +100,7 @@ impl TensorFile {
                 name,
                 Entry {
                     shape: info.shape,
+                    dtype,
                     start: data_start + begin,
                 },
             );
@@ -113,6 +117,18 @@ impl TensorFile {
             candle_core::bail!("{}: no tensor {name}", self.path.display())
         };
         let n: usize = e.shape.iter().product();
+        if e.dtype == DType::U8 {
+            let mut bytes = vec![0u8; n];
+            self.file
+                .read_exact_at(&mut bytes, e.start)
+                .map_err(|err| {
+                    candle_core::Error::Msg(format!(
+                        "{}: reading tensor {name}: {err}",
+                        self.path.display()
+                    ))
+                })?;
+            return Tensor::from_vec(bytes, e.shape.as_slice(), &Device::Cpu);
+        }
         let mut values: Vec<f32> = Vec::with_capacity(n);
         let mut buf = vec![0u8; CHUNK_BYTES.min(n * 4)];
         let mut at = e.start;

