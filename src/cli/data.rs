@@ -4,8 +4,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use intentd::data::{self, label_check};
-use intentd::model::out_of_fold::out_of_fold_probs;
-use intentd::model::train::{self, HyperParameters, TrainMode};
+use intentd::model::out_of_fold::score_out_of_fold;
+use intentd::model::train;
 
 /// Checks on labelled training data.
 #[derive(Args, Debug)]
@@ -83,8 +83,6 @@ fn check(args: CheckArgs) -> Result<()> {
         .iter()
         .map(|e| labels.binary_search(&e.label).expect("label listed") as u32)
         .collect();
-    let mut hp = HyperParameters::defaults_for(TrainMode::Head);
-    hp.seed = args.seed;
     eprintln!(
         "embedding {n} examples ({} intents) from {} with {}",
         labels.len(),
@@ -92,13 +90,15 @@ fn check(args: CheckArgs) -> Result<()> {
         base.name
     );
     let texts: Vec<&str> = ds.examples.iter().map(|e| e.text.as_str()).collect();
-    let vectors = train::embed_frozen(base, &base_dir, &texts, hp.max_tokens)?;
-    eprintln!(
-        "training {} heads (head mode, {} epochs each)",
-        args.folds, hp.epochs
-    );
-    let folds = label_check::stratified_folds(&given, args.folds, args.seed);
-    let probs = out_of_fold_probs(&vectors, &given, labels.len(), &folds, args.folds, &hp)?;
+    let (vectors, probs) = score_out_of_fold(
+        base,
+        &base_dir,
+        &texts,
+        &given,
+        labels.len(),
+        args.folds,
+        args.seed,
+    )?;
     let vectors: Vec<Vec<f32>> = vectors.to_vec2()?;
     let report = label_check::check(
         &ds.examples,

@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use intentd::data;
+use intentd::data::{self, label_check};
+use intentd::model::base_models::BaseModel;
+use intentd::model::out_of_fold::score_out_of_fold;
 use intentd::model::train::{self, HyperParameters, LabeledText, TrainJob, TrainMode};
 
 /// Fine-tune the encoder + a classification head on labelled data (TSV, JSONL, Rasa YAML, or a
@@ -47,6 +49,11 @@ pub struct TrainArgs {
     pub base: String,
     #[arg(long, default_value = super::MODELS_DIR)]
     pub models_dir: PathBuf,
+    /// Leave out the examples `intentd data check` flags as likely mislabelled (5-fold
+    /// out-of-fold predictions in head mode, the margin rule) before training: for labels
+    /// exported from real logs, where agents pick the wrong category.
+    #[arg(long)]
+    pub drop_suspect: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -68,6 +75,7 @@ impl TrainArgs {
             patience: None,
             train_embeddings: false,
             no_refit: false,
+            drop_suspect: false,
             base: intentd::model::base_models::DEFAULT_BASE_MODEL.into(),
             models_dir: super::MODELS_DIR.into(),
             quiet: false,
@@ -76,22 +84,100 @@ impl TrainArgs {
 }
 
 pub fn load_labeled(path: &std::path::Path) -> Result<(Vec<LabeledText>, String)> {
+    let (examples, hash) = load_examples(path)?;
+    Ok((to_labeled(examples), hash))
+}
+
+fn load_examples(path: &std::path::Path) -> Result<(Vec<data::Example>, String)> {
     let ds = data::load(path)?;
     let ds = report_conflicts(ds);
     if ds.examples.is_empty() {
         bail!("{}: no examples found (empty dataset)", path.display());
     }
     let hash = ds.content_hash();
-    Ok((
-        ds.examples
-            .into_iter()
-            .map(|e| LabeledText {
-                text: e.text,
-                label: e.label,
-            })
-            .collect(),
-        hash,
-    ))
+    Ok((ds.examples, hash))
+}
+
+fn to_labeled(examples: Vec<data::Example>) -> Vec<LabeledText> {
+    examples
+        .into_iter()
+        .map(|e| LabeledText {
+            text: e.text,
+            label: e.label,
+        })
+        .collect()
+}
+
+/// Folds of the out-of-fold check `--drop-suspect` runs (as `data check`'s default).
+const SUSPECT_FOLDS: usize = 5;
+
+/// `--drop-suspect`: the examples without those flagged as likely mislabelled, and how many
+/// were flagged (listed with file:line on stderr).
+fn drop_suspects(
+    examples: Vec<data::Example>,
+    base: &BaseModel,
+    base_dir: &std::path::Path,
+    seed: u64,
+) -> Result<(Vec<data::Example>, usize)> {
+    let labels: Vec<String> = examples
+        .iter()
+        .map(|e| e.label.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let folds = SUSPECT_FOLDS.min(examples.len());
+    if labels.len() < 2 || folds < 2 {
+        bail!(
+            "--drop-suspect needs at least 2 intents and {SUSPECT_FOLDS} examples to check, found {} and {}",
+            labels.len(),
+            examples.len()
+        );
+    }
+    let given: Vec<u32> = examples
+        .iter()
+        .map(|e| labels.binary_search(&e.label).expect("label listed") as u32)
+        .collect();
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    eprintln!(
+        "--drop-suspect: scoring {} examples out of fold ({folds} folds, head mode)",
+        examples.len()
+    );
+    let (_, probs) = score_out_of_fold(base, base_dir, &texts, &given, labels.len(), folds, seed)?;
+    let limits = label_check::CheckLimits::default();
+    let suspects = label_check::suspect_labels(
+        &probs,
+        &given,
+        labels.len(),
+        limits.min_examples,
+        limits.mislabel_margin,
+    );
+    eprintln!(
+        "--drop-suspect: leaving out {} of {} examples as likely mislabelled",
+        suspects.len(),
+        examples.len()
+    );
+    for m in suspects.iter().take(10) {
+        let e = &examples[m.index];
+        eprintln!(
+            "  {}: {:?} labelled {} (out of fold: {} {:.2} vs {:.2})",
+            e.origin, e.text, e.label, labels[m.suggested as usize], m.p_suggested, m.p_given
+        );
+    }
+    if suspects.len() > 10 {
+        eprintln!(
+            "  ... and {} more (`intentd data check --report DIR` lists them all)",
+            suspects.len() - 10
+        );
+    }
+    let dropped: std::collections::HashSet<usize> = suspects.iter().map(|m| m.index).collect();
+    let n = dropped.len();
+    let kept = examples
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !dropped.contains(i))
+        .map(|(_, e)| e)
+        .collect();
+    Ok((kept, n))
 }
 
 /// Texts given two different intents cannot both be right: list them (file:line of each
@@ -118,7 +204,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // First, while this is the only thread.
     train::serial_elementwise_ops();
     let base = super::base_model(&args.base)?;
-    let (examples, data_sha256) = load_labeled(&args.data)?;
+    let (examples, data_sha256) = load_examples(&args.data)?;
     let dev = match &args.dev {
         Some(p) => Some(load_labeled(p)?.0),
         None => None,
@@ -149,6 +235,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         hp.refit = false;
     }
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
+    let (examples, dropped) = if args.drop_suspect {
+        drop_suspects(examples, base, &base_dir, hp.seed)?
+    } else {
+        (examples, 0)
+    };
+    hp.dropped_suspects = dropped;
+    let examples = to_labeled(examples);
     eprintln!(
         "training {:?} on {} examples from {} ({} intents), base {}",
         args.mode,

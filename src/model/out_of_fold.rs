@@ -2,10 +2,34 @@
 //! (head mode: the frozen encoder's vectors are computed once by the caller and reused by every
 //! fold), so a wrong label cannot be memorised by the model that judges it.
 
+use std::path::Path;
+
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::train::{fit_head_and_predict, HyperParameters};
+use super::base_models::BaseModel;
+use super::train::{embed_frozen, fit_head_and_predict, HyperParameters, TrainMode};
+
+/// What `intentd data check` and `intentd train --drop-suspect` both run: embeds `texts` once
+/// with the frozen base encoder, deals them into `k` stratified folds (seeded) and scores each
+/// with a head-mode model trained on the other folds. Returns the vectors (n, hidden) and the
+/// out-of-fold probability rows.
+pub fn score_out_of_fold(
+    base: &BaseModel,
+    base_dir: &Path,
+    texts: &[&str],
+    given: &[u32],
+    n_labels: usize,
+    k: usize,
+    seed: u64,
+) -> Result<(Tensor, Vec<Vec<f32>>)> {
+    let mut hp = HyperParameters::defaults_for(TrainMode::Head);
+    hp.seed = seed;
+    let vectors = embed_frozen(base, base_dir, texts, hp.max_tokens)?;
+    let folds = crate::data::label_check::stratified_folds(given, k, seed);
+    let probs = out_of_fold_probs(&vectors, given, n_labels, &folds, k, &hp)?;
+    Ok((vectors, probs))
+}
 
 /// `vectors` (n, hidden) are the examples' sentence vectors, `given[i]` example i's label index
 /// (below `n_labels`) and `folds[i]` its fold (below `k`). Fold f's head is seeded with

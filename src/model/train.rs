@@ -67,6 +67,9 @@ pub struct HyperParameters {
     /// epochs, so the served model has seen every example. Doubles the training time.
     #[serde(default)]
     pub refit: bool,
+    /// Examples `--drop-suspect` left out before training (recorded in the model card).
+    #[serde(default)]
+    pub dropped_suspects: usize,
 }
 
 impl HyperParameters {
@@ -91,6 +94,7 @@ impl HyperParameters {
                 max_tokens: 64,
                 dev_fraction: 0.1,
                 refit: true,
+                dropped_suspects: 0,
             },
             TrainMode::Head => Self {
                 mode,
@@ -109,6 +113,7 @@ impl HyperParameters {
                 max_tokens: 64,
                 dev_fraction: 0.1,
                 refit: false,
+                dropped_suspects: 0,
             },
         }
     }
