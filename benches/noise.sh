@@ -117,7 +117,7 @@ Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | se
 $(printf '%s\n' "${rows[@]}")
 
 \`\`\`sh
-bash benches/noise.sh --bin $bin --rate $rate --seed $seed$(for v in "${variants[@]}"; do printf ' --variant "%s"' "$v"; done)$( [ "$skip_clean" = 1 ] && echo ' --skip-clean')
+bash benches/noise.sh --bin $bin --rate $rate --seed $seed$(for v in "${variants[@]}"; do if [ "$v" = none ]; then printf ' --baseline'; else printf ' --variant "%s"' "$v"; fi; done)$( [ "$skip_clean" = 1 ] && echo ' --skip-clean')
 \`\`\`
 EOF
 echo "work files in $work" >&2

@@ -54,6 +54,10 @@ pub struct TrainArgs {
     /// exported from real logs, where agents pick the wrong category.
     #[arg(long)]
     pub drop_suspect: bool,
+    /// With --drop-suspect: the p(predicted) - p(label) margin at which an example is left out
+    /// (0 to 1; `data check` reports at 0.5).
+    #[arg(long, default_value_t = label_check::CheckLimits::default().mislabel_margin)]
+    pub suspect_margin: f32,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -76,6 +80,7 @@ impl TrainArgs {
             train_embeddings: false,
             no_refit: false,
             drop_suspect: false,
+            suspect_margin: label_check::CheckLimits::default().mislabel_margin,
             base: intentd::model::base_models::DEFAULT_BASE_MODEL.into(),
             models_dir: super::MODELS_DIR.into(),
             quiet: false,
@@ -118,7 +123,11 @@ fn drop_suspects(
     base: &BaseModel,
     base_dir: &std::path::Path,
     seed: u64,
+    margin: f32,
 ) -> Result<(Vec<data::Example>, usize)> {
+    if !(0.0..=1.0).contains(&margin) {
+        bail!("--suspect-margin must be between 0 and 1, got {margin}");
+    }
     let labels: Vec<String> = examples
         .iter()
         .map(|e| e.label.clone())
@@ -144,13 +153,8 @@ fn drop_suspects(
     );
     let (_, probs) = score_out_of_fold(base, base_dir, &texts, &given, labels.len(), folds, seed)?;
     let limits = label_check::CheckLimits::default();
-    let suspects = label_check::suspect_labels(
-        &probs,
-        &given,
-        labels.len(),
-        limits.min_examples,
-        limits.mislabel_margin,
-    );
+    let suspects =
+        label_check::suspect_labels(&probs, &given, labels.len(), limits.min_examples, margin);
     eprintln!(
         "--drop-suspect: leaving out {} of {} examples as likely mislabelled",
         suspects.len(),
@@ -236,7 +240,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
     let (examples, dropped) = if args.drop_suspect {
-        drop_suspects(examples, base, &base_dir, hp.seed)?
+        drop_suspects(examples, base, &base_dir, hp.seed, args.suspect_margin)?
     } else {
         (examples, 0)
     };

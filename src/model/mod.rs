@@ -22,4 +22,5 @@ pub mod spin_pool;
 pub mod tensor_file;
 pub mod tiling;
 pub mod train;
+pub mod vocab_prune;
 pub mod word_table;

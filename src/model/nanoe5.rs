@@ -294,7 +294,8 @@ fn tensor_map(h: &E5Header) -> Vec<(String, String, Vec<usize>)> {
 }
 
 /// Converts `image` into `out_dir/model.safetensors` + `out_dir/config.json` and returns the
-/// config written.
+/// config written. `out_dir/tokenizer.json` (the model's XLM-R tokenizer) is pruned in place to
+/// the scripts Chinese chats use, and the word table with it ([`super::vocab_prune`]).
 pub fn convert(image: &Path, out_dir: &Path) -> Result<BertConfig> {
     let data = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
     let img = parse(&data).with_context(|| format!("{}", image.display()))?;
@@ -322,12 +323,24 @@ pub fn convert(image: &Path, out_dir: &Path) -> Result<BertConfig> {
         );
     }
     let row_bytes = h.hidden / Q4_BLOCK_VALUES * Q4_BLOCK_BYTES;
+    let source_ids = super::vocab_prune::prune_in_place(out_dir)?;
+    let mut rows = Vec::with_capacity(source_ids.len() * row_bytes);
+    for &id in &source_ids {
+        let id = id as usize;
+        if id >= h.vocab {
+            bail!(
+                "the tokenizer's token id {id} is outside the model's vocabulary of {}",
+                h.vocab
+            );
+        }
+        rows.extend_from_slice(&word.bytes[id * row_bytes..(id + 1) * row_bytes]);
+    }
     tensors.insert(
         super::word_table::Q4_TENSOR.into(),
-        Tensor::from_slice(word.bytes, (h.vocab, row_bytes), &Device::Cpu)?,
+        Tensor::from_vec(rows, (source_ids.len(), row_bytes), &Device::Cpu)?,
     );
     let config = BertConfig {
-        vocab_size: h.vocab,
+        vocab_size: source_ids.len(),
         hidden_size: h.hidden,
         num_hidden_layers: h.layers,
         num_attention_heads: h.heads,
@@ -376,7 +389,7 @@ pub(crate) mod tests {
             layers: 1,
             heads: 2,
             ffn: 64,
-            vocab: 5,
+            vocab: 12,
             max_positions: 8,
             type_vocab: 2,
             layer_norm_eps: 1e-12,
@@ -477,7 +490,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.bin");
         std::fs::write(&path, &image).unwrap();
+        let tokenizer = crate::model::vocab_prune::tests::tiny_tokenizer();
+        std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
         let config = convert(&path, dir.path()).unwrap();
+        // 10 of the 12 pieces are kept, and their rows in the original order.
+        assert_eq!(config.vocab_size, 10);
         assert_eq!(config.word_embeddings, WordEmbeddingFormat::Q4_0);
         assert_eq!(config.pad_token_id, 1);
         let t = candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)
@@ -490,7 +507,15 @@ pub(crate) mod tests {
         assert_eq!(q, values["l0.k.w"]);
         let ln = t["embeddings.LayerNorm.bias"].to_vec1::<f32>().unwrap();
         assert_eq!(ln, values["emb.ln.b"]);
-        assert_eq!(t[super::super::word_table::Q4_TENSOR].dims(), &[5, 18]);
+        let table = &t[super::super::word_table::Q4_TENSOR];
+        assert_eq!(table.dims(), &[10, 18]);
+        let mut words = Vec::new();
+        dequantise_q4(
+            &table.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+            &mut words,
+        );
+        // Pruned row 6 is original piece 7; rows are 32 values (hidden 32).
+        assert_eq!(&words[6 * 32..7 * 32], &values["emb.word"][7 * 32..8 * 32]);
         let back: BertConfig =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
                 .unwrap();
@@ -502,6 +527,8 @@ pub(crate) mod tests {
         let (image, _) = tiny_image();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.bin");
+        let tokenizer = crate::model::vocab_prune::tests::tiny_tokenizer();
+        std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"GGUF0000".to_vec(), "bad magic"),
             (image[..60].to_vec(), "truncated"),
