@@ -10,6 +10,7 @@ use super::snapshot::OperatorSnapshot;
 use super::OperatorError;
 use crate::data::FileError;
 use crate::engine::catalog::Catalog;
+use crate::engine::entities::{EntityExtractor, OperatorEntities, ENTITIES_FILE};
 use crate::engine::fusion::FusionConfig;
 use crate::engine::keywords::KeywordLayer;
 use crate::policy::config::OperatorConfig;
@@ -35,15 +36,29 @@ pub(super) fn load(sources: &OperatorSources) -> Result<OperatorSnapshot, Operat
         .is_dir()
         .then_some(sources.training_data.as_path());
     let keywords = KeywordLayer::load(&dir.join(RULES_FILE), nlu, &catalog)?;
-    let policy = OperatorConfig::load(dir, &catalog)?;
+    let entities = load_entities(dir, nlu)?;
+    let policy = OperatorConfig::load_with_entities(dir, &catalog, &entities.types())?;
     let config_hash = hash_files(dir, &sources.training_data)?;
     Ok(OperatorSnapshot {
         catalog,
         keywords,
+        entities,
         fusion: sources.fusion.clone(),
         policy: Arc::new(policy),
         config_hash,
     })
+}
+
+/// The entity extractors: lookup tables and synonyms of the training data, the operator's
+/// regex entities (`entities.yml`, optional), whose names may not reuse a lookup table's.
+fn load_entities(dir: &Path, nlu: Option<&Path>) -> Result<EntityExtractor, OperatorError> {
+    let data = match nlu {
+        Some(path) => crate::data::load_allow_empty(path)?,
+        None => crate::data::Dataset::default(),
+    };
+    let tables: Vec<&str> = data.lookups.iter().map(|l| l.name.as_str()).collect();
+    let operator = OperatorEntities::load(&dir.join(ENTITIES_FILE), &tables)?;
+    Ok(EntityExtractor::from_parts(&data, operator))
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FileError> {
