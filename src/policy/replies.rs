@@ -329,7 +329,15 @@ impl ReplyLibrary {
             sets.push(("named", id, id.clone(), USER_VARS.to_vec(), variants));
         }
         for (section, name, key, allowed, variants) in sets {
-            lib.add_set(file, banned, &[section, name], key, variants, &allowed, entities)?;
+            lib.add_set(
+                file,
+                banned,
+                &[section, name],
+                key,
+                variants,
+                &allowed,
+                entities,
+            )?;
         }
         Ok(lib)
     }
@@ -378,7 +386,8 @@ impl ReplyLibrary {
             if v.text.trim().is_empty() {
                 return Err(fail("text", "reply text is empty".into()));
             }
-            let t = Template::parse_with_entities(&v.text, entities).map_err(|e| fail("text", e))?;
+            let t =
+                Template::parse_with_entities(&v.text, entities).map_err(|e| fail("text", e))?;
             t.check_vars(allowed)
                 .map_err(|e| fail("text", format!("in '{key}': {e}")))?;
             for lit in t.literals() {

@@ -255,7 +255,11 @@ pub struct Vars {
 impl Vars {
     /// The first entity of type `entity`, or its fallback.
     pub fn entity(&self, entity: &str) -> &str {
-        match self.entities.iter().find(|(t, v)| t == entity && !v.is_empty()) {
+        match self
+            .entities
+            .iter()
+            .find(|(t, v)| t == entity && !v.is_empty())
+        {
             Some((_, v)) => v,
             None => self.fallbacks.entity(entity),
         }
@@ -379,7 +383,10 @@ mod tests {
     fn entity_placeholders_render_or_fall_back() {
         let types = vec!["order_id".to_string(), "product".to_string()];
         let t = Template::parse_with_entities("订单 {order_id} 的{product}已发货", &types).unwrap();
-        assert_eq!(t.entities().collect::<Vec<_>>(), vec!["order_id", "product"]);
+        assert_eq!(
+            t.entities().collect::<Vec<_>>(),
+            vec!["order_id", "product"]
+        );
         let mut fallbacks = Fallbacks::default();
         fallbacks.set_entity("order_id", "您的订单".into());
         let mut vars = Vars {

@@ -393,9 +393,11 @@ fn stored_body(o: &ClassifyOutcome) -> String {
 /// `ms` (Unix) in `tz`; a time outside chrono's range (never from a real clock) is the epoch.
 pub(crate) fn local_now(tz: chrono_tz::Tz, ms: i64) -> chrono::DateTime<chrono_tz::Tz> {
     use chrono::TimeZone;
-    tz.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_else(|| tz.timestamp_millis_opt(0).single().expect("the epoch exists"))
+    tz.timestamp_millis_opt(ms).single().unwrap_or_else(|| {
+        tz.timestamp_millis_opt(0)
+            .single()
+            .expect("the epoch exists")
+    })
 }
 
 /// Over the queue budget is back-pressure (retry later); anything else went wrong here.

@@ -20,6 +20,7 @@ mod chinese_numbers;
 mod datetime;
 mod lookup;
 mod operator_regex;
+pub mod score;
 
 use chrono::DateTime;
 use chrono_tz::Tz;

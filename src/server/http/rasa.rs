@@ -212,7 +212,11 @@ pub async fn parse(
                 confidence: s.confidence,
             })
             .collect(),
-        entities: answer.entities.iter().map(RasaEntity::from_answer).collect(),
+        entities: answer
+            .entities
+            .iter()
+            .map(RasaEntity::from_answer)
+            .collect(),
         intentd: IntentdExtra {
             answer,
             bot_id,
