@@ -46,7 +46,7 @@ fn patterns() -> &'static Patterns {
         .expect("date pattern"),
         time: Regex::new(
             r"(?x)
-            (?P<ap>早上|早晨|清晨|上午|中午|下午|傍晚|晚上|夜里|夜间|半夜|凌晨)?\s*
+            (?P<ap>早上|早晨|清晨|上午|中午|下午|傍晚|晚上|夜里|夜间|半夜|凌晨|早|晚)?\s*
             (?:
               (?P<h>[0-9]{1,2}|[零一二两三四五六七八九十]{1,3})\s*[点时]
               (?:(?P<half>半)|(?P<q1>一刻)|(?P<q3>三刻)|(?P<mi>[0-9]{1,2}|[零一二三四五六七八九十]{1,3})\s*分?)?
@@ -72,9 +72,9 @@ enum DayPart {
 
 fn day_part(s: &str) -> DayPart {
     match s {
-        "早上" | "早晨" | "清晨" | "上午" | "今早" | "明早" => DayPart::Morning,
+        "早上" | "早晨" | "清晨" | "上午" | "早" | "今早" | "明早" => DayPart::Morning,
         "中午" => DayPart::Noon,
-        "下午" | "傍晚" | "晚上" | "夜里" | "夜间" | "半夜" | "今晚" | "明晚" | "昨晚" => {
+        "下午" | "傍晚" | "晚上" | "晚" | "夜里" | "夜间" | "半夜" | "今晚" | "明晚" | "昨晚" => {
             DayPart::Evening
         }
         "凌晨" => DayPart::EarlyMorning,
@@ -118,7 +118,13 @@ pub(super) fn find(text: &str, now: DateTime<Tz>, out: &mut Vec<Candidate>) {
         let gap = rest.len() - rest.trim_start_matches([' ', '\u{3000}', '的']).len();
         let joined = times
             .iter_mut()
-            .find(|t| t.as_ref().is_some_and(|t| t.start == d.end + gap))
+            // `今晚8点`: the time (`晚8点`) may also start inside the date.
+            .find(|t| {
+                t.as_ref().is_some_and(|t| {
+                    t.start == d.end + gap
+                        || (t.start > d.start && t.start < d.end && t.end > d.end)
+                })
+            })
             .and_then(Option::take);
         match joined {
             Some(t) => {
@@ -396,6 +402,11 @@ mod tests {
             found("3月5日的14:30"),
             one("datetime", "3月5日的14:30", "2026-03-05T14:30:00+08:00")
         );
+        // The time may start inside the date word that says the part of the day.
+        assert_eq!(
+            found("今晚8点开抢"),
+            one("datetime", "今晚8点", "2026-11-28T20:00:00+08:00")
+        );
         // 晚上12点 is midnight: the next day starts.
         assert_eq!(
             found("今天晚上12点"),
@@ -436,6 +447,7 @@ mod tests {
         assert_eq!(found("下午两点"), one("time", "下午两点", "14:00"));
         assert_eq!(found("中午1点"), one("time", "中午1点", "13:00"));
         assert_eq!(found("20:30"), one("time", "20:30", "20:30"));
+        assert_eq!(found("秒杀是每晚8点吗"), one("time", "晚8点", "20:00"));
         // "a little" / "two points", not a time of day
         assert_eq!(found("便宜一点"), vec![]);
         assert_eq!(found("有两点建议"), vec![]);
