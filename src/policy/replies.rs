@@ -108,6 +108,14 @@ struct RawGreeting {
     text: String,
 }
 
+/// What the templates of one reply set may name: the variables its context fills and the
+/// entity types of the snapshot.
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    vars: &'a [Var],
+    entities: &'a [String],
+}
+
 /// One reply set as found in the file: (section, name, library key, the variables its context
 /// can fill, the variants).
 type SetSpec<'r> = (&'r str, &'r str, String, Vec<Var>, &'r [RawVariant]);
@@ -329,15 +337,11 @@ impl ReplyLibrary {
             sets.push(("named", id, id.clone(), USER_VARS.to_vec(), variants));
         }
         for (section, name, key, allowed, variants) in sets {
-            lib.add_set(
-                file,
-                banned,
-                &[section, name],
-                key,
-                variants,
-                &allowed,
+            let names = Names {
+                vars: &allowed,
                 entities,
-            )?;
+            };
+            lib.add_set(file, banned, &[section, name], key, variants, names)?;
         }
         Ok(lib)
     }
@@ -349,9 +353,9 @@ impl ReplyLibrary {
         at: &[&str; 2],
         key: String,
         raw: &[RawVariant],
-        allowed: &[Var],
-        entities: &[String],
+        names: Names<'_>,
     ) -> Result<(), FileError> {
+        let (allowed, entities) = (names.vars, names.entities);
         let base = [Seg::Key(at[0]), Seg::Key(at[1])];
         if raw.is_empty() {
             return Err(file.error(&base, format!("'{key}' has no variants")));
