@@ -104,6 +104,21 @@ async fn grpc_answers_carry_entities_and_render_order_id_or_its_fallback() {
         ]
     );
     assert_eq!(r.entities[0].source, pb::EntitySource::Synonym as i32);
+    // A retry gets the stored first answer: what the store keeps has the phone redacted.
+    let again = c
+        .classify(classify_req("e3", "保温壶坏了，电话13812345678", "u3"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(
+        (
+            again.entities[1].value.as_str(),
+            again.entities[1].canonical.as_str()
+        ),
+        ("[PHONE]", "[PHONE]")
+    );
+    assert_eq!(again.entities[0], r.entities[0]);
     // The log holds no phone number in clear.
     let log = s.stderr();
     assert!(!log.contains("13812345678"), "phone number in the log");
@@ -203,4 +218,88 @@ async fn http_v1_and_rasa_parse_report_entities() {
         ]),
         "{r}"
     );
+}
+
+/// entities.yml is operator data like the rest: a reload picks up a new regex entity, and a
+/// broken pattern is refused with file:line while the loaded one keeps serving.
+#[tokio::test]
+async fn a_reload_reads_entities_yml_and_refuses_a_broken_pattern() {
+    let operator = tempfile::tempdir().unwrap();
+    let shipped = common::repo_root().join("config/operator");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, operator.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let s = TestServer::start(ServerOptions {
+        manual_clock: Some(T0),
+        operator_dir: Some(operator.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let mut c = s.client().await;
+    let mut admin = s.admin().await;
+    let types = |r: &pb::ClassifyResponse| -> Vec<String> {
+        r.entities.iter().map(|e| e.entity.clone()).collect()
+    };
+    let r = c
+        .classify(classify_req("r1", "会员卡号VIP-778899能用吗", "u1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!types(&r).contains(&"member_card".to_string()), "{r:?}");
+
+    let file = operator.path().join("entities.yml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!("{text}  - name: member_card\n    patterns: ['VIP-([0-9]{{6}})']\n"),
+    )
+    .unwrap();
+    let ok = admin
+        .reload(pb::ReloadRequest {
+            model: false,
+            operator: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.ok, "{ok:?}");
+    let r = c
+        .classify(classify_req("r2", "会员卡号VIP-778899能用吗", "u1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let card = r.entities.iter().find(|e| e.entity == "member_card");
+    assert_eq!(
+        card.map(|e| (e.value.as_str(), e.start, e.end, e.source)),
+        Some(("778899", 8, 14, pb::EntitySource::Regex as i32)),
+        "{r:?}"
+    );
+
+    let lines = text.lines().count();
+    std::fs::write(
+        &file,
+        format!("{text}  - name: member_card\n    patterns: ['VIP-([0-9]{{6}}']\n"),
+    )
+    .unwrap();
+    let err = admin
+        .reload(pb::ReloadRequest {
+            model: false,
+            operator: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let want = format!(
+        "entities.yml:{}: in entity 'member_card': invalid regex",
+        lines + 2
+    );
+    assert!(err.message().contains(&want), "{}", err.message());
+    // Still serving the files loaded before.
+    let r = c
+        .classify(classify_req("r3", "会员卡号VIP-778899能用吗", "u2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(types(&r).contains(&"member_card".to_string()), "{r:?}");
 }
