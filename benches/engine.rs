@@ -2,7 +2,8 @@
 //! normalisation, jieba segmentation, synonym / phrase / regex / lookup rules), the fusion of
 //! keyword and model scores (`fusion::fuse`), the playbook's decision
 //! (`Playbook::decide_message`), and the whole keyword-only decision the server makes when no
-//! model is loaded (precheck + keywords + fusion + playbook). Issue 6 asks for keyword-only
+//! model is loaded (precheck + keywords + fusion + playbook), and entity extraction
+//! (`EntityExtractor::extract`). Issue 6 asks for keyword-only
 //! decisions with p99 < 1 ms; this is the in-process part of that figure.
 //!
 //! Uses the shipped operator files (`config/operator/`, `training-data/nlu/`) and the SMP2017
@@ -112,6 +113,25 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             for t in &texts {
                 black_box(rules.keywords.match_text(black_box(t)));
+            }
+        })
+    });
+    g.finish();
+
+    // Entity extraction (built-in patterns, dates on a fixed "now", lookup tables, operator
+    // regexes), which the server runs beside the keyword layer on every message.
+    let now = chrono::TimeZone::timestamp_millis_opt(&chrono_tz::Asia::Shanghai, START_MS)
+        .single()
+        .expect("a valid time");
+    let mut g = c.benchmark_group("entities");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(texts.len() as u64));
+    g.bench_function(format!("extract_smp2017_{}_texts", texts.len()), |b| {
+        b.iter(|| {
+            for t in &texts {
+                black_box(rules.entities.extract(black_box(t), now));
             }
         })
     });

@@ -133,6 +133,10 @@ pub struct Classification {
     /// The text was cut to the model's token limit.
     pub truncated: bool,
     pub model_loaded: bool,
+    /// Entities found in the text (engine/entities), in text order. Offsets are Unicode code
+    /// points. Answers stored before entities existed read back with none.
+    #[serde(default)]
+    pub entities: Vec<Entity>,
 }
 
 impl Classification {
@@ -147,8 +151,59 @@ impl Classification {
             needs_clarification: false,
             truncated: false,
             model_loaded,
+            entities: Vec::new(),
         }
     }
+}
+
+/// Which extractor found an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntitySource {
+    /// A built-in pattern: order numbers, phone numbers, amounts, dates and times.
+    Builtin,
+    /// An element of a `lookup` table in the training data.
+    Lookup,
+    /// A `synonym` variant of a lookup element: `canonical` is the synonym's canonical value.
+    Synonym,
+    /// A regex entity declared by the operator (`config/operator/entities.yml`).
+    Regex,
+}
+
+impl EntitySource {
+    pub const ALL: [EntitySource; 4] = [
+        EntitySource::Builtin,
+        EntitySource::Lookup,
+        EntitySource::Synonym,
+        EntitySource::Regex,
+    ];
+
+    /// The one spelling used in JSON and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntitySource::Builtin => "builtin",
+            EntitySource::Lookup => "lookup",
+            EntitySource::Synonym => "synonym",
+            EntitySource::Regex => "regex",
+        }
+    }
+}
+
+/// One entity in a message. `start..end` is a range of Unicode code points (not bytes, not
+/// UTF-16 units), Rasa's convention: `text.chars().skip(start).take(end - start)` is `value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entity {
+    /// The entity type: `order_id`, `phone`, `amount`, `date`, `time`, `datetime`, a lookup
+    /// table's name or an operator regex entity's name.
+    pub entity: String,
+    /// The text as written.
+    pub value: String,
+    /// The normalised value: digits of a phone or order number, a decimal amount, an ISO
+    /// date / time, a synonym's canonical term; `value` itself when there is nothing to change.
+    pub canonical: String,
+    pub start: usize,
+    pub end: usize,
+    pub source: EntitySource,
 }
 
 /// A rendered reply.

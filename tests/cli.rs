@@ -434,3 +434,85 @@ fn kernel_and_portable_serving_paths_agree() {
         }
     }
 }
+
+/// `intentd eval` scores entities on Rasa-annotated data; every number below is counted by hand
+/// from the file (see the comment on each line).
+#[test]
+fn eval_reports_entity_precision_and_recall() {
+    let model = common::default_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("annotated.yml");
+    std::fs::write(
+        &data,
+        r#"version: "3.1"
+nlu:
+- intent: delivery_tracking
+  examples: |
+    - 订单号[2026112812345](order_id)到哪了
+    - [明天](date)能到吗，电话13812345678
+    - [周五](date)晚上8点前能到吗
+    - [12345678](order_id)是单号
+- intent: price
+  examples: |
+    - [保温壶]{"entity": "product", "value": "保温杯"}多少钱
+    - [扫地机](product)多少钱
+    - 两个杯子多少钱
+"#,
+    )
+    .unwrap();
+    // order_id: 2 annotated; found 2026112812345 (right), not 12345678 (no 订单 before it,
+    //           shorter than a bare order number)           → P 1/1, R 1/2
+    // date:     2 annotated; 明天 right; 周五晚上8点 comes out as one datetime, a type the file
+    //           does not annotate                           → P 1/1, R 1/2
+    // product:  2 annotated; 保温壶 right, 扫地机 missed (not in the lookup), 杯子 predicted
+    //           without an annotation                       → P 1/2, R 1/2
+    // overall:  3 right of 4 predicted, of 6 annotated      → P 0.75, R 0.5, F1 0.6
+    // not scored: the phone number and the datetime         → 2
+    let report = dir.path().join("report");
+    let o = intentd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--now",
+        "2026-11-28T10:00:00+08:00",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let row = |name: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{out}"))
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    // precision recall f1 support predicted
+    assert_eq!(row("order_id"), ["1.0000", "0.5000", "0.6667", "2", "1"]);
+    assert_eq!(row("date"), ["1.0000", "0.5000", "0.6667", "2", "1"]);
+    assert_eq!(row("product"), ["0.5000", "0.5000", "0.5000", "2", "2"]);
+    assert_eq!(row("overall"), ["0.7500", "0.5000", "0.6000", "6", "4"]);
+    assert!(
+        out.contains("entities: 6 of 7 examples annotated; 2 predicted entities of types the data does not annotate"),
+        "{out}"
+    );
+    // The intent summary stays the last line.
+    assert!(
+        out.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("accuracy="),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("entities.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["overall"]["precision"], 0.75);
+    assert_eq!(json["overall"]["recall"], 0.5);
+    assert_eq!(json["unscored_predictions"], 2);
+}

@@ -3,9 +3,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use intentd::data;
+use intentd::engine::entities::score::{self, EntityReport};
+use intentd::engine::fusion::FusionConfig;
 use intentd::model::classifier::IntentModel;
 use intentd::model::dense::{self, Precision};
 use intentd::model::{eval, int8};
+use intentd::operator::OperatorSnapshot;
 
 /// Score a trained model on labelled data: accuracy, macro-F1, per-intent scores, confusions.
 #[derive(Args, Debug)]
@@ -23,6 +26,16 @@ pub struct EvalArgs {
     /// int8 (an error where the CPU has no VNNI). Default: INTENTD_DENSE_KERNEL, else fp32.
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Operator files: the regex entities (entities.yml) and the bot time zone for dates.
+    #[arg(long, default_value = "config/operator")]
+    pub operator_dir: PathBuf,
+    /// Rasa data with the lookup tables and synonyms the entity extractor uses.
+    #[arg(long, default_value = super::DEFAULT_TRAINING_DATA)]
+    pub training_data: PathBuf,
+    /// "Now" for relative dates (RFC 3339, e.g. 2026-11-28T10:00:00+08:00); default: the
+    /// system clock.
+    #[arg(long)]
+    pub now: Option<String>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -50,11 +63,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let rows: Vec<(String, String, String)> = ds
         .examples
-        .into_iter()
+        .iter()
         .map(|e| {
             (
-                e.text,
-                e.label,
+                e.text.clone(),
+                e.label.clone(),
                 format!("{}:{}", e.origin.file.display(), e.origin.line),
             )
         })
@@ -77,10 +90,57 @@ pub fn run(args: EvalArgs) -> Result<()> {
             println!("  {} -> {}: {}", c.gold, c.predicted, c.count);
         }
     }
+    let entities = entity_report(&args, &ds)?;
     if let Some(dir) = &args.report {
         eval::write_report(dir, &outcome, &model.card.version)?;
+        if let Some(e) = &entities {
+            std::fs::write(dir.join("entities.json"), serde_json::to_string_pretty(e)?)?;
+        }
         println!("report written to {}", dir.display());
     }
     println!("{}", eval::summary_line(r));
     Ok(())
+}
+
+/// Entity precision / recall on the data's `[text](type)` annotations (none: nothing printed).
+fn entity_report(args: &EvalArgs, ds: &data::Dataset) -> Result<Option<EntityReport>> {
+    if ds.examples.iter().all(|e| e.entities.is_empty()) {
+        println!("entities: the data annotates none (Rasa `[text](type)`): not scored");
+        return Ok(None);
+    }
+    let rules = OperatorSnapshot::load_dir(
+        &args.operator_dir,
+        &args.training_data,
+        FusionConfig::default(),
+    )?;
+    let tz = rules.policy.settings("", "").timezone;
+    let now = match &args.now {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| anyhow::anyhow!("--now '{t}': not an RFC 3339 time ({e})"))?
+            .with_timezone(&tz),
+        None => chrono::Utc::now().with_timezone(&tz),
+    };
+    let predicted: Vec<_> = ds
+        .examples
+        .iter()
+        .map(|e| rules.entities.extract(&e.text, now))
+        .collect();
+    let gold: Vec<&[data::AnnotatedEntity]> =
+        ds.examples.iter().map(|e| e.entities.as_slice()).collect();
+    let r = score::score(&gold, &predicted);
+    println!(
+        "{:<24} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "entity", "precision", "recall", "f1", "support", "predicted"
+    );
+    for t in r.per_type.iter().chain([&r.overall]) {
+        println!(
+            "{:<24} {:>9.4} {:>9.4} {:>9.4} {:>8} {:>9}",
+            t.entity, t.precision, t.recall, t.f1, t.support, t.predicted
+        );
+    }
+    println!(
+        "entities: {} of {} examples annotated; {} predicted entities of types the data does not annotate (not scored)",
+        r.annotated_examples, r.examples, r.unscored_predictions
+    );
+    Ok(Some(r))
 }

@@ -547,6 +547,7 @@ mod tests {
         given.extend([1; 5]);
         given.extend([2, 0]);
         let ex = |i: usize| Example {
+            entities: Vec::new(),
             text: format!("t{i}"),
             label: String::new(),
             origin: super::super::Origin::new(std::path::Path::new("a.tsv"), i + 1),
@@ -670,6 +671,7 @@ mod tests {
     fn csv_quotes_and_lists_both_sides_of_a_duplicate() {
         use std::path::Path;
         let ex = |text: &str, label: &str, line| Example {
+            entities: Vec::new(),
             text: text.into(),
             label: label.into(),
             origin: super::super::Origin::new(Path::new("a,b.tsv"), line),

@@ -60,10 +60,28 @@ impl fmt::Display for Origin {
 /// One labelled text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
-    /// Trimmed, with runs of whitespace collapsed to one space.
+    /// Trimmed, with runs of whitespace collapsed to one space; Rasa entity annotations are
+    /// stripped to their text (the model trains on this).
     pub text: String,
     pub label: String,
     pub origin: Origin,
+    /// Entities annotated in Rasa's `[text](type)` / `[text]{"entity": ..., "value": ...}`
+    /// syntax, with code-point offsets into `text` (for `intentd eval`; empty for TSV / JSONL).
+    pub entities: Vec<AnnotatedEntity>,
+}
+
+/// A gold entity of a training or evaluation example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotatedEntity {
+    pub entity: String,
+    /// The annotated text.
+    pub value: String,
+    /// The `value` of a `{"entity": ..., "value": ...}` annotation (or `(type:value)`), else
+    /// the annotated text.
+    pub canonical: String,
+    /// Code points into the example's text.
+    pub start: usize,
+    pub end: usize,
 }
 
 /// `canonical` is what the keyword layer sees whenever one of `variants` appears.
@@ -219,6 +237,29 @@ fn load_file(path: &Path, into: &mut Dataset) -> Result<(), FileError> {
 
 /// Trims and collapses whitespace runs (including full-width spaces) to one ASCII space, so the
 /// same sentence typed twice is recognised as a duplicate.
+/// [`normalize_example_text`] and, for each character of `text`, the index of the character
+/// it became (a collapsed or trimmed space maps to where the next kept character went).
+pub fn normalize_with_map(text: &str) -> (String, Vec<usize>) {
+    let out = normalize_example_text(text);
+    let mut map = Vec::with_capacity(text.len());
+    let mut next = 0; // characters of `out` written so far
+    let mut pending_space = false;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            pending_space = next > 0;
+            map.push(next);
+            continue;
+        }
+        if pending_space {
+            next += 1;
+            pending_space = false;
+        }
+        map.push(next);
+        next += 1;
+    }
+    (out, map)
+}
+
 pub fn normalize_example_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
@@ -258,6 +299,7 @@ pub(crate) fn make_example(
         text,
         label: label.to_string(),
         origin: Origin::new(file, line),
+        entities: Vec::new(),
     })
 }
 

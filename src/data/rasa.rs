@@ -30,8 +30,8 @@ use marked_yaml::Node;
 
 use super::yaml::{is_null, parse_scalar, scalar_text, type_name, Seg, YamlFile};
 use super::{
-    check_label, make_example, regex_error_message, Dataset, FileError, Lookup, Origin, RegexDef,
-    Synonym,
+    check_label, make_example, normalize_with_map, regex_error_message, AnnotatedEntity, Dataset,
+    FileError, Lookup, Origin, RegexDef, Synonym,
 };
 
 const KINDS: [&str; 4] = ["intent", "synonym", "regex", "lookup"];
@@ -144,9 +144,10 @@ fn parse_entry(
     match kind {
         "intent" => {
             for (line, raw) in items {
-                let text = strip_entity_annotations(&unquote(&file.path, line, raw)?);
-                into.examples
-                    .push(make_example(&file.path, line, &text, &name)?);
+                let (text, spans) = strip_entity_annotations(&unquote(&file.path, line, raw)?);
+                let mut example = make_example(&file.path, line, &text, &name)?;
+                example.entities = annotated_entities(&text, spans);
+                into.examples.push(example);
             }
         }
         "synonym" => {
@@ -274,10 +275,24 @@ fn unquote(path: &Path, line: usize, item: &str) -> Result<String, FileError> {
     Ok(text.trim().to_string())
 }
 
-/// `[保温杯](product)` / `[保温杯]{"entity": "product"}` → `保温杯`. Other brackets (WeChat
-/// emoji codes like `[微笑]`) are left alone.
-fn strip_entity_annotations(text: &str) -> String {
+/// An annotation as found: the entity type, the canonical value if the annotation gave one,
+/// and the code-point range of its text in the stripped text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Span {
+    entity: String,
+    canonical: Option<String>,
+    start: usize,
+    end: usize,
+}
+
+/// `[保温杯](product)多少钱` → `保温杯多少钱` and where `保温杯` is. Also
+/// `[保温壶]{"entity": "product", "value": "保温杯"}` and Rasa 1's `[保温壶](product:保温杯)`.
+/// Other brackets (WeChat emoji codes like `[微笑]`) are left alone; an annotation whose type
+/// cannot be read (`[a](b c)`, bad JSON) is stripped but records no entity.
+fn strip_entity_annotations(text: &str) -> (String, Vec<Span>) {
     let mut out = String::with_capacity(text.len());
+    let mut spans = Vec::new();
+    let mut chars_out = 0;
     let mut rest = text;
     while let Some(open) = rest.find('[') {
         let after_open = &rest[open + 1..];
@@ -294,18 +309,80 @@ fn strip_entity_annotations(text: &str) -> String {
         let end = closing.and_then(|c| tail.find(c));
         match end {
             Some(end) if !inner.is_empty() && !inner.contains('[') => {
-                out.push_str(&rest[..open]);
+                let before = &rest[..open];
+                out.push_str(before);
+                chars_out += before.chars().count();
+                // Spaces just inside the brackets belong to the text, not the entity.
+                let lead = inner.len() - inner.trim_start().len();
+                let start = chars_out + inner[..lead].chars().count();
+                let value_chars = inner.trim().chars().count();
+                if let Some((entity, canonical)) = annotation(&tail[1..end], tail.starts_with('{'))
+                {
+                    if value_chars > 0 {
+                        spans.push(Span {
+                            entity,
+                            canonical,
+                            start,
+                            end: start + value_chars,
+                        });
+                    }
+                }
                 out.push_str(inner);
+                chars_out += inner.chars().count();
                 rest = &tail[end + 1..];
             }
             _ => {
-                out.push_str(&rest[..open + 1]);
+                let kept = &rest[..open + 1];
+                out.push_str(kept);
+                chars_out += kept.chars().count();
                 rest = after_open;
             }
         }
     }
     out.push_str(rest);
-    out
+    (out, spans)
+}
+
+/// The (type, canonical) of `(type)`, `(type:value)` or `{"entity": type, "value": value}`.
+fn annotation(body: &str, json: bool) -> Option<(String, Option<String>)> {
+    let (entity, value) = if json {
+        let v: serde_json::Value = serde_json::from_str(&format!("{{{body}}}")).ok()?;
+        let entity = v.get("entity")?.as_str()?.trim().to_string();
+        let value = v.get("value").and_then(|x| x.as_str()).map(str::to_string);
+        (entity, value)
+    } else {
+        match body.split_once(':') {
+            Some((e, v)) => (e.trim().to_string(), Some(v.trim().to_string())),
+            None => (body.trim().to_string(), None),
+        }
+    };
+    let valid = !entity.is_empty() && !entity.chars().any(char::is_whitespace);
+    valid.then(|| (entity, value.filter(|v| !v.is_empty())))
+}
+
+/// The annotations as entities of the normalised example text (`make_example` trims and
+/// collapses spaces, which can move them).
+fn annotated_entities(stripped: &str, spans: Vec<Span>) -> Vec<AnnotatedEntity> {
+    if spans.is_empty() {
+        return Vec::new();
+    }
+    let (text, map) = normalize_with_map(stripped);
+    let chars: Vec<char> = text.chars().collect();
+    spans
+        .into_iter()
+        .filter_map(|s| {
+            let start = *map.get(s.start)?;
+            let end = *map.get(s.end.checked_sub(1)?)? + 1;
+            let value: String = chars.get(start..end)?.iter().collect();
+            Some(AnnotatedEntity {
+                canonical: s.canonical.unwrap_or_else(|| value.clone()),
+                entity: s.entity,
+                value,
+                start,
+                end,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -501,17 +578,55 @@ nlu:
 
     #[test]
     fn entity_annotations() {
-        assert_eq!(
-            strip_entity_annotations("[保温杯](product)多少钱"),
-            "保温杯多少钱"
+        let strip = |t: &str| strip_entity_annotations(t).0;
+        assert_eq!(strip("[保温杯](product)多少钱"), "保温杯多少钱");
+        assert_eq!(strip("买[两个]{\"entity\": \"n\"}[杯子](p)"), "买两个杯子");
+        assert_eq!(strip("[微笑][呲牙]好"), "[微笑][呲牙]好");
+        assert_eq!(strip("[a](b"), "[a](b");
+        assert_eq!(strip("[]()x"), "[]()x");
+    }
+
+    #[test]
+    fn annotations_record_code_point_spans() {
+        let (text, spans) = strip_entity_annotations(
+            "😀[订单](x y)号[SO123](order_id)和[保温壶]{\"entity\": \"product\", \"value\": \"保温杯\"}[杯子](product:水杯)",
         );
+        assert_eq!(text, "😀订单号SO123和保温壶杯子");
+        let got: Vec<(&str, Option<&str>, usize, usize)> = spans
+            .iter()
+            .map(|s| (s.entity.as_str(), s.canonical.as_deref(), s.start, s.end))
+            .collect();
+        // `(x y)` is no entity type: stripped, not recorded.
         assert_eq!(
-            strip_entity_annotations("买[两个]{\"entity\": \"n\"}[杯子](p)"),
-            "买两个杯子"
+            got,
+            vec![
+                ("order_id", None, 4, 9),
+                ("product", Some("保温杯"), 10, 13),
+                ("product", Some("水杯"), 13, 15)
+            ]
         );
-        assert_eq!(strip_entity_annotations("[微笑][呲牙]好"), "[微笑][呲牙]好");
-        assert_eq!(strip_entity_annotations("[a](b"), "[a](b");
-        assert_eq!(strip_entity_annotations("[]()x"), "[]()x");
+    }
+
+    #[test]
+    fn examples_carry_entities_after_space_normalisation() {
+        let ds = parse_str(
+            "nlu:\n- intent: delivery_tracking\n  examples: |\n    - 订单   [ 2026112812345 ](order_id)   到哪了\n    - 查[保温杯](product)\n",
+        )
+        .unwrap();
+        let e = &ds.examples[0];
+        assert_eq!(e.text, "订单 2026112812345 到哪了");
+        assert_eq!(
+            e.entities,
+            vec![AnnotatedEntity {
+                entity: "order_id".into(),
+                value: "2026112812345".into(),
+                canonical: "2026112812345".into(),
+                start: 3,
+                end: 16,
+            }]
+        );
+        let p = &ds.examples[1].entities[0];
+        assert_eq!((p.start, p.end), (1, 4));
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub fn fuse(
             needs_clarification: false,
             truncated: false,
             model_loaded,
+            entities: Vec::new(),
         };
 
     if let Some((intent, _rule)) = &kw.always {
@@ -156,6 +157,7 @@ pub fn fuse(
         needs_clarification: true,
         truncated: false,
         model_loaded,
+        entities: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! synonyms, operator rules) and the fusion of model and rules into one `Classification`.
 
 pub mod catalog;
+pub mod entities;
 pub mod fusion;
 pub mod keywords;
 pub mod normalize;

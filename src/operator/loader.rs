@@ -10,6 +10,7 @@ use super::snapshot::OperatorSnapshot;
 use super::OperatorError;
 use crate::data::FileError;
 use crate::engine::catalog::Catalog;
+use crate::engine::entities::{EntityExtractor, OperatorEntities, ENTITIES_FILE};
 use crate::engine::fusion::FusionConfig;
 use crate::engine::keywords::KeywordLayer;
 use crate::policy::config::OperatorConfig;
@@ -35,15 +36,29 @@ pub(super) fn load(sources: &OperatorSources) -> Result<OperatorSnapshot, Operat
         .is_dir()
         .then_some(sources.training_data.as_path());
     let keywords = KeywordLayer::load(&dir.join(RULES_FILE), nlu, &catalog)?;
-    let policy = OperatorConfig::load(dir, &catalog)?;
+    let entities = load_entities(dir, nlu)?;
+    let policy = OperatorConfig::load_with_entities(dir, &catalog, &entities.types())?;
     let config_hash = hash_files(dir, &sources.training_data)?;
     Ok(OperatorSnapshot {
         catalog,
         keywords,
+        entities,
         fusion: sources.fusion.clone(),
         policy: Arc::new(policy),
         config_hash,
     })
+}
+
+/// The entity extractors: lookup tables and synonyms of the training data, the operator's
+/// regex entities (`entities.yml`, optional), whose names may not reuse a lookup table's.
+fn load_entities(dir: &Path, nlu: Option<&Path>) -> Result<EntityExtractor, OperatorError> {
+    let data = match nlu {
+        Some(path) => crate::data::load_allow_empty(path)?,
+        None => crate::data::Dataset::default(),
+    };
+    let tables: Vec<&str> = data.lookups.iter().map(|l| l.name.as_str()).collect();
+    let operator = OperatorEntities::load(&dir.join(ENTITIES_FILE), &tables)?;
+    Ok(EntityExtractor::from_parts(&data, operator))
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FileError> {
@@ -182,6 +197,18 @@ mod tests {
                 "加微信\n加 微 信\n",
                 "banned_words.txt:10: banned word '加 微 信' duplicates line 9",
             ),
+            (
+                "entities.yml",
+                "'(?:券码|优惠码|兑换码)",
+                "'((?:券码|优惠码|兑换码)",
+                "entities.yml:16: in entity 'coupon_code': invalid regex",
+            ),
+            (
+                "replies.yml",
+                "订单号：{order_id}。请在",
+                "订单号：{order_no}。请在",
+                "replies.yml:112: unknown template variable '{order_no}'",
+            ),
         ];
         for (file, from, to, want) in cases {
             let dir = operator_copy(file, from, to);
@@ -189,6 +216,30 @@ mod tests {
             let at = e.find(file).map(|i| &e[i..]).unwrap_or(&e);
             assert!(at.starts_with(want), "{file}: got {e}, want {want}");
         }
+    }
+
+    #[test]
+    fn replies_may_name_lookup_tables_and_operator_entities() {
+        // {product} is a lookup table of the training data, {coupon_code} an entities.yml
+        // regex entity: both declared, so both load.
+        let dir = operator_copy(
+            "replies.yml",
+            "订单号：{order_id}。请在",
+            "订单号：{order_id}，{product}，{coupon_code}。请在",
+        );
+        let s = load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let t = s.entities.types();
+        assert!(t.contains(&"product".to_string()) && t.contains(&"coupon_code".to_string()));
+        // The policy files alone know only the built-in types: {product} is refused there,
+        // with file:line.
+        let catalog = Catalog::load(&dir.path().join(INTENTS_FILE)).unwrap();
+        let e = OperatorConfig::load(dir.path(), &catalog)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("replies.yml:112: unknown template variable '{product}'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::engine::catalog::{Catalog, Handoff};
+use crate::engine::entities::EntityExtractor;
 use crate::engine::fusion::FusionConfig;
 use crate::engine::keywords::KeywordLayer;
 use crate::policy::compliance::BannedWords;
@@ -19,6 +20,9 @@ pub struct OperatorSnapshot {
     pub catalog: Catalog,
     /// rules.yml plus the training-data synonyms, regexes and lookups.
     pub keywords: KeywordLayer,
+    /// Entity extractors: built-in patterns, the training data's lookup tables and synonyms,
+    /// the operator's regex entities (entities.yml).
+    pub entities: EntityExtractor,
     /// How model scores and keyword hits combine (from the server configuration).
     pub fusion: FusionConfig,
     /// The policy's files: playbook.yml, replies.yml, banned_words.txt, calendar.yml. Shared

@@ -1010,10 +1010,21 @@ pub struct OperatorConfig {
 }
 
 impl OperatorConfig {
-    /// Loads the policy files in `dir`; intents they name must be in `catalog`.
+    /// Loads the policy files in `dir`; intents they name must be in `catalog`; reply
+    /// templates may name the built-in entity types (the operator snapshot also allows the
+    /// lookup tables and operator regex entities: [`Self::load_with_entities`]).
     pub fn load(dir: &Path, catalog: &Catalog) -> Result<Self, FileError> {
+        Self::load_with_entities(dir, catalog, &builtin_entity_types())
+    }
+
+    /// Like `load`; reply templates may name the entity types `entities`.
+    pub fn load_with_entities(
+        dir: &Path,
+        catalog: &Catalog,
+        entities: &[String],
+    ) -> Result<Self, FileError> {
         let banned = BannedWords::load(&dir.join(BANNED_FILE))?;
-        let replies = ReplyLibrary::load(&dir.join(REPLIES_FILE), catalog, &banned)?;
+        let replies = ReplyLibrary::load(&dir.join(REPLIES_FILE), catalog, &banned, entities)?;
         let calendar = load_calendar(&dir.join(CALENDAR_FILE), &banned)?;
         let playbook = YamlFile::load(&dir.join(PLAYBOOK_FILE))?;
         Self::from_parts(&playbook, catalog, replies, banned, calendar)
@@ -1084,6 +1095,14 @@ impl OperatorConfig {
     pub fn configured_bots(&self) -> impl Iterator<Item = &str> {
         self.bots.keys().map(String::as_str)
     }
+}
+
+/// The entity types every snapshot can produce (order_id, phone, amount, date, time, datetime).
+pub fn builtin_entity_types() -> Vec<String> {
+    crate::engine::entities::BUILTIN_TYPES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 pub fn load_calendar(path: &Path, banned: &BannedWords) -> Result<Calendar, FileError> {

@@ -46,7 +46,8 @@ pub fn decide_message(
     scheduler::touch(&mut w.group.timers, &ctx.chat_name, now, true);
     let interactions = w.record_activity(now, s.frequency.window_ms, s.interactions_counted());
     let group_name = w.group_name(&ctx.chat_name);
-    let base_vars = d.vars(&s, &ctx.user.nickname, &group_name);
+    let mut base_vars = d.vars(&s, &ctx.user.nickname, &group_name);
+    base_vars.entities = super::variables::entity_values(&cls.entities);
     let style = s.style_for(&ctx.user.tags).to_string();
     let t = Target {
         bot: &ctx.bot_id,

@@ -227,6 +227,7 @@ fn cls(intent: &str) -> Classification {
         needs_clarification: false,
         truncated: false,
         model_loaded: true,
+        entities: Vec::new(),
     }
 }
 
@@ -246,6 +247,7 @@ fn unclear(cands: &[&str]) -> Classification {
         needs_clarification: true,
         truncated: false,
         model_loaded: true,
+        entities: Vec::new(),
     }
 }
 

@@ -108,6 +108,14 @@ struct RawGreeting {
     text: String,
 }
 
+/// What the templates of one reply set may name: the variables its context fills and the
+/// entity types of the snapshot.
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    vars: &'a [Var],
+    entities: &'a [String],
+}
+
 /// One reply set as found in the file: (section, name, library key, the variables its context
 /// can fill, the variants).
 type SetSpec<'r> = (&'r str, &'r str, String, Vec<Var>, &'r [RawVariant]);
@@ -125,26 +133,29 @@ struct RawVariant {
 fn variable_rules(
     raw: &BTreeMap<String, RawVariable>,
     banned: &BannedWords,
+    entities: &[String],
     err: &dyn Fn(&[Seg<'_>], String) -> FileError,
 ) -> Result<VariableRules, FileError> {
     let mut rules = VariableRules::default();
     let mut fallbacks = Fallbacks::default();
     for (name, v) in raw {
         let at = |key: &'static str| [Seg::Key("variables"), Seg::Key(name), Seg::Key(key)];
-        let Some(var) = Var::parse(name) else {
+        let var = Var::parse(name);
+        if var.is_none() && !entities.contains(name) {
             let known: Vec<&str> = Var::ALL.iter().map(|v| v.name()).collect();
             return Err(err(
                 &[Seg::Key("variables"), Seg::Key(name)],
                 format!(
-                    "unknown template variable '{name}' (known: {})",
-                    known.join(", ")
+                    "unknown template variable '{name}' (known: {}; entity types: {})",
+                    known.join(", "),
+                    entities.join(", ")
                 ),
             ));
-        };
+        }
         if let Some(max) = v.max_chars {
             let slot = match var {
-                Var::Nickname => &mut rules.nickname_max_chars,
-                Var::GroupName => &mut rules.group_name_max_chars,
+                Some(Var::Nickname) => &mut rules.nickname_max_chars,
+                Some(Var::GroupName) => &mut rules.group_name_max_chars,
                 _ => {
                     return Err(err(
                         &at("max_chars"),
@@ -181,7 +192,10 @@ fn variable_rules(
                     format!("fallback for '{name}' contains the banned word '{w}'"),
                 ));
             }
-            fallbacks.set(var, text.clone());
+            match var {
+                Some(var) => fallbacks.set(var, text.clone()),
+                None => fallbacks.set_entity(name, text.clone()),
+            }
         }
     }
     rules.fallbacks = std::sync::Arc::new(fallbacks);
@@ -196,15 +210,22 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl ReplyLibrary {
-    /// Load and validate `replies.yml`: every intent of `catalog` needs replies.
-    pub fn load(path: &Path, catalog: &Catalog, banned: &BannedWords) -> Result<Self, FileError> {
-        Self::from_file(&YamlFile::load(path)?, catalog, banned)
+    /// Load and validate `replies.yml`: every intent of `catalog` needs replies; templates may
+    /// name the entity types `entities` (and nothing else beyond the variables).
+    pub fn load(
+        path: &Path,
+        catalog: &Catalog,
+        banned: &BannedWords,
+        entities: &[String],
+    ) -> Result<Self, FileError> {
+        Self::from_file(&YamlFile::load(path)?, catalog, banned, entities)
     }
 
     pub fn from_file(
         file: &YamlFile,
         catalog: &Catalog,
         banned: &BannedWords,
+        entities: &[String],
     ) -> Result<Self, FileError> {
         let raw: RawFile = file.deserialize()?;
         let err = |segs: &[Seg<'_>], msg: String| file.error(segs, msg);
@@ -236,7 +257,7 @@ impl ReplyLibrary {
             greet.push((m, g.text.clone()));
         }
 
-        let variables = variable_rules(&raw.variables, banned, &err)?;
+        let variables = variable_rules(&raw.variables, banned, entities, &err)?;
         let mut lib = ReplyLibrary {
             variables,
             sets: HashMap::new(),
@@ -316,7 +337,11 @@ impl ReplyLibrary {
             sets.push(("named", id, id.clone(), USER_VARS.to_vec(), variants));
         }
         for (section, name, key, allowed, variants) in sets {
-            lib.add_set(file, banned, &[section, name], key, variants, &allowed)?;
+            let names = Names {
+                vars: &allowed,
+                entities,
+            };
+            lib.add_set(file, banned, &[section, name], key, variants, names)?;
         }
         Ok(lib)
     }
@@ -328,8 +353,9 @@ impl ReplyLibrary {
         at: &[&str; 2],
         key: String,
         raw: &[RawVariant],
-        allowed: &[Var],
+        names: Names<'_>,
     ) -> Result<(), FileError> {
+        let (allowed, entities) = (names.vars, names.entities);
         let base = [Seg::Key(at[0]), Seg::Key(at[1])];
         if raw.is_empty() {
             return Err(file.error(&base, format!("'{key}' has no variants")));
@@ -364,7 +390,8 @@ impl ReplyLibrary {
             if v.text.trim().is_empty() {
                 return Err(fail("text", "reply text is empty".into()));
             }
-            let t = Template::parse(&v.text).map_err(|e| fail("text", e))?;
+            let t =
+                Template::parse_with_entities(&v.text, entities).map_err(|e| fail("text", e))?;
             t.check_vars(allowed)
                 .map_err(|e| fail("text", format!("in '{key}': {e}")))?;
             for lit in t.literals() {
@@ -508,7 +535,8 @@ pub(crate) mod tests {
     /// `yaml` as replies.yml, checked against the shipped catalog.
     pub(crate) fn parse(yaml: &str, banned: &BannedWords) -> Result<ReplyLibrary, FileError> {
         let file = YamlFile::parse(Path::new("replies.yml"), yaml)?;
-        ReplyLibrary::from_file(&file, &shipped_catalog(), banned)
+        let entities = crate::policy::config::builtin_entity_types();
+        ReplyLibrary::from_file(&file, &shipped_catalog(), banned, &entities)
     }
 
     fn banned() -> BannedWords {

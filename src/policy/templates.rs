@@ -6,6 +6,11 @@
 //! `{candidates}` (clarify only), `{wait_minutes}` (handoff / off-hours), `{open_time}`
 //! (off-hours: next opening as HH:MM), `{days_left}` and `{event_name}` (countdowns).
 //! `{{` and `}}` write literal braces.
+//!
+//! Entities found in the message are variables too, by type (`{order_id}`, `{product}`): a
+//! template may name the entity types the operator snapshot can produce (built-in types,
+//! lookup tables, operator regex entities); an entity missing from the message renders as its
+//! fallback from `replies.yml` `variables` (or as empty text when there is none).
 
 use chrono::{NaiveDate, NaiveTime, Timelike};
 use std::fmt;
@@ -65,6 +70,8 @@ impl fmt::Display for Var {
 enum Part {
     Lit(String),
     Var(Var),
+    /// An entity type of the message.
+    Entity(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +83,11 @@ pub struct Template {
 impl Template {
     /// Parse `{var}` placeholders; an unknown name or an unbalanced brace is an error.
     pub fn parse(source: &str) -> Result<Template, String> {
+        Self::parse_with_entities(source, &[])
+    }
+
+    /// Like `parse`, and `{name}` may also name one of the entity types `entities`.
+    pub fn parse_with_entities(source: &str, entities: &[String]) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut chars = source.chars().peekable();
@@ -98,17 +110,27 @@ impl Template {
                             None => return Err(format!("unclosed '{{{name}' in template")),
                         }
                     }
-                    let var = Var::parse(name.trim()).ok_or_else(|| {
-                        let known: Vec<&str> = Var::ALL.iter().map(|v| v.name()).collect();
-                        format!(
-                            "unknown template variable '{{{name}}}' (known: {})",
-                            known.join(", ")
-                        )
-                    })?;
+                    let key = name.trim();
+                    let part = match Var::parse(key) {
+                        Some(var) => Part::Var(var),
+                        None if entities.iter().any(|e| e == key) => Part::Entity(key.into()),
+                        None => {
+                            let known: Vec<&str> = Var::ALL.iter().map(|v| v.name()).collect();
+                            let ents = if entities.is_empty() {
+                                "none".to_string()
+                            } else {
+                                entities.join(", ")
+                            };
+                            return Err(format!(
+                                "unknown template variable '{{{name}}}' (known: {}; entity types: {ents})",
+                                known.join(", ")
+                            ));
+                        }
+                    };
                     if !lit.is_empty() {
                         parts.push(Part::Lit(std::mem::take(&mut lit)));
                     }
-                    parts.push(Part::Var(var));
+                    parts.push(part);
                 }
                 '}' => {
                     return Err("unmatched '}' in template (write '}}' for a literal brace)".into())
@@ -132,7 +154,15 @@ impl Template {
     pub fn vars(&self) -> impl Iterator<Item = Var> + '_ {
         self.parts.iter().filter_map(|p| match p {
             Part::Var(v) => Some(*v),
-            Part::Lit(_) => None,
+            _ => None,
+        })
+    }
+
+    /// The entity types the template names.
+    pub fn entities(&self) -> impl Iterator<Item = &str> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Entity(e) => Some(e.as_str()),
+            _ => None,
         })
     }
 
@@ -140,7 +170,7 @@ impl Template {
     pub fn literals(&self) -> impl Iterator<Item = &str> + '_ {
         self.parts.iter().filter_map(|p| match p {
             Part::Lit(s) => Some(s.as_str()),
-            Part::Var(_) => None,
+            _ => None,
         })
     }
 
@@ -164,16 +194,18 @@ impl Template {
             match p {
                 Part::Lit(s) => out.push_str(s),
                 Part::Var(v) => out.push_str(vars.get(*v)),
+                Part::Entity(e) => out.push_str(vars.entity(e)),
             }
         }
         out
     }
 }
 
-/// What replaces an empty variable, by variable.
+/// What replaces an empty variable, by variable, and a missing entity, by type.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fallbacks {
     by_var: [String; Var::ALL.len()],
+    by_entity: std::collections::BTreeMap<String, String>,
 }
 
 impl Fallbacks {
@@ -183,6 +215,14 @@ impl Fallbacks {
 
     pub fn get(&self, v: Var) -> &str {
         &self.by_var[index(v)]
+    }
+
+    pub fn set_entity(&mut self, entity: &str, text: String) {
+        self.by_entity.insert(entity.to_string(), text);
+    }
+
+    pub fn entity(&self, entity: &str) -> &str {
+        self.by_entity.get(entity).map_or("", String::as_str)
     }
 }
 
@@ -207,9 +247,24 @@ pub struct Vars {
     pub open_time: String,
     pub days_left: String,
     pub event_name: String,
+    /// (entity type, text to show) of the message's entities, in text order; the first of a
+    /// type is used. Already cleaned for a reply (see `policy::variables::entity_values`).
+    pub entities: Vec<(String, String)>,
 }
 
 impl Vars {
+    /// The first entity of type `entity`, or its fallback.
+    pub fn entity(&self, entity: &str) -> &str {
+        match self
+            .entities
+            .iter()
+            .find(|(t, v)| t == entity && !v.is_empty())
+        {
+            Some((_, v)) => v,
+            None => self.fallbacks.entity(entity),
+        }
+    }
+
     pub fn get(&self, v: Var) -> &str {
         let value = self.value(v);
         if value.is_empty() {
@@ -322,6 +377,34 @@ mod tests {
             t.vars().collect::<Vec<_>>(),
             vec![Var::Greeting, Var::Nickname, Var::GroupName]
         );
+    }
+
+    #[test]
+    fn entity_placeholders_render_or_fall_back() {
+        let types = vec!["order_id".to_string(), "product".to_string()];
+        let t = Template::parse_with_entities("订单 {order_id} 的{product}已发货", &types).unwrap();
+        assert_eq!(
+            t.entities().collect::<Vec<_>>(),
+            vec!["order_id", "product"]
+        );
+        let mut fallbacks = Fallbacks::default();
+        fallbacks.set_entity("order_id", "您的订单".into());
+        let mut vars = Vars {
+            fallbacks: std::sync::Arc::new(fallbacks),
+            entities: vec![
+                ("order_id".into(), "2026112812345".into()),
+                ("order_id".into(), "999".into()),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(t.render(&vars), "订单 2026112812345 的已发货");
+        vars.entities.clear();
+        assert_eq!(t.render(&vars), "订单 您的订单 的已发货");
+        // Without the entity types, `{order_id}` is an unknown variable.
+        let e = Template::parse("订单{order_id}").unwrap_err();
+        assert!(e.contains("entity types: none"), "{e}");
+        let e = Template::parse_with_entities("{coupon}", &types).unwrap_err();
+        assert!(e.ends_with("entity types: order_id, product)"), "{e}");
     }
 
     #[test]

@@ -95,6 +95,27 @@ pub fn clean_user_text(raw: &str, max_chars: usize) -> String {
     crate::pii::redact_pii(&cap_chars(&redacted, max_chars))
 }
 
+/// Longest entity value a reply repeats, in characters.
+pub const ENTITY_MAX_CHARS: usize = 40;
+
+/// What a reply shows for each entity of the message: the canonical value of lookup and
+/// synonym entities (`保温壶` → `保温杯`), the text as written for the others (`周五`, `¥99`,
+/// `SO123`); cleaned like a nickname (the message is user text: a phone number shows as
+/// `[PHONE]`, `@` and control characters go, at most [`ENTITY_MAX_CHARS`]).
+pub fn entity_values(entities: &[crate::types::Entity]) -> Vec<(String, String)> {
+    use crate::types::EntitySource;
+    entities
+        .iter()
+        .map(|e| {
+            let shown = match e.source {
+                EntitySource::Lookup | EntitySource::Synonym => &e.canonical,
+                EntitySource::Builtin | EntitySource::Regex => &e.value,
+            };
+            (e.entity.clone(), clean_user_text(shown, ENTITY_MAX_CHARS))
+        })
+        .collect()
+}
+
 /// At most `max` characters; a longer text keeps `max - 1` and ends with an ellipsis.
 fn cap_chars(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

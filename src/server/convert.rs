@@ -199,6 +199,25 @@ pub fn classify_response(r: ClassifyOutcome) -> pb::ClassifyResponse {
         notices: r.decision.notices,
         recorded: r.recorded,
         replayed: r.replayed,
+        entities: c.entities.into_iter().map(entity).collect(),
+    }
+}
+
+fn entity(e: crate::types::Entity) -> pb::Entity {
+    use crate::types::EntitySource as S;
+    pb::Entity {
+        entity: e.entity,
+        value: e.value,
+        canonical: e.canonical,
+        // Texts are far below 4 G code points (limits.max_text_chars).
+        start: u32::try_from(e.start).unwrap_or(u32::MAX),
+        end: u32::try_from(e.end).unwrap_or(u32::MAX),
+        source: match e.source {
+            S::Builtin => pb::EntitySource::Builtin,
+            S::Lookup => pb::EntitySource::Lookup,
+            S::Synonym => pb::EntitySource::Synonym,
+            S::Regex => pb::EntitySource::Regex,
+        } as i32,
     }
 }
 

@@ -164,7 +164,7 @@ impl Service {
                 drop(announced); // no forward pass for this one
                 (Classification::by_policy(self.model_loaded()), decision)
             } else {
-                let cls = self
+                let mut cls = self
                     .classify_text(
                         &ctx.text,
                         &rules,
@@ -173,6 +173,10 @@ impl Service {
                         &mut model_version,
                     )
                     .await?;
+                // Relative dates resolve against the service clock (the message's arrival)
+                // in the bot's time zone.
+                let tz = rules.policy.settings(&ctx.bot_id, &ctx.chat_id).timezone;
+                cls.entities = rules.entities.extract(&ctx.text, local_now(tz, ctx.at_ms));
                 // intents.yml `handoff: always` is honoured next to the playbook's handoff list.
                 let always = |i: &str| rules.always_handoff(i);
                 let decision = self
@@ -219,8 +223,7 @@ impl Service {
         let first = |o: &ClassifyOutcome, digest: &str| FirstAnswer {
             at_ms: self.now_ms(),
             digest: digest.to_string(),
-            // Plain data: serialising cannot fail.
-            body: serde_json::to_string(o).expect("ClassifyOutcome serialises"),
+            body: stored_body(o),
         };
         let stored = keyed.as_ref().map(|(k, d)| {
             let a = first(&outcome, d);
@@ -366,6 +369,35 @@ impl Service {
             }
         }
     }
+}
+
+/// The first answer as stored for retries. Entity values are message text: phone numbers and
+/// other PII in them are redacted like everything else the store keeps, so a replayed answer
+/// shows `[PHONE]` where the first one showed the number.
+fn stored_body(o: &ClassifyOutcome) -> String {
+    let json = |o: &ClassifyOutcome| {
+        // Plain data: serialising cannot fail.
+        serde_json::to_string(o).expect("ClassifyOutcome serialises")
+    };
+    if o.classification.entities.is_empty() {
+        return json(o);
+    }
+    let mut redacted = o.clone();
+    for e in &mut redacted.classification.entities {
+        e.value = crate::pii::redact_pii(&e.value);
+        e.canonical = crate::pii::redact_pii(&e.canonical);
+    }
+    json(&redacted)
+}
+
+/// `ms` (Unix) in `tz`; a time outside chrono's range (never from a real clock) is the epoch.
+pub(crate) fn local_now(tz: chrono_tz::Tz, ms: i64) -> chrono::DateTime<chrono_tz::Tz> {
+    use chrono::TimeZone;
+    tz.timestamp_millis_opt(ms).single().unwrap_or_else(|| {
+        tz.timestamp_millis_opt(0)
+            .single()
+            .expect("the epoch exists")
+    })
 }
 
 /// Over the queue budget is back-pressure (retry later); anything else went wrong here.

@@ -35,6 +35,15 @@ pub enum Source {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EntitySource {
+    EntitySourceBuiltin,
+    EntitySourceLookup,
+    EntitySourceSynonym,
+    EntitySourceRegex,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventType {
     MemberJoined,
     MemberLeft,
@@ -369,6 +378,28 @@ pub struct ClassifyResponse {
     pub recorded: bool,
     /// The stored first answer to this (bot_id, message_id), returned again for a retry.
     pub replayed: bool,
+    /// Entities in the text, in text order (overlaps resolved: longest, then most specific).
+    pub entities: Vec<Entity>,
+}
+
+/// One entity in the message (proto `Entity`). Offsets are Unicode code points (not bytes,
+/// not UTF-16 code units): the characters `[start, end)` of the request text are `value`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Entity {
+    /// order_id, phone, amount, date, time, datetime, a lookup table name or an operator
+    /// regex entity name.
+    pub entity: String,
+    /// The text as written.
+    pub value: String,
+    /// Normalised: digits, a decimal amount, an ISO date / time in the bot's time zone, a
+    /// synonym's canonical term; else the value.
+    pub canonical: String,
+    /// First code point.
+    pub start: u32,
+    /// One past the last code point.
+    pub end: u32,
+    #[schema(value_type = EntitySource)]
+    pub source: String,
 }
 
 impl From<pb::ClassifyResponse> for ClassifyResponse {
@@ -407,6 +438,18 @@ impl From<pb::ClassifyResponse> for ClassifyResponse {
             notices: r.notices,
             recorded: r.recorded,
             replayed: r.replayed,
+            entities: r
+                .entities
+                .into_iter()
+                .map(|e| Entity {
+                    entity: e.entity,
+                    value: e.value,
+                    canonical: e.canonical,
+                    start: e.start,
+                    end: e.end,
+                    source: name(e.source, pb::EntitySource::try_from, |s| s.as_str_name()),
+                })
+                .collect(),
         }
     }
 }

@@ -11,6 +11,16 @@
 //! - `message_id`: without one, a fresh id is generated, so such calls are never deduplicated
 //!   (a retry is decided again; `intentd.message_id_generated` says so).
 //! - token: `Authorization: Bearer <token>` or Rasa's `?token=<token>`.
+//!
+//! Entities come in Rasa's shape (`entity`, `start`, `end`, `value`, `extractor`,
+//! `confidence_entity`), offsets in Unicode code points like Rasa's Python string indices:
+//! - lookup-table and operator regex entities: `extractor: RegexEntityExtractor` (the Rasa
+//!   component that matches lookup tables and regexes), `value` as written;
+//! - a synonym variant: `value` is the canonical term and `processors: [EntitySynonymMapper]`,
+//!   as Rasa's synonym mapper does;
+//! - built-in entities (order_id, phone, amount, date, time, datetime): `extractor:
+//!   IntentdBuiltinExtractor`, `value` the normalised value and `text` as written, the way
+//!   Rasa's Duckling extractor reports resolved values.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -75,15 +85,64 @@ pub struct IntentdExtra {
     pub message_id_generated: bool,
 }
 
+/// One entity as Rasa reports it. Offsets are Unicode code points.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RasaEntity {
+    pub entity: String,
+    pub start: u32,
+    pub end: u32,
+    /// The canonical term for a synonym, the normalised value for a built-in entity, else the
+    /// text as written.
+    pub value: String,
+    /// Built-in entities: the text as written (Duckling's `text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub extractor: String,
+    pub confidence_entity: f32,
+    /// `["EntitySynonymMapper"]` when `value` is a synonym's canonical term.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<String>,
+}
+
+impl RasaEntity {
+    fn from_answer(e: &json::Entity) -> Self {
+        let synonym = e.source == "ENTITY_SOURCE_SYNONYM"
+            || (e.source == "ENTITY_SOURCE_REGEX" && e.canonical != e.value);
+        let builtin = e.source == "ENTITY_SOURCE_BUILTIN";
+        RasaEntity {
+            entity: e.entity.clone(),
+            start: e.start,
+            end: e.end,
+            value: if synonym || builtin {
+                e.canonical.clone()
+            } else {
+                e.value.clone()
+            },
+            text: builtin.then(|| e.value.clone()),
+            extractor: if builtin {
+                "IntentdBuiltinExtractor"
+            } else {
+                "RegexEntityExtractor"
+            }
+            .to_string(),
+            confidence_entity: 1.0,
+            processors: if synonym {
+                vec!["EntitySynonymMapper".to_string()]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
 /// Rasa's documented parse result.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ParseResponse {
     pub text: String,
     pub intent: RasaIntent,
     pub intent_ranking: Vec<RasaIntent>,
-    /// intentd extracts no entities: always empty.
-    #[schema(value_type = Vec<Object>)]
-    pub entities: Vec<serde_json::Value>,
+    /// Entities in Rasa's shape (see the module doc).
+    pub entities: Vec<RasaEntity>,
     pub intentd: IntentdExtra,
 }
 
@@ -153,7 +212,11 @@ pub async fn parse(
                 confidence: s.confidence,
             })
             .collect(),
-        entities: Vec::new(),
+        entities: answer
+            .entities
+            .iter()
+            .map(RasaEntity::from_answer)
+            .collect(),
         intentd: IntentdExtra {
             answer,
             bot_id,
