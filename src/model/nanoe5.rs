@@ -16,10 +16,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use half::f16;
 
 use super::bert::{BertConfig, WordEmbeddingFormat};
-use super::word_table::{Q4_BLOCK_BYTES, Q4_BLOCK_VALUES};
+use super::word_table::{dequantise_q4, Q4_BLOCK_BYTES, Q4_BLOCK_VALUES};
 
 const MAGIC: &[u8; 4] = b"E5S1";
 /// Bounds that keep a damaged header from asking for absurd allocations.
@@ -192,22 +191,6 @@ fn parse(data: &[u8]) -> Result<E5Image<'_>> {
     Ok(E5Image { header, tensors })
 }
 
-/// Dequantises 4-bit blocks: each block is an f16 scale then 16 bytes whose low nibbles are
-/// values 0-15 and high nibbles values 16-31; value = (nibble - 8) * scale.
-pub fn dequantise_q4(blocks: &[u8], out: &mut Vec<f32>) {
-    for b in blocks.chunks_exact(Q4_BLOCK_BYTES) {
-        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        let qs = &b[2..];
-        let start = out.len();
-        out.resize(start + Q4_BLOCK_VALUES, 0.0);
-        let o = &mut out[start..];
-        for (j, &q) in qs.iter().enumerate() {
-            o[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
-            o[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
-        }
-    }
-}
-
 impl E5Image<'_> {
     fn get(&self, name: &str) -> Result<&RawTensor<'_>> {
         self.tensors
@@ -365,22 +348,8 @@ pub fn convert(image: &Path, out_dir: &Path) -> Result<BertConfig> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// Quantises values (whole blocks) the way the image stores them.
-    pub(crate) fn quantise(values: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for block in values.chunks(Q4_BLOCK_VALUES) {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = if amax == 0.0 { 1.0 } else { amax / 7.0 };
-            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-            let d = f16::from_f32(d).to_f32();
-            let q = |v: f32| ((v / d).round().clamp(-8.0, 7.0) as i32 + 8) as u8;
-            for j in 0..16 {
-                out.push(q(block[j]) | (q(block[j + 16]) << 4));
-            }
-        }
-        out
-    }
+    use crate::model::word_table::tests::quantise;
+    use half::f16;
 
     /// Builds a tiny but complete image: hidden 32, 1 layer, vocab 5.
     pub(crate) fn tiny_image() -> (Vec<u8>, HashMap<String, Vec<f32>>) {

