@@ -279,3 +279,90 @@ fn bad_input_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// `intentd train --drop-suspect` runs the same check and leaves the flagged examples out (or,
+/// with `--relabel-margin`, keeps the surest with the suggested intent), records how many in
+/// the card, and refuses margins out of range.
+#[test]
+fn train_drop_suspect_leaves_out_or_relabels_the_flagged_examples() {
+    common::base_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("noisy.tsv");
+    let planted = write_noisy_set(&data, 17);
+    let train = |out: &str, extra: &[&str]| {
+        let model = dir.path().join(out);
+        let mut args = vec![
+            "train",
+            "--quiet",
+            "--mode",
+            "head",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--drop-suspect",
+        ];
+        args.extend_from_slice(extra);
+        let o = intentd(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{stderr}");
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap())
+                .unwrap();
+        (card, stderr)
+    };
+    let (card, stderr) = train("dropped", &[]);
+    let dropped = card["hyper_parameters"]["dropped_suspects"]
+        .as_u64()
+        .unwrap() as usize;
+    // The planted flips are found with precision 0.8+ (the data check test above), so about
+    // as many are flagged as were planted.
+    assert!(
+        (planted.flipped.len() / 2..=planted.flipped.len() * 2).contains(&dropped),
+        "{dropped} flagged for {} planted\n{stderr}",
+        planted.flipped.len()
+    );
+    assert!(stderr.contains(&format!("{dropped} of ")), "{stderr}");
+    assert!(
+        stderr.contains("noisy.tsv:"),
+        "suspects listed with file:line: {stderr}"
+    );
+    let trained_on = |c: &serde_json::Value| c["train_examples"].as_u64().unwrap() as usize;
+    let (relabelled, stderr) = train("relabelled", &["--relabel-margin", "0.5"]);
+    // Every suspect reaches 0.5 (the default suspect margin): all are kept, relabelled.
+    assert!(
+        stderr.contains(&format!(
+            "{dropped} of them are kept with the suggested intent"
+        )),
+        "{stderr}"
+    );
+    assert!(trained_on(&relabelled) > trained_on(&card), "{stderr}");
+
+    for (args, want) in [
+        (
+            vec!["--suspect-margin", "1.5"],
+            "--suspect-margin must be between 0 and 1, got 1.5",
+        ),
+        (
+            vec!["--relabel-margin", "0.2"],
+            "--relabel-margin must be between --suspect-margin (0.5) and 1, got 0.2",
+        ),
+    ] {
+        let mut all = vec![
+            "train",
+            "--quiet",
+            "--mode",
+            "head",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            "/nonexistent/never-written",
+            "--drop-suspect",
+        ];
+        all.extend_from_slice(&args);
+        let o = intentd(&all);
+        assert!(!o.status.success());
+        let e = error_line(&o);
+        assert!(e.contains(want), "{e}");
+    }
+}

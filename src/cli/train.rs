@@ -58,6 +58,10 @@ pub struct TrainArgs {
     /// (0 to 1; `data check` reports at 0.5).
     #[arg(long, default_value_t = label_check::CheckLimits::default().mislabel_margin)]
     pub suspect_margin: f32,
+    /// With --drop-suspect: suspects whose margin reaches this are given the intent the check
+    /// suggests instead of being left out (keeps the data; for the surest suspects only).
+    #[arg(long)]
+    pub relabel_margin: Option<f32>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -81,6 +85,7 @@ impl TrainArgs {
             no_refit: false,
             drop_suspect: false,
             suspect_margin: label_check::CheckLimits::default().mislabel_margin,
+            relabel_margin: None,
             base: intentd::model::base_models::DEFAULT_BASE_MODEL.into(),
             models_dir: super::MODELS_DIR.into(),
             quiet: false,
@@ -124,9 +129,13 @@ fn drop_suspects(
     base_dir: &std::path::Path,
     seed: u64,
     margin: f32,
+    relabel: Option<f32>,
 ) -> Result<(Vec<data::Example>, usize)> {
     if !(0.0..=1.0).contains(&margin) {
         bail!("--suspect-margin must be between 0 and 1, got {margin}");
+    }
+    if let Some(r) = relabel.filter(|r| !(margin..=1.0).contains(r)) {
+        bail!("--relabel-margin must be between --suspect-margin ({margin}) and 1, got {r}");
     }
     let labels: Vec<String> = examples
         .iter()
@@ -156,7 +165,7 @@ fn drop_suspects(
     let suspects =
         label_check::suspect_labels(&probs, &given, labels.len(), limits.min_examples, margin);
     eprintln!(
-        "--drop-suspect: leaving out {} of {} examples as likely mislabelled",
+        "--drop-suspect: {} of {} examples flagged as likely mislabelled (left out unless relabelled)",
         suspects.len(),
         examples.len()
     );
@@ -173,15 +182,33 @@ fn drop_suspects(
             suspects.len() - 10
         );
     }
-    let dropped: std::collections::HashSet<usize> = suspects.iter().map(|m| m.index).collect();
-    let n = dropped.len();
+    let relabel_at = relabel.unwrap_or(f32::INFINITY);
+    let mut fate: std::collections::HashMap<usize, Option<String>> =
+        std::collections::HashMap::new();
+    for m in &suspects {
+        let new =
+            (m.p_suggested - m.p_given >= relabel_at).then(|| labels[m.suggested as usize].clone());
+        fate.insert(m.index, new);
+    }
+    let relabelled = fate.values().filter(|f| f.is_some()).count();
+    if relabel.is_some() {
+        eprintln!(
+            "--relabel-margin: {relabelled} of them are kept with the suggested intent instead"
+        );
+    }
     let kept = examples
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| !dropped.contains(i))
-        .map(|(_, e)| e)
+        .filter_map(|(i, mut e)| match fate.get(&i) {
+            None => Some(e),
+            Some(Some(label)) => {
+                e.label = label.clone();
+                Some(e)
+            }
+            Some(None) => None,
+        })
         .collect();
-    Ok((kept, n))
+    Ok((kept, suspects.len()))
 }
 
 /// Texts given two different intents cannot both be right: list them (file:line of each
@@ -240,7 +267,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
     let (examples, dropped) = if args.drop_suspect {
-        drop_suspects(examples, base, &base_dir, hp.seed, args.suspect_margin)?
+        drop_suspects(
+            examples,
+            base,
+            &base_dir,
+            hp.seed,
+            args.suspect_margin,
+            args.relabel_margin,
+        )?
     } else {
         (examples, 0)
     };
