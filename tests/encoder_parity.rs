@@ -93,19 +93,13 @@ fn int8_embeddings_stay_within_cosine_0995_of_pytorch() {
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    let cos = |a: &[f32], b: &[f32]| {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        dot / (na * nb)
-    };
     let mut worst = 1f64;
     for (emb, s) in one_by_one
         .iter()
         .chain(&batched)
         .zip(reference.sentences.iter().cycle())
     {
-        let c = cos(emb, &s.mean_pooled);
+        let c = common::cosine(emb, &s.mean_pooled);
         worst = worst.min(c);
         assert!(c >= 0.995, "{:?}: cosine {c:.5} with PyTorch", s.text);
         if !int8 {

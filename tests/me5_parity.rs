@@ -30,13 +30,6 @@ fn reference() -> Reference {
     serde_json::from_str(&text).expect("reference JSON")
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
 fn check(precision: Precision, min_cosine: f64) {
     let dir = common::me5_model_dir();
     let base = base_models::find("me5-small").unwrap();
@@ -83,7 +76,7 @@ fn check(precision: Precision, min_cosine: f64) {
         .chain(&packed)
         .zip(reference.sentences.iter().cycle())
     {
-        let c = cosine(emb, &s.embedding);
+        let c = common::cosine(emb, &s.embedding);
         worst = worst.min(c);
         assert!(
             c >= min_cosine,

@@ -98,6 +98,14 @@ pub fn shared_reference(name: &str) -> PathBuf {
         .unwrap_or_else(|| root.join("../shared/reference").join(name))
 }
 
+/// Cosine similarity of two embeddings, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
