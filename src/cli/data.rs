@@ -57,7 +57,7 @@ fn check(args: CheckArgs) -> Result<()> {
     train::serial_elementwise_ops();
     let started = Instant::now();
     let ds = data::load(&args.data)?;
-    let labels = ds.labels();
+    let (labels, given) = label_check::label_indices(&ds.examples);
     let n = ds.examples.len();
     if labels.len() < 2 {
         bail!(
@@ -78,11 +78,6 @@ fn check(args: CheckArgs) -> Result<()> {
     }
     let base = super::base_model(&args.base)?;
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
-    let given: Vec<u32> = ds
-        .examples
-        .iter()
-        .map(|e| labels.binary_search(&e.label).expect("label listed") as u32)
-        .collect();
     eprintln!(
         "embedding {n} examples ({} intents) from {} with {}",
         labels.len(),

@@ -137,12 +137,7 @@ fn drop_suspects(
     if let Some(r) = relabel.filter(|r| !(margin..=1.0).contains(r)) {
         bail!("--relabel-margin must be between --suspect-margin ({margin}) and 1, got {r}");
     }
-    let labels: Vec<String> = examples
-        .iter()
-        .map(|e| e.label.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let (labels, given) = label_check::label_indices(&examples);
     let folds = SUSPECT_FOLDS.min(examples.len());
     if labels.len() < 2 || folds < 2 {
         bail!(
@@ -151,10 +146,6 @@ fn drop_suspects(
             examples.len()
         );
     }
-    let given: Vec<u32> = examples
-        .iter()
-        .map(|e| labels.binary_search(&e.label).expect("label listed") as u32)
-        .collect();
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     eprintln!(
         "--drop-suspect: scoring {} examples out of fold ({folds} folds, head mode)",

@@ -53,6 +53,19 @@ impl Default for CheckLimits {
     }
 }
 
+/// The sorted intent names of `examples` and each example's index among them: the form every
+/// check works on.
+pub fn label_indices(examples: &[Example]) -> (Vec<String>, Vec<u32>) {
+    let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    let given = examples
+        .iter()
+        .map(|e| labels.binary_search(&e.label).expect("label listed") as u32)
+        .collect();
+    (labels, given)
+}
+
 /// Fold (0..k) of each example: within each label the examples are shuffled (seeded) and dealt
 /// round-robin, continuing where the previous label stopped, so every fold gets its share of
 /// every intent and the folds differ in size by at most one.
