@@ -6,7 +6,8 @@
 //! batching, orchestration), `operator` (every operator file loaded into one
 //! validated snapshot), `engine` (keyword layer + fusion) and `policy` (the operator playbook)
 //! for decisions, `model` (the encoder behind a trait), and `store` (I/O: the durable
-//! log, audit, stats). `config` reads `config/intentd.yml` for the wiring. `connectors` holds
+//! log, audit, stats). `config` reads `config/intentd.yml` for the wiring. `durable` is the
+//! seam between state held in memory (playbook, outbox) and the store that persists it. `connectors` holds
 //! platform formats (WeChat callback crypto and XML) for front doors to translate with.
 
 /// Code generated from `proto/intentd/v1/intentd.proto`.
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod connectors;
 pub mod data;
+pub mod durable;
 pub mod engine;
 pub mod metrics;
 pub mod model;

@@ -228,8 +228,46 @@ fn build_service(
             })
             .inc_by(n);
     });
-    let state = MemoryState::with_limits(cfg.playbook_state, Some(on_discard));
-    let playbook = Playbook::with_state(operator.clone(), clock.clone(), cfg.seed, Arc::new(state));
+    let storage = if cfg.store.enabled {
+        Some(Arc::new(
+            Storage::open(&cfg.store_config(), clock.clone(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("store: {e}"))?,
+        ))
+    } else {
+        tracing::warn!("store disabled: no conversation log, feedback or stats; playbook state lives in memory only");
+        None
+    };
+    // With a store the playbook's state is written through it and read back here, so a restart
+    // (or a kill -9) forgets no cooldown, handoff, schedule or queued send.
+    let stored = match &storage {
+        Some(s) => s
+            .state_rows()
+            .map_err(|e| anyhow::anyhow!("store: reading the playbook state: {e}"))?,
+        None => Vec::new(),
+    };
+    let state = match &storage {
+        Some(s) => {
+            let state = Arc::new(MemoryState::durable(cfg.playbook_state, Some(on_discard)));
+            let n = state
+                .restore(&stored)
+                .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+            tracing::info!(
+                groups = n.groups,
+                users = n.users,
+                jobs = n.jobs,
+                review = n.review,
+                dropped = n.dropped,
+                "playbook state restored"
+            );
+            s.hold_durable(state.clone());
+            state
+        }
+        None => Arc::new(MemoryState::with_limits(
+            cfg.playbook_state,
+            Some(on_discard),
+        )),
+    };
+    let playbook = Playbook::with_state(operator.clone(), clock.clone(), cfg.seed, state);
     // A bot id typo in playbook.yml would silently fall back to the defaults: say so.
     let bots = cfg.bot_ids();
     for b in playbook.config().configured_bots() {
@@ -237,16 +275,7 @@ fn build_service(
             tracing::warn!(bot = %b, "playbook.yml has settings for a bot that is not in auth.bots; they are never used");
         }
     }
-    let storage = if cfg.store.enabled {
-        Some(Arc::new(
-            Storage::open(&cfg.store_config(), clock.clone(), metrics.clone())
-                .map_err(|e| anyhow::anyhow!("store: {e}"))?,
-        ))
-    } else {
-        tracing::warn!("store disabled: no conversation log, feedback or stats");
-        None
-    };
-    Ok(Service::new(
+    let service = Service::new(
         cfg.service_settings(),
         clock,
         manual,
@@ -254,5 +283,12 @@ fn build_service(
         playbook,
         storage,
         metrics,
-    ))
+    );
+    let waiting = service
+        .restore_outbox(&stored)
+        .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+    if waiting > 0 {
+        tracing::info!(items = waiting, "proactive sends restored to the outbox");
+    }
+    Ok(service)
 }

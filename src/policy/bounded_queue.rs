@@ -112,6 +112,9 @@ pub struct BoundedQueue<T> {
     items: VecDeque<(usize, T)>,
     bytes: usize,
     limits: QueueLimits,
+    /// Position of the front entry since the queue began (positions never repeat), so a
+    /// durable copy can name entries and cut its front.
+    first_seq: u64,
 }
 
 impl<T: Record> BoundedQueue<T> {
@@ -120,7 +123,31 @@ impl<T: Record> BoundedQueue<T> {
             items: VecDeque::new(),
             bytes: 0,
             limits,
+            first_seq: 0,
         }
+    }
+
+    /// A queue whose positions start at `first_seq` (restoring a durable copy).
+    pub fn starting_at(limits: QueueLimits, first_seq: u64) -> Self {
+        Self {
+            first_seq,
+            ..Self::new(limits)
+        }
+    }
+
+    /// Position of the front entry (= [`Self::next_seq`] when empty).
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Position the next pushed entry gets.
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq + self.items.len() as u64
+    }
+
+    /// The newest entry and its position.
+    pub fn last(&self) -> Option<(u64, &T)> {
+        self.items.back().map(|(_, it)| (self.next_seq() - 1, it))
     }
 
     /// Appends `item`, then discards what the limits no longer allow (oldest first; the item
@@ -161,6 +188,7 @@ impl<T: Record> BoundedQueue<T> {
     fn pop(&mut self) {
         if let Some((size, _)) = self.items.pop_front() {
             self.bytes -= size;
+            self.first_seq += 1;
         }
     }
 
@@ -185,6 +213,7 @@ impl<T: Record> BoundedQueue<T> {
     /// Takes every entry, oldest first; the queue's memory is released.
     pub fn drain(&mut self) -> Vec<T> {
         self.bytes = 0;
+        self.first_seq = self.next_seq();
         std::mem::take(&mut self.items)
             .into_iter()
             .map(|(_, it)| it)
@@ -267,6 +296,21 @@ mod tests {
         q.push(R(2, 7));
         assert_eq!(q.drain(), vec![R(1, 7), R(2, 7)]);
         assert_eq!((q.len(), q.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn positions_count_every_entry_ever_pushed() {
+        let mut q = BoundedQueue::new(limits(2, 1 << 20, 1000));
+        q.push(R(1, 7));
+        assert_eq!((q.first_seq(), q.next_seq()), (0, 1));
+        q.push(R(2, 7));
+        q.push(R(3, 7)); // over max_entries: position 0 goes
+        assert_eq!((q.first_seq(), q.next_seq()), (1, 3));
+        assert_eq!(q.last(), Some((2, &R(3, 7))));
+        q.drain();
+        assert_eq!((q.first_seq(), q.next_seq(), q.last()), (3, 3, None));
+        let q2: BoundedQueue<R> = BoundedQueue::starting_at(QueueLimits::default(), 40);
+        assert_eq!(q2.next_seq(), 40);
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub mod replies;
 pub mod scheduler;
 pub mod spacing;
 pub mod state;
+pub mod state_journal;
 pub mod state_memory;
+pub mod state_persist;
 pub mod templates;
 pub mod variables;
 

@@ -2,8 +2,10 @@
 //! mutex while the (synchronous, pure) decision runs, so it never conflicts; `load` + `commit`
 //! still check versions, for callers that decide outside the lock.
 //!
-//! Nothing survives a restart and nothing is shared between processes: the durable and shared
-//! implementations of the trait live with the store.
+//! Built with [`MemoryState::durable`] (the server does when the store is on), every change is
+//! also noted for the store, which writes it with its next group commit, and a start reads the
+//! rows back (`state_persist.rs`). Nothing is shared between processes: several replicas need a
+//! shared implementation of the trait.
 //!
 //! Memory: user and group rows are forgotten by [`PlaybookState::sweep`] once idle; the review
 //! and dropped-send queues (and the message ids that deduplicate review entries) and the delayed
@@ -24,6 +26,8 @@ use super::state::{
     Decide, DecideDue, DroppedSend, DueView, GroupKey, GroupRow, PlaybookState, QueuedJob, Scope,
     StateChange, StateError, StateView, SweepLimits, UserKey, UserProfile, UserRow, Versioned,
 };
+use super::state_journal::{self as persist, Synced};
+use crate::durable::{Journal, RowKey};
 
 /// `playbook_state:` in the server configuration: how much the in-memory queues keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,17 +163,19 @@ impl Record for Job {
 /// [`BoundedQueue`]: jobs are taken out by id, in any order, and are due in the future, so
 /// their age is checked against the clock (at the sweep), never against the newest job.
 #[derive(Debug)]
-struct Jobs {
+pub(super) struct Jobs {
     /// id → (estimated bytes, job).
     map: BTreeMap<u64, (usize, Job)>,
     bytes: usize,
     limits: QueueLimits,
+    /// Ids taken out since the journal last looked (a durable copy deletes them).
+    gone: Vec<u64>,
 }
 
 impl Jobs {
     /// Queues `job`, then discards the earliest scheduled while over `max_entries` or
     /// `max_bytes` (the job itself when it alone is over `max_bytes`).
-    fn insert(&mut self, id: u64, job: Job) -> Discarded {
+    pub(super) fn insert(&mut self, id: u64, job: Job) -> Discarded {
         let size = job.bytes();
         self.map.insert(id, (size, job));
         self.bytes += size;
@@ -186,15 +192,22 @@ impl Jobs {
     }
 
     fn pop_first(&mut self) {
-        if let Some((_, (size, _))) = self.map.pop_first() {
+        if let Some((id, (size, _))) = self.map.pop_first() {
             self.bytes -= size;
+            self.gone.push(id);
         }
     }
 
     fn remove(&mut self, id: u64) {
         if let Some((size, _)) = self.map.remove(&id) {
             self.bytes -= size;
+            self.gone.push(id);
         }
+    }
+
+    /// The ids taken out since the last call.
+    pub(super) fn take_gone(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.gone)
     }
 
     /// Discards the jobs due more than `max_age_s` before `now_ms`.
@@ -204,10 +217,12 @@ impl Jobs {
         let oldest_kept = now_ms.saturating_sub(max_age_ms);
         let before = self.map.len();
         let mut freed = 0;
-        self.map.retain(|_, (size, job)| {
+        let gone = &mut self.gone;
+        self.map.retain(|id, (size, job)| {
             let keep = job.at_ms >= oldest_kept;
             if !keep {
                 freed += *size;
+                gone.push(*id);
             }
             keep
         });
@@ -236,20 +251,40 @@ impl Jobs {
 }
 
 /// (bot, chat, message id) of a review entry.
-type ReviewKey = (String, String, String);
+pub(super) type ReviewKey = (String, String, String);
 
 /// The message ids already queued for review, oldest first, within the review queue's entries
 /// and age (a repeat after that is queued again, which a reviewer can tell from its id).
 #[derive(Debug)]
-struct ReviewedIds {
+pub(super) struct ReviewedIds {
     set: HashSet<ReviewKey>,
     order: VecDeque<(i64, ReviewKey)>,
     limits: QueueLimits,
+    /// Position of the front of `order` (see [`BoundedQueue::first_seq`]).
+    pub(super) first_seq: u64,
 }
 
 impl ReviewedIds {
+    pub(super) fn new(limits: QueueLimits, first_seq: u64) -> Self {
+        ReviewedIds {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            limits,
+            first_seq,
+        }
+    }
+
+    pub(super) fn next_seq(&self) -> u64 {
+        self.first_seq + self.order.len() as u64
+    }
+
+    /// The newest entry and its position.
+    pub(super) fn last(&self) -> Option<(u64, &(i64, ReviewKey))> {
+        self.order.back().map(|e| (self.next_seq() - 1, e))
+    }
+
     /// False when `key` was already queued.
-    fn insert(&mut self, at_ms: i64, key: ReviewKey) -> bool {
+    pub(super) fn insert(&mut self, at_ms: i64, key: ReviewKey) -> bool {
         if !self.set.insert(key.clone()) {
             return false;
         }
@@ -267,27 +302,33 @@ impl ReviewedIds {
             }
             if let Some((_, k)) = self.order.pop_front() {
                 self.set.remove(&k);
+                self.first_seq += 1;
             }
         }
     }
 }
 
-struct Rows {
-    groups: BTreeMap<GroupKey, Versioned<GroupRow>>,
-    users: HashMap<UserKey, Versioned<UserRow>>,
-    jobs: Jobs,
-    next_job_id: u64,
-    review: BoundedQueue<ReviewItem>,
-    reviewed: ReviewedIds,
-    dropped: BoundedQueue<DroppedSend>,
+pub(super) struct Rows {
+    pub(super) groups: BTreeMap<GroupKey, Versioned<GroupRow>>,
+    pub(super) users: HashMap<UserKey, Versioned<UserRow>>,
+    pub(super) jobs: Jobs,
+    pub(super) next_job_id: u64,
+    pub(super) review: BoundedQueue<ReviewItem>,
+    pub(super) reviewed: ReviewedIds,
+    pub(super) dropped: BoundedQueue<DroppedSend>,
     /// What the limits discarded since start, by [`StateQueue::index`].
     discarded: [Discarded; 3],
     on_discard: Option<OnDiscard>,
+    pub(super) limits: StateLimits,
+    /// Changes for the store to persist (None: memory only). See `state_persist.rs`.
+    pub(super) journal: Option<Journal>,
+    /// The queue fronts the journal has recorded.
+    pub(super) synced: Synced,
 }
 
 /// See the module doc.
 pub struct MemoryState {
-    rows: Mutex<Rows>,
+    pub(super) rows: Mutex<Rows>,
 }
 
 impl std::fmt::Debug for MemoryState {
@@ -324,17 +365,17 @@ impl MemoryState {
                     map: BTreeMap::new(),
                     bytes: 0,
                     limits: limits.delayed_jobs,
+                    gone: Vec::new(),
                 },
                 next_job_id: 0,
                 review: BoundedQueue::new(limits.review_queue),
-                reviewed: ReviewedIds {
-                    set: HashSet::new(),
-                    order: VecDeque::new(),
-                    limits: limits.review_queue,
-                },
+                reviewed: ReviewedIds::new(limits.review_queue, 0),
                 dropped: BoundedQueue::new(limits.dropped_sends),
                 discarded: Default::default(),
                 on_discard,
+                limits,
+                journal: None,
+                synced: Synced::default(),
             }),
         }
     }
@@ -454,34 +495,47 @@ impl Rows {
                     expected_version,
                     row,
                 } => {
-                    self.groups.insert(
-                        key,
-                        Versioned {
-                            version: expected_version + 1,
-                            row,
-                        },
-                    );
+                    let v = Versioned {
+                        version: expected_version + 1,
+                        row,
+                    };
+                    if let Some(j) = &mut self.journal {
+                        persist::put_group(j, &key, &v);
+                    }
+                    self.groups.insert(key, v);
                 }
                 StateChange::PutUser {
                     key,
                     expected_version,
                     row,
                 } => {
-                    self.users.insert(
-                        key,
-                        Versioned {
-                            version: expected_version + 1,
-                            row,
-                        },
-                    );
+                    let v = Versioned {
+                        version: expected_version + 1,
+                        row,
+                    };
+                    if let Some(j) = &mut self.journal {
+                        persist::put_user(j, &key, &v);
+                    }
+                    self.users.insert(key, v);
                 }
                 StateChange::AddReview(item) => self.add_review(item),
                 StateChange::AddDropped(d) => {
+                    let seq = self.dropped.next_seq();
                     let gone = self.dropped.push(d);
+                    if let Some(j) = &mut self.journal {
+                        persist::put_pushed(j, persist::DROPPED, seq, self.dropped.last());
+                    }
                     self.count(StateQueue::Dropped, gone);
                 }
                 StateChange::Schedule(job) => {
                     self.next_job_id += 1;
+                    if let Some(j) = &mut self.journal {
+                        j.put(
+                            persist::JOB,
+                            RowKey::Seq(self.next_job_id),
+                            &(self.next_job_id, &job),
+                        );
+                    }
                     let gone = self.jobs.insert(self.next_job_id, job);
                     self.count(StateQueue::DelayedJobs, gone);
                 }
@@ -490,7 +544,42 @@ impl Rows {
                 }
             }
         }
+        self.sync_journal();
         Ok(())
+    }
+
+    /// Notes what left the job table and the queue fronts since the last call.
+    pub(super) fn sync_journal(&mut self) {
+        let gone = self.jobs.take_gone();
+        let Some(j) = &mut self.journal else {
+            return;
+        };
+        for id in gone {
+            j.delete(persist::JOB, RowKey::Seq(id));
+        }
+        let fronts = [
+            (
+                persist::REVIEW,
+                self.review.first_seq(),
+                &mut self.synced.review,
+            ),
+            (
+                persist::REVIEWED,
+                self.reviewed.first_seq,
+                &mut self.synced.reviewed,
+            ),
+            (
+                persist::DROPPED,
+                self.dropped.first_seq(),
+                &mut self.synced.dropped,
+            ),
+        ];
+        for (kind, first, synced) in fronts {
+            if first > *synced {
+                j.delete_below(kind, first);
+                *synced = first;
+            }
+        }
     }
 
     fn add_review(&mut self, item: ReviewItem) {
@@ -499,14 +588,24 @@ impl Rows {
             item.chat_id.clone(),
             item.message_id.clone(),
         );
-        if !item.message_id.is_empty() && !self.reviewed.insert(item.at_ms, key) {
-            return; // precheck already queued this message
+        if !item.message_id.is_empty() {
+            let seq = self.reviewed.next_seq();
+            if !self.reviewed.insert(item.at_ms, key) {
+                return; // precheck already queued this message
+            }
+            if let Some(j) = &mut self.journal {
+                persist::put_pushed(j, persist::REVIEWED, seq, self.reviewed.last());
+            }
         }
+        let seq = self.review.next_seq();
         let gone = self.review.push(item);
+        if let Some(j) = &mut self.journal {
+            persist::put_pushed(j, persist::REVIEW, seq, self.review.last());
+        }
         self.count(StateQueue::Review, gone);
     }
 
-    fn count(&mut self, queue: StateQueue, gone: Discarded) {
+    pub(super) fn count(&mut self, queue: StateQueue, gone: Discarded) {
         if gone.total() == 0 {
             return;
         }
@@ -519,16 +618,25 @@ impl Rows {
     }
 
     fn sweep(&mut self, now: i64, limits: &SweepLimits) {
-        self.users.retain(|_, u| {
+        let journal = &mut self.journal;
+        self.users.retain(|k, u| {
             let before = u.row.clone();
             u.row.cooldowns.sweep(now, limits.cooldown_max_age_ms);
             if now - u.row.profile.last_seen_ms >= limits.user_idle_ms {
                 u.row.profile = UserProfile::default();
             }
-            if u.row != before {
-                u.version += 1;
+            if u.row == before {
+                return true;
             }
-            u.row != UserRow::default()
+            u.version += 1;
+            let keep = u.row != UserRow::default();
+            if let Some(j) = journal {
+                match keep {
+                    true => persist::put_user(j, k, u),
+                    false => persist::delete_user(j, k),
+                }
+            }
+            keep
         });
         // Jobs too late to send go first, so their chats' timers may go with them.
         let gone = self.jobs.expire(now);
@@ -547,6 +655,9 @@ impl Rows {
             if idle && !queued() {
                 g.row.timers = None;
                 g.version += 1;
+                if let Some(j) = &mut self.journal {
+                    persist::put_group(j, k, g);
+                }
             }
         }
         let gone = self.review.expire(now);
@@ -554,6 +665,7 @@ impl Rows {
         let gone = self.dropped.expire(now);
         self.count(StateQueue::Dropped, gone);
         self.reviewed.expire(now);
+        self.sync_journal();
     }
 }
 
@@ -592,7 +704,10 @@ impl PlaybookState for MemoryState {
     }
 
     async fn drain_review_queue(&self) -> Result<Vec<ReviewItem>, StateError> {
-        Ok(self.rows.lock().review.drain())
+        let mut rows = self.rows.lock();
+        let items = rows.review.drain();
+        rows.sync_journal();
+        Ok(items)
     }
 
     async fn dropped_sends(&self) -> Result<Vec<DroppedSend>, StateError> {
@@ -600,7 +715,10 @@ impl PlaybookState for MemoryState {
     }
 
     async fn drain_dropped_sends(&self) -> Result<Vec<DroppedSend>, StateError> {
-        Ok(self.rows.lock().dropped.drain())
+        let mut rows = self.rows.lock();
+        let items = rows.dropped.drain();
+        rows.sync_journal();
+        Ok(items)
     }
 
     async fn sweep(&self, now_ms: i64, limits: &SweepLimits) -> Result<(), StateError> {

@@ -82,7 +82,7 @@ pub struct Service {
     operator: Arc<LiveOperator>,
     playbook: Arc<Playbook>,
     /// Proactive sends taken from the playbook, waiting for a Subscribe stream of their bot.
-    outbox: Mutex<Outbox>,
+    outbox: Arc<Mutex<Outbox>>,
     pub storage: Option<Arc<Storage>>,
     pub metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
@@ -118,10 +118,18 @@ impl Service {
             settings.batching.clone(),
             settings.max_in_flight,
         );
+        // With a store, waiting proactive sends are durable rows too (see outbox.rs).
+        let outbox = Arc::new(Mutex::new(match &storage {
+            Some(_) => Outbox::durable(settings.outbox.clone()),
+            None => Outbox::new(settings.outbox.clone()),
+        }));
+        if let Some(s) = &storage {
+            s.hold_durable(outbox.clone());
+        }
         Self {
             known_bots: settings.bots.iter().cloned().collect(),
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
-            outbox: Mutex::new(Outbox::new(settings.outbox.clone())),
+            outbox,
             settings,
             clock,
             manual_clock,

@@ -22,6 +22,12 @@ impl Service {
     /// the subscribers when something arrived.
     pub async fn collect_due(&self) -> usize {
         let now = self.now_ms();
+        // The playbook's record that an item went out and the item in the outbox are committed
+        // together or not at all.
+        let _together = match &self.storage {
+            Some(s) => Some(s.hold_change().await),
+            None => None,
+        };
         let items = match self.playbook.due(now).await {
             Ok(items) => items,
             Err(e) => {
@@ -62,7 +68,40 @@ impl Service {
         let now = self.now_ms();
         let (items, dropped) = self.with_outbox(|o| o.take(bot_id, chats, now));
         self.count_dropped(bot_id, dropped);
+        if !items.is_empty() {
+            self.commit_taken(bot_id, items.len()).await;
+        }
         items
+    }
+
+    /// Waits until taking items out of the durable outbox is committed, so a restart after the
+    /// send cannot send them again. If the store cannot commit, they are sent anyway (a repeat
+    /// after a crash is then possible) and that is logged.
+    async fn commit_taken(&self, bot_id: &str, n: usize) {
+        let Some(storage) = &self.storage else {
+            return;
+        };
+        let wait = Duration::from_millis(self.settings.request_timeout_ms);
+        // Waited for on a blocking thread: a paused test clock does not jump ahead while one
+        // runs, so the commit (on the writer's own thread) is not mistaken for a timeout.
+        let outcome = match storage.flush_state() {
+            Ok(ticket) => {
+                let commit = tokio::task::spawn_blocking(move || ticket.wait());
+                match tokio::time::timeout(wait, commit).await {
+                    Ok(Ok(Ok(()))) => return,
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "commit timed out".to_string(),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(bot = %bot_id, items = n, error = %outcome, "proactive sends go out before their removal from the outbox was stored");
+    }
+
+    /// Loads the proactive sends a previous run left waiting (call before serving).
+    pub fn restore_outbox(&self, rows: &[crate::durable::StoredRow]) -> Result<usize, String> {
+        self.with_outbox(|o| o.restore(rows))
     }
 
     /// Puts items back at the front (a stream closed before it could send them).

@@ -7,12 +7,21 @@
 //! goes), and an item that has waited here more than `max_age_ms` is dropped (a welcome that
 //! arrives hours late does more harm than none). Whatever is dropped is reported to the caller,
 //! which counts and logs it.
+//!
+//! With a store, every item is also a durable row (kind `outbox`, keyed by its id; see
+//! `crate::durable`): queued items survive a restart, and an item taken for a stream is deleted
+//! (and that committed) before the stream sends it, so a restart never sends it twice.
 
 use std::collections::{HashMap, VecDeque};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::durable::{DurableRows, Journal, RowKey, RowWrite, StoredRow};
 use crate::policy::scheduler::OutboundItem;
+
+/// The durable rows' kind.
+pub const KIND: &str = "outbox";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,11 +71,18 @@ impl Dropped {
     }
 }
 
+/// One waiting item: (id, when it was queued, Unix ms; the item).
+type Entry = (u64, i64, OutboundItem);
+
 #[derive(Debug)]
 pub struct Outbox {
     cfg: OutboxConfig,
-    /// Per bot: (when it was queued, Unix ms; the item), oldest first.
-    queues: HashMap<String, VecDeque<(i64, OutboundItem)>>,
+    /// Per bot, oldest first.
+    queues: HashMap<String, VecDeque<Entry>>,
+    /// The last id given out.
+    last_id: u64,
+    /// Changes for the store (None: memory only).
+    journal: Option<Journal>,
 }
 
 impl Outbox {
@@ -74,20 +90,77 @@ impl Outbox {
         Self {
             cfg,
             queues: HashMap::new(),
+            last_id: 0,
+            journal: None,
         }
+    }
+
+    /// An outbox whose every change is noted for the store.
+    pub fn durable(cfg: OutboxConfig) -> Self {
+        Self {
+            journal: Some(Journal::default()),
+            ..Self::new(cfg)
+        }
+    }
+
+    /// Loads the items a previous run left waiting (rows of other kinds are skipped); returns
+    /// how many. The bounds apply at the next push or take.
+    pub fn restore(&mut self, rows: &[StoredRow]) -> Result<usize, String> {
+        let mut entries: Vec<Entry> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            if row.kind == KIND {
+                entries.push(
+                    serde_json::from_slice(&row.json)
+                        .map_err(|e| format!("stored outbox: row {i} is not a valid item: {e}"))?,
+                );
+            }
+        }
+        entries.sort_by_key(|e| e.0);
+        let n = entries.len();
+        for e in entries {
+            self.last_id = self.last_id.max(e.0);
+            self.queues
+                .entry(e.2.bot_id.clone())
+                .or_default()
+                .push_back(e);
+        }
+        Ok(n)
+    }
+
+    fn enqueue(&mut self, front: bool, item: OutboundItem, now_ms: i64) {
+        self.last_id += 1;
+        let entry = (self.last_id, now_ms, item);
+        if let Some(j) = &mut self.journal {
+            j.put(KIND, RowKey::Seq(entry.0), &entry);
+        }
+        let queue = self.queues.entry(entry.2.bot_id.clone()).or_default();
+        match front {
+            true => queue.push_front(entry),
+            false => queue.push_back(entry),
+        }
+    }
+
+    /// Notes entries that left the outbox; returns how many.
+    fn gone(&mut self, entries: impl IntoIterator<Item = Entry>) -> usize {
+        let mut n = 0;
+        for (id, _, _) in entries {
+            if let Some(j) = &mut self.journal {
+                j.delete(KIND, RowKey::Seq(id));
+            }
+            n += 1;
+        }
+        n
     }
 
     /// Queues `item` at the back of its bot's queue.
     pub fn push(&mut self, item: OutboundItem, now_ms: i64) -> Dropped {
-        let (max_per_bot, max_age_ms) = (self.cfg.max_per_bot, self.cfg.max_age_ms);
-        let queue = self.queues.entry(item.bot_id.clone()).or_default();
-        let mut dropped = Dropped {
-            expired: expire(queue, now_ms, max_age_ms),
-            ..Dropped::default()
-        };
-        queue.push_back((now_ms, item));
-        dropped.overflow = trim_front(queue, max_per_bot);
-        dropped
+        let bot = item.bot_id.clone();
+        let expired = self.expire(&bot, now_ms);
+        self.enqueue(false, item, now_ms);
+        Dropped {
+            expired,
+            overflow: self.trim_front(&bot),
+        }
     }
 
     /// Takes `bot_id`'s waiting items, only those for `chats` when it is not empty (the others
@@ -98,39 +171,65 @@ impl Outbox {
         chats: &[String],
         now_ms: i64,
     ) -> (Vec<OutboundItem>, Dropped) {
-        let Some(queue) = self.queues.get_mut(bot_id) else {
-            return (Vec::new(), Dropped::default());
-        };
         let dropped = Dropped {
-            expired: expire(queue, now_ms, self.cfg.max_age_ms),
+            expired: self.expire(bot_id, now_ms),
             ..Dropped::default()
         };
-        let mine = if chats.is_empty() {
-            queue.drain(..).map(|(_, i)| i).collect()
+        let Some(queue) = self.queues.get_mut(bot_id) else {
+            return (Vec::new(), dropped);
+        };
+        let mine: Vec<Entry> = if chats.is_empty() {
+            queue.drain(..).collect()
         } else {
             let (mine, rest): (Vec<_>, Vec<_>) = queue
                 .drain(..)
-                .partition(|(_, i)| chats.contains(&i.chat_id));
+                .partition(|(_, _, i)| chats.contains(&i.chat_id));
             queue.extend(rest);
-            mine.into_iter().map(|(_, i)| i).collect()
+            mine
         };
         if queue.is_empty() {
             self.queues.remove(bot_id);
         }
-        (mine, dropped)
+        let items = mine.iter().map(|(_, _, i)| i.clone()).collect();
+        self.gone(mine);
+        (items, dropped)
     }
 
     /// Puts items a stream could not send back at the front, in their order, as queued now.
     /// They are the oldest, so if the queue is now over its bound they are the ones dropped.
     pub fn put_back(&mut self, bot_id: &str, items: Vec<OutboundItem>, now_ms: i64) -> Dropped {
-        let queue = self.queues.entry(bot_id.to_string()).or_default();
-        for item in items.into_iter().rev() {
-            queue.push_front((now_ms, item));
+        for mut item in items.into_iter().rev() {
+            item.bot_id = bot_id.to_string();
+            self.enqueue(true, item, now_ms);
         }
         Dropped {
-            overflow: trim_front(queue, self.cfg.max_per_bot),
+            overflow: self.trim_front(bot_id),
             expired: 0,
         }
+    }
+
+    /// Drops `bot_id`'s oldest items until at most `max_per_bot` are left; returns how many.
+    fn trim_front(&mut self, bot_id: &str) -> usize {
+        let max = self.cfg.max_per_bot;
+        let Some(queue) = self.queues.get_mut(bot_id) else {
+            return 0;
+        };
+        let over = queue.len().saturating_sub(max);
+        let gone: Vec<Entry> = queue.drain(..over).collect();
+        self.gone(gone)
+    }
+
+    /// Removes `bot_id`'s items queued more than `max_age_ms` ago; returns how many.
+    fn expire(&mut self, bot_id: &str, now_ms: i64) -> usize {
+        let max_age_ms = self.cfg.max_age_ms;
+        let Some(queue) = self.queues.get_mut(bot_id) else {
+            return 0;
+        };
+        let (keep, gone): (VecDeque<Entry>, VecDeque<Entry>) = queue
+            .drain(..)
+            .partition(|(_, queued, _)| now_ms.saturating_sub(*queued) <= max_age_ms);
+        *queue = keep;
+        self.gone(gone)
     }
 
     /// Items waiting for `bot_id`.
@@ -144,18 +243,24 @@ impl Outbox {
     }
 }
 
-/// Drops the oldest items until at most `max` are left; returns how many went.
-fn trim_front(queue: &mut VecDeque<(i64, OutboundItem)>, max: usize) -> usize {
-    let over = queue.len().saturating_sub(max);
-    queue.drain(..over);
-    over
-}
+impl DurableRows for Mutex<Outbox> {
+    fn take_writes(&self) -> Vec<RowWrite> {
+        self.lock()
+            .journal
+            .as_mut()
+            .map(Journal::take)
+            .unwrap_or_default()
+    }
 
-/// Removes the items queued more than `max_age_ms` ago; returns how many.
-fn expire(queue: &mut VecDeque<(i64, OutboundItem)>, now_ms: i64, max_age_ms: i64) -> usize {
-    let before = queue.len();
-    queue.retain(|(queued, _)| now_ms.saturating_sub(*queued) <= max_age_ms);
-    before - queue.len()
+    fn retake(&self, writes: Vec<RowWrite>) {
+        if let Some(j) = self.lock().journal.as_mut() {
+            j.retake(writes);
+        }
+    }
+
+    fn has_writes(&self) -> bool {
+        self.lock().journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +365,84 @@ mod tests {
         let d = o.put_back("b", taken, 0);
         assert_eq!(d.overflow, 1);
         assert_eq!(rules(&o.take("b", &[], 0).0), ["b", "c", "d"]);
+    }
+
+    /// Applies writes the way the store does; what a restart reads.
+    fn apply(disk: &mut std::collections::BTreeMap<u64, Vec<u8>>, writes: Vec<RowWrite>) {
+        for w in writes {
+            match w {
+                RowWrite::Put {
+                    key: RowKey::Seq(id),
+                    json,
+                    ..
+                } => {
+                    disk.insert(id, json);
+                }
+                RowWrite::Delete {
+                    key: RowKey::Seq(id),
+                    ..
+                } => {
+                    disk.remove(&id);
+                }
+                other => panic!("unexpected write {other:?}"),
+            }
+        }
+    }
+
+    fn rows(disk: &std::collections::BTreeMap<u64, Vec<u8>>) -> Vec<StoredRow> {
+        disk.values()
+            .map(|json| StoredRow {
+                kind: KIND.into(),
+                json: json.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_durable_outbox_restores_what_waits_and_not_what_was_taken_or_dropped() {
+        let shared = Mutex::new(Outbox::durable(OutboxConfig {
+            max_per_bot: 2,
+            max_age_ms: 1_000_000,
+        }));
+        let mut disk = std::collections::BTreeMap::new();
+        {
+            let mut o = shared.lock();
+            for (chat, rule) in [("g1", "a"), ("g2", "b"), ("g1", "c")] {
+                o.push(item("b", chat, 0, rule), 0); // a goes over max_per_bot
+            }
+            o.push(item("x", "g", 0, "x1"), 0);
+        }
+        apply(&mut disk, shared.take_writes());
+        assert_eq!(disk.len(), 3);
+        let (taken, _) = shared.lock().take("b", &["g1".to_string()], 0);
+        assert_eq!(rules(&taken), ["c"]);
+        apply(&mut disk, shared.take_writes());
+        assert!(!shared.has_writes());
+
+        let mut back = Outbox::durable(OutboxConfig {
+            max_per_bot: 2,
+            max_age_ms: 1_000_000,
+        });
+        assert_eq!(back.restore(&rows(&disk)).unwrap(), 2);
+        assert_eq!(rules(&back.take("b", &[], 0).0), ["b"]);
+        assert_eq!(rules(&back.take("x", &[], 0).0), ["x1"]);
+        // New ids continue after the restored ones, so nothing stored is overwritten.
+        back.push(item("b", "g", 0, "d"), 0);
+        let writes = back.journal.as_mut().unwrap().take();
+        assert!(
+            writes
+                .iter()
+                .any(|w| matches!(w, RowWrite::Put { key: RowKey::Seq(id), .. } if *id > 4)),
+            "{writes:?}"
+        );
+        let bad = StoredRow {
+            kind: KIND.into(),
+            json: b"[1, 2]".to_vec(),
+        };
+        let e = Outbox::new(OutboxConfig::default())
+            .restore(&[bad])
+            .unwrap_err();
+        assert!(e.contains("stored outbox: row 0"), "{e}");
     }
 
     #[test]

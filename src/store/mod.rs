@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::clock::SharedClock;
+use crate::durable::{Holders, RowWrite, StoredRow};
 use crate::metrics::Metrics;
 pub use crate::types::Timings;
 use crate::types::{Action, Classification, MessageContext, PolicyDecision, Source};
@@ -438,6 +439,9 @@ pub enum Record {
     Feedback(FeedbackRecord),
     HumanReply(HumanReplyRecord),
     Audit(AuditRecord),
+    /// Playbook and outbox state (`crate::durable`). The writer also appends the holders'
+    /// pending writes to each batch as one of these; an empty one asks for exactly that.
+    State(Vec<RowWrite>),
 }
 
 /// Which rows a stats query covers. Empty ids mean "all"; the window is inclusive.
@@ -602,12 +606,18 @@ pub trait Store: Send + Sync {
     fn memory_bytes(&self) -> Option<i64> {
         None
     }
+
+    /// Every durable state row ([`Record::State`]), decrypted, in (kind, key) order: queue
+    /// rows in their order. A row whose key is not in the keyring is an error naming it.
+    fn state_rows(&self) -> Result<Vec<StoredRow>, StoreError>;
 }
 
 /// The store as the server uses it: backend + writer thread + config + clock.
 pub struct Storage {
     store: Arc<dyn Store>,
     queue: WriteQueue,
+    /// State held in memory and written through this store (playbook, outbox).
+    holders: Arc<Holders>,
     health: Arc<health::StoreHealth>,
     config: StoreConfig,
     clock: SharedClock,
@@ -661,16 +671,19 @@ impl Storage {
             config.unhealthy_after_failures,
             metrics.clone(),
         ));
+        let holders = Arc::new(Holders::default());
         let queue = WriteQueue::start(
             store.clone(),
             config.queue_capacity,
             config.batch_max,
             metrics,
             health.clone(),
+            holders.clone(),
         );
         Self {
             store,
             queue,
+            holders,
             health,
             config: config.clone(),
             clock,
@@ -680,6 +693,26 @@ impl Storage {
     /// Queues a record; await the ticket before acknowledging anything to a caller.
     pub fn submit(&self, record: Record) -> Result<CommitTicket, SubmitError> {
         self.queue.submit(record)
+    }
+
+    /// The state rows a previous run stored (read once at start, before serving).
+    pub fn state_rows(&self) -> Result<Vec<StoredRow>, StoreError> {
+        self.store.state_rows()
+    }
+
+    /// Writes `holder`'s changes with every commit from now on.
+    pub fn hold_durable(&self, holder: Arc<dyn crate::durable::DurableRows>) {
+        self.holders.register(holder);
+    }
+
+    /// Held across a change that spans holders, so no commit carries half of it.
+    pub async fn hold_change(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.holders.hold().await
+    }
+
+    /// Commits the holders' pending changes now (a no-op batch carries them).
+    pub fn flush_state(&self) -> Result<CommitTicket, SubmitError> {
+        self.queue.submit(Record::State(Vec::new()))
     }
 
     /// Queues an audit row stamped with the clock's "now".

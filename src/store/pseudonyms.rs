@@ -31,6 +31,9 @@ const AAD: &[u8] = b"intentd:secret:pseudonyms";
 pub const PREFIX: &str = "u~";
 /// Stored message-id pseudonyms start with this.
 pub const MESSAGE_PREFIX: &str = "m~";
+/// Stored keys of durable state rows start with this.
+pub const STATE_PREFIX: &str = "s~";
+const STATE_DOMAIN: &[u8] = b"state\0\0\0";
 /// Put before a message id in the HMAC input. User ids have no domain tag (their pseudonyms
 /// predate this one); their input starts with the 8-byte length of the bot id, which can never
 /// be these bytes (read as a length, over 10^16).
@@ -124,6 +127,12 @@ impl Pseudonyms {
     /// empty id stays empty. Every table and every lookup uses this form.
     pub fn message(&self, bot_id: &str, message_id: &str) -> String {
         self.pseudonym(MESSAGE_PREFIX, MESSAGE_DOMAIN, bot_id, message_id)
+    }
+
+    /// The stored key of a durable state row named `name` (ids of a bot, chat and user) in
+    /// `kind`: `s~` and 32 hex digits.
+    pub fn state(&self, kind: &str, name: &str) -> String {
+        self.pseudonym(STATE_PREFIX, STATE_DOMAIN, kind, name)
     }
 
     fn pseudonym(&self, prefix: &str, domain: &[u8], bot_id: &str, id: &str) -> String {

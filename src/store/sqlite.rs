@@ -21,6 +21,7 @@ use super::{
     GroupBy, Record, RowCounts, StatsFilter, Store, StoreError, StoredConversation, Timings,
     VariantCounts,
 };
+use crate::durable::{RowKey, RowWrite, StoredRow};
 use crate::types::{Action, Source};
 
 /// Numbered schema migrations; `PRAGMA user_version` holds how many are applied.
@@ -128,6 +129,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     -- human replies are looked up by message id while converting and in the stats join
     CREATE INDEX IF NOT EXISTS human_replies_message ON human_replies(bot_id, message_id);
+    "#,
+    // 6: the playbook's and the outbox's state (issue 15), one sealed JSON row per key: `key` is
+    // a keyed pseudonym (`s~...`) for rows named by ids, or a zero-padded queue position
+    r#"
+    CREATE TABLE IF NOT EXISTS playbook_state (
+        kind   TEXT NOT NULL,
+        key    TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
     "#,
 ];
 
@@ -505,9 +517,60 @@ impl SqliteStore {
                 ])?;
             }
             Record::Audit(a) => insert_audit(tx, a)?,
+            Record::State(writes) => self.write_state(tx, writes)?,
         }
         Ok(())
     }
+
+    fn write_state(&self, tx: &Transaction<'_>, writes: &[RowWrite]) -> Result<(), StoreError> {
+        for w in writes {
+            match w {
+                RowWrite::Put { kind, key, json } => {
+                    let key = self.state_key(kind, key);
+                    let sealed = self.keyring.seal(json, &state_aad(kind, &key))?;
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO playbook_state (kind, key, key_id, sealed)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        kind,
+                        key,
+                        sealed.key_id,
+                        sealed.blob
+                    ])?;
+                }
+                RowWrite::Delete { kind, key } => {
+                    tx.prepare_cached("DELETE FROM playbook_state WHERE kind = ?1 AND key = ?2")?
+                        .execute(params![kind, self.state_key(kind, key)])?;
+                }
+                RowWrite::DeleteBelow { kind, seq } => {
+                    // Positions are zero-padded digits, so text order is their order (and
+                    // every `s~` key sorts above them).
+                    tx.prepare_cached("DELETE FROM playbook_state WHERE kind = ?1 AND key < ?2")?
+                        .execute(params![kind, seq_key(*seq)])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn state_key(&self, kind: &str, key: &RowKey) -> String {
+        match key {
+            RowKey::Seq(n) => seq_key(*n),
+            RowKey::Name(name) => self.pseudonyms.state(kind, name),
+        }
+    }
+}
+
+fn seq_key(n: u64) -> String {
+    format!("{n:020}")
+}
+
+/// Binds a sealed state row to its kind and key, so a row copied to another key does not open.
+fn state_aad(kind: &str, key: &str) -> Vec<u8> {
+    let mut aad = row_aad(kind, key);
+    aad.extend_from_slice(b"|state");
+    aad
 }
 
 /// Binds a sealed answer to its key, so a row copied under another key does not open.
@@ -853,6 +916,30 @@ impl Store for SqliteStore {
         // SAFETY: a read of SQLite's global counter; callable at any time from any thread.
         Some(unsafe { rusqlite::ffi::sqlite3_memory_used() })
     }
+
+    fn state_rows(&self) -> Result<Vec<StoredRow>, StoreError> {
+        let conn = self.read.lock();
+        let mut stmt = conn
+            .prepare("SELECT kind, key, key_id, sealed FROM playbook_state ORDER BY kind, key")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, key, key_id, sealed) = row?;
+            let json = self
+                .keyring
+                .open(&key_id, &sealed, &state_aad(&kind, &key))
+                .map_err(|e| StoreError::Crypto(format!("playbook state row {kind}/{key}: {e}")))?;
+            out.push(StoredRow { kind, json });
+        }
+        Ok(out)
+    }
 }
 
 /// How often the background checkpoint runs.
@@ -1150,7 +1237,7 @@ mod tests {
             .lock()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, MIGRATIONS.len() as i64);
         let stored = |m: &str| store.stored_message_id("b", m);
         let mut out = Vec::new();
         let n = super::super::export::export_jsonl(&store, "ops", 0, 100, 1_000, &mut out).unwrap();
@@ -1389,6 +1476,127 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("schema version 99"), "{e}");
+    }
+
+    /// Every cell of every table, as bytes (what someone holding the file can read).
+    fn raw_cells(path: &Path) -> Vec<u8> {
+        let conn = Connection::open(path).unwrap();
+        let mut out = Vec::new();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for t in tables {
+            let mut stmt = conn.prepare(&format!("SELECT * FROM {t}")).unwrap();
+            let n = stmt.column_count();
+            let mut rows = stmt.query([]).unwrap();
+            while let Some(r) = rows.next().unwrap() {
+                for i in 0..n {
+                    match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
+                            out.extend_from_slice(b)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn state_rows_are_sealed_keyed_by_pseudonyms_and_read_back_in_queue_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = SqliteStore::open(&path, keyring(&key_b64(1))).unwrap();
+        let put = |kind, key, json: &str| RowWrite::Put {
+            kind,
+            key,
+            json: json.as_bytes().to_vec(),
+        };
+        s.write_batch(&[Record::State(vec![
+            put(
+                "group",
+                RowKey::Name("5:bot-x8:group-42".into()),
+                r#"{"who":"group-42 secret"}"#,
+            ),
+            put("review", RowKey::Seq(9), r#""ninth""#),
+            put("review", RowKey::Seq(10), r#""tenth""#),
+            put("review", RowKey::Seq(11), r#""eleventh""#),
+        ])])
+        .unwrap();
+        // The same name again replaces its row; a range delete cuts the queue's front.
+        s.write_batch(&[Record::State(vec![
+            put(
+                "group",
+                RowKey::Name("5:bot-x8:group-42".into()),
+                r#"{"who":"group-42 v2"}"#,
+            ),
+            RowWrite::DeleteBelow {
+                kind: "review",
+                seq: 10,
+            },
+        ])])
+        .unwrap();
+        let rows = s.state_rows().unwrap();
+        let got: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.kind.clone(), String::from_utf8(r.json.clone()).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("group".to_string(), r#"{"who":"group-42 v2"}"#.to_string()),
+                ("review".to_string(), r#""tenth""#.to_string()),
+                ("review".to_string(), r#""eleventh""#.to_string()),
+            ]
+        );
+        s.write_batch(&[Record::State(vec![RowWrite::Delete {
+            kind: "group",
+            key: RowKey::Name("5:bot-x8:group-42".into()),
+        }])])
+        .unwrap();
+        assert_eq!(s.state_rows().unwrap().len(), 2);
+        drop(s);
+        let raw = raw_cells(&path);
+        let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(b"group-42"), "a chat id is in the file in clear");
+        assert!(!has(b"tenth"), "a state value is in the file in clear");
+    }
+
+    #[test]
+    fn a_database_of_the_previous_release_opens_with_its_data_and_gains_the_state_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        // Today's main before issue 15 stopped at migration 5: make such a file with a row.
+        {
+            let s = SqliteStore::open(&path, keyring(&key_b64(1))).unwrap();
+            s.write_batch(&[Record::Conversation(conversation("b", "g", "m1", 1_000))])
+                .unwrap();
+            let w = s.write.lock();
+            w.execute_batch("DROP TABLE playbook_state; PRAGMA user_version = 5;")
+                .unwrap();
+        }
+        let s = SqliteStore::open(&path, keyring(&key_b64(1))).unwrap();
+        let v: i64 = s
+            .read
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        assert_eq!(s.row_counts().unwrap().conversations, 1);
+        assert!(s.has_message("b", "m1").unwrap());
+        assert!(s.state_rows().unwrap().is_empty());
+        s.write_batch(&[Record::State(vec![RowWrite::Put {
+            kind: "job",
+            key: RowKey::Seq(1),
+            json: b"1".to_vec(),
+        }])])
+        .unwrap();
+        assert_eq!(s.state_rows().unwrap().len(), 1);
     }
 
     #[test]

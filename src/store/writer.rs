@@ -6,11 +6,17 @@
 //! the tickets. A caller that awaits its ticket before acknowledging knows the record survives
 //! a kill -9. A full queue is refused immediately (`QueueFull`), counted and logged, so a slow
 //! disk turns into back-pressure the server can see instead of unbounded memory.
+//!
+//! Each batch also carries the state holders' pending writes (`crate::durable`), taken after
+//! the batch's records were received: a decision notes its state change before it submits its
+//! record, so that change is in the same commit or an earlier one. Holders that change with no
+//! record behind them (a sweep, a drained queue) are written within [`IDLE_FLUSH`], and at
+//! shutdown after the last record.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -20,7 +26,11 @@ use tokio::sync::oneshot;
 
 use super::health::StoreHealth;
 use super::{Record, Store, StoreError};
+use crate::durable::{Holders, RowWrite};
 use crate::metrics::Metrics;
+
+/// How soon state changed without a record (and without a flush) is committed.
+pub const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Why a record was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +98,7 @@ impl WriteQueue {
         batch_max: usize,
         metrics: Arc<Metrics>,
         health: Arc<StoreHealth>,
+        holders: Arc<Holders>,
     ) -> Self {
         let capacity = capacity.max(1);
         let (tx, rx) = sync_channel(capacity);
@@ -97,7 +108,9 @@ impl WriteQueue {
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("intentd-store-writer".into())
-                .spawn(move || writer_loop(store, rx, batch_max.max(1), depth, metrics, health))
+                .spawn(move || {
+                    writer_loop(store, rx, batch_max.max(1), depth, metrics, health, holders)
+                })
                 .expect("spawn store writer thread")
         };
         Self {
@@ -175,10 +188,24 @@ fn writer_loop(
     depth: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     health: Arc<StoreHealth>,
+    holders: Arc<Holders>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(batch_max);
-    // `recv` fails only when every sender is gone AND the channel is empty: a full drain.
-    while let Ok(first) = rx.recv() {
+    loop {
+        // Disconnected only when every sender is gone AND the channel is empty: a full drain.
+        let first = match rx.recv_timeout(IDLE_FLUSH) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                if holders.has_writes() {
+                    commit_state(&*store, &holders, &metrics, &health);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                commit_state(&*store, &holders, &metrics, &health);
+                return;
+            }
+        };
         jobs.push(first);
         while jobs.len() < batch_max {
             match rx.try_recv() {
@@ -189,7 +216,10 @@ fn writer_loop(
         depth.fetch_sub(jobs.len(), Ordering::SeqCst);
         metrics.write_queue_depth.dec_by(jobs.len() as i64);
 
-        let records: Vec<Record> = jobs.iter().map(|j| j.record.clone()).collect();
+        let mut records: Vec<Record> = jobs.iter().map(|j| j.record.clone()).collect();
+        // After the records were received: see the module doc.
+        let state = holders.take();
+        records.extend(state_records(&state));
         match store.write_batch(&records) {
             Ok(()) => {
                 health.commit_succeeded();
@@ -222,6 +252,19 @@ fn writer_loop(
                     }
                     results.push((job, result));
                 }
+                // The state goes alone; if even that fails it waits for the next commit.
+                let mut state_failed = false;
+                for rec in state_records(&state) {
+                    if let Err(e) = store.write_batch(std::slice::from_ref(&rec)) {
+                        metrics.store_errors.inc();
+                        tracing::error!(error = %e, "playbook state commit failed; kept for the next commit");
+                        store_fault = Some(e.to_string());
+                        state_failed = true;
+                    }
+                }
+                if state_failed {
+                    holders.retake(state);
+                }
                 // A bad record among good ones is that record's problem, not the store's.
                 // (Health first: a caller woken by its ticket sees the health of its commit.)
                 match (any_ok, store_fault) {
@@ -233,6 +276,31 @@ fn writer_loop(
                     let _ = job.done.send(result);
                 }
             }
+        }
+    }
+}
+
+/// The holders' writes as records (one per holder, each applied in its order).
+fn state_records(state: &[(usize, Vec<RowWrite>)]) -> Vec<Record> {
+    state
+        .iter()
+        .map(|(_, writes)| Record::State(writes.clone()))
+        .collect()
+}
+
+/// Commits the holders' pending writes with no record behind them (idle or shutdown).
+fn commit_state(store: &dyn Store, holders: &Holders, metrics: &Metrics, health: &StoreHealth) {
+    let state = holders.take();
+    if state.is_empty() {
+        return;
+    }
+    match store.write_batch(&state_records(&state)) {
+        Ok(()) => health.commit_succeeded(),
+        Err(e) => {
+            metrics.store_errors.inc();
+            tracing::error!(error = %e, "playbook state commit failed; kept for the next commit");
+            health.commit_failed(&e.to_string());
+            holders.retake(state);
         }
     }
 }
@@ -334,6 +402,9 @@ mod tests {
         fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError> {
             self.inner.has_message(bot_id, message_id)
         }
+        fn state_rows(&self) -> Result<Vec<crate::durable::StoredRow>, StoreError> {
+            self.inner.state_rows()
+        }
         fn stored_message_id(&self, bot_id: &str, message_id: &str) -> String {
             self.inner.stored_message_id(bot_id, message_id)
         }
@@ -374,7 +445,14 @@ mod tests {
         metrics: Arc<Metrics>,
     ) -> WriteQueue {
         let health = Arc::new(StoreHealth::new(3, metrics.clone()));
-        WriteQueue::start(store, capacity, batch_max, metrics, health)
+        WriteQueue::start(
+            store,
+            capacity,
+            batch_max,
+            metrics,
+            health,
+            Default::default(),
+        )
     }
 
     // Issue 12.3 (failed on main: nothing noticed sustained failures; the server stayed
@@ -384,7 +462,14 @@ mod tests {
         let h = harness(false, Some("bad"));
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(StoreHealth::new(3, metrics.clone()));
-        let q = WriteQueue::start(h.store.clone(), 100, 512, metrics.clone(), health.clone());
+        let q = WriteQueue::start(
+            h.store.clone(),
+            100,
+            512,
+            metrics.clone(),
+            health.clone(),
+            Default::default(),
+        );
         // One bad record fails alone and says nothing about the store.
         for _ in 0..5 {
             let bad = Record::Feedback(feedback("b", "bad", FeedbackKind::Clicked, 1));

@@ -109,4 +109,5 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+pub mod bot;
 pub mod server;

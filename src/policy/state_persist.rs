@@ -1,0 +1,405 @@
+//! The durable copy of [`MemoryState`]: which rows it writes through the store (see
+//! `crate::durable`), and how a start reads them back.
+//!
+//! Kinds and what one row holds (JSON, sealed by the store):
+//! - `group`: (GroupKey, Versioned<GroupRow>): spacing slots, handoffs, timers, pending welcome;
+//! - `user`: (UserKey, Versioned<UserRow>): cooldowns, streak, profile, push cadence;
+//! - `job`: (id, Job): a delayed proactive job, keyed by its id;
+//! - `review`, `reviewed`, `dropped`: (position, entry) of the review queue, the message ids
+//!   that deduplicate it, and the dropped sends; a queue's front is cut by position.
+//!
+//! Versions are stored with the rows, so a decision made after a restart checks against the
+//! same versions as before it.
+
+use super::bounded_queue::BoundedQueue;
+use super::compliance::ReviewItem;
+use super::scheduler::Job;
+use super::state::{DroppedSend, GroupKey, GroupRow, UserKey, UserRow, Versioned};
+use super::state_journal::{DROPPED, GROUP, JOB, REVIEW, REVIEWED, USER};
+use super::state_memory::{
+    MemoryState, OnDiscard, ReviewKey, ReviewedIds, StateLimits, StateQueue,
+};
+use crate::durable::{DurableRows, Journal, RowWrite, StoredRow};
+
+/// What a start read back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub groups: usize,
+    pub users: usize,
+    pub jobs: usize,
+    pub review: usize,
+    pub dropped: usize,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(row: &StoredRow, i: usize) -> Result<T, String> {
+    serde_json::from_slice(&row.json).map_err(|e| {
+        format!(
+            "stored playbook state: row {i} of kind '{}' is not valid: {e}",
+            row.kind
+        )
+    })
+}
+
+/// Entries sorted by position, and the position of the first (`fallback` when none).
+fn in_order<T>(mut v: Vec<(u64, T)>, fallback: u64) -> (u64, Vec<T>) {
+    v.sort_by_key(|(s, _)| *s);
+    let first = v.first().map_or(fallback, |(s, _)| *s);
+    (first, v.into_iter().map(|(_, t)| t).collect())
+}
+
+impl MemoryState {
+    /// A state whose every change is noted for the store (see `crate::durable`).
+    pub fn durable(limits: StateLimits, on_discard: Option<OnDiscard>) -> MemoryState {
+        let s = MemoryState::with_limits(limits, on_discard);
+        s.rows.lock().journal = Some(Journal::default());
+        s
+    }
+
+    /// Loads the rows a previous run stored (rows of other kinds are skipped). Call before
+    /// serving. Today's limits apply: what they no longer allow is discarded and counted.
+    pub fn restore(&self, rows: &[StoredRow]) -> Result<Restored, String> {
+        let mut r = self.rows.lock();
+        let mut n = Restored::default();
+        let (mut review, mut reviewed, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, row) in rows.iter().enumerate() {
+            match row.kind.as_str() {
+                GROUP => {
+                    let (k, v): (GroupKey, Versioned<GroupRow>) = parse(row, i)?;
+                    r.groups.insert(k, v);
+                    n.groups += 1;
+                }
+                USER => {
+                    let (k, v): (UserKey, Versioned<UserRow>) = parse(row, i)?;
+                    r.users.insert(k, v);
+                    n.users += 1;
+                }
+                JOB => {
+                    let (id, job): (u64, Job) = parse(row, i)?;
+                    r.next_job_id = r.next_job_id.max(id);
+                    let gone = r.jobs.insert(id, job);
+                    r.count(StateQueue::DelayedJobs, gone);
+                    n.jobs += 1;
+                }
+                REVIEW => review.push(parse::<(u64, ReviewItem)>(row, i)?),
+                REVIEWED => reviewed.push(parse::<(u64, (i64, ReviewKey))>(row, i)?),
+                DROPPED => dropped.push(parse::<(u64, DroppedSend)>(row, i)?),
+                _ => {}
+            }
+        }
+        let limits = r.limits;
+        n.review = review.len();
+        n.dropped = dropped.len();
+        let (first, items) = in_order(review, r.review.next_seq());
+        r.review = BoundedQueue::starting_at(limits.review_queue, first);
+        r.synced.review = first;
+        for item in items {
+            let gone = r.review.push(item);
+            r.count(StateQueue::Review, gone);
+        }
+        let (first, items) = in_order(dropped, r.dropped.next_seq());
+        r.dropped = BoundedQueue::starting_at(limits.dropped_sends, first);
+        r.synced.dropped = first;
+        for item in items {
+            let gone = r.dropped.push(item);
+            r.count(StateQueue::Dropped, gone);
+        }
+        let (first, items) = in_order(reviewed, r.reviewed.next_seq());
+        r.reviewed = ReviewedIds::new(limits.review_queue, first);
+        r.synced.reviewed = first;
+        for (at, key) in items {
+            r.reviewed.insert(at, key);
+        }
+        // Cuts made by today's limits are written back; the rest is already stored.
+        r.sync_journal();
+        Ok(n)
+    }
+}
+
+impl DurableRows for MemoryState {
+    fn take_writes(&self) -> Vec<RowWrite> {
+        self.rows
+            .lock()
+            .journal
+            .as_mut()
+            .map(Journal::take)
+            .unwrap_or_default()
+    }
+
+    fn retake(&self, writes: Vec<RowWrite>) {
+        if let Some(j) = self.rows.lock().journal.as_mut() {
+            j.retake(writes);
+        }
+    }
+
+    fn has_writes(&self) -> bool {
+        self.rows
+            .lock()
+            .journal
+            .as_ref()
+            .is_some_and(|j| !j.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durable::RowKey;
+    use crate::policy::bounded_queue::QueueLimits;
+    use crate::policy::state::{PlaybookState, Scope, StateChange, SweepLimits};
+
+    /// Applies writes to a map the way the store does: what a restart would read.
+    #[derive(Default)]
+    struct Disk(std::collections::BTreeMap<(&'static str, RowKey), Vec<u8>>);
+
+    impl Disk {
+        fn apply(&mut self, writes: Vec<RowWrite>) {
+            for w in writes {
+                match w {
+                    RowWrite::Put { kind, key, json } => {
+                        self.0.insert((kind, key), json);
+                    }
+                    RowWrite::Delete { kind, key } => {
+                        self.0.remove(&(kind, key));
+                    }
+                    RowWrite::DeleteBelow { kind, seq } => self.0.retain(|(k, key), _| {
+                        !(*k == kind && matches!(key, RowKey::Seq(s) if *s < seq))
+                    }),
+                }
+            }
+        }
+        fn rows(&self) -> Vec<StoredRow> {
+            self.0
+                .iter()
+                .map(|((k, _), json)| StoredRow {
+                    kind: k.to_string(),
+                    json: json.clone(),
+                })
+                .collect()
+        }
+        fn count(&self, kind: &str) -> usize {
+            self.0.keys().filter(|(k, _)| *k == kind).count()
+        }
+    }
+
+    fn review(id: &str, at_ms: i64) -> ReviewItem {
+        ReviewItem {
+            bot_id: "b".into(),
+            chat_id: "g".into(),
+            user_id: "u".into(),
+            message_id: id.into(),
+            text: "text".into(),
+            matched: "w".into(),
+            reason: "banned".into(),
+            at_ms,
+        }
+    }
+
+    fn dropped(at_ms: i64) -> DroppedSend {
+        DroppedSend {
+            at_ms,
+            bot_id: "b".into(),
+            chat_id: "g".into(),
+            user_id: "u".into(),
+            source_id: "m".into(),
+            key: "faq".into(),
+            reason: "spacing".into(),
+        }
+    }
+
+    fn job(at_ms: i64) -> Job {
+        Job {
+            bot_id: "b".into(),
+            chat_id: "g".into(),
+            chat_name: String::new(),
+            kind: crate::policy::scheduler::OutboundKind::Welcome,
+            rule_id: "r".into(),
+            at_ms,
+            content: crate::policy::scheduler::JobContent::Render {
+                key: "welcome".into(),
+                user: None,
+                nickname: Some("n".into()),
+                days_left: None,
+                event_name: String::new(),
+            },
+            user_ids: vec!["u".into()],
+            slot_reserved: false,
+        }
+    }
+
+    async fn everything(st: &MemoryState) -> String {
+        let g = GroupKey::new("b", "g");
+        let view = st.load(&Scope::user(g, "u", Some(0))).await.unwrap();
+        let due = st.load_due(Some(i64::MAX)).await.unwrap();
+        format!(
+            "{view:?}\n{due:?}\n{:?}\n{:?}\n{}",
+            st.review_queue().await.unwrap(),
+            st.dropped_sends().await.unwrap(),
+            st.reviewed_ids()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_restart_reads_back_every_row_queue_and_version() {
+        let st = MemoryState::durable(StateLimits::default(), None);
+        let mut disk = Disk::default();
+        let g = GroupKey::new("b", "g");
+        let mut grow = GroupRow::default();
+        grow.handoffs.open.push_back(5);
+        let urow = UserRow {
+            not_understood_streak: 2,
+            ..UserRow::default()
+        };
+        for v in 0..3 {
+            st.commit(vec![
+                StateChange::PutGroup {
+                    key: g.clone(),
+                    expected_version: v,
+                    row: grow.clone(),
+                },
+                StateChange::PutUser {
+                    key: g.user("u"),
+                    expected_version: v,
+                    row: urow.clone(),
+                },
+            ])
+            .await
+            .unwrap();
+        }
+        st.commit(vec![
+            StateChange::AddReview(review("m1", 10)),
+            StateChange::AddReview(review("m2", 11)),
+            StateChange::AddDropped(dropped(12)),
+            StateChange::Schedule(job(100)),
+            StateChange::Schedule(job(200)),
+        ])
+        .await
+        .unwrap();
+        disk.apply(st.take_writes());
+        assert!(!st.has_writes());
+        // One job taken, the review queue drained, one more review entry: all written as
+        // changes of their own.
+        let first = st.load_due(Some(150)).await.unwrap().jobs[0].id;
+        st.commit(vec![StateChange::Unschedule { id: first }])
+            .await
+            .unwrap();
+        assert_eq!(st.drain_review_queue().await.unwrap().len(), 2);
+        st.commit(vec![
+            StateChange::AddReview(review("m3", 13)),
+            // Already queued once: deduplicated after the restart as before it.
+            StateChange::AddReview(review("m1", 14)),
+        ])
+        .await
+        .unwrap();
+        disk.apply(st.take_writes());
+        assert_eq!((disk.count(REVIEW), disk.count(JOB)), (1, 1));
+
+        let back = MemoryState::durable(StateLimits::default(), None);
+        let n = back.restore(&disk.rows()).unwrap();
+        assert_eq!(
+            n,
+            Restored {
+                groups: 1,
+                users: 1,
+                jobs: 1,
+                review: 1,
+                dropped: 1
+            }
+        );
+        assert_eq!(everything(&back).await, everything(&st).await);
+        assert!(!back.has_writes(), "nothing to write back after a restore");
+        // Versions continue: a decision computed before the restart at version 3 still lands.
+        back.commit(vec![StateChange::PutGroup {
+            key: g.clone(),
+            expected_version: 3,
+            row: grow.clone(),
+        }])
+        .await
+        .unwrap();
+        // New entries continue the positions, so nothing stored is overwritten.
+        back.commit(vec![StateChange::AddReview(review("m4", 15))])
+            .await
+            .unwrap();
+        disk.apply(back.take_writes());
+        assert_eq!(disk.count(REVIEW), 2);
+        let again = MemoryState::durable(StateLimits::default(), None);
+        again.restore(&disk.rows()).unwrap();
+        assert_eq!(everything(&again).await, everything(&back).await);
+    }
+
+    #[tokio::test]
+    async fn swept_and_discarded_state_is_deleted_from_the_copy() {
+        let limits = StateLimits {
+            review_queue: QueueLimits {
+                max_entries: 2,
+                ..QueueLimits::default()
+            },
+            ..StateLimits::default()
+        };
+        let st = MemoryState::durable(limits, None);
+        let mut disk = Disk::default();
+        let g = GroupKey::new("b", "g");
+        let mut urow = UserRow::default();
+        urow.profile.last_seen_ms = 0;
+        urow.profile.disclosed = true;
+        st.commit(vec![StateChange::PutUser {
+            key: g.user("u"),
+            expected_version: 0,
+            row: urow,
+        }])
+        .await
+        .unwrap();
+        for (n, id) in ["a", "b", "c"].iter().enumerate() {
+            st.commit(vec![StateChange::AddReview(review(id, n as i64))])
+                .await
+                .unwrap();
+        }
+        disk.apply(st.take_writes());
+        assert_eq!(
+            disk.count(REVIEW),
+            2,
+            "the oldest entry went over max_entries"
+        );
+        assert_eq!(disk.count(USER), 1);
+        st.sweep(
+            10 * 86_400_000,
+            &SweepLimits {
+                user_idle_ms: 1,
+                cooldown_max_age_ms: 1,
+                chat_idle_ms: 1,
+            },
+        )
+        .await
+        .unwrap();
+        disk.apply(st.take_writes());
+        assert_eq!(
+            disk.count(USER),
+            0,
+            "an idle user's row is forgotten on disk too"
+        );
+        let back = MemoryState::durable(limits, None);
+        back.restore(&disk.rows()).unwrap();
+        assert_eq!(everything(&back).await, everything(&st).await);
+    }
+
+    #[test]
+    fn a_damaged_row_is_an_error_naming_its_kind() {
+        let st = MemoryState::durable(StateLimits::default(), None);
+        let e = st
+            .restore(&[StoredRow {
+                kind: GROUP.into(),
+                json: b"{not json".to_vec(),
+            }])
+            .unwrap_err();
+        assert!(e.contains("kind 'group'"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_memory_only_state_notes_nothing() {
+        let st = MemoryState::new();
+        st.commit(vec![StateChange::AddDropped(dropped(1))])
+            .await
+            .unwrap();
+        assert!(!st.has_writes());
+        assert!(st.take_writes().is_empty());
+    }
+}
