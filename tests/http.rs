@@ -573,6 +573,7 @@ async fn sse_delivers_one_merged_welcome_for_two_joins() {
     );
     let text = w["reply"]["text"].as_str().unwrap();
     assert!(text.contains("小王") && text.contains("小李"), "{text}");
+    assert_eq!(w["user_ids"], json!(["j1", "j2"]), "who to @-mention: {w}");
     assert_eq!(w["send_at_ms"], T0 + 60_000);
     assert_eq!(
         out.next(Duration::from_millis(700)).await,

@@ -122,6 +122,7 @@ async fn joins_within_the_window_get_one_merged_welcome_on_the_stream() {
         "{w:?}"
     );
     assert_eq!(w.send_at_ms, T0 + 60 * SEC);
+    assert_eq!(w.user_ids, ["j1", "j2", "j3"], "who to @-mention");
     assert_eq!(text(&w.reply), "欢迎小王、小李、小张加入测试群！入群请先看群公告，群规：友善交流、禁止广告、售后问题@客服。");
     out.quiet("after the one merged welcome").await;
 

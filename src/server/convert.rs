@@ -248,6 +248,7 @@ pub fn outbound(item: &OutboundItem) -> pb::Outbound {
         reply: Some(reply(&item.reply)),
         send_at_ms: item.send_at_ms,
         rule_id: item.rule_id.clone(),
+        user_ids: item.user_ids.clone(),
     }
 }
 

@@ -498,6 +498,8 @@ pub struct Outbound {
     pub reply: Option<Reply>,
     pub send_at_ms: i64,
     pub rule_id: String,
+    /// Users the send addresses, for @-mentions (empty for group-wide sends).
+    pub user_ids: Vec<String>,
 }
 
 impl From<pb::Outbound> for Outbound {
@@ -509,6 +511,7 @@ impl From<pb::Outbound> for Outbound {
             reply: o.reply.map(Into::into),
             send_at_ms: o.send_at_ms,
             rule_id: o.rule_id,
+            user_ids: o.user_ids,
         }
     }
 }
