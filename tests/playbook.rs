@@ -902,16 +902,20 @@ async fn vip_city_tag_and_frequency_conditions_pick_the_reply() {
         ..user("a-v3", "老李")
     };
     let r = b.say("g-vip3", &vip3, "有货吗").await;
+    // A dedicated-agent rule opens a real handoff and announces its expected wait (issue 16:
+    // it used to promise "10 minutes" with no handoff behind it).
     assert_eq!(
         (r.intent.as_str(), dec(&r)),
-        ("stock", (Action::Reply, "rule:vip_dedicated")),
+        ("stock", (Action::Handoff, "handoff:rule:vip_dedicated")),
         "{r:?}"
     );
     assert_eq!(
         text(&r.reply),
-        "尊敬的VIP会员老李，您好！您的专属客服已收到问题，将在 10 分钟内一对一为您处理。"
+        "尊敬的VIP会员老李，您好！您的专属客服已收到问题，预计 5 分钟内一对一为您处理。"
     );
     assert_eq!(r.reply.as_ref().unwrap().variant_id, "vip_service/v1");
+    let rates = b.stats("g-vip3").await.total.expect("total rates");
+    assert_eq!(rates.handoffs, 1, "counted as a handoff: {rates:?}");
     let vip2 = pb::User {
         vip_level: 2,
         ..user("a-v2", "老张")
@@ -1061,7 +1065,7 @@ async fn vip_city_tag_and_frequency_conditions_pick_the_reply() {
 }
 
 #[tokio::test]
-async fn outside_service_hours_the_off_hours_reply_goes_once_and_the_message_to_a_human() {
+async fn outside_service_hours_faqs_are_answered_and_only_what_needs_a_human_is_handed_off() {
     // Service hours from a test operator folder: weekdays 14:00-18:00 (T0 is Wednesday 10:00).
     let dir = operator_copy(&[(
         "playbook.yml",
@@ -1070,23 +1074,34 @@ async fn outside_service_hours_the_off_hours_reply_goes_once_and_the_message_to_
     )]);
     let mut b = Bot::start_with(Some(dir)).await;
     let u1 = user("o1", "早鸟");
+    // What the bot can answer is answered, hours or not (issue 16: before, every message was
+    // handed to a human off hours and only the first got an answer).
     let r = b.say("g-off", &u1, "有货吗").await;
     assert_eq!(
         (r.intent.as_str(), dec(&r)),
-        ("stock", (Action::Handoff, "off_hours")),
+        ("stock", (Action::Reply, "faq")),
         "{r:?}"
     );
+    assert_eq!(r.notices, [DISCLOSURE]);
+    // What needs a human is handed off with the next opening time, once per closed period.
+    b.at(T0 + MIN).await;
+    let r = b.say("g-off", &u1, "转人工").await;
+    assert_eq!(dec(&r), (Action::Handoff, "off_hours"), "{r:?}");
     assert_eq!(
         text(&r.reply),
         "早鸟您好，现在是非工作时间，您的问题已记录，人工客服将于 14:00 上线后优先处理。"
     );
-    assert_eq!(r.notices, [DISCLOSURE]);
-    b.at(T0 + MIN).await;
-    let r = b.say("g-off", &u1, "什么时候发货").await;
+    let r = b.say("g-off", &u1, "我要投诉你们").await;
     assert_eq!(dec(&r), (Action::Handoff, "off_hours"), "{r:?}");
     assert!(
         r.reply.is_none(),
         "the off-hours reply goes once per user per closed period: {r:?}"
+    );
+    let r = b.say("g-off", &u1, "什么时候发货").await;
+    assert_eq!(
+        dec(&r),
+        (Action::Reply, "faq"),
+        "FAQs still answered: {r:?}"
     );
     let r = b.say("g-off", &user("o2", "夜猫"), "转人工").await;
     assert_eq!(dec(&r), (Action::Handoff, "off_hours"), "{r:?}");
@@ -1094,19 +1109,16 @@ async fn outside_service_hours_the_off_hours_reply_goes_once_and_the_message_to_
         text(&r.reply),
         "夜猫您好，现在是非工作时间，您的问题已记录，人工客服将于 14:00 上线后优先处理。"
     );
-    // vip_lounge has its own hours (08:00-23:00, every day).
-    let r = b.say("vip_lounge", &user("o3", "贵宾"), "有货吗").await;
-    assert_eq!(dec(&r), (Action::Reply, "faq"), "{r:?}");
+    // The human share counts the real handoffs only (3 of the 5 messages).
+    let st = b.stats("g-off").await;
+    let rates = st.total.expect("total rates");
+    assert_eq!((rates.messages, rates.handoffs), (5, 3), "{rates:?}");
 
     b.at(T0 + 4 * HOUR).await; // 14:00
-    let r = b.say("g-off", &u1, "什么时候发货").await;
-    assert_eq!(
-        (r.intent.as_str(), dec(&r)),
-        ("shipping_time", (Action::Reply, "faq")),
-        "{r:?}"
-    );
+    let r = b.say("g-off", &user("o4", "午后"), "转人工").await;
+    assert_eq!(dec(&r), (Action::Handoff, "handoff:intent"), "{r:?}");
     b.at(T0 + 8 * HOUR).await; // 18:00: closed again, a new closed period
-    let r = b.say("g-off", &u1, "怎么退款").await;
+    let r = b.say("g-off", &u1, "转人工").await;
     assert_eq!(dec(&r), (Action::Handoff, "off_hours"), "{r:?}");
     assert_eq!(
         text(&r.reply),

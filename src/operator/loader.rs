@@ -177,7 +177,7 @@ mod tests {
                 "playbook.yml",
                 "block_intents: [spam_ads]",
                 "block_intents: [spam]",
-                "playbook.yml:67: unknown intent 'spam'",
+                "playbook.yml:68: unknown intent 'spam'",
             ),
             (
                 "playbook.yml",

@@ -37,6 +37,9 @@ pub struct AttrRule {
     pub when: Condition,
     /// Key into `replies.yml` `named:`.
     pub reply: String,
+    /// A dedicated-agent rule: the message goes to a human (a real handoff) and the reply
+    /// announces the wait (`{wait_minutes}`).
+    pub handoff: bool,
 }
 
 impl AttrRule {
@@ -194,6 +197,7 @@ mod tests {
                 ..Default::default()
             },
             reply: "vip_service".into(),
+            handoff: false,
         };
         assert!(r.applies("price", &user(&[], "", 5), 0));
         assert!(!r.applies("stock", &user(&[], "", 5), 0));

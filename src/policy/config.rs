@@ -74,7 +74,7 @@ use super::handoff::HandoffConfig;
 use super::hours::{parse_weekday, weekday_bit, ServiceHours, Window};
 use super::replies::{ReplyLibrary, CHAT_VARS};
 use super::spacing::SpacingConfig;
-use super::templates::{parse_hhmm, Calendar, Festival};
+use super::templates::{parse_hhmm, Calendar, Festival, Var};
 use crate::data::yaml::{Seg, YamlFile};
 use crate::data::FileError;
 use crate::engine::catalog::Catalog;
@@ -310,6 +310,8 @@ struct RawRule {
     #[serde(default)]
     when: RawCondition,
     reply: String,
+    #[serde(default)]
+    handoff: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +489,20 @@ impl<'a> At<'a> {
                 ),
             ))
         }
+    }
+
+    /// `{wait_minutes}` is filled only when a rule hands the message to a human.
+    fn no_wait_minutes(&self, reply: &str, user: &str) -> Result<(), FileError> {
+        if self.refs.replies.vars_of(reply).contains(&Var::WaitMinutes) {
+            return Err(self.err(
+                &[Key("reply")],
+                format!(
+                    "reply '{reply}' uses '{{wait_minutes}}', which {user} cannot fill (only a \
+                     rule with `handoff: true` opens a handoff and knows the wait)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn named_reply(&self, key: &str) -> Result<String, FileError> {
@@ -849,11 +865,16 @@ fn attribute_rules(at: &At<'_>, list: &[RawRule]) -> Result<Vec<AttrRule>, FileE
         let intents = (r.intents.iter().enumerate())
             .map(|(j, name)| intents.intent(&[Index(j)], name))
             .collect::<Result<_, _>>()?;
+        let reply = here.named_reply(&r.reply)?;
+        if !r.handoff {
+            here.no_wait_minutes(&reply, "a rule without `handoff: true`")?;
+        }
         Ok(AttrRule {
             id,
             intents,
             when: here.condition(&r.when)?,
-            reply: here.named_reply(&r.reply)?,
+            reply,
+            handoff: r.handoff,
         })
     })
 }
@@ -863,6 +884,7 @@ fn pushes(at: &At<'_>, list: &[RawPush]) -> Result<Vec<PushRule>, FileError> {
     with_ids(at, &ids, list, |here, r, id, _| {
         let when = here.condition(&r.when)?;
         let reply = here.named_reply(&r.reply)?;
+        here.no_wait_minutes(&reply, "a push")?;
         let delay = here.range("delay_s", r.delay_s.unwrap_or(60), 0, 86_400)?;
         Ok(PushRule {
             id,
@@ -1146,7 +1168,7 @@ mod tests {
     fn lib() -> (ReplyLibrary, BannedWords) {
         let b = BannedWords::new(["微信"]).unwrap();
         let y = minimal_yaml()
-            + "named:\n  vip_service:\n    - { id: v1, style: professional, text: \"{nickname}您好，VIP专属客服为您服务\" }\n  daily_tip:\n    - { id: t1, style: playful, text: \"{greeting}！今日小贴士\" }\n";
+            + "named:\n  vip_service:\n    - { id: v1, style: professional, text: \"{nickname}您好，VIP专属客服为您服务\" }\n  daily_tip:\n    - { id: t1, style: playful, text: \"{greeting}！今日小贴士\" }\n  vip_agent:\n    - { id: a1, style: professional, text: \"{nickname}，专属客服约{wait_minutes}分钟内联系您\" }\n";
         (parse(&y, &b).unwrap(), b)
     }
 
@@ -1169,6 +1191,7 @@ mod tests {
                 ..Default::default()
             },
             reply: "r".into(),
+            handoff: false,
         });
         assert_eq!(s.interactions_counted(), 50);
         s.rules.clear();
@@ -1222,6 +1245,27 @@ mod tests {
 
     fn err(text: &str) -> String {
         load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn only_a_handoff_rule_may_use_a_reply_announcing_the_wait() {
+        let ok = load("defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: vip_agent\n      handoff: true\n")
+            .unwrap();
+        assert!(ok.settings("b", "g").rules[0].handoff);
+        let e = err(
+            "defaults:\n  rules:\n    - id: r1\n      when: {vip_min: 3}\n      reply: vip_agent\n",
+        );
+        assert!(
+            e.starts_with("playbook.yml:5: reply 'vip_agent' uses '{wait_minutes}', which a rule without `handoff: true` cannot fill"),
+            "{e}"
+        );
+        let e = err("defaults:\n  pushes:\n    - id: p1\n      when: {vip_min: 3}\n      reply: vip_agent\n");
+        assert!(
+            e.starts_with(
+                "playbook.yml:5: reply 'vip_agent' uses '{wait_minutes}', which a push cannot fill"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

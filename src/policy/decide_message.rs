@@ -118,36 +118,10 @@ fn decide_inner(
         return decision(Action::Ignore, None, "silent_intent");
     }
 
-    if !s.service_hours.is_open(s.timezone, now) {
-        let opens = s.service_hours.next_open_ms(s.timezone, now);
-        let u = &mut w.user.profile;
-        if u.off_hours_notified_for.is_some() && u.off_hours_notified_for == opens {
-            return decision(Action::Handoff, None, "off_hours");
-        }
-        u.off_hours_notified_for = opens;
-        let wait = w.open_handoff(now, &s.handoff);
-        let mut vars = i.base_vars.clone();
-        vars.wait_minutes = wait.to_string();
-        vars.open_time = opens
-            .map(|o| local(s.timezone, o).format("%H:%M").to_string())
-            .unwrap_or_default();
-        let reply = d.choose("off_hours", i.style, t.user, &vars);
-        return d.finish(
-            w,
-            s,
-            t,
-            Action::Handoff,
-            reply,
-            "off_hours",
-            None,
-            Priority::High,
-        );
-    }
-
     if !understood {
         w.user.not_understood_streak = w.user.not_understood_streak.saturating_add(1);
         if w.user.not_understood_streak >= s.handoff.not_understood_limit {
-            return handoff(d, w, s, t, i, "handoff:not_understood");
+            return handoff(d, w, s, t, i, "handoff", "handoff:not_understood");
         }
         let sep = cfg.replies.list_separator.as_str();
         let names: Vec<String> = cls
@@ -183,7 +157,17 @@ fn decide_inner(
     w.user.not_understood_streak = 0;
 
     if i.catalog_handoff || s.handoff.intents.contains(intent) {
-        return handoff(d, w, s, t, i, "handoff:intent");
+        return handoff(d, w, s, t, i, "handoff", "handoff:intent");
+    }
+
+    let rule = s
+        .rules
+        .iter()
+        .find(|r| r.applies(intent, &i.ctx.user, i.interactions));
+    // A dedicated-agent rule (VIP service): the message goes to a human, whatever the cooldown.
+    if let Some(rule) = rule.filter(|r| r.handoff) {
+        let reason = format!("handoff:rule:{}", rule.id);
+        return handoff(d, w, s, t, i, &rule.reply, &reason);
     }
 
     let cd = s.cooldown.for_key(intent);
@@ -192,11 +176,7 @@ fn decide_inner(
     }
 
     let mut chosen: Option<(ReplyOut, String)> = None;
-    if let Some(rule) = s
-        .rules
-        .iter()
-        .find(|r| r.applies(intent, &i.ctx.user, i.interactions))
-    {
+    if let Some(rule) = rule {
         chosen = d
             .choose(&rule.reply, i.style, t.user, i.base_vars)
             .map(|r| (r, format!("rule:{}", rule.id)));
@@ -247,19 +227,27 @@ fn decide_inner(
     out
 }
 
+/// Hands the message to a human: opens a handoff and sends `reply_key` announcing the wait
+/// (`{wait_minutes}`), or the off-hours reply outside service hours.
 fn handoff(
     d: &Decider<'_>,
     w: &mut Work,
     s: &Settings,
     t: &Target<'_>,
     i: &Input<'_>,
+    reply_key: &str,
     reason: &str,
 ) -> PolicyDecision {
     w.user.not_understood_streak = 0;
+    // Outside service hours what needs a human waits for the next opening (and says when);
+    // what the bot can answer was answered above, hours or not.
+    if !s.service_hours.is_open(s.timezone, d.now) {
+        return off_hours_handoff(d, w, s, t, i);
+    }
     let wait = w.open_handoff(d.now, &s.handoff);
     let mut vars = i.base_vars.clone();
     vars.wait_minutes = wait.to_string();
-    let reply = d.choose("handoff", i.style, t.user, &vars);
+    let reply = d.choose(reply_key, i.style, t.user, &vars);
     d.finish(
         w,
         s,
@@ -267,6 +255,41 @@ fn handoff(
         Action::Handoff,
         reply,
         reason,
+        None,
+        Priority::High,
+    )
+}
+
+/// A handoff outside service hours: the off-hours reply (with the next opening time) once per
+/// user per closed period, then silent handoffs; each opens a handoff for the opening.
+fn off_hours_handoff(
+    d: &Decider<'_>,
+    w: &mut Work,
+    s: &Settings,
+    t: &Target<'_>,
+    i: &Input<'_>,
+) -> PolicyDecision {
+    let now = d.now;
+    let opens = s.service_hours.next_open_ms(s.timezone, now);
+    let u = &mut w.user.profile;
+    if u.off_hours_notified_for.is_some() && u.off_hours_notified_for == opens {
+        return decision(Action::Handoff, None, "off_hours");
+    }
+    u.off_hours_notified_for = opens;
+    let wait = w.open_handoff(now, &s.handoff);
+    let mut vars = i.base_vars.clone();
+    vars.wait_minutes = wait.to_string();
+    vars.open_time = opens
+        .map(|o| local(s.timezone, o).format("%H:%M").to_string())
+        .unwrap_or_default();
+    let reply = d.choose("off_hours", i.style, t.user, &vars);
+    d.finish(
+        w,
+        s,
+        t,
+        Action::Handoff,
+        reply,
+        "off_hours",
         None,
         Priority::High,
     )

@@ -39,6 +39,8 @@ fn mon(h: u32, mi: u32) -> i64 {
 const EXTRA_REPLIES: &str = "named:
   vip_service:
     - { id: v1, style: professional, text: \"{nickname}您好，VIP专属客服为您服务\" }
+  vip_agent:
+    - { id: a1, style: professional, text: \"{nickname}，专属客服约{wait_minutes}分钟内联系您\" }
   local_sh:
     - { id: e1, style: professional, text: \"{nickname}，上海本地活动周六见\" }
   newbie:
@@ -603,11 +605,13 @@ fn human_share_against_target() {
 }
 
 #[test]
-fn off_hours_reply_once_then_handoff_queue() {
+fn off_hours_answers_what_it_can_and_hands_off_the_rest_once_with_the_opening_time() {
     let pb = BASE.to_string() + "  service_hours:\n    - { days: [mon, tue, wed, thu, fri], from: \"09:00\", to: \"21:00\" }\n";
     let f = fx_at(&pb, ms(2027, 3, 5, 22, 0, 0)); // Friday night
     let u1 = user("u1", "a");
     let d = f.ask("g", &u1, "price");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Reply, "faq"));
+    let d = f.ask("g", &u1, "ask_human");
     assert_eq!(
         (d.action, d.reason.as_str(), text(&d)),
         (
@@ -616,18 +620,23 @@ fn off_hours_reply_once_then_handoff_queue() {
             "现在是下班时间，09:00后回复您"
         )
     );
-    let d = f.ask("g", &u1, "stock");
+    let d = f.ask("g", &u1, "ask_human");
     assert_eq!(
         (d.action, d.reason.as_str(), d.reply.is_none()),
         (Action::Handoff, "off_hours", true)
     );
+    let d = f.ask("g", &u1, "stock");
+    assert_eq!((d.action, d.reason.as_str()), (Action::Reply, "faq"));
     assert_eq!(
-        text(&f.ask("g", &user("u2", "b"), "price")),
+        text(&f.ask("g", &user("u2", "b"), "ask_human")),
         "现在是下班时间，09:00后回复您"
     );
     f.clock.set_ms(ms(2027, 3, 8, 9, 30, 0)); // Monday morning
-    let d = f.ask("g", &u1, "price");
-    assert_eq!((d.action, d.reason.as_str()), (Action::Reply, "faq"));
+    let d = f.ask("g", &user("u3", "c"), "ask_human");
+    assert_eq!(
+        (d.action, d.reason.as_str()),
+        (Action::Handoff, "handoff:intent")
+    );
 }
 
 #[test]
@@ -734,6 +743,40 @@ fn blocked_and_self_disclosing_intents_are_operator_settings() {
     assert_eq!((d.action, d.notices.len()), (Action::Reply, 0));
     let d = f.ask("other", &user("u1", "a"), "chitchat");
     assert_eq!(d.action, Action::Reply);
+}
+
+#[test]
+fn a_dedicated_agent_rule_opens_a_real_handoff_and_announces_its_wait() {
+    let pb = BASE.to_string()
+        + "  rules:
+    - { id: vip, intents: [price, stock], when: { vip_min: 3 }, reply: vip_agent, handoff: true }
+";
+    let f = fx(&pb);
+    let mut vip = user("v", "老王");
+    vip.vip_level = 3;
+    let d = f.ask("g", &vip, "price");
+    assert_eq!(
+        (d.action, d.reason.as_str(), text(&d)),
+        (
+            Action::Handoff,
+            "handoff:rule:vip",
+            "老王，专属客服约5分钟内联系您"
+        )
+    );
+    // The handoff is open: the next one waits behind it, and it goes to a human even inside
+    // the cooldown of the same intent.
+    let d = f.ask("g2", &vip, "price");
+    assert_eq!(
+        (d.action, text(&d)),
+        (Action::Handoff, "老王，专属客服约10分钟内联系您")
+    );
+    let d = f.ask("g", &vip, "price");
+    assert_eq!(
+        (d.action, d.reason.as_str()),
+        (Action::Handoff, "handoff:rule:vip")
+    );
+    // Others are answered by the bot.
+    assert_eq!(f.ask("g", &user("n", "小张"), "price").reason, "faq");
 }
 
 #[test]

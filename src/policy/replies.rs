@@ -334,7 +334,11 @@ impl ReplyLibrary {
                     format!("named reply '{id}' must be a simple id that is not an intent or special name"),
                 ));
             }
-            sets.push(("named", id, id.clone(), USER_VARS.to_vec(), variants));
+            // `{wait_minutes}`: a dedicated-agent rule (`handoff: true`) fills it; playbook.yml
+            // refuses it in replies that nothing fills.
+            let mut allowed = USER_VARS.to_vec();
+            allowed.push(Var::WaitMinutes);
+            sets.push(("named", id, id.clone(), allowed, variants));
         }
         for (section, name, key, allowed, variants) in sets {
             let names = Names {
