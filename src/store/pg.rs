@@ -4,8 +4,9 @@
 //! replicas starting at once apply exactly once.
 //!
 //! The [`super::Store`] trait is synchronous (the writer thread, `spawn_blocking` callers), so
-//! [`Pg::block`] runs a query on the pool's own small runtime and waits for it on a plain
-//! channel: safe from any thread. Async callers (the playbook state) use [`Pg::client`].
+//! [`Pg::block`] waits for a query on the calling thread while the pool's own small runtime
+//! drives the connections: safe from any thread, async ones included. Async callers (the
+//! playbook state) use [`Pg::client`].
 //! A connection that breaks is dropped by the pool and a new one is made on the next use, so
 //! a database restart costs the requests in flight, not the process.
 
@@ -82,11 +83,38 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// A driver error as one line: the server's message (and detail) when the server sent one.
+pub fn pg_err(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({}): {d}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// [`pg_err`] as a [`StoreError::Db`].
+pub fn store_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Db(pg_err(&e))
+}
+
 /// A pool and the runtime its blocking callers run on.
 pub struct Pg {
     pool: Pool,
-    runtime: tokio::runtime::Runtime,
+    /// Always Some until drop (shut down in the background: a drop may happen on an async
+    /// thread, where a runtime cannot be dropped).
+    runtime: Option<tokio::runtime::Runtime>,
     url: String,
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.pool.close();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Pg {
@@ -106,9 +134,9 @@ impl Pg {
         migrations: &[&str],
     ) -> Result<Pg, StoreError> {
         settings.validate().map_err(StoreError::Config)?;
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Config(format!("store.url {}: {e}", redacted(url)))
-        })?;
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("store.url {}: {e}", redacted(url))))?;
         config.options(format!(
             "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
             settings.statement_timeout_ms,
@@ -142,7 +170,7 @@ impl Pg {
         };
         let pg = Pg {
             pool,
-            runtime,
+            runtime: Some(runtime),
             url: url.to_string(),
         };
         let deadline = Instant::now() + Duration::from_secs(settings.connect_timeout_s);
@@ -176,40 +204,39 @@ impl Pg {
             .map_err(|e| StoreError::Db(format!("{}: {e}", redacted(&self.url))))
     }
 
-    /// Runs `fut` on the pool's runtime and waits for it: callable from any thread, async
-    /// ones included (it blocks that thread for the query, like SQLite does).
-    pub fn block<T: Send>(&self, fut: impl Future<Output = T> + Send) -> T {
-        // A plain thread (the store's writer) may drive the runtime itself.
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.runtime.block_on(fut);
-        }
-        // Inside another runtime that would panic; the future borrows from the caller, so it
-        // cannot be spawned as 'static: a scoped thread runs it to completion instead.
-        std::thread::scope(|s| {
-            s.spawn(|| self.runtime.block_on(fut))
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+    /// Waits for `fut` on the calling thread, with the pool's runtime as the context its
+    /// connections and timers belong to: callable from any thread, async ones included (it
+    /// blocks that thread for the query, like SQLite does).
+    pub fn block<T>(&self, fut: impl Future<Output = T>) -> T {
+        let _in = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .enter();
+        park_on(fut)
+    }
+
+    /// The URL without its password, for messages.
+    pub fn origin(&self) -> String {
+        redacted(&self.url)
     }
 
     /// Applies the migrations not applied yet, each in a transaction, under an advisory lock
     /// so replicas starting together apply each once.
     async fn migrate(&self, migrations: &[&str]) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_err)?;
+        let tx = client.transaction().await.map_err(store_err)?;
         // Any fixed number: the lock only orders intentd processes among themselves.
         tx.execute("SELECT pg_advisory_xact_lock(7316021500)", &[])
             .await
-            .map_err(db_err)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS intentd_schema (version BIGINT NOT NULL)",
-        )
-        .await
-        .map_err(db_err)?;
+            .map_err(store_err)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS intentd_schema (version BIGINT NOT NULL)")
+            .await
+            .map_err(store_err)?;
         let version: i64 = tx
             .query_opt("SELECT version FROM intentd_schema", &[])
             .await
-            .map_err(db_err)?
+            .map_err(store_err)?
             .map_or(0, |r| r.get(0));
         let known = migrations.len() as i64;
         if version > known {
@@ -220,20 +247,53 @@ impl Pg {
             )));
         }
         for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
-            tx.batch_execute(sql)
-                .await
-                .map_err(|e| StoreError::Db(format!("migration {}: {e}", i + 1)))?;
+            tx.batch_execute(sql).await.map_err(|e| {
+                StoreError::Db(format!(
+                    "{}: migration {} failed: {}",
+                    redacted(&self.url),
+                    i + 1,
+                    pg_err(&e)
+                ))
+            })?;
         }
         if version < known {
             tx.execute("DELETE FROM intentd_schema", &[])
                 .await
-                .map_err(db_err)?;
-            tx.execute("INSERT INTO intentd_schema (version) VALUES ($1)", &[&known])
-                .await
-                .map_err(db_err)?;
+                .map_err(store_err)?;
+            tx.execute(
+                "INSERT INTO intentd_schema (version) VALUES ($1)",
+                &[&known],
+            )
+            .await
+            .map_err(store_err)?;
             tracing::info!(from = version, to = known, "applied PostgreSQL migrations");
         }
-        tx.commit().await.map_err(db_err)
+        tx.commit().await.map_err(store_err)
+    }
+}
+
+/// Polls `fut` on this thread, parking between wake-ups (a minimal executor: the I/O itself
+/// runs on the pool's runtime threads).
+fn park_on<T>(fut: impl Future<Output = T>) -> T {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 

@@ -107,11 +107,7 @@ impl TestPg {
         } else {
             std::env::temp_dir()
         };
-        let dir = base.join(format!(
-            "intentd-pg-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = base.join(format!("intentd-pg-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         if as_postgres {
             let ok = Command::new("chown")
@@ -130,7 +126,16 @@ impl TestPg {
         let data_s = data.to_str().unwrap();
         cluster.run(
             "initdb",
-            &["-D", data_s, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            &[
+                "-D",
+                data_s,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
         );
         let port = free_port();
         let opts = format!(
@@ -171,7 +176,14 @@ impl Drop for TestPg {
             let _ = std::panic::catch_unwind(|| {
                 c.run(
                     "pg_ctl",
-                    &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+                    &[
+                        "-D",
+                        data.to_str().unwrap(),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                    ],
                 )
             });
             let _ = std::fs::remove_dir_all(&c.dir);
