@@ -679,3 +679,30 @@ async fn the_server_records_on_postgres_and_keeps_it_across_a_restart() {
     assert_eq!(before, after, "stats changed across a restart");
     stop(&mut s).await;
 }
+
+#[test]
+fn an_unreachable_postgres_stops_the_start_within_its_timeout_without_the_password() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = PgSettings {
+        connect_timeout_s: 1,
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let e = PgStore::open(
+        &format!("postgres://app:hunter2@127.0.0.1:{free}/intentd"),
+        &settings,
+        ring(&k1()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "{e}");
+    assert!(
+        e.contains("cannot connect to postgres://app:***@127.0.0.1"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+}
