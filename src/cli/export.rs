@@ -14,7 +14,7 @@ use intentd::store::Storage;
 pub struct ExportArgs {
     #[arg(long, default_value = "config/intentd.yml")]
     pub config: PathBuf,
-    /// Override `store.path`.
+    /// Override `store.path` (a SQLite file: `store.url` is then ignored).
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// Start (Unix ms or RFC 3339), inclusive; default: the beginning.
@@ -44,11 +44,12 @@ pub fn open_storage(config: &std::path::Path, db: Option<PathBuf>) -> Result<Sto
     let mut cfg = ServerConfig::load(config)?;
     if let Some(db) = db {
         cfg.store.path = db;
+        cfg.store.url = None;
     }
     // Readers never mint a key: a new one could not open a single existing row, and the
     // operator must hear that the real key is missing.
     cfg.store.create_key_file = false;
-    if !cfg.store.path.is_file() {
+    if cfg.store.url.is_none() && !cfg.store.path.is_file() {
         anyhow::bail!("no database at {}", cfg.store.path.display());
     }
     Storage::open(&cfg.store, Arc::new(SystemClock), Arc::new(Metrics::new()))

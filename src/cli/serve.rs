@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Override `model_dir`.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Override `store.path`.
+    /// Override `store.path` (a SQLite file: `store.url` is then ignored).
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// Run on a manual clock starting at this Unix ms; AdminService.SetClock moves it.
@@ -49,6 +49,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     if let Some(db) = args.db {
         cfg.store.path = db;
+        cfg.store.url = None;
     }
     let prepare: Option<Box<dyn FnOnce() -> Result<()> + Send>> = if cfg.auto_train {
         let out = cfg.model_dir.clone();

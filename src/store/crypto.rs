@@ -18,7 +18,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{StoreConfig, StoreError};
+use super::{AnswerKind, StoreConfig, StoreError};
 use crate::pii::redact_pii;
 
 const NONCE_LEN: usize = 12;
@@ -248,6 +248,22 @@ pub fn row_aad(bot_id: &str, message_id: &str) -> Vec<u8> {
     aad.extend_from_slice(bot_id.as_bytes());
     aad.push(0);
     aad.extend_from_slice(message_id.as_bytes());
+    aad
+}
+
+/// Binds a sealed state row to its kind and stored key, so a row copied to another key does not
+/// open.
+pub fn state_aad(kind: &str, key: &str) -> Vec<u8> {
+    let mut aad = row_aad(kind, key);
+    aad.extend_from_slice(b"|state");
+    aad
+}
+
+/// Binds a sealed answer to its stored key, so a row copied under another key does not open.
+pub fn answer_aad(kind: AnswerKind, bot_id: &str, key: &str) -> Vec<u8> {
+    let mut aad = row_aad(bot_id, key);
+    aad.extend_from_slice(b"|answer|");
+    aad.extend_from_slice(kind.as_str().as_bytes());
     aad
 }
 

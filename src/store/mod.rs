@@ -2,8 +2,9 @@
 //!
 //! Layering: the engine and the front doors only build [`Record`]s and hand them to
 //! [`Storage::submit`]; a single writer thread ([`writer::WriteQueue`]) commits them in batches
-//! through the [`Store`] trait. SQL lives only in the backend ([`sqlite::SqliteStore`]), so a
-//! PostgreSQL backend for many replicas can implement the same trait later. Rates, the A/B test
+//! through the [`Store`] trait. SQL lives only in the backends: [`sqlite::SqliteStore`] (the
+//! zero-setup default) and [`postgres::PgStore`] (`store.url: postgres://...`, for more than
+//! one machine). Rates, the A/B test
 //! and retention rules are computed here from backend-neutral counts.
 
 pub mod ab_report;
@@ -12,9 +13,12 @@ pub mod crypto;
 pub mod export;
 pub mod health;
 mod key_check;
+pub mod pg;
+pub mod postgres;
 mod private_files;
 pub mod pseudonyms;
 pub mod sqlite;
+mod sqlite_start;
 pub mod stats;
 pub mod writer;
 
@@ -31,6 +35,8 @@ use crate::types::{Action, Classification, MessageContext, PolicyDecision, Sourc
 
 pub use audit::{AuditAction, PurgeReport};
 pub use crypto::Keyring;
+pub use pg::PgSettings;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use writer::{CommitTicket, SubmitError, WriteQueue};
 
@@ -43,9 +49,15 @@ pub const AUDIT_RETENTION_FLOOR_DAYS: u32 = 180;
 pub struct StoreConfig {
     /// Conversation logging and stats on/off. Off: no database, no key needed.
     pub enabled: bool,
+    /// Which database: unset = the SQLite file at `path` (the zero-setup default);
+    /// `postgres://user:password@host:port/db` = PostgreSQL (settings under `postgres`). The
+    /// log is sealed the same way on both: the database never sees message text in clear.
+    pub url: Option<String>,
     /// SQLite file; parent directories are created (mode 0700), the file and its WAL / SHM
     /// are kept at mode 0600.
     pub path: PathBuf,
+    /// Pool size, statement timeout and start-up wait of the PostgreSQL backend.
+    pub postgres: PgSettings,
     /// When a commit counts as done: `full` (default) = on disk, surviving an OS crash or
     /// power loss (the WAL is fsynced at each group commit); `normal` = surviving a process
     /// crash only (cheaper; see benches/RESULTS.md). `recorded: true` promises this.
@@ -108,7 +120,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            url: None,
             path: PathBuf::from("data/intentd.db"),
+            postgres: PgSettings::default(),
             durability: Durability::Full,
             queue_capacity: 10_000,
             batch_max: 512,
@@ -147,6 +161,16 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<(), StoreError> {
         let bad = |m: String| Err(StoreError::Config(m));
         check_audit_days(self.audit_retention_days).map_err(StoreError::Config)?;
+        if let Some(url) = &self.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return bad(format!(
+                    "store.url = '{}' is not a postgres:// URL (PostgreSQL is the only other \
+                     backend; leave store.url unset for SQLite at store.path)",
+                    pg::redacted(url)
+                ));
+            }
+        }
+        self.postgres.validate().map_err(StoreError::Config)?;
         if self.conversation_retention_days == 0 {
             return bad("store.conversation_retention_days must be at least 1".into());
         }
@@ -625,15 +649,19 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage")
-            .field("path", &self.config.path)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Storage");
+        match &self.config.url {
+            Some(url) => d.field("url", &pg::redacted(url)),
+            None => d.field("path", &self.config.path),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
 impl Storage {
     /// Validates the config, loads the log key (env var, then key file; a clear error saying
-    /// how to create one otherwise), opens/migrates the SQLite file and starts the writer.
+    /// how to create one otherwise), opens/migrates the database (PostgreSQL when `store.url`
+    /// is set, else the SQLite file) and starts the writer.
     pub fn open(
         config: &StoreConfig,
         clock: SharedClock,
@@ -652,11 +680,14 @@ impl Storage {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         config.validate()?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_with(
-            &config.path,
-            keyring,
-            config.durability,
-        )?);
+        let store: Arc<dyn Store> = match &config.url {
+            Some(url) => Arc::new(PgStore::open(url, &config.postgres, keyring)?),
+            None => Arc::new(SqliteStore::open_with(
+                &config.path,
+                keyring,
+                config.durability,
+            )?),
+        };
         Ok(Self::with_store(store, config, clock, metrics))
     }
 

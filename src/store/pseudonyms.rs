@@ -18,14 +18,14 @@
 use chacha20poly1305::aead::{KeyInit, OsRng};
 use chacha20poly1305::ChaCha20Poly1305;
 use hmac::{Hmac, Mac};
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::Sha256;
-use std::path::Path;
 
-use super::crypto::Keyring;
+use super::crypto::{Keyring, Sealed};
 use super::StoreError;
+use crate::durable::RowKey;
 
-const SECRET_NAME: &str = "pseudonyms";
+/// The secret's row in each backend's `secrets` table.
+pub const SECRET_NAME: &str = "pseudonyms";
 const AAD: &[u8] = b"intentd:secret:pseudonyms";
 /// Stored user pseudonyms start with this (a clear id in an old row does not).
 pub const PREFIX: &str = "u~";
@@ -52,69 +52,40 @@ impl std::fmt::Debug for Pseudonyms {
 }
 
 impl Pseudonyms {
-    /// Reads the database's secret (re-sealing it with the current key when an older key
-    /// sealed it), or makes one and converts the user ids already stored.
-    pub fn load_or_create(
-        conn: &mut Connection,
-        keyring: &Keyring,
-        path: &Path,
-    ) -> Result<Self, StoreError> {
-        let tx = conn.transaction()?;
-        let stored: Option<(String, Vec<u8>)> = tx
-            .query_row(
-                "SELECT key_id, sealed FROM secrets WHERE name = ?1",
-                params![SECRET_NAME],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let this = match stored {
-            Some((key_id, sealed)) => {
-                let plain = keyring.open(&key_id, &sealed, AAD).map_err(|e| {
-                    StoreError::Crypto(format!(
-                        "{}: the pseudonym secret (sealed with key '{key_id}') does not open: {e}; \
-                         provide that key after the current one",
-                        path.display()
-                    ))
-                })?;
-                let secret: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
-                    StoreError::Crypto(format!(
-                        "{}: the pseudonym secret has {} bytes, not 32",
-                        path.display(),
-                        plain.len()
-                    ))
-                })?;
-                let this = Pseudonyms { secret };
-                if key_id != keyring.current_id() {
-                    this.store_secret(&tx, keyring)?;
-                }
-                this
-            }
-            None => {
-                // The OS generator, like the log key (a secret, so not the seeded one).
-                let secret: [u8; 32] = ChaCha20Poly1305::generate_key(&mut OsRng).into();
-                let this = Pseudonyms { secret };
-                this.store_secret(&tx, keyring)?;
-                let converted = this.convert_clear_users(&tx)?;
-                if converted > 0 {
-                    tracing::info!(
-                        rows = converted,
-                        "stored user ids replaced by keyed pseudonyms"
-                    );
-                }
-                this
-            }
-        };
-        tx.commit()?;
-        Ok(this)
+    /// A new random secret, for a database that has none yet. The backend stores it sealed
+    /// ([`Pseudonyms::seal_secret`]) in its `secrets` table under [`SECRET_NAME`].
+    pub fn generate() -> Self {
+        // The OS generator, like the log key (a secret, so not the seeded one).
+        let secret: [u8; 32] = ChaCha20Poly1305::generate_key(&mut OsRng).into();
+        Pseudonyms { secret }
     }
 
-    fn store_secret(&self, tx: &Connection, keyring: &Keyring) -> Result<(), StoreError> {
-        let sealed = keyring.seal(&self.secret, AAD)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO secrets (name, key_id, sealed) VALUES (?1, ?2, ?3)",
-            params![SECRET_NAME, sealed.key_id, sealed.blob],
-        )?;
-        Ok(())
+    /// The secret as a backend stored it (`origin` names the database in messages). When
+    /// `key_id` is not the ring's current key, the backend seals it again with the current one.
+    pub fn open_sealed(
+        keyring: &Keyring,
+        key_id: &str,
+        sealed: &[u8],
+        origin: &str,
+    ) -> Result<Self, StoreError> {
+        let plain = keyring.open(key_id, sealed, AAD).map_err(|e| {
+            StoreError::Crypto(format!(
+                "{origin}: the pseudonym secret (sealed with key '{key_id}') does not open: {e}; \
+                 provide that key after the current one"
+            ))
+        })?;
+        let secret: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
+            StoreError::Crypto(format!(
+                "{origin}: the pseudonym secret has {} bytes, not 32",
+                plain.len()
+            ))
+        })?;
+        Ok(Pseudonyms { secret })
+    }
+
+    /// The secret sealed with the ring's current key, as the `secrets` table keeps it.
+    pub fn seal_secret(&self, keyring: &Keyring) -> Result<Sealed, StoreError> {
+        keyring.seal(&self.secret, AAD)
     }
 
     /// The stored form of a user id of `bot_id`: `u~` and 32 hex digits; an empty id (a
@@ -135,6 +106,15 @@ impl Pseudonyms {
         self.pseudonym(STATE_PREFIX, STATE_DOMAIN, kind, name)
     }
 
+    /// The stored key of a durable state row: a pseudonym for a name, a zero-padded position
+    /// for a queue slot.
+    pub fn state_key(&self, kind: &str, key: &RowKey) -> String {
+        match key {
+            RowKey::Seq(n) => seq_key(*n),
+            RowKey::Name(name) => self.state(kind, name),
+        }
+    }
+
     fn pseudonym(&self, prefix: &str, domain: &[u8], bot_id: &str, id: &str) -> String {
         if id.is_empty() {
             return String::new();
@@ -149,21 +129,12 @@ impl Pseudonyms {
         let tag = mac.finalize().into_bytes();
         format!("{prefix}{}", hex::encode(&tag[..16]))
     }
+}
 
-    /// Rows written before pseudonyms: every user id is clear.
-    fn convert_clear_users(&self, tx: &Connection) -> Result<usize, StoreError> {
-        let pairs: Vec<(String, String)> = tx
-            .prepare("SELECT DISTINCT bot_id, user_id FROM conversations WHERE user_id <> ''")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut rows = 0;
-        let mut update =
-            tx.prepare("UPDATE conversations SET user_id = ?1 WHERE bot_id = ?2 AND user_id = ?3")?;
-        for (bot, user) in pairs {
-            rows += update.execute(params![self.user(&bot, &user), bot, user])?;
-        }
-        Ok(rows)
-    }
+/// A queue position as stored: zero-padded digits, so text order is their order (and every
+/// `s~` key sorts above them: `DeleteBelow` is `key < seq_key(seq)`).
+pub fn seq_key(n: u64) -> String {
+    format!("{n:020}")
 }
 
 #[cfg(test)]

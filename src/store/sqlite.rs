@@ -13,9 +13,9 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use super::audit::{self, implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
-use super::crypto::{row_aad, Keyring};
-use super::pseudonyms::Pseudonyms;
-use super::{key_check, private_files};
+use super::crypto::{answer_aad, row_aad, state_aad, Keyring};
+use super::pseudonyms::{seq_key, Pseudonyms};
+use super::{private_files, sqlite_start};
 use super::{
     AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, Durability, FeedbackKind,
     GroupBy, Record, RowCounts, StatsFilter, Store, StoreError, StoredConversation, Timings,
@@ -394,10 +394,10 @@ impl SqliteStore {
         let mut write = connect(path)?;
         // Readers never commit; only the writer's commits must reach the disk.
         write.execute_batch(&format!("PRAGMA synchronous={};", durability.synchronous()))?;
-        key_check::quick_check(&write, path)?;
+        sqlite_start::quick_check(&write, path)?;
         migrate(&mut write, path, SQL_ONLY_MIGRATIONS, &|_, _| Ok(()))?;
-        key_check::verify_and_record(&write, &keyring, path)?;
-        let pseudonyms = Pseudonyms::load_or_create(&mut write, &keyring, path)?;
+        sqlite_start::verify_key_checks(&write, &keyring, path)?;
+        let pseudonyms = sqlite_start::load_or_create_pseudonyms(&mut write, &keyring, path)?;
         migrate(
             &mut write,
             path,
@@ -555,30 +555,8 @@ impl SqliteStore {
     }
 
     fn state_key(&self, kind: &str, key: &RowKey) -> String {
-        match key {
-            RowKey::Seq(n) => seq_key(*n),
-            RowKey::Name(name) => self.pseudonyms.state(kind, name),
-        }
+        self.pseudonyms.state_key(kind, key)
     }
-}
-
-fn seq_key(n: u64) -> String {
-    format!("{n:020}")
-}
-
-/// Binds a sealed state row to its kind and key, so a row copied to another key does not open.
-fn state_aad(kind: &str, key: &str) -> Vec<u8> {
-    let mut aad = row_aad(kind, key);
-    aad.extend_from_slice(b"|state");
-    aad
-}
-
-/// Binds a sealed answer to its key, so a row copied under another key does not open.
-fn answer_aad(kind: AnswerKind, bot_id: &str, key: &str) -> Vec<u8> {
-    let mut aad = row_aad(bot_id, key);
-    aad.extend_from_slice(b"|answer|");
-    aad.extend_from_slice(kind.as_str().as_bytes());
-    aad
 }
 
 fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), StoreError> {

@@ -110,4 +110,5 @@ pub fn exists(p: &Path) -> bool {
     p.exists()
 }
 pub mod bot;
+pub mod pg;
 pub mod server;

@@ -1,0 +1,342 @@
+//! PostgreSQL connections for the store and the playbook state (the engine for more than one
+//! machine): a `deadpool-postgres` pool of `tokio-postgres` clients with a statement timeout,
+//! a start that waits for the server with backoff, and numbered schema migrations that several
+//! replicas starting at once apply exactly once.
+//!
+//! The [`super::Store`] trait is synchronous (the writer thread, `spawn_blocking` callers), so
+//! [`Pg::block`] waits for a query on the calling thread while the pool's own small runtime
+//! drives the connections: safe from any thread, async ones included. Async callers (the
+//! playbook state) use [`Pg::client`].
+//! A connection that breaks is dropped by the pool and a new one is made on the next use, so
+//! a database restart costs the requests in flight, not the process.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::NoTls;
+
+use super::StoreError;
+
+/// `store.postgres:` settings (used when `store.url` is a `postgres://` URL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PgSettings {
+    /// Connections per process.
+    pub pool_size: usize,
+    /// Longest a statement may run before the server cancels it.
+    pub statement_timeout_ms: u64,
+    /// How long a start waits for the database (retrying with backoff) before giving up.
+    pub connect_timeout_s: u64,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            statement_timeout_ms: 5_000,
+            connect_timeout_s: 30,
+        }
+    }
+}
+
+impl PgSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=1000).contains(&self.pool_size) {
+            return Err(format!(
+                "store.postgres.pool_size = {} must be between 1 and 1000",
+                self.pool_size
+            ));
+        }
+        if !(10..=600_000).contains(&self.statement_timeout_ms) {
+            return Err(format!(
+                "store.postgres.statement_timeout_ms = {} must be between 10 and 600000",
+                self.statement_timeout_ms
+            ));
+        }
+        if !(1..=3600).contains(&self.connect_timeout_s) {
+            return Err(format!(
+                "store.postgres.connect_timeout_s = {} must be between 1 and 3600",
+                self.connect_timeout_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The URL with its password replaced, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// A driver error as one line: the server's message (and detail) when the server sent one.
+pub fn pg_err(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({}): {d}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// [`pg_err`] as a [`StoreError::Db`].
+pub fn store_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Db(pg_err(&e))
+}
+
+/// A pool and the runtime its blocking callers run on.
+pub struct Pg {
+    pool: Pool,
+    /// Always Some until drop (shut down in the background: a drop may happen on an async
+    /// thread, where a runtime cannot be dropped).
+    runtime: Option<tokio::runtime::Runtime>,
+    url: String,
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.pool.close();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pg")
+            .field("url", &redacted(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pg {
+    /// Connects (waiting up to `connect_timeout_s` for the server, with backoff) and applies
+    /// the migrations not applied yet.
+    pub fn connect(
+        url: &str,
+        settings: &PgSettings,
+        migrations: &[&str],
+    ) -> Result<Pg, StoreError> {
+        settings.validate().map_err(StoreError::Config)?;
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("store.url {}: {e}", redacted(url))))?;
+        config.options(format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            settings.statement_timeout_ms,
+            settings.statement_timeout_ms.saturating_mul(4)
+        ));
+        config.connect_timeout(Duration::from_secs(settings.connect_timeout_s.min(10)));
+        if config.get_application_name().is_none() {
+            config.application_name("intentd");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("intentd-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io(format!("postgres runtime: {e}")))?;
+        let pool = {
+            let _in = runtime.enter();
+            Pool::builder(manager)
+                .max_size(settings.pool_size)
+                .wait_timeout(Some(Duration::from_millis(settings.statement_timeout_ms)))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(db_err)?
+        };
+        let pg = Pg {
+            pool,
+            runtime: Some(runtime),
+            url: url.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(settings.connect_timeout_s);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match pg.block(async { pg.client().await.map(drop) }) {
+                Ok(()) => break,
+                Err(e) if Instant::now() + backoff < deadline => {
+                    tracing::warn!(url = %redacted(url), error = %e, retry_in_ms = backoff.as_millis() as u64, "PostgreSQL not reachable yet");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    return Err(StoreError::Db(format!(
+                        "cannot connect to {} within {} s: {e}",
+                        redacted(url),
+                        settings.connect_timeout_s
+                    )))
+                }
+            }
+        }
+        pg.block(pg.migrate(migrations))?;
+        Ok(pg)
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Db(format!("{}: {e}", redacted(&self.url))))
+    }
+
+    /// Waits for `fut` on the calling thread, with the pool's runtime as the context its
+    /// connections and timers belong to: callable from any thread, async ones included (it
+    /// blocks that thread for the query, like SQLite does).
+    pub fn block<T>(&self, fut: impl Future<Output = T>) -> T {
+        let _in = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .enter();
+        park_on(fut)
+    }
+
+    /// The URL without its password, for messages.
+    pub fn origin(&self) -> String {
+        redacted(&self.url)
+    }
+
+    /// Applies the migrations not applied yet, each in a transaction, under an advisory lock
+    /// so replicas starting together apply each once.
+    async fn migrate(&self, migrations: &[&str]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(store_err)?;
+        // Any fixed number: the lock only orders intentd processes among themselves.
+        tx.execute("SELECT pg_advisory_xact_lock(7316021500)", &[])
+            .await
+            .map_err(store_err)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS intentd_schema (version BIGINT NOT NULL)")
+            .await
+            .map_err(store_err)?;
+        let version: i64 = tx
+            .query_opt("SELECT version FROM intentd_schema", &[])
+            .await
+            .map_err(store_err)?
+            .map_or(0, |r| r.get(0));
+        let known = migrations.len() as i64;
+        if version > known {
+            return Err(StoreError::Db(format!(
+                "{}: schema version {version} is newer than this intentd knows ({known}); \
+                 upgrade intentd",
+                redacted(&self.url)
+            )));
+        }
+        for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(sql).await.map_err(|e| {
+                StoreError::Db(format!(
+                    "{}: migration {} failed: {}",
+                    redacted(&self.url),
+                    i + 1,
+                    pg_err(&e)
+                ))
+            })?;
+        }
+        if version < known {
+            tx.execute("DELETE FROM intentd_schema", &[])
+                .await
+                .map_err(store_err)?;
+            tx.execute(
+                "INSERT INTO intentd_schema (version) VALUES ($1)",
+                &[&known],
+            )
+            .await
+            .map_err(store_err)?;
+            tracing::info!(from = version, to = known, "applied PostgreSQL migrations");
+        }
+        tx.commit().await.map_err(store_err)
+    }
+}
+
+/// Polls `fut` on this thread, parking between wake-ups (a minimal executor: the I/O itself
+/// runs on the pool's runtime threads).
+fn park_on<T>(fut: impl Future<Output = T>) -> T {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_appear_in_messages() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/intentd"),
+            "postgres://app:***@db:5432/intentd"
+        );
+        assert_eq!(
+            redacted("postgres://app@db/intentd"),
+            "postgres://app@db/intentd"
+        );
+    }
+
+    #[test]
+    fn settings_outside_their_range_are_named() {
+        assert!(PgSettings::default().validate().is_ok());
+        let e = PgSettings {
+            pool_size: 0,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("pool_size = 0"), "{e}");
+        let e = PgSettings {
+            statement_timeout_ms: 1,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("statement_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_url_is_a_config_error_naming_the_url_without_its_password() {
+        let e = Pg::connect("postgres://u:pw@[bad", &PgSettings::default(), &[]).unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, StoreError::Config(_)), "{m}");
+        assert!(!m.contains("pw"), "{m}");
+    }
+}

@@ -1,0 +1,708 @@
+//! One trait, two implementations, one test suite: every case here runs against SQLite (a temp
+//! file) and PostgreSQL (a throw-away cluster, `tests/common/pg.rs`, or `INTENTD_TEST_PG_URL`).
+//! Without PostgreSQL's binaries the PostgreSQL cases fail (never skip): `.ci/run` installs them.
+//!
+//! And one end-to-end run of the real server on PostgreSQL, restarted on the same database.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::pg::TestPg;
+use common::server::{classify_req, ServerOptions, TestServer, BOT, T0};
+use intentd::durable::{RowKey, RowWrite};
+use intentd::pb;
+use intentd::store::audit::{PurgeCutoffs, DAY_MS};
+use intentd::store::{
+    AnswerKind, AnswerRow, ConversationRecord, Counts, FeedbackKind, FeedbackRecord, GroupBy,
+    HumanReplyRecord, Keyring, PgSettings, PgStore, Record, SqliteStore, StatsFilter, Store,
+    StoreError, Timings,
+};
+use intentd::types::{Action, Source};
+
+/// Where a case's database lives.
+trait Backend {
+    /// Opens (creating or reopening) the case's database with the key ring `spec`.
+    fn open(&self, spec: &str) -> Result<Box<dyn Store>, StoreError>;
+    /// Every value the database holds, as bytes (what whoever reads it sees).
+    fn raw(&self) -> Vec<u8>;
+}
+
+struct Sqlite {
+    dir: tempfile::TempDir,
+}
+
+impl Sqlite {
+    fn new() -> Self {
+        Sqlite {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("log.db")
+    }
+}
+
+impl Backend for Sqlite {
+    fn open(&self, spec: &str) -> Result<Box<dyn Store>, StoreError> {
+        Ok(Box::new(SqliteStore::open(&self.path(), ring(spec))?))
+    }
+    fn raw(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap() {
+            out.extend(std::fs::read(e.unwrap().path()).unwrap());
+        }
+        out
+    }
+}
+
+struct Postgres {
+    pg: TestPg,
+}
+
+impl Postgres {
+    fn new() -> Self {
+        Postgres {
+            pg: TestPg::start(),
+        }
+    }
+}
+
+impl Backend for Postgres {
+    fn open(&self, spec: &str) -> Result<Box<dyn Store>, StoreError> {
+        let settings = PgSettings {
+            pool_size: 4,
+            ..Default::default()
+        };
+        Ok(Box::new(PgStore::open(
+            &self.pg.url,
+            &settings,
+            ring(spec),
+        )?))
+    }
+    /// Every column of every table of the database, as PostgreSQL renders it in text (a
+    /// `bytea` as `\x` and hex, so the needles are looked for in hex too).
+    fn raw(&self) -> Vec<u8> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&self.pg.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let tables: Vec<String> = client
+                .query(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert!(tables.len() >= 8, "{tables:?}");
+            let mut out = Vec::new();
+            for t in tables {
+                for r in client
+                    .query(&format!("SELECT t::text FROM {t} t"), &[])
+                    .await
+                    .unwrap()
+                {
+                    out.extend_from_slice(r.get::<_, &str>(0).as_bytes());
+                    out.push(b'\n');
+                }
+            }
+            out
+        })
+    }
+}
+
+fn ring(spec: &str) -> Arc<Keyring> {
+    Arc::new(Keyring::parse(spec, "test").unwrap())
+}
+
+/// Base64 of 32 bytes all equal to `b`.
+fn key(b: u8) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode([b; 32])
+}
+
+fn k1() -> String {
+    format!("k1:{}", key(1))
+}
+
+fn conversation(chat: &str, msg: &str, at_ms: i64) -> ConversationRecord {
+    ConversationRecord {
+        bot_id: "bot".into(),
+        chat_id: chat.into(),
+        user_id: "wxid_secret_user".into(),
+        message_id: msg.into(),
+        at_ms,
+        sent_at_ms: 0,
+        text: "请问这个多少钱 secret-text".into(),
+        intent: "price".into(),
+        confidence: 0.9,
+        source: Source::Model,
+        action: Action::Reply,
+        triggered: true,
+        reply_text: "secret-reply 九十九元".into(),
+        variant_id: "price/a".into(),
+        experiment: "exp1".into(),
+        timings: Timings {
+            tokenize_us: 10,
+            inference_us: 200,
+            queue_us: 5,
+            total_us: 250,
+        },
+        model_version: "m1".into(),
+        reason: "faq".into(),
+        answer: None,
+    }
+}
+
+fn feedback(msg: &str, kind: FeedbackKind, at_ms: i64) -> Record {
+    Record::Feedback(FeedbackRecord {
+        bot_id: "bot".into(),
+        message_id: msg.into(),
+        kind,
+        variant_id: String::new(),
+        at_ms,
+    })
+}
+
+fn all(bot: &str) -> StatsFilter {
+    StatsFilter {
+        bot_id: bot.into(),
+        chat_id: String::new(),
+        from_ms: 0,
+        to_ms: i64::MAX,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases, each written once against the trait.
+
+fn a_batch_reads_back_as_counts_rows_and_stats(b: &dyn Backend) {
+    let s = b.open(&k1()).unwrap();
+    let mut recs = Vec::new();
+    for i in 0..10 {
+        let mut c = conversation(
+            if i % 2 == 0 { "g1" } else { "g2" },
+            &format!("m{i}"),
+            1_000 + i,
+        );
+        if i >= 7 {
+            c.action = Action::Handoff;
+            c.reply_text.clear();
+        }
+        if i == 0 {
+            c.variant_id = "price/b".into();
+        }
+        recs.push(Record::Conversation(c));
+    }
+    recs.push(feedback("m0", FeedbackKind::Resolved, 2_000));
+    recs.push(feedback("m1", FeedbackKind::Unresolved, 2_000));
+    recs.push(feedback("m1", FeedbackKind::Clicked, 2_000));
+    recs.push(feedback("m1", FeedbackKind::Clicked, 2_001)); // a retried click counts once
+    recs.push(feedback("m2", FeedbackKind::ThumbsUp, 2_000));
+    recs.push(Record::HumanReply(HumanReplyRecord {
+        bot_id: "bot".into(),
+        chat_id: "g2".into(),
+        message_id: "m9".into(),
+        at_ms: 3_000,
+    }));
+    // A retried message replaces its row (same batch, last one wins).
+    let mut again = conversation("g1", "m2", 1_002);
+    again.intent = "refund".into();
+    recs.push(Record::Conversation(again));
+    s.write_batch(&recs).unwrap();
+
+    let total = s.counts(&all("bot"), GroupBy::Total).unwrap();
+    assert_eq!(total.len(), 1);
+    let t = total[0].1;
+    assert_eq!(t.messages, 10);
+    assert_eq!((t.triggers, t.triggers_replied), (10, 7));
+    assert_eq!((t.auto_replies, t.auto_replies_clicked), (7, 1));
+    assert_eq!((t.handoffs, t.blocks, t.human_replies), (3, 0, 1));
+    assert_eq!((t.resolved, t.unresolved, t.clicks), (1, 1, 1));
+    assert_eq!((t.thumbs_up, t.thumbs_down), (1, 0));
+
+    let by_chat: Vec<(String, u64, u64)> = s
+        .counts(&all("bot"), GroupBy::Chat)
+        .unwrap()
+        .into_iter()
+        .map(|(k, c)| (k, c.messages, c.human_replies))
+        .collect();
+    assert_eq!(
+        by_chat,
+        vec![("g1".to_string(), 5, 0), ("g2".to_string(), 5, 1)]
+    );
+    let by_intent: Vec<(String, u64)> = s
+        .counts(&all("bot"), GroupBy::Intent)
+        .unwrap()
+        .into_iter()
+        .map(|(k, c)| (k, c.messages))
+        .collect();
+    assert_eq!(
+        by_intent,
+        vec![("price".to_string(), 9), ("refund".to_string(), 1)]
+    );
+    let by_variant: Vec<(String, u64)> = s
+        .counts(&all("bot"), GroupBy::Variant)
+        .unwrap()
+        .into_iter()
+        .map(|(k, c)| (k, c.messages))
+        .collect();
+    assert_eq!(
+        by_variant,
+        vec![("price/a".to_string(), 9), ("price/b".to_string(), 1)]
+    );
+    // A window and a chat filter.
+    let some = StatsFilter {
+        bot_id: "bot".into(),
+        chat_id: "g1".into(),
+        from_ms: 1_002,
+        to_ms: 1_006,
+    };
+    assert_eq!(s.counts(&some, GroupBy::Total).unwrap()[0].1.messages, 3);
+    // Nothing matches: one all-zero total.
+    let none = s.counts(&all("nobody"), GroupBy::Total).unwrap();
+    assert_eq!(none, vec![(String::new(), Counts::default())]);
+    assert!(s.counts(&all("nobody"), GroupBy::Chat).unwrap().is_empty());
+
+    let v: Vec<(String, u64, u64)> = s
+        .variant_counts(&all("bot"), "exp1")
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.variant_id, v.exposures, v.conversions))
+        .collect();
+    assert_eq!(
+        v,
+        vec![("price/a".to_string(), 6, 1), ("price/b".to_string(), 1, 0)]
+    );
+    assert!(s.variant_counts(&all("bot"), "other").unwrap().is_empty());
+
+    let rc = s.row_counts().unwrap();
+    assert_eq!(
+        (rc.conversations, rc.feedback, rc.human_replies, rc.audit),
+        (10, 5, 1, 3),
+        "3 handoffs imply 3 audit rows"
+    );
+    let rows = s.conversations(0, i64::MAX, 0, 100).unwrap();
+    assert_eq!(rows.len(), 10);
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+    let m2 = rows
+        .iter()
+        .find(|r| r.record.message_id == s.stored_message_id("bot", "m2"))
+        .unwrap();
+    assert_eq!(m2.record.intent, "refund");
+    assert_eq!(m2.record.text, "请问这个多少钱 secret-text");
+    assert_eq!(m2.record.reply_text, "secret-reply 九十九元");
+    assert_eq!(m2.key_id, "k1");
+    assert_eq!(m2.record.timings.inference_us, 200);
+    assert!(m2.record.user_id.starts_with("u~"), "{}", m2.record.user_id);
+    // Paging by id.
+    let page = s.conversations(0, i64::MAX, rows[4].id, 3).unwrap();
+    assert_eq!(page[0].id, rows[5].id);
+    assert_eq!(page.len(), 3);
+    assert!(s.has_message("bot", "m3").unwrap());
+    assert!(!s.has_message("bot", "m99").unwrap());
+    let audit = s.audit_rows(0, i64::MAX).unwrap();
+    assert_eq!(audit.len(), 3);
+    assert!(audit.iter().all(|a| a.actor == "policy"
+        && a.detail.contains("message=m~")
+        && !a.detail.contains("wxid")));
+
+    // What is written is what a reopened store reads.
+    drop(s);
+    let s = b.open(&k1()).unwrap();
+    assert_eq!(s.counts(&all("bot"), GroupBy::Total).unwrap()[0].1, t);
+}
+
+fn a_first_answer_is_kept_for_retries(b: &dyn Backend) {
+    let s = b.open(&k1()).unwrap();
+    let mut c = conversation("g1", "m1", 1_000);
+    c.answer = Some(AnswerRow {
+        bot_id: "bot".into(),
+        kind: AnswerKind::Message,
+        key: "m1".into(),
+        at_ms: 1_000,
+        body: b"the first answer, secret".to_vec(),
+    });
+    s.write_batch(&[Record::Conversation(c)]).unwrap();
+    let a = s.answer("bot", AnswerKind::Message, "m1").unwrap().unwrap();
+    assert_eq!(a.body, b"the first answer, secret");
+    assert_eq!((a.key.as_str(), a.at_ms), ("m1", 1_000));
+    assert!(s.answer("bot", AnswerKind::Event, "m1").unwrap().is_none());
+    assert!(s
+        .answer("other", AnswerKind::Message, "m1")
+        .unwrap()
+        .is_none());
+    // Answered anew (after its window): the row is replaced.
+    let mut c = conversation("g1", "m1", 5_000);
+    c.answer = Some(AnswerRow {
+        bot_id: "bot".into(),
+        kind: AnswerKind::Message,
+        key: "m1".into(),
+        at_ms: 5_000,
+        body: b"second".to_vec(),
+    });
+    s.write_batch(&[Record::Conversation(c)]).unwrap();
+    assert_eq!(
+        s.answer("bot", AnswerKind::Message, "m1")
+            .unwrap()
+            .unwrap()
+            .body,
+        b"second"
+    );
+    let (keys, complete) = s.answer_keys(0, 10).unwrap();
+    assert!(complete);
+    assert_eq!(
+        keys,
+        vec![(
+            "bot".to_string(),
+            AnswerKind::Message,
+            s.stored_message_id("bot", "m1"),
+            5_000
+        )]
+    );
+    assert_eq!(s.row_counts().unwrap().conversations, 1);
+}
+
+fn a_purge_keeps_the_audit_floor_and_audits_itself(b: &dyn Backend) {
+    let s = b.open(&k1()).unwrap();
+    let now = 400 * DAY_MS;
+    let old = now - 100 * DAY_MS;
+    let mut handoff = conversation("g1", "old", old);
+    handoff.action = Action::Handoff;
+    s.write_batch(&[
+        Record::Conversation(handoff),
+        Record::Conversation(conversation("g1", "new", now - DAY_MS)),
+        feedback("old", FeedbackKind::Resolved, old),
+        Record::HumanReply(HumanReplyRecord {
+            bot_id: "bot".into(),
+            chat_id: "g1".into(),
+            message_id: "old".into(),
+            at_ms: old,
+        }),
+    ])
+    .unwrap();
+    // Asked to cut into the 180-day floor of the audit rows: refused, nothing deleted.
+    let e = s
+        .purge(&PurgeCutoffs {
+            now_ms: now,
+            data_before_ms: now - 90 * DAY_MS,
+            audit_before_ms: now - 30 * DAY_MS,
+            answers_before_ms: 0,
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("180-day floor"), "{e}");
+    assert_eq!(s.row_counts().unwrap().conversations, 2);
+    let report = s
+        .purge(&PurgeCutoffs {
+            now_ms: now,
+            data_before_ms: now - 90 * DAY_MS,
+            audit_before_ms: now - 180 * DAY_MS,
+            answers_before_ms: 0,
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            report.conversations,
+            report.feedback,
+            report.human_replies,
+            report.audit
+        ),
+        (1, 1, 1, 0),
+        "the handoff's audit row is younger than the floor"
+    );
+    let rc = s.row_counts().unwrap();
+    assert_eq!((rc.conversations, rc.feedback, rc.human_replies), (1, 0, 0));
+    let audit = s.audit_rows(0, i64::MAX).unwrap();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    let purge = audit.last().unwrap();
+    assert_eq!((purge.actor.as_str(), purge.at_ms), ("retention", now));
+    assert!(purge.detail.contains("conversations=1"), "{}", purge.detail);
+    // Past the floor the audit rows go too (the handoff's and the first purge's).
+    let later = now + 200 * DAY_MS;
+    let report = s
+        .purge(&PurgeCutoffs {
+            now_ms: later,
+            data_before_ms: later - 90 * DAY_MS,
+            audit_before_ms: later - 180 * DAY_MS,
+            answers_before_ms: 0,
+        })
+        .unwrap();
+    assert_eq!(report.audit, 2);
+}
+
+fn state_rows_put_delete_cut_and_read_back_in_order(b: &dyn Backend) {
+    let s = b.open(&k1()).unwrap();
+    let put = |kind, key, json: &str| RowWrite::Put {
+        kind,
+        key,
+        json: json.as_bytes().to_vec(),
+    };
+    s.write_batch(&[Record::State(vec![
+        put("review", RowKey::Seq(9), r#""ninth""#),
+        put("review", RowKey::Seq(10), r#""tenth""#),
+        put("review", RowKey::Seq(11), r#""eleventh""#),
+        put("review", RowKey::Seq(100), r#""hundredth""#),
+        put(
+            "group",
+            RowKey::Name("5:bot-x8:group-42".into()),
+            r#"{"who":"group-42 secret"}"#,
+        ),
+        put("cooldown", RowKey::Name("bot:g:u".into()), "1"),
+    ])])
+    .unwrap();
+    s.write_batch(&[Record::State(vec![
+        put(
+            "group",
+            RowKey::Name("5:bot-x8:group-42".into()),
+            r#"{"who":"group-42 v2"}"#,
+        ),
+        RowWrite::DeleteBelow {
+            kind: "review",
+            seq: 10,
+        },
+        RowWrite::Delete {
+            kind: "cooldown",
+            key: RowKey::Name("bot:g:u".into()),
+        },
+    ])])
+    .unwrap();
+    let got: Vec<(String, String)> = s
+        .state_rows()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.kind, String::from_utf8(r.json).unwrap()))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("group", r#"{"who":"group-42 v2"}"#),
+        ("review", r#""tenth""#),
+        ("review", r#""eleventh""#),
+        ("review", r#""hundredth""#),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    // A range delete never touches named rows of the same kind, nor other kinds.
+    s.write_batch(&[Record::State(vec![
+        put("review", RowKey::Name("named".into()), "0"),
+        RowWrite::DeleteBelow {
+            kind: "review",
+            seq: u64::MAX,
+        },
+    ])])
+    .unwrap();
+    let kinds: Vec<String> = s
+        .state_rows()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds, vec!["group", "review"]);
+    drop(s);
+    assert_eq!(b.open(&k1()).unwrap().state_rows().unwrap().len(), 2);
+}
+
+fn a_wrong_key_stops_the_start(b: &dyn Backend) {
+    let s = b.open(&k1()).unwrap();
+    s.write_batch(&[Record::Conversation(conversation("g1", "m1", 1))])
+        .unwrap();
+    drop(s);
+    let e = b
+        .open(&format!("k1:{}", key(2)))
+        .err()
+        .expect("a different key under the same id must not open")
+        .to_string();
+    assert!(
+        e.contains("key 'k1' in the key ring is not the key that wrote this log"),
+        "{e}"
+    );
+    let e = b
+        .open(&format!("k2:{}", key(2)))
+        .err()
+        .expect("a ring without the key of stored rows must not open")
+        .to_string();
+    assert!(e.contains("key 'k1', which is not in the key ring"), "{e}");
+    // A rotation (new current key, the old one kept) opens and reads the old rows.
+    let s = b.open(&format!("k2:{},{}", key(2), k1())).unwrap();
+    s.write_batch(&[Record::Conversation(conversation("g1", "m2", 2))])
+        .unwrap();
+    let keys: Vec<String> = s
+        .conversations(0, 10, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key_id)
+        .collect();
+    assert_eq!(keys, vec!["k1", "k2"]);
+    // The pseudonyms survive the rotation (the secret was re-sealed with k2).
+    assert!(s.has_message("bot", "m1").unwrap());
+}
+
+fn the_database_holds_no_clear_text(b: &dyn Backend) {
+    let s = b.open(&k1()).unwrap();
+    let mut c = conversation("g1", "msg-secret-id", 1_000);
+    c.answer = Some(AnswerRow {
+        bot_id: "bot".into(),
+        kind: AnswerKind::Message,
+        key: "msg-secret-id".into(),
+        at_ms: 1_000,
+        body: b"secret-answer-body".to_vec(),
+    });
+    c.action = Action::Handoff;
+    s.write_batch(&[
+        Record::Conversation(c),
+        feedback("msg-secret-id", FeedbackKind::Clicked, 1_001),
+        Record::State(vec![RowWrite::Put {
+            kind: "group",
+            key: RowKey::Name("bot:wxid_secret_user".into()),
+            json: br#"{"v":"secret-state-value"}"#.to_vec(),
+        }]),
+    ])
+    .unwrap();
+    drop(s);
+    let raw = b.raw();
+    assert!(!raw.is_empty());
+    let has = |needle: &str| {
+        let hexed = hex_of(needle.as_bytes());
+        [needle.as_bytes().to_vec(), hexed.into_bytes()]
+            .iter()
+            .any(|n| raw.windows(n.len()).any(|w| w == n.as_slice()))
+    };
+    for secret in [
+        "secret-text",
+        "多少钱",
+        "secret-reply",
+        "secret-answer-body",
+        "secret-state-value",
+        "wxid_secret_user",
+        "msg-secret-id",
+    ] {
+        assert!(!has(secret), "'{secret}' is in the database in clear");
+    }
+    // The control: a value stored in clear by design (chat ids, intents) is found.
+    assert!(has("price/a"));
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $case() { super::$case(&super::Sqlite::new()) } )*
+        }
+        mod postgres {
+            $( #[test] fn $case() { super::$case(&super::Postgres::new()) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_batch_reads_back_as_counts_rows_and_stats,
+    a_first_answer_is_kept_for_retries,
+    a_purge_keeps_the_audit_floor_and_audits_itself,
+    state_rows_put_delete_cut_and_read_back_in_order,
+    a_wrong_key_stops_the_start,
+    the_database_holds_no_clear_text,
+);
+
+#[test]
+fn store_url_of_another_scheme_is_a_config_error_naming_it() {
+    let cfg: intentd::store::StoreConfig =
+        serde_yaml_ng::from_str("url: mysql://app:pw@db/intentd\n").unwrap();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("mysql://app:***@db/intentd"), "{e}");
+    assert!(!e.contains("pw"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real server on PostgreSQL.
+
+fn pg_store_section(data: &std::path::Path, url: &str) -> String {
+    format!(
+        "store:\n  enabled: true\n  url: {url}\n  path: {d}/unused.db\n  key_env: INTENTD_LOG_KEY\n  key_file: {d}/intentd.key\n  create_key_file: true\n",
+        d = data.display()
+    )
+}
+
+async fn stop(s: &mut TestServer) {
+    s.signal("TERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            assert_eq!(st.code(), Some(0), "no clean exit: {}", s.stderr());
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", s.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_records_on_postgres_and_keeps_it_across_a_restart() {
+    let pg = TestPg::start();
+    let data = tempfile::tempdir().unwrap();
+    let opts = || ServerOptions {
+        manual_clock: Some(T0),
+        extra_config: pg_store_section(data.path(), &pg.url),
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    };
+    let mut s = TestServer::start(opts()).await;
+    let mut c = s.client().await;
+    let r = c
+        .classify(classify_req("m1", "优惠券怎么领？", "u1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.recorded, "{r:?}");
+    let req = pb::StatsRequest {
+        bot_id: BOT.into(),
+        ..Default::default()
+    };
+    let before = c.get_stats(req.clone()).await.unwrap().into_inner();
+    assert_eq!(before.total.as_ref().unwrap().messages, 1, "{before:?}");
+    stop(&mut s).await;
+    assert!(
+        !data.path().join("unused.db").exists(),
+        "with store.url set, no SQLite file is made"
+    );
+
+    let mut s = TestServer::start(opts()).await;
+    let after = s.client().await.get_stats(req).await.unwrap().into_inner();
+    assert_eq!(before, after, "stats changed across a restart");
+    stop(&mut s).await;
+}
+
+#[test]
+fn an_unreachable_postgres_stops_the_start_within_its_timeout_without_the_password() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = PgSettings {
+        connect_timeout_s: 1,
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let e = PgStore::open(
+        &format!("postgres://app:hunter2@127.0.0.1:{free}/intentd"),
+        &settings,
+        ring(&k1()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "{e}");
+    assert!(
+        e.contains("cannot connect to postgres://app:***@127.0.0.1"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+}
