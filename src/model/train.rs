@@ -646,9 +646,8 @@ fn train_full(
                 // A second pass draws other dropout masks; the KL term pulls the two
                 // predictions together (R-Drop).
                 let again = logits_of(&padded)?;
-                let both = ((loss
-                    + smoothed_cross_entropy(&again, &ys, hp.label_smoothing)?)?
-                    * 0.5)?;
+                let both =
+                    ((loss + smoothed_cross_entropy(&again, &ys, hp.label_smoothing)?)? * 0.5)?;
                 (both + (symmetric_kl(&logits, &again)? * (hp.rdrop_alpha * 0.5))?)?
             } else {
                 loss
@@ -699,7 +698,11 @@ fn train_full(
             scores.accuracy,
             scores.macro_f1,
             scores.n,
-            if live.is_empty() { "" } else { " (averaged weights)" }
+            if live.is_empty() {
+                ""
+            } else {
+                " (averaged weights)"
+            }
         ));
         best_accuracy = best_accuracy.max(scores.accuracy);
         let improved = within_dev_noise(scores.accuracy, best_accuracy, scores.n);
@@ -1343,12 +1346,22 @@ mod tests {
     fn old_model_cards_load_with_the_new_options_off() {
         let mut v = serde_json::to_value(HyperParameters::defaults_for(TrainMode::Full)).unwrap();
         let o = v.as_object_mut().unwrap();
-        for k in ["ema_decay", "average_epochs", "layer_lr_decay", "rdrop_alpha"] {
+        for k in [
+            "ema_decay",
+            "average_epochs",
+            "layer_lr_decay",
+            "rdrop_alpha",
+        ] {
             o.remove(k);
         }
         let hp: HyperParameters = serde_json::from_value(v).unwrap();
         assert_eq!(
-            (hp.ema_decay, hp.average_epochs, hp.layer_lr_decay, hp.rdrop_alpha),
+            (
+                hp.ema_decay,
+                hp.average_epochs,
+                hp.layer_lr_decay,
+                hp.rdrop_alpha
+            ),
             (0.0, 0, 1.0, 0.0)
         );
     }

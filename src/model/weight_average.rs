@@ -103,7 +103,10 @@ mod tests {
         }
         let live = avg.swap_in().unwrap();
         let got = values(&v);
-        assert!((got[0] - 4.0).abs() < 1e-6 && (got[1] - 1.0).abs() < 1e-6, "{got:?}");
+        assert!(
+            (got[0] - 4.0).abs() < 1e-6 && (got[1] - 1.0).abs() < 1e-6,
+            "{got:?}"
+        );
         avg.restore(live).unwrap();
         assert_eq!(values(&v), vec![8.0, 5.0]);
     }
@@ -113,7 +116,8 @@ mod tests {
         let v = var(&[0.0]);
         let mut avg = WeightAverage::new(std::slice::from_ref(&v), Some(0.99));
         avg.update().unwrap(); // avg = 0
-        v.set(&Tensor::new(&[10f32], &Device::Cpu).unwrap()).unwrap();
+        v.set(&Tensor::new(&[10f32], &Device::Cpu).unwrap())
+            .unwrap();
         avg.update().unwrap(); // n = 1: decay min(0.99, 2/11): avg = 10 * 9/11
         let live = avg.swap_in().unwrap();
         assert!((values(&v)[0] - 90.0 / 11.0).abs() < 1e-4);
@@ -122,7 +126,8 @@ mod tests {
         for _ in 0..2000 {
             avg.update().unwrap();
         }
-        v.set(&Tensor::new(&[20f32], &Device::Cpu).unwrap()).unwrap();
+        v.set(&Tensor::new(&[20f32], &Device::Cpu).unwrap())
+            .unwrap();
         avg.update().unwrap();
         avg.swap_in().unwrap();
         assert!((values(&v)[0] - (10.0 + 0.01 * 10.0)).abs() < 1e-3);
