@@ -45,6 +45,24 @@ pub struct TrainArgs {
     /// (full mode), which halves the training time.
     #[arg(long)]
     pub no_refit: bool,
+    /// Share of --data carved out as dev set when --dev is not given (0 to 1).
+    #[arg(long)]
+    pub dev_fraction: Option<f64>,
+    /// Serve an exponential moving average of the weights with this decay (full mode; e.g.
+    /// 0.99); 0 = off.
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Serve the mean of the weights at the end of the last N epochs (full mode); 0 = off.
+    #[arg(long)]
+    pub average_epochs: Option<usize>,
+    /// Layer-wise learning-rate decay (full mode): each encoder layer learns at this factor of
+    /// the one above; 1 = off.
+    #[arg(long)]
+    pub layer_lr_decay: Option<f64>,
+    /// R-Drop (full mode): two dropout passes per batch plus this weight times their symmetric
+    /// KL; doubles the training time; 0 = off.
+    #[arg(long)]
+    pub rdrop: Option<f64>,
     #[arg(long, default_value = intentd::model::base_models::DEFAULT_BASE_MODEL)]
     pub base: String,
     #[arg(long, default_value = super::MODELS_DIR)]
@@ -83,6 +101,11 @@ impl TrainArgs {
             patience: None,
             train_embeddings: false,
             no_refit: false,
+            dev_fraction: None,
+            ema_decay: None,
+            average_epochs: None,
+            layer_lr_decay: None,
+            rdrop: None,
             drop_suspect: false,
             suspect_margin: label_check::CheckLimits::default().mislabel_margin,
             relabel_margin: None,
@@ -255,6 +278,33 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if args.no_refit {
         hp.refit = false;
+    }
+    if let Some(v) = args.dev_fraction {
+        if !(0.0..1.0).contains(&v) {
+            bail!("--dev-fraction must be at least 0 and below 1, got {v}");
+        }
+        hp.dev_fraction = v;
+    }
+    if let Some(v) = args.ema_decay {
+        if !(0.0..1.0).contains(&v) {
+            bail!("--ema-decay must be at least 0 and below 1, got {v}");
+        }
+        hp.ema_decay = v;
+    }
+    if let Some(v) = args.average_epochs {
+        hp.average_epochs = v;
+    }
+    if let Some(v) = args.layer_lr_decay {
+        if !(v > 0.0 && v <= 1.0) {
+            bail!("--layer-lr-decay must be above 0 and at most 1, got {v}");
+        }
+        hp.layer_lr_decay = v;
+    }
+    if let Some(v) = args.rdrop {
+        if !(v >= 0.0) {
+            bail!("--rdrop must be at least 0, got {v}");
+        }
+        hp.rdrop_alpha = v;
     }
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
     let (examples, dropped) = if args.drop_suspect {

@@ -23,4 +23,5 @@ pub mod tensor_file;
 pub mod tiling;
 pub mod train;
 pub mod vocab_prune;
+pub mod weight_average;
 pub mod word_table;

@@ -26,6 +26,7 @@ use super::bert::{Bert, BertConfig, Mode, WordEmbeddingFormat};
 use super::classifier::{self, ModelCard, Scores};
 use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
 use super::scoring;
+use super::weight_average::WeightAverage;
 
 /// One labelled training text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,26 @@ pub struct HyperParameters {
     /// Examples `--drop-suspect` left out before training (recorded in the model card).
     #[serde(default)]
     pub dropped_suspects: usize,
+    /// Full mode: serve an exponential moving average of the weights (updated every step) with
+    /// this decay instead of the last weights; 0 = off. The dev set judges the average too.
+    #[serde(default)]
+    pub ema_decay: f64,
+    /// Full mode: serve the mean of the weights at the end of each of the schedule's last
+    /// this-many epochs (SWA-style); 0 = off. Ignored when `ema_decay` is set.
+    #[serde(default)]
+    pub average_epochs: usize,
+    /// Full mode: each encoder layer below the top learns at this factor of the one above
+    /// (embeddings lowest); 1 = one learning rate for the whole encoder.
+    #[serde(default = "no_layer_decay")]
+    pub layer_lr_decay: f64,
+    /// Full mode: R-Drop weight: two dropout passes per batch, plus this times their
+    /// symmetric KL divergence; 0 = off (one pass, half the cost).
+    #[serde(default)]
+    pub rdrop_alpha: f64,
+}
+
+fn no_layer_decay() -> f64 {
+    1.0
 }
 
 impl HyperParameters {
@@ -95,6 +116,10 @@ impl HyperParameters {
                 dev_fraction: 0.1,
                 refit: true,
                 dropped_suspects: 0,
+                ema_decay: 0.0,
+                average_epochs: 0,
+                layer_lr_decay: 1.0,
+                rdrop_alpha: 0.0,
             },
             TrainMode::Head => Self {
                 mode,
@@ -114,6 +139,10 @@ impl HyperParameters {
                 dev_fraction: 0.1,
                 refit: false,
                 dropped_suspects: 0,
+                ema_decay: 0.0,
+                average_epochs: 0,
+                layer_lr_decay: 1.0,
+                rdrop_alpha: 0.0,
             },
         }
     }
@@ -473,6 +502,46 @@ fn snapshot_vars(names: &[&str], vars: &[Var]) -> Result<HashMap<String, Tensor>
         .collect()
 }
 
+/// The encoder's trainable variables grouped by depth for layer-wise learning-rate decay, each
+/// group with its learning-rate factor: `decay^(layers - depth)`, where the embeddings are depth
+/// 0, `encoder.layer.i` depth i + 1 and anything else (a pooler) the top. Why: the lower layers
+/// hold the general language knowledge, which a few thousand labelled texts should move least.
+/// With decay 1 there is one group (one learning rate).
+fn layer_groups(varmap: &VarMap, vars: Vec<Var>, decay: f64) -> Vec<(Vec<Var>, f64)> {
+    if decay == 1.0 {
+        return vec![(vars, 1.0)];
+    }
+    let names: HashMap<candle_core::TensorId, String> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        data.iter().map(|(k, v)| (v.id(), k.clone())).collect()
+    };
+    let layer_of = |name: &str| -> Option<usize> {
+        name.strip_prefix("encoder.layer.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let depth = |v: &Var| -> Option<usize> {
+        let name = names.get(&v.id())?;
+        if name.starts_with("embeddings.") {
+            Some(0)
+        } else {
+            layer_of(name).map(|i| i + 1)
+        }
+    };
+    let layers = vars.iter().filter_map(depth).max().unwrap_or(0);
+    let mut groups: std::collections::BTreeMap<usize, Vec<Var>> = Default::default();
+    for v in vars {
+        let d = depth(&v).unwrap_or(layers);
+        groups.entry(d).or_default().push(v);
+    }
+    groups
+        .into_iter()
+        .map(|(d, vars)| (vars, decay.powi((layers - d) as i32)))
+        .collect()
+}
+
 /// Model selection on a small dev set: an epoch whose dev accuracy is within one standard error
 /// (at least one example) of the best so far is as good as the best, and the later of such epochs
 /// wins. Why: with a schedule that decays to zero the later epochs are the settled ones, and a
@@ -520,7 +589,14 @@ fn train_full(
         .filter(|v| !head_ids.contains(&v.id()) && Some(v.id()) != frozen && v.dtype().is_float())
         .collect();
     let trainable: Vec<Var> = body_vars.iter().chain(head_vars).cloned().collect();
-    let mut opt_body = FusedAdamW::new(body_vars, adamw(hp.learning_rate, hp.weight_decay))?;
+    // One optimiser per encoder depth, each with its own peak learning rate.
+    let mut opt_body: Vec<(FusedAdamW, f64)> = layer_groups(varmap, body_vars, hp.layer_lr_decay)
+        .into_iter()
+        .map(|(vars, factor)| {
+            let lr = hp.learning_rate * factor;
+            Ok((FusedAdamW::new(vars, adamw(lr, hp.weight_decay))?, lr))
+        })
+        .collect::<Result<_>>()?;
     let mut opt_head = FusedAdamW::new(
         head_vars.to_vec(),
         adamw(hp.head_learning_rate, hp.weight_decay),
@@ -528,6 +604,16 @@ fn train_full(
     let steps_per_epoch = train.tokens.len().div_ceil(hp.batch_size);
     let total_steps = steps_per_epoch * hp.epochs;
     let run_epochs = run_epochs.min(hp.epochs);
+    let mut average = if hp.ema_decay > 0.0 {
+        Some(WeightAverage::new(&trainable, Some(hp.ema_decay)))
+    } else if hp.average_epochs > 0 {
+        Some(WeightAverage::new(&trainable, None))
+    } else {
+        None
+    };
+    // Uniform averaging covers the last `average_epochs` epochs of the schedule (a refit that
+    // stops earlier averages those of them it reaches).
+    let first_averaged_epoch = hp.epochs.saturating_sub(hp.average_epochs) + 1;
     let bar = Progress::new(progress, (steps_per_epoch * run_epochs) as u64);
     // No copy: the first epoch evaluated always becomes the best (it is within noise of itself),
     // and without a dev set the last epoch is the model as it stands.
@@ -549,19 +635,37 @@ fn train_full(
             let toks: Vec<&Tokenized> = batch.iter().map(|&i| &train.tokens[i]).collect();
             let ys: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
             let padded = tokenizer.pad(&toks, &device)?;
-            let pooled = encoder.embed(&padded, Mode::Train)?;
-            let pooled = super::seeded::dropout(&pooled, hp.dropout)?;
-            let logits = head.forward(&pooled)?;
+            let logits_of = |padded: &super::encoder::PaddedBatch| -> Result<Tensor> {
+                let pooled = encoder.embed(padded, Mode::Train)?;
+                let pooled = super::seeded::dropout(&pooled, hp.dropout)?;
+                Ok(head.forward(&pooled)?)
+            };
+            let logits = logits_of(&padded)?;
             let loss = smoothed_cross_entropy(&logits, &ys, hp.label_smoothing)?;
+            let loss = if hp.rdrop_alpha > 0.0 {
+                // A second pass draws other dropout masks; the KL term pulls the two
+                // predictions together (R-Drop).
+                let again = logits_of(&padded)?;
+                let both =
+                    ((loss + smoothed_cross_entropy(&again, &ys, hp.label_smoothing)?)? * 0.5)?;
+                (both + (symmetric_kl(&logits, &again)? * (hp.rdrop_alpha * 0.5))?)?
+            } else {
+                loss
+            };
             let grads = loss.backward()?;
             let clip = clip_scale(&grads, &trainable, hp.max_grad_norm)?;
-            opt_body.set_grad_scale(clip);
-            opt_head.set_grad_scale(clip);
             let scale = lr_scale(step, total_steps, hp.warmup_ratio);
-            opt_body.set_learning_rate(hp.learning_rate * scale);
+            for (opt, lr) in &mut opt_body {
+                opt.set_grad_scale(clip);
+                opt.set_learning_rate(*lr * scale);
+                opt.step(&grads)?;
+            }
+            opt_head.set_grad_scale(clip);
             opt_head.set_learning_rate(hp.head_learning_rate * scale);
-            opt_body.step(&grads)?;
             opt_head.step(&grads)?;
+            if let (Some(avg), true) = (&mut average, hp.ema_decay > 0.0) {
+                avg.update()?;
+            }
             step += 1;
             seen += batch.len();
             let loss_v = loss.to_scalar::<f32>()?;
@@ -573,22 +677,48 @@ fn train_full(
                 )
             });
         }
+        if let (Some(avg), true) = (&mut average, hp.ema_decay <= 0.0) {
+            if epoch >= first_averaged_epoch {
+                avg.update()?;
+            }
+        }
         if dev.tokens.is_empty() {
             // Nothing to select on: the last epoch is the model.
             best.epoch = epoch;
             continue;
         }
+        // The dev set judges what would be served: the average once there is one.
+        let live = match &average {
+            Some(avg) => avg.swap_in()?,
+            None => Vec::new(),
+        };
         let scores = evaluate_encoded(encoder, head, tokenizer, dev, labels, hp.batch_size)?;
         bar.println(format!(
-            "epoch {epoch}: dev accuracy={:.4} macro_f1={:.4} n={}",
-            scores.accuracy, scores.macro_f1, scores.n
+            "epoch {epoch}: dev accuracy={:.4} macro_f1={:.4} n={}{}",
+            scores.accuracy,
+            scores.macro_f1,
+            scores.n,
+            if live.is_empty() {
+                ""
+            } else {
+                " (averaged weights)"
+            }
         ));
         best_accuracy = best_accuracy.max(scores.accuracy);
-        if within_dev_noise(scores.accuracy, best_accuracy, scores.n) {
+        let improved = within_dev_noise(scores.accuracy, best_accuracy, scores.n);
+        let weights = if improved {
+            snapshot(varmap)?
+        } else {
+            HashMap::new()
+        };
+        if let Some(avg) = &average {
+            avg.restore(live)?;
+        }
+        if improved {
             best = Best {
                 scores: Some(scores),
                 epoch,
-                weights: snapshot(varmap)?,
+                weights,
             };
             since_best = 0;
         } else {
@@ -601,6 +731,10 @@ fn train_full(
                 break;
             }
         }
+    }
+    if let (Some(avg), true) = (&average, dev.tokens.is_empty()) {
+        // No dev set: the model is the average as it stands (the live weights are dropped).
+        avg.swap_in()?;
     }
     if let Some(s) = best.scores {
         bar.println(format!(
@@ -847,6 +981,16 @@ pub fn smoothed_cross_entropy(logits: &Tensor, targets: &[u32], eps: f64) -> Res
     let q = Tensor::from_vec(q, (b, c), logits.device())?;
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     Ok((q * logp)?.sum(D::Minus1)?.neg()?.mean_all()?)
+}
+
+/// R-Drop's term: KL(p1 || p2) + KL(p2 || p1) between the softmaxes of two logit batches,
+/// summed over classes and averaged over the batch.
+pub fn symmetric_kl(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let la = candle_nn::ops::log_softmax(a, D::Minus1)?;
+    let lb = candle_nn::ops::log_softmax(b, D::Minus1)?;
+    let diff = (&la - &lb)?;
+    let kl = ((la.exp()? - lb.exp()?)? * diff)?;
+    Ok(kl.sum(D::Minus1)?.mean_all()?)
 }
 
 /// The factor that brings the gradients' global L2 norm down to at most `max_norm` (1 when it
@@ -1158,6 +1302,68 @@ mod tests {
         // A perfect dev score still tolerates one example.
         assert!(within_dev_noise(0.99, 1.0, 100));
         assert!(!within_dev_noise(0.98, 1.0, 100));
+    }
+
+    #[test]
+    fn symmetric_kl_is_zero_for_equal_predictions_and_matches_hand_computation() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[1f32, 2.0, 3.0]], &dev).unwrap();
+        let kl = |x: &Tensor, y: &Tensor| symmetric_kl(x, y).unwrap().to_scalar::<f32>().unwrap();
+        assert!(kl(&a, &a).abs() < 1e-7);
+        // p = [0.75, 0.25], q = [0.5, 0.5]: KL(p||q) + KL(q||p) = (0.75 - 0.5) ln 3.
+        let p = Tensor::new(&[[3f32.ln(), 0.0]], &dev).unwrap();
+        let q = Tensor::new(&[[0f32, 0.0]], &dev).unwrap();
+        assert!((kl(&p, &q) - 0.25 * 3f32.ln()).abs() < 1e-6);
+        assert!((kl(&p, &q) - kl(&q, &p)).abs() < 1e-7);
+    }
+
+    #[test]
+    fn layer_groups_decay_the_learning_rate_downwards() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        for name in [
+            "embeddings.LayerNorm.weight",
+            "encoder.layer.0.output.dense.weight",
+            "encoder.layer.1.output.dense.weight",
+            "encoder.layer.1.attention.self.query.bias",
+            "pooler.dense.weight",
+        ] {
+            vb.get_with_hints(2, name, candle_nn::Init::Const(0.0))
+                .unwrap();
+        }
+        let vars = varmap.all_vars();
+        let groups = layer_groups(&varmap, vars.clone(), 0.5);
+        let mut sizes: Vec<(usize, f64)> = groups.iter().map(|(v, f)| (v.len(), *f)).collect();
+        sizes.sort_by(|a, b| a.1.total_cmp(&b.1));
+        // Embeddings 0.25, layer 0 0.5, layer 1 and the pooler (the top) 1.
+        assert_eq!(sizes, vec![(1, 0.25), (1, 0.5), (3, 1.0)]);
+        let one = layer_groups(&varmap, vars, 1.0);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].0.len(), 5);
+    }
+
+    #[test]
+    fn old_model_cards_load_with_the_new_options_off() {
+        let mut v = serde_json::to_value(HyperParameters::defaults_for(TrainMode::Full)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in [
+            "ema_decay",
+            "average_epochs",
+            "layer_lr_decay",
+            "rdrop_alpha",
+        ] {
+            o.remove(k);
+        }
+        let hp: HyperParameters = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            (
+                hp.ema_decay,
+                hp.average_epochs,
+                hp.layer_lr_decay,
+                hp.rdrop_alpha
+            ),
+            (0.0, 0, 1.0, 0.0)
+        );
     }
 
     #[test]
