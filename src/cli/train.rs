@@ -301,8 +301,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         hp.layer_lr_decay = v;
     }
     if let Some(v) = args.rdrop {
-        if !(v >= 0.0) {
-            bail!("--rdrop must be at least 0, got {v}");
+        // Written so that NaN is refused too.
+        if !v.is_finite() || v < 0.0 {
+            bail!("--rdrop must be a number of at least 0, got {v}");
         }
         hp.rdrop_alpha = v;
     }
