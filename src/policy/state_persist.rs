@@ -11,7 +11,7 @@
 //! Versions are stored with the rows, so a decision made after a restart checks against the
 //! same versions as before it.
 
-use super::bounded_queue::BoundedQueue;
+use super::bounded_queue::{BoundedQueue, Discarded, QueueLimits, Record};
 use super::compliance::ReviewItem;
 use super::scheduler::Job;
 use super::state::{DroppedSend, GroupKey, GroupRow, UserKey, UserRow, Versioned};
@@ -45,6 +45,22 @@ fn in_order<T>(mut v: Vec<(u64, T)>, fallback: u64) -> (u64, Vec<T>) {
     v.sort_by_key(|(s, _)| *s);
     let first = v.first().map_or(fallback, |(s, _)| *s);
     (first, v.into_iter().map(|(_, t)| t).collect())
+}
+
+/// A queue under today's `limits` holding the stored `entries` at their positions, the position
+/// of the first stored one, and what the limits no longer allow (already discarded).
+fn refill<T: Record>(
+    entries: Vec<(u64, T)>,
+    limits: QueueLimits,
+    fallback: u64,
+) -> (u64, BoundedQueue<T>, Discarded) {
+    let (first, items) = in_order(entries, fallback);
+    let mut queue = BoundedQueue::starting_at(limits, first);
+    let mut gone = Discarded::default();
+    for item in items {
+        gone.add(queue.push(item));
+    }
+    (first, queue, gone)
 }
 
 impl MemoryState {
@@ -89,20 +105,12 @@ impl MemoryState {
         let limits = r.limits;
         n.review = review.len();
         n.dropped = dropped.len();
-        let (first, items) = in_order(review, r.review.next_seq());
-        r.review = BoundedQueue::starting_at(limits.review_queue, first);
-        r.synced.review = first;
-        for item in items {
-            let gone = r.review.push(item);
-            r.count(StateQueue::Review, gone);
-        }
-        let (first, items) = in_order(dropped, r.dropped.next_seq());
-        r.dropped = BoundedQueue::starting_at(limits.dropped_sends, first);
-        r.synced.dropped = first;
-        for item in items {
-            let gone = r.dropped.push(item);
-            r.count(StateQueue::Dropped, gone);
-        }
+        let (first, queue, gone) = refill(review, limits.review_queue, r.review.next_seq());
+        (r.review, r.synced.review) = (queue, first);
+        r.count(StateQueue::Review, gone);
+        let (first, queue, gone) = refill(dropped, limits.dropped_sends, r.dropped.next_seq());
+        (r.dropped, r.synced.dropped) = (queue, first);
+        r.count(StateQueue::Dropped, gone);
         let (first, items) = in_order(reviewed, r.reviewed.next_seq());
         r.reviewed = ReviewedIds::new(limits.review_queue, first);
         r.synced.reviewed = first;
@@ -144,7 +152,6 @@ impl DurableRows for MemoryState {
 mod tests {
     use super::*;
     use crate::durable::RowKey;
-    use crate::policy::bounded_queue::QueueLimits;
     use crate::policy::state::{PlaybookState, Scope, StateChange, SweepLimits};
 
     /// Applies writes to a map the way the store does: what a restart would read.
