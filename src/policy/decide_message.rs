@@ -228,7 +228,9 @@ fn decide_inner(
 }
 
 /// Hands the message to a human: opens a handoff and sends `reply_key` announcing the wait
-/// (`{wait_minutes}`), or the off-hours reply outside service hours.
+/// (`{wait_minutes}`). Outside service hours what needs a human waits for the next opening
+/// instead (what the bot can answer was answered above, hours or not): the `off_hours` reply
+/// with the opening time, once per user per closed period, then silent handoffs that open none.
 fn handoff(
     d: &Decider<'_>,
     w: &mut Work,
@@ -239,15 +241,23 @@ fn handoff(
     reason: &str,
 ) -> PolicyDecision {
     w.user.not_understood_streak = 0;
-    // Outside service hours what needs a human waits for the next opening (and says when);
-    // what the bot can answer was answered above, hours or not.
-    if !s.service_hours.is_open(s.timezone, d.now) {
-        return off_hours_handoff(d, w, s, t, i);
-    }
-    let wait = w.open_handoff(d.now, &s.handoff);
     let mut vars = i.base_vars.clone();
-    vars.wait_minutes = wait.to_string();
-    let reply = d.choose(reply_key, i.style, t.user, &vars);
+    let (key, reason) = if s.service_hours.is_open(s.timezone, d.now) {
+        (reply_key, reason)
+    } else {
+        let opens = s.service_hours.next_open_ms(s.timezone, d.now);
+        let u = &mut w.user.profile;
+        if u.off_hours_notified_for.is_some() && u.off_hours_notified_for == opens {
+            return decision(Action::Handoff, None, "off_hours");
+        }
+        u.off_hours_notified_for = opens;
+        vars.open_time = opens
+            .map(|o| local(s.timezone, o).format("%H:%M").to_string())
+            .unwrap_or_default();
+        ("off_hours", "off_hours")
+    };
+    vars.wait_minutes = w.open_handoff(d.now, &s.handoff).to_string();
+    let reply = d.choose(key, i.style, t.user, &vars);
     d.finish(
         w,
         s,
@@ -255,41 +265,6 @@ fn handoff(
         Action::Handoff,
         reply,
         reason,
-        None,
-        Priority::High,
-    )
-}
-
-/// A handoff outside service hours: the off-hours reply (with the next opening time) once per
-/// user per closed period, then silent handoffs; each opens a handoff for the opening.
-fn off_hours_handoff(
-    d: &Decider<'_>,
-    w: &mut Work,
-    s: &Settings,
-    t: &Target<'_>,
-    i: &Input<'_>,
-) -> PolicyDecision {
-    let now = d.now;
-    let opens = s.service_hours.next_open_ms(s.timezone, now);
-    let u = &mut w.user.profile;
-    if u.off_hours_notified_for.is_some() && u.off_hours_notified_for == opens {
-        return decision(Action::Handoff, None, "off_hours");
-    }
-    u.off_hours_notified_for = opens;
-    let wait = w.open_handoff(now, &s.handoff);
-    let mut vars = i.base_vars.clone();
-    vars.wait_minutes = wait.to_string();
-    vars.open_time = opens
-        .map(|o| local(s.timezone, o).format("%H:%M").to_string())
-        .unwrap_or_default();
-    let reply = d.choose("off_hours", i.style, t.user, &vars);
-    d.finish(
-        w,
-        s,
-        t,
-        Action::Handoff,
-        reply,
-        "off_hours",
         None,
         Priority::High,
     )
