@@ -198,6 +198,7 @@ mod tests {
             matched: "w".into(),
             reason: "banned".into(),
             at_ms,
+            verdict: None,
         }
     }
 
@@ -251,7 +252,12 @@ mod tests {
         let mut disk = Disk::default();
         let g = GroupKey::new("b", "g");
         let mut grow = GroupRow::default();
-        grow.handoffs.open.push_back(5);
+        let who = crate::policy::handoff::HandoffOpening {
+            user_id: "u",
+            message_id: "m",
+            reason: "handoff:intent",
+        };
+        grow.handoffs.open(5, who, 5);
         let urow = UserRow {
             not_understood_streak: 2,
             ..UserRow::default()

@@ -8,6 +8,7 @@
 
 pub mod batcher;
 pub mod classify;
+pub mod desk;
 pub mod error;
 pub mod events;
 pub mod feedback;

@@ -48,6 +48,16 @@ impl Service {
         n
     }
 
+    /// Queues one send made outside the playbook's schedule (an approved review's answer) and
+    /// wakes the subscribers.
+    pub(super) fn queue_outbound(&self, item: OutboundItem) {
+        let now = self.now_ms();
+        let bot = item.bot_id.clone();
+        let dropped = self.with_outbox(|outbox| outbox.push(item, now));
+        self.count_dropped(&bot, dropped);
+        self.notify_outbound();
+    }
+
     /// Runs `f` on the outbox and keeps the `outbound_queued` gauge in step with it.
     fn with_outbox<R>(&self, f: impl FnOnce(&mut Outbox) -> R) -> R {
         let mut outbox = self.outbox.lock();

@@ -377,6 +377,7 @@ async fn human_replies_are_recorded_and_counted() {
         chat_id: "g1".into(),
         message_id: "agent-1".into(),
         at_ms: 0,
+        handoff_id: None,
     };
     assert!(h.service.human_reply(&r).await.unwrap());
     let stats = totals(&h).await;

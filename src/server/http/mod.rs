@@ -2,10 +2,11 @@
 //! authenticates (the shared [`Authenticator`]), translates JSON to the protobuf messages and
 //! through `convert` to the service (so both doors map alike), bounds the call by its deadline
 //! and maps errors to one JSON body ([`error`]). One file per concept: [`json`] bodies,
-//! [`v1`] the `/v1` routes, [`sse`] the outbound stream, [`rasa`] Rasa's `/model/parse`,
-//! [`openapi`] the generated document, [`wechat`] the WeChat callback URL (handed to
+//! [`v1`] the `/v1` routes, [`admin`] the operators' `/v1/admin` routes, [`sse`] the
+//! outbound stream, [`rasa`] Rasa's `/model/parse`, [`openapi`] the generated document, [`wechat`] the WeChat callback URL (handed to
 //! `crate::connectors::wechat`).
 
+pub mod admin;
 pub mod error;
 pub mod json;
 pub mod openapi;
@@ -221,6 +222,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/human-replies", post(v1::human_reply))
         .route("/v1/stats", get(v1::stats))
         .route("/v1/outbound", get(sse::outbound))
+        .route("/v1/admin/reviews", get(admin::list_reviews))
+        .route("/v1/admin/reviews/{id}/approve", post(admin::approve_review))
+        .route("/v1/admin/reviews/{id}/confirm", post(admin::confirm_review))
+        .route("/v1/admin/handoffs", get(admin::list_handoffs))
+        .route("/v1/admin/handoffs/claim", post(admin::claim_handoff))
+        .route("/v1/admin/handoffs/close", post(admin::close_handoff))
         .route("/healthz", get(v1::healthz))
         .route("/readyz", get(v1::readyz))
         .route("/model/parse", post(rasa::parse))
