@@ -170,7 +170,12 @@ fn the_announced_wait_counts_the_bots_open_handoffs_from_the_view() {
     // The new one names who and why, with the wait it announced.
     let new = w.group.handoffs.open.back().unwrap();
     assert_eq!(
-        (new.id, new.user_id.as_str(), new.reason.as_str(), new.wait_minutes),
+        (
+            new.id,
+            new.user_id.as_str(),
+            new.reason.as_str(),
+            new.wait_minutes
+        ),
         (2, "u1", "handoff:intent", 20)
     );
     assert_eq!(

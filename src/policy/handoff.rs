@@ -129,7 +129,8 @@ impl GroupHandoffs {
     /// Drop the open (unclaimed) handoffs older than `ttl_ms`: nobody took them in time. A
     /// claimed one stays until it is closed.
     pub fn expire(&mut self, now: i64, ttl_ms: i64) {
-        self.open.retain(|h| h.claimed() || now - h.opened_ms < ttl_ms);
+        self.open
+            .retain(|h| h.claimed() || now - h.opened_ms < ttl_ms);
     }
 
     /// Handoffs opened less than `ttl_ms` ago (without changing the row).
@@ -320,7 +321,10 @@ mod tests {
         assert_eq!(g.open.iter().map(|h| h.id).collect::<Vec<_>>(), [b]);
         assert_eq!(g.close("c", b).unwrap().id, b);
         assert!(g.open.is_empty());
-        assert!(matches!(g.close("c", b), Err(HandoffError::NotFound { .. })));
+        assert!(matches!(
+            g.close("c", b),
+            Err(HandoffError::NotFound { .. })
+        ));
         // A human reply naming a handoff closes that one.
         let c = g.open(200, who(), 5);
         let d = g.open(201, who(), 5);
@@ -333,10 +337,14 @@ mod tests {
         let old = r#"{"messages":3,"handoffs":2,"human_replies":0,"open":[5,7]}"#;
         let g: GroupHandoffs = serde_json::from_str(old).unwrap();
         assert_eq!(
-            g.open.iter().map(|h| (h.id, h.opened_ms)).collect::<Vec<_>>(),
+            g.open
+                .iter()
+                .map(|h| (h.id, h.opened_ms))
+                .collect::<Vec<_>>(),
             [(0, 5), (0, 7)]
         );
-        let back: GroupHandoffs = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        let back: GroupHandoffs =
+            serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
         assert_eq!(back, g);
     }
 

@@ -111,7 +111,11 @@ impl Playbook {
             let mut w = Work::new(&scope, view);
             w.group.handoffs.expire(now, ttl);
             let out = w.group.handoffs.claim(chat_id, id, agent, now);
-            let changes = if out.is_ok() { w.into_changes() } else { Vec::new() };
+            let changes = if out.is_ok() {
+                w.into_changes()
+            } else {
+                Vec::new()
+            };
             (out, changes)
         })
         .await
@@ -131,7 +135,11 @@ impl Playbook {
             let mut w = Work::new(&scope, view);
             w.group.handoffs.expire(now, ttl);
             let out = w.group.handoffs.close(chat_id, id);
-            let changes = if out.is_ok() { w.into_changes() } else { Vec::new() };
+            let changes = if out.is_ok() {
+                w.into_changes()
+            } else {
+                Vec::new()
+            };
             (out, changes)
         })
         .await

@@ -23,9 +23,9 @@ use super::bounded_queue::{BoundedQueue, Discarded, QueueLimits, Record};
 use super::compliance::{ReviewError, ReviewItem, ReviewVerdict};
 use super::scheduler::{Job, JobContent};
 use super::state::{
-    Decided,
-    Decide, DecideDue, DroppedSend, DueView, GroupKey, GroupRow, PlaybookState, QueuedJob, Scope,
-    StateChange, StateError, StateView, SweepLimits, UserKey, UserProfile, UserRow, Versioned,
+    Decide, DecideDue, Decided, DroppedSend, DueView, GroupKey, GroupRow, PlaybookState, QueuedJob,
+    Scope, StateChange, StateError, StateView, SweepLimits, UserKey, UserProfile, UserRow,
+    Versioned,
 };
 use super::state_journal::{self as persist, Synced};
 use crate::durable::{Journal, RowKey};
@@ -609,11 +609,7 @@ impl Rows {
         self.count(StateQueue::Review, gone);
     }
 
-    fn decide_review(
-        &mut self,
-        id: u64,
-        verdict: ReviewVerdict,
-    ) -> Result<Decided, ReviewError> {
+    fn decide_review(&mut self, id: u64, verdict: ReviewVerdict) -> Result<Decided, ReviewError> {
         let item = self.review.get_mut(id).ok_or(ReviewError::NotFound(id))?;
         match &item.verdict {
             Some(v) if v.approved == verdict.approved && v.by == verdict.by => {
@@ -748,7 +744,11 @@ impl PlaybookState for MemoryState {
 
     async fn reviews(&self) -> Result<Vec<(u64, ReviewItem)>, StateError> {
         let rows = self.rows.lock();
-        Ok(rows.review.iter_seq().map(|(i, r)| (i, r.clone())).collect())
+        Ok(rows
+            .review
+            .iter_seq()
+            .map(|(i, r)| (i, r.clone()))
+            .collect())
     }
 
     async fn decide_review(

@@ -342,7 +342,11 @@ mod tests {
             by: "amy".into(),
             at_ms: 16,
         };
-        let d = back.decide_review(id, verdict.clone()).await.unwrap().unwrap();
+        let d = back
+            .decide_review(id, verdict.clone())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(d.changed);
         disk.apply(back.take_writes());
         assert_eq!(disk.count(REVIEW), 2);
@@ -350,7 +354,10 @@ mod tests {
         again.restore(&disk.rows()).unwrap();
         assert_eq!(everything(&again).await, everything(&back).await);
         let kept = again.reviews().await.unwrap();
-        assert_eq!((kept[0].0, kept[0].1.verdict.as_ref()), (id, Some(&verdict)));
+        assert_eq!(
+            (kept[0].0, kept[0].1.verdict.as_ref()),
+            (id, Some(&verdict))
+        );
     }
 
     #[tokio::test]

@@ -133,7 +133,9 @@ impl AdminService for AdminApi {
             .service
             .claim_handoff(&r.bot_id, &r.chat_id, r.id, &r.agent)
             .await?;
-        Ok(Response::new(convert::handoff_action(&r.bot_id, &r.chat_id, h)))
+        Ok(Response::new(convert::handoff_action(
+            &r.bot_id, &r.chat_id, h,
+        )))
     }
 
     async fn close_handoff(
@@ -146,6 +148,8 @@ impl AdminService for AdminApi {
             .service
             .close_handoff(&r.bot_id, &r.chat_id, r.id, &r.agent)
             .await?;
-        Ok(Response::new(convert::handoff_action(&r.bot_id, &r.chat_id, h)))
+        Ok(Response::new(convert::handoff_action(
+            &r.bot_id, &r.chat_id, h,
+        )))
     }
 }

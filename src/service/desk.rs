@@ -67,6 +67,14 @@ pub fn check_agent(field: &str, name: &str) -> Result<(), ServiceError> {
 }
 
 impl Service {
+    /// An operator's action is answered once it is on disk (a kill -9 right after the answer
+    /// must not undo it).
+    async fn stored(&self) -> Result<(), ServiceError> {
+        self.flush_state()
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("the action is not stored yet: {e}")))
+    }
+
     /// Review entries, oldest first (`pending_only`: those waiting for a verdict).
     pub async fn list_reviews(&self, pending_only: bool) -> Result<Vec<ReviewEntry>, ServiceError> {
         let all = self.playbook.reviews(pending_only).await?;
@@ -87,7 +95,7 @@ impl Service {
     ) -> Result<ReviewOutcome, ServiceError> {
         check_agent("by", by)?;
         // The verdict, the answer's state change and its outbox entry commit together.
-        let _together = match &self.storage {
+        let together = match &self.storage {
             Some(s) => Some(s.hold_change().await),
             None => None,
         };
@@ -110,6 +118,8 @@ impl Service {
         } else {
             None
         };
+        drop(together);
+        self.stored().await?;
         Ok(ReviewOutcome {
             entry: ReviewEntry { id, item },
             answer,
@@ -135,6 +145,7 @@ impl Service {
                 ),
             );
         }
+        self.stored().await?;
         Ok(ReviewOutcome {
             entry: ReviewEntry {
                 id,
@@ -230,6 +241,7 @@ impl Service {
             AuditAction::Handoff,
             &format!("handoff claim id={id} bot={bot_id} chat={chat_id}"),
         );
+        self.stored().await?;
         Ok(h)
     }
 
@@ -255,10 +267,16 @@ impl Service {
                 h.claimed_by, h.opened_ms
             ),
         );
+        self.stored().await?;
         Ok(h)
     }
 
-    fn check_handoff_ids(&self, bot_id: &str, chat_id: &str, agent: &str) -> Result<(), ServiceError> {
+    fn check_handoff_ids(
+        &self,
+        bot_id: &str,
+        chat_id: &str,
+        agent: &str,
+    ) -> Result<(), ServiceError> {
         let limits = &self.settings.limits;
         validate::check_id("bot_id", bot_id, true, limits)?;
         validate::check_id("chat_id", chat_id, true, limits)?;

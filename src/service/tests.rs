@@ -881,7 +881,10 @@ async fn an_approved_review_is_answered_and_its_word_allowed_in_that_group_only(
     let again = h.service.approve_review(id, true, "amy").await.unwrap();
     assert!(again.answer.is_none());
     let e = h.service.confirm_review(id, "bob").await;
-    assert!(matches!(e, Err(ServiceError::FailedPrecondition(_))), "{e:?}");
+    assert!(
+        matches!(e, Err(ServiceError::FailedPrecondition(_))),
+        "{e:?}"
+    );
     assert!(h.service.list_reviews(true).await.unwrap().is_empty());
     let all = h.service.list_reviews(false).await.unwrap();
     let v = all[0].item.verdict.as_ref().unwrap();
@@ -931,14 +934,26 @@ async fn handoffs_are_listed_claimed_and_closed_with_who_and_when() {
     assert!(e.handoff.wait_minutes > 0);
     assert!(e.expires_ms.is_some());
     let id = e.handoff.id;
-    assert!(h.service.list_handoffs("other-bot").await.unwrap().is_empty());
+    assert!(h
+        .service
+        .list_handoffs("other-bot")
+        .await
+        .unwrap()
+        .is_empty());
 
     h.clock.advance_ms(1_000);
     let c = h.service.claim_handoff(BOT, "g1", id, "amy").await.unwrap();
     assert_eq!((c.claimed_by.as_str(), c.claimed_ms), ("amy", T0 + 1_000));
     let e = h.service.claim_handoff(BOT, "g1", id, "bob").await;
-    assert!(matches!(e, Err(ServiceError::FailedPrecondition(_))), "{e:?}");
-    let e = h.service.claim_handoff(BOT, "g1", id, "").await.unwrap_err();
+    assert!(
+        matches!(e, Err(ServiceError::FailedPrecondition(_))),
+        "{e:?}"
+    );
+    let e = h
+        .service
+        .claim_handoff(BOT, "g1", id, "")
+        .await
+        .unwrap_err();
     assert!(invalid_field(e).starts_with("agent"));
     // Claimed: it no longer expires with the open TTL.
     h.clock.advance_ms(3 * 3_600_000);
@@ -953,8 +968,14 @@ async fn handoffs_are_listed_claimed_and_closed_with_who_and_when() {
     assert!(matches!(e, Err(ServiceError::NotFound(_))), "{e:?}");
 
     // ReportHumanReply naming a handoff closes that one, not the oldest.
-    h.service.classify(&message("m2", "我要投诉")).await.unwrap();
-    h.service.classify(&message("m3", "投诉你们")).await.unwrap();
+    h.service
+        .classify(&message("m2", "我要投诉"))
+        .await
+        .unwrap();
+    h.service
+        .classify(&message("m3", "投诉你们"))
+        .await
+        .unwrap();
     let ids: Vec<u64> = h
         .service
         .list_handoffs("")

@@ -319,7 +319,9 @@ pub async fn claim_handoff(
 ) -> Result<Json<HandoffActed>, ApiError> {
     st.admin(&headers)?;
     let ms = st.budget_ms(&headers, None)?;
-    let call = st.service.claim_handoff(&b.bot_id, &b.chat_id, b.id, &b.agent);
+    let call = st
+        .service
+        .claim_handoff(&b.bot_id, &b.chat_id, b.id, &b.agent);
     let h = st.call(ms, call).await?;
     let r = convert::handoff_action(&b.bot_id, &b.chat_id, h);
     Ok(Json(HandoffActed {
@@ -344,7 +346,9 @@ pub async fn close_handoff(
 ) -> Result<Json<HandoffActed>, ApiError> {
     st.admin(&headers)?;
     let ms = st.budget_ms(&headers, None)?;
-    let call = st.service.close_handoff(&b.bot_id, &b.chat_id, b.id, &b.agent);
+    let call = st
+        .service
+        .close_handoff(&b.bot_id, &b.chat_id, b.id, &b.agent);
     let h = st.call(ms, call).await?;
     let r = convert::handoff_action(&b.bot_id, &b.chat_id, h);
     Ok(Json(HandoffActed {

@@ -223,8 +223,14 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/stats", get(v1::stats))
         .route("/v1/outbound", get(sse::outbound))
         .route("/v1/admin/reviews", get(admin::list_reviews))
-        .route("/v1/admin/reviews/{id}/approve", post(admin::approve_review))
-        .route("/v1/admin/reviews/{id}/confirm", post(admin::confirm_review))
+        .route(
+            "/v1/admin/reviews/{id}/approve",
+            post(admin::approve_review),
+        )
+        .route(
+            "/v1/admin/reviews/{id}/confirm",
+            post(admin::confirm_review),
+        )
         .route("/v1/admin/handoffs", get(admin::list_handoffs))
         .route("/v1/admin/handoffs/claim", post(admin::claim_handoff))
         .route("/v1/admin/handoffs/close", post(admin::close_handoff))
