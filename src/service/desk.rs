@@ -108,7 +108,7 @@ impl Service {
         let answer = if decided.changed {
             self.audit(
                 by,
-                AuditAction::AdminCall,
+                AuditAction::Review,
                 &format!(
                     "review approve id={id} bot={} chat={} allow_word={allow_word} reason={}",
                     item.bot_id, item.chat_id, item.reason
@@ -138,7 +138,7 @@ impl Service {
             let item = &decided.item;
             self.audit(
                 by,
-                AuditAction::AdminCall,
+                AuditAction::Review,
                 &format!(
                     "review confirm id={id} bot={} chat={} reason={}",
                     item.bot_id, item.chat_id, item.reason
@@ -238,7 +238,7 @@ impl Service {
             .map_err(handoff_error)?;
         self.audit(
             agent,
-            AuditAction::Handoff,
+            AuditAction::HandoffClaimed,
             &format!("handoff claim id={id} bot={bot_id} chat={chat_id}"),
         );
         self.stored().await?;
@@ -261,7 +261,7 @@ impl Service {
             .map_err(handoff_error)?;
         self.audit(
             agent,
-            AuditAction::Handoff,
+            AuditAction::HandoffClosed,
             &format!(
                 "handoff close id={id} bot={bot_id} chat={chat_id} claimed_by={} opened_ms={}",
                 h.claimed_by, h.opened_ms

@@ -72,7 +72,7 @@ impl Service {
         if let Some(h) = closed {
             self.audit(
                 "human_reply",
-                store::AuditAction::Handoff,
+                store::AuditAction::HandoffClosed,
                 &format!(
                     "handoff close id={} bot={} chat={} claimed_by={} opened_ms={}",
                     h.id, req.bot_id, req.chat_id, h.claimed_by, h.opened_ms
