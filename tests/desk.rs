@@ -417,3 +417,108 @@ async fn handoffs_go_open_claimed_closed_over_grpc_and_http() {
         .collect();
     assert_eq!(left, [ids[0]]);
 }
+
+#[tokio::test]
+async fn the_labelling_inbox_over_http_exports_yaml_the_trainer_reads_and_keeps_labels() {
+    let data = tempfile::tempdir().unwrap();
+    let mut b = start(data.path(), T0).await;
+    let r = b.say("g1", &user("u1", "小王"), "嗯嗯啊啊哦哦").await;
+    assert_eq!(act(r.action), Action::Clarify, "{r:?}");
+
+    let (st, v) = http(&b, "GET", "/v1/admin/inbox", Some(BOT_TOKEN), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = http(
+        &b,
+        "GET",
+        "/v1/admin/inbox?below_confidence=2",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("below_confidence")),
+        "{v}"
+    );
+    let (st, v) = http(&b, "GET", "/v1/admin/inbox", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let items: Vec<&Value> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["items"].as_array().unwrap())
+        .collect();
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(items[0]["text"], "嗯嗯啊啊哦哦");
+    assert_eq!(items[0]["action"], "CLARIFY");
+    assert!(items[0]["why"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("clarify")));
+    let id = items[0]["conversation_id"].as_i64().unwrap();
+
+    let path = format!("/v1/admin/inbox/{id}/label");
+    let (st, v) = http(
+        &b,
+        "POST",
+        &path,
+        Some(ADMIN_TOKEN),
+        Some(json!({"intent": "nope", "by": "amy"})),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("intent")),
+        "{v}"
+    );
+    let (st, v) = http(
+        &b,
+        "POST",
+        "/v1/admin/inbox/x/label",
+        Some(ADMIN_TOKEN),
+        Some(json!({"intent": "greeting", "by": "amy"})),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("conversation_id")),
+        "{v}"
+    );
+    let (st, v) = http(
+        &b,
+        "POST",
+        &path,
+        Some(ADMIN_TOKEN),
+        Some(json!({"intent": "greeting", "by": "amy"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["intent"], "greeting");
+
+    // kill -9 right after the answer: the label is kept; the export is YAML the trainer reads.
+    b.s.child.kill().unwrap();
+    b.s.child.wait().unwrap();
+    let b = start(data.path(), T0 + 60_000).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(format!("http://{}/v1/admin/labels.yml", b.s.http_addr))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/yaml"));
+    let yaml = resp.text().await.unwrap();
+    let file = data.path().join("labels.yml");
+    std::fs::write(&file, &yaml).unwrap();
+    let set = intentd::data::load(&file).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let got: Vec<(&str, &str)> = set
+        .examples
+        .iter()
+        .map(|e| (e.label.as_str(), e.text.as_str()))
+        .collect();
+    assert_eq!(got, [("greeting", "嗯嗯啊啊哦哦")]);
+}

@@ -152,4 +152,39 @@ impl AdminService for AdminApi {
             &r.bot_id, &r.chat_id, h,
         )))
     }
+
+    async fn list_inbox(
+        &self,
+        request: Request<pb::InboxRequest>,
+    ) -> Result<Response<pb::InboxResponse>, Status> {
+        self.auth.admin(&request)?;
+        let q = convert::inbox_query(request.into_inner());
+        let groups = self.service.label_inbox(&q).await?;
+        Ok(Response::new(convert::inbox(groups)))
+    }
+
+    async fn label_message(
+        &self,
+        request: Request<pb::LabelRequest>,
+    ) -> Result<Response<pb::LabelResponse>, Status> {
+        self.auth.admin(&request)?;
+        let r = request.into_inner();
+        let l = self
+            .service
+            .assign_label(r.conversation_id, &r.intent, &r.by)
+            .await?;
+        Ok(Response::new(convert::label(l)))
+    }
+
+    async fn export_labels(
+        &self,
+        request: Request<pb::ExportLabelsRequest>,
+    ) -> Result<Response<pb::ExportLabelsResponse>, Status> {
+        self.auth.admin(&request)?;
+        let (yaml, n) = self.service.export_labels(&request.into_inner().bot_id);
+        Ok(Response::new(pb::ExportLabelsResponse {
+            yaml,
+            examples: u32::try_from(n).unwrap_or(u32::MAX),
+        }))
+    }
 }

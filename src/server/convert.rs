@@ -10,6 +10,7 @@ use crate::policy::operator_desk::HandoffEntry;
 use crate::policy::scheduler::{OutboundItem, OutboundKind};
 use crate::service::desk::{ReviewEntry, ReviewOutcome};
 use crate::service::events::EventOutcome;
+use crate::service::labels::{InboxGroup, InboxQuery, Label, DEFAULT_BELOW_CONFIDENCE};
 use crate::service::{
     ClassifyOutcome, ClassifyRequest, EventRequest, EventTypeIn, FeedbackRequest,
     HumanReplyRequest, ServiceError,
@@ -300,6 +301,56 @@ pub fn handoff_entry(e: &HandoffEntry) -> pb::HandoffEntry {
         claimed_by: h.claimed_by.clone(),
         claimed_ms: h.claimed_ms,
         expires_ms: e.expires_ms.unwrap_or(0),
+    }
+}
+
+pub fn inbox_query(r: pb::InboxRequest) -> InboxQuery {
+    InboxQuery {
+        bot_id: r.bot_id,
+        from_ms: r.from_ms,
+        to_ms: r.to_ms,
+        below_confidence: if r.below_confidence == 0.0 {
+            DEFAULT_BELOW_CONFIDENCE
+        } else {
+            r.below_confidence
+        },
+        include_labelled: r.include_labelled,
+    }
+}
+
+pub fn inbox(groups: Vec<InboxGroup>) -> pb::InboxResponse {
+    pb::InboxResponse {
+        groups: groups
+            .into_iter()
+            .map(|g| pb::InboxGroup {
+                likely_intent: g.likely_intent,
+                items: g
+                    .items
+                    .into_iter()
+                    .map(|i| pb::InboxItem {
+                        conversation_id: i.conversation_id,
+                        bot_id: i.bot_id,
+                        chat_id: i.chat_id,
+                        at_ms: i.at_ms,
+                        text: i.text,
+                        intent: i.intent,
+                        confidence: i.confidence,
+                        action: action(i.action) as i32,
+                        reason: i.reason,
+                        why: i.why.iter().map(|w| w.to_string()).collect(),
+                        label: i.label.unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+pub fn label(l: Label) -> pb::LabelResponse {
+    pb::LabelResponse {
+        conversation_id: l.conversation_id,
+        intent: l.intent,
+        text: l.text,
     }
 }
 

@@ -1003,3 +1003,111 @@ async fn handoffs_are_listed_claimed_and_closed_with_who_and_when() {
         .collect();
     assert_eq!(left, [ids[0]]);
 }
+
+#[tokio::test]
+async fn the_labelling_inbox_lists_what_the_bot_missed_and_exports_the_labels() {
+    let h = harness();
+    // Understood (the fake model is sure): not in the inbox, unless the user says it did not help.
+    h.service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    let r = h
+        .service
+        .classify(&message("m2", "嗯嗯啊啊"))
+        .await
+        .unwrap();
+    assert_eq!(r.decision.action, Action::Clarify, "{:?}", r.decision);
+    let mut helpful = message("m3", "这个多少钱");
+    helpful.user = user("u2");
+    h.service.classify(&helpful).await.unwrap();
+    let f = FeedbackRequest {
+        bot_id: BOT.into(),
+        message_id: "m1".into(),
+        kind: Some(FeedbackKind::ThumbsDown),
+        ..FeedbackRequest::default()
+    };
+    assert!(h.service.feedback(&f).await.unwrap());
+
+    let q = labels::InboxQuery {
+        bot_id: String::new(),
+        from_ms: 0,
+        to_ms: 0,
+        below_confidence: labels::DEFAULT_BELOW_CONFIDENCE,
+        include_labelled: false,
+    };
+    let inbox = h.service.label_inbox(&q).await.unwrap();
+    let mut got: Vec<(String, Vec<&str>)> = inbox
+        .iter()
+        .flat_map(|g| g.items.iter().map(|i| (i.text.clone(), i.why.clone())))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("嗯嗯啊啊".to_string(), vec!["clarify", "low_confidence"]),
+            ("我想退款".to_string(), vec!["unhelpful"]),
+        ]
+    );
+    let refund = inbox
+        .iter()
+        .find(|g| g.likely_intent == "refund")
+        .expect("grouped by likely intent");
+    let id = refund.items[0].conversation_id;
+
+    // Bad input is named; an unknown message is NOT_FOUND.
+    let e = h
+        .service
+        .assign_label(id, "no_such", "amy")
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("intent: 'no_such' is not an intent") && msg.contains("refund"),
+        "{msg}"
+    );
+    let e = h.service.assign_label(999_999, "refund", "amy").await;
+    assert!(matches!(e, Err(ServiceError::NotFound(_))), "{e:?}");
+    let bad = labels::InboxQuery {
+        below_confidence: 1.5,
+        ..q.clone()
+    };
+    let e = h.service.label_inbox(&bad).await.unwrap_err();
+    assert!(invalid_field(e).starts_with("below_confidence"));
+
+    let l = h.service.assign_label(id, "price", "amy").await.unwrap();
+    assert_eq!(l.text, "我想退款");
+    // Labelled items leave the inbox unless asked for.
+    let left = h.service.label_inbox(&q).await.unwrap();
+    assert!(left
+        .iter()
+        .all(|g| g.items.iter().all(|i| i.conversation_id != id)));
+    let all = h
+        .service
+        .label_inbox(&labels::InboxQuery {
+            include_labelled: true,
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    let item = all
+        .iter()
+        .flat_map(|g| &g.items)
+        .find(|i| i.conversation_id == id)
+        .unwrap();
+    assert_eq!(item.label.as_deref(), Some("price"));
+
+    let (yaml, n) = h.service.export_labels("");
+    assert_eq!(n, 1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("labels.yml"), &yaml).unwrap();
+    let data = crate::data::load(&dir.path().join("labels.yml")).unwrap();
+    assert_eq!(
+        data.examples
+            .iter()
+            .map(|e| (e.label.as_str(), e.text.as_str()))
+            .collect::<Vec<_>>(),
+        [("price", "我想退款")]
+    );
+    assert_eq!(h.service.export_labels("other").1, 0);
+}

@@ -18,7 +18,7 @@ use crate::server::convert;
 
 impl HttpState {
     /// The caller holds the admin token (or authentication is off).
-    fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(super) fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match self.caller(headers)? {
             Caller::Admin | Caller::Anyone => Ok(()),
             Caller::Bot(_) => Err(ApiError::new(

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, error, json, rasa, sse, v1};
+use super::{admin, error, inbox, json, rasa, sse, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +33,9 @@ use super::{admin, error, json, rasa, sse, v1};
         admin::list_handoffs,
         admin::claim_handoff,
         admin::close_handoff,
+        inbox::list,
+        inbox::label,
+        inbox::export,
     ),
     components(schemas(error::ErrorBody, json::Outbound)),
     modifiers(&BearerAuth),
