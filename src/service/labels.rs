@@ -284,7 +284,7 @@ impl Service {
                 items,
             })
             .collect();
-        out.sort_by(|a, b| b.items.len().cmp(&a.items.len()));
+        out.sort_by_key(|g| std::cmp::Reverse(g.items.len()));
         Ok(out)
     }
 
