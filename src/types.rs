@@ -38,15 +38,19 @@ pub enum Source {
     Regex,
     Fallback,
     Policy,
+    /// The bot spoke first (welcome, schedule, countdown, re-activation, push): a logged
+    /// proactive send, not a message.
+    Proactive,
 }
 
 impl Source {
-    pub const ALL: [Source; 5] = [
+    pub const ALL: [Source; 6] = [
         Source::Model,
         Source::Keyword,
         Source::Regex,
         Source::Fallback,
         Source::Policy,
+        Source::Proactive,
     ];
 
     /// The one spelling used in metrics labels, the log and JSON.
@@ -57,6 +61,7 @@ impl Source {
             Source::Regex => "regex",
             Source::Fallback => "fallback",
             Source::Policy => "policy",
+            Source::Proactive => "proactive",
         }
     }
 

@@ -102,15 +102,19 @@ pub fn plan_due(d: &Decider<'_>, view: DueView) -> (Vec<OutboundItem>, Vec<State
             g.plan(now, &s.spacing, None, Priority::High, 0);
         }
         match render_job(d, s, &job) {
-            Some(reply) => out.push(OutboundItem {
-                bot_id: job.bot_id,
-                chat_id: job.chat_id,
-                kind: job.kind,
-                reply,
-                send_at_ms: job.at_ms,
-                rule_id: job.rule_id,
-                user_ids: job.user_ids,
-            }),
+            Some(reply) => out.push(
+                OutboundItem {
+                    bot_id: job.bot_id,
+                    chat_id: job.chat_id,
+                    kind: job.kind,
+                    reply,
+                    send_at_ms: job.at_ms,
+                    rule_id: job.rule_id,
+                    user_ids: job.user_ids,
+                    id: String::new(),
+                }
+                .with_id(),
+            ),
             None => changes.push(StateChange::AddDropped(DroppedSend {
                 at_ms: now,
                 bot_id: job.bot_id,

@@ -46,6 +46,37 @@ pub struct OutboundItem {
     pub rule_id: String,
     /// Users addressed (the merged welcome lists everyone welcomed; a push its user).
     pub user_ids: Vec<String>,
+    /// Names this send in Feedback (`message_id`) and in the log: [`OutboundItem::stable_id`].
+    /// Items stored before sends had ids read back with none and get it when restored.
+    #[serde(default)]
+    pub id: String,
+}
+
+impl OutboundItem {
+    /// The send's id, the same whenever it is computed (a send delivered again after a crash
+    /// keeps its id, so a front end can drop the repeat): `o-` and 20 hex digits of a SHA-256
+    /// over what makes a send unique (bot, chat, rule, time, users).
+    pub fn stable_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [&self.bot_id, &self.chat_id, &self.rule_id] {
+            h.update(part.len().to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(self.send_at_ms.to_le_bytes());
+        for u in &self.user_ids {
+            h.update(u.len().to_le_bytes());
+            h.update(u.as_bytes());
+        }
+        let hex = hex::encode(h.finalize());
+        format!("o-{}", &hex[..20])
+    }
+
+    /// Sets [`Self::id`] from [`Self::stable_id`].
+    pub fn with_id(mut self) -> Self {
+        self.id = self.stable_id();
+        self
+    }
 }
 
 /// What a job will say.

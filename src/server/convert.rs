@@ -146,6 +146,7 @@ pub fn source(s: Source) -> pb::Source {
         Source::Regex => pb::Source::Regex,
         Source::Fallback => pb::Source::Fallback,
         Source::Policy => pb::Source::Policy,
+        Source::Proactive => pb::Source::Proactive,
     }
 }
 
@@ -382,6 +383,7 @@ pub fn outbound(item: &OutboundItem) -> pb::Outbound {
         send_at_ms: item.send_at_ms,
         rule_id: item.rule_id.clone(),
         user_ids: item.user_ids.clone(),
+        id: item.id.clone(),
     }
 }
 

@@ -210,7 +210,9 @@ impl Service {
                 send_at_ms: now + decision.send_after_ms,
                 rule_id: format!("review:{id}"),
                 user_ids: vec![item.user_id.clone()],
-            };
+                id: String::new(),
+            }
+            .with_id();
             self.queue_outbound(out);
         }
         Ok(decision)

@@ -12,6 +12,8 @@ use super::validate::InvalidField;
 use super::{Service, ServiceError};
 use crate::metrics::DroppedLabels;
 use crate::policy::scheduler::OutboundItem;
+use crate::store::{ConversationRecord, Record};
+use crate::types::{Action, Source, Timings};
 
 /// Items a subscription buffers between the service and a slow front door.
 const SUBSCRIPTION_BUFFER: usize = 64;
@@ -79,9 +81,47 @@ impl Service {
         let (items, dropped) = self.with_outbox(|o| o.take(bot_id, chats, now));
         self.count_dropped(bot_id, dropped);
         if !items.is_empty() {
+            self.record_sent(&items, now);
             self.commit_taken(bot_id, items.len()).await;
         }
         items
+    }
+
+    /// Logs each send under its id (source `proactive`, no message text), so Feedback naming
+    /// the id finds it and a click counts as a conversion of its variant. It goes in the same
+    /// group commit as the outbox change; a send delivered again keeps its id and its one row.
+    fn record_sent(&self, items: &[OutboundItem], now: i64) {
+        let Some(storage) = &self.storage else {
+            return;
+        };
+        for item in items {
+            let rec = ConversationRecord {
+                bot_id: item.bot_id.clone(),
+                chat_id: item.chat_id.clone(),
+                user_id: item.user_ids.first().cloned().unwrap_or_default(),
+                message_id: item.id.clone(),
+                at_ms: now,
+                sent_at_ms: item.send_at_ms,
+                text: String::new(),
+                intent: String::new(),
+                confidence: 1.0,
+                source: Source::Proactive,
+                action: Action::Reply,
+                triggered: false,
+                reply_text: item.reply.text.clone(),
+                variant_id: item.reply.variant_id.clone(),
+                experiment: item.reply.experiment.clone(),
+                timings: Timings::default(),
+                model_version: String::new(),
+                reason: item.rule_id.clone(),
+                answer: None,
+            };
+            // The commit is waited for below (with the outbox change); a full queue only
+            // loses the record, never the send.
+            if let Err(e) = storage.submit(Record::Conversation(rec)) {
+                tracing::warn!(error = %e, id = %item.id, "proactive send not logged");
+            }
+        }
     }
 
     /// Waits until taking items out of the durable outbox is committed, so a restart after the

@@ -117,7 +117,10 @@ impl Outbox {
         }
         entries.sort_by_key(|e| e.0);
         let n = entries.len();
-        for e in entries {
+        for mut e in entries {
+            if e.2.id.is_empty() {
+                e.2.id = e.2.stable_id();
+            }
             self.last_id = self.last_id.max(e.0);
             self.queues
                 .entry(e.2.bot_id.clone())
@@ -277,6 +280,7 @@ mod tests {
             send_at_ms,
             rule_id: rule.into(),
             user_ids: vec![],
+            id: String::new(),
         }
     }
 

@@ -1111,3 +1111,48 @@ async fn the_labelling_inbox_lists_what_the_bot_missed_and_exports_the_labels() 
     );
     assert_eq!(h.service.export_labels("other").1, 0);
 }
+
+#[tokio::test]
+async fn a_proactive_send_has_an_id_is_logged_and_takes_feedback() {
+    let h = harness();
+    let mut rx = h.service.subscribe(BOT, Vec::new()).unwrap();
+    h.service.handle_event(&join("u1")).await.unwrap();
+    let before = totals(&h).await.total.counts;
+    h.service.set_clock(T0 + 61_000, "test").await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.kind, OutboundKind::Welcome);
+    assert!(
+        item.id.starts_with("o-") && item.id.len() == 22,
+        "{}",
+        item.id
+    );
+    assert_eq!(item.id, item.stable_id());
+    // Wait until the send's row is committed (it goes with the outbox change).
+    let f = FeedbackRequest {
+        bot_id: BOT.into(),
+        message_id: item.id.clone(),
+        kind: Some(FeedbackKind::Clicked),
+        variant_id: item.reply.variant_id.clone(),
+        ..FeedbackRequest::default()
+    };
+    let mut ok = false;
+    for _ in 0..50 {
+        if h.service.feedback(&f).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "Feedback finds the send by its id");
+    let after = totals(&h).await.total.counts;
+    assert_eq!(after.messages, before.messages, "a send is not a message");
+    assert_eq!(
+        after.auto_replies,
+        before.auto_replies + 1,
+        "it is an exposure"
+    );
+    assert_eq!(after.auto_replies_clicked, before.auto_replies_clicked + 1);
+}

@@ -510,8 +510,10 @@ impl Store for PgStore {
         let clicked = has_feedback(FeedbackKind::Clicked);
         let n = |cond: &str| format!("COUNT(*) FILTER (WHERE {cond})");
         let conv_sql = format!(
-            "SELECT {conv_key}, COUNT(*), {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+            "SELECT {conv_key}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
              FROM conversations c WHERE {CONV_FILTER} {} {group}",
+            // A proactive send is logged (for feedback and conversions) but is no message.
+            n("c.source <> 'proactive'"),
             n("c.triggered"),
             n("c.triggered AND c.auto_reply"),
             n("c.auto_reply"),

@@ -605,7 +605,7 @@ impl Store for SqliteStore {
         };
         let clicked = has_feedback(FeedbackKind::Clicked);
         let conv_sql = format!(
-            "SELECT {conv_key} AS k, COUNT(*), TOTAL(c.triggered), TOTAL(c.triggered * c.auto_reply),
+            "SELECT {conv_key} AS k, TOTAL(c.source <> 'proactive'), TOTAL(c.triggered), TOTAL(c.triggered * c.auto_reply),
                 TOTAL(c.auto_reply), TOTAL(c.auto_reply * {clicked}),
                 TOTAL(c.action = 'handoff'), TOTAL(c.action = 'block'),
                 TOTAL({}), TOTAL({}), TOTAL({clicked}), TOTAL({}), TOTAL({})
@@ -634,7 +634,8 @@ impl Store for SqliteStore {
                 let f =
                     |i: usize| -> Result<u64, rusqlite::Error> { Ok(r.get::<_, f64>(i)? as u64) };
                 let counts = Counts {
-                    messages: u(r.get(1)?),
+                    // A proactive send is logged (for feedback and conversions) but is no message.
+                    messages: f(1)?,
                     triggers: f(2)?,
                     triggers_replied: f(3)?,
                     auto_replies: f(4)?,

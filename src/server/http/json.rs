@@ -504,6 +504,8 @@ pub struct Outbound {
     pub rule_id: String,
     /// Users the send addresses, for @-mentions (empty for group-wide sends).
     pub user_ids: Vec<String>,
+    /// This send's id: Feedback with `message_id` = id credits it.
+    pub id: String,
 }
 
 impl From<pb::Outbound> for Outbound {
@@ -516,6 +518,7 @@ impl From<pb::Outbound> for Outbound {
             send_at_ms: o.send_at_ms,
             rule_id: o.rule_id,
             user_ids: o.user_ids,
+            id: o.id,
         }
     }
 }
