@@ -60,6 +60,7 @@ pub mod handoff;
 mod hash;
 pub mod hours;
 pub mod playbook;
+pub mod preview;
 pub mod replies;
 pub mod scheduler;
 pub mod spacing;
