@@ -8,8 +8,8 @@
 //! Screenshots of every page go to a folder under target/; with INTENTD_WRITE_SCREENSHOTS=1
 //! they replace the ones in docs/console/.
 //!
-//! Needs node (20+), npm and chromium (`/usr/bin/chromium`, or the path in CHROMIUM); `.ci/run`
-//! installs chromium. Without them the test fails when CI=true and is skipped otherwise.
+//! Needs node (20+), npm, chromium (`/usr/bin/chromium`, or the path in CHROMIUM) and a CJK
+//! font; `.ci/run` installs chromium and fonts-wqy-microhei. Without them the test fails when CI=true and is skipped otherwise.
 
 mod common;
 
@@ -63,6 +63,16 @@ fn tools_ready(dir: &Path) -> Option<()> {
             "chromium is missing at {} (apt-get install chromium, or set CHROMIUM)",
             chromium().display()
         ));
+    }
+    // Without a CJK font chromium draws Chinese as boxes: the screenshots would be useless.
+    let cjk = Command::new("fc-list")
+        .arg(":lang=zh")
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if !cjk {
+        return skip_or_fail(
+            "no CJK font (fc-list :lang=zh is empty): apt-get install fonts-wqy-microhei",
+        );
     }
     let lock = dir.join("package-lock.json");
     let installed = dir.join("node_modules/.package-lock.json");

@@ -51,7 +51,7 @@ fn experiment(r: &AbResult) -> Markup {
                 ", p-value " (format!("{:.4}", r.p_value))
                 ", minimum sample " (r.min_sample) " exposures per variant."
             }
-            (chart::bars("Conversion rate per variant (%)", &labels, &rates))
+            div.charts.narrow { (chart::bars("Conversion rate per variant (%)", &labels, &rates)) }
         }
     }
 }

@@ -123,7 +123,10 @@ fn library(op: &OperatorSnapshot) -> Markup {
         p.muted { (lib.keys().len()) " reply sets; styles: " (lib.styles.join(", ")) }
         @for k in lib.keys() {
             details.replyset {
-                summary { code { (k) } " · " (lib.variants(k).len()) " variants" }
+                summary {
+                    code { (k) } " · " (lib.variants(k).len())
+                    (if lib.variants(k).len() == 1 { " variant" } else { " variants" })
+                }
                 table.data {
                     thead { tr { th { "Id" } th { "Style" } th { "Template" } } }
                     tbody {
