@@ -426,6 +426,35 @@ mod tests {
     }
 
     #[test]
+    fn console_sessions_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        let base = "auth:\n  disabled: true\nhttp:\n  console:\n";
+        for (extra, want) in [
+            (
+                "    session_idle_s: 5\n",
+                "http.console.session_idle_s = 5 is outside 60..=86400",
+            ),
+            (
+                "    session_idle_s: 3600\n    session_max_s: 600\n",
+                "http.console.session_max_s = 600 is outside session_idle_s (3600)",
+            ),
+            (
+                "    max_sessions: 1\n",
+                "http.console.max_sessions = 1 is outside 16",
+            ),
+        ] {
+            std::fs::write(&p, format!("{base}{extra}")).unwrap();
+            let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+            assert!(e.contains(want), "{e}");
+        }
+        std::fs::write(&p, format!("{base}    secure_cookies: true\n")).unwrap();
+        let c = ServerConfig::load(&p).unwrap().http.console;
+        assert!(c.enabled && c.secure_cookies);
+        assert_eq!((c.session_idle_s, c.session_max_s), (1800, 43200));
+    }
+
+    #[test]
     fn wechat_accounts_are_checked_on_load() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.yml");

@@ -116,7 +116,12 @@ async fn login_is_required_and_only_the_admin_token_logs_in() {
     let mut c = Console::new(&s);
 
     // No session: pages redirect to the login form, forms are 401.
-    for page in ["/console", "/console/overview", "/console/replies", "/console/try"] {
+    for page in [
+        "/console",
+        "/console/overview",
+        "/console/replies",
+        "/console/try",
+    ] {
         let r = c.get(page).await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{page}");
         let want = if page == "/console" {
@@ -133,9 +138,18 @@ async fn login_is_required_and_only_the_admin_token_logs_in() {
     // The login page starts an anonymous session: HttpOnly, SameSite=Strict, limited.
     let page = c.get("/console/login").await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains("<meta charset=\"utf-8\">"), "{}", page.body);
+    assert!(
+        page.body.contains("<meta charset=\"utf-8\">"),
+        "{}",
+        page.body
+    );
     let cookie = page.set_cookie.unwrap();
-    for attr in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age=600"] {
+    for attr in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console",
+        "Max-Age=600",
+    ] {
         assert!(cookie.contains(attr), "{cookie}");
     }
     assert!(!cookie.contains("Secure"), "{cookie}");
@@ -170,7 +184,10 @@ async fn login_is_required_and_only_the_admin_token_logs_in() {
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(r.location.as_deref(), Some("/console/overview"));
     let cookie = r.set_cookie.unwrap();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     assert!(cookie.contains("Max-Age=43200"), "{cookie}");
     let session = c.cookie.clone().unwrap();
     assert_ne!(session, anonymous);
@@ -262,8 +279,10 @@ async fn message_text_and_nicknames_are_escaped() {
     assert!(!r.body.contains("<img"), "{}", r.body);
     assert!(!r.body.contains("<b>g</b>"), "{}", r.body);
     assert!(
-        r.body.contains("&lt;script&gt;alert('x')&lt;/script&gt;我要退款")
-            || r.body.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;我要退款"),
+        r.body
+            .contains("&lt;script&gt;alert('x')&lt;/script&gt;我要退款")
+            || r.body
+                .contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;我要退款"),
         "{}",
         r.body
     );
@@ -299,7 +318,10 @@ async fn forms_are_validated_on_the_server() {
     let s = TestServer::start(ServerOptions::default()).await;
     let (mut c, csrf) = logged_in(&s).await;
     let r = c
-        .post("/console/try", &[("csrf", &csrf), ("bot", BOT), ("text", "  ")])
+        .post(
+            "/console/try",
+            &[("csrf", &csrf), ("bot", BOT), ("text", "  ")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.body.contains("enter a text to classify"), "{}", r.body);
@@ -313,7 +335,10 @@ async fn forms_are_validated_on_the_server() {
     assert!(r.body.contains("not a configured bot"), "{}", r.body);
     let long = "长".repeat(3000);
     let r = c
-        .post("/console/try", &[("csrf", &csrf), ("bot", BOT), ("text", &long)])
+        .post(
+            "/console/try",
+            &[("csrf", &csrf), ("bot", BOT), ("text", &long)],
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.body.contains("text"), "{}", r.body);
@@ -343,7 +368,11 @@ async fn forms_are_validated_on_the_server() {
         "bot: &#39;ghost&#39; is not a configured bot",
     ] {
         let m2 = m.replace("&#39;", "'");
-        assert!(r.body.contains(m) || r.body.contains(&m2), "{m}: {}", r.body);
+        assert!(
+            r.body.contains(m) || r.body.contains(&m2),
+            "{m}: {}",
+            r.body
+        );
     }
     let r = c
         .get("/console/overview?from=2026-01-01&to=2026-12-01&bucket=hour")
@@ -367,8 +396,8 @@ async fn overview_counts_traffic_and_reload_names_the_broken_line() {
     .await;
     let (mut c, csrf) = logged_in(&s).await;
     let volume = |html: &str| -> u64 {
-        let re = Regex::new(r#"<div class="name">Volume</div><div class="value">(\d+)</div>"#)
-            .unwrap();
+        let re =
+            Regex::new(r#"<div class="name">Volume</div><div class="value">(\d+)</div>"#).unwrap();
         re.captures(html)
             .unwrap_or_else(|| panic!("no volume in {html}"))[1]
             .parse()
@@ -380,8 +409,10 @@ async fn overview_counts_traffic_and_reload_names_the_broken_line() {
         let r = api
             .post(format!("http://{}/v1/classify", s.http_addr))
             .bearer_auth(BOT_TOKEN)
-            .json(&json!({"bot_id": BOT, "chat_id": "g-console", "message_id": format!("m{i}"),
-                "text": "发票怎么开", "user": {"id": format!("u{i}"), "nickname": "小王"}}))
+            .json(
+                &json!({"bot_id": BOT, "chat_id": "g-console", "message_id": format!("m{i}"),
+                "text": "发票怎么开", "user": {"id": format!("u{i}"), "nickname": "小王"}}),
+            )
             .send()
             .await
             .unwrap();
@@ -390,7 +421,10 @@ async fn overview_counts_traffic_and_reload_names_the_broken_line() {
     let page = c.get("/console/overview").await.body;
     assert_eq!(volume(&page), before + 3, "{page}");
     assert!(page.contains("g-console"), "{page}");
-    let page = c.get("/console/overview?chat=g-console&bucket=hour").await.body;
+    let page = c
+        .get("/console/overview?chat=g-console&bucket=hour")
+        .await
+        .body;
     assert_eq!(volume(&page), 3, "{page}");
 
     // Reload: fine, then a broken replies.yml is named with its line and nothing changes.
@@ -399,7 +433,11 @@ async fn overview_counts_traffic_and_reload_names_the_broken_line() {
     assert!(r.body.contains("Reloaded"), "{}", r.body);
     let replies = operator.join("replies.yml");
     let good = std::fs::read_to_string(&replies).unwrap();
-    std::fs::write(&replies, good.replacen("  welcome:\n", "  welcome: [oops\n", 1)).unwrap();
+    std::fs::write(
+        &replies,
+        good.replacen("  welcome:\n", "  welcome: [oops\n", 1),
+    )
+    .unwrap();
     let r = c.post("/console/replies/reload", &[("csrf", &csrf)]).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
     let re = Regex::new(r"replies\.yml:\d+").unwrap();
@@ -421,7 +459,11 @@ async fn with_auth_disabled_the_console_needs_no_token_but_still_a_session() {
     let r = c.get("/console/overview").await;
     assert_eq!(r.location.as_deref(), Some("/console/login"));
     let page = c.get("/console/login").await;
-    assert!(page.body.contains("Authentication is disabled"), "{}", page.body);
+    assert!(
+        page.body.contains("Authentication is disabled"),
+        "{}",
+        page.body
+    );
     assert!(!page.body.contains("type=\"password\""), "{}", page.body);
     let csrf = csrf_of(&page.body);
     let r = c.post("/console/login", &[("csrf", &csrf)]).await;
@@ -436,8 +478,7 @@ async fn with_auth_disabled_the_console_needs_no_token_but_still_a_session() {
 #[tokio::test]
 async fn secure_cookies_and_a_disabled_console_follow_the_config() {
     let s = TestServer::start(ServerOptions {
-        extra_config: "http:\n  listen: 127.0.0.1:0\n  console:\n    secure_cookies: true\n"
-            .into(),
+        extra_config: "http:\n  listen: 127.0.0.1:0\n  console:\n    secure_cookies: true\n".into(),
         ..Default::default()
     })
     .await;

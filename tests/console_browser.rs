@@ -57,7 +57,10 @@ fn tools_ready(dir: &Path) -> Option<()> {
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
-    assert!(major >= 20, "the console browser test needs Node 20+, found {node}");
+    assert!(
+        major >= 20,
+        "the console browser test needs Node 20+, found {node}"
+    );
     if !chromium().is_file() {
         return skip_or_fail(&format!(
             "chromium is missing at {} (apt-get install chromium, or set CHROMIUM)",
@@ -125,7 +128,11 @@ async fn seed_week(s: &TestServer) {
         "尺码怎么选",
         "优惠券在哪里领",
     ];
-    let groups = [("g-shoes", "潮鞋交流群"), ("g-vip", "VIP会员群"), ("g-new", "新人福利群")];
+    let groups = [
+        ("g-shoes", "潮鞋交流群"),
+        ("g-vip", "VIP会员群"),
+        ("g-new", "新人福利群"),
+    ];
     let mut n = 0;
     for day in (0..7).rev() {
         let now = T0 - day * DAY_MS;

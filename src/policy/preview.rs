@@ -151,7 +151,9 @@ mod tests {
     fn unknown_sets_styles_and_variants_are_named() {
         let cfg = shipped();
         let s = sample("小王");
-        assert!(preview(&cfg, "nope", "", "", &s).unwrap_err().contains("'nope'"));
+        assert!(preview(&cfg, "nope", "", "", &s)
+            .unwrap_err()
+            .contains("'nope'"));
         assert!(preview(&cfg, "welcome", "", "loud", &s)
             .unwrap_err()
             .contains("style 'loud'"));

@@ -190,8 +190,10 @@ pub fn read(state: &ConsoleState, q: &FilterQuery) -> (Window, Vec<String>) {
     };
     let to = parse_day("to", &q.to, &mut errors).unwrap_or(today);
     let default_days = if bucket == Bucket::Hour { 1 } else { 7 };
-    let from = parse_day("from", &q.from, &mut errors)
-        .unwrap_or_else(|| to.checked_sub_days(Days::new(default_days - 1)).unwrap_or(to));
+    let from = parse_day("from", &q.from, &mut errors).unwrap_or_else(|| {
+        to.checked_sub_days(Days::new(default_days - 1))
+            .unwrap_or(to)
+    });
     let mut w = Window {
         bot,
         chat,

@@ -65,10 +65,7 @@ pub struct Operator(pub Session);
 impl FromRequestParts<ConsoleState> for Operator {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &ConsoleState,
-    ) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &ConsoleState) -> Result<Self, Response> {
         match session_of(state, &parts.headers) {
             Some(s) if s.operator => Ok(Operator(s)),
             _ if parts.method == Method::GET || parts.method == Method::HEAD => {
@@ -101,20 +98,19 @@ pub fn csrf_refused(session: Option<&Session>) -> Response {
     )
 }
 
-/// Decodes an `application/x-www-form-urlencoded` body into `T`, 400 with the reason when it
-/// does not fit.
-pub fn decode_form<T: DeserializeOwned>(
-    bytes: &[u8],
-    session: Option<&Session>,
-) -> Result<T, Response> {
-    serde_urlencoded::from_bytes(bytes).map_err(|e| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "Bad form",
-            &format!("The form could not be read: {e}"),
-            session,
-        )
-    })
+/// Decodes an `application/x-www-form-urlencoded` body into `T`.
+pub fn decode_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_urlencoded::de::Error> {
+    serde_urlencoded::from_bytes(bytes)
+}
+
+/// The 400 answer to a form body that does not fit its fields.
+pub fn bad_form(e: serde_urlencoded::de::Error, session: Option<&Session>) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "Bad form",
+        &format!("The form could not be read: {e}"),
+        session,
+    )
 }
 
 /// The CSRF token in a form body ("" when missing or unreadable).
@@ -142,7 +138,7 @@ impl<T: DeserializeOwned> FromRequest<ConsoleState> for CheckedForm<T> {
         if !session.csrf_matches(&csrf_of(&bytes)) {
             return Err(csrf_refused(Some(&session)));
         }
-        let form = decode_form(&bytes, Some(&session))?;
+        let form = decode_form(&bytes).map_err(|e| bad_form(e, Some(&session)))?;
         Ok(CheckedForm { session, form })
     }
 }
@@ -154,7 +150,10 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, "a=1; intentd_console=abc ; b=2".parse().unwrap());
+        h.append(
+            header::COOKIE,
+            "a=1; intentd_console=abc ; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie_value(&h).as_deref(), Some("abc"));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, "x=1".parse().unwrap());

@@ -165,7 +165,10 @@ mod tests {
         let out = page(&chrome, notice("error", "<script>alert(1)</script>\"'")).into_string();
         assert!(out.contains("<meta charset=\"utf-8\">"), "{out}");
         assert!(out.contains("&lt;b&gt;标题&lt;/b&gt;"), "{out}");
-        assert!(out.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{out}");
+        assert!(
+            out.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{out}"
+        );
         assert!(!out.contains("<script"), "{out}");
     }
 

@@ -15,10 +15,10 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::guard::{
-    clear_cookie, cookie_value, csrf_of, csrf_refused, decode_form, session_of, set_cookie,
-    CheckedForm,
+    bad_form, clear_cookie, cookie_value, csrf_of, csrf_refused, decode_form, session_of,
+    set_cookie, CheckedForm,
 };
-use super::layout::{csrf_field, notice, page, respond, Chrome};
+use super::layout::{csrf_field, notice, page, problem, respond, Chrome};
 use super::sessions::{Session, LOGIN_PAGE_TTL};
 use super::state::ConsoleState;
 use crate::store::AuditAction;
@@ -85,7 +85,7 @@ pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response
     let bytes = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
         Ok(b) => b,
         Err(_) => {
-            return super::layout::problem(
+            return problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Bad form",
                 "The login form is too large.",
@@ -100,9 +100,9 @@ pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response
     if !session.csrf_matches(&csrf_of(&bytes)) {
         return csrf_refused(None);
     }
-    let form: LoginForm = match decode_form(&bytes, None) {
+    let form: LoginForm = match decode_form(&bytes) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(e) => return bad_form(e, None),
     };
     let service = &state.service;
     if !state.auth.disabled() {
@@ -113,11 +113,19 @@ pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response
             );
         }
         if !state.auth.is_admin_token(form.token.trim()) {
-            service.audit("console", AuditAction::AdminCall, "console login refused: wrong token");
+            service.audit(
+                "console",
+                AuditAction::AdminCall,
+                "console login refused: wrong token",
+            );
             tokio::time::sleep(WRONG_TOKEN_DELAY).await;
             return respond(
                 StatusCode::UNAUTHORIZED,
-                login_page(&state, &session, Some("Wrong token: this is not the admin token.")),
+                login_page(
+                    &state,
+                    &session,
+                    Some("Wrong token: this is not the admin token."),
+                ),
             );
         }
     }

@@ -37,7 +37,11 @@ async fn not_found(State(state): State<ConsoleState>, req: Request) -> Response 
     layout::problem(
         StatusCode::NOT_FOUND,
         "Not found",
-        &format!("There is no console page {} {}.", req.method(), req.uri().path()),
+        &format!(
+            "There is no console page {} {}.",
+            req.method(),
+            req.uri().path()
+        ),
         session.as_ref(),
     )
 }

@@ -53,7 +53,12 @@ pub const DEFINITIONS: [(&str, &str); 7] = [
     ),
 ];
 
-async fn report(state: &ConsoleState, w: &Window, chat: &str, span: (i64, i64)) -> Result<StatsReport, String> {
+async fn report(
+    state: &ConsoleState,
+    w: &Window,
+    chat: &str,
+    span: (i64, i64),
+) -> Result<StatsReport, String> {
     let q = StatsQuery {
         bot_id: w.bot.clone(),
         chat_id: chat.to_string(),
@@ -207,7 +212,11 @@ pub async fn show(
                 .by_intent
                 .iter()
                 .map(|g| {
-                    let key = if g.key.is_empty() { "(none)".to_string() } else { g.key.clone() };
+                    let key = if g.key.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        g.key.clone()
+                    };
                     (key, g.rates.clone())
                 })
                 .collect();

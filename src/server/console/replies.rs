@@ -207,7 +207,10 @@ pub async fn submit_preview(
     if form.key.trim().is_empty() {
         problems.push("Reply set: choose one.".to_string());
     }
-    for (name, v) in [("Nickname", &form.nickname), ("Group name", &form.group_name)] {
+    for (name, v) in [
+        ("Nickname", &form.nickname),
+        ("Group name", &form.group_name),
+    ] {
         if v.chars().count() > MAX_SAMPLE_CHARS {
             problems.push(format!("{name}: at most {MAX_SAMPLE_CHARS} characters."));
         }

@@ -191,7 +191,7 @@ pub async fn submit(State(state): State<ConsoleState>, f: CheckedForm<TryForm>) 
     let bots = state.bots();
     if form.bot.trim().is_empty() {
         problems.push("Bot: choose a bot.".to_string());
-    } else if !bots.is_empty() && !bots.iter().any(|b| *b == form.bot) {
+    } else if !bots.is_empty() && !bots.contains(&form.bot) {
         problems.push(format!(
             "Bot: '{}' is not a configured bot.",
             crate::service::validate::shown(&form.bot)
@@ -201,7 +201,14 @@ pub async fn submit(State(state): State<ConsoleState>, f: CheckedForm<TryForm>) 
         problems.push("Message: enter a text to classify.".to_string());
     }
     if !problems.is_empty() {
-        return render(&state, &session, &form, &problems, None, StatusCode::BAD_REQUEST);
+        return render(
+            &state,
+            &session,
+            &form,
+            &problems,
+            None,
+            StatusCode::BAD_REQUEST,
+        );
     }
     let mut id = [0u8; 8];
     rand::rng().fill_bytes(&mut id);
@@ -223,8 +230,7 @@ pub async fn submit(State(state): State<ConsoleState>, f: CheckedForm<TryForm>) 
             ..UserInfo::default()
         }),
     };
-    let result =
-        crate::metrics::with_transport("console", state.service.classify(&req)).await;
+    let result = crate::metrics::with_transport("console", state.service.classify(&req)).await;
     match result {
         Ok(o) => render(&state, &session, &form, &[], Some(&o), StatusCode::OK),
         Err(e) => {
