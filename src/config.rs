@@ -172,6 +172,63 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted; beyond it 413.
     pub max_body_bytes: usize,
+    /// The operator console (`/console`, server-rendered HTML behind the admin token).
+    pub console: ConsoleConfig,
+}
+
+/// `http.console`: the operator console's sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// Mark the session cookie `Secure` (the console is reached through a TLS proxy): browsers
+    /// then send it over HTTPS only.
+    pub secure_cookies: bool,
+    /// A session unused this long is logged out (60..=86400).
+    pub session_idle_s: u64,
+    /// A session ends this long after login whatever its use (the cookie's Max-Age too;
+    /// session_idle_s..=2592000).
+    pub session_max_s: u64,
+    /// Sessions held in memory (login pages not yet submitted included); beyond it the least
+    /// recently used goes (16..=1000000).
+    pub max_sessions: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            secure_cookies: false,
+            session_idle_s: 1800,
+            session_max_s: 12 * 3600,
+            max_sessions: 10_000,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(60..=86_400).contains(&self.session_idle_s) {
+            bail!(
+                "http.console.session_idle_s = {} is outside 60..=86400",
+                self.session_idle_s
+            );
+        }
+        if !(self.session_idle_s..=30 * 86_400).contains(&self.session_max_s) {
+            bail!(
+                "http.console.session_max_s = {} is outside session_idle_s ({})..=2592000",
+                self.session_max_s,
+                self.session_idle_s
+            );
+        }
+        if !(16..=1_000_000).contains(&self.max_sessions) {
+            bail!(
+                "http.console.max_sessions = {} is outside 16..=1000000",
+                self.max_sessions
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Bounds of `http.max_body_bytes`: a batch of `limits.max_batch_requests` long texts must fit,
@@ -184,6 +241,7 @@ impl Default for HttpConfig {
             enabled: true,
             listen: "127.0.0.1:8080".parse().expect("static address"),
             max_body_bytes: 1024 * 1024,
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -240,6 +298,7 @@ impl ServerConfig {
                 self.listen
             );
         }
+        self.http.console.validate()?;
         if self.max_in_flight == 0 {
             bail!("max_in_flight must be at least 1");
         }
@@ -364,6 +423,35 @@ mod tests {
         assert!(e.contains("http.listen and listen (gRPC)"), "{e}");
         std::fs::write(&p, format!("{base}http:\n  enabled: false\n")).unwrap();
         assert!(!ServerConfig::load(&p).unwrap().http.enabled);
+    }
+
+    #[test]
+    fn console_sessions_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yml");
+        let base = "auth:\n  disabled: true\nhttp:\n  console:\n";
+        for (extra, want) in [
+            (
+                "    session_idle_s: 5\n",
+                "http.console.session_idle_s = 5 is outside 60..=86400",
+            ),
+            (
+                "    session_idle_s: 3600\n    session_max_s: 600\n",
+                "http.console.session_max_s = 600 is outside session_idle_s (3600)",
+            ),
+            (
+                "    max_sessions: 1\n",
+                "http.console.max_sessions = 1 is outside 16",
+            ),
+        ] {
+            std::fs::write(&p, format!("{base}{extra}")).unwrap();
+            let e = format!("{:#}", ServerConfig::load(&p).unwrap_err());
+            assert!(e.contains(want), "{e}");
+        }
+        std::fs::write(&p, format!("{base}    secure_cookies: true\n")).unwrap();
+        let c = ServerConfig::load(&p).unwrap().http.console;
+        assert!(c.enabled && c.secure_cookies);
+        assert_eq!((c.session_idle_s, c.session_max_s), (1800, 43200));
     }
 
     #[test]

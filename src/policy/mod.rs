@@ -61,6 +61,7 @@ mod hash;
 pub mod hours;
 pub mod operator_desk;
 pub mod playbook;
+pub mod preview;
 pub mod replies;
 pub mod scheduler;
 pub mod spacing;

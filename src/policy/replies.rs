@@ -420,6 +420,13 @@ impl ReplyLibrary {
         self.sets.contains_key(key)
     }
 
+    /// Every reply set's key (intents, specials, `link:`/`card:`/named sets), sorted.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut k: Vec<&str> = self.sets.keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
     pub fn variants(&self, key: &str) -> &[Variant] {
         self.sets.get(key).map(Vec::as_slice).unwrap_or(&[])
     }

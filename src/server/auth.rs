@@ -67,6 +67,18 @@ impl Authenticator {
         self.disabled
     }
 
+    /// An admin token is configured (the operator console's login needs one).
+    pub fn has_admin(&self) -> bool {
+        self.admin.is_some()
+    }
+
+    /// `token` is the admin token (compared in constant time; false when none is configured).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        self.admin
+            .as_ref()
+            .is_some_and(|a| constant_time_eq(token.as_bytes(), a.as_bytes()))
+    }
+
     /// The token in an `authorization` value (gRPC metadata or HTTP header): `Bearer <token>`.
     fn bearer(value: Option<&[u8]>) -> Result<&str, Status> {
         let value = value.ok_or_else(|| {

@@ -1,8 +1,9 @@
-//! Front doors: the gRPC server, the HTTP/JSON server ([`http`]) (and the Prometheus endpoint
-//! from `metrics`). They only translate: protobuf lives here and nowhere below (`convert` holds every mapping).
+//! Front doors: the gRPC server, the HTTP/JSON server ([`http`]), the operator console on the
+//! same listener ([`console`]) (and the Prometheus endpoint from `metrics`). They only translate: protobuf lives here and nowhere below (`convert` holds every mapping).
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod convert;
 pub mod decode_errors;
 pub mod grpc;

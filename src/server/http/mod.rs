@@ -5,7 +5,8 @@
 //! the `/v1` routes, [`admin`] the operators' `/v1/admin` routes (review queue, handoffs),
 //! [`inbox`] the labelling inbox, [`sse`] the outbound stream, [`rasa`] Rasa's
 //! `/model/parse`, [`openapi`] the generated document, [`wechat`] the WeChat callback URL
-//! (handed to `crate::connectors::wechat`).
+//! (handed to `crate::connectors::wechat`). The operator console (`crate::server::console`) is
+//! nested under `/console` (HTML, not part of the OpenAPI document).
 
 pub mod admin;
 pub mod error;
@@ -35,6 +36,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 use super::auth::{Authenticator, Caller};
+use super::console::{self, ConsoleState};
 use crate::config::HttpConfig;
 use crate::service::{Service, ServiceError};
 use error::ApiError;
@@ -49,6 +51,8 @@ pub struct HttpState {
     pub max_body_bytes: usize,
     /// The WeChat callback adapter (`/wechat/{account}`), when accounts are configured.
     pub wechat: Option<Arc<crate::connectors::wechat::Callbacks>>,
+    /// The operator console (`/console`), unless `http.console.enabled: false`.
+    pub console: Option<ConsoleState>,
 }
 
 /// The deadline header (milliseconds), like gRPC's `grpc-timeout`.
@@ -216,7 +220,11 @@ async fn count_response(req: Request, next: Next) -> Response {
 pub fn router(state: HttpState) -> Router {
     let limit = state.max_body_bytes;
     let metrics = state.service.metrics.clone();
-    Router::new()
+    let mut router = Router::new();
+    if let Some(c) = state.console.clone() {
+        router = router.nest("/console", console::router(c));
+    }
+    router
         .route("/v1/classify", post(v1::classify))
         .route("/v1/classify:batch", post(v1::classify_batch))
         .route("/v1/events", post(v1::handle_event))
@@ -271,10 +279,14 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let state = HttpState {
-        service,
-        auth,
         request_timeout_ms,
         max_body_bytes: cfg.max_body_bytes,
+        console: cfg
+            .console
+            .enabled
+            .then(|| ConsoleState::new(service.clone(), auth.clone(), &cfg.console)),
+        service,
+        auth,
         wechat,
     };
     // TCP_NODELAY for the same reason as gRPC: a small answer must not wait for a delayed ACK.

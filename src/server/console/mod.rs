@@ -1,0 +1,64 @@
+//! The operator console: server-rendered HTML pages under `/console` on the HTTP listener, for
+//! the people who run the groups. Another thin front door: it only calls the `Service` and
+//! renders (maud, every value escaped); it holds no business logic.
+//!
+//! One file per concept: [`sessions`] (in-memory sessions, CSRF tokens), [`guard`] (the cookie,
+//! the login requirement, CSRF-checked forms), [`login`], [`layout`] (page shell, security
+//! headers), [`filters`] (bot / group / window), [`chart`] (inline SVG), and the pages
+//! [`overview`], [`experiments`], [`try_it`], [`replies`]; [`assets`] embeds the stylesheet.
+
+pub mod assets;
+pub mod chart;
+pub mod experiments;
+pub mod filters;
+pub mod guard;
+pub mod layout;
+pub mod login;
+pub mod overview;
+pub mod replies;
+pub mod sessions;
+pub mod state;
+pub mod try_it;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use state::ConsoleState;
+
+async fn home() -> Response {
+    Redirect::to("/console/overview").into_response()
+}
+
+async fn not_found(State(state): State<ConsoleState>, req: Request) -> Response {
+    let session = guard::session_of(&state, req.headers()).filter(|s| s.operator);
+    layout::problem(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        &format!(
+            "There is no console page {} {}.",
+            req.method(),
+            req.uri().path()
+        ),
+        session.as_ref(),
+    )
+}
+
+/// The console's routes, to be nested under `/console` (any outer router state).
+pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S> {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login::show).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/overview", get(overview::show))
+        .route("/experiments", get(experiments::show))
+        .route("/try", get(try_it::show).post(try_it::submit))
+        .route("/replies", get(replies::show))
+        .route("/replies/preview", post(replies::submit_preview))
+        .route("/replies/reload", post(replies::submit_reload))
+        .route("/assets/console.css", get(assets::css))
+        .fallback(not_found)
+        .with_state(state)
+}

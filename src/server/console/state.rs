@@ -1,0 +1,33 @@
+//! What every console handler shares.
+
+use std::sync::Arc;
+
+use crate::config::ConsoleConfig;
+use crate::server::auth::Authenticator;
+use crate::service::Service;
+
+use super::sessions::Sessions;
+
+#[derive(Clone)]
+pub struct ConsoleState {
+    pub service: Arc<Service>,
+    pub auth: Arc<Authenticator>,
+    pub sessions: Arc<Sessions>,
+    pub config: ConsoleConfig,
+}
+
+impl ConsoleState {
+    pub fn new(service: Arc<Service>, auth: Arc<Authenticator>, config: &ConsoleConfig) -> Self {
+        Self {
+            service,
+            auth,
+            sessions: Arc::new(Sessions::new(config)),
+            config: config.clone(),
+        }
+    }
+
+    /// Bots an operator can pick: the configured ones (empty when any bot id is accepted).
+    pub fn bots(&self) -> &[String] {
+        &self.service.settings.bots
+    }
+}
