@@ -90,6 +90,7 @@ pub fn event_request(e: pb::Event) -> EventRequest {
         target_id: e.target_id,
         at_ms: e.at_ms,
         event_id: e.event_id,
+        reply_to: e.reply_to,
     }
 }
 

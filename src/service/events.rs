@@ -11,8 +11,8 @@ use super::replay::{KeyedBy, Replayable};
 use super::requests::EventRequest;
 use super::validate;
 use super::{Service, ServiceError};
-use crate::policy::events::{EventDecision, EventInput};
-use crate::store::{AnswerKind, ConversationRecord, Record};
+use crate::policy::events::{EventDecision, EventInput, EventKind};
+use crate::store::{AnswerKind, ConversationRecord, FeedbackKind, FeedbackRecord, Record};
 
 /// Everything a front door needs to answer a HandleEvent call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,11 +47,12 @@ impl Service {
         let input = validate::event(ev, &self.settings.limits, self.now_ms(), |b| {
             self.known_bot(b)
         })?;
+        let credit = self.click_credit(ev, &input)?;
         if !self.idempotency.enabled() {
-            return self.decide_event(&input, None).await;
+            return self.decide_event(&input, None, credit).await;
         }
         if input.event_id.is_empty() {
-            let mut outcome = self.decide_event(&input, None).await?;
+            let mut outcome = self.decide_event(&input, None, credit).await?;
             outcome.idempotency_notice = Some(NOT_DEDUPLICATED.into());
             return Ok(outcome);
         }
@@ -61,12 +62,57 @@ impl Service {
             &input.chat_id,
             &input.user.id,
             &input.target_id,
+            &ev.reply_to,
         ]);
         let _turn = self.idempotency.turn(&key).await;
         if let Some(first) = self.first_answer(&key, &digest, &BY_EVENT).await? {
             return Ok(first);
         }
-        self.decide_event(&input, Some((key, digest))).await
+        self.decide_event(&input, Some((key, digest)), credit).await
+    }
+
+    /// A LINK_CLICKED / CARD_SHARED naming the message whose reply carried it: the click it
+    /// credits (checked before deciding, so a wrong id changes nothing).
+    fn click_credit(
+        &self,
+        ev: &EventRequest,
+        input: &EventInput,
+    ) -> Result<Option<FeedbackRecord>, ServiceError> {
+        if ev.reply_to.is_empty() {
+            return Ok(None);
+        }
+        validate::check_id("reply_to", &ev.reply_to, false, &self.settings.limits)?;
+        if !matches!(input.kind, EventKind::LinkClicked | EventKind::CardShared) {
+            return Err(validate::InvalidField {
+                field: "reply_to".into(),
+                problem: format!(
+                    "applies to LINK_CLICKED and CARD_SHARED only, not {}",
+                    input.kind.as_str()
+                ),
+            }
+            .into());
+        }
+        let Some(storage) = &self.storage else {
+            return Ok(None); // nothing is logged, so there is nothing to credit
+        };
+        if !storage
+            .store()
+            .has_message(&input.bot_id, &ev.reply_to)
+            .map_err(|e| ServiceError::Unavailable(format!("store: {e}")))?
+        {
+            return Err(ServiceError::NotFound(format!(
+                "reply_to: no logged message {} of bot {} (a message id, or the id of a proactive send)",
+                validate::shown(&ev.reply_to),
+                input.bot_id
+            )));
+        }
+        Ok(Some(FeedbackRecord {
+            bot_id: input.bot_id.clone(),
+            message_id: ev.reply_to.clone(),
+            kind: FeedbackKind::Clicked,
+            variant_id: String::new(),
+            at_ms: input.at_ms,
+        }))
     }
 
     /// Decides, logs (with the first answer when the event is keyed) and remembers.
@@ -74,6 +120,7 @@ impl Service {
         &self,
         input: &EventInput,
         keyed: Option<(AnswerKey, String)>,
+        credit: Option<FeedbackRecord>,
     ) -> Result<EventOutcome, ServiceError> {
         let started = Instant::now();
         let decision = self.playbook.handle_event(input).await?;
@@ -94,6 +141,12 @@ impl Service {
         if let Some(storage) = &self.storage {
             let mut rec = ConversationRecord::from_event(input, &outcome.event.decision);
             rec.answer = first.as_ref().map(|(k, a)| a.to_row(k));
+            if let Some(click) = credit {
+                // Before the event's row, in the same group commit: answered means credited.
+                if let Err(e) = storage.submit(Record::Feedback(click)) {
+                    tracing::warn!(error = %e, "click credit not stored");
+                }
+            }
             match storage.submit(Record::Conversation(rec)) {
                 Ok(t) => {
                     if let Err(e) = t.await {

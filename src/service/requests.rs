@@ -42,6 +42,9 @@ pub struct EventRequest {
     /// Unix ms; 0 means now.
     pub at_ms: i64,
     pub event_id: String,
+    /// LINK_CLICKED / CARD_SHARED: the message (or proactive send) whose reply carried the
+    /// link or card; the click is credited to it.
+    pub reply_to: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1156,3 +1156,42 @@ async fn a_proactive_send_has_an_id_is_logged_and_takes_feedback() {
     );
     assert_eq!(after.auto_replies_clicked, before.auto_replies_clicked + 1);
 }
+
+#[tokio::test]
+async fn a_link_click_naming_its_message_credits_that_reply_and_variant() {
+    let h = harness();
+    h.service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    let click = |reply_to: &str, kind: EventKind| EventRequest {
+        bot_id: BOT.into(),
+        chat_id: "g1".into(),
+        kind: EventTypeIn::Known(kind),
+        user: user("u1"),
+        target_id: "refund_form".into(),
+        reply_to: reply_to.into(),
+        ..EventRequest::default()
+    };
+    // Wrong ids and the wrong event type are refused before anything changes.
+    let e = h
+        .service
+        .handle_event(&click("nope", EventKind::LinkClicked))
+        .await;
+    assert!(matches!(e, Err(ServiceError::NotFound(_))), "{e:?}");
+    let e = h
+        .service
+        .handle_event(&click("m1", EventKind::MemberJoined))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_field(e), "reply_to");
+    let before = totals(&h).await.total.counts;
+    assert_eq!(before.auto_replies_clicked, 0);
+    h.service
+        .handle_event(&click("m1", EventKind::LinkClicked))
+        .await
+        .unwrap();
+    let after = totals(&h).await.total.counts;
+    assert_eq!(after.auto_replies_clicked, 1, "{after:?}");
+    assert_eq!(after.clicks, 1);
+}

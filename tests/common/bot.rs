@@ -165,6 +165,7 @@ impl Bot {
             at_ms: 0,
             chat_name: GROUP.into(),
             event_id: format!("e{}", self.seq),
+            reply_to: String::new(),
         };
         self.c
             .handle_event(ev)

@@ -535,6 +535,8 @@ impl Callbacks {
                     },
                     at_ms: inbound.create_time.saturating_mul(1000),
                     event_id: key.to_string(),
+                    // WeChat's VIEW event names the URL, not the message that carried it.
+                    reply_to: String::new(),
                 };
                 tracing::debug!(account = %cfg.id, event, "wechat event");
                 let out = crate::metrics::with_transport("wechat", self.service.handle_event(&ev))

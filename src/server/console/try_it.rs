@@ -53,6 +53,8 @@ fn fusion_step(source: Source, f: &FusionConfig) -> String {
         Source::Policy => {
             "before classification: the playbook's compliance check decided (a banned word)".into()
         }
+        // Only logged proactive sends carry this source; a classification never does.
+        Source::Proactive => "a proactive send of the playbook (no classification)".into(),
     }
 }
 

@@ -167,6 +167,9 @@ pub struct Event {
     pub at_ms: i64,
     /// The platform's event id: a retry with the same id gets the first answer.
     pub event_id: String,
+    /// LINK_CLICKED / CARD_SHARED: the message id (or outbound `id`) whose reply carried the
+    /// link or card; the click counts as its conversion.
+    pub reply_to: String,
     pub timeout_ms: Option<u64>,
 }
 
@@ -189,6 +192,7 @@ impl Event {
                 at_ms: self.at_ms,
                 chat_name: self.chat_name,
                 event_id: self.event_id,
+                reply_to: self.reply_to,
             },
             unknown,
         )
