@@ -506,6 +506,7 @@ async fn handoff_intents_go_to_a_human_with_the_expected_wait_announced() {
         chat_id: "g-ho".into(),
         message_id: String::new(),
         at_ms: 0,
+        handoff_id: 0,
     });
     assert!(h.await.unwrap().into_inner().recorded);
     let r = b
@@ -618,6 +619,7 @@ async fn the_human_share_counts_handoffs_and_human_replies_against_the_target() 
             chat_id: "g-hs".into(),
             message_id: id.into(),
             at_ms: 0,
+            handoff_id: 0,
         };
         assert!(
             b.c.report_human_reply(req)

@@ -209,6 +209,7 @@ async fn restart_keeps_stats_and_the_cli_agrees() {
             chat_id: "g1".into(),
             message_id: "m5".into(),
             at_ms: 0,
+            handoff_id: 0,
         })
         .await
         .unwrap()
@@ -779,6 +780,7 @@ async fn retention_purges_old_conversations_and_keeps_the_audit_floor() {
         chat_id: "g1".into(),
         message_id: "d0-b".into(),
         at_ms: 0,
+        handoff_id: 0,
     })
     .await
     .unwrap();

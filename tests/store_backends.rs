@@ -307,6 +307,13 @@ fn a_batch_reads_back_as_counts_rows_and_stats(b: &dyn Backend) {
     assert_eq!(page.len(), 3);
     assert!(s.has_message("bot", "m3").unwrap());
     assert!(!s.has_message("bot", "m99").unwrap());
+    // Marked unhelpful (the labelling inbox): m1 once though it has two kinds of feedback,
+    // named as its conversation row names it; a window that ends before the feedback: none.
+    assert_eq!(
+        s.unhelpful(0, i64::MAX, 10).unwrap(),
+        [("bot".to_string(), s.stored_message_id("bot", "m1"))]
+    );
+    assert!(s.unhelpful(0, 1_999, 10).unwrap().is_empty());
     let audit = s.audit_rows(0, i64::MAX).unwrap();
     assert_eq!(audit.len(), 3);
     assert!(audit.iter().all(|a| a.actor == "policy"

@@ -290,5 +290,11 @@ fn build_service(
     if waiting > 0 {
         tracing::info!(items = waiting, "proactive sends restored to the outbox");
     }
+    let labels = service
+        .restore_labels(&stored)
+        .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+    if labels > 0 {
+        tracing::info!(labels, "labelling inbox labels restored");
+    }
     Ok(service)
 }

@@ -210,6 +210,21 @@ impl<T: Record> BoundedQueue<T> {
         self.items.iter().map(|(_, it)| it)
     }
 
+    /// Oldest first, each with its position (a stable id while the entry is kept).
+    pub fn iter_seq(&self) -> impl Iterator<Item = (u64, &T)> {
+        let first = self.first_seq;
+        self.items
+            .iter()
+            .enumerate()
+            .map(move |(i, (_, it))| (first + i as u64, it))
+    }
+
+    /// The entry at position `seq`, to change in place (None: never queued or discarded).
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut T> {
+        let i = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        self.items.get_mut(i).map(|(_, it)| it)
+    }
+
     /// Takes every entry, oldest first; the queue's memory is released.
     pub fn drain(&mut self) -> Vec<T> {
         self.bytes = 0;

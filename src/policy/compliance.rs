@@ -8,6 +8,7 @@
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::Path;
 use unicode_normalization::UnicodeNormalization;
 
@@ -103,6 +104,18 @@ impl BannedWords {
         m.find(&n)
             .map(|hit| self.words[hit.pattern().as_usize()].as_str())
     }
+
+    /// [`Self::find`], skipping the words a reviewer allowed (for one group).
+    pub fn find_allowing(&self, text: &str, allowed: &BTreeSet<String>) -> Option<&str> {
+        if allowed.is_empty() {
+            return self.find(text);
+        }
+        let m = self.matcher.as_ref()?;
+        let n = normalize(text);
+        m.find_iter(&n)
+            .map(|hit| self.words[hit.pattern().as_usize()].as_str())
+            .find(|w| !allowed.contains(*w))
+    }
 }
 
 /// An inbound message that compliance stopped, for a human to review. The text is already
@@ -119,6 +132,31 @@ pub struct ReviewItem {
     pub matched: String,
     /// `banned_word`, or the blocked intent (`block_intents`).
     pub reason: String,
+    /// What a reviewer decided (None: waiting for review). Entries stored before reviews
+    /// could be decided read back as waiting.
+    #[serde(default)]
+    pub verdict: Option<ReviewVerdict>,
+}
+
+/// A reviewer's decision on a blocked message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewVerdict {
+    /// True: a false positive, the message is answered after all. False: the block stands.
+    pub approved: bool,
+    /// The matched word is allowed from now on in the message's group.
+    #[serde(default)]
+    pub allowed_word: bool,
+    pub by: String,
+    pub at_ms: i64,
+}
+
+/// Why a review decision was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    #[error("no review item {0} (never queued, or past the review queue's limits)")]
+    NotFound(u64),
+    #[error("review item {id} was already {} by {by}", if *approved { "approved" } else { "confirmed" })]
+    AlreadyDecided { id: u64, approved: bool, by: String },
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use super::config::Settings;
 use super::decision::{decision, Decider, Target, Work};
+use super::handoff::HandoffOpening;
 use super::hash::seeded;
 use super::hours::local;
 use super::scheduler;
@@ -14,7 +15,8 @@ use crate::types::{Action, Classification, MessageContext, PolicyDecision, Reply
 
 /// A banned word in the text → BLOCK (and a review entry); None: go on and classify.
 pub fn precheck(d: &Decider<'_>, w: &mut Work, ctx: &MessageContext) -> Option<PolicyDecision> {
-    let word = d.cfg.banned.find(&ctx.text)?.to_string();
+    let allowed = &w.group.allowed_words;
+    let word = d.cfg.banned.find_allowing(&ctx.text, allowed)?.to_string();
     Some(d.block(w, ctx, &word, "banned_word"))
 }
 
@@ -30,17 +32,35 @@ pub fn decide_message(
     catalog_handoff: bool,
 ) -> PolicyDecision {
     let cfg = d.cfg;
-    let s = cfg.settings(&ctx.bot_id, &ctx.chat_id).clone();
-    let now = d.now;
-    let uid = ctx.user.id.as_str();
-
-    if let Some(word) = cfg.banned.find(&ctx.text) {
+    if let Some(word) = cfg.banned.find_allowing(&ctx.text, &w.group.allowed_words) {
         return d.block(w, ctx, word, "banned_word");
     }
     let understood = !cls.needs_clarification && !cls.intent.is_empty();
-    if understood && s.block_intents.contains(&cls.intent) {
+    let blocked_intent = cfg
+        .settings(&ctx.bot_id, &ctx.chat_id)
+        .block_intents
+        .contains(&cls.intent);
+    if understood && blocked_intent {
         return d.block(w, ctx, "", &cls.intent);
     }
+    decide_cleared(d, w, ctx, cls, display_names, catalog_handoff)
+}
+
+/// [`decide_message`] for a message compliance let through, or that a reviewer approved after
+/// it was blocked (a false positive): everything after the banned-word and blocked-intent checks.
+pub fn decide_cleared(
+    d: &Decider<'_>,
+    w: &mut Work,
+    ctx: &MessageContext,
+    cls: &Classification,
+    display_names: &dyn Fn(&str) -> String,
+    catalog_handoff: bool,
+) -> PolicyDecision {
+    let cfg = d.cfg;
+    let s = cfg.settings(&ctx.bot_id, &ctx.chat_id).clone();
+    let now = d.now;
+    let uid = ctx.user.id.as_str();
+    let understood = !cls.needs_clarification && !cls.intent.is_empty();
 
     w.group.handoffs.note_message();
     scheduler::touch(&mut w.group.timers, &ctx.chat_name, now, true);
@@ -256,7 +276,12 @@ fn handoff(
             .unwrap_or_default();
         ("off_hours", "off_hours")
     };
-    vars.wait_minutes = w.open_handoff(d.now, &s.handoff).to_string();
+    let who = HandoffOpening {
+        user_id: t.user,
+        message_id: t.source_id,
+        reason,
+    };
+    vars.wait_minutes = w.open_handoff(d.now, &s.handoff, who).to_string();
     let reply = d.choose(key, i.style, t.user, &vars);
     d.finish(
         w,

@@ -8,6 +8,7 @@ use crate::policy::decide_event::decide_event;
 use crate::policy::decide_message::{decide_message, precheck};
 use crate::policy::decision::{Decider, Work};
 use crate::policy::events::PendingWelcome;
+use crate::policy::handoff::{HandoffOpening, OpenHandoff};
 use crate::policy::scheduler::{Job, JobContent};
 use crate::policy::spacing::Priority;
 use crate::policy::state::{
@@ -124,9 +125,17 @@ fn the_announced_wait_counts_the_bots_open_handoffs_from_the_view() {
     };
     let scope = Scope::user(key("g"), "u1", Some(0));
     let mut group = GroupRow::default();
-    group.handoffs.open(now - 1_000);
+    let who = HandoffOpening {
+        user_id: "u0",
+        message_id: "m0",
+        reason: "handoff:intent",
+    };
+    group.handoffs.open(now - 1_000, who, 5);
     // An open handoff past the TTL (60 min) in this group no longer counts and is dropped.
-    group.handoffs.open.push_front(now - 3_600_000);
+    group.handoffs.open.push_front(OpenHandoff {
+        opened_ms: now - 3_600_000,
+        ..Default::default()
+    });
     let streak = UserRow {
         not_understood_streak: 1,
         ..Default::default()
@@ -156,7 +165,19 @@ fn the_announced_wait_counts_the_bots_open_handoffs_from_the_view() {
     );
     // 2 elsewhere + 1 here, then this one: (3 + 1) × 5 minutes.
     assert_eq!(text(&out), "已转人工，预计等待20分钟");
-    assert_eq!(w.group.handoffs.open, [now - 1_000, now]);
+    let open: Vec<_> = w.group.handoffs.open.iter().map(|h| h.opened_ms).collect();
+    assert_eq!(open, [now - 1_000, now]);
+    // The new one names who and why, with the wait it announced.
+    let new = w.group.handoffs.open.back().unwrap();
+    assert_eq!(
+        (
+            new.id,
+            new.user_id.as_str(),
+            new.reason.as_str(),
+            new.wait_minutes
+        ),
+        (2, "u1", "handoff:intent", 20)
+    );
     assert_eq!(
         w.user.not_understood_streak, 0,
         "a handoff resets the streak"

@@ -5,7 +5,7 @@
 
 use super::compliance::ReviewItem;
 use super::config::{OperatorConfig, Settings};
-use super::handoff::{expected_wait_minutes, HandoffConfig};
+use super::handoff::{expected_wait_minutes, HandoffConfig, HandoffOpening};
 use super::hash::seeded;
 use super::hours::local;
 use super::scheduler::{self, Job, JobContent, OutboundKind};
@@ -109,11 +109,11 @@ impl Work {
     }
 
     /// Open a handoff in this group; returns the wait to announce (counted before it opens).
-    pub fn open_handoff(&mut self, now: i64, cfg: &HandoffConfig) -> u32 {
+    pub fn open_handoff(&mut self, now: i64, cfg: &HandoffConfig, who: HandoffOpening<'_>) -> u32 {
         self.group.handoffs.expire(now, cfg.open_ttl_ms);
-        let wait =
-            expected_wait_minutes(self.bot_open_handoffs + self.group.handoffs.open.len(), cfg);
-        self.group.handoffs.open(now);
+        let here = self.group.handoffs.open_count(now, cfg.open_ttl_ms);
+        let wait = expected_wait_minutes(self.bot_open_handoffs + here, cfg);
+        self.group.handoffs.open(now, who, wait);
         wait
     }
 
@@ -201,6 +201,7 @@ impl Decider<'_> {
             text: crate::pii::redact_pii(&ctx.text),
             matched: word.to_string(),
             reason: reason.to_string(),
+            verdict: None,
         });
         decision(Action::Block, None, reason)
     }

@@ -59,6 +59,7 @@ pub mod events;
 pub mod handoff;
 mod hash;
 pub mod hours;
+pub mod operator_desk;
 pub mod playbook;
 pub mod preview;
 pub mod replies;

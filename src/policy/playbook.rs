@@ -33,9 +33,10 @@ use super::compliance::ReviewItem;
 use super::config::OperatorConfig;
 use super::decide_due::{next_due, plan_due};
 use super::decide_event::decide_event;
-use super::decide_message::{decide_message, precheck};
+use super::decide_message::{decide_cleared, decide_message, precheck};
 use super::decision::{Decider, Work};
 use super::events::{EventDecision, EventInput};
+use super::handoff::OpenHandoff;
 use super::scheduler::OutboundItem;
 use super::state::{
     GroupKey, PlaybookState, Scope, StateChange, StateError, StateView, SweepLimits,
@@ -69,10 +70,10 @@ impl ConfigSource for ArcSwap<OperatorConfig> {
 
 /// The operator playbook (see module doc).
 pub struct Playbook {
-    clock: SharedClock,
-    seed: u64,
+    pub(super) clock: SharedClock,
+    pub(super) seed: u64,
     config: Arc<dyn ConfigSource>,
-    state: Arc<dyn PlaybookState>,
+    pub(super) state: Arc<dyn PlaybookState>,
     last_sweep_ms: AtomicI64,
 }
 
@@ -87,7 +88,7 @@ impl std::fmt::Debug for Playbook {
 
 /// Run a decision in a store transaction and return what the decision said. `decide` may run
 /// more than once (a store that retries on conflict); the last run's answer is the one kept.
-async fn transact<T: Send>(
+pub(super) async fn transact<T: Send>(
     state: &dyn PlaybookState,
     scope: &Scope,
     mut decide: impl FnMut(StateView) -> (T, Vec<StateChange>) + Send,
@@ -246,6 +247,33 @@ impl Playbook {
         display_names: &(dyn Fn(&str) -> String + Sync),
         always_handoff: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<PolicyDecision, StateError> {
+        self.decide_on(cfg, ctx, cls, display_names, always_handoff, false)
+            .await
+    }
+
+    /// [`Self::decide_message_on`] for a blocked message a reviewer approved: decided as if
+    /// compliance had let it through.
+    pub async fn decide_approved_on(
+        &self,
+        cfg: &OperatorConfig,
+        ctx: &MessageContext,
+        cls: &Classification,
+        display_names: &(dyn Fn(&str) -> String + Sync),
+        always_handoff: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<PolicyDecision, StateError> {
+        self.decide_on(cfg, ctx, cls, display_names, always_handoff, true)
+            .await
+    }
+
+    async fn decide_on(
+        &self,
+        cfg: &OperatorConfig,
+        ctx: &MessageContext,
+        cls: &Classification,
+        display_names: &(dyn Fn(&str) -> String + Sync),
+        always_handoff: &(dyn Fn(&str) -> bool + Sync),
+        approved: bool,
+    ) -> Result<PolicyDecision, StateError> {
         let catalog_handoff = !cls.intent.is_empty() && always_handoff(&cls.intent);
         let now = self.clock.now_ms();
         self.maybe_sweep(now).await?;
@@ -262,7 +290,11 @@ impl Playbook {
         );
         transact(&*self.state, &scope, |view| {
             let mut w = Work::new(&scope, view);
-            let out = decide_message(&d, &mut w, ctx, cls, display_names, catalog_handoff);
+            let out = if approved {
+                decide_cleared(&d, &mut w, ctx, cls, display_names, catalog_handoff)
+            } else {
+                decide_message(&d, &mut w, ctx, cls, display_names, catalog_handoff)
+            };
             (out, w.into_changes())
         })
         .await
@@ -332,9 +364,15 @@ impl Playbook {
     // -----------------------------------------------------------------------------------------
     // Human share, review queue, reports
 
-    /// A human agent answered in a group: counts toward the human share, closes the oldest open
-    /// handoff there, and counts as activity (the group is not silent).
-    pub async fn record_human_reply(&self, bot_id: &str, chat_id: &str) -> Result<(), StateError> {
+    /// A human agent answered in a group: counts toward the human share, closes handoff
+    /// `handoff_id` (None: the oldest open one) there, and counts as activity (the group is not
+    /// silent). Returns the handoff it closed.
+    pub async fn record_human_reply(
+        &self,
+        bot_id: &str,
+        chat_id: &str,
+        handoff_id: Option<u64>,
+    ) -> Result<Option<OpenHandoff>, StateError> {
         let now = self.clock.now_ms();
         let ttl = self.config().settings(bot_id, chat_id).handoff.open_ttl_ms;
         let scope = Scope::group(GroupKey::new(bot_id, chat_id));
@@ -342,9 +380,9 @@ impl Playbook {
             let mut w = Work::new(&scope, view);
             // The reply closes the oldest handoff still open, not one that already expired.
             w.group.handoffs.expire(now, ttl);
-            w.group.handoffs.record_human_reply();
+            let closed = w.group.handoffs.record_human_reply(handoff_id);
             super::scheduler::touch(&mut w.group.timers, "", now, true);
-            ((), w.into_changes())
+            (closed, w.into_changes())
         })
         .await
     }

@@ -119,7 +119,7 @@ impl Pb {
         ready(self.0.next_due_ms())
     }
     fn record_human_reply(&self, bot_id: &str, chat_id: &str) {
-        ready(self.0.record_human_reply(bot_id, chat_id))
+        ready(self.0.record_human_reply(bot_id, chat_id, None));
     }
     fn human_share(&self, bot_id: &str, chat_id: &str) -> (f64, f64) {
         ready(self.0.human_share(bot_id, chat_id))

@@ -22,10 +22,10 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::attributes::Activity;
-use super::compliance::ReviewItem;
+use super::compliance::{ReviewError, ReviewItem, ReviewVerdict};
 use super::cooldown::UserCooldowns;
 use super::events::PendingWelcome;
 use super::handoff::GroupHandoffs;
@@ -93,6 +93,10 @@ pub struct GroupRow {
     /// Proactive timers; None until the group is seen (and again after it went idle).
     pub timers: Option<ChatTimers>,
     pub welcome: Option<PendingWelcome>,
+    /// Banned words a reviewer allowed in this group (as written in the list): a false
+    /// positive approved in the review queue.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub allowed_words: BTreeSet<String>,
 }
 
 /// The part of a user's row that is forgotten after a long idle time.
@@ -204,6 +208,13 @@ pub enum StateChange {
     },
 }
 
+/// A review entry after a verdict, and whether this call recorded it (false: a repeat).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    pub item: ReviewItem,
+    pub changed: bool,
+}
+
 /// When the store forgets idle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SweepLimits {
@@ -279,6 +290,16 @@ pub trait PlaybookState: Send + Sync + std::fmt::Debug {
     async fn review_queue(&self) -> Result<Vec<ReviewItem>, StateError>;
     /// Take the review entries.
     async fn drain_review_queue(&self) -> Result<Vec<ReviewItem>, StateError>;
+    /// The review entries with their ids (stable while an entry is kept), oldest first,
+    /// decided ones included.
+    async fn reviews(&self) -> Result<Vec<(u64, ReviewItem)>, StateError>;
+    /// Records a reviewer's verdict on entry `id`. Deciding an entry the same way again by the
+    /// same reviewer (a retried click) changes nothing and answers the entry (`changed` false).
+    async fn decide_review(
+        &self,
+        id: u64,
+        verdict: ReviewVerdict,
+    ) -> Result<Result<Decided, ReviewError>, StateError>;
     /// Sends the playbook decided not to make, oldest first.
     async fn dropped_sends(&self) -> Result<Vec<DroppedSend>, StateError>;
     /// Take the dropped-send records.

@@ -20,11 +20,12 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::bounded_queue::{BoundedQueue, Discarded, QueueLimits, Record};
-use super::compliance::ReviewItem;
+use super::compliance::{ReviewError, ReviewItem, ReviewVerdict};
 use super::scheduler::{Job, JobContent};
 use super::state::{
-    Decide, DecideDue, DroppedSend, DueView, GroupKey, GroupRow, PlaybookState, QueuedJob, Scope,
-    StateChange, StateError, StateView, SweepLimits, UserKey, UserProfile, UserRow, Versioned,
+    Decide, DecideDue, Decided, DroppedSend, DueView, GroupKey, GroupRow, PlaybookState, QueuedJob,
+    Scope, StateChange, StateError, StateView, SweepLimits, UserKey, UserProfile, UserRow,
+    Versioned,
 };
 use super::state_journal::{self as persist, Synced};
 use crate::durable::{Journal, RowKey};
@@ -418,7 +419,10 @@ impl Rows {
                 .range(GroupKey::new(&scope.group.bot_id, "")..)
                 .take_while(|(k, _)| k.bot_id == scope.group.bot_id)
                 .filter(|(k, _)| k.chat_id != scope.group.chat_id)
-                .map(|(_, g)| g.row.handoffs.open.iter().filter(|&&t| t > after).count())
+                .map(|(_, g)| {
+                    let open = g.row.handoffs.open.iter();
+                    open.filter(|h| h.opened_ms > after).count()
+                })
                 .sum(),
         };
         StateView {
@@ -605,6 +609,34 @@ impl Rows {
         self.count(StateQueue::Review, gone);
     }
 
+    fn decide_review(&mut self, id: u64, verdict: ReviewVerdict) -> Result<Decided, ReviewError> {
+        let item = self.review.get_mut(id).ok_or(ReviewError::NotFound(id))?;
+        match &item.verdict {
+            Some(v) if v.approved == verdict.approved && v.by == verdict.by => {
+                return Ok(Decided {
+                    item: item.clone(),
+                    changed: false,
+                })
+            }
+            Some(v) => {
+                return Err(ReviewError::AlreadyDecided {
+                    id,
+                    approved: v.approved,
+                    by: v.by.clone(),
+                })
+            }
+            None => item.verdict = Some(verdict),
+        }
+        let item = item.clone();
+        if let Some(j) = &mut self.journal {
+            j.put(persist::REVIEW, RowKey::Seq(id), &(id, &item));
+        }
+        Ok(Decided {
+            item,
+            changed: true,
+        })
+    }
+
     pub(super) fn count(&mut self, queue: StateQueue, gone: Discarded) {
         if gone.total() == 0 {
             return;
@@ -710,6 +742,23 @@ impl PlaybookState for MemoryState {
         Ok(items)
     }
 
+    async fn reviews(&self) -> Result<Vec<(u64, ReviewItem)>, StateError> {
+        let rows = self.rows.lock();
+        Ok(rows
+            .review
+            .iter_seq()
+            .map(|(i, r)| (i, r.clone()))
+            .collect())
+    }
+
+    async fn decide_review(
+        &self,
+        id: u64,
+        verdict: ReviewVerdict,
+    ) -> Result<Result<Decided, ReviewError>, StateError> {
+        Ok(self.rows.lock().decide_review(id, verdict))
+    }
+
     async fn dropped_sends(&self) -> Result<Vec<DroppedSend>, StateError> {
         Ok(self.rows.lock().dropped.iter().cloned().collect())
     }
@@ -753,6 +802,16 @@ impl PlaybookState for Optimistic {
     }
     async fn drain_review_queue(&self) -> Result<Vec<ReviewItem>, StateError> {
         self.0.drain_review_queue().await
+    }
+    async fn reviews(&self) -> Result<Vec<(u64, ReviewItem)>, StateError> {
+        self.0.reviews().await
+    }
+    async fn decide_review(
+        &self,
+        id: u64,
+        verdict: ReviewVerdict,
+    ) -> Result<Result<Decided, ReviewError>, StateError> {
+        self.0.decide_review(id, verdict).await
     }
     async fn dropped_sends(&self) -> Result<Vec<DroppedSend>, StateError> {
         self.0.dropped_sends().await
@@ -998,6 +1057,7 @@ mod tests {
             text: "t".into(),
             matched: "w".into(),
             reason: "banned_word".into(),
+            verdict: None,
         };
         for m in ["m1", "m1", "m2", "", ""] {
             st.commit(vec![StateChange::AddReview(item(m))])
@@ -1019,6 +1079,7 @@ mod tests {
             text: "x".repeat(text_bytes),
             matched: "w".into(),
             reason: "banned_word".into(),
+            verdict: None,
         }
     }
 
@@ -1165,7 +1226,13 @@ mod tests {
         let st = MemoryState::new();
         let with_open = |times: &[i64]| GroupRow {
             handoffs: GroupHandoffs {
-                open: times.iter().copied().collect(),
+                open: times
+                    .iter()
+                    .map(|&t| crate::policy::handoff::OpenHandoff {
+                        opened_ms: t,
+                        ..Default::default()
+                    })
+                    .collect(),
                 ..Default::default()
             },
             ..Default::default()

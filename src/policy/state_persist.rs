@@ -198,6 +198,7 @@ mod tests {
             matched: "w".into(),
             reason: "banned".into(),
             at_ms,
+            verdict: None,
         }
     }
 
@@ -251,7 +252,12 @@ mod tests {
         let mut disk = Disk::default();
         let g = GroupKey::new("b", "g");
         let mut grow = GroupRow::default();
-        grow.handoffs.open.push_back(5);
+        let who = crate::policy::handoff::HandoffOpening {
+            user_id: "u",
+            message_id: "m",
+            reason: "handoff:intent",
+        };
+        grow.handoffs.open(5, who, 5);
         let urow = UserRow {
             not_understood_streak: 2,
             ..UserRow::default()
@@ -328,9 +334,30 @@ mod tests {
             .unwrap();
         disk.apply(back.take_writes());
         assert_eq!(disk.count(REVIEW), 2);
+        // A reviewer's verdict is written over its entry.
+        let id = back.reviews().await.unwrap()[0].0;
+        let verdict = crate::policy::compliance::ReviewVerdict {
+            approved: true,
+            allowed_word: true,
+            by: "amy".into(),
+            at_ms: 16,
+        };
+        let d = back
+            .decide_review(id, verdict.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(d.changed);
+        disk.apply(back.take_writes());
+        assert_eq!(disk.count(REVIEW), 2);
         let again = MemoryState::durable(StateLimits::default(), None);
         again.restore(&disk.rows()).unwrap();
         assert_eq!(everything(&again).await, everything(&back).await);
+        let kept = again.reviews().await.unwrap();
+        assert_eq!(
+            (kept[0].0, kept[0].1.verdict.as_ref()),
+            (id, Some(&verdict))
+        );
     }
 
     #[tokio::test]

@@ -5,8 +5,12 @@ use tonic::Status;
 
 use crate::pb;
 use crate::policy::events::EventKind;
+use crate::policy::handoff::OpenHandoff;
+use crate::policy::operator_desk::HandoffEntry;
 use crate::policy::scheduler::{OutboundItem, OutboundKind};
+use crate::service::desk::{ReviewEntry, ReviewOutcome};
 use crate::service::events::EventOutcome;
+use crate::service::labels::{InboxGroup, InboxQuery, Label, DEFAULT_BELOW_CONFIDENCE};
 use crate::service::{
     ClassifyOutcome, ClassifyRequest, EventRequest, EventTypeIn, FeedbackRequest,
     HumanReplyRequest, ServiceError,
@@ -14,7 +18,7 @@ use crate::service::{
 use crate::store::ab_report::AbResult;
 use crate::store::stats::{GroupStats, Rates, StatsQuery, StatsReport};
 use crate::store::FeedbackKind;
-use crate::types::{Action, ReplyOut, Source, Timings, UserInfo};
+use crate::types::{Action, PolicyDecision, ReplyOut, Source, Timings, UserInfo};
 
 /// The gRPC code of a service error: the one mapping both front doors use (HTTP maps the code
 /// to its status in `http::error`).
@@ -117,6 +121,8 @@ pub fn human_reply_request(r: pb::HumanReplyRequest) -> HumanReplyRequest {
         chat_id: r.chat_id,
         message_id: r.message_id,
         at_ms: r.at_ms,
+        // Handoff ids start at 1, so proto3's default 0 means "not given".
+        handoff_id: (r.handoff_id != 0).then_some(r.handoff_id),
     }
 }
 
@@ -231,6 +237,133 @@ pub fn event_decision(o: EventOutcome) -> pb::Decision {
         merged_user_ids: d.merged_user_ids,
         replayed: o.replayed,
         idempotency_notice: o.idempotency_notice.unwrap_or_default(),
+    }
+}
+
+/// A message decision on its own (an approved review's answer).
+pub fn decision(d: &PolicyDecision) -> pb::Decision {
+    pb::Decision {
+        action: action(d.action) as i32,
+        reply: d.reply.as_ref().map(reply),
+        send_after_ms: d.send_after_ms,
+        reason: d.reason.clone(),
+        merged_user_ids: Vec::new(),
+        replayed: false,
+        idempotency_notice: String::new(),
+    }
+}
+
+pub fn review_entry(e: &ReviewEntry) -> pb::ReviewEntry {
+    let r = &e.item;
+    let v = r.verdict.as_ref();
+    pb::ReviewEntry {
+        id: e.id,
+        at_ms: r.at_ms,
+        bot_id: r.bot_id.clone(),
+        chat_id: r.chat_id.clone(),
+        user_id: r.user_id.clone(),
+        message_id: r.message_id.clone(),
+        text: r.text.clone(),
+        matched: r.matched.clone(),
+        reason: r.reason.clone(),
+        verdict: match v {
+            None => "",
+            Some(v) if v.approved => "approved",
+            Some(_) => "confirmed",
+        }
+        .to_string(),
+        decided_by: v.map(|v| v.by.clone()).unwrap_or_default(),
+        decided_ms: v.map_or(0, |v| v.at_ms),
+        allowed_word: v.is_some_and(|v| v.allowed_word),
+    }
+}
+
+pub fn review_outcome(o: &ReviewOutcome) -> pb::ReviewDecisionResponse {
+    pb::ReviewDecisionResponse {
+        item: Some(review_entry(&o.entry)),
+        answer: o.answer.as_ref().map(decision),
+    }
+}
+
+pub fn handoff_entry(e: &HandoffEntry) -> pb::HandoffEntry {
+    let h = &e.handoff;
+    pb::HandoffEntry {
+        bot_id: e.bot_id.clone(),
+        chat_id: e.chat_id.clone(),
+        chat_name: e.chat_name.clone(),
+        id: h.id,
+        opened_ms: h.opened_ms,
+        user_id: h.user_id.clone(),
+        message_id: h.message_id.clone(),
+        reason: h.reason.clone(),
+        wait_minutes: h.wait_minutes,
+        state: if h.claimed() { "claimed" } else { "open" }.to_string(),
+        claimed_by: h.claimed_by.clone(),
+        claimed_ms: h.claimed_ms,
+        expires_ms: e.expires_ms.unwrap_or(0),
+    }
+}
+
+pub fn inbox_query(r: pb::InboxRequest) -> InboxQuery {
+    InboxQuery {
+        bot_id: r.bot_id,
+        from_ms: r.from_ms,
+        to_ms: r.to_ms,
+        below_confidence: if r.below_confidence == 0.0 {
+            DEFAULT_BELOW_CONFIDENCE
+        } else {
+            r.below_confidence
+        },
+        include_labelled: r.include_labelled,
+    }
+}
+
+pub fn inbox(groups: Vec<InboxGroup>) -> pb::InboxResponse {
+    pb::InboxResponse {
+        groups: groups
+            .into_iter()
+            .map(|g| pb::InboxGroup {
+                likely_intent: g.likely_intent,
+                items: g
+                    .items
+                    .into_iter()
+                    .map(|i| pb::InboxItem {
+                        conversation_id: i.conversation_id,
+                        bot_id: i.bot_id,
+                        chat_id: i.chat_id,
+                        at_ms: i.at_ms,
+                        text: i.text,
+                        intent: i.intent,
+                        confidence: i.confidence,
+                        action: action(i.action) as i32,
+                        reason: i.reason,
+                        why: i.why.iter().map(|w| w.to_string()).collect(),
+                        label: i.label.unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+pub fn label(l: Label) -> pb::LabelResponse {
+    pb::LabelResponse {
+        conversation_id: l.conversation_id,
+        intent: l.intent,
+        text: l.text,
+    }
+}
+
+/// A handoff after a claim or close, in the list's form.
+pub fn handoff_action(bot_id: &str, chat_id: &str, h: OpenHandoff) -> pb::HandoffActionResponse {
+    pb::HandoffActionResponse {
+        item: Some(handoff_entry(&HandoffEntry {
+            bot_id: bot_id.to_string(),
+            chat_id: chat_id.to_string(),
+            chat_name: String::new(),
+            expires_ms: None,
+            handoff: h,
+        })),
     }
 }
 

@@ -262,7 +262,7 @@ impl Service {
 
     /// The engine: the forward pass (queued first) and the keyword layer on this thread while
     /// the compute thread works, then fusion. Without a model, rules alone.
-    async fn classify_text(
+    pub(super) async fn classify_text(
         &self,
         text: &str,
         rules: &Arc<OperatorSnapshot>,

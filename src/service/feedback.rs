@@ -65,9 +65,20 @@ impl Service {
         validate::check_id("chat_id", &req.chat_id, true, limits)?;
         validate::check_id("message_id", &req.message_id, false, limits)?;
         let at_ms = validate::report_time(req.at_ms, self.now_ms(), limits)?;
-        self.playbook
-            .record_human_reply(&req.bot_id, &req.chat_id)
+        let closed = self
+            .playbook
+            .record_human_reply(&req.bot_id, &req.chat_id, req.handoff_id)
             .await?;
+        if let Some(h) = closed {
+            self.audit(
+                "human_reply",
+                store::AuditAction::HandoffClosed,
+                &format!(
+                    "handoff close id={} bot={} chat={} claimed_by={} opened_ms={}",
+                    h.id, req.bot_id, req.chat_id, h.claimed_by, h.opened_ms
+                ),
+            );
+        }
         let Some(storage) = &self.storage else {
             return Ok(false);
         };

@@ -8,10 +8,12 @@
 
 pub mod batcher;
 pub mod classify;
+pub mod desk;
 pub mod error;
 pub mod events;
 pub mod feedback;
 pub mod idempotency;
+pub mod labels;
 pub mod outbound;
 pub mod outbox;
 pub mod reload;
@@ -83,6 +85,8 @@ pub struct Service {
     playbook: Arc<Playbook>,
     /// Proactive sends taken from the playbook, waiting for a Subscribe stream of their bot.
     outbox: Arc<Mutex<Outbox>>,
+    /// Operators' labels of logged messages (the labelling inbox).
+    labels: Arc<Mutex<labels::LabelBook>>,
     pub storage: Option<Arc<Storage>>,
     pub metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
@@ -123,13 +127,16 @@ impl Service {
             Some(_) => Outbox::durable(settings.outbox.clone()),
             None => Outbox::new(settings.outbox.clone()),
         }));
+        let labels = Arc::new(Mutex::new(labels::LabelBook::new(storage.is_some())));
         if let Some(s) = &storage {
             s.hold_durable(outbox.clone());
+            s.hold_durable(labels.clone());
         }
         Self {
             known_bots: settings.bots.iter().cloned().collect(),
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             outbox,
+            labels,
             settings,
             clock,
             manual_clock,

@@ -48,6 +48,16 @@ impl Service {
         n
     }
 
+    /// Queues one send made outside the playbook's schedule (an approved review's answer) and
+    /// wakes the subscribers.
+    pub(super) fn queue_outbound(&self, item: OutboundItem) {
+        let now = self.now_ms();
+        let bot = item.bot_id.clone();
+        let dropped = self.with_outbox(|outbox| outbox.push(item, now));
+        self.count_dropped(&bot, dropped);
+        self.notify_outbound();
+    }
+
     /// Runs `f` on the outbox and keeps the `outbound_queued` gauge in step with it.
     fn with_outbox<R>(&self, f: impl FnOnce(&mut Outbox) -> R) -> R {
         let mut outbox = self.outbox.lock();
@@ -78,25 +88,28 @@ impl Service {
     /// send cannot send them again. If the store cannot commit, they are sent anyway (a repeat
     /// after a crash is then possible) and that is logged.
     async fn commit_taken(&self, bot_id: &str, n: usize) {
+        if let Err(outcome) = self.flush_state().await {
+            tracing::warn!(bot = %bot_id, items = n, error = %outcome, "proactive sends go out before their removal from the outbox was stored");
+        }
+    }
+
+    /// Commits the playbook state and outbox changes made so far, and waits for it (Ok at once
+    /// without a store).
+    pub(super) async fn flush_state(&self) -> Result<(), String> {
         let Some(storage) = &self.storage else {
-            return;
+            return Ok(());
         };
         let wait = Duration::from_millis(self.settings.request_timeout_ms);
         // Waited for on a blocking thread: a paused test clock does not jump ahead while one
         // runs, so the commit (on the writer's own thread) is not mistaken for a timeout.
-        let outcome = match storage.flush_state() {
-            Ok(ticket) => {
-                let commit = tokio::task::spawn_blocking(move || ticket.wait());
-                match tokio::time::timeout(wait, commit).await {
-                    Ok(Ok(Ok(()))) => return,
-                    Ok(Ok(Err(e))) => e.to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "commit timed out".to_string(),
-                }
-            }
-            Err(e) => e.to_string(),
-        };
-        tracing::warn!(bot = %bot_id, items = n, error = %outcome, "proactive sends go out before their removal from the outbox was stored");
+        let ticket = storage.flush_state().map_err(|e| e.to_string())?;
+        let commit = tokio::task::spawn_blocking(move || ticket.wait());
+        match tokio::time::timeout(wait, commit).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("commit timed out".to_string()),
+        }
     }
 
     /// Loads the proactive sends a previous run left waiting (call before serving).

@@ -62,4 +62,6 @@ pub struct HumanReplyRequest {
     pub message_id: String,
     /// Unix ms; 0 means now.
     pub at_ms: i64,
+    /// The handoff this reply answers (from the handoff list); None: the oldest open one.
+    pub handoff_id: Option<u64>,
 }

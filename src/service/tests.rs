@@ -377,6 +377,7 @@ async fn human_replies_are_recorded_and_counted() {
         chat_id: "g1".into(),
         message_id: "agent-1".into(),
         at_ms: 0,
+        handoff_id: None,
     };
     assert!(h.service.human_reply(&r).await.unwrap());
     let stats = totals(&h).await;
@@ -840,4 +841,273 @@ async fn a_reload_frees_the_old_model_when_its_last_request_finishes() {
     assert!(old_dropped.load(SeqCst), "the old model was dropped");
     let next = h.service.classify(&message("m2", "多少钱")).await.unwrap();
     assert_eq!(next.model_version, "new");
+}
+
+#[tokio::test]
+async fn an_approved_review_is_answered_and_its_word_allowed_in_that_group_only() {
+    let h = harness();
+    let mut rx = h.service.subscribe(BOT, Vec::new()).unwrap();
+    let blocked = h
+        .service
+        .classify(&message("m1", "退款怎么办，加微信说"))
+        .await
+        .unwrap();
+    assert_eq!(blocked.decision.action, Action::Block);
+    let pending = h.service.list_reviews(true).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let id = pending[0].id;
+    assert_eq!(pending[0].item.matched, "加微信");
+    assert!(pending[0].item.verdict.is_none());
+
+    // Bad input names the field; an unknown id is NOT_FOUND.
+    let e = h.service.approve_review(id, true, " ").await.unwrap_err();
+    assert!(invalid_field(e).starts_with("by"));
+    let e = h.service.approve_review(id + 99, true, "amy").await;
+    assert!(matches!(e, Err(ServiceError::NotFound(_))), "{e:?}");
+
+    let o = h.service.approve_review(id, true, "amy").await.unwrap();
+    let answer = o.answer.expect("a new approval answers the message");
+    assert_eq!(answer.action, Action::Reply, "{answer:?}");
+    let item = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the answer goes out on the stream")
+        .unwrap();
+    assert_eq!(item.rule_id, format!("review:{id}"));
+    assert_eq!(item.user_ids, ["u1"]);
+    assert_eq!(item.chat_id, "g1");
+    assert!(item.reply.text.contains(&answer.reply.unwrap().text));
+
+    // A retried click changes nothing; the other verdict is refused.
+    let again = h.service.approve_review(id, true, "amy").await.unwrap();
+    assert!(again.answer.is_none());
+    let e = h.service.confirm_review(id, "bob").await;
+    assert!(
+        matches!(e, Err(ServiceError::FailedPrecondition(_))),
+        "{e:?}"
+    );
+    assert!(h.service.list_reviews(true).await.unwrap().is_empty());
+    let all = h.service.list_reviews(false).await.unwrap();
+    let v = all[0].item.verdict.as_ref().unwrap();
+    assert!(v.approved && v.allowed_word && v.by == "amy");
+
+    // The word is allowed in g1 from now on, still blocked in g2.
+    // (Another user, later: u1 was just answered about refunds, so their cooldown holds, and
+    // group spacing would merge a second refund reply.)
+    h.clock.advance_ms(600_000);
+    let mut m2 = message("m2", "退款，加微信");
+    m2.user = user("u2");
+    let r = h.service.classify(&m2).await.unwrap();
+    assert_eq!(r.decision.action, Action::Reply, "{:?}", r.decision);
+    let mut other = message("m3", "退款，加微信");
+    other.chat_id = "g2".into();
+    let r = h.service.classify(&other).await.unwrap();
+    assert_eq!(r.decision.action, Action::Block);
+
+    // Confirming keeps the block and allows nothing.
+    let id2 = h.service.list_reviews(true).await.unwrap()[0].id;
+    let o = h.service.confirm_review(id2, "bob").await.unwrap();
+    assert!(o.answer.is_none());
+    assert!(!o.entry.item.verdict.unwrap().approved);
+    let mut again = message("m4", "退款，加微信");
+    again.chat_id = "g2".into();
+    let r = h.service.classify(&again).await.unwrap();
+    assert_eq!(r.decision.action, Action::Block);
+}
+
+#[tokio::test]
+async fn handoffs_are_listed_claimed_and_closed_with_who_and_when() {
+    let h = harness();
+    let r = h
+        .service
+        .classify(&message("m1", "我要投诉"))
+        .await
+        .unwrap();
+    assert_eq!(r.decision.action, Action::Handoff);
+    let list = h.service.list_handoffs("").await.unwrap();
+    assert_eq!(list.len(), 1);
+    let e = &list[0];
+    assert_eq!((e.bot_id.as_str(), e.chat_id.as_str()), (BOT, "g1"));
+    assert_eq!(e.chat_name, "group one");
+    assert_eq!(e.handoff.user_id, "u1");
+    assert_eq!(e.handoff.message_id, "m1");
+    assert_eq!(e.handoff.reason, "handoff:intent");
+    assert!(e.handoff.wait_minutes > 0);
+    assert!(e.expires_ms.is_some());
+    let id = e.handoff.id;
+    assert!(h
+        .service
+        .list_handoffs("other-bot")
+        .await
+        .unwrap()
+        .is_empty());
+
+    h.clock.advance_ms(1_000);
+    let c = h.service.claim_handoff(BOT, "g1", id, "amy").await.unwrap();
+    assert_eq!((c.claimed_by.as_str(), c.claimed_ms), ("amy", T0 + 1_000));
+    let e = h.service.claim_handoff(BOT, "g1", id, "bob").await;
+    assert!(
+        matches!(e, Err(ServiceError::FailedPrecondition(_))),
+        "{e:?}"
+    );
+    let e = h
+        .service
+        .claim_handoff(BOT, "g1", id, "")
+        .await
+        .unwrap_err();
+    assert!(invalid_field(e).starts_with("agent"));
+    // Claimed: it no longer expires with the open TTL.
+    h.clock.advance_ms(3 * 3_600_000);
+    let list = h.service.list_handoffs(BOT).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].expires_ms, None);
+
+    let closed = h.service.close_handoff(BOT, "g1", id, "amy").await.unwrap();
+    assert_eq!(closed.id, id);
+    assert!(h.service.list_handoffs("").await.unwrap().is_empty());
+    let e = h.service.close_handoff(BOT, "g1", id, "amy").await;
+    assert!(matches!(e, Err(ServiceError::NotFound(_))), "{e:?}");
+
+    // ReportHumanReply naming a handoff closes that one, not the oldest.
+    h.service
+        .classify(&message("m2", "我要投诉"))
+        .await
+        .unwrap();
+    h.service
+        .classify(&message("m3", "投诉你们"))
+        .await
+        .unwrap();
+    let ids: Vec<u64> = h
+        .service
+        .list_handoffs("")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.handoff.id)
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let r = HumanReplyRequest {
+        bot_id: BOT.into(),
+        chat_id: "g1".into(),
+        message_id: "agent-1".into(),
+        at_ms: 0,
+        handoff_id: Some(ids[1]),
+    };
+    h.service.human_reply(&r).await.unwrap();
+    let left: Vec<u64> = h
+        .service
+        .list_handoffs("")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.handoff.id)
+        .collect();
+    assert_eq!(left, [ids[0]]);
+}
+
+#[tokio::test]
+async fn the_labelling_inbox_lists_what_the_bot_missed_and_exports_the_labels() {
+    let h = harness();
+    // Understood (the fake model is sure): not in the inbox, unless the user says it did not help.
+    h.service
+        .classify(&message("m1", "我想退款"))
+        .await
+        .unwrap();
+    let r = h
+        .service
+        .classify(&message("m2", "嗯嗯啊啊"))
+        .await
+        .unwrap();
+    assert_eq!(r.decision.action, Action::Clarify, "{:?}", r.decision);
+    let mut helpful = message("m3", "这个多少钱");
+    helpful.user = user("u2");
+    h.service.classify(&helpful).await.unwrap();
+    let f = FeedbackRequest {
+        bot_id: BOT.into(),
+        message_id: "m1".into(),
+        kind: Some(FeedbackKind::ThumbsDown),
+        ..FeedbackRequest::default()
+    };
+    assert!(h.service.feedback(&f).await.unwrap());
+
+    let q = labels::InboxQuery {
+        bot_id: String::new(),
+        from_ms: 0,
+        to_ms: 0,
+        below_confidence: labels::DEFAULT_BELOW_CONFIDENCE,
+        include_labelled: false,
+    };
+    let inbox = h.service.label_inbox(&q).await.unwrap();
+    let mut got: Vec<(String, Vec<&str>)> = inbox
+        .iter()
+        .flat_map(|g| g.items.iter().map(|i| (i.text.clone(), i.why.clone())))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("嗯嗯啊啊".to_string(), vec!["clarify", "low_confidence"]),
+            ("我想退款".to_string(), vec!["unhelpful"]),
+        ]
+    );
+    let refund = inbox
+        .iter()
+        .find(|g| g.likely_intent == "refund")
+        .expect("grouped by likely intent");
+    let id = refund.items[0].conversation_id;
+
+    // Bad input is named; an unknown message is NOT_FOUND.
+    let e = h
+        .service
+        .assign_label(id, "no_such", "amy")
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("intent: 'no_such' is not an intent") && msg.contains("refund"),
+        "{msg}"
+    );
+    let e = h.service.assign_label(999_999, "refund", "amy").await;
+    assert!(matches!(e, Err(ServiceError::NotFound(_))), "{e:?}");
+    let bad = labels::InboxQuery {
+        below_confidence: 1.5,
+        ..q.clone()
+    };
+    let e = h.service.label_inbox(&bad).await.unwrap_err();
+    assert!(invalid_field(e).starts_with("below_confidence"));
+
+    let l = h.service.assign_label(id, "price", "amy").await.unwrap();
+    assert_eq!(l.text, "我想退款");
+    // Labelled items leave the inbox unless asked for.
+    let left = h.service.label_inbox(&q).await.unwrap();
+    assert!(left
+        .iter()
+        .all(|g| g.items.iter().all(|i| i.conversation_id != id)));
+    let all = h
+        .service
+        .label_inbox(&labels::InboxQuery {
+            include_labelled: true,
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    let item = all
+        .iter()
+        .flat_map(|g| &g.items)
+        .find(|i| i.conversation_id == id)
+        .unwrap();
+    assert_eq!(item.label.as_deref(), Some("price"));
+
+    let (yaml, n) = h.service.export_labels("");
+    assert_eq!(n, 1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("labels.yml"), &yaml).unwrap();
+    let data = crate::data::load(&dir.path().join("labels.yml")).unwrap();
+    assert_eq!(
+        data.examples
+            .iter()
+            .map(|e| (e.label.as_str(), e.text.as_str()))
+            .collect::<Vec<_>>(),
+        [("price", "我想退款")]
+    );
+    assert_eq!(h.service.export_labels("other").1, 0);
 }

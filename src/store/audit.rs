@@ -30,10 +30,16 @@ pub enum AuditAction {
     Shutdown,
     /// The first successful commit after the store had become unhealthy.
     StoreRecovered,
+    /// An operator decided a review entry (approve / confirm).
+    Review,
+    /// An agent claimed a handoff.
+    HandoffClaimed,
+    /// A handoff was closed (by its agent, or by a human reply naming it).
+    HandoffClosed,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 11] = [
+    pub const ALL: [AuditAction; 14] = [
         AuditAction::ConfigChange,
         AuditAction::ModelChange,
         AuditAction::Reload,
@@ -45,6 +51,9 @@ impl AuditAction {
         AuditAction::Startup,
         AuditAction::Shutdown,
         AuditAction::StoreRecovered,
+        AuditAction::Review,
+        AuditAction::HandoffClaimed,
+        AuditAction::HandoffClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +69,9 @@ impl AuditAction {
             AuditAction::Startup => "startup",
             AuditAction::Shutdown => "shutdown",
             AuditAction::StoreRecovered => "store_recovered",
+            AuditAction::Review => "review",
+            AuditAction::HandoffClaimed => "handoff_claimed",
+            AuditAction::HandoffClosed => "handoff_closed",
         }
     }
 

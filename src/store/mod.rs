@@ -617,6 +617,15 @@ pub trait Store: Send + Sync {
         key: &str,
     ) -> Result<Option<AnswerRow>, StoreError>;
 
+    /// (bot_id, stored message id) of the messages marked unhelpful (feedback `thumbs_down`
+    /// or `unresolved`) with `from_ms <= at_ms <= to_ms`, at most `limit`, newest first.
+    fn unhelpful(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
     /// A decision for `(bot_id, message_id)` is in the log (Feedback must name one).
     fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError>;
 

@@ -808,6 +808,30 @@ impl Store for PgStore {
         }))
     }
 
+    fn unhelpful(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT bot_id, message_id FROM feedback \
+                     WHERE kind IN ('thumbs_down', 'unresolved') AND at_ms BETWEEN $1 AND $2 \
+                     GROUP BY bot_id, message_id ORDER BY max(at_ms) DESC LIMIT $3",
+                )
+                .await
+                .map_err(store_err)?;
+            let rows = client
+                .query(&stmt, &[&from_ms, &to_ms, &limit])
+                .await
+                .map_err(store_err)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError> {
         let stored = self.pseudonyms.message(bot_id, message_id);
         self.with_client(async |client| {

@@ -872,6 +872,27 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn unhelpful(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.read.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT bot_id, message_id FROM feedback \
+             WHERE kind IN ('thumbs_down', 'unresolved') AND at_ms BETWEEN ?1 AND ?2 \
+             GROUP BY bot_id, message_id ORDER BY max(at_ms) DESC LIMIT ?3",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![from_ms, to_ms, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<Vec<(String, String)>, _>>()?;
+        Ok(rows)
+    }
+
     fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError> {
         let conn = self.lookup.lock();
         let found = conn

@@ -402,6 +402,14 @@ mod tests {
         fn has_message(&self, bot_id: &str, message_id: &str) -> Result<bool, StoreError> {
             self.inner.has_message(bot_id, message_id)
         }
+        fn unhelpful(
+            &self,
+            from_ms: i64,
+            to_ms: i64,
+            limit: usize,
+        ) -> Result<Vec<(String, String)>, StoreError> {
+            self.inner.unhelpful(from_ms, to_ms, limit)
+        }
         fn state_rows(&self) -> Result<Vec<crate::durable::StoredRow>, StoreError> {
             self.inner.state_rows()
         }

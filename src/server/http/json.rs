@@ -232,6 +232,9 @@ pub struct HumanReplyRequest {
     pub chat_id: String,
     pub message_id: String,
     pub at_ms: i64,
+    /// The handoff this reply answers (`GET /v1/admin/handoffs`); 0 or absent: the oldest open
+    /// one in the chat.
+    pub handoff_id: u64,
     pub timeout_ms: Option<u64>,
 }
 
@@ -242,6 +245,7 @@ impl From<HumanReplyRequest> for pb::HumanReplyRequest {
             chat_id: r.chat_id,
             message_id: r.message_id,
             at_ms: r.at_ms,
+            handoff_id: r.handoff_id,
         }
     }
 }

@@ -1,13 +1,16 @@
 //! HTTP/JSON front door: a second thin door over the same `Arc<Service>` as gRPC. It only
 //! authenticates (the shared [`Authenticator`]), translates JSON to the protobuf messages and
 //! through `convert` to the service (so both doors map alike), bounds the call by its deadline
-//! and maps errors to one JSON body ([`error`]). One file per concept: [`json`] bodies,
-//! [`v1`] the `/v1` routes, [`sse`] the outbound stream, [`rasa`] Rasa's `/model/parse`,
-//! [`openapi`] the generated document, [`wechat`] the WeChat callback URL (handed to
-//! `crate::connectors::wechat`). The operator console (`crate::server::console`) is nested
-//! under `/console` (HTML, not part of the OpenAPI document).
+//! and maps errors to one JSON body ([`error`]). One file per concept: [`json`] bodies, [`v1`]
+//! the `/v1` routes, [`admin`] the operators' `/v1/admin` routes (review queue, handoffs),
+//! [`inbox`] the labelling inbox, [`sse`] the outbound stream, [`rasa`] Rasa's
+//! `/model/parse`, [`openapi`] the generated document, [`wechat`] the WeChat callback URL
+//! (handed to `crate::connectors::wechat`). The operator console (`crate::server::console`) is
+//! nested under `/console` (HTML, not part of the OpenAPI document).
 
+pub mod admin;
 pub mod error;
+pub mod inbox;
 pub mod json;
 pub mod openapi;
 pub mod rasa;
@@ -229,6 +232,24 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/human-replies", post(v1::human_reply))
         .route("/v1/stats", get(v1::stats))
         .route("/v1/outbound", get(sse::outbound))
+        .route("/v1/admin/reviews", get(admin::list_reviews))
+        .route(
+            "/v1/admin/reviews/{id}/approve",
+            post(admin::approve_review),
+        )
+        .route(
+            "/v1/admin/reviews/{id}/confirm",
+            post(admin::confirm_review),
+        )
+        .route("/v1/admin/handoffs", get(admin::list_handoffs))
+        .route("/v1/admin/handoffs/claim", post(admin::claim_handoff))
+        .route("/v1/admin/handoffs/close", post(admin::close_handoff))
+        .route("/v1/admin/inbox", get(inbox::list))
+        .route(
+            "/v1/admin/inbox/{conversation_id}/label",
+            post(inbox::label),
+        )
+        .route("/v1/admin/labels.yml", get(inbox::export))
         .route("/healthz", get(v1::healthz))
         .route("/readyz", get(v1::readyz))
         .route("/model/parse", post(rasa::parse))

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, json, rasa, sse, v1};
+use super::{admin, error, inbox, json, rasa, sse, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,15 @@ use super::{error, json, rasa, sse, v1};
         v1::healthz,
         v1::readyz,
         rasa::parse,
+        admin::list_reviews,
+        admin::approve_review,
+        admin::confirm_review,
+        admin::list_handoffs,
+        admin::claim_handoff,
+        admin::close_handoff,
+        inbox::list,
+        inbox::label,
+        inbox::export,
     ),
     components(schemas(error::ErrorBody, json::Outbound)),
     modifiers(&BearerAuth),
@@ -34,6 +43,7 @@ use super::{error, json, rasa, sse, v1};
         (name = "intent", description = "classification, events, feedback, stats, proactive sends"),
         (name = "rasa", description = "Rasa-compatible parse endpoint"),
         (name = "probes", description = "liveness and readiness"),
+        (name = "admin", description = "the operators' desk (admin token): review queue and handoffs"),
     )
 )]
 pub struct ApiDoc;
