@@ -84,11 +84,19 @@ impl Console {
 
     /// Logs in with `token`; returns the final answer of the login POST.
     async fn log_in(&mut self, token: &str) -> Answer {
+        self.log_in_as(token, "amy").await
+    }
+
+    /// Logs in with `token` as operator `name`.
+    async fn log_in_as(&mut self, token: &str, name: &str) -> Answer {
         let page = self.get("/console/login").await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
         let csrf = csrf_of(&page.body);
-        self.post("/console/login", &[("csrf", &csrf), ("token", token)])
-            .await
+        self.post(
+            "/console/login",
+            &[("csrf", &csrf), ("token", token), ("name", name)],
+        )
+        .await
     }
 }
 
@@ -176,10 +184,24 @@ async fn login_is_required_and_only_the_admin_token_logs_in() {
         .post("/console/login", &[("csrf", &csrf), ("token", "")])
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    // The operator name is required (1..=64 characters): the desk records actions under it.
+    for bad in ["", " ", &"x".repeat(65)] {
+        let r = c
+            .post(
+                "/console/login",
+                &[("csrf", &csrf), ("token", ADMIN_TOKEN), ("name", bad)],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert!(r.body.contains("Operator name"), "{}", r.body);
+    }
 
     // The admin token logs in with a new session id (the login page's id is not reused).
     let r = c
-        .post("/console/login", &[("csrf", &csrf), ("token", ADMIN_TOKEN)])
+        .post(
+            "/console/login",
+            &[("csrf", &csrf), ("token", ADMIN_TOKEN), ("name", "amy")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(r.location.as_deref(), Some("/console/overview"));
@@ -466,7 +488,9 @@ async fn with_auth_disabled_the_console_needs_no_token_but_still_a_session() {
     );
     assert!(!page.body.contains("type=\"password\""), "{}", page.body);
     let csrf = csrf_of(&page.body);
-    let r = c.post("/console/login", &[("csrf", &csrf)]).await;
+    let r = c
+        .post("/console/login", &[("csrf", &csrf), ("name", "amy")])
+        .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     let r = c.get("/console/overview").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -493,4 +517,307 @@ async fn secure_cookies_and_a_disabled_console_follow_the_config() {
     let mut c = Console::new(&s);
     let r = c.get("/console/login").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+// ---- The operators' desk: review, handoffs, inbox ----
+
+/// The first `name="<field>" value="..."` after `anchor` in `html`.
+fn field_after(html: &str, anchor: &str, field: &str) -> String {
+    let at = html
+        .find(anchor)
+        .unwrap_or_else(|| panic!("no {anchor} in {html}"));
+    let re = Regex::new(&format!(r#"name="{field}" value="([^"]*)""#)).unwrap();
+    re.captures(&html[at..])
+        .unwrap_or_else(|| panic!("no {field} after {anchor} in {html}"))[1]
+        .to_string()
+}
+
+/// Follows a POST-redirect-GET: the form answers 303 to `to`, whose page shows the outcome.
+async fn outcome(c: &mut Console, r: Answer, to: &str) -> String {
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location.as_deref(), Some(to));
+    let page = c.get(to).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.body
+}
+
+#[tokio::test]
+async fn the_desk_pages_review_handoffs_and_label_with_csrf_and_escaping() {
+    use common::bot::{act, user, Bot};
+    use intentd::pb::Action;
+
+    let mut b = Bot::start_opts(ServerOptions::default(), None).await;
+    // A blocked message with markup, a plain blocked one, a handoff in a group whose name is
+    // markup, and a message the bot did not understand.
+    let r = b
+        .say(
+            "g1",
+            &user("u2", "<b>x</b>"),
+            "<script>alert(1)</script>加微信13812345678",
+        )
+        .await;
+    assert_eq!(act(r.action), Action::Block);
+    let r = b
+        .say("g1", &user("u1", "小王"), "退款怎么弄，加微信说")
+        .await;
+    assert_eq!(act(r.action), Action::Block);
+    let mut req = b.req("g2", &user("u3", "<i>nick</i>"), "我要投诉你们");
+    req.chat_name = "<script>group</script>".into();
+    let r = b.c.classify(req).await.unwrap().into_inner();
+    assert_eq!(act(r.action), Action::Handoff, "{r:?}");
+    let r = b.say("g1", &user("u4", "小李"), "嗯嗯啊啊哦哦").await;
+    assert_eq!(act(r.action), Action::Clarify, "{r:?}");
+
+    // Pages need a login; the operator name (here with markup) is escaped on every page.
+    let mut c = Console::new(&b.s);
+    for page in [
+        "/console/review",
+        "/console/handoffs",
+        "/console/inbox",
+        "/console/labels.yml",
+    ] {
+        let r = c.get(page).await;
+        assert_eq!(r.location.as_deref(), Some("/console/login"), "{page}");
+    }
+    let r = c.log_in_as(ADMIN_TOKEN, "<script>op</script>").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    for page in [
+        "/console/review",
+        "/console/handoffs",
+        "/console/inbox",
+        "/console/overview",
+    ] {
+        let r = c.get(page).await;
+        assert_eq!(r.status, StatusCode::OK, "{page}: {}", r.body);
+        assert!(!r.body.contains("<script"), "{page}: {}", r.body);
+        assert!(r.body.contains("&lt;script&gt;op&lt;/script&gt;"), "{page}");
+        for nav in ["/console/review", "/console/handoffs", "/console/inbox"] {
+            assert!(
+                r.body.contains(&format!("href=\"{nav}\"")),
+                "{page} links {nav}"
+            );
+        }
+    }
+
+    // Review: both blocked messages, escaped, with the matched word and reason.
+    let page = c.get("/console/review").await.body;
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("13812345678"), "PII stays redacted: {page}");
+    assert!(
+        page.contains("加微信") && page.contains("banned_word"),
+        "{page}"
+    );
+    let csrf = csrf_of(&page);
+    let id = field_after(&page, "退款怎么弄", "id");
+    // Without the CSRF token: 403 and nothing decided.
+    let r = c
+        .post(
+            "/console/review/approve",
+            &[("id", &id), ("allow_word", "1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = c
+        .post(
+            "/console/review/approve",
+            &[("csrf", "0".repeat(64).as_str()), ("id", &id)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(c.get("/console/review").await.body.contains("退款怎么弄"));
+    // A bad id is named on the page.
+    let r = c
+        .post(
+            "/console/review/approve",
+            &[("csrf", &csrf), ("id", "x<b>")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("is not a review number"), "{}", r.body);
+    assert!(!r.body.contains("x<b>"), "{}", r.body);
+    // Approve with the word allowed: the answer is shown once, after the redirect.
+    let r = c
+        .post(
+            "/console/review/approve",
+            &[("csrf", &csrf), ("id", &id), ("allow_word", "1")],
+        )
+        .await;
+    let body = outcome(&mut c, r, "/console/review").await;
+    assert!(body.contains(&format!("Approved review #{id}")), "{body}");
+    assert!(body.contains("allowed in group g1"), "{body}");
+    assert!(!body.contains("退款怎么弄"), "no longer pending: {body}");
+    let again = c.get("/console/review").await.body;
+    assert!(!again.contains("Approved review"), "the outcome shows once");
+    let all = c.get("/console/review?all=1").await.body;
+    assert!(
+        all.contains("退款怎么弄") && all.contains("approved"),
+        "{all}"
+    );
+    // Another operator cannot decide it again.
+    let mut bob = Console::new(&b.s);
+    bob.log_in_as(ADMIN_TOKEN, "bob").await;
+    let bob_csrf = csrf_of(&bob.get("/console/review").await.body);
+    let r = bob
+        .post(
+            "/console/review/confirm",
+            &[("csrf", &bob_csrf), ("id", &id)],
+        )
+        .await;
+    let body = outcome(&mut bob, r, "/console/review").await;
+    assert!(body.contains("already approved by"), "{body}");
+    // Confirm the other one.
+    let other = field_after(&c.get("/console/review").await.body, "alert(1)", "id");
+    let r = c
+        .post(
+            "/console/review/confirm",
+            &[("csrf", &csrf), ("id", &other)],
+        )
+        .await;
+    let body = outcome(&mut c, r, "/console/review").await;
+    assert!(body.contains("the block stands"), "{body}");
+    assert!(body.contains("Nothing to review"), "{body}");
+
+    // Handoffs: the group's name is escaped; claim, then close.
+    let page = c.get("/console/handoffs").await.body;
+    assert!(
+        page.contains("&lt;script&gt;group&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(page.contains("open") && page.contains("u3"), "{page}");
+    let hid = field_after(&page, "action=\"/console/handoffs/claim\"", "id");
+    let r = c
+        .post(
+            "/console/handoffs/claim",
+            &[("bot", BOT), ("chat", "g2"), ("id", hid.as_str())],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "no CSRF: {}", r.body);
+    let r = c
+        .post(
+            "/console/handoffs/claim",
+            &[
+                ("csrf", &csrf),
+                ("bot", BOT),
+                ("chat", "g2"),
+                ("id", hid.as_str()),
+            ],
+        )
+        .await;
+    let body = outcome(&mut c, r, "/console/handoffs").await;
+    assert!(
+        body.contains(&format!("Handoff #{hid} in group g2 (user u3) claimed")),
+        "{body}"
+    );
+    assert!(body.contains("claimed</span> by"), "{body}");
+    // Bob cannot claim it.
+    let r = bob
+        .post(
+            "/console/handoffs/claim",
+            &[
+                ("csrf", &bob_csrf),
+                ("bot", BOT),
+                ("chat", "g2"),
+                ("id", hid.as_str()),
+            ],
+        )
+        .await;
+    let body = outcome(&mut bob, r, "/console/handoffs").await;
+    assert!(body.contains("not claimed"), "{body}");
+    assert!(body.contains("taken by another agent"), "{body}");
+    let r = c
+        .post(
+            "/console/handoffs/close",
+            &[
+                ("csrf", &csrf),
+                ("bot", BOT),
+                ("chat", "g2"),
+                ("id", hid.as_str()),
+            ],
+        )
+        .await;
+    let body = outcome(&mut c, r, "/console/handoffs").await;
+    assert!(body.contains("closed by"), "{body}");
+    assert!(body.contains("No open handoffs"), "{body}");
+    let r = c
+        .post(
+            "/console/handoffs/close",
+            &[("csrf", &csrf), ("bot", BOT), ("chat", "g2"), ("id", "abc")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("is not a handoff number"), "{}", r.body);
+
+    // Inbox: the clarify message, labelled; the export has it.
+    let page = c.get("/console/inbox").await.body;
+    assert!(
+        page.contains("嗯嗯啊啊哦哦") && page.contains("clarify"),
+        "{page}"
+    );
+    let cid = field_after(&page, "嗯嗯啊啊哦哦", "conversation_id");
+    let intent = Regex::new(r#"<option value="([a-z_]+)""#)
+        .unwrap()
+        .captures(&page)
+        .unwrap()[1]
+        .to_string();
+    let r = c
+        .post(
+            "/console/inbox/label",
+            &[
+                ("csrf", &csrf),
+                ("conversation_id", &cid),
+                ("intent", "no_such_intent"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("is not an intent"), "{}", r.body);
+    let r = c
+        .post(
+            "/console/inbox/label",
+            &[("conversation_id", &cid), ("intent", &intent)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = c
+        .post(
+            "/console/inbox/label",
+            &[
+                ("csrf", &csrf),
+                ("conversation_id", &cid),
+                ("intent", &intent),
+            ],
+        )
+        .await;
+    let body = outcome(&mut c, r, "/console/inbox").await;
+    assert!(body.contains(&format!("as {intent}")), "{body}");
+    assert!(
+        !body.contains(&format!("id=\"inbox-{cid}\"")),
+        "labelled ones are hidden: {body}"
+    );
+    let all = c.get("/console/inbox?all=1").await.body;
+    assert!(
+        all.contains("嗯嗯啊啊哦哦") && all.contains("Relabel"),
+        "{all}"
+    );
+    let resp = c
+        .http
+        .get(format!("{}/console/labels.yml", c.base))
+        .header(
+            COOKIE,
+            format!("intentd_console={}", c.cookie.clone().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/yaml"));
+    let yaml = resp.text().await.unwrap();
+    assert!(yaml.contains(&format!("- intent: {intent}")), "{yaml}");
+    assert!(yaml.contains("嗯嗯啊啊哦哦"), "{yaml}");
 }

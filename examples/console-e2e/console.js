@@ -9,7 +9,8 @@
 // Steps: log in (a wrong token first), see the overview's counts move after sending traffic,
 // read the A/B page, classify a text in "Try it" (and check a <script> in it stays text),
 // preview a reply (clean, then with a banned word in the nickname), break replies.yml and see
-// the Reload error with file:line, repair it, log out. One screenshot per page.
+// the Reload error with file:line, repair it, approve a blocked message, claim and close a
+// handoff, label an inbox item and find it in labels.yml, log out. One screenshot per page.
 // Exit code 0 only when every step passed; the last line says how many.
 
 import { chromium } from 'playwright-core';
@@ -45,16 +46,17 @@ async function shot(page, name) {
   await page.screenshot({ path: join(opt.screenshots, `${name}.png`), fullPage: true });
 }
 
-async function classify(i, text, user) {
+async function classify(i, text, user, chat = 'e2e-group') {
   const r = await fetch(`${opt.base}/v1/classify`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', authorization: `Bearer ${opt['bot-token']}` },
     body: JSON.stringify({
-      bot_id: opt.bot, chat_id: 'e2e-group', chat_name: '端到端测试群',
+      bot_id: opt.bot, chat_id: chat, chat_name: '端到端测试群',
       message_id: `e2e-${Date.now()}-${i}`, text, user: { id: user, nickname: '小李' },
     }),
   });
   check(r.ok, `POST /v1/classify answered ${r.status}`);
+  return r.json();
 }
 
 async function volume(page) {
@@ -79,11 +81,13 @@ try {
   // 1. Login: a page without a session lands on the login form; a wrong token is refused.
   await page.goto(`${opt.base}/console/overview`);
   check(new URL(page.url()).pathname === '/console/login', `redirected to login, at ${page.url()}`);
+  await page.fill('input[name=name]', 'e2e-operator');
   await page.fill('input[name=token]', 'wrong-token');
   await page.click('button[type=submit]');
   await page.getByText('Wrong token').waitFor();
   ok('a wrong token is refused');
   await shot(page, 'login');
+  await page.fill('input[name=name]', 'e2e-operator');
   await page.fill('input[name=token]', opt['admin-token']);
   await page.click('form.card button[type=submit]');
   await page.waitForURL('**/console/overview');
@@ -172,7 +176,65 @@ try {
   await page.locator('#reload .notice.ok').waitFor();
   ok('the repaired file reloads');
 
-  // 7. Logout.
+  // 7. The operators' desk: approve a blocked message, claim and close a handoff, label an
+  // inbox item and find it in the export.
+  const blocked = await classify(100, '<script>window.__pwned = 3</script>退款怎么弄，加微信说', 'e2e-desk-1', 'e2e-desk');
+  check(blocked.action === 'BLOCK', `blocked: ${JSON.stringify(blocked).slice(0, 200)}`);
+  const handed = await classify(101, '我要投诉你们', 'e2e-desk-2', 'e2e-desk');
+  check(handed.action === 'HANDOFF', `handed off: ${JSON.stringify(handed).slice(0, 200)}`);
+  await classify(102, '嗯嗯啊啊哦哦', 'e2e-desk-3', 'e2e-desk');
+
+  await page.click('nav >> text=Review');
+  await page.waitForURL('**/console/review');
+  const row = page.locator('#reviews tbody tr', { hasText: '退款怎么弄' });
+  check(await row.count() === 1, 'the blocked message is listed');
+  check((await row.innerText()).includes('<script>'), 'the message is shown as text');
+  check(await page.evaluate(() => window.__pwned) === undefined, 'no script ran on the review page');
+  await shot(page, 'review');
+  await row.locator('input[name=allow_word]').check();
+  await row.locator('button', { hasText: 'Approve' }).click();
+  await page.locator('#outcome .notice.ok').waitFor();
+  const approved = await page.locator('#outcome').innerText();
+  check(approved.includes('Approved review') && approved.includes('allowed in group e2e-desk'), `approved: ${approved}`);
+  check(await page.locator('#reviews tbody tr', { hasText: '退款怎么弄' }).count() === 0, 'no longer pending');
+  ok(`a blocked message is approved: ${approved.slice(0, 120)}`);
+
+  await page.click('nav >> text=Handoffs');
+  await page.waitForURL('**/console/handoffs');
+  const hrow = page.locator('#handoffs tbody tr', { hasText: 'e2e-desk-2' });
+  check(await hrow.count() === 1, 'the handoff is listed');
+  await hrow.locator('button', { hasText: 'Claim' }).click();
+  await page.locator('#outcome .notice.ok').waitFor();
+  check((await page.locator('#outcome').innerText()).includes('claimed by e2e-operator'), 'claimed');
+  check((await page.locator('#handoffs tbody tr', { hasText: 'e2e-desk-2' }).innerText()).includes('claimed by e2e-operator'), 'shown as claimed');
+  await shot(page, 'handoffs');
+  await page.locator('#handoffs tbody tr', { hasText: 'e2e-desk-2' }).locator('button', { hasText: 'Close' }).click();
+  await page.locator('#outcome .notice.ok').waitFor();
+  check((await page.locator('#outcome').innerText()).includes('closed by e2e-operator'), 'closed');
+  check(await page.locator('#handoffs tbody tr', { hasText: 'e2e-desk-2' }).count() === 0, 'no longer listed');
+  ok('a handoff is claimed and closed');
+
+  await page.click('nav >> text=Inbox');
+  await page.waitForURL('**/console/inbox');
+  // The unclear message if the model was unsure of it, else the newest item.
+  let irow = page.locator('tr[id^=inbox-]', { hasText: '嗯嗯啊啊哦哦' });
+  if (await irow.count() === 0) irow = page.locator('tr[id^=inbox-]').first();
+  check(await irow.count() === 1, 'the inbox has an item');
+  const labelledText = (await irow.locator('td.reply').innerText()).trim();
+  await shot(page, 'inbox');
+  const intent = await irow.locator('select[name=intent] option').first().getAttribute('value');
+  await irow.locator('select[name=intent]').selectOption(intent);
+  await irow.locator('button', { hasText: 'Label' }).click();
+  await page.locator('#outcome .notice.ok').waitFor();
+  check((await page.locator('#outcome').innerText()).includes(`as ${intent}`), 'labelled');
+  // The page's CSP allows no fetch: download with the browser context's cookies instead.
+  const exported = await context.request.get(`${opt.base}/console/labels.yml`);
+  check(exported.ok() && (exported.headers()['content-type'] || '').startsWith('application/yaml'), `export answered ${exported.status()}`);
+  const yaml = await exported.text();
+  check(yaml.includes(`- intent: ${intent}`) && yaml.includes(labelledText), `export: ${yaml.slice(0, 300)}`);
+  ok(`an inbox item is labelled ${intent} and exported`);
+
+  // 8. Logout.
   await page.click('form.logout button');
   await page.waitForURL('**/console/login');
   await page.goto(`${opt.base}/console/overview`);

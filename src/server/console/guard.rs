@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::layout::problem;
+use maud::{html, Markup};
+
+use super::layout::{notice, problem};
 use super::sessions::Session;
 use super::state::ConsoleState;
 
@@ -78,6 +80,26 @@ impl FromRequestParts<ConsoleState> for Operator {
                 None,
             )),
         }
+    }
+}
+
+/// POST-redirect-GET: leaves `text` for the session's next page and sends the browser to `to`.
+pub fn redirect_with(
+    state: &ConsoleState,
+    session: &Session,
+    kind: &'static str,
+    text: String,
+    to: &str,
+) -> Response {
+    state.sessions.set_flash(&session.id, kind, text);
+    Redirect::to(to).into_response()
+}
+
+/// The message a form left for this page, if any (shown once).
+pub fn flash(state: &ConsoleState, session: &Session) -> Markup {
+    match state.sessions.take_flash(&session.id) {
+        Some(f) => html! { div #outcome { (notice(f.kind, &f.text)) } },
+        None => html! {},
     }
 }
 

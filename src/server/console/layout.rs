@@ -9,11 +9,14 @@ use maud::{html, Markup, DOCTYPE};
 use super::sessions::Session;
 
 /// The console's pages, in navigation order: (path under /console, title).
-pub const NAV: [(&str, &str); 4] = [
+pub const NAV: [(&str, &str); 7] = [
     ("/console/overview", "Overview"),
     ("/console/experiments", "A/B experiments"),
     ("/console/try", "Try it"),
     ("/console/replies", "Replies"),
+    ("/console/review", "Review"),
+    ("/console/handoffs", "Handoffs"),
+    ("/console/inbox", "Inbox"),
 ];
 
 /// The name of the hidden field every POST form carries.
@@ -52,6 +55,7 @@ pub fn page(c: &Chrome, body: Markup) -> Markup {
                         }
                         form.logout method="post" action="/console/logout" {
                             (csrf_field(s))
+                            @if !s.name.is_empty() { span.who { (s.name) " " } }
                             button type="submit" { "Log out" }
                         }
                     }

@@ -21,6 +21,7 @@ use super::guard::{
 use super::layout::{csrf_field, notice, page, problem, respond, Chrome};
 use super::sessions::{Session, LOGIN_PAGE_TTL};
 use super::state::ConsoleState;
+use crate::service::desk::check_agent;
 use crate::store::AuditAction;
 
 /// A wrong token waits this long before its answer (slows guessing down).
@@ -30,6 +31,9 @@ const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(400);
 pub struct LoginForm {
     #[serde(default)]
     token: String,
+    /// Who logs in: the desk records reviews, claims and labels under this name.
+    #[serde(default)]
+    name: String,
 }
 
 fn login_page(state: &ConsoleState, s: &Session, error: Option<&str>) -> Markup {
@@ -56,6 +60,9 @@ fn login_page(state: &ConsoleState, s: &Session, error: Option<&str>) -> Markup 
                         input #token type="password" name="token" autocomplete="current-password" required autofocus;
                         p.hint { "The token of auth.admin_token (or the variable named by auth.admin_token_env)." }
                     }
+                    label for="name" { "Your operator name" }
+                    input #name type="text" name="name" maxlength="64" required autocomplete="username";
+                    p.hint { "Reviews, handoff claims and labels are recorded under this name (1 to 64 characters)." }
                     button type="submit" { "Log in" }
                 }
             }
@@ -129,9 +136,17 @@ pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response
             );
         }
     }
+    let name = form.name.trim();
+    if let Err(e) = check_agent("name", name) {
+        let msg = format!("Operator name: {e}");
+        return respond(
+            StatusCode::BAD_REQUEST,
+            login_page(&state, &session, Some(&msg)),
+        );
+    }
     let old = cookie_value(&headers).unwrap_or_default();
-    let op = state.sessions.log_in(&old, Instant::now());
-    service.audit("console", AuditAction::AdminCall, "console login");
+    let op = state.sessions.log_in(&old, name, Instant::now());
+    service.audit(name, AuditAction::AdminCall, "console login");
     let mut resp = Redirect::to("/console/overview").into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,

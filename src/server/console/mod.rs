@@ -5,17 +5,21 @@
 //! One file per concept: [`sessions`] (in-memory sessions, CSRF tokens), [`guard`] (the cookie,
 //! the login requirement, CSRF-checked forms), [`login`], [`layout`] (page shell, security
 //! headers), [`filters`] (bot / group / window), [`chart`] (inline SVG), and the pages
-//! [`overview`], [`experiments`], [`try_it`], [`replies`]; [`assets`] embeds the stylesheet.
+//! [`overview`], [`experiments`], [`try_it`], [`replies`], and the operators' desk [`review`],
+//! [`handoffs`], [`inbox`]; [`assets`] embeds the stylesheet.
 
 pub mod assets;
 pub mod chart;
 pub mod experiments;
 pub mod filters;
 pub mod guard;
+pub mod handoffs;
+pub mod inbox;
 pub mod layout;
 pub mod login;
 pub mod overview;
 pub mod replies;
+pub mod review;
 pub mod sessions;
 pub mod state;
 pub mod try_it;
@@ -58,6 +62,15 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/replies", get(replies::show))
         .route("/replies/preview", post(replies::submit_preview))
         .route("/replies/reload", post(replies::submit_reload))
+        .route("/review", get(review::show))
+        .route("/review/approve", post(review::submit_approve))
+        .route("/review/confirm", post(review::submit_confirm))
+        .route("/handoffs", get(handoffs::show))
+        .route("/handoffs/claim", post(handoffs::submit_claim))
+        .route("/handoffs/close", post(handoffs::submit_close))
+        .route("/inbox", get(inbox::show))
+        .route("/inbox/label", post(inbox::submit_label))
+        .route("/labels.yml", get(inbox::export))
         .route("/assets/console.css", get(assets::css))
         .fallback(not_found)
         .with_state(state)

@@ -24,6 +24,9 @@ pub struct Session {
     pub csrf: String,
     /// Logged in (an anonymous session only shows the login form).
     pub operator: bool,
+    /// Who is logged in, as given on the login form: the name the desk's actions are recorded
+    /// under (empty for an anonymous session).
+    pub name: String,
 }
 
 impl Session {
@@ -38,6 +41,15 @@ struct Entry {
     session: Session,
     created: Instant,
     last_used: Instant,
+    /// What the last form did, shown once by the page it redirects to (POST-redirect-GET).
+    flash: Option<Flash>,
+}
+
+/// A one-time message for the next page: `kind` is `ok` or `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flash {
+    pub kind: &'static str,
+    pub text: String,
 }
 
 pub struct Sessions {
@@ -95,14 +107,26 @@ impl Sessions {
 
     /// A new anonymous session (for the login form).
     pub fn start_anonymous(&self, now: Instant) -> Session {
-        self.insert(false, now)
+        self.insert(false, String::new(), now)
     }
 
-    /// Logs in: `previous` (the login page's session) ends and a new logged-in session with a
-    /// fresh id and CSRF token starts.
-    pub fn log_in(&self, previous: &str, now: Instant) -> Session {
+    /// Logs `name` in: `previous` (the login page's session) ends and a new logged-in session
+    /// with a fresh id and CSRF token starts.
+    pub fn log_in(&self, previous: &str, name: &str, now: Instant) -> Session {
         self.map.lock().remove(previous);
-        self.insert(true, now)
+        self.insert(true, name.to_string(), now)
+    }
+
+    /// Leaves a message for the session's next page (replacing an unread one).
+    pub fn set_flash(&self, id: &str, kind: &'static str, text: String) {
+        if let Some(e) = self.map.lock().get_mut(id) {
+            e.flash = Some(Flash { kind, text });
+        }
+    }
+
+    /// The session's message, once.
+    pub fn take_flash(&self, id: &str) -> Option<Flash> {
+        self.map.lock().get_mut(id).and_then(|e| e.flash.take())
     }
 
     pub fn end(&self, id: &str) {
@@ -117,11 +141,12 @@ impl Sessions {
         self.len() == 0
     }
 
-    fn insert(&self, operator: bool, now: Instant) -> Session {
+    fn insert(&self, operator: bool, name: String, now: Instant) -> Session {
         let session = Session {
             id: random_token(),
             csrf: random_token(),
             operator,
+            name,
         };
         let mut map = self.map.lock();
         if map.len() >= self.cap {
@@ -144,6 +169,7 @@ impl Sessions {
                 session: session.clone(),
                 created: now,
                 last_used: now,
+                flash: None,
             },
         );
         session
@@ -173,8 +199,15 @@ mod tests {
         assert_ne!(a.id, b.id);
         assert_ne!(a.csrf, a.id);
         assert!(!a.operator);
-        let op = s.log_in(&a.id, t0);
+        let op = s.log_in(&a.id, "amy", t0);
         assert!(op.operator);
+        assert_eq!(op.name, "amy");
+        s.set_flash(&op.id, "ok", "done".into());
+        assert_eq!(
+            s.take_flash(&op.id).map(|f| f.text).as_deref(),
+            Some("done")
+        );
+        assert_eq!(s.take_flash(&op.id), None, "shown once");
         assert_ne!(op.id, a.id);
         assert_ne!(op.csrf, a.csrf);
         assert_eq!(s.get(&a.id, t0), None, "the login page's id is gone");
@@ -187,7 +220,7 @@ mod tests {
     fn idle_and_absolute_timeouts_end_sessions() {
         let s = sessions(16);
         let t0 = Instant::now();
-        let op = s.log_in("", t0);
+        let op = s.log_in("", "amy", t0);
         // Used every 50 s: the idle timeout (60 s) never strikes, the 300 s lifetime does.
         let mut t = t0;
         for _ in 0..5 {
@@ -196,7 +229,7 @@ mod tests {
         }
         t += Duration::from_secs(55);
         assert_eq!(s.get(&op.id, t), None, "past session_max_s");
-        let op = s.log_in("", t0);
+        let op = s.log_in("", "amy", t0);
         assert_eq!(s.get(&op.id, t0 + Duration::from_secs(61)), None, "idle");
         let anon = s.start_anonymous(t0);
         assert!(s.get(&anon.id, t0 + Duration::from_secs(599)).is_some());
@@ -216,7 +249,7 @@ mod tests {
     fn a_flood_of_login_pages_evicts_anonymous_sessions_first() {
         let s = sessions(16);
         let t0 = Instant::now();
-        let op = s.log_in("", t0);
+        let op = s.log_in("", "amy", t0);
         for i in 0..100 {
             s.start_anonymous(t0 + Duration::from_millis(i));
         }

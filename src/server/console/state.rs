@@ -31,3 +31,20 @@ impl ConsoleState {
         &self.service.settings.bots
     }
 }
+
+impl ConsoleState {
+    /// `at_ms` as `YYYY-MM-DD HH:MM` in the time zone of the bot's group.
+    pub fn local_time(&self, bot_id: &str, chat_id: &str, at_ms: i64) -> String {
+        let tz = self
+            .service
+            .operator()
+            .policy
+            .settings(bot_id, chat_id)
+            .timezone;
+        chrono::DateTime::from_timestamp_millis(at_ms)
+            .unwrap_or_default()
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M")
+            .to_string()
+    }
+}
