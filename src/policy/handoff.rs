@@ -193,9 +193,22 @@ impl GroupHandoffs {
         Ok(h.clone())
     }
 
-    /// Closes a handoff (an agent finished it); returns it.
-    pub fn close(&mut self, chat_id: &str, id: u64) -> Result<OpenHandoff, HandoffError> {
+    /// Closes a handoff (an agent finished it); returns it. One claimed by another agent is
+    /// theirs to close.
+    pub fn close(
+        &mut self,
+        chat_id: &str,
+        id: u64,
+        agent: &str,
+    ) -> Result<OpenHandoff, HandoffError> {
         let i = self.position(chat_id, id)?;
+        let h = &self.open[i];
+        if h.claimed() && h.claimed_by != agent {
+            return Err(HandoffError::ClaimedByOther {
+                id,
+                by: h.claimed_by.clone(),
+            });
+        }
         Ok(self.open.remove(i).expect("position is in range"))
     }
 
@@ -319,10 +332,14 @@ mod tests {
         // After the TTL the unclaimed one expires; the claimed one waits for its agent.
         g.expire(100, 50);
         assert_eq!(g.open.iter().map(|h| h.id).collect::<Vec<_>>(), [b]);
-        assert_eq!(g.close("c", b).unwrap().id, b);
+        assert!(matches!(
+            g.close("c", b, "bob"),
+            Err(HandoffError::ClaimedByOther { .. })
+        ));
+        assert_eq!(g.close("c", b, "amy").unwrap().id, b);
         assert!(g.open.is_empty());
         assert!(matches!(
-            g.close("c", b),
+            g.close("c", b, "amy"),
             Err(HandoffError::NotFound { .. })
         ));
         // A human reply naming a handoff closes that one.

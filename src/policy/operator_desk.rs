@@ -121,12 +121,14 @@ impl Playbook {
         .await
     }
 
-    /// Closes handoff `id` of a group (its agent is done); returns it.
+    /// Closes handoff `id` of a group (its agent is done; one claimed by another agent is
+    /// refused); returns it.
     pub async fn close_handoff(
         &self,
         bot_id: &str,
         chat_id: &str,
         id: u64,
+        agent: &str,
     ) -> Result<Result<OpenHandoff, HandoffError>, StateError> {
         let now = self.clock.now_ms();
         let ttl = self.config().settings(bot_id, chat_id).handoff.open_ttl_ms;
@@ -134,7 +136,7 @@ impl Playbook {
         transact(&*self.state, &scope, |view| {
             let mut w = Work::new(&scope, view);
             w.group.handoffs.expire(now, ttl);
-            let out = w.group.handoffs.close(chat_id, id);
+            let out = w.group.handoffs.close(chat_id, id, agent);
             let changes = if out.is_ok() {
                 w.into_changes()
             } else {

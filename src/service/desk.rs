@@ -258,7 +258,7 @@ impl Service {
         self.check_handoff_ids(bot_id, chat_id, agent)?;
         let h = self
             .playbook
-            .close_handoff(bot_id, chat_id, id)
+            .close_handoff(bot_id, chat_id, id, agent)
             .await?
             .map_err(handoff_error)?;
         self.audit(

@@ -961,6 +961,11 @@ async fn handoffs_are_listed_claimed_and_closed_with_who_and_when() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].expires_ms, None);
 
+    let e = h.service.close_handoff(BOT, "g1", id, "bob").await;
+    assert!(
+        matches!(e, Err(ServiceError::FailedPrecondition(_))),
+        "{e:?}"
+    );
     let closed = h.service.close_handoff(BOT, "g1", id, "amy").await.unwrap();
     assert_eq!(closed.id, id);
     assert!(h.service.list_handoffs("").await.unwrap().is_empty());
