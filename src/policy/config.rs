@@ -50,7 +50,7 @@
 //! | `frequency.tiers` | 20→24 h, 5→72 h, 0→168 h | `{min_messages, push_interval_hours}` |
 //! | `schedules` | `[]` | `{id, cron, reply}`; cron has 5 (min hour dom mon dow) or 6/7 fields |
 //! | `countdowns` | `[]` | `{id, event_name, date, at, days_before}` |
-//! | `experiments` | `[]` | `{id, intent, variants: [{variant, weight}]}`, ≥ 2 variants |
+//! | `experiments` | `[]` | `{id, intent \| reply, variants: [{variant, weight}]}`, ≥ 2 variants; `reply`: any reply set (`welcome`, a push's or schedule's named reply, `reactivation`, `countdown`, `link:<id>`) |
 //! | `schedule_grace_s` | 600 (0..=86400) | a scheduled send later than this is skipped |
 //!
 //! `when` (rules, pushes): `{tags_any: [..], cities: [..], vip_min: N, min_messages: N}`.
@@ -191,8 +191,9 @@ impl Settings {
             .unwrap_or(&self.style)
     }
 
-    pub fn experiment_for(&self, intent: &str) -> Option<&Experiment> {
-        self.experiments.iter().find(|e| e.intent == intent)
+    /// The experiment on a reply set (library key: an intent id for intent replies).
+    pub fn experiment_for(&self, key: &str) -> Option<&Experiment> {
+        self.experiments.iter().find(|e| e.key == key)
     }
 }
 
@@ -361,7 +362,10 @@ struct RawCountdown {
 #[serde(deny_unknown_fields)]
 struct RawExperiment {
     id: String,
-    intent: String,
+    #[serde(default)]
+    intent: Option<String>,
+    #[serde(default)]
+    reply: Option<String>,
     variants: Vec<RawExpVariant>,
 }
 
@@ -974,12 +978,32 @@ fn countdowns(at: &At<'_>, list: &[RawCountdown]) -> Result<Vec<Countdown>, File
 fn experiments(at: &At<'_>, list: &[RawExperiment]) -> Result<Vec<Experiment>, FileError> {
     let ids = IdList::new("experiments", "experiment", list.iter().map(|e| &*e.id));
     with_ids(at, &ids, list, |here, e, id, earlier| {
-        let intent = here.intent(&[Key("intent")], &e.intent)?;
-        if earlier.iter().any(|o: &Experiment| o.intent == intent) {
-            return Err(here.err(
-                &[Key("intent")],
-                format!("intent '{intent}' already has an experiment"),
-            ));
+        // The reply set under test: an intent's replies, or any set of replies.yml.
+        let (key, field) = match (&e.intent, &e.reply) {
+            (Some(intent), None) => (here.intent(&[Key("intent")], intent)?, "intent"),
+            (None, Some(reply)) => {
+                if !here.refs.replies.has(reply) {
+                    return Err(here.err(
+                        &[Key("reply")],
+                        format!(
+                            "reply '{reply}' is not a reply set of replies.yml (an intent, a \
+                             special such as welcome, a named reply, link:<id> or card:<id>)"
+                        ),
+                    ));
+                }
+                (reply.clone(), "reply")
+            }
+            _ => {
+                return Err(here.err(
+                    &[],
+                    "an experiment names exactly one of `intent` (that intent's replies) or \
+                     `reply` (a reply set: welcome, a push's or schedule's named reply, ...)"
+                        .to_string(),
+                ))
+            }
+        };
+        if earlier.iter().any(|o: &Experiment| o.key == key) {
+            return Err(here.err(&[Key(field)], format!("'{key}' already has an experiment")));
         }
         if e.variants.len() < 2 {
             return Err(here.err(
@@ -992,11 +1016,9 @@ fn experiments(at: &At<'_>, list: &[RawExperiment]) -> Result<Vec<Experiment>, F
         }
         let mut variants: Vec<(String, u32)> = Vec::new();
         for (vat, v) in here.items("variants", &e.variants) {
-            if here.refs.replies.variant(&intent, &v.variant).is_none() {
+            if here.refs.replies.variant(&key, &v.variant).is_none() {
                 let variant = &v.variant;
-                let msg = format!(
-                    "variant '{variant}' is not a reply variant of intent '{intent}' in replies.yml"
-                );
+                let msg = format!("variant '{variant}' is not a variant of '{key}' in replies.yml");
                 return Err(vat.err(&[], msg));
             }
             if variants.iter().any(|x| x.0 == v.variant) {
@@ -1005,11 +1027,7 @@ fn experiments(at: &At<'_>, list: &[RawExperiment]) -> Result<Vec<Experiment>, F
             let w = vat.range_at(&[], "weight", v.weight, 1, 10_000)? as u32;
             variants.push((v.variant.clone(), w));
         }
-        Ok(Experiment {
-            id,
-            intent,
-            variants,
-        })
+        Ok(Experiment { id, key, variants })
     })
 }
 
@@ -1168,7 +1186,7 @@ mod tests {
     fn lib() -> (ReplyLibrary, BannedWords) {
         let b = BannedWords::new(["微信"]).unwrap();
         let y = minimal_yaml()
-            + "named:\n  vip_service:\n    - { id: v1, style: professional, text: \"{nickname}您好，VIP专属客服为您服务\" }\n  daily_tip:\n    - { id: t1, style: playful, text: \"{greeting}！今日小贴士\" }\n  vip_agent:\n    - { id: a1, style: professional, text: \"{nickname}，专属客服约{wait_minutes}分钟内联系您\" }\n";
+            + "named:\n  vip_service:\n    - { id: v1, style: professional, text: \"{nickname}您好，VIP专属客服为您服务\" }\n  daily_tip:\n    - { id: t1, style: playful, text: \"{greeting}！今日小贴士\" }\n    - { id: t2, style: playful, text: \"{greeting}，小贴士来啦\" }\n  vip_agent:\n    - { id: a1, style: professional, text: \"{nickname}，专属客服约{wait_minutes}分钟内联系您\" }\n";
         (parse(&y, &b).unwrap(), b)
     }
 
@@ -1269,6 +1287,43 @@ mod tests {
     }
 
     #[test]
+    fn experiments_name_an_intent_or_any_reply_set() {
+        let exp = |target: &str, variants: &str| {
+            format!("defaults:\n  experiments:\n    - id: e1\n      {target}\n      variants:\n{variants}")
+        };
+        let two = "        - {variant: t1, weight: 3}\n        - {variant: t2, weight: 1}\n";
+        let c = load(&exp("reply: daily_tip", two)).unwrap();
+        let s = c.settings("b", "g");
+        let e = s.experiment_for("daily_tip").unwrap();
+        assert_eq!(e.variants, vec![("t1".into(), 3), ("t2".into(), 1)]);
+        assert!(s.experiment_for("price").is_none());
+
+        let e = err(&exp("reply: nope", two));
+        assert!(
+            e.starts_with("playbook.yml:4: reply 'nope' is not a reply set of replies.yml"),
+            "{e}"
+        );
+        let e = err(&exp("reply: welcome", two));
+        assert_eq!(
+            e,
+            "playbook.yml:6: variant 't1' is not a variant of 'welcome' in replies.yml"
+        );
+        let e = err(&exp("intent: price\n      reply: daily_tip", two));
+        assert!(
+            e.starts_with("playbook.yml:3: an experiment names exactly one of `intent`"),
+            "{e}"
+        );
+        let e = err("defaults:\n  experiments:\n    - id: e1\n      variants: []\n");
+        assert!(e.contains("exactly one of `intent`"), "{e}");
+        // One experiment per reply set, whichever way it is named.
+        let ab = "        - {variant: a, weight: 1}\n        - {variant: b, weight: 1}\n";
+        let twice =
+            exp("intent: price", ab) + "    - id: e2\n      reply: price\n      variants:\n" + ab;
+        let e = err(&twice);
+        assert_eq!(e, "playbook.yml:9: 'price' already has an experiment");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_references_are_errors() {
         let e = err("defaults:\n  spacing:\n    min_interval: 10\n");
         assert!(
@@ -1303,7 +1358,7 @@ mod tests {
         let e = err("defaults:\n  experiments:\n    - id: e1\n      intent: price\n      variants:\n        - {variant: a, weight: 1}\n        - {variant: zz, weight: 1}\n");
         assert_eq!(
             e,
-            "playbook.yml:7: variant 'zz' is not a reply variant of intent 'price' in replies.yml"
+            "playbook.yml:7: variant 'zz' is not a variant of 'price' in replies.yml"
         );
         let e = err(
             "defaults:\n  service_hours:\n    - {days: [mon], from: \"18:00\", to: \"09:00\"}\n",

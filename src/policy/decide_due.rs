@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::ab::Unit;
 use super::config::Settings;
 use super::decision::Decider;
 use super::events::welcome_take_due;
@@ -12,7 +13,6 @@ use super::hash::seeded;
 use super::scheduler::{collect_chat, next_due_chat, Job, JobContent, OutboundItem, OutboundKind};
 use super::spacing::{Priority, SpacingOutcome};
 use super::state::{DroppedSend, DueView, GroupKey, GroupRow, StateChange, Versioned};
-use super::templates::Template;
 use crate::types::ReplyOut;
 
 fn by_time(a: &Job, b: &Job) -> std::cmp::Ordering {
@@ -188,11 +188,12 @@ fn render_job(d: &Decider<'_>, s: &Settings, job: &Job) -> Option<ReplyOut> {
                     &job.at_ms.to_string(),
                 ],
             );
-            d.cfg
-                .replies
-                .choose(key, style, pick, &d.cfg.banned, &|tp: &Template| {
-                    tp.render(&vars)
-                })
+            // One addressee (a push, a welcome): their bucket; else the whole group's.
+            let unit = match job.user_ids.as_slice() {
+                [one] => Unit::User(one),
+                _ => Unit::Group(&job.chat_id),
+            };
+            d.choose_picked(s, key, style, unit, pick, &vars)
         }
     }
 }

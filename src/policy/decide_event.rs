@@ -37,7 +37,7 @@ pub fn decide_event(d: &Decider<'_>, w: &mut Work, ev: &EventInput) -> EventDeci
             }
             if s.welcome_merge_window_ms == 0 {
                 let vars = d.vars(&s, &ev.user.nickname, &group_name);
-                let reply = d.choose("welcome", &style, uid, &vars);
+                let reply = d.choose(&s, "welcome", &style, uid, &vars);
                 let out = if reply.is_none() {
                     decision(Action::Ignore, None, "banned_word:outbound")
                 } else {
@@ -102,7 +102,7 @@ pub fn decide_event(d: &Decider<'_>, w: &mut Work, ev: &EventInput) -> EventDeci
                 return plain(decision(Action::Ignore, None, "cooldown"));
             }
             let vars = d.vars(&s, &ev.user.nickname, &group_name);
-            let Some(reply) = d.choose(&key, &style, uid, &vars) else {
+            let Some(reply) = d.choose(&s, &key, &style, uid, &vars) else {
                 return plain(decision(Action::Ignore, None, "banned_word:outbound"));
             };
             let out = d.finish(

@@ -3,6 +3,7 @@
 //! the rows of the group and user in [`Work`]; the rows it changes are written back by the
 //! state store.
 
+use super::ab::Unit;
 use super::config::Settings;
 use super::decision::{decision, Decider, Target, Work};
 use super::handoff::HandoffOpening;
@@ -10,7 +11,7 @@ use super::hash::seeded;
 use super::hours::local;
 use super::scheduler;
 use super::spacing::Priority;
-use super::templates::{Template, Vars};
+use super::templates::Vars;
 use crate::types::{Action, Classification, MessageContext, PolicyDecision, ReplyOut};
 
 /// A banned word in the text → BLOCK (and a review entry); None: go on and classify.
@@ -97,12 +98,8 @@ pub fn decide_cleared(
         // Some replies are the disclosure themselves ("yes, I am a bot").
         if !(understood && s.disclosure_answered_by.contains(&cls.intent)) {
             let pick = seeded(d.seed, &["disclosure", uid]);
-            if let Some(r) =
-                cfg.replies
-                    .choose("disclosure", &style, pick, &cfg.banned, &|tp: &Template| {
-                        tp.render(&base_vars)
-                    })
-            {
+            let unit = Unit::User(uid);
+            if let Some(r) = d.choose_picked(&s, "disclosure", &style, unit, pick, &base_vars) {
                 out.notices.push(r.text);
             }
         }
@@ -159,7 +156,7 @@ fn decide_inner(
             v.candidates = names.join(sep);
             ("clarify", v)
         };
-        let reply = d.choose(key, i.style, t.user, &vars);
+        let reply = d.choose(s, key, i.style, t.user, &vars);
         if reply.is_none() {
             return decision(Action::Ignore, None, "banned_word:outbound");
         }
@@ -198,30 +195,18 @@ fn decide_inner(
     let mut chosen: Option<(ReplyOut, String)> = None;
     if let Some(rule) = rule {
         chosen = d
-            .choose(&rule.reply, i.style, t.user, i.base_vars)
+            .choose(s, &rule.reply, i.style, t.user, i.base_vars)
             .map(|r| (r, format!("rule:{}", rule.id)));
     }
     if chosen.is_none() {
-        if let Some(exp) = s.experiment_for(intent) {
-            let vid = exp.variant_for(t.user);
-            if let Some(v) = cfg.replies.variant(intent, vid) {
-                if let Some(mut r) =
-                    cfg.replies
-                        .render_variant(intent, v, &cfg.banned, &|tp: &Template| {
-                            tp.render(i.base_vars)
-                        })
-                {
-                    r.variant_id = format!("{}/{}", exp.id, vid);
-                    r.experiment = exp.id.clone();
-                    chosen = Some((r, format!("ab:{}", exp.id)));
-                }
-            }
-        }
-    }
-    if chosen.is_none() {
-        chosen = d
-            .choose(intent, i.style, t.user, i.base_vars)
-            .map(|r| (r, "faq".to_string()));
+        chosen = d.choose(s, intent, i.style, t.user, i.base_vars).map(|r| {
+            let reason = if r.experiment.is_empty() {
+                "faq".to_string()
+            } else {
+                format!("ab:{}", r.experiment)
+            };
+            (r, reason)
+        });
     }
     let Some((reply, reason)) = chosen else {
         let why = if cfg.replies.has(intent) {
@@ -282,7 +267,7 @@ fn handoff(
         reason,
     };
     vars.wait_minutes = w.open_handoff(d.now, &s.handoff, who).to_string();
-    let reply = d.choose(key, i.style, t.user, &vars);
+    let reply = d.choose(s, key, i.style, t.user, &vars);
     d.finish(
         w,
         s,

@@ -3,6 +3,7 @@
 //! function mutates its `Work`; [`Work::into_changes`] turns that into the
 //! [`StateChange`]s the state store applies atomically. No lock, clock or I/O in here.
 
+use super::ab::Unit;
 use super::compliance::ReviewItem;
 use super::config::{OperatorConfig, Settings};
 use super::handoff::{expected_wait_minutes, HandoffConfig, HandoffOpening};
@@ -167,19 +168,45 @@ impl Decider<'_> {
         }
     }
 
+    /// A reply from set `key` for `unit`. When an experiment covers `key`, the unit's sticky
+    /// variant (`variant_id` `<experiment>/<variant>`); else, or when that variant renders into
+    /// a banned word, a variant of `style` picked by `pick` (see `ReplyLibrary::choose`).
+    pub(crate) fn choose_picked(
+        &self,
+        s: &Settings,
+        key: &str,
+        style: &str,
+        unit: Unit<'_>,
+        pick: u64,
+        vars: &Vars,
+    ) -> Option<ReplyOut> {
+        let (replies, banned) = (&self.cfg.replies, &self.cfg.banned);
+        let render = |tp: &Template| tp.render(vars);
+        if let Some(exp) = s.experiment_for(key) {
+            let vid = exp.variant_for(&unit);
+            let rendered = replies
+                .variant(key, vid)
+                .and_then(|v| replies.render_variant(key, v, banned, &render));
+            if let Some(mut r) = rendered {
+                r.variant_id = format!("{}/{vid}", exp.id);
+                r.experiment = exp.id.clone();
+                return Some(r);
+            }
+        }
+        replies.choose(key, style, pick, banned, &render)
+    }
+
+    /// [`Self::choose_picked`] for a reply to one user, picked by (seed, user, key).
     pub(crate) fn choose(
         &self,
+        s: &Settings,
         key: &str,
         style: &str,
         user: &str,
         vars: &Vars,
     ) -> Option<ReplyOut> {
         let pick = seeded(self.seed, &["reply", user, key]);
-        self.cfg
-            .replies
-            .choose(key, style, pick, &self.cfg.banned, &|tp: &Template| {
-                tp.render(vars)
-            })
+        self.choose_picked(s, key, style, Unit::User(user), pick, vars)
     }
 
     /// Block an inbound message: counts it, keeps the group known, queues it for review.

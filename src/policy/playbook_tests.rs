@@ -6,6 +6,7 @@ use crate::clock::SharedClock;
 use crate::clock::{Clock, ManualClock};
 use crate::data::FileError;
 use crate::engine::catalog::Catalog;
+use crate::policy::ab::Unit;
 use crate::policy::config::OperatorConfig;
 use crate::policy::events::EventKind;
 use crate::policy::hours::to_ms;
@@ -51,6 +52,12 @@ const EXTRA_REPLIES: &str = "named:
     - { id: t1, style: professional, text: \"{greeting}，{group_name}今日小贴士{festival}\" }
   push_sh:
     - { id: p1, style: professional, text: \"{nickname}，上海活动还有名额\" }
+  push_ab:
+    - { id: p1, style: professional, text: \"{nickname}，活动还有名额\" }
+    - { id: p2, style: professional, text: \"{nickname}，名额不多了\" }
+  tip_ab:
+    - { id: t1, style: professional, text: \"{group_name}今日小贴士\" }
+    - { id: t2, style: professional, text: \"{group_name}的贴士来了\" }
 links:
   coupon_center:
     - { id: l1, style: professional, text: \"{nickname}，领券后回商品页下单\" }
@@ -147,6 +154,11 @@ struct Fx {
 }
 
 fn write_dir(playbook: &str) -> tempfile::TempDir {
+    write_dir_with(playbook, "")
+}
+
+/// [`write_dir`] with `patch_welcome` (YAML list items) added to the `welcome` variants.
+fn write_dir_with(playbook: &str, patch_welcome: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(
@@ -159,10 +171,13 @@ fn write_dir(playbook: &str) -> tempfile::TempDir {
         "festivals:\n  - { name: 春节, date: 2027-02-06, days: 3, greeting: 新春快乐！ }\n",
     )
     .unwrap();
-    let replies = minimal_yaml().replace(
-        "  coupon:\n",
-        "  coupon:\n    - id: c\n      style: professional\n      text: \"{nickname}，第三种文案\"\n",
-    ) + EXTRA_REPLIES;
+    let replies = minimal_yaml()
+        .replace(
+            "  coupon:\n",
+            "  coupon:\n    - id: c\n      style: professional\n      text: \"{nickname}，第三种文案\"\n",
+        )
+        .replace("  welcome:\n", &format!("  welcome:\n{patch_welcome}"))
+        + EXTRA_REPLIES;
     std::fs::write(p.join("replies.yml"), replies).unwrap();
     std::fs::write(p.join("playbook.yml"), playbook).unwrap();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/operator/intents.yml");
@@ -176,7 +191,10 @@ fn load_config(dir: &Path) -> Result<OperatorConfig, FileError> {
 }
 
 fn fx_at(playbook: &str, start: i64) -> Fx {
-    let dir = write_dir(playbook);
+    fx_from(write_dir(playbook), start)
+}
+
+fn fx_from(dir: tempfile::TempDir, start: i64) -> Fx {
     let clock = Arc::new(ManualClock::new(start));
     let config = load_config(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let live = Arc::new(ArcSwap::from_pointee(config));
@@ -876,6 +894,140 @@ fn ab_experiment_is_sticky_and_weighted_over_3000_users() {
             .unwrap()
             .experiment,
         ""
+    );
+}
+
+#[test]
+fn experiments_on_welcomes_pushes_and_schedules_bucket_whoever_the_send_is_for() {
+    // 40 sends of each kind, so a send bucketed by the wrong unit cannot match by luck.
+    let pb = BASE.to_string()
+        + "  welcome: { merge_window_s: 60 }
+  pushes:
+    - { id: sh, when: { cities: [上海] }, reply: push_ab, delay_s: 60 }
+  schedules:
+    - { id: morning, cron: \"0 9 * * *\", reply: tip_ab }
+  experiments:
+    - id: welcome_copy
+      reply: welcome
+      variants: [{ variant: w1, weight: 1 }, { variant: w2, weight: 1 }]
+    - id: push_copy
+      reply: push_ab
+      variants: [{ variant: p1, weight: 1 }, { variant: p2, weight: 3 }]
+    - id: tip_copy
+      reply: tip_ab
+      variants: [{ variant: t1, weight: 1 }, { variant: t2, weight: 1 }]
+bots:
+  bot1:
+    groups:
+      now:
+        welcome: { merge_window_s: 0 }
+";
+    let w2 = "    - { id: w2, style: playful, text: \"{nickname}，欢迎来到{group_name}\" }\n";
+    let f = fx_from(write_dir_with(&pb, w2), mon(8, 0));
+    let cfg = f.pb.config();
+    let s = cfg.settings(BOT, "g").clone();
+    let expected = |key: &str, unit: Unit<'_>| {
+        let e = s.experiment_for(key).unwrap();
+        format!("{}/{}", e.id, e.variant_for(&unit))
+    };
+
+    // Welcomes sent at once: each member's own sticky bucket, whatever the group and style.
+    let mut w2_count = 0;
+    for i in 0..400 {
+        let u = user(&format!("wxid_{i}"), "小王");
+        let d = f.event("now", EventKind::MemberJoined, &u, "");
+        let r = d.decision.reply.expect("welcome at once");
+        assert_eq!(r.experiment, "welcome_copy");
+        assert_eq!(r.variant_id, expected("welcome", Unit::User(&u.id)));
+        w2_count += usize::from(r.variant_id.ends_with("/w2"));
+    }
+    assert!((150..=250).contains(&w2_count), "{w2_count} of 400 saw w2");
+
+    // Queued welcomes: one member alone gets their bucket (the same as at once: sticky);
+    // a welcome merged for two goes to the whole group and gets the group's.
+    for g in 0..40 {
+        let chat = format!("solo{g}");
+        f.event(
+            &chat,
+            EventKind::MemberJoined,
+            &user(&format!("wxid_{g}"), "甲"),
+            "",
+        );
+        let chat = format!("pair{g}");
+        f.event(
+            &chat,
+            EventKind::MemberJoined,
+            &user(&format!("a{g}"), "甲"),
+            "",
+        );
+        f.event(
+            &chat,
+            EventKind::MemberJoined,
+            &user(&format!("b{g}"), "乙"),
+            "",
+        );
+    }
+    let out = f.pb.due(mon(8, 1));
+    assert_eq!(out.len(), 80);
+    for w in &out {
+        assert_eq!(
+            (w.kind, w.reply.experiment.as_str()),
+            (OutboundKind::Welcome, "welcome_copy")
+        );
+        let unit = if w.chat_id.starts_with("pair") {
+            assert_eq!(w.user_ids.len(), 2);
+            Unit::Group(&w.chat_id)
+        } else {
+            Unit::User(&w.user_ids[0])
+        };
+        assert_eq!(w.reply.variant_id, expected("welcome", unit));
+    }
+
+    // A push is for one user: theirs.
+    for i in 0..40 {
+        let mut u = user(&format!("u_sh{i}"), "小李");
+        u.city = "上海".into();
+        f.ask(&format!("p{i}"), &u, "price");
+    }
+    let out = f.pb.due(f.now() + 60_000);
+    let pushes: Vec<_> = out.iter().filter(|o| o.rule_id == "push:sh").collect();
+    assert_eq!(pushes.len(), 40);
+    for p in pushes {
+        assert_eq!(p.reply.experiment, "push_copy");
+        assert_eq!(
+            p.reply.variant_id,
+            expected("push_ab", Unit::User(&p.user_ids[0]))
+        );
+    }
+
+    // A schedule goes to each whole group: one bucket per group, both variants in use.
+    let out = f.pb.due(mon(9, 0));
+    let tips: Vec<_> = out
+        .iter()
+        .filter(|o| o.rule_id == "schedule:morning")
+        .collect();
+    assert!(tips.len() >= 120, "{}", tips.len());
+    for o in &tips {
+        assert_eq!(o.reply.experiment, "tip_copy");
+        assert_eq!(
+            o.reply.variant_id,
+            expected("tip_ab", Unit::Group(&o.chat_id))
+        );
+    }
+    let t2 = tips
+        .iter()
+        .filter(|o| o.reply.variant_id.ends_with("/t2"))
+        .count();
+    assert!(
+        t2 > tips.len() / 4 && t2 < tips.len() * 3 / 4,
+        "{t2} of {}",
+        tips.len()
+    );
+    // Intent replies outside any experiment are untouched.
+    let d = f.ask("q", &user("x", "x"), "price");
+    assert_eq!(
+        (d.reason.as_str(), d.reply.unwrap().experiment.as_str()),
+        ("faq", "")
     );
 }
 

@@ -1200,3 +1200,75 @@ async fn a_link_click_naming_its_message_credits_that_reply_and_variant() {
     assert_eq!(after.auto_replies_clicked, 1, "{after:?}");
     assert_eq!(after.clicks, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_welcome_experiment_counts_sends_as_exposures_and_clicks_as_conversions() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("config/operator"), dir.path());
+    let playbook = dir.path().join("playbook.yml");
+    let text = std::fs::read_to_string(&playbook).unwrap().replacen(
+        "  experiments:\n",
+        "  experiments:\n    - id: welcome_copy\n      reply: welcome\n      variants:\n        - { variant: w1, weight: 1 }\n        - { variant: w2, weight: 1 }\n",
+        1,
+    );
+    std::fs::write(&playbook, text).unwrap();
+    let h = harness_with(Some(dir.path().to_path_buf()), true, true);
+    let mut rx = h.service.subscribe(BOT, Vec::new()).unwrap();
+    // Six members join six groups: after the merge window, one welcome each, for that member.
+    for i in 0..6 {
+        let mut ev = join(&format!("u{i}"));
+        ev.chat_id = format!("g{i}");
+        h.service.handle_event(&ev).await.unwrap();
+    }
+    h.service.set_clock(T0 + 61_000, "test").await.unwrap();
+    let mut sends = Vec::new();
+    while sends.len() < 6 {
+        let item = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("six welcomes")
+            .unwrap();
+        assert_eq!(item.kind, OutboundKind::Welcome);
+        assert_eq!(item.reply.experiment, "welcome_copy");
+        assert!(item.reply.variant_id.starts_with("welcome_copy/w"));
+        sends.push(item);
+    }
+    // A click on the first welcome's link credits its variant (the send's row is committed with
+    // the outbox change, so retry until it is there).
+    let first = &sends[0];
+    let click = EventRequest {
+        bot_id: BOT.into(),
+        chat_id: first.chat_id.clone(),
+        kind: EventTypeIn::Known(EventKind::LinkClicked),
+        user: user(&first.user_ids[0]),
+        target_id: "group_rules".into(),
+        reply_to: first.id.clone(),
+        event_id: "click-1".into(),
+        ..EventRequest::default()
+    };
+    let mut credited = false;
+    for _ in 0..50 {
+        if h.service.handle_event(&click).await.is_ok() {
+            credited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(credited, "the click finds the welcome by its id");
+    let report = h
+        .service
+        .stats(&StatsQuery {
+            bot_id: BOT.into(),
+            experiment: "welcome_copy".into(),
+            ..StatsQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.experiments.len(), 1, "{:?}", report.experiments);
+    let ab = &report.experiments[0];
+    let exposures: u64 = ab.variants.iter().map(|v| v.exposures).sum();
+    assert_eq!(exposures, 6, "{ab:?}");
+    let clicked: Vec<_> = ab.variants.iter().filter(|v| v.conversions > 0).collect();
+    assert_eq!(clicked.len(), 1, "{ab:?}");
+    assert_eq!(clicked[0].variant_id, first.reply.variant_id);
+    assert_eq!(clicked[0].conversions, 1);
+}

@@ -26,12 +26,14 @@ fn verdict(r: &AbResult) -> Markup {
     }
 }
 
-fn experiment(r: &AbResult) -> Markup {
+/// `set`: the reply set under test, when the playbook still configures the experiment.
+fn experiment(r: &AbResult, set: Option<&str>) -> Markup {
     let labels: Vec<String> = r.variants.iter().map(|v| v.variant_id.clone()).collect();
     let rates: Vec<f64> = r.variants.iter().map(|v| v.rate * 100.0).collect();
     html! {
         section.experiment {
             h2 { (r.experiment) }
+            @if let Some(set) = set { p.muted { "Reply set " code { (set) } } }
             (verdict(r))
             table.data {
                 thead { tr { th { "Variant" } th.num { "Exposures" } th.num { "Conversions" } th.num { "Rate" } } }
@@ -96,10 +98,12 @@ pub async fn show(
                 .collect();
             html! {
                 p.muted {
-                    "Exposures are auto replies that showed a variant; a conversion is a click on that reply's link or card. "
+                    "Exposures are sends that showed a variant: replies, and proactive sends such as welcomes, pushes and reminders; a conversion is a click on that send's link or card (or feedback naming it). "
                     "A winner is named only when the chi-square test is significant (p < alpha) and every variant has the minimum sample (store.ab_min_sample)."
                 }
-                @for e in &r.experiments { (experiment(e)) }
+                @for e in &r.experiments {
+                    (experiment(e, configured.iter().find(|c| c.id == e.experiment).map(|c| c.key.as_str())))
+                }
                 @if r.experiments.is_empty() && idle.is_empty() {
                     p.muted { "No experiment has exposures in this window." }
                 }
@@ -108,7 +112,7 @@ pub async fn show(
                         h2 { (e.id) }
                         p.verdict.pending { "Not enough data: no exposures in this window." }
                         p.muted {
-                            "Intent " (e.intent) "; variants "
+                            "Reply set " code { (e.key) } "; variants "
                             @for (i, (v, weight)) in e.variants.iter().enumerate() {
                                 @if i > 0 { ", " }
                                 (v) " (weight " (weight) ")"
