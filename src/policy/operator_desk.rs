@@ -5,7 +5,7 @@
 
 use super::compliance::{ReviewError, ReviewItem, ReviewVerdict};
 use super::decision::Work;
-use super::handoff::{HandoffError, OpenHandoff};
+use super::handoff::{GroupHandoffs, HandoffError, OpenHandoff};
 use super::playbook::{transact, Playbook};
 use super::state::{Decided, GroupKey, Scope, StateError};
 
@@ -105,20 +105,8 @@ impl Playbook {
         agent: &str,
     ) -> Result<Result<OpenHandoff, HandoffError>, StateError> {
         let now = self.clock.now_ms();
-        let ttl = self.config().settings(bot_id, chat_id).handoff.open_ttl_ms;
-        let scope = Scope::group(GroupKey::new(bot_id, chat_id));
-        transact(&*self.state, &scope, |view| {
-            let mut w = Work::new(&scope, view);
-            w.group.handoffs.expire(now, ttl);
-            let out = w.group.handoffs.claim(chat_id, id, agent, now);
-            let changes = if out.is_ok() {
-                w.into_changes()
-            } else {
-                Vec::new()
-            };
-            (out, changes)
-        })
-        .await
+        self.act_on_handoff(bot_id, chat_id, |h| h.claim(chat_id, id, agent, now))
+            .await
     }
 
     /// Closes handoff `id` of a group (its agent is done; one claimed by another agent is
@@ -130,13 +118,26 @@ impl Playbook {
         id: u64,
         agent: &str,
     ) -> Result<Result<OpenHandoff, HandoffError>, StateError> {
+        self.act_on_handoff(bot_id, chat_id, |h| h.close(chat_id, id, agent))
+            .await
+    }
+
+    /// Runs `act` on the group's handoffs in one transaction, after expiring the unclaimed
+    /// ones past their TTL (an expired handoff cannot be claimed or closed); a refused action
+    /// writes nothing.
+    async fn act_on_handoff(
+        &self,
+        bot_id: &str,
+        chat_id: &str,
+        act: impl Fn(&mut GroupHandoffs) -> Result<OpenHandoff, HandoffError> + Send + Sync,
+    ) -> Result<Result<OpenHandoff, HandoffError>, StateError> {
         let now = self.clock.now_ms();
         let ttl = self.config().settings(bot_id, chat_id).handoff.open_ttl_ms;
         let scope = Scope::group(GroupKey::new(bot_id, chat_id));
         transact(&*self.state, &scope, |view| {
             let mut w = Work::new(&scope, view);
             w.group.handoffs.expire(now, ttl);
-            let out = w.group.handoffs.close(chat_id, id, agent);
+            let out = act(&mut w.group.handoffs);
             let changes = if out.is_ok() {
                 w.into_changes()
             } else {
