@@ -457,8 +457,7 @@ async fn overview_counts_traffic_and_reload_names_the_broken_line() {
         .collect();
     assert_eq!(per_hour.len(), 24, "{page}");
     assert_eq!(per_hour.iter().sum::<u64>(), 3, "{page}");
-    let response =
-        Regex::new(r"<title>response \d\d-\d\d \d\d:00: (\d+)%</title>").unwrap();
+    let response = Regex::new(r"<title>response \d\d-\d\d \d\d:00: (\d+)%</title>").unwrap();
     let rates: Vec<u64> = response
         .captures_iter(&page)
         .map(|c| c[1].parse().unwrap())

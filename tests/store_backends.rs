@@ -602,7 +602,7 @@ fn the_database_holds_no_clear_text(b: &dyn Backend) {
 fn a_series_equals_one_stats_call_per_bucket(b: &dyn Backend) {
     const H: i64 = 3_600_000;
     let base = 493_000 * H + 30 * 60_000; // a local midnight at +05:30, on no whole UTC hour
-    // Buckets: a day, a 23-hour day, a day with no rows, a day, an hour of proactive sends only.
+                                          // Buckets: a day, a 23-hour day, a day with no rows, a day, an hour of proactive sends only.
     let edges = vec![
         base,
         base + 24 * H,
@@ -712,7 +712,10 @@ fn a_series_equals_one_stats_call_per_bucket(b: &dyn Backend) {
         (c[0].auto_replies, c[0].auto_replies_clicked, c[0].handoffs),
         (1, 1, 1)
     );
-    assert_eq!((c[1].blocks, c[1].triggers, c[1].triggers_replied), (1, 1, 1));
+    assert_eq!(
+        (c[1].blocks, c[1].triggers, c[1].triggers_replied),
+        (1, 1, 1)
+    );
     assert_eq!((c[1].unresolved, c[1].thumbs_down), (1, 1));
     assert_eq!((c[4].auto_replies, c[4].auto_replies_clicked), (1, 1));
     assert!((series[0].conversion_rate - 1.0).abs() < 1e-12);
@@ -741,7 +744,10 @@ fn a_series_equals_one_stats_call_per_bucket(b: &dyn Backend) {
         ..q.clone()
     };
     let e = stats_series(s.as_ref(), &bad, 0.3).unwrap_err().to_string();
-    assert!(e.contains("edge 1 (") && e.contains("is not after edge 0"), "{e}");
+    assert!(
+        e.contains("edge 1 (") && e.contains("is not after edge 0"),
+        "{e}"
+    );
     let bad = SeriesQuery {
         edges: (0..=2_001).map(|i| base + i * H).collect(),
         ..q

@@ -17,9 +17,9 @@ pub mod pg;
 pub mod postgres;
 mod private_files;
 pub mod pseudonyms;
+pub mod series;
 pub mod sqlite;
 mod sqlite_start;
-pub mod series;
 pub mod stats;
 pub mod writer;
 

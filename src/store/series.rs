@@ -132,10 +132,7 @@ pub fn stats_series(
         }
         per[bucket].add(&c);
     }
-    Ok(per
-        .iter()
-        .map(|c| rates(c, human_share_target))
-        .collect())
+    Ok(per.iter().map(|c| rates(c, human_share_target)).collect())
 }
 
 #[cfg(test)]

@@ -651,7 +651,11 @@ impl Store for SqliteStore {
              FROM conversations c WHERE {CONV_FILTER} {}
              GROUP BY k ORDER BY k",
             count_columns(),
-            if only_variants { "AND c.variant_id <> ''" } else { "" },
+            if only_variants {
+                "AND c.variant_id <> ''"
+            } else {
+                ""
+            },
         );
         let human_sql = format!(
             "SELECT {human_key} AS k, COUNT(*) FROM human_replies h
