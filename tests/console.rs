@@ -399,7 +399,7 @@ async fn forms_are_validated_on_the_server() {
     let r = c
         .get("/console/overview?from=2026-01-01&to=2026-12-01&bucket=hour")
         .await;
-    assert!(r.body.contains("over 3 for hour buckets"), "{}", r.body);
+    assert!(r.body.contains("over 7 for hour buckets"), "{}", r.body);
 }
 
 #[tokio::test]
@@ -448,6 +448,32 @@ async fn overview_counts_traffic_and_reload_names_the_broken_line() {
         .await
         .body;
     assert_eq!(volume(&page), 3, "{page}");
+    // The charts still draw numbers (all points from one grouped query): a bar per hour of
+    // today holding the three messages, and a point per hour on each rate line.
+    let bars = Regex::new(r"<title>(\d\d-\d\d \d\d:00): (\d+)</title>").unwrap();
+    let per_hour: Vec<u64> = bars
+        .captures_iter(&page)
+        .map(|c| c[2].parse().unwrap())
+        .collect();
+    assert_eq!(per_hour.len(), 24, "{page}");
+    assert_eq!(per_hour.iter().sum::<u64>(), 3, "{page}");
+    let response = Regex::new(r"<title>response \d\d-\d\d \d\d:00: (\d+)%</title>").unwrap();
+    let rates: Vec<u64> = response
+        .captures_iter(&page)
+        .map(|c| c[1].parse().unwrap())
+        .collect();
+    assert_eq!(rates.len(), 24, "{page}");
+    assert!(rates.iter().all(|r| *r <= 100), "{rates:?}");
+    // Per day over the default week: seven bars, today's with the three.
+    let page = c.get("/console/overview?chat=g-console").await.body;
+    let days = Regex::new(r"<title>(\d\d-\d\d): (\d+)</title>").unwrap();
+    let per_day: Vec<u64> = days
+        .captures_iter(&page)
+        .map(|c| c[2].parse().unwrap())
+        .collect();
+    assert_eq!(per_day.len(), 7, "{page}");
+    assert_eq!(per_day.last(), Some(&3), "{page}");
+    assert_eq!(per_day.iter().sum::<u64>(), 3, "{page}");
 
     // Reload: fine, then a broken replies.yml is named with its line and nothing changes.
     let r = c.post("/console/replies/reload", &[("csrf", &csrf)]).await;

@@ -14,10 +14,12 @@ use common::server::{classify_req, ServerOptions, TestServer, BOT, T0};
 use intentd::durable::{RowKey, RowWrite};
 use intentd::pb;
 use intentd::store::audit::{PurgeCutoffs, DAY_MS};
+use intentd::store::series::{stats_series, SeriesQuery};
+use intentd::store::stats::{rates, stats_report, StatsQuery};
 use intentd::store::{
     AnswerKind, AnswerRow, ConversationRecord, Counts, FeedbackKind, FeedbackRecord, GroupBy,
     HumanReplyRecord, Keyring, PgSettings, PgStore, Record, SqliteStore, StatsFilter, Store,
-    StoreError, Timings,
+    StoreConfig, StoreError, Timings,
 };
 use intentd::types::{Action, Source};
 
@@ -595,6 +597,165 @@ fn the_database_holds_no_clear_text(b: &dyn Backend) {
     assert!(has("price/a"));
 }
 
+/// The chart's series, from one grouped query per table, equals one stats call per bucket,
+/// buckets of uneven length (a 23-hour day) and empty ones included.
+fn a_series_equals_one_stats_call_per_bucket(b: &dyn Backend) {
+    const H: i64 = 3_600_000;
+    let base = 493_000 * H + 30 * 60_000; // a local midnight at +05:30, on no whole UTC hour
+                                          // Buckets: a day, a 23-hour day, a day with no rows, a day, an hour of proactive sends only.
+    let edges = vec![
+        base,
+        base + 24 * H,
+        base + 47 * H,
+        base + 71 * H,
+        base + 95 * H,
+        base + 96 * H,
+    ];
+    let s = b.open(&k1()).unwrap();
+    let mut recs = Vec::new();
+    let mut add = |chat: &str, msg: &str, at: i64, change: &dyn Fn(&mut ConversationRecord)| {
+        let mut c = conversation(chat, msg, at);
+        change(&mut c);
+        recs.push(Record::Conversation(c));
+    };
+    // Bucket 0: a clicked, resolved, liked reply; a handoff; another bot's message.
+    add("g1", "m0", base, &|_| {});
+    add("g1", "m1", base + 5 * H, &|c| {
+        c.action = Action::Handoff;
+        c.reply_text.clear();
+    });
+    add("g1", "x0", base + H, &|c| c.bot_id = "other".into());
+    // Bucket 1 (23 hours): a block, an unliked unresolved reply, one at its last millisecond.
+    add("g1", "m2", base + 24 * H, &|c| {
+        c.action = Action::Block;
+        c.triggered = false;
+        c.reply_text.clear();
+    });
+    add("g2", "m3", base + 30 * H, &|_| {});
+    add("g2", "m4", base + 47 * H - 1, &|c| c.triggered = false);
+    // Bucket 3: a reply in g2.
+    add("g2", "m5", base + 80 * H, &|_| {});
+    // Bucket 4: a proactive send only (an exposure, no message), clicked.
+    add("g1", "p0", base + 95 * H + 10, &|c| {
+        c.source = Source::Proactive;
+        c.triggered = false;
+    });
+    // Outside the window: just before and at its end edge.
+    add("g1", "early", base - 1, &|_| {});
+    add("g1", "late", base + 96 * H, &|_| {});
+    for (msg, kind) in [
+        ("m0", FeedbackKind::Clicked),
+        ("m0", FeedbackKind::Resolved),
+        ("m0", FeedbackKind::ThumbsUp),
+        ("m3", FeedbackKind::Unresolved),
+        ("m3", FeedbackKind::ThumbsDown),
+        ("p0", FeedbackKind::Clicked),
+        ("early", FeedbackKind::Clicked),
+    ] {
+        // Feedback counts in its message's bucket, whenever it came.
+        recs.push(feedback(msg, kind, base + 200 * H));
+    }
+    for (chat, msg, at) in [
+        ("g1", "m1", base + 26 * H), // the handoff answered the next day: counts then
+        ("g2", "", base + 90 * H),
+        ("g2", "", base - 5), // outside
+    ] {
+        recs.push(Record::HumanReply(HumanReplyRecord {
+            bot_id: "bot".into(),
+            chat_id: chat.into(),
+            message_id: msg.into(),
+            at_ms: at,
+        }));
+    }
+    s.write_batch(&recs).unwrap();
+
+    for chat in ["", "g1", "g2"] {
+        let q = SeriesQuery {
+            bot_id: "bot".into(),
+            chat_id: chat.into(),
+            edges: edges.clone(),
+        };
+        let series = stats_series(s.as_ref(), &q, 0.3).unwrap();
+        assert_eq!(series.len(), edges.len() - 1);
+        for (i, got) in series.iter().enumerate() {
+            let one = StatsQuery {
+                bot_id: "bot".into(),
+                chat_id: chat.into(),
+                from_ms: edges[i],
+                to_ms: edges[i + 1] - 1,
+                experiment: String::new(),
+            };
+            let want = stats_report(s.as_ref(), &one, 0, &StoreConfig::default(), &|_| 0.3)
+                .unwrap()
+                .total;
+            assert_eq!(got, &want, "chat '{chat}', bucket {i}");
+        }
+        assert_eq!(series[2], rates(&Counts::default(), 0.3), "the empty day");
+    }
+    // The numbers themselves, for the whole bot.
+    let q = SeriesQuery {
+        bot_id: "bot".into(),
+        chat_id: String::new(),
+        edges: edges.clone(),
+    };
+    let series = stats_series(s.as_ref(), &q, 0.3).unwrap();
+    let c: Vec<_> = series.iter().map(|r| r.counts).collect();
+    assert_eq!(
+        c.iter().map(|c| c.messages).collect::<Vec<_>>(),
+        vec![2, 3, 0, 1, 0]
+    );
+    assert_eq!(
+        c.iter().map(|c| c.human_replies).collect::<Vec<_>>(),
+        vec![0, 1, 0, 1, 0]
+    );
+    assert_eq!(
+        (c[0].auto_replies, c[0].auto_replies_clicked, c[0].handoffs),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        (c[1].blocks, c[1].triggers, c[1].triggers_replied),
+        (1, 1, 1)
+    );
+    assert_eq!((c[1].unresolved, c[1].thumbs_down), (1, 1));
+    assert_eq!((c[4].auto_replies, c[4].auto_replies_clicked), (1, 1));
+    assert!((series[0].conversion_rate - 1.0).abs() < 1e-12);
+    assert!((series[1].human_share - 1.0 / 3.0).abs() < 1e-12);
+    assert!((series[4].conversion_rate - 1.0).abs() < 1e-12);
+    // The buckets sum to the window's totals.
+    let whole = StatsQuery {
+        bot_id: "bot".into(),
+        from_ms: edges[0],
+        to_ms: edges[5] - 1,
+        ..Default::default()
+    };
+    let whole = stats_report(s.as_ref(), &whole, 0, &StoreConfig::default(), &|_| 0.3)
+        .unwrap()
+        .total
+        .counts;
+    let mut sum = Counts::default();
+    for x in &c {
+        sum.add(x);
+    }
+    assert_eq!(sum, whole);
+
+    // Bad buckets are named with the limit.
+    let bad = SeriesQuery {
+        edges: vec![base, base],
+        ..q.clone()
+    };
+    let e = stats_series(s.as_ref(), &bad, 0.3).unwrap_err().to_string();
+    assert!(
+        e.contains("edge 1 (") && e.contains("is not after edge 0"),
+        "{e}"
+    );
+    let bad = SeriesQuery {
+        edges: (0..=2_001).map(|i| base + i * H).collect(),
+        ..q
+    };
+    let e = stats_series(s.as_ref(), &bad, 0.3).unwrap_err().to_string();
+    assert!(e.contains("2001 buckets is over the limit of 2000"), "{e}");
+}
+
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -612,6 +773,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     a_batch_reads_back_as_counts_rows_and_stats,
+    a_series_equals_one_stats_call_per_bucket,
     a_first_answer_is_kept_for_retries,
     a_purge_keeps_the_audit_floor_and_audits_itself,
     state_rows_put_delete_cut_and_read_back_in_order,

@@ -1,8 +1,8 @@
 // A Wechaty group bot that lets intentd decide: every room message and room event goes to
 // intentd, and the bot only carries out the decision (say the reply after `send_after_ms`,
-// @-mention the human agents on a handoff, stay silent on BLOCK / IGNORE). Proactive messages
-// (schedules, countdowns, re-activation, merged welcomes, delayed pushes) arrive on one
-// Subscribe stream per bot.
+// @-mention the human agents on a handoff and the users a send names, stay silent on BLOCK /
+// IGNORE). Proactive messages (schedules, countdowns, re-activation, merged welcomes, delayed
+// pushes) arrive on one Subscribe stream per bot.
 //
 // The bot has no texts of its own for group members: when intentd cannot be reached it logs,
 // counts and says nothing. Texts for the agents' private notices come from the config file.
@@ -124,7 +124,8 @@ class SendLane {
 
 /**
  * Connects a Wechaty instance to intentd. Returns an EventEmitter with `stats`, `stop()`, and
- * events: `sent` ({ roomId, text, mentions, cause, kind, action, reason, ruleId }),
+ * events: `sent` ({ roomId, text, mentions (contact ids), cause, kind, action, reason, ruleId,
+ * outboundId }),
  * `decision` ({ roomId, messageId, action, reason }), `unreachable` ({ call, error }),
  * `outbound` (the raw Outbound), `stream` ('connected' | 'lost').
  */
@@ -187,6 +188,22 @@ export function attachIntentdBot (wechaty, cfg, { client, log = defaultLog } = {
     return found
   }
 
+  /**
+   * The room's members among `ids` (a send's `user_ids`, a decision's `merged_user_ids`), in
+   * order and once each. An id that is not in the room (left since, or unknown to this
+   * account) is logged and skipped: the text still goes out, without that mention.
+   */
+  const membersIn = async (room, ids, why) => {
+    const found = []
+    for (const id of new Set(ids || [])) {
+      if (!id) continue
+      const c = await wechaty.Contact.find({ id }).catch(() => undefined)
+      if (c && await room.has(c).catch(() => false)) found.push(c)
+      else log('warn', 'a user to @-mention is not in the room; not mentioned', { room: room.id, user_id: id, cause: why })
+    }
+    return found
+  }
+
   const failed = (call, err) => {
     if (isUnreachable(err)) {
       stats.unreachable++
@@ -235,18 +252,26 @@ export function attachIntentdBot (wechaty, cfg, { client, log = defaultLog } = {
     }
   }
 
-  /** Carries out a ClassifyResponse or Decision for a room. */
+  /**
+   * Carries out a ClassifyResponse or Decision for a room. A Decision's `merged_user_ids`
+   * (the member an immediate welcome greets) are @-mentioned; a ClassifyResponse names no
+   * users (the reply addresses the asker by nickname in its text), so it mentions nobody but
+   * the agents on a handoff.
+   */
   const act = async (room, d, info) => {
     const text = d.reply?.text || ''
     const notices = (d.notices || []).filter(Boolean)
     const base = { action: d.action, reason: d.reason, ...info }
+    const named = text ? await membersIn(room, d.merged_user_ids, info.cause) : []
     switch (d.action) {
       case 'REPLY':
       case 'CLARIFY':
-        if (text || notices.length) sayLater(room, [...notices, text].filter(Boolean), Number(d.send_after_ms), base)
+        if (text || notices.length) sayLater(room, [...notices, text].filter(Boolean), Number(d.send_after_ms), base, named)
         break
       case 'HANDOFF': {
-        const mentions = await agentsIn(room)
+        // The agents first (they must act), then the users the decision names.
+        const agentsHere = await agentsIn(room)
+        const mentions = [...agentsHere, ...named.filter(c => !agentsHere.some(a => a.id === c.id))]
         if (text) sayLater(room, [...notices, text], Number(d.send_after_ms), base, mentions)
         await notifyAgents(cfg.texts.handoff_notice, { ...info.vars, reason: d.reason })
         break
@@ -373,8 +398,10 @@ export function attachIntentdBot (wechaty, cfg, { client, log = defaultLog } = {
       log('warn', 'proactive message for a room this account does not see', { chat_id: out.chat_id, kind: out.kind })
       return
     }
+    // A welcome names the members it greets, a push its user: they are @-mentioned.
+    const mentions = await membersIn(room, out.user_ids, out.kind)
     // intentd hands an item out when its time has come and has reserved its spacing slot.
-    sayLater(room, [text], 0, { cause: 'outbound', kind: out.kind, ruleId: out.rule_id })
+    sayLater(room, [text], 0, { cause: 'outbound', kind: out.kind, ruleId: out.rule_id, outboundId: out.id }, mentions)
   }
 
   const scheduleReconnect = () => {

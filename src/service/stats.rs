@@ -1,8 +1,10 @@
-//! GetStats: operator rates and A/B reports over the log.
+//! GetStats: operator rates and A/B reports over the log, and the same rates per time bucket
+//! (the console's charts).
 
 use super::validate::{self, InvalidField};
 use super::{Service, ServiceError};
-use crate::store::stats::{StatsQuery, StatsReport};
+use crate::store::series::SeriesQuery;
+use crate::store::stats::{Rates, StatsQuery, StatsReport};
 use crate::store::StoreError;
 
 impl Service {
@@ -39,6 +41,40 @@ impl Service {
             // A bad window (from after to, negative) is the caller's mistake, not ours.
             StoreError::Invalid(m) => InvalidField {
                 field: "from_ms/to_ms".into(),
+                problem: m,
+            }
+            .into(),
+            e => ServiceError::Internal(format!("store: {e}")),
+        })
+    }
+
+    /// The rates of each bucket of `req` (one grouped store query, not one per bucket), with
+    /// the playbook's human-share target of the bot or group beside each.
+    pub async fn stats_series(&self, req: &SeriesQuery) -> Result<Vec<Rates>, ServiceError> {
+        self.observed("GetStatsSeries", self.stats_series_inner(req))
+            .await
+    }
+
+    async fn stats_series_inner(&self, req: &SeriesQuery) -> Result<Vec<Rates>, ServiceError> {
+        self.check_bot(&req.bot_id)?;
+        validate::check_id("chat_id", &req.chat_id, false, &self.settings.limits)?;
+        let storage = self
+            .storage
+            .clone()
+            .ok_or_else(|| ServiceError::FailedPrecondition("the store is disabled".into()))?;
+        let target = self
+            .playbook
+            .config()
+            .settings(&req.bot_id, &req.chat_id)
+            .handoff
+            .human_share_target;
+        let req = req.clone();
+        let answer = tokio::task::spawn_blocking(move || storage.stats_series(&req, target))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("stats series query crashed: {e}")))?;
+        answer.map_err(|e| match e {
+            StoreError::Invalid(m) => InvalidField {
+                field: "buckets".into(),
                 problem: m,
             }
             .into(),

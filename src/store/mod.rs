@@ -17,6 +17,7 @@ pub mod pg;
 pub mod postgres;
 mod private_files;
 pub mod pseudonyms;
+pub mod series;
 pub mod sqlite;
 mod sqlite_start;
 pub mod stats;
@@ -572,6 +573,17 @@ pub trait Store: Send + Sync {
         by: GroupBy,
     ) -> Result<Vec<(String, Counts)>, StoreError>;
 
+    /// Counts per time step, in one grouped query: step `i` covers
+    /// `[filter.from_ms + i * step_ms, filter.from_ms + (i + 1) * step_ms - 1]` (the last one
+    /// ends at `filter.to_ms`). Only steps with rows are returned, as (i, counts), by `i`;
+    /// summed over every step they equal [`Store::counts`] with [`GroupBy::Total`].
+    /// `step_ms` must be > 0 (checked by [`series::stats_series`]).
+    fn counts_by_step(
+        &self,
+        filter: &StatsFilter,
+        step_ms: i64,
+    ) -> Result<Vec<(u64, Counts)>, StoreError>;
+
     /// Exposures / conversions per (experiment, variant); `experiment` "" = all experiments.
     fn variant_counts(
         &self,
@@ -784,6 +796,16 @@ impl Storage {
             &self.config,
             human_share_target,
         )
+    }
+
+    /// The rates of each time bucket of `req` (blocking: call from `spawn_blocking`); see
+    /// [`series::stats_series`].
+    pub fn stats_series(
+        &self,
+        req: &series::SeriesQuery,
+        human_share_target: f64,
+    ) -> Result<Vec<stats::Rates>, StoreError> {
+        series::stats_series(self.store.as_ref(), req, human_share_target)
     }
 
     /// Decrypts conversations in `[from_ms, to_ms]` to JSONL; writes an audit row naming `actor`.

@@ -176,6 +176,54 @@ fn has_feedback(kind: FeedbackKind) -> String {
     )
 }
 
+/// The count columns of a conversations query, read back by [`counts_of`] from column 1 on
+/// (column 0 is the group's key).
+fn count_columns() -> String {
+    let clicked = has_feedback(FeedbackKind::Clicked);
+    let n = |cond: &str| format!("COUNT(*) FILTER (WHERE {cond})");
+    [
+        // A proactive send is logged (for feedback and conversions) but is no message.
+        n("c.source <> 'proactive'"),
+        n("c.triggered"),
+        n("c.triggered AND c.auto_reply"),
+        n("c.auto_reply"),
+        n(&format!("c.auto_reply AND {clicked}")),
+        n("c.action = 'handoff'"),
+        n("c.action = 'block'"),
+        n(&has_feedback(FeedbackKind::Resolved)),
+        n(&has_feedback(FeedbackKind::Unresolved)),
+        n(&clicked),
+        n(&has_feedback(FeedbackKind::ThumbsUp)),
+        n(&has_feedback(FeedbackKind::ThumbsDown)),
+    ]
+    .join(", ")
+}
+
+/// The counts of a row of [`count_columns`] (human replies come from their own query).
+fn counts_of(r: &tokio_postgres::Row) -> Counts {
+    let f = |i: usize| u(r.get::<_, i64>(i));
+    Counts {
+        messages: f(1),
+        triggers: f(2),
+        triggers_replied: f(3),
+        auto_replies: f(4),
+        auto_replies_clicked: f(5),
+        handoffs: f(6),
+        blocks: f(7),
+        resolved: f(8),
+        unresolved: f(9),
+        clicks: f(10),
+        thumbs_up: f(11),
+        thumbs_down: f(12),
+        human_replies: 0,
+    }
+}
+
+/// Human replies are counted by their own time and chat (a reply can come long after the
+/// message it answers).
+const HUMAN_FILTER: &str =
+    "($1 = '' OR h.bot_id = $1) AND ($2 = '' OR h.chat_id = $2) AND h.at_ms >= $3 AND h.at_ms <= $4";
+
 const CONV_FILTER: &str =
     "($1 = '' OR c.bot_id = $1) AND ($2 = '' OR c.chat_id = $2) AND c.at_ms >= $3 AND c.at_ms <= $4";
 
@@ -507,24 +555,9 @@ impl Store for PgStore {
         } else {
             "GROUP BY 1 ORDER BY 1"
         };
-        let clicked = has_feedback(FeedbackKind::Clicked);
-        let n = |cond: &str| format!("COUNT(*) FILTER (WHERE {cond})");
         let conv_sql = format!(
-            "SELECT {conv_key}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
-             FROM conversations c WHERE {CONV_FILTER} {} {group}",
-            // A proactive send is logged (for feedback and conversions) but is no message.
-            n("c.source <> 'proactive'"),
-            n("c.triggered"),
-            n("c.triggered AND c.auto_reply"),
-            n("c.auto_reply"),
-            n(&format!("c.auto_reply AND {clicked}")),
-            n("c.action = 'handoff'"),
-            n("c.action = 'block'"),
-            n(&has_feedback(FeedbackKind::Resolved)),
-            n(&has_feedback(FeedbackKind::Unresolved)),
-            n(&clicked),
-            n(&has_feedback(FeedbackKind::ThumbsUp)),
-            n(&has_feedback(FeedbackKind::ThumbsDown)),
+            "SELECT {conv_key}, {} FROM conversations c WHERE {CONV_FILTER} {} {group}",
+            count_columns(),
             if only_variants {
                 "AND c.variant_id <> ''"
             } else {
@@ -534,7 +567,7 @@ impl Store for PgStore {
         let human_sql = format!(
             "SELECT {human_key}, COUNT(*) FROM human_replies h
              LEFT JOIN conversations c ON c.bot_id = h.bot_id AND c.message_id = h.message_id AND h.message_id <> ''
-             WHERE ($1 = '' OR h.bot_id = $1) AND ($2 = '' OR h.chat_id = $2) AND h.at_ms >= $3 AND h.at_ms <= $4
+             WHERE {HUMAN_FILTER}
              {group}"
         );
         let p: [&(dyn ToSql + Sync); 4] = [
@@ -550,26 +583,12 @@ impl Store for PgStore {
         })?;
         let mut out: std::collections::BTreeMap<String, Counts> = Default::default();
         for r in conv {
-            let messages: i64 = r.get(1);
-            if messages == 0 {
-                continue; // the one row of an ungrouped count over nothing
+            let counts = counts_of(&r);
+            // The one row of an ungrouped count over nothing (a window of proactive sends
+            // only has no messages but does have exposures: it is kept).
+            if counts == Counts::default() {
+                continue;
             }
-            let f = |i: usize| u(r.get::<_, i64>(i));
-            let counts = Counts {
-                messages: u(messages),
-                triggers: f(2),
-                triggers_replied: f(3),
-                auto_replies: f(4),
-                auto_replies_clicked: f(5),
-                handoffs: f(6),
-                blocks: f(7),
-                resolved: f(8),
-                unresolved: f(9),
-                clicks: f(10),
-                thumbs_up: f(11),
-                thumbs_down: f(12),
-                human_replies: 0,
-            };
             out.insert(r.get(0), counts);
         }
         for r in human {
@@ -582,6 +601,43 @@ impl Store for PgStore {
         }
         if by == GroupBy::Total && out.is_empty() {
             out.insert(String::new(), Counts::default());
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn counts_by_step(
+        &self,
+        filter: &StatsFilter,
+        step_ms: i64,
+    ) -> Result<Vec<(u64, Counts)>, StoreError> {
+        // bigint / bigint is integer division: the step's index.
+        let conv_sql = format!(
+            "SELECT (c.at_ms - $3) / $5, {} FROM conversations c WHERE {CONV_FILTER}
+             GROUP BY 1 ORDER BY 1",
+            count_columns(),
+        );
+        let human_sql = format!(
+            "SELECT (h.at_ms - $3) / $5, COUNT(*) FROM human_replies h WHERE {HUMAN_FILTER}
+             GROUP BY 1 ORDER BY 1"
+        );
+        let p: [&(dyn ToSql + Sync); 5] = [
+            &filter.bot_id,
+            &filter.chat_id,
+            &filter.from_ms,
+            &filter.to_ms,
+            &step_ms,
+        ];
+        let (conv, human) = self.with_client(async |client| {
+            let conv = client.query(&conv_sql, &p).await.map_err(store_err)?;
+            let human = client.query(&human_sql, &p).await.map_err(store_err)?;
+            Ok((conv, human))
+        })?;
+        let mut out: std::collections::BTreeMap<u64, Counts> = Default::default();
+        for r in conv {
+            out.insert(u(r.get(0)), counts_of(&r));
+        }
+        for r in human {
+            out.entry(u(r.get(0))).or_default().human_replies += u(r.get(1));
         }
         Ok(out.into_iter().collect())
     }

@@ -574,6 +574,49 @@ fn has_feedback(kind: FeedbackKind) -> String {
     )
 }
 
+/// The count columns of a grouped conversations query, read back by [`counts_of`] from
+/// column 1 on (column 0 is the group's key).
+fn count_columns() -> String {
+    let clicked = has_feedback(FeedbackKind::Clicked);
+    format!(
+        "TOTAL(c.source <> 'proactive'), TOTAL(c.triggered), TOTAL(c.triggered * c.auto_reply),
+         TOTAL(c.auto_reply), TOTAL(c.auto_reply * {clicked}),
+         TOTAL(c.action = 'handoff'), TOTAL(c.action = 'block'),
+         TOTAL({}), TOTAL({}), TOTAL({clicked}), TOTAL({}), TOTAL({})",
+        has_feedback(FeedbackKind::Resolved),
+        has_feedback(FeedbackKind::Unresolved),
+        has_feedback(FeedbackKind::ThumbsUp),
+        has_feedback(FeedbackKind::ThumbsDown),
+    )
+}
+
+/// The counts of a row of [`count_columns`] (human replies come from their own query).
+fn counts_of(r: &rusqlite::Row<'_>) -> Result<Counts, rusqlite::Error> {
+    // TOTAL() is a float in SQLite; the sums are of 0/1 so the cast is exact.
+    let f = |i: usize| -> Result<u64, rusqlite::Error> { Ok(r.get::<_, f64>(i)? as u64) };
+    Ok(Counts {
+        // A proactive send is logged (for feedback and conversions) but is no message.
+        messages: f(1)?,
+        triggers: f(2)?,
+        triggers_replied: f(3)?,
+        auto_replies: f(4)?,
+        auto_replies_clicked: f(5)?,
+        handoffs: f(6)?,
+        blocks: f(7)?,
+        resolved: f(8)?,
+        unresolved: f(9)?,
+        clicks: f(10)?,
+        thumbs_up: f(11)?,
+        thumbs_down: f(12)?,
+        human_replies: 0,
+    })
+}
+
+/// Human replies are counted by their own time and chat (a reply can come long after the
+/// message it answers).
+const HUMAN_FILTER: &str =
+    "(?1 = '' OR h.bot_id = ?1) AND (?2 = '' OR h.chat_id = ?2) AND h.at_ms >= ?3 AND h.at_ms <= ?4";
+
 const CONV_FILTER: &str =
     "(?1 = '' OR c.bot_id = ?1) AND (?2 = '' OR c.chat_id = ?2) AND c.at_ms >= ?3 AND c.at_ms <= ?4";
 
@@ -603,24 +646,21 @@ impl Store for SqliteStore {
             GroupBy::Intent => ("c.intent", "COALESCE(c.intent, '')", false),
             GroupBy::Variant => ("c.variant_id", "COALESCE(c.variant_id, '')", true),
         };
-        let clicked = has_feedback(FeedbackKind::Clicked);
         let conv_sql = format!(
-            "SELECT {conv_key} AS k, TOTAL(c.source <> 'proactive'), TOTAL(c.triggered), TOTAL(c.triggered * c.auto_reply),
-                TOTAL(c.auto_reply), TOTAL(c.auto_reply * {clicked}),
-                TOTAL(c.action = 'handoff'), TOTAL(c.action = 'block'),
-                TOTAL({}), TOTAL({}), TOTAL({clicked}), TOTAL({}), TOTAL({})
+            "SELECT {conv_key} AS k, {}
              FROM conversations c WHERE {CONV_FILTER} {}
              GROUP BY k ORDER BY k",
-            has_feedback(FeedbackKind::Resolved),
-            has_feedback(FeedbackKind::Unresolved),
-            has_feedback(FeedbackKind::ThumbsUp),
-            has_feedback(FeedbackKind::ThumbsDown),
-            if only_variants { "AND c.variant_id <> ''" } else { "" },
+            count_columns(),
+            if only_variants {
+                "AND c.variant_id <> ''"
+            } else {
+                ""
+            },
         );
         let human_sql = format!(
             "SELECT {human_key} AS k, COUNT(*) FROM human_replies h
              LEFT JOIN conversations c ON c.bot_id = h.bot_id AND c.message_id = h.message_id AND h.message_id <> ''
-             WHERE (?1 = '' OR h.bot_id = ?1) AND (?2 = '' OR h.chat_id = ?2) AND h.at_ms >= ?3 AND h.at_ms <= ?4
+             WHERE {HUMAN_FILTER}
              GROUP BY k ORDER BY k"
         );
         let p = params![filter.bot_id, filter.chat_id, filter.from_ms, filter.to_ms];
@@ -630,26 +670,7 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(&conv_sql)?;
             let mut rows = stmt.query(p)?;
             while let Some(r) = rows.next()? {
-                // TOTAL() is a float in SQLite; the sums are of 0/1 so the cast is exact.
-                let f =
-                    |i: usize| -> Result<u64, rusqlite::Error> { Ok(r.get::<_, f64>(i)? as u64) };
-                let counts = Counts {
-                    // A proactive send is logged (for feedback and conversions) but is no message.
-                    messages: f(1)?,
-                    triggers: f(2)?,
-                    triggers_replied: f(3)?,
-                    auto_replies: f(4)?,
-                    auto_replies_clicked: f(5)?,
-                    handoffs: f(6)?,
-                    blocks: f(7)?,
-                    resolved: f(8)?,
-                    unresolved: f(9)?,
-                    clicks: f(10)?,
-                    thumbs_up: f(11)?,
-                    thumbs_down: f(12)?,
-                    human_replies: 0,
-                };
-                out.insert(r.get(0)?, counts);
+                out.insert(r.get(0)?, counts_of(r)?);
             }
         }
         {
@@ -665,6 +686,49 @@ impl Store for SqliteStore {
         }
         if by == GroupBy::Total && out.is_empty() {
             out.insert(String::new(), Counts::default());
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn counts_by_step(
+        &self,
+        filter: &StatsFilter,
+        step_ms: i64,
+    ) -> Result<Vec<(u64, Counts)>, StoreError> {
+        // Both operands are integers, so `/` is integer division: the step's index.
+        let conv_sql = format!(
+            "SELECT (c.at_ms - ?3) / ?5 AS k, {}
+             FROM conversations c WHERE {CONV_FILTER}
+             GROUP BY k ORDER BY k",
+            count_columns(),
+        );
+        let human_sql = format!(
+            "SELECT (h.at_ms - ?3) / ?5 AS k, COUNT(*) FROM human_replies h
+             WHERE {HUMAN_FILTER}
+             GROUP BY k ORDER BY k"
+        );
+        let p = params![
+            filter.bot_id,
+            filter.chat_id,
+            filter.from_ms,
+            filter.to_ms,
+            step_ms
+        ];
+        let conn = self.read.lock();
+        let mut out: std::collections::BTreeMap<u64, Counts> = Default::default();
+        {
+            let mut stmt = conn.prepare_cached(&conv_sql)?;
+            let mut rows = stmt.query(p)?;
+            while let Some(r) = rows.next()? {
+                out.insert(u(r.get(0)?), counts_of(r)?);
+            }
+        }
+        {
+            let mut stmt = conn.prepare_cached(&human_sql)?;
+            let mut rows = stmt.query(p)?;
+            while let Some(r) = rows.next()? {
+                out.entry(u(r.get(0)?)).or_default().human_replies += u(r.get(1)?);
+            }
         }
         Ok(out.into_iter().collect())
     }

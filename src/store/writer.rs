@@ -357,6 +357,13 @@ mod tests {
         ) -> Result<Vec<(String, Counts)>, StoreError> {
             self.inner.counts(f, by)
         }
+        fn counts_by_step(
+            &self,
+            f: &StatsFilter,
+            step_ms: i64,
+        ) -> Result<Vec<(u64, Counts)>, StoreError> {
+            self.inner.counts_by_step(f, step_ms)
+        }
         fn variant_counts(
             &self,
             f: &StatsFilter,

@@ -68,6 +68,7 @@ const dave = contact('dave', '大伟')
 const eve = contact('eve', '小夏')
 const frank = contact('frank', '阿峰')
 const grace = contact('grace', '小雅')
+const henry = contact('henry', '小亨')
 
 const room = (id, topic, members) => mocker.createRoom({
   id,
@@ -79,6 +80,7 @@ const room = (id, topic, members) => mocker.createRoom({
 const rooms = {
   refund: room('refund@chatroom', '售后群', [alice]),
   welcome: room('welcome@chatroom', '新人群', []),
+  solo: room('solo@chatroom', '单人群', []),
   banned: room('banned@chatroom', '闲聊群', [dave]),
   complaint: room('complaint@chatroom', '投诉群', [eve]),
   card: room('card@chatroom', '好物群', [frank]),
@@ -138,21 +140,37 @@ await waitFor('the refund reply in the room', () => sent.some(s => s.roomId === 
 const refundTexts = received.get(rooms.refund.id)
 assert.ok(refundTexts.some(t => t.startsWith('小李') && t.includes('退')), `refund room got: ${JSON.stringify(refundTexts)}`)
 
-// 2. Two joins inside the merge window: no welcome yet; one merged welcome after the window.
+// 2. Two joins inside the merge window: no welcome yet; one merged welcome after the window,
+//    @-mentioning both. A lone join in another room: its welcome @-mentions that member.
 rooms.welcome.add(bob).by(agent)
 rooms.welcome.add(carol).by(agent)
-await waitFor('two MEMBER_JOINED decisions', () => decisions.filter(d => d.event === 'MEMBER_JOINED').length === 2)
-const joins = decisions.filter(d => d.event === 'MEMBER_JOINED').map(d => d.reason).sort()
+rooms.solo.add(henry).by(agent)
+const joinsIn = (roomId) => decisions.filter(d => d.event === 'MEMBER_JOINED' && d.roomId === roomId)
+await waitFor('two MEMBER_JOINED decisions', () => joinsIn(rooms.welcome.id).length === 2)
+await waitFor('the lone MEMBER_JOINED decision', () => joinsIn(rooms.solo.id).length === 1)
+const joins = joinsIn(rooms.welcome.id).map(d => d.reason).sort()
 assert.deepEqual(joins, ['merged_welcome', 'welcome:queued'])
+assert.equal(joinsIn(rooms.solo.id)[0].reason, 'welcome:queued')
 await sleep(500)
 assert.deepEqual(received.get(rooms.welcome.id), [], 'no welcome before the window ends')
+assert.deepEqual(received.get(rooms.solo.id), [], 'no welcome before the window ends')
 await admin.setClock(T0 + 61_000)
 await waitFor('the merged welcome', () => received.get(rooms.welcome.id).length >= 1)
+await waitFor('the lone welcome', () => received.get(rooms.solo.id).length >= 1)
 await sleep(1500) // a second welcome would arrive within a collect tick
 const welcomes = received.get(rooms.welcome.id)
 assert.equal(welcomes.length, 1, `exactly one welcome: ${JSON.stringify(welcomes)}`)
 assert.ok(welcomes[0].includes('阿宝') && welcomes[0].includes('小芳'), welcomes[0])
-assert.equal(sent.find(s => s.roomId === rooms.welcome.id).kind, 'WELCOME')
+const merged = sent.find(s => s.roomId === rooms.welcome.id)
+assert.equal(merged.kind, 'WELCOME')
+assert.deepEqual([...merged.mentions].sort(), [bob.id, carol.id], JSON.stringify(merged))
+assert.ok(welcomes[0].startsWith('@'), `the welcome @-mentions its members: ${welcomes[0]}`)
+assert.ok(welcomes[0].includes('@阿宝') && welcomes[0].includes('@小芳'), welcomes[0])
+const lone = sent.find(s => s.roomId === rooms.solo.id)
+assert.equal(lone.kind, 'WELCOME')
+assert.deepEqual(lone.mentions, [henry.id], JSON.stringify(lone))
+assert.equal(received.get(rooms.solo.id).length, 1, JSON.stringify(received.get(rooms.solo.id)))
+assert.ok(received.get(rooms.solo.id)[0].startsWith('@小亨'), received.get(rooms.solo.id)[0])
 
 // 3. A banned-word message: BLOCK, silence in the room, a private notice to the agent.
 dave.say('加微信领红包，兼职日结').to(rooms.banned)
@@ -197,6 +215,10 @@ assert.ok(received.get(rooms.banned.id).includes(tip.text))
 // Alice's profile (city 上海) earned her a personal push in the refund room, due at the same
 // moment: it goes first, and the tip waits for the group's spacing (15 s on intentd's clock).
 await waitFor('the profile-driven push', () => sent.some(s => s.roomId === rooms.refund.id && s.kind === 'DELAYED_REPLY' && s.ruleId === 'push:shanghai_event'))
+const push = sent.find(s => s.roomId === rooms.refund.id && s.ruleId === 'push:shanghai_event')
+assert.deepEqual(push.mentions, [alice.id], `the push @-mentions its user: ${JSON.stringify(push)}`)
+// The schedule is group-wide: it names nobody.
+assert.deepEqual(tip.mentions, [], JSON.stringify(tip))
 await sleep(1500)
 assert.equal(tipIn(rooms.refund.id), undefined, 'the tip does not follow the push within the spacing')
 await admin.setClock(T0 + 23 * HOUR + 60_000)

@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use super::state::ConsoleState;
 
-/// Longest window for daily buckets, and for hourly ones (one chart point per bucket, each a
-/// stats query).
+/// Longest window for daily buckets, and for hourly ones: one chart point per bucket, so the
+/// chart stays readable (all points come from one grouped query, see `store::series`).
 pub const MAX_DAYS: u64 = 62;
-pub const MAX_HOURLY_DAYS: u64 = 3;
+pub const MAX_HOURLY_DAYS: u64 = 7;
 
 #[derive(Debug, Deserialize, Default)]
 pub struct FilterQuery {

@@ -1,6 +1,7 @@
 //! Overview: per bot and group, volume, answered share, human share against its target, and
 //! the response / resolution / conversion / satisfaction rates, over the window and per day or
-//! hour (one `Service::stats` call per bucket), each with its definition and denominator.
+//! hour (one `Service::stats_series` call for all the chart's points), each with its definition
+//! and denominator.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -12,6 +13,7 @@ use super::filters::{self, FilterQuery, Window};
 use super::guard::Operator;
 use super::layout::{errors, notice, page, pct, respond, Chrome};
 use super::state::ConsoleState;
+use crate::store::series::SeriesQuery;
 use crate::store::stats::{Rates, StatsQuery, StatsReport};
 
 /// Messages the bot answered itself (replies and clarifying questions) / messages.
@@ -67,6 +69,23 @@ async fn report(
         experiment: String::new(),
     };
     state.service.stats(&q).await.map_err(|e| e.to_string())
+}
+
+/// The chart's labels and the rates of each bucket of the window, in one grouped query.
+async fn series(state: &ConsoleState, w: &Window) -> Result<(Vec<String>, Vec<Rates>), String> {
+    let buckets = w.buckets();
+    let spans: Vec<(i64, i64)> = buckets.iter().map(|b| (b.1, b.2)).collect();
+    let q = SeriesQuery {
+        bot_id: w.bot.clone(),
+        chat_id: w.chat.clone(),
+        edges: SeriesQuery::edges_of(&spans).map_err(|e| e.to_string())?,
+    };
+    let per = state
+        .service
+        .stats_series(&q)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((buckets.into_iter().map(|b| b.0).collect(), per))
 }
 
 fn figure(name: &str, value: String, detail: String, class: Option<&str>) -> Markup {
@@ -176,21 +195,13 @@ pub async fn show(
             html! {}
         }
         Ok(r) => {
-            let buckets = w.buckets();
-            let mut labels = Vec::with_capacity(buckets.len());
-            let mut per = Vec::with_capacity(buckets.len());
-            for (label, from, to) in &buckets {
-                match report(&state, &w, &w.chat, (*from, *to)).await {
-                    Ok(b) => {
-                        labels.push(label.clone());
-                        per.push(b.total);
-                    }
-                    Err(e) => {
-                        problems.push(format!("{label}: {e}"));
-                        break;
-                    }
+            let (labels, per) = match series(&state, &w).await {
+                Ok(points) => points,
+                Err(e) => {
+                    problems.push(format!("The charts are not available: {e}"));
+                    (Vec::new(), Vec::new())
                 }
-            }
+            };
             let volume: Vec<f64> = per.iter().map(|r| r.counts.messages as f64).collect();
             let line = |name, f: &dyn Fn(&Rates) -> f64| Series {
                 name,
