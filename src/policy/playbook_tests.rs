@@ -230,6 +230,7 @@ fn cls(intent: &str) -> Classification {
         truncated: false,
         model_loaded: true,
         entities: Vec::new(),
+        model_ranking: Vec::new(),
     }
 }
 
@@ -250,6 +251,7 @@ fn unclear(cands: &[&str]) -> Classification {
         truncated: false,
         model_loaded: true,
         entities: Vec::new(),
+        model_ranking: Vec::new(),
     }
 }
 
