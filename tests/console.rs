@@ -763,7 +763,7 @@ async fn the_desk_pages_review_handoffs_and_label_with_csrf_and_escaping() {
         "{page}"
     );
     let cid = field_after(&page, "嗯嗯啊啊哦哦", "conversation_id");
-    let intent = Regex::new(r#"<option value="([a-z_]+)""#)
+    let intent = Regex::new(r#"name="intent"[^>]*><option value="([a-z_]+)""#)
         .unwrap()
         .captures(&page)
         .unwrap()[1]
@@ -871,14 +871,20 @@ async fn try_it_shows_the_models_own_scores_before_fusion() {
     let r = c
         .post(
             "/console/try",
-            &[("csrf", &csrf), ("bot", BOT), ("text", "这个多少钱，我要人工")],
+            &[
+                ("csrf", &csrf),
+                ("bot", BOT),
+                ("text", "这个多少钱，我要人工"),
+            ],
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.contains("human_explicit") || r.body.contains("ask_human"));
     let table = element(&r.body, "model-ranking", "table");
-    let rows = Regex::new(r"<tr><td>(\d+)</td><td><code>([a-z_]+)</code></td><td class=\"num\">([0-9.]+) ?%</td>")
-        .unwrap();
+    let rows = Regex::new(
+        r#"<tr><td>(\d+)</td><td><code>([a-z_]+)</code></td><td class="num">([0-9.]+) ?%</td>"#,
+    )
+    .unwrap();
     let model: Vec<(String, f64)> = rows
         .captures_iter(table)
         .map(|m| (m[2].to_string(), m[3].parse().unwrap()))
@@ -903,7 +909,12 @@ async fn six_wrong_tokens_lock_the_login_with_retry_after() {
     let wrong = [("csrf", csrf.as_str()), ("token", "guess"), ("name", "eve")];
     for i in 0..5 {
         let r = c.post("/console/login", &wrong).await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "attempt {i}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "attempt {i}: {}",
+            r.body
+        );
         assert_eq!(r.retry_after, None);
     }
     // The 6th within 5 minutes: locked, with when to retry.
@@ -938,7 +949,7 @@ async fn console_sessions_survive_a_restart_and_logout_ends_them_for_good() {
         ..ServerOptions::default()
     };
     let mut s = TestServer::start(opts()).await;
-    let (mut c, csrf) = logged_in(&s).await;
+    let (c, csrf) = logged_in(&s).await;
     let session = c.cookie.clone().unwrap();
 
     // kill -9 right after the login answered: the session was stored with it.
@@ -950,7 +961,12 @@ async fn console_sessions_survive_a_restart_and_logout_ends_them_for_good() {
         ..Console::new(&s)
     };
     let r = c.get("/console/overview").await;
-    assert_eq!(r.status, StatusCode::OK, "still logged in: {:?}", r.location);
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "still logged in: {:?}",
+        r.location
+    );
     assert!(r.body.contains("amy"), "the operator name came back");
     // A form of a page loaded before the restart still passes its CSRF check.
     let r = c
@@ -965,7 +981,9 @@ async fn console_sessions_survive_a_restart_and_logout_ends_them_for_good() {
     for e in std::fs::read_dir(data.path()).unwrap() {
         let bytes = std::fs::read(e.unwrap().path()).unwrap();
         assert!(
-            !bytes.windows(session.len()).any(|w| w == session.as_bytes()),
+            !bytes
+                .windows(session.len())
+                .any(|w| w == session.as_bytes()),
             "a file of the data folder holds the session id"
         );
     }
@@ -1000,8 +1018,10 @@ async fn the_inbox_filters_by_bot_and_window_and_so_does_the_export() {
         let r = api
             .post(format!("http://{}/v1/classify", s.http_addr))
             .bearer_auth(token)
-            .json(&json!({"bot_id": bot, "chat_id": "g1", "message_id": format!("{bot}-1"),
-                "text": text, "user": {"id": "u1", "nickname": "小王"}}))
+            .json(
+                &json!({"bot_id": bot, "chat_id": "g1", "message_id": format!("{bot}-1"),
+                "text": text, "user": {"id": "u1", "nickname": "小王"}}),
+            )
             .send()
             .await
             .unwrap();
@@ -1022,7 +1042,8 @@ async fn the_inbox_filters_by_bot_and_window_and_so_does_the_export() {
     assert!(shop.body.contains("咿咿呀呀噢噢"), "{}", shop.body);
     assert!(!shop.body.contains("嗯嗯啊啊哦哦"), "{}", shop.body);
     assert!(
-        shop.body.contains(r#"<option value="shop" selected>shop</option>"#),
+        shop.body
+            .contains(r#"<option value="shop" selected>shop</option>"#),
         "{}",
         shop.body
     );
@@ -1054,7 +1075,10 @@ async fn the_inbox_filters_by_bot_and_window_and_so_does_the_export() {
         let req = c
             .http
             .get(format!("{}/console/labels.yml{q}", c.base))
-            .header(COOKIE, format!("intentd_console={}", c.cookie.clone().unwrap()));
+            .header(
+                COOKIE,
+                format!("intentd_console={}", c.cookie.clone().unwrap()),
+            );
         async move {
             let r = req.send().await.unwrap();
             (r.status(), r.text().await.unwrap())
@@ -1081,15 +1105,15 @@ async fn the_inbox_filters_by_bot_and_window_and_so_does_the_export() {
         "from: 'yesterday' is not a date like 2026-12-01",
     ] {
         let escaped = m.replace('\'', "&#39;");
-        assert!(r.body.contains(m) || r.body.contains(&escaped), "{m}: {}", r.body);
+        assert!(
+            r.body.contains(m) || r.body.contains(&escaped),
+            "{m}: {}",
+            r.body
+        );
     }
-    let r = c
-        .get("/console/inbox?from=2026-01-01&to=2026-12-01")
-        .await;
+    let r = c.get("/console/inbox?from=2026-01-01&to=2026-12-01").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.body.contains("over 62"), "{}", r.body);
-    let r = c
-        .get("/console/inbox?from=2026-12-01&to=2026-11-01")
-        .await;
+    let r = c.get("/console/inbox?from=2026-12-01&to=2026-11-01").await;
     assert!(r.body.contains("is after to"), "{}", r.body);
 }

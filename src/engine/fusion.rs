@@ -407,10 +407,7 @@ mod tests {
 
         // The model's ranking is cut to top_k, sanitised and sorted like the fused one.
         let m = scores(&[("a", 0.1), ("b", f32::NAN), ("c", 0.5), ("d", 0.2)]);
-        let small = FusionConfig {
-            top_k: 2,
-            ..cfg()
-        };
+        let small = FusionConfig { top_k: 2, ..cfg() };
         let c = fuse(Some(&m), &KeywordMatch::none(), &small);
         assert_eq!(c.model_ranking, scores(&[("c", 0.5), ("d", 0.2)]));
 

@@ -110,7 +110,11 @@ impl DurableRows for ConsoleSessions {
     }
 
     fn has_writes(&self) -> bool {
-        self.0.lock().journal.as_ref().is_some_and(|j| !j.is_empty())
+        self.0
+            .lock()
+            .journal
+            .as_ref()
+            .is_some_and(|j| !j.is_empty())
     }
 }
 
@@ -128,9 +132,9 @@ impl Service {
     /// Waits until the noted session changes are committed (a login or logout answers once
     /// it would survive a restart).
     pub async fn store_console_sessions(&self) -> Result<(), ServiceError> {
-        self.flush_state().await.map_err(|e| {
-            ServiceError::Unavailable(format!("console session not stored yet: {e}"))
-        })
+        self.flush_state()
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("console session not stored yet: {e}")))
     }
 }
 

@@ -1119,7 +1119,10 @@ async fn the_labelling_inbox_lists_what_the_bot_missed_and_exports_the_labels() 
     let sent = h.service.labels.lock().get(id).unwrap().sent_at_ms;
     assert!(sent > 0);
     assert_eq!(h.service.export_labels_between("", sent, sent).1, 1);
-    assert_eq!(h.service.export_labels_between(BOT, sent - 10, sent + 10).1, 1);
+    assert_eq!(
+        h.service.export_labels_between(BOT, sent - 10, sent + 10).1,
+        1
+    );
     assert_eq!(h.service.export_labels_between("", sent + 1, i64::MAX).1, 0);
     assert_eq!(h.service.export_labels_between("", i64::MIN, sent - 1).1, 0);
 }

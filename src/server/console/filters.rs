@@ -285,7 +285,8 @@ pub fn read_days(
         .unwrap_or_default();
     let back = |to: NaiveDate, days: u64| to.checked_sub_days(Days::new(days - 1)).unwrap_or(to);
     let to = parse_day("to", &q.to, &mut errors).unwrap_or(today);
-    let mut from = parse_day("from", &q.from, &mut errors).unwrap_or_else(|| back(to, default_days));
+    let mut from =
+        parse_day("from", &q.from, &mut errors).unwrap_or_else(|| back(to, default_days));
     if from > to {
         errors.push(format!(
             "from ({from}) is after to ({to}): showing the {default_days} days to {to}"
@@ -303,7 +304,12 @@ pub fn read_days(
 }
 
 /// The form of [`read_days`] (GET): a bot (or every bot) and the days.
-pub fn days_form(state: &ConsoleState, action: &str, w: &DayWindow, hidden: &[(&str, &str)]) -> Markup {
+pub fn days_form(
+    state: &ConsoleState,
+    action: &str,
+    w: &DayWindow,
+    hidden: &[(&str, &str)],
+) -> Markup {
     let bots = state.bots();
     html! {
         form.filters #filters method="get" action=(action) {

@@ -102,7 +102,6 @@ pub struct LabelForm {
     pub all: String,
 }
 
-
 fn item_row(
     state: &ConsoleState,
     s: &Session,
@@ -164,9 +163,7 @@ fn render(
         .collect();
     let w = &v.w;
     let (from_ms, to_ms) = w.span_ms();
-    let (_, labelled) = state
-        .service
-        .export_labels_between(&w.bot, from_ms, to_ms);
+    let (_, labelled) = state.service.export_labels_between(&w.bot, from_ms, to_ms);
     let all_hidden = [("all", "1")];
     let body = html! {
         (flash(state, s))
@@ -211,11 +208,7 @@ fn render(
     respond(status, page(&chrome, body))
 }
 
-async fn listed(
-    state: &ConsoleState,
-    w: &DayWindow,
-    all: bool,
-) -> Result<Vec<InboxGroup>, String> {
+async fn listed(state: &ConsoleState, w: &DayWindow, all: bool) -> Result<Vec<InboxGroup>, String> {
     let (from_ms, to_ms) = w.span_ms();
     let q = InboxQuery {
         bot_id: w.bot.clone(),
@@ -328,9 +321,7 @@ pub async fn export(
         );
     }
     let (from_ms, to_ms) = w.span_ms();
-    let (yaml, _) = state
-        .service
-        .export_labels_between(&w.bot, from_ms, to_ms);
+    let (yaml, _) = state.service.export_labels_between(&w.bot, from_ms, to_ms);
     let mut resp = (StatusCode::OK, yaml).into_response();
     let h = resp.headers_mut();
     h.insert(

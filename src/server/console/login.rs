@@ -162,7 +162,11 @@ pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response
                 AuditAction::AdminCall,
                 &format!(
                     "console login refused: locked after failed logins ({})",
-                    if l.global { "all addresses" } else { "this address" }
+                    if l.global {
+                        "all addresses"
+                    } else {
+                        "this address"
+                    }
                 ),
             );
             return locked_out(&state, &session, l);

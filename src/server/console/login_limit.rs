@@ -140,9 +140,10 @@ impl LoginLimiter {
         };
         if !inner.by_addr.contains_key(&addr) && inner.by_addr.len() >= self.cap {
             let window = self.window;
-            inner
-                .by_addr
-                .retain(|_, f| f.newest().is_some_and(|t| now.saturating_duration_since(t) < window));
+            inner.by_addr.retain(|_, f| {
+                f.newest()
+                    .is_some_and(|t| now.saturating_duration_since(t) < window)
+            });
             if inner.by_addr.len() >= self.cap {
                 let stalest = inner
                     .by_addr
@@ -208,14 +209,19 @@ mod tests {
         assert_eq!(locked.retry_after, Duration::from_secs(259));
         assert!(!locked.global);
         // Another address is not locked.
-        assert_eq!(l.check(ip("10.0.0.2"), t0 + Duration::from_secs(41)), Ok(()));
+        assert_eq!(
+            l.check(ip("10.0.0.2"), t0 + Duration::from_secs(41)),
+            Ok(())
+        );
         // Still locked one second before, free at the end of the wait.
         assert!(l.check(a, t0 + Duration::from_secs(299)).is_err());
         assert_eq!(l.check(a, t0 + Duration::from_secs(300)), Ok(()));
         // One more failure then counts the 4 still in the window: locked again until t0+310.
         l.failed(a, t0 + Duration::from_secs(300));
         assert_eq!(
-            l.check(a, t0 + Duration::from_secs(300)).unwrap_err().retry_after,
+            l.check(a, t0 + Duration::from_secs(300))
+                .unwrap_err()
+                .retry_after,
             Duration::from_secs(10)
         );
     }
@@ -276,7 +282,10 @@ mod tests {
         l.failed(hot, t0 + Duration::from_secs(100));
         l.failed(hot, t0 + Duration::from_secs(100));
         for i in 0..1000u64 {
-            l.failed(ip(&format!("10.4.{}.{}", i / 256, i % 256)), t0 + Duration::from_millis(i));
+            l.failed(
+                ip(&format!("10.4.{}.{}", i / 256, i % 256)),
+                t0 + Duration::from_millis(i),
+            );
         }
         assert!(l.tracked() <= 8);
         // The locked address failed last before the flood's later part: still tracked since

@@ -438,7 +438,11 @@ mod tests {
         s.end(&gone.id);
         let mut disk = Vec::new();
         let back = restart(&rows, &mut disk);
-        assert_eq!(disk.len(), 1, "only amy's session is stored (not the anonymous or ended one)");
+        assert_eq!(
+            disk.len(),
+            1,
+            "only amy's session is stored (not the anonymous or ended one)"
+        );
         assert!(!String::from_utf8_lossy(&disk[0].1).contains(&op.id));
 
         // Restarted 30 s later: the session is there, with its name and CSRF token.
@@ -470,7 +474,11 @@ mod tests {
         // Restarted at 290 s, the session has been idle 90 s by its stored time: gone.
         let later = Instant::now() + Duration::from_secs(5000);
         let s2 = Sessions::durable(&cfg(), back.clone(), later, ms0 + 290_000);
-        assert_eq!(s2.get(&op.id, later), None, "idle past 60 s by the stored time");
+        assert_eq!(
+            s2.get(&op.id, later),
+            None,
+            "idle past 60 s by the stored time"
+        );
         let deleted = crate::durable::DurableRows::take_writes(&*back);
         assert!(
             deleted.iter().any(|w| matches!(w, RowWrite::Delete { .. })),
@@ -487,7 +495,11 @@ mod tests {
         // Used every 50 s after the restart: alive until 300 s after login (30 s before
         // `later`), then gone although never idle.
         for i in 0..=5u64 {
-            assert!(s2.get(&op.id, later + Duration::from_secs(i * 50)).is_some(), "at {i}");
+            assert!(
+                s2.get(&op.id, later + Duration::from_secs(i * 50))
+                    .is_some(),
+                "at {i}"
+            );
         }
         assert_eq!(s2.get(&op.id, later + Duration::from_secs(300)), None);
     }
