@@ -192,6 +192,14 @@ pub struct ConsoleConfig {
     /// Sessions held in memory (login pages not yet submitted included); beyond it the least
     /// recently used goes (16..=1000000).
     pub max_sessions: usize,
+    /// Wrong admin tokens from one client address within `login_window_s` that lock that
+    /// address out of the login until the oldest leaves the window (1..=1000).
+    pub login_max_failures: usize,
+    /// Wrong tokens from all addresses together within the window that lock every login
+    /// (login_max_failures..=1000000).
+    pub login_max_failures_global: usize,
+    /// The window the failures are counted in, in seconds (10..=86400).
+    pub login_window_s: u64,
 }
 
 impl Default for ConsoleConfig {
@@ -202,6 +210,9 @@ impl Default for ConsoleConfig {
             session_idle_s: 1800,
             session_max_s: 12 * 3600,
             max_sessions: 10_000,
+            login_max_failures: 5,
+            login_max_failures_global: 100,
+            login_window_s: 300,
         }
     }
 }
@@ -225,6 +236,25 @@ impl ConsoleConfig {
             bail!(
                 "http.console.max_sessions = {} is outside 16..=1000000",
                 self.max_sessions
+            );
+        }
+        if !(1..=1000).contains(&self.login_max_failures) {
+            bail!(
+                "http.console.login_max_failures = {} is outside 1..=1000",
+                self.login_max_failures
+            );
+        }
+        if !(self.login_max_failures..=1_000_000).contains(&self.login_max_failures_global) {
+            bail!(
+                "http.console.login_max_failures_global = {} is outside login_max_failures ({})..=1000000",
+                self.login_max_failures_global,
+                self.login_max_failures
+            );
+        }
+        if !(10..=86_400).contains(&self.login_window_s) {
+            bail!(
+                "http.console.login_window_s = {} is outside 10..=86400",
+                self.login_window_s
             );
         }
         Ok(())

@@ -142,6 +142,12 @@ pub struct Classification {
     /// points. Answers stored before entities existed read back with none.
     #[serde(default)]
     pub entities: Vec<Entity>,
+    /// What the model alone said, before fusion with the keyword rules: its top-k
+    /// probabilities, best first (the decision trace shows them next to `ranking`). Empty when
+    /// no model is loaded or the playbook decided before classification; answers stored before
+    /// it existed read back with none.
+    #[serde(default)]
+    pub model_ranking: Vec<IntentScore>,
 }
 
 impl Classification {
@@ -157,6 +163,7 @@ impl Classification {
             truncated: false,
             model_loaded,
             entities: Vec::new(),
+            model_ranking: Vec::new(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::server::{ServerOptions, TestServer, ADMIN_TOKEN, BOT, BOT_TOKEN};
 use regex::Regex;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -24,6 +24,7 @@ struct Answer {
     status: StatusCode,
     location: Option<String>,
     set_cookie: Option<String>,
+    retry_after: Option<String>,
     body: String,
 }
 
@@ -55,6 +56,10 @@ impl Console {
             .headers()
             .get(SET_COOKIE)
             .map(|v| v.to_str().unwrap().to_string());
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
         if let Some(sc) = &set_cookie {
             let value = sc
                 .split(';')
@@ -68,6 +73,7 @@ impl Console {
             status,
             location,
             set_cookie,
+            retry_after,
             body,
         }
     }
@@ -783,7 +789,7 @@ async fn the_desk_pages_review_handoffs_and_label_with_csrf_and_escaping() {
         "{page}"
     );
     let cid = field_after(&page, "嗯嗯啊啊哦哦", "conversation_id");
-    let intent = Regex::new(r#"<option value="([a-z_]+)""#)
+    let intent = Regex::new(r#"name="intent"[^>]*><option value="([a-z_]+)""#)
         .unwrap()
         .captures(&page)
         .unwrap()[1]
@@ -846,4 +852,294 @@ async fn the_desk_pages_review_handoffs_and_label_with_csrf_and_escaping() {
     let yaml = resp.text().await.unwrap();
     assert!(yaml.contains(&format!("- intent: {intent}")), "{yaml}");
     assert!(yaml.contains("嗯嗯啊啊哦哦"), "{yaml}");
+}
+
+/// The part of a page from `id="{id}"` to the end of its element's closing `</{tag}>`.
+fn element<'a>(html: &'a str, id: &str, tag: &str) -> &'a str {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {html}"));
+    let end = html[at..]
+        .find(&format!("</{tag}>"))
+        .unwrap_or_else(|| panic!("#{id} is not closed"));
+    &html[at..at + end]
+}
+
+#[tokio::test]
+async fn try_it_shows_the_models_own_scores_before_fusion() {
+    // Rules only: the section is there and says why it is empty.
+    let s = TestServer::start(ServerOptions::default()).await;
+    let (mut c, csrf) = logged_in(&s).await;
+    let r = c
+        .post(
+            "/console/try",
+            &[("csrf", &csrf), ("bot", BOT), ("text", "怎么退款")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("Model alone (before fusion)"), "{}", r.body);
+    assert!(
+        element(&r.body, "model-ranking", "p").contains("No model loaded"),
+        "{}",
+        r.body
+    );
+    drop(s);
+
+    // With the model: an explicit request for a human is decided by a `priority: always`
+    // rule (fused ranking: ask_human at 100 %), while the model's own probabilities are shown
+    // as it gave them.
+    let s = TestServer::start(ServerOptions {
+        model: Some(common::default_model_dir()),
+        ..ServerOptions::default()
+    })
+    .await;
+    let (mut c, csrf) = logged_in(&s).await;
+    let r = c
+        .post(
+            "/console/try",
+            &[
+                ("csrf", &csrf),
+                ("bot", BOT),
+                ("text", "这个多少钱，我要人工"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("human_explicit") || r.body.contains("ask_human"));
+    let table = element(&r.body, "model-ranking", "table");
+    let rows = Regex::new(
+        r#"<tr><td>(\d+)</td><td><code>([a-z_]+)</code></td><td class="num">([0-9.]+) ?%</td>"#,
+    )
+    .unwrap();
+    let model: Vec<(String, f64)> = rows
+        .captures_iter(table)
+        .map(|m| (m[2].to_string(), m[3].parse().unwrap()))
+        .collect();
+    assert!(model.len() >= 2, "{table}");
+    assert!(
+        model.windows(2).all(|w| w[0].1 >= w[1].1),
+        "best first: {model:?}"
+    );
+    // Softmax probabilities: the top k sum to at most 100 % (rounding aside).
+    let sum: f64 = model.iter().map(|(_, p)| p).sum();
+    assert!(sum <= 100.5, "probabilities: {model:?}");
+    assert!(!r.body.contains("No model loaded"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn six_wrong_tokens_lock_the_login_with_retry_after() {
+    let s = TestServer::start(ServerOptions::default()).await;
+    let mut c = Console::new(&s);
+    let page = c.get("/console/login").await;
+    let csrf = csrf_of(&page.body);
+    let wrong = [("csrf", csrf.as_str()), ("token", "guess"), ("name", "eve")];
+    for i in 0..5 {
+        let r = c.post("/console/login", &wrong).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "attempt {i}: {}",
+            r.body
+        );
+        assert_eq!(r.retry_after, None);
+    }
+    // The 6th within 5 minutes: locked, with when to retry.
+    let r = c.post("/console/login", &wrong).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    let wait: u64 = r
+        .retry_after
+        .as_deref()
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((240..=300).contains(&wait), "Retry-After {wait}");
+    assert!(r.body.contains("Too many wrong tokens"), "{}", r.body);
+    assert!(r.body.contains("Try again in"), "{}", r.body);
+    // The right token does not get through the lock either (a guesser learns nothing).
+    let r = c
+        .post(
+            "/console/login",
+            &[("csrf", &csrf), ("token", ADMIN_TOKEN), ("name", "amy")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(r.retry_after.is_some());
+    assert_eq!(r.set_cookie, None, "no session while locked");
+}
+
+#[tokio::test]
+async fn console_sessions_survive_a_restart_and_logout_ends_them_for_good() {
+    let data = tempfile::tempdir().unwrap();
+    let opts = || ServerOptions {
+        data_dir: Some(data.path().to_path_buf()),
+        ..ServerOptions::default()
+    };
+    let mut s = TestServer::start(opts()).await;
+    let (c, csrf) = logged_in(&s).await;
+    let session = c.cookie.clone().unwrap();
+
+    // kill -9 right after the login answered: the session was stored with it.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let mut s = TestServer::start(opts()).await;
+    let mut c = Console {
+        cookie: Some(session.clone()),
+        ..Console::new(&s)
+    };
+    let r = c.get("/console/overview").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "still logged in: {:?}",
+        r.location
+    );
+    assert!(r.body.contains("amy"), "the operator name came back");
+    // A form of a page loaded before the restart still passes its CSRF check.
+    let r = c
+        .post(
+            "/console/try",
+            &[("csrf", &csrf), ("bot", BOT), ("text", "怎么退款")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // The database holds no session id (only its digest, sealed with the rows).
+    for e in std::fs::read_dir(data.path()).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(
+            !bytes
+                .windows(session.len())
+                .any(|w| w == session.as_bytes()),
+            "a file of the data folder holds the session id"
+        );
+    }
+
+    // Logout deletes the row: after another restart the cookie is dead.
+    let r = c.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = TestServer::start(opts()).await;
+    let mut c = Console {
+        cookie: Some(session),
+        ..Console::new(&s)
+    };
+    let r = c.get("/console/overview").await;
+    assert_eq!(r.location.as_deref(), Some("/console/login"));
+}
+
+#[tokio::test]
+async fn the_inbox_filters_by_bot_and_window_and_so_does_the_export() {
+    let s = TestServer::start(ServerOptions {
+        extra_config: "auth:\n  disabled: false\n  admin_token: dev-admin-token\n  bots:\n    - id: demo\n      token: dev-demo-token\n    - id: shop\n      token: dev-shop-token\n".into(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let api = reqwest::Client::new();
+    // A message each bot does not understand: both land in the inbox.
+    for (bot, token, text) in [
+        (BOT, BOT_TOKEN, "嗯嗯啊啊哦哦"),
+        ("shop", "dev-shop-token", "咿咿呀呀噢噢"),
+    ] {
+        let r = api
+            .post(format!("http://{}/v1/classify", s.http_addr))
+            .bearer_auth(token)
+            .json(
+                &json!({"bot_id": bot, "chat_id": "g1", "message_id": format!("{bot}-1"),
+                "text": text, "user": {"id": "u1", "nickname": "小王"}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    }
+    let (mut c, csrf) = logged_in(&s).await;
+    let every = c.get("/console/inbox").await;
+    assert_eq!(every.status, StatusCode::OK, "{}", every.body);
+    assert!(
+        every.body.contains("嗯嗯啊啊哦哦") && every.body.contains("咿咿呀呀噢噢"),
+        "{}",
+        every.body
+    );
+    assert!(every.body.contains("every bot"), "{}", every.body);
+
+    let shop = c.get("/console/inbox?bot=shop").await;
+    assert_eq!(shop.status, StatusCode::OK, "{}", shop.body);
+    assert!(shop.body.contains("咿咿呀呀噢噢"), "{}", shop.body);
+    assert!(!shop.body.contains("嗯嗯啊啊哦哦"), "{}", shop.body);
+    assert!(
+        shop.body
+            .contains(r#"<option value="shop" selected>shop</option>"#),
+        "{}",
+        shop.body
+    );
+
+    // Label the shop's message from the filtered page: back to the same filter.
+    let cid = field_after(&shop.body, "咿咿呀呀噢噢", "conversation_id");
+    let from = field_after(&shop.body, "咿咿呀呀噢噢", "from");
+    let to = field_after(&shop.body, "咿咿呀呀噢噢", "to");
+    let r = c
+        .post(
+            "/console/inbox/label",
+            &[
+                ("csrf", &csrf),
+                ("conversation_id", &cid),
+                ("intent", "greeting"),
+                ("bot", "shop"),
+                ("from", &from),
+                ("to", &to),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let back = format!("/console/inbox?bot=shop&from={from}&to={to}");
+    assert_eq!(r.location.as_deref(), Some(back.as_str()));
+
+    // The export honours the same filter: the shop's label, none for demo, none in a window
+    // before the messages.
+    let export = |q: &str| {
+        let req = c
+            .http
+            .get(format!("{}/console/labels.yml{q}", c.base))
+            .header(
+                COOKIE,
+                format!("intentd_console={}", c.cookie.clone().unwrap()),
+            );
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let (st, yaml) = export("?bot=shop").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(yaml.contains("咿咿呀呀噢噢"), "{yaml}");
+    let (_, yaml) = export("?bot=demo").await;
+    assert!(!yaml.contains("咿咿呀呀噢噢"), "{yaml}");
+    let (_, yaml) = export("?bot=shop&from=2020-01-01&to=2020-01-31").await;
+    assert!(!yaml.contains("咿咿呀呀噢噢"), "{yaml}");
+    let (st, yaml) = export("?bot=shop&from=soon").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{yaml}");
+    assert!(yaml.contains("is not a date like"), "{yaml}");
+
+    // Bad filters are named, and the page still shows (the defaults).
+    let r = c
+        .get("/console/inbox?bot=ghost&from=yesterday&to=2026-01-01")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    for m in [
+        "bot: 'ghost' is not a configured bot",
+        "from: 'yesterday' is not a date like 2026-12-01",
+    ] {
+        let escaped = m.replace('\'', "&#39;");
+        assert!(
+            r.body.contains(m) || r.body.contains(&escaped),
+            "{m}: {}",
+            r.body
+        );
+    }
+    let r = c.get("/console/inbox?from=2026-01-01&to=2026-12-01").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("over 62"), "{}", r.body);
+    let r = c.get("/console/inbox?from=2026-12-01&to=2026-11-01").await;
+    assert!(r.body.contains("is after to"), "{}", r.body);
 }

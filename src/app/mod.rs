@@ -296,5 +296,11 @@ fn build_service(
     if labels > 0 {
         tracing::info!(labels, "labelling inbox labels restored");
     }
+    let sessions = service
+        .restore_console_sessions(&stored)
+        .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+    if sessions > 0 {
+        tracing::info!(sessions, "console sessions restored");
+    }
     Ok(service)
 }

@@ -90,6 +90,8 @@ pub fn fuse(
 ) -> Classification {
     let model_loaded = model.is_some();
     let model = sanitized(model.unwrap_or(&[]));
+    // The model's own view, kept for the decision trace whatever step decides.
+    let model_ranking: Vec<IntentScore> = model.iter().take(cfg.top_k).cloned().collect();
     let kw_source = if kw.source == Source::Fallback {
         Source::Keyword
     } else {
@@ -106,6 +108,7 @@ pub fn fuse(
             truncated: false,
             model_loaded,
             entities: Vec::new(),
+            model_ranking: model_ranking.clone(),
         };
 
     if let Some((intent, _rule)) = &kw.always {
@@ -158,6 +161,7 @@ pub fn fuse(
         truncated: false,
         model_loaded,
         entities: Vec::new(),
+        model_ranking,
     }
 }
 
@@ -377,6 +381,39 @@ mod tests {
                 "price"
             ]
         );
+    }
+
+    #[test]
+    fn the_models_own_ranking_is_kept_when_a_rule_overrides_it() {
+        // An `always` rule overrides a confident model: the fused ranking starts with the
+        // rule's intent, the model's ranking is what the model said, untouched.
+        let m = scores(&[("refund", 0.95), ("complaint", 0.03), ("price", 0.02)]);
+        let mut k = kw(&[("ask_human", 0.4)], &["转人工"], Source::Keyword);
+        k.always = Some(("ask_human".into(), "human_explicit".into()));
+        let c = fuse(Some(&m), &k, &cfg());
+        assert_eq!(c.intent, "ask_human");
+        assert_eq!(names(&c.ranking)[0], "ask_human");
+        assert_eq!(c.model_ranking, m);
+        assert_ne!(c.model_ranking, c.ranking);
+
+        // A strong rule decides for an unsure model: merged scores differ from the model's.
+        let m = scores(&[("chitchat", 0.3), ("refund", 0.2)]);
+        let k = kw(&[("refund", 0.67)], &["退款"], Source::Keyword);
+        let c = fuse(Some(&m), &k, &cfg());
+        assert_eq!((c.intent.as_str(), c.source), ("refund", Source::Keyword));
+        assert_eq!(names(&c.model_ranking), vec!["chitchat", "refund"]);
+        assert!((c.model_ranking[1].confidence - 0.2).abs() < 1e-6);
+        assert!(c.ranking[0].confidence > 0.67, "fused: {:?}", c.ranking);
+
+        // The model's ranking is cut to top_k, sanitised and sorted like the fused one.
+        let m = scores(&[("a", 0.1), ("b", f32::NAN), ("c", 0.5), ("d", 0.2)]);
+        let small = FusionConfig { top_k: 2, ..cfg() };
+        let c = fuse(Some(&m), &KeywordMatch::none(), &small);
+        assert_eq!(c.model_ranking, scores(&[("c", 0.5), ("d", 0.2)]));
+
+        // Without a model there is nothing to show.
+        let c = fuse(None, &k, &cfg());
+        assert!(c.model_ranking.is_empty());
     }
 
     #[test]

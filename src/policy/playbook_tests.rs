@@ -248,6 +248,7 @@ fn cls(intent: &str) -> Classification {
         truncated: false,
         model_loaded: true,
         entities: Vec::new(),
+        model_ranking: Vec::new(),
     }
 }
 
@@ -268,6 +269,7 @@ fn unclear(cands: &[&str]) -> Classification {
         truncated: false,
         model_loaded: true,
         entities: Vec::new(),
+        model_ranking: Vec::new(),
     }
 }
 

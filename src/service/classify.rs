@@ -209,6 +209,10 @@ impl Service {
         // above, and a stored first answer stays small.
         let mut classification = classification;
         classification.ranking = Vec::new();
+        // The model's own view (the decision trace) is cut like the answered ranking.
+        classification
+            .model_ranking
+            .truncate(self.settings.top_k.max(1));
         let mut outcome = ClassifyOutcome {
             message_id: ctx.message_id.clone(),
             classification,

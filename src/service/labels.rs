@@ -38,6 +38,21 @@ pub struct Label {
     pub intent: String,
     pub by: String,
     pub at_ms: i64,
+    /// When the labelled message was sent (its log row's time); 0 for labels stored before
+    /// this was kept (an export window then uses `at_ms`, when it was labelled).
+    #[serde(default)]
+    pub sent_at_ms: i64,
+}
+
+impl Label {
+    /// The time an export window is checked against.
+    fn message_time_ms(&self) -> i64 {
+        if self.sent_at_ms != 0 {
+            self.sent_at_ms
+        } else {
+            self.at_ms
+        }
+    }
 }
 
 /// The labels, with a journal when they are durable.
@@ -332,6 +347,7 @@ impl Service {
             intent: intent.to_string(),
             by: by.to_string(),
             at_ms: self.now_ms(),
+            sent_at_ms: c.record.at_ms,
         };
         self.labels.lock().set(label.clone());
         self.audit(
@@ -347,10 +363,17 @@ impl Service {
 
     /// The labels (of `bot_id` when not empty) as Rasa NLU YAML, and how many examples.
     pub fn export_labels(&self, bot_id: &str) -> (String, usize) {
+        self.export_labels_between(bot_id, i64::MIN, i64::MAX)
+    }
+
+    /// [`Self::export_labels`] of the messages sent in `[from_ms, to_ms]` (inclusive): the
+    /// console's inbox filter, so the download holds what the page lists.
+    pub fn export_labels_between(&self, bot_id: &str, from_ms: i64, to_ms: i64) -> (String, usize) {
         let book = self.labels.lock();
         let mine: Vec<&Label> = book
             .all()
             .filter(|l| bot_id.is_empty() || l.bot_id == bot_id)
+            .filter(|l| (from_ms..=to_ms).contains(&l.message_time_ms()))
             .collect();
         (to_rasa_yaml(mine.iter().copied()), mine.len())
     }
@@ -368,6 +391,7 @@ mod tests {
             intent: intent.into(),
             by: "amy".into(),
             at_ms: 1,
+            sent_at_ms: 0,
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod batcher;
 pub mod classify;
+pub mod console_sessions;
 pub mod desk;
 pub mod error;
 pub mod events;
@@ -87,6 +88,8 @@ pub struct Service {
     outbox: Arc<Mutex<Outbox>>,
     /// Operators' labels of logged messages (the labelling inbox).
     labels: Arc<Mutex<labels::LabelBook>>,
+    /// The console's logged-in sessions, written through the store.
+    console_sessions: Arc<console_sessions::ConsoleSessions>,
     pub storage: Option<Arc<Storage>>,
     pub metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
@@ -128,15 +131,18 @@ impl Service {
             None => Outbox::new(settings.outbox.clone()),
         }));
         let labels = Arc::new(Mutex::new(labels::LabelBook::new(storage.is_some())));
+        let console_sessions = Arc::new(console_sessions::ConsoleSessions::new(storage.is_some()));
         if let Some(s) = &storage {
             s.hold_durable(outbox.clone());
             s.hold_durable(labels.clone());
+            s.hold_durable(console_sessions.clone());
         }
         Self {
             known_bots: settings.bots.iter().cloned().collect(),
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             outbox,
             labels,
+            console_sessions,
             settings,
             clock,
             manual_clock,

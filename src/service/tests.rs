@@ -1115,6 +1115,16 @@ async fn the_labelling_inbox_lists_what_the_bot_missed_and_exports_the_labels() 
         [("price", "我想退款")]
     );
     assert_eq!(h.service.export_labels("other").1, 0);
+    // A window holds the labels of the messages sent in it (the console's inbox filter).
+    let sent = h.service.labels.lock().get(id).unwrap().sent_at_ms;
+    assert!(sent > 0);
+    assert_eq!(h.service.export_labels_between("", sent, sent).1, 1);
+    assert_eq!(
+        h.service.export_labels_between(BOT, sent - 10, sent + 10).1,
+        1
+    );
+    assert_eq!(h.service.export_labels_between("", sent + 1, i64::MAX).1, 0);
+    assert_eq!(h.service.export_labels_between("", i64::MIN, sent - 1).1, 0);
 }
 
 #[tokio::test]

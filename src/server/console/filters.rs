@@ -225,6 +225,116 @@ pub fn read(state: &ConsoleState, q: &FilterQuery) -> (Window, Vec<String>) {
     (w, errors)
 }
 
+/// A bot or every bot, and a window of whole days (the labelling inbox's filter).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DayWindow {
+    /// Empty: every bot.
+    pub bot: String,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// The bot's time zone (the default one for every bot).
+    pub tz: Tz,
+}
+
+impl DayWindow {
+    /// `[from_ms, to_ms]` of the window, inclusive.
+    pub fn span_ms(&self) -> (i64, i64) {
+        let end = self.to.checked_add_days(Days::new(1)).unwrap_or(self.to);
+        (start_of(self.from, self.tz), start_of(end, self.tz) - 1)
+    }
+
+    /// The query string that shows this window again (`?bot=..&from=..&to=..`).
+    pub fn query(&self) -> String {
+        let pairs = [
+            ("bot", self.bot.clone()),
+            ("from", self.from.to_string()),
+            ("to", self.to.to_string()),
+        ];
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    }
+}
+
+/// Reads and checks a bot-or-every-bot filter over whole days: an empty bot is every bot, the
+/// window defaults to the `default_days` to today and may span at most `max_days`. Problems
+/// are listed and the defaults used instead, as for [`read`].
+pub fn read_days(
+    state: &ConsoleState,
+    q: &FilterQuery,
+    default_days: u64,
+    max_days: u64,
+) -> (DayWindow, Vec<String>) {
+    let mut errors = Vec::new();
+    let bots = state.bots();
+    let bot = q.bot.trim();
+    let limits = &state.service.settings.limits;
+    let bot = if let Err(e) = crate::service::validate::check_id("bot", bot, false, limits) {
+        errors.push(format!("{e}: showing every bot"));
+        String::new()
+    } else if bot.is_empty() || bots.is_empty() || bots.iter().any(|b| b == bot) {
+        bot.to_string()
+    } else {
+        errors.push(format!(
+            "bot: '{}' is not a configured bot: showing every bot",
+            crate::service::validate::shown(bot)
+        ));
+        String::new()
+    };
+    let tz = state.service.operator().policy.settings(&bot, "").timezone;
+    let today = DateTime::from_timestamp_millis(state.service.now_ms())
+        .map(|t| t.with_timezone(&tz).date_naive())
+        .unwrap_or_default();
+    let back = |to: NaiveDate, days: u64| to.checked_sub_days(Days::new(days - 1)).unwrap_or(to);
+    let to = parse_day("to", &q.to, &mut errors).unwrap_or(today);
+    let mut from =
+        parse_day("from", &q.from, &mut errors).unwrap_or_else(|| back(to, default_days));
+    if from > to {
+        errors.push(format!(
+            "from ({from}) is after to ({to}): showing the {default_days} days to {to}"
+        ));
+        from = back(to, default_days);
+    }
+    let days = (to - from).num_days() as u64 + 1;
+    if days > max_days {
+        errors.push(format!(
+            "the window has {days} days, over {max_days}: showing the last {max_days}"
+        ));
+        from = back(to, max_days);
+    }
+    (DayWindow { bot, from, to, tz }, errors)
+}
+
+/// The form of [`read_days`] (GET): a bot (or every bot) and the days.
+pub fn days_form(
+    state: &ConsoleState,
+    action: &str,
+    w: &DayWindow,
+    hidden: &[(&str, &str)],
+) -> Markup {
+    let bots = state.bots();
+    html! {
+        form.filters #filters method="get" action=(action) {
+            @for (k, v) in hidden { input type="hidden" name=(k) value=(v); }
+            label {
+                "Bot "
+                @if bots.is_empty() {
+                    input type="text" name="bot" value=(w.bot) placeholder="every bot";
+                } @else {
+                    select name="bot" {
+                        option value="" selected[w.bot.is_empty()] { "every bot" }
+                        @for b in bots {
+                            option value=(b) selected[*b == w.bot] { (b) }
+                        }
+                    }
+                }
+            }
+            label { "From " input type="date" name="from" value=(w.from.to_string()); }
+            label { "To " input type="date" name="to" value=(w.to.to_string()); }
+            button type="submit" { "Show" }
+            p.hint { "Days are in the bot's time zone (" (w.tz.name()) "), both ends included." }
+        }
+    }
+}
+
 /// The filter form (GET, so a view can be bookmarked). `chats` are the bot's groups seen in
 /// the window; `with_bucket` / `with_experiment` add those fields.
 pub fn form(

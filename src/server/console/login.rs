@@ -1,15 +1,22 @@
 //! Log in with the admin token (`auth.admin_token`), log out. Logins and refused tokens are
 //! audited (`admin_call`, actor `console`).
 //!
+//! Wrong tokens are counted per client address and in total ([`super::login_limit`]): past the
+//! limit every login attempt from that address (or from all) is answered 429 with a
+//! `Retry-After` header and a page saying when to try again, the right token included. A
+//! login or logout answers once the session's row is committed (with a store), so a restart
+//! right after it neither logs the operator out nor brings the session back.
+//!
 //! With `auth.disabled: true` the rest of the server takes any caller, and so does the
 //! console: the login form asks for no token (one button), but a session and its CSRF token
 //! are still required for every form. With authentication on and no admin token configured,
 //! nobody can log in (the page says how to configure one).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -19,6 +26,7 @@ use super::guard::{
     set_cookie, CheckedForm,
 };
 use super::layout::{csrf_field, notice, page, problem, respond, Chrome};
+use super::login_limit::Locked;
 use super::sessions::{Session, LOGIN_PAGE_TTL};
 use super::state::ConsoleState;
 use crate::service::desk::check_agent;
@@ -85,10 +93,45 @@ pub async fn show(State(state): State<ConsoleState>, headers: HeaderMap) -> Resp
     resp
 }
 
-/// Checks the login form's CSRF token (its anonymous session's) and the admin token; on
-/// success a new session id replaces the login page's.
+/// The 429 answer while failed logins lock the client out: when to try again, in seconds
+/// (`Retry-After`) and as a time on the service clock.
+fn locked_out(state: &ConsoleState, session: &Session, l: Locked) -> Response {
+    let secs = l.retry_after.as_secs().max(1);
+    let at = chrono::DateTime::from_timestamp_millis(
+        state.service.now_ms().saturating_add(secs as i64 * 1000),
+    )
+    .map(|t| t.format("%H:%M:%S UTC").to_string())
+    .unwrap_or_default();
+    let (limit, window) = state.logins.per_address();
+    let who = if l.global {
+        "from all addresses together"
+    } else {
+        "from your address"
+    };
+    let msg = format!(
+        "Too many wrong tokens {who} (the limit is {limit} per address, and more from all, \
+         within {} minutes): logging in is locked. Try again in {secs} seconds (after {at}).",
+        window.as_secs().div_ceil(60)
+    );
+    let mut resp = respond(
+        StatusCode::TOO_MANY_REQUESTS,
+        login_page(state, session, Some(&msg)),
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&secs.to_string()).expect("digits are a valid header value"),
+    );
+    resp
+}
+
+/// Checks the login form's CSRF token (its anonymous session's), the failed-login lock and
+/// the admin token; on success a new session id replaces the login page's.
 pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response {
     let headers = req.headers().clone();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let bytes = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
         Ok(b) => b,
         Err(_) => {
@@ -113,6 +156,21 @@ pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response
     };
     let service = &state.service;
     if !state.auth.disabled() {
+        if let Err(l) = state.logins.check(peer, Instant::now()) {
+            service.audit(
+                "console",
+                AuditAction::AdminCall,
+                &format!(
+                    "console login refused: locked after failed logins ({})",
+                    if l.global {
+                        "all addresses"
+                    } else {
+                        "this address"
+                    }
+                ),
+            );
+            return locked_out(&state, &session, l);
+        }
         if form.token.trim().is_empty() {
             return respond(
                 StatusCode::BAD_REQUEST,
@@ -120,6 +178,7 @@ pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response
             );
         }
         if !state.auth.is_admin_token(form.token.trim()) {
+            state.logins.failed(peer, Instant::now());
             service.audit(
                 "console",
                 AuditAction::AdminCall,
@@ -144,8 +203,13 @@ pub async fn submit(State(state): State<ConsoleState>, req: Request) -> Response
             login_page(&state, &session, Some(&msg)),
         );
     }
+    state.logins.succeeded(peer);
     let old = cookie_value(&headers).unwrap_or_default();
     let op = state.sessions.log_in(&old, name, Instant::now());
+    if let Err(e) = service.store_console_sessions().await {
+        // The session works; it is written with a later commit (or lost by a restart).
+        tracing::warn!(error = %e, "console login: session not stored yet");
+    }
     service.audit(name, AuditAction::AdminCall, "console login");
     let mut resp = Redirect::to("/console/overview").into_response();
     resp.headers_mut().insert(
@@ -160,6 +224,9 @@ pub struct Empty {}
 
 pub async fn logout(State(state): State<ConsoleState>, f: CheckedForm<Empty>) -> Response {
     state.sessions.end(&f.session.id);
+    if let Err(e) = state.service.store_console_sessions().await {
+        tracing::warn!(error = %e, "console logout: the ended session's row is not deleted yet");
+    }
     let mut resp = Redirect::to("/console/login").into_response();
     resp.headers_mut()
         .insert(header::SET_COOKIE, clear_cookie(&state));

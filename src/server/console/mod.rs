@@ -2,8 +2,9 @@
 //! the people who run the groups. Another thin front door: it only calls the `Service` and
 //! renders (maud, every value escaped); it holds no business logic.
 //!
-//! One file per concept: [`sessions`] (in-memory sessions, CSRF tokens), [`guard`] (the cookie,
-//! the login requirement, CSRF-checked forms), [`login`], [`layout`] (page shell, security
+//! One file per concept: [`sessions`] (sessions in memory and, with a store, written through
+//! the service; CSRF tokens), [`guard`] (the cookie, the login requirement, CSRF-checked
+//! forms), [`login`] with [`login_limit`] (failed logins per address), [`layout`] (page shell, security
 //! headers), [`filters`] (bot / group / window), [`chart`] (inline SVG), and the pages
 //! [`overview`], [`experiments`], [`try_it`], [`replies`], and the operators' desk [`review`],
 //! [`handoffs`], [`inbox`]; [`assets`] embeds the stylesheet.
@@ -17,6 +18,7 @@ pub mod handoffs;
 pub mod inbox;
 pub mod layout;
 pub mod login;
+pub mod login_limit;
 pub mod overview;
 pub mod replies;
 pub mod review;

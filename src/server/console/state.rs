@@ -1,11 +1,13 @@
 //! What every console handler shares.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::ConsoleConfig;
 use crate::server::auth::Authenticator;
 use crate::service::Service;
 
+use super::login_limit::LoginLimiter;
 use super::sessions::Sessions;
 
 #[derive(Clone)]
@@ -13,15 +15,26 @@ pub struct ConsoleState {
     pub service: Arc<Service>,
     pub auth: Arc<Authenticator>,
     pub sessions: Arc<Sessions>,
+    /// Failed logins per client address and in total.
+    pub logins: Arc<LoginLimiter>,
     pub config: ConsoleConfig,
 }
 
 impl ConsoleState {
+    /// With a store, logged-in sessions are written through the service and the ones a
+    /// previous run stored are loaded.
     pub fn new(service: Arc<Service>, auth: Arc<Authenticator>, config: &ConsoleConfig) -> Self {
+        let rows = service.console_sessions();
+        let sessions = if rows.is_durable() {
+            Sessions::durable(config, rows, Instant::now(), service.now_ms())
+        } else {
+            Sessions::new(config)
+        };
         Self {
             service,
             auth,
-            sessions: Arc::new(Sessions::new(config)),
+            sessions: Arc::new(sessions),
+            logins: Arc::new(LoginLimiter::new(config)),
             config: config.clone(),
         }
     }

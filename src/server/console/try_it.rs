@@ -1,6 +1,7 @@
 //! Try it: classify a text as a message of the chosen bot (`Service::classify`, the same path
-//! as any message) and show the decision trace: the ranking, the keyword terms that matched,
-//! which fusion step decided, and the playbook's action with the rule (reason) behind it.
+//! as any message) and show the decision trace: the fused ranking and the model's own
+//! probabilities before fusion, the keyword terms that matched, which fusion step decided, and
+//! the playbook's action with the rule (reason) behind it.
 //!
 //! The message is real: it is decided by the playbook and logged (user `console-operator`, group
 //! `console-try-it` unless another is given), so it counts in that group's statistics.
@@ -146,6 +147,27 @@ fn trace(o: &ClassifyOutcome, fusion: &FusionConfig) -> Markup {
                     }
                 }
                 p.hint { "Scores after fusion: the model's probabilities, merged with the rule scores when the rules decided." }
+            }
+            h2 { "Model alone (before fusion)" }
+            @if !c.model_loaded {
+                p #model-ranking.muted { "No model loaded: the rules decided alone." }
+            } @else if c.model_ranking.is_empty() {
+                p #model-ranking.muted { "No model scores: the playbook decided before classification." }
+            } @else {
+                table.data #model-ranking {
+                    thead { tr { th { "#" } th { "Intent" } th.num { "Probability" } th {} } }
+                    tbody {
+                        @for (i, r) in c.model_ranking.iter().enumerate() {
+                            tr {
+                                td { (i + 1) }
+                                td { code { (r.intent) } }
+                                td.num { (pct(f64::from(r.confidence))) }
+                                td { meter min="0" max="1" value=(format!("{:.3}", r.confidence)) {} }
+                            }
+                        }
+                    }
+                }
+                p.hint { "The model's own top-k probabilities, before the keyword rules were merged in: compare with the ranking above to see what the rules changed." }
             }
         }
     }

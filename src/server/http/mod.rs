@@ -295,7 +295,9 @@ pub async fn serve_http(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    axum::serve(listener, router(state))
+    // The peer address reaches handlers as `ConnectInfo` (the console's failed-login limit).
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server")
