@@ -59,7 +59,11 @@ pub struct TokenInterceptor(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl TokenInterceptor {
     pub fn bot() -> Self {
-        TokenInterceptor(Some(format!("Bearer {BOT_TOKEN}").parse().unwrap()))
+        Self::bearer(BOT_TOKEN)
+    }
+
+    pub fn bearer(token: &str) -> Self {
+        TokenInterceptor(Some(format!("Bearer {token}").parse().unwrap()))
     }
 }
 
