@@ -56,6 +56,21 @@ pub struct StoredRow {
     pub json: Vec<u8>,
 }
 
+impl RowWrite {
+    /// The row a `Put` leaves in the store, as a start reads it back: tests replay a holder's
+    /// writes into a fresh one without a store.
+    #[cfg(test)]
+    pub(crate) fn into_stored(self) -> Option<StoredRow> {
+        match self {
+            RowWrite::Put { kind, json, .. } => Some(StoredRow {
+                kind: kind.to_string(),
+                json,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A holder of durable state, as the store's writer sees it.
 pub trait DurableRows: Send + Sync {
     /// Takes the changes noted since the last take (the latest value of each row).

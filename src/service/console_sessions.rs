@@ -155,13 +155,7 @@ mod tests {
     fn stored(writes: Vec<RowWrite>) -> Vec<StoredRow> {
         writes
             .into_iter()
-            .filter_map(|w| match w {
-                RowWrite::Put { kind, json, .. } => Some(StoredRow {
-                    kind: kind.to_string(),
-                    json,
-                }),
-                _ => None,
-            })
+            .filter_map(RowWrite::into_stored)
             .collect()
     }
 

@@ -433,13 +433,7 @@ mod tests {
         let writes = DurableRows::take_writes(&Mutex::new(std::mem::take(&mut book)));
         let rows: Vec<StoredRow> = writes
             .into_iter()
-            .filter_map(|w| match w {
-                RowWrite::Put { kind, json, .. } => Some(StoredRow {
-                    kind: kind.to_string(),
-                    json,
-                }),
-                _ => None,
-            })
+            .filter_map(RowWrite::into_stored)
             .collect();
         let mut back = LabelBook::new(true);
         assert_eq!(back.restore(&rows).unwrap(), 1);
