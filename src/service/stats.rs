@@ -37,15 +37,8 @@ impl Service {
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("stats query crashed: {e}")))?;
-        answer.map_err(|e| match e {
-            // A bad window (from after to, negative) is the caller's mistake, not ours.
-            StoreError::Invalid(m) => InvalidField {
-                field: "from_ms/to_ms".into(),
-                problem: m,
-            }
-            .into(),
-            e => ServiceError::Internal(format!("store: {e}")),
-        })
+        // A bad window (from after to, negative) is the caller's mistake, not ours.
+        answer.map_err(|e| query_error(e, "from_ms/to_ms"))
     }
 
     /// The rates of each bucket of `req` (one grouped store query, not one per bucket), with
@@ -72,13 +65,18 @@ impl Service {
         let answer = tokio::task::spawn_blocking(move || storage.stats_series(&req, target))
             .await
             .map_err(|e| ServiceError::Internal(format!("stats series query crashed: {e}")))?;
-        answer.map_err(|e| match e {
-            StoreError::Invalid(m) => InvalidField {
-                field: "buckets".into(),
-                problem: m,
-            }
-            .into(),
-            e => ServiceError::Internal(format!("store: {e}")),
-        })
+        answer.map_err(|e| query_error(e, "buckets"))
+    }
+}
+
+/// A store error of a stats query: what the store calls invalid is the caller's `field`.
+fn query_error(e: StoreError, field: &str) -> ServiceError {
+    match e {
+        StoreError::Invalid(problem) => InvalidField {
+            field: field.into(),
+            problem,
+        }
+        .into(),
+        e => ServiceError::Internal(format!("store: {e}")),
     }
 }
