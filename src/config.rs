@@ -16,6 +16,7 @@ use crate::service::idempotency::IdempotencyConfig;
 use crate::service::outbox::OutboxConfig;
 use crate::service::validate::Limits;
 use crate::service::ServiceSettings;
+use crate::store::pg_lease::LeaderConfig;
 use crate::store::StoreConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub wechat: WechatConfig,
     /// How much the playbook's in-memory queues (review, dropped sends) keep.
     pub playbook_state: StateLimits,
+    /// With PostgreSQL: one process serves the database, standbys take over (docs/deploy.md).
+    pub leader: LeaderConfig,
 }
 
 /// `model:`: what the server does when the model cannot be loaded.
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             model: ModelConfig::default(),
             wechat: WechatConfig::default(),
             playbook_state: StateLimits::default(),
+            leader: LeaderConfig::default(),
         }
     }
 }
@@ -365,6 +369,7 @@ impl ServerConfig {
         }
         self.outbox.validate().map_err(anyhow::Error::msg)?;
         self.playbook_state.validate().map_err(anyhow::Error::msg)?;
+        self.leader.validate().map_err(anyhow::Error::msg)?;
         self.wechat_accounts()?;
         self.store
             .validate()

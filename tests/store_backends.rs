@@ -81,6 +81,7 @@ impl Backend for Postgres {
             &self.pg.url,
             &settings,
             ring(spec),
+            None,
         )?))
     }
     /// Every column of every table of the database, as PostgreSQL renders it in text (a
@@ -865,6 +866,7 @@ fn an_unreachable_postgres_stops_the_start_within_its_timeout_without_the_passwo
         &format!("postgres://app:hunter2@127.0.0.1:{free}/intentd"),
         &settings,
         ring(&k1()),
+        None,
     )
     .unwrap_err()
     .to_string();
@@ -874,4 +876,106 @@ fn an_unreachable_postgres_stops_the_start_within_its_timeout_without_the_passwo
         "{e}"
     );
     assert!(!e.contains("hunter2"), "{e}");
+}
+
+/// The leader lease (store/pg_lease.rs): a second process waits as a standby while the first
+/// holds it, takes it (with the next epoch) once the first lets go, and from then on the first
+/// one's store refuses to commit (fencing), naming both epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_lease_has_one_holder_and_fences_the_one_it_replaced() {
+    use intentd::store::pg_lease::{LeaderConfig, LeaderLease};
+    let pg = TestPg::start();
+    let settings = PgSettings {
+        pool_size: 2,
+        ..Default::default()
+    };
+    let config = LeaderConfig { failover_s: 3 };
+    let first = LeaderLease::acquire(
+        &pg.url,
+        &settings,
+        &config,
+        "first",
+        || 1,
+        || panic!("the first process never waits"),
+    )
+    .await
+    .unwrap();
+    let url = pg.url.clone();
+    let (s2, c2) = (settings.clone(), config.clone());
+    let (told_tx, told_rx) = std::sync::mpsc::channel();
+    let second = tokio::spawn(async move {
+        LeaderLease::acquire(
+            &url,
+            &s2,
+            &c2,
+            "second",
+            || 2,
+            move || {
+                told_tx.send(()).unwrap();
+            },
+        )
+        .await
+        .unwrap()
+    });
+    tokio::task::block_in_place(|| told_rx.recv_timeout(std::time::Duration::from_secs(20)))
+        .expect("the second one says it stands by");
+    assert!(!second.is_finished(), "two holders at once");
+
+    // The store's calls block: they run off the runtime.
+    let (url, s1, epoch) = (pg.url.clone(), settings.clone(), first.epoch());
+    let (stores, ready) = (
+        std::sync::mpsc::channel::<()>(),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let (go_tx, go_rx) = stores;
+    let (done_tx, done_rx) = ready;
+    let old = std::thread::spawn(move || {
+        let batch = |m: &str| vec![Record::Conversation(conversation("g1", m, 1_000))];
+        let store = PgStore::open(&url, &s1, ring(&k1()), Some(epoch)).unwrap();
+        store.write_batch(&batch("m1")).unwrap();
+        done_tx.send(()).unwrap();
+        // Once the lease has changed hands:
+        go_rx.recv().unwrap();
+        let e = store.write_batch(&batch("m2")).unwrap_err();
+        (
+            e,
+            store.has_message("bot", "m1").unwrap(),
+            store.has_message("bot", "m2").unwrap(),
+        )
+    });
+    tokio::task::block_in_place(|| done_rx.recv()).unwrap();
+    drop(first);
+    let second = tokio::time::timeout(std::time::Duration::from_secs(20), second)
+        .await
+        .expect("the standby takes over once the lease is released")
+        .unwrap();
+    assert_eq!(second.epoch(), 2);
+    go_tx.send(()).unwrap();
+    let (e, m1, m2) = tokio::task::block_in_place(|| old.join()).unwrap();
+    assert!(
+        matches!(&e, StoreError::Fenced(m) if m.contains("epoch 1") && m.contains("second") && m.contains("epoch 2")),
+        "{e}"
+    );
+    assert!(m1);
+    assert!(!m2, "a fenced commit writes nothing");
+    let (url, epoch) = (pg.url.clone(), second.epoch());
+    let m3 = std::thread::spawn(move || {
+        let new = PgStore::open(&url, &settings, ring(&k1()), Some(epoch)).unwrap();
+        new.write_batch(&[Record::Conversation(conversation("g1", "m3", 1_000))])
+            .unwrap();
+        new.has_message("bot", "m3").unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(m3, "the new leader commits");
+}
+
+#[test]
+fn leader_failover_s_out_of_range_is_refused_naming_the_limit() {
+    use intentd::store::pg_lease::LeaderConfig;
+    let e = LeaderConfig { failover_s: 1 }.validate().unwrap_err();
+    assert!(
+        e.contains("leader.failover_s = 1") && e.contains("between 3 and 600"),
+        "{e}"
+    );
 }

@@ -20,7 +20,11 @@ use crate::policy::state_memory::{MemoryState, OnDiscard};
 use crate::server::auth::Authenticator;
 use crate::server::{self, health};
 use crate::service::Service;
-use crate::store::{AuditAction, Storage};
+use crate::store::pg_lease::LeaderLease;
+use crate::store::{AuditAction, Storage, StoreConfig};
+
+/// Exit status when the leader lease is lost (a supervisor restarts the process as a standby).
+pub const LEASE_LOST_EXIT: i32 = 75;
 
 /// While the store fails every commit, how often one test commit is tried.
 const STORE_PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -52,12 +56,38 @@ pub async fn serve(
     if auth.disabled() {
         tracing::warn!("authentication is DISABLED (auth.disabled: true): local use only");
     }
-    let service = Arc::new(build_service(&cfg, clock, manual, metrics.clone())?);
+    // With PostgreSQL one process serves the database at a time: wait here, before reading
+    // any state or binding a port, until this one leads (a standby binds nothing, so a
+    // balancer sends everything to the leader).
+    let lease = match (&cfg.store.url, cfg.store.enabled) {
+        (Some(url), true) => match wait_for_lease(&cfg, url, &clock, opts.announce).await? {
+            Some(lease) => Some(Arc::new(lease)),
+            None => return Ok(()),
+        },
+        _ => None,
+    };
+    let epoch = lease.as_ref().map(|l| l.epoch());
+    let service = Arc::new(build_service(&cfg, clock, manual, metrics.clone(), epoch)?);
     service.audit(
         "system",
         AuditAction::Startup,
-        &format!("config {}", service.config_hash()),
+        &match epoch {
+            Some(e) => format!("config {}, leader epoch {e}", service.config_hash()),
+            None => format!("config {}", service.config_hash()),
+        },
     );
+    if let Some(lease) = &lease {
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            let why = lease.held().await;
+            // A standby may take over any moment now: stop at once rather than serve with a
+            // state another process is about to own (the store's fencing refuses our writes
+            // from its takeover on anyway).
+            tracing::error!(reason = %why, "lost the leader lease; exiting so a standby takes over");
+            eprintln!("intentd: lost the leader lease ({why}); exiting");
+            std::process::exit(LEASE_LOST_EXIT);
+        });
+    }
 
     let wechat_accounts = cfg.wechat_accounts()?;
     let wechat = if wechat_accounts.is_empty() {
@@ -208,12 +238,59 @@ pub async fn serve(
     Ok(())
 }
 
+/// Waits as a standby until this process holds the leader lease; None when a signal stopped
+/// it first.
+async fn wait_for_lease(
+    cfg: &ServerConfig,
+    url: &str,
+    clock: &SharedClock,
+    announce: bool,
+) -> Result<Option<LeaderLease>> {
+    let holder = format!(
+        "{}:{} ({})",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown-host".into()),
+        std::process::id(),
+        cfg.listen
+    );
+    let clock = clock.clone();
+    let acquire = LeaderLease::acquire(
+        url,
+        &cfg.store.postgres,
+        &cfg.leader,
+        &holder,
+        move || clock.now_ms(),
+        || {
+            tracing::info!(
+                failover_s = cfg.leader.failover_s,
+                "standby: another intentd leads this database; waiting for the leader lease"
+            );
+            if announce {
+                println!("standby: waiting for the leader lease");
+            }
+        },
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::select! {
+        lease = acquire => {
+            let lease = lease.map_err(|e| anyhow::anyhow!("leader lease: {e}"))?;
+            tracing::info!(epoch = lease.epoch(), %holder, "holding the leader lease");
+            Ok(Some(lease))
+        }
+        _ = term.recv() => { tracing::info!("stopped while standby"); Ok(None) }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("stopped while standby"); Ok(None) }
+    }
+}
+
 /// Loads the operator files and opens the store: any error here stops the start.
 fn build_service(
     cfg: &ServerConfig,
     clock: SharedClock,
     manual: Option<Arc<ManualClock>>,
     metrics: Arc<Metrics>,
+    leader_epoch: Option<u64>,
 ) -> Result<Service> {
     let snapshot =
         OperatorSnapshot::load_dir(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
@@ -230,8 +307,15 @@ fn build_service(
     });
     let storage = if cfg.store.enabled {
         Some(Arc::new(
-            Storage::open(&cfg.store_config(), clock.clone(), metrics.clone())
-                .map_err(|e| anyhow::anyhow!("store: {e}"))?,
+            Storage::open(
+                &StoreConfig {
+                    leader_epoch,
+                    ..cfg.store_config()
+                },
+                clock.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("store: {e}"))?,
         ))
     } else {
         tracing::warn!("store disabled: no conversation log, feedback or stats; playbook state lives in memory only");

@@ -14,6 +14,7 @@ pub mod export;
 pub mod health;
 mod key_check;
 pub mod pg;
+pub mod pg_lease;
 pub mod postgres;
 mod private_files;
 pub mod pseudonyms;
@@ -97,6 +98,10 @@ pub struct StoreConfig {
     /// by the wiring (not a `store:` key).
     #[serde(skip)]
     pub answer_window_s: u64,
+    /// The leader lease's epoch when this process holds it (PostgreSQL): every commit checks
+    /// it still leads. Set by the wiring (not a `store:` key).
+    #[serde(skip)]
+    pub leader_epoch: Option<u64>,
 }
 
 /// `store.durability`.
@@ -137,6 +142,7 @@ impl Default for StoreConfig {
             ab_alpha: 0.05,
             human_share_target: None,
             answer_window_s: 86_400,
+            leader_epoch: None,
         }
     }
 }
@@ -235,6 +241,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("the store writer stopped before committing this record")]
     WriterGone,
+    /// Another process took the leader lease: this one must not write any more.
+    #[error("this process no longer leads the database: {0}")]
+    Fenced(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -702,7 +711,12 @@ impl Storage {
     ) -> Result<Self, StoreError> {
         config.validate()?;
         let store: Arc<dyn Store> = match &config.url {
-            Some(url) => Arc::new(PgStore::open(url, &config.postgres, keyring)?),
+            Some(url) => Arc::new(PgStore::open(
+                url,
+                &config.postgres,
+                keyring,
+                config.leader_epoch,
+            )?),
             None => Arc::new(SqliteStore::open_with(
                 &config.path,
                 keyring,

@@ -16,6 +16,7 @@ use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, Purge
 use super::crypto::{answer_aad, row_aad, state_aad, Keyring};
 use super::key_check;
 use super::pg::{store_err, Pg, PgSettings};
+use super::pg_lease::fence_check;
 use super::pseudonyms::{seq_key, Pseudonyms, SECRET_NAME};
 use super::{
     AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record,
@@ -135,6 +136,8 @@ pub struct PgStore {
     pg: Pg,
     keyring: Arc<Keyring>,
     pseudonyms: Pseudonyms,
+    /// Set when this process holds the leader lease: every commit checks it still does.
+    leader_epoch: Option<u64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -235,6 +238,7 @@ impl PgStore {
         url: &str,
         settings: &PgSettings,
         keyring: Arc<Keyring>,
+        leader_epoch: Option<u64>,
     ) -> Result<Self, StoreError> {
         let pg = Pg::connect(url, settings, MIGRATIONS)?;
         let pseudonyms = pg.block(start(&pg, &keyring))?;
@@ -242,6 +246,7 @@ impl PgStore {
             pg,
             keyring,
             pseudonyms,
+            leader_epoch,
         })
     }
 
@@ -532,6 +537,9 @@ impl Store for PgStore {
         self.pg.block(async {
             let mut client = self.pg.client().await?;
             let tx = client.transaction().await.map_err(store_err)?;
+            if let Some(epoch) = self.leader_epoch {
+                fence_check(&tx, epoch).await?;
+            }
             for rec in records {
                 self.insert(&tx, rec).await?;
             }

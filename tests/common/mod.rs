@@ -110,5 +110,6 @@ pub fn exists(p: &Path) -> bool {
     p.exists()
 }
 pub mod bot;
+pub mod nginx;
 pub mod pg;
 pub mod server;

@@ -144,6 +144,17 @@ fn merge_top_level(base: &str, extra: &str) -> String {
 
 impl TestServer {
     pub async fn start(opts: ServerOptions) -> TestServer {
+        let with_model = opts.model.is_some() && !opts.no_wait_serving;
+        let s = TestServer::spawn(opts).wait_listening(Duration::from_secs(60));
+        if with_model {
+            s.wait_serving().await;
+        }
+        s
+    }
+
+    /// Starts the process without waiting for it to listen (a standby replica waits for the
+    /// leader lease first): see [`Starting::wait_listening`].
+    pub fn spawn(opts: ServerOptions) -> Starting {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = opts
             .data_dir
@@ -193,41 +204,15 @@ impl TestServer {
                 let _ = tx.send(line);
             }
         });
-        let mut addr = None;
-        let mut metrics_addr = None;
-        // Announced before the gRPC line, so it is known once `addr` is.
-        let mut http_addr = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while addr.is_none() || metrics_addr.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "server did not start: {}",
-                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
-                )
-            });
-            if let Some(a) = line.strip_prefix("intentd listening on ") {
-                addr = Some(a.trim().to_string());
-            } else if let Some(a) = line.strip_prefix("http listening on http://") {
-                http_addr = a.trim().to_string();
-            } else if let Some(a) = line.strip_prefix("metrics listening on http://") {
-                metrics_addr = Some(a.trim().trim_end_matches("/metrics").to_string());
-            }
-        }
-        let s = TestServer {
-            child,
-            addr: addr.unwrap(),
-            metrics_addr: metrics_addr.unwrap(),
-            http_addr,
+        Starting {
+            child: Some(child),
+            lines: rx,
+            seen: Vec::new(),
             data_dir,
             config_path,
-            _tmp: Some(tmp),
+            tmp: Some(tmp),
             stderr_log,
-        };
-        if opts.model.is_some() && !opts.no_wait_serving {
-            s.wait_serving().await;
         }
-        s
     }
 
     pub async fn channel(&self) -> Channel {
@@ -316,6 +301,95 @@ impl TestServer {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A started `intentd serve` that may not listen yet; killed on drop.
+pub struct Starting {
+    child: Option<Child>,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Stdout lines read so far.
+    pub seen: Vec<String>,
+    data_dir: PathBuf,
+    config_path: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+    stderr_log: PathBuf,
+}
+
+impl Starting {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Reads stdout until `pred` matches a line or `within` passes; true when it matched.
+    pub fn wait_line(&mut self, within: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        if self.seen.iter().any(|l| pred(l)) {
+            return true;
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = pred(&line);
+                    self.seen.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
+    }
+
+    /// Waits until the process announces its addresses (panics after `within`).
+    pub fn wait_listening(mut self, within: Duration) -> TestServer {
+        let ok = self.wait_line(within, |l| l.starts_with("intentd listening on "));
+        if !ok {
+            panic!("server did not start: {}", self.stderr());
+        }
+        let mut addr = String::new();
+        let mut metrics_addr = String::new();
+        let mut http_addr = String::new();
+        for line in &self.seen {
+            if let Some(a) = line.strip_prefix("intentd listening on ") {
+                addr = a.trim().to_string();
+            } else if let Some(a) = line.strip_prefix("http listening on http://") {
+                http_addr = a.trim().to_string();
+            } else if let Some(a) = line.strip_prefix("metrics listening on http://") {
+                metrics_addr = a.trim().trim_end_matches("/metrics").to_string();
+            }
+        }
+        // Announced before the gRPC line.
+        assert!(!metrics_addr.is_empty(), "{:?}", self.seen);
+        TestServer {
+            child: self.child.take().unwrap(),
+            addr,
+            metrics_addr,
+            http_addr,
+            data_dir: self.data_dir.clone(),
+            config_path: self.config_path.clone(),
+            _tmp: self.tmp.take(),
+            stderr_log: self.stderr_log.clone(),
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
