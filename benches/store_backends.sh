@@ -75,8 +75,8 @@ PG_PORT=$(free_port)
 "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 \
     -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1" start > /dev/null
 PG_STARTED=1
-PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $NF}')
-psql_admin() { "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1" > /dev/null; }
+PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
+psql_admin() { PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1" > /dev/null; }
 
 export INTENTD_TOKEN
 INTENTD_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')

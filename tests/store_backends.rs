@@ -82,12 +82,13 @@ impl Postgres {
                 .await
                 .unwrap();
             tokio::spawn(conn);
-            client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-                ))
-                .await
-                .unwrap();
+            // One statement each: they cannot run in one (implicit) transaction.
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {name}"),
+                format!("CREATE DATABASE {name}"),
+            ] {
+                client.batch_execute(&sql).await.unwrap();
+            }
         });
         let (server, _) = self.url.rsplit_once('/').unwrap();
         Postgres {
