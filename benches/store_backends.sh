@@ -11,6 +11,9 @@
 # durable state costs from above: it also holds the conversation log's writes.
 #
 #   bash benches/store_backends.sh [--rounds N] [--duration S] [--profile release|dev]
+#                                  [--bin PATH]
+# --bin runs an intentd binary already built (e.g. the one `cargo test` built) instead of
+# building the profile's.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,12 +22,14 @@ ROUNDS=3
 DURATION=10
 PROFILE=release
 CONCURRENCY=${CONCURRENCY:-32}
+BIN=
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS=${2:?}; shift ;;
         --duration) DURATION=${2:?}; shift ;;
         --profile) PROFILE=${2:?}; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --bin) BIN=${2:?}; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -34,9 +39,17 @@ RESULTS=${RESULTS:-benches/RESULTS.md}
 TEXTS=${TEXTS:-../shared/datasets/smp2017/test.tsv}
 MODEL_DIR=${MODEL_DIR:-models/intentd-default}
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-cargo build --quiet --profile "$PROFILE" --bin intentd
-DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
-BIN=target/$DIR/intentd
+if [ -z "$BIN" ]; then
+    cargo build --quiet --profile "$PROFILE" --bin intentd
+    DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+    BIN=target/$DIR/intentd
+    BUILT="profile \`$PROFILE\`"
+    BIN_FLAG=""
+else
+    [ -x "$BIN" ] || { echo "--bin $BIN is not an executable file" >&2; exit 2; }
+    BUILT="binary $BIN (built before the run, profile \`$PROFILE\`)"
+    BIN_FLAG=" --bin $BIN"
+fi
 if [ ! -f "$MODEL_DIR/model.json" ]; then
     echo "no trained model at $MODEL_DIR: run \`$BIN train\` first" >&2
     exit 1
@@ -44,7 +57,7 @@ fi
 
 # PostgreSQL's server binaries: PATH first, then Debian's versioned folders (newest).
 if command -v pg_ctl > /dev/null; then
-    PG_BIN=$(dirname "$(command -v pg_ctl)")
+    PG_BIN=$(dirname "$(realpath "$(command -v pg_ctl)")")
 else
     PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2> /dev/null | sort -V | tail -n 1)
 fi
@@ -211,9 +224,9 @@ QUIET=$(python3 -c "import sys; print('low' if float(sys.argv[1]) < 1.0 else 'NO
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M') UTC: store backends, off vs SQLite vs PostgreSQL (\`benches/store_backends.sh\`)"
     echo
-    echo "Machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -n 1)), load average $LOAD_BEFORE at the start ($QUIET: other work on the machine shares its CPUs$([ "$QUIET" = low ] && echo ' little' || echo ', so the figures are noisier than on an idle machine')), $LOAD_AFTER at the end. intentd $(git rev-parse --short HEAD), profile \`$PROFILE\`, model $MODEL_DIR. One process; SQLite with the default \`store.durability: full\`; PostgreSQL $PG_VERSION on the same machine over TCP (a throw-away cluster with its defaults: fsync and synchronous_commit on), default \`store.postgres\` (16 connections); a fresh database for every run. $CONCURRENCY clients, ${DURATION} s after a 2 s warm-up; $ROUNDS rounds, the order rotated each round; then one open-loop run per backend at half its median closed-loop throughput."
+    echo "Machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -n 1)), load average $LOAD_BEFORE at the start ($QUIET: other work on the machine shares its CPUs$([ "$QUIET" = low ] && echo ' little' || echo ', so the figures are noisier than on an idle machine')), $LOAD_AFTER at the end. intentd $(git rev-parse --short HEAD), $BUILT, model $MODEL_DIR. One process; SQLite with the default \`store.durability: full\`; PostgreSQL $PG_VERSION on the same machine over TCP (a throw-away cluster with its defaults: fsync and synchronous_commit on), default \`store.postgres\` (16 connections); a fresh database for every run. $CONCURRENCY clients, ${DURATION} s after a 2 s warm-up; $ROUNDS rounds, the order rotated each round; then one open-loop run per backend at half its median closed-loop throughput."
     echo
     cat "$WORK/table.md"
     echo
-    echo "Command: \`bash benches/store_backends.sh --rounds $ROUNDS --duration $DURATION --profile $PROFILE\`; per run: \`intentd serve\` with \`store.enabled: false\`, a SQLite \`store.path\` or \`store.url: postgres://...\`, then \`intentd bench --addr 127.0.0.1:PORT --texts $TEXTS --concurrency $CONCURRENCY --duration $DURATION --warmup 2 --json\` (open loop: \`--rate HALF\` instead of \`--concurrency\`)."
+    echo "Command: \`bash benches/store_backends.sh --rounds $ROUNDS --duration $DURATION --profile $PROFILE$BIN_FLAG\`; per run: \`intentd serve\` with \`store.enabled: false\`, a SQLite \`store.path\` or \`store.url: postgres://...\`, then \`intentd bench --addr 127.0.0.1:PORT --texts $TEXTS --concurrency $CONCURRENCY --duration $DURATION --warmup 2 --json\` (open loop: \`--rate HALF\` instead of \`--concurrency\`)."
 } | tee -a "$RESULTS"
