@@ -17,9 +17,9 @@ use intentd::store::audit::{PurgeCutoffs, DAY_MS};
 use intentd::store::series::{stats_series, SeriesQuery};
 use intentd::store::stats::{rates, stats_report, StatsQuery};
 use intentd::store::{
-    AnswerKind, AnswerRow, ConversationRecord, Counts, FeedbackKind, FeedbackRecord, GroupBy,
-    HumanReplyRecord, Keyring, PgSettings, PgStore, Record, SqliteStore, StatsFilter, Store,
-    StoreConfig, StoreError, Timings,
+    AnswerKind, AnswerRow, AuditAction, AuditRecord, ConversationRecord, Counts, FeedbackKind,
+    FeedbackRecord, GroupBy, HumanReplyRecord, Keyring, PgSettings, PgStore, Record, SqliteStore,
+    StatsFilter, Store, StoreConfig, StoreError, Timings,
 };
 use intentd::types::{Action, Source};
 
@@ -60,13 +60,40 @@ impl Backend for Sqlite {
 }
 
 struct Postgres {
-    pg: TestPg,
+    pg: Arc<TestPg>,
+    /// A database of `pg`'s server.
+    url: String,
 }
 
 impl Postgres {
     fn new() -> Self {
+        let pg = TestPg::start();
         Postgres {
-            pg: TestPg::start(),
+            url: pg.url.clone(),
+            pg: Arc::new(pg),
+        }
+    }
+
+    /// A fresh database `name` on the same server (made anew when it exists).
+    fn another_database(&self, name: &str) -> Postgres {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            // One statement each: they cannot run in one (implicit) transaction.
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {name}"),
+                format!("CREATE DATABASE {name}"),
+            ] {
+                client.batch_execute(&sql).await.unwrap();
+            }
+        });
+        let (server, _) = self.url.rsplit_once('/').unwrap();
+        Postgres {
+            pg: self.pg.clone(),
+            url: format!("{server}/{name}"),
         }
     }
 }
@@ -78,7 +105,7 @@ impl Backend for Postgres {
             ..Default::default()
         };
         Ok(Box::new(PgStore::open(
-            &self.pg.url,
+            &self.url,
             &settings,
             ring(spec),
             None,
@@ -89,7 +116,7 @@ impl Backend for Postgres {
     fn raw(&self) -> Vec<u8> {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&self.pg.url, tokio_postgres::NoTls)
+            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
                 .await
                 .unwrap();
             tokio::spawn(conn);
@@ -518,6 +545,250 @@ fn state_rows_put_delete_cut_and_read_back_in_order(b: &dyn Backend) {
     assert_eq!(b.open(&k1()).unwrap().state_rows().unwrap().len(), 2);
 }
 
+/// A batch of many rows of every kind: a message written twice (its handoff audit row stays,
+/// its row is the last one), an answer key written twice, feedback, human replies, audit rows,
+/// and state writes to the same keys in order (put then delete, delete then put, a range
+/// delete between puts).
+fn a_mixed_batch() -> Vec<Record> {
+    let put = |kind, key, json: String| RowWrite::Put {
+        kind,
+        key,
+        json: json.into_bytes(),
+    };
+    let answer = |key: &str, at_ms: i64, body: &str| AnswerRow {
+        bot_id: "bot".into(),
+        kind: AnswerKind::Message,
+        key: key.into(),
+        at_ms,
+        body: body.as_bytes().to_vec(),
+    };
+    let mut recs = Vec::new();
+    for i in 0..40i64 {
+        let mut c = conversation(
+            if i % 3 == 0 { "g1" } else { "g2" },
+            &format!("m{i}"),
+            1_000 + i,
+        );
+        c.user_id = format!("user-{}", i % 4);
+        if i % 5 == 0 {
+            c.action = Action::Handoff;
+        }
+        if i % 7 == 0 {
+            c.answer = Some(answer(&format!("m{i}"), 1_000 + i, &format!("answer {i}")));
+        }
+        if i % 9 == 0 {
+            c.message_id.clear();
+        }
+        recs.push(Record::Conversation(c));
+        if i % 2 == 0 {
+            recs.push(feedback(&format!("m{i}"), FeedbackKind::Clicked, 1_100 + i));
+        }
+        if i % 6 == 0 {
+            recs.push(Record::HumanReply(HumanReplyRecord {
+                bot_id: "bot".into(),
+                chat_id: "g1".into(),
+                message_id: format!("m{i}"),
+                at_ms: 1_200 + i,
+            }));
+        }
+        recs.push(Record::State(vec![
+            put("review", RowKey::Seq(i as u64), format!(r#""review {i}""#)),
+            put(
+                "group",
+                RowKey::Name(format!("group-{}", i % 8)),
+                format!("{i}"),
+            ),
+        ]));
+    }
+    // The same message again (a retry with another outcome) and the same answer key again.
+    let mut again = conversation("g3", "m4", 2_000);
+    again.action = Action::Block;
+    again.intent = "complaint".into();
+    again.answer = Some(answer("m7", 2_000, "answer 7, second"));
+    recs.push(Record::Conversation(again));
+    recs.push(Record::Audit(AuditRecord {
+        actor: "console:admin".into(),
+        action: AuditAction::ConfigChange,
+        detail: "reloaded".into(),
+        at_ms: 2_001,
+    }));
+    recs.push(Record::State(vec![
+        // Put then delete: deleted. Delete then put: present.
+        put("cooldown", RowKey::Name("bot:g:u".into()), "1".into()),
+        RowWrite::Delete {
+            kind: "cooldown",
+            key: RowKey::Name("bot:g:u".into()),
+        },
+        RowWrite::Delete {
+            kind: "group",
+            key: RowKey::Name("group-3".into()),
+        },
+        put("group", RowKey::Name("group-3".into()), "back".into()),
+        RowWrite::Delete {
+            kind: "group",
+            key: RowKey::Name("group-5".into()),
+        },
+        // A range delete takes the positions put before it, not those put after it.
+        RowWrite::DeleteBelow {
+            kind: "review",
+            seq: 30,
+        },
+        put(
+            "review",
+            RowKey::Seq(5),
+            r#""review 5, after the cut""#.into(),
+        ),
+        put("review", RowKey::Seq(2), r#""review 2, cut again""#.into()),
+        RowWrite::DeleteBelow {
+            kind: "review",
+            seq: 3,
+        },
+        put("review", RowKey::Seq(35), r#""review 35, again""#.into()),
+    ]));
+    recs
+}
+
+/// What a store holds, with the pseudonyms (which differ per database) replaced by the ids of
+/// `a_mixed_batch` or by their order of first appearance.
+fn readback(s: &dyn Store) -> Vec<String> {
+    let mut names: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            (
+                s.stored_message_id("bot", &format!("m{i}")),
+                format!("m{i}"),
+            )
+        })
+        .collect();
+    let rows = s.conversations(0, i64::MAX, 0, 1_000).unwrap();
+    let mut out = Vec::new();
+    for r in &rows {
+        let user = &r.record.user_id;
+        if !names.iter().any(|(p, _)| p == user) {
+            let n = format!("u{}", names.len());
+            names.push((user.clone(), n));
+        }
+    }
+    let plain = |text: &str| {
+        let mut t = text.to_string();
+        for (p, n) in &names {
+            if !p.is_empty() {
+                t = t.replace(p.as_str(), n);
+            }
+        }
+        t
+    };
+    for r in rows {
+        out.push(plain(&format!("{:?} {:?}", r.key_id, r.record)));
+    }
+    for a in s.audit_rows(0, i64::MAX).unwrap() {
+        out.push(plain(&format!("{a:?}")));
+    }
+    let (keys, complete) = s.answer_keys(0, 1_000).unwrap();
+    assert!(complete);
+    for (bot, kind, key, at_ms) in keys {
+        out.push(plain(&format!("answer {bot} {kind:?} {key} {at_ms}")));
+    }
+    for i in 0..40 {
+        if let Some(a) = s
+            .answer("bot", AnswerKind::Message, &format!("m{i}"))
+            .unwrap()
+        {
+            out.push(format!("m{i}: {}", String::from_utf8_lossy(&a.body)));
+        }
+    }
+    out.push(format!("{:?}", s.row_counts().unwrap()));
+    for by in [
+        GroupBy::Total,
+        GroupBy::Chat,
+        GroupBy::Intent,
+        GroupBy::Variant,
+    ] {
+        out.push(format!("{by:?} {:?}", s.counts(&all("bot"), by).unwrap()));
+    }
+    // Named rows sort by their pseudonym, which differs: compared as a set.
+    let mut state: Vec<String> = s
+        .state_rows()
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{} {}", r.kind, String::from_utf8_lossy(&r.json)))
+        .collect();
+    state.sort();
+    out.extend(state);
+    out
+}
+
+/// One batch leaves what the same records written one at a time leave (in a second database
+/// of the same backend), and that is the one-at-a-time meaning spelled out.
+fn one_batch_stores_what_one_record_at_a_time_stores(b: &dyn Backend, other: &dyn Backend) {
+    let recs = a_mixed_batch();
+    let batched = b.open(&k1()).unwrap();
+    batched.write_batch(&recs).unwrap();
+    let single = other.open(&k1()).unwrap();
+    for r in &recs {
+        single.write_batch(std::slice::from_ref(r)).unwrap();
+    }
+    let got = readback(batched.as_ref());
+    assert_eq!(got, readback(single.as_ref()));
+
+    // The retried message has one row, its last one, after every other row.
+    let rows = batched.conversations(0, i64::MAX, 0, 1_000).unwrap();
+    assert_eq!(rows.len(), 40);
+    let m4 = batched.stored_message_id("bot", "m4");
+    let last = rows.last().unwrap();
+    assert_eq!(
+        (
+            last.record.message_id.as_str(),
+            last.record.chat_id.as_str()
+        ),
+        (m4.as_str(), "g3")
+    );
+    assert_eq!(rows.iter().filter(|r| r.record.message_id == m4).count(), 1);
+    // 8 handoffs (i % 5 == 0), the block of the retry and the console's row, in order.
+    let audit = batched.audit_rows(0, i64::MAX).unwrap();
+    assert_eq!(audit.len(), 10, "{audit:?}");
+    assert_eq!(audit.last().unwrap().detail, "reloaded");
+    let body = |s: &dyn Store, key: &str| {
+        s.answer("bot", AnswerKind::Message, key)
+            .unwrap()
+            .map(|a| String::from_utf8(a.body).unwrap())
+    };
+    assert_eq!(
+        body(batched.as_ref(), "m7").as_deref(),
+        Some("answer 7, second")
+    );
+    assert_eq!(body(batched.as_ref(), "m14").as_deref(), Some("answer 14"));
+    let rc = batched.row_counts().unwrap();
+    assert_eq!((rc.feedback, rc.human_replies), (20, 7));
+    let state: Vec<(String, String)> = batched
+        .state_rows()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.kind, String::from_utf8(r.json).unwrap()))
+        .collect();
+    let of = |kind: &str| -> Vec<&str> {
+        state
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, j)| j.as_str())
+            .collect()
+    };
+    assert!(of("cooldown").is_empty(), "put then delete ends deleted");
+    let mut groups = of("group");
+    groups.sort();
+    // group-3 came back, group-5 went; the others hold their last value (i = 32..39).
+    assert_eq!(groups, vec!["32", "33", "34", "36", "38", "39", "back"]);
+    let review = of("review");
+    let mut want = vec![r#""review 5, after the cut""#.to_string()];
+    want.extend((30..40).map(|i| {
+        if i == 35 {
+            r#""review 35, again""#.to_string()
+        } else {
+            format!(r#""review {i}""#)
+        }
+    }));
+    assert_eq!(review, want, "queue rows in their order");
+}
+
 fn a_wrong_key_stops_the_start(b: &dyn Backend) {
     let s = b.open(&k1()).unwrap();
     s.write_batch(&[Record::Conversation(conversation("g1", "m1", 1))])
@@ -781,6 +1052,22 @@ on_both_backends!(
     a_wrong_key_stops_the_start,
     the_database_holds_no_clear_text,
 );
+
+mod one_batch_and_one_record_at_a_time {
+    #[test]
+    fn sqlite() {
+        super::one_batch_stores_what_one_record_at_a_time_stores(
+            &super::Sqlite::new(),
+            &super::Sqlite::new(),
+        )
+    }
+    #[test]
+    fn postgres() {
+        let pg = super::Postgres::new();
+        let other = pg.another_database("one_record_at_a_time");
+        super::one_batch_stores_what_one_record_at_a_time_stores(&pg, &other)
+    }
+}
 
 #[test]
 fn store_url_of_another_scheme_is_a_config_error_naming_it() {

@@ -14,6 +14,7 @@ pub mod export;
 pub mod health;
 mod key_check;
 pub mod pg;
+mod pg_batch;
 pub mod pg_lease;
 pub mod postgres;
 mod private_files;

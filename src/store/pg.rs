@@ -99,6 +99,16 @@ pub fn store_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(pg_err(&e))
 }
 
+/// Executes one statement (prepared once per connection) in `tx`.
+pub async fn exec(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = tx.prepare_cached(sql).await.map_err(store_err)?;
+    tx.execute(&stmt, params).await.map_err(store_err)
+}
+
 /// A pool and the runtime its blocking callers run on.
 pub struct Pg {
     pool: Pool,

@@ -12,17 +12,18 @@ use std::sync::Arc;
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
-use super::audit::{implied_audit, purge_record, AuditAction, PurgeCutoffs, PurgeReport};
+use super::audit::{purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{answer_aad, row_aad, state_aad, Keyring};
 use super::key_check;
 use super::pg::{store_err, Pg, PgSettings};
+use super::pg_batch::{insert_audit, PgBatch};
 use super::pg_lease::fence_check;
-use super::pseudonyms::{seq_key, Pseudonyms, SECRET_NAME};
+use super::pseudonyms::{Pseudonyms, SECRET_NAME};
 use super::{
     AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record,
     RowCounts, StatsFilter, Store, StoreError, StoredConversation, Timings, VariantCounts,
 };
-use crate::durable::{RowWrite, StoredRow};
+use crate::durable::StoredRow;
 use crate::types::{Action, Source};
 
 /// Numbered migrations (`intentd_schema` holds how many are applied). A fresh PostgreSQL
@@ -161,11 +162,6 @@ fn parse_kind(s: &str) -> Result<AnswerKind, StoreError> {
     AnswerKind::parse(s).ok_or_else(|| StoreError::Db(format!("unknown answer kind '{s}'")))
 }
 
-/// BIGINT is i64; timings beyond that are clamped rather than wrapped.
-fn us(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -255,168 +251,6 @@ impl PgStore {
         &self.pg
     }
 
-    async fn insert(&self, tx: &Transaction<'_>, rec: &Record) -> Result<(), StoreError> {
-        match rec {
-            Record::Conversation(c) => {
-                let user = self.pseudonyms.user(&c.bot_id, &c.user_id);
-                let message = self.pseudonyms.message(&c.bot_id, &c.message_id);
-                // The texts are bound to the id as stored, which is what a reader has.
-                let sealed = self.keyring.seal_texts(
-                    &c.text,
-                    &c.reply_text,
-                    &row_aad(&c.bot_id, &message),
-                )?;
-                if !message.is_empty() {
-                    // Like SQLite's INSERT OR REPLACE: the retried message's row goes, the new
-                    // one gets a new id.
-                    exec(
-                        tx,
-                        "DELETE FROM conversations WHERE bot_id = $1 AND message_id = $2",
-                        &[&c.bot_id, &message],
-                    )
-                    .await?;
-                }
-                let confidence = f64::from(c.confidence);
-                let auto_reply = c.is_auto_reply();
-                let (tok, inf, q, tot) = (
-                    us(c.timings.tokenize_us),
-                    us(c.timings.inference_us),
-                    us(c.timings.queue_us),
-                    us(c.timings.total_us),
-                );
-                exec(
-                    tx,
-                    "INSERT INTO conversations (bot_id, chat_id, user_id, message_id, at_ms, intent,
-                        confidence, source, action, triggered, auto_reply, variant_id, experiment, tokenize_us,
-                        inference_us, queue_us, total_us, model_version, reason, key_id, sealed, sent_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-                    &[
-                        &c.bot_id,
-                        &c.chat_id,
-                        &user,
-                        &message,
-                        &c.at_ms,
-                        &c.intent,
-                        &confidence,
-                        &c.source.as_str(),
-                        &c.action.as_str(),
-                        &c.triggered,
-                        &auto_reply,
-                        &c.variant_id,
-                        &c.experiment,
-                        &tok,
-                        &inf,
-                        &q,
-                        &tot,
-                        &c.model_version,
-                        &c.reason,
-                        &sealed.key_id,
-                        &sealed.blob,
-                        &c.sent_at_ms,
-                    ],
-                )
-                .await?;
-                if let Some(a) = implied_audit(c, &user, &message) {
-                    insert_audit(tx, &a).await?;
-                }
-                if let Some(a) = &c.answer {
-                    let key = self.pseudonyms.message(&a.bot_id, &a.key);
-                    let sealed = self
-                        .keyring
-                        .seal(&a.body, &answer_aad(a.kind, &a.bot_id, &key))?;
-                    // A key answered before the window can be answered anew.
-                    exec(
-                        tx,
-                        "INSERT INTO answers (bot_id, kind, key, at_ms, key_id, sealed)
-                         VALUES ($1, $2, $3, $4, $5, $6)
-                         ON CONFLICT (bot_id, kind, key) DO UPDATE SET at_ms = EXCLUDED.at_ms,
-                            key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed",
-                        &[
-                            &a.bot_id,
-                            &a.kind.as_str(),
-                            &key,
-                            &a.at_ms,
-                            &sealed.key_id,
-                            &sealed.blob,
-                        ],
-                    )
-                    .await?;
-                }
-            }
-            Record::Feedback(f) => {
-                exec(
-                    tx,
-                    "INSERT INTO feedback (bot_id, message_id, kind, variant_id, at_ms) VALUES ($1, $2, $3, $4, $5)",
-                    &[
-                        &f.bot_id,
-                        &self.pseudonyms.message(&f.bot_id, &f.message_id),
-                        &f.kind.as_str(),
-                        &f.variant_id,
-                        &f.at_ms,
-                    ],
-                )
-                .await?;
-            }
-            Record::HumanReply(h) => {
-                exec(
-                    tx,
-                    "INSERT INTO human_replies (bot_id, chat_id, message_id, at_ms) VALUES ($1, $2, $3, $4)",
-                    &[
-                        &h.bot_id,
-                        &h.chat_id,
-                        &self.pseudonyms.message(&h.bot_id, &h.message_id),
-                        &h.at_ms,
-                    ],
-                )
-                .await?;
-            }
-            Record::Audit(a) => insert_audit(tx, a).await?,
-            Record::State(writes) => self.write_state(tx, writes).await?,
-        }
-        Ok(())
-    }
-
-    async fn write_state(
-        &self,
-        tx: &Transaction<'_>,
-        writes: &[RowWrite],
-    ) -> Result<(), StoreError> {
-        for w in writes {
-            match w {
-                RowWrite::Put { kind, key, json } => {
-                    let key = self.pseudonyms.state_key(kind, key);
-                    let sealed = self.keyring.seal(json, &state_aad(kind, &key))?;
-                    exec(
-                        tx,
-                        "INSERT INTO playbook_state (kind, key, key_id, sealed) VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (kind, key) DO UPDATE SET key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed",
-                        &[kind, &key, &sealed.key_id, &sealed.blob],
-                    )
-                    .await?;
-                }
-                RowWrite::Delete { kind, key } => {
-                    exec(
-                        tx,
-                        "DELETE FROM playbook_state WHERE kind = $1 AND key = $2",
-                        &[kind, &self.pseudonyms.state_key(kind, key)],
-                    )
-                    .await?;
-                }
-                RowWrite::DeleteBelow { kind, seq } => {
-                    // Positions are zero-padded digits compared bytewise (COLLATE "C"), so
-                    // text order is their order and every `s~` key sorts above them.
-                    exec(
-                        tx,
-                        "DELETE FROM playbook_state WHERE kind = $1 AND key < $2",
-                        &[kind, &seq_key(*seq)],
-                    )
-                    .await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Runs `f` with a pooled connection, waiting on this thread.
     fn with_client<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -429,31 +263,11 @@ impl PgStore {
     }
 }
 
-/// Executes one statement (prepared once per connection) in `tx`.
-async fn exec(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<u64, StoreError> {
-    let stmt = tx.prepare_cached(sql).await.map_err(store_err)?;
-    tx.execute(&stmt, params).await.map_err(store_err)
-}
-
 /// Deletes the rows of `table` with `at_ms < before`; how many went.
 async fn delete_before(tx: &Transaction<'_>, table: &str, before: i64) -> Result<u64, StoreError> {
     tx.execute(&format!("DELETE FROM {table} WHERE at_ms < $1"), &[&before])
         .await
         .map_err(store_err)
-}
-
-async fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), StoreError> {
-    exec(
-        tx,
-        "INSERT INTO audit (at_ms, actor, action, detail) VALUES ($1, $2, $3, $4)",
-        &[&a.at_ms, &a.actor, &a.action.as_str(), &a.detail],
-    )
-    .await?;
-    Ok(())
 }
 
 /// The start-up checks, in one transaction under an advisory lock: the key-check values
@@ -534,15 +348,16 @@ async fn start(pg: &Pg, keyring: &Keyring) -> Result<Pseudonyms, StoreError> {
 
 impl Store for PgStore {
     fn write_batch(&self, records: &[Record]) -> Result<(), StoreError> {
+        // Sealing and pseudonyms are CPU work: done before a connection is taken.
+        let batch = PgBatch::build(records, &self.keyring, &self.pseudonyms)?;
         self.pg.block(async {
             let mut client = self.pg.client().await?;
             let tx = client.transaction().await.map_err(store_err)?;
+            // A leader first checks it still leads (fencing: store/pg_lease.rs).
             if let Some(epoch) = self.leader_epoch {
                 fence_check(&tx, epoch).await?;
             }
-            for rec in records {
-                self.insert(&tx, rec).await?;
-            }
+            batch.write(&tx).await?;
             tx.commit().await.map_err(store_err)
         })
     }

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# The store backends side by side (issue 15): gRPC Classify throughput and latency of one
+# process with the store off, on SQLite (default durability: an fsync per group commit) and on
+# PostgreSQL (a throw-away local cluster with its durable defaults: fsync, synchronous_commit).
+# Same texts, same clients; rounds interleaved (off, SQLite, PostgreSQL, off, ...), medians;
+# then each backend in open loop at half of its own median saturation throughput, for p99.
+# Appends a dated section with the commands to benches/RESULTS.md.
+#
+# With the store on, the playbook's state is durable (written through the store with every
+# decision that changes it); with it off, nothing is written. So "SQLite / off" bounds what the
+# durable state costs from above: it also holds the conversation log's writes.
+#
+#   bash benches/store_backends.sh [--rounds N] [--duration S] [--profile release|dev]
+#                                  [--bin PATH]
+# --bin runs an intentd binary already built (e.g. the one `cargo test` built) instead of
+# building the profile's.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+ROUNDS=3
+DURATION=10
+PROFILE=release
+CONCURRENCY=${CONCURRENCY:-32}
+BIN=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS=${2:?}; shift ;;
+        --duration) DURATION=${2:?}; shift ;;
+        --profile) PROFILE=${2:?}; shift ;;
+        --bin) BIN=${2:?}; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$ROUNDS" in ''|*[!0-9]*|0) echo "--rounds must be a whole number of at least 1, not '$ROUNDS'" >&2; exit 2 ;; esac
+RESULTS=${RESULTS:-benches/RESULTS.md}
+TEXTS=${TEXTS:-../shared/datasets/smp2017/test.tsv}
+MODEL_DIR=${MODEL_DIR:-models/intentd-default}
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -z "$BIN" ]; then
+    cargo build --quiet --profile "$PROFILE" --bin intentd
+    DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+    BIN=target/$DIR/intentd
+    BUILT="profile \`$PROFILE\`"
+    BIN_FLAG=""
+else
+    [ -x "$BIN" ] || { echo "--bin $BIN is not an executable file" >&2; exit 2; }
+    BUILT="binary $BIN (built before the run, profile \`$PROFILE\`)"
+    BIN_FLAG=" --bin $BIN"
+fi
+if [ ! -f "$MODEL_DIR/model.json" ]; then
+    echo "no trained model at $MODEL_DIR: run \`$BIN train\` first" >&2
+    exit 1
+fi
+
+# PostgreSQL's server binaries: PATH first, then Debian's versioned folders (newest).
+if command -v pg_ctl > /dev/null; then
+    PG_BIN=$(dirname "$(realpath "$(command -v pg_ctl)")")
+else
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2> /dev/null | sort -V | tail -n 1)
+fi
+if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
+    echo "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's \`postgresql\`" >&2
+    exit 1
+fi
+# initdb refuses to run as root: then the cluster belongs to the `postgres` user, in a folder
+# it can reach.
+if [ "$(id -u)" = 0 ]; then AS_PG=(runuser -u postgres --); PG_BASE=/tmp; else AS_PG=(); PG_BASE=${TMPDIR:-/tmp}; fi
+
+WORK=$(mktemp -d)
+PG_DIR=$(mktemp -d "$PG_BASE/intentd-bench-pg.XXXXXX")
+SERVER_PID=
+PG_STARTED=
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2> /dev/null
+    [ -n "$PG_STARTED" ] && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop > /dev/null 2>&1
+    rm -rf "$WORK" "$PG_DIR"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+[ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_DIR"
+PG_PORT=$(free_port)
+"${AS_PG[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 > "$WORK/initdb.log" 2>&1 \
+    || { cat "$WORK/initdb.log" >&2; exit 1; }
+"${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1" start > /dev/null
+PG_STARTED=1
+PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
+psql_admin() { PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1" > /dev/null; }
+
+export INTENTD_TOKEN
+INTENTD_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+PORT=$(free_port)
+ADDR=127.0.0.1:$PORT
+
+start_server() { # $1 = backend: off | sqlite | postgres
+    rm -f "$WORK"/intentd.db* "$WORK/intentd.key"
+    local store
+    case "$1" in
+        off) store="  enabled: false" ;;
+        sqlite) store="  enabled: true
+  path: $WORK/intentd.db" ;;
+        postgres)
+            # A fresh database per run, like SQLite's fresh file.
+            psql_admin "DROP DATABASE IF EXISTS intentd_bench"
+            psql_admin "CREATE DATABASE intentd_bench"
+            store="  enabled: true
+  url: postgres://postgres@127.0.0.1:$PG_PORT/intentd_bench
+  path: $WORK/unused.db" ;;
+    esac
+    cat > "$WORK/c.yml" <<EOF
+listen: $ADDR
+model_dir: $(realpath "$MODEL_DIR")
+auto_train: false
+operator_dir: $REPO/config/operator
+training_data: $REPO/training-data/nlu
+auth:
+  bots:
+    - id: demo
+      token: $INTENTD_TOKEN
+store:
+$store
+  key_file: $WORK/intentd.key
+  create_key_file: true
+metrics:
+  enabled: false
+http:
+  enabled: false
+EOF
+    "$BIN" serve --config "$WORK/c.yml" > "$WORK/serve.log" 2>&1 &
+    SERVER_PID=$!
+    "$BIN" bench --addr "$ADDR" --texts "$TEXTS" --concurrency 1 --duration 0.5 \
+        --wait-serving 60 --json > /dev/null
+}
+
+stop_server() {
+    if ! kill -TERM "$SERVER_PID" 2> /dev/null; then
+        cp "$WORK/serve.log" /tmp/store_backends-serve.log
+        echo "error: the server died during the run; its log: /tmp/store_backends-serve.log" >&2
+        tail -n 20 "$WORK/serve.log" >&2
+        exit 1
+    fi
+    wait "$SERVER_PID" || true; SERVER_PID=
+}
+
+bench() { # $1 = output name, rest = load arguments
+    local out=$1; shift
+    "$BIN" bench --addr "$ADDR" --texts "$TEXTS" "$@" --duration "$DURATION" --warmup 2 \
+        --json > "$WORK/$out.json"
+}
+
+BACKENDS=(off sqlite postgres)
+# Interleaved rounds, the order rotated each round (off sqlite postgres, sqlite postgres off,
+# ...), so a drift in the machine's load favours no backend.
+for r in $(seq 1 "$ROUNDS"); do
+    for k in 0 1 2; do
+        b=${BACKENDS[$(((r - 1 + k) % 3))]}
+        start_server "$b"
+        bench "closed-$b-$r" --concurrency "$CONCURRENCY"
+        stop_server
+    done
+done
+median_rps() { # $1 = backend
+    python3 - "$WORK" "$ROUNDS" "$1" <<'EOF'
+import json, statistics, sys
+work, rounds, b = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+print(round(statistics.median(json.load(open(f"{work}/closed-{b}-{r}.json"))["requests_per_s"]
+                              for r in range(1, rounds + 1))))
+EOF
+}
+# Open loop at half of each backend's own saturation.
+for b in "${BACKENDS[@]}"; do
+    half=$(($(median_rps "$b") / 2))
+    [ "$half" -ge 1 ] || { echo "error: $b served under 2 requests/s; nothing to halve" >&2; exit 1; }
+    echo "$half" > "$WORK/half-$b"
+    start_server "$b"
+    bench "open-$b" --rate "$half"
+    stop_server
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+QUIET=$(python3 -c "import sys; print('low' if float(sys.argv[1]) < 1.0 else 'NOT low')" "${LOAD_BEFORE%% *}")
+python3 - "$WORK" "$ROUNDS" "$CONCURRENCY" "$QUIET" <<'EOF' > "$WORK/table.md"
+import json, statistics, sys
+work, rounds, clients, quiet = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+names = {"off": "store off", "sqlite": "SQLite", "postgres": "PostgreSQL"}
+backends = list(names)
+closed = {b: [json.load(open(f"{work}/closed-{b}-{r}.json")) for r in range(1, rounds + 1)]
+          for b in backends}
+med = lambda b, k: statistics.median(r[k] for r in closed[b])
+print(f"| figure | {' | '.join(names.values())} |")
+print("| --- | --- | --- | --- |")
+for k, label in [("requests_per_s", f"Classify requests/s, {clients} clients (median of {rounds})"),
+                 ("p50_ms", "p50 ms, same runs"), ("p99_ms", "p99 ms, same runs")]:
+    print(f"| {label} | " + " | ".join(f"{med(b, k):.1f}" for b in backends) + " |")
+open_runs = {b: json.load(open(f"{work}/open-{b}.json")) for b in backends}
+half = {b: int(open(f"{work}/half-{b}").read()) for b in backends}
+print("| open loop at half of its saturation, requests/s asked | "
+      + " | ".join(str(half[b]) for b in backends) + " |")
+print("| ... answered OK/s | " + " | ".join(f"{open_runs[b]['requests_per_s']:.1f}" for b in backends) + " |")
+print("| ... p50 ms | " + " | ".join(f"{open_runs[b]['p50_ms']:.1f}" for b in backends) + " |")
+print("| ... p99 ms | " + " | ".join(f"{open_runs[b]['p99_ms']:.1f}" for b in backends) + " |")
+print("| ... errors | " + " | ".join(str(open_runs[b]["errors"]) for b in backends) + " |")
+print()
+print("each closed-loop run (requests/s, off / SQLite / PostgreSQL): " + "; ".join(
+    " / ".join(f"{closed[b][r]['requests_per_s']:.0f}" for b in backends) for r in range(rounds)))
+print()
+if quiet != "low":
+    print("The machine was busy (see the load above): the verdicts below are indicative only; "
+          "judge the targets on a sitting with a low load.")
+    print()
+off, sq, pg = (med(b, "requests_per_s") for b in backends)
+verdict = lambda ok: "met" if ok else "NOT met"
+cost = 1 - sq / off
+print(f"- SQLite / store off: {sq / off:.3f}, so the store with its durable playbook state costs "
+      f"{cost * 100:.1f} % of throughput (an upper bound of the durable state's cost: it includes "
+      f"the conversation log). Target at most 10 %: {verdict(cost <= 0.10)}.")
+print(f"- PostgreSQL / SQLite: {pg / sq:.3f} (target at least 0.8x: {verdict(pg / sq >= 0.8)}).")
+p99 = {b: open_runs[b]["p99_ms"] for b in backends}
+print(f"- p99 at half load: SQLite {p99['sqlite']:.1f} ms, PostgreSQL {p99['postgres']:.1f} ms, "
+      f"store off {p99['off']:.1f} ms (target under 25 ms on both backends: "
+      f"{verdict(p99['sqlite'] < 25 and p99['postgres'] < 25)}).")
+EOF
+{
+    echo
+    echo "## $(date -u '+%Y-%m-%d %H:%M') UTC: store backends, off vs SQLite vs PostgreSQL (\`benches/store_backends.sh\`)"
+    echo
+    echo "Machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -n 1)), load average $LOAD_BEFORE at the start ($QUIET: other work on the machine shares its CPUs$([ "$QUIET" = low ] && echo ' little' || echo ', so the figures are noisier than on an idle machine')), $LOAD_AFTER at the end. intentd $(git rev-parse --short HEAD), $BUILT, model $MODEL_DIR. One process; SQLite with the default \`store.durability: full\`; PostgreSQL $PG_VERSION on the same machine over TCP (a throw-away cluster with its defaults: fsync and synchronous_commit on), default \`store.postgres\` (16 connections); a fresh database for every run. $CONCURRENCY clients, ${DURATION} s after a 2 s warm-up; $ROUNDS rounds, the order rotated each round; then one open-loop run per backend at half its median closed-loop throughput."
+    echo
+    cat "$WORK/table.md"
+    echo
+    echo "Command: \`bash benches/store_backends.sh --rounds $ROUNDS --duration $DURATION --profile $PROFILE$BIN_FLAG\`; per run: \`intentd serve\` with \`store.enabled: false\`, a SQLite \`store.path\` or \`store.url: postgres://...\`, then \`intentd bench --addr 127.0.0.1:PORT --texts $TEXTS --concurrency $CONCURRENCY --duration $DURATION --warmup 2 --json\` (open loop: \`--rate HALF\` instead of \`--concurrency\`)."
+} | tee -a "$RESULTS"
