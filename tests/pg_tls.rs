@@ -140,18 +140,24 @@ async fn tls_to_postgres_is_encrypted_verified_and_refused_clearly() {
     drop(s);
 
     // verify-full checks the name too: the certificate names localhost, not 127.0.0.1 ...
-    let e = connect_one(&url(&pg.url, "sslmode=verify-full"), &settings(Some(&ca.ca)))
-        .await
-        .map(drop)
-        .unwrap_err()
-        .to_string();
+    let e = connect_one(
+        &url(&pg.url, "sslmode=verify-full"),
+        &settings(Some(&ca.ca)),
+    )
+    .await
+    .map(drop)
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("does not name the host") && e.contains("verify-ca"),
         "{e}"
     );
     // ... and connects by the name it lists; verify-ca checks the chain alone.
     for u in [
-        url(&with_host(&pg, "localhost"), "sslmode=verify-full&application_name=tls-full"),
+        url(
+            &with_host(&pg, "localhost"),
+            "sslmode=verify-full&application_name=tls-full",
+        ),
         url(&pg.url, "sslmode=verify-ca&application_name=tls-full"),
     ] {
         let (c, _t) = connect_one(&u, &settings(Some(&ca.ca))).await.expect(&u);
@@ -184,7 +190,9 @@ async fn tls_to_postgres_is_encrypted_verified_and_refused_clearly() {
         "sslmode=require&application_name=tls-any",
         "application_name=tls-any",
     ] {
-        let (c, _t) = connect_one(&url(&pg.url, q), &settings(None)).await.expect(q);
+        let (c, _t) = connect_one(&url(&pg.url, q), &settings(None))
+            .await
+            .expect(q);
         c.simple_query("SELECT 1").await.unwrap();
         assert_eq!(ssl_of(&observer, "tls-any").await, (1, 1), "{q}");
         drop(c);
@@ -226,7 +234,10 @@ async fn tls_to_postgres_is_encrypted_verified_and_refused_clearly() {
         .await
         .unwrap();
         let (n, encrypted) = ssl_of(&observer, "plain").await;
-        assert!(n >= 1 && encrypted == 0, "{q}: {n} connections, {encrypted} encrypted");
+        assert!(
+            n >= 1 && encrypted == 0,
+            "{q}: {n} connections, {encrypted} encrypted"
+        );
         drop(s);
         wait_gone(&observer, "plain").await;
     }

@@ -14,9 +14,8 @@
 //! [`open`]: TLS as the URL's `sslmode` and `store.postgres.ca_file` say (`super::pg_tls`).
 
 use std::future::Future;
-use std::time::{Duration, Instant};
-
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use serde::{Deserialize, Serialize};
@@ -94,8 +93,9 @@ impl Target {
         settings.validate().map_err(StoreError::Config)?;
         let bad_url = |e: String| StoreError::Config(format!("store.url {}: {e}", redacted(url)));
         let (mode, driver_url) = split_sslmode(url).map_err(bad_url)?;
-        let mut config: tokio_postgres::Config =
-            driver_url.parse().map_err(|e| bad_url(format!("{e}")))?;
+        let mut config: tokio_postgres::Config = driver_url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| bad_url(e.to_string()))?;
         config.options(format!(
             "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
             settings.statement_timeout_ms,
@@ -111,12 +111,15 @@ impl Target {
     }
 }
 
+/// A client and the task driving its connection.
+pub type Connected = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
+
 /// The one way this process opens a connection to PostgreSQL: TLS per [`PgTls`], and the
 /// connection's task spawned on the current runtime (it ends when the client is dropped).
 async fn open(
     config: &tokio_postgres::Config,
     tls: &PgTls,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+) -> Result<Connected, tokio_postgres::Error> {
     let (client, connection) = config.connect(tls.connector()).await?;
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -129,14 +132,11 @@ async fn open(
 /// One connection outside the pool (e.g. a session that holds an advisory lock), made like
 /// the pool's: same TLS, same session settings. Call it inside a Tokio runtime; the returned
 /// task drives the connection until the client is dropped.
-pub async fn connect_one(
-    url: &str,
-    settings: &PgSettings,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
+pub async fn connect_one(url: &str, settings: &PgSettings) -> Result<Connected, StoreError> {
     let target = Target::new(url, settings)?;
-    open(&target.config, &target.tls).await.map_err(|e| {
-        StoreError::Db(format!("{}: {}", redacted(url), target.tls.explain(&e).0))
-    })
+    open(&target.config, &target.tls)
+        .await
+        .map_err(|e| StoreError::Db(format!("{}: {}", redacted(url), target.tls.explain(&e).0)))
 }
 
 /// The pool's way of making a connection: [`open`].
@@ -146,17 +146,8 @@ impl deadpool_postgres::Connect for PoolConnect {
     fn connect(
         &self,
         config: &tokio_postgres::Config,
-    ) -> std::pin::Pin<
-        Box<
-            dyn Future<
-                    Output = Result<
-                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
-                        tokio_postgres::Error,
-                    >,
-                > + Send
-                + '_,
-        >,
-    > {
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Connected, tokio_postgres::Error>> + Send + '_>>
+    {
         let config = config.clone();
         Box::pin(async move { open(&config, &self.0).await })
     }
@@ -437,6 +428,28 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.contains("statement_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_with_the_url_naming_what_is_wrong() {
+        let url = "postgres://u:pw@db/intentd?sslmode=verify-full";
+        let missing = std::env::temp_dir().join("intentd-no-such-ca.pem");
+        let settings = PgSettings {
+            ca_file: Some(missing.clone()),
+            ..Default::default()
+        };
+        let e = settings.validate_for(url).unwrap_err();
+        assert!(e.contains("store.postgres.ca_file"), "{e}");
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+        let e = PgSettings::default()
+            .validate_for("postgres://u:pw@db/intentd?sslmode=verify")
+            .unwrap_err();
+        assert!(e.contains("sslmode=verify is not one of"), "{e}");
+        assert!(e.contains("u:***@db") && !e.contains(":pw@"), "{e}");
+        assert!(PgSettings::default()
+            .validate_for("postgres://u:pw@db/intentd?sslmode=require")
+            .is_ok());
     }
 
     #[test]

@@ -420,8 +420,8 @@ mod tests {
 
     #[test]
     fn verify_modes_reach_the_driver_as_require_and_other_options_stay() {
-        let (m, u) = split_sslmode("postgres://a:pw@h/db?sslmode=verify-full&connect_timeout=3")
-            .unwrap();
+        let (m, u) =
+            split_sslmode("postgres://a:pw@h/db?sslmode=verify-full&connect_timeout=3").unwrap();
         assert_eq!(m, SslMode::VerifyFull);
         assert_eq!(u, "postgres://a:pw@h/db?sslmode=require&connect_timeout=3");
         let (m, u) = split_sslmode("postgres://h/db?application_name=x&sslmode=verify-ca").unwrap();
@@ -436,7 +436,10 @@ mod tests {
     #[test]
     fn an_unknown_sslmode_or_a_url_root_file_is_named() {
         let e = split_sslmode("postgres://h/db?sslmode=allow-ish").unwrap_err();
-        assert!(e.contains("sslmode=allow-ish") && e.contains("verify-full"), "{e}");
+        assert!(
+            e.contains("sslmode=allow-ish") && e.contains("verify-full"),
+            "{e}"
+        );
         let e = split_sslmode("postgres://h/db?sslrootcert=/x.pem").unwrap_err();
         assert!(e.contains("sslrootcert") && e.contains("ca_file"), "{e}");
     }
@@ -460,7 +463,10 @@ mod tests {
             ..Default::default()
         };
         let e = PgTls::new(SslMode::Require, &settings).unwrap_err();
-        assert!(e.contains("empty.pem") && e.contains("no PEM certificate"), "{e}");
+        assert!(
+            e.contains("empty.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
     }
 
     #[test]
