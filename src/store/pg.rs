@@ -105,7 +105,7 @@ impl Target {
         if config.get_application_name().is_none() {
             config.application_name("intentd");
         }
-        let tls = PgTls::new(mode, settings).map_err(StoreError::Config)?;
+        let tls = PgTls::new(mode, settings.ca_file.as_deref()).map_err(StoreError::Config)?;
         config.ssl_mode(tls.driver_mode());
         Ok(Target { config, tls })
     }
@@ -136,7 +136,15 @@ pub async fn connect_one(url: &str, settings: &PgSettings) -> Result<Connected, 
     let target = Target::new(url, settings)?;
     open(&target.config, &target.tls)
         .await
-        .map_err(|e| StoreError::Db(format!("{}: {}", redacted(url), target.tls.explain(&e).0)))
+        .map_err(|e| StoreError::Db(format!("{}: {}", redacted(url), explain(&target.tls, &e).0)))
+}
+
+/// A failed connect as one line, and whether retrying can help (not when TLS is why).
+fn explain(tls: &PgTls, e: &tokio_postgres::Error) -> (String, bool) {
+    match tls.explain(e) {
+        Some(m) => (m, false),
+        None => (pg_err(e), true),
+    }
 }
 
 /// The pool's way of making a connection: [`open`].
@@ -297,7 +305,7 @@ impl Pg {
     /// A pool error as one line, and whether retrying can help ([`PgTls::explain`]).
     fn explain(&self, e: &PoolError) -> (String, bool) {
         match e {
-            PoolError::Backend(e) => self.tls.explain(e),
+            PoolError::Backend(e) => explain(&self.tls, e),
             other => (other.to_string(), true),
         }
     }

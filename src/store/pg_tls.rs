@@ -26,8 +26,6 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::pg::{pg_err, PgSettings};
-
 /// The URL's `sslmode`, with libpq's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -152,16 +150,16 @@ pub fn split_sslmode(url: &str) -> Result<(SslMode, String), String> {
 impl PgTls {
     /// Reads the roots the mode needs (`ca_file`, else the system's) and builds the client.
     /// The error names the file or the setting and the reason.
-    pub fn new(mode: SslMode, settings: &PgSettings) -> Result<PgTls, String> {
-        let check = match (mode, &settings.ca_file) {
+    pub fn new(mode: SslMode, ca_file: Option<&Path>) -> Result<PgTls, String> {
+        let check = match (mode, ca_file) {
             (SslMode::VerifyFull, _) => Check::ChainAndHost,
             (SslMode::VerifyCa, _) => Check::Chain,
             (SslMode::Disable, _) | (SslMode::Prefer | SslMode::Require, None) => Check::Nothing,
             (SslMode::Prefer | SslMode::Require, Some(_)) => Check::Chain,
         };
-        let (roots, store) = match (check, &settings.ca_file) {
+        let (roots, store) = match (check, ca_file) {
             (Check::Nothing, _) => (Roots::None, RootCertStore::empty()),
-            (_, Some(path)) => (Roots::File(path.clone()), read_ca_file(path)?),
+            (_, Some(path)) => (Roots::File(path.to_path_buf()), read_ca_file(path)?),
             (_, None) => (Roots::System, system_roots(mode)?),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -213,20 +211,18 @@ impl PgTls {
         self.mode == SslMode::Require && self.check == Check::Nothing
     }
 
-    /// A failed connect as one line, and whether retrying can help (a refused or unverifiable
-    /// TLS handshake will fail the same way until someone changes the server or the config).
-    pub fn explain(&self, e: &tokio_postgres::Error) -> (String, bool) {
+    /// A connect that failed over TLS, as one line; None when TLS is not why. Such a failure
+    /// is final: a refused or unverifiable handshake fails the same way until someone changes
+    /// the server or the config, so retrying does not help.
+    pub fn explain(&self, e: &tokio_postgres::Error) -> Option<String> {
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
             if s.to_string() == "server does not support TLS" {
-                return (
-                    format!(
-                        "TLS is required (sslmode={}) but the server refused it: it does not \
-                         offer TLS (PostgreSQL's `ssl` setting is off)",
-                        self.mode.name()
-                    ),
-                    false,
-                );
+                return Some(format!(
+                    "TLS is required (sslmode={}) but the server refused it: it does not offer \
+                     TLS (PostgreSQL's `ssl` setting is off)",
+                    self.mode.name()
+                ));
             }
             let rustls_err = s
                 .downcast_ref::<std::io::Error>()
@@ -234,11 +230,11 @@ impl PgTls {
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .or_else(|| s.downcast_ref::<rustls::Error>());
             if let Some(tls) = rustls_err {
-                return (self.explain_tls(tls), false);
+                return Some(self.explain_tls(tls));
             }
             source = s.source();
         }
-        (pg_err(e), true)
+        None
     }
 
     fn explain_tls(&self, e: &rustls::Error) -> String {
@@ -448,21 +444,13 @@ mod tests {
     fn ca_file_problems_name_the_file_and_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.pem");
-        let settings = PgSettings {
-            ca_file: Some(missing.clone()),
-            ..Default::default()
-        };
-        let e = PgTls::new(SslMode::VerifyFull, &settings).unwrap_err();
+        let e = PgTls::new(SslMode::VerifyFull, Some(&missing)).unwrap_err();
         assert!(e.contains(&missing.display().to_string()), "{e}");
         assert!(e.contains("No such file"), "{e}");
 
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let settings = PgSettings {
-            ca_file: Some(empty.clone()),
-            ..Default::default()
-        };
-        let e = PgTls::new(SslMode::Require, &settings).unwrap_err();
+        let e = PgTls::new(SslMode::Require, Some(&empty)).unwrap_err();
         assert!(
             e.contains("empty.pem") && e.contains("no PEM certificate"),
             "{e}"
@@ -471,18 +459,14 @@ mod tests {
 
     #[test]
     fn disable_and_prefer_need_no_roots() {
-        let settings = PgSettings {
-            ca_file: None,
-            ..Default::default()
-        };
         for mode in [SslMode::Disable, SslMode::Prefer, SslMode::Require] {
-            let tls = PgTls::new(mode, &settings).unwrap();
+            let tls = PgTls::new(mode, None).unwrap();
             assert_eq!(tls.check, Check::Nothing);
         }
-        let require = PgTls::new(SslMode::Require, &settings).unwrap();
+        let require = PgTls::new(SslMode::Require, None).unwrap();
         assert!(require.unverified_require());
         assert_eq!(require.driver_mode(), DriverSslMode::Require);
-        let prefer = PgTls::new(SslMode::Prefer, &settings).unwrap();
+        let prefer = PgTls::new(SslMode::Prefer, None).unwrap();
         assert!(!prefer.unverified_require());
         assert_eq!(prefer.driver_mode(), DriverSslMode::Prefer);
     }
