@@ -16,6 +16,7 @@ mod key_check;
 pub mod pg;
 mod pg_batch;
 pub mod pg_lease;
+pub mod pg_tls;
 pub mod postgres;
 mod private_files;
 pub mod pseudonyms;
@@ -179,6 +180,12 @@ impl StoreConfig {
             }
         }
         self.postgres.validate().map_err(StoreError::Config)?;
+        if let Some(url) = &self.url {
+            // An unknown sslmode or an unreadable ca_file stops the config load, not the start.
+            self.postgres
+                .validate_for(url)
+                .map_err(StoreError::Config)?;
+        }
         if self.conversation_retention_days == 0 {
             return bad("store.conversation_retention_days must be at least 1".into());
         }

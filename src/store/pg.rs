@@ -9,14 +9,18 @@
 //! playbook state) use [`Pg::client`].
 //! A connection that breaks is dropped by the pool and a new one is made on the next use, so
 //! a database restart costs the requests in flight, not the process.
+//!
+//! Every connection the process opens, pooled or single ([`connect_one`]), goes through
+//! [`open`]: TLS as the URL's `sslmode` and `store.postgres.ca_file` say (`super::pg_tls`).
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::NoTls;
 
+use super::pg_tls::{split_sslmode, PgTls};
 use super::StoreError;
 
 /// `store.postgres:` settings (used when `store.url` is a `postgres://` URL).
@@ -29,6 +33,10 @@ pub struct PgSettings {
     pub statement_timeout_ms: u64,
     /// How long a start waits for the database (retrying with backoff) before giving up.
     pub connect_timeout_s: u64,
+    /// PEM file of the CA certificate(s) to trust for the server's TLS certificate. Unset: the
+    /// system's roots under `sslmode=verify-ca` / `verify-full`, and no check under `prefer` /
+    /// `require` (as libpq); set: checked under those too.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for PgSettings {
@@ -37,6 +45,7 @@ impl Default for PgSettings {
             pool_size: 16,
             statement_timeout_ms: 5_000,
             connect_timeout_s: 30,
+            ca_file: None,
         }
     }
 }
@@ -62,6 +71,111 @@ impl PgSettings {
             ));
         }
         Ok(())
+    }
+
+    /// [`Self::validate`] and what `url` asks of TLS: a known `sslmode`, and a readable
+    /// `ca_file` (or system roots) holding certificates when the mode checks them.
+    pub fn validate_for(&self, url: &str) -> Result<(), String> {
+        Target::new(url, self).map(drop).map_err(|e| e.to_string())
+    }
+}
+
+/// What opening a connection to one `store.url` takes: the driver's settings (with the session
+/// settings every connection carries) and the TLS client.
+#[derive(Clone)]
+struct Target {
+    config: tokio_postgres::Config,
+    tls: PgTls,
+}
+
+impl Target {
+    fn new(url: &str, settings: &PgSettings) -> Result<Target, StoreError> {
+        settings.validate().map_err(StoreError::Config)?;
+        let bad_url = |e: String| StoreError::Config(format!("store.url {}: {e}", redacted(url)));
+        let (mode, driver_url) = split_sslmode(url).map_err(bad_url)?;
+        let mut config: tokio_postgres::Config = driver_url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| bad_url(e.to_string()))?;
+        config.options(format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            settings.statement_timeout_ms,
+            settings.statement_timeout_ms.saturating_mul(4)
+        ));
+        config.connect_timeout(Duration::from_secs(settings.connect_timeout_s.min(10)));
+        if config.get_application_name().is_none() {
+            config.application_name("intentd");
+        }
+        let tls = PgTls::new(mode, settings.ca_file.as_deref()).map_err(StoreError::Config)?;
+        config.ssl_mode(tls.driver_mode());
+        Ok(Target { config, tls })
+    }
+}
+
+/// A client and the task driving its connection.
+pub type Connected = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
+
+/// The one way this process opens a connection to PostgreSQL: TLS per [`PgTls`], and the
+/// connection's task spawned on the current runtime (it ends when the client is dropped).
+async fn open(
+    config: &tokio_postgres::Config,
+    tls: &PgTls,
+) -> Result<Connected, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tls.connector()).await?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended with an error");
+        }
+    });
+    Ok((client, task))
+}
+
+/// One connection outside the pool (e.g. a session that holds an advisory lock), made like
+/// the pool's: same TLS, same session settings. Call it inside a Tokio runtime; the returned
+/// task drives the connection until the client is dropped.
+pub async fn connect_one(url: &str, settings: &PgSettings) -> Result<Connected, StoreError> {
+    connect_one_tuned(url, settings, |_| {}).await
+}
+
+/// [`connect_one`] with the session's settings adjusted first (server options, keepalives,
+/// name: the leader lease's session). A failure retrying cannot mend (TLS) is a
+/// [`StoreError::Config`].
+pub async fn connect_one_tuned(
+    url: &str,
+    settings: &PgSettings,
+    tune: impl FnOnce(&mut tokio_postgres::Config),
+) -> Result<Connected, StoreError> {
+    let mut target = Target::new(url, settings)?;
+    tune(&mut target.config);
+    open(&target.config, &target.tls).await.map_err(|e| {
+        let (why, retry) = explain(&target.tls, &e);
+        let msg = format!("{}: {why}", redacted(url));
+        if retry {
+            StoreError::Db(msg)
+        } else {
+            StoreError::Config(msg)
+        }
+    })
+}
+
+/// A failed connect as one line, and whether retrying can help (not when TLS is why).
+fn explain(tls: &PgTls, e: &tokio_postgres::Error) -> (String, bool) {
+    match tls.explain(e) {
+        Some(m) => (m, false),
+        None => (pg_err(e), true),
+    }
+}
+
+/// The pool's way of making a connection: [`open`].
+struct PoolConnect(PgTls);
+
+impl deadpool_postgres::Connect for PoolConnect {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Connected, tokio_postgres::Error>> + Send + '_>>
+    {
+        let config = config.clone();
+        Box::pin(async move { open(&config, &self.0).await })
     }
 }
 
@@ -116,6 +230,8 @@ pub struct Pg {
     /// thread, where a runtime cannot be dropped).
     runtime: Option<tokio::runtime::Runtime>,
     url: String,
+    /// For explaining failed connects.
+    tls: PgTls,
 }
 
 impl Drop for Pg {
@@ -143,22 +259,17 @@ impl Pg {
         settings: &PgSettings,
         migrations: &[&str],
     ) -> Result<Pg, StoreError> {
-        settings.validate().map_err(StoreError::Config)?;
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Config(format!("store.url {}: {e}", redacted(url))))?;
-        config.options(format!(
-            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
-            settings.statement_timeout_ms,
-            settings.statement_timeout_ms.saturating_mul(4)
-        ));
-        config.connect_timeout(Duration::from_secs(settings.connect_timeout_s.min(10)));
-        if config.get_application_name().is_none() {
-            config.application_name("intentd");
+        let Target { config, tls } = Target::new(url, settings)?;
+        if tls.unverified_require() {
+            tracing::warn!(
+                url = %redacted(url),
+                "sslmode=require without store.postgres.ca_file: the connection is encrypted but \
+                 the server's certificate is not checked (set ca_file, or use sslmode=verify-full)"
+            );
         }
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             config,
-            NoTls,
+            PoolConnect(tls.clone()),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -182,23 +293,28 @@ impl Pg {
             pool,
             runtime: Some(runtime),
             url: url.to_string(),
+            tls,
         };
         let deadline = Instant::now() + Duration::from_secs(settings.connect_timeout_s);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match pg.block(async { pg.client().await.map(drop) }) {
+            match pg.block(async { pg.pool.get().await.map(drop) }) {
                 Ok(()) => break,
-                Err(e) if Instant::now() + backoff < deadline => {
+                Err(e) => {
+                    let (e, retry) = pg.explain(&e);
+                    if !retry {
+                        return Err(StoreError::Db(format!("{}: {e}", redacted(url))));
+                    }
+                    if Instant::now() + backoff >= deadline {
+                        return Err(StoreError::Db(format!(
+                            "cannot connect to {} within {} s: {e}",
+                            redacted(url),
+                            settings.connect_timeout_s
+                        )));
+                    }
                     tracing::warn!(url = %redacted(url), error = %e, retry_in_ms = backoff.as_millis() as u64, "PostgreSQL not reachable yet");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    return Err(StoreError::Db(format!(
-                        "cannot connect to {} within {} s: {e}",
-                        redacted(url),
-                        settings.connect_timeout_s
-                    )))
                 }
             }
         }
@@ -211,7 +327,15 @@ impl Pg {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::Db(format!("{}: {e}", redacted(&self.url))))
+            .map_err(|e| StoreError::Db(format!("{}: {}", redacted(&self.url), self.explain(&e).0)))
+    }
+
+    /// A pool error as one line, and whether retrying can help ([`PgTls::explain`]).
+    fn explain(&self, e: &PoolError) -> (String, bool) {
+        match e {
+            PoolError::Backend(e) => explain(&self.tls, e),
+            other => (other.to_string(), true),
+        }
     }
 
     /// Waits for `fut` on the calling thread, with the pool's runtime as the context its
@@ -340,6 +464,28 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.contains("statement_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_with_the_url_naming_what_is_wrong() {
+        let url = "postgres://u:pw@db/intentd?sslmode=verify-full";
+        let missing = std::env::temp_dir().join("intentd-no-such-ca.pem");
+        let settings = PgSettings {
+            ca_file: Some(missing.clone()),
+            ..Default::default()
+        };
+        let e = settings.validate_for(url).unwrap_err();
+        assert!(e.contains("store.postgres.ca_file"), "{e}");
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+        let e = PgSettings::default()
+            .validate_for("postgres://u:pw@db/intentd?sslmode=verify")
+            .unwrap_err();
+        assert!(e.contains("sslmode=verify is not one of"), "{e}");
+        assert!(e.contains("u:***@db") && !e.contains(":pw@"), "{e}");
+        assert!(PgSettings::default()
+            .validate_for("postgres://u:pw@db/intentd?sslmode=require")
+            .is_ok());
     }
 
     #[test]

@@ -17,9 +17,9 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use super::pg::{pg_err, redacted, PgSettings};
+use super::pg::{connect_one_tuned, pg_err, PgSettings};
 use super::StoreError;
 
 /// The advisory lock's key: any fixed number not used elsewhere (migrations take 7316021500, a
@@ -91,40 +91,30 @@ impl Drop for LeaderLease {
     }
 }
 
-/// Opens the lease's own session (not a pooled one: the lock belongs to the session).
+/// Opens the lease's own session (not a pooled one: the lock belongs to the session), with TLS
+/// like every connection (`pg::connect_one_tuned`).
 async fn connect(
     url: &str,
     settings: &PgSettings,
     config: &LeaderConfig,
 ) -> Result<(Client, JoinHandle<()>), StoreError> {
-    let mut pg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| StoreError::Config(format!("store.url {}: {e}", redacted(url))))?;
     let f = config.failover_s;
-    // Server-side keepalives: a leader whose machine vanished loses the lock within
-    // idle + 3 x interval = 5/6 of failover_s.
-    pg.options(format!(
-        "-c statement_timeout={} -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} \
-         -c tcp_keepalives_count=3 -c tcp_user_timeout={}",
-        settings.statement_timeout_ms,
-        (f / 3).max(1),
-        (f / 6).max(1),
-        f * 1000 * 5 / 6,
-    ));
-    pg.application_name("intentd-leader");
-    pg.connect_timeout(Duration::from_secs(settings.connect_timeout_s.min(10)));
-    pg.keepalives(true);
-    pg.keepalives_idle(Duration::from_secs((f / 3).max(1)));
-    let (client, conn) = pg
-        .connect(NoTls)
-        .await
-        .map_err(|e| StoreError::Db(format!("{}: {}", redacted(url), pg_err(&e))))?;
-    let conn = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %pg_err(&e), "leader lease connection ended");
-        }
-    });
-    Ok((client, conn))
+    connect_one_tuned(url, settings, |pg| {
+        // Server-side keepalives: a leader whose machine vanished loses the lock within
+        // idle + 3 x interval = 5/6 of failover_s.
+        pg.options(format!(
+            "-c statement_timeout={} -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} \
+             -c tcp_keepalives_count=3 -c tcp_user_timeout={}",
+            settings.statement_timeout_ms,
+            (f / 3).max(1),
+            (f / 6).max(1),
+            f * 1000 * 5 / 6,
+        ));
+        pg.application_name("intentd-leader");
+        pg.keepalives(true);
+        pg.keepalives_idle(Duration::from_secs((f / 3).max(1)));
+    })
+    .await
 }
 
 fn db(e: tokio_postgres::Error) -> StoreError {
