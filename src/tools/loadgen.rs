@@ -835,7 +835,10 @@ async fn open_loop(
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
         }
+        // Biased: a free slot wins over a deadline that passed while this task waited to be
+        // woken (a busy machine), so a request scheduled inside the duration is still sent.
         let permit = tokio::select! {
+            biased;
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = tokio::time::sleep_until(deadline.into()) => break,
         };
