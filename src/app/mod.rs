@@ -23,8 +23,7 @@ use crate::service::Service;
 use crate::store::pg_lease::LeaderLease;
 use crate::store::{AuditAction, Storage, StoreConfig};
 
-/// Exit status when the leader lease is lost (a supervisor restarts the process as a standby).
-pub const LEASE_LOST_EXIT: i32 = 75;
+pub use crate::store::pg_lease::LEASE_LOST_EXIT;
 
 /// While the store fails every commit, how often one test commit is tried.
 const STORE_PROBE_EVERY: Duration = Duration::from_secs(5);

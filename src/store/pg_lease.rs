@@ -26,6 +26,10 @@ use super::StoreError;
 /// store start 7316021501, both as transaction locks).
 const LOCK_KEY: i64 = 7_316_021_502;
 
+/// Exit status of a process that lost the lease or was fenced (a supervisor restarts it as a
+/// standby).
+pub const LEASE_LOST_EXIT: i32 = 75;
+
 /// `leader:` in the server configuration (used with PostgreSQL).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -231,6 +231,7 @@ fn writer_loop(
                 }
             }
             Err(e) => {
+                stop_if_fenced(&e);
                 // One bad record must not sink its neighbours: retry one by one.
                 metrics.store_errors.inc();
                 tracing::error!(error = %e, batch = jobs.len(), "store batch commit failed; retrying records singly");
@@ -289,6 +290,17 @@ fn state_records(state: &[(usize, Vec<RowWrite>)]) -> Vec<Record> {
 }
 
 /// Commits the holders' pending writes with no record behind them (idle or shutdown).
+/// Another process took the leader lease (store/pg_lease.rs): this one must not answer
+/// anything more, not even unrecorded, so it exits before the waiting requests hear back
+/// (their clients retry on the new leader).
+fn stop_if_fenced(e: &StoreError) {
+    if let StoreError::Fenced(why) = e {
+        tracing::error!(reason = %why, "fenced by a new leader; exiting");
+        eprintln!("intentd: fenced by a new leader ({why}); exiting");
+        std::process::exit(super::pg_lease::LEASE_LOST_EXIT);
+    }
+}
+
 fn commit_state(store: &dyn Store, holders: &Holders, metrics: &Metrics, health: &StoreHealth) {
     let state = holders.take();
     if state.is_empty() {
@@ -297,6 +309,7 @@ fn commit_state(store: &dyn Store, holders: &Holders, metrics: &Metrics, health:
     match store.write_batch(&state_records(&state)) {
         Ok(()) => health.commit_succeeded(),
         Err(e) => {
+            stop_if_fenced(&e);
             metrics.store_errors.inc();
             tracing::error!(error = %e, "playbook state commit failed; kept for the next commit");
             health.commit_failed(&e.to_string());
