@@ -69,6 +69,8 @@ pub mod state;
 pub mod state_journal;
 pub mod state_memory;
 pub mod state_persist;
+#[doc(hidden)]
+pub mod state_suite;
 pub mod templates;
 pub mod variables;
 

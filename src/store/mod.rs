@@ -16,6 +16,7 @@ mod key_check;
 pub mod pg;
 mod pg_batch;
 pub mod pg_lease;
+pub mod pg_state;
 pub mod pg_tls;
 pub mod postgres;
 mod private_files;

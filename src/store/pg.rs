@@ -6,7 +6,7 @@
 //! The [`super::Store`] trait is synchronous (the writer thread, `spawn_blocking` callers), so
 //! [`Pg::block`] waits for a query on the calling thread while the pool's own small runtime
 //! drives the connections: safe from any thread, async ones included. Async callers (the
-//! playbook state) use [`Pg::client`].
+//! playbook state) use [`Pg::run`], which runs a future on that runtime and awaits it.
 //! A connection that breaks is dropped by the pool and a new one is made on the next use, so
 //! a database restart costs the requests in flight, not the process.
 //!
@@ -348,6 +348,22 @@ impl Pg {
             .expect("the runtime lives until drop")
             .enter();
         park_on(fut)
+    }
+
+    /// Runs `fut` on the pool's runtime and waits for it without blocking: the way async
+    /// callers (the playbook state, on the service's runtime) use the pool. A connection the
+    /// pool opens meanwhile is then driven by the pool's runtime, which outlives any caller's;
+    /// [`Self::block`] would park an async thread instead. A panic inside `fut` (a bug) comes
+    /// back as a [`StoreError::Db`] naming the database.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        runtime
+            .spawn(fut)
+            .await
+            .map_err(|e| StoreError::Db(format!("{}: task failed: {e}", redacted(&self.url))))
     }
 
     /// The URL without its password, for messages.

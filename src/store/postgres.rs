@@ -127,6 +127,8 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, key)
     );
     "#,
+    // 2: the playbook's runtime state decided in the database by every replica
+    super::pg_state::TABLE_SQL,
 ];
 
 /// Serialises the start-up checks of replicas starting together (one pseudonym secret).
@@ -344,6 +346,29 @@ async fn start(pg: &Pg, keyring: &Keyring) -> Result<Pseudonyms, StoreError> {
     }
     tx.commit().await.map_err(store_err)?;
     Ok(this)
+}
+
+/// The pseudonym secret [`PgStore::open`] made, for another user of the same database (the
+/// playbook state): one secret per database, so this never makes one.
+pub(crate) async fn stored_pseudonyms(pg: &Pg, keyring: &Keyring) -> Result<Pseudonyms, StoreError> {
+    let origin = pg.origin();
+    let client = pg.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT key_id, sealed FROM secrets WHERE name = $1",
+            &[&SECRET_NAME],
+        )
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| {
+            StoreError::Config(format!(
+                "{origin}: no pseudonym secret yet; open the store on this database first \
+                 (the store makes the secret at its first start)"
+            ))
+        })?;
+    let key_id: String = row.get(0);
+    let sealed: Vec<u8> = row.get(1);
+    Pseudonyms::open_sealed(keyring, &key_id, &sealed, &origin)
 }
 
 impl Store for PgStore {
