@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The store backends side by side (issue 15): gRPC Classify throughput and latency of one
 # process with the store off, on SQLite (default durability: an fsync per group commit) and on
-# PostgreSQL (a throw-away local cluster with its durable defaults: fsync, synchronous_commit).
+# PostgreSQL (a throw-away local cluster with its durable defaults: fsync, synchronous_commit),
+# and of two replicas that all serve on that PostgreSQL (`leader.followers: serve`).
 # Same texts, same clients; rounds interleaved (off, SQLite, PostgreSQL, off, ...), medians;
 # then each backend in open loop at half of its own median saturation throughput, for p99.
 # Appends a dated section with the commands to benches/RESULTS.md.
@@ -72,9 +73,11 @@ if [ "$(id -u)" = 0 ]; then AS_PG=(runuser -u postgres --); PG_BASE=/tmp; else A
 WORK=$(mktemp -d)
 PG_DIR=$(mktemp -d "$PG_BASE/intentd-bench-pg.XXXXXX")
 SERVER_PID=
+SERVER2_PID=
 PG_STARTED=
 cleanup() {
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2> /dev/null
+    [ -n "$SERVER2_PID" ] && kill "$SERVER2_PID" 2> /dev/null
     [ -n "$PG_STARTED" ] && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop > /dev/null 2>&1
     rm -rf "$WORK" "$PG_DIR"
 }
@@ -94,25 +97,29 @@ psql_admin() { PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -
 export INTENTD_TOKEN
 INTENTD_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 PORT=$(free_port)
+PORT2=$(free_port)
 ADDR=127.0.0.1:$PORT
 
-start_server() { # $1 = backend: off | sqlite | postgres
+start_server() { # $1 = backend: off | sqlite | postgres | postgres2 (two replicas that all serve)
     rm -f "$WORK"/intentd.db* "$WORK/intentd.key"
-    local store
+    local store leader=""
     case "$1" in
         off) store="  enabled: false" ;;
         sqlite) store="  enabled: true
   path: $WORK/intentd.db" ;;
-        postgres)
+        postgres|postgres2)
             # A fresh database per run, like SQLite's fresh file.
             psql_admin "DROP DATABASE IF EXISTS intentd_bench"
             psql_admin "CREATE DATABASE intentd_bench"
             store="  enabled: true
   url: postgres://postgres@127.0.0.1:$PG_PORT/intentd_bench
-  path: $WORK/unused.db" ;;
+  path: $WORK/unused.db"
+            [ "$1" = postgres2 ] && leader="leader:
+  followers: serve" ;;
     esac
-    cat > "$WORK/c.yml" <<EOF
-listen: $ADDR
+    write_config() { # $1 = listen address, $2 = file
+        cat > "$2" <<EOF
+listen: $1
 model_dir: $(realpath "$MODEL_DIR")
 auto_train: false
 operator_dir: $REPO/config/operator
@@ -125,39 +132,58 @@ store:
 $store
   key_file: $WORK/intentd.key
   create_key_file: true
+$leader
 metrics:
   enabled: false
 http:
   enabled: false
 EOF
+    }
+    write_config "$ADDR" "$WORK/c.yml"
     "$BIN" serve --config "$WORK/c.yml" > "$WORK/serve.log" 2>&1 &
     SERVER_PID=$!
     "$BIN" bench --addr "$ADDR" --texts "$TEXTS" --concurrency 1 --duration 0.5 \
         --wait-serving 60 --json > /dev/null
+    TARGET=$ADDR
+    if [ "$1" = postgres2 ]; then
+        # The second replica starts once the first made the key file and the schema.
+        write_config "127.0.0.1:$PORT2" "$WORK/c2.yml"
+        "$BIN" serve --config "$WORK/c2.yml" > "$WORK/serve2.log" 2>&1 &
+        SERVER2_PID=$!
+        TARGET=$ADDR,127.0.0.1:$PORT2
+        "$BIN" bench --addr "$TARGET" --texts "$TEXTS" --concurrency 2 --duration 0.5 \
+            --wait-serving 60 --json > /dev/null
+    fi
 }
 
 stop_server() {
-    if ! kill -TERM "$SERVER_PID" 2> /dev/null; then
-        cp "$WORK/serve.log" /tmp/store_backends-serve.log
-        echo "error: the server died during the run; its log: /tmp/store_backends-serve.log" >&2
-        tail -n 20 "$WORK/serve.log" >&2
-        exit 1
-    fi
-    wait "$SERVER_PID" || true; SERVER_PID=
+    local pid log
+    for pid in "$SERVER_PID" "$SERVER2_PID"; do
+        [ -n "$pid" ] || continue
+        log=$WORK/serve.log; [ "$pid" = "$SERVER2_PID" ] && log=$WORK/serve2.log
+        if ! kill -TERM "$pid" 2> /dev/null; then
+            cp "$log" /tmp/store_backends-serve.log
+            echo "error: a server died during the run; its log: /tmp/store_backends-serve.log" >&2
+            tail -n 20 "$log" >&2
+            exit 1
+        fi
+        wait "$pid" || true
+    done
+    SERVER_PID=; SERVER2_PID=
 }
 
 bench() { # $1 = output name, rest = load arguments
     local out=$1; shift
-    "$BIN" bench --addr "$ADDR" --texts "$TEXTS" "$@" --duration "$DURATION" --warmup 2 \
+    "$BIN" bench --addr "$TARGET" --texts "$TEXTS" "$@" --duration "$DURATION" --warmup 2 \
         --json > "$WORK/$out.json"
 }
 
-BACKENDS=(off sqlite postgres)
-# Interleaved rounds, the order rotated each round (off sqlite postgres, sqlite postgres off,
-# ...), so a drift in the machine's load favours no backend.
+BACKENDS=(off sqlite postgres postgres2)
+# Interleaved rounds, the order rotated each round (off sqlite postgres postgres2, sqlite
+# postgres postgres2 off, ...), so a drift in the machine's load favours no backend.
 for r in $(seq 1 "$ROUNDS"); do
-    for k in 0 1 2; do
-        b=${BACKENDS[$(((r - 1 + k) % 3))]}
+    for k in 0 1 2 3; do
+        b=${BACKENDS[$(((r - 1 + k) % 4))]}
         start_server "$b"
         bench "closed-$b-$r" --concurrency "$CONCURRENCY"
         stop_server
@@ -186,13 +212,14 @@ QUIET=$(python3 -c "import sys; print('low' if float(sys.argv[1]) < 1.0 else 'NO
 python3 - "$WORK" "$ROUNDS" "$CONCURRENCY" "$QUIET" <<'EOF' > "$WORK/table.md"
 import json, statistics, sys
 work, rounds, clients, quiet = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-names = {"off": "store off", "sqlite": "SQLite", "postgres": "PostgreSQL"}
+names = {"off": "store off", "sqlite": "SQLite", "postgres": "PostgreSQL",
+         "postgres2": "PostgreSQL, 2 replicas serving"}
 backends = list(names)
 closed = {b: [json.load(open(f"{work}/closed-{b}-{r}.json")) for r in range(1, rounds + 1)]
           for b in backends}
 med = lambda b, k: statistics.median(r[k] for r in closed[b])
 print(f"| figure | {' | '.join(names.values())} |")
-print("| --- | --- | --- | --- |")
+print("| --- | --- | --- | --- | --- |")
 for k, label in [("requests_per_s", f"Classify requests/s, {clients} clients (median of {rounds})"),
                  ("p50_ms", "p50 ms, same runs"), ("p99_ms", "p99 ms, same runs")]:
     print(f"| {label} | " + " | ".join(f"{med(b, k):.1f}" for b in backends) + " |")
@@ -205,30 +232,33 @@ print("| ... p50 ms | " + " | ".join(f"{open_runs[b]['p50_ms']:.1f}" for b in ba
 print("| ... p99 ms | " + " | ".join(f"{open_runs[b]['p99_ms']:.1f}" for b in backends) + " |")
 print("| ... errors | " + " | ".join(str(open_runs[b]["errors"]) for b in backends) + " |")
 print()
-print("each closed-loop run (requests/s, off / SQLite / PostgreSQL): " + "; ".join(
+print("each closed-loop run (requests/s, off / SQLite / PostgreSQL / 2 replicas): " + "; ".join(
     " / ".join(f"{closed[b][r]['requests_per_s']:.0f}" for b in backends) for r in range(rounds)))
 print()
 if quiet != "low":
     print("The machine was busy (see the load above): the verdicts below are indicative only; "
           "judge the targets on a sitting with a low load.")
     print()
-off, sq, pg = (med(b, "requests_per_s") for b in backends)
+off, sq, pg, pg2 = (med(b, "requests_per_s") for b in backends)
 verdict = lambda ok: "met" if ok else "NOT met"
 cost = 1 - sq / off
 print(f"- SQLite / store off: {sq / off:.3f}, so the store with its durable playbook state costs "
       f"{cost * 100:.1f} % of throughput (an upper bound of the durable state's cost: it includes "
       f"the conversation log). Target at most 10 %: {verdict(cost <= 0.10)}.")
 print(f"- PostgreSQL / SQLite: {pg / sq:.3f} (target at least 0.8x: {verdict(pg / sq >= 0.8)}).")
+print(f"- 2 replicas that all serve / 1 replica, on PostgreSQL: {pg2 / pg:.3f} (both replicas "
+      f"run on this one machine and share its CPUs; the encoder is CPU-bound, so this shows the "
+      f"cost of deciding the playbook state in the database, not the gain of a second machine).")
 p99 = {b: open_runs[b]["p99_ms"] for b in backends}
 print(f"- p99 at half load: SQLite {p99['sqlite']:.1f} ms, PostgreSQL {p99['postgres']:.1f} ms, "
-      f"store off {p99['off']:.1f} ms (target under 25 ms on both backends: "
+      f"2 replicas {p99['postgres2']:.1f} ms, store off {p99['off']:.1f} ms (target under 25 ms on both backends: "
       f"{verdict(p99['sqlite'] < 25 and p99['postgres'] < 25)}).")
 EOF
 {
     echo
-    echo "## $(date -u '+%Y-%m-%d %H:%M') UTC: store backends, off vs SQLite vs PostgreSQL (\`benches/store_backends.sh\`)"
+    echo "## $(date -u '+%Y-%m-%d %H:%M') UTC: store backends, off vs SQLite vs PostgreSQL (1 and 2 replicas) (\`benches/store_backends.sh\`)"
     echo
-    echo "Machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -n 1)), load average $LOAD_BEFORE at the start ($QUIET: other work on the machine shares its CPUs$([ "$QUIET" = low ] && echo ' little' || echo ', so the figures are noisier than on an idle machine')), $LOAD_AFTER at the end. intentd $(git rev-parse --short HEAD), $BUILT, model $MODEL_DIR. One process; SQLite with the default \`store.durability: full\`; PostgreSQL $PG_VERSION on the same machine over TCP (a throw-away cluster with its defaults: fsync and synchronous_commit on), default \`store.postgres\` (16 connections); a fresh database for every run. $CONCURRENCY clients, ${DURATION} s after a 2 s warm-up; $ROUNDS rounds, the order rotated each round; then one open-loop run per backend at half its median closed-loop throughput."
+    echo "Machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -n 1)), load average $LOAD_BEFORE at the start ($QUIET: other work on the machine shares its CPUs$([ "$QUIET" = low ] && echo ' little' || echo ', so the figures are noisier than on an idle machine')), $LOAD_AFTER at the end. intentd $(git rev-parse --short HEAD), $BUILT, model $MODEL_DIR. One process, except the last column: two \`intentd serve\` with \`leader.followers: serve\` on the same database and machine, the clients' connections spread over both (\`intentd bench --addr A,B\`); SQLite with the default \`store.durability: full\`; PostgreSQL $PG_VERSION on the same machine over TCP (a throw-away cluster with its defaults: fsync and synchronous_commit on), default \`store.postgres\` (16 connections); a fresh database for every run. $CONCURRENCY clients, ${DURATION} s after a 2 s warm-up; $ROUNDS rounds, the order rotated each round; then one open-loop run per backend at half its median closed-loop throughput."
     echo
     cat "$WORK/table.md"
     echo

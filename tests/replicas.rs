@@ -99,6 +99,159 @@ struct Acked {
     joins: BTreeMap<String, (String, pb::Decision)>,
 }
 
+/// One throw-away PostgreSQL, a log key, and three free ports for the replicas.
+struct Cluster {
+    pg: TestPg,
+    key: String,
+    key_file: std::path::PathBuf,
+    ports: Vec<u16>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let pg = TestPg::start();
+        let tmp = tempfile::tempdir().unwrap();
+        let key = {
+            use base64::Engine;
+            format!(
+                "k1:{}",
+                base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+            )
+        };
+        let key_file = tmp.path().join("intentd.key");
+        std::fs::write(&key_file, &key).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Cluster {
+            pg,
+            key,
+            key_file,
+            ports: (0..3).map(|_| free_port()).collect(),
+            _tmp: tmp,
+        }
+    }
+
+    /// A replica on `port` of this database, with `leader` (YAML) appended.
+    fn options(&self, port: u16, leader: &str) -> ServerOptions {
+        ServerOptions {
+            manual_clock: Some(T0),
+            listen: Some(format!("127.0.0.1:{port}")),
+            extra_config: format!(
+                "store:\n  enabled: true\n  url: {}\n  key_file: {}\n  create_key_file: false\n{leader}",
+                self.pg.url,
+                self.key_file.display()
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// What the clients were told and what the bot received add up to one service: no
+    /// acknowledged record lost, spacing held in every group, no proactive send twice, every
+    /// queued welcome sent, re-activation once per quiet group, Friday's schedule once.
+    fn check_one_service(&self, acked: &Acked, outbound: &[pb::Outbound]) {
+        assert_eq!(acked.classify.len(), CLIENTS * PER_CLIENT);
+
+        // 0 acknowledged records lost: every answered message is in the database. (The store's
+        // calls block: off the runtime.)
+        let ids: Vec<String> = acked.classify.keys().cloned().collect();
+        let (url, key) = (self.pg.url.clone(), self.key.clone());
+        let lost = std::thread::spawn(move || {
+            let store = PgStore::open(
+                &url,
+                &PgSettings {
+                    pool_size: 2,
+                    ..Default::default()
+                },
+                Arc::new(Keyring::parse(&key, "test").unwrap()),
+                None,
+            )
+            .unwrap();
+            ids.into_iter()
+                .filter(|m| !store.has_message(BOT, m).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap();
+        assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+
+        // Spacing never violated: the bot's replies in each group are at least the interval apart.
+        let mut slots: HashMap<&str, Vec<i64>> = HashMap::new();
+        for (chat, r) in acked.classify.values() {
+            if r.action == Action::Reply as i32 {
+                slots
+                    .entry(chat.as_str())
+                    .or_default()
+                    .push(T0 + r.send_after_ms);
+            }
+        }
+        assert!(slots.len() >= CHATS / 2, "{slots:?}");
+        for (chat, s) in &mut slots {
+            s.sort();
+            for w in s.windows(2) {
+                assert!(
+                    w[1] - w[0] >= MIN_INTERVAL_MS,
+                    "{chat}: replies {} ms apart: {s:?}",
+                    w[1] - w[0]
+                );
+            }
+        }
+
+        // 0 duplicate proactive sends: no send id twice, no group's timer twice, no user welcomed
+        // twice; every welcome queued before or between the failures is sent.
+        let mut ids = HashSet::new();
+        for o in outbound {
+            assert!(ids.insert(o.id.clone()), "delivered twice: {o:?}");
+        }
+        let mut timers: BTreeMap<(String, i32, String), usize> = BTreeMap::new();
+        let mut welcomed: BTreeMap<String, usize> = BTreeMap::new();
+        for o in outbound {
+            if o.kind == OutboundKind::Welcome as i32 {
+                for u in &o.user_ids {
+                    *welcomed.entry(u.clone()).or_default() += 1;
+                }
+            } else {
+                *timers
+                    .entry((o.chat_id.clone(), o.kind, o.rule_id.clone()))
+                    .or_default() += 1;
+            }
+        }
+        assert!(welcomed.values().all(|n| *n == 1), "{welcomed:?}");
+        let queued: Vec<&String> = acked
+            .joins
+            .iter()
+            .filter(|(_, (_, d))| d.reason == "welcome:queued")
+            .map(|(u, _)| u)
+            .collect();
+        assert!(queued.len() >= 5, "{:?}", acked.joins);
+        for u in &queued {
+            assert_eq!(
+                welcomed.get(*u),
+                Some(&1),
+                "{u} queued a welcome: {welcomed:?}"
+            );
+        }
+        assert!(timers.values().all(|n| *n == 1), "{timers:?}");
+        assert_eq!(
+            timers.get(&(
+                "announcements".to_string(),
+                OutboundKind::Scheduled as i32,
+                "schedule:morning_tip".to_string()
+            )),
+            Some(&1),
+            "{timers:?}"
+        );
+        // Re-activation of the groups that went quiet (announcements has it off).
+        let reactivated = timers
+            .keys()
+            .filter(|(_, k, _)| *k == OutboundKind::Reactivation as i32)
+            .count();
+        assert_eq!(reactivated, CHATS - 1, "{timers:?}");
+    }
+}
+
 /// One client: its share of messages, a join every few, each retried until answered.
 async fn run_client(port: u16, k: usize, acked: Arc<Mutex<Acked>>, count: Arc<AtomicUsize>) {
     let ch = channel(port).await;
@@ -178,6 +331,80 @@ fn subscribe_forever(
     })
 }
 
+/// The shipped nginx example, balancing gRPC over `grpc` (ports) and HTTP over `http`
+/// (addresses), listening on `grpc_port` and `http_port`.
+fn balanced_site(grpc: &[u16], http: &[String], grpc_port: u16, http_port: u16) -> String {
+    let example =
+        std::fs::read_to_string(common::repo_root().join("examples/nginx/intentd.conf")).unwrap();
+    let servers = |addrs: Vec<String>| -> String {
+        addrs
+            .iter()
+            .map(|a| format!("server {a} max_fails=1 fail_timeout=1s;\n    "))
+            .collect::<String>()
+            .trim_end()
+            .to_string()
+    };
+    let site = example
+        .replace(
+            "server 127.0.0.1:50051 max_fails=1 fail_timeout=2s;",
+            &servers(grpc.iter().map(|p| format!("127.0.0.1:{p}")).collect()),
+        )
+        .replace(
+            "server 127.0.0.1:8080 max_fails=1 fail_timeout=2s;",
+            &servers(http.to_vec()),
+        )
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{grpc_port}"))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{http_port}"));
+    for p in grpc {
+        assert!(site.contains(&format!("127.0.0.1:{p} ")), "{site}");
+    }
+    for a in http {
+        assert!(site.contains(&format!("{a} ")), "{site}");
+    }
+    site
+}
+
+async fn admin_client(port: u16) -> pb::admin_service_client::AdminServiceClient<Authed> {
+    pb::admin_service_client::AdminServiceClient::new(
+        tonic::service::interceptor::InterceptedService::new(
+            channel(port).await,
+            TokenInterceptor::bearer(ADMIN_TOKEN),
+        ),
+    )
+}
+
+/// Moves the clock of every replica (through `admins`): queued welcomes fall due at T0 + 5 min,
+/// then Friday 09:00 comes (and Thursday's tip, past its grace, must not have been sent).
+async fn through_friday(
+    admins: &[pb::admin_service_client::AdminServiceClient<Authed>],
+    outbound: &Mutex<Vec<pb::Outbound>>,
+) {
+    let set_clock = |now_ms: i64| async move {
+        for admin in admins {
+            retried("set clock", || {
+                let mut a = admin.clone();
+                async move { a.set_clock(pb::SetClockRequest { now_ms }).await }
+            })
+            .await;
+        }
+    };
+    let settle = || tokio::time::sleep(Duration::from_secs(3));
+    set_clock(T0 + 5 * MIN).await;
+    settle().await;
+    let friday_9 = T0 + 47 * HOUR; // Friday 2026-11-27 09:00 in Asia/Shanghai
+    set_clock(friday_9 - 1000).await;
+    settle().await;
+    let before_nine: usize = outbound
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.rule_id == "schedule:morning_tip")
+        .count();
+    assert_eq!(before_nine, 0, "Thursday's tip is past its grace");
+    set_clock(friday_9).await;
+    settle().await;
+}
+
 /// Waits (off the runtime's worker) until one of `standbys` announces it listens; returns it.
 fn next_leader(standbys: &mut Vec<Starting>, within: Duration) -> TestServer {
     let deadline = Instant::now() + within;
@@ -236,33 +463,9 @@ async fn three_replicas_on_one_postgres_act_as_one_through_leader_failures() {
         eprintln!("SKIPPED replicas: nginx is not installed (apt-get install nginx-light)");
         return;
     };
-    let pg = TestPg::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let key = {
-        use base64::Engine;
-        format!(
-            "k1:{}",
-            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
-        )
-    };
-    let key_file = tmp.path().join("intentd.key");
-    std::fs::write(&key_file, &key).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let opts = |port: u16| ServerOptions {
-        manual_clock: Some(T0),
-        listen: Some(format!("127.0.0.1:{port}")),
-        extra_config: format!(
-            "store:\n  enabled: true\n  url: {}\n  key_file: {}\n  create_key_file: false\n\
-             leader:\n  failover_s: 3\n",
-            pg.url,
-            key_file.display()
-        ),
-        ..Default::default()
-    };
+    let cluster = Cluster::start();
+    let (pg, ports) = (&cluster.pg, &cluster.ports);
+    let opts = |port: u16| cluster.options(port, "leader:\n  failover_s: 3\n");
     // The first to start leads; the others wait without binding their ports.
     let first = TestServer::spawn(opts(ports[0])).wait_listening(Duration::from_secs(60));
     let mut standbys: Vec<Starting> = ports[1..]
@@ -283,22 +486,8 @@ async fn three_replicas_on_one_postgres_act_as_one_through_leader_failures() {
     }
 
     // nginx balancing the three, with the shipped example's settings.
-    let example =
-        std::fs::read_to_string(common::repo_root().join("examples/nginx/intentd.conf")).unwrap();
     let (grpc_port, http_port) = (free_port(), free_port());
-    let upstreams: String = ports
-        .iter()
-        .map(|p| format!("server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n    "))
-        .collect();
-    let site = example
-        .replace(
-            "server 127.0.0.1:50051 max_fails=1 fail_timeout=2s;",
-            upstreams.trim_end(),
-        )
-        .replace("127.0.0.1:8080", &first.http_addr)
-        .replace("127.0.0.1:8443", &format!("127.0.0.1:{grpc_port}"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{http_port}"));
-    assert!(site.contains(&format!("127.0.0.1:{}", ports[2])), "{site}");
+    let site = balanced_site(ports, &[first.http_addr.clone()], grpc_port, http_port);
     let mut nginx = Nginx::start(&bin, &site);
     nginx.wait_listening(grpc_port);
 
@@ -341,140 +530,209 @@ async fn three_replicas_on_one_postgres_act_as_one_through_leader_failures() {
     }
 
     // ---- after the failures: queued welcomes fall due, then Friday's schedule
-    let ch = channel(grpc_port).await;
-    let admin = pb::admin_service_client::AdminServiceClient::new(
-        tonic::service::interceptor::InterceptedService::new(
-            ch.clone(),
-            TokenInterceptor::bearer(ADMIN_TOKEN),
-        ),
-    );
-    let set_clock = |now_ms: i64| {
-        let admin = admin.clone();
-        async move {
-            retried("set clock", || {
-                let mut a = admin.clone();
-                async move { a.set_clock(pb::SetClockRequest { now_ms }).await }
-            })
-            .await;
-        }
-    };
-    let settle = || tokio::time::sleep(Duration::from_secs(3));
-    set_clock(T0 + 5 * MIN).await;
-    settle().await;
-    let friday_9 = T0 + 47 * HOUR; // Friday 2026-11-27 09:00 in Asia/Shanghai
-    set_clock(friday_9 - 1000).await;
-    settle().await;
-    let before_nine: usize = outbound
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|o| o.rule_id == "schedule:morning_tip")
-        .count();
-    assert_eq!(before_nine, 0, "Thursday's tip is past its grace");
-    set_clock(friday_9).await;
-    settle().await;
+    let admin = admin_client(grpc_port).await;
+    through_friday(&[admin], &outbound).await;
     stop.store(true, Ordering::SeqCst);
     stream.abort();
 
     let acked = acked.lock().unwrap();
     let outbound = outbound.lock().unwrap().clone();
-    assert_eq!(acked.classify.len(), CLIENTS * PER_CLIENT);
-
-    // 0 acknowledged records lost: every answered message is in the database. (The store's
-    // calls block: off the runtime.)
-    let ids: Vec<String> = acked.classify.keys().cloned().collect();
-    let url = pg.url.clone();
-    let lost = std::thread::spawn(move || {
-        let store = PgStore::open(
-            &url,
-            &PgSettings {
-                pool_size: 2,
-                ..Default::default()
-            },
-            Arc::new(Keyring::parse(&key, "test").unwrap()),
-            None,
-        )
-        .unwrap();
-        ids.into_iter()
-            .filter(|m| !store.has_message(BOT, m).unwrap())
-            .collect::<Vec<_>>()
-    })
-    .join()
-    .unwrap();
-    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
-
-    // Spacing never violated: the bot's replies in each group are at least the interval apart.
-    let mut slots: HashMap<&str, Vec<i64>> = HashMap::new();
-    for (chat, r) in acked.classify.values() {
-        if r.action == Action::Reply as i32 {
-            slots
-                .entry(chat.as_str())
-                .or_default()
-                .push(T0 + r.send_after_ms);
-        }
-    }
-    assert!(slots.len() >= CHATS / 2, "{slots:?}");
-    for (chat, s) in &mut slots {
-        s.sort();
-        for w in s.windows(2) {
-            assert!(
-                w[1] - w[0] >= MIN_INTERVAL_MS,
-                "{chat}: replies {} ms apart: {s:?}",
-                w[1] - w[0]
-            );
-        }
-    }
-
-    // 0 duplicate proactive sends: no send id twice, no group's timer twice, no user welcomed
-    // twice; every welcome queued before or between the failures is sent.
-    let mut ids = HashSet::new();
-    for o in &outbound {
-        assert!(ids.insert(o.id.clone()), "delivered twice: {o:?}");
-    }
-    let mut timers: BTreeMap<(String, i32, String), usize> = BTreeMap::new();
-    let mut welcomed: BTreeMap<String, usize> = BTreeMap::new();
-    for o in &outbound {
-        if o.kind == OutboundKind::Welcome as i32 {
-            for u in &o.user_ids {
-                *welcomed.entry(u.clone()).or_default() += 1;
-            }
-        } else {
-            *timers
-                .entry((o.chat_id.clone(), o.kind, o.rule_id.clone()))
-                .or_default() += 1;
-        }
-    }
-    assert!(welcomed.values().all(|n| *n == 1), "{welcomed:?}");
-    let queued: Vec<&String> = acked
-        .joins
-        .iter()
-        .filter(|(_, (_, d))| d.reason == "welcome:queued")
-        .map(|(u, _)| u)
-        .collect();
-    assert!(queued.len() >= 5, "{:?}", acked.joins);
-    for u in &queued {
-        assert_eq!(
-            welcomed.get(*u),
-            Some(&1),
-            "{u} queued a welcome: {welcomed:?}"
-        );
-    }
-    assert!(timers.values().all(|n| *n == 1), "{timers:?}");
-    assert_eq!(
-        timers.get(&(
-            "announcements".to_string(),
-            OutboundKind::Scheduled as i32,
-            "schedule:morning_tip".to_string()
-        )),
-        Some(&1),
-        "{timers:?}"
-    );
-    // Re-activation of the groups that went quiet (announcements has it off).
-    let reactivated = timers
-        .keys()
-        .filter(|(_, k, _)| *k == OutboundKind::Reactivation as i32)
-        .count();
-    assert_eq!(reactivated, CHATS - 1, "{timers:?}");
+    cluster.check_one_service(&acked, &outbound);
     drop(third);
+    drop(nginx);
+}
+
+/// GET `path` over a plain socket: the status code and the response head.
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect(addr);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_string();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (code, head)
+}
+
+/// Classify calls this replica decided (its metrics).
+async fn classified_by(server: &TestServer) -> f64 {
+    let (_, body) = common::server::scrape_metrics(&server.metrics_addr).await;
+    body.lines()
+        .filter(|l| l.starts_with("intentd_requests_total{") && l.contains(r#"rpc="Classify""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The leader lease's epoch and holder, as the database has them.
+async fn leader_row(url: &str) -> (i64, String) {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = c
+        .query_one("SELECT epoch, holder FROM intentd_leader WHERE id = 1", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// `leader.followers: serve`: three replicas on one PostgreSQL all serve at once behind nginx
+/// (round-robin over all three). Spacing slots are reserved in the database, so replicas
+/// answering the same groups at the same moment never share a slot; the lease holder alone
+/// plans proactive sends into the shared outbox, which the bot's stream reads through whichever
+/// replica it reached; the console answers on the holder and 503 elsewhere, so nginx finds it;
+/// a retry answered by another replica is replayed. Mid-run the leader is killed with SIGKILL:
+/// a follower takes the lease, and the same checks as with standbys hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_that_all_serve_act_as_one_through_a_leader_kill() {
+    let Some(bin) = nginx_bin() else {
+        assert!(
+            !in_ci(),
+            "CI=true but nginx is not installed (apt-get install nginx-light)"
+        );
+        eprintln!("SKIPPED replicas: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let cluster = Cluster::start();
+    let ports = cluster.ports.clone();
+    let leader = "leader:\n  failover_s: 3\n  followers: serve\n";
+    // The first takes the lease; the others serve as followers.
+    let mut first = TestServer::spawn(cluster.options(ports[0], leader));
+    assert!(
+        first.wait_line(Duration::from_secs(60), |l| l.starts_with("leading: epoch 1")),
+        "{}",
+        first.stderr()
+    );
+    let mut servers = vec![first.wait_listening(Duration::from_secs(60))];
+    for port in &ports[1..] {
+        let mut s = TestServer::spawn(cluster.options(*port, leader));
+        assert!(
+            s.wait_line(Duration::from_secs(60), |l| l
+                .starts_with("follower: serving; waiting for the leader lease")),
+            "{}",
+            s.stderr()
+        );
+        servers.push(s.wait_listening(Duration::from_secs(60)));
+    }
+
+    // The console is the lease holder's: the others say so with 503 and Retry-After.
+    assert_eq!(http_get(&servers[0].http_addr, "/console/login").await.0, 200);
+    for s in &servers[1..] {
+        let (code, head) = http_get(&s.http_addr, "/console/login").await;
+        assert_eq!(code, 503, "{head}");
+        assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    }
+
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let http: Vec<String> = servers.iter().map(|s| s.http_addr.clone()).collect();
+    let site = balanced_site(&ports, &http, grpc_port, http_port);
+    let mut nginx = Nginx::start(&bin, &site);
+    nginx.wait_listening(grpc_port);
+    let through_nginx = format!("127.0.0.1:{http_port}");
+    for _ in 0..4 {
+        let (code, head) = http_get(&through_nginx, "/console/login").await;
+        assert_eq!(code, 200, "nginx passes a 503 on to the holder: {head}");
+    }
+
+    // A retry answered by another replica is the first answer, replayed.
+    let req = pb::ClassifyRequest {
+        bot_id: BOT.into(),
+        chat_id: "g1".into(),
+        chat_name: "replicas".into(),
+        message_id: "retried-elsewhere".into(),
+        text: FAQ[0].into(),
+        user: Some(user("r1")),
+        ..Default::default()
+    };
+    let first_answer = client(&channel(ports[1]).await, common::server::BOT_TOKEN)
+        .classify(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client(&channel(ports[2]).await, common::server::BOT_TOKEN)
+        .classify(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(
+        (again.action, again.send_after_ms, again.intent.clone()),
+        (first_answer.action, first_answer.send_after_ms, first_answer.intent.clone())
+    );
+
+    let outbound = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = subscribe_forever(grpc_port, outbound.clone(), stop.clone());
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|k| tokio::spawn(run_client(grpc_port, k, acked.clone(), count.clone())))
+        .collect();
+
+    // ---- every replica serves; then SIGKILL the leader mid-run
+    while count.load(Ordering::SeqCst) < CLIENTS * PER_CLIENT / 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for s in &servers {
+        let n = classified_by(s).await;
+        assert!(n > 0.0, "replica {} decided no Classify call", s.addr);
+    }
+    let mut leader0 = servers.remove(0);
+    leader0.child.kill().unwrap();
+    leader0.child.wait().unwrap();
+    let killed = Instant::now();
+    let holder = loop {
+        let (epoch, holder) = leader_row(&cluster.pg.url).await;
+        if epoch >= 2 {
+            break holder;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no follower took the lease: {}",
+            servers.iter().map(|s| s.stderr()).collect::<Vec<_>>().join("\n----\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("{holder} took the lease {:?} after the SIGKILL", killed.elapsed());
+    assert!(
+        servers.iter().any(|s| holder.contains(&format!("({})", s.addr))),
+        "{holder}"
+    );
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    // ---- after the kill: every replica's clock moves; the new holder plans the sends
+    let mut admins = Vec::new();
+    for s in &servers {
+        admins.push(admin_client(s.addr.rsplit(':').next().unwrap().parse().unwrap()).await);
+    }
+    through_friday(&admins, &outbound).await;
+    stop.store(true, Ordering::SeqCst);
+    stream.abort();
+
+    let acked = acked.lock().unwrap();
+    let outbound = outbound.lock().unwrap().clone();
+    // Nothing failed quietly on the survivors (a planning step that keeps failing would be
+    // retried every tick and only logged).
+    for s in &servers {
+        let log = s.stderr();
+        let failed: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                (l.contains("ERROR") && !l.contains("model not loaded"))
+                    || (l.contains("WARN") && (l.contains("proactive") || l.contains("outbox")))
+            })
+            .collect();
+        assert!(failed.is_empty(), "{}: {failed:#?}", s.addr);
+    }
+    cluster.check_one_service(&acked, &outbound);
+    drop(servers);
     drop(nginx);
 }

@@ -20,8 +20,11 @@ use crate::policy::state_memory::{MemoryState, OnDiscard};
 use crate::server::auth::Authenticator;
 use crate::server::{self, health};
 use crate::service::Service;
-use crate::store::pg_lease::LeaderLease;
-use crate::store::{AuditAction, Storage, StoreConfig};
+use crate::store::pg_lease::{Followers, LeaderLease};
+use crate::policy::state::PlaybookState;
+use crate::store::pg_outbox::OutboxBounds;
+use crate::store::pg_shared::SharedState;
+use crate::store::{AuditAction, Keyring, Storage, StoreConfig};
 
 pub use crate::store::pg_lease::LEASE_LOST_EXIT;
 
@@ -58,15 +61,25 @@ pub async fn serve(
     // With PostgreSQL one process serves the database at a time: wait here, before reading
     // any state or binding a port, until this one leads (a standby binds nothing, so a
     // balancer sends everything to the leader).
+    // With `leader.followers: serve` every replica serves at once (the state in the database)
+    // and the lease only says which one plans proactive sends and keeps the console.
+    let serve_all = serve_all(&cfg);
     let lease = match (&cfg.store.url, cfg.store.enabled) {
-        (Some(url), true) => match wait_for_lease(&cfg, url, &clock, opts.announce).await? {
+        (Some(url), true) if !serve_all => match wait_for_lease(&cfg, url, &clock, opts.announce).await? {
             Some(lease) => Some(Arc::new(lease)),
             None => return Ok(()),
         },
         _ => None,
     };
     let epoch = lease.as_ref().map(|l| l.epoch());
-    let service = Arc::new(build_service(&cfg, clock, manual, metrics.clone(), epoch)?);
+    let service = Arc::new(build_service(
+        &cfg,
+        clock.clone(),
+        manual,
+        metrics.clone(),
+        epoch,
+        serve_all,
+    )?);
     service.audit(
         "system",
         AuditAction::Startup,
@@ -75,6 +88,9 @@ pub async fn serve(
             None => format!("config {}", service.config_hash()),
         },
     );
+    if serve_all {
+        spawn_leadership(&cfg, &service, &clock, opts.announce);
+    }
     if let Some(lease) = &lease {
         let lease = lease.clone();
         tokio::spawn(async move {
@@ -237,6 +253,84 @@ pub async fn serve(
     Ok(())
 }
 
+/// Every replica serves (`leader.followers: serve` with PostgreSQL).
+fn serve_all(cfg: &ServerConfig) -> bool {
+    cfg.store.enabled && cfg.store.url.is_some() && cfg.leader.followers == Followers::Serve
+}
+
+/// Names this process in `intentd_leader`: host, pid, listen address.
+fn lease_holder(cfg: &ServerConfig) -> String {
+    format!(
+        "{}:{} ({})",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown-host".into()),
+        std::process::id(),
+        cfg.listen
+    )
+}
+
+/// Among replicas that all serve: waits for the leader lease in the background, then plans
+/// the proactive sends and keeps the console and labels (read back from the store first) until
+/// the lease is lost, when it exits so that a supervisor restarts it as a follower.
+fn spawn_leadership(cfg: &ServerConfig, service: &Arc<Service>, clock: &SharedClock, announce: bool) {
+    let Some(url) = cfg.store.url.clone() else {
+        return;
+    };
+    let (settings, leader, holder) = (cfg.store.postgres.clone(), cfg.leader.clone(), lease_holder(cfg));
+    let (service, clock) = (service.clone(), clock.clone());
+    service.set_leads(false);
+    tokio::spawn(async move {
+        let lease = LeaderLease::acquire(
+            &url,
+            &settings,
+            &leader,
+            &holder,
+            move || clock.now_ms(),
+            || {
+                tracing::info!("follower: another replica holds the leader lease; serving, and waiting for it");
+                if announce {
+                    println!("follower: serving; waiting for the leader lease");
+                }
+            },
+        )
+        .await;
+        let lease = match lease {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "leader lease not taken; this replica serves as a follower only");
+                return;
+            }
+        };
+        // The labels are the lease holder's: read what the previous holder stored.
+        if let Some(storage) = service.storage.clone() {
+            match tokio::task::spawn_blocking(move || storage.state_rows()).await {
+                Ok(Ok(rows)) => match service.restore_labels(&rows) {
+                    Ok(n) => tracing::info!(labels = n, "labelling inbox labels read back"),
+                    Err(e) => tracing::error!(error = %e, "labels not read back"),
+                },
+                Ok(Err(e)) => tracing::error!(error = %e, "labels not read back"),
+                Err(e) => tracing::error!(error = %e, "labels not read back"),
+            }
+        }
+        service.set_leads(true);
+        service.audit(
+            "system",
+            AuditAction::Startup,
+            &format!("leading, epoch {}, {holder}", lease.epoch()),
+        );
+        tracing::info!(epoch = lease.epoch(), %holder, "holding the leader lease: planning proactive sends, serving the console");
+        if announce {
+            println!("leading: epoch {}", lease.epoch());
+        }
+        service.notify_outbound();
+        let why = lease.held().await;
+        tracing::error!(reason = %why, "lost the leader lease; exiting so that this replica restarts as a follower");
+        eprintln!("intentd: lost the leader lease ({why}); exiting");
+        std::process::exit(LEASE_LOST_EXIT);
+    });
+}
+
 /// Waits as a standby until this process holds the leader lease; None when a signal stopped
 /// it first.
 async fn wait_for_lease(
@@ -245,14 +339,7 @@ async fn wait_for_lease(
     clock: &SharedClock,
     announce: bool,
 ) -> Result<Option<LeaderLease>> {
-    let holder = format!(
-        "{}:{} ({})",
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown-host".into()),
-        std::process::id(),
-        cfg.listen
-    );
+    let holder = lease_holder(cfg);
     let clock = clock.clone();
     let acquire = LeaderLease::acquire(
         url,
@@ -290,6 +377,7 @@ fn build_service(
     manual: Option<Arc<ManualClock>>,
     metrics: Arc<Metrics>,
     leader_epoch: Option<u64>,
+    serve_all: bool,
 ) -> Result<Service> {
     let snapshot =
         OperatorSnapshot::load_dir(&cfg.operator_dir, &cfg.training_data, cfg.fusion.clone())
@@ -304,32 +392,54 @@ fn build_service(
             })
             .inc_by(n);
     });
-    let storage = if cfg.store.enabled {
-        Some(Arc::new(
-            Storage::open(
-                &StoreConfig {
-                    leader_epoch,
-                    ..cfg.store_config()
-                },
-                clock.clone(),
-                metrics.clone(),
-            )
-            .map_err(|e| anyhow::anyhow!("store: {e}"))?,
-        ))
-    } else {
-        tracing::warn!("store disabled: no conversation log, feedback or stats; playbook state lives in memory only");
-        None
+    let store_config = StoreConfig {
+        leader_epoch,
+        ..cfg.store_config()
+    };
+    let keyring = match cfg.store.enabled {
+        true => Some(Arc::new(
+            Keyring::from_config(&store_config).map_err(|e| anyhow::anyhow!("store: {e}"))?,
+        )),
+        false => None,
+    };
+    let storage = match &keyring {
+        Some(keyring) => Some(Arc::new(
+            Storage::open_with_keyring(&store_config, keyring.clone(), clock.clone(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("store: {e}"))?,
+        )),
+        None => {
+            tracing::warn!("store disabled: no conversation log, feedback or stats; playbook state lives in memory only");
+            None
+        }
     };
     // With a store the playbook's state is written through it and read back here, so a restart
-    // (or a kill -9) forgets no cooldown, handoff, schedule or queued send.
-    let stored = match &storage {
-        Some(s) => s
+    // (or a kill -9) forgets no cooldown, handoff, schedule or queued send. Replicas that all
+    // serve keep it in the database itself instead, with the outbox.
+    let stored = match (&storage, serve_all) {
+        (Some(s), false) => s
             .state_rows()
             .map_err(|e| anyhow::anyhow!("store: reading the playbook state: {e}"))?,
-        None => Vec::new(),
+        _ => Vec::new(),
     };
-    let state = match &storage {
-        Some(s) => {
+    let mut shared_outbox = None;
+    let state: Arc<dyn PlaybookState> = match (&storage, &keyring, &cfg.store.url) {
+        (Some(_), Some(keyring), Some(url)) if serve_all => {
+            let shared = SharedState::open(
+                url,
+                &cfg.store.postgres,
+                keyring.clone(),
+                cfg.playbook_state,
+                Some(on_discard),
+                OutboxBounds {
+                    max_per_bot: cfg.outbox.max_per_bot,
+                    max_age_ms: cfg.outbox.max_age_ms,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("store: the shared playbook state: {e}"))?;
+            shared_outbox = Some(shared.outbox());
+            Arc::new(shared)
+        }
+        (Some(s), _, _) => {
             let state = Arc::new(MemoryState::durable(cfg.playbook_state, Some(on_discard)));
             let n = state
                 .restore(&stored)
@@ -345,7 +455,7 @@ fn build_service(
             s.hold_durable(state.clone());
             state
         }
-        None => Arc::new(MemoryState::with_limits(
+        (None, _, _) => Arc::new(MemoryState::with_limits(
             cfg.playbook_state,
             Some(on_discard),
         )),
@@ -358,7 +468,7 @@ fn build_service(
             tracing::warn!(bot = %b, "playbook.yml has settings for a bot that is not in auth.bots; they are never used");
         }
     }
-    let service = Service::new(
+    let mut service = Service::new(
         cfg.service_settings(),
         clock,
         manual,
@@ -367,6 +477,12 @@ fn build_service(
         storage,
         metrics,
     );
+    if let Some(outbox) = shared_outbox {
+        service = service.share_with_replicas(outbox);
+        // Console sessions and labels are the lease holder's (read back when it takes the
+        // lease); the outbox and the playbook's state are in the database.
+        return Ok(service);
+    }
     let waiting = service
         .restore_outbox(&stored)
         .map_err(|e| anyhow::anyhow!("store: {e}"))?;

@@ -39,7 +39,7 @@ use super::events::{EventDecision, EventInput};
 use super::handoff::OpenHandoff;
 use super::scheduler::OutboundItem;
 use super::state::{
-    GroupKey, PlaybookState, Scope, StateChange, StateError, StateView, SweepLimits,
+    GroupKey, PlannedSends, PlaybookState, Scope, StateChange, StateError, StateView, SweepLimits,
 };
 use super::state_memory::MemoryState;
 use crate::clock::SharedClock;
@@ -327,23 +327,37 @@ impl Playbook {
     /// Proactive messages whose time has come, each returned exactly once across calls, in time
     /// order. A send that would break group spacing is deferred to its slot and returned then.
     pub async fn due(&self, now_ms: i64) -> Result<Vec<OutboundItem>, StateError> {
+        match self.plan_due(now_ms).await? {
+            PlannedSends::ToQueue(items) => Ok(items),
+            PlannedSends::Queued { .. } => Err(StateError::Backend(
+                "this store queues its proactive sends itself: call plan_due".into(),
+            )),
+        }
+    }
+
+    /// Plans what is due by `now_ms`: the sends come back for the caller's outbox, or the
+    /// store queued them itself with the state change (see [`PlaybookState::plan_due`]).
+    pub async fn plan_due(&self, now_ms: i64) -> Result<PlannedSends, StateError> {
         let cfg = self.config();
         let d = Decider {
             cfg: &cfg,
             seed: self.seed,
             now: now_ms,
         };
-        let mut out = None;
-        self.state
-            .transact_due(now_ms, &mut |view| {
-                let (items, changes) = plan_due(&d, view);
-                out = Some(items);
-                changes
+        let mut planned = false;
+        let out = self
+            .state
+            .plan_due(now_ms, &mut |view| {
+                planned = true;
+                plan_due(&d, view)
             })
             .await?;
-        out.ok_or_else(|| {
-            StateError::Backend("the store committed without running the plan".into())
-        })
+        if !planned {
+            return Err(StateError::Backend(
+                "the store committed without running the plan".into(),
+            ));
+        }
+        Ok(out)
     }
 
     /// When `due()` will next have something (None: nothing planned). A time at or before now

@@ -29,7 +29,7 @@ use super::compliance::{ReviewError, ReviewItem, ReviewVerdict};
 use super::cooldown::UserCooldowns;
 use super::events::PendingWelcome;
 use super::handoff::GroupHandoffs;
-use super::scheduler::{ChatTimers, Job};
+use super::scheduler::{ChatTimers, Job, OutboundItem};
 use super::spacing::GroupSpacing;
 
 /// How often an optimistic [`PlaybookState::transact`] re-decides before giving up.
@@ -243,6 +243,24 @@ pub type Decide<'a> = dyn FnMut(StateView) -> Vec<StateChange> + Send + 'a;
 /// A pure proactive planning step over a [`DueView`].
 pub type DecideDue<'a> = dyn FnMut(DueView) -> Vec<StateChange> + Send + 'a;
 
+/// A proactive planning step that also returns the sends it planned.
+pub type PlanDue<'a> = dyn FnMut(DueView) -> (Vec<OutboundItem>, Vec<StateChange>) + Send + 'a;
+
+/// What [`PlaybookState::plan_due`] did with the sends it planned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlannedSends {
+    /// For the caller to queue (in an outbox committed with the state; see
+    /// `Storage::hold_change`).
+    ToQueue(Vec<OutboundItem>),
+    /// Queued by the store itself, in the same transaction as the state change (an outbox
+    /// shared by replicas). `overflow` and `expired` count what that queue's bounds dropped.
+    Queued {
+        sends: usize,
+        overflow: usize,
+        expired: usize,
+    },
+}
+
 /// Where the playbook's runtime state lives (see the module doc).
 #[async_trait]
 pub trait PlaybookState: Send + Sync + std::fmt::Debug {
@@ -284,6 +302,23 @@ pub trait PlaybookState: Send + Sync + std::fmt::Debug {
             }
         }
         Err(StateError::Contended(MAX_ATTEMPTS))
+    }
+
+    /// [`Self::transact_due`] for a plan that also makes sends. A store that keeps the outbox
+    /// itself queues them in the commit of the state change; the default hands them back.
+    async fn plan_due(
+        &self,
+        due_by: i64,
+        plan: &mut PlanDue<'_>,
+    ) -> Result<PlannedSends, StateError> {
+        let mut sends = Vec::new();
+        self.transact_due(due_by, &mut |view| {
+            let (items, changes) = plan(view);
+            sends = items;
+            changes
+        })
+        .await?;
+        Ok(PlannedSends::ToQueue(sends))
     }
 
     /// Blocked messages waiting for review, oldest first.

@@ -181,6 +181,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ExportLabelsRequest>,
     ) -> Result<Response<pb::ExportLabelsResponse>, Status> {
         self.auth.admin(&request)?;
+        self.service.labels_here()?;
         let (yaml, n) = self.service.export_labels(&request.into_inner().bot_id);
         Ok(Response::new(pb::ExportLabelsResponse {
             yaml,

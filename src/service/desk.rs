@@ -213,7 +213,7 @@ impl Service {
                 id: String::new(),
             }
             .with_id();
-            self.queue_outbound(out);
+            self.queue_outbound(out).await;
         }
         Ok(decision)
     }

@@ -216,9 +216,23 @@ impl Service {
         self.labels.lock().restore(rows)
     }
 
+    /// Labels are kept by one process: among replicas that all serve, the lease holder. The
+    /// others answer Unavailable, which a balancer or client retries on the next replica.
+    pub fn labels_here(&self) -> Result<(), ServiceError> {
+        match self.leads() {
+            true => Ok(()),
+            false => Err(ServiceError::Unavailable(
+                "this replica does not hold the leader lease; labels are kept by the one that \
+                 does: retry on another replica"
+                    .into(),
+            )),
+        }
+    }
+
     /// The inbox: what the bot did not understand well in the window, grouped by likely
     /// intent (groups with the most items first).
     pub async fn label_inbox(&self, q: &InboxQuery) -> Result<Vec<InboxGroup>, ServiceError> {
+        self.labels_here()?;
         if !(q.below_confidence > 0.0 && q.below_confidence <= 1.0) {
             return Err(InvalidField {
                 field: "below_confidence".into(),
@@ -312,6 +326,7 @@ impl Service {
         by: &str,
     ) -> Result<Label, ServiceError> {
         check_agent("by", by)?;
+        self.labels_here()?;
         let rules = self.operator.load_full();
         if !rules.catalog.contains(intent) {
             let known: Vec<&str> = rules.catalog.ids().collect();

@@ -43,6 +43,7 @@ use crate::store::{self, Storage};
 use batcher::{BatchConfig, Batcher, LoadedModel};
 use idempotency::{Idempotency, IdempotencyConfig};
 use outbox::{Outbox, OutboxConfig};
+use crate::store::pg_outbox::PgOutbox;
 use validate::{InvalidField, Limits};
 
 pub use classify::{ClassifyOutcome, RankedIntent};
@@ -86,6 +87,12 @@ pub struct Service {
     playbook: Arc<Playbook>,
     /// Proactive sends taken from the playbook, waiting for a Subscribe stream of their bot.
     outbox: Arc<Mutex<Outbox>>,
+    /// Replicas that all serve share their outbox in the database instead (None: `outbox`).
+    shared_outbox: Option<Arc<PgOutbox>>,
+    /// This process plans the proactive sends and serves the operators' console and labels:
+    /// always when it is the only one; among replicas that all serve, while it holds the
+    /// leader lease.
+    leads: AtomicBool,
     /// Operators' labels of logged messages (the labelling inbox).
     labels: Arc<Mutex<labels::LabelBook>>,
     /// The console's logged-in sessions, written through the store.
@@ -141,6 +148,8 @@ impl Service {
             known_bots: settings.bots.iter().cloned().collect(),
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             outbox,
+            shared_outbox: None,
+            leads: AtomicBool::new(true),
             labels,
             console_sessions,
             settings,
@@ -158,6 +167,24 @@ impl Service {
             idempotency,
             shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// Proactive sends go to the outbox replicas share (`leader.followers: serve`), and
+    /// idempotent retries always look in the store for the first answer (it may have been
+    /// given by another replica). Call before serving.
+    pub fn share_with_replicas(mut self, outbox: Arc<PgOutbox>) -> Self {
+        self.shared_outbox = Some(outbox);
+        self.idempotency.always_ask_store();
+        self
+    }
+
+    /// See the `leads` field.
+    pub fn leads(&self) -> bool {
+        self.leads.load(Ordering::Acquire)
+    }
+
+    pub fn set_leads(&self, leads: bool) {
+        self.leads.store(leads, Ordering::Release);
     }
 
     pub fn now_ms(&self) -> i64 {

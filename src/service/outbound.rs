@@ -12,6 +12,8 @@ use super::validate::InvalidField;
 use super::{Service, ServiceError};
 use crate::metrics::DroppedLabels;
 use crate::policy::scheduler::OutboundItem;
+use crate::policy::state::PlannedSends;
+use crate::store::pg_outbox::PgOutbox;
 use crate::store::{ConversationRecord, Record};
 use crate::types::{Action, Source, Timings};
 
@@ -23,7 +25,36 @@ impl Service {
     /// by the playbook exactly once, so one place collects and the streams share it). Wakes
     /// the subscribers when something arrived.
     pub async fn collect_due(&self) -> usize {
+        // Among replicas that all serve, the lease holder plans (any could: the state's
+        // versioned rows keep a send from being planned twice, but they would contend).
+        if !self.leads() {
+            return 0;
+        }
         let now = self.now_ms();
+        if let Some(shared) = &self.shared_outbox {
+            return match self.playbook.plan_due(now).await {
+                Ok(PlannedSends::Queued {
+                    sends,
+                    overflow,
+                    expired,
+                }) => {
+                    self.count_dropped("", Dropped { overflow, expired });
+                    if let Ok(n) = shared.total().await {
+                        self.metrics.outbound_queued.set(n as i64);
+                    }
+                    sends
+                }
+                Ok(PlannedSends::ToQueue(items)) => {
+                    let n = items.len();
+                    self.push_shared(shared, items, now).await;
+                    n
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "proactive sends not collected; next tick retries");
+                    0
+                }
+            };
+        }
         // The playbook's record that an item went out and the item in the outbox are committed
         // together or not at all.
         let _together = match &self.storage {
@@ -50,13 +81,33 @@ impl Service {
         n
     }
 
+    async fn push_shared(&self, shared: &Arc<PgOutbox>, items: Vec<OutboundItem>, now: i64) {
+        let n = items.len();
+        match shared.push(items, now).await {
+            Ok(d) => self.count_dropped(
+                "",
+                Dropped {
+                    overflow: d.overflow,
+                    expired: d.expired,
+                },
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, items = n, "proactive sends lost: the shared outbox refused them")
+            }
+        }
+    }
+
     /// Queues one send made outside the playbook's schedule (an approved review's answer) and
     /// wakes the subscribers.
-    pub(super) fn queue_outbound(&self, item: OutboundItem) {
+    pub(super) async fn queue_outbound(&self, item: OutboundItem) {
         let now = self.now_ms();
-        let bot = item.bot_id.clone();
-        let dropped = self.with_outbox(|outbox| outbox.push(item, now));
-        self.count_dropped(&bot, dropped);
+        if let Some(shared) = &self.shared_outbox {
+            self.push_shared(shared, vec![item], now).await;
+        } else {
+            let bot = item.bot_id.clone();
+            let dropped = self.with_outbox(|outbox| outbox.push(item, now));
+            self.count_dropped(&bot, dropped);
+        }
         self.notify_outbound();
     }
 
@@ -78,7 +129,22 @@ impl Service {
     pub async fn take_outbound(&self, bot_id: &str, chats: &[String]) -> Vec<OutboundItem> {
         self.collect_due().await;
         let now = self.now_ms();
-        let (items, dropped) = self.with_outbox(|o| o.take(bot_id, chats, now));
+        let (items, dropped) = match &self.shared_outbox {
+            Some(shared) => match shared.take(bot_id, chats, now).await {
+                Ok((items, d)) => (
+                    items,
+                    Dropped {
+                        overflow: d.overflow,
+                        expired: d.expired,
+                    },
+                ),
+                Err(e) => {
+                    tracing::warn!(bot = %bot_id, error = %e, "shared outbox not read; next wake retries");
+                    (Vec::new(), Dropped::default())
+                }
+            },
+            None => self.with_outbox(|o| o.take(bot_id, chats, now)),
+        };
         self.count_dropped(bot_id, dropped);
         if !items.is_empty() {
             self.record_sent(&items, now);
@@ -158,9 +224,24 @@ impl Service {
     }
 
     /// Puts items back at the front (a stream closed before it could send them).
-    pub fn return_outbound(&self, bot_id: &str, items: Vec<OutboundItem>) {
+    pub async fn return_outbound(&self, bot_id: &str, items: Vec<OutboundItem>) {
         let now = self.now_ms();
-        let dropped = self.with_outbox(|o| o.put_back(bot_id, items, now));
+        let dropped = match &self.shared_outbox {
+            Some(shared) => {
+                let n = items.len();
+                match shared.put_back(bot_id, items, now).await {
+                    Ok(d) => Dropped {
+                        overflow: d.overflow,
+                        expired: d.expired,
+                    },
+                    Err(e) => {
+                        tracing::error!(bot = %bot_id, items = n, error = %e, "proactive sends lost: taken but neither sent nor put back");
+                        Dropped::default()
+                    }
+                }
+            }
+            None => self.with_outbox(|o| o.put_back(bot_id, items, now)),
+        };
         self.count_dropped(bot_id, dropped);
     }
 
@@ -189,6 +270,11 @@ impl Service {
     }
 
     pub async fn next_outbound_ms(&self) -> Option<i64> {
+        // A replica that does not plan has nothing to wait for but the shared outbox, which
+        // its streams look into every second.
+        if !self.leads() {
+            return None;
+        }
         self.playbook.next_due_ms().await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "next proactive send unknown");
             None
@@ -225,7 +311,7 @@ impl Service {
                         // The subscriber left: keep what it did not receive for the next one.
                         let mut rest = vec![item];
                         rest.extend(items);
-                        service.return_outbound(&bot_id, rest);
+                        service.return_outbound(&bot_id, rest).await;
                         tracing::info!(bot = %bot_id, "subscriber disconnected");
                         return;
                     }

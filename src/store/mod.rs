@@ -16,6 +16,8 @@ mod key_check;
 pub mod pg;
 mod pg_batch;
 pub mod pg_lease;
+pub mod pg_outbox;
+pub mod pg_shared;
 pub mod pg_state;
 pub mod pg_tls;
 pub mod postgres;

@@ -38,11 +38,30 @@ pub struct LeaderConfig {
     /// crash or kill (plus the start-up), within this bound when the leader's machine or
     /// network goes silent.
     pub failover_s: u64,
+    /// What the processes that do not hold the lease do.
+    pub followers: Followers,
+}
+
+/// `leader.followers`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Followers {
+    /// Wait, binding nothing: one process serves at a time (its state in memory, written
+    /// through the store and fenced by the lease's epoch).
+    #[default]
+    Standby,
+    /// Serve too: the playbook's state and the outbox live in the database (versioned rows,
+    /// `FOR UPDATE SKIP LOCKED`), so every replica answers; the holder alone plans the
+    /// proactive sends and serves the console and the labelling inbox.
+    Serve,
 }
 
 impl Default for LeaderConfig {
     fn default() -> Self {
-        Self { failover_s: 15 }
+        Self {
+            failover_s: 15,
+            followers: Followers::Standby,
+        }
     }
 }
 

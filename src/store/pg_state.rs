@@ -714,7 +714,7 @@ impl Inner {
                     &format!(
                         "DELETE FROM {table} WHERE id IN (SELECT id FROM
                          (SELECT id, SUM(bytes) OVER (ORDER BY id DESC) AS newer FROM {table}) s
-                         WHERE newer > $1)"
+                         WHERE newer > $1::BIGINT)"
                     ),
                     &[&max_bytes],
                 )

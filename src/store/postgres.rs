@@ -129,6 +129,8 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
     // 2: the playbook's runtime state decided in the database by every replica
     super::pg_state::TABLE_SQL,
+    // 3: the outbox shared by replicas that all serve (`leader.followers: serve`)
+    super::pg_outbox::TABLE_SQL,
 ];
 
 /// Serialises the start-up checks of replicas starting together (one pseudonym secret).

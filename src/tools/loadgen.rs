@@ -44,7 +44,8 @@ const HIST_MAX_US: u64 = 3_600_000_000;
 /// Load a running intentd with Classify calls and report throughput, latency and errors.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadgenArgs {
-    /// Server address, HOST:PORT (or a full http:// URI).
+    /// Server address, HOST:PORT (or a full http:// URI). Several, comma-separated, spread
+    /// the connections round-robin over replicas (gRPC only).
     #[arg(long)]
     pub addr: String,
     /// Texts to send: a TSV with a `text` header (first column is used) or one text per line.
@@ -226,14 +227,20 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
         (0, Load::Open { .. }) => 4,
         (n, _) => n,
     };
-    let uri = endpoint_uri(&args.addr);
+    let uris: Vec<String> = args.addr.split(',').map(|a| endpoint_uri(a.trim())).collect();
+    let uri = uris.join(",");
+    // At least one connection to every replica.
+    let connections = connections.max(uris.len());
     let serving = if args.wait_serving > 0.0 {
         let within = Duration::from_secs_f64(args.wait_serving);
-        let waited = if args.http {
-            wait_ready_http(&uri, within).await?
-        } else {
-            wait_serving(&uri, HEALTH_SERVICE, within).await?
-        };
+        let mut waited = Duration::ZERO;
+        for u in &uris {
+            waited = waited.max(if args.http {
+                wait_ready_http(u, within).await?
+            } else {
+                wait_serving(u, HEALTH_SERVICE, within).await?
+            });
+        }
         Some((waited, SystemClock.now_ms()))
     } else {
         None
@@ -241,11 +248,13 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
     let channels = if args.http {
         vec![Target::Http(connect_http(&uri).await?)]
     } else {
-        connect(&uri, connections)
-            .await?
-            .into_iter()
-            .map(Target::Grpc)
-            .collect()
+        let mut channels = Vec::with_capacity(connections);
+        // Connection i goes to replica i mod n: calls are spread evenly.
+        for (k, u) in uris.iter().enumerate() {
+            let n = connections / uris.len() + usize::from(k < connections % uris.len());
+            channels.extend(connect(u, n).await?.into_iter().map(Target::Grpc));
+        }
+        interleave(channels, uris.len())
     };
     let ctx = Arc::new(RequestFactory {
         texts,
@@ -307,6 +316,16 @@ fn check_args(args: &LoadgenArgs) -> Result<Load> {
     }
     if args.bot_id.trim().is_empty() {
         bail!("--bot-id must not be empty");
+    }
+    let addrs = args.addr.split(',').count();
+    if args.addr.split(',').any(|a| a.trim().is_empty()) {
+        bail!("--addr has an empty address in '{}'", args.addr);
+    }
+    if addrs > 1 && args.http {
+        bail!("--http takes one --addr, got {addrs}");
+    }
+    if addrs > MAX_CONNECTIONS {
+        bail!("--addr names {addrs} servers; at most {MAX_CONNECTIONS}");
     }
     match (args.concurrency, args.rate) {
         (Some(_), Some(_)) => bail!("give either --concurrency or --rate, not both"),
@@ -420,6 +439,28 @@ fn code_from_name(name: &str) -> Code {
         .map(Code::from_i32)
         .find(|c| code_name(*c) == name)
         .unwrap_or(Code::Unknown)
+}
+
+/// `v` holds `parts` runs (one per replica) back to back; returns them interleaved, so that
+/// consecutive connections go to different replicas.
+fn interleave<T>(v: Vec<T>, parts: usize) -> Vec<T> {
+    let total = v.len();
+    let mut runs: Vec<Vec<T>> = Vec::with_capacity(parts);
+    let mut it = v.into_iter();
+    for k in 0..parts {
+        let n = total / parts + usize::from(k < total % parts);
+        runs.push(it.by_ref().take(n).collect());
+    }
+    let mut out = Vec::with_capacity(total);
+    let mut iters: Vec<_> = runs.into_iter().map(|r| r.into_iter()).collect();
+    while out.len() < total {
+        for i in iters.iter_mut() {
+            if let Some(x) = i.next() {
+                out.push(x);
+            }
+        }
+    }
+    out
 }
 
 /// Opens the connections before the clock starts, so connection set-up is not measured and an
@@ -1203,6 +1244,31 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-9);
         assert_eq!(r.mode, "closed");
         assert_eq!(r.concurrency, Some(4));
+    }
+
+    /// Several `--addr`, comma-separated: the load is spread over every server (replicas).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn several_addresses_share_the_load() {
+        let (m1, m2) = (Mock::new(1, 100, None), Mock::new(1, 100, None));
+        let (a1, a2) = (start(m1.clone()).await, start(m2.clone()).await);
+        let f = texts_file();
+        let both = format!("{a1}, {a2}");
+        let mut a = args(a1, f.path(), &["--concurrency", "4", "--duration", "0.5"]);
+        a.addr = both;
+        let r = measure(&a).await.unwrap();
+        let (n1, n2) = (m1.count.load(Ordering::SeqCst), m2.count.load(Ordering::SeqCst));
+        assert_eq!(r.completed, n1 + n2);
+        assert!(n1 > 0 && n2 > 0, "{n1} and {n2}");
+        let ratio = n1 as f64 / n2 as f64;
+        assert!((0.5..2.0).contains(&ratio), "{n1} vs {n2}");
+
+        a.addr = format!("{a1},,{a2}");
+        let e = measure(&a).await.unwrap_err().to_string();
+        assert!(e.contains("--addr has an empty address"), "{e}");
+        a.addr = format!("{a1},{a2}");
+        a.http = true;
+        let e = measure(&a).await.unwrap_err().to_string();
+        assert!(e.contains("--http takes one --addr, got 2"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,5 +75,35 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/labels.yml", get(inbox::export))
         .route("/assets/console.css", get(assets::css))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            only_where_it_leads,
+        ))
         .with_state(state)
+}
+
+/// Among replicas that all serve, the console (its sessions, the labels) lives on the one
+/// holding the leader lease; the others answer 503 so a balancer moves on to it
+/// (`proxy_next_upstream http_503` in the nginx example). Nothing was done, so a form posted
+/// here is safe to send again.
+async fn only_where_it_leads(
+    State(state): State<ConsoleState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.service.leads() {
+        return next.run(req).await;
+    }
+    let mut resp = layout::problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Not on this replica",
+        "This intentd replica does not hold the leader lease; the console is served by the one \
+         that does. Try again: the balancer sends you there.",
+        None,
+    );
+    resp.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    resp
 }

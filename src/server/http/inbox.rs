@@ -201,6 +201,7 @@ pub async fn export(
     ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     st.admin(&headers)?;
+    st.service.labels_here()?;
     let (yaml, _) = st.service.export_labels(&q.bot_id);
     Ok((
         [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
