@@ -551,7 +551,11 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
-    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_string();
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let code = head
         .split_whitespace()
         .nth(1)
@@ -605,7 +609,8 @@ async fn three_replicas_that_all_serve_act_as_one_through_a_leader_kill() {
     // The first takes the lease; the others serve as followers.
     let mut first = TestServer::spawn(cluster.options(ports[0], leader));
     assert!(
-        first.wait_line(Duration::from_secs(60), |l| l.starts_with("leading: epoch 1")),
+        first.wait_line(Duration::from_secs(60), |l| l
+            .starts_with("leading: epoch 1")),
         "{}",
         first.stderr()
     );
@@ -622,11 +627,31 @@ async fn three_replicas_that_all_serve_act_as_one_through_a_leader_kill() {
     }
 
     // The console is the lease holder's: the others say so with 503 and Retry-After.
-    assert_eq!(http_get(&servers[0].http_addr, "/console/login").await.0, 200);
+    assert_eq!(
+        http_get(&servers[0].http_addr, "/console/login").await.0,
+        200
+    );
     for s in &servers[1..] {
         let (code, head) = http_get(&s.http_addr, "/console/login").await;
         assert_eq!(code, 503, "{head}");
-        assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 1"),
+            "{head}"
+        );
+    }
+
+    // So are the labels: a follower answers the label RPCs UNAVAILABLE (retry elsewhere).
+    let export = |port: u16| async move {
+        admin_client(port)
+            .await
+            .export_labels(pb::ExportLabelsRequest::default())
+            .await
+    };
+    export(ports[0]).await.unwrap();
+    for port in &ports[1..] {
+        let e = export(*port).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("leader lease"), "{e:?}");
     }
 
     let (grpc_port, http_port) = (free_port(), free_port());
@@ -663,7 +688,11 @@ async fn three_replicas_that_all_serve_act_as_one_through_a_leader_kill() {
     assert!(again.replayed, "{again:?}");
     assert_eq!(
         (again.action, again.send_after_ms, again.intent.clone()),
-        (first_answer.action, first_answer.send_after_ms, first_answer.intent.clone())
+        (
+            first_answer.action,
+            first_answer.send_after_ms,
+            first_answer.intent.clone()
+        )
     );
 
     let outbound = Arc::new(Mutex::new(Vec::new()));
@@ -695,13 +724,22 @@ async fn three_replicas_that_all_serve_act_as_one_through_a_leader_kill() {
         assert!(
             killed.elapsed() < Duration::from_secs(30),
             "no follower took the lease: {}",
-            servers.iter().map(|s| s.stderr()).collect::<Vec<_>>().join("\n----\n")
+            servers
+                .iter()
+                .map(|s| s.stderr())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    eprintln!("{holder} took the lease {:?} after the SIGKILL", killed.elapsed());
+    eprintln!(
+        "{holder} took the lease {:?} after the SIGKILL",
+        killed.elapsed()
+    );
     assert!(
-        servers.iter().any(|s| holder.contains(&format!("({})", s.addr))),
+        servers
+            .iter()
+            .any(|s| holder.contains(&format!("({})", s.addr))),
         "{holder}"
     );
     for c in clients {

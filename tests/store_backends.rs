@@ -1176,7 +1176,10 @@ async fn the_leader_lease_has_one_holder_and_fences_the_one_it_replaced() {
         pool_size: 2,
         ..Default::default()
     };
-    let config = LeaderConfig { failover_s: 3, ..Default::default() };
+    let config = LeaderConfig {
+        failover_s: 3,
+        ..Default::default()
+    };
     let first = LeaderLease::acquire(
         &pg.url,
         &settings,
@@ -1260,7 +1263,12 @@ async fn the_leader_lease_has_one_holder_and_fences_the_one_it_replaced() {
 #[test]
 fn leader_failover_s_out_of_range_is_refused_naming_the_limit() {
     use intentd::store::pg_lease::LeaderConfig;
-    let e = LeaderConfig { failover_s: 1, ..Default::default() }.validate().unwrap_err();
+    let e = LeaderConfig {
+        failover_s: 1,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err();
     assert!(
         e.contains("leader.failover_s = 1") && e.contains("between 3 and 600"),
         "{e}"

@@ -16,12 +16,12 @@ use crate::config::ServerConfig;
 use crate::metrics::{Metrics, StateDiscardLabels};
 use crate::operator::{LiveOperator, OperatorSnapshot};
 use crate::policy::playbook::Playbook;
+use crate::policy::state::PlaybookState;
 use crate::policy::state_memory::{MemoryState, OnDiscard};
 use crate::server::auth::Authenticator;
 use crate::server::{self, health};
 use crate::service::Service;
 use crate::store::pg_lease::{Followers, LeaderLease};
-use crate::policy::state::PlaybookState;
 use crate::store::pg_outbox::OutboxBounds;
 use crate::store::pg_shared::SharedState;
 use crate::store::{AuditAction, Keyring, Storage, StoreConfig};
@@ -65,10 +65,12 @@ pub async fn serve(
     // and the lease only says which one plans proactive sends and keeps the console.
     let serve_all = serve_all(&cfg);
     let lease = match (&cfg.store.url, cfg.store.enabled) {
-        (Some(url), true) if !serve_all => match wait_for_lease(&cfg, url, &clock, opts.announce).await? {
-            Some(lease) => Some(Arc::new(lease)),
-            None => return Ok(()),
-        },
+        (Some(url), true) if !serve_all => {
+            match wait_for_lease(&cfg, url, &clock, opts.announce).await? {
+                Some(lease) => Some(Arc::new(lease)),
+                None => return Ok(()),
+            }
+        }
         _ => None,
     };
     let epoch = lease.as_ref().map(|l| l.epoch());
@@ -273,11 +275,20 @@ fn lease_holder(cfg: &ServerConfig) -> String {
 /// Among replicas that all serve: waits for the leader lease in the background, then plans
 /// the proactive sends and keeps the console and labels (read back from the store first) until
 /// the lease is lost, when it exits so that a supervisor restarts it as a follower.
-fn spawn_leadership(cfg: &ServerConfig, service: &Arc<Service>, clock: &SharedClock, announce: bool) {
+fn spawn_leadership(
+    cfg: &ServerConfig,
+    service: &Arc<Service>,
+    clock: &SharedClock,
+    announce: bool,
+) {
     let Some(url) = cfg.store.url.clone() else {
         return;
     };
-    let (settings, leader, holder) = (cfg.store.postgres.clone(), cfg.leader.clone(), lease_holder(cfg));
+    let (settings, leader, holder) = (
+        cfg.store.postgres.clone(),
+        cfg.leader.clone(),
+        lease_holder(cfg),
+    );
     let (service, clock) = (service.clone(), clock.clone());
     service.set_leads(false);
     tokio::spawn(async move {
@@ -288,7 +299,9 @@ fn spawn_leadership(cfg: &ServerConfig, service: &Arc<Service>, clock: &SharedCl
             &holder,
             move || clock.now_ms(),
             || {
-                tracing::info!("follower: another replica holds the leader lease; serving, and waiting for it");
+                tracing::info!(
+                    "follower: another replica holds the leader lease; serving, and waiting for it"
+                );
                 if announce {
                     println!("follower: serving; waiting for the leader lease");
                 }
@@ -404,8 +417,13 @@ fn build_service(
     };
     let storage = match &keyring {
         Some(keyring) => Some(Arc::new(
-            Storage::open_with_keyring(&store_config, keyring.clone(), clock.clone(), metrics.clone())
-                .map_err(|e| anyhow::anyhow!("store: {e}"))?,
+            Storage::open_with_keyring(
+                &store_config,
+                keyring.clone(),
+                clock.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("store: {e}"))?,
         )),
         None => {
             tracing::warn!("store disabled: no conversation log, feedback or stats; playbook state lives in memory only");

@@ -39,11 +39,11 @@ use crate::metrics::Metrics;
 use crate::model::classifier::IntentBackend;
 use crate::operator::{LiveOperator, OperatorSnapshot};
 use crate::policy::playbook::Playbook;
+use crate::store::pg_outbox::PgOutbox;
 use crate::store::{self, Storage};
 use batcher::{BatchConfig, Batcher, LoadedModel};
 use idempotency::{Idempotency, IdempotencyConfig};
 use outbox::{Outbox, OutboxConfig};
-use crate::store::pg_outbox::PgOutbox;
 use validate::{InvalidField, Limits};
 
 pub use classify::{ClassifyOutcome, RankedIntent};

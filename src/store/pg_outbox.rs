@@ -260,8 +260,10 @@ impl PgOutbox {
         now_ms: i64,
     ) -> Result<OutboxDrops, StoreError> {
         let bot_id = bot_id.to_string();
-        self.off_runtime(move |o| o.in_tx(async |tx| o.put_back_in(tx, &bot_id, items, now_ms).await))
-            .await
+        self.off_runtime(move |o| {
+            o.in_tx(async |tx| o.put_back_in(tx, &bot_id, items, now_ms).await)
+        })
+        .await
     }
 
     async fn put_back_in(
@@ -311,7 +313,12 @@ impl PgOutbox {
         .await
     }
 
-    async fn expire(&self, tx: &Transaction<'_>, bot: &str, now_ms: i64) -> Result<usize, StoreError> {
+    async fn expire(
+        &self,
+        tx: &Transaction<'_>,
+        bot: &str,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
         let before = now_ms.saturating_sub(self.bounds.max_age_ms);
         let n = tx
             .execute(

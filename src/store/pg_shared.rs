@@ -78,10 +78,7 @@ impl SharedState {
                     .map_err(|e| backend(store_err(e)))?;
                 // On an error the transaction is dropped, which rolls it back.
                 let discards = state.commit_in(&tx, changes).await?;
-                let drops = outbox
-                    .push_in(&tx, &sends, now_ms)
-                    .await
-                    .map_err(backend)?;
+                let drops = outbox.push_in(&tx, &sends, now_ms).await.map_err(backend)?;
                 tx.commit().await.map_err(|e| backend(store_err(e)))?;
                 Ok::<_, StateError>((discards, drops, sends.len()))
             })

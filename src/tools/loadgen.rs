@@ -227,7 +227,11 @@ pub async fn measure(args: &LoadgenArgs) -> Result<LoadReport> {
         (0, Load::Open { .. }) => 4,
         (n, _) => n,
     };
-    let uris: Vec<String> = args.addr.split(',').map(|a| endpoint_uri(a.trim())).collect();
+    let uris: Vec<String> = args
+        .addr
+        .split(',')
+        .map(|a| endpoint_uri(a.trim()))
+        .collect();
     let uri = uris.join(",");
     // At least one connection to every replica.
     let connections = connections.max(uris.len());
@@ -1256,7 +1260,10 @@ mod tests {
         let mut a = args(a1, f.path(), &["--concurrency", "4", "--duration", "0.5"]);
         a.addr = both;
         let r = measure(&a).await.unwrap();
-        let (n1, n2) = (m1.count.load(Ordering::SeqCst), m2.count.load(Ordering::SeqCst));
+        let (n1, n2) = (
+            m1.count.load(Ordering::SeqCst),
+            m2.count.load(Ordering::SeqCst),
+        );
         assert_eq!(r.completed, n1 + n2);
         assert!(n1 > 0 && n2 > 0, "{n1} and {n2}");
         let ratio = n1 as f64 / n2 as f64;
