@@ -64,6 +64,9 @@ pub async fn serve(
     // With `leader.followers: serve` every replica serves at once (the state in the database)
     // and the lease only says which one plans proactive sends and keeps the console.
     let serve_all = serve_all(&cfg);
+    if cfg.leader.followers == Followers::Serve && !serve_all {
+        tracing::warn!("leader.followers: serve applies to replicas on PostgreSQL (store.url); this process serves alone");
+    }
     let lease = match (&cfg.store.url, cfg.store.enabled) {
         (Some(url), true) if !serve_all => {
             match wait_for_lease(&cfg, url, &clock, opts.announce).await? {
