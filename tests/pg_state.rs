@@ -268,7 +268,10 @@ async fn no_id_or_text_is_in_clear_in_any_table() {
             for secret in [BOT, CHAT, USER, MESSAGE, TEXT, CHAT_NAME, "wxid_secret"] {
                 assert!(!text.contains(secret), "{table} shows {secret}: {text}");
                 let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
-                assert!(!text.contains(&hex), "{table} holds {secret} in bytes: {text}");
+                assert!(
+                    !text.contains(&hex),
+                    "{table} holds {secret} in bytes: {text}"
+                );
             }
         }
     }
@@ -300,11 +303,17 @@ async fn a_restart_reads_the_same_rows_and_versions() {
             st.dropped_sends().await.unwrap(),
         )
     };
-    assert_eq!((view.group.version, view.user.as_ref().unwrap().version), (2, 1));
+    assert_eq!(
+        (view.group.version, view.user.as_ref().unwrap().version),
+        (2, 1)
+    );
     let st = open(&url, StateLimits::default(), None).await;
     assert_eq!(st.load(&scope).await.unwrap(), view);
     assert_eq!(st.load_due(Some(i64::MAX)).await.unwrap(), due);
-    assert_eq!(due.groups[0].0, scope.group, "the ids come back from the sealed body");
+    assert_eq!(
+        due.groups[0].0, scope.group,
+        "the ids come back from the sealed body"
+    );
     assert_eq!(due.jobs.len(), 1);
     assert_eq!(st.reviews().await.unwrap(), reviews);
     assert_eq!(reviews[0].1.text, TEXT);

@@ -26,7 +26,6 @@ use super::state::{
 };
 use super::state_memory::{MemoryState, OnDiscard, StateLimits, StateQueue};
 
-
 /// What the cases read beyond the trait: queue sizes and discard counts.
 #[async_trait]
 pub trait Inspect: PlaybookState {
@@ -303,7 +302,10 @@ pub async fn delayed_jobs_stay_within_entries_bytes_and_age(make: &Factory<'_>) 
     assert_eq!(n, limits.max_entries);
     let due = st.load_due(Some(i64::MAX)).await.unwrap().jobs;
     assert_eq!(due.len(), limits.max_entries);
-    assert_eq!(due[0].job.at_ms, 1_000_020, "the earliest scheduled went first");
+    assert_eq!(
+        due[0].job.at_ms, 1_000_020,
+        "the earliest scheduled went first"
+    );
     assert_eq!(st.discarded(StateQueue::DelayedJobs).entries, 20);
     // Taking a job frees its bytes.
     st.commit(vec![StateChange::Unschedule { id: due[0].id }])

@@ -297,10 +297,7 @@ impl PgState {
         self.on_pool(move |inner| async move {
             let client = inner.client().await?;
             let sql = format!("SELECT COUNT(*), COALESCE(SUM(bytes), 0)::BIGINT FROM {table}");
-            let row = client
-                .query_one(&sql, &[])
-                .await
-                .map_err(|e| inner.db(e))?;
+            let row = client.query_one(&sql, &[]).await.map_err(|e| inner.db(e))?;
             let (n, bytes): (i64, i64) = (row.get(0), row.get(1));
             Ok((to_u64(n) as usize, to_u64(bytes) as usize))
         })
@@ -322,10 +319,7 @@ impl PgState {
     }
 
     /// Runs `f` on the pool's runtime (see the module doc).
-    async fn on_pool<T, F>(
-        &self,
-        f: impl FnOnce(Arc<Inner>) -> F,
-    ) -> Result<T, StateError>
+    async fn on_pool<T, F>(&self, f: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, StateError>> + Send + 'static,
@@ -511,7 +505,8 @@ impl Inner {
                     let (key_id, sealed) = self.seal(DROPPED, &id.to_string(), &item)?;
                     self.insert_queued(tx, DROPPED, id, at, bytes, &key_id, &sealed)
                         .await?;
-                    d.dropped.add(self.trim(tx, DROPPED, &limits, Some(at)).await?);
+                    d.dropped
+                        .add(self.trim(tx, DROPPED, &limits, Some(at)).await?);
                 }
                 StateChange::Schedule(job) => {
                     d.delayed_jobs.add(self.schedule(tx, job).await?);
@@ -541,7 +536,14 @@ impl Inner {
         row: GroupRow,
     ) -> Result<(), StateError> {
         let k = self.group_key(&key);
-        let (key_id, sealed) = self.seal(GROUPS, &k, &Body { key: &key, row: &row })?;
+        let (key_id, sealed) = self.seal(
+            GROUPS,
+            &k,
+            &Body {
+                key: &key,
+                row: &row,
+            },
+        )?;
         let open: Vec<i64> = row.handoffs.open.iter().map(|h| h.opened_ms).collect();
         let active: Option<i64> = row.timers.as_ref().map(|t| t.last_activity_ms);
         let n = if expected == 0 {
@@ -588,7 +590,14 @@ impl Inner {
         row: UserRow,
     ) -> Result<(), StateError> {
         let k = self.user_key(&key);
-        let (key_id, sealed) = self.seal(USERS, &k, &Body { key: &key, row: &row })?;
+        let (key_id, sealed) = self.seal(
+            USERS,
+            &k,
+            &Body {
+                key: &key,
+                row: &row,
+            },
+        )?;
         let n = if expected == 0 {
             self.exec(
                 tx,
@@ -713,7 +722,7 @@ impl Inner {
                     tx,
                     &format!(
                         "DELETE FROM {table} WHERE id IN (SELECT id FROM
-                         (SELECT id, SUM(bytes) OVER (ORDER BY id DESC) AS newer FROM {table}) s
+                         (SELECT id, (SUM(bytes) OVER (ORDER BY id DESC))::BIGINT AS newer FROM {table}) s
                          WHERE newer > $1)"
                     ),
                     &[&max_bytes],
@@ -901,7 +910,10 @@ impl Inner {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let id: i64 = r.get(0);
-            out.push((to_u64(id), self.open(table, &id.to_string(), r.get(1), r.get(2))?));
+            out.push((
+                to_u64(id),
+                self.open(table, &id.to_string(), r.get(1), r.get(2))?,
+            ));
         }
         out.sort_by_key(|(id, _)| *id);
         Ok(out)
@@ -1068,11 +1080,9 @@ impl PlaybookState for PgState {
 
     async fn commit(&self, changes: Vec<StateChange>) -> Result<(), StateError> {
         let d = self
-            .on_pool(|inner| async move {
-                inner
-                    .in_tx(async |tx| inner.apply(tx, changes).await)
-                    .await
-            })
+            .on_pool(
+                |inner| async move { inner.in_tx(async |tx| inner.apply(tx, changes).await).await },
+            )
             .await?;
         self.report(&d);
         Ok(())

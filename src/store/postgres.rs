@@ -350,7 +350,10 @@ async fn start(pg: &Pg, keyring: &Keyring) -> Result<Pseudonyms, StoreError> {
 
 /// The pseudonym secret [`PgStore::open`] made, for another user of the same database (the
 /// playbook state): one secret per database, so this never makes one.
-pub(crate) async fn stored_pseudonyms(pg: &Pg, keyring: &Keyring) -> Result<Pseudonyms, StoreError> {
+pub(crate) async fn stored_pseudonyms(
+    pg: &Pg,
+    keyring: &Keyring,
+) -> Result<Pseudonyms, StoreError> {
     let origin = pg.origin();
     let client = pg.client().await?;
     let row = client
