@@ -8,8 +8,9 @@
 //! outbox (`service/outbox.rs`): at most `max_per_bot` items per bot (the oldest go) and
 //! none older than `max_age_ms`; what goes is counted for the caller.
 //!
-//! Items are sealed JSON like every other row (the bot's pseudonym in the additional data);
-//! bot and chat are keyed pseudonyms, so the database never sees an id or a text in clear.
+//! The table `outbox_shared` is migration 3 in `postgres.rs`. Items are sealed JSON like every
+//! other row (the bot's pseudonym in the additional data); bot and chat are keyed pseudonyms, so
+//! the database never sees an id or a text in clear.
 
 use std::sync::Arc;
 
@@ -20,22 +21,6 @@ use super::pg::{store_err, Pg};
 use super::pseudonyms::Pseudonyms;
 use super::StoreError;
 use crate::policy::scheduler::OutboundItem;
-
-/// The table (created by a migration in `postgres.rs`).
-pub const TABLE_SQL: &str = r#"
-    CREATE SEQUENCE IF NOT EXISTS outbox_shared_pos;
-    CREATE TABLE IF NOT EXISTS outbox_shared (
-        id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        -- Order within a bot: from the sequence; an item put back goes before the first.
-        pos       BIGINT NOT NULL DEFAULT nextval('outbox_shared_pos'),
-        bot       TEXT NOT NULL,
-        chat      TEXT NOT NULL,
-        queued_ms BIGINT NOT NULL,
-        key_id    TEXT NOT NULL,
-        sealed    BYTEA NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS outbox_shared_bot_pos ON outbox_shared(bot, pos);
-"#;
 
 /// How many items one take hands out at most (the rest wait for the next).
 const TAKE_LIMIT: i64 = 500;

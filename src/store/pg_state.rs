@@ -24,6 +24,9 @@
 //! of `load_due`) are inside the sealed body; in clear are only versions, times, byte
 //! estimates and the opening times of open handoffs (so counting them is one query).
 //!
+//! Tables: `playbook_groups`, `playbook_users`, `playbook_jobs`, `playbook_reviews`,
+//! `playbook_reviewed`, `playbook_dropped` (migration 2 in `postgres.rs`).
+//!
 //! Async: the service calls this on its runtime; every query runs on the pool's own runtime
 //! through [`Pg::run`] (never [`Pg::block`], which parks the calling thread).
 
@@ -51,70 +54,6 @@ use crate::policy::state::{
     StateChange, StateError, StateView, SweepLimits, UserKey, UserProfile, UserRow, Versioned,
 };
 use crate::policy::state_memory::{OnDiscard, StateLimits, StateQueue};
-
-/// The tables (applied by a numbered migration in `postgres.rs`). Byte order ("C") for the
-/// pseudonym keys, whatever the database's locale.
-pub const TABLE_SQL: &str = r#"
-    CREATE TABLE IF NOT EXISTS playbook_groups (
-        key           TEXT COLLATE "C" PRIMARY KEY,
-        bot           TEXT COLLATE "C" NOT NULL,
-        version       BIGINT NOT NULL,
-        -- When each open or claimed handoff opened: the bot's open handoffs are one query.
-        open_handoffs BIGINT[] NOT NULL,
-        -- The chat's last activity (NULL: no timers), for the sweep of idle chats.
-        active_ms     BIGINT,
-        key_id        TEXT NOT NULL,
-        sealed        BYTEA NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS playbook_groups_bot ON playbook_groups(bot);
-
-    CREATE TABLE IF NOT EXISTS playbook_users (
-        key     TEXT COLLATE "C" PRIMARY KEY,
-        version BIGINT NOT NULL,
-        key_id  TEXT NOT NULL,
-        sealed  BYTEA NOT NULL
-    );
-
-    -- Queue ids come from sequences, so a row's id is known before it is sealed (the sealed
-    -- body is bound to it) and ids grow in queue order.
-    CREATE SEQUENCE IF NOT EXISTS playbook_jobs_id;
-    CREATE TABLE IF NOT EXISTS playbook_jobs (
-        id     BIGINT PRIMARY KEY,
-        at_ms  BIGINT NOT NULL,
-        -- The key of the job's group (a chat with a job queued is not idle).
-        chat   TEXT COLLATE "C" NOT NULL,
-        bytes  BIGINT NOT NULL,
-        key_id TEXT NOT NULL,
-        sealed BYTEA NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS playbook_jobs_at ON playbook_jobs(at_ms);
-    CREATE INDEX IF NOT EXISTS playbook_jobs_chat ON playbook_jobs(chat);
-
-    CREATE SEQUENCE IF NOT EXISTS playbook_reviews_id;
-    CREATE TABLE IF NOT EXISTS playbook_reviews (
-        id     BIGINT PRIMARY KEY,
-        at_ms  BIGINT NOT NULL,
-        bytes  BIGINT NOT NULL,
-        key_id TEXT NOT NULL,
-        sealed BYTEA NOT NULL
-    );
-
-    -- The (bot, chat, message id)s already queued for review, oldest first.
-    CREATE TABLE IF NOT EXISTS playbook_reviewed (
-        id    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        at_ms BIGINT NOT NULL,
-        key   TEXT COLLATE "C" NOT NULL UNIQUE
-    );
-
-    CREATE SEQUENCE IF NOT EXISTS playbook_dropped_id;
-    CREATE TABLE IF NOT EXISTS playbook_dropped (
-        id     BIGINT PRIMARY KEY,
-        at_ms  BIGINT NOT NULL,
-        bytes  BIGINT NOT NULL,
-        key_id TEXT NOT NULL,
-        sealed BYTEA NOT NULL
-    );
-"#;
 
 const GROUPS: &str = "playbook_groups";
 const USERS: &str = "playbook_users";
@@ -722,8 +661,8 @@ impl Inner {
                     tx,
                     &format!(
                         "DELETE FROM {table} WHERE id IN (SELECT id FROM
-                         (SELECT id, SUM(bytes) OVER (ORDER BY id DESC) AS newer FROM {table}) s
-                         WHERE newer > $1::BIGINT)"
+                         (SELECT id, (SUM(bytes) OVER (ORDER BY id DESC))::BIGINT AS newer FROM {table}) s
+                         WHERE newer > $1)"
                     ),
                     &[&max_bytes],
                 )

@@ -128,9 +128,84 @@ pub const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 2: the playbook's runtime state decided in the database by every replica
-    super::pg_state::TABLE_SQL,
-    // 3: the outbox shared by replicas that all serve (`leader.followers: serve`)
-    super::pg_outbox::TABLE_SQL,
+    // (`pg_state.rs`). Byte order ("C") for the pseudonym keys, whatever the locale.
+    r#"
+    CREATE TABLE IF NOT EXISTS playbook_groups (
+        key           TEXT COLLATE "C" PRIMARY KEY,
+        bot           TEXT COLLATE "C" NOT NULL,
+        version       BIGINT NOT NULL,
+        -- When each open or claimed handoff opened: the bot's open handoffs are one query.
+        open_handoffs BIGINT[] NOT NULL,
+        -- The chat's last activity (NULL: no timers), for the sweep of idle chats.
+        active_ms     BIGINT,
+        key_id        TEXT NOT NULL,
+        sealed        BYTEA NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS playbook_groups_bot ON playbook_groups(bot);
+
+    CREATE TABLE IF NOT EXISTS playbook_users (
+        key     TEXT COLLATE "C" PRIMARY KEY,
+        version BIGINT NOT NULL,
+        key_id  TEXT NOT NULL,
+        sealed  BYTEA NOT NULL
+    );
+
+    -- Queue ids come from sequences, so a row's id is known before it is sealed (the sealed
+    -- body is bound to it) and ids grow in queue order.
+    CREATE SEQUENCE IF NOT EXISTS playbook_jobs_id;
+    CREATE TABLE IF NOT EXISTS playbook_jobs (
+        id     BIGINT PRIMARY KEY,
+        at_ms  BIGINT NOT NULL,
+        -- The key of the job's group (a chat with a job queued is not idle).
+        chat   TEXT COLLATE "C" NOT NULL,
+        bytes  BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed BYTEA NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS playbook_jobs_at ON playbook_jobs(at_ms);
+    CREATE INDEX IF NOT EXISTS playbook_jobs_chat ON playbook_jobs(chat);
+
+    CREATE SEQUENCE IF NOT EXISTS playbook_reviews_id;
+    CREATE TABLE IF NOT EXISTS playbook_reviews (
+        id     BIGINT PRIMARY KEY,
+        at_ms  BIGINT NOT NULL,
+        bytes  BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed BYTEA NOT NULL
+    );
+
+    -- The (bot, chat, message id)s already queued for review, oldest first.
+    CREATE TABLE IF NOT EXISTS playbook_reviewed (
+        id    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        key   TEXT COLLATE "C" NOT NULL UNIQUE
+    );
+
+    CREATE SEQUENCE IF NOT EXISTS playbook_dropped_id;
+    CREATE TABLE IF NOT EXISTS playbook_dropped (
+        id     BIGINT PRIMARY KEY,
+        at_ms  BIGINT NOT NULL,
+        bytes  BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed BYTEA NOT NULL
+    );
+    "#,
+    // 3: the outbox shared by replicas that all serve (`leader.followers: serve`,
+    // `pg_outbox.rs`): order within a bot from the sequence; an item put back goes first.
+    r#"
+    CREATE SEQUENCE IF NOT EXISTS outbox_shared_pos;
+    CREATE TABLE IF NOT EXISTS outbox_shared (
+        id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        -- Order within a bot: from the sequence; an item put back goes before the first.
+        pos       BIGINT NOT NULL DEFAULT nextval('outbox_shared_pos'),
+        bot       TEXT NOT NULL,
+        chat      TEXT NOT NULL,
+        queued_ms BIGINT NOT NULL,
+        key_id    TEXT NOT NULL,
+        sealed    BYTEA NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS outbox_shared_bot_pos ON outbox_shared(bot, pos);
+    "#,
 ];
 
 /// Serialises the start-up checks of replicas starting together (one pseudonym secret).
