@@ -89,6 +89,9 @@ pub struct Service {
     outbox: Arc<Mutex<Outbox>>,
     /// Replicas that all serve share their outbox in the database instead (None: `outbox`).
     shared_outbox: Option<Arc<PgOutbox>>,
+    /// Held while this process plans proactive sends into the shared outbox: a second planner
+    /// (a stream waking while the collector runs) would only conflict with the first.
+    planning: tokio::sync::Mutex<()>,
     /// This process plans the proactive sends and serves the operators' console and labels:
     /// always when it is the only one; among replicas that all serve, while it holds the
     /// leader lease.
@@ -149,6 +152,7 @@ impl Service {
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             outbox,
             shared_outbox: None,
+            planning: tokio::sync::Mutex::new(()),
             leads: AtomicBool::new(true),
             labels,
             console_sessions,

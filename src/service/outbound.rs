@@ -32,6 +32,9 @@ impl Service {
         }
         let now = self.now_ms();
         if let Some(shared) = &self.shared_outbox {
+            let Ok(_planning) = self.planning.try_lock() else {
+                return 0; // the planner running now takes what is due
+            };
             return match self.playbook.plan_due(now).await {
                 Ok(PlannedSends::Queued {
                     sends,
