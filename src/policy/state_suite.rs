@@ -91,8 +91,11 @@ async fn fresh(make: &Factory<'_>) -> Arc<dyn Inspect> {
     make(StateLimits::default(), None).await
 }
 
+/// What a discard hook was told: (queue, reason, count) per call.
+type Seen = Arc<Mutex<Vec<(StateQueue, &'static str, u64)>>>;
+
 /// A hook that records what it is told, and what it was told.
-fn recording_hook() -> (OnDiscard, Arc<Mutex<Vec<(StateQueue, &'static str, u64)>>>) {
+fn recording_hook() -> (OnDiscard, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let hook: OnDiscard = {
         let seen = seen.clone();

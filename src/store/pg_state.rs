@@ -396,12 +396,15 @@ impl Inner {
     }
 
     /// The version a row is at now (0: absent), for a conflict's message.
-    async fn version_of(&self, tx: &Transaction<'_>, table: &str, key: &str) -> u64 {
+    async fn version_of(
+        &self,
+        tx: &Transaction<'_>,
+        table: &str,
+        key: &str,
+    ) -> Result<u64, StateError> {
         let sql = format!("SELECT version FROM {table} WHERE key = $1");
-        match self.query(tx, &sql, &[&key]).await {
-            Ok(rows) => rows.first().map_or(0, |r| to_u64(r.get(0))),
-            Err(_) => 0,
-        }
+        let rows = self.query(tx, &sql, &[&key]).await?;
+        Ok(rows.first().map_or(0, |r| to_u64(r.get(0))))
     }
 
     /// See [`PgState::commit_in`].
@@ -512,7 +515,7 @@ impl Inner {
             .await?
         };
         if n != 1 {
-            let current = self.version_of(tx, GROUPS, &k).await;
+            let current = self.version_of(tx, GROUPS, &k).await?;
             return Err(StateError::Conflict(format!(
                 "group {}/{} is at version {current}, not {expected}",
                 key.bot_id, key.chat_id
@@ -555,7 +558,7 @@ impl Inner {
             .await?
         };
         if n != 1 {
-            let current = self.version_of(tx, USERS, &k).await;
+            let current = self.version_of(tx, USERS, &k).await?;
             return Err(StateError::Conflict(format!(
                 "user {}/{}/{} is at version {current}, not {expected}",
                 key.bot_id, key.chat_id, key.user_id
@@ -910,15 +913,38 @@ impl Inner {
         .await
     }
 
-    /// See [`PlaybookState::sweep`] and `MemoryState`'s: idle profiles and old cooldowns,
-    /// expired jobs, then idle chats without a queued job, then the queues' age. A row changed
-    /// by a decision meanwhile is left to the next sweep (its version moved on).
-    async fn sweep(&self, now: i64, limits: &SweepLimits) -> Result<Discards, StateError> {
+    /// See [`PlaybookState::sweep`] and `MemoryState`'s: expired jobs and the queues' age
+    /// first (under the queue locks, briefly), then idle profiles and old cooldowns, and idle
+    /// chats without a queued job (row by row, version-checked: a row a decision changed
+    /// meanwhile is left to the next sweep).
+    async fn sweep(&self, now: i64, limits: &SweepLimits) -> Result<(), StateError> {
+        let d = self
+            .in_tx(async |tx| {
+                let mut d = Discards::default();
+                for lock in [REVIEW_LOCK, DROPPED_LOCK, JOBS_LOCK] {
+                    self.lock(tx, lock).await?;
+                }
+                // Jobs too late to send go first, so their chats' timers may go with them.
+                let oldest_job = now.saturating_sub(max_age_ms(&self.limits.delayed_jobs));
+                d.delayed_jobs.age = self
+                    .exec(
+                        tx,
+                        "DELETE FROM playbook_jobs WHERE at_ms < $1",
+                        &[&oldest_job],
+                    )
+                    .await?;
+                let review = &self.limits.review_queue;
+                d.review.age = self.expire_front(tx, REVIEWS, review, now).await?;
+                d.dropped.age = self
+                    .expire_front(tx, DROPPED, &self.limits.dropped_sends, now)
+                    .await?;
+                self.trim(tx, REVIEWED, review, Some(now)).await?;
+                Ok(d)
+            })
+            .await?;
+        // Landed: reported now, whatever becomes of the rows' part.
+        self.report(&d);
         self.in_tx(async |tx| {
-            let mut d = Discards::default();
-            for lock in [REVIEW_LOCK, DROPPED_LOCK, JOBS_LOCK] {
-                self.lock(tx, lock).await?;
-            }
             let users = self
                 .query(
                     tx,
@@ -957,15 +983,6 @@ impl Inner {
                     .await?;
                 }
             }
-            // Jobs too late to send go first, so their chats' timers may go with them.
-            let oldest_job = now.saturating_sub(max_age_ms(&self.limits.delayed_jobs));
-            d.delayed_jobs.age = self
-                .exec(
-                    tx,
-                    "DELETE FROM playbook_jobs WHERE at_ms < $1",
-                    &[&oldest_job],
-                )
-                .await?;
             let idle_since = now.saturating_sub(limits.chat_idle_ms);
             let groups = self
                 .query(
@@ -992,13 +1009,7 @@ impl Inner {
                 )
                 .await?;
             }
-            let review = &self.limits.review_queue;
-            d.review.age = self.expire_front(tx, REVIEWS, review, now).await?;
-            d.dropped.age = self
-                .expire_front(tx, DROPPED, &self.limits.dropped_sends, now)
-                .await?;
-            self.trim(tx, REVIEWED, review, Some(now)).await?;
-            Ok(d)
+            Ok(())
         })
         .await
     }
@@ -1073,11 +1084,8 @@ impl PlaybookState for PgState {
 
     async fn sweep(&self, now_ms: i64, limits: &SweepLimits) -> Result<(), StateError> {
         let limits = *limits;
-        let d = self
-            .on_pool(|inner| async move { inner.sweep(now_ms, &limits).await })
-            .await?;
-        self.report(&d);
-        Ok(())
+        self.on_pool(|inner| async move { inner.sweep(now_ms, &limits).await })
+            .await
     }
 }
 
