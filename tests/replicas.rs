@@ -487,7 +487,12 @@ async fn three_replicas_on_one_postgres_act_as_one_through_leader_failures() {
 
     // nginx balancing the three, with the shipped example's settings.
     let (grpc_port, http_port) = (free_port(), free_port());
-    let site = balanced_site(ports, &[first.http_addr.clone()], grpc_port, http_port);
+    let site = balanced_site(
+        ports,
+        std::slice::from_ref(&first.http_addr),
+        grpc_port,
+        http_port,
+    );
     let mut nginx = Nginx::start(&bin, &site);
     nginx.wait_listening(grpc_port);
 
