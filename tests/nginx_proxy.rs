@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::nginx::{free_port, in_ci, nginx_bin, Nginx};
+use common::nginx::{free_port, nginx_or_skip, Nginx};
 use common::server::{ServerOptions, TestServer, ADMIN_TOKEN, BOT, BOT_TOKEN, T0};
 use intentd::pb;
 use pb::{Action, EventType, OutboundKind};
@@ -36,12 +36,7 @@ fn user(id: &str, nick: &str) -> pb::User {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_nginx_config_proxies_grpc_streams_errors_health_and_http() {
-    let Some(bin) = nginx_bin() else {
-        assert!(
-            !in_ci(),
-            "CI=true but nginx is not installed (apt-get install nginx-light)"
-        );
-        eprintln!("SKIPPED nginx_proxy: nginx is not installed (apt-get install nginx-light)");
+    let Some(bin) = nginx_or_skip("nginx_proxy") else {
         return;
     };
     let s = TestServer::start(ServerOptions {

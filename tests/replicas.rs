@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::nginx::{free_port, in_ci, nginx_bin, Nginx};
+use common::nginx::{free_port, nginx_or_skip, Nginx};
 use common::pg::TestPg;
 use common::server::{ServerOptions, Starting, TestServer, TokenInterceptor, ADMIN_TOKEN, BOT, T0};
 use intentd::pb;
@@ -455,12 +455,7 @@ async fn cut_lease_session(url: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_on_one_postgres_act_as_one_through_leader_failures() {
-    let Some(bin) = nginx_bin() else {
-        assert!(
-            !in_ci(),
-            "CI=true but nginx is not installed (apt-get install nginx-light)"
-        );
-        eprintln!("SKIPPED replicas: nginx is not installed (apt-get install nginx-light)");
+    let Some(bin) = nginx_or_skip("replicas") else {
         return;
     };
     let cluster = Cluster::start();
@@ -600,12 +595,7 @@ async fn leader_row(url: &str) -> (i64, String) {
 /// a follower takes the lease, and the same checks as with standbys hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_that_all_serve_act_as_one_through_a_leader_kill() {
-    let Some(bin) = nginx_bin() else {
-        assert!(
-            !in_ci(),
-            "CI=true but nginx is not installed (apt-get install nginx-light)"
-        );
-        eprintln!("SKIPPED replicas: nginx is not installed (apt-get install nginx-light)");
+    let Some(bin) = nginx_or_skip("replicas") else {
         return;
     };
     let cluster = Cluster::start();

@@ -18,6 +18,20 @@ pub fn nginx_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// nginx's binary; without one a test fails under CI=true and is skipped (said on stderr)
+/// otherwise.
+pub fn nginx_or_skip(test: &str) -> Option<PathBuf> {
+    let bin = nginx_bin();
+    if bin.is_none() {
+        assert!(
+            !in_ci(),
+            "CI=true but nginx is not installed (apt-get install nginx-light)"
+        );
+        eprintln!("SKIPPED {test}: nginx is not installed (apt-get install nginx-light)");
+    }
+    bin
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
