@@ -107,6 +107,11 @@ pub struct Metrics {
     pub write_queue_full: Counter,
     /// `intentd_store_errors_total`: failed store commits.
     pub store_errors: Counter,
+    /// `intentd_store_commit_seconds`: how long each store transaction took (what a request
+    /// waits for after its decision, beside its turn in the queue).
+    pub store_commit: Histogram,
+    /// `intentd_store_commit_records`: records (log rows and state writes) per transaction.
+    pub store_commit_records: Histogram,
     /// `intentd_outbound_dropped_total{reason}`: proactive sends dropped before any Subscribe
     /// stream took them.
     pub outbound_dropped: Family<DroppedLabels, Counter>,
@@ -167,6 +172,8 @@ impl Metrics {
         let write_queue_depth = Gauge::default();
         let write_queue_full = Counter::default();
         let store_errors = Counter::default();
+        let store_commit = latency_histogram();
+        let store_commit_records = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let outbound_dropped = Family::<DroppedLabels, Counter>::default();
         let outbound_queued = Gauge::default();
         let replayed = Counter::default();
@@ -212,6 +219,17 @@ impl Metrics {
             write_queue_full.clone(),
         );
         registry.register("store_errors", "Failed store commits", store_errors.clone());
+        registry.register_with_unit(
+            "store_commit",
+            "Duration of each store transaction (group commit)",
+            Unit::Seconds,
+            store_commit.clone(),
+        );
+        registry.register(
+            "store_commit_records",
+            "Records (log rows and playbook state writes) per store transaction",
+            store_commit_records.clone(),
+        );
         registry.register(
             "replayed",
             "Retried Classify / HandleEvent requests answered with their stored first answer",
@@ -278,6 +296,8 @@ impl Metrics {
             write_queue_depth,
             write_queue_full,
             store_errors,
+            store_commit,
+            store_commit_records,
             outbound_dropped,
             outbound_queued,
             replayed,

@@ -1466,6 +1466,16 @@ async fn a_metrics_scrape_parses_strictly_and_shows_the_traffic() {
     loop {
         let m = parse_openmetrics(&common::server::scrape_metrics(&s.metrics_addr).await.1);
         if sum(&m, "intentd_write_queue_depth", &[]) == 0.0 {
+            // Every answered text's row went through a timed commit, and each commit held at
+            // least one record.
+            let commits = sum(&m, "intentd_store_commit_seconds_count", &[]);
+            assert!(commits >= 1.0, "no store commit observed");
+            assert!(sum(&m, "intentd_store_commit_seconds_sum", &[]) > 0.0);
+            assert_eq!(sum(&m, "intentd_store_commit_records_count", &[]), commits);
+            assert!(
+                sum(&m, "intentd_store_commit_records_sum", &[]) >= texts.len() as f64,
+                "fewer records committed than texts answered"
+            );
             assert_eq!(sum(&m, "intentd_write_queue_full_total", &[]), 0.0);
             assert_eq!(sum(&m, "intentd_store_errors_total", &[]), 0.0);
             break;

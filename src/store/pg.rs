@@ -213,6 +213,48 @@ pub fn store_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(pg_err(&e))
 }
 
+/// A statement and its parameters, for [`exec_pipelined`].
+pub type Statement<'a> = (
+    &'static str,
+    Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>,
+);
+
+/// Prepares `sql` (once per connection) for a pipeline.
+pub async fn prepare(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    tx.prepare_cached(sql).await.map_err(store_err)
+}
+
+/// Executes `stmts` in `tx` in their order as one pipeline, after `first` (a query already
+/// prepared with [`prepare`], e.g. the leader's fence check, which goes out first): everything
+/// is sent before the first answer is awaited, so a batch costs one round trip instead of one
+/// per statement, and on a busy machine each round trip also waits for the server process to
+/// be scheduled. All statements are prepared before anything is sent: a statement still being
+/// prepared would go out after the ones behind it. The first failure fails the call (the
+/// server aborts the transaction at it, so nothing after it applies).
+pub async fn exec_pipelined<F>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    first: F,
+    stmts: &[Statement<'_>],
+) -> Result<(), StoreError>
+where
+    F: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut prepared = Vec::with_capacity(stmts.len());
+    for (sql, _) in stmts {
+        prepared.push(prepare(tx, sql).await?);
+    }
+    // Both joins poll their futures in order on the first poll, and a prepared statement's
+    // request is sent on its first poll: that is the order they reach the server.
+    let writes = futures_util::future::try_join_all(prepared.iter().zip(stmts).map(
+        |(stmt, (_, params))| async move { tx.execute(stmt, params).await.map_err(store_err) },
+    ));
+    futures_util::try_join!(first, writes)?;
+    Ok(())
+}
+
 /// Executes one statement (prepared once per connection) in `tx`.
 pub async fn exec(
     tx: &deadpool_postgres::Transaction<'_>,

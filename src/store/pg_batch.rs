@@ -18,11 +18,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Transaction;
-use tokio_postgres::types::ToSql;
 
 use super::audit::implied_audit;
 use super::crypto::{answer_aad, row_aad, state_aad, Keyring};
-use super::pg::exec;
+use super::pg::{exec, Statement};
 use super::pseudonyms::{seq_key, Pseudonyms};
 use super::{AuditRecord, ConversationRecord, Record, StoreError};
 use crate::durable::RowWrite;
@@ -279,25 +278,23 @@ impl PgBatch {
         Ok(batch)
     }
 
-    /// Runs the batch's statements in `tx` (at most one per table and kind of change, none
-    /// for what the batch does not hold). The caller commits.
-    pub async fn write(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+    /// The batch's statements in the order they must run (at most one per table and kind of
+    /// change, none for what the batch does not hold), for [`super::pg::exec_pipelined`].
+    pub fn statements(&self) -> Vec<Statement<'_>> {
+        let mut stmts: Vec<Statement<'_>> = Vec::new();
         if !self.replaced.0.is_empty() {
             // Like SQLite's INSERT OR REPLACE: the retried message's row goes, the new one
             // gets a new id.
-            exec(
-                tx,
+            stmts.push((
                 "DELETE FROM conversations c
                  USING unnest($1::text[], $2::text[]) AS r(bot_id, message_id)
                  WHERE c.bot_id = r.bot_id AND c.message_id = r.message_id AND c.message_id <> ''",
-                &[&self.replaced.0, &self.replaced.1],
-            )
-            .await?;
+                vec![&self.replaced.0, &self.replaced.1],
+            ));
         }
         let c = &self.conversations;
         if !c.bot_id.is_empty() {
-            exec(
-                tx,
+            stmts.push((
                 "INSERT INTO conversations (bot_id, chat_id, user_id, message_id, at_ms, intent,
                     confidence, source, action, triggered, auto_reply, variant_id, experiment,
                     tokenize_us, inference_us, queue_us, total_us, model_version, reason, key_id,
@@ -315,7 +312,7 @@ impl PgBatch {
                     tokenize_us, inference_us, queue_us, total_us, model_version, reason, key_id,
                     sealed, sent_at_ms, n)
                  ORDER BY n",
-                &[
+                vec![
                     &c.bot_id,
                     &c.chat_id,
                     &c.user_id,
@@ -339,115 +336,100 @@ impl PgBatch {
                     &c.sealed,
                     &c.sent_at_ms,
                 ],
-            )
-            .await?;
+            ));
         }
         let a = &self.answers;
         if !a.bot_id.is_empty() {
             // A key answered before the window can be answered anew.
-            exec(
-                tx,
+            stmts.push((
                 "INSERT INTO answers (bot_id, kind, key, at_ms, key_id, sealed)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
                     $6::bytea[])
                  ON CONFLICT (bot_id, kind, key) DO UPDATE SET at_ms = EXCLUDED.at_ms,
                     key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed",
-                &[&a.bot_id, &a.kind, &a.key, &a.at_ms, &a.key_id, &a.sealed],
-            )
-            .await?;
+                vec![&a.bot_id, &a.kind, &a.key, &a.at_ms, &a.key_id, &a.sealed],
+            ));
         }
         let f = &self.feedback;
         if !f.bot_id.is_empty() {
-            exec(
-                tx,
+            stmts.push((
                 "INSERT INTO feedback (bot_id, message_id, kind, variant_id, at_ms)
                  SELECT bot_id, message_id, kind, variant_id, at_ms
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
                     WITH ORDINALITY AS r(bot_id, message_id, kind, variant_id, at_ms, n)
                  ORDER BY n",
-                &[&f.bot_id, &f.message_id, &f.kind, &f.variant_id, &f.at_ms],
-            )
-            .await?;
+                vec![&f.bot_id, &f.message_id, &f.kind, &f.variant_id, &f.at_ms],
+            ));
         }
         let h = &self.human_replies;
         if !h.bot_id.is_empty() {
-            exec(
-                tx,
+            stmts.push((
                 "INSERT INTO human_replies (bot_id, chat_id, message_id, at_ms)
                  SELECT bot_id, chat_id, message_id, at_ms
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[])
                     WITH ORDINALITY AS r(bot_id, chat_id, message_id, at_ms, n)
                  ORDER BY n",
-                &[&h.bot_id, &h.chat_id, &h.message_id, &h.at_ms],
-            )
-            .await?;
+                vec![&h.bot_id, &h.chat_id, &h.message_id, &h.at_ms],
+            ));
         }
         let au = &self.audit;
         if !au.at_ms.is_empty() {
-            insert_audit_rows(tx, au).await?;
+            stmts.push(au.statement());
         }
         let s = &self.state;
         if !s.below_kind.is_empty() {
             // Positions are zero-padded digits compared bytewise (COLLATE "C"), so text order
             // is their order and every `s~` key sorts above them.
-            exec(
-                tx,
+            stmts.push((
                 r#"DELETE FROM playbook_state s
                  USING unnest($1::text[], $2::text[]) AS d(kind, below)
                  WHERE s.kind = d.kind AND s.key < (d.below COLLATE "C")"#,
-                &[&s.below_kind, &s.below_key],
-            )
-            .await?;
+                vec![&s.below_kind, &s.below_key],
+            ));
         }
         if !s.delete_kind.is_empty() {
-            exec(
-                tx,
+            stmts.push((
                 "DELETE FROM playbook_state s
                  USING unnest($1::text[], $2::text[]) AS d(kind, key)
                  WHERE s.kind = d.kind AND s.key = d.key",
-                &[&s.delete_kind, &s.delete_key],
-            )
-            .await?;
+                vec![&s.delete_kind, &s.delete_key],
+            ));
         }
         if !s.put_kind.is_empty() {
-            exec(
-                tx,
+            stmts.push((
                 "INSERT INTO playbook_state (kind, key, key_id, sealed)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
                  ON CONFLICT (kind, key) DO UPDATE SET key_id = EXCLUDED.key_id,
                     sealed = EXCLUDED.sealed",
-                &[&s.put_kind, &s.put_key, &s.put_key_id, &s.put_sealed],
-            )
-            .await?;
+                vec![&s.put_kind, &s.put_key, &s.put_key_id, &s.put_sealed],
+            ));
         }
-        Ok(())
+        stmts
     }
-}
-
-/// Inserts audit rows in their order (ids keep it: rows are read back oldest first).
-async fn insert_audit_rows(tx: &Transaction<'_>, a: &AuditColumns) -> Result<(), StoreError> {
-    let params: [&(dyn ToSql + Sync); 4] = [&a.at_ms, &a.actor, &a.action, &a.detail];
-    exec(
-        tx,
-        "INSERT INTO audit (at_ms, actor, action, detail)
-         SELECT at_ms, actor, action, detail
-         FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])
-            WITH ORDINALITY AS r(at_ms, actor, action, detail, n)
-         ORDER BY n",
-        &params,
-    )
-    .await?;
-    Ok(())
 }
 
 /// One audit row as a batch of one (the purge's own row).
 pub async fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), StoreError> {
     let mut cols = AuditColumns::default();
     cols.push(a);
-    insert_audit_rows(tx, &cols).await
+    let (sql, params) = cols.statement();
+    exec(tx, sql, &params).await?;
+    Ok(())
 }
 
 impl AuditColumns {
+    /// Inserts the rows in their order (ids keep it: rows are read back oldest first).
+    fn statement(&self) -> Statement<'_> {
+        (
+            "INSERT INTO audit (at_ms, actor, action, detail)
+             SELECT at_ms, actor, action, detail
+             FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])
+                WITH ORDINALITY AS r(at_ms, actor, action, detail, n)
+             ORDER BY n",
+            vec![&self.at_ms, &self.actor, &self.action, &self.detail],
+        )
+    }
+
     fn push(&mut self, a: &AuditRecord) {
         self.at_ms.push(a.at_ms);
         self.actor.push(a.actor.clone());

@@ -261,17 +261,15 @@ async fn take_office(client: &Client, holder: &str, now_ms: i64) -> Result<u64, 
 /// The first statement of every commit of a leader: fails unless `epoch` still leads. The row
 /// lock (FOR SHARE) makes a takeover's epoch bump wait for commits already past this check, so
 /// what a new leader reads after its bump includes them.
+pub const FENCE_SQL: &str = "SELECT epoch, holder FROM intentd_leader WHERE id = 1 FOR SHARE";
+
+/// Runs the fence check ([`FENCE_SQL`], prepared with `pg::prepare`) in `tx`.
 pub async fn fence_check(
     tx: &deadpool_postgres::Transaction<'_>,
+    fence: &tokio_postgres::Statement,
     epoch: u64,
 ) -> Result<(), StoreError> {
-    let row = tx
-        .query_opt(
-            "SELECT epoch, holder FROM intentd_leader WHERE id = 1 FOR SHARE",
-            &[],
-        )
-        .await
-        .map_err(db)?;
+    let row = tx.query_opt(fence, &[]).await.map_err(db)?;
     match row {
         Some(r) if r.get::<_, i64>(0) as u64 == epoch => Ok(()),
         Some(r) => Err(StoreError::Fenced(format!(

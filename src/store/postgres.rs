@@ -15,9 +15,9 @@ use tokio_postgres::types::ToSql;
 use super::audit::{purge_record, AuditAction, PurgeCutoffs, PurgeReport};
 use super::crypto::{answer_aad, row_aad, state_aad, Keyring};
 use super::key_check;
-use super::pg::{store_err, Pg, PgSettings};
+use super::pg::{exec_pipelined, prepare, store_err, Pg, PgSettings};
 use super::pg_batch::{insert_audit, PgBatch};
-use super::pg_lease::fence_check;
+use super::pg_lease::{fence_check, FENCE_SQL};
 use super::pseudonyms::{Pseudonyms, SECRET_NAME};
 use super::{
     AnswerKind, AnswerRow, AuditRecord, ConversationRecord, Counts, FeedbackKind, GroupBy, Record,
@@ -455,14 +455,23 @@ impl Store for PgStore {
     fn write_batch(&self, records: &[Record]) -> Result<(), StoreError> {
         // Sealing and pseudonyms are CPU work: done before a connection is taken.
         let batch = PgBatch::build(records, &self.keyring, &self.pseudonyms)?;
+        let statements = batch.statements();
         self.pg.block(async {
             let mut client = self.pg.client().await?;
             let tx = client.transaction().await.map_err(store_err)?;
-            // A leader first checks it still leads (fencing: store/pg_lease.rs).
-            if let Some(epoch) = self.leader_epoch {
-                fence_check(&tx, epoch).await?;
-            }
-            batch.write(&tx).await?;
+            // A leader first checks it still leads (fencing: store/pg_lease.rs); the check
+            // and the writes go out as one pipeline, and nothing commits unless it passed.
+            let fence = match self.leader_epoch {
+                Some(epoch) => Some((epoch, prepare(&tx, FENCE_SQL).await?)),
+                None => None,
+            };
+            let fenced = async {
+                match &fence {
+                    Some((epoch, stmt)) => fence_check(&tx, stmt, *epoch).await,
+                    None => Ok(()),
+                }
+            };
+            exec_pipelined(&tx, fenced, &statements).await?;
             tx.commit().await.map_err(store_err)
         })
     }

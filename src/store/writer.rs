@@ -220,7 +220,16 @@ fn writer_loop(
         // After the records were received: see the module doc.
         let state = holders.take();
         records.extend(state_records(&state));
-        match store.write_batch(&records) {
+        let started = std::time::Instant::now();
+        let committed = store.write_batch(&records);
+        metrics
+            .store_commit
+            .observe(started.elapsed().as_secs_f64());
+        let state_rows: usize = state.iter().map(|(_, w)| w.len()).sum();
+        metrics
+            .store_commit_records
+            .observe((jobs.len() + state_rows) as f64);
+        match committed {
             Ok(()) => {
                 health.commit_succeeded();
                 if let Some(bytes) = store.memory_bytes() {
