@@ -82,6 +82,31 @@ pub trait DurableRows: Send + Sync {
     fn has_writes(&self) -> bool;
 }
 
+/// A holder whose journal (None: not durable) sits behind its own lock: [`DurableRows`] comes
+/// with it.
+pub trait Journaled: Send + Sync {
+    /// Runs `f` on the journal, under the holder's lock.
+    fn with_journal<R>(&self, f: impl FnOnce(&mut Option<Journal>) -> R) -> R;
+}
+
+impl<T: Journaled> DurableRows for T {
+    fn take_writes(&self) -> Vec<RowWrite> {
+        self.with_journal(|j| j.as_mut().map(Journal::take).unwrap_or_default())
+    }
+
+    fn retake(&self, writes: Vec<RowWrite>) {
+        self.with_journal(|j| {
+            if let Some(j) = j.as_mut() {
+                j.retake(writes);
+            }
+        })
+    }
+
+    fn has_writes(&self) -> bool {
+        self.with_journal(|j| j.as_ref().is_some_and(|j| !j.is_empty()))
+    }
+}
+
 /// The changes a holder made since the writer last took them (see the module doc).
 #[derive(Debug, Default)]
 pub struct Journal {

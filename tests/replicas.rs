@@ -331,6 +331,15 @@ fn subscribe_forever(
     })
 }
 
+/// nginx running [`balanced_site`] on two free ports, once it listens: (nginx, its gRPC port,
+/// its HTTP port).
+fn balanced_nginx(bin: &std::path::Path, grpc: &[u16], http: &[String]) -> (Nginx, u16, u16) {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let mut nginx = Nginx::start(bin, &balanced_site(grpc, http, grpc_port, http_port));
+    nginx.wait_listening(grpc_port);
+    (nginx, grpc_port, http_port)
+}
+
 /// The shipped nginx example, balancing gRPC over `grpc` (ports) and HTTP over `http`
 /// (addresses), listening on `grpc_port` and `http_port`.
 fn balanced_site(grpc: &[u16], http: &[String], grpc_port: u16, http_port: u16) -> String {
@@ -481,15 +490,7 @@ async fn three_replicas_on_one_postgres_act_as_one_through_leader_failures() {
     }
 
     // nginx balancing the three, with the shipped example's settings.
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let site = balanced_site(
-        ports,
-        std::slice::from_ref(&first.http_addr),
-        grpc_port,
-        http_port,
-    );
-    let mut nginx = Nginx::start(&bin, &site);
-    nginx.wait_listening(grpc_port);
+    let (nginx, grpc_port, _) = balanced_nginx(&bin, ports, std::slice::from_ref(&first.http_addr));
 
     let outbound = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -649,11 +650,8 @@ async fn three_replicas_that_all_serve_act_as_one_through_a_leader_kill() {
         assert!(e.message().contains("leader lease"), "{e:?}");
     }
 
-    let (grpc_port, http_port) = (free_port(), free_port());
     let http: Vec<String> = servers.iter().map(|s| s.http_addr.clone()).collect();
-    let site = balanced_site(&ports, &http, grpc_port, http_port);
-    let mut nginx = Nginx::start(&bin, &site);
-    nginx.wait_listening(grpc_port);
+    let (nginx, grpc_port, http_port) = balanced_nginx(&bin, &ports, &http);
     let through_nginx = format!("127.0.0.1:{http_port}");
     for _ in 0..4 {
         let (code, head) = http_get(&through_nginx, "/console/login").await;

@@ -827,7 +827,7 @@ impl PlaybookState for Optimistic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::state_suite::reserve;
+    use crate::policy::state_suite::{dropped, reserve, review_item};
     use std::sync::Arc;
 
     // The behaviour every store shares is tested in `state_suite.rs` (against this one and
@@ -925,32 +925,6 @@ mod tests {
             .sum();
         assert_eq!(reported, gone.total());
         assert_eq!(StateQueue::DelayedJobs.as_str(), "delayed_jobs");
-    }
-
-    fn review_item(at_ms: i64, msg: &str, text_bytes: usize) -> ReviewItem {
-        ReviewItem {
-            at_ms,
-            bot_id: "b".into(),
-            chat_id: "g".into(),
-            user_id: "u".into(),
-            message_id: msg.into(),
-            text: "x".repeat(text_bytes),
-            matched: "w".into(),
-            reason: "banned_word".into(),
-            verdict: None,
-        }
-    }
-
-    fn dropped(at_ms: i64, n: usize) -> DroppedSend {
-        DroppedSend {
-            at_ms,
-            bot_id: "b".into(),
-            chat_id: "g".into(),
-            user_id: format!("u{n}"),
-            source_id: format!("m{n}"),
-            key: "price".into(),
-            reason: "dropped:spacing_queue_full".into(),
-        }
     }
 
     /// Regression (issue 12 item 7): on the old code both queues kept 100,000 entries of any

@@ -19,7 +19,7 @@ use super::state_journal::{DROPPED, GROUP, JOB, REVIEW, REVIEWED, USER};
 use super::state_memory::{
     MemoryState, OnDiscard, ReviewKey, ReviewedIds, StateLimits, StateQueue,
 };
-use crate::durable::{DurableRows, Journal, RowWrite, StoredRow};
+use crate::durable::{Journal, Journaled, StoredRow};
 
 /// What a start read back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -123,28 +123,9 @@ impl MemoryState {
     }
 }
 
-impl DurableRows for MemoryState {
-    fn take_writes(&self) -> Vec<RowWrite> {
-        self.rows
-            .lock()
-            .journal
-            .as_mut()
-            .map(Journal::take)
-            .unwrap_or_default()
-    }
-
-    fn retake(&self, writes: Vec<RowWrite>) {
-        if let Some(j) = self.rows.lock().journal.as_mut() {
-            j.retake(writes);
-        }
-    }
-
-    fn has_writes(&self) -> bool {
-        self.rows
-            .lock()
-            .journal
-            .as_ref()
-            .is_some_and(|j| !j.is_empty())
+impl Journaled for MemoryState {
+    fn with_journal<R>(&self, f: impl FnOnce(&mut Option<Journal>) -> R) -> R {
+        f(&mut self.rows.lock().journal)
     }
 }
 
@@ -152,6 +133,7 @@ impl DurableRows for MemoryState {
 mod tests {
     use super::*;
     use crate::durable::RowKey;
+    use crate::durable::{DurableRows, RowWrite};
     use crate::policy::state::{PlaybookState, Scope, StateChange, SweepLimits};
 
     /// Applies writes to a map the way the store does: what a restart would read.

@@ -144,7 +144,8 @@ fn job(at_ms: i64, users: usize) -> Job {
     }
 }
 
-fn review_item(at_ms: i64, msg: &str, text_bytes: usize) -> ReviewItem {
+/// A review entry whose text is `text_bytes` long (also for the memory backend's own tests).
+pub fn review_item(at_ms: i64, msg: &str, text_bytes: usize) -> ReviewItem {
     ReviewItem {
         at_ms,
         bot_id: "b".into(),
@@ -158,7 +159,8 @@ fn review_item(at_ms: i64, msg: &str, text_bytes: usize) -> ReviewItem {
     }
 }
 
-fn dropped(at_ms: i64, n: usize) -> DroppedSend {
+/// The `n`th dropped send (also for the memory backend's own tests).
+pub fn dropped(at_ms: i64, n: usize) -> DroppedSend {
     DroppedSend {
         at_ms,
         bot_id: "b".into(),

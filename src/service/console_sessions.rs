@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Service, ServiceError};
-use crate::durable::{DurableRows, Journal, RowKey, RowWrite, StoredRow};
+use crate::durable::{Journal, Journaled, RowKey, StoredRow};
 
 /// Durable row kind of a console session.
 pub const KIND: &str = "console_session";
@@ -93,28 +93,9 @@ impl ConsoleSessions {
     }
 }
 
-impl DurableRows for ConsoleSessions {
-    fn take_writes(&self) -> Vec<RowWrite> {
-        self.0
-            .lock()
-            .journal
-            .as_mut()
-            .map(Journal::take)
-            .unwrap_or_default()
-    }
-
-    fn retake(&self, writes: Vec<RowWrite>) {
-        if let Some(j) = self.0.lock().journal.as_mut() {
-            j.retake(writes);
-        }
-    }
-
-    fn has_writes(&self) -> bool {
-        self.0
-            .lock()
-            .journal
-            .as_ref()
-            .is_some_and(|j| !j.is_empty())
+impl Journaled for ConsoleSessions {
+    fn with_journal<R>(&self, f: impl FnOnce(&mut Option<Journal>) -> R) -> R {
+        f(&mut self.0.lock().journal)
     }
 }
 
@@ -141,6 +122,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::{DurableRows, RowWrite};
 
     fn session(id: &str, name: &str) -> StoredSession {
         StoredSession {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::desk::check_agent;
 use super::validate::InvalidField;
 use super::{Service, ServiceError};
-use crate::durable::{DurableRows, Journal, RowKey, RowWrite, StoredRow};
+use crate::durable::{Journal, Journaled, RowKey, StoredRow};
 use crate::store::{AuditAction, StoredConversation};
 use crate::types::{Action, Source};
 
@@ -99,23 +99,9 @@ impl LabelBook {
     }
 }
 
-impl DurableRows for Mutex<LabelBook> {
-    fn take_writes(&self) -> Vec<RowWrite> {
-        self.lock()
-            .journal
-            .as_mut()
-            .map(Journal::take)
-            .unwrap_or_default()
-    }
-
-    fn retake(&self, writes: Vec<RowWrite>) {
-        if let Some(j) = self.lock().journal.as_mut() {
-            j.retake(writes);
-        }
-    }
-
-    fn has_writes(&self) -> bool {
-        self.lock().journal.as_ref().is_some_and(|j| !j.is_empty())
+impl Journaled for Mutex<LabelBook> {
+    fn with_journal<R>(&self, f: impl FnOnce(&mut Option<Journal>) -> R) -> R {
+        f(&mut self.lock().journal)
     }
 }
 
@@ -397,6 +383,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::{DurableRows, RowWrite};
 
     fn label(id: i64, intent: &str, text: &str) -> Label {
         Label {

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::durable::{DurableRows, Journal, RowKey, RowWrite, StoredRow};
+use crate::durable::{Journal, Journaled, RowKey, StoredRow};
 use crate::policy::scheduler::OutboundItem;
 
 /// The durable rows' kind.
@@ -246,29 +246,16 @@ impl Outbox {
     }
 }
 
-impl DurableRows for Mutex<Outbox> {
-    fn take_writes(&self) -> Vec<RowWrite> {
-        self.lock()
-            .journal
-            .as_mut()
-            .map(Journal::take)
-            .unwrap_or_default()
-    }
-
-    fn retake(&self, writes: Vec<RowWrite>) {
-        if let Some(j) = self.lock().journal.as_mut() {
-            j.retake(writes);
-        }
-    }
-
-    fn has_writes(&self) -> bool {
-        self.lock().journal.as_ref().is_some_and(|j| !j.is_empty())
+impl Journaled for Mutex<Outbox> {
+    fn with_journal<R>(&self, f: impl FnOnce(&mut Option<Journal>) -> R) -> R {
+        f(&mut self.lock().journal)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::{DurableRows, RowWrite};
     use crate::policy::scheduler::OutboundKind;
 
     fn item(bot: &str, chat: &str, send_at_ms: i64, rule: &str) -> OutboundItem {

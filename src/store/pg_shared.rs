@@ -15,7 +15,7 @@ use super::crypto::Keyring;
 use super::pg::{store_err, Pg, PgSettings};
 use super::pg_outbox::{OutboxBounds, PgOutbox};
 use super::pg_state::PgState;
-use super::postgres::{stored_pseudonyms, MIGRATIONS};
+use super::postgres::MIGRATIONS;
 use super::StoreError;
 use crate::policy::compliance::{ReviewError, ReviewItem, ReviewVerdict};
 use crate::policy::state::{
@@ -48,8 +48,8 @@ impl SharedState {
         bounds: OutboxBounds,
     ) -> Result<SharedState, StoreError> {
         let pg = Arc::new(Pg::connect(url, settings, MIGRATIONS)?);
-        let pseudonyms = pg.block(stored_pseudonyms(&pg, &keyring))?;
         let state = PgState::with_pool(pg.clone(), keyring.clone(), limits, on_discard)?;
+        let pseudonyms = state.pseudonyms().clone();
         let outbox = Arc::new(PgOutbox::new(pg, keyring, pseudonyms, bounds));
         Ok(SharedState { state, outbox })
     }

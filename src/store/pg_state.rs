@@ -198,6 +198,12 @@ impl PgState {
         })
     }
 
+    /// The database's pseudonym secret as read at open (for another reader of this database
+    /// on the same pool, e.g. the shared outbox: no second read).
+    pub fn pseudonyms(&self) -> &Pseudonyms {
+        &self.inner.pseudonyms
+    }
+
     /// The pool: a caller that commits state changes in its own transaction
     /// ([`Self::commit_in`]) takes its connection from here, inside [`Pg::run`].
     pub fn pg(&self) -> &Arc<Pg> {
@@ -728,59 +734,66 @@ impl Inner {
         Ok(out)
     }
 
-    /// A versioned row read by key (default at version 0 when absent).
-    async fn versioned<R: DeserializeOwned + Default, K: DeserializeOwned>(
-        &self,
-        tx: &Transaction<'_>,
-        table: &str,
-        key: &str,
-    ) -> Result<Versioned<R>, StateError> {
-        let sql = format!("SELECT version, key_id, sealed FROM {table} WHERE key = $1");
-        let rows = self.query(tx, &sql, &[&key]).await?;
-        let Some(r) = rows.first() else {
-            return Ok(Versioned::default());
+    /// The rows a decision reads, in one statement: one round trip, and one snapshot without
+    /// a transaction around it. The bot's open handoffs are counted over its groups that have
+    /// any (a partial index holds just those).
+    async fn view(&self, scope: &Scope) -> Result<StateView, StateError> {
+        const VIEW_SQL: &str =
+            "SELECT g.version, g.key_id, g.sealed, u.version, u.key_id, u.sealed,
+                CASE WHEN $4::BIGINT IS NULL THEN 0::BIGINT ELSE (
+                    SELECT COALESCE(SUM((SELECT COUNT(*) FROM unnest(o.open_handoffs) AS h(ms)
+                                         WHERE h.ms > $4)), 0)::BIGINT
+                    FROM playbook_groups o
+                    WHERE o.bot = $3 AND o.key <> $1 AND cardinality(o.open_handoffs) > 0
+                ) END
+             FROM (VALUES (1)) AS one(x)
+             LEFT JOIN playbook_groups g ON g.key = $1
+             LEFT JOIN playbook_users u ON u.key = $2";
+        let gk = self.group_key(&scope.group);
+        let uk = scope
+            .user_id
+            .as_ref()
+            .map(|u| self.user_key(&scope.group.user(u)));
+        let bot = self.bot_key(&scope.group.bot_id);
+        let after: Option<i64> = scope.open_handoffs_after_ms;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(VIEW_SQL)
+            .await
+            .map_err(|e| self.db(e))?;
+        let r = client
+            .query_one(&stmt, &[&gk, &uk, &bot, &after])
+            .await
+            .map_err(|e| self.db(e))?;
+        let group = self.versioned_at::<GroupRow, GroupKey>(&r, 0, GROUPS, &gk)?;
+        let user = match &uk {
+            None => None,
+            Some(uk) => Some(self.versioned_at::<UserRow, UserKey>(&r, 3, USERS, uk)?),
         };
-        let body: Body<K, R> = self.open(table, key, r.get(1), r.get(2))?;
-        Ok(Versioned {
-            version: to_u64(r.get(0)),
-            row: body.row,
+        Ok(StateView {
+            group,
+            user,
+            bot_open_handoffs: to_u64(r.get(6)) as usize,
         })
     }
 
-    async fn view(&self, scope: &Scope) -> Result<StateView, StateError> {
-        let gk = self.group_key(&scope.group);
-        self.in_snapshot(async |tx| {
-            let group = self.versioned::<GroupRow, GroupKey>(tx, GROUPS, &gk).await?;
-            let user = match &scope.user_id {
-                None => None,
-                Some(u) => {
-                    let uk = self.user_key(&scope.group.user(u));
-                    Some(self.versioned::<UserRow, UserKey>(tx, USERS, &uk).await?)
-                }
-            };
-            let bot_open_handoffs = match scope.open_handoffs_after_ms {
-                None => 0,
-                Some(after) => {
-                    let bot = self.bot_key(&scope.group.bot_id);
-                    let rows = self
-                        .query(
-                            tx,
-                            "SELECT COALESCE(SUM((SELECT COUNT(*) FROM unnest(open_handoffs) AS o(ms)
-                                                  WHERE o.ms > $3)), 0)::BIGINT
-                             FROM playbook_groups WHERE bot = $1 AND key <> $2",
-                            &[&bot, &gk, &after],
-                        )
-                        .await?;
-                    to_u64(rows[0].get(0)) as usize
-                }
-            };
-            Ok(StateView {
-                group,
-                user,
-                bot_open_handoffs,
-            })
+    /// A versioned row from columns `at..at + 3` (version, key_id, sealed) of `r`: the default
+    /// at version 0 when they are NULL (no such row).
+    fn versioned_at<R: DeserializeOwned + Default, K: DeserializeOwned>(
+        &self,
+        r: &tokio_postgres::Row,
+        at: usize,
+        table: &str,
+        key: &str,
+    ) -> Result<Versioned<R>, StateError> {
+        let Some(version) = r.get::<_, Option<i64>>(at) else {
+            return Ok(Versioned::default());
+        };
+        let body: Body<K, R> = self.open(table, key, r.get(at + 1), r.get(at + 2))?;
+        Ok(Versioned {
+            version: to_u64(version),
+            row: body.row,
         })
-        .await
     }
 
     async fn due_view(&self, due_by: Option<i64>) -> Result<DueView, StateError> {

@@ -206,6 +206,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX IF NOT EXISTS outbox_shared_bot_pos ON outbox_shared(bot, pos);
     "#,
+    // 4: a decision counts the open handoffs of its bot's other groups; only the groups that
+    // have one are worth visiting (`pg_state.rs`, VIEW_SQL).
+    r#"
+    CREATE INDEX IF NOT EXISTS playbook_groups_bot_open ON playbook_groups(bot)
+        WHERE cardinality(open_handoffs) > 0;
+    "#,
 ];
 
 /// Serialises the start-up checks of replicas starting together (one pseudonym secret).
