@@ -261,7 +261,7 @@ pub async fn exec(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<u64, StoreError> {
-    let stmt = tx.prepare_cached(sql).await.map_err(store_err)?;
+    let stmt = prepare(tx, sql).await?;
     tx.execute(&stmt, params).await.map_err(store_err)
 }
 

@@ -220,16 +220,7 @@ fn writer_loop(
         // After the records were received: see the module doc.
         let state = holders.take();
         records.extend(state_records(&state));
-        let started = std::time::Instant::now();
-        let committed = store.write_batch(&records);
-        metrics
-            .store_commit
-            .observe(started.elapsed().as_secs_f64());
-        let state_rows: usize = state.iter().map(|(_, w)| w.len()).sum();
-        metrics
-            .store_commit_records
-            .observe((jobs.len() + state_rows) as f64);
-        match committed {
+        match timed_write(&*store, &records, jobs.len(), &state, &metrics) {
             Ok(()) => {
                 health.commit_succeeded();
                 if let Some(bytes) = store.memory_bytes() {
@@ -290,6 +281,27 @@ fn writer_loop(
     }
 }
 
+/// One group commit (`logged` log records, then the holders' `state` as records), counted in
+/// the commit metrics.
+fn timed_write(
+    store: &dyn Store,
+    records: &[Record],
+    logged: usize,
+    state: &[(usize, Vec<RowWrite>)],
+    metrics: &Metrics,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let committed = store.write_batch(records);
+    metrics
+        .store_commit
+        .observe(started.elapsed().as_secs_f64());
+    let state_rows: usize = state.iter().map(|(_, w)| w.len()).sum();
+    metrics
+        .store_commit_records
+        .observe((logged + state_rows) as f64);
+    committed
+}
+
 /// The holders' writes as records (one per holder, each applied in its order).
 fn state_records(state: &[(usize, Vec<RowWrite>)]) -> Vec<Record> {
     state
@@ -315,7 +327,7 @@ fn commit_state(store: &dyn Store, holders: &Holders, metrics: &Metrics, health:
     if state.is_empty() {
         return;
     }
-    match store.write_batch(&state_records(&state)) {
+    match timed_write(store, &state_records(&state), 0, &state, metrics) {
         Ok(()) => health.commit_succeeded(),
         Err(e) => {
             stop_if_fenced(&e);
