@@ -12,9 +12,13 @@
 //! applied before the single store. Column blocks are shared among the threads of `spin_pool`
 //! (sized like gemm's pool, by `RAYON_NUM_THREADS`).
 //!
-//! Where AVX-512 is missing (checked at run time) the same maths runs through candle: the
-//! weight stays `(out, in)` and `y = (W xᵀ)ᵀ`, which lets gemm stream the weight once without
-//! repacking. Serving only: no backward pass (training uses candle ops on its variables).
+//! Where AVX-512 is missing but AVX2 and FMA are there (AMD EPYC before Zen 4, older Xeons), an
+//! AVX2 kernel reads the same packed panels as 16-column strips, 6 rows x 16 columns per
+//! register tile (12 of the 16 ymm registers accumulate): measured, candle's gemm made a batch-1
+//! pass several times slower there than the fused kernel (benches/RESULTS.md). Without either
+//! (checked at run time) the same maths runs through candle: the weight stays `(out, in)` and
+//! `y = (W xᵀ)ᵀ`, which lets gemm stream the weight once without repacking. Serving only: no
+//! backward pass (training uses candle ops on its variables).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -41,8 +45,12 @@ pub struct ServingDense {
 enum Impl {
     /// candle's matmul; the weight `(out, in)` contiguous.
     Candle { weight: Tensor, bias: Tensor },
-    /// The AVX-512 fp32 kernel; the weight in column panels (`pack`).
-    Fp32 { weight: Tensor, bias: Tensor },
+    /// A fused fp32 kernel; the weight in column panels (`pack`).
+    Fp32 {
+        weight: Tensor,
+        bias: Tensor,
+        isa: Fp32Isa,
+    },
     /// Weights quantized to int8 per output channel (`int8.rs`).
     Int8(Int8Dense),
 }
@@ -74,13 +82,54 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// The instruction set of a fused fp32 kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fp32Isa {
+    Avx512,
+    /// AVX2 with FMA: 8-lane registers, half as many of them.
+    Avx2,
+}
+
+impl Fp32Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fp32Isa::Avx512 => "AVX-512",
+            Fp32Isa::Avx2 => "AVX2+FMA",
+        }
+    }
+
+    /// Whether this CPU runs it.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Fp32Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+                Fp32Isa::Avx2 => {
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// The widest this CPU runs.
+    pub fn detect() -> Option<Fp32Isa> {
+        [Fp32Isa::Avx512, Fp32Isa::Avx2]
+            .into_iter()
+            .find(|isa| isa.available())
+    }
+}
+
 /// What actually serves a layer, after the CPU and the environment have had their say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenseKernel {
-    /// candle's matmul (no AVX-512, or `INTENTD_DENSE_KERNEL=portable`).
+    /// candle's matmul (neither AVX-512 nor AVX2+FMA, or `INTENTD_DENSE_KERNEL=portable`).
     Portable,
-    /// The fused AVX-512 fp32 kernel.
-    Fp32,
+    /// A fused fp32 kernel.
+    Fp32(Fp32Isa),
     Int8(Isa),
 }
 
@@ -88,7 +137,7 @@ impl DenseKernel {
     pub fn describe(self) -> String {
         match self {
             DenseKernel::Portable => "fp32 (portable, candle matmul)".into(),
-            DenseKernel::Fp32 => "fp32 (AVX-512)".into(),
+            DenseKernel::Fp32(isa) => format!("fp32 ({})", isa.name()),
             DenseKernel::Int8(isa) => format!("int8 ({})", isa.name()),
         }
     }
@@ -136,16 +185,12 @@ fn env_override() -> Result<Option<Precision>> {
 }
 
 /// The kernel a layer asking for `p` gets on this CPU: int8 needs VNNI, the fp32 kernel
-/// AVX-512F, and `INTENTD_DENSE_KERNEL=portable` rules both out.
+/// AVX-512F or AVX2+FMA, and `INTENTD_DENSE_KERNEL=portable` rules both out.
 pub fn kernel_for(p: Precision) -> DenseKernel {
     if portable_forced() {
         return DenseKernel::Portable;
     }
-    let fp32 = if kernel_available() {
-        DenseKernel::Fp32
-    } else {
-        DenseKernel::Portable
-    };
+    let fp32 = fp32_kernel().map_or(DenseKernel::Portable, DenseKernel::Fp32);
     match p {
         Precision::Fp32 => fp32,
         Precision::Auto | Precision::Int8 => int8::detect().map(DenseKernel::Int8).unwrap_or(fp32),
@@ -167,13 +212,12 @@ impl ServingDense {
         Self::with_kernel_choice(weight, bias, kernel_for(p))
     }
 
-    /// As `new`, choosing between the fp32 kernel and candle (tests compare the two);
-    /// `kernel` is ignored where the CPU cannot run it.
+    /// As `new`, choosing between the widest fp32 kernel and candle (tests compare the two);
+    /// `kernel` is ignored where the CPU cannot run one.
     pub fn with_kernel(weight: &Tensor, bias: &Tensor, kernel: bool) -> Result<Self> {
-        let k = if kernel && kernel_available() {
-            DenseKernel::Fp32
-        } else {
-            DenseKernel::Portable
+        let k = match fp32_kernel() {
+            Some(isa) if kernel => DenseKernel::Fp32(isa),
+            _ => DenseKernel::Portable,
         };
         Self::with_kernel_choice(weight, bias, k)
     }
@@ -201,18 +245,26 @@ impl ServingDense {
                 });
             }
         }
-        let kernel = choice != DenseKernel::Portable && kernel_available() && suits_kernels;
+        // int8 steps down to the widest fp32 kernel; an fp32 ISA the CPU lacks to candle.
+        let isa = match choice {
+            DenseKernel::Portable => None,
+            DenseKernel::Fp32(isa) => Some(isa).filter(|isa| isa.available()),
+            DenseKernel::Int8(_) => fp32_kernel(),
+        };
         let bias = bias.contiguous()?;
-        let imp = if kernel {
-            Impl::Fp32 {
-                weight: pack(&weight.contiguous()?)?,
+        let imp = match isa {
+            Some(isa) if suits_kernels && !portable_forced() => Impl::Fp32 {
+                weight: match isa {
+                    Fp32Isa::Avx512 => pack(&weight.contiguous()?)?,
+                    Fp32Isa::Avx2 => pack_strips(&weight.contiguous()?)?,
+                },
                 bias,
-            }
-        } else {
-            Impl::Candle {
+                isa,
+            },
+            _ => Impl::Candle {
                 weight: weight.contiguous()?,
                 bias,
-            }
+            },
         };
         Ok(Self {
             imp,
@@ -221,7 +273,7 @@ impl ServingDense {
         })
     }
 
-    /// Whether the AVX-512 fp32 kernel serves this layer.
+    /// Whether a fused fp32 kernel serves this layer.
     pub fn uses_kernel(&self) -> bool {
         matches!(self.imp, Impl::Fp32 { .. })
     }
@@ -230,7 +282,7 @@ impl ServingDense {
     pub fn kernel(&self) -> DenseKernel {
         match &self.imp {
             Impl::Candle { .. } => DenseKernel::Portable,
-            Impl::Fp32 { .. } => DenseKernel::Fp32,
+            Impl::Fp32 { isa, .. } => DenseKernel::Fp32(*isa),
             Impl::Int8(q) => DenseKernel::Int8(q.isa()),
         }
     }
@@ -276,8 +328,8 @@ impl ServingDense {
             Impl::Candle { weight, bias } => {
                 self.forward_candle(weight, bias, x, rows, residual, act)?
             }
-            Impl::Fp32 { weight, bias } => {
-                self.forward_kernel(weight, bias, x, rows, residual, act)?
+            Impl::Fp32 { weight, bias, isa } => {
+                self.forward_kernel(weight, bias, *isa, x, rows, residual, act)?
             }
             Impl::Int8(q) => {
                 let x = x.contiguous()?;
@@ -320,10 +372,12 @@ impl ServingDense {
     }
 
     #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
     fn forward_kernel(
         &self,
         weight: &Tensor,
         bias: &Tensor,
+        isa: Fp32Isa,
         x: &Tensor,
         rows: usize,
         residual: Option<&Tensor>,
@@ -342,7 +396,7 @@ impl ServingDense {
                 Some((s, l)) => Some(f32_slice(s, l, rows * n)?.as_ptr()),
                 None => None,
             };
-            let job = avx512::Job {
+            let job = Job {
                 x: f32_slice(&xs, xl, rows * self.in_dim)?.as_ptr(),
                 w: f32_slice(&ws, wl, self.in_dim * n)?.as_ptr(),
                 bias: f32_slice(&bs, bl, n)?.as_ptr(),
@@ -353,10 +407,16 @@ impl ServingDense {
                 n,
                 gelu: act == Activation::Gelu,
             };
-            // SAFETY: the kernel is only chosen when the CPU has AVX-512F; every pointer covers
-            // the extent checked by `f32_slice`; the guards keep the inputs alive and unchanged;
-            // `y` has room for rows x n and every element is written exactly once.
-            unsafe { avx512::run(&job) };
+            // SAFETY: a kernel is only chosen when the CPU has its ISA (`Fp32Isa::available`);
+            // every pointer covers the extent checked by `f32_slice`; the guards keep the inputs
+            // alive and unchanged; `y` has room for rows x n and every element is written
+            // exactly once.
+            unsafe {
+                match isa {
+                    Fp32Isa::Avx512 => avx512::run(&job),
+                    Fp32Isa::Avx2 => avx2::run(&job),
+                }
+            };
         }
         // SAFETY: all rows x n elements were written by the kernel above.
         unsafe { y.set_len(rows * n) };
@@ -364,10 +424,12 @@ impl ServingDense {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
+    #[allow(clippy::too_many_arguments)]
     fn forward_kernel(
         &self,
         weight: &Tensor,
         bias: &Tensor,
+        _isa: Fp32Isa,
         x: &Tensor,
         rows: usize,
         residual: Option<&Tensor>,
@@ -425,32 +487,72 @@ fn pack(weight: &Tensor) -> Result<Tensor> {
     Tensor::cat(&parts, 0)
 }
 
+/// Lays out an `(out, in)` weight for the AVX2 kernel: for each block of 16 output columns,
+/// the `in x 16` panel of Wᵀ, row after row, so a strip's tiles read one sequential stream (in
+/// the 64-column panels of `pack` a strip would take one cache line of every four).
+fn pack_strips(weight: &Tensor) -> Result<Tensor> {
+    use super::tiling::NARROW;
+    let (out_dim, in_dim) = weight.dims2()?;
+    weight
+        .reshape((out_dim / NARROW, NARROW, in_dim))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .flatten_all()
+}
+
 /// Overrides the serving precision for the process (tests, and chasing a numeric difference):
 /// `int8`, `fp32` or `auto` as in `serving.precision`; `portable` serves fp32 through candle
 /// even where AVX-512 is present, ruling both kernels out.
 pub const KERNEL_ENV: &str = "INTENTD_DENSE_KERNEL";
 
-/// True when this CPU runs the AVX-512 kernel (and `INTENTD_DENSE_KERNEL` does not say
-/// `portable`).
-pub fn kernel_available() -> bool {
-    if std::env::var(KERNEL_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("portable")) {
-        return false;
+/// The fused fp32 kernel this CPU runs, the widest first (None: none, or
+/// `INTENTD_DENSE_KERNEL` says `portable`).
+pub fn fp32_kernel() -> Option<Fp32Isa> {
+    if portable_forced() {
+        return None;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Fp32Isa::detect()
 }
 
+/// True when this CPU runs a fused fp32 kernel (and `INTENTD_DENSE_KERNEL` does not say
+/// `portable`).
+pub fn kernel_available() -> bool {
+    fp32_kernel().is_some()
+}
+
+/// One dense layer's operands for a fused fp32 kernel.
 #[cfg(target_arch = "x86_64")]
-pub(super) mod avx512 {
+struct Job {
+    /// rows x k
+    x: *const f32,
+    /// k x n, packed in column panels (`pack`)
+    w: *const f32,
+    /// n
+    bias: *const f32,
+    /// rows x n, added to the bias
+    residual: Option<*const f32>,
+    /// rows x n, written
+    y: *mut f32,
+    rows: usize,
+    k: usize,
+    n: usize,
+    gelu: bool,
+}
+
+// SAFETY: threads read the shared inputs and write disjoint (row, column) blocks of `y`.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for Job {}
+
+/// Rows of x per work item, for both fp32 kernels: about 512 KiB of activations, which stay in
+/// L2 next to one weight panel (at most 512 KiB) while the item's tiles reuse both.
+#[cfg(target_arch = "x86_64")]
+const PANEL_FLOATS: usize = 128 * 1024;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::LANES;
+    use super::{Job, LANES, PANEL_FLOATS};
     use crate::model::tiling::{self, Item, TileFn};
 
     const _: () = assert!(TILE_REGS * LANES == tiling::WIDE);
@@ -460,34 +562,10 @@ pub(super) mod avx512 {
     /// Registers per tile row (64 columns); 6 x 4 accumulators + 4 weights + 1 broadcast fit
     /// in the 32 registers.
     const TILE_REGS: usize = 4;
-    /// Rows of x per work item: about 512 KiB of activations, which stay in L2 (2 MiB here)
-    /// next to one weight panel (at most 512 KiB) while the item's tiles reuse both.
-    const PANEL_FLOATS: usize = 128 * 1024;
-
     /// Weight rows fetched ahead of use. The panel is one sequential stream, but at small
     /// batches the kernel waits on it (memory-bound); an explicit prefetch 16 rows ahead took
     /// 15-25 % off batch-1 and batch-32 passes (measured, benches/RESULTS.md).
     const PF_AHEAD: usize = 16;
-
-    pub struct Job {
-        /// rows x k
-        pub x: *const f32,
-        /// k x n, packed in column panels (`super::pack`)
-        pub w: *const f32,
-        /// n
-        pub bias: *const f32,
-        /// rows x n, added to the bias
-        pub residual: Option<*const f32>,
-        /// rows x n, written
-        pub y: *mut f32,
-        pub rows: usize,
-        pub k: usize,
-        pub n: usize,
-        pub gelu: bool,
-    }
-
-    // SAFETY: threads read the shared inputs and write disjoint (row, column) blocks of `y`.
-    unsafe impl Sync for Job {}
 
     /// Splits the output into (row panel x column block) items and runs them on the spin pool
     /// (`tiling`).
@@ -572,6 +650,97 @@ pub(super) mod avx512 {
     tile!(tile6, a0 0, a1 1, a2 2, a3 3, a4 4, a5 5);
 }
 
+/// The AVX2+FMA kernel: weights in 16-column panels (`pack_strips`), 6 rows x 16 columns per
+/// register tile: 12 accumulators + 2 weights + 1 broadcast of the 16 ymm registers, the shape
+/// of gemm's own AVX2 micro-kernel. At serving batch sizes it waits on the weights (memory
+/// bound, as the AVX-512 kernel at small batches), so each panel is one sequential stream
+/// prefetched ahead.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Job, PANEL_FLOATS};
+    use crate::model::tiling::{self, Item, NARROW};
+
+    /// Output rows per register tile.
+    const TILE_ROWS: usize = 6;
+    /// Columns per tile and per packed panel: two 8-lane registers.
+    const STRIP: usize = NARROW;
+    /// Weight rows (one 64-byte line each) fetched ahead of use.
+    const PF_AHEAD: usize = 16;
+
+    /// Splits the output into (row panel x 16-column block) items and runs them on the spin
+    /// pool (`tiling`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA and the pointers must cover the sizes in `job`.
+    pub unsafe fn run(job: &Job) {
+        let panel_rows = tiling::panel_rows(PANEL_FLOATS, job.k, TILE_ROWS);
+        let blocks: Vec<(usize, usize)> = (0..job.n / STRIP).map(|b| (b * STRIP, STRIP)).collect();
+        tiling::run_blocks(job.rows, &blocks, panel_rows, &|it: Item| {
+            // The block's panel in the packed weight (see `pack_strips`): k rows of 16 floats.
+            let w = job.w.wrapping_add(it.col0 * job.k);
+            tiling::row_tiles(it.row0, it.rows, TILE_ROWS, |r, h| {
+                // SAFETY: forwarded from `run`'s contract; the tile stays inside the item.
+                unsafe { TILES[h - 1](job, r, it.col0, w) }
+            });
+        });
+    }
+
+    type StripFn = unsafe fn(&Job, usize, usize, *const f32);
+    const TILES: [StripFn; TILE_ROWS] = [tile1, tile2, tile3, tile4, tile5, tile6];
+
+    /// One tile: the listed rows x 16 columns from `col`, accumulated over all of k in
+    /// registers (named per row, as in the AVX-512 kernel, so LLVM keeps them there); `w` is
+    /// the block's packed panel.
+    macro_rules! tile {
+        ($name:ident, $($acc:ident $r:literal),+) => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn $name(job: &Job, row0: usize, col: usize, w: *const f32) {
+                let (k, n) = (job.k, job.n);
+                let b0 = _mm256_loadu_ps(job.bias.add(col));
+                let b1 = _mm256_loadu_ps(job.bias.add(col + 8));
+                $(
+                    let mut $acc = match job.residual {
+                        Some(res) => {
+                            let r = res.add((row0 + $r) * n + col);
+                            [_mm256_add_ps(b0, _mm256_loadu_ps(r)), _mm256_add_ps(b1, _mm256_loadu_ps(r.add(8)))]
+                        }
+                        None => [b0, b1],
+                    };
+                )+
+                let x = job.x.add(row0 * k);
+                let mut wp = w;
+                for kk in 0..k {
+                    // Past the panel's end this touches the next panel or other memory:
+                    // prefetches never fault.
+                    _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(STRIP * PF_AHEAD) as *const i8);
+                    let w0 = _mm256_loadu_ps(wp);
+                    let w1 = _mm256_loadu_ps(wp.add(8));
+                    $(
+                        let xb = _mm256_broadcast_ss(&*x.add($r * k + kk));
+                        $acc[0] = _mm256_fmadd_ps(xb, w0, $acc[0]);
+                        $acc[1] = _mm256_fmadd_ps(xb, w1, $acc[1]);
+                    )+
+                    wp = wp.add(STRIP);
+                }
+                $(
+                    for (h, &v) in $acc.iter().enumerate() {
+                        let v = if job.gelu { crate::model::fused_ops::gelu_avx2(v) } else { v };
+                        _mm256_storeu_ps(job.y.add((row0 + $r) * n + col + 8 * h), v);
+                    }
+                )+
+            }
+        };
+    }
+    tile!(tile1, a0 0);
+    tile!(tile2, a0 0, a1 1);
+    tile!(tile3, a0 0, a1 1, a2 2);
+    tile!(tile4, a0 0, a1 1, a2 2, a3 3);
+    tile!(tile5, a0 0, a1 1, a2 2, a3 3, a4 4);
+    tile!(tile6, a0 0, a1 1, a2 2, a3 3, a4 4, a5 5);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,9 +795,25 @@ mod tests {
             .fold(0.0, f64::max)
     }
 
+    /// Every fp32 kernel this CPU runs, and candle; says so (in the test output) for those it
+    /// lacks.
+    fn fp32_choices() -> Vec<DenseKernel> {
+        let mut v = Vec::new();
+        for isa in [Fp32Isa::Avx512, Fp32Isa::Avx2] {
+            if isa.available() && !portable_forced() {
+                v.push(DenseKernel::Fp32(isa));
+            } else {
+                eprintln!("dense: no {} here: its kernel is NOT tested", isa.name());
+            }
+        }
+        v.push(DenseKernel::Portable);
+        v
+    }
+
     #[test]
-    fn both_paths_match_the_definition_for_every_tile_shape() {
+    fn every_path_matches_the_definition_for_every_tile_shape() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let choices = fp32_choices();
         // Rows cover full 6-row tiles, each remainder, and several panels (k = 700 makes a
         // panel 42 rows); columns cover 64-wide blocks, 16-wide tails, and a width the kernel
         // refuses (40).
@@ -644,10 +829,11 @@ mod tests {
             let w = random(&mut rng, &[n, k]);
             let b = random(&mut rng, &[n]);
             let res = random(&mut rng, &[rows, n]);
-            for kernel in [true, false] {
-                let d = ServingDense::with_kernel(&w, &b, kernel).unwrap();
-                if kernel && kernel_available() && n % 16 == 0 {
-                    assert!(d.uses_kernel());
+            for &choice in &choices {
+                let d = ServingDense::with_kernel_choice(&w, &b, choice).unwrap();
+                let kernel = choice != DenseKernel::Portable;
+                if kernel && n % 16 == 0 {
+                    assert_eq!(d.kernel(), choice);
                 }
                 for (r, act) in [
                     (None, Activation::None),
@@ -660,7 +846,7 @@ mod tests {
                     // f32 sums of k products of numbers up to 4 in size.
                     assert!(
                         diff < 2e-5 * k as f64,
-                        "rows {rows} k {k} n {n} kernel {kernel} {act:?}: {diff}"
+                        "rows {rows} k {k} n {n} {choice:?} {act:?}: {diff}"
                     );
                 }
             }

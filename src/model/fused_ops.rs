@@ -293,6 +293,28 @@ pub(crate) unsafe fn gelu_avx512(v: std::arch::x86_64::__m512) -> std::arch::x86
     _mm512_mul_ps(v, _mm512_fmadd_ps(erf, half, half))
 }
 
+/// [`gelu_avx512`] on 8 lanes, for the AVX2 kernel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gelu_avx2(v: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(4.0)), _mm256_set1_ps(-4.0));
+    let x2 = _mm256_mul_ps(x, x);
+    let mut p = _mm256_set1_ps(ERF_P[6]);
+    for &a in ERF_P[..6].iter().rev() {
+        p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(a));
+    }
+    p = _mm256_mul_ps(x, p);
+    let mut q = _mm256_set1_ps(ERF_Q[4]);
+    for &b in ERF_Q[..4].iter().rev() {
+        q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(b));
+    }
+    let erf = _mm256_div_ps(p, q);
+    let half = _mm256_set1_ps(0.5);
+    _mm256_mul_ps(v, _mm256_fmadd_ps(erf, half, half))
+}
+
 /// x * (1 + erf(x / sqrt 2)) / 2 for one value, as the training kernel computes it (the int8
 /// AVX-VNNI kernel's epilogue uses it).
 #[inline(always)]

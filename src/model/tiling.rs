@@ -48,6 +48,16 @@ pub fn panel_rows(budget: usize, k: usize, multiple: usize) -> usize {
 /// ~20 % of a batch-1 pass. See `spin_pool`.
 pub fn run_items(rows: usize, n: usize, panel_rows: usize, work: &(dyn Fn(Item) + Sync)) {
     let blocks: Vec<(usize, usize)> = column_blocks(n).collect();
+    run_blocks(rows, &blocks, panel_rows, work);
+}
+
+/// [`run_items`] over column blocks of the caller's choosing, `(first column, width)` each.
+pub fn run_blocks(
+    rows: usize,
+    blocks: &[(usize, usize)],
+    panel_rows: usize,
+    work: &(dyn Fn(Item) + Sync),
+) {
     let panels = rows.div_ceil(panel_rows);
     let item = |i: usize| {
         let (panel, block) = (i / blocks.len(), i % blocks.len());

@@ -1042,6 +1042,11 @@ impl PlaybookState for PgState {
     }
 
     async fn commit(&self, changes: Vec<StateChange>) -> Result<(), StateError> {
+        // A decision that changes nothing costs no transaction:
+        // BEGIN and COMMIT would be two round trips for an empty write.
+        if changes.is_empty() {
+            return Ok(());
+        }
         let d = self
             .on_pool(
                 |inner| async move { inner.in_tx(async |tx| inner.apply(tx, changes).await).await },
