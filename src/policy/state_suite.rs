@@ -84,6 +84,7 @@ pub async fn run_all(make: &Factory<'_>) {
         sweep_forgets_idle_profiles_old_cooldowns_and_idle_chats_without_jobs,
         concurrent_commits_of_one_slot_exactly_one_wins,
         concurrent_transactions_get_distinct_slots,
+        concurrent_adds_to_a_full_queue_count_every_discard_once,
     );
 }
 
@@ -789,6 +790,59 @@ pub async fn concurrent_transactions_get_distinct_slots(make: &Factory<'_>) {
     distinct_slots_across(&[fresh(make).await]).await;
 }
 
+/// Commits adding to a full queue at the same moment (several replicas dropping sends) all
+/// land; every entry is either kept or counted as discarded, once; the queue may run past its
+/// limit by the commits that overlapped (a store without a queue-wide lock), and the next
+/// commit trims it back.
+pub async fn concurrent_adds_to_a_full_queue_count_every_discard_once(make: &Factory<'_>) {
+    const LIMIT: usize = 10;
+    const N: usize = 8;
+    let queue = QueueLimits {
+        max_entries: LIMIT,
+        ..QueueLimits::default()
+    };
+    let limits = StateLimits {
+        dropped_sends: queue,
+        ..StateLimits::default()
+    };
+    let st = make(limits, None).await;
+    for i in 0..LIMIT {
+        st.commit(vec![StateChange::AddDropped(dropped(i as i64, 1))])
+            .await
+            .unwrap();
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let (st, barrier) = (st.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let at = (LIMIT + i) as i64;
+                st.commit(vec![StateChange::AddDropped(dropped(at, 1))])
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let accounted = |st: &Arc<dyn Inspect>| {
+        let st = st.clone();
+        async move {
+            let (n, _) = st.queue_size(StateQueue::Dropped).await.unwrap();
+            (n, st.discarded(StateQueue::Dropped).total() as usize)
+        }
+    };
+    let (n, gone) = accounted(&st).await;
+    assert!((LIMIT..=LIMIT + N).contains(&n), "{n} entries kept");
+    assert_eq!(n + gone, LIMIT + N, "kept {n} + discarded {gone}");
+    st.commit(vec![StateChange::AddDropped(dropped(100, 1))])
+        .await
+        .unwrap();
+    let (n, gone) = accounted(&st).await;
+    assert_eq!((n, n + gone), (LIMIT, LIMIT + N + 1));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,6 +872,7 @@ mod tests {
         sweep_forgets_idle_profiles_old_cooldowns_and_idle_chats_without_jobs,
         concurrent_commits_of_one_slot_exactly_one_wins,
         concurrent_transactions_get_distinct_slots,
+        concurrent_adds_to_a_full_queue_count_every_discard_once,
     );
 
     /// `run_all` runs every case (the list above and its list agree).
