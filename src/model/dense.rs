@@ -514,12 +514,6 @@ pub fn fp32_kernel() -> Option<Fp32Isa> {
     Fp32Isa::detect()
 }
 
-/// True when this CPU runs a fused fp32 kernel (and `INTENTD_DENSE_KERNEL` does not say
-/// `portable`).
-pub fn kernel_available() -> bool {
-    fp32_kernel().is_some()
-}
-
 /// One dense layer's operands for a fused fp32 kernel.
 #[cfg(target_arch = "x86_64")]
 struct Job {
