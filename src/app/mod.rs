@@ -467,6 +467,7 @@ fn build_service(
                 .map_err(|e| anyhow::anyhow!("store: {e}"))?;
             tracing::info!(
                 groups = n.groups,
+                handoffs = n.handoffs,
                 users = n.users,
                 jobs = n.jobs,
                 review = n.review,

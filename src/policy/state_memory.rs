@@ -499,12 +499,17 @@ impl Rows {
                     expected_version,
                     row,
                 } => {
-                    let v = Versioned {
+                    let mut v = Versioned {
                         version: expected_version + 1,
                         row,
                     };
                     if let Some(j) = &mut self.journal {
-                        persist::put_group(j, &key, &v);
+                        let none = VecDeque::new();
+                        let old = self
+                            .groups
+                            .get(&key)
+                            .map_or(&none, |g| &g.row.handoffs.open);
+                        persist::put_group(j, &key, old, &mut v);
                     }
                     self.groups.insert(key, v);
                 }
@@ -688,7 +693,8 @@ impl Rows {
                 g.row.timers = None;
                 g.version += 1;
                 if let Some(j) = &mut self.journal {
-                    persist::put_group(j, k, g);
+                    // Only the timers changed: the handoff rows stand.
+                    persist::put_group_row(j, k, g);
                 }
             }
         }

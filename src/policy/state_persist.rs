@@ -2,7 +2,10 @@
 //! `crate::durable`), and how a start reads them back.
 //!
 //! Kinds and what one row holds (JSON, sealed by the store):
-//! - `group`: (GroupKey, Versioned<GroupRow>): spacing slots, handoffs, timers, pending welcome;
+//! - `group`: (GroupKey, Versioned<GroupRow>): spacing slots, handoff counts, timers, pending
+//!   welcome; its open handoffs are not in it (entries from before handoffs had ids excepted);
+//! - `handoff`: (GroupKey, OpenHandoff): one open or claimed handoff, keyed by group and id, so
+//!   a message that rewrites its group's row does not rewrite every open handoff with it;
 //! - `user`: (UserKey, Versioned<UserRow>): cooldowns, streak, profile, push cadence;
 //! - `job`: (id, Job): a delayed proactive job, keyed by its id;
 //! - `review`, `reviewed`, `dropped`: (position, entry) of the review queue, the message ids
@@ -12,12 +15,15 @@
 //! same versions as before it.
 
 use super::bounded_queue::{BoundedQueue, Discarded, QueueLimits, Record};
+use std::collections::VecDeque;
+
 use super::compliance::ReviewItem;
+use super::handoff::OpenHandoff;
 use super::scheduler::Job;
 use super::state::{DroppedSend, GroupKey, GroupRow, UserKey, UserRow, Versioned};
-use super::state_journal::{DROPPED, GROUP, JOB, REVIEW, REVIEWED, USER};
+use super::state_journal::{self as journal, DROPPED, GROUP, HANDOFF, JOB, REVIEW, REVIEWED, USER};
 use super::state_memory::{
-    MemoryState, OnDiscard, ReviewKey, ReviewedIds, StateLimits, StateQueue,
+    MemoryState, OnDiscard, ReviewKey, ReviewedIds, Rows, StateLimits, StateQueue,
 };
 use crate::durable::{Journal, Journaled, StoredRow};
 
@@ -25,6 +31,8 @@ use crate::durable::{Journal, Journaled, StoredRow};
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
     pub groups: usize,
+    /// Open and claimed handoffs, in all groups.
+    pub handoffs: usize,
     pub users: usize,
     pub jobs: usize,
     pub review: usize,
@@ -77,6 +85,7 @@ impl MemoryState {
         let mut r = self.rows.lock();
         let mut n = Restored::default();
         let (mut review, mut reviewed, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
+        let mut handoffs: Vec<(GroupKey, OpenHandoff)> = Vec::new();
         for (i, row) in rows.iter().enumerate() {
             match row.kind.as_str() {
                 GROUP => {
@@ -84,6 +93,7 @@ impl MemoryState {
                     r.groups.insert(k, v);
                     n.groups += 1;
                 }
+                HANDOFF => handoffs.push(parse(row, i)?),
                 USER => {
                     let (k, v): (UserKey, Versioned<UserRow>) = parse(row, i)?;
                     r.users.insert(k, v);
@@ -102,6 +112,7 @@ impl MemoryState {
                 _ => {}
             }
         }
+        n.handoffs = merge_handoffs(&mut r, handoffs);
         let limits = r.limits;
         n.review = review.len();
         n.dropped = dropped.len();
@@ -121,6 +132,50 @@ impl MemoryState {
         r.sync_journal();
         Ok(n)
     }
+}
+
+/// Puts the `handoff` rows back into their groups' open lists (oldest first: by id, the
+/// id-0 entries kept in their rows ahead in their stored order) and returns how many open
+/// handoffs the groups hold. Group rows written before handoffs had rows of their own hold
+/// their open list inline: it is written out as rows now, so the next write of such a group's
+/// row, which leaves the list out, loses nothing. A handoff row whose group has no row (which
+/// one commit never leaves behind) is deleted.
+fn merge_handoffs(r: &mut Rows, handoffs: Vec<(GroupKey, OpenHandoff)>) -> usize {
+    let inline: Vec<GroupKey> = r
+        .groups
+        .iter()
+        .filter(|(_, g)| g.row.handoffs.open.iter().any(|h| h.id != 0))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut orphans = Vec::new();
+    for (k, h) in handoffs {
+        match r.groups.get_mut(&k) {
+            Some(g) => {
+                let open = &mut g.row.handoffs.open;
+                // Inline and a row at once: the row is the newer copy.
+                open.retain(|o| o.id != h.id);
+                open.push_back(h);
+            }
+            None => orphans.push((k, h.id)),
+        }
+    }
+    let mut total = 0;
+    for g in r.groups.values_mut() {
+        g.row.handoffs.open.make_contiguous().sort_by_key(|h| h.id);
+        total += g.row.handoffs.open.len();
+    }
+    if let Some(j) = &mut r.journal {
+        let none = VecDeque::new();
+        for k in inline {
+            if let Some(g) = r.groups.get_mut(&k) {
+                journal::put_group(j, &k, &none, g);
+            }
+        }
+        for (k, id) in orphans {
+            journal::delete_handoff(j, &k, id);
+        }
+    }
+    total
 }
 
 impl Journaled for MemoryState {
@@ -294,6 +349,7 @@ mod tests {
             n,
             Restored {
                 groups: 1,
+                handoffs: 1,
                 users: 1,
                 jobs: 1,
                 review: 1,
@@ -395,6 +451,146 @@ mod tests {
         let back = MemoryState::durable(limits, None);
         back.restore(&disk.rows()).unwrap();
         assert_eq!(everything(&back).await, everything(&st).await);
+    }
+
+    fn three_open_handoffs() -> GroupRow {
+        let mut row = GroupRow::default();
+        for (i, m) in ["m1", "m2", "m3"].iter().enumerate() {
+            let who = crate::policy::handoff::HandoffOpening {
+                user_id: "u",
+                message_id: m,
+                reason: "handoff:not_understood",
+            };
+            row.handoffs.open(10 + i as i64, who, 5);
+        }
+        row
+    }
+
+    fn kinds(writes: &[RowWrite]) -> Vec<(&'static str, bool)> {
+        writes
+            .iter()
+            .map(|w| match w {
+                RowWrite::Put { kind, .. } => (*kind, true),
+                RowWrite::Delete { kind, .. } => (*kind, false),
+                RowWrite::DeleteBelow { kind, .. } => (*kind, false),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_message_rewrites_its_groups_row_without_the_open_handoffs() {
+        let st = MemoryState::durable(StateLimits::default(), None);
+        let mut disk = Disk::default();
+        let g = GroupKey::new("b", "g");
+        let mut row = three_open_handoffs();
+        let put = |v: u64, row: &GroupRow| StateChange::PutGroup {
+            key: g.clone(),
+            expected_version: v,
+            row: row.clone(),
+        };
+        st.commit(vec![put(0, &row)]).await.unwrap();
+        let w = st.take_writes();
+        assert_eq!(
+            kinds(&w),
+            vec![
+                (GROUP, true),
+                (HANDOFF, true),
+                (HANDOFF, true),
+                (HANDOFF, true)
+            ]
+        );
+        disk.apply(w);
+
+        // A message: the counters change, the open handoffs do not.
+        row.handoffs.note_message();
+        st.commit(vec![put(1, &row)]).await.unwrap();
+        let w = st.take_writes();
+        assert_eq!(kinds(&w), vec![(GROUP, true)], "only the group's own row");
+        let RowWrite::Put { json, .. } = &w[0] else {
+            unreachable!()
+        };
+        let text = String::from_utf8_lossy(json);
+        assert!(!text.contains("m1") && !text.contains("m3"), "{text}");
+        disk.apply(w);
+
+        // A claim rewrites that handoff alone; an expiry deletes the unclaimed ones.
+        row.handoffs.claim("g", 2, "amy", 20).unwrap();
+        st.commit(vec![put(2, &row)]).await.unwrap();
+        let w = st.take_writes();
+        assert_eq!(kinds(&w), vec![(GROUP, true), (HANDOFF, true)]);
+        disk.apply(w);
+        row.handoffs.expire(1_000, 100);
+        st.commit(vec![put(3, &row)]).await.unwrap();
+        let w = st.take_writes();
+        assert_eq!(
+            kinds(&w),
+            vec![(GROUP, true), (HANDOFF, false), (HANDOFF, false)]
+        );
+        disk.apply(w);
+        assert_eq!(disk.count(HANDOFF), 1);
+
+        let back = MemoryState::durable(StateLimits::default(), None);
+        let n = back.restore(&disk.rows()).unwrap();
+        assert_eq!((n.groups, n.handoffs), (1, 1));
+        assert_eq!(everything(&back).await, everything(&st).await);
+        assert!(!back.has_writes());
+    }
+
+    #[tokio::test]
+    async fn group_rows_with_inline_handoffs_from_the_previous_release_are_split_on_restore() {
+        let g = GroupKey::new("b", "g");
+        let mut row = three_open_handoffs();
+        // An entry from before handoffs had ids (stored as its opening time only).
+        row.handoffs
+            .open
+            .push_front(crate::policy::handoff::OpenHandoff {
+                opened_ms: 3,
+                ..Default::default()
+            });
+        let legacy = Versioned { version: 4, row };
+        // What the previous release wrote: the whole row, open list inline.
+        let mut disk = Disk::default();
+        disk.0.insert(
+            (GROUP, journal::group_name(&g)),
+            serde_json::to_vec(&(&g, &legacy)).unwrap(),
+        );
+        let st = MemoryState::durable(StateLimits::default(), None);
+        let n = st.restore(&disk.rows()).unwrap();
+        assert_eq!((n.groups, n.handoffs), (1, 4));
+        let view = st.load(&Scope::group(g.clone())).await.unwrap();
+        assert_eq!(view.group, legacy, "read back as written");
+        // Written out as rows at once; the id-0 entry stays in the group's row.
+        disk.apply(st.take_writes());
+        assert_eq!((disk.count(GROUP), disk.count(HANDOFF)), (1, 3));
+
+        // A message after the upgrade leaves the handoffs out of the group's row: none lost.
+        let mut next = legacy.row.clone();
+        next.handoffs.note_message();
+        st.commit(vec![StateChange::PutGroup {
+            key: g.clone(),
+            expected_version: 4,
+            row: next,
+        }])
+        .await
+        .unwrap();
+        disk.apply(st.take_writes());
+        let back = MemoryState::durable(StateLimits::default(), None);
+        let n = back.restore(&disk.rows()).unwrap();
+        assert_eq!(n.handoffs, 4);
+        assert_eq!(everything(&back).await, everything(&st).await);
+        let open = &back
+            .load(&Scope::group(g))
+            .await
+            .unwrap()
+            .group
+            .row
+            .handoffs
+            .open;
+        assert_eq!(
+            open.iter().map(|h| h.id).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3],
+            "oldest first"
+        );
     }
 
     #[test]
