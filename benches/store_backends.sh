@@ -256,7 +256,16 @@ print(f"| ... answered OK/s (median of {rounds}) | " + " | ".join(f"{med(opened[
 print("| ... p50 ms (median) | " + " | ".join(f"{med(opened[b], 'p50_ms'):.1f}" for b in backends) + " |")
 print("| ... p99 ms (median) | " + " | ".join(f"**{med(opened[b], 'p99_ms'):.1f}**" for b in backends) + " |")
 print("| ... p99 ms of each round | " + " | ".join(" / ".join(f"{x['p99_ms']:.0f}" for x in opened[b]) for b in backends) + " |")
-print("| ... errors, all rounds | " + " | ".join(str(sum(x["errors"] for x in opened[b])) for b in backends) + " |")
+def errors(runs):
+    # The total, and by gRPC code, so a refusal under a burst is told from a failure.
+    by_code = {}
+    for x in runs:
+        for code, n in (x.get("errors_by_code") or {}).items():
+            by_code[code] = by_code.get(code, 0) + n
+    total = sum(x["errors"] for x in runs)
+    codes = ", ".join(f"{c} {n}" for c, n in sorted(by_code.items()))
+    return f"{total} ({codes})" if codes else str(total)
+print("| ... errors, all rounds | " + " | ".join(errors(opened[b]) for b in backends) + " |")
 print()
 print("each closed-loop run at the saturation client count (requests/s, off / SQLite / PostgreSQL / 2 replicas): " + "; ".join(
     " / ".join(f"{closed[(b, best[b])][r - 1]['requests_per_s']:.0f}" for b in backends) for r in R))
