@@ -215,6 +215,9 @@ pub async fn serve(
         println!("intentd listening on {addr}");
     }
     tracing::info!(%addr, tls = cfg.tls.is_some(), "gRPC server listening");
+    if cfg!(feature = "bench-no-state") {
+        tracing::warn!("built with the `bench-no-state` feature: the playbook state is NOT stored (a benchmark build; never run it for real)");
+    }
     let grpc = server::serve_grpc(
         &cfg,
         listener,
