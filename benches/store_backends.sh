@@ -297,5 +297,5 @@ EOF
     echo
     cat "$WORK/table.md"
     echo
-    echo "Command: \`bash benches/store_backends.sh --rounds $ROUNDS --duration $DURATION --profile $PROFILE$BIN_FLAG\`; per run: \`intentd serve\` with \`store.enabled: false\`, a SQLite \`store.path\` or \`store.url: postgres://...\`, then \`intentd bench --addr 127.0.0.1:PORT --texts $TEXTS --concurrency N --duration $DURATION --warmup 2 --json\` (open loop: \`--rate HALF\` instead of \`--concurrency\`)."
+    echo "Command: \`${CONCURRENCY_LEVELS:+CONCURRENCY_LEVELS=\"$LEVELS\" }bash benches/store_backends.sh --rounds $ROUNDS --duration $DURATION --profile $PROFILE$BIN_FLAG\`; per run: \`intentd serve\` with \`store.enabled: false\`, a SQLite \`store.path\` or \`store.url: postgres://...\`, then \`intentd bench --addr 127.0.0.1:PORT --texts $TEXTS --concurrency N --duration $DURATION --warmup 2 --json\` (open loop: \`--rate HALF\` instead of \`--concurrency\`)."
 } | tee -a "$RESULTS"
