@@ -5,7 +5,9 @@
 //! idle workers go to sleep (futex) between calls, and waking them each time cost ~20 % of a
 //! batch-1 pass (profiled: `finish_task_switch`, `sched_yield`, futex wake-ups). Here a worker
 //! that has just finished a job keeps polling for the next one for a short while (`SPIN`), so
-//! the calls of one pass reach it in nanoseconds; then it parks until the next pass.
+//! the calls of one pass reach it in nanoseconds; then it parks until the next pass. After the
+//! first few microseconds the polling yields the core between polls (`YIELD_AFTER`), so the
+//! wait costs other threads nothing when they have work.
 //!
 //! Work is split into items claimed one at a time from a shared counter, and the caller runs
 //! items too: when a worker is not scheduled (a shared machine), the caller simply does its
@@ -18,6 +20,14 @@ use std::time::{Duration, Instant};
 
 /// How long an idle worker polls for the next job before parking.
 const SPIN: Duration = Duration::from_micros(300);
+
+/// How long an idle worker polls without giving way. Past it, it yields between polls: the
+/// gaps inside a pass (layer norms, activations, the caller's share) are where the tokio
+/// workers, the store's database and, on a shared machine, other processes get a core. Pure
+/// spinning there took about 14 % of the server's CPU at half load and pushed those threads
+/// back; yielding lowered the open-loop p99 at half load in every measured pair without
+/// lowering the maximum throughput (`benches/RESULTS.md`, 2026-12-03 08:30).
+const YIELD_AFTER: Duration = Duration::from_micros(5);
 
 /// The job being run: its sequence number, its item count and the caller's closure with its
 /// lifetime erased; valid until the job completes (`SpinPool::run` waits for that before
@@ -212,7 +222,12 @@ fn worker(s: &Shared) {
                 std::hint::spin_loop();
                 continue;
             }
-            if started.elapsed() < SPIN && !s.resting.load(Ordering::Relaxed) {
+            let spun = started.elapsed();
+            if spun < SPIN && !s.resting.load(Ordering::Relaxed) {
+                if spun > YIELD_AFTER {
+                    // Keep polling, but let a thread that is runnable on this core go first.
+                    std::thread::yield_now();
+                }
                 continue;
             }
             let guard = s.park.lock().unwrap_or_else(|e| e.into_inner());
