@@ -1,5 +1,7 @@
 //! Model micro-benchmarks: tokenisation of the SMP2017 test texts and the encoder forward pass
-//! (padding + BERT + mean pooling, what the batcher runs per batch) at batch 1, 8 and 32.
+//! (padding + BERT + mean pooling, what the batcher runs per batch) at batch 1, 8 and 32, and
+//! the lexical head's share of a request (character n-gram features + the mix), fitted on the
+//! SMP2017 train texts beside the test file.
 //!
 //! Needs the pretrained encoder in `models/m3e-small` (`intentd fetch-model`) and the texts in
 //! `shared/datasets/smp2017/test.tsv` beside the repository (found by walking up from the
@@ -18,6 +20,7 @@ use criterion::{
 use intentd::model::bert::Mode;
 use intentd::model::classifier::load_base_encoder;
 use intentd::model::encoder::Tokenized;
+use intentd::model::lexical::{LexicalHead, LexicalSettings};
 
 /// The same token limit the served model uses by default.
 const MAX_TOKENS: usize = 128;
@@ -97,6 +100,34 @@ fn benches(c: &mut Criterion) {
             },
         );
     }
+    g.finish();
+
+    let train = intentd::data::load(&texts_path().with_file_name("train.tsv"))
+        .expect("read train.tsv beside the benchmark texts");
+    let (labels, gold) = intentd::data::label_check::label_indices(&train.examples);
+    let train_texts: Vec<&str> = train.examples.iter().map(|e| e.text.as_str()).collect();
+    let settings = LexicalSettings {
+        weight: intentd::model::train::DEFAULT_LEXICAL_WEIGHT,
+        c: 30.0,
+    };
+    let mut g = c.benchmark_group("lexical_head");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Elements(train_texts.len() as u64));
+    g.bench_function(format!("fit_{}_texts", train_texts.len()), |b| {
+        b.iter(|| LexicalHead::fit(black_box(&train_texts), &gold, labels.len(), settings).unwrap())
+    });
+    let head = LexicalHead::fit(&train_texts, &gold, labels.len(), settings).unwrap();
+    let encoder_probs = vec![1.0 / labels.len() as f32; labels.len()];
+    g.throughput(Throughput::Elements(texts.len() as u64));
+    g.bench_function(format!("features_and_mix_{}_texts", texts.len()), |b| {
+        b.iter(|| {
+            for t in &texts {
+                black_box(head.mix(&encoder_probs, &head.ngrams.features(black_box(t))));
+            }
+        })
+    });
     g.finish();
 }
 

@@ -90,6 +90,8 @@ fn a_short_training_run_learns_and_eval_reports_it() {
         "tokenizer.json",
         "labels.json",
         "model.json",
+        "lexical.json",
+        "lexical.safetensors",
     ] {
         assert!(model.join(f).is_file(), "{f} missing");
     }
@@ -354,6 +356,121 @@ fn conflicting_labels_are_reported() {
         "{err}"
     );
     assert!(err.contains("at least 2 intents"), "{err}");
+}
+
+/// The lexical head (on by default): its files are written, serving uses them (lexical alone
+/// at weight 1 recalls the training texts), `--lexical-weight 0` writes none, and a damaged or
+/// mismatched head is an error naming the file, not a silent fallback to the encoder alone.
+#[test]
+fn the_lexical_head_is_written_served_and_checked() {
+    common::base_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = subset(dir.path(), &["greeting", "refund", "invoice"], 15);
+    let train_with = |out: &str, extra: &[&str]| -> std::path::PathBuf {
+        let model = dir.path().join(out);
+        let mut args = vec![
+            "train",
+            "--data",
+            train.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--mode",
+            "head",
+            "--epochs",
+            "3",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = intentd(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        model
+    };
+    let card = |m: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(m.join("model.json")).unwrap()).unwrap()
+    };
+    let classify = |m: &Path, texts: &[&str]| -> Vec<(String, f64)> {
+        let mut args = vec!["classify", "--model", m.to_str().unwrap()];
+        args.extend_from_slice(texts);
+        let o = intentd(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["intent"].as_str().unwrap().to_string(),
+                    v["confidence"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    let default = train_with("default", &[]);
+    assert!(default.join("lexical.json").is_file());
+    assert!(default.join("lexical.safetensors").is_file());
+    assert_eq!(card(&default)["hyper_parameters"]["lexical_weight"], 0.4);
+    assert_eq!(card(&default)["hyper_parameters"]["lexical_c"], 30.0);
+
+    let off = train_with("off", &["--lexical-weight", "0"]);
+    assert!(!off.join("lexical.json").exists());
+    assert!(!off.join("lexical.safetensors").exists());
+
+    // Weight 1 serves the lexical head alone: it recalls its own training texts.
+    let alone = train_with("alone", &["--lexical-weight", "1"]);
+    let data = intentd::data::load(&train).unwrap();
+    let texts: Vec<&str> = data.examples.iter().map(|e| e.text.as_str()).collect();
+    let got = classify(&alone, &texts);
+    let right = got
+        .iter()
+        .zip(&data.examples)
+        .filter(|((intent, _), e)| *intent == e.label)
+        .count();
+    assert!(right >= 43, "lexical head alone: {right} of 45 training texts");
+    // The same encoder and head with and without the lexical head answer differently.
+    assert_ne!(classify(&default, &texts[..3]), classify(&off, &texts[..3]));
+
+    let bad = dir.path().join("bad");
+    for (flag, value, message) in [
+        ("--lexical-weight", "1.5", "--lexical-weight must be from 0 to 1, got 1.5"),
+        ("--lexical-weight", "NaN", "--lexical-weight must be from 0 to 1, got NaN"),
+        ("--lexical-c", "0", "--lexical-c must be a positive number, got 0"),
+    ] {
+        let line = error_line(&intentd(&[
+            "train",
+            "--data",
+            train.to_str().unwrap(),
+            "--out",
+            bad.to_str().unwrap(),
+            flag,
+            value,
+        ]));
+        assert!(line.contains(message), "{line}");
+    }
+
+    // A head for another label set, and unreadable weights: refused, naming the file.
+    let json = default.join("lexical.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    v["labels"] = 4.into();
+    std::fs::write(&json, v.to_string()).unwrap();
+    let line = error_line(&intentd(&[
+        "classify",
+        "--model",
+        default.to_str().unwrap(),
+        "你好",
+    ]));
+    assert!(
+        line.contains("lexical.json: 4 labels, but labels.json has 3"),
+        "{line}"
+    );
+    std::fs::write(alone.join("lexical.safetensors"), b"truncated").unwrap();
+    let line = error_line(&intentd(&[
+        "classify",
+        "--model",
+        alone.to_str().unwrap(),
+        "你好",
+    ]));
+    assert!(line.contains("lexical.safetensors: cannot read"), "{line}");
 }
 
 #[test]

@@ -63,6 +63,14 @@ pub struct TrainArgs {
     /// KL; doubles the training time; 0 = off.
     #[arg(long)]
     pub rdrop: Option<f64>,
+    /// Weight of the lexical head (a character n-gram logistic regression) in the served mix
+    /// `p ∝ p_encoder^(1-w) · p_lexical^w`, from 0 (no lexical head) to 1; default 0.4.
+    #[arg(long)]
+    pub lexical_weight: Option<f64>,
+    /// The lexical head's inverse L2 strength (larger fits the training texts more closely);
+    /// default 30.
+    #[arg(long)]
+    pub lexical_c: Option<f64>,
     #[arg(long, default_value = intentd::model::base_models::DEFAULT_BASE_MODEL)]
     pub base: String,
     #[arg(long, default_value = super::MODELS_DIR)]
@@ -106,6 +114,8 @@ impl TrainArgs {
             average_epochs: None,
             layer_lr_decay: None,
             rdrop: None,
+            lexical_weight: None,
+            lexical_c: None,
             drop_suspect: false,
             suspect_margin: label_check::CheckLimits::default().mislabel_margin,
             relabel_margin: None,
@@ -306,6 +316,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
             bail!("--rdrop must be a number of at least 0, got {v}");
         }
         hp.rdrop_alpha = v;
+    }
+    if let Some(v) = args.lexical_weight {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("--lexical-weight must be from 0 to 1, got {v}");
+        }
+        hp.lexical_weight = v;
+    }
+    if let Some(v) = args.lexical_c {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("--lexical-c must be a positive number, got {v}");
+        }
+        hp.lexical_c = v;
     }
     let base_dir = super::ensure_base_model(base, &args.models_dir)?;
     let (examples, dropped) = if args.drop_suspect {

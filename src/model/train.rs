@@ -25,6 +25,7 @@ use super::base_models::BaseModel;
 use super::bert::{Bert, BertConfig, Mode, WordEmbeddingFormat};
 use super::classifier::{self, ModelCard, Scores};
 use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
+use super::lexical::{LexicalHead, LexicalSettings};
 use super::scoring;
 use super::weight_average::WeightAverage;
 
@@ -87,7 +88,21 @@ pub struct HyperParameters {
     /// symmetric KL divergence; 0 = off (one pass, half the cost).
     #[serde(default)]
     pub rdrop_alpha: f64,
+    /// Exponent of the lexical head (character n-gram logistic regression) in the served mix,
+    /// `p ∝ p_encoder^(1-w) · p_lexical^w`; 0 = no lexical head (and none in older cards).
+    #[serde(default)]
+    pub lexical_weight: f64,
+    /// The lexical head's inverse L2 strength (scikit-learn's `C`).
+    #[serde(default = "default_lexical_c")]
+    pub lexical_c: f64,
 }
+
+fn default_lexical_c() -> f64 {
+    30.0
+}
+
+/// Chosen on SMP2017's dev.tsv (benches/RESULTS.md, "lexical head"), not on a test set.
+pub const DEFAULT_LEXICAL_WEIGHT: f64 = 0.4;
 
 fn no_layer_decay() -> f64 {
     1.0
@@ -120,6 +135,8 @@ impl HyperParameters {
                 average_epochs: 0,
                 layer_lr_decay: 1.0,
                 rdrop_alpha: 0.0,
+                lexical_weight: DEFAULT_LEXICAL_WEIGHT,
+                lexical_c: default_lexical_c(),
             },
             TrainMode::Head => Self {
                 mode,
@@ -143,6 +160,8 @@ impl HyperParameters {
                 average_epochs: 0,
                 layer_lr_decay: 1.0,
                 rdrop_alpha: 0.0,
+                lexical_weight: DEFAULT_LEXICAL_WEIGHT,
+                lexical_c: default_lexical_c(),
             },
         }
     }
@@ -245,6 +264,7 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
     };
     let train_enc = encode(&train_set)?;
     let dev_enc = encode(&dev_set)?;
+    let (train_enc_labels, dev_labels) = (train_enc.labels.clone(), dev_enc.labels.clone());
 
     let fresh = || -> Result<FreshModel> {
         FreshModel::new(
@@ -282,6 +302,27 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
     };
     // Restore the best epoch's weights before saving.
     model.restore(&best.weights)?;
+    let mut best = best;
+    if hp.lexical_weight > 0.0 && best.scores.is_some() && !dev_set.is_empty() {
+        // The dev set judges what is served: the encoder mixed with a lexical head fitted on the
+        // same training split.
+        let lexical = fit_lexical(&train_set, &train_enc.labels, labels.len(), &hp)?;
+        let dev_texts: Vec<&str> = dev_set.iter().map(|e| e.text.as_str()).collect();
+        let probs = predict_encoded(&model.encoder, &model.head, &tokenizer, &dev_enc, hp.batch_size)?
+            .iter()
+            .zip(&dev_texts)
+            .map(|(p, t)| lexical.mix(p, &lexical.ngrams.features(t)))
+            .collect::<Vec<_>>();
+        let mixed = score_probs(&probs, &dev_enc.labels, &labels);
+        if job.progress {
+            let enc = best.scores.expect("checked above");
+            eprintln!(
+                "dev with the lexical head (weight {}): accuracy={:.4} macro_f1={:.4} (encoder alone {:.4})",
+                hp.lexical_weight, mixed.accuracy, mixed.macro_f1, enc.accuracy
+            );
+        }
+        best.scores = Some(mixed);
+    }
 
     let refit = hp.mode == TrainMode::Full
         && hp.refit
@@ -327,6 +368,18 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         trained_on = all.tokens.len();
         refit_epochs = Some(epochs);
     }
+    // The lexical head sees every example the served encoder saw.
+    let lexical = if hp.lexical_weight > 0.0 {
+        let mut texts = train_set.clone();
+        let mut gold = train_enc_labels.clone();
+        if refit_epochs.is_some() {
+            texts.extend(dev_set.iter().cloned());
+            gold.extend(dev_labels.iter().copied());
+        }
+        Some(fit_lexical(&texts, &gold, labels.len(), &hp)?)
+    } else {
+        None
+    };
     let mut hyper_parameters = serde_json::to_value(&hp)?;
     if let Some(e) = refit_epochs {
         hyper_parameters["refit_epochs"] = e.into();
@@ -350,7 +403,15 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         train_seconds: started.elapsed().as_secs_f64(),
         dev_scores: best.scores,
     };
-    let card = save_model_dir(&job.out, varmap, &config, &job.base_dir, &labels, card)?;
+    let card = save_model_dir(
+        &job.out,
+        varmap,
+        &config,
+        &job.base_dir,
+        &labels,
+        lexical.as_ref(),
+        card,
+    )?;
     Ok(TrainReport {
         card,
         examples_per_s,
@@ -1094,13 +1155,50 @@ fn evaluate_encoded(
     labels: &[String],
     batch: usize,
 ) -> Result<Scores> {
+    let probs = predict_encoded(encoder, head, tokenizer, set, batch)?;
+    Ok(score_probs(&probs, &set.labels, labels))
+}
+
+/// The encoder and head's probabilities for every text of `set`, in order.
+fn predict_encoded(
+    encoder: &SentenceEncoder,
+    head: &Linear,
+    tokenizer: &TextTokenizer,
+    set: &Encoded,
+    batch: usize,
+) -> Result<Vec<Vec<f32>>> {
     let mut probs = Vec::with_capacity(set.tokens.len());
     for chunk in set.tokens.chunks(batch.max(1)) {
         let refs: Vec<&Tokenized> = chunk.iter().collect();
         let pooled = encoder.embed(&tokenizer.pad(&refs, &encoder.device)?, Mode::Infer)?;
         probs.extend(candle_nn::ops::softmax_last_dim(&head.forward(&pooled)?)?.to_vec2::<f32>()?);
     }
-    Ok(score_probs(&probs, &set.labels, labels))
+    Ok(probs)
+}
+
+/// Fits the lexical head on `set` (labels as indices; examples with an intent unknown to
+/// training, `u32::MAX`, are left out).
+fn fit_lexical(
+    set: &[LabeledText],
+    gold: &[u32],
+    labels: usize,
+    hp: &HyperParameters,
+) -> Result<LexicalHead> {
+    let (texts, gold): (Vec<&str>, Vec<u32>) = set
+        .iter()
+        .zip(gold)
+        .filter(|(_, &g)| g != u32::MAX)
+        .map(|(e, &g)| (e.text.as_str(), g))
+        .unzip();
+    LexicalHead::fit(
+        &texts,
+        &gold,
+        labels,
+        LexicalSettings {
+            weight: hp.lexical_weight,
+            c: hp.lexical_c,
+        },
+    )
 }
 
 fn score_probs(probs: &[Vec<f32>], gold: &[u32], labels: &[String]) -> Scores {
@@ -1174,6 +1272,7 @@ fn save_model_dir(
     config: &BertConfig,
     base_dir: &Path,
     labels: &[String],
+    lexical: Option<&LexicalHead>,
     mut card: ModelCard,
 ) -> Result<ModelCard> {
     let parent = out
@@ -1200,9 +1299,19 @@ fn save_model_dir(
     };
     let weights = staging.join(classifier::WEIGHTS_FILE);
     candle_core::safetensors::save(&tensors, &weights)?;
+    if let Some(l) = lexical {
+        l.save(&staging)?;
+    }
+    // The version names the weights, the lexical head's included.
     let digest = {
         use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(std::fs::read(&weights)?))
+        let mut h = Sha256::new();
+        h.update(std::fs::read(&weights)?);
+        if lexical.is_some() {
+            h.update(std::fs::read(staging.join(super::lexical::WEIGHTS_FILE))?);
+            h.update(std::fs::read(staging.join(super::lexical::SETTINGS_FILE))?);
+        }
+        hex::encode(h.finalize())
     };
     card.version = format!("{}-{}", card.base_model, &digest[..12]);
     std::fs::write(

@@ -478,6 +478,7 @@ mod tests {
                 tokens: Tokenized {
                     ids: vec![1; len],
                     truncated: false,
+                    lexical: Vec::new(),
                 },
                 enqueued: Instant::now(),
                 reply: tx,
@@ -590,6 +591,7 @@ mod tests {
                 Tokenized {
                     ids: vec![101, 102],
                     truncated: false,
+                    lexical: Vec::new(),
                 },
                 None,
             )
