@@ -425,15 +425,30 @@ fn the_lexical_head_is_written_served_and_checked() {
         .zip(&data.examples)
         .filter(|((intent, _), e)| *intent == e.label)
         .count();
-    assert!(right >= 43, "lexical head alone: {right} of 45 training texts");
+    assert!(
+        right >= 43,
+        "lexical head alone: {right} of 45 training texts"
+    );
     // The same encoder and head with and without the lexical head answer differently.
     assert_ne!(classify(&default, &texts[..3]), classify(&off, &texts[..3]));
 
     let bad = dir.path().join("bad");
     for (flag, value, message) in [
-        ("--lexical-weight", "1.5", "--lexical-weight must be from 0 to 1, got 1.5"),
-        ("--lexical-weight", "NaN", "--lexical-weight must be from 0 to 1, got NaN"),
-        ("--lexical-c", "0", "--lexical-c must be a positive number, got 0"),
+        (
+            "--lexical-weight",
+            "1.5",
+            "--lexical-weight must be from 0 to 1, got 1.5",
+        ),
+        (
+            "--lexical-weight",
+            "NaN",
+            "--lexical-weight must be from 0 to 1, got NaN",
+        ),
+        (
+            "--lexical-c",
+            "0",
+            "--lexical-c must be a positive number, got 0",
+        ),
     ] {
         let line = error_line(&intentd(&[
             "train",

@@ -8,8 +8,8 @@ use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
-use super::lexical::{CharNgrams, Features};
 use super::bert::{mask_bias, mean_pool, pool_weights, Bert, BertConfig, Mode};
+use super::lexical::{CharNgrams, Features};
 
 /// One text after tokenisation, before batching.
 #[derive(Debug, Clone, PartialEq)]

@@ -291,7 +291,10 @@ impl LexicalHead {
             .with_context(|| format!("{}: invalid JSON", settings_path.display()))?;
         let at = settings_path.display();
         if s.format != 1 {
-            bail!("{at}: format {} is not supported (this build reads 1)", s.format);
+            bail!(
+                "{at}: format {} is not supported (this build reads 1)",
+                s.format
+            );
         }
         if s.ngram_range != [MIN_N, MAX_N] {
             bail!(
@@ -308,9 +311,9 @@ impl LexicalHead {
         let mut t = candle_core::safetensors::load(&weights_path, &Device::Cpu)
             .with_context(|| format!("{}: cannot read", weights_path.display()))?;
         let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let x = t.remove(name).with_context(|| {
-                format!("{}: missing tensor {name}", weights_path.display())
-            })?;
+            let x = t
+                .remove(name)
+                .with_context(|| format!("{}: missing tensor {name}", weights_path.display()))?;
             if x.dims() != shape {
                 bail!(
                     "{}: tensor {name} has shape {:?}, expected {shape:?} (from {at})",
@@ -472,9 +475,21 @@ mod tests {
 
     fn toy() -> (Vec<&'static str>, Vec<u32>) {
         let texts = vec![
-            "我要退款", "怎么退款", "退款多久到账", "申请退款", "能退钱吗",
-            "什么时候发货", "发货了吗", "几号发货", "还没发货", "快递发了吗",
-            "你好", "在吗", "哈喽", "大家好", "早上好",
+            "我要退款",
+            "怎么退款",
+            "退款多久到账",
+            "申请退款",
+            "能退钱吗",
+            "什么时候发货",
+            "发货了吗",
+            "几号发货",
+            "还没发货",
+            "快递发了吗",
+            "你好",
+            "在吗",
+            "哈喽",
+            "大家好",
+            "早上好",
         ];
         let gold = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2].to_vec();
         (texts, gold)
@@ -525,7 +540,11 @@ mod tests {
         }
         let (half, lex) = at(0.5);
         assert!((half.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-        let raw: Vec<f32> = enc.iter().zip(&lex).map(|(p, l)| (p.ln() + l) * 0.5).collect();
+        let raw: Vec<f32> = enc
+            .iter()
+            .zip(&lex)
+            .map(|(p, l)| (p.ln() + l) * 0.5)
+            .collect();
         let norm: f32 = raw.iter().map(|v| v.exp()).sum();
         for (a, r) in half.iter().zip(&raw) {
             assert!((a - r.exp() / norm).abs() < 1e-5);
@@ -543,8 +562,16 @@ mod tests {
         assert!(e.to_string().contains("15 texts but 14 labels"), "{e}");
         let e = LexicalHead::fit(&texts, &gold, 2, settings(0.5)).unwrap_err();
         assert!(e.to_string().contains("label index 2 out of range"), "{e}");
-        let e = LexicalHead::fit(&texts, &gold, 3, LexicalSettings { weight: 0.5, c: 0.0 })
-            .unwrap_err();
+        let e = LexicalHead::fit(
+            &texts,
+            &gold,
+            3,
+            LexicalSettings {
+                weight: 0.5,
+                c: 0.0,
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("positive"), "{e}");
     }
 
@@ -563,7 +590,10 @@ mod tests {
             assert_eq!(h.mix(&[0.3, 0.3, 0.4], &a), back.mix(&[0.3, 0.3, 0.4], &b));
         }
         let e = LexicalHead::load(dir.path(), 4).unwrap_err().to_string();
-        assert!(e.contains("lexical.json: 3 labels, but labels.json has 4"), "{e}");
+        assert!(
+            e.contains("lexical.json: 3 labels, but labels.json has 4"),
+            "{e}"
+        );
 
         let json = dir.path().join(SETTINGS_FILE);
         let good = std::fs::read_to_string(&json).unwrap();
@@ -575,7 +605,10 @@ mod tests {
         v["ngrams"].as_array_mut().unwrap().pop();
         std::fs::write(&json, v.to_string()).unwrap();
         let e = format!("{:#}", LexicalHead::load(dir.path(), 3).unwrap_err());
-        assert!(e.contains("lexical.safetensors: tensor idf has shape"), "{e}");
+        assert!(
+            e.contains("lexical.safetensors: tensor idf has shape"),
+            "{e}"
+        );
         std::fs::write(&json, &good).unwrap();
         std::fs::write(dir.path().join(WEIGHTS_FILE), b"not safetensors").unwrap();
         let e = format!("{:#}", LexicalHead::load(dir.path(), 3).unwrap_err());

@@ -275,7 +275,7 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         )
     };
     let mut model = fresh()?;
-    let (best, mut examples_per_s) = match hp.mode {
+    let (mut best, mut examples_per_s) = match hp.mode {
         TrainMode::Full => train_full(
             &model,
             &tokenizer,
@@ -302,17 +302,23 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
     };
     // Restore the best epoch's weights before saving.
     model.restore(&best.weights)?;
-    let mut best = best;
+    // Fitted on the training split to score the served mix on dev; it is the served head too
+    // unless a refit below trains on the dev set as well.
+    let mut lexical = None;
     if hp.lexical_weight > 0.0 && best.scores.is_some() && !dev_set.is_empty() {
-        // The dev set judges what is served: the encoder mixed with a lexical head fitted on the
-        // same training split.
-        let lexical = fit_lexical(&train_set, &train_enc.labels, labels.len(), &hp)?;
+        let head = fit_lexical(train_set.iter().zip(&train_enc_labels), labels.len(), &hp)?;
         let dev_texts: Vec<&str> = dev_set.iter().map(|e| e.text.as_str()).collect();
-        let probs = predict_encoded(&model.encoder, &model.head, &tokenizer, &dev_enc, hp.batch_size)?
-            .iter()
-            .zip(&dev_texts)
-            .map(|(p, t)| lexical.mix(p, &lexical.ngrams.features(t)))
-            .collect::<Vec<_>>();
+        let probs = predict_encoded(
+            &model.encoder,
+            &model.head,
+            &tokenizer,
+            &dev_enc,
+            hp.batch_size,
+        )?
+        .iter()
+        .zip(&dev_texts)
+        .map(|(p, t)| head.mix(p, &head.ngrams.features(t)))
+        .collect::<Vec<_>>();
         let mixed = score_probs(&probs, &dev_enc.labels, &labels);
         if job.progress {
             let enc = best.scores.expect("checked above");
@@ -322,6 +328,7 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
             );
         }
         best.scores = Some(mixed);
+        lexical = Some(head);
     }
 
     let refit = hp.mode == TrainMode::Full
@@ -369,17 +376,18 @@ pub fn train(job: TrainJob) -> Result<TrainReport> {
         refit_epochs = Some(epochs);
     }
     // The lexical head sees every example the served encoder saw.
-    let lexical = if hp.lexical_weight > 0.0 {
-        let mut texts = train_set.clone();
-        let mut gold = train_enc_labels.clone();
-        if refit_epochs.is_some() {
-            texts.extend(dev_set.iter().cloned());
-            gold.extend(dev_labels.iter().copied());
-        }
-        Some(fit_lexical(&texts, &gold, labels.len(), &hp)?)
-    } else {
-        None
-    };
+    if hp.lexical_weight > 0.0 && (lexical.is_none() || refit_epochs.is_some()) {
+        let dev = if refit_epochs.is_some() {
+            &dev_set[..]
+        } else {
+            &[]
+        };
+        let examples = train_set
+            .iter()
+            .zip(&train_enc_labels)
+            .chain(dev.iter().zip(&dev_labels));
+        lexical = Some(fit_lexical(examples, labels.len(), &hp)?);
+    }
     let mut hyper_parameters = serde_json::to_value(&hp)?;
     if let Some(e) = refit_epochs {
         hyper_parameters["refit_epochs"] = e.into();
@@ -1176,17 +1184,14 @@ fn predict_encoded(
     Ok(probs)
 }
 
-/// Fits the lexical head on `set` (labels as indices; examples with an intent unknown to
-/// training, `u32::MAX`, are left out).
-fn fit_lexical(
-    set: &[LabeledText],
-    gold: &[u32],
+/// Fits the lexical head on (example, label index) pairs; examples with an intent unknown to
+/// training (`u32::MAX`) are left out.
+fn fit_lexical<'a>(
+    examples: impl Iterator<Item = (&'a LabeledText, &'a u32)>,
     labels: usize,
     hp: &HyperParameters,
 ) -> Result<LexicalHead> {
-    let (texts, gold): (Vec<&str>, Vec<u32>) = set
-        .iter()
-        .zip(gold)
+    let (texts, gold): (Vec<&str>, Vec<u32>) = examples
         .filter(|(_, &g)| g != u32::MAX)
         .map(|(e, &g)| (e.text.as_str(), g))
         .unzip();
