@@ -15,7 +15,7 @@
 //! lexical.safetensors   idf [features], weight [features, labels], bias [labels]
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -47,39 +47,24 @@ impl CharNgrams {
     /// Vocabulary: every n-gram of the training texts; smoothed idf as scikit-learn computes it,
     /// `ln((1 + n) / (1 + df)) + 1`.
     pub fn fit(texts: &[&str]) -> Self {
-        let mut index: HashMap<String, u32> = HashMap::new();
-        let mut df: Vec<u32> = Vec::new();
-        let mut names: Vec<String> = Vec::new();
+        // Sorted by n-gram text, so features are numbered in that order and a refit on the same
+        // data writes the same files.
+        let mut df: BTreeMap<String, u32> = BTreeMap::new();
         for text in texts {
-            let mut seen: Vec<u32> = Vec::new();
-            for g in ngrams(text) {
-                let id = *index.entry(g.clone()).or_insert_with(|| {
-                    names.push(g);
-                    df.push(0);
-                    (df.len() - 1) as u32
-                });
-                seen.push(id);
-            }
-            seen.sort_unstable();
-            seen.dedup();
-            for id in seen {
-                df[id as usize] += 1;
+            let mut grams = ngrams(text);
+            grams.sort_unstable();
+            grams.dedup();
+            for g in grams {
+                *df.entry(g).or_default() += 1;
             }
         }
-        // Feature order = sorted n-gram text, so a refit on the same data writes the same file.
-        let mut order: Vec<usize> = (0..names.len()).collect();
-        order.sort_by(|&a, &b| names[a].cmp(&names[b]));
         let n = texts.len() as f64;
-        let mut sorted_index = HashMap::with_capacity(names.len());
-        let mut idf = Vec::with_capacity(names.len());
-        for (new, &old) in order.iter().enumerate() {
-            sorted_index.insert(names[old].clone(), new as u32);
-            idf.push((((1.0 + n) / (1.0 + df[old] as f64)).ln() + 1.0) as f32);
-        }
-        Self {
-            index: sorted_index,
-            idf,
-        }
+        let idf = df
+            .values()
+            .map(|&d| (((1.0 + n) / (1.0 + d as f64)).ln() + 1.0) as f32)
+            .collect();
+        let index = df.into_keys().zip(0u32..).collect();
+        Self { index, idf }
     }
 
     pub fn len(&self) -> usize {
