@@ -12,9 +12,8 @@ use std::fmt::Write as _;
 
 const INTENTS: &[&str] = &["refund", "greeting", "delivery_tracking", "invoice"];
 
-#[test]
-fn a_small_me5_small_fine_tune_learns_and_serves() {
-    common::me5_model_dir();
+/// Writes train.tsv and test.tsv of the four intents into `dir`; returns the test size.
+fn four_intents(dir: &std::path::Path) -> usize {
     let ds = intentd::data::load(&common::repo_root().join("training-data/nlu")).unwrap();
     let (mut train, mut test) = (String::from("text\tlabel\n"), String::from("text\tlabel\n"));
     let mut test_n = 0;
@@ -33,11 +32,43 @@ fn a_small_me5_small_fine_tune_learns_and_serves() {
             test_n += usize::from(i % 4 == 3);
         }
     }
+    std::fs::write(dir.join("train.tsv"), train).unwrap();
+    std::fs::write(dir.join("test.tsv"), test).unwrap();
+    test_n
+}
+
+/// The last line of `intentd eval`: accuracy, after checking it counted `n` texts.
+fn eval_accuracy(model: &std::path::Path, data: &std::path::Path, n: usize) -> f64 {
+    let eval = intentd(&[
+        "eval",
+        "--model",
+        &model.display().to_string(),
+        "--data",
+        &data.display().to_string(),
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&eval.stdout);
+    let last = stdout.lines().last().unwrap();
+    assert!(last.ends_with(&format!("n={n}")), "{last}");
+    last.split(' ')
+        .next()
+        .and_then(|a| a.strip_prefix("accuracy="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_small_me5_small_fine_tune_learns_and_serves() {
+    common::me5_model_dir();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("train.tsv"), train).unwrap();
-    std::fs::write(dir.path().join("test.tsv"), test).unwrap();
-    let model = dir.path().join("m");
+    let test_n = four_intents(dir.path());
     let p = |f: &str| dir.path().join(f).display().to_string();
+    let model = dir.path().join("m");
     let out = intentd(&[
         "train",
         "--quiet",
@@ -75,32 +106,11 @@ fn a_small_me5_small_fine_tune_learns_and_serves() {
         .len();
     assert!(weights < 200 << 20, "model.safetensors is {weights} bytes");
 
-    let eval = intentd(&[
-        "eval",
-        "--model",
-        &model.display().to_string(),
-        "--data",
-        &p("test.tsv"),
-    ]);
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&eval.stdout);
-    let last = stdout.lines().last().unwrap();
-    let acc: f64 = last
-        .split(' ')
-        .next()
-        .and_then(|a| a.strip_prefix("accuracy="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(last.ends_with(&format!("n={test_n}")), "{last}");
+    let acc = eval_accuracy(&model, &dir.path().join("test.tsv"), test_n);
     // Chance is 0.25.
     assert!(
         acc >= 0.8,
-        "held-out accuracy {acc} after fine-tuning me5-small: {last}"
+        "held-out accuracy {acc} after fine-tuning me5-small"
     );
 
     let classify = intentd(&[
@@ -122,4 +132,190 @@ fn a_small_me5_small_fine_tune_learns_and_serves() {
     )
     .unwrap();
     assert_eq!(line["intent"], "refund", "{line}");
+}
+
+/// `intentd classify --top 100` of one text: intent -> probability.
+fn probabilities(model: &std::path::Path, text: &str) -> (String, Vec<(String, f64)>) {
+    let out = intentd(&[
+        "classify",
+        "--model",
+        &model.display().to_string(),
+        "--top",
+        "100",
+        text,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let mut ranking: Vec<(String, f64)> = line["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["intent"].as_str().unwrap().to_string(),
+                r["confidence"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    ranking.sort_by(|a, b| a.0.cmp(&b.0));
+    (line["model_version"].as_str().unwrap().to_string(), ranking)
+}
+
+// Issue 17: both bases trained at once and served as one model (`--base` twice). The pool must
+// be exactly the renormalised product of the members' own answers, the gRPC service must serve
+// it, and a damaged ensemble folder must be refused naming the file and the member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ensemble_of_both_bases_trains_serves_and_refuses_damage() {
+    common::base_model_dir();
+    common::me5_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let test_n = four_intents(dir.path());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let model = dir.path().join("ens");
+    let train = |bases: &[&str], data: &str, out: &str| {
+        let mut args = vec!["train", "--quiet", "--data", data, "--out", out];
+        args.extend(["--epochs", "3", "--no-refit"]);
+        for b in bases {
+            args.extend(["--base", b]);
+        }
+        intentd(&args)
+    };
+    let out = train(&["m3e-small", "me5-small"], &p("train.tsv"), &p("ens"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        model.display().to_string(),
+        "stdout names the folder once"
+    );
+    for f in [
+        "ensemble.json",
+        "model.json",
+        "m3e-small/model.json",
+        "me5-small/model.json",
+    ] {
+        assert!(model.join(f).is_file(), "{f} missing");
+    }
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["base_model"], "m3e-small+me5-small");
+    let licence = card["licence"].as_str().unwrap();
+    assert!(
+        licence.contains("MIT") && licence.contains("non-commercial"),
+        "{licence}"
+    );
+
+    // The pool, checked against the members' own answers.
+    for text in ["我要退款，钱什么时候退回来", "你好呀", "发票怎么开"] {
+        let (version, pooled) = probabilities(&model, text);
+        assert_eq!(version, card["version"].as_str().unwrap());
+        let (_, a) = probabilities(&model.join("m3e-small"), text);
+        let (_, b) = probabilities(&model.join("me5-small"), text);
+        let product: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x.1 * y.1).sqrt()).collect();
+        let z: f64 = product.iter().sum();
+        for ((intent, got), want) in pooled.iter().zip(&product) {
+            assert!(
+                (got - want / z).abs() < 1e-4,
+                "{text}: {intent} pooled {got}, members' product {}",
+                want / z
+            );
+        }
+    }
+    let acc = eval_accuracy(&model, &dir.path().join("test.tsv"), test_n);
+    assert!(acc >= 0.8, "ensemble held-out accuracy {acc}");
+
+    // Served over gRPC like any model folder.
+    let s = common::server::TestServer::start(common::server::ServerOptions {
+        model: Some(model.clone()),
+        manual_clock: Some(common::server::T0),
+        ..Default::default()
+    })
+    .await;
+    let mut c = s.client().await;
+    let r = c
+        .classify(common::server::classify_req(
+            "e1",
+            "我要退款，钱什么时候退回来",
+            "u1",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model_version, card["version"].as_str().unwrap());
+    assert_eq!(r.ranking[0].intent, "refund", "{r:?}");
+    drop(c);
+    drop(s);
+
+    // Damage, one kind at a time, on copies.
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        let status = std::process::Command::new("cp")
+            .args([
+                "-r",
+                &model.display().to_string(),
+                &to.display().to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        to
+    };
+    let refused = |m: &std::path::Path, want: &[&str]| {
+        let out = intentd(&["classify", "--model", &m.display().to_string(), "你好"]);
+        assert!(!out.status.success());
+        let err = common::error_line(&out);
+        for w in want {
+            assert!(err.contains(w), "wanted {w:?} in: {err}");
+        }
+    };
+    let m = copy("no-labels");
+    std::fs::remove_file(m.join("me5-small/labels.json")).unwrap();
+    refused(
+        &m,
+        &["ensemble.json", "member \"me5-small\"", "labels.json"],
+    );
+    let m = copy("bad-weight");
+    std::fs::write(
+        m.join("ensemble.json"),
+        r#"{"format": 1, "members": [{"dir": "m3e-small", "weight": 1}, {"dir": "me5-small", "weight": 0}]}"#,
+    )
+    .unwrap();
+    refused(&m, &["ensemble.json", "weights must be positive"]);
+    // A member trained on other intents cannot be pooled.
+    let three: String = std::fs::read_to_string(p("train.tsv"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.ends_with("\tinvoice"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(p("three.tsv"), three).unwrap();
+    let m = copy("other-intents");
+    let out = train(
+        &["m3e-small"],
+        &p("three.tsv"),
+        &m.join("me5-small").display().to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    refused(&m, &["different intents"]);
+    // The same base twice is refused before any training, and the old folder stays.
+    let out = train(&["m3e-small", "m3e-small"], &p("train.tsv"), &p("ens"));
+    assert!(!out.status.success());
+    assert!(
+        common::error_line(&out).contains("given twice"),
+        "{}",
+        common::error_line(&out)
+    );
+    assert!(model.join("ensemble.json").is_file());
 }

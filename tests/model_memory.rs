@@ -16,7 +16,7 @@ use std::sync::Arc;
 use intentd::clock::{ManualClock, SharedClock};
 use intentd::metrics::Metrics;
 use intentd::model::classifier::{IntentBackend, Prediction};
-use intentd::model::encoder::{TextTokenizer, Tokenized};
+use intentd::model::encoder::Tokenized;
 use intentd::model::fake::FakeBackend;
 use intentd::operator::{LiveOperator, OperatorSnapshot};
 use intentd::policy::Playbook;
@@ -50,8 +50,8 @@ impl IntentBackend for Heavy {
     fn version(&self) -> &str {
         self.inner.version()
     }
-    fn tokenizer(&self) -> &TextTokenizer {
-        self.inner.tokenizer()
+    fn tokenize(&self, text: &str) -> anyhow::Result<Tokenized> {
+        self.inner.tokenize(text)
     }
     fn predict(&self, batch: &[&Tokenized]) -> anyhow::Result<Vec<Prediction>> {
         self.inner.predict(batch)

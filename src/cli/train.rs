@@ -1,15 +1,17 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use intentd::data::{self, label_check};
 use intentd::model::base_models::BaseModel;
+use intentd::model::classifier::{self, read_json, ModelCard};
+use intentd::model::ensemble::EnsembleSpec;
 use intentd::model::out_of_fold::score_out_of_fold;
 use intentd::model::train::{self, HyperParameters, LabeledText, TrainJob, TrainMode};
 
 /// Fine-tune the encoder + a classification head on labelled data (TSV, JSONL, Rasa YAML, or a
 /// folder of them) and write a self-contained model folder.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// Training data: a file or a folder.
     #[arg(long, default_value = super::DEFAULT_TRAINING_DATA)]
@@ -71,8 +73,11 @@ pub struct TrainArgs {
     /// default 30.
     #[arg(long)]
     pub lexical_c: Option<f64>,
+    /// The pretrained encoder to fine-tune. Given twice or more (`--base m3e-small --base
+    /// me5-small`), one model is trained from each into a sub-folder of --out and they are
+    /// served as one ensemble (more accurate, one forward pass per member).
     #[arg(long, default_value = intentd::model::base_models::DEFAULT_BASE_MODEL)]
-    pub base: String,
+    pub base: Vec<String>,
     #[arg(long, default_value = super::MODELS_DIR)]
     pub models_dir: PathBuf,
     /// Leave out the examples `intentd data check` flags as likely mislabelled (5-fold
@@ -119,7 +124,7 @@ impl TrainArgs {
             drop_suspect: false,
             suspect_margin: label_check::CheckLimits::default().mislabel_margin,
             relabel_margin: None,
-            base: intentd::model::base_models::DEFAULT_BASE_MODEL.into(),
+            base: vec![intentd::model::base_models::DEFAULT_BASE_MODEL.into()],
             models_dir: super::MODELS_DIR.into(),
             quiet: false,
         }
@@ -258,7 +263,129 @@ fn report_conflicts(ds: data::Dataset) -> data::Dataset {
 pub fn run(args: TrainArgs) -> Result<()> {
     // First, while this is the only thread.
     train::serial_elementwise_ops();
-    let base = super::base_model(&args.base)?;
+    match args.base.as_slice() {
+        [] => bail!("--base: name a base model"),
+        [one] => {
+            let one = one.clone();
+            train_one(args, &one, true)
+        }
+        _ => train_ensemble(args),
+    }
+}
+
+/// One model per base, each into a sub-folder named after it, trained with the same flags; the
+/// folder is swapped in whole once every member is written, so a failed member leaves the
+/// previous model in place.
+fn train_ensemble(args: TrainArgs) -> Result<()> {
+    let mut names: Vec<String> = Vec::new();
+    for b in &args.base {
+        let base = super::base_model(b)?;
+        if names.iter().any(|n| n == base.name) {
+            bail!("--base {b} is given twice; an ensemble needs different bases");
+        }
+        names.push(base.name.to_string());
+    }
+    let (parent, name) = staging_place(&args.out)?;
+    let staging = parent.join(format!(".{name}.ensemble-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    let result = (|| -> Result<()> {
+        let mut cards = Vec::new();
+        for (i, b) in names.iter().enumerate() {
+            eprintln!("ensemble member {} of {}: {b}", i + 1, names.len());
+            let mut member = args.clone();
+            member.out = staging.join(b);
+            train_one(member, b, false)?;
+            let card: ModelCard = read_json(&staging.join(b).join(classifier::CARD_FILE))?;
+            cards.push(card);
+        }
+        let spec = EnsembleSpec::equal(&names);
+        spec.write(&staging)?;
+        let card = ensemble_card(&spec, &cards);
+        std::fs::write(
+            staging.join(classifier::CARD_FILE),
+            serde_json::to_string_pretty(&card)?,
+        )?;
+        // Loads it once, as serving will: a member that does not fit the others fails here.
+        classifier::IntentModel::load(&staging)?;
+        eprintln!(
+            "ensemble {} of {} written to {}",
+            card.version,
+            names.join(" + "),
+            args.out.display()
+        );
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    if args.out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(&args.out, &old)?;
+        std::fs::rename(&staging, &args.out)?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&staging, &args.out)?;
+    }
+    println!("{}", args.out.display());
+    Ok(())
+}
+
+fn staging_place(out: &std::path::Path) -> Result<(PathBuf, String)> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&parent)?;
+    let name = out
+        .file_name()
+        .context("--out must name a folder")?
+        .to_string_lossy()
+        .to_string();
+    Ok((parent, name))
+}
+
+/// The ensemble's card: what it is made of (each member's own card stays in its folder).
+fn ensemble_card(spec: &EnsembleSpec, cards: &[ModelCard]) -> ModelCard {
+    let versions: Vec<&str> = cards.iter().map(|c| c.version.as_str()).collect();
+    let join = |f: &dyn Fn(&ModelCard) -> String, sep: &str| {
+        cards.iter().map(f).collect::<Vec<_>>().join(sep)
+    };
+    let first = &cards[0];
+    ModelCard {
+        version: spec.version(&versions),
+        base_model: join(&|c| c.base_model.clone(), "+"),
+        base_wheel: join(&|c| c.base_wheel.clone(), " "),
+        base_wheel_sha256: join(&|c| c.base_wheel_sha256.clone(), " "),
+        licence: join(&|c| format!("{}: {}", c.base_model, c.licence), "; "),
+        input_prefix: String::new(),
+        data_path: first.data_path.clone(),
+        data_sha256: first.data_sha256.clone(),
+        train_examples: first.train_examples,
+        dev_examples: first.dev_examples,
+        labels: first.labels,
+        max_tokens: first.max_tokens,
+        hyper_parameters: serde_json::json!({
+            "ensemble": spec.members.iter().zip(cards).map(|(m, c)| serde_json::json!({
+                "dir": m.dir, "weight": m.weight, "version": c.version,
+            })).collect::<Vec<_>>(),
+        }),
+        trained_at: cards
+            .last()
+            .map(|c| c.trained_at.clone())
+            .unwrap_or_default(),
+        train_seconds: cards.iter().map(|c| c.train_seconds).sum(),
+        dev_scores: None,
+    }
+}
+
+/// `announce`: print the model folder on stdout (the ensemble prints its own instead).
+fn train_one(args: TrainArgs, base: &str, announce: bool) -> Result<()> {
+    let base = super::base_model(base)?;
     let (examples, data_sha256) = load_examples(&args.data)?;
     let dev = match &args.dev {
         Some(p) => Some(load_labeled(p)?.0),
@@ -387,6 +514,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         c.version,
         args.out.display()
     );
-    println!("{}", args.out.display());
+    if announce {
+        println!("{}", args.out.display());
+    }
     Ok(())
 }

@@ -9,6 +9,9 @@
 //! model.json          the model card (base model, wheel hash, data hash, hyper-parameters, scores)
 //! lexical.json, lexical.safetensors   the lexical head (optional; see `lexical`)
 //! ```
+//!
+//! A folder with an `ensemble.json` instead holds several such folders, served as one
+//! (`ensemble`).
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::bert::{Bert, BertConfig, Build, Mode};
 use super::dense::{self, Precision};
 use super::encoder::{SentenceEncoder, TextTokenizer, Tokenized};
+use super::ensemble::{self, EnsembleSpec};
 use super::lexical::LexicalHead;
 use super::tensor_file::TensorFile;
 
@@ -72,7 +76,8 @@ pub struct Prediction {
 pub trait IntentBackend: Send + Sync {
     fn labels(&self) -> &[String];
     fn version(&self) -> &str;
-    fn tokenizer(&self) -> &TextTokenizer;
+    /// The text as `predict` takes it (token ids, n-gram features, each member's tokens).
+    fn tokenize(&self, text: &str) -> Result<Tokenized>;
     /// One forward pass over a batch of already tokenised texts.
     fn predict(&self, batch: &[&Tokenized]) -> Result<Vec<Prediction>>;
 }
@@ -86,6 +91,16 @@ pub struct IntentModel {
     pub dir: PathBuf,
     /// Mixed into the encoder's probabilities when the model folder has one.
     pub lexical: Option<LexicalHead>,
+    /// When the folder is an ensemble: this model is its first member (with the ensemble's
+    /// card and folder), pooled with the others.
+    pub ensemble: Option<Companions>,
+}
+
+/// The other members of an ensemble and the weights of the pool.
+pub struct Companions {
+    /// The first member's weight; weights sum to 1.
+    pub lead_weight: f32,
+    pub others: Vec<(IntentModel, f32)>,
 }
 
 impl IntentModel {
@@ -102,6 +117,9 @@ impl IntentModel {
                 "model directory {} does not exist (train one with `intentd train`)",
                 dir.display()
             );
+        }
+        if let Some(spec) = EnsembleSpec::read(dir)? {
+            return Self::load_ensemble(dir, &spec, precision);
         }
         for f in [
             WEIGHTS_FILE,
@@ -160,7 +178,91 @@ impl IntentModel {
             card,
             dir: dir.to_path_buf(),
             lexical,
+            ensemble: None,
         })
+    }
+
+    /// An ensemble folder: every member loaded (each must be a complete model folder with the
+    /// same intents in the same order), the first carrying the others.
+    fn load_ensemble(dir: &Path, spec: &EnsembleSpec, precision: Precision) -> Result<Self> {
+        let spec_path = dir.join(ensemble::ENSEMBLE_FILE);
+        let card_path = dir.join(CARD_FILE);
+        if !card_path.is_file() {
+            bail!(
+                "{}: missing {CARD_FILE}; is this a folder written by `intentd train`?",
+                dir.display()
+            );
+        }
+        let card: ModelCard = read_json(&card_path)?;
+        let weights = spec.normalised_weights();
+        let mut members = Vec::with_capacity(spec.members.len());
+        for m in &spec.members {
+            let model = Self::load_with(&dir.join(&m.dir), precision)
+                .with_context(|| format!("{}: member {:?}", spec_path.display(), m.dir))?;
+            if model.ensemble.is_some() {
+                bail!(
+                    "{}: member {:?} is itself an ensemble (not supported)",
+                    spec_path.display(),
+                    m.dir
+                );
+            }
+            members.push(model);
+        }
+        let first = &spec.members[0].dir;
+        for (m, model) in spec.members.iter().zip(&members).skip(1) {
+            if model.labels != members[0].labels {
+                bail!(
+                    "{}: members {first:?} and {:?} have different intents ({} vs {}); train every member on the same data",
+                    spec_path.display(),
+                    m.dir,
+                    members[0].labels.join(","),
+                    model.labels.join(",")
+                );
+            }
+        }
+        let mut members = members.into_iter().zip(weights);
+        let (mut lead, lead_weight) = members.next().expect("validated: at least 2 members");
+        lead.card = card;
+        lead.dir = dir.to_path_buf();
+        lead.ensemble = Some(Companions {
+            lead_weight,
+            others: members.collect(),
+        });
+        Ok(lead)
+    }
+
+    /// The text as `predict` takes it; for an ensemble, with every other member's tokens.
+    pub fn tokenize(&self, text: &str) -> Result<Tokenized> {
+        let mut t = self.tokenizer.tokenize(text)?;
+        if let Some(e) = &self.ensemble {
+            for (m, _) in &e.others {
+                let o = m.tokenizer.tokenize(text)?;
+                t.truncated |= o.truncated;
+                t.members.push(o);
+            }
+        }
+        Ok(t)
+    }
+
+    /// This folder's own encoder, head and lexical head (for an ensemble: the first member's).
+    fn predict_alone(&self, batch: &[&Tokenized]) -> Result<Vec<Prediction>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let padded = self.tokenizer.pad(batch, &self.encoder.device)?;
+        let pooled = self.encoder.embed(&padded, Mode::Infer)?;
+        let logits = self.head.forward(&pooled)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        Ok(probs
+            .into_iter()
+            .zip(batch)
+            .map(|(probs, t)| match &self.lexical {
+                Some(l) => Prediction {
+                    probs: l.mix(&probs, &t.lexical),
+                },
+                None => Prediction { probs },
+            })
+            .collect())
     }
 
     /// Convenience for the CLI and tests: tokenise and predict in batches of `batch_size`.
@@ -169,7 +271,10 @@ impl IntentModel {
         texts: &[impl AsRef<str>],
         batch_size: usize,
     ) -> Result<Vec<Prediction>> {
-        let toks = self.tokenizer.tokenize_all(texts)?;
+        let toks = texts
+            .iter()
+            .map(|t| self.tokenize(t.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(toks.len());
         for chunk in toks.chunks(batch_size.max(1)) {
             let refs: Vec<&Tokenized> = chunk.iter().collect();
@@ -186,25 +291,35 @@ impl IntentBackend for IntentModel {
     fn version(&self) -> &str {
         &self.card.version
     }
-    fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
+    fn tokenize(&self, text: &str) -> Result<Tokenized> {
+        IntentModel::tokenize(self, text)
     }
     fn predict(&self, batch: &[&Tokenized]) -> Result<Vec<Prediction>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
+        let own = self.predict_alone(batch)?;
+        let Some(e) = &self.ensemble else {
+            return Ok(own);
+        };
+        let mut all = vec![(own, e.lead_weight)];
+        for (i, (m, w)) in e.others.iter().enumerate() {
+            let theirs: Vec<&Tokenized> = batch
+                .iter()
+                .map(|t| {
+                    t.members
+                        .get(i)
+                        .context("text was tokenised without the ensemble's members")
+                })
+                .collect::<Result<_>>()?;
+            all.push((m.predict_alone(&theirs)?, *w));
         }
-        let padded = self.tokenizer.pad(batch, &self.encoder.device)?;
-        let pooled = self.encoder.embed(&padded, Mode::Infer)?;
-        let logits = self.head.forward(&pooled)?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-        Ok(probs
-            .into_iter()
-            .zip(batch)
-            .map(|(probs, t)| match &self.lexical {
-                Some(l) => Prediction {
-                    probs: l.mix(&probs, &t.lexical),
-                },
-                None => Prediction { probs },
+        Ok((0..batch.len())
+            .map(|r| {
+                let rows: Vec<(&[f32], f32)> = all
+                    .iter()
+                    .map(|(p, w)| (p[r].probs.as_slice(), *w))
+                    .collect();
+                Prediction {
+                    probs: ensemble::mix(&rows),
+                }
             })
             .collect())
     }

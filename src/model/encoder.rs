@@ -19,6 +19,9 @@ pub struct Tokenized {
     pub truncated: bool,
     /// The text's character n-gram features for the model's lexical head (empty without one).
     pub lexical: Features,
+    /// The same text as each further member of an ensemble sees it (`ensemble`), in member
+    /// order; empty for a single model.
+    pub members: Vec<Tokenized>,
 }
 
 /// Token ids padded into rectangular tensors for one forward pass. Everything derived from the
@@ -129,6 +132,7 @@ impl TextTokenizer {
             ids,
             truncated,
             lexical,
+            members: Vec::new(),
         })
     }
 

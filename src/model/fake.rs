@@ -118,8 +118,8 @@ impl IntentBackend for FakeBackend {
         &self.version
     }
 
-    fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
+    fn tokenize(&self, text: &str) -> Result<Tokenized> {
+        self.tokenizer.tokenize(text)
     }
 
     fn predict(&self, batch: &[&Tokenized]) -> Result<Vec<Prediction>> {
@@ -156,9 +156,9 @@ mod tests {
             0.9,
         )
         .unwrap();
-        let a = m.tokenizer().tokenize("我想退款可以吗").unwrap();
-        let b = m.tokenizer().tokenize("这个多少钱").unwrap();
-        let c = m.tokenizer().tokenize("hello").unwrap();
+        let a = m.tokenize("我想退款可以吗").unwrap();
+        let b = m.tokenize("这个多少钱").unwrap();
+        let c = m.tokenize("hello").unwrap();
         let p = m.predict(&[&a, &b, &c]).unwrap();
         assert!((p[0].probs[0] - 0.9).abs() < 1e-6, "{:?}", p[0].probs);
         assert!((p[1].probs[1] - 0.9).abs() < 1e-6, "{:?}", p[1].probs);

@@ -8,6 +8,7 @@ pub mod classifier;
 pub mod confusion_png;
 pub mod dense;
 pub mod encoder;
+pub mod ensemble;
 pub mod eval;
 pub mod fake;
 pub mod fetch;

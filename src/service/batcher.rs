@@ -479,6 +479,7 @@ mod tests {
                     ids: vec![1; len],
                     truncated: false,
                     lexical: Vec::new(),
+                    members: Vec::new(),
                 },
                 enqueued: Instant::now(),
                 reply: tx,
@@ -592,6 +593,7 @@ mod tests {
                     ids: vec![101, 102],
                     truncated: false,
                     lexical: Vec::new(),
+                    members: Vec::new(),
                 },
                 None,
             )

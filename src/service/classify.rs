@@ -280,7 +280,6 @@ impl Service {
                 let t0 = Instant::now();
                 let tokens = m
                     .backend
-                    .tokenizer()
                     .tokenize(text)
                     .map_err(|e| ServiceError::Internal(format!("tokenizer: {e:#}")))?;
                 timings.tokenize_us = t0.elapsed().as_micros() as u64;

@@ -742,8 +742,8 @@ impl crate::model::classifier::IntentBackend for Tracked {
     fn version(&self) -> &str {
         self.inner.version()
     }
-    fn tokenizer(&self) -> &crate::model::encoder::TextTokenizer {
-        self.inner.tokenizer()
+    fn tokenize(&self, text: &str) -> anyhow::Result<crate::model::encoder::Tokenized> {
+        self.inner.tokenize(text)
     }
     fn predict(
         &self,
