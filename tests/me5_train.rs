@@ -1,7 +1,8 @@
 //! multilingual-e5-small (issue 17) trains, evaluates and serves with the same commands as the
 //! default base: a small full fine-tune on four intents of the shipped data must learn them
 //! (held-out accuracy well above chance), the model card must name the MIT licence and the
-//! `query: ` prefix, and `intentd classify` (the serving build) must answer from it.
+//! `query: ` prefix, and `intentd classify` (the serving build) must answer from it. The same
+//! data trains an ensemble of both bases (`--base` twice), checked member by member.
 //! The full SMP2017 comparison of both bases lives in benches/ (README, "Base models").
 
 mod common;
