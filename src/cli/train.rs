@@ -322,14 +322,7 @@ fn train_ensemble(args: TrainArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
-    if args.out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(&args.out, &old)?;
-        std::fs::rename(&staging, &args.out)?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&staging, &args.out)?;
-    }
+    train::swap_in(&staging, &args.out)?;
     println!("{}", args.out.display());
     Ok(())
 }

@@ -1335,15 +1335,27 @@ fn save_model_dir(
         staging.join(classifier::CARD_FILE),
         serde_json::to_string_pretty(&card)?,
     )?;
+    swap_in(&staging, out)?;
+    Ok(card)
+}
+
+/// Puts a fully written `staging` folder (a sibling of `out`) in the place of `out`: two
+/// renames, so a reader sees the old folder or the new one, never a half-written one.
+pub fn swap_in(staging: &Path, out: &Path) -> Result<()> {
     if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        let name = out.file_name().context("--out must name a folder")?;
+        let old = out.with_file_name(format!(
+            ".{}.old-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         std::fs::rename(out, &old)?;
-        std::fs::rename(&staging, out)?;
+        std::fs::rename(staging, out)?;
         let _ = std::fs::remove_dir_all(&old);
     } else {
-        std::fs::rename(&staging, out)?;
+        std::fs::rename(staging, out)?;
     }
-    Ok(card)
+    Ok(())
 }
 
 #[cfg(test)]
