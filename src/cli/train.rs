@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use intentd::data::{self, label_check};
 use intentd::model::base_models::BaseModel;
@@ -285,12 +285,7 @@ fn train_ensemble(args: TrainArgs) -> Result<()> {
         }
         names.push(base.name.to_string());
     }
-    let (parent, name) = staging_place(&args.out)?;
-    let staging = parent.join(format!(".{name}.ensemble-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
+    let staging = train::fresh_staging(&args.out, "ensemble")?;
     let result = (|| -> Result<()> {
         let mut cards = Vec::new();
         for (i, b) in names.iter().enumerate() {
@@ -325,21 +320,6 @@ fn train_ensemble(args: TrainArgs) -> Result<()> {
     train::swap_in(&staging, &args.out)?;
     println!("{}", args.out.display());
     Ok(())
-}
-
-fn staging_place(out: &std::path::Path) -> Result<(PathBuf, String)> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_path_buf();
-    std::fs::create_dir_all(&parent)?;
-    let name = out
-        .file_name()
-        .context("--out must name a folder")?
-        .to_string_lossy()
-        .to_string();
-    Ok((parent, name))
 }
 
 /// The ensemble's card: what it is made of (each member's own card stays in its folder).

@@ -1280,22 +1280,7 @@ fn save_model_dir(
     lexical: Option<&LexicalHead>,
     mut card: ModelCard,
 ) -> Result<ModelCard> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = out
-        .file_name()
-        .context("--out must name a folder")?
-        .to_string_lossy()
-        .to_string();
-    let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
+    let staging = fresh_staging(out, "tmp")?;
     let tensors: HashMap<String, Tensor> = {
         let data = varmap.data().lock().expect("varmap lock");
         data.iter()
@@ -1337,6 +1322,27 @@ fn save_model_dir(
     )?;
     swap_in(&staging, out)?;
     Ok(card)
+}
+
+/// An empty hidden folder beside `out` (`.<name>.<tag>-<pid>`) to write a model into before
+/// `swap_in`: a sibling, so the final rename stays on one file system.
+pub fn fresh_staging(out: &Path, tag: &str) -> Result<PathBuf> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = out
+        .file_name()
+        .context("--out must name a folder")?
+        .to_string_lossy();
+    let staging = parent.join(format!(".{name}.{tag}-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    Ok(staging)
 }
 
 /// Puts a fully written `staging` folder (a sibling of `out`) in the place of `out`: two
