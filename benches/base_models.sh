@@ -4,24 +4,30 @@
 # fill the batcher without tripping the queue budget's RESOURCE_EXHAUSTED), and report answers/s,
 # errors, p50 / p99 and the server's RSS (now and peak). Run on a quiet machine.
 #
-#   bash benches/base_models.sh [--bin target/release/intentd] [--duration 10] [--concurrency 8] MODEL_DIR...
+#   bash benches/base_models.sh [--bin target/release/intentd] [--duration 10] [--concurrency 8] \
+#     [--texts ../shared/datasets/smp2017/test.tsv] MODEL_DIR...
+#
+# --texts: a TSV with a `text` header or one text per line (an ensemble's cascade sends only the
+# texts its first member is unsure of to the others, so its cost depends on the traffic).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin=target/release/intentd
 duration=10
 concurrency=8
+texts=../shared/datasets/smp2017/test.tsv
 models=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --concurrency) concurrency=$2; shift 2 ;;
+    --texts) texts=$2; shift 2 ;;
     *) models+=("$1"); shift ;;
   esac
 done
-[ ${#models[@]} -gt 0 ] || { echo "usage: $0 [--bin PATH] [--duration S] MODEL_DIR..." >&2; exit 2; }
-texts=../shared/datasets/smp2017/test.tsv
+[ ${#models[@]} -gt 0 ] || { echo "usage: $0 [--bin PATH] [--duration S] [--concurrency N] [--texts FILE] MODEL_DIR..." >&2; exit 2; }
+[ -f "$texts" ] || { echo "--texts $texts: no such file" >&2; exit 2; }
 work=$(mktemp -d /tmp/intentd-bases.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
@@ -74,5 +80,5 @@ echo
 echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $(cut -d' ' -f1-3 /proc/loadavg). intentd $(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty), $bin; texts $texts."
 echo
 echo '```sh'
-echo "bash benches/base_models.sh --bin $bin --duration $duration --concurrency $concurrency ${models[*]}"
+echo "bash benches/base_models.sh --bin $bin --duration $duration --concurrency $concurrency --texts $texts ${models[*]}"
 echo '```'

@@ -214,22 +214,94 @@ async fn an_ensemble_of_both_bases_trains_serves_and_refuses_damage() {
         "{licence}"
     );
 
-    // The pool, checked against the members' own answers.
-    for text in ["我要退款，钱什么时候退回来", "你好呀", "发票怎么开"] {
-        let (version, pooled) = probabilities(&model, text);
-        assert_eq!(version, card["version"].as_str().unwrap());
-        let (_, a) = probabilities(&model.join("m3e-small"), text);
-        let (_, b) = probabilities(&model.join("me5-small"), text);
-        let product: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x.1 * y.1).sqrt()).collect();
-        let z: f64 = product.iter().sum();
-        for ((intent, got), want) in pooled.iter().zip(&product) {
-            assert!(
-                (got - want / z).abs() < 1e-4,
-                "{text}: {intent} pooled {got}, members' product {}",
-                want / z
-            );
+    // The pool, checked against the members' own answers: with the cascade (0.8 by default)
+    // the first member answers alone for the texts it is sure of, the others join for the rest.
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("ensemble.json")).unwrap())
+            .unwrap();
+    assert_eq!(spec["cascade"], 0.8, "{spec}");
+    let texts = [
+        "我要退款，钱什么时候退回来",
+        "你好呀",
+        "发票怎么开",
+        "这个东西能便宜点吗",
+        "在吗",
+    ];
+    let members: Vec<_> = texts
+        .iter()
+        .map(|t| {
+            let (_, a) = probabilities(&model.join("m3e-small"), t);
+            let (_, b) = probabilities(&model.join("me5-small"), t);
+            let product: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x.1 * y.1).sqrt()).collect();
+            let z: f64 = product.iter().sum();
+            let pooled: Vec<f64> = product.iter().map(|p| p / z).collect();
+            let lead: Vec<f64> = a.iter().map(|x| x.1).collect();
+            (lead, pooled)
+        })
+        .collect();
+    let top = |p: &[f64]| p.iter().copied().fold(0.0, f64::max);
+    let check = |m: &std::path::Path, cascade: Option<f64>| {
+        let mut alone = 0;
+        for (text, (lead, pooled)) in texts.iter().zip(&members) {
+            let (_, got) = probabilities(m, text);
+            let sure = cascade.is_some_and(|c| top(lead) >= c);
+            alone += sure as usize;
+            let want = if sure { lead } else { pooled };
+            for ((intent, got), want) in got.iter().zip(want) {
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "{text} (cascade {cascade:?}, first member alone: {sure}): {intent} {got}, expected {want}"
+                );
+            }
         }
+        alone
+    };
+    for text in texts {
+        assert_eq!(
+            probabilities(&model, text).0,
+            card["version"].as_str().unwrap()
+        );
     }
+    check(&model, Some(0.8));
+    // Without the cascade every text is pooled; with one between the first member's top
+    // probabilities, some texts are answered by it alone and the others pooled.
+    let set_cascade = |name: &str, cascade: Option<f64>| {
+        let to = dir.path().join(name);
+        let status = std::process::Command::new("cp")
+            .args([
+                "-r",
+                &model.display().to_string(),
+                &to.display().to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut s = spec.clone();
+        match cascade {
+            Some(c) => s["cascade"] = serde_json::json!(c),
+            None => {
+                s.as_object_mut().unwrap().remove("cascade");
+            }
+        }
+        std::fs::write(to.join("ensemble.json"), s.to_string()).unwrap();
+        to
+    };
+    assert_eq!(check(&set_cascade("pool-all", None), None), 0);
+    let mut tops: Vec<f64> = members.iter().map(|(lead, _)| top(lead)).collect();
+    tops.sort_by(f64::total_cmp);
+    // The middle of the widest gap, far from every top (the server compares in f32).
+    let (lo, hi) = tops
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
+        .unwrap();
+    let middle = (lo + hi) / 2.0;
+    let alone = check(&set_cascade("cascade-middle", Some(middle)), Some(middle));
+    assert!(
+        (1..texts.len()).contains(&alone),
+        "cascade {middle} between tops {tops:?}: {alone} of {} answered alone",
+        texts.len()
+    );
     let acc = eval_accuracy(&model, &dir.path().join("test.tsv"), test_n);
     assert!(acc >= 0.8, "ensemble held-out accuracy {acc}");
 
@@ -319,4 +391,28 @@ async fn an_ensemble_of_both_bases_trains_serves_and_refuses_damage() {
         common::error_line(&out)
     );
     assert!(model.join("ensemble.json").is_file());
+    let out = intentd(&[
+        "train",
+        "--quiet",
+        "--data",
+        &p("train.tsv"),
+        "--out",
+        &p("ens"),
+        "--base",
+        "m3e-small",
+        "--base",
+        "me5-small",
+        "--cascade",
+        "1.5",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        common::error_line(&out).contains("--cascade 1.5 is out of range"),
+        "{}",
+        common::error_line(&out)
+    );
+    let spec_after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("ensemble.json")).unwrap())
+            .unwrap();
+    assert_eq!(spec_after, spec, "the old folder stays");
 }

@@ -78,6 +78,10 @@ pub struct TrainArgs {
     /// served as one ensemble (more accurate, one forward pass per member).
     #[arg(long, default_value = intentd::model::base_models::DEFAULT_BASE_MODEL)]
     pub base: Vec<String>,
+    /// With several --base: the first member answers alone when its top probability reaches
+    /// this, and the others run only for the rest (0 to 1; 1 = every member for every text).
+    #[arg(long, default_value_t = DEFAULT_CASCADE)]
+    pub cascade: f64,
     #[arg(long, default_value = super::MODELS_DIR)]
     pub models_dir: PathBuf,
     /// Leave out the examples `intentd data check` flags as likely mislabelled (5-fold
@@ -125,11 +129,16 @@ impl TrainArgs {
             suspect_margin: label_check::CheckLimits::default().mislabel_margin,
             relabel_margin: None,
             base: vec![intentd::model::base_models::DEFAULT_BASE_MODEL.into()],
+            cascade: DEFAULT_CASCADE,
             models_dir: super::MODELS_DIR.into(),
             quiet: false,
         }
     }
 }
+
+/// The smallest value at which the cascade gives the full pool's intent for every text of SMP2017's
+/// dev.tsv (benches/RESULTS.md, "a cascade for the ensemble").
+pub const DEFAULT_CASCADE: f64 = 0.8;
 
 pub fn load_labeled(path: &std::path::Path) -> Result<(Vec<LabeledText>, String)> {
     let (examples, hash) = load_examples(path)?;
@@ -285,6 +294,13 @@ fn train_ensemble(args: TrainArgs) -> Result<()> {
         }
         names.push(base.name.to_string());
     }
+    // Before hours of training, not after.
+    if !(args.cascade > 0.0 && args.cascade <= 1.0) {
+        bail!(
+            "--cascade {} is out of range: it is a probability, above 0 and at most 1",
+            args.cascade
+        );
+    }
     let staging = train::fresh_staging(&args.out, "ensemble")?;
     let result = (|| -> Result<()> {
         let mut cards = Vec::new();
@@ -296,7 +312,10 @@ fn train_ensemble(args: TrainArgs) -> Result<()> {
             let card: ModelCard = read_json(&staging.join(b).join(classifier::CARD_FILE))?;
             cards.push(card);
         }
-        let spec = EnsembleSpec::equal(&names);
+        let mut spec = EnsembleSpec::equal(&names);
+        // 1 means no cascade: every top probability is below it, so nothing is gained by
+        // writing it down.
+        spec.cascade = (args.cascade < 1.0).then_some(args.cascade);
         spec.write(&staging)?;
         let card = ensemble_card(&spec, &cards);
         std::fs::write(
@@ -346,6 +365,7 @@ fn ensemble_card(spec: &EnsembleSpec, cards: &[ModelCard]) -> ModelCard {
             "ensemble": spec.members.iter().zip(cards).map(|(m, c)| serde_json::json!({
                 "dir": m.dir, "weight": m.weight, "version": c.version,
             })).collect::<Vec<_>>(),
+            "cascade": spec.cascade,
         }),
         trained_at: cards
             .last()

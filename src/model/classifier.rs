@@ -101,6 +101,8 @@ pub struct Companions {
     /// The first member's weight; weights sum to 1.
     pub lead_weight: f32,
     pub others: Vec<(IntentModel, f32)>,
+    /// The first member's top probability from which it answers alone (`ensemble.json`).
+    pub cascade: Option<f32>,
 }
 
 impl IntentModel {
@@ -227,6 +229,7 @@ impl IntentModel {
         lead.ensemble = Some(Companions {
             lead_weight,
             others: members.collect(),
+            cascade: spec.cascade.map(|c| c as f32),
         });
         Ok(lead)
     }
@@ -295,33 +298,38 @@ impl IntentBackend for IntentModel {
         IntentModel::tokenize(self, text)
     }
     fn predict(&self, batch: &[&Tokenized]) -> Result<Vec<Prediction>> {
-        let own = self.predict_alone(batch)?;
+        let mut own = self.predict_alone(batch)?;
         let Some(e) = &self.ensemble else {
             return Ok(own);
         };
-        let mut all = vec![(own, e.lead_weight)];
+        // With a cascade, only the texts the first member is unsure of go to the others (a
+        // smaller batch, padded to its own longest text).
+        let unsure: Vec<usize> = (0..batch.len())
+            .filter(|&r| EnsembleSpec::needs_others(e.cascade, &own[r].probs))
+            .collect();
+        if unsure.is_empty() {
+            return Ok(own);
+        }
+        let mut theirs = Vec::with_capacity(e.others.len());
         for (i, (m, w)) in e.others.iter().enumerate() {
-            let theirs: Vec<&Tokenized> = batch
+            let toks: Vec<&Tokenized> = unsure
                 .iter()
-                .map(|t| {
-                    t.members
+                .map(|&r| {
+                    batch[r]
+                        .members
                         .get(i)
                         .context("text was tokenised without the ensemble's members")
                 })
                 .collect::<Result<_>>()?;
-            all.push((m.predict_alone(&theirs)?, *w));
+            theirs.push((m.predict_alone(&toks)?, *w));
         }
-        Ok((0..batch.len())
-            .map(|r| {
-                let rows: Vec<(&[f32], f32)> = all
-                    .iter()
-                    .map(|(p, w)| (p[r].probs.as_slice(), *w))
-                    .collect();
-                Prediction {
-                    probs: ensemble::mix(&rows),
-                }
-            })
-            .collect())
+        for (k, &r) in unsure.iter().enumerate() {
+            let mut rows: Vec<(&[f32], f32)> = vec![(own[r].probs.as_slice(), e.lead_weight)];
+            rows.extend(theirs.iter().map(|(p, w)| (p[k].probs.as_slice(), *w)));
+            let pooled = ensemble::mix(&rows);
+            own[r].probs = pooled;
+        }
+        Ok(own)
     }
 }
 
