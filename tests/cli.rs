@@ -81,6 +81,8 @@ fn a_short_training_run_learns_and_eval_reports_it() {
         "1",
         "--batch-size",
         "8",
+        "--base",
+        "m3e-small",
         "--quiet",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -378,6 +380,8 @@ fn the_lexical_head_is_written_served_and_checked() {
             "head",
             "--epochs",
             "3",
+            "--base",
+            "m3e-small",
             "--quiet",
         ];
         args.extend_from_slice(extra);

@@ -301,6 +301,8 @@ fn train_drop_suspect_leaves_out_or_relabels_the_flagged_examples() {
             "--out",
             model.to_str().unwrap(),
             "--drop-suspect",
+            "--base",
+            "m3e-small",
         ];
         args.extend_from_slice(extra);
         let o = intentd(&args);

@@ -578,7 +578,7 @@ async fn reload_under_concurrent_load_has_zero_failures() {
 async fn a_broken_model_is_rejected_and_the_old_one_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let model_copy = tmp.path().join("model");
-    copy_dir(&common::default_model_dir(), &model_copy);
+    copy_dir(&common::default_single_model_dir(), &model_copy);
     let s = TestServer::start(ServerOptions {
         model: Some(model_copy.clone()),
         ..Default::default()
@@ -731,9 +731,9 @@ async fn reflection_v1alpha_is_served_for_older_tools() {
     );
 }
 
-/// A copy of the default model folder with `damage` applied to it.
+/// A copy of a model folder of the default model with `damage` applied to it.
 fn damaged_model(damage: impl FnOnce(&std::path::Path)) -> tempfile::TempDir {
-    let src = common::default_model_dir();
+    let src = common::default_single_model_dir();
     let dir = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();

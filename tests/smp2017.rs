@@ -94,6 +94,6 @@ fn smp2017_train_then_eval_reaches_the_target_accuracy() {
     );
 }
 
-/// The issue's target. Default settings (seed 42) scored 0.9445 on 2026-11-25; seeds 1 and 2
-/// scored 0.9415 and 0.9445 (README, "SMP2017").
-const SMP2017_TARGET: f64 = 0.93;
+/// Issue 17's target. The default (the cascaded ensemble of both bases, seed 42) scored 0.9535
+/// on 2026-12-03 (README, "SMP2017"); m3e-small alone 0.9400.
+const SMP2017_TARGET: f64 = 0.95;

@@ -73,10 +73,11 @@ pub struct TrainArgs {
     /// default 30.
     #[arg(long)]
     pub lexical_c: Option<f64>,
-    /// The pretrained encoder to fine-tune. Given twice or more (`--base m3e-small --base
-    /// me5-small`), one model is trained from each into a sub-folder of --out and they are
-    /// served as one ensemble (more accurate, one forward pass per member).
-    #[arg(long, default_value = intentd::model::base_models::DEFAULT_BASE_MODEL)]
+    /// The pretrained encoder to fine-tune. Given twice or more, one model is trained from each
+    /// into a sub-folder of --out and they are served as one ensemble (more accurate, a second
+    /// forward pass for the texts the first member is unsure of). Default: both shipped bases;
+    /// `--base m3e-small` alone trains one model (faster to train and serve).
+    #[arg(long, default_values_t = default_bases())]
     pub base: Vec<String>,
     /// With several --base: the first member answers alone when its top probability reaches
     /// this, and the others run only for the rest (0 to 1; 1 = every member for every text).
@@ -128,12 +129,19 @@ impl TrainArgs {
             drop_suspect: false,
             suspect_margin: label_check::CheckLimits::default().mislabel_margin,
             relabel_margin: None,
-            base: vec![intentd::model::base_models::DEFAULT_BASE_MODEL.into()],
+            base: default_bases(),
             cascade: DEFAULT_CASCADE,
             models_dir: super::MODELS_DIR.into(),
             quiet: false,
         }
     }
+}
+
+fn default_bases() -> Vec<String> {
+    intentd::model::base_models::DEFAULT_TRAIN_BASES
+        .iter()
+        .map(|b| b.to_string())
+        .collect()
 }
 
 /// The smallest value at which the cascade gives the full pool's intent for every text of SMP2017's
@@ -301,7 +309,11 @@ fn train_ensemble(args: TrainArgs) -> Result<()> {
             args.cascade
         );
     }
-    let staging = train::fresh_staging(&args.out, "ensemble")?;
+    // Created by the first member's own save, after its flags and data were checked.
+    let staging = train::staging_path(&args.out, "ensemble")?;
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
     let result = (|| -> Result<()> {
         let mut cards = Vec::new();
         for (i, b) in names.iter().enumerate() {

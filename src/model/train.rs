@@ -1327,22 +1327,29 @@ fn save_model_dir(
 /// An empty hidden folder beside `out` (`.<name>.<tag>-<pid>`) to write a model into before
 /// `swap_in`: a sibling, so the final rename stays on one file system.
 pub fn fresh_staging(out: &Path, tag: &str) -> Result<PathBuf> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let staging = staging_path(out, tag)?;
+    let parent = staging.parent().expect("a sibling of --out");
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = out
-        .file_name()
-        .context("--out must name a folder")?
-        .to_string_lossy();
-    let staging = parent.join(format!(".{name}.{tag}-{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
     std::fs::create_dir_all(&staging)?;
     Ok(staging)
+}
+
+/// Where `fresh_staging` puts the hidden sibling of `out`, without creating anything (an
+/// ensemble's members create it when the first is written, so bad flags leave no trace).
+pub fn staging_path(out: &Path, tag: &str) -> Result<PathBuf> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .context("--out must name a folder")?
+        .to_string_lossy();
+    Ok(parent.join(format!(".{name}.{tag}-{}", std::process::id())))
 }
 
 /// Puts a fully written `staging` folder (a sibling of `out`) in the place of `out`: two

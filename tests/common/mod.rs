@@ -70,15 +70,29 @@ pub fn me5_model_dir() -> PathBuf {
     dir
 }
 
-/// The default model trained from training-data/ (what `intentd serve` uses), trained if missing.
+/// The default model trained from training-data/ (what `intentd serve` uses), trained if missing:
+/// the cascaded ensemble of both bases, one model folder per base inside it.
 pub fn default_model_dir() -> PathBuf {
     base_model_dir();
+    me5_model_dir();
     let _g = FIXTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = repo_root().join("models/intentd-default");
     if !dir.join("model.json").is_file() {
         run_ok(&["train", "--quiet"]);
     }
     dir
+}
+
+/// A single model folder of the default model (its first member, m3e-small): for tests about
+/// the files of one model folder.
+pub fn default_single_model_dir() -> PathBuf {
+    let dir = default_model_dir();
+    assert!(
+        dir.join("ensemble.json").is_file(),
+        "{} is not the default ensemble: delete it and it is trained again",
+        dir.display()
+    );
+    dir.join("m3e-small")
 }
 
 /// The public SMP2017 dataset beside the repository (never copied into it).
