@@ -26,7 +26,9 @@
 #               (default "fp32 int8"; the targets are judged on int8 against ONNX Runtime int8
 #               when int8 is measured, else on fp32).
 # Environment:  SHARED_DIR (default: the shared/ folder beside or above the repository),
-#               TEXTS, MODEL_DIR (default models/intentd-default), DURATION, CONCURRENCY, RESULTS.
+#               TEXTS, MODEL_DIR (default models/intentd-m3e-small: m3e-small alone, the encoder
+#               the peer runs; the default model is an ensemble that also runs me5-small),
+#               DURATION, CONCURRENCY, RESULTS.
 # All traffic goes to 127.0.0.1; every phase is bounded in time and the server is stopped on exit.
 set -euo pipefail
 
@@ -70,7 +72,7 @@ peer_onnx() { # $1 = precision
 }
 TEXTS=${TEXTS:-$SHARED_DIR/datasets/smp2017/test.tsv}
 [ -s "$TEXTS" ] || { echo "error: texts file $TEXTS missing or empty" >&2; exit 1; }
-MODEL_DIR=${MODEL_DIR:-models/intentd-default}
+MODEL_DIR=${MODEL_DIR:-models/intentd-m3e-small}
 RESULTS=${RESULTS:-benches/RESULTS.md}
 if [ "$QUICK" = 1 ]; then DURATION=${DURATION:-3}; WARMUP=1; else DURATION=${DURATION:-10}; WARMUP=2; fi
 CONCURRENCY=${CONCURRENCY:-64}
@@ -150,7 +152,7 @@ fi
 if [ "$SERVER" = 1 ]; then
     if [ ! -f "$MODEL_DIR/model.json" ]; then
         echo "no trained model at $MODEL_DIR: training it once (not part of any figure)" >&2
-        run "$BIN" train --out "$MODEL_DIR" --quiet
+        run "$BIN" train --base m3e-small --out "$MODEL_DIR" --quiet
     fi
     PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     export INTENTD_TOKEN
